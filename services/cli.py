@@ -1,0 +1,64 @@
+"""The `eco2` command.
+
+    eco2 up [--data-dir D]      start the data plane and every service on 127.0.0.1
+    eco2 serve NAME             run one service in the foreground (as the Helm chart does)
+    eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .registry import create
+    from .runtime.server import run
+
+    app = create(args.name)
+    try:
+        asyncio.run(run(app, app.settings))
+    except KeyboardInterrupt:  # second Ctrl-C while shutting down
+        return 130
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    from .up import up
+
+    return up(Path(args.data_dir) if args.data_dir else None)
+
+
+def _endpoints(args: argparse.Namespace) -> int:
+    from .up import read_endpoints
+
+    try:
+        endpoints = read_endpoints(Path(args.data_dir) if args.data_dir else None)
+    except FileNotFoundError as exc:
+        print(f"eco2: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(endpoints, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="eco2", description="Eco² mesh: the recycling assistant as gRPC services")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start the embedded data plane and every service")
+    p_up.add_argument("--data-dir", help="data directory (default: ECO2_DATA_DIR, /var/lib/eco2 as root, else ~/.local/share/eco2)")
+    p_up.set_defaults(func=_up)
+    p_serve = sub.add_parser("serve", help="run one service in the foreground")
+    p_serve.add_argument("name", help="auth, character, location, images, chat, scan, events or gateway")
+    p_serve.set_defaults(func=_serve)
+    p_ep = sub.add_parser("endpoints", help="print the endpoints of a running stack")
+    p_ep.add_argument("--data-dir")
+    p_ep.set_defaults(func=_endpoints)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Clients for the data plane from plain URLs (embedded or managed: the code is the same)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import redis.asyncio
+
+
+async def create_pg_pool(
+    database_url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    application_name: str | None = None,
+    **kwargs: Any,
+) -> asyncpg.Pool:
+    """Open an asyncpg pool on ``database_url`` (``postgresql://...``).
+
+    ``application_name`` shows up in ``pg_stat_activity``; other keyword arguments go to
+    ``asyncpg.create_pool``.
+    """
+    server_settings = dict(kwargs.pop("server_settings", None) or {})
+    if application_name:
+        server_settings["application_name"] = application_name
+    pool = await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings=server_settings or None,
+        **kwargs,
+    )
+    return pool
+
+
+def create_redis(redis_url: str, **kwargs: Any) -> redis.asyncio.Redis:
+    """A ``redis.asyncio.Redis`` client for ``redis_url``; bytes replies unless told otherwise."""
+    kwargs.setdefault("decode_responses", False)
+    return redis.asyncio.Redis.from_url(redis_url, **kwargs)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,232 @@
+"""The runtime's server interceptor: error mapping, malformed input, metrics, context,
+and shutdown of long streams with a status instead of a connection reset."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from . import context as ctx
+from .errors import DomainError, InvalidArgument
+from .metrics import MALFORMED, RPC_HANDLED, RPC_SECONDS, STREAMS_ACTIVE
+from .telemetry import current_traceparent
+
+log = logging.getLogger("eco2.rpc")
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the handler can reject it."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def _safe_deserializer(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception:  # DecodeError and friends: any unparsable input
+            return _Malformed(len(data))
+
+    return parse
+
+
+def _malformed_error(method: str, size: int) -> InvalidArgument:
+    MALFORMED.labels(method).inc()
+    return InvalidArgument(
+        f"request is not a valid protobuf message for {method} ({size} bytes)", reason="MALFORMED_REQUEST"
+    )
+
+
+class ShutdownCoordinator:
+    """Knows the streams in flight and ends them with UNAVAILABLE when the server stops."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self._streams: set[asyncio.Task] = set()
+
+    @property
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    def track(self, task: asyncio.Task) -> None:
+        self._streams.add(task)
+
+    def untrack(self, task: asyncio.Task) -> None:
+        self._streams.discard(task)
+
+    async def drain_streams(self, timeout: float) -> None:
+        """Let streams finish for `timeout` seconds, then end the rest with a status."""
+        self.stopping = True
+        deadline = time.monotonic() + timeout
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in list(self._streams):
+            task.cancel()
+
+
+def _shutdown_status() -> grpc.Status:
+    delay = duration_pb2.Duration(seconds=1)
+    retry = any_pb2.Any()
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="SERVER_SHUTTING_DOWN", domain="eco2.mesh"))
+    return rpc_status.to_status(
+        status_pb2.Status(
+            code=grpc.StatusCode.UNAVAILABLE.value[0],
+            message="server is shutting down; retry (streams resume from the last seq)",
+            details=[info, retry],
+        )
+    )
+
+
+class CoreServerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, shutdown: ShutdownCoordinator) -> None:
+        self.shutdown = shutdown
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        deser = _safe_deserializer(handler.request_deserializer)
+        ser = handler.response_serializer
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._unary(method, handler.unary_unary, False), deser, ser)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(self._unary(method, handler.stream_unary, True), deser, ser)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._stream(method, handler.unary_stream, False), deser, ser)
+        return grpc.stream_stream_rpc_method_handler(self._stream(method, handler.stream_stream, True), deser, ser)
+
+    # -- helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _checked_requests(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async def gen():
+            async for item in requests:
+                if isinstance(item, _Malformed):
+                    raise _malformed_error(method, item.size)
+                yield item
+
+        return gen()
+
+    async def _fail(self, method: str, context, exc: BaseException) -> grpc.StatusCode:
+        """Turn an exception into a status on the wire; returns the code sent."""
+        if isinstance(exc, DomainError):
+            status = exc.to_grpc_status()
+            if exc.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+                log.error("rpc failed", extra={"grpc_method": method, "reason": exc.reason})
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        if isinstance(exc, grpc.aio.AioRpcError):
+            # A downstream call failed: pass its code through with context, never UNKNOWN.
+            code = exc.code()
+            if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED):
+                code = grpc.StatusCode.INTERNAL
+            log.warning("downstream call failed", extra={"grpc_method": method, "downstream_code": exc.code().name})
+            await context.abort(code, f"dependency call failed: {exc.code().name}: {exc.details()}")
+        log.exception("unhandled error", extra={"grpc_method": method, "traceparent": current_traceparent()})
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {current_traceparent() or 'n/a'})")
+        return grpc.StatusCode.INTERNAL  # not reached: abort raises
+
+    def _unary(self, method: str, behavior, client_streaming: bool):
+        async def call(request, context):
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            tokens = ctx.enter(context)
+            try:
+                if client_streaming:
+                    request = self._checked_requests(method, request)
+                elif isinstance(request, _Malformed):
+                    raise _malformed_error(method, request.size)
+                return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            except BaseException as exc:  # mapped to a status, never leaked
+                code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
+                code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
+                await self._fail(method, context, exc)
+            finally:
+                ctx.leave(tokens)
+                RPC_HANDLED.labels(method, code.name).inc()
+                RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+        return call
+
+    def _stream(self, method: str, behavior, client_streaming: bool):
+        shutdown = self.shutdown
+
+        async def call(request, context):
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            tokens = ctx.enter(context)
+            task = asyncio.current_task()
+            shutdown.track(task)
+            active = STREAMS_ACTIVE.labels(method)
+            active.inc()
+            try:
+                if client_streaming:
+                    request = self._checked_requests(method, request)
+                elif isinstance(request, _Malformed):
+                    raise _malformed_error(method, request.size)
+                result = behavior(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        yield item
+                else:  # handler writes with context.write()
+                    await result
+            except asyncio.CancelledError:
+                if shutdown.stopping:
+                    code = grpc.StatusCode.UNAVAILABLE
+                    status = _shutdown_status()
+                    context.set_code(status.code)
+                    context.set_details(status.details)
+                    context.set_trailing_metadata(status.trailing_metadata)
+                    return
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            except BaseException as exc:
+                code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
+                code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
+                await self._fail(method, context, exc)
+            finally:
+                shutdown.untrack(task)
+                active.dec()
+                ctx.leave(tokens)
+                RPC_HANDLED.labels(method, code.name).inc()
+                RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+        return call
+
+
+def _code_of(context) -> grpc.StatusCode:
+    try:
+        code = context.code()
+    except Exception:
+        return grpc.StatusCode.UNKNOWN
+    if isinstance(code, grpc.StatusCode):
+        return code
+    for sc in grpc.StatusCode:
+        if sc.value[0] == code:
+            return sc
+    return grpc.StatusCode.UNKNOWN

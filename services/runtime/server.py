@@ -1,0 +1,134 @@
+"""grpc.aio server bootstrap shared by every service.
+
+A service provides a `ServiceApp`; `run()` gives it health, reflection, the runtime
+interceptors, OpenTelemetry, /metrics, JSON logs and a graceful SIGTERM shutdown:
+NOT_SERVING first, streams drained (then ended with UNAVAILABLE + RetryInfo), in-flight
+unary calls given `shutdown_grace_s`, then the app's pools closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from .interceptors import CoreServerInterceptor, ShutdownCoordinator
+from .logs import configure_logging
+from .metrics import serve_metrics
+from .settings import RuntimeSettings
+from .telemetry import configure_tracing
+
+log = logging.getLogger("eco2.server")
+
+
+class ServiceApp(Protocol):
+    """What a service gives the runtime."""
+
+    #: Short name as in `eco2 serve NAME`.
+    name: str
+    settings: RuntimeSettings
+
+    def service_names(self) -> Sequence[str]:
+        """Full names of the gRPC services registered, e.g. 'eco2.character.v1.CharacterService'."""
+        ...
+
+    async def start(self, server: grpc.aio.Server) -> None:
+        """Open connections, warm caches, register servicers. Runs before SERVING."""
+        ...
+
+    async def stop(self) -> None:
+        """Close connections. Runs after the server stopped."""
+        ...
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    health: health.aio.HealthServicer
+    port: int
+    metrics_port: int | None
+    shutdown: ShutdownCoordinator
+    app: ServiceApp
+    settings: RuntimeSettings
+    _metrics_server: object | None = field(default=None, repr=False)
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("shutting down", extra={"grace_s": grace, "streams": self.shutdown.active_streams})
+        await self.health.enter_graceful_shutdown()
+        stream_budget = min(grace / 2, 5.0)
+        drain = asyncio.create_task(self.shutdown.drain_streams(stream_budget))
+        await self.server.stop(grace)
+        await drain
+        await self.app.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()  # type: ignore[attr-defined]
+        log.info("stopped")
+
+
+def server_options(settings: RuntimeSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # A port clash must fail loudly, not silently share the port with another process.
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = True, tracing: bool = True) -> RunningServer:
+    """Start `app` on settings.grpc_host:grpc_port and report SERVING. Does not block."""
+    shutdown = ShutdownCoordinator()
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if tracing:
+        configure_tracing(app.name, settings.otel_traces_exporter)
+        interceptors.append(aio_server_interceptor())
+    interceptors.append(CoreServerInterceptor(shutdown))
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await app.start(server)
+    names = list(app.service_names())
+    reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        await app.stop()
+        raise RuntimeError(f"cannot listen on {address}: {exc} (is the port in use? set ECO2_GRPC_PORT)") from exc
+    metrics_server, metrics_port = (None, None)
+    if metrics:
+        try:
+            metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            await app.stop()
+            raise RuntimeError(f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
+    await server.start()
+    for name in [*names, ""]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "serving",
+        extra={"service": app.name, "grpc": f"{settings.grpc_host}:{port}", "metrics_port": metrics_port, "services": names},
+    )
+    return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, metrics_server)
+
+
+async def run(app: ServiceApp, settings: RuntimeSettings) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully. The body of `eco2 serve NAME`."""
+    configure_logging(app.name, settings.log_level, settings.log_format)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start(app, settings)
+    await stop.wait()
+    await running.stop()

@@ -1,0 +1,60 @@
+"""Shared fixtures: one real embedded PostgreSQL + Valkey per test session, and real gRPC
+servers on free ports (in-process, or as `eco2 serve` / `eco2 up` processes)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+os.environ.setdefault("LC_ALL", "C.UTF-8")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"../shared not present at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("eco2")
+
+
+@pytest.fixture(scope="session")
+def dataplane(session_dir):
+    """Real PostgreSQL and Valkey for the whole test session."""
+    from eco2.services.dataplane.embedded import EmbeddedDataPlane
+
+    plane = EmbeddedDataPlane(session_dir / "data")
+    info = plane.start()
+    yield info
+    plane.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(dataplane) -> dict[str, str]:
+    """Environment for a service process or settings object pointed at the session data plane."""
+    return {
+        "DATABASE_URL": dataplane.database_url,
+        "REDIS_URL": dataplane.redis_url,
+        "ECO2_DEPLOYMENT": "embedded",
+        "ECO2_GRPC_PORT": "0",
+        "ECO2_METRICS_PORT": "0",
+        "ECO2_LOG_LEVEL": "WARNING",
+    }
+
+
+@pytest.fixture(scope="session")
+def python() -> str:
+    return sys.executable
