@@ -142,10 +142,17 @@ class Stack:
                 raise RuntimeError(f"service {name} {exc}; last log lines ({logs / (name + '.log')}):\n{_tail(logs / (name + '.log'))}") from None
         endpoints: dict[str, object] = {name: f"127.0.0.1:{ports[name][0]}" for name in names}
         endpoints["metrics"] = {name: f"http://127.0.0.1:{ports[name][1]}/metrics" for name in names}
+        endpoints["dataplane"] = {
+            "database_url": info.database_url,
+            "redis_url": info.redis_url,
+            "postgres_pid": info.pg_pid,
+            "valkey_pid": info.valkey_pid,
+        }
         endpoints["data_dir"] = str(self.data_dir)
         endpoints["pid"] = os.getpid()
         endpoints["started_in_s"] = round(time.monotonic() - started, 3)
         tmp = self.data_dir / (ENDPOINTS_FILE + ".tmp")
+        tmp.touch(mode=0o600)  # holds the data plane's passwords
         tmp.write_text(json.dumps(endpoints, indent=2))
         tmp.replace(self.data_dir / ENDPOINTS_FILE)
         return endpoints

@@ -27,8 +27,16 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def session_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("eco2")
+def session_dir():
+    """A world-traversable temp dir: as root, PostgreSQL runs as an unprivileged user that
+    must reach its data dir (pytest's own tmp dirs are mode 0700)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="eco2-test-", dir=os.environ.get("ECO2_TEST_TMP", "/tmp")))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

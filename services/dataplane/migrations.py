@@ -22,7 +22,9 @@ LOG = logging.getLogger("eco2.dataplane.migrations")
 MIGRATIONS_TABLE = "eco2_schema_migrations"
 _FILE_RE = re.compile(r"^(\d{4})_([A-Za-z0-9][A-Za-z0-9_\-]*)\.sql$")
 # One advisory lock key for all services: the bookkeeping table is shared.
-_LOCK_KEY = int.from_bytes(hashlib.sha256(MIGRATIONS_TABLE.encode()).digest()[:8], "big", signed=True)
+_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(MIGRATIONS_TABLE.encode()).digest()[:8], "big", signed=True
+)
 
 _CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (

@@ -1,0 +1,84 @@
+"""A tiny test-only service on the real runtime, for the runtime's own behaviour:
+deadlines, propagation, error mapping, logs and shutdown of streams.
+
+Methods take and return raw bytes (JSON) so no contract is needed:
+  /eco2test.Probe/Echo     -> {"remaining": s|None, "user": x-eco2-user-id}
+  /eco2test.Probe/Sleep    body = seconds to sleep
+  /eco2test.Probe/Forward  calls Echo on `downstream` with no explicit timeout
+  /eco2test.Probe/Boom     raises an unexpected exception
+  /eco2test.Probe/Missing  raises NotFound
+  /eco2test.Probe/Ticks    server stream, one message every 20 ms, forever
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+import grpc
+
+from eco2.services.runtime import context as ctx
+from eco2.services.runtime.clients import channel
+from eco2.services.runtime.errors import NotFound
+from eco2.services.runtime.settings import RuntimeSettings
+
+log = logging.getLogger("eco2.probe")
+
+
+class ProbeApp:
+    name = "probe"
+
+    def __init__(self, settings: RuntimeSettings, downstream: str | None = None) -> None:
+        self.settings = settings
+        self.downstream = downstream
+
+    def service_names(self):
+        return ["eco2test.Probe"]
+
+    async def start(self, server: grpc.aio.Server) -> None:
+        async def echo(request: bytes, context) -> bytes:
+            log.warning("probe handled")
+            return json.dumps({"remaining": ctx.time_remaining(), "user": ctx.metadata_value(context, ctx.USER_ID_KEY)}).encode()
+
+        async def sleep(request: bytes, context) -> bytes:
+            await asyncio.sleep(float(request or b"0"))
+            return b"{}"
+
+        async def forward(request: bytes, context) -> bytes:
+            async with channel(self.downstream) as ch:
+                return await ch.unary_unary("/eco2test.Probe/Echo")(b"")
+
+        async def boom(request: bytes, context) -> bytes:
+            raise ValueError("secret internal detail /etc/passwd")
+
+        async def missing(request: bytes, context) -> bytes:
+            raise NotFound("no such thing", reason="THING_NOT_FOUND", metadata={"id": "42"})
+
+        async def ticks(request: bytes, context):
+            n = 0
+            while True:
+                n += 1
+                yield str(n).encode()
+                await asyncio.sleep(0.02)
+
+        handlers = {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+            "Forward": grpc.unary_unary_rpc_method_handler(forward),
+            "Boom": grpc.unary_unary_rpc_method_handler(boom),
+            "Missing": grpc.unary_unary_rpc_method_handler(missing),
+            "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("eco2test.Probe", handlers),))
+
+    async def stop(self) -> None:
+        return None
+
+
+if __name__ == "__main__":  # run as its own process: python tests/support/probe.py
+    from eco2.services.runtime.server import run
+
+    settings = RuntimeSettings()
+    asyncio.run(run(ProbeApp(settings, downstream=sys.argv[1] if len(sys.argv) > 1 else None), settings))

@@ -1,0 +1,162 @@
+"""The shared runtime on real servers and real ports: status codes, details, deadlines,
+propagation, metrics, JSON logs with trace ids, and SIGTERM during a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eco2.services.runtime.errors import status_details, unpack_details
+from eco2.services.runtime.settings import RuntimeSettings
+from support.probe import ProbeApp
+from support.servers import running
+
+HERE = Path(__file__).resolve().parent
+
+
+def _settings(**kw) -> RuntimeSettings:
+    return RuntimeSettings(grpc_port=0, metrics_port=0, **kw)
+
+
+@pytest.fixture(scope="module")
+async def probe():
+    async with running(ProbeApp(_settings())) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+async def probe_ch(probe):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{probe.port}") as ch:
+        yield ch
+
+
+async def test_health_and_reflection_are_served(probe_ch):
+    reply = await health_pb2_grpc.HealthStub(probe_ch).Check(health_pb2.HealthCheckRequest(service="eco2test.Probe"))
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_unknown_method_is_unimplemented(probe_ch):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await probe_ch.unary_unary("/eco2test.Probe/NoSuchMethod")(b"")
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_domain_error_has_google_rpc_details(probe_ch):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await probe_ch.unary_unary("/eco2test.Probe/Missing")(b"")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    details = unpack_details(status_details(err.value))
+    assert details["ErrorInfo"].reason == "THING_NOT_FOUND"
+    assert dict(details["ErrorInfo"].metadata) == {"id": "42"}
+
+
+async def test_unexpected_error_is_internal_without_leaking(probe_ch):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await probe_ch.unary_unary("/eco2test.Probe/Boom")(b"")
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in err.value.details() and "Traceback" not in err.value.details()
+    assert "/etc/passwd" not in err.value.details()
+
+
+async def test_deadline_is_honoured(probe_ch):
+    started = time.monotonic()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await probe_ch.unary_unary("/eco2test.Probe/Sleep")(b"5", timeout=0.3)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 2
+
+
+async def test_missing_deadline_means_no_deadline(probe_ch):
+    reply = json.loads(await probe_ch.unary_unary("/eco2test.Probe/Echo")(b""))
+    assert reply["remaining"] is None
+
+
+async def test_deadline_and_identity_propagate_downstream(probe):
+    async with running(ProbeApp(_settings(), downstream=f"127.0.0.1:{probe.port}"), metrics=False) as front:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as ch:
+            reply = json.loads(
+                await ch.unary_unary("/eco2test.Probe/Forward")(b"", timeout=1.5, metadata=(("x-eco2-user-id", "u-1"),))
+            )
+            assert reply["user"] == "u-1"
+            assert reply["remaining"] is not None and 0 < reply["remaining"] <= 1.55
+            # without a caller deadline the downstream call gets the default (5 s), never none
+            reply = json.loads(await ch.unary_unary("/eco2test.Probe/Forward")(b""))
+            assert reply["remaining"] is not None and 4 < reply["remaining"] <= 5.1  # grpc-timeout rounds up
+
+
+async def test_metrics_endpoint_counts_rpcs(probe, probe_ch):
+    await probe_ch.unary_unary("/eco2test.Probe/Echo")(b"")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{probe.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'eco2_grpc_server_handled_total{grpc_code="OK",grpc_method="/eco2test.Probe/Echo"}' in body
+    assert "eco2_grpc_server_handling_seconds_bucket" in body
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn_probe(port: int) -> subprocess.Popen:
+    env = dict(os.environ, ECO2_GRPC_PORT=str(port), ECO2_METRICS_PORT="0", ECO2_LOG_FORMAT="json", ECO2_SHUTDOWN_GRACE_S="4")
+    env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.Popen([sys.executable, str(HERE / "support" / "probe.py")], env=env, stderr=subprocess.PIPE, text=True)
+
+
+async def _wait_serving(target: str, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                if (await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+    raise AssertionError("probe did not serve")
+
+
+async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_ids():
+    port = _free_port()
+    proc = _spawn_probe(port)
+    try:
+        await _wait_serving(f"127.0.0.1:{port}", proc)
+        trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            await ch.unary_unary("/eco2test.Probe/Echo")(b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+            stream = ch.unary_stream("/eco2test.Probe/Ticks")(b"")
+            got = 0
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async for _ in stream:
+                    got += 1
+                    if got == 5:
+                        proc.send_signal(signal.SIGTERM)
+            # the stream ended with a status, not a reset
+            assert got > 5
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            details = unpack_details(status_details(err.value))
+            assert details["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"
+            assert "RetryInfo" in details
+        assert proc.wait(timeout=15) == 0
+        lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+        handled = [l for l in lines if l["msg"] == "probe handled"]
+        assert handled and handled[0]["trace_id"] == trace_id, lines
+        assert any(l["msg"] == "serving" for l in lines)
+        assert any(l["msg"] == "stopped" for l in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,124 @@
+"""`eco2 up` and `eco2 serve` as a user runs them: real processes, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eco2.character.v1 import character_pb2, character_pb2_grpc
+from eco2.services.registry import SERVICES
+
+
+def _eco2(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"eco2 up exited {proc.returncode}: {proc.stderr.read()}")
+        if path.exists():
+            return json.loads(path.read_text())
+        time.sleep(0.1)
+    raise AssertionError("eco2 up did not write endpoints.json in time")
+
+
+def _tree(pid: int) -> list[int]:
+    try:
+        return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.fixture()
+def data_dir(session_dir, request) -> Path:
+    path = session_dir / f"up-{request.node.name}"
+    path.mkdir()
+    return path
+
+
+def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
+    proc = _eco2("up", "--data-dir", str(data_dir))
+    try:
+        endpoints = _wait_for(data_dir / "endpoints.json", proc)
+        assert set(SERVICES) <= set(endpoints)
+        for name in SERVICES:
+            host, port = endpoints[name].split(":")
+            assert host == "127.0.0.1" and int(port) > 0
+            with grpc.insecure_channel(endpoints[name]) as ch:
+                status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5).status
+                assert status == health_pb2.HealthCheckResponse.SERVING
+            body = urllib.request.urlopen(endpoints["metrics"][name], timeout=5).read().decode()
+            assert "eco2_grpc_server_handled_total" in body or "python_info" in body
+        with grpc.insecure_channel(endpoints["character"]) as ch:
+            reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
+            assert len(reply.characters) == 13
+        # the same endpoints, for scripts
+        shown = subprocess.run([sys.executable, "-m", "eco2.services.cli", "endpoints", "--data-dir", str(data_dir)], capture_output=True, text=True)
+        assert json.loads(shown.stdout)["character"] == endpoints["character"]
+
+        # a second stack on the same data dir fails fast and clearly, and harms nothing
+        second = _eco2("up", "--data-dir", str(data_dir))
+        assert second.wait(timeout=30) != 0
+        message = second.stderr.read()
+        assert "already in use" in message and str(data_dir) in message
+        with grpc.insecure_channel(endpoints["character"]) as ch:
+            character_pb2_grpc.CharacterServiceStub(ch).GetCharacter(character_pb2.GetCharacterRequest(code="char-eco"), timeout=5)
+
+        pids = _tree(proc.pid) + [endpoints["dataplane"]["postgres_pid"], endpoints["dataplane"]["valkey_pid"]]
+        assert len(set(pids)) >= 1 + len(SERVICES) + 2  # up, services, postgres, valkey
+        assert all(psutil.pid_exists(p) for p in pids)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+        time.sleep(0.5)
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], f"left behind: {alive}"
+        assert not (data_dir / "endpoints.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_up_restarts_warm_on_the_same_data_dir(data_dir):
+    for _ in range(2):
+        proc = _eco2("up", "--data-dir", str(data_dir))
+        try:
+            endpoints = _wait_for(data_dir / "endpoints.json", proc)
+            with grpc.insecure_channel(endpoints["character"]) as ch:
+                reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
+                assert len(reply.characters) == 13  # migrations applied once, seed not duplicated
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_serve_rejects_an_unknown_service():
+    proc = _eco2("serve", "nope")
+    assert proc.wait(timeout=30) != 0
+    assert "unknown service" in proc.stderr.read()
+
+
+def test_serve_fails_clearly_when_the_port_is_taken(service_env):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = _eco2("serve", "character", env={**os.environ, **service_env, "ECO2_GRPC_PORT": str(port)})
+        assert proc.wait(timeout=30) != 0
+        assert "cannot listen" in proc.stderr.read()
