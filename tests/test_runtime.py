@@ -86,10 +86,17 @@ async def test_missing_deadline_means_no_deadline(probe_ch):
 async def test_deadline_and_identity_propagate_downstream(probe):
     async with running(ProbeApp(_settings(), downstream=f"127.0.0.1:{probe.port}"), metrics=False) as front:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as ch:
+            trace_id = "0af7651916cd43dd8448eb211c80319c"
             reply = json.loads(
-                await ch.unary_unary("/eco2test.Probe/Forward")(b"", timeout=1.5, metadata=(("x-eco2-user-id", "u-1"),))
+                await ch.unary_unary("/eco2test.Probe/Forward")(
+                    b"", timeout=1.5, metadata=(("x-eco2-user-id", "u-1"), ("traceparent", f"00-{trace_id}-b7ad6b7169203331-01"))
+                )
             )
             assert reply["user"] == "u-1"
+            # W3C trace context crossed two hops: same trace, new parent span
+            assert reply["traceparent"].split("-")[1] == trace_id
+            assert reply["traceparent"].split("-")[2] != "b7ad6b7169203331"
+            assert reply["current_trace"].split("-")[1] == trace_id
             assert reply["remaining"] is not None and 0 < reply["remaining"] <= 1.55
             # without a caller deadline the downstream call gets the default (5 s), never none
             reply = json.loads(await ch.unary_unary("/eco2test.Probe/Forward")(b""))

@@ -7,6 +7,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from . import context as ctx
 from .errors import DeadlineExceeded
+from .telemetry import current_traceparent, recording_enabled
 
 
 def _adjust(details: grpc.aio.ClientCallDetails, default_timeout: float | None) -> grpc.aio.ClientCallDetails:
@@ -22,6 +23,10 @@ def _adjust(details: grpc.aio.ClientCallDetails, default_timeout: float | None) 
     for key, value in ctx.forwarded_metadata():
         if key not in present:
             metadata.add(key, value)
+    if ctx.TRACEPARENT_KEY not in present:
+        traceparent = current_traceparent()
+        if traceparent:
+            metadata.add(ctx.TRACEPARENT_KEY, traceparent)
     return grpc.aio.ClientCallDetails(details.method, timeout, metadata, details.credentials, details.wait_for_ready)
 
 
@@ -46,10 +51,14 @@ class PropagateStreamUnary(_Propagate, grpc.aio.StreamUnaryClientInterceptor):
         return await continuation(_adjust(details, self.default_timeout), request_iterator)
 
 
-def channel(target: str, *, default_timeout_s: float = 5.0, max_message_bytes: int = 16 * 1024 * 1024, tracing: bool = True) -> grpc.aio.Channel:
-    """An insecure (mesh-internal: Istio adds mTLS) channel to `target` ("host:port")."""
+def channel(target: str, *, default_timeout_s: float = 5.0, max_message_bytes: int = 16 * 1024 * 1024, tracing: bool | None = None) -> grpc.aio.Channel:
+    """An insecure (mesh-internal: Istio adds mTLS) channel to `target` ("host:port").
+
+    Client spans are recorded only when a trace exporter is configured in this process;
+    the W3C `traceparent` is propagated either way.
+    """
     interceptors: list = []
-    if tracing:
+    if recording_enabled() if tracing is None else tracing:
         interceptors.extend(aio_client_interceptors())
     interceptors += [
         PropagateUnaryUnary(default_timeout_s),

@@ -12,9 +12,16 @@ import contextvars
 import time
 from collections.abc import Sequence
 
+import random
+
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from .errors import Unauthenticated
+
+_random = random.Random()
+TRACEPARENT_KEY = "traceparent"
 
 USER_ID_KEY = "x-eco2-user-id"
 ROLES_KEY = "x-eco2-roles"
@@ -27,16 +34,43 @@ _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("eco2_d
 _forwarded: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar("eco2_forwarded", default=())
 
 
-def enter(context: grpc.aio.ServicerContext) -> tuple[contextvars.Token, contextvars.Token]:
+def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> None:
+    """Record the incoming call's deadline, forwarded metadata and trace context.
+
+    grpc.aio runs every RPC in its own task, so the values live exactly as long as the call
+    (and the tasks it spawns) and need no reset.
+    """
     remaining = context.time_remaining()
-    deadline = None if remaining is None else time.monotonic() + remaining
-    forwarded = tuple((k, v) for k, v in (context.invocation_metadata() or ()) if k in FORWARDED_KEYS and isinstance(v, str))
-    return _deadline.set(deadline), _forwarded.set(forwarded)
+    _deadline.set(None if remaining is None else time.monotonic() + remaining)
+    forwarded = []
+    traceparent = None
+    for k, v in context.invocation_metadata() or ():
+        if k in FORWARDED_KEYS and isinstance(v, str):
+            forwarded.append((k, v))
+        elif k == TRACEPARENT_KEY and isinstance(v, str):
+            traceparent = v
+    _forwarded.set(tuple(forwarded))
+    if light_tracing:
+        _attach_trace(traceparent)
 
 
-def leave(tokens: tuple[contextvars.Token, contextvars.Token]) -> None:
-    _deadline.reset(tokens[0])
-    _forwarded.reset(tokens[1])
+def _attach_trace(traceparent: str | None) -> None:
+    """W3C trace context without span recording: continue the caller's trace (or start one)
+    so logs carry trace ids and downstream calls carry `traceparent`, at a few µs per call."""
+    trace_id = 0
+    flags = 1
+    if traceparent:
+        parts = traceparent.split("-")
+        if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+            try:
+                trace_id = int(parts[1], 16)
+                flags = int(parts[3][:2], 16)
+            except ValueError:
+                trace_id = 0
+    if not trace_id:
+        trace_id = _random.getrandbits(128) or 1
+    span_ctx = trace.SpanContext(trace_id, _random.getrandbits(64) or 1, is_remote=False, trace_flags=trace.TraceFlags(flags & 1))
+    otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_ctx)))
 
 
 def time_remaining() -> float | None:

@@ -95,8 +95,10 @@ def _shutdown_status() -> grpc.Status:
 
 
 class CoreServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, shutdown: ShutdownCoordinator) -> None:
+    def __init__(self, shutdown: ShutdownCoordinator, *, light_tracing: bool = True) -> None:
         self.shutdown = shutdown
+        #: False when the OpenTelemetry interceptor runs in front and owns the trace context.
+        self.light_tracing = light_tracing
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -146,7 +148,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            tokens = ctx.enter(context)
+            ctx.enter(context, light_tracing=self.light_tracing)
             try:
                 if client_streaming:
                     request = self._checked_requests(method, request)
@@ -164,7 +166,6 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
                 code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
                 await self._fail(method, context, exc)
             finally:
-                ctx.leave(tokens)
                 RPC_HANDLED.labels(method, code.name).inc()
                 RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
 
@@ -176,7 +177,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            tokens = ctx.enter(context)
+            ctx.enter(context, light_tracing=self.light_tracing)
             task = asyncio.current_task()
             shutdown.track(task)
             active = STREAMS_ACTIVE.labels(method)
@@ -212,7 +213,6 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 shutdown.untrack(task)
                 active.dec()
-                ctx.leave(tokens)
                 RPC_HANDLED.labels(method, code.name).inc()
                 RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
 

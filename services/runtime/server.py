@@ -89,10 +89,13 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     """Start `app` on settings.grpc_host:grpc_port and report SERVING. Does not block."""
     shutdown = ShutdownCoordinator()
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if tracing:
+    # Spans are recorded only when an exporter is configured; otherwise the core interceptor
+    # carries the W3C trace context itself at a fraction of the cost (docs/adr/0002).
+    recording = tracing and settings.otel_traces_exporter != "none"
+    if recording:
         configure_tracing(app.name, settings.otel_traces_exporter)
         interceptors.append(aio_server_interceptor())
-    interceptors.append(CoreServerInterceptor(shutdown))
+    interceptors.append(CoreServerInterceptor(shutdown, light_tracing=not recording))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

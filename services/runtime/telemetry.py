@@ -13,7 +13,7 @@ _configured = False
 def configure_tracing(service: str, exporter: str = "none") -> None:
     """Install a tracer provider once per process. W3C tracecontext is OTel's default propagator."""
     global _configured
-    if _configured:
+    if _configured or exporter == "none":
         return
     provider = TracerProvider(resource=Resource.create({"service.name": f"eco2-{service}"}))
     if exporter == "console":
@@ -24,6 +24,11 @@ def configure_tracing(service: str, exporter: str = "none") -> None:
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _configured = True
+
+
+def recording_enabled() -> bool:
+    """True once configure_tracing() installed a provider that exports spans."""
+    return _configured
 
 
 def current_traceparent() -> str:

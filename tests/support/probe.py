@@ -23,6 +23,7 @@ from eco2.services.runtime import context as ctx
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.errors import NotFound
 from eco2.services.runtime.settings import RuntimeSettings
+from eco2.services.runtime.telemetry import current_traceparent
 
 log = logging.getLogger("eco2.probe")
 
@@ -40,7 +41,14 @@ class ProbeApp:
     async def start(self, server: grpc.aio.Server) -> None:
         async def echo(request: bytes, context) -> bytes:
             log.warning("probe handled")
-            return json.dumps({"remaining": ctx.time_remaining(), "user": ctx.metadata_value(context, ctx.USER_ID_KEY)}).encode()
+            return json.dumps(
+                {
+                    "remaining": ctx.time_remaining(),
+                    "user": ctx.metadata_value(context, ctx.USER_ID_KEY),
+                    "traceparent": ctx.metadata_value(context, ctx.TRACEPARENT_KEY),
+                    "current_trace": current_traceparent(),
+                }
+            ).encode()
 
         async def sleep(request: bytes, context) -> bytes:
             await asyncio.sleep(float(request or b"0"))
