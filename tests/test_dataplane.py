@@ -22,6 +22,8 @@ import asyncpg
 import psutil
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from eco2.services.dataplane.embedded import (
     POSTGRES_BIN_PATH,
@@ -99,7 +101,9 @@ async def _pg_fetchval(url: str, query: str, *args: object) -> object:
         await conn.close()
 
 
-def _spawn_owner(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, object]]:
+def _spawn_owner(
+    data_dir: Path, *, die_with_owner: bool = True
+) -> tuple[subprocess.Popen[str], dict[str, object]]:
     """Start a data plane in a child process that writes a row and a key, then idles."""
     code = textwrap.dedent(
         f"""
@@ -108,7 +112,7 @@ def _spawn_owner(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, objec
         import asyncpg, redis
         from eco2.services.dataplane.embedded import EmbeddedDataPlane
 
-        info = EmbeddedDataPlane(Path({str(data_dir)!r})).start()
+        info = EmbeddedDataPlane(Path({str(data_dir)!r}), die_with_owner={die_with_owner}).start()
 
         async def write():
             conn = await asyncpg.connect(info.database_url)
@@ -175,7 +179,10 @@ async def test_servers_need_passwords_and_listen_on_loopback_only(plane: Embedde
     with pytest.raises(asyncpg.InvalidPasswordError):
         await asyncpg.connect(f"postgresql://postgres:wrong@127.0.0.1:{info.pg_port}/eco2")
     with pytest.raises(redis.AuthenticationError):
-        redis.Redis(host="127.0.0.1", port=info.valkey_port, password="wrong").ping()
+        redis.Redis(
+            host="127.0.0.1", port=info.valkey_port, password="wrong",
+            retry=Retry(NoBackoff(), 0),  # redis-py would otherwise retry for ~3 s
+        ).ping()
     for pid, port in ((info.pg_pid, info.pg_port), (info.valkey_pid, info.valkey_port)):
         listening = {
             c.laddr for c in psutil.Process(pid).net_connections("inet")
@@ -251,9 +258,48 @@ async def test_start_after_servers_and_owner_were_sigkilled(base_dir: Path) -> N
     assert _processes_under(data_dir) == []
 
 
+async def test_servers_shut_down_cleanly_when_their_owner_is_killed(base_dir: Path) -> None:
+    data_dir = base_dir / "owner-killed"
+    owner, info = _spawn_owner(data_dir)
+    _kill(owner)
+    _wait_dead([int(info["pg_pid"]), int(info["valkey_pid"])])  # type: ignore[arg-type]
+    assert not (data_dir / "postgres" / "postmaster.pid").exists()  # a clean shutdown
+    log = (data_dir / "postgres" / "postmaster.log").read_text()
+    assert "received fast shutdown request" in log
+    with EmbeddedDataPlane(data_dir) as dp:
+        await _assert_crash_data(dp.info)
+
+
+def test_ctrl_c_reaches_only_the_owner_which_stops_the_servers(base_dir: Path) -> None:
+    data_dir = base_dir / "ctrl-c"
+    code = textwrap.dedent(
+        f"""
+        import logging, sys, time
+        from pathlib import Path
+        from eco2.services.dataplane.embedded import EmbeddedDataPlane
+        logging.basicConfig(level=logging.INFO)
+        with EmbeddedDataPlane(Path({str(data_dir)!r})) as dp:
+            print(dp.info.pg_pid, dp.info.valkey_pid, flush=True)
+            time.sleep(600)
+        """
+    )
+    # a terminal's Ctrl-C signals the whole foreground process group
+    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, process_group=0)
+    assert owner.stdout is not None
+    pids = [int(p) for p in owner.stdout.readline().split()]
+    assert len(pids) == 2, owner.communicate(timeout=10)[1]
+    os.killpg(owner.pid, signal.SIGINT)
+    _, err = owner.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err and "stopped in" in err
+    assert "already exited" not in err  # the servers were still up when stop() reached them
+    _wait_dead(pids)
+    assert _processes_under(data_dir) == []
+
+
 async def test_start_after_owner_crash_stops_orphaned_servers(base_dir: Path) -> None:
     data_dir = base_dir / "orphans"
-    owner, info = _spawn_owner(data_dir)
+    owner, info = _spawn_owner(data_dir, die_with_owner=False)
     _kill(owner)  # the servers live on without their owner; the lock is released
     orphans = [int(info["pg_pid"]), int(info["valkey_pid"])]  # type: ignore[arg-type]
     assert all(_alive(p) for p in orphans)
