@@ -194,7 +194,24 @@ async def stream_load(target: str, *, seconds: float, streams: int, per_stream: 
         started = time.perf_counter()
         await asyncio.gather(*(one() for _ in range(streams)))
         elapsed = time.perf_counter() - started
-    return {"msgs_per_s": round(received / elapsed, 1), "streams": streams}
+    return {"msgs_per_s": round(received / elapsed, 1), "streams": streams, "received": received}
+
+
+class ServerCpu:
+    """CPU seconds a server process spends, per unit of work: robust to a busy machine."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.start = self._total()
+
+    def _total(self) -> float:
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    def per(self, units: int) -> float:
+        return round((self._total() - self.start) / max(units, 1) * 1e6, 1)
 
 
 def time_up(data_dir: Path) -> float:
@@ -217,8 +234,12 @@ async def measure(seconds: float, concurrency: int) -> dict:
     for mode in ("raw", "runtime"):
         proc, target = spawn_noop_server(mode)
         try:
+            cpu = ServerCpu(proc.pid)
             out[f"unary_{mode}"] = await unary_load(target, UNARY, b"", seconds=seconds, concurrency=concurrency)
+            out[f"unary_{mode}"]["server_cpu_us_per_call"] = cpu.per(out[f"unary_{mode}"]["calls"])
+            cpu = ServerCpu(proc.pid)
             out[f"stream_{mode}"] = await stream_load(target, seconds=seconds, streams=8)
+            out[f"stream_{mode}"]["server_cpu_us_per_msg"] = cpu.per(out[f"stream_{mode}"]["received"])
         finally:
             stop_process(proc)
     return out

@@ -99,12 +99,20 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         self.shutdown = shutdown
         #: False when the OpenTelemetry interceptor runs in front and owns the trace context.
         self.light_tracing = light_tracing
+        # Handlers are registered once per method, so each is wrapped once, not per call.
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return None  # grpc answers UNIMPLEMENTED
+            wrapped = self._wrapped[method] = self._wrap(method, handler)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deser = _safe_deserializer(handler.request_deserializer)
         ser = handler.response_serializer
         if handler.unary_unary:
@@ -145,6 +153,9 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.StatusCode.INTERNAL  # not reached: abort raises
 
     def _unary(self, method: str, behavior, client_streaming: bool):
+        seconds = RPC_SECONDS.labels(method)
+        handled = _HandledCounter(method)
+
         async def call(request, context):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
@@ -166,13 +177,16 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
                 code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
                 await self._fail(method, context, exc)
             finally:
-                RPC_HANDLED.labels(method, code.name).inc()
-                RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+                handled.inc(code)
+                seconds.observe(time.perf_counter() - started)
 
         return call
 
     def _stream(self, method: str, behavior, client_streaming: bool):
         shutdown = self.shutdown
+        seconds = RPC_SECONDS.labels(method)
+        handled = _HandledCounter(method)
+        active = STREAMS_ACTIVE.labels(method)
 
         async def call(request, context):
             started = time.perf_counter()
@@ -180,7 +194,6 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             ctx.enter(context, light_tracing=self.light_tracing)
             task = asyncio.current_task()
             shutdown.track(task)
-            active = STREAMS_ACTIVE.labels(method)
             active.inc()
             try:
                 if client_streaming:
@@ -213,10 +226,26 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 shutdown.untrack(task)
                 active.dec()
-                RPC_HANDLED.labels(method, code.name).inc()
-                RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+                handled.inc(code)
+                seconds.observe(time.perf_counter() - started)
 
         return call
+
+
+class _HandledCounter:
+    """RPC_HANDLED children of one method, looked up once per status code."""
+
+    __slots__ = ("method", "children")
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.children: dict[grpc.StatusCode, Any] = {}
+
+    def inc(self, code: grpc.StatusCode) -> None:
+        child = self.children.get(code)
+        if child is None:
+            child = self.children[code] = RPC_HANDLED.labels(self.method, code.name)
+        child.inc()
 
 
 def _code_of(context) -> grpc.StatusCode:
