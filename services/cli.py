@@ -19,8 +19,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .runtime.server import run
 
     app = create(args.name)
+    serve = getattr(app, "serve", None)  # HTTP apps (the gateway) run their own server
     try:
-        asyncio.run(run(app, app.settings))
+        asyncio.run(serve() if serve else run(app, app.settings))
     except KeyboardInterrupt:  # second Ctrl-C while shutting down
         return 130
     return 0
@@ -44,6 +45,18 @@ def _endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _location_import(args: argparse.Namespace) -> int:
+    from .location.importer import main as import_main
+
+    return import_main(args)
+
+
+def _chat_cmd(args: argparse.Namespace) -> int:
+    from .chat.cli import main as chat_main
+
+    return chat_main(args.data_dir, args.question)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eco2", description="Eco² mesh: the recycling assistant as gRPC services")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     p_ep = sub.add_parser("endpoints", help="print the endpoints of a running stack")
     p_ep.add_argument("--data-dir")
     p_ep.set_defaults(func=_endpoints)
+    p_loc = sub.add_parser("location", help="location data tools")
+    loc_sub = p_loc.add_subparsers(dest="location_command", required=True)
+    p_imp = loc_sub.add_parser("import", help="import the national recycling-centre standard data CSV (idempotent upserts)")
+    p_imp.add_argument("file", help="the CSV file (UTF-8 or CP949)")
+    p_imp.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
+    p_imp.set_defaults(func=_location_import)
+    p_chat = sub.add_parser("chat", help="ask the assistant of a running stack; streams the answer")
+    p_chat.add_argument("--data-dir")
+    p_chat.add_argument("question")
+    p_chat.set_defaults(func=_chat_cmd)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -15,15 +15,26 @@ ALL_SERVICES = ("auth", "character", "location", "images", "chat", "scan", "even
 
 #: The services that exist today (others are added as their issues land).
 SERVICES: dict[str, str] = {
+    "auth": "eco2.services.auth.app:create",
     "character": "eco2.services.character.app:create",
+    "location": "eco2.services.location.app:create",
+    "images": "eco2.services.images.app:create",
+    "chat": "eco2.services.chat.app:create",
+    "events": "eco2.services.events.app:create",
+}
+
+#: HTTP apps (health: GET /healthz, endpoint http://host:port), started after the gRPC services.
+#: Such an app has `protocol = "http"` and an `async serve()` that runs it until SIGTERM.
+HTTP_APPS: dict[str, str] = {
+    "gateway": "eco2.gateway.app:create",
 }
 
 
 def create(name: str) -> ServiceApp:
     try:
-        target = SERVICES[name]
+        target = SERVICES.get(name) or HTTP_APPS[name]
     except KeyError:
-        known = ", ".join(SERVICES) or "none"
+        known = ", ".join([*SERVICES, *HTTP_APPS]) or "none"
         raise SystemExit(f"unknown service {name!r}; available: {known}") from None
     module, _, factory = target.partition(":")
     return getattr(importlib.import_module(module), factory)()

@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .registry import SERVICES
+from .registry import HTTP_APPS, SERVICES
 from .runtime.settings import default_data_dir
 
 log = logging.getLogger("eco2.up")
@@ -79,6 +79,25 @@ def _wait_serving(target: str, deadline: float, proc: subprocess.Popen) -> None:
             time.sleep(0.05)
 
 
+def _wait_http(target: str, deadline: float, proc: subprocess.Popen) -> None:
+    """HTTP apps (the gateway) are ready when GET /healthz answers 200."""
+    import urllib.error
+    import urllib.request
+
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode} before serving")
+        try:
+            with urllib.request.urlopen(f"http://{target}/healthz", timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no 200 from http://{target}/healthz in time")
+        time.sleep(0.05)
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -102,7 +121,7 @@ class Stack:
         info = dataplane.start()  # takes the data dir's lock: raises if another stack owns it
         self.dataplane = dataplane
         (self.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)  # left by a crashed run
-        names = list(SERVICES)
+        names = [*SERVICES, *HTTP_APPS]
         ports: dict[str, tuple[int, int]] = {}
         for i, name in enumerate(names):
             if self.settings.up_port_base:
@@ -124,6 +143,8 @@ class Stack:
         for name in names:
             grpc_port, metrics_port = ports[name]
             child_env = dict(env, ECO2_GRPC_PORT=str(grpc_port), ECO2_METRICS_PORT=str(metrics_port))
+            if name in HTTP_APPS:
+                child_env["ECO2_HTTP_PORT"] = str(grpc_port)
             out = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "eco2.services.cli", "serve", name],
@@ -137,10 +158,11 @@ class Stack:
         deadline = time.monotonic() + self.settings.up_timeout_s
         for name in names:
             try:
-                _wait_serving(f"127.0.0.1:{ports[name][0]}", deadline, self.procs[name])
+                wait = _wait_http if name in HTTP_APPS else _wait_serving
+                wait(f"127.0.0.1:{ports[name][0]}", deadline, self.procs[name])
             except (RuntimeError, TimeoutError) as exc:
                 raise RuntimeError(f"service {name} {exc}; last log lines ({logs / (name + '.log')}):\n{_tail(logs / (name + '.log'))}") from None
-        endpoints: dict[str, object] = {name: f"127.0.0.1:{ports[name][0]}" for name in names}
+        endpoints: dict[str, object] = {name: f"{'http://' if name in HTTP_APPS else ''}127.0.0.1:{ports[name][0]}" for name in names}
         endpoints["metrics"] = {name: f"http://127.0.0.1:{ports[name][1]}/metrics" for name in names}
         endpoints["dataplane"] = {
             "database_url": info.database_url,

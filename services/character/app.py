@@ -8,16 +8,23 @@ import grpc
 
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
-from eco2.services.dataplane.urls import create_pg_pool
+import logging
+
+from pydantic import Field
+
+from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.runtime.settings import RuntimeSettings
 
 from .catalog import CatalogCache
-from .postgres import PostgresCatalogRepository
+from .postgres import PostgresCatalogRepository, PostgresRewardRepository
 from .service import CharacterServicer
+from .valkey import CATALOG_CHANNEL, ValkeyCatalogBroadcast
+
+log = logging.getLogger("eco2.character")
 
 
 class CharacterSettings(RuntimeSettings):
-    pass
+    character_catalog_channel: str = Field(CATALOG_CHANNEL, min_length=1, description="Valkey Pub/Sub channel announcing catalog changes")
 
 
 class CharacterApp:
@@ -26,19 +33,36 @@ class CharacterApp:
     def __init__(self, settings: CharacterSettings) -> None:
         self.settings = settings
         self.pool = None
+        self.redis = None
+        self.catalog: CatalogCache | None = None
 
     def service_names(self) -> list[str]:
         return [character_pb2.DESCRIPTOR.services_by_name["CharacterService"].full_name]
 
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
-        await apply_migrations(s.database_url, "character", resources.files(__package__) / "migrations")
+        applied = await apply_migrations(s.database_url, "character", resources.files(__package__) / "migrations")
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-character")
-        catalog = CatalogCache(PostgresCatalogRepository(self.pool))
+        broadcast = None
+        if s.redis_url:
+            self.redis = create_redis(s.redis_url)
+            broadcast = ValkeyCatalogBroadcast(self.redis, channel=s.character_catalog_channel)
+        else:
+            log.warning("REDIS_URL not set: catalog changes reach this replica only on restart")
+        self.catalog = catalog = CatalogCache(PostgresCatalogRepository(self.pool), broadcast)
         await catalog.refresh()
-        character_pb2_grpc.add_CharacterServiceServicer_to_server(CharacterServicer(catalog), server)
+        catalog.start_listening()
+        if applied and broadcast is not None:
+            # This replica brought a new migration: replicas still running reload too.
+            await broadcast.publish_changed("migrations " + ",".join(applied))
+        servicer = CharacterServicer(catalog, PostgresRewardRepository(self.pool))
+        character_pb2_grpc.add_CharacterServiceServicer_to_server(servicer, server)
 
     async def stop(self) -> None:
+        if self.catalog is not None:
+            await self.catalog.stop_listening()
+        if self.redis is not None:
+            await self.redis.aclose()
         if self.pool is not None:
             await self.pool.close()
 

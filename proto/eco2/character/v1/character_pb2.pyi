@@ -37,6 +37,7 @@ class RewardSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REWARD_SOURCE_UNSPECIFIED: _ClassVar[RewardSource]
     REWARD_SOURCE_SCAN: _ClassVar[RewardSource]
     REWARD_SOURCE_CHAT: _ClassVar[RewardSource]
+    REWARD_SOURCE_DEFAULT: _ClassVar[RewardSource]
 
 class RewardOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -66,6 +67,7 @@ WASTE_CATEGORY_BULKY: WasteCategory
 REWARD_SOURCE_UNSPECIFIED: RewardSource
 REWARD_SOURCE_SCAN: RewardSource
 REWARD_SOURCE_CHAT: RewardSource
+REWARD_SOURCE_DEFAULT: RewardSource
 REWARD_OUTCOME_UNSPECIFIED: RewardOutcome
 REWARD_OUTCOME_RECEIVED: RewardOutcome
 REWARD_OUTCOME_ALREADY_OWNED: RewardOutcome

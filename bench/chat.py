@@ -1,0 +1,217 @@
+"""Benchmark of the chat agent: N concurrent conversations through one chat process and the
+EventService against a fake streaming model, and one offline turn to DONE.
+
+    python bench/chat.py [--conversations 1000] [--offline-turns 20]
+
+Starts its own embedded data plane (temp dir under /tmp, mode 0755), a fake OpenAI-compatible
+model server (tests/support/fake_llm.py: first token after 200 ms, then one token per 20 ms,
+100 tokens), `eco2 serve events` and `eco2 serve chat` processes on 127.0.0.1, prints one
+JSON line and stops everything.
+
+Measured per conversation (client: StreamChat on the chat process):
+    e2e          send → DONE on the client
+    model        the model's own time, measured by the fake server for that conversation (its
+                 streaming call from request to last token, plus the LLM grader's call)
+    overhead     e2e − model  (target p95 ≤ 150 ms)
+    added TTFT   (send → first TOKEN on the client) − (request → first token at the model)
+                 (target p95 ≤ 50 ms)
+Offline: one turn at a time, send → DONE, the offline provider (target p50 ≤ 300 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import grpc
+
+from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
+from eco2.events.v1 import events_pb2
+
+REPO = Path(__file__).resolve().parent.parent
+FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 20, 100
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))], 1)
+
+
+def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    penv = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", name], env=penv, start_new_session=True, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server on {port} exited with {proc.returncode}")
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"server on {port} not ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def one_turn(stub, text: str, user: str) -> dict:
+    out: dict = {"ok": False, "tokens": 0}
+    started = time.monotonic()
+    try:
+        async for e in stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300):
+            if e.kind == events_pb2.EVENT_KIND_TOKEN:
+                out["tokens"] += 1
+                out.setdefault("first_token", time.monotonic() - started)
+            elif e.kind == events_pb2.EVENT_KIND_DONE:
+                out["ok"] = True
+                out["e2e"] = time.monotonic() - started
+            elif e.kind == events_pb2.EVENT_KIND_ERROR:
+                out["error"] = e.error.reason
+    except grpc.aio.AioRpcError as exc:
+        out["error"] = exc.code().name
+    return out
+
+
+async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
+    port = free_port()
+    proc = serve("chat", {**base_env, "ECO2_CHAT_MODEL": "offline", "ECO2_CHAT_JOB_KIND": "bench-offline"}, port, root / "chat-offline.log")
+    try:
+        await wait_ready(port, proc)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = chat_pb2_grpc.ChatServiceStub(ch)
+            await one_turn(stub, "캔은 어떻게 버려?", "bench-warmup")  # warm-up (imports, pools)
+            results = [await one_turn(stub, q, f"bench-off-{i}") for i, q in zip(range(turns), ["투명 페트병은 어떻게 버려?", "건전지는 어디에 버려?", "우유팩 버리는 법 알려줘", "신문지 시세 얼마야?"] * turns)]
+    finally:
+        stop(proc)
+    e2e = [r["e2e"] * 1000 for r in results if r["ok"]]
+    return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95)}
+
+
+async def load_phase(base_env: dict, root: Path, n: int, channels: int) -> dict:
+    fake_port = free_port()
+    fake = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=(root / "fake.log").open("ab"),
+    )
+    fake.stdout.readline()  # {"port": ...} once listening
+    port = free_port()
+    env = {
+        **base_env, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-bench", "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+        "ECO2_CHAT_JOB_KIND": "bench-load", "ECO2_CHAT_WORKERS": str(max(64, n)), "ECO2_CHAT_CLAIMERS": "8", "ECO2_CHAT_PG_POOL_MAX": "40",
+        "ECO2_CHAT_STREAM_TIMEOUT_S": "600",
+    }
+    proc = serve("chat", env, port, root / "chat-load.log")
+    try:
+        await wait_ready(port, proc)
+        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
+        stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in chans]
+        await one_turn(stubs[0], "캔은 어떻게 버려? #warmup0", "bench-warmup")
+        markers = [f"c{uuid.uuid4().hex[:10]}" for _ in range(n)]
+        started = time.monotonic()
+        results = await asyncio.gather(*(one_turn(stubs[i % channels], f"투명 페트병은 어떻게 버려? #{m}", f"bench-{i}") for i, m in enumerate(markers)))
+        wall = time.monotonic() - started
+        for c in chans:
+            await c.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{fake_port}/_timings", timeout=30) as r:
+            timings = json.loads(r.read())
+    finally:
+        stop(proc)
+        stop(fake)
+    overhead, added_ttft, model_ms, e2e_ms = [], [], [], []
+    for m, r in zip(markers, results):
+        calls = timings.get(m) or []
+        if not r["ok"] or not calls:
+            continue
+        stream = max(calls, key=lambda c: (c["end"] or c["start"]) - c["start"])  # the answer stream is the long call
+        model = sum((c["end"] or c["start"]) - c["start"] for c in calls)
+        model_ms.append(model * 1000)
+        e2e_ms.append(r["e2e"] * 1000)
+        overhead.append((r["e2e"] - model) * 1000)
+        if "first_token" in r and stream["first"] is not None:
+            added_ttft.append((r["first_token"] - (stream["first"] - stream["start"])) * 1000)
+    done = sum(1 for r in results if r["ok"])
+    errors: dict[str, int] = {}
+    for r in results:
+        if not r["ok"]:
+            errors[r.get("error", "no DONE")] = errors.get(r.get("error", "no DONE"), 0) + 1
+    return {
+        "conversations": n, "complete_pct": round(100 * done / n, 2), "errors": errors, "wall_s": round(wall, 2),
+        "tokens_per_answer": TOKENS, "model_ms_p50": pct(model_ms, 50), "e2e_ms_p50": pct(e2e_ms, 50), "e2e_ms_p95": pct(e2e_ms, 95),
+        "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p95": pct(overhead, 95), "overhead_ms_max": pct(overhead, 100),
+        "added_ttft_ms_p50": pct(added_ttft, 50), "added_ttft_ms_p95": pct(added_ttft, 95),
+        "targets": {"complete_pct": 100, "overhead_ms_p95": 150, "added_ttft_ms_p95": 50},
+    }
+
+
+async def main(args) -> dict:
+    from eco2.services.dataplane.embedded import EmbeddedDataPlane
+
+    root = Path(tempfile.mkdtemp(prefix="eco2-bench-chat-", dir="/tmp"))
+    root.chmod(0o755)
+    plane = EmbeddedDataPlane(root / "data")
+    info = plane.start()
+    procs: list[subprocess.Popen] = []
+    try:
+        events_port = free_port()
+        base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8"}
+        procs.append(serve("events", base, events_port, root / "events.log"))
+        await wait_ready(events_port, procs[-1])
+        base = {**base, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events_port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1"}
+        out: dict = {"bench": "chat", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d")}
+        if args.offline_turns:
+            out.update(await offline_phase(base, root, args.offline_turns))
+        if args.conversations:
+            out.update(await load_phase(base, root, args.conversations, args.channels))
+        return out
+    finally:
+        for p in procs:
+            stop(p)
+        plane.stop()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--conversations", type=int, default=1000, help="concurrent conversations (0 = skip)")
+    parser.add_argument("--offline-turns", type=int, default=20, help="sequential offline turns (0 = skip)")
+    parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    print(json.dumps(asyncio.run(main(parser.parse_args())), ensure_ascii=False))

@@ -1,0 +1,230 @@
+"""Benchmark of the event bus: publish → router → Subscribe throughput, end-to-end latency at a
+fixed rate, and the cost of 10,000 idle Subscribe streams on one EventService process.
+
+    python bench/events.py [--events 60000] [--rate 5000] [--streams 10000]
+
+Starts its own embedded data plane (temp dir under /tmp), `eco2 serve events` processes and
+publisher processes on 127.0.0.1, prints one JSON line, stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+
+from eco2.events.v1 import events_pb2, events_pb2_grpc
+
+E = events_pb2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- publisher worker (a separate process) ------------------------------------------------------
+
+
+async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: float) -> None:
+    from eco2.services.dataplane.urls import create_redis
+    from eco2.services.events.producer import EventPublisher
+
+    client = create_redis(redis_url)
+    pub = EventPublisher(client)
+    per_task_interval = len(jobs) / rate if rate > 0 else 0.0
+
+    async def one(job: str) -> None:
+        start = time.perf_counter()
+        for seq in range(1, per_job + 1):
+            kind = E.EVENT_KIND_DONE if seq == per_job else E.EVENT_KIND_TOKEN
+            await pub.publish(E.Event(job_id=job, seq=seq, kind=kind, delta="토큰 "))  # time filled by publish
+            if per_task_interval:
+                delay = start + seq * per_task_interval - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+
+    await asyncio.gather(*(one(j) for j in jobs))
+    await client.aclose()
+
+
+# -- orchestration --------------------------------------------------------------------------------
+
+
+def serve(env: dict[str, str], role: str, port: int) -> subprocess.Popen:
+    penv = {**os.environ, **env, "ECO2_EVENTS_ROLE": role, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", "events"], env=penv, start_new_session=True)
+
+
+async def wait_ready(port: int, timeout: float = 60) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"events server on {port} not ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def redis_connections(pid: int, valkey_port: int) -> int:
+    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp") if c.raddr and c.raddr.port == valkey_port and c.status == "ESTABLISHED")
+
+
+async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int, rate: float, publishers: int) -> dict:
+    """`jobs` jobs, one subscriber each; `publishers` processes publish per_job events per job."""
+    names = [f"{tag}-{i}" for i in range(jobs)]
+    latencies: list[float] = []
+    received = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = events_pb2_grpc.EventServiceStub(ch)
+
+        async def subscribe(job: str) -> None:
+            nonlocal received
+            async for e in stub.Subscribe(E.SubscribeRequest(job_id=job), timeout=600):
+                received += 1
+                if rate:
+                    latencies.append(time.time() - (e.time.seconds + e.time.nanos / 1e9))
+
+        subs = [asyncio.create_task(subscribe(j)) for j in names]
+        await asyncio.sleep(0.5)  # streams registered (unknown jobs wait for their first event)
+        chunks = [names[i::publishers] for i in range(publishers)]
+        started = time.perf_counter()
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--publisher", redis_url, ",".join(c), str(per_job), str(rate / publishers if rate else 0)
+            )
+            for c in chunks
+        ]
+        await asyncio.gather(*(p.wait() for p in procs))
+        published_at = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*subs), 600)
+        elapsed = time.perf_counter() - started
+    total = jobs * per_job
+    out = {"events": total, "received": received, "seconds": round(elapsed, 2), "events_per_s": round(received / elapsed),
+           "publish_seconds": round(published_at - started, 2)}
+    if latencies:
+        latencies.sort()
+        q = lambda p: round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)  # noqa: E731
+        out.update({"p50_ms": q(0.50), "p95_ms": q(0.95), "p99_ms": q(0.99), "max_ms": round(latencies[-1] * 1000, 2)})
+    return out
+
+
+async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n: int) -> dict:
+    """n Subscribe streams (one job each, one event received) idling on one service process."""
+    from eco2.services.dataplane.urls import create_redis
+    from eco2.services.events.producer import EventPublisher
+
+    client = create_redis(redis_url)
+    pub = EventPublisher(client)
+    names = [f"idle-{i}" for i in range(n)]
+    for i in range(0, n, 50):
+        await asyncio.gather(*(pub.publish(E.Event(job_id=j, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED)) for j in names[i : i + 50]))
+    port = free_port()
+    proc = serve(env, "service", port)
+    try:
+        await wait_ready(port)
+        ps = psutil.Process(proc.pid)
+        # warm the process up with one stream so first-call allocations are not counted per stream
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(20)]
+        stubs = [events_pb2_grpc.EventServiceStub(c) for c in channels]
+        warm = stubs[0].Subscribe(E.SubscribeRequest(job_id=names[0]))
+        await warm.read()
+        await asyncio.sleep(1.0)
+        rss_before = ps.memory_info().rss
+        calls = []
+        t0 = time.perf_counter()
+        rest = names[1:]
+        for i in range(0, len(rest), 250):  # clients arrive in waves of 250
+            wave = [stubs[(i + k) % len(stubs)].Subscribe(E.SubscribeRequest(job_id=job)) for k, job in enumerate(rest[i : i + 250])]
+            firsts = await asyncio.gather(*(c.read() for c in wave))
+            assert all(f.seq == 1 for f in firsts)
+            calls += wave
+        opened_s = time.perf_counter() - t0
+        await asyncio.sleep(2.0)
+        rss_after = ps.memory_info().rss
+        conns = redis_connections(proc.pid, valkey_port)
+        streams = len(calls) + 1
+        # still alive: one more event on a few of them arrives
+        for c in calls:
+            c.cancel()
+        warm.cancel()
+        for c in channels:
+            await c.close()
+        return {"streams": streams, "open_seconds": round(opened_s, 2), "rss_before_mb": round(rss_before / 2**20, 1),
+                "rss_after_mb": round(rss_after / 2**20, 1), "kb_per_idle_stream": round((rss_after - rss_before) / (streams - 1) / 1024, 1),
+                "redis_connections": conns}
+    finally:
+        stop(proc)
+        await client.aclose()
+
+
+async def main(args) -> dict:
+    from eco2.services.dataplane.embedded import EmbeddedDataPlane
+
+    root = Path(tempfile.mkdtemp(prefix="eco2-bench-events-", dir="/tmp"))
+    root.chmod(0o755)
+    plane = EmbeddedDataPlane(root / "data")
+    info = plane.start()
+    procs = []
+    try:
+        env = {"REDIS_URL": info.redis_url, "DATABASE_URL": info.database_url, "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "60"}
+        port = free_port()
+        procs.append(serve(env, "all", port))  # router + EventService in one process
+        await wait_ready(port)
+        throughput = await run_flow(info.redis_url, port, "tp", args.jobs, args.events // args.jobs, 0, args.publishers)
+        latency = await run_flow(info.redis_url, port, "lat", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate, args.publishers)
+        latency["target_rate"] = args.rate
+        all_conns = redis_connections(procs[0].pid, info.valkey_port)
+        idle = await idle_streams(info.redis_url, env, info.valkey_port, args.streams)
+        return {"bench": "events", "cpus": os.cpu_count(), "throughput": throughput, "latency": latency,
+                "idle": idle, "redis_connections_all_role": all_conns}
+    finally:
+        for p in procs:
+            stop(p)
+        plane.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--publisher":
+        _, _, url, jobs, per_job, rate = sys.argv
+        asyncio.run(publisher_main(url, jobs.split(","), int(per_job), float(rate)))
+        sys.exit(0)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=60_000, help="events in the throughput run")
+    parser.add_argument("--jobs", type=int, default=100, help="concurrent jobs (one subscriber each)")
+    parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
+    parser.add_argument("--rate", type=float, default=5000, help="events/s of the latency run")
+    parser.add_argument("--seconds", type=float, default=6, help="length of the latency run")
+    parser.add_argument("--streams", type=int, default=10_000, help="idle Subscribe streams")
+    os.environ.setdefault("LC_ALL", "C.UTF-8")
+    print(json.dumps(asyncio.run(main(parser.parse_args()))))

@@ -1,0 +1,124 @@
+"""Small JSON routes a browser needs, each one gRPC call (proto3 JSON in and out)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+from google.protobuf import json_format
+
+from eco2.auth.v1 import auth_pb2
+from eco2.chat.v1 import chat_pb2
+from eco2.images.v1 import images_pb2
+
+from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
+from .http import HttpError, Request
+from .upstream import Upstreams
+
+
+@dataclass(frozen=True)
+class JsonRoute:
+    method: str
+    pattern: re.Pattern
+    service: str  # settings address name
+    grpc_path: str
+    request: type
+    response: type
+    #: builds the request from (path groups, query, JSON body)
+    build: Callable[[re.Match, Request, dict], dict]
+    post: Callable[[dict], dict] | None = None
+
+
+def _body(m, req, body):
+    return body
+
+
+def _query_paging(m, req, body):
+    out = {}
+    if (size := req.query_value("page_size")) is not None:
+        if not size.isdigit():
+            raise HttpError(400, "page_size must be a non-negative integer", "BAD_QUERY", details={"field": "page_size"})
+        out["pageSize"] = int(size)
+    if (token := req.query_value("page_token")) is not None:
+        out["pageToken"] = token
+    return out
+
+
+def _with_events_url(reply: dict) -> dict:
+    if reply.get("jobId"):
+        reply["eventsUrl"] = f"/v1/jobs/{reply['jobId']}/events"
+    return reply
+
+
+ROUTES = [
+    JsonRoute("POST", re.compile(r"^/v1/auth/dev-sign-in$"), "auth", "/eco2.auth.v1.AuthService/DevSignIn",
+              auth_pb2.DevSignInRequest, auth_pb2.DevSignInResponse, _body),
+    JsonRoute("GET", re.compile(r"^/v1/me$"), "auth", "/eco2.auth.v1.AuthService/GetMe",
+              auth_pb2.GetMeRequest, auth_pb2.GetMeResponse, lambda m, r, b: {}),
+    JsonRoute("POST", re.compile(r"^/v1/chat/messages$"), "chat", "/eco2.chat.v1.ChatService/SendMessage",
+              chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse, _body, _with_events_url),
+    JsonRoute("POST", re.compile(r"^/v1/chat/input$"), "chat", "/eco2.chat.v1.ChatService/ProvideInput",
+              chat_pb2.ProvideInputRequest, chat_pb2.ProvideInputResponse, _body),
+    JsonRoute("GET", re.compile(r"^/v1/conversations$"), "chat", "/eco2.chat.v1.ChatService/ListConversations",
+              chat_pb2.ListConversationsRequest, chat_pb2.ListConversationsResponse, _query_paging),
+    JsonRoute("GET", re.compile(r"^/v1/conversations/([A-Za-z0-9_-]{1,64})$"), "chat", "/eco2.chat.v1.ChatService/GetConversation",
+              chat_pb2.GetConversationRequest, chat_pb2.GetConversationResponse, lambda m, r, b: {"conversationId": m.group(1)}),
+    JsonRoute("GET", re.compile(r"^/v1/images/meta/(sha256:[0-9a-f]{64})$"), "images", "/eco2.images.v1.ImageService/GetImage",
+              images_pb2.GetImageRequest, images_pb2.GetImageResponse, lambda m, r, b: {"key": m.group(1)}),
+]
+
+
+def match(req: Request) -> tuple[JsonRoute, re.Match] | None:
+    methods = set()
+    for route in ROUTES:
+        m = route.pattern.match(req.path)
+        if m:
+            if route.method == req.method:
+                return route, m
+            methods.add(route.method)
+    if methods:
+        raise HttpError(405, f"use {', '.join(sorted(methods))}", "METHOD_NOT_ALLOWED", headers=[(b"allow", ", ".join(sorted(methods)).encode())])
+    return None
+
+
+def grpc_error_body(exc: grpc.aio.AioRpcError) -> tuple[int, dict]:
+    code = exc.code().value[0]
+    status = CONNECT_HTTP.get(code, 502)
+    err = connect_error(code, exc.details() or "", exc.trailing_metadata())
+    return status, {"error": {"code": status, "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}
+
+
+async def call_json(req: Request, route: JsonRoute, m: re.Match, upstreams: Upstreams, settings, metadata) -> None:
+    body: dict = {}
+    if req.method == "POST":
+        raw = await req.read_body(settings.gateway_max_body_bytes, settings.gateway_body_timeout_s, "ECO2_GATEWAY_MAX_BODY_BYTES")
+        if raw.strip():
+            if req.content_type != "application/json":
+                raise HttpError(415, "send application/json", "UNSUPPORTED_MEDIA_TYPE")
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise HttpError(400, f"body is not JSON: {exc}", "BAD_JSON") from None
+            if not isinstance(body, dict):
+                raise HttpError(400, "body must be a JSON object", "BAD_JSON")
+    fields = route.build(m, req, body)
+    try:
+        request = json_format.ParseDict(fields, route.request())
+    except json_format.ParseError as exc:
+        raise HttpError(400, f"invalid request: {exc}", "BAD_JSON", details={"field": "body"}) from None
+    stub = upstreams.channel(settings.address_of(route.service)).unary_unary(
+        route.grpc_path, request_serializer=route.request.SerializeToString, response_deserializer=route.response.FromString
+    )
+    try:
+        reply = await stub(request, timeout=settings.gateway_default_timeout_s, metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        status, err = grpc_error_body(exc)
+        await req.respond_json(status, err)
+        return
+    out = json_format.MessageToDict(reply)
+    if route.post:
+        out = route.post(out)
+    await req.respond_json(200, out)

@@ -1,0 +1,58 @@
+"""Settings of the gateway (env `ECO2_*`); every limit is a named setting."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from eco2.services.runtime.settings import Endpoints, RuntimeSettings
+
+
+class AuthMode(StrEnum):
+    #: The gateway calls ext-authz `Check` itself for every request (one machine, `eco2 up`).
+    EDGE = "edge"
+    #: Istio's Envoy ran ext-authz before the request got here: trust its `x-eco2-*` headers.
+    MESH = "mesh"
+
+
+DEFAULT_METADATA = (
+    "authorization",
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "accept-language",
+    "idempotency-key",
+)
+
+
+class GatewaySettings(RuntimeSettings, Endpoints):
+    http_host: str = Field("127.0.0.1", description="address the gateway's HTTP server binds")
+    http_port: int = Field(8080, ge=0, le=65535, description="gateway HTTP port (0 = any free port); `eco2 up` sets it")
+    gateway_auth_mode: AuthMode = Field(AuthMode.EDGE, description="edge: call ext-authz Check per request; mesh: trust Envoy's x-eco2-* headers")
+    gateway_authz_timeout_s: float = Field(2.0, gt=0, description="deadline of one ext-authz Check call (fail closed when exceeded)")
+    gateway_public_paths: list[str] = Field(
+        default_factory=lambda: ["/", "/healthz", "/static/*", "/.well-known/jwks.json", "/v1/auth/dev-sign-in"],
+        description="JSON list of paths served without calling ext-authz (a trailing * makes a prefix); everything else is checked",
+    )
+    gateway_routes: dict[str, str] = Field(
+        default_factory=dict,
+        description='extra upstreams by gRPC service or package prefix, JSON: {"eco2test.Probe": "127.0.0.1:7000"}; eco2.<svc>.v1 goes to ECO2_<SVC>_ADDR',
+    )
+    gateway_max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request message (frame) accepted from a browser; larger → RESOURCE_EXHAUSTED")
+    gateway_max_body_bytes: int = Field(12 * 1024 * 1024, ge=1024, description="largest JSON-route request body (image upload multipart included)")
+    gateway_body_timeout_s: float = Field(15.0, gt=0, description="time a client gets to send the whole request body (slow bodies are cut off with 408)")
+    gateway_send_timeout_s: float = Field(30.0, gt=0, description="time one write to a client may block (a client that stops reading is disconnected)")
+    gateway_max_timeout_s: float = Field(300.0, gt=0, description="upper bound of grpc-timeout / connect-timeout-ms a client may ask for")
+    gateway_default_timeout_s: float = Field(30.0, gt=0, description="upstream deadline of unary calls when the client sent none")
+    gateway_metadata_allowlist: list[str] = Field(default_factory=lambda: list(DEFAULT_METADATA), description="request headers passed to the upstream as gRPC metadata")
+    gateway_cors_origins: list[str] = Field(default_factory=list, description='origins allowed cross-origin, JSON list (same-origin is always allowed), e.g. ["http://localhost:5173"]')
+    gateway_cors_max_age_s: int = Field(600, ge=0, description="how long browsers may cache a CORS preflight")
+    gateway_sse_keepalive_s: float = Field(15.0, gt=0, description="interval of SSE keepalive comments")
+    gateway_sse_header_wait_s: float = Field(1.0, ge=0, description="how long SSE waits for the first upstream event (so an unknown job gets a real 404) before sending headers")
+    gateway_upload_chunk_bytes: int = Field(64 * 1024, ge=1024, description="chunk size of image uploads streamed to ImageService.Upload")
+    gateway_h2_max_concurrent_streams: int = Field(100, ge=1, description="HTTP/2 streams per client connection")
+    gateway_keep_alive_s: float = Field(75.0, gt=0, description="idle HTTP keep-alive before the connection is closed")
+    gateway_shutdown_grace_s: float = Field(5.0, ge=0, description="time open streams get after SIGTERM")
+    gateway_tcp_user_timeout_s: float = Field(60.0, ge=0, description="kernel bound (TCP_USER_TIMEOUT) on unacknowledged data: a peer that stops reading is dropped after it (0 = off)")
+    gateway_backlog: int = Field(2048, ge=16, description="listen backlog of the HTTP socket")

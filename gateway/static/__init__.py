@@ -1,0 +1,1 @@
+"""Static assets of the browser UI (committed; no build step)."""

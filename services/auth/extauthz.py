@@ -1,0 +1,257 @@
+"""`envoy.service.auth.v3.Authorization/Check`: the mesh's front door.
+
+Hot path, per request: read headers once (size limit, UTF-8, spoofed `x-eco2-*`), find the
+token, claims from the LRU (the ES256 signature is verified once per token), revocation from
+the in-process RevocationCache, one Valkey call for the rate limit, a prebuilt response.
+Every failure, including our own bugs, ends in a DeniedHttpResponse: never an RPC error a
+misconfigured Envoy (failure_mode_allow) could fail open on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, status_pb2
+
+from eco2.services.runtime.context import PROVIDER_KEY, ROLES_KEY, USER_ID_KEY
+
+from .domain import ACCESS, ClaimsCache, TokenError, TokenService
+from .ports import RateLimiter, RevocationView
+
+log = logging.getLogger("eco2.auth.extauthz")
+
+SERVICE_NAME = "envoy.service.auth.v3.Authorization"
+INJECTED = (USER_ID_KEY, ROLES_KEY, PROVIDER_KEY)
+_INJECTED_SET = frozenset(INJECTED)
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    public_paths: tuple[str, ...]
+    cors_origins: frozenset[str]
+    max_header_bytes: int
+    cookie_name: str = "eco2_access"
+    realm: str = "eco2"
+
+    def __post_init__(self) -> None:
+        exact = frozenset(p for p in self.public_paths if not p.endswith("*"))
+        prefixes = tuple(p[:-1] for p in self.public_paths if p.endswith("*"))
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_prefixes", prefixes)
+
+    def is_public(self, path: str) -> bool:
+        return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))  # type: ignore[attr-defined]
+
+
+class _Unparsable:
+    """Stands in for CheckRequest bytes that did not parse (e.g. non-UTF-8 in a string field)."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def parse_check_request(data: bytes):
+    try:
+        return external_auth_pb2.CheckRequest.FromString(data)
+    except (DecodeError, ValueError, UnicodeDecodeError):
+        return _Unparsable(len(data))
+
+
+class _Deny(Exception):
+    def __init__(self, http: int, code: str, message: str, *, grpc_code: int, www: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.http, self.code, self.message, self.grpc_code, self.www, self.retry_after_s = http, code, message, grpc_code, www, retry_after_s
+
+
+def _hv(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
+
+
+class ExtAuthz:
+    def __init__(self, tokens: TokenService, cache: ClaimsCache, revocations: RevocationView, limiter: RateLimiter | None, policy: CheckPolicy) -> None:
+        self.tokens = tokens
+        self.cache = cache
+        self.revocations = revocations
+        self.limiter = limiter
+        self.policy = policy
+        self.leeway = tokens.policy.leeway_s
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """Registered with a tolerant deserializer: unparsable bytes become a 400 deny."""
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Check": grpc.unary_unary_rpc_method_handler(
+                    self.Check,
+                    request_deserializer=parse_check_request,
+                    response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+                )
+            },
+        )
+
+    async def Check(self, request, context) -> external_auth_pb2.CheckResponse:
+        origin = None
+        try:
+            if isinstance(request, _Unparsable):
+                raise _Deny(400, "MALFORMED_REQUEST", f"the CheckRequest did not parse ({request.size} bytes)", grpc_code=code_pb2.INVALID_ARGUMENT)
+            http = request.attributes.request.http
+            headers = _headers(http)
+            origin = headers.get("origin")
+            return await self._check(request, http, headers)
+        except _Deny as deny:
+            return self._denied(deny, origin)
+        except Exception:  # fail closed, never an RPC error
+            log.exception("ext-authz check failed; denying")
+            return self._denied(_Deny(503, "UNAVAILABLE", "authorization is temporarily unavailable", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1), origin)
+
+    async def _check(self, request, http, headers: dict[str, str]) -> external_auth_pb2.CheckResponse:
+        policy = self.policy
+        limit = policy.max_header_bytes
+        spoofed: list[str] = []
+        for key, value in headers.items():
+            if len(value) > limit or len(key) > limit:
+                raise _Deny(431, "HEADER_TOO_LARGE", f"header {key[:64]!r} is larger than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
+            if key.startswith("x-eco2-"):
+                spoofed.append(key)
+        if len(http.path) > limit:
+            raise _Deny(414, "URI_TOO_LONG", f"path is longer than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
+
+        if http.method == "OPTIONS" and "access-control-request-method" in headers:
+            return _ok(spoofed)  # CORS preflight: the edge answers it
+        path = http.path.partition("?")[0]
+        public = policy.is_public(path)
+
+        token = _bearer(headers.get("authorization")) or _cookie(headers.get("cookie"), policy.cookie_name)
+        if not token:
+            if not public:
+                raise _Deny(401, "UNAUTHENTICATED", "sign in: no access token", grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}"')
+            await self._limit(_client_ip(request))
+            return _ok(spoofed)
+
+        now = time.time()
+        claims = self.cache.get(token, now)
+        if claims is None:
+            try:
+                claims = self.tokens.verify(token, ACCESS)
+            except TokenError as err:
+                if public:
+                    await self._limit(_client_ip(request))
+                    return _ok(spoofed)
+                raise _Deny(401, err.reason, err.message, grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}", error="invalid_token", error_description="{err.reason}"') from None
+            self.cache.put(token, claims)
+        elif now < claims.nbf - self.leeway:
+            raise _Deny(401, "TOKEN_NOT_YET_VALID", "the token is not valid yet", grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}", error="invalid_token"')
+
+        revocations = self.revocations
+        if not revocations.current:
+            if public:
+                await self._limit(_client_ip(request))
+                return _ok(spoofed)
+            raise _Deny(503, "REVOCATIONS_NOT_CURRENT", "the revocation list is resynchronising; retry shortly", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1)
+        if revocations.is_revoked(claims):
+            if public:
+                await self._limit(_client_ip(request))
+                return _ok(spoofed)
+            raise _Deny(403, "TOKEN_REVOKED", "the token was revoked (signed out)", grpc_code=code_pb2.PERMISSION_DENIED)
+
+        await self._limit("u:" + claims.sub)
+        response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
+        ok = response.ok_response
+        ok.headers.extend((_hv(USER_ID_KEY, claims.sub), _hv(ROLES_KEY, claims.roles_header), _hv(PROVIDER_KEY, claims.provider)))
+        if spoofed:
+            # Injected keys are overwritten (OVERWRITE_IF_EXISTS_OR_ADD), every other client-sent
+            # x-eco2-* is removed; the injected ones are not listed, as Envoy removes after it sets.
+            ok.headers_to_remove.extend(k for k in spoofed if k not in _INJECTED_SET)
+        return response
+
+    async def _limit(self, key: str) -> None:
+        if self.limiter is None:
+            return
+        retry = await self.limiter.hit(key)
+        if retry > 0:
+            raise _Deny(429, "RATE_LIMITED", f"too many requests; retry in {retry:.2f}s", grpc_code=code_pb2.RESOURCE_EXHAUSTED, retry_after_s=retry)
+
+    def _denied(self, deny: _Deny, origin: str | None) -> external_auth_pb2.CheckResponse:
+        headers = [_hv("content-type", "application/json")]
+        if deny.www:
+            headers.append(_hv("www-authenticate", deny.www))
+        if deny.retry_after_s is not None:
+            headers.append(_hv("retry-after", str(max(1, int(deny.retry_after_s + 0.999)))))
+        if origin and origin in self.policy.cors_origins:
+            headers += [
+                _hv("access-control-allow-origin", origin),
+                _hv("access-control-allow-credentials", "true"),
+                _hv("access-control-expose-headers", "www-authenticate, retry-after"),
+                _hv("vary", "Origin"),
+            ]
+        body = json.dumps({"code": deny.code, "message": deny.message}, ensure_ascii=False)
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=deny.grpc_code, message=deny.message),
+            denied_response=external_auth_pb2.DeniedHttpResponse(
+                status=http_status_pb2.HttpStatus(code=deny.http), headers=headers, body=body
+            ),
+        )
+
+
+def _ok(spoofed: Iterable[str]) -> external_auth_pb2.CheckResponse:
+    response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
+    response.ok_response.headers_to_remove.extend(spoofed)
+    if not response.HasField("ok_response"):
+        response.ok_response.SetInParent()
+    return response
+
+
+def _headers(http) -> dict[str, str]:
+    """Lower-case header map. Envoy sends `headers` (strings) or, with encode_raw_headers,
+    `header_map` whose `raw_value` bytes may not be UTF-8: those are refused."""
+    if http.HasField("header_map"):
+        out: dict[str, str] = {}
+        for h in http.header_map.headers:
+            value = h.value
+            if h.raw_value:
+                try:
+                    value = h.raw_value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Deny(400, "HEADER_NOT_UTF8", f"header {h.key[:64]!r} is not valid UTF-8", grpc_code=code_pb2.INVALID_ARGUMENT) from None
+            key = h.key.lower()
+            out[key] = f"{out[key]},{value}" if key in out else value
+        return out
+    return {k.lower(): v for k, v in http.headers.items()}
+
+
+def _bearer(value: str | None) -> str | None:
+    if not value:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    return token or None
+
+
+def _cookie(header: str | None, name: str) -> str | None:
+    if not header or name not in header:
+        return None
+    for part in header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name and value:
+            return value.strip('"')
+    return None
+
+
+def _client_ip(request) -> str:
+    address = request.attributes.source.address.socket_address.address
+    return "ip:" + (address or "unknown")

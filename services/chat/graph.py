@@ -1,0 +1,629 @@
+"""The chat agent as a LangGraph StateGraph.
+
+    summarize → intent → (vision) → router ─Send→ {waste_rag, character, location, collection_point,
+    bulk_waste, recyclable_price, weather, web_search, image_generation, general} → aggregator
+    (required-field contract + fallback chain) → answer (tokens) → evaluate → END
+
+Every node body runs under the policy table (policy.py) and reports STAGE started/finished
+events; location-dependent nodes without a location stop the graph with `interrupt()`
+(NEEDS_INPUT), resumed by ProvideInput through `Command(resume=...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import operator
+import time
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+from google.protobuf import duration_pb2
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import Send, interrupt
+from pydantic import BaseModel, Field
+
+from eco2.chat.v1 import chat_pb2
+from eco2.events.v1 import events_pb2
+
+from . import intents as I
+from .kb import KnowledgeBase
+from .llm.ports import LLM, Grounding, LLMError, Message
+from .policy import FailMode, NodeFailed, PolicyRunner
+from .ports import Characters, Places, Weather, WebSearch
+
+STAGE_OF = {
+    "summarize": events_pb2.STAGE_SUMMARIZE, "intent": events_pb2.STAGE_INTENT, "vision": events_pb2.STAGE_VISION,
+    "router": events_pb2.STAGE_ROUTER, "aggregator": events_pb2.STAGE_AGGREGATE, "answer": events_pb2.STAGE_ANSWER,
+    "evaluate": events_pb2.STAGE_EVALUATE,
+}
+SUBAGENTS = I.ALL_INTENTS
+NODE_OF = {i: ("waste_rag" if i == I.WASTE else i) for i in SUBAGENTS}
+#: The aggregator's contract: the context each intent must deliver (None: nothing required).
+REQUIRED: dict[str, str | None] = {
+    I.WASTE: "disposal_rules", I.CHARACTER: "character_context", I.LOCATION: "location_context",
+    I.COLLECTION_POINT: "collection_point_context", I.BULK_WASTE: "bulk_waste_context", I.RECYCLABLE_PRICE: "price_context",
+    I.WEATHER: "weather_context", I.WEB_SEARCH: "web_search_context", I.IMAGE_GENERATION: "image_generation_context", I.GENERAL: None,
+}
+INTENT_ENUM = {i: chat_pb2.Intent.Value(f"INTENT_{i.upper()}") for i in SUBAGENTS}
+STAGE_MESSAGES = {
+    "intent": "질문을 이해하고 있어요", "router": "필요한 정보를 모으고 있어요", "waste_rag": "분리배출 규정을 찾고 있어요",
+    "collection_point": "가까운 수거함을 찾고 있어요", "location": "가까운 재활용 장소를 찾고 있어요", "answer": "답변을 쓰고 있어요",
+    "evaluate": "답변을 점검하고 있어요", "aggregator": "모은 정보를 정리하고 있어요", "summarize": "지난 대화를 요약하고 있어요",
+}
+
+
+def merge(a: dict | None, b: dict | None) -> dict:
+    return {**(a or {}), **(b or {})}
+
+
+def highest(a: int | None, b: int | None) -> int:
+    return max(a or 0, b or 0)
+
+
+def latest(a: Any, b: Any) -> Any:
+    return b if b is not None else a
+
+
+class ChatState(TypedDict, total=False):
+    job_id: str
+    user_id: str
+    conversation_id: str
+    message: str
+    image_key: str
+    location: Annotated[dict | None, latest]  # set by the input, or by a resumed location branch (two may resume in one step)
+    history: list[dict]
+    summary: str
+    new_summary: str
+    intents: list[str]
+    queries: dict[str, str]
+    query: str  # set by Send for one branch
+    contexts: Annotated[dict, merge]
+    citations: Annotated[list, operator.add]
+    failed: Annotated[list, operator.add]
+    spans: Annotated[dict, merge]  # node → [start, end] (monotonic), for concurrency checks and metrics
+    answer: str
+    grade: dict
+    fallback_used: bool
+    unsure: bool
+    clarify: bool
+    seq: Annotated[int, highest]
+    enrichment: bool
+
+
+class Emitter:
+    """Assigns the job's seqs in publish order and publishes one event at a time (so they land increasing)."""
+
+    def __init__(self, sink, job_id: str, base_seq: int, *, traceparent: str = "", tokens_per_event: int = 1) -> None:
+        self.sink, self.job_id, self.seq, self.traceparent = sink, job_id, base_seq, traceparent
+        self.tokens_per_event = tokens_per_event
+        self._lock = asyncio.Lock()
+        self.appended = 0
+        self.first_token_at: float | None = None
+
+    async def emit(self, kind: int, *, stage: int = 0, node: str = "", delta: str = "", **payload: Any) -> int:
+        async with self._lock:
+            self.seq += 1
+            event = events_pb2.Event(job_id=self.job_id, seq=self.seq, kind=kind, job_kind=events_pb2.JOB_KIND_CHAT, stage=stage, node=node, delta=delta, traceparent=self.traceparent, **payload)
+            if await publish_tolerant(self.sink, event):
+                self.appended += 1
+            return self.seq
+
+    async def stage(self, node: str, phase: int, *, elapsed_s: float | None = None, message: str = "") -> None:
+        info = events_pb2.StageInfo(phase=phase, message=message or STAGE_MESSAGES.get(node, ""))
+        if elapsed_s is not None:
+            info.elapsed.CopyFrom(duration_pb2.Duration(seconds=int(elapsed_s), nanos=int((elapsed_s % 1) * 1e9)))
+        await self.emit(events_pb2.EVENT_KIND_STAGE, stage=STAGE_OF.get(node, events_pb2.STAGE_SUBAGENT), node=node, stage_info=info)
+
+    async def tool(self, node: str, name: str, call_id: str, phase: int, *, message: str = "") -> None:
+        await self.emit(events_pb2.EVENT_KIND_TOOL, stage=STAGE_OF.get(node, events_pb2.STAGE_SUBAGENT), node=node, tool=events_pb2.ToolCall(name=name, call_id=call_id, phase=phase, message=message))
+
+
+async def publish_tolerant(sink, event: events_pb2.Event) -> bool:
+    """Publish; a re-run's seq below the job's high-water mark that was never stored is dropped, not fatal."""
+    from eco2.services.runtime.errors import FailedPrecondition
+
+    try:
+        return await sink.publish(event)
+    except FailedPrecondition as exc:
+        if exc.reason == "SEQ_NOT_INCREASING":
+            return False
+        raise
+
+
+@dataclass
+class ChatDeps:
+    kb: KnowledgeBase
+    llm: LLM
+    policy: PolicyRunner
+    places: Places | None = None
+    characters: Characters | None = None
+    weather: Weather | None = None
+    web_search: WebSearch | None = None
+    search_radius_m: int = 3000
+    places_limit: int = 5
+    summary_threshold_tokens: int = 0  # 0 = the model's threshold
+    keep_recent_messages: int = 6
+    answer_max_tokens: int = 1024
+
+
+@dataclass
+class JobContext:
+    deps: ChatDeps
+    emitter: Emitter
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def rt(runtime: Runtime[JobContext]) -> JobContext:
+    return runtime.context
+
+
+async def _run_node(name: str, state: ChatState, runtime: Runtime[JobContext], body, *, announce: bool = True) -> dict:
+    ctx = rt(runtime)
+    em = ctx.emitter
+    if ctx.cancelled.is_set():
+        raise asyncio.CancelledError("job cancelled")
+    started = time.monotonic()
+    if announce:
+        await em.stage(name, events_pb2.STAGE_PHASE_STARTED)
+    try:
+        update = await ctx.deps.policy.run(name, body)
+    except NodeFailed as failed:
+        elapsed = time.monotonic() - started
+        await em.stage(name, events_pb2.STAGE_PHASE_FAILED, elapsed_s=elapsed, message=failed.cause[:200])
+        if failed.mode == FailMode.FAIL_CLOSE:
+            raise
+        update = {"failed": [name]}
+    else:
+        if announce:
+            await em.stage(name, events_pb2.STAGE_PHASE_FINISHED, elapsed_s=time.monotonic() - started)
+    update = dict(update or {})
+    update.setdefault("spans", {})
+    update["spans"] = {**update["spans"], name: [started, time.monotonic()]}
+    update["seq"] = em.seq
+    return update
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def estimate_tokens(text: str) -> int:
+    # Korean runs ~1 token per 1.5 characters in current tokenizers; a cheap, conservative estimate.
+    return max(1, int(len(text) / 1.5))
+
+
+async def summarize(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+    history = state.get("history") or []
+    threshold = deps.summary_threshold_tokens or deps.llm.info.summary_threshold
+    total = estimate_tokens(state.get("summary", "")) + sum(estimate_tokens(m["text"]) for m in history)
+    if total <= threshold or len(history) <= deps.keep_recent_messages:
+        return {}
+
+    async def body() -> dict:
+        old, recent = history[: -deps.keep_recent_messages], history[-deps.keep_recent_messages :]
+        if deps.llm.info.provider == "offline":
+            lines = [state.get("summary", "")] if state.get("summary") else []
+            lines += [f"{'사용자' if m['role'] == 'user' else '이코'}: {m['text'].splitlines()[0][:80]}" for m in old]
+            summary = "\n".join(lines)[-4000:]
+        else:
+            prompt = [Message("user", "다음 대화를 핵심만 한국어로 요약해 주세요:\n" + "\n".join(f"{m['role']}: {m['text']}" for m in old))]
+            summary = await deps.llm.generate(prompt, max_tokens=1024)
+        return {"summary": summary, "new_summary": summary, "history": recent}
+
+    return await _run_node("summarize", state, runtime, body)
+
+
+async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        text = state["message"]
+        c = I.classify(text, deps.kb)
+        intents, queries = list(c.intents), dict(c.queries)
+        # Multi-turn: a follow-up without its own subject ("그럼 뚜껑은?") inherits the last user turn's topic.
+        if intents == [I.GENERAL] and state.get("history"):
+            last_user = next((m["text"] for m in reversed(state["history"]) if m["role"] == "user"), "")
+            if last_user:
+                c2 = I.classify(f"{last_user} {text}", deps.kb)
+                if c2.intents != (I.GENERAL,):
+                    intents, queries = list(c2.intents), {k: f"{last_user} {text}" for k in c2.intents}
+        return {"intents": intents, "queries": queries}
+
+    return await _run_node("intent", state, runtime, body)
+
+
+async def vision(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        configured = "vision" in deps.llm.info.capabilities
+        return {"contexts": {"vision_context": {"configured": configured, "image_key": state["image_key"]}}}
+
+    return await _run_node("vision", state, runtime, body)
+
+
+async def router(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    return await _run_node("router", state, runtime, _noop)
+
+
+async def _noop() -> dict:
+    return {}
+
+
+def fan_out(state: ChatState) -> list[Send]:
+    sends = []
+    for i in state.get("intents") or [I.GENERAL]:
+        sends.append(Send(NODE_OF[i], {**state, "query": (state.get("queries") or {}).get(i, state["message"])}))
+    # Enrichment: a waste question with a known location also gets the weather (rainy day tips).
+    if I.WASTE in (state.get("intents") or []) and state.get("location") and I.WEATHER not in state["intents"]:
+        sends.append(Send("weather", {**state, "query": "", "enrichment": True}))
+    return sends
+
+
+def _rule_context(hits) -> tuple[list[dict], list[dict]]:
+    docs, cites = [], []
+    for hit in hits:
+        for doc in hit.rule.docs:
+            docs.append({"source_id": doc.source_id, "name": doc.name, "title": doc.title, "lines": list(doc.lines)})
+            cites.append({"source_id": doc.source_id, "kind": chat_pb2.CITATION_KIND_RULE, "title": doc.title, "snippet": " / ".join(doc.lines)[:200]})
+    return docs, cites
+
+
+async def waste_rag(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        hits = deps.kb.search(state.get("query") or state["message"], limit=2)
+        if not hits:
+            return {}
+        docs, cites = _rule_context(hits)
+        return {"contexts": {"disposal_rules": docs}, "citations": cites}
+
+    return await _run_node("waste_rag", state, runtime, body)
+
+
+async def character(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        text = state.get("query") or state["message"]
+        entry = next((c for c in deps.kb.characters if c["name"] in text), None)
+        if entry is None:  # "페트병 버리면 어떤 캐릭터?" → the character of the rule's category
+            hits = deps.kb.search(text, limit=1)
+            label = hits[0].rule.name if hits else ""
+            entry = next((c for c in deps.kb.characters if c.get("match_label") == label), deps.kb.characters[0])
+        found = None
+        if deps.characters is not None:
+            em = rt(runtime).emitter
+            await em.tool("character", "character.get", f"character-{entry['code']}", events_pb2.TOOL_PHASE_STARTED)
+            found = await deps.characters.get(entry["code"])
+            await em.tool("character", "character.get", f"character-{entry['code']}", events_pb2.TOOL_PHASE_RESULT)
+        ctx = found or {"code": entry["code"], "name": entry["name"], "match_label": entry.get("match_label", ""), "description": ""}
+        cite = {"source_id": f"character:{ctx['code']}", "kind": chat_pb2.CITATION_KIND_CHARACTER, "title": ctx["name"], "snippet": ctx.get("description", "")[:200]}
+        return {"contexts": {"character_context": ctx}, "citations": [cite]}
+
+    return await _run_node("character", state, runtime, body)
+
+
+def _places_node(name: str):
+    async def node(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+        deps = rt(runtime).deps
+        key = f"{name}_context"
+
+        asked: dict = {}
+
+        async def body() -> dict:
+            location = state.get("location")
+            if not location:
+                # Human in the loop: the graph stops here; ProvideInput resumes it with the answer.
+                # Asked once per node run: LangGraph matches resume values to interrupt() calls by
+                # their order within the task, so a policy retry calling interrupt() a second time
+                # would find no value for that second call and ask the user again.
+                if "reply" not in asked:
+                    asked["reply"] = interrupt({"input_id": "location", "kind": "location", "prompt": "가까운 곳을 찾으려면 현재 위치가 필요해요. 위치를 공유해 주시겠어요?"})
+                reply = asked["reply"]
+                if not reply or reply.get("declined") or not reply.get("location"):
+                    return {"contexts": {key: {"declined": True, "places": []}}}
+                location = reply["location"]
+            if deps.places is None:
+                return {"contexts": {key: {"unavailable": True, "places": []}}}
+            em = rt(runtime).emitter
+            await em.tool(name, "location.search_nearby", f"{name}-nearby", events_pb2.TOOL_PHASE_STARTED)
+            places = await deps.places.nearby(location["latitude"], location["longitude"], radius_m=deps.search_radius_m, limit=deps.places_limit, collection_points=name == "collection_point")
+            await em.tool(name, "location.search_nearby", f"{name}-nearby", events_pb2.TOOL_PHASE_RESULT, message=f"{len(places)} places")
+            cites = [{"source_id": f"place:{p['id']}", "kind": chat_pb2.CITATION_KIND_PLACE, "title": p["name"], "snippet": p.get("address", "")} for p in places]
+            return {"contexts": {key: {"places": places}}, "citations": cites, "location": location}
+
+        return await _run_node(name, state, runtime, body)
+
+    node.__name__ = name
+    return node
+
+
+async def bulk_waste(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        rule = next(r for r in deps.kb.rules if r.file == "대형폐기물")
+        docs, cites = _rule_context([type("H", (), {"rule": rule})()])
+        return {"contexts": {"bulk_waste_context": {"rules": docs, "fee": ""}}, "citations": cites}
+
+    return await _run_node("bulk_waste", state, runtime, body)
+
+
+async def recyclable_price(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        text = state.get("query") or state["message"]
+        region = deps.kb.region_of(text)
+        items = [
+            {"name": p.name + (f"({p.form})" if p.form and p.form not in p.name else ""), "price": p.prices.get(region, p.prices.get("nationwide")), "region": region, "region_name": deps.kb.regions[region]}
+            for p in deps.kb.search_prices(text)
+        ]
+        info = deps.kb.price_info
+        cites = [{"source_id": f"price:{info.get('date')}", "kind": chat_pb2.CITATION_KIND_PRICE, "title": f"{info.get('source')} ({info.get('date')})", "url": info.get("url", ""), "snippet": ", ".join(f"{i['name']} {i['price']}원/kg" for i in items)}] if items else []
+        return {"contexts": {"price_context": {"items": items, "survey": info}}, "citations": cites}
+
+    return await _run_node("recyclable_price", state, runtime, body)
+
+
+async def weather(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+    enrichment = bool(state.get("enrichment"))
+
+    async def body() -> dict:
+        loc = state.get("location")
+        if deps.weather is None:
+            return {"contexts": {"weather_context": {"configured": False}}} if not enrichment else {}
+        if not loc:
+            return {"contexts": {"weather_context": {"configured": True, "summary": ""}}}
+        w = await deps.weather.current(loc["latitude"], loc["longitude"])
+        ctx = {"configured": True, **w}
+        if enrichment and w.get("precipitation_mm", 0) > 0:
+            ctx["tip"] = "지금 비가 와요: 종이류는 젖지 않게 묶어서 배출해 주세요."
+        cite = {"source_id": "weather:current", "kind": chat_pb2.CITATION_KIND_WEATHER, "title": "현재 날씨", "snippet": w.get("summary", "")}
+        return {"contexts": {"weather_context": ctx}, "citations": [cite]}
+
+    return await _run_node("weather", state, runtime, body)
+
+
+async def web_search(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        if deps.web_search is None:
+            return {"contexts": {"web_search_context": {"configured": False}}}
+        results = await deps.web_search.search(state.get("query") or state["message"], limit=3)
+        cites = [{"source_id": f"web:{r['url']}", "kind": chat_pb2.CITATION_KIND_WEB, "title": r["title"], "url": r["url"], "snippet": r.get("snippet", "")[:200]} for r in results]
+        return {"contexts": {"web_search_context": {"configured": True, "results": results}}, "citations": cites}
+
+    return await _run_node("web_search", state, runtime, body)
+
+
+async def image_generation(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        # No image model adapter is wired yet: say so (ADR 0062).
+        return {"contexts": {"image_generation_context": {"configured": "image_generation" in deps.llm.info.capabilities and False}}}
+
+    return await _run_node("image_generation", state, runtime, body)
+
+
+async def general(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    return await _run_node("general", state, runtime, _noop)
+
+
+async def aggregator(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        contexts = state.get("contexts") or {}
+        missing = [i for i in state.get("intents") or [] if REQUIRED.get(i) and not contexts.get(REQUIRED[i])]
+        update: dict = {}
+        if not missing:
+            return update
+        update["fallback_used"] = True
+        # A places branch that failed (LocationService down): say so rather than "nothing nearby".
+        down = {REQUIRED[i]: {"unavailable": True, "places": []} for i in missing if i in (I.LOCATION, I.COLLECTION_POINT)}
+        if down:
+            update["contexts"] = dict(down)
+        if I.WASTE in missing:
+            # 1. rewritten query: the whole message, a looser threshold
+            hits = deps.kb.search(state["message"] + " " + " ".join(m["text"] for m in (state.get("history") or [])[-2:] if m["role"] == "user"), limit=2, min_score=1.0)
+            if hits:
+                docs, cites = _rule_context(hits)
+                update.update(contexts={**update.get("contexts", {}), "disposal_rules": docs}, citations=cites)
+                return update
+            # 2. web search
+            if deps.web_search is not None:
+                results = await deps.web_search.search(state["message"], limit=3)
+                if results:
+                    update["contexts"] = {**update.get("contexts", {}), "web_search_context": {"configured": True, "results": results}}
+                    update["intents"] = [*state["intents"], I.WEB_SEARCH]
+                    return update
+            # 3. unsure general answer, or 4. a clarifying question for a message too vague to answer
+            if len(state["message"].strip()) < 8:
+                update["clarify"] = True
+            else:
+                update["unsure"] = True
+        return update
+
+    return await _run_node("aggregator", state, runtime, body)
+
+
+def grounding_of(state: ChatState) -> Grounding:
+    history = [Message("user" if m["role"] == "user" else "assistant", m["text"]) for m in state.get("history") or []]
+    return Grounding(
+        question=state["message"], intents=list(state.get("intents") or [I.GENERAL]), contexts=dict(state.get("contexts") or {}),
+        history=history, summary=state.get("summary", ""), unsure=bool(state.get("unsure")), clarify=bool(state.get("clarify")),
+    )
+
+
+async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    ctx = rt(runtime)
+    deps, em = ctx.deps, ctx.emitter
+    grounding = grounding_of(state)
+    emitted: list[str] = []
+
+    async def stream_with(llm) -> None:
+        buffer: list[str] = []
+        async for piece in llm.stream([], grounding=grounding, max_tokens=deps.answer_max_tokens):
+            if ctx.cancelled.is_set():
+                raise asyncio.CancelledError("job cancelled")
+            buffer.append(piece)
+            # Fixed pieces per event (never time-based): a re-run re-emits the same seqs for the same text.
+            if len(buffer) >= em.tokens_per_event or not emitted:
+                text = "".join(buffer)
+                buffer.clear()
+                emitted.append(text)
+                if em.first_token_at is None:
+                    em.first_token_at = time.monotonic()
+                await em.emit(events_pb2.EVENT_KIND_TOKEN, stage=events_pb2.STAGE_ANSWER, node="answer", delta=text)
+        if buffer:
+            emitted.append("".join(buffer))
+            await em.emit(events_pb2.EVENT_KIND_TOKEN, stage=events_pb2.STAGE_ANSWER, node="answer", delta=emitted[-1])
+
+    async def body() -> dict:
+        if emitted:  # tokens went out: a retry would repeat them
+            raise LLMError("answer stream broke after tokens were sent", retryable=False)
+        await stream_with(deps.llm)
+        return {}
+
+    started = time.monotonic()
+    await em.stage("answer", events_pb2.STAGE_PHASE_STARTED)
+    fallback = False
+    try:
+        await deps.policy.run("answer", body)
+    except NodeFailed as failed:
+        if deps.llm.info.provider == "offline" or emitted:
+            await em.stage("answer", events_pb2.STAGE_PHASE_FAILED, message=failed.cause[:200])
+            raise
+        # Model fallback: the offline composer answers from the same grounding.
+        from .llm.offline import OfflineLLM
+
+        fallback = True
+        await em.stage("answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요")
+        await stream_with(OfflineLLM())
+    await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=time.monotonic() - started)
+    update: dict = {"answer": "".join(emitted), "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
+    if fallback:
+        update["fallback_used"] = True
+    return update
+
+
+class LLMGrade(BaseModel):
+    score: float = Field(ge=0, le=1)
+    reasons: list[str] = []
+
+
+def rule_grade(state: ChatState) -> dict:
+    answer_text = state.get("answer", "")
+    reasons, score = [], 1.0
+    contexts = state.get("contexts") or {}
+    if not answer_text.strip():
+        reasons.append("빈 답변")
+        score -= 1.0
+    for i in state.get("intents") or []:
+        need = REQUIRED.get(i)
+        got = contexts.get(need) if need else None
+        if need and (not got or (isinstance(got, dict) and got.get("unavailable"))):
+            reasons.append(f"{i}: {need} 없음")
+            score -= 0.3
+    rules = contexts.get("disposal_rules") or []
+    if I.WASTE in (state.get("intents") or []) and rules:
+        used = sum(1 for d in rules for line in d["lines"] if line in answer_text)
+        if used == 0:
+            reasons.append("규정이 답변에 인용되지 않음")
+            score -= 0.3
+    if state.get("unsure") or state.get("clarify"):
+        reasons.append("근거 부족: 불확실한 답변")
+        score -= 0.3
+    score = max(0.0, min(1.0, score))
+    level = chat_pb2.GRADE_LEVEL_GOOD if score >= 0.8 else chat_pb2.GRADE_LEVEL_ACCEPTABLE if score >= 0.5 else chat_pb2.GRADE_LEVEL_POOR
+    return {"level": level, "score": score, "grader": "rule", "reasons": reasons}
+
+
+async def evaluate(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    deps = rt(runtime).deps
+
+    async def body() -> dict:
+        grade = rule_grade(state)
+        if deps.llm.info.provider != "offline" and "structured" in deps.llm.info.capabilities:
+            prompt = [Message("user", f"질문: {state['message']}\n답변: {state.get('answer', '')}\n근거: {list((state.get('contexts') or {}).keys())}\n답변이 근거에 맞고 질문에 답하는지 0~1 점수와 이유를 주세요.")]
+            try:
+                llm = await deps.llm.structured(prompt, LLMGrade)
+                grade["score"] = round((grade["score"] + llm.score) / 2, 3)
+                grade["grader"] = f"rule+llm:{deps.llm.info.name}"
+                grade["reasons"] = grade["reasons"] + llm.reasons[:3]
+            except LLMError:
+                grade["reasons"].append("LLM 평가 실패: 규칙 평가만 사용")
+        return {"grade": grade}
+
+    return await _run_node("evaluate", state, runtime, body)
+
+
+def after_intent(state: ChatState) -> str:
+    return "vision" if state.get("image_key") else "router"
+
+
+def build_graph() -> StateGraph:
+    g = StateGraph(ChatState, context_schema=JobContext)
+    g.add_node("summarize", summarize)
+    g.add_node("intent", intent)
+    g.add_node("vision", vision)
+    g.add_node("router", router)
+    for name, fn in {
+        "waste_rag": waste_rag, "character": character, "location": _places_node("location"), "collection_point": _places_node("collection_point"),
+        "bulk_waste": bulk_waste, "recyclable_price": recyclable_price, "weather": weather, "web_search": web_search,
+        "image_generation": image_generation, "general": general,
+    }.items():
+        g.add_node(name, fn)
+        g.add_edge(name, "aggregator")
+    g.add_node("aggregator", aggregator)
+    g.add_node("answer", answer)
+    g.add_node("evaluate", evaluate)
+    g.add_edge(START, "summarize")
+    g.add_edge("summarize", "intent")
+    g.add_conditional_edges("intent", after_intent, ["vision", "router"])
+    g.add_edge("vision", "router")
+    g.add_conditional_edges("router", fan_out, [*NODE_OF.values()])
+    g.add_edge("aggregator", "answer")
+    g.add_edge("answer", "evaluate")
+    g.add_edge("evaluate", END)
+    return g
+
+
+def citations_of(state: ChatState) -> list[chat_pb2.Citation]:
+    seen, out = set(), []
+    for c in state.get("citations") or []:
+        if c["source_id"] in seen:
+            continue
+        seen.add(c["source_id"])
+        out.append(chat_pb2.Citation(source_id=c["source_id"], kind=c["kind"], title=c.get("title", ""), snippet=c.get("snippet", ""), url=c.get("url", "")))
+    return out
+
+
+def result_of(state: ChatState, *, message_id: str) -> chat_pb2.ChatResult:
+    from eco2.character.v1 import character_pb2
+    from eco2.location.v1 import location_pb2
+
+    grade = state.get("grade") or rule_grade(state)
+    result = chat_pb2.ChatResult(
+        conversation_id=state["conversation_id"], message_id=message_id, answer=state.get("answer", ""),
+        intents=[INTENT_ENUM[i] for i in state.get("intents") or []], citations=citations_of(state),
+        grade=chat_pb2.Grade(level=grade["level"], score=grade["score"], grader=grade["grader"], reasons=grade["reasons"]),
+        fallback_used=bool(state.get("fallback_used")),
+    )
+    contexts = state.get("contexts") or {}
+    ch = contexts.get("character_context")
+    if ch and ch.get("pb"):
+        result.character.CopyFrom(character_pb2.Character.FromString(base64.b64decode(ch["pb"])))
+    for key in ("collection_point_context", "location_context"):
+        for p in (contexts.get(key) or {}).get("places") or []:
+            if p.get("pb"):
+                result.places.append(location_pb2.PlaceHit.FromString(base64.b64decode(p["pb"])))
+    return result

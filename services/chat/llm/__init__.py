@@ -1,0 +1,28 @@
+"""LLM port, adapters and the model registry; `create_llm` picks the adapter from settings."""
+
+from __future__ import annotations
+
+from .ports import LLM
+from .registry import info, provider_of
+
+
+def create_llm(model: str, *, openai_api_key: str = "", openai_base_url: str = "", gemini_api_key: str = "", gemini_base_url: str = "", timeout_s: float = 60.0, offline_token_delay_s: float = 0.0) -> LLM:
+    provider = provider_of(model)
+    meta = info(model)
+    if provider == "offline":
+        from .offline import OfflineLLM
+
+        return OfflineLLM(offline_token_delay_s)
+    if provider == "openai":
+        from .openai_adapter import OpenAILLM
+
+        if not openai_api_key:
+            raise ValueError(f"model {model!r} needs ECO2_OPENAI_API_KEY")
+        return OpenAILLM(meta, api_key=openai_api_key, base_url=openai_base_url or None, timeout_s=timeout_s)
+    if provider == "google":
+        from .gemini_adapter import GeminiLLM
+
+        if not gemini_api_key:
+            raise ValueError(f"model {model!r} needs ECO2_GEMINI_API_KEY")
+        return GeminiLLM(meta, api_key=gemini_api_key, base_url=gemini_base_url or None, timeout_s=timeout_s)
+    raise ValueError(f"unknown provider {provider!r} for model {model!r}")

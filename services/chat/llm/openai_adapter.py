@@ -1,0 +1,78 @@
+"""OpenAI adapter (Chat Completions through the official `openai` SDK)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import openai
+
+from .ports import Grounding, LLMError, Message, ModelInfo, T, ToolCall, ToolSpec
+from .prompt import render
+
+
+def _error(exc: Exception) -> LLMError:
+    if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
+        return LLMError(f"openai: {type(exc).__name__}", retryable=True)
+    if isinstance(exc, openai.APIStatusError):
+        return LLMError(f"openai: HTTP {exc.status_code}", retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500, status=exc.status_code)
+    return LLMError(f"openai: {type(exc).__name__}: {exc}", retryable=False)
+
+
+class OpenAILLM:
+    def __init__(self, info: ModelInfo, *, api_key: str, base_url: str | None = None, timeout_s: float = 60.0) -> None:
+        self.info = info
+        # Retries belong to the node policy table, not to the SDK.
+        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url or None, max_retries=0, timeout=timeout_s)
+
+    @staticmethod
+    def _messages(messages: list[Message], grounding: Grounding | None) -> list[dict]:
+        return [{"role": m.role, "content": m.content} for m in render(messages, grounding)]
+
+    async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
+        try:
+            response = await self.client.chat.completions.create(
+                model=self.info.name, messages=self._messages(messages, grounding), stream=True, max_completion_tokens=max_tokens
+            )
+            async for chunk in response:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+
+    async def generate(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> str:
+        try:
+            reply = await self.client.chat.completions.create(model=self.info.name, messages=self._messages(messages, grounding), max_completion_tokens=max_tokens)
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        return reply.choices[0].message.content or ""
+
+    async def structured(self, messages: list[Message], schema: type[T]) -> T:
+        try:
+            reply = await self.client.chat.completions.create(
+                model=self.info.name,
+                messages=self._messages(messages, None),
+                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": False}},
+            )
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        try:
+            return schema.model_validate_json(reply.choices[0].message.content or "")
+        except ValueError as exc:
+            raise LLMError(f"openai: reply does not match {schema.__name__}", retryable=True) from exc
+
+    async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
+        try:
+            reply = await self.client.chat.completions.create(
+                model=self.info.name,
+                messages=self._messages(messages, None),
+                tools=[{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools],
+                tool_choice="auto",
+            )
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        calls = reply.choices[0].message.tool_calls or []
+        try:
+            return [ToolCall(c.id, c.function.name, json.loads(c.function.arguments or "{}")) for c in calls]
+        except json.JSONDecodeError as exc:
+            raise LLMError("openai: tool arguments are not JSON", retryable=True) from exc

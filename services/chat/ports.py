@@ -1,0 +1,43 @@
+"""What the chat agent needs from outside the process (adapters in grpc_clients.py, tools/)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from eco2.events.v1 import events_pb2
+
+
+class EventSink(Protocol):
+    async def publish(self, event: events_pb2.Event) -> bool:
+        """Append an event; False when (job_id, seq) was already published."""
+        ...
+
+
+class Places(Protocol):
+    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[dict[str, Any]]:
+        """Places near a point: dicts with name, address, distance_text, distance_m and `pb` (PlaceHit bytes)."""
+        ...
+
+
+class Characters(Protocol):
+    async def get(self, code: str) -> dict[str, Any] | None:
+        """A character as a dict (code, name, description, match_label, `pb`), None if unknown."""
+        ...
+
+
+class Images(Protocol):
+    async def check_owned(self, image_key: str) -> None:
+        """NotFound / PermissionDenied when the caller may not use the image."""
+        ...
+
+
+class Weather(Protocol):
+    async def current(self, latitude: float, longitude: float) -> dict[str, Any]:
+        """{"temperature_c", "precipitation_mm", "summary"}."""
+        ...
+
+
+class WebSearch(Protocol):
+    async def search(self, query: str, *, limit: int) -> list[dict[str, str]]:
+        """[{"title", "url", "snippet"}]."""
+        ...

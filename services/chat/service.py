@@ -1,0 +1,167 @@
+"""gRPC surface of the chat service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from datetime import datetime
+
+import grpc
+
+from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
+from eco2.events.v1 import events_pb2, events_pb2_grpc
+from eco2.services.runtime.context import caller_id
+from eco2.services.runtime.errors import FailedPrecondition, NotFound
+from eco2.services.runtime.paging import decode_token, encode_token, page_size
+from eco2.services.runtime.validation import Validator
+
+from .pii import mask
+from .postgres import ConversationStore
+from .worker import cancel_key, input_key, publish_queued
+
+log = logging.getLogger("eco2.chat")
+
+
+def _uuid_field(v: Validator, field: str, value: str, *, required: bool) -> None:
+    if not value:
+        v.check(not required, field, "is required")
+        return
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        v.add(field, "must be an id returned by this API")
+
+
+def _location(v: Validator, req, field: str = "location") -> dict | None:
+    if not req.HasField(field):
+        return None
+    loc = getattr(req, field)
+    v.number(f"{field}.latitude", loc.latitude, low=-90.0, high=90.0)
+    v.number(f"{field}.longitude", loc.longitude, low=-180.0, high=180.0)
+    return {"latitude": loc.latitude, "longitude": loc.longitude}
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(self, *, store: ConversationStore, queue, sink, redis, images, events_channel, settings) -> None:
+        self.store, self.queue, self.sink, self.redis, self.images, self.settings = store, queue, sink, redis, images, settings
+        self.events = events_pb2_grpc.EventServiceStub(events_channel) if events_channel is not None else None
+
+    async def _send(self, request, context) -> chat_pb2.SendMessageResponse:
+        user_id = caller_id(context)
+        s = self.settings
+        v = Validator()
+        v.text("message", request.message, min_len=1, max_len=s.chat_max_message_chars)
+        if request.message and not request.message.strip():
+            v.add("message", "must not be blank")
+        _uuid_field(v, "conversation_id", request.conversation_id, required=False)
+        v.text("client_message_id", request.client_message_id, max_len=128, single_line=True)
+        v.text("image_key", request.image_key, max_len=256, single_line=True)
+        location = _location(v, request)
+        v.raise_if_invalid()
+        if request.image_key:
+            if self.images is None:
+                raise FailedPrecondition("images are not enabled on this stack", reason="IMAGES_NOT_CONFIGURED")
+            await self.images.check_owned(request.image_key)
+        job_id = f"chat-{uuid.uuid4().hex}"
+        sent = await self.store.add_user_message(
+            user_id=user_id, conversation_id=request.conversation_id, text=request.message, image_key=request.image_key,
+            client_message_id=request.client_message_id, job_id=job_id,
+        )
+        payload = {
+            "job_id": sent.job_id, "conversation_id": sent.conversation_id, "user_id": user_id, "message": request.message,
+            "image_key": request.image_key, "location": location, "seq_base": 1,
+        }
+        # Both are idempotent, so a retried send (deduplicated) also repairs a send that died half-way.
+        await publish_queued(self.sink, sent.job_id)
+        await self.queue.enqueue(sent.job_id, json.dumps(payload).encode())
+        log.info("message queued", extra={"job_id": sent.job_id, "conversation_id": sent.conversation_id, "chars": len(request.message), "preview": mask(request.message[:60]), "deduplicated": sent.deduplicated})
+        return chat_pb2.SendMessageResponse(job_id=sent.job_id, conversation_id=sent.conversation_id, message_id=sent.message_id, deduplicated=sent.deduplicated)
+
+    async def SendMessage(self, request, context):
+        return await self._send(request, context)
+
+    async def StreamChat(self, request, context):
+        sent = await self._send(request, context)
+        if self.events is None:
+            raise FailedPrecondition("no EventService configured (ECO2_EVENTS_ADDR)", reason="EVENTS_NOT_CONFIGURED")
+        finished = False
+        try:
+            async with asyncio.timeout(self.settings.chat_stream_timeout_s):
+                async for event in self.events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0)):
+                    yield event
+                    if event.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
+                        finished = True
+                        return
+        finally:
+            if not finished and self.settings.chat_cancel_on_disconnect:
+                await self.redis.set(cancel_key(sent.job_id), b"1", ex=3600)
+
+    async def ProvideInput(self, request, context):
+        user_id = caller_id(context)
+        v = Validator()
+        v.text("job_id", request.job_id, min_len=1, max_len=128, single_line=True)
+        v.text("input_id", request.input_id, min_len=1, max_len=64, single_line=True)
+        value = request.WhichOneof("value")
+        location = None
+        if value == "location":
+            location = _location(v, request)
+        elif value is None and not request.declined:
+            v.add("value", "give a location, text or confirmation, or set declined")
+        v.raise_if_invalid()
+        raw = await self.redis.get(input_key(request.job_id))
+        pending = json.loads(raw) if raw else None
+        if pending is None or pending["user_id"] != user_id:
+            raise NotFound(f"job {request.job_id!r} is not waiting for input", reason="NO_PENDING_INPUT", metadata={"job_id": request.job_id})
+        if pending["input_id"] != request.input_id:
+            raise FailedPrecondition(f"input {request.input_id!r} is not the one asked for", reason="INPUT_ID_MISMATCH", metadata={"expected": pending["input_id"]})
+        if pending["input_id"] == "location" and value not in ("location", None):
+            raise FailedPrecondition("this question needs a location", reason="INPUT_KIND_MISMATCH")
+        resume = {"declined": True} if request.declined else {"location": location, "text": request.text if value == "text" else ""}
+        payload = {**pending["payload"], "resume": resume, "interrupt_ids": pending["interrupt_ids"], "seq_base": pending["seq"]}
+        # Only the first answer counts: the key is deleted atomically.
+        if not await self.redis.delete(input_key(request.job_id)):
+            raise NotFound(f"job {request.job_id!r} is not waiting for input", reason="NO_PENDING_INPUT")
+        await self.queue.enqueue(f"{request.job_id}:input:{pending['seq']}", json.dumps(payload).encode())
+        return chat_pb2.ProvideInputResponse()
+
+    async def ListConversations(self, request, context):
+        user_id = caller_id(context)
+        v = Validator()
+        size = page_size(request.page_size, v, default=20, maximum=self.settings.chat_page_max)
+        cursor = decode_token(request.page_token, v)
+        after = None
+        if cursor:
+            try:
+                after = (datetime.fromisoformat(str(cursor["t"])), str(uuid.UUID(str(cursor["i"]))))
+            except (KeyError, ValueError):
+                v.add("page_token", "is not a page token returned by this API")
+        v.raise_if_invalid()
+        rows = await self.store.list_conversations(user_id, after=after, limit=size)
+        token = ""
+        if len(rows) == size:
+            last = rows[-1]
+            token = encode_token(t=last.updated_at.ToDatetime(tzinfo=__import__("datetime").timezone.utc).isoformat(), i=last.id)
+        return chat_pb2.ListConversationsResponse(conversations=rows, next_page_token=token)
+
+    async def GetConversation(self, request, context):
+        user_id = caller_id(context)
+        v = Validator()
+        _uuid_field(v, "conversation_id", request.conversation_id, required=True)
+        size = page_size(request.page_size, v, default=50, maximum=self.settings.chat_page_max)
+        cursor = decode_token(request.page_token, v)
+        before = cursor.get("n")
+        if cursor and not (isinstance(before, int) and before > 0):
+            v.add("page_token", "is not a page token returned by this API")
+        v.raise_if_invalid()
+        conversation, messages, next_n = await self.store.get_conversation(user_id, request.conversation_id, before_n=before, limit=size)
+        return chat_pb2.GetConversationResponse(conversation=conversation, messages=messages, next_page_token=encode_token(n=next_n) if next_n else "")
+
+    async def DeleteConversation(self, request, context):
+        user_id = caller_id(context)
+        v = Validator()
+        _uuid_field(v, "conversation_id", request.conversation_id, required=True)
+        v.raise_if_invalid()
+        await self.store.delete(user_id, request.conversation_id)
+        return chat_pb2.DeleteConversationResponse()

@@ -1,0 +1,35 @@
+"""Settings of the chat service (env ECO2_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from eco2.services.events.settings import EventsSettings
+
+
+class ChatSettings(EventsSettings):
+    chat_model: str = Field("offline", description="answer model: offline, gpt-* (OpenAI), gemini-* (Gemini) or provider/model")
+    openai_api_key: str = Field("", description="OpenAI API key (for gpt-* models)")
+    openai_base_url: str = Field("", description="OpenAI-compatible base URL (empty = api.openai.com)")
+    gemini_api_key: str = Field("", description="Gemini API key (for gemini-* models)")
+    gemini_base_url: str = Field("", description="Gemini API base URL (empty = the public endpoint)")
+    chat_model_timeout_s: float = Field(60.0, gt=0, description="HTTP timeout of one model call")
+    chat_max_message_chars: int = Field(1000, ge=1, le=100_000, description="longest user message accepted")
+    chat_workers: int = Field(64, ge=0, le=10_000, description="chat jobs run concurrently by this process (0 = API only, workers elsewhere)")
+    chat_job_kind: str = Field("chat", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="job queue the API enqueues to and the workers claim from (separate stacks on one Valkey)")
+    chat_claimers: int = Field(4, ge=1, le=64, description="loops claiming jobs from the queue")
+    chat_claim_block_ms: int = Field(500, ge=1, description="how long one claim waits for a job")
+    chat_history_messages: int = Field(10, ge=0, le=200, description="earlier messages given to the model")
+    chat_summary_threshold_tokens: int = Field(0, ge=0, description="history size that triggers summarisation (0 = the model's threshold)")
+    chat_tokens_per_event: int = Field(1, ge=1, le=64, description="model pieces per TOKEN event (fixed count: deterministic seqs on re-run)")
+    chat_input_ttl_s: int = Field(3600, ge=10, description="how long a NEEDS_INPUT question waits for ProvideInput")
+    chat_cancel_on_disconnect: bool = Field(False, description="StreamChat client gone → cancel the job (default: it finishes and is stored)")
+    chat_search_radius_m: int = Field(3000, ge=100, le=50_000, description="radius of nearby searches")
+    chat_places_limit: int = Field(5, ge=1, le=50, description="places shown per answer")
+    chat_page_max: int = Field(100, ge=1, le=1000, description="largest page of List/GetConversation")
+    chat_stream_timeout_s: float = Field(300.0, gt=0, description="longest StreamChat stream")
+    chat_pg_pool_max: int = Field(20, ge=2, description="psycopg connections of the LangGraph checkpointer")
+    chat_checkpoint_durability: str = Field("sync", pattern="^(sync|async|exit)$", description="LangGraph durability: sync, async or exit")
+    weather_base_url: str = Field("", description="Open-Meteo compatible forecast API base URL (empty = weather not configured)")
+    web_search_base_url: str = Field("", description="Tavily compatible search API base URL (empty = web search not configured)")
+    web_search_api_key: str = Field("", description="web search API key")

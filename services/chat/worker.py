@@ -1,0 +1,175 @@
+"""Chat-agent workers: claim chat jobs, run the graph, publish events, store the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf import any_pb2
+from langgraph.types import Command
+
+from eco2.events.v1 import events_pb2
+from eco2.services.events.jobs import Job, JobQueue
+
+from .graph import ChatDeps, Emitter, JobContext, publish_tolerant, result_of
+from .pii import mask
+from .policy import NodeFailed
+from .postgres import ConversationStore
+
+log = logging.getLogger("eco2.chat.worker")
+
+
+def input_key(job_id: str) -> str:
+    return f"chat:input:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"chat:cancel:{job_id}"
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    errors: int = 0
+    waiting: int = 0
+
+
+class ChatWorkers:
+    def __init__(self, *, queue: JobQueue, redis, sink, graph, deps: ChatDeps, store: ConversationStore, settings) -> None:
+        self.queue, self.redis, self.sink, self.graph, self.deps, self.store, self.settings = queue, redis, sink, graph, deps, store, settings
+        self.stats = WorkerStats()
+        self._slots = asyncio.Semaphore(max(1, settings.chat_workers))
+        self._tasks: set[asyncio.Task] = set()
+        self._loops: list[asyncio.Task] = []
+        self._stopping = asyncio.Event()
+        self.consumer = f"chat-{socket.gethostname()}-{os.getpid()}"
+
+    def start(self) -> None:
+        if self.settings.chat_workers == 0:
+            return
+        self._loops = [asyncio.create_task(self._claim_loop(i), name=f"chat-claim-{i}") for i in range(self.settings.chat_claimers)]
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self._stopping.set()
+        for t in self._loops:
+            t.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=grace_s)
+            for t in pending:  # not acked: another worker re-claims them after the visibility timeout
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _claim_loop(self, i: int) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            try:
+                job = await self.queue.claim(f"{self.consumer}-{i}", block_ms=self.settings.chat_claim_block_ms)
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except Exception:  # noqa: BLE001 — Redis hiccup: back off and retry
+                self._slots.release()
+                log.warning("claim failed", exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            if job is None:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._run(job))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            await self.handle(job)
+            await self.queue.ack(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.error("chat job failed", extra={"job_id": job.job_id, "error": mask(str(exc))[:300]}, exc_info=True)
+            await self.queue.fail(job, type(exc).__name__)
+        finally:
+            self._slots.release()
+
+    async def handle(self, job: Job) -> None:
+        p: dict[str, Any] = json.loads(job.payload)
+        job_id = p["job_id"]
+        config = {"configurable": {"thread_id": job_id}}
+        snapshot = await self.graph.aget_state(config)
+        checkpoint_seq = int((snapshot.values or {}).get("seq") or 0)
+        emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), tokens_per_event=self.settings.chat_tokens_per_event)
+        ctx = JobContext(self.deps, emitter)
+        watcher = asyncio.create_task(self._watch_cancel(job_id, ctx)) if self.settings.chat_cancel_on_disconnect else None
+        if p.get("resume") is not None:
+            ids = p.get("interrupt_ids") or []
+            graph_input: Any = Command(resume=p["resume"] if len(ids) <= 1 else {iid: p["resume"] for iid in ids})
+        elif snapshot.next:  # re-claimed after a crash: continue from the last checkpoint
+            graph_input = None
+        else:
+            summary, history = await self.store.history(p["conversation_id"], before_job=job_id, limit=self.settings.chat_history_messages)
+            graph_input = {
+                "job_id": job_id, "user_id": p["user_id"], "conversation_id": p["conversation_id"], "message": p["message"],
+                "image_key": p.get("image_key", ""), "location": p.get("location"), "history": history, "summary": summary,
+            }
+        try:
+            state = await self.graph.ainvoke(graph_input, config, context=ctx, durability=self.settings.chat_checkpoint_durability)
+        except NodeFailed as failed:
+            self.stats.errors += 1
+            await self._error(emitter, 14, "NODE_FAILED", f"{failed.node} 단계가 실패했어요. 잠시 후 다시 시도해 주세요.", True)
+            return
+        except asyncio.CancelledError:
+            if ctx.cancelled.is_set():
+                await self._error(emitter, 1, "CANCELLED", "요청이 취소되었어요.", False)
+                return
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        interrupts = state.get("__interrupt__") or []
+        if interrupts:
+            first = interrupts[0].value
+            seq = await emitter.emit(
+                events_pb2.EVENT_KIND_NEEDS_INPUT, stage=events_pb2.STAGE_SUBAGENT, node="location",
+                needs_input=events_pb2.InputRequest(input_id=first["input_id"], kind=events_pb2.INPUT_KIND_LOCATION, prompt=first["prompt"]),
+            )
+            pending = {"user_id": p["user_id"], "input_id": first["input_id"], "interrupt_ids": [i.id for i in interrupts], "seq": seq, "payload": p}
+            await self.redis.set(input_key(job_id), json.dumps(pending), ex=self.settings.chat_input_ttl_s)
+            self.stats.waiting += 1
+            return
+        result = result_of(state, message_id="")
+        message_id = await self.store.add_assistant_message(
+            conversation_id=p["conversation_id"], user_id=p["user_id"], job_id=job_id, text=result.answer, intents=list(result.intents),
+            citations=[c.SerializeToString() for c in result.citations], summary=state.get("new_summary"),
+        )
+        result.message_id = message_id
+        packed = any_pb2.Any()
+        packed.Pack(result)
+        summary_line = result.answer.splitlines()[0][:120] if result.answer else ""
+        await emitter.emit(events_pb2.EVENT_KIND_DONE, stage=events_pb2.STAGE_PERSIST, node="done", done=events_pb2.JobResult(result=packed, summary=summary_line))
+        self.stats.done += 1
+
+    async def _error(self, emitter: Emitter, code: int, reason: str, message: str, retryable: bool) -> None:
+        await emitter.emit(events_pb2.EVENT_KIND_ERROR, node="error", error=events_pb2.JobError(code=code, reason=reason, message=message, retryable=retryable))
+
+    async def _watch_cancel(self, job_id: str, ctx: JobContext) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if await self.redis.exists(cancel_key(job_id)):
+                ctx.cancelled.set()
+                return
+
+
+async def publish_queued(sink, job_id: str) -> None:
+    event = events_pb2.Event(
+        job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue",
+        stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="질문을 받았어요"),
+    )
+    event.time.FromNanoseconds(time.time_ns())
+    await publish_tolerant(sink, event)

@@ -1,0 +1,66 @@
+"""Composition root of `eco2 serve events`: settings → Redis clients → router and/or
+EventService (ECO2_EVENTS_ROLE)."""
+
+from __future__ import annotations
+
+import grpc
+import redis.asyncio
+
+from eco2.services.dataplane.urls import create_redis
+
+from .hub import Hub
+from .router import Router
+from .service import SERVICE, EventServicer, add_to_server
+from .settings import EventsRole, EventsSettings
+from .valkey import ValkeyReplayStore
+
+
+class EventsApp:
+    name = "events"
+
+    def __init__(self, settings: EventsSettings) -> None:
+        self.settings = settings
+        self.redis: redis.asyncio.Redis | None = None
+        self.pubsub_redis: redis.asyncio.Redis | None = None
+        self.router: Router | None = None
+        self.hub: Hub | None = None
+
+    @property
+    def serves_api(self) -> bool:
+        return self.settings.events_role in (EventsRole.ALL, EventsRole.SERVICE)
+
+    def service_names(self) -> list[str]:
+        return [SERVICE] if self.serves_api else []
+
+    async def start(self, server: grpc.aio.Server) -> None:
+        s = self.settings
+        if not s.redis_url:
+            raise RuntimeError("the events service needs REDIS_URL")
+        # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(s.redis_url, max_connections=s.events_redis_pool, timeout=30)
+        self.redis = redis.asyncio.Redis(connection_pool=pool)
+        await self.redis.ping()
+        if s.events_role in (EventsRole.ALL, EventsRole.ROUTER):
+            self.router = Router(self.redis, s)
+            await self.router.start()
+        if self.serves_api:
+            self.pubsub_redis = create_redis(s.redis_url, max_connections=s.events_shards)
+            self.hub = Hub(
+                self.pubsub_redis, s.events_shards, buffer=s.events_subscriber_buffer,
+                max_subscribers=s.events_max_subscribers, retry_s=s.events_redis_retry_s,
+            )
+            await self.hub.start()
+            add_to_server(EventServicer(ValkeyReplayStore(self.redis, s.events_shards), self.hub, s), server)
+
+    async def stop(self) -> None:
+        if self.router is not None:
+            await self.router.stop()
+        if self.hub is not None:
+            await self.hub.stop()
+        for client in (self.pubsub_redis, self.redis):
+            if client is not None:
+                await client.aclose()
+
+
+def create() -> EventsApp:
+    return EventsApp(EventsSettings())

@@ -1,0 +1,170 @@
+"""The job queue workers (chat, scan) claim from: one stream per kind, one consumer group.
+
+    queue = JobQueue(redis, "chat")
+    await queue.enqueue(job_id, payload)           # False when job_id was already enqueued
+    job = await queue.claim("worker-1")            # None when nothing came within block_ms
+    ... await queue.ack(job)  or  await queue.fail(job, "why")
+
+Keys (the `{kind}` hash tag keeps one kind's keys in one cluster slot):
+    jobs:{kind}              the queue stream (consumer group `workers`)
+    jobs:{kind}:dead         dead-letter stream: job_id, payload, attempts, error
+    jobs:{kind}:id:<job_id>  dedupe marker (ECO2_JOBS_DEDUPE_TTL_S)
+    jobs:{kind}:attempts     hash job_id → claims so far
+    jobs:{kind}:errors       hash job_id → last error reported by fail()
+
+Delivery is at-least-once: a job whose worker died (no ack within the visibility timeout)
+is claimed again by another worker; after `jobs_max_attempts` claims it goes to the
+dead-letter stream with its last error instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import redis.asyncio
+from prometheus_client import Counter
+from redis.exceptions import ResponseError
+
+from eco2.services.runtime.errors import FieldViolation, InvalidArgument
+
+from . import domain, scripts
+from .settings import EventsSettings
+
+GROUP = "workers"
+KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+JOBS = Counter("eco2_jobs_total", "Job queue operations, by kind and outcome", ["kind", "outcome"])
+
+
+@dataclass(slots=True)
+class Job:
+    job_id: str
+    payload: bytes
+    attempt: int
+    entry_id: str
+
+
+class JobQueue:
+    def __init__(self, redis: redis.asyncio.Redis, kind: str, settings: EventsSettings | None = None) -> None:
+        if not KIND_RE.match(kind):
+            raise InvalidArgument("invalid job kind", violations=[FieldViolation("kind", "must match [a-z][a-z0-9_-]{0,31}")])
+        self.redis = redis
+        self.kind = kind
+        self.settings = settings or EventsSettings()
+        self.stream = f"jobs:{{{kind}}}"
+        self.dead_stream = f"jobs:{{{kind}}}:dead"
+        self._attempts = f"jobs:{{{kind}}}:attempts"
+        self._errors = f"jobs:{{{kind}}}:errors"
+        self._enqueue = redis.register_script(scripts.ENQUEUE)
+        self._group_ready = False
+        self._cursor = "0-0"
+        self._visibility_ms = int(self.settings.jobs_visibility_timeout_s * 1000)
+
+    def _dedupe_key(self, job_id: str) -> str:
+        return f"jobs:{{{self.kind}}}:id:{job_id}"
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def enqueue(self, job_id: str, payload: bytes) -> bool:
+        if not domain.valid_job_id(job_id):
+            raise InvalidArgument("invalid job id", violations=[FieldViolation("job_id", f"must be {domain.JOB_ID_RULE}")])
+        if not isinstance(payload, (bytes, bytearray)) or len(payload) > self.settings.events_max_event_bytes:
+            raise InvalidArgument(
+                "invalid job payload",
+                violations=[FieldViolation("payload", f"must be bytes of at most {self.settings.events_max_event_bytes} (ECO2_EVENTS_MAX_EVENT_BYTES)")],
+            )
+        await self._ensure_group()
+        added = await self._enqueue(
+            keys=[self._dedupe_key(job_id), self.stream], args=[job_id, bytes(payload), self.settings.jobs_dedupe_ttl_s * 1000]
+        )
+        JOBS.labels(self.kind, "enqueued" if added else "duplicate").inc()
+        return bool(added)
+
+    async def claim(self, consumer: str, *, block_ms: int = 1000) -> Job | None:
+        """The next job for `consumer`: first one whose worker died (idle past the visibility
+        timeout, or failed and due for retry), else a new one, waiting up to block_ms."""
+        await self._ensure_group()
+        while True:
+            # a persistent cursor walks the whole pending list across calls, COUNT 1 at a time
+            cursor, entries, *deleted = await self.redis.xautoclaim(
+                self.stream, GROUP, consumer, min_idle_time=self._visibility_ms, start_id=self._cursor, count=1
+            )
+            self._cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
+            if deleted and deleted[0]:
+                await self.redis.xack(self.stream, GROUP, *deleted[0])
+            if not entries:
+                break
+            job = await self._take(entries[0])
+            if job is not None:
+                JOBS.labels(self.kind, "reclaimed").inc()
+                return job
+        kwargs = {"block": block_ms} if block_ms > 0 else {}
+        reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, **kwargs)
+        for _stream, entries in reply or ():
+            for entry in entries:
+                job = await self._take(entry)
+                if job is not None:
+                    JOBS.labels(self.kind, "claimed").inc()
+                    return job
+        return None
+
+    async def _take(self, entry) -> Job | None:
+        entry_id, fields = entry
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        if not fields:  # deleted meanwhile
+            await self.redis.xack(self.stream, GROUP, entry_id)
+            return None
+        job_id = fields[b"j"].decode()
+        attempt = await self.redis.hincrby(self._attempts, job_id, 1)
+        job = Job(job_id, fields[b"p"], attempt, entry_id)
+        if attempt > self.settings.jobs_max_attempts:
+            last = await self.redis.hget(self._errors, job_id)
+            reason = f"not acknowledged within {self.settings.jobs_visibility_timeout_s:g} s after {attempt - 1} attempts"
+            await self._dead(job, reason + (f"; last error: {last.decode(errors='replace')}" if last else ""), attempt - 1)
+            return None
+        return job
+
+    async def ack(self, job: Job) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, GROUP, job.entry_id)
+            pipe.xdel(self.stream, job.entry_id)
+            pipe.hdel(self._attempts, job.job_id)
+            pipe.hdel(self._errors, job.job_id)
+            await pipe.execute()
+        JOBS.labels(self.kind, "acked").inc()
+
+    async def fail(self, job: Job, error: str) -> None:
+        """Retry after jobs_retry_delay_s, or dead-letter after jobs_max_attempts attempts."""
+        if job.attempt >= self.settings.jobs_max_attempts:
+            await self._dead(job, error, job.attempt)
+            return
+        # Make the entry look idle for (visibility - delay): claim() takes it again after the delay.
+        idle = max(0, self._visibility_ms - int(self.settings.jobs_retry_delay_s * 1000))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._errors, job.job_id, error)
+            pipe.xclaim(self.stream, GROUP, "retry", 0, [job.entry_id], idle=idle, justid=True)
+            await pipe.execute()
+        JOBS.labels(self.kind, "failed").inc()
+
+    async def _dead(self, job: Job, error: str, attempts: int) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(
+                self.dead_stream,
+                {"j": job.job_id, "p": job.payload, "a": str(attempts), "e": error},
+                maxlen=self.settings.jobs_dead_maxlen,
+                approximate=True,
+            )
+            pipe.xack(self.stream, GROUP, job.entry_id)
+            pipe.xdel(self.stream, job.entry_id)
+            pipe.hdel(self._attempts, job.job_id)
+            pipe.hdel(self._errors, job.job_id)
+            await pipe.execute()
+        JOBS.labels(self.kind, "dead").inc()

@@ -1,0 +1,240 @@
+"""Fake OpenAI and Gemini HTTP APIs on loopback, speaking their real wire formats, for the real
+`openai` and `google-genai` SDKs (base_url pointed here). Also used by bench/chat.py:
+
+    python tests/support/fake_llm.py --port P --first-token-ms 200 --token-ms 20 --tokens 100
+
+OpenAI:  POST /v1/chat/completions   (stream → `data: {chat.completion.chunk}` SSE lines + `data: [DONE]`;
+         `tools` → a tool_calls reply; `response_format: json_schema` → JSON content)
+Gemini:  POST /v1[beta]/models/{model}:generateContent and :streamGenerateContent?alt=sse
+         (functionDeclarations → functionCall parts; responseJsonSchema → JSON text)
+
+Faults: `server.faults` is a list consumed one per request: an int HTTP status (429, 500, ...)
+answered with the provider's error body, or ("delay", seconds) to hold the request (timeouts).
+Every request is recorded (`server.requests`), with its timing under the marker `#id` found in
+the prompt (`server.timings[marker]`: list of {start, first, end} monotonic seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+MARKER = re.compile(r"#([A-Za-z0-9_-]{3,64})")
+
+
+@dataclass
+class Script:
+    tokens: list[str] = field(default_factory=lambda: [f"토큰{i} " for i in range(20)])
+    first_token_s: float = 0.0
+    token_s: float = 0.0
+    tool_args: dict[str, Any] = field(default_factory=lambda: {"query": "투명 페트병"})
+    structured: dict[str, Any] = field(default_factory=lambda: {"score": 0.9, "reasons": ["근거에 맞음"]})
+    text: str = "요약: 페트병 이야기"  # non-streaming text replies
+
+
+class FakeModelServer:
+    def __init__(self, script: Script | None = None) -> None:
+        self.script = script or Script()
+        self.faults: list[Any] = []
+        self.requests: list[dict] = []
+        self.timings: dict[str, list[dict]] = {}
+        self.in_flight = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.openai)
+        app.router.add_post("/v1beta/models/{call}", self.gemini)
+        app.router.add_post("/v1/models/{call}", self.gemini)  # google-genai 3.x defaults to v1
+        app.router.add_get("/_timings", self.dump_timings)
+        return app
+
+    async def start(self, port: int = 0) -> FakeModelServer:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port, backlog=4096)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeModelServer:
+        return await self.start()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def gemini_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def dump_timings(self, request: web.Request) -> web.Response:
+        return web.json_response(self.timings)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _timing(self, body: dict) -> dict:
+        marker = MARKER.search(json.dumps(body, ensure_ascii=False))
+        t = {"start": time.monotonic(), "first": None, "end": None}
+        if marker:
+            self.timings.setdefault(marker.group(1), []).append(t)
+        return t
+
+    async def _fault(self, provider: str) -> web.Response | None:
+        if not self.faults:
+            return None
+        fault = self.faults.pop(0)
+        if isinstance(fault, tuple) and fault[0] == "delay":
+            await asyncio.sleep(fault[1])
+            return None
+        status = int(fault)
+        if provider == "openai":
+            kind = {429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}.get(status, "invalid_request_error")
+            return web.json_response({"error": {"message": f"fake error {status}", "type": kind, "param": None, "code": kind}}, status=status)
+        name = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 400: "INVALID_ARGUMENT"}.get(status, "UNKNOWN")
+        return web.json_response({"error": {"code": status, "message": f"fake error {status}", "status": name}}, status=status)
+
+    async def _sse(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        return resp
+
+    # ---------------------------------------------------------------- OpenAI
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.requests.append({"provider": "openai", "path": request.path, "body": body, "headers": dict(request.headers)})
+        if (fault := await self._fault("openai")) is not None:
+            return fault
+        t = self._timing(body)
+        self.in_flight += 1
+        try:
+            model, cid, created = body.get("model", "gpt"), f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
+            if body.get("tools"):
+                tool = body["tools"][0]["function"]["name"]
+                message = {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": {"name": tool, "arguments": json.dumps(self.script.tool_args, ensure_ascii=False)}}
+                ]}
+                return self._openai_reply(cid, created, model, message, "tool_calls", t)
+            rf = body.get("response_format") or {}
+            if rf.get("type") == "json_schema":
+                return self._openai_reply(cid, created, model, {"role": "assistant", "content": json.dumps(self.script.structured, ensure_ascii=False)}, "stop", t)
+            if not body.get("stream"):
+                return self._openai_reply(cid, created, model, {"role": "assistant", "content": self.script.text}, "stop", t)
+            resp = await self._sse(request)
+
+            async def chunk(delta: dict, finish: str | None) -> None:
+                data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                await resp.write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+
+            await chunk({"role": "assistant", "content": ""}, None)
+            await self._pace(t, lambda tok: chunk({"content": tok}, None))
+            await chunk({}, "stop")
+            await resp.write(b"data: [DONE]\n\n")
+            t["end"] = time.monotonic()
+            await resp.write_eof()
+            return resp
+        finally:
+            self.in_flight -= 1
+
+    def _openai_reply(self, cid: str, created: int, model: str, message: dict, finish: str, t: dict) -> web.Response:
+        t["first"] = t["end"] = time.monotonic()
+        return web.json_response({
+            "id": cid, "object": "chat.completion", "created": created, "model": model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        })
+
+    async def _pace(self, t: dict, send) -> None:
+        s = self.script
+        start = t["start"]
+        for i, tok in enumerate(s.tokens):
+            # absolute schedule: token i is due at first_token_s + i * token_s after the request
+            delay = start + s.first_token_s + i * s.token_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await send(tok)
+            if t["first"] is None:
+                t["first"] = time.monotonic()
+
+    # ---------------------------------------------------------------- Gemini
+
+    async def gemini(self, request: web.Request) -> web.StreamResponse:
+        model, _, method = request.match_info["call"].partition(":")
+        body = await request.json()
+        self.requests.append({"provider": "gemini", "path": request.path, "query": dict(request.query), "body": body, "headers": dict(request.headers)})
+        if method not in ("generateContent", "streamGenerateContent"):
+            return web.json_response({"error": {"code": 404, "message": f"unknown method {method}", "status": "NOT_FOUND"}}, status=404)
+        if (fault := await self._fault("gemini")) is not None:
+            return fault
+        t = self._timing(body)
+        self.in_flight += 1
+        try:
+            if method == "streamGenerateContent":
+                resp = await self._sse(request)
+
+                async def send(tok: str) -> None:
+                    await resp.write(f"data: {json.dumps(self._candidate(model, [{'text': tok}], None), ensure_ascii=False)}\r\n\r\n".encode())
+
+                await self._pace(t, send)
+                await resp.write(f"data: {json.dumps(self._candidate(model, [{'text': ''}], 'STOP'))}\r\n\r\n".encode())
+                t["end"] = time.monotonic()
+                await resp.write_eof()
+                return resp
+            config = body.get("generationConfig") or {}
+            if any(tool.get("functionDeclarations") for tool in body.get("tools") or []):
+                name = body["tools"][0]["functionDeclarations"][0]["name"]
+                parts = [{"functionCall": {"id": f"fc-{uuid.uuid4().hex[:6]}", "name": name, "args": self.script.tool_args}}]
+            elif (config.get("responseMimeType") or config.get("response_mime_type")) == "application/json":
+                parts = [{"text": json.dumps(self.script.structured, ensure_ascii=False)}]
+            else:
+                parts = [{"text": self.script.text}]
+            t["first"] = t["end"] = time.monotonic()
+            return web.json_response(self._candidate(model, parts, "STOP"))
+        finally:
+            self.in_flight -= 1
+
+    @staticmethod
+    def _candidate(model: str, parts: list[dict], finish: str | None) -> dict:
+        cand: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+        if finish:
+            cand["finishReason"] = finish
+        return {"candidates": [cand], "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}, "modelVersion": model}
+
+
+async def _main(args: argparse.Namespace) -> None:
+    script = Script(tokens=[f"토큰{i} " for i in range(args.tokens)], first_token_s=args.first_token_ms / 1000, token_s=args.token_ms / 1000)
+    server = await FakeModelServer(script).start(args.port)
+    print(json.dumps({"port": server.port}), flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--first-token-ms", type=float, default=200)
+    p.add_argument("--token-ms", type=float, default=20)
+    p.add_argument("--tokens", type=int, default=100)
+    try:
+        asyncio.run(_main(p.parse_args()))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,229 @@
+"""The producer library and the job queue against the session's real Valkey."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from eco2.events.v1 import events_pb2
+from eco2.services.dataplane.urls import create_redis
+from eco2.services.events import domain
+from eco2.services.events.jobs import JobQueue
+from eco2.services.events.producer import EventPublisher
+from eco2.services.events.settings import EventsSettings
+from eco2.services.runtime.errors import FailedPrecondition, InvalidArgument
+from support.servers import env
+
+E = events_pb2
+
+
+def jid() -> str:
+    return f"p-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="module")
+async def redis_client(dataplane):
+    client = create_redis(dataplane.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def settings(service_env):
+    with env({**service_env, "ECO2_JOBS_VISIBILITY_TIMEOUT_S": "0.4", "ECO2_JOBS_RETRY_DELAY_S": "0.1", "ECO2_JOBS_MAX_ATTEMPTS": "3"}):
+        return EventsSettings()
+
+
+@pytest.fixture(scope="module")
+def publisher(redis_client, settings):
+    return EventPublisher(redis_client, settings)
+
+
+def tok(job, seq, **kw):
+    return E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_TOKEN, delta="a", **kw)
+
+
+async def replay(redis_client, settings, job):
+    shard = domain.shard_of(job, settings.events_shards)
+    return await redis_client.xrange(domain.replay_key(shard, job))
+
+
+async def test_publish_appends_to_shard_and_replay_streams_once(redis_client, settings, publisher):
+    job = jid()
+    shard = domain.shard_of(job, settings.events_shards)
+    before = await redis_client.xlen(domain.shard_stream(shard))
+    assert await publisher.publish(tok(job, 1)) is True
+    assert await publisher.publish(tok(job, 1)) is False  # a retry: no-op
+    assert await publisher.publish(tok(job, 3)) is True
+    assert await publisher.publish(tok(job, 1)) is False  # any published seq is a no-op duplicate
+    rows = await replay(redis_client, settings, job)
+    assert [r[0] for r in rows] == [b"1-0", b"3-0"]
+    assert [int(r[1][b"p"]) for r in rows] == [0, 1]  # each knows the seq before it
+    stored = E.Event.FromString(rows[1][1][b"d"])
+    assert stored.seq == 3 and stored.HasField("time")  # the producer filled the time
+    assert await redis_client.xlen(domain.shard_stream(shard)) - before >= 2
+    ttl = await redis_client.pttl(domain.replay_key(shard, job))
+    assert 0 < ttl <= settings.events_replay_ttl_s * 1000
+
+
+async def test_a_seq_that_goes_backwards_is_rejected(publisher):
+    job = jid()
+    await publisher.publish(tok(job, 5))
+    with pytest.raises(FailedPrecondition) as err:
+        await publisher.publish(tok(job, 4))
+    assert err.value.reason == "SEQ_NOT_INCREASING" and err.value.metadata["last_seq"] == "5"
+
+
+async def test_terminal_event_closes_the_job(publisher):
+    job = jid()
+    await publisher.publish(tok(job, 1))
+    done = E.Event(job_id=job, seq=2, kind=E.EVENT_KIND_DONE)
+    assert await publisher.publish(done) is True
+    assert await publisher.publish(done) is False  # retrying the terminal event is still a no-op
+    with pytest.raises(FailedPrecondition) as err:
+        await publisher.publish(tok(job, 3))
+    assert err.value.reason == "JOB_CLOSED"
+
+
+@pytest.mark.parametrize(
+    "event,field",
+    [
+        (E.Event(job_id="", seq=1, kind=E.EVENT_KIND_TOKEN), "job_id"),
+        (E.Event(job_id="a b", seq=1, kind=E.EVENT_KIND_TOKEN), "job_id"),
+        (E.Event(job_id="ok", seq=0, kind=E.EVENT_KIND_TOKEN), "seq"),
+        (E.Event(job_id="ok", seq=2**53, kind=E.EVENT_KIND_TOKEN), "seq"),
+        (E.Event(job_id="ok", seq=1), "kind"),
+        (E.Event(job_id="ok", seq=1, kind=99), "kind"),
+    ],
+)
+async def test_invalid_events_are_rejected_with_the_field(publisher, event, field):
+    with pytest.raises(InvalidArgument) as err:
+        await publisher.publish(event)
+    assert [v.field for v in err.value.violations] == [field]
+
+
+async def test_oversized_event_is_rejected(redis_client, service_env):
+    with env({**service_env, "ECO2_EVENTS_MAX_EVENT_BYTES": "1000"}):
+        small = EventPublisher(redis_client, EventsSettings())
+    with pytest.raises(InvalidArgument) as err:
+        await small.publish(E.Event(job_id=jid(), seq=1, kind=E.EVENT_KIND_TOKEN, delta="x" * 2000))
+    assert [v.field for v in err.value.violations] == ["event"]
+
+
+async def test_replay_stream_is_capped(redis_client, service_env):
+    with env({**service_env, "ECO2_EVENTS_REPLAY_MAXLEN": "10"}):
+        s = EventsSettings()
+    p = EventPublisher(redis_client, s)
+    job = jid()
+    for q in range(1, 26):
+        await p.publish(tok(job, q))
+    rows = await replay(redis_client, s, job)
+    assert [int(r[0].split(b"-")[0]) for r in rows] == list(range(16, 26))
+
+
+async def test_concurrent_publishers_of_one_seq_append_it_once(publisher, redis_client, settings):
+    job = jid()
+    results = await asyncio.gather(*(publisher.publish(tok(job, 1)) for _ in range(20)))
+    assert sorted(results) == [False] * 19 + [True]
+    assert len(await replay(redis_client, settings, job)) == 1
+
+
+# -- job queue ---------------------------------------------------------------------------------
+
+
+def kind() -> str:
+    return "k" + uuid.uuid4().hex[:8]
+
+
+async def test_enqueue_is_idempotent_and_claim_ack_removes_the_job(redis_client, settings):
+    q = JobQueue(redis_client, kind(), settings)
+    assert await q.enqueue("job-1", b"\x00payload") is True
+    assert await q.enqueue("job-1", b"other") is False
+    job = await q.claim("w1", block_ms=100)
+    assert (job.job_id, job.payload, job.attempt) == ("job-1", b"\x00payload", 1)
+    assert await q.claim("w2", block_ms=50) is None  # claimed by w1, still within visibility
+    await q.ack(job)
+    await asyncio.sleep(settings.jobs_visibility_timeout_s + 0.2)
+    assert await q.claim("w2", block_ms=50) is None  # acked: never comes back
+    assert await redis_client.xlen(q.stream) == 0
+
+
+async def test_a_job_whose_worker_died_is_reclaimed_after_the_visibility_timeout(redis_client, settings):
+    q = JobQueue(redis_client, kind(), settings)
+    await q.enqueue("job-2", b"p")
+    first = await q.claim("dies", block_ms=100)
+    assert first.attempt == 1
+    assert await q.claim("survivor", block_ms=50) is None
+    await asyncio.sleep(settings.jobs_visibility_timeout_s + 0.1)
+    again = await q.claim("survivor", block_ms=50)
+    assert (again.job_id, again.attempt) == ("job-2", 2)
+    await q.ack(again)
+
+
+async def test_failed_job_is_retried_then_dead_lettered_with_its_error(redis_client, settings):
+    q = JobQueue(redis_client, kind(), settings)
+    await q.enqueue("job-3", b"payload-3")
+    attempts = []
+    for n in range(settings.jobs_max_attempts):
+        job = None
+        for _ in range(40):
+            job = await q.claim("w", block_ms=50)
+            if job:
+                break
+            await asyncio.sleep(0.05)
+        assert job is not None, f"attempt {n + 1} never came"
+        attempts.append(job.attempt)
+        await q.fail(job, f"boom {job.attempt}")
+    assert attempts == [1, 2, 3]
+    await asyncio.sleep(settings.jobs_visibility_timeout_s + 0.1)
+    assert await q.claim("w", block_ms=50) is None
+    dead = await redis_client.xrange(q.dead_stream)
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert (fields[b"j"], fields[b"p"], fields[b"a"], fields[b"e"]) == (b"job-3", b"payload-3", b"3", b"boom 3")
+
+
+async def test_a_job_abandoned_max_attempts_times_is_dead_lettered(redis_client, settings):
+    q = JobQueue(redis_client, kind(), settings)
+    await q.enqueue("job-4", b"p4")
+    job = await q.claim("w", block_ms=50)
+    await q.fail(job, "first error")  # a reported failure, then workers die
+    for _ in range(settings.jobs_max_attempts - 1):
+        got = None
+        for _ in range(40):
+            got = await q.claim("w", block_ms=50)
+            if got:
+                break
+            await asyncio.sleep(0.05)
+        assert got is not None
+    await asyncio.sleep(settings.jobs_visibility_timeout_s + 0.1)
+    assert await q.claim("w", block_ms=50) is None
+    dead = await redis_client.xrange(q.dead_stream)
+    assert dead and dead[0][1][b"j"] == b"job-4"
+    assert b"first error" in dead[0][1][b"e"] and dead[0][1][b"a"] == b"3"
+
+
+async def test_many_workers_claim_each_job_exactly_once(redis_client, settings):
+    q = JobQueue(redis_client, kind(), settings)
+    ids = [f"job-{i}" for i in range(60)]
+    for i in ids:
+        await q.enqueue(i, i.encode())
+    seen = []
+
+    async def worker(name):
+        while (job := await q.claim(name, block_ms=100)) is not None:
+            seen.append(job.job_id)
+            await q.ack(job)
+
+    await asyncio.gather(*(worker(f"w{i}") for i in range(6)))
+    assert sorted(seen) == sorted(ids)
+
+
+@pytest.mark.parametrize("bad_kind", ["", "Chat", "a b", "x" * 40])
+async def test_bad_queue_kind_or_job_id_is_invalid(redis_client, settings, bad_kind):
+    with pytest.raises(InvalidArgument):
+        JobQueue(redis_client, bad_kind, settings)
+    with pytest.raises(InvalidArgument):
+        await JobQueue(redis_client, "chat", settings).enqueue("bad id", b"")

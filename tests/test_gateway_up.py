@@ -1,0 +1,77 @@
+"""`eco2 serve gateway` and `eco2 up` with the gateway: real processes, real ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from eco2.character.v1 import character_pb2
+from eco2.services.registry import HTTP_APPS, SERVICES, create
+
+
+def _post(url: str, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status, dict(r.headers), r.read()
+
+
+def test_registry_knows_the_gateway_as_an_http_app():
+    assert "gateway" in HTTP_APPS and "gateway" not in SERVICES
+    app = create("gateway")
+    assert app.name == "gateway" and app.protocol == "http" and callable(app.serve)
+
+
+def test_eco2_up_serves_the_gateway(session_dir):
+    data_dir = session_dir / "up-gateway"
+    data_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = data_dir / "endpoints.json"
+        deadline = time.monotonic() + 90
+        while not path.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "eco2 up did not write endpoints.json"
+            time.sleep(0.1)
+        endpoints = json.loads(path.read_text())
+        base = endpoints["gateway"]
+        assert base.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+            assert json.loads(r.read()) == {"status": "SERVING"}
+        with urllib.request.urlopen(base + "/", timeout=5) as r:
+            assert r.headers["content-type"].startswith("text/html") and "Eco²" in r.read().decode()
+        with urllib.request.urlopen(endpoints["metrics"]["gateway"], timeout=5) as r:
+            assert b"eco2_gateway_requests_total" in r.read()
+        status, _, body = _post(base + "/v1/auth/dev-sign-in", json.dumps({"displayName": "up-user"}).encode(), {"content-type": "application/json"})
+        token = json.loads(body)["tokens"]["accessToken"]
+        msg = character_pb2.GetCharacterRequest(code="char-eco").SerializeToString()
+        status, headers, body = _post(base + "/eco2.character.v1.CharacterService/GetCharacter", struct.pack(">BI", 0, len(msg)) + msg,
+                                      {"content-type": "application/grpc-web+proto", "authorization": f"Bearer {token}"})
+        n = struct.unpack(">I", body[1:5])[0]
+        assert character_pb2.GetCharacterResponse.FromString(body[5 : 5 + n]).character.name == "이코"
+        assert b"grpc-status: 0" in body[5 + n :]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_gateway_fails_clearly_when_the_port_is_taken(service_env):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        env = {**os.environ, **service_env, "ECO2_HTTP_PORT": str(port)}
+        proc = subprocess.run([sys.executable, "-m", "eco2.services.cli", "serve", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "cannot listen" in proc.stderr and "ECO2_HTTP_PORT" in proc.stderr
