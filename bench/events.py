@@ -1,7 +1,7 @@
 """Benchmark of the event bus: publish → router → Subscribe throughput, end-to-end latency at a
 fixed rate, and the cost of 10,000 idle Subscribe streams on one EventService process.
 
-    python bench/events.py [--events 60000] [--rate 5000] [--streams 10000]
+    python bench/events.py [--events 60000] [--rate 5000] [--streams 10000] [--batch 64] [--publishers 2]
 
 Starts its own embedded data plane (temp dir under /tmp), `eco2 serve events` processes and
 publisher processes on 127.0.0.1, prints one JSON line, stops everything.
@@ -38,26 +38,50 @@ def free_port() -> int:
 # -- publisher worker (a separate process) ------------------------------------------------------
 
 
-async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: float) -> None:
-    from eco2.services.dataplane.urls import create_redis
+async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: float, batch: int) -> None:
+    """Publishes per_job events to each job, `batch` events per publish_many round trip (1 =
+    single `publish`); prints its own CPU seconds as JSON on stdout."""
     from eco2.services.events.producer import EventPublisher
+    from eco2.services.events.valkey import fast_redis
 
-    client = create_redis(redis_url)
+    client = fast_redis(redis_url)
     pub = EventPublisher(client)
-    per_task_interval = len(jobs) / rate if rate > 0 else 0.0
+    t0 = os.times()  # CPU from here on: interpreter start and imports are not per-event work
 
-    async def one(job: str) -> None:
-        start = time.perf_counter()
-        for seq in range(1, per_job + 1):
-            kind = E.EVENT_KIND_DONE if seq == per_job else E.EVENT_KIND_TOKEN
-            await pub.publish(E.Event(job_id=job, seq=seq, kind=kind, delta="토큰 "))  # time filled by publish
-            if per_task_interval:
-                delay = start + seq * per_task_interval - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+    def event(job: str, seq: int):
+        kind = E.EVENT_KIND_DONE if seq == per_job else E.EVENT_KIND_TOKEN
+        return E.Event(job_id=job, seq=seq, kind=kind, delta="토큰 ")  # time filled by publish
 
-    await asyncio.gather(*(one(j) for j in jobs))
+    async def one(job: str) -> None:  # unpaced: every job as fast as it can
+        for first in range(1, per_job + 1, batch):
+            if batch == 1:
+                await pub.publish(event(job, first))
+            else:
+                await pub.publish_many([event(job, q) for q in range(first, min(per_job, first + batch - 1) + 1)])
+
+    async def paced() -> None:  # `rate` events/s over all jobs, round robin; what is due goes in one call
+        total, n = per_job * len(jobs), len(jobs)
+        sent, start = 0, time.perf_counter()
+        while sent < total:
+            due = min(total, int((time.perf_counter() - start) * rate) + 1)
+            if due <= sent:
+                await asyncio.sleep(0.0005)
+                continue
+            k = min(due - sent, batch)
+            evs = [event(jobs[i % n], i // n + 1) for i in range(sent, sent + k)]
+            if k == 1:
+                await pub.publish(evs[0])
+            else:
+                await pub.publish_many(evs)
+            sent += k
+
+    if rate > 0:
+        await paced()
+    else:
+        await asyncio.gather(*(one(j) for j in jobs))
     await client.aclose()
+    t = os.times()
+    print(json.dumps({"cpu_s": t.user + t.system - t0.user - t0.system}), flush=True)
 
 
 # -- orchestration --------------------------------------------------------------------------------
@@ -99,38 +123,64 @@ def redis_connections(pid: int, valkey_port: int) -> int:
     return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp") if c.raddr and c.raddr.port == valkey_port and c.status == "ESTABLISHED")
 
 
-async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int, rate: float, publishers: int) -> dict:
-    """`jobs` jobs, one subscriber each; `publishers` processes publish per_job events per job."""
+def cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int, rate: float, publishers: int,
+                   batch: int, server_pid: int, valkey_pid: int) -> dict:
+    """`jobs` jobs, one subscriber each; `publishers` processes publish per_job events per job.
+    CPU per event is reported for the events server process (router + EventService), Valkey,
+    the publishers and this client process: robust on a busy machine, unlike events/s."""
     names = [f"{tag}-{i}" for i in range(jobs)]
     latencies: list[float] = []
     received = 0
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = events_pb2_grpc.EventServiceStub(ch)
+    parse = E.Event.FromString
+    # a few HTTP/2 connections, as many browsers behind an edge would use
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(4)]
+    try:
+        # raw bytes (no parse) unless the latency run needs each event's time
+        calls = [c.unary_stream("/eco2.events.v1.EventService/Subscribe", request_serializer=E.SubscribeRequest.SerializeToString) for c in channels]
 
-        async def subscribe(job: str) -> None:
+        async def subscribe(i: int, job: str) -> None:
             nonlocal received
-            async for e in stub.Subscribe(E.SubscribeRequest(job_id=job), timeout=600):
-                received += 1
+            n = 0
+            async for data in calls[i % len(calls)](E.SubscribeRequest(job_id=job), timeout=600):
+                n += 1
                 if rate:
+                    e = parse(data)
                     latencies.append(time.time() - (e.time.seconds + e.time.nanos / 1e9))
+            received += n
 
-        subs = [asyncio.create_task(subscribe(j)) for j in names]
+        subs = [asyncio.create_task(subscribe(i, j)) for i, j in enumerate(names)]
         await asyncio.sleep(0.5)  # streams registered (unknown jobs wait for their first event)
+        server, valkey, me = psutil.Process(server_pid), psutil.Process(valkey_pid), psutil.Process()
+        cpu0 = (cpu_s(server), cpu_s(valkey), cpu_s(me))
         chunks = [names[i::publishers] for i in range(publishers)]
         started = time.perf_counter()
         procs = [
             await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--publisher", redis_url, ",".join(c), str(per_job), str(rate / publishers if rate else 0)
+                sys.executable, __file__, "--publisher", redis_url, ",".join(c), str(per_job), str(rate / publishers if rate else 0),
+                str(batch), stdout=asyncio.subprocess.PIPE,
             )
             for c in chunks
         ]
-        await asyncio.gather(*(p.wait() for p in procs))
+        outs = await asyncio.gather(*(p.communicate() for p in procs))
         published_at = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*subs), 600)
         elapsed = time.perf_counter() - started
+        cpu1 = (cpu_s(server), cpu_s(valkey), cpu_s(me))
+    finally:
+        for c in channels:
+            await c.close()
     total = jobs * per_job
+    pub_cpu = sum(json.loads(o[0].decode().strip().splitlines()[-1])["cpu_s"] for o in outs)
+    us = lambda seconds: round(seconds / max(received, 1) * 1e6, 1)  # noqa: E731
     out = {"events": total, "received": received, "seconds": round(elapsed, 2), "events_per_s": round(received / elapsed),
-           "publish_seconds": round(published_at - started, 2)}
+           "publish_seconds": round(published_at - started, 2), "publish_batch": batch,
+           "cpu_us_per_event": {"events_server": us(cpu1[0] - cpu0[0]), "valkey": us(cpu1[1] - cpu0[1]),
+                                "publishers": us(pub_cpu), "subscriber_client": us(cpu1[2] - cpu0[2])}}
     if latencies:
         latencies.sort()
         q = lambda p: round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)  # noqa: E731
@@ -200,12 +250,19 @@ async def main(args) -> dict:
         port = free_port()
         procs.append(serve(env, "all", port))  # router + EventService in one process
         await wait_ready(port)
-        throughput = await run_flow(info.redis_url, port, "tp", args.jobs, args.events // args.jobs, 0, args.publishers)
-        latency = await run_flow(info.redis_url, port, "lat", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate, args.publishers)
+        valkey_pid = next(c.pid for c in psutil.net_connections(kind="tcp")
+                          if c.laddr and c.laddr.port == info.valkey_port and c.status == "LISTEN" and c.pid)
+        load_before = os.getloadavg()
+        throughput = await run_flow(info.redis_url, port, "tp", args.jobs, args.events // args.jobs, 0, args.publishers,
+                                    args.batch, procs[0].pid, valkey_pid)
+        latency = await run_flow(info.redis_url, port, "lat", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate,
+                                 args.publishers, args.batch, procs[0].pid, valkey_pid)
         latency["target_rate"] = args.rate
         all_conns = redis_connections(procs[0].pid, info.valkey_port)
-        idle = await idle_streams(info.redis_url, env, info.valkey_port, args.streams)
-        return {"bench": "events", "cpus": os.cpu_count(), "throughput": throughput, "latency": latency,
+        idle = await idle_streams(info.redis_url, env, info.valkey_port, args.streams) if args.streams else None
+        return {"bench": "events", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+                "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                "throughput": throughput, "latency": latency,
                 "idle": idle, "redis_connections_all_role": all_conns}
     finally:
         for p in procs:
@@ -216,8 +273,8 @@ async def main(args) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--publisher":
-        _, _, url, jobs, per_job, rate = sys.argv
-        asyncio.run(publisher_main(url, jobs.split(","), int(per_job), float(rate)))
+        _, _, url, jobs, per_job, rate, batch = sys.argv
+        asyncio.run(publisher_main(url, jobs.split(","), int(per_job), float(rate), int(batch)))
         sys.exit(0)
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=60_000, help="events in the throughput run")
@@ -225,6 +282,7 @@ if __name__ == "__main__":
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--rate", type=float, default=5000, help="events/s of the latency run")
     parser.add_argument("--seconds", type=float, default=6, help="length of the latency run")
-    parser.add_argument("--streams", type=int, default=10_000, help="idle Subscribe streams")
+    parser.add_argument("--streams", type=int, default=10_000, help="idle Subscribe streams (0: skip)")
+    parser.add_argument("--batch", type=int, default=64, help="events per publish_many call in the publishers (1: publish)")
     os.environ.setdefault("LC_ALL", "C.UTF-8")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

@@ -227,3 +227,75 @@ async def test_bad_queue_kind_or_job_id_is_invalid(redis_client, settings, bad_k
         JobQueue(redis_client, bad_kind, settings)
     with pytest.raises(InvalidArgument):
         await JobQueue(redis_client, "chat", settings).enqueue("bad id", b"")
+
+
+# -- publish_many: several events (one or more jobs, one or more shards) per round trip -------
+
+
+async def test_publish_many_appends_in_order_and_is_idempotent(redis_client, settings, publisher):
+    jobs = [jid() for _ in range(6)]  # with 4 shards, several shards in one pipelined call
+    assert len({domain.shard_of(j, settings.events_shards) for j in jobs}) > 1
+    batch = [tok(j, s) for s in (1, 2, 4) for j in jobs]  # interleaved jobs, each in seq order
+    assert await publisher.publish_many(batch) == [True] * len(batch)
+    for j in jobs:
+        rows = await replay(redis_client, settings, j)
+        assert [r[0] for r in rows] == [b"1-0", b"2-0", b"4-0"]
+        assert [int(r[1][b"p"]) for r in rows] == [0, 1, 2]  # prev seq chained inside one call
+        assert E.Event.FromString(rows[0][1][b"d"]).HasField("time")
+    # the same batch again (a retry) is a no-op; so is any mix of old and new events
+    assert await publisher.publish_many(batch) == [False] * len(batch)
+    assert await publisher.publish_many([tok(jobs[0], 4), tok(jobs[0], 5), tok(jobs[0], 5)]) == [False, True, False]
+    assert await publisher.publish(tok(jobs[0], 5)) is False
+    rows = await replay(redis_client, settings, jobs[0])
+    assert [r[0] for r in rows] == [b"1-0", b"2-0", b"4-0", b"5-0"]
+
+
+async def test_publish_many_shard_entries_are_routable(redis_client, settings, publisher):
+    """The shard stream entry carries everything the router needs in its `h` field."""
+    job = jid()
+    shard = domain.shard_of(job, settings.events_shards)
+    await publisher.publish_many([tok(job, 1), E.Event(job_id=job, seq=2, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_INTENT, node="intent")])
+    rows = [r for r in await redis_client.xrevrange(domain.shard_stream(shard), count=200) if r[1][b"h"].endswith(b" " + job.encode())]
+    assert len(rows) == 2
+    h2 = rows[0][1][b"h"].split(b" ")
+    assert h2[:3] == [b"1", b"2", b"0"] and h2[4] == str(E.STAGE_INTENT).encode() and rows[0][1][b"n"] == b"intent"
+    assert b"n" not in rows[1][1]  # no node: no field
+
+
+async def test_publish_many_rejections_and_terminal_inside_a_batch(redis_client, settings, publisher):
+    a, b = jid(), jid()
+    await publisher.publish(tok(a, 5))
+    # a's 3 goes backwards; b's events and a's 6 are still applied, then the first rejection is raised
+    with pytest.raises(FailedPrecondition) as err:
+        await publisher.publish_many([tok(b, 1), tok(a, 3), tok(a, 6), E.Event(job_id=b, seq=2, kind=E.EVENT_KIND_DONE), tok(b, 3)])
+    assert err.value.reason == "SEQ_NOT_INCREASING" and err.value.metadata["index"] == "1"
+    assert [r[0] for r in await replay(redis_client, settings, a)] == [b"5-0", b"6-0"]
+    assert [r[0] for r in await replay(redis_client, settings, b)] == [b"1-0", b"2-0"]  # seq 3 after DONE: JOB_CLOSED
+    with pytest.raises(FailedPrecondition) as err:
+        await publisher.publish_many([tok(b, 4)])
+    assert err.value.reason == "JOB_CLOSED"
+
+
+async def test_publish_many_invalid_event_sends_nothing(redis_client, settings, publisher):
+    job = jid()
+    with pytest.raises(InvalidArgument) as err:
+        await publisher.publish_many([tok(job, 1), E.Event(job_id=job, seq=0, kind=E.EVENT_KIND_TOKEN), tok("bad id", 1)])
+    fields = {v.field for v in err.value.violations}
+    assert fields == {"events[1].seq", "events[2].job_id"}
+    assert await replay(redis_client, settings, job) == []
+    assert await publisher.publish_many([]) == []
+
+
+async def test_concurrent_identical_batches_append_each_seq_once(redis_client, settings, publisher):
+    job = jid()
+    batches = [[tok(job, s) for s in range(1, 41)] for _ in range(5)]  # 5 retries racing
+    results = await asyncio.gather(*(publisher.publish_many(b) for b in batches))
+    assert sum(r.count(True) for r in results) == 40
+    assert [r[0] for r in await replay(redis_client, settings, job)] == [f"{s}-0".encode() for s in range(1, 41)]
+
+
+def test_live_frames_round_trip():
+    frame = domain.frame_live(0, 1, False, "job-1", b"a b\nc") + domain.frame_live(1, 2, True, "job-2", b"")
+    assert list(domain.iter_live(frame)) == [(0, 1, False, "job-1", b"a b\nc"), (1, 2, True, "job-2", b"")]
+    with pytest.raises(ValueError):
+        list(domain.iter_live(frame[:-1]))  # truncated

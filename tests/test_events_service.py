@@ -275,8 +275,8 @@ async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(even
 
     async def listen():
         async for msg in pubsub.listen():
-            if msg["type"] == "message" and domain.parse_live(msg["data"])[3] == job:
-                live.append(domain.parse_live(msg["data"])[1])
+            if msg["type"] == "message":
+                live.extend(seq for _, seq, _, j, _ in domain.iter_live(msg["data"]) if j == job)
 
     listener = asyncio.create_task(listen())
 
@@ -295,7 +295,7 @@ async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(even
         await publisher.publish(done(job, 6))
         sub_task = asyncio.create_task(collect(stub, job))
         reply = await redis_client.xreadgroup(domain.ROUTER_GROUP, crashing.consumer, {domain.shard_stream(shard): ">"}, count=1000)
-        entries = [e for e in reply[0][1] if e[1][b"j"] == job.encode()]
+        entries = [e for e in reply[0][1] if e[1][b"h"].endswith(b" " + job.encode())]
         with pytest.raises(Dies):
             await crashing.route(shard, reply[0][1])
         assert len(entries) == 6

@@ -110,6 +110,20 @@ async def test_metrics_endpoint_counts_rpcs(probe, probe_ch):
     assert "eco2_grpc_server_handling_seconds_bucket" in body
 
 
+async def test_client_cancelling_a_stream_is_cancelled_not_an_error(probe, probe_ch, caplog):
+    call = probe_ch.unary_stream("/eco2test.Probe/Ticks")(b"")
+    got = 0
+    async for _ in call:
+        got += 1
+        if got == 3:
+            call.cancel()
+            break
+    await asyncio.sleep(0.3)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{probe.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'eco2_grpc_server_handled_total{grpc_code="CANCELLED",grpc_method="/eco2test.Probe/Ticks"}' in body
+    assert not [r for r in caplog.records if r.name == "eco2.rpc" and r.levelname == "ERROR"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

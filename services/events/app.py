@@ -12,7 +12,7 @@ from .hub import Hub
 from .router import Router
 from .service import SERVICE, EventServicer, add_to_server
 from .settings import EventsRole, EventsSettings
-from .valkey import ValkeyReplayStore
+from .valkey import ValkeyReplayStore, fast_redis
 
 
 class EventsApp:
@@ -37,8 +37,7 @@ class EventsApp:
         if not s.redis_url:
             raise RuntimeError("the events service needs REDIS_URL")
         # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(s.redis_url, max_connections=s.events_redis_pool, timeout=30)
-        self.redis = redis.asyncio.Redis(connection_pool=pool)
+        self.redis = fast_redis(s.redis_url, pool_class=redis.asyncio.BlockingConnectionPool, max_connections=s.events_redis_pool, timeout=30)
         await self.redis.ping()
         if s.events_role in (EventsRole.ALL, EventsRole.ROUTER):
             self.router = Router(self.redis, s)

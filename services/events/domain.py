@@ -72,14 +72,32 @@ def status_after(kind: int, stage: int) -> int:
 
 
 # -- live message framing ---------------------------------------------------------------
-# A Pub/Sub message is b"<prev> <seq> <terminal> <job_id> " + serialized Event. `prev` is the
-# seq the producer published before this one (0 for the first), so a subscriber can tell a
-# gap from the next event without assuming seqs are contiguous.
+# A Pub/Sub message carries one or more routed events of one shard (the router publishes each
+# batch as few messages as possible): records b"<prev> <seq> <terminal> <job_id> <len>\n"
+# followed by <len> bytes of serialized Event. `prev` is the seq the producer published before
+# this one (0 for the first), so a subscriber can tell a gap from the next event without
+# assuming seqs are contiguous.
 
 
-def parse_live(message: bytes) -> tuple[int, int, bool, str, bytes]:
-    prev, seq, terminal, job, data = message.split(b" ", 4)
-    return int(prev), int(seq), terminal == b"1", job.decode(), data
+def iter_live(message: bytes):
+    """(prev, seq, terminal, job_id, data) of each event in a fan-out message, in order.
+    Raises ValueError on a malformed message."""
+    pos, end = 0, len(message)
+    find = message.find
+    while pos < end:
+        nl = find(b"\n", pos)
+        if nl < 0:
+            raise ValueError("truncated fan-out record")
+        prev, seq, terminal, job, size = message[pos:nl].split(b" ")
+        pos = nl + 1 + int(size)
+        if pos > end:
+            raise ValueError("truncated fan-out record")
+        yield int(prev), int(seq), terminal == b"1", job.decode(), message[nl + 1 : pos]
+
+
+def frame_live(prev: int, seq: int, terminal: bool, job_id: str, data: bytes) -> bytes:
+    """One fan-out record (what the router's Lua writes; for tests and tools)."""
+    return b"%d %d %d %s %d\n" % (prev, seq, terminal, job_id.encode(), len(data)) + data
 
 
 class Step:

@@ -116,23 +116,28 @@ class Hub:
 
     # -- fan-out ---------------------------------------------------------------------------
     def dispatch(self, message: bytes) -> None:
-        LIVE.inc()
-        prev, seq, terminal, job, data = domain.parse_live(message)
-        subs = self.by_job.get(job)
-        if not subs:
-            return
-        item = (prev, seq, terminal, data)
+        """Hand each event of a fan-out message to the subscribers of its job."""
+        by_job = self.by_job
         cap = self.buffer
-        for sub in subs:
-            if sub.resync:
+        n = 0
+        for prev, seq, terminal, job, data in domain.iter_live(message):
+            n += 1
+            subs = by_job.get(job)
+            if not subs:
                 continue
-            if len(sub.buf) >= cap:
-                sub.buf.clear()
-                sub.resync = True
-                RESYNCS.labels("slow_subscriber").inc()
-            else:
-                sub.buf.append(item)
-            sub.wake()
+            item = (prev, seq, terminal, data)
+            for sub in subs:
+                if sub.resync:
+                    continue
+                buf = sub.buf
+                if len(buf) >= cap:
+                    buf.clear()
+                    sub.resync = True
+                    RESYNCS.labels("slow_subscriber").inc()
+                else:
+                    buf.append(item)
+                sub.wake()
+        LIVE.inc(n)
 
     def resync_shard(self, shard: int) -> None:
         for job, subs in self.by_job.items():

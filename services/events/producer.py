@@ -10,6 +10,7 @@ the job's replay stream (read by Subscribe on catch-up), atomically and idempote
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import redis.asyncio
 from prometheus_client import Counter
@@ -21,21 +22,49 @@ from . import domain, scripts
 from .settings import EventsSettings
 
 PUBLISHED = Counter("eco2_events_published_total", "Events appended by producers in this process, by outcome", ["outcome"])
+_APPENDED = PUBLISHED.labels("appended")
+_DUPLICATE = PUBLISHED.labels("duplicate")
+_REJECTED = PUBLISHED.labels("rejected")
+
+_KINDS = frozenset(events_pb2.EventKind.values()) - {events_pb2.EVENT_KIND_UNSPECIFIED}
+_KIND_NAMES = ", ".join(events_pb2.EventKind.keys()[1:])
+
+
+def _violations(event: events_pb2.Event, size: int, max_bytes: int, prefix: str = "") -> list[FieldViolation]:
+    violations = []
+    if not domain.valid_job_id(event.job_id):
+        violations.append(FieldViolation(prefix + "job_id", f"must be {domain.JOB_ID_RULE}"))
+    if not 1 <= event.seq <= domain.MAX_SEQ:
+        violations.append(FieldViolation(prefix + "seq", f"must be between 1 and {domain.MAX_SEQ} (got {event.seq})"))
+    if event.kind not in _KINDS:
+        violations.append(FieldViolation(prefix + "kind", f"is required; one of {_KIND_NAMES}"))
+    if size > max_bytes:
+        violations.append(FieldViolation(prefix + "event", f"serialized size {size} exceeds {max_bytes} bytes (ECO2_EVENTS_MAX_EVENT_BYTES)"))
+    return violations
 
 
 def validate_event(event: events_pb2.Event, max_bytes: int) -> None:
-    violations = []
-    if not domain.valid_job_id(event.job_id):
-        violations.append(FieldViolation("job_id", f"must be {domain.JOB_ID_RULE}"))
-    if not 1 <= event.seq <= domain.MAX_SEQ:
-        violations.append(FieldViolation("seq", f"must be between 1 and {domain.MAX_SEQ} (got {event.seq})"))
-    if event.kind not in events_pb2.EventKind.values() or event.kind == events_pb2.EVENT_KIND_UNSPECIFIED:
-        violations.append(FieldViolation("kind", f"is required; one of {', '.join(events_pb2.EventKind.keys()[1:])}"))
-    size = event.ByteSize()
-    if size > max_bytes:
-        violations.append(FieldViolation("event", f"serialized size {size} exceeds {max_bytes} bytes (ECO2_EVENTS_MAX_EVENT_BYTES)"))
+    violations = _violations(event, event.ByteSize(), max_bytes)
     if violations:
         raise InvalidArgument("invalid event: " + ", ".join(v.field for v in violations), violations=violations)
+
+
+def _rejection(event: events_pb2.Event, code: int, last: bytes | str, index: int | None) -> FailedPrecondition:
+    last_seq = int(last)
+    meta = {"job_id": event.job_id, "seq": str(event.seq), "last_seq": str(last_seq)}
+    if index is not None:
+        meta["index"] = str(index)
+    if code == -1:
+        return FailedPrecondition(
+            f"seq {event.seq} of job {event.job_id!r} is not greater than its last published seq {last_seq}",
+            reason="SEQ_NOT_INCREASING",
+            metadata=meta,
+        )
+    return FailedPrecondition(
+        f"job {event.job_id!r} is closed: its terminal event (seq {last_seq}) was already published",
+        reason="JOB_CLOSED",
+        metadata=meta,
+    )
 
 
 class EventPublisher:
@@ -43,53 +72,98 @@ class EventPublisher:
         self.redis = redis
         self.settings = settings or EventsSettings()
         self._script = redis.register_script(scripts.PUBLISH)
-        self._ttl_ms = str(self.settings.events_replay_ttl_s * 1000)
+        s = self.settings
+        self._head = [str(s.events_replay_maxlen), str(s.events_replay_ttl_s * 1000), str(s.events_shard_maxlen)]
 
     async def publish(self, event: events_pb2.Event) -> bool:
         """Append `event`. True when appended; False when this (job_id, seq) was already
         published (a retry: no-op). FailedPrecondition SEQ_NOT_INCREASING when seq is not above
         the job's last published seq, JOB_CLOSED after the job's terminal event."""
-        s = self.settings
-        validate_event(event, s.events_max_event_bytes)
-        if not event.HasField("time"):
-            event.time.FromNanoseconds(time.time_ns())
-        shard = domain.shard_of(event.job_id, s.events_shards)
-        terminal = "1" if event.kind in domain.TERMINAL_KINDS else "0"
-        code, last = await self._script(
-            keys=[domain.shard_stream(shard), domain.replay_key(shard, event.job_id), domain.producer_key(shard, event.job_id)],
-            args=[
-                event.job_id,
-                str(event.seq),
-                event.SerializeToString(),
-                str(domain.status_after(event.kind, event.stage)),
-                str(event.stage),
-                event.node,
-                str(event.job_kind),
-                terminal,
-                str(s.events_replay_maxlen),
-                self._ttl_ms,
-                str(s.events_shard_maxlen),
-                str(event.time.seconds * 1000 + event.time.nanos // 1_000_000),
-            ],
-        )
+        code, last = (await self._append([event]))[0]
+        return self._outcome(event, code, last, None)
+
+    async def publish_many(self, events: Sequence[events_pb2.Event]) -> list[bool]:
+        """Append several events (of one or more jobs) in one round trip: one Lua call per
+        shard, pipelined. Events of one job must be given in seq order; each event is applied
+        exactly as `publish` would, in the order given. Returns True (appended) / False
+        (duplicate, a no-op) per event, in input order.
+
+        InvalidArgument (fields `events[i].…`) when any event is invalid: then nothing is sent.
+        FailedPrecondition (SEQ_NOT_INCREASING / JOB_CLOSED, metadata `index`) for the first
+        rejected event — the other events of the batch were still applied, so re-sending the
+        corrected batch is safe (appended events are then no-ops)."""
+        if not events:
+            return []
+        results = await self._append(events)
+        out = []
+        error = None
+        for i, (event, (code, last)) in enumerate(zip(events, results)):
+            try:
+                out.append(self._outcome(event, code, last, i))
+            except FailedPrecondition as exc:
+                error = error or exc
+                out.append(False)
+        if error is not None:
+            raise error
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+    @staticmethod
+    def _outcome(event: events_pb2.Event, code: int, last, index: int | None) -> bool:
         if code == 1:
-            PUBLISHED.labels("appended").inc()
+            _APPENDED.inc()
             return True
         if code == 0:
-            PUBLISHED.labels("duplicate").inc()
+            _DUPLICATE.inc()
             return False
-        last_seq = int(last)
-        meta = {"job_id": event.job_id, "seq": str(event.seq), "last_seq": str(last_seq)}
-        if code == -1:
-            PUBLISHED.labels("rejected").inc()
-            raise FailedPrecondition(
-                f"seq {event.seq} of job {event.job_id!r} is not greater than its last published seq {last_seq}",
-                reason="SEQ_NOT_INCREASING",
-                metadata=meta,
+        _REJECTED.inc()
+        raise _rejection(event, code, last, index)
+
+    async def _append(self, events: Sequence[events_pb2.Event]) -> list[tuple[int, bytes]]:
+        """Validate, group by shard, one Lua call per shard (pipelined); (code, last) per event."""
+        s = self.settings
+        max_bytes, shards = s.events_max_event_bytes, s.events_shards
+        groups: dict[int, tuple[list, list, list[int]]] = {}
+        violations: list[FieldViolation] = []
+        many = len(events) > 1
+        now_ns = 0
+        for i, event in enumerate(events):
+            if not event.HasField("time"):
+                now_ns = now_ns or time.time_ns()
+                event.time.FromNanoseconds(now_ns)
+            data = event.SerializeToString()
+            job = event.job_id
+            kind = event.kind
+            if not (1 <= event.seq <= domain.MAX_SEQ and kind in _KINDS and len(data) <= max_bytes and domain.valid_job_id(job)):
+                violations += _violations(event, len(data), max_bytes, f"events[{i}]." if many else "")
+                continue
+            shard = domain.shard_of(job, shards)
+            group = groups.get(shard)
+            if group is None:
+                group = groups[shard] = ([domain.shard_stream(shard)], list(self._head), [])
+            keys, args, positions = group
+            keys.append(domain.replay_key(shard, job))
+            keys.append(domain.producer_key(shard, job))
+            t = event.time
+            args.append(job)
+            args.append(
+                f"{event.seq} {1 if kind in domain.TERMINAL_KINDS else 0} {domain.status_after(kind, event.stage)} "
+                f"{event.stage} {event.job_kind} {t.seconds * 1000 + t.nanos // 1_000_000}"
             )
-        PUBLISHED.labels("rejected").inc()
-        raise FailedPrecondition(
-            f"job {event.job_id!r} is closed: its terminal event (seq {last_seq}) was already published",
-            reason="JOB_CLOSED",
-            metadata=meta,
-        )
+            args.append(event.node)
+            args.append(data)
+            positions.append(i)
+        if violations:
+            raise InvalidArgument("invalid event: " + ", ".join(v.field for v in violations), violations=violations)
+        results: list = [None] * len(events)
+        if len(groups) == 1:
+            replies = [await self._script(keys=keys, args=args) for keys, args, _ in groups.values()]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in groups.values():
+                    await self._script(keys=keys, args=args, client=pipe)
+                replies = await pipe.execute()
+        for (_, _, positions), reply in zip(groups.values(), replies):
+            for j, i in enumerate(positions):
+                results[i] = (reply[2 * j], reply[2 * j + 1])
+        return results

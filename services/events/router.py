@@ -32,7 +32,15 @@ LAG = Gauge("eco2_events_router_lag", "Entries in a shard stream not yet read by
 PENDING = Gauge("eco2_events_router_pending", "Entries read but not yet acknowledged", ["shard"])
 ROUTER_ERRORS = Counter("eco2_events_router_redis_errors_total", "Redis errors the router recovered from")
 
-_FIELDS = (b"j", b"s", b"p", b"t", b"st", b"g", b"n", b"k", b"tm", b"d")
+#: A fan-out message carries routed events up to about this many bytes (Pub/Sub clients are
+#: disconnected when their output buffer passes Valkey's client-output-buffer-limit).
+FRAME_BYTES = 256 * 1024
+
+
+def _legacy_header(fields: dict) -> bytes:
+    """The `h` field of an entry written by an older producer (one field per value)."""
+    g = fields.get
+    return b" ".join((g(b"p", b"0"), g(b"s", b"0"), g(b"t", b"0"), g(b"st", b"0"), g(b"g", b"0"), g(b"k", b"0"), g(b"tm", b"0"), g(b"j", b"")))
 
 
 def consumer_name() -> str:
@@ -80,9 +88,14 @@ class Router:
         streams = {name: ">" for name in self._streams}
         while True:
             try:
-                reply = await self.redis.xreadgroup(
-                    domain.ROUTER_GROUP, self.consumer, streams, count=s.events_router_batch, block=s.events_router_block_ms
+                # raw reply (no per-entry dicts): "XREADGROUP GROUP" is not a key of redis-py's
+                # response callbacks, and the client splits it into two words on the wire
+                reply = await self.redis.execute_command(
+                    "XREADGROUP GROUP", domain.ROUTER_GROUP, self.consumer, "COUNT", s.events_router_batch,
+                    "BLOCK", s.events_router_block_ms, "STREAMS", *streams, *streams.values(),
                 )
+                if isinstance(reply, dict):  # RESP3 map
+                    reply = reply.items()
                 for stream, entries in reply or ():
                     name = stream.decode() if isinstance(stream, bytes) else stream
                     await self.route(self._streams[name], entries)
@@ -148,25 +161,40 @@ class Router:
                         LAG.labels(str(shard)).set(lag)
 
     async def route(self, shard: int, entries: list) -> int:
-        """Route entries of one shard: Lua (marks, states, PUBLISH), then XACK."""
-        keys: list[str] = []
-        args: list = [domain.fanout_channel(shard), self._ttl_ms]
+        """Route entries of one shard: one Lua call (marks, states, PUBLISH), then XACK."""
+        jobs: dict[bytes, None] = {}
+        args: list = []
         ids = []
         for entry_id, fields in entries:
             ids.append(entry_id)
-            if not fields:
+            if not fields:  # deleted entry
                 continue
-            job = fields[b"j"]
-            keys.append(domain.state_key(shard, job.decode()))
-            args.extend(fields.get(f, b"") for f in _FIELDS)
+            if isinstance(fields, list):  # raw reply: [b"h", h, b"d", d] or [b"h", h, b"n", n, b"d", d]
+                if fields[0] == b"h" and len(fields) in (4, 6):
+                    h, node, data = fields[1], (fields[3] if len(fields) == 6 else b""), fields[-1]
+                else:
+                    fields = dict(zip(fields[::2], fields[1::2]))
+            if not isinstance(fields, list):
+                h = fields.get(b"h")
+                if h is None:
+                    h = _legacy_header(fields)
+                node, data = fields.get(b"n", b""), fields.get(b"d", b"")
+            jobs[h[h.rindex(b" ") + 1 :]] = None
+            args.append(h)
+            args.append(node)
+            args.append(data)
         published = 0
-        if keys:
-            published = await self._route(keys=keys, args=args)
+        routed = len(args) // 3
+        if routed:
+            keys = [domain.state_key(shard, job.decode()) for job in jobs]
+            published = await self._route(
+                keys=keys, args=[domain.fanout_channel(shard), self._ttl_ms, FRAME_BYTES, len(keys), *jobs, *args]
+            )
         await self.ack(shard, ids)
         self.routed += published
         ROUTED.labels(str(shard), "published").inc(published)
-        if len(keys) > published:
-            ROUTED.labels(str(shard), "already_routed").inc(len(keys) - published)
+        if routed > published:
+            ROUTED.labels(str(shard), "already_routed").inc(routed - published)
         return published
 
     async def ack(self, shard: int, ids: list) -> None:

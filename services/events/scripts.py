@@ -1,57 +1,122 @@
 """The Lua scripts of the event bus. Each runs atomically inside Redis/Valkey; every key a
 script touches is passed in KEYS and shares one hash tag, so they also run on Redis Cluster."""
 
-# Producer: append one event to the job's replay stream and to its shard stream, idempotently.
-# KEYS: shard stream, replay stream, producer state
-# ARGV: job, seq, data, status, stage, node, job_kind, terminal(0/1), replay_maxlen, ttl_ms,
-#       shard_maxlen, time_ms
-# Returns {code, last_seq}: 1 appended, 0 exact duplicate (no-op), -1 seq not increasing,
-# -2 job closed by a terminal event.
+# Producer: append a batch of events of one shard to their jobs' replay streams and to the
+# shard stream, each event idempotently, in the order given (a later event of the same job
+# sees the earlier one). The producer state of each job is read once and written once per call.
+# KEYS: shard stream, then per event: replay stream, producer state
+# ARGV: replay_maxlen, ttl_ms, shard_maxlen, then 4 values per event:
+#       job, meta = "<seq> <terminal 0/1> <status> <stage> <job_kind> <time_ms>", node, data
+# Returns {code, last_seq} per event (flattened): 1 appended, 0 exact duplicate (no-op),
+# -1 seq not increasing, -2 job closed by a terminal event.
+# Shard stream entry: h = "<prev> " .. meta .. " <job>", n = node (only when set), d = data.
 PUBLISH = r"""
-local seq = tonumber(ARGV[2])
-local meta = redis.call('HMGET', KEYS[3], 's', 'c')
-local last = meta[1] or '0'
-if seq <= tonumber(last) then
-  local id = ARGV[2] .. '-0'
-  if #redis.call('XRANGE', KEYS[2], id, id) > 0 then return {0, last} end
-  return {-1, last}
+local rmax, ttl, smax = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local states = {}
+local order = {}
+local n = (#ARGV - 3) / 4
+for i = 1, n do
+  local a = 3 + (i - 1) * 4
+  local rk, pk = KEYS[2 * i], KEYS[2 * i + 1]
+  local job, meta, node, data = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local sq, term = string.match(meta, '^(%d+) (%d)')
+  local s = states[pk]
+  if not s then
+    local m = redis.call('HMGET', pk, 's', 'c')
+    s = {m[1] or '0', m[2], false, rk}
+    states[pk] = s
+    order[#order + 1] = pk
+  end
+  local last = s[1]
+  local code = 1
+  if tonumber(sq) <= tonumber(last) then
+    local id = sq .. '-0'
+    if #redis.call('XRANGE', rk, id, id) > 0 then code = 0 else code = -1 end
+  elseif s[2] == '1' then
+    code = -2
+  else
+    redis.call('XADD', rk, 'MAXLEN', rmax, sq .. '-0', 'd', data, 'p', last, 't', term)
+    local h = last .. ' ' .. meta .. ' ' .. job
+    if node == '' then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', smax, '*', 'h', h, 'd', data)
+    else
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', smax, '*', 'h', h, 'n', node, 'd', data)
+    end
+    s[1] = sq
+    s[2] = term
+    s[3] = true
+  end
+  out[2 * i - 1] = code
+  out[2 * i] = last
 end
-if meta[2] == '1' then return {-2, last} end
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[9], ARGV[2] .. '-0', 'd', ARGV[3], 'p', last, 't', ARGV[8])
-redis.call('PEXPIRE', KEYS[2], ARGV[10])
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[11], '*',
-  'j', ARGV[1], 's', ARGV[2], 'p', last, 't', ARGV[8], 'st', ARGV[4], 'g', ARGV[5],
-  'n', ARGV[6], 'k', ARGV[7], 'tm', ARGV[12], 'd', ARGV[3])
-redis.call('HSET', KEYS[3], 's', ARGV[2], 'c', ARGV[8])
-redis.call('PEXPIRE', KEYS[3], ARGV[10])
-return {1, last}
+for _, pk in ipairs(order) do
+  local s = states[pk]
+  if s[3] then
+    redis.call('HSET', pk, 's', s[1], 'c', s[2])
+    redis.call('PEXPIRE', pk, ttl)
+    redis.call('PEXPIRE', s[4], ttl)
+  end
+end
+return out
 """
 
-# Router: for a batch of entries of one shard, record each (job, seq) as the job's high-water
-# mark, advance the job state only for a higher seq and never past a terminal state, and
-# PUBLISH the event to the shard's fan-out channel. An entry whose seq is not above the
-# mark was already routed (a router died before XACK): it is skipped, never published twice.
-# KEYS: the state key of each entry (in order)
-# ARGV: channel, ttl_ms, then 10 values per entry:
-#       job, seq, prev, terminal, status, stage, node, job_kind, time_ms, data
+# Router: for a batch of shard stream entries of one shard, record each (job, seq) as the job's
+# high-water mark, advance the job state only for a higher seq and never past a terminal state,
+# and PUBLISH the routed events to the shard's fan-out channel, several per message. An entry
+# whose seq is not above the mark was already routed (a router died before XACK): it is
+# skipped, never published twice. Each job's state is read once and written once per call.
+# KEYS: the state key of each distinct job of the batch
+# ARGV: channel, ttl_ms, max frame bytes, k = #KEYS, the k job ids (in KEYS order), then 3
+#       values per entry: h = "<prev> <seq> <terminal> <status> <stage> <job_kind> <time_ms> <job>",
+#       node, data
+# Fan-out message (domain.iter_live): records "<prev> <seq> <terminal> <job> <len>\n" + data.
 # Returns the number of entries published.
 ROUTE = r"""
-local channel = ARGV[1]
-local ttl = ARGV[2]
+local channel, ttl, maxframe, k = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local idx = {}
+for i = 1, k do idx[ARGV[4 + i]] = i end
+local st = {}
+local frame, size = {}, 0
 local published = 0
-for i = 1, #KEYS do
-  local b = 2 + (i - 1) * 10
-  local seq = ARGV[b + 2]
-  local st = redis.call('HMGET', KEYS[i], 'seq', 'term')
-  if tonumber(seq) > tonumber(st[1] or '0') and st[2] ~= '1' then
-    redis.call('HSET', KEYS[i], 'seq', seq, 'term', ARGV[b + 4], 'status', ARGV[b + 5],
-      'jk', ARGV[b + 8], 'tm', ARGV[b + 9])
-    if ARGV[b + 6] ~= '0' then redis.call('HSET', KEYS[i], 'stage', ARGV[b + 6]) end
-    if ARGV[b + 7] ~= '' then redis.call('HSET', KEYS[i], 'node', ARGV[b + 7]) end
-    redis.call('PEXPIRE', KEYS[i], ttl)
-    redis.call('PUBLISH', channel,
-      ARGV[b + 3] .. ' ' .. seq .. ' ' .. ARGV[b + 4] .. ' ' .. ARGV[b + 1] .. ' ' .. ARGV[b + 10])
+for b = 5 + k, #ARGV, 3 do
+  local h, node, data = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local prev, seq, term, status, stage, jk, tm, job =
+    string.match(h, '^(%d+) (%d+) (%d) (%d+) (%d+) (%d+) (%d+) (.+)$')
+  local i = idx[job]
+  local s = st[i]
+  if not s then
+    local m = redis.call('HMGET', KEYS[i], 'seq', 'term')
+    s = {tonumber(m[1] or '0'), m[2], false}
+    st[i] = s
+  end
+  local nseq = tonumber(seq)
+  if nseq > s[1] and s[2] ~= '1' then
+    s[1] = nseq
+    s[2] = term
+    s[3] = true
+    s.seq, s.status, s.jk, s.tm = seq, status, jk, tm
+    if stage ~= '0' then s.stage = stage end
+    if node ~= '' then s.node = node end
+    local rec = prev .. ' ' .. seq .. ' ' .. term .. ' ' .. job .. ' ' .. #data .. '\n'
+    frame[#frame + 1] = rec
+    frame[#frame + 1] = data
+    size = size + #rec + #data
     published = published + 1
+    if size >= maxframe then
+      redis.call('PUBLISH', channel, table.concat(frame))
+      frame, size = {}, 0
+    end
+  end
+end
+if size > 0 then redis.call('PUBLISH', channel, table.concat(frame)) end
+for i = 1, k do
+  local s = st[i]
+  if s and s[3] then
+    redis.call('HSET', KEYS[i], 'seq', s.seq, 'term', s[2], 'status', s.status, 'jk', s.jk, 'tm', s.tm)
+    if s.stage then redis.call('HSET', KEYS[i], 'stage', s.stage) end
+    if s.node then redis.call('HSET', KEYS[i], 'node', s.node) end
+    redis.call('PEXPIRE', KEYS[i], ttl)
   end
 end
 return published

@@ -19,7 +19,7 @@ from eco2.services.runtime.errors import DomainError, NotFound, Unavailable
 from eco2.services.runtime.validation import Validator
 
 from . import domain
-from .domain import Cursor, Step
+from .domain import Cursor
 from .ports import LiveFeed, ReplayStore
 from .settings import EventsSettings
 
@@ -55,12 +55,13 @@ class EventServicer:
         _validate_job_id(v, request.job_id)
         v.raise_if_invalid()
         try:
-            async for data in self._stream(request.job_id, request.after_seq):
-                yield data
+            await self._stream(request.job_id, request.after_seq, context.write)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise _redis_down(exc) from exc
 
-    async def _stream(self, job_id: str, after_seq: int):
+    async def _stream(self, job_id: str, after_seq: int, write) -> None:
+        """Writes the events with `write` (context.write: one coroutine per stream and no
+        generator hops per event, so an idle stream is one suspended frame)."""
         s = self.settings
         feed, store = self.feed, self.store
         sub = feed.register(job_id)  # live first: nothing published from now on is missed
@@ -90,7 +91,7 @@ class EventServicer:
                                 )
                         for ev in batch:
                             cursor.last = ev.seq
-                            yield ev.data
+                            await write(ev.data)
                             if ev.terminal:
                                 return
                         if len(batch) < s.events_replay_batch:
@@ -98,17 +99,18 @@ class EventServicer:
                 # live
                 while sub.buf and not sub.resync:
                     items, sub.buf = sub.buf, []
-                    for i, (prev, seq, terminal, data) in enumerate(items):
-                        known = True
-                        step = cursor.step(prev, seq)
-                        if step == Step.SEND:
-                            cursor.last = seq
-                            yield data
-                            if terminal:
-                                return
-                        elif step == Step.GAP:
-                            sub.resync = True  # the rest comes from the replay stream
+                    known = True
+                    for prev, seq, terminal, data in items:
+                        last = cursor.last
+                        if seq <= last:
+                            continue  # Step.SKIP: already sent
+                        if prev > last:  # Step.GAP (see Cursor.step): the rest comes from the replay stream
+                            sub.resync = True
                             break
+                        cursor.last = seq  # Step.SEND
+                        await write(data)
+                        if terminal:
+                            return
                 if sub.resync:
                     continue
                 if known:

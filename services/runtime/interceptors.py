@@ -172,7 +172,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 code = _code_of(context)
                 raise
-            except BaseException as exc:  # mapped to a status, never leaked
+            except Exception as exc:  # mapped to a status, never leaked
                 code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
                 code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
                 await self._fail(method, context, exc)
@@ -216,10 +216,13 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
                     return
                 code = grpc.StatusCode.CANCELLED
                 raise
+            except GeneratorExit:  # the client went away: grpc closes the generator
+                code = grpc.StatusCode.CANCELLED
+                raise
             except grpc.aio.AbortError:
                 code = _code_of(context)
                 raise
-            except BaseException as exc:
+            except Exception as exc:
                 code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
                 code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
                 await self._fail(method, context, exc)
