@@ -6,7 +6,7 @@ the load generator of bench/grpc_ceiling.py, which also measures the no-op ceili
 same eco2 runtime, no work) in the same run. Istio-shaped CheckRequests with valid tokens.
 
   - check_*: closed-loop Check/s on one auth server process, with the per-user rate limit on
-    (one Valkey Lua call per Check, limits set high so valid traffic passes) and off;
+    (Valkey token bucket, the hits of a loop tick in one EVALSHA; limits set high so valid traffic passes) and off;
   - paced_2000: open-loop 2,000 Check/s, p50/p99;
   - server_cpu_us_per_call: CPU the server process spent per call (robust to a busy machine);
     one_core_capacity = 1e6 / that, cpu_ratio = no-op CPU per call / Check CPU per call;

@@ -25,7 +25,7 @@ from .extauthz import CheckPolicy, ExtAuthz
 from .oauth import HttpOAuthProvider, ProviderConfig
 from .postgres import DirectoryKeyStore, PostgresKeyStore, PostgresRefreshTokens, PostgresUsers
 from .service import AuthLimits, AuthServicer
-from .valkey import RevocationCache, ValkeyOAuthStates, ValkeyRevocations, ValkeyTokenBucket
+from .valkey import BatchedTokenBucket, RevocationCache, ValkeyOAuthStates, ValkeyPipe, ValkeyRevocations
 
 log = logging.getLogger("eco2.auth")
 
@@ -62,6 +62,7 @@ class AuthSettings(RuntimeSettings):
     auth_max_header_bytes: int = Field(8192, ge=256, description="largest single request header (and path) Check accepts; larger → 431")
     auth_rate_limit_per_s: float = Field(20.0, ge=0, description="sustained requests/s per user (per IP when anonymous); 0 disables the limit")
     auth_rate_limit_burst: int = Field(60, ge=1, description="token-bucket size: requests allowed in a burst")
+    auth_rate_limit_in_flight: int = Field(2, ge=1, le=64, description="rate-limit round trips to Valkey in flight at once; the hits that arrive meanwhile share the next one (one EVALSHA for many Checks)")
     auth_valkey_timeout_s: float = Field(0.5, gt=0, description="socket timeout of Valkey calls on the Check path (a timeout denies)")
     auth_valkey_max_connections: int = Field(64, ge=1, description="Valkey connections per process (rate limit, revocation writes, OAuth state); callers beyond wait up to the timeout")
     auth_revocation_channel: str = Field("auth:revocations", description="Pub/Sub channel of revocation broadcasts")
@@ -112,6 +113,7 @@ class AuthApp:
         self.tokens: TokenService | None = None
         self.key_store = None
         self.authz: ExtAuthz | None = None
+        self.limiter_pipe: ValkeyPipe | None = None
         self._reload_task: asyncio.Task | None = None
 
     def service_names(self) -> list[str]:
@@ -163,7 +165,10 @@ class AuthApp:
             limits=limits,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
-        limiter = ValkeyTokenBucket(self.redis, rate_per_s=s.auth_rate_limit_per_s, burst=s.auth_rate_limit_burst) if s.auth_rate_limit_per_s > 0 else None
+        limiter = None
+        if s.auth_rate_limit_per_s > 0:
+            self.limiter_pipe = ValkeyPipe(s.redis_url, timeout_s=s.auth_valkey_timeout_s)
+            limiter = BatchedTokenBucket(self.limiter_pipe, rate_per_s=s.auth_rate_limit_per_s, burst=s.auth_rate_limit_burst, max_in_flight=s.auth_rate_limit_in_flight)
         self.authz = ExtAuthz(
             self.tokens,
             ClaimsCache(s.auth_claims_cache_size, s.auth_leeway_s),
@@ -193,6 +198,8 @@ class AuthApp:
             await self.revocation_cache.stop()
         if self.http is not None:
             await self.http.aclose()
+        if self.limiter_pipe is not None:
+            await self.limiter_pipe.aclose()
         for client in (self.redis, self.subscriber):
             if client is not None:
                 await client.aclose()

@@ -24,7 +24,7 @@ from google.rpc import code_pb2, status_pb2
 
 from eco2.services.runtime.context import PROVIDER_KEY, ROLES_KEY, USER_ID_KEY
 
-from .domain import ACCESS, ClaimsCache, TokenError, TokenService
+from .domain import ACCESS, Claims, ClaimsCache, TokenError, TokenService
 from .ports import RateLimiter, RevocationView
 
 log = logging.getLogger("eco2.auth.extauthz")
@@ -70,6 +70,11 @@ def parse_check_request(data: bytes):
         return _Unparsable(len(data))
 
 
+def serialize_check_response(response) -> bytes:
+    """CheckResponse → bytes; prebuilt responses are already bytes."""
+    return response if type(response) is bytes else response.SerializeToString()
+
+
 class _Deny(Exception):
     def __init__(self, http: int, code: str, message: str, *, grpc_code: int, www: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -88,21 +93,24 @@ class ExtAuthz:
         self.limiter = limiter
         self.policy = policy
         self.leeway = tokens.policy.leeway_s
+        self._allow: dict[str, bytes] = {}
+        self._allow_max = max(1024, cache.max_entries)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        """Registered with a tolerant deserializer: unparsable bytes become a 400 deny."""
+        """Registered with a tolerant deserializer: unparsable bytes become a 400 deny. The
+        serializer passes prebuilt (already serialized) allow responses through."""
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
             {
                 "Check": grpc.unary_unary_rpc_method_handler(
                     self.Check,
                     request_deserializer=parse_check_request,
-                    response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+                    response_serializer=serialize_check_response,
                 )
             },
         )
 
-    async def Check(self, request, context) -> external_auth_pb2.CheckResponse:
+    async def Check(self, request, context) -> external_auth_pb2.CheckResponse | bytes:
         origin = None
         try:
             if isinstance(request, _Unparsable):
@@ -117,17 +125,23 @@ class ExtAuthz:
             log.exception("ext-authz check failed; denying")
             return self._denied(_Deny(503, "UNAVAILABLE", "authorization is temporarily unavailable", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1), origin)
 
-    async def _check(self, request, http, headers: dict[str, str]) -> external_auth_pb2.CheckResponse:
+    async def _check(self, request, http, headers) -> external_auth_pb2.CheckResponse | bytes:
         policy = self.policy
         limit = policy.max_header_bytes
+        # No header key or value (nor the path) can be longer than the whole HttpRequest: when
+        # that fits the limit, the per-header size checks are skipped.
+        oversized = http.ByteSize() > limit
         spoofed: list[str] = []
-        for key, value in headers.items():
-            if len(value) > limit or len(key) > limit:
-                raise _Deny(431, "HEADER_TOO_LARGE", f"header {key[:64]!r} is larger than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
-            if key.startswith("x-eco2-"):
-                spoofed.append(key)
-        if len(http.path) > limit:
-            raise _Deny(414, "URI_TOO_LONG", f"path is longer than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
+        if oversized:
+            for key, value in headers.items():
+                if len(value) > limit or len(key) > limit:
+                    raise _Deny(431, "HEADER_TOO_LARGE", f"header {key[:64]!r} is larger than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
+                if key.startswith("x-eco2-"):
+                    spoofed.append(key)
+            if len(http.path) > limit:
+                raise _Deny(414, "URI_TOO_LONG", f"path is longer than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
+        elif "x-eco2-" in "\n".join(headers):
+            spoofed = [key for key in headers if key.startswith("x-eco2-")]
 
         if http.method == "OPTIONS" and "access-control-request-method" in headers:
             return _ok(spoofed)  # CORS preflight: the edge answers it
@@ -167,15 +181,33 @@ class ExtAuthz:
                 return _ok(spoofed)
             raise _Deny(403, "TOKEN_REVOKED", "the token was revoked (signed out)", grpc_code=code_pb2.PERMISSION_DENIED)
 
-        await self._limit("u:" + claims.sub)
-        response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
-        ok = response.ok_response
-        ok.headers.extend((_hv(USER_ID_KEY, claims.sub), _hv(ROLES_KEY, claims.roles_header), _hv(PROVIDER_KEY, claims.provider)))
-        if spoofed:
-            # Injected keys are overwritten (OVERWRITE_IF_EXISTS_OR_ADD), every other client-sent
-            # x-eco2-* is removed; the injected ones are not listed, as Envoy removes after it sets.
-            ok.headers_to_remove.extend(k for k in spoofed if k not in _INJECTED_SET)
-        return response
+        limiter = self.limiter
+        if limiter is not None:
+            retry = await limiter.hit("u:" + claims.sub)
+            if retry > 0:
+                raise _Deny(429, "RATE_LIMITED", f"too many requests; retry in {retry:.2f}s", grpc_code=code_pb2.RESOURCE_EXHAUSTED, retry_after_s=retry)
+        # Injected keys are overwritten (OVERWRITE_IF_EXISTS_OR_ADD), every other client-sent
+        # x-eco2-* is removed; the injected ones are not listed, as Envoy removes after it sets.
+        remove = [k for k in spoofed if k not in _INJECTED_SET] if spoofed else None
+        if remove:
+            response = external_auth_pb2.CheckResponse()
+            response.ParseFromString(self._allow_bytes(claims))
+            response.ok_response.headers_to_remove.extend(remove)
+            return response
+        return self._allow_bytes(claims)
+
+    def _allow_bytes(self, claims: Claims) -> bytes:
+        """The serialized allow response of one identity, built once and kept (bounded)."""
+        key = f"{claims.sub}\0{claims.provider}\0{claims.roles_header}"
+        data = self._allow.get(key)
+        if data is None:
+            response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
+            response.ok_response.headers.extend((_hv(USER_ID_KEY, claims.sub), _hv(ROLES_KEY, claims.roles_header), _hv(PROVIDER_KEY, claims.provider)))
+            data = response.SerializeToString()
+            if len(self._allow) >= self._allow_max:
+                self._allow.clear()  # cheap bound; entries are rebuilt on demand
+            self._allow[key] = data
+        return data
 
     async def _limit(self, key: str) -> None:
         if self.limiter is None:
@@ -214,9 +246,10 @@ def _ok(spoofed: Iterable[str]) -> external_auth_pb2.CheckResponse:
     return response
 
 
-def _headers(http) -> dict[str, str]:
+def _headers(http):
     """Lower-case header map. Envoy sends `headers` (strings) or, with encode_raw_headers,
-    `header_map` whose `raw_value` bytes may not be UTF-8: those are refused."""
+    `header_map` whose `raw_value` bytes may not be UTF-8: those are refused. Envoy already
+    sends lower-case keys; then the protobuf map itself is used (no copy)."""
     if http.HasField("header_map"):
         out: dict[str, str] = {}
         for h in http.header_map.headers:
@@ -229,7 +262,11 @@ def _headers(http) -> dict[str, str]:
             key = h.key.lower()
             out[key] = f"{out[key]},{value}" if key in out else value
         return out
-    return {k.lower(): v for k, v in http.headers.items()}
+    headers = http.headers
+    keys = "".join(headers)
+    if keys.lower() == keys:
+        return headers
+    return {k.lower(): v for k, v in headers.items()}
 
 
 def _bearer(value: str | None) -> str | None:

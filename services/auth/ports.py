@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -79,8 +80,9 @@ class OAuthStateStore(Protocol):
 
 
 class RateLimiter(Protocol):
-    async def hit(self, key: str) -> float:
-        """0.0 when allowed, else seconds until a request would be allowed."""
+    def hit(self, key: str) -> Awaitable[float]:
+        """Resolves to 0.0 when allowed, else seconds until a request would be allowed; raises
+        when the limit cannot be checked (the caller denies: fail closed)."""
         ...
 
 
