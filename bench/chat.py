@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import psutil
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
@@ -59,7 +60,8 @@ def pct(values: list[float], p: float) -> float | None:
 
 def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     penv = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", name], env=penv, start_new_session=True, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    profile = ["-m", "cProfile", "-o", str(log.with_suffix(".prof"))] if os.environ.get("BENCH_PROFILE") == name else []
+    return subprocess.Popen([sys.executable, *profile, "-m", "eco2.services.cli", "serve", name], env=penv, start_new_session=True, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
 
 async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
@@ -124,7 +126,7 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
     return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95)}
 
 
-async def load_phase(base_env: dict, root: Path, n: int, channels: int) -> dict:
+async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int, events_proc: subprocess.Popen) -> dict:
     fake_port = free_port()
     fake = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
@@ -135,7 +137,7 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int) -> dict:
     env = {
         **base_env, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-bench", "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
         "ECO2_CHAT_JOB_KIND": "bench-load", "ECO2_CHAT_WORKERS": str(max(64, n)), "ECO2_CHAT_CLAIMERS": "8", "ECO2_CHAT_PG_POOL_MAX": "40",
-        "ECO2_CHAT_STREAM_TIMEOUT_S": "600",
+        "ECO2_CHAT_STREAM_TIMEOUT_S": "600", "ECO2_CHAT_CHECKPOINT_DURABILITY": durability, "ECO2_CHAT_TOKENS_PER_EVENT": str(tokens_per_event),
     }
     proc = serve("chat", env, port, root / "chat-load.log")
     try:
@@ -144,9 +146,14 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int) -> dict:
         stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in chans]
         await one_turn(stubs[0], "캔은 어떻게 버려? #warmup0", "bench-warmup")
         markers = [f"c{uuid.uuid4().hex[:10]}" for _ in range(n)]
+        cpu = {name: psutil.Process(p.pid) for name, p in (("chat", proc), ("events", events_proc), ("model", fake))}
+        cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in cpu.items()}
+        client0 = sum(psutil.Process().cpu_times()[:2])
         started = time.monotonic()
         results = await asyncio.gather(*(one_turn(stubs[i % channels], f"투명 페트병은 어떻게 버려? #{m}", f"bench-{i}") for i, m in enumerate(markers)))
         wall = time.monotonic() - started
+        cpu_ms = {f"{name}_cpu_ms_per_conversation": round((sum(p.cpu_times()[:2]) - cpu0[name]) * 1000 / n, 1) for name, p in cpu.items()}
+        cpu_ms["client_cpu_ms_per_conversation"] = round((sum(psutil.Process().cpu_times()[:2]) - client0) * 1000 / n, 1)
         for c in chans:
             await c.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{fake_port}/_timings", timeout=30) as r:
@@ -176,6 +183,7 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int) -> dict:
         "tokens_per_answer": TOKENS, "model_ms_p50": pct(model_ms, 50), "e2e_ms_p50": pct(e2e_ms, 50), "e2e_ms_p95": pct(e2e_ms, 95),
         "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p95": pct(overhead, 95), "overhead_ms_max": pct(overhead, 100),
         "added_ttft_ms_p50": pct(added_ttft, 50), "added_ttft_ms_p95": pct(added_ttft, 95),
+        "durability": durability, "tokens_per_event": tokens_per_event, **cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
         "targets": {"complete_pct": 100, "overhead_ms_p95": 150, "added_ttft_ms_p95": 50},
     }
 
@@ -198,7 +206,7 @@ async def main(args) -> dict:
         if args.offline_turns:
             out.update(await offline_phase(base, root, args.offline_turns))
         if args.conversations:
-            out.update(await load_phase(base, root, args.conversations, args.channels))
+            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, procs[0]))
         return out
     finally:
         for p in procs:
@@ -213,5 +221,7 @@ if __name__ == "__main__":
     parser.add_argument("--conversations", type=int, default=1000, help="concurrent conversations (0 = skip)")
     parser.add_argument("--offline-turns", type=int, default=20, help="sequential offline turns (0 = skip)")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    parser.add_argument("--durability", default="sync", choices=["sync", "async", "exit"], help="ECO2_CHAT_CHECKPOINT_DURABILITY of the chat process")
+    parser.add_argument("--tokens-per-event", type=int, default=1, help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs; with BENCH_PROFILE=chat a cProfile of the chat process)")
     print(json.dumps(asyncio.run(main(parser.parse_args())), ensure_ascii=False))

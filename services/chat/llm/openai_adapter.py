@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import httpx
 import openai
 
 from .ports import Grounding, LLMError, Message, ModelInfo, T, ToolCall, ToolSpec
@@ -30,15 +31,30 @@ class OpenAILLM:
         return [{"role": m.role, "content": m.content} for m in render(messages, grounding)]
 
     async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
+        # The SDK does the request (auth, headers, status → typed errors); the SSE lines are parsed
+        # here with json.loads: building the SDK's pydantic chunk objects cost more CPU per token
+        # than the rest of the token's path (bench/chat.py, ADR 0061).
         try:
-            response = await self.client.chat.completions.create(
+            async with self.client.chat.completions.with_streaming_response.create(
                 model=self.info.name, messages=self._messages(messages, grounding), stream=True, max_completion_tokens=max_tokens
-            )
-            async for chunk in response:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
+            ) as response:
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        raise LLMError(f"openai: stream error {chunk['error'].get('message', '')[:200]}", retryable=True)
+                    choices = chunk.get("choices") or ()
+                    content = choices[0].get("delta", {}).get("content") if choices else None
+                    if content:
+                        yield content
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            raise LLMError(f"openai: stream broke: {type(exc).__name__}", retryable=True) from exc
 
     async def generate(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> str:
         try:
