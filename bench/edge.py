@@ -237,6 +237,7 @@ def main() -> None:
     ap.add_argument("--sse-seconds", type=float, default=300)
     ap.add_argument("--sse-interval", type=float, default=15)
     ap.add_argument("--skip-sse", action="store_true")
+    ap.add_argument("--uvloop", action="store_true", help="run the gateway on uvloop (ECO2_GATEWAY_UVLOOP=true)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.sse_clients * 2 + 1024)), hard))
@@ -255,6 +256,7 @@ def main() -> None:
             "ECO2_DATA_DIR": str(tmp / "data"), "ECO2_LOG_LEVEL": "WARNING", "ECO2_METRICS_PORT": "0", "LC_ALL": "C.UTF-8",
             "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}", "ECO2_EVENTS_ADDR": f"127.0.0.1:{ports['events']}",
             "ECO2_GATEWAY_AUTH_MODE": "mesh", "ECO2_HTTP_PORT": str(ports["gateway"]), "ECO2_GATEWAY_SSE_KEEPALIVE_S": "15",
+            "ECO2_GATEWAY_UVLOOP": "true" if args.uvloop else "false",
         }
         for name in ("character", "events", "gateway"):
             child = dict(env, ECO2_GRPC_PORT=str(ports[name]))
@@ -264,13 +266,29 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz")
 
         async def go():
+            character, gateway = psutil.Process(procs[0].pid), psutil.Process(procs[2].pid)
+
+            def cpu(p):
+                t = p.cpu_times()
+                return t.user + t.system
+
+            c0 = cpu(character)
             direct = await direct_unary(f"127.0.0.1:{ports['character']}", args.unary_seconds, args.concurrency)
+            c1, g1 = cpu(character), cpu(gateway)
             via = await gateway_unary(ports["gateway"], args.unary_seconds, args.concurrency)
+            c2, g2 = cpu(character), cpu(gateway)
+            n_direct = direct["rps"] * args.unary_seconds
+            n_via = via["rps"] * args.unary_seconds
             out = {
                 "bench": "edge", "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                 "unary": {"direct_grpc_rps": direct["rps"], "grpc_web_via_gateway_rps": via["rps"],
                           "ratio": round(via["rps"] / max(1, direct["rps"]), 3), "errors": direct["errors"] + via["errors"],
-                          "concurrency": args.concurrency, "seconds": args.unary_seconds},
+                          "concurrency": args.concurrency, "seconds": args.unary_seconds,
+                          # CPU per call (µs): robust to a busy machine, unlike rps
+                          "upstream_cpu_us_per_call_direct": round((c1 - c0) / max(1, n_direct) * 1e6, 1),
+                          "upstream_cpu_us_per_call_via": round((c2 - c1) / max(1, n_via) * 1e6, 1),
+                          "gateway_cpu_us_per_call": round((g2 - g1) / max(1, n_via) * 1e6, 1),
+                          "gateway_uvloop": args.uvloop},
             }
             if not args.skip_sse:
                 out["sse"] = await sse_run(ports["gateway"], info.redis_url, procs[2].pid, args.sse_clients, args.sse_seconds, args.sse_interval)

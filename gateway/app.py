@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge
 from eco2.auth.v1 import auth_pb2
 
 from . import routes, uploads
+from .images import SignedImages
 from .authz import Authorizer
 from .bridge import ALL_TYPES, CONNECT_STREAM_TYPES, CONNECT_UNARY_TYPES, GRPC_WEB_TYPES, Bridge
 from .http import ClientGone, HttpError, Request
@@ -68,6 +69,7 @@ class Gateway:
         self.authz = Authorizer(settings, self.upstreams.channel)
         self.bridge = Bridge(settings, self.upstreams)
         self.events = EventStreams(settings, self.upstreams)
+        self.images = SignedImages(settings, self.upstreams)
         self.static = _load_static()
         self.cors_origins = set(settings.gateway_cors_origins)
 
@@ -119,6 +121,10 @@ class Gateway:
                 kind = "health"
                 await req.respond_json(200, {"status": "SERVING"}, cors)
                 return
+            image = None
+            if self.images.matches(path):
+                kind = "image"
+                image = self.images.verify(req)  # 403 before anything is called
             decision = await self.authz.check(req)
             if not decision.allowed:
                 kind = "denied"
@@ -127,6 +133,9 @@ class Gateway:
                                   [*((k.encode(), v.encode()) for k, v in decision.deny_headers if k != "content-type"), *cors])
                 return
             metadata = self._identity_metadata(req, decision)
+            if image is not None:
+                await self.images.handle(req, image[0], image[1], metadata, cors)
+                return
             if m := SSE_PATH.match(path):
                 kind = "sse"
                 STREAMS.labels("sse").inc()
@@ -350,5 +359,24 @@ class GatewayApp:
         log.info("stopped")
 
 
+def _use_uvloop() -> bool:
+    """uvloop for the gateway's own process (`eco2 serve gateway`), when installed; never
+    under a loop that is already running (tests, embedding)."""
+    try:
+        asyncio.get_running_loop()
+        return False
+    except RuntimeError:
+        pass
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 def create() -> GatewayApp:
-    return GatewayApp(GatewaySettings())
+    settings = GatewaySettings()
+    if settings.gateway_uvloop:
+        _use_uvloop()
+    return GatewayApp(settings)

@@ -73,6 +73,7 @@ class CallError(Exception):
         self.status = err.to_status()
         self.code = code.value[0]
         self.message = message
+        self.reason = reason
         self.http_status = http_status
 
     @property
@@ -279,7 +280,8 @@ class Bridge:
             if json_mode:
                 message = _from_json(in_cls, message)
         except CallError as err:
-            await req.drain(self.settings.gateway_max_message_bytes * 2, min(1.0, self.settings.gateway_body_timeout_s))
+            if err.reason not in ("MESSAGE_TOO_LARGE", "BODY_TIMEOUT"):  # those bodies are not worth reading
+                await req.drain(self.settings.gateway_max_message_bytes * 2, min(1.0, self.settings.gateway_body_timeout_s))
             await writer.trailers_only(err.code, err.message, err.trailing, err.http_status if connect_unary else None)
             return
         await self._call(req, route, message, timeout, metadata, streaming, writer)

@@ -1,6 +1,7 @@
 """`GET /v1/jobs/{job_id}/events`: a job's events as Server-Sent Events.
 
-Over `EventService.Subscribe(job_id, after_seq)`: `id:` is the event's seq (the resume
+Over `EventService.Subscribe(job_id, after_seq)`, one upstream call per job and caller shared
+by all its SSE clients (see `Feed`): `id:` is the event's seq (the resume
 cursor: `Last-Event-ID` or `?after_seq=`), `event:` its kind (stage, token, tool,
 needs_input, done, error), `data:` the event as proto3 JSON. Keepalive comments every
 ECO2_GATEWAY_SSE_KEEPALIVE_S; the stream ends after the terminal event.
@@ -9,7 +10,6 @@ ECO2_GATEWAY_SSE_KEEPALIVE_S; the stream ends after the terminal event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 
@@ -48,11 +48,81 @@ def render(event: events_pb2.Event) -> bytes:
     return f"id: {event.seq}\nevent: {kind}\ndata: {data}\n\n".encode()
 
 
+class Feed:
+    """One upstream `Subscribe(job_id, after_seq=start)` shared by every SSE client of that job
+    and caller whose cursor it covers (seq > start). One gRPC call costs ~30 KB of client-side
+    memory, so N browsers on one job (tabs, reconnects, a demo screen) cost one call, not N.
+
+    The events it has read are kept (bounded by ECO2_GATEWAY_SSE_FEED_BUFFER_EVENTS, oldest
+    dropped first, which raises `start`) so a client that joins late gets them from its cursor.
+    Waiting clients share one future (`changed`), resolved on every new event or the end."""
+
+    __slots__ = ("key", "start", "base", "events", "ended", "error", "changed", "clients", "call", "task", "limit", "hub")
+
+    def __init__(self, hub: "EventStreams", key, start: int, call, limit: int) -> None:
+        self.hub = hub
+        self.key = key
+        self.start = start  # the feed holds (or held) every event with seq > start
+        self.base = 0  # absolute position of events[0]
+        self.events: list[tuple[int, int, bytes]] = []  # (seq, kind, rendered SSE block)
+        self.ended = False
+        self.error: grpc.aio.AioRpcError | None = None
+        self.changed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.clients = 0
+        self.call = call
+        self.limit = limit
+        self.task = asyncio.ensure_future(self._pump())
+
+    def covers(self, cursor: int) -> bool:
+        return cursor >= self.start
+
+    def position(self, cursor: int) -> int:
+        """Absolute position of the first event after `cursor`."""
+        for i, (seq, _kind, _block) in enumerate(self.events):
+            if seq > cursor:
+                return self.base + i
+        return self.base + len(self.events)
+
+    def _wake(self) -> None:
+        changed, self.changed = self.changed, asyncio.get_running_loop().create_future()
+        changed.set_result(None)
+
+    async def _pump(self) -> None:
+        try:
+            while True:
+                event = await self.call.read()
+                if event is grpc.aio.EOF:
+                    break
+                self.events.append((event.seq, event.kind, render(event)))
+                if len(self.events) > self.limit:  # drop the oldest half: late joiners before it get their own call
+                    cut = len(self.events) // 2
+                    self.start = self.events[cut - 1][0]
+                    del self.events[:cut]
+                    self.base += cut
+                self._wake()
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        except asyncio.CancelledError:
+            self.error = None
+        finally:
+            self.ended = True
+            self.hub._forget(self)
+            self._wake()
+
+    def leave(self) -> None:
+        self.clients -= 1
+        if self.clients <= 0 and not self.ended:
+            self.hub._forget(self)
+            self.call.cancel()
+            self.task.cancel()
+
+
 class EventStreams:
     def __init__(self, settings, upstreams: Upstreams) -> None:
         self.settings = settings
         self.upstreams = upstreams
         self._subscribe = None
+        self._feeds: dict[tuple[str, str], Feed] = {}
 
     def _stub(self):
         if self._subscribe is None:
@@ -61,39 +131,63 @@ class EventStreams:
             )
         return self._subscribe
 
+    def _forget(self, feed: Feed) -> None:
+        if self._feeds.get(feed.key) is feed:
+            del self._feeds[feed.key]
+
+    def _join(self, job_id: str, after: int, metadata: list[tuple[str, str]]) -> Feed:
+        # shared per job *and caller*: one user's stream never serves another's request
+        key = (job_id, next((v for k, v in metadata if k == "x-eco2-user-id"), ""))
+        feed = self._feeds.get(key)
+        if feed is None or not feed.covers(after):
+            call = self._stub()(events_pb2.SubscribeRequest(job_id=job_id, after_seq=after), metadata=metadata)
+            feed = Feed(self, key, after, call, self.settings.gateway_sse_feed_buffer_events)
+            if key not in self._feeds:
+                self._feeds[key] = feed
+        feed.clients += 1
+        return feed
+
     async def handle(self, req: Request, job_id: str, metadata: list[tuple[str, str]], extra: Headers) -> None:
         if req.method != "GET":
             raise HttpError(405, "use GET", "METHOD_NOT_ALLOWED", headers=[(b"allow", b"GET")])
         after = parse_cursor(req)
-        call = self._stub()(events_pb2.SubscribeRequest(job_id=job_id, after_seq=after), metadata=metadata)
+        feed = self._join(job_id, after, metadata)
         watcher = asyncio.ensure_future(req.wait_disconnect())
-        watcher.add_done_callback(lambda _f: call.cancel())
         s = self.settings
-        next_read: asyncio.Future | None = None
         started = False
+        pos = feed.position(after)
         try:
-            next_read = asyncio.ensure_future(call.read())
             # Wait briefly for the first event so an unknown job gets a real HTTP error.
-            done, _ = await asyncio.wait([next_read], timeout=s.gateway_sse_header_wait_s)
-            if not done:
-                await self._start(req, extra)
-                started = True
-            while True:
-                done, _ = await asyncio.wait([next_read], timeout=s.gateway_sse_keepalive_s)
-                if not done:
-                    await req.write(b": keepalive\n\n")
+            if pos - feed.base >= len(feed.events) and not feed.ended:
+                await asyncio.wait([feed.changed, watcher], timeout=s.gateway_sse_header_wait_s, return_when=asyncio.FIRST_COMPLETED)
+            while not watcher.done():
+                if pos < feed.base:  # fell behind the feed's buffer: end; the client resumes by Last-Event-ID
+                    raise ClientGone()
+                i = pos - feed.base
+                if i < len(feed.events):
+                    if not started:
+                        await self._start(req, extra)
+                        started = True
+                    seq, kind, block = feed.events[i]
+                    pos += 1
+                    if seq > after:
+                        after = seq
+                        await req.write(block)
+                        if kind in TERMINAL:
+                            break
                     continue
-                event = next_read.result()
-                next_read = None
-                if event is grpc.aio.EOF:
+                if feed.ended:
+                    if feed.error is not None:
+                        raise feed.error
                     break
                 if not started:
                     await self._start(req, extra)
                     started = True
-                await req.write(render(event))
-                if event.kind in TERMINAL:
-                    break
-                next_read = asyncio.ensure_future(call.read())
+                done, _ = await asyncio.wait([feed.changed, watcher], timeout=s.gateway_sse_keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    await req.write(b": keepalive\n\n")
+            if watcher.done():
+                return
             if not started:
                 await self._start(req, extra)
             await req.write(b"", more=False)
@@ -109,11 +203,7 @@ class EventStreams:
                 raise
         finally:
             watcher.cancel()
-            call.cancel()
-            if next_read is not None and not next_read.done():
-                next_read.cancel()
-                with contextlib.suppress(BaseException):
-                    await next_read
+            feed.leave()
 
     async def _start(self, req: Request, extra: Headers) -> None:
         await req.start(200, [

@@ -22,6 +22,8 @@ from .routes import grpc_error_body
 UPLOAD = "/eco2.images.v1.ImageService/Upload"
 _DISPOSITION_NAME = re.compile(r'name="([^"]*)"')
 _DISPOSITION_FILE = re.compile(r'filename="([^"]*)"')
+#: `?channel=` of an upload (default chat); what a browser may upload as
+_CHANNELS = {"chat": images_pb2.IMAGE_CHANNEL_CHAT, "scan": images_pb2.IMAGE_CHANNEL_SCAN, "profile": images_pb2.IMAGE_CHANNEL_PROFILE}
 
 
 async def upload(req: Request, upstreams, settings, metadata) -> None:
@@ -33,6 +35,10 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
     length = req.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
         raise HttpError(413, f"upload exceeds {limit} bytes (ECO2_GATEWAY_MAX_BODY_BYTES)", "BODY_TOO_LARGE")
+    channel_name = (req.query_value("channel") or "chat").strip().lower()
+    channel = _CHANNELS.get(channel_name)
+    if channel is None:
+        raise HttpError(400, f"channel must be one of {', '.join(_CHANNELS)}, got {channel_name[:40]!r}", "BAD_QUERY", details={"field": "channel"})
     chunk_size = settings.gateway_upload_chunk_bytes
     queue: asyncio.Queue = asyncio.Queue(maxsize=4)
     state = {"part": None, "headers": {}, "header_field": b"", "header_value": b"", "file_seen": False, "buf": bytearray(), "pending": []}
@@ -58,7 +64,7 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
         if is_file:
             state["file_seen"] = True
             filename = (_DISPOSITION_FILE.search(disposition) or [None, ""])[1]
-            meta = images_pb2.UploadMetadata(content_type=state["headers"].get("content-type", ""), filename=filename[:255])
+            meta = images_pb2.UploadMetadata(channel=channel, content_type=state["headers"].get("content-type", ""), filename=filename[:255])
             state["pending"].append(images_pb2.UploadRequest(metadata=meta))
 
     def on_part_data(data, start, end):
@@ -90,6 +96,29 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
         UPLOAD, request_serializer=images_pb2.UploadRequest.SerializeToString, response_deserializer=images_pb2.UploadResponse.FromString
     )
     call = None
+    outcome: asyncio.Future | None = None  # the call's result, watched while feeding it
+
+    async def feed(item) -> bool:
+        """Queue one message for the upstream; False once the upstream has ended the call
+        (it refused the upload: too large, wrong type...), so a full queue never blocks."""
+        if outcome.done():
+            return False
+        put = asyncio.ensure_future(queue.put(item))
+        await asyncio.wait([put, outcome], return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():
+            put.cancel()
+            return False
+        return True
+
+    async def answer() -> None:
+        try:
+            reply = await outcome
+        except grpc.aio.AioRpcError as exc:
+            status, err = grpc_error_body(exc)
+            await req.respond_json(status, err)
+            return
+        await req.respond_json(200, json_format.MessageToDict(reply))
+
     received = 0
     try:
         async with asyncio.timeout(settings.gateway_body_timeout_s):
@@ -108,32 +137,33 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
                     raise HttpError(400, f"malformed multipart body: {exc}", "BAD_MULTIPART") from None
                 if state["pending"] and call is None:
                     call = stub(requests(), timeout=settings.gateway_default_timeout_s, metadata=metadata)
+                    outcome = asyncio.ensure_future(_result(call))
                 for item in state["pending"]:
-                    await queue.put(item)
-                    if call.done():
+                    if not await feed(item):
                         break
                 state["pending"] = []
+                if outcome is not None and outcome.done():  # refused mid-stream: answer now, drop the rest
+                    await answer()
+                    return
                 if not message.get("more_body", False):
                     break
         parser.finalize()
         if not state["file_seen"]:
             raise HttpError(400, "the multipart body has no `file` part", "NO_FILE", details={"field": "file"})
         req.body_done = True
-        await queue.put(None)
-        try:
-            reply = await call
-        except grpc.aio.AioRpcError as exc:
-            status, err = grpc_error_body(exc)
-            await req.respond_json(status, err)
-            return
-        await req.respond_json(200, json_format.MessageToDict(reply))
+        await feed(None)
+        await answer()
     except TimeoutError:
         raise HttpError(408, f"upload not received within {settings.gateway_body_timeout_s:g} s (ECO2_GATEWAY_BODY_TIMEOUT_S)", "BODY_TIMEOUT") from None
-    except grpc.aio.AioRpcError as exc:  # the upstream ended the stream early (e.g. too large, bad type)
-        status, err = grpc_error_body(exc)
-        await req.respond_json(status, err)
     finally:
         if call is not None and not call.done():
             call.cancel()
+        if outcome is not None:
+            if not outcome.done():
+                outcome.cancel()
             with contextlib.suppress(BaseException):
-                await call
+                await outcome
+
+
+async def _result(call):
+    return await call

@@ -20,12 +20,12 @@ async def stack(service_env):
     from eco2.services.events.producer import EventPublisher
 
     async with upstreams(service_env) as addrs:
-        async with gateway(addrs) as (app, port):
+        async with gateway(addrs, ECO2_GATEWAY_SSE_FEED_BUFFER_EVENTS="16") as (app, port):
             redis = create_redis(service_env["REDIS_URL"])
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
                 token = (await c.post("/v1/auth/dev-sign-in", json={"displayName": "sse-tests"})).json()["tokens"]["accessToken"]
                 c.headers["authorization"] = f"Bearer {token}"
-                yield {"client": c, "pub": EventPublisher(redis), "port": port, "token": token}
+                yield {"client": c, "pub": EventPublisher(redis), "port": port, "token": token, "app": app}
             await redis.aclose()
 
 
@@ -118,3 +118,93 @@ async def test_without_a_token_it_is_401(stack):
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{stack['port']}") as anon:
         r = await anon.get("/v1/jobs/job-x/events")
     assert r.status_code == 401
+
+
+async def _follow(stack, job: str, cursor: int, out: list[str], token: str | None = None) -> None:
+    headers = {"last-event-id": str(cursor)}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    async with stack["client"].stream("GET", f"/v1/jobs/{job}/events", headers=headers) as r:
+        assert r.status_code == 200
+        async for text in r.aiter_text():
+            out.append(text)
+
+
+def _ids(chunks: list[str]) -> list[int]:
+    return [int(e["id"]) for e in parse("".join(chunks)) if "id" in e]
+
+
+async def _until(cond, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def test_clients_of_one_job_share_one_upstream_subscription(stack):
+    feeds = stack["app"].asgi.events._feeds
+    job = await publish_job(stack["pub"], n_tokens=2, terminal=False)  # seqs 1..3
+    a, b = [], []
+    ta = asyncio.create_task(_follow(stack, job, 0, a))
+    await _until(lambda: _ids(a) == [1, 2, 3])
+    tb = asyncio.create_task(_follow(stack, job, 2, b))  # joins late, from its own cursor
+    await _until(lambda: _ids(b) == [3])
+    shared = [f for f in feeds.values() if f.key[0] == job]
+    assert len(shared) == 1 and shared[0].clients == 2
+    await stack["pub"].publish(E.Event(job_id=job, seq=4, kind=E.EVENT_KIND_TOKEN, delta="x"))
+    await stack["pub"].publish(E.Event(job_id=job, seq=5, kind=E.EVENT_KIND_DONE))
+    await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+    assert _ids(a) == [1, 2, 3, 4, 5] and _ids(b) == [3, 4, 5]  # each exactly once, from its cursor
+    await _until(lambda: not any(f.key[0] == job for f in feeds.values()))  # ended: forgotten
+    c = []
+    await asyncio.wait_for(_follow(stack, job, 0, c), 5)  # after the end: a fresh call replays it all
+    assert _ids(c) == [1, 2, 3, 4, 5]
+
+
+async def test_a_client_leaving_keeps_the_others_and_the_last_one_cancels(stack):
+    feeds = stack["app"].asgi.events._feeds
+    job = await publish_job(stack["pub"], n_tokens=1, terminal=False)
+    a, b = [], []
+    ta = asyncio.create_task(_follow(stack, job, 0, a))
+    tb = asyncio.create_task(_follow(stack, job, 0, b))
+    await _until(lambda: _ids(a) == [1, 2] and _ids(b) == [1, 2])
+    feed = next(f for f in feeds.values() if f.key[0] == job)
+    ta.cancel()
+    await _until(lambda: feed.clients == 1)
+    await stack["pub"].publish(E.Event(job_id=job, seq=3, kind=E.EVENT_KIND_TOKEN, delta="y"))
+    await _until(lambda: _ids(b) == [1, 2, 3])
+    tb.cancel()
+    await _until(lambda: feed.clients == 0 and feed.ended and feed.call.cancelled())
+    assert not any(f.key[0] == job for f in feeds.values())
+
+
+async def test_different_users_never_share_a_subscription(stack):
+    feeds = stack["app"].asgi.events._feeds
+    other = (await stack["client"].post("/v1/auth/dev-sign-in", json={"displayName": "sse-other"})).json()["tokens"]["accessToken"]
+    job = await publish_job(stack["pub"], n_tokens=1, terminal=False)
+    a, b = [], []
+    ta = asyncio.create_task(_follow(stack, job, 0, a))
+    tb = asyncio.create_task(_follow(stack, job, 0, b, token=other))
+    await _until(lambda: _ids(a) == [1, 2] and _ids(b) == [1, 2])
+    mine = [f for f in feeds.values() if f.key[0] == job]
+    assert len(mine) == 2 and {f.clients for f in mine} == {1}
+    await stack["pub"].publish(E.Event(job_id=job, seq=3, kind=E.EVENT_KIND_DONE))
+    await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+
+
+async def test_a_late_client_older_than_the_feed_buffer_gets_its_own_call(stack):
+    feeds = stack["app"].asgi.events._feeds
+    job = await publish_job(stack["pub"], n_tokens=30, terminal=False)  # 31 events; feed buffer: 16
+    a = []
+    ta = asyncio.create_task(_follow(stack, job, 0, a))
+    await _until(lambda: _ids(a) == list(range(1, 32)))
+    feed = next(f for f in feeds.values() if f.key[0] == job)
+    assert feed.start > 0 and len(feed.events) <= 16  # the oldest events were dropped
+    b = []
+    tb = asyncio.create_task(_follow(stack, job, 0, b))
+    await _until(lambda: _ids(b) == list(range(1, 32)))  # everything, from its own upstream call
+    assert feed.clients == 1
+    await stack["pub"].publish(E.Event(job_id=job, seq=32, kind=E.EVENT_KIND_DONE))
+    await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+    assert _ids(a)[-1] == 32 and _ids(b)[-1] == 32

@@ -75,3 +75,20 @@ def test_serve_gateway_fails_clearly_when_the_port_is_taken(service_env):
         env = {**os.environ, **service_env, "ECO2_HTTP_PORT": str(port)}
         proc = subprocess.run([sys.executable, "-m", "eco2.services.cli", "serve", "gateway"], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "cannot listen" in proc.stderr and "ECO2_HTTP_PORT" in proc.stderr
+
+
+def test_uvloop_setting_switches_the_loop_of_a_fresh_gateway_process_only(service_env):
+    code = (
+        "import asyncio, json; from eco2.gateway.app import create, _use_uvloop\n"
+        "create()\n"
+        "name = type(asyncio.new_event_loop()).__module__\n"
+        "async def inside(): return _use_uvloop()\n"
+        "print(json.dumps({'loop': name, 'inside_running_loop': asyncio.run(inside())}))\n"
+    )
+    on = subprocess.run([sys.executable, "-c", code], env={**os.environ, **service_env, "ECO2_GATEWAY_UVLOOP": "true"}, capture_output=True, text=True, timeout=60)
+    assert on.returncode == 0, on.stderr
+    assert json.loads(on.stdout) == {"loop": "uvloop", "inside_running_loop": False}
+    off = subprocess.run([sys.executable, "-c", code],
+                         env={**os.environ, **service_env, "ECO2_GATEWAY_UVLOOP": "false"}, capture_output=True, text=True, timeout=60)
+    assert off.returncode == 0, off.stderr
+    assert json.loads(off.stdout)["loop"].startswith("asyncio")

@@ -130,10 +130,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn_probe(port: int) -> subprocess.Popen:
-    env = dict(os.environ, ECO2_GRPC_PORT=str(port), ECO2_METRICS_PORT="0", ECO2_LOG_FORMAT="json", ECO2_SHUTDOWN_GRACE_S="4")
+def _spawn_probe(port: int, **extra_env: str) -> subprocess.Popen:
+    env = dict(os.environ, ECO2_GRPC_PORT=str(port), ECO2_METRICS_PORT="0", ECO2_LOG_FORMAT="json", ECO2_SHUTDOWN_GRACE_S="4", **extra_env)
     env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, str(HERE / "support" / "probe.py")], env=env, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "support" / "probe.py")], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
 
 async def _wait_serving(target: str, proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -177,6 +179,24 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
         assert handled and handled[0]["trace_id"] == trace_id, lines
         assert any(l["msg"] == "serving" for l in lines)
         assert any(l["msg"] == "stopped" for l in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_with_an_exporter_spans_are_recorded_in_the_callers_trace():
+    port = _free_port()
+    proc = _spawn_probe(port, ECO2_OTEL_TRACES_EXPORTER="console")
+    try:
+        await _wait_serving(f"127.0.0.1:{port}", proc)
+        trace_id = "5bf92f3577b34da6a3ce929d0e0e4737"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            await ch.unary_unary("/eco2test.Probe/Echo")(b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert f'"trace_id": "0x{trace_id}"' in out, out[-2000:]
+        assert "/eco2test.Probe/Echo" in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -138,6 +138,7 @@ function assistantBubble(job) {
   }
   li.querySelector(".text").textContent = job.answer;
   li.querySelector(".stages").textContent = job.stages.join(" → ");
+  if (job.finished) li.dataset.finished = "true"; // the answer is complete (done or error)
   return li;
 }
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
 from . import context as ctx
 from .errors import DeadlineExceeded
@@ -59,6 +58,8 @@ def channel(target: str, *, default_timeout_s: float = 5.0, max_message_bytes: i
     """
     interceptors: list = []
     if recording_enabled() if tracing is None else tracing:
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors  # only when spans are recorded
+
         interceptors.extend(aio_client_interceptors())
     interceptors += [
         PropagateUnaryUnary(default_timeout_s),

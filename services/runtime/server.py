@@ -18,7 +18,6 @@ from typing import Protocol
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from .interceptors import CoreServerInterceptor, ShutdownCoordinator
 from .logs import configure_logging
@@ -93,6 +92,8 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     # carries the W3C trace context itself at a fraction of the cost (docs/adr/0002).
     recording = tracing and settings.otel_traces_exporter != "none"
     if recording:
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor  # only when spans are recorded
+
         configure_tracing(app.name, settings.otel_traces_exporter)
         interceptors.append(aio_server_interceptor())
     interceptors.append(CoreServerInterceptor(shutdown, light_tracing=not recording))
