@@ -39,7 +39,7 @@ import grpc
 import psutil
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
-from eco2.events.v1 import events_pb2
+from eco2.events.v1 import events_pb2, events_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 20, 100
@@ -93,11 +93,18 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-async def one_turn(stub, text: str, user: str) -> dict:
+async def one_turn(stub, text: str, user: str, events=None) -> dict:
+    """One conversation turn: StreamChat on the chat process, or (events = an EventService stub)
+    SendMessage + EventService.Subscribe, the client path that does not relay through chat."""
     out: dict = {"ok": False, "tokens": 0}
     started = time.monotonic()
     try:
-        async for e in stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300):
+        if events is None:
+            stream = stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300)
+        else:
+            sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300)
+            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), timeout=300)
+        async for e in stream:
             if e.kind == events_pb2.EVENT_KIND_TOKEN:
                 out["tokens"] += 1
                 out.setdefault("first_token", time.monotonic() - started)
@@ -106,6 +113,8 @@ async def one_turn(stub, text: str, user: str) -> dict:
                 out["e2e"] = time.monotonic() - started
             elif e.kind == events_pb2.EVENT_KIND_ERROR:
                 out["error"] = e.error.reason
+            if e.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
+                break
     except grpc.aio.AioRpcError as exc:
         out["error"] = exc.code().name
     return out
@@ -126,7 +135,7 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
     return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95)}
 
 
-async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int, events_proc: subprocess.Popen) -> dict:
+async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int | None, events_proc: subprocess.Popen, client: str, events_port: int) -> dict:
     fake_port = free_port()
     fake = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
@@ -137,24 +146,28 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
     env = {
         **base_env, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-bench", "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
         "ECO2_CHAT_JOB_KIND": "bench-load", "ECO2_CHAT_WORKERS": str(max(64, n)), "ECO2_CHAT_CLAIMERS": "8", "ECO2_CHAT_PG_POOL_MAX": "40",
-        "ECO2_CHAT_STREAM_TIMEOUT_S": "600", "ECO2_CHAT_CHECKPOINT_DURABILITY": durability, "ECO2_CHAT_TOKENS_PER_EVENT": str(tokens_per_event),
+        "ECO2_CHAT_STREAM_TIMEOUT_S": "600", "ECO2_CHAT_CHECKPOINT_DURABILITY": durability,
     }
+    if tokens_per_event:
+        env["ECO2_CHAT_TOKENS_PER_EVENT"] = str(tokens_per_event)
     proc = serve("chat", env, port, root / "chat-load.log")
     try:
         await wait_ready(port, proc)
         chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
         stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in chans]
-        await one_turn(stubs[0], "캔은 어떻게 버려? #warmup0", "bench-warmup")
+        echans = [grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") for _ in range(channels)] if client == "subscribe" else []
+        estubs = [events_pb2_grpc.EventServiceStub(c) for c in echans] or [None] * channels
+        await one_turn(stubs[0], "캔은 어떻게 버려? #warmup0", "bench-warmup", estubs[0])
         markers = [f"c{uuid.uuid4().hex[:10]}" for _ in range(n)]
         cpu = {name: psutil.Process(p.pid) for name, p in (("chat", proc), ("events", events_proc), ("model", fake))}
         cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in cpu.items()}
         client0 = sum(psutil.Process().cpu_times()[:2])
         started = time.monotonic()
-        results = await asyncio.gather(*(one_turn(stubs[i % channels], f"투명 페트병은 어떻게 버려? #{m}", f"bench-{i}") for i, m in enumerate(markers)))
+        results = await asyncio.gather(*(one_turn(stubs[i % channels], f"투명 페트병은 어떻게 버려? #{m}", f"bench-{i}", estubs[i % channels]) for i, m in enumerate(markers)))
         wall = time.monotonic() - started
         cpu_ms = {f"{name}_cpu_ms_per_conversation": round((sum(p.cpu_times()[:2]) - cpu0[name]) * 1000 / n, 1) for name, p in cpu.items()}
         cpu_ms["client_cpu_ms_per_conversation"] = round((sum(psutil.Process().cpu_times()[:2]) - client0) * 1000 / n, 1)
-        for c in chans:
+        for c in chans + echans:
             await c.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{fake_port}/_timings", timeout=30) as r:
             timings = json.loads(r.read())
@@ -183,7 +196,7 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         "tokens_per_answer": TOKENS, "model_ms_p50": pct(model_ms, 50), "e2e_ms_p50": pct(e2e_ms, 50), "e2e_ms_p95": pct(e2e_ms, 95),
         "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p95": pct(overhead, 95), "overhead_ms_max": pct(overhead, 100),
         "added_ttft_ms_p50": pct(added_ttft, 50), "added_ttft_ms_p95": pct(added_ttft, 95),
-        "durability": durability, "tokens_per_event": tokens_per_event, **cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "client": client, "durability": durability, "tokens_per_event": tokens_per_event or "default", **cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
         "targets": {"complete_pct": 100, "overhead_ms_p95": 150, "added_ttft_ms_p95": 50},
     }
 
@@ -206,7 +219,7 @@ async def main(args) -> dict:
         if args.offline_turns:
             out.update(await offline_phase(base, root, args.offline_turns))
         if args.conversations:
-            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, procs[0]))
+            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, procs[0], args.client, events_port))
         return out
     finally:
         for p in procs:
@@ -222,6 +235,7 @@ if __name__ == "__main__":
     parser.add_argument("--offline-turns", type=int, default=20, help="sequential offline turns (0 = skip)")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
     parser.add_argument("--durability", default="sync", choices=["sync", "async", "exit"], help="ECO2_CHAT_CHECKPOINT_DURABILITY of the chat process")
-    parser.add_argument("--tokens-per-event", type=int, default=1, help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process")
+    parser.add_argument("--tokens-per-event", type=int, default=0, help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process (0 = its default)")
+    parser.add_argument("--client", default="stream", choices=["stream", "subscribe"], help="StreamChat on chat, or SendMessage + EventService.Subscribe")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs; with BENCH_PROFILE=chat a cProfile of the chat process)")
     print(json.dumps(asyncio.run(main(parser.parse_args())), ensure_ascii=False))

@@ -20,6 +20,13 @@ from support.fake_llm import FakeModelServer, Script
 from support.servers import env, running
 
 TOKENS = [f"조각{i:02d} " for i in range(40)]
+PER_EVENT = 2  # ECO2_CHAT_TOKENS_PER_EVENT of the workers (coalesced TOKEN events)
+
+
+def grouped(pieces: list[str], per_event: int) -> list[str]:
+    """The TOKEN deltas a worker emits: the first piece alone, then `per_event` pieces per event."""
+    rest = pieces[1:]
+    return pieces[:1] + ["".join(rest[i : i + per_event]) for i in range(0, len(rest), per_event)]
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +43,7 @@ async def crash_stack(service_env):
                 **service_env, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1",
                 "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-test", "ECO2_OPENAI_BASE_URL": fake.openai_base_url,
                 "ECO2_CHAT_JOB_KIND": f"chat-crash-{uuid.uuid4().hex[:6]}", "ECO2_JOBS_VISIBILITY_TIMEOUT_S": "2", "ECO2_CHAT_CLAIM_BLOCK_MS": "200",
+                "ECO2_CHAT_TOKENS_PER_EVENT": str(PER_EVENT),
             }
             with env({**worker_env, "ECO2_CHAT_WORKERS": "0"}):
                 api = create_chat()
@@ -89,7 +97,7 @@ async def test_a_worker_killed_mid_answer_is_replaced_and_the_client_sees_each_t
         first.send_signal(signal.SIGKILL)
         await first.wait()
         killed_at = sum(1 for x in seen if x.kind == events_pb2.EVENT_KIND_TOKEN)
-        assert killed_at < len(TOKENS), "the answer must not have finished before the kill"
+        assert killed_at < len(grouped(TOKENS, PER_EVENT)), "the answer must not have finished before the kill"
         # 2. another worker takes the job over after the visibility timeout; the client resumes after its last seq
         second = await start_worker(crash_stack["env"])
         async def rest() -> None:
@@ -103,7 +111,7 @@ async def test_a_worker_killed_mid_answer_is_replaced_and_the_client_sees_each_t
         assert seqs == sorted(set(seqs)), "seqs unique and increasing"
         result = done_result(seen[-1])
         tokens = [e.delta for e in seen if e.kind == events_pb2.EVENT_KIND_TOKEN]
-        assert tokens == TOKENS, "every token exactly once, in order"
+        assert tokens == grouped(TOKENS, PER_EVENT), "every token exactly once, in order, under the same event boundaries after the crash"
         assert result.answer == "".join(TOKENS)
         streams = [r for r in crash_stack["fake"].requests if r["body"].get("stream") and "투명 페트병" in str(r["body"]["messages"])]
         assert len(streams) >= 2, "the second worker asked the model again (the answer node had not been checkpointed)"

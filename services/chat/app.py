@@ -14,6 +14,7 @@ from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
+from eco2.services.events.valkey import fast_redis
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.settings import Endpoints
 
@@ -21,6 +22,7 @@ from . import kb, pii
 from .graph import ChatDeps, build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
 from .llm import create_llm
+from .outbox import EventOutbox
 from .postgres import ConversationStore
 from .service import ChatServicer
 from .settings import ChatSettings
@@ -35,7 +37,7 @@ class ChatApp:
     def __init__(self, settings: ChatSettings, endpoints: Endpoints | None = None) -> None:
         self.settings = settings
         self.endpoints = endpoints or Endpoints()
-        self.pool = self.pg = self.redis = self.workers = None
+        self.pool = self.pg = self.redis = self.events_redis = self.workers = None
         self.channels: list[grpc.aio.Channel] = []
         self.closers: list = []
 
@@ -57,12 +59,18 @@ class ChatApp:
         saver = AsyncPostgresSaver(self.pg)
         await saver.setup()
         self.redis = create_redis(s.redis_url)
-        sink = EventPublisher(self.redis, s)
+        # The publisher gets its own connections, packed by hiredis (valkey.fast_redis): its Lua
+        # calls carry four arguments per event.
+        self.events_redis = fast_redis(s.redis_url)
+        sink = EventPublisher(self.events_redis, s)
+        outbox = EventOutbox(sink)
         queue = JobQueue(self.redis, s.chat_job_kind, s)
         llm = create_llm(
             s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
             gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
         )
+        if hasattr(llm, "aclose"):
+            self.closers.append(llm)
         weather = OpenMeteoWeather(s.weather_base_url) if s.weather_base_url else None
         search = TavilySearch(s.web_search_base_url, s.web_search_api_key) if s.web_search_base_url else None
         self.closers += [x for x in (weather, search) if x is not None]
@@ -73,9 +81,9 @@ class ChatApp:
         )
         store = ConversationStore(self.pool)
         graph = build_graph().compile(checkpointer=saver)
-        self.workers = ChatWorkers(queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s)
+        self.workers = ChatWorkers(queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s, outbox=outbox)
         self.workers.start()
-        servicer = ChatServicer(store=store, queue=queue, sink=sink, redis=self.redis, images=GrpcImages(self._channel("images")), events_channel=self._channel("events"), settings=s)
+        servicer = ChatServicer(store=store, queue=queue, sink=sink, redis=self.redis, images=GrpcImages(self._channel("images")), events_channel=self._channel("events"), settings=s, outbox=outbox)
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 
     async def stop(self) -> None:
@@ -87,6 +95,8 @@ class ChatApp:
             await c.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.events_redis is not None:
+            await self.events_redis.aclose()
         if self.pg is not None:
             await self.pg.close()
         if self.pool is not None:

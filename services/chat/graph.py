@@ -30,6 +30,7 @@ from eco2.events.v1 import events_pb2
 from . import intents as I
 from .kb import KnowledgeBase
 from .llm.ports import LLM, Grounding, LLMError, Message
+from .outbox import EventOutbox, raise_for
 from .policy import FailMode, NodeFailed, PolicyRunner
 from .ports import Characters, Places, Weather, WebSearch
 
@@ -93,22 +94,39 @@ class ChatState(TypedDict, total=False):
 
 
 class Emitter:
-    """Assigns the job's seqs in publish order and publishes one event at a time (so they land increasing)."""
+    """Assigns the job's seqs in emit order and queues the events on the process's outbox
+    (outbox.py), which publishes them in coalesced batches in the same order. `emit` does not wait
+    for the network; `drain()` does (before a node's update is checkpointed, and before DONE)."""
 
-    def __init__(self, sink, job_id: str, base_seq: int, *, traceparent: str = "", tokens_per_event: int = 1) -> None:
+    def __init__(self, sink, job_id: str, base_seq: int, *, traceparent: str = "", tokens_per_event: int = 1, outbox: EventOutbox | None = None) -> None:
         self.sink, self.job_id, self.seq, self.traceparent = sink, job_id, base_seq, traceparent
         self.tokens_per_event = tokens_per_event
-        self._lock = asyncio.Lock()
-        self.appended = 0
+        self.outbox = outbox if outbox is not None else EventOutbox(sink)
+        self._batch: asyncio.Future | None = None
         self.first_token_at: float | None = None
 
+    def put(self, kind: int, *, stage: int = 0, node: str = "", delta: str = "", **payload: Any) -> int:
+        """Assign the next seq and queue the event (synchronous: seq order = publish order)."""
+        if self._batch is not None and self._batch.done():
+            raise_for(self.job_id, self._batch)
+        self.seq += 1
+        event = events_pb2.Event(job_id=self.job_id, seq=self.seq, kind=kind, job_kind=events_pb2.JOB_KIND_CHAT, stage=stage, node=node, delta=delta, traceparent=self.traceparent, **payload)
+        self._batch = self.outbox.submit(event)
+        return self.seq
+
+    def token(self, delta: str) -> int:
+        return self.put(events_pb2.EVENT_KIND_TOKEN, stage=events_pb2.STAGE_ANSWER, node="answer", delta=delta)
+
     async def emit(self, kind: int, *, stage: int = 0, node: str = "", delta: str = "", **payload: Any) -> int:
-        async with self._lock:
-            self.seq += 1
-            event = events_pb2.Event(job_id=self.job_id, seq=self.seq, kind=kind, job_kind=events_pb2.JOB_KIND_CHAT, stage=stage, node=node, delta=delta, traceparent=self.traceparent, **payload)
-            if await publish_tolerant(self.sink, event):
-                self.appended += 1
-            return self.seq
+        return self.put(kind, stage=stage, node=node, delta=delta, **payload)
+
+    async def drain(self) -> None:
+        """Wait until every event emitted so far is stored (or raise why it was not)."""
+        batch = self._batch
+        if batch is not None:
+            if not batch.done():
+                await asyncio.shield(batch)
+            raise_for(self.job_id, batch)
 
     async def stage(self, node: str, phase: int, *, elapsed_s: float | None = None, message: str = "") -> None:
         info = events_pb2.StageInfo(phase=phase, message=message or STAGE_MESSAGES.get(node, ""))
@@ -182,6 +200,7 @@ async def _run_node(name: str, state: ChatState, runtime: Runtime[JobContext], b
     update.setdefault("spans", {})
     update["spans"] = {**update["spans"], name: [started, time.monotonic()]}
     update["seq"] = em.seq
+    await em.drain()  # the checkpoint of this update must not record a seq that was not published
     return update
 
 
@@ -470,22 +489,28 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     emitted: list[str] = []
 
     async def stream_with(llm) -> None:
+        # The model's pieces go straight to TOKEN events: no LangGraph stream writer/callbacks, no
+        # await per token (the outbox sends them in batches). A fixed number of pieces per event,
+        # never a time window: a re-run re-emits the same seqs for the same text.
+        per_event = em.tokens_per_event
         buffer: list[str] = []
+        outbox = em.outbox
         async for piece in llm.stream([], grounding=grounding, max_tokens=deps.answer_max_tokens):
             if ctx.cancelled.is_set():
                 raise asyncio.CancelledError("job cancelled")
             buffer.append(piece)
-            # Fixed pieces per event (never time-based): a re-run re-emits the same seqs for the same text.
-            if len(buffer) >= em.tokens_per_event or not emitted:
+            if len(buffer) >= per_event or not emitted:
                 text = "".join(buffer)
                 buffer.clear()
                 emitted.append(text)
                 if em.first_token_at is None:
                     em.first_token_at = time.monotonic()
-                await em.emit(events_pb2.EVENT_KIND_TOKEN, stage=events_pb2.STAGE_ANSWER, node="answer", delta=text)
+                em.token(text)
+                if outbox.backlog > outbox.high_water:  # Valkey is not keeping up: wait for it
+                    await em.drain()
         if buffer:
             emitted.append("".join(buffer))
-            await em.emit(events_pb2.EVENT_KIND_TOKEN, stage=events_pb2.STAGE_ANSWER, node="answer", delta=emitted[-1])
+            em.token(emitted[-1])
 
     async def body() -> dict:
         if emitted:  # tokens went out: a retry would repeat them
@@ -509,6 +534,7 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         await em.stage("answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요")
         await stream_with(OfflineLLM())
     await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=time.monotonic() - started)
+    await em.drain()
     update: dict = {"answer": "".join(emitted), "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
     if fallback:
         update["fallback_used"] = True

@@ -21,7 +21,7 @@ class ChatSettings(EventsSettings):
     chat_claim_block_ms: int = Field(500, ge=1, description="how long one claim waits for a job")
     chat_history_messages: int = Field(10, ge=0, le=200, description="earlier messages given to the model")
     chat_summary_threshold_tokens: int = Field(0, ge=0, description="history size that triggers summarisation (0 = the model's threshold)")
-    chat_tokens_per_event: int = Field(1, ge=1, le=64, description="model pieces per TOKEN event (fixed count: deterministic seqs on re-run)")
+    chat_tokens_per_event: int = Field(4, ge=1, le=64, description="model pieces per TOKEN event, after a first event with the first piece alone (fixed count: deterministic seqs on re-run)")
     chat_input_ttl_s: int = Field(3600, ge=10, description="how long a NEEDS_INPUT question waits for ProvideInput")
     chat_cancel_on_disconnect: bool = Field(False, description="StreamChat client gone → cancel the job (default: it finishes and is stored)")
     chat_search_radius_m: int = Field(3000, ge=100, le=50_000, description="radius of nearby searches")

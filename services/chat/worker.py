@@ -18,6 +18,7 @@ from eco2.events.v1 import events_pb2
 from eco2.services.events.jobs import Job, JobQueue
 
 from .graph import ChatDeps, Emitter, JobContext, publish_tolerant, result_of
+from .outbox import EventOutbox
 from .pii import mask
 from .policy import NodeFailed
 from .postgres import ConversationStore
@@ -41,8 +42,9 @@ class WorkerStats:
 
 
 class ChatWorkers:
-    def __init__(self, *, queue: JobQueue, redis, sink, graph, deps: ChatDeps, store: ConversationStore, settings) -> None:
+    def __init__(self, *, queue: JobQueue, redis, sink, graph, deps: ChatDeps, store: ConversationStore, settings, outbox: EventOutbox | None = None) -> None:
         self.queue, self.redis, self.sink, self.graph, self.deps, self.store, self.settings = queue, redis, sink, graph, deps, store, settings
+        self.outbox = outbox if outbox is not None else EventOutbox(sink)
         self.stats = WorkerStats()
         self._slots = asyncio.Semaphore(max(1, settings.chat_workers))
         self._tasks: set[asyncio.Task] = set()
@@ -102,15 +104,18 @@ class ChatWorkers:
         p: dict[str, Any] = json.loads(job.payload)
         job_id = p["job_id"]
         config = {"configurable": {"thread_id": job_id}}
-        snapshot = await self.graph.aget_state(config)
-        checkpoint_seq = int((snapshot.values or {}).get("seq") or 0)
-        emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), tokens_per_event=self.settings.chat_tokens_per_event)
+        # A first attempt of a new message has no checkpoint yet: skip the read (a query and
+        # LangGraph's state assembly per conversation). Re-claims and resumes read it.
+        fresh = job.attempt <= 1 and p.get("resume") is None
+        snapshot = None if fresh else await self.graph.aget_state(config)
+        checkpoint_seq = int((snapshot.values or {}).get("seq") or 0) if snapshot is not None else 0
+        emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), tokens_per_event=self.settings.chat_tokens_per_event, outbox=self.outbox)
         ctx = JobContext(self.deps, emitter)
         watcher = asyncio.create_task(self._watch_cancel(job_id, ctx)) if self.settings.chat_cancel_on_disconnect else None
         if p.get("resume") is not None:
             ids = p.get("interrupt_ids") or []
             graph_input: Any = Command(resume=p["resume"] if len(ids) <= 1 else {iid: p["resume"] for iid in ids})
-        elif snapshot.next:  # re-claimed after a crash: continue from the last checkpoint
+        elif snapshot is not None and snapshot.next:  # re-claimed after a crash: continue from the last checkpoint
             graph_input = None
         else:
             summary, history = await self.store.history(p["conversation_id"], before_job=job_id, limit=self.settings.chat_history_messages)
@@ -129,6 +134,9 @@ class ChatWorkers:
                 await self._error(emitter, 1, "CANCELLED", "요청이 취소되었어요.", False)
                 return
             raise
+        except BaseException:
+            await self._drain_quietly(emitter)  # what the failed run emitted still goes out, in order
+            raise
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -139,6 +147,7 @@ class ChatWorkers:
                 events_pb2.EVENT_KIND_NEEDS_INPUT, stage=events_pb2.STAGE_SUBAGENT, node="location",
                 needs_input=events_pb2.InputRequest(input_id=first["input_id"], kind=events_pb2.INPUT_KIND_LOCATION, prompt=first["prompt"]),
             )
+            await emitter.drain()
             pending = {"user_id": p["user_id"], "input_id": first["input_id"], "interrupt_ids": [i.id for i in interrupts], "seq": seq, "payload": p}
             await self.redis.set(input_key(job_id), json.dumps(pending), ex=self.settings.chat_input_ttl_s)
             self.stats.waiting += 1
@@ -153,10 +162,19 @@ class ChatWorkers:
         packed.Pack(result)
         summary_line = result.answer.splitlines()[0][:120] if result.answer else ""
         await emitter.emit(events_pb2.EVENT_KIND_DONE, stage=events_pb2.STAGE_PERSIST, node="done", done=events_pb2.JobResult(result=packed, summary=summary_line))
+        await emitter.drain()  # acked only once DONE is stored
         self.stats.done += 1
 
     async def _error(self, emitter: Emitter, code: int, reason: str, message: str, retryable: bool) -> None:
         await emitter.emit(events_pb2.EVENT_KIND_ERROR, node="error", error=events_pb2.JobError(code=code, reason=reason, message=message, retryable=retryable))
+        await emitter.drain()
+
+    @staticmethod
+    async def _drain_quietly(emitter: Emitter) -> None:
+        try:
+            await emitter.drain()
+        except Exception:  # noqa: BLE001 — the job's own error is the one to report
+            pass
 
     async def _watch_cancel(self, job_id: str, ctx: JobContext) -> None:
         while True:
@@ -166,10 +184,17 @@ class ChatWorkers:
                 return
 
 
-async def publish_queued(sink, job_id: str) -> None:
+async def publish_queued(sink, job_id: str, outbox: EventOutbox | None = None) -> None:
     event = events_pb2.Event(
         job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue",
         stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="질문을 받았어요"),
     )
     event.time.FromNanoseconds(time.time_ns())
-    await publish_tolerant(sink, event)
+    if outbox is None:
+        await publish_tolerant(sink, event)
+        return
+    from .outbox import raise_for
+
+    batch = outbox.submit(event)  # coalesced with every other send and token of this tick
+    await asyncio.shield(batch)
+    raise_for(job_id, batch)

@@ -5,8 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+import functools
+
 import httpx
 import openai
+
+try:  # openai 3.x sends through httpx2; a stream that breaks mid-way raises its errors
+    import httpx2
+
+    _HTTP_ERRORS: tuple = (httpx.HTTPError, httpx2.HTTPError)
+except ImportError:  # pragma: no cover
+    _HTTP_ERRORS = (httpx.HTTPError,)
 
 from .ports import Grounding, LLMError, Message, ModelInfo, T, ToolCall, ToolSpec
 from .prompt import render
@@ -20,11 +29,31 @@ def _error(exc: Exception) -> LLMError:
     return LLMError(f"openai: {type(exc).__name__}: {exc}", retryable=False)
 
 
+@functools.cache
+def _json_schema(schema: type) -> dict:
+    # pydantic builds the JSON schema from scratch on every call (~1 ms): once per model class.
+    return schema.model_json_schema()
+
+
+def _http_client(timeout_s: float):
+    """The SDK's own aiohttp-backed client (`openai.DefaultAioHttpClient`): aiohttp parses HTTP in
+    C, where the default httpx client runs h11 and anyio per streamed chunk — the largest CPU cost
+    left on a token's path (ADR 0063). Limits sized for one process streaming ~1,000 answers."""
+    limits = httpx2.Limits(max_connections=4096, max_keepalive_connections=1024, keepalive_expiry=30)
+    try:
+        return openai.DefaultAioHttpClient(timeout=timeout_s, limits=limits)
+    except RuntimeError:  # pragma: no cover — openai installed without its aiohttp extra
+        return openai.DefaultAsyncHttpxClient(timeout=timeout_s, limits=limits)
+
+
 class OpenAILLM:
     def __init__(self, info: ModelInfo, *, api_key: str, base_url: str | None = None, timeout_s: float = 60.0) -> None:
         self.info = info
         # Retries belong to the node policy table, not to the SDK.
-        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url or None, max_retries=0, timeout=timeout_s)
+        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url or None, max_retries=0, timeout=timeout_s, http_client=_http_client(timeout_s))
+
+    async def aclose(self) -> None:
+        await self.client.close()
 
     @staticmethod
     def _messages(messages: list[Message], grounding: Grounding | None) -> list[dict]:
@@ -53,7 +82,7 @@ class OpenAILLM:
                         yield content
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
-        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+        except (*_HTTP_ERRORS, json.JSONDecodeError) as exc:
             raise LLMError(f"openai: stream broke: {type(exc).__name__}", retryable=True) from exc
 
     async def generate(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> str:
@@ -68,7 +97,7 @@ class OpenAILLM:
             reply = await self.client.chat.completions.create(
                 model=self.info.name,
                 messages=self._messages(messages, None),
-                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema(), "strict": False}},
+                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": _json_schema(schema), "strict": False}},
             )
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
