@@ -1,4 +1,4 @@
-"""The gateway: an ASGI app on Hypercorn (HTTP/1.1 and h2c), and its composition root.
+"""The gateway: an ASGI app on Granian or Hypercorn (HTTP/1.1 and h2c), and its composition root.
 
 Routes
   POST /<package.Service>/<Method>       gRPC-Web (binary, text) and Connect (proto, JSON)
@@ -45,6 +45,15 @@ _ALLOW_HEADERS = {
     "authorization", "last-event-id", "x-request-id", "traceparent", "tracestate", "accept-language", "idempotency-key",
 }
 _RPC_TYPES = set(ALL_TYPES)
+_COUNTERS: dict[tuple[str, bool], object] = {}
+
+
+def _count(kind: str, gone: bool) -> None:
+    """REQUESTS{kind, status} += 1, with the labelled child looked up once (labels() locks)."""
+    child = _COUNTERS.get((kind, gone))
+    if child is None:
+        child = _COUNTERS[(kind, gone)] = REQUESTS.labels(kind, "gone" if gone else "done")
+    child.inc()
 
 
 def _load_static() -> dict[str, tuple[bytes, bytes]]:
@@ -165,7 +174,7 @@ class Gateway:
         except ClientGone:
             pass
         finally:
-            REQUESTS.labels(kind, "gone" if req.disconnected else "done").inc()
+            _count(kind, req.disconnected)
 
     def _identity_metadata(self, req: Request, decision) -> list[tuple[str, str]]:
         md = []
@@ -294,7 +303,9 @@ class GatewayApp:
         self.asgi = Gateway(settings)
         self.port: int | None = None
         self._stop = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Future | None = None
+        self._granian_sig = None
+        self._active: set[asyncio.Task] = set()
 
     def _config(self):
         from hypercorn.config import Config
@@ -312,6 +323,8 @@ class GatewayApp:
 
     async def start(self) -> int:
         """Listen and serve in the background on the running loop; returns the port."""
+        if self.settings.gateway_server == "granian":
+            return await self._start_granian()
         from hypercorn.asyncio.run import worker_serve
         from hypercorn.config import Sockets
         from hypercorn.utils import wrap_app
@@ -326,7 +339,65 @@ class GatewayApp:
         log.info("serving", extra={"service": self.name, "http": f"{s.http_host}:{self.port}"})
         return self.port
 
+    async def _start_granian(self) -> int:
+        from granian._futures import _future_watcher_wrapper, _new_cbscheduler
+        from granian._granian import ASGIWorker, SocketHolder, WorkerSignal
+        from granian.asgi import _callback_wrapper
+        from granian.http import HTTP1Settings, HTTP2Settings
+
+        s = self.settings
+        sock = _listen(s.http_host, s.http_port, s.gateway_backlog, s.gateway_tcp_user_timeout_s)
+        self.port = sock.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        sig = WorkerSignal()
+        sig.add_cb(lambda: loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None)))
+        self._granian_sig = sig
+        holder = SocketHolder(sock.detach(), False, s.gateway_backlog)  # Granian owns (and closes) the fd
+        worker = ASGIWorker(
+            1, (None, holder), None, 1, 512, 1, 30, s.gateway_max_concurrent_requests, "auto",
+            # hyper's header read timeout also bounds an idle keep-alive connection
+            HTTP1Settings(keep_alive=True, header_read_timeout=int(s.gateway_keep_alive_s * 1000)),
+            HTTP2Settings(max_concurrent_streams=s.gateway_h2_max_concurrent_streams),
+            False, None, False, None, None, None, "tls1.3", None, [], False, (None, None),
+        )
+        asgi, active = self.asgi, self._active
+
+        async def tracked(scope, receive, send) -> None:  # so a stop past the grace can cancel them
+            task = asyncio.current_task()
+            active.add(task)
+            try:
+                await asgi(scope, receive, send)
+            except asyncio.CancelledError:
+                if self._granian_sig is not None:  # not our shutdown: let it propagate
+                    raise
+            finally:
+                active.discard(task)
+
+        callback = _future_watcher_wrapper(_callback_wrapper(tracked, {}, {}, None))
+        scheduler = _new_cbscheduler(loop, callback, impl_asyncio=True)
+        worker.serve_async(scheduler, loop, sig)
+        self._task = asyncio.ensure_future(done)
+        log.info("serving", extra={"service": self.name, "http": f"{s.http_host}:{self.port}", "server": "granian"})
+        return self.port
+
     async def stop(self) -> None:
+        if self._granian_sig is not None:
+            # Granian stops accepting and waits for open connections; streams still open after
+            # the grace (SSE, long server streams) are cancelled, which ends their responses.
+            self._granian_sig.set()
+            self._granian_sig = None
+            if self._task is not None:
+                done, _ = await asyncio.wait([self._task], timeout=self.settings.gateway_shutdown_grace_s)
+                if not done:
+                    for task in list(self._active):
+                        task.cancel()
+                    done, _ = await asyncio.wait([self._task], timeout=5.0)
+                    if not done:
+                        log.warning("granian did not stop within the grace; closing anyway")
+                self._task = None
+            await self.asgi.upstreams.close()
+            return
         self._stop.set()
         if self._task is not None:
             await self._task

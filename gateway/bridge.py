@@ -61,6 +61,8 @@ HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 50
 #: upstream response headers that must not be copied onto the HTTP response
 _SKIP_RESPONSE_HEADERS = {"content-type", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "grpc-status", "grpc-message"}
 _OK = grpc.StatusCode.OK.value[0]
+#: a unary call still running after this long gets a task watching for the client going away
+_UNARY_WATCH_DELAY_S = 0.02
 
 
 class CallError(Exception):
@@ -112,8 +114,7 @@ class GrpcWebWriter:
 
     async def unary(self, initial, message: bytes, trailing) -> None:
         body = self._enc(frame(message)) + self._enc(frame(trailer_block(_OK, "", _metadata_items(trailing)), TRAILERS_FLAG))
-        await self.req.start(200, [*self._headers(initial), (b"content-length", str(len(body)).encode())])
-        await self.req.write(body, more=False)
+        await self.req.finish(200, [*self._headers(initial), (b"content-length", str(len(body)).encode())], body)
 
     async def headers(self, initial) -> None:
         await self.req.start(200, self._headers(initial))
@@ -328,12 +329,24 @@ class Bridge:
         return messages[0]
 
     async def _call(self, req: Request, route: Route, message: bytes, timeout, metadata, streaming: bool, writer) -> None:
-        watcher = asyncio.ensure_future(req.wait_disconnect())
         if streaming:
             call = self.upstreams.stream(route)(message, timeout=timeout, metadata=metadata)
         else:
             call = self.upstreams.unary(route)(message, timeout=timeout, metadata=metadata)
-        watcher.add_done_callback(lambda _f: call.cancel())
+        watcher: asyncio.Future | None = None
+        timer: asyncio.TimerHandle | None = None
+
+        def watch() -> None:  # a client that goes away cancels the upstream call
+            nonlocal watcher
+            watcher = asyncio.ensure_future(req.wait_disconnect())
+            watcher.add_done_callback(lambda _f: call.cancel())
+
+        if streaming:
+            watch()
+        else:
+            # Most unary replies are back within milliseconds: the watcher task (and the pending
+            # receive it holds) is only started for a call still running after a short delay.
+            timer = asyncio.get_running_loop().call_later(_UNARY_WATCH_DELAY_S, watch)
         try:
             if not streaming:
                 try:
@@ -372,7 +385,10 @@ class Bridge:
         except ClientGone:
             call.cancel()
         finally:
-            watcher.cancel()
+            if timer is not None:
+                timer.cancel()
+            if watcher is not None:
+                watcher.cancel()
 
 
 def _identity(data: bytes) -> bytes:

@@ -148,6 +148,18 @@ class Request:
     async def write(self, data: bytes, more: bool = True) -> None:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})
 
+    async def finish(self, status: int, headers: Headers, body: bytes) -> None:
+        """A whole response (headers and the complete body) under one send timeout."""
+        if self.disconnected:
+            raise ClientGone()
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self.send({"type": "http.response.start", "status": status, "headers": headers})
+                await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        except TimeoutError:
+            self.disconnected = True
+            raise ClientGone() from None
+
     async def _send(self, message: dict) -> None:
         if self.disconnected:
             raise ClientGone()
@@ -159,8 +171,7 @@ class Request:
             raise ClientGone() from None
 
     async def respond(self, status: int, body: bytes, content_type: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        await self.start(status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers])
-        await self.write(body, more=False)
+        await self.finish(status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers], body)
 
     async def respond_json(self, status: int, obj: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

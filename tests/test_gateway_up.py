@@ -92,3 +92,47 @@ def test_uvloop_setting_switches_the_loop_of_a_fresh_gateway_process_only(servic
                          env={**os.environ, **service_env, "ECO2_GATEWAY_UVLOOP": "false"}, capture_output=True, text=True, timeout=60)
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["loop"].startswith("asyncio")
+
+
+@pytest.mark.parametrize("server", ["granian", "hypercorn"])
+async def test_both_servers_speak_http1_and_h2c_and_stop_within_the_grace(server, monkeypatch):
+    """ECO2_GATEWAY_SERVER: either server serves HTTP/1.1 and h2c (prior knowledge), and a stop
+    with a response still streaming returns after the shutdown grace (the stream is cut)."""
+    import asyncio
+
+    import httpx
+
+    from eco2.gateway.app import create
+
+    for k, v in {"ECO2_GATEWAY_SERVER": server, "ECO2_HTTP_PORT": "0", "ECO2_METRICS_PORT": "0", "ECO2_GATEWAY_SHUTDOWN_GRACE_S": "0.5"}.items():
+        monkeypatch.setenv(k, v)
+    app = create()
+    gateway = app.asgi
+
+    class Endless:  # the real app, plus one route that never ends
+        upstreams = gateway.upstreams
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and scope["path"] == "/endless":
+                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+                while True:
+                    await send({"type": "http.response.body", "body": b": tick\n\n", "more_body": True})
+                    await asyncio.sleep(0.05)
+            await gateway(scope, receive, send)
+
+    app.asgi = Endless()
+    port = await app.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=5) as h1, httpx.AsyncClient(base_url=base, http1=False, http2=True, timeout=5) as h2:
+            r1, r2 = await h1.get("/healthz"), await h2.get("/healthz")
+            assert (r1.http_version, r1.json()) == ("HTTP/1.1", {"status": "SERVING"})
+            assert (r2.http_version, r2.json()) == ("HTTP/2", {"status": "SERVING"})
+            async with h1.stream("GET", "/endless") as stream:
+                chunks = stream.aiter_bytes()
+                assert (await chunks.__anext__()).startswith(b": tick")
+                t0 = time.monotonic()
+                await asyncio.wait_for(app.stop(), 10)
+                assert time.monotonic() - t0 < 6
+    finally:
+        await app.stop()

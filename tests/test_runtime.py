@@ -124,6 +124,30 @@ async def test_client_cancelling_a_stream_is_cancelled_not_an_error(probe, probe
     assert not [r for r in caplog.records if r.name == "eco2.rpc" and r.levelname == "ERROR"]
 
 
+async def test_a_client_stream_refused_mid_write_gets_the_refusal(probe_ch):
+    """grpc core can turn an early refusal into INTERNAL while the client still writes;
+    the runtime drains the stream briefly so the client always sees the real status."""
+    seen = {}
+    for _ in range(25):
+        queue: asyncio.Queue = asyncio.Queue(maxsize=4)
+
+        async def requests():
+            while (item := await queue.get()) is not None:
+                yield item
+
+        outcome = asyncio.ensure_future(probe_ch.stream_unary("/eco2test.Probe/Collect")(requests()))
+        for _ in range(100):
+            put = asyncio.ensure_future(queue.put(b"x" * 8192))
+            await asyncio.wait([put, outcome], return_when=asyncio.FIRST_COMPLETED)
+            if outcome.done():
+                put.cancel()
+                break
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await outcome
+        seen[err.value.code()] = seen.get(err.value.code(), 0) + 1
+    assert seen == {grpc.StatusCode.RESOURCE_EXHAUSTED: 25}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -95,8 +95,10 @@ def _shutdown_status() -> grpc.Status:
 
 
 class CoreServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, shutdown: ShutdownCoordinator, *, light_tracing: bool = True) -> None:
+    def __init__(self, shutdown: ShutdownCoordinator, *, light_tracing: bool = True, reject_drain_s: float = 0.5) -> None:
         self.shutdown = shutdown
+        #: How long a client stream is drained before a refusal is sent (see _drain).
+        self.reject_drain_s = reject_drain_s
         #: False when the OpenTelemetry interceptor runs in front and owns the trace context.
         self.light_tracing = light_tracing
         # Handlers are registered once per method, so each is wrapped once, not per call.
@@ -175,6 +177,8 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # mapped to a status, never leaked
                 code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
                 code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
+                if client_streaming and isinstance(exc, DomainError):
+                    await _drain(request, self.reject_drain_s)
                 await self._fail(method, context, exc)
             finally:
                 handled.inc(code)
@@ -233,6 +237,22 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
                 seconds.observe(time.perf_counter() - started)
 
         return call
+
+
+async def _drain(requests: AsyncIterator[Any], budget_s: float) -> None:
+    """Read (and drop) what the client is still sending before refusing its stream.
+
+    Refusing a client stream while the client is mid-write races in grpc core: the client may
+    see INTERNAL "Internal error from Core" instead of our status (reproduced with grpcio 1.85).
+    Draining for a bounded time lets the refusal arrive intact; a client that keeps sending
+    longer is refused anyway.
+    """
+    try:
+        async with asyncio.timeout(budget_s):
+            async for _ in requests:
+                pass
+    except Exception:  # TimeoutError or an error in the rest of the stream: refuse as planned
+        return
 
 
 class _HandledCounter:

@@ -96,7 +96,7 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
 
         configure_tracing(app.name, settings.otel_traces_exporter)
         interceptors.append(aio_server_interceptor())
-    interceptors.append(CoreServerInterceptor(shutdown, light_tracing=not recording))
+    interceptors.append(CoreServerInterceptor(shutdown, light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

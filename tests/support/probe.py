@@ -8,6 +8,7 @@ Methods take and return raw bytes (JSON) so no contract is needed:
   /eco2test.Probe/Boom     raises an unexpected exception
   /eco2test.Probe/Missing  raises NotFound
   /eco2test.Probe/Ticks    server stream, one message every 20 ms, forever
+  /eco2test.Probe/Collect  client stream, refused with RESOURCE_EXHAUSTED past 100,000 bytes
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 
 from eco2.services.runtime import context as ctx
 from eco2.services.runtime.clients import channel
-from eco2.services.runtime.errors import NotFound
+from eco2.services.runtime.errors import NotFound, ResourceExhausted
 from eco2.services.runtime.settings import RuntimeSettings
 from eco2.services.runtime.telemetry import current_traceparent
 
@@ -71,7 +72,16 @@ class ProbeApp:
                 yield str(n).encode()
                 await asyncio.sleep(0.02)
 
+        async def collect(requests, context) -> bytes:
+            size = 0
+            async for chunk in requests:
+                size += len(chunk)
+                if size > 100_000:
+                    raise ResourceExhausted("too much", reason="TOO_MUCH")
+            return str(size).encode()
+
         handlers = {
+            "Collect": grpc.stream_unary_rpc_method_handler(collect),
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
             "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
             "Forward": grpc.unary_unary_rpc_method_handler(forward),
