@@ -54,7 +54,7 @@ def _location_import(args: argparse.Namespace) -> int:
 def _chat_cmd(args: argparse.Namespace) -> int:
     from .chat.cli import main as chat_main
 
-    return chat_main(args.data_dir, args.question)
+    return chat_main(args.data_dir, args.question, args.near)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p_imp.set_defaults(func=_location_import)
     p_chat = sub.add_parser("chat", help="ask the assistant of a running stack; streams the answer")
     p_chat.add_argument("--data-dir")
+    p_chat.add_argument("--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)")
     p_chat.add_argument("question")
     p_chat.set_defaults(func=_chat_cmd)
     args = parser.parse_args(argv)

@@ -9,10 +9,10 @@ get SIGTERM if this process dies (PR_SET_PDEATHSIG), so nothing is left behind.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,11 +47,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGTERM it when `eco2 up` dies, however it dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    PR_SET_PDEATHSIG = 1
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent() -> list[str]:
+    """A command prefix that SIGTERMs the child when `eco2 up` dies, however it dies
+    (util-linux `setpriv --pdeathsig`, armed in C after fork: no Python runs in the child)."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
 
 
 def read_endpoints(data_dir: Path | None) -> dict:
@@ -147,12 +147,11 @@ class Stack:
                 child_env["ECO2_HTTP_PORT"] = str(grpc_port)
             out = open(logs / f"{name}.log", "ab")
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "eco2.services.cli", "serve", name],
+                [*_die_with_parent(), sys.executable, "-m", "eco2.services.cli", "serve", name],
                 env=child_env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
             )
             out.close()
         deadline = time.monotonic() + self.settings.up_timeout_s

@@ -69,6 +69,15 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         shown = subprocess.run([sys.executable, "-m", "eco2.services.cli", "endpoints", "--data-dir", str(data_dir)], capture_output=True, text=True)
         assert json.loads(shown.stdout)["character"] == endpoints["character"]
 
+        # the terminal client answers from the running stack: tokens, then the citations
+        asked = subprocess.run(
+            [sys.executable, "-m", "eco2.services.cli", "chat", "--data-dir", str(data_dir), "--near", "37.5665,126.9780",
+             "이 페트병 어떻게 분리해? 근처 수거함도 알려줘"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert "라벨" in asked.stdout and "[출처]" in asked.stdout and "[샘플]" in asked.stdout, asked.stdout
+
         # a second stack on the same data dir fails fast and clearly, and harms nothing
         second = _eco2("up", "--data-dir", str(data_dir))
         assert second.wait(timeout=30) != 0
@@ -104,6 +113,15 @@ def test_up_restarts_warm_on_the_same_data_dir(data_dir):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_chat_without_a_stack_fails_clearly(data_dir):
+    proc = _eco2("chat", "--data-dir", str(data_dir), "페트병 어떻게 버려?")
+    assert proc.wait(timeout=30) == 1
+    assert "no stack is running" in proc.stderr.read()
+    proc = _eco2("chat", "--data-dir", str(data_dir), "--near", "91,0", "페트병 어떻게 버려?")
+    assert proc.wait(timeout=30) == 1
+    assert "out of range" in proc.stderr.read()
 
 
 def test_serve_rejects_an_unknown_service():

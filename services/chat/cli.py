@@ -11,19 +11,21 @@ import grpc
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
+from eco2.location.v1 import location_pb2
 
 
-async def _chat(addr: str, question: str, user: str) -> int:
+async def _chat(addr: str, question: str, user: str, near: location_pb2.GeoPoint | None) -> int:
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = chat_pb2_grpc.ChatServiceStub(ch)
+        request = chat_pb2.StreamChatRequest(message=question, location=near)
         try:
-            async for e in stub.StreamChat(chat_pb2.StreamChatRequest(message=question), metadata=(("x-eco2-user-id", user),)):
+            async for e in stub.StreamChat(request, metadata=(("x-eco2-user-id", user),)):
                 if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_STARTED and e.stage_info.message:
                     print(f"· {e.stage_info.message}", file=sys.stderr)
                 elif e.kind == events_pb2.EVENT_KIND_TOKEN:
                     print(e.delta, end="", flush=True)
                 elif e.kind == events_pb2.EVENT_KIND_NEEDS_INPUT:
-                    print(f"\n? {e.needs_input.prompt} (the terminal client cannot share a location)", file=sys.stderr)
+                    print(f"\n? {e.needs_input.prompt} (share one with --near LAT,LNG)", file=sys.stderr)
                     return 3
                 elif e.kind == events_pb2.EVENT_KIND_DONE:
                     result = chat_pb2.ChatResult()
@@ -42,16 +44,31 @@ async def _chat(addr: str, question: str, user: str) -> int:
     return 1
 
 
-def main(data_dir: str | None, question: str) -> int:
+def parse_near(text: str | None) -> location_pb2.GeoPoint | None:
+    """'37.5665,126.9780' → GeoPoint; ValueError with a clear message otherwise."""
+    if not text:
+        return None
+    try:
+        lat, lng = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--near takes LAT,LNG in degrees, e.g. 37.5665,126.9780 (got {text!r})") from None
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+        raise ValueError(f"--near is out of range: latitude -90..90, longitude -180..180 (got {text!r})")
+    return location_pb2.GeoPoint(latitude=lat, longitude=lng)
+
+
+def main(data_dir: str | None, question: str, near: str | None = None) -> int:
+    """Exit 0 on DONE, 1 on ERROR or when no stack runs, 3 when the answer needs a location."""
     from eco2.services.up import read_endpoints
 
     try:
+        point = parse_near(near)
         endpoints = read_endpoints(Path(data_dir) if data_dir else None)
-    except FileNotFoundError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"eco2: {exc}", file=sys.stderr)
         return 1
-    addr = endpoints.get("chat") if isinstance(endpoints.get("chat"), str) else (endpoints.get("chat") or {}).get("grpc") or (endpoints.get("services", {}).get("chat") or {}).get("grpc")
-    if not addr:
+    addr = endpoints.get("chat")
+    if not isinstance(addr, str):
         print("eco2: the running stack has no chat service", file=sys.stderr)
         return 1
-    return asyncio.run(_chat(addr, question, os.environ.get("ECO2_CHAT_USER", "cli-user")))
+    return asyncio.run(_chat(addr, question, os.environ.get("ECO2_CHAT_USER", "cli-user"), point))

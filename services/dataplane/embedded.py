@@ -20,7 +20,6 @@ files.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import errno
 import fcntl
 import hashlib
@@ -42,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import psutil
 
@@ -93,7 +92,6 @@ _PORT_RANGE = (20000, 30999)  # below Linux's ephemeral range, so a persisted po
 _SUN_PATH_MAX = 107  # sockaddr_un.sun_path is 108 bytes including the NUL
 _PG_START_TIMEOUT_S = 60.0  # crash recovery after a kill may replay WAL
 _STOP_TIMEOUT_S = 30.0
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 _VALKEY_START_TIMEOUT_S = 30.0  # a large AOF takes a while to load
 
 
@@ -501,10 +499,12 @@ class EmbeddedDataPlane:
         with open(log_path, "ab") as log:
             if not account.is_current:
                 os.fchown(log.fileno(), account.uid, account.gid)
+            prefix, kwargs = _run_as(account)
+            # the death signal is armed after the user switch (a credential change clears it)
             self._postgres = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.pg_dir, env=_child_env(), start_new_session=True,
-                preexec_fn=self._death_signal(signal.SIGINT), **_run_as(account),
+                [*prefix, *self._death_signal(signal.SIGINT), *cmd], stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.pg_dir, env=_child_env(),
+                start_new_session=True, **kwargs,
             )
         deadline = began + _PG_START_TIMEOUT_S
         pid_file = self.pg_dir / "postmaster.pid"
@@ -525,23 +525,23 @@ class EmbeddedDataPlane:
                  time.monotonic() - began)
         return self._postgres.pid
 
-    def _death_signal(self, sig: int) -> Callable[[], None] | None:
-        """A ``preexec_fn`` arming ``PR_SET_PDEATHSIG``, when that is possible and wanted."""
+    def _death_signal(self, sig: int) -> list[str]:
+        """A command prefix arming ``PR_SET_PDEATHSIG`` in the child, when possible and wanted.
+
+        util-linux ``setpriv --pdeathsig`` sets it after fork, in C: a Python ``preexec_fn`` would
+        run interpreter code in a forked child of a multi-threaded process (grpc, asyncio
+        executors), which can deadlock or crash. The signal follows the forking *thread*, so it
+        is only armed from the main thread.
+        """
+        setpriv = shutil.which("setpriv")
         if (
             not self._die_with_owner
             or platform.system() != "Linux"
             or threading.current_thread() is not threading.main_thread()
+            or setpriv is None
         ):
-            return None
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-        owner = os.getpid()
-
-        def arm() -> None:  # runs in the child after fork (and after setuid), before exec
-            prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-            if os.getppid() != owner:  # the owner died before the signal was armed
-                os.kill(os.getpid(), sig)
-
-        return arm
+            return []
+        return [setpriv, "--pdeathsig", signal.Signals(sig).name, "--"]
 
     def _socket_dir(self, account: _Account, port: int) -> Path:
         """PGDATA itself when the socket path fits in sun_path, else a private dir in /tmp."""
@@ -591,11 +591,12 @@ class EmbeddedDataPlane:
             )
 
     def _run_pg_tool(self, account: _Account, cmd: list[str], *, what: str, timeout: float) -> None:
+        prefix, kwargs = _run_as(account)
         try:
             result = subprocess.run(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, env=_child_env(), cwd=self.data_dir, timeout=timeout, check=False,
-                **_run_as(account),
+                [*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True, env=_child_env(), cwd=self.data_dir,
+                timeout=timeout, check=False, **kwargs,
             )
         except subprocess.TimeoutExpired as exc:
             raise DataPlaneError(f"{what} did not finish within {timeout:.0f}s") from exc
@@ -665,10 +666,9 @@ class EmbeddedDataPlane:
         _rotate(self.valkey_dir / "valkey.log")
         with open(self.valkey_dir / "valkey.log", "ab") as log:
             self._valkey = subprocess.Popen(
-                [str(_valkey_binary_path()), str(conf)],
+                [*self._death_signal(signal.SIGTERM), str(_valkey_binary_path()), str(conf)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.valkey_dir, env=_child_env(), start_new_session=True,
-                preexec_fn=self._death_signal(signal.SIGTERM),
             )
         LOG.info("valkey-server pid %d starting on 127.0.0.1:%d", self._valkey.pid, port)
 
@@ -748,11 +748,19 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _run_as(account: _Account) -> dict[str, Any]:
-    """``subprocess`` arguments that run a child as ``account`` (nothing for the current user)."""
+def _run_as(account: _Account) -> tuple[list[str], dict[str, Any]]:
+    """How to run a child as ``account``: a command prefix and ``subprocess`` arguments.
+
+    util-linux ``setpriv`` switches the user after fork, in C, so ``subprocess`` may use
+    ``vfork`` and the parent's ``pthread_atfork`` handlers (grpc registers some) never run in a
+    child of a multi-threaded process; ``user=``/``group=`` would force a plain ``fork``.
+    """
     if account.is_current:
-        return {}
-    return {"user": account.uid, "group": account.gid, "extra_groups": []}
+        return [], {}
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, f"--reuid={account.uid}", f"--regid={account.gid}", "--clear-groups", "--"], {}
+    return [], {"user": account.uid, "group": account.gid, "extra_groups": []}
 
 
 def _postmaster_ready(pid_file: Path, pid: int) -> bool:
