@@ -108,43 +108,6 @@ async def generate_places(database_url: str, n: int, seed: int = 7) -> dict:
 
 
 # --------------------------------------------------------------------------- load
-async def varied_load(target: str, method: str, requests: list[bytes], *, seconds: float, concurrency: int, metadata=None) -> dict:
-    """Closed-loop unary load cycling through `requests`; latency percentiles in ms."""
-    channels = [grpc.aio.insecure_channel(target) for _ in range(min(4, concurrency))]
-    calls = [c.unary_unary(method) for c in channels]
-    for call in calls:
-        await call(requests[0], metadata=metadata)
-    latencies: list[float] = []
-    errors = 0
-    end = time.perf_counter() + seconds
-
-    async def worker(i: int) -> None:
-        nonlocal errors
-        call, k = calls[i % len(calls)], i
-        while time.perf_counter() < end:
-            k += concurrency
-            t0 = time.perf_counter()
-            try:
-                await call(requests[k % len(requests)], metadata=metadata)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - t0)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    for c in channels:
-        await c.close()
-    return {
-        "rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(percentile(latencies, 0.50) * 1000, 3),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 3),
-        "calls": len(latencies),
-        "errors": errors,
-    }
-
-
 def png_of(size: int, seed: int) -> bytes:
     """A real PNG of about `size` bytes (grey, uncompressed rows of random pixels)."""
     width = 1024
@@ -205,10 +168,10 @@ async def measure(args, targets: dict[str, str], pids: dict[str, int], database_
     method = "/eco2.location.v1.LocationService/SearchNearby"
     # latency: one caller at a time (the p99 target); throughput: 4 concurrent callers.
     cpu = ServerCpu(pids["location"])
-    latency = await varied_load(targets["location"], method, nearby, seconds=args.seconds, concurrency=1)
+    latency = await unary_load(targets["location"], method, nearby, seconds=args.seconds, concurrency=1)
     latency["server_cpu_us_per_call"] = cpu.per(latency["calls"])
     out["search_nearby"] = {**latency, "radius_m": 5000, "limit": 10, "concurrency": 1, "target_p99_ms": 10}
-    out["search_nearby_c4"] = await varied_load(targets["location"], method, nearby, seconds=args.seconds / 2, concurrency=4)
+    out["search_nearby_c4"] = await unary_load(targets["location"], method, nearby, seconds=args.seconds / 2, concurrency=4)
 
     noop_proc, noop = spawn_noop_server("runtime")
     try:

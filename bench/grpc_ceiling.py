@@ -123,7 +123,7 @@ def percentile(values: list[float], q: float) -> float:
 async def unary_load(
     target: str,
     method: str,
-    request: bytes,
+    request: bytes | list[bytes],
     *,
     seconds: float,
     concurrency: int,
@@ -131,20 +131,24 @@ async def unary_load(
     rate: float | None = None,
     metadata: tuple[tuple[str, str], ...] | None = None,
 ) -> dict:
-    """Closed-loop (or, with `rate`, open-loop paced) unary load; returns rps and latency ms."""
+    """Closed-loop (or, with `rate`, open-loop paced) unary load; returns rps and latency ms.
+
+    `request` is one serialized request, or a list the callers cycle through."""
+    requests = [request] if isinstance(request, bytes) else list(request)
     chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     calls = [c.unary_unary(method) for c in chans]
     latencies: list[float] = []
     errors = 0
     # warm up the connections
     for call in calls:
-        await call(request, metadata=metadata)
+        await call(requests[0], metadata=metadata)
     end = time.perf_counter() + seconds
     interval = None if rate is None else concurrency / rate
 
     async def worker(i: int) -> None:
         nonlocal errors
         call = calls[i % channels]
+        k = i
         next_at = time.perf_counter()
         while True:
             now = time.perf_counter()
@@ -154,9 +158,10 @@ async def unary_load(
                 if now < next_at:
                     await asyncio.sleep(next_at - now)
                 next_at += interval
+            k += concurrency
             t0 = time.perf_counter()
             try:
-                await call(request, metadata=metadata)
+                await call(requests[k % len(requests)], metadata=metadata)
             except grpc.aio.AioRpcError:
                 errors += 1
                 continue
