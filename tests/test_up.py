@@ -138,5 +138,10 @@ def test_serve_fails_clearly_when_the_port_is_taken(service_env):
         s.listen()
         port = s.getsockname()[1]
         proc = _eco2("serve", "character", env={**os.environ, **service_env, "ECO2_GRPC_PORT": str(port)})
-        assert proc.wait(timeout=30) != 0
-        assert "cannot listen" in proc.stderr.read()
+        try:
+            assert proc.wait(timeout=30) != 0
+            assert "cannot listen" in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

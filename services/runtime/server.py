@@ -67,10 +67,21 @@ class RunningServer:
         drain = asyncio.create_task(self.shutdown.drain_streams(stream_budget))
         await self.server.stop(grace)
         await drain
-        await self.app.stop()
+        await _stop_app(self.app, grace)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()  # type: ignore[attr-defined]
         log.info("stopped")
+
+
+async def _stop_app(app: ServiceApp, timeout: float) -> None:
+    """Close the app's pools and subscriptions, bounded: a stuck close must not keep a
+    stopping process alive forever."""
+    try:
+        await asyncio.wait_for(app.stop(), timeout=max(timeout, 1.0))
+    except TimeoutError:
+        log.error("the app did not close its resources in time; exiting anyway", extra={"timeout_s": timeout})
+    except Exception:
+        log.exception("closing the app's resources failed")
 
 
 def server_options(settings: RuntimeSettings) -> list[tuple[str, int]]:
@@ -98,24 +109,29 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
         interceptors.append(aio_server_interceptor())
     interceptors.append(CoreServerInterceptor(shutdown, light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await app.start(server)
-    names = list(app.service_names())
-    reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    # Ports first: a port clash fails fast, before the app opened pools or subscriptions.
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:
         port = server.add_insecure_port(address)
     except RuntimeError as exc:
-        await app.stop()
         raise RuntimeError(f"cannot listen on {address}: {exc} (is the port in use? set ECO2_GRPC_PORT)") from exc
     metrics_server, metrics_port = (None, None)
     if metrics:
         try:
             metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
         except OSError as exc:
-            await app.stop()
             raise RuntimeError(f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        await app.start(server)
+    except BaseException:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        await _stop_app(app, settings.shutdown_grace_s)
+        raise
+    names = list(app.service_names())
+    reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
     await server.start()
     for name in [*names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
