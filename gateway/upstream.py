@@ -28,6 +28,10 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
+#: Bound on cached multicallables (routes are a closed set; this guards against path churn).
+MAX_CACHED_CALLABLES = 10_000
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     path: str
@@ -127,20 +131,19 @@ class Upstreams:
         return ch
 
     def unary(self, route: Route):
-        key = (route.path, route.address, "u")
-        mc = self._callables.get(key)
-        if mc is None:
-            mc = self.channel(route.address).unary_unary(route.path, request_serializer=_identity, response_deserializer=_identity)
-            if len(self._callables) < 10_000:
-                self._callables[key] = mc
-        return mc
+        return self._callable(route, "unary_unary")
 
     def stream(self, route: Route):
-        key = (route.path, route.address, "s")
+        return self._callable(route, "unary_stream")
+
+    def _callable(self, route: Route, kind: str):
+        """The channel's multicallable for (method, address, kind), made once; bounded cache."""
+        key = (route.path, route.address, kind)
         mc = self._callables.get(key)
         if mc is None:
-            mc = self.channel(route.address).unary_stream(route.path, request_serializer=_identity, response_deserializer=_identity)
-            if len(self._callables) < 10_000:
+            factory = getattr(self.channel(route.address), kind)
+            mc = factory(route.path, request_serializer=_identity, response_deserializer=_identity)
+            if len(self._callables) < MAX_CACHED_CALLABLES:
                 self._callables[key] = mc
         return mc
 
