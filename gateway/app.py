@@ -430,24 +430,5 @@ class GatewayApp:
         log.info("stopped")
 
 
-def _use_uvloop() -> bool:
-    """uvloop for the gateway's own process (`eco2 serve gateway`), when installed; never
-    under a loop that is already running (tests, embedding)."""
-    try:
-        asyncio.get_running_loop()
-        return False
-    except RuntimeError:
-        pass
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
-
-
 def create() -> GatewayApp:
-    settings = GatewaySettings()
-    if settings.gateway_uvloop:
-        _use_uvloop()
-    return GatewayApp(settings)
+    return GatewayApp(GatewaySettings())

@@ -59,7 +59,6 @@ class GatewaySettings(RuntimeSettings, Endpoints):
     gateway_backlog: int = Field(2048, ge=16, description="listen backlog of the HTTP socket")
     gateway_server: str = Field("granian", pattern=r"^(hypercorn|granian)$", description="HTTP server of the gateway: granian (Rust, HTTP/1.1 + h2c prior knowledge) or hypercorn (pure Python, also h2c by Upgrade); see ADR 0073")
     gateway_max_concurrent_requests: int = Field(65536, ge=16, description="requests (open streams and SSE clients included) one gateway process serves at once under granian; more wait to be accepted")
-    gateway_uvloop: bool = Field(False, description="run `eco2 serve gateway` on uvloop when it is installed (measured: no gain in gateway CPU per gRPC-Web call, ~1.1 ms either way)")
     # shared with the images service (same names, same env): the edge verifies what it signs
     images_url_secret: str = Field("", description="HMAC secret of signed image URLs, the images service's (embedded: read from the data dir when unset)")
     images_url_prefix: str = Field("/images", pattern=r"^/[A-Za-z0-9/_\-]*$", description="path prefix of signed image URLs (the images service's)")

@@ -77,21 +77,26 @@ def test_serve_gateway_fails_clearly_when_the_port_is_taken(service_env):
     assert proc.returncode != 0 and "cannot listen" in proc.stderr and "ECO2_HTTP_PORT" in proc.stderr
 
 
-def test_uvloop_setting_switches_the_loop_of_a_fresh_gateway_process_only(service_env):
-    code = (
-        "import asyncio, json; from eco2.gateway.app import create, _use_uvloop\n"
-        "create()\n"
-        "name = type(asyncio.new_event_loop()).__module__\n"
-        "async def inside(): return _use_uvloop()\n"
-        "print(json.dumps({'loop': name, 'inside_running_loop': asyncio.run(inside())}))\n"
-    )
-    on = subprocess.run([sys.executable, "-c", code], env={**os.environ, **service_env, "ECO2_GATEWAY_UVLOOP": "true"}, capture_output=True, text=True, timeout=60)
-    assert on.returncode == 0, on.stderr
-    assert json.loads(on.stdout) == {"loop": "uvloop", "inside_running_loop": False}
-    off = subprocess.run([sys.executable, "-c", code],
-                         env={**os.environ, **service_env, "ECO2_GATEWAY_UVLOOP": "false"}, capture_output=True, text=True, timeout=60)
-    assert off.returncode == 0, off.stderr
-    assert json.loads(off.stdout)["loop"].startswith("asyncio")
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_event_loop_setting_picks_the_loop_of_eco2_serve(service_env, loop):
+    """ECO2_EVENT_LOOP: `eco2 serve` runs on uvloop (the default) or asyncio's own loop; the
+    `serving` log line says which."""
+    env = {**os.environ, **service_env, "ECO2_EVENT_LOOP": loop, "ECO2_LOG_LEVEL": "INFO", "ECO2_LOG_FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", "character"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        serving = None
+        deadline = time.monotonic() + 60
+        while serving is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("{") and json.loads(line).get("msg") == "serving":
+                serving = json.loads(line)
+        assert serving is not None, "no serving line"
+        assert serving["loop"] == loop
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
 
 
 @pytest.mark.parametrize("server", ["granian", "hypercorn"])

@@ -137,7 +137,7 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "serving",
-        extra={"service": app.name, "grpc": f"{settings.grpc_host}:{port}", "metrics_port": metrics_port, "services": names},
+        extra={"service": app.name, "grpc": f"{settings.grpc_host}:{port}", "metrics_port": metrics_port, "services": names, "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]},
     )
     return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, metrics_server)
 

@@ -52,6 +52,7 @@ class RuntimeSettings(BaseSettings):
     database_url: str = Field("", validation_alias=AliasChoices("DATABASE_URL", "ECO2_DATABASE_URL"), description="PostgreSQL URL")
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "ECO2_REDIS_URL"), description="Redis/Valkey URL")
     db_pool_max: int = Field(10, ge=1, description="max PostgreSQL connections per process")
+    event_loop: str = Field("uvloop", pattern="^(asyncio|uvloop)$", description="event loop of `eco2 serve` processes: asyncio, or uvloop (when installed)")
 
 
 class Endpoints(BaseSettings):
