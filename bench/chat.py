@@ -135,7 +135,7 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
     return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95)}
 
 
-async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int | None, events_proc: subprocess.Popen, client: str, events_port: int) -> dict:
+async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int | None, intent_mode: str, events_proc: subprocess.Popen, client: str, events_port: int) -> dict:
     fake_port = free_port()
     fake = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
@@ -150,6 +150,8 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
     }
     if tokens_per_event:
         env["ECO2_CHAT_TOKENS_PER_EVENT"] = str(tokens_per_event)
+    if intent_mode:
+        env["ECO2_CHAT_INTENT_MODE"] = intent_mode
     proc = serve("chat", env, port, root / "chat-load.log")
     try:
         await wait_ready(port, proc)
@@ -196,7 +198,7 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         "tokens_per_answer": TOKENS, "model_ms_p50": pct(model_ms, 50), "e2e_ms_p50": pct(e2e_ms, 50), "e2e_ms_p95": pct(e2e_ms, 95),
         "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p95": pct(overhead, 95), "overhead_ms_max": pct(overhead, 100),
         "added_ttft_ms_p50": pct(added_ttft, 50), "added_ttft_ms_p95": pct(added_ttft, 95),
-        "client": client, "durability": durability, "tokens_per_event": tokens_per_event or "default", **cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "client": client, "durability": durability, "tokens_per_event": tokens_per_event or "default", "intent_mode": intent_mode or "default", "event_loop": os.environ.get("ECO2_EVENT_LOOP", "default"), **cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
         "targets": {"complete_pct": 100, "overhead_ms_p95": 150, "added_ttft_ms_p95": 50},
     }
 
@@ -219,7 +221,7 @@ async def main(args) -> dict:
         if args.offline_turns:
             out.update(await offline_phase(base, root, args.offline_turns))
         if args.conversations:
-            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, procs[0], args.client, events_port))
+            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, args.intent_mode, procs[0], args.client, events_port))
         return out
     finally:
         for p in procs:
@@ -236,6 +238,7 @@ if __name__ == "__main__":
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
     parser.add_argument("--durability", default="sync", choices=["sync", "async", "exit"], help="ECO2_CHAT_CHECKPOINT_DURABILITY of the chat process")
     parser.add_argument("--tokens-per-event", type=int, default=0, help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process (0 = its default)")
+    parser.add_argument("--intent-mode", default="", choices=["", "rules", "model", "auto"], help="ECO2_CHAT_INTENT_MODE of the chat process ('' = its default)")
     parser.add_argument("--client", default="stream", choices=["stream", "subscribe"], help="StreamChat on chat, or SendMessage + EventService.Subscribe")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs; with BENCH_PROFILE=chat a cProfile of the chat process)")
     print(json.dumps(asyncio.run(main(parser.parse_args())), ensure_ascii=False))

@@ -126,7 +126,8 @@ async def remote_stacks(service_env):
             events_app = create_events()
         async with running(events_app, metrics=False) as events:
             base = {**service_env, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1",
-                    "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_WORKERS": "4", "ECO2_CHAT_CLAIMERS": "1", "ECO2_CHAT_MODEL_TIMEOUT_S": "1"}
+                    "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_WORKERS": "4", "ECO2_CHAT_CLAIMERS": "1", "ECO2_CHAT_MODEL_TIMEOUT_S": "1",
+                    "ECO2_CHAT_INTENT_MODE": "rules"}  # these tests count the answer's model requests (model intents: test_chat_bulk_intent.py)
             with env({**base, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-test", "ECO2_OPENAI_BASE_URL": oa.openai_base_url, "ECO2_CHAT_JOB_KIND": f"chat-oa-{uuid.uuid4().hex[:6]}"}):
                 oa_app = create_chat()
             with env({**base, "ECO2_CHAT_MODEL": "gemini-2.5-flash", "ECO2_GEMINI_API_KEY": "g-test", "ECO2_GEMINI_BASE_URL": gm.gemini_base_url, "ECO2_CHAT_JOB_KIND": f"chat-gm-{uuid.uuid4().hex[:6]}"}):

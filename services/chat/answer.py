@@ -20,11 +20,29 @@ def _rules(ctx: dict) -> list[str]:
     return out
 
 
+def _vision(v: dict) -> list[str]:
+    """What the photo showed, or plainly why it was not looked at (services/chat/media.py)."""
+    if not v:
+        return []
+    if not v.get("configured"):
+        return ["사진 인식에는 비전 모델 설정이 필요한데, 지금은 설정되어 있지 않아 사진을 볼 수 없어요. 어떤 물건인지 글로 설명해 주시겠어요? (예: \"투명 페트병\", \"건전지\")"]
+    if v.get("failed"):
+        return ["사진을 분석하지 못해서 보내주신 글을 바탕으로 답할게요."]
+    what = v["item"] + (f", 분류: {v['category_name']}" if v.get("category_name") else "") + f", 확신도 {v['confidence']:.0%}"
+    if v.get("unsure"):
+        out = [f"사진만으로는 확실하지 않아요 (추정: {what}). 이 물건이 맞는지 확인해 주시고, 아니라면 어떤 물건인지 알려주세요."]
+    else:
+        out = [f"사진 속 물건: {what}"]
+    if v.get("situation_tags"):
+        out.append("사진에서 보이는 상태: " + ", ".join(t.replace("_OR", "/").replace("_", " ") for t in v["situation_tags"]))
+    return out
+
+
 def compose(g: Grounding) -> str:
     c = g.contexts
-    parts: list[str] = []
+    parts: list[str] = _vision(c.get("vision_context") or {})
     if g.clarify:
-        return "어떤 물건을 어떻게 버리려는지 조금 더 자세히 알려주시겠어요? 예: \"투명 페트병은 어떻게 버려?\""
+        return "\n".join([*parts, "어떤 물건을 어떻게 버리려는지 조금 더 자세히 알려주시겠어요? 예: \"투명 페트병은 어떻게 버려?\""])
     for intent in g.intents:
         if intent == "waste" and c.get("disposal_rules"):
             parts.append("분리배출 방법을 알려드릴게요.")
@@ -53,14 +71,13 @@ def compose(g: Grounding) -> str:
                 parts.extend(f"- {it['name']}: {it['region_name']} {it['price']}원/kg" for it in items)
             else:
                 parts.append("말씀하신 품목의 시세 정보는 가격 조사표에 없어요. 신문지, 골판지, 페트, 캔, 유리병처럼 품목을 알려주세요.")
-        elif intent == "bulk_waste":
+        elif intent == "bulk_waste":  # fees (or why there are none) first, then the general rule
+            from .bulk_waste import answer_lines
+
             ctx = c.get("bulk_waste_context") or {}
+            parts.extend(answer_lines(ctx, _UNCONFIGURED["bulk_waste_fee"]))
             parts.append("대형폐기물은 이렇게 버려요.")
             parts.extend(_rules(ctx.get("rules") or []))
-            if ctx.get("fee"):
-                parts.append(f"수수료: {ctx['fee']}")
-            else:
-                parts.append(_UNCONFIGURED["bulk_waste_fee"])
         elif intent in ("weather", "web_search", "image_generation"):
             ctx = c.get(f"{intent}_context") or {}
             if not ctx.get("configured"):
@@ -72,6 +89,8 @@ def compose(g: Grounding) -> str:
                 parts.extend(f"- {r['title']}: {r.get('snippet', '')}" for r in ctx["results"][:3])
             elif intent == "image_generation" and ctx.get("image_key"):
                 parts.append(f"그림을 만들었어요 (이미지 {ctx['image_key']}).")
+            elif intent == "image_generation" and ctx.get("failed"):
+                parts.append("그림을 만드는 중에 문제가 생겨 이번에는 만들지 못했어요. 잠시 후 다시 부탁해 주세요.")
             else:
                 parts.append("요청하신 정보를 가져오지 못했어요.")
     if c.get("weather_context", {}).get("tip") and "weather" not in g.intents:

@@ -18,14 +18,16 @@ from eco2.services.events.valkey import fast_redis
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.settings import Endpoints
 
-from . import kb, pii
+from . import kb, media, pii
 from .graph import ChatDeps, build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
 from .llm import create_llm
+from .llm.images import create_image_model
 from .outbox import EventOutbox
 from .postgres import ConversationStore
 from .service import ChatServicer
 from .settings import ChatSettings
+from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
 from .policy import PolicyRunner
 from .worker import ChatWorkers
@@ -71,19 +73,33 @@ class ChatApp:
         )
         if hasattr(llm, "aclose"):
             self.closers.append(llm)
+        vision_llm = media.create_vision_llm(s, llm)
+        image_model = create_image_model(
+            s.chat_image_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
+            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
+        )
+        self.closers += [x for x in (vision_llm, image_model) if x is not None and x is not llm and hasattr(x, "aclose")]
+        images = GrpcImages(self._channel("images"))
         weather = OpenMeteoWeather(s.weather_base_url) if s.weather_base_url else None
         search = TavilySearch(s.web_search_base_url, s.web_search_api_key) if s.web_search_base_url else None
         self.closers += [x for x in (weather, search) if x is not None]
+        bulk = None
+        if s.bulk_waste_api_key and s.bulk_waste_base_url:
+            bulk = DataGoKrBulkWasteFees(s.bulk_waste_base_url, s.bulk_waste_api_key, timeout_s=s.bulk_waste_timeout_s, rows=s.bulk_waste_rows, max_results=s.bulk_waste_max_results)
+            self.closers.append(bulk)
         deps = ChatDeps(
             kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=GrpcCharacters(self._channel("character")),
             weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,
-            summary_threshold_tokens=s.chat_summary_threshold_tokens,
+            summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, vision_llm=vision_llm, image_model=image_model,
+            media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_vision_max_bytes, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),
         )
+        deps.bulk_waste, deps.bulk_waste_tool_iterations = bulk, s.chat_bulk_waste_tool_iterations
+        deps.intent_mode, deps.intent_timeout_s = s.chat_intent_mode, s.chat_intent_timeout_s
         store = ConversationStore(self.pool)
         graph = build_graph().compile(checkpointer=saver)
         self.workers = ChatWorkers(queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s, outbox=outbox)
         self.workers.start()
-        servicer = ChatServicer(store=store, queue=queue, sink=sink, redis=self.redis, images=GrpcImages(self._channel("images")), events_channel=self._channel("events"), settings=s, outbox=outbox)
+        servicer = ChatServicer(store=store, queue=queue, sink=sink, redis=self.redis, images=images, events_channel=self._channel("events"), settings=s, outbox=outbox)
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 
     async def stop(self) -> None:

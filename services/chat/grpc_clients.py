@@ -9,7 +9,8 @@ import grpc
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.location.v1 import location_pb2, location_pb2_grpc
-from eco2.services.runtime.errors import NotFound, PermissionDenied, Unavailable
+from eco2.services.runtime.context import USER_ID_KEY
+from eco2.services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 
 
 class GrpcPlaces:
@@ -43,17 +44,55 @@ class GrpcCharacters:
 
 
 class GrpcImages:
-    """The caller's identity travels in forwarded metadata (runtime.clients): ImageService checks the owner."""
+    """The caller's identity travels in forwarded metadata (runtime.clients): ImageService checks the
+    owner. Workers have no incoming call: they name the job's user explicitly."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, *, chunk_bytes: int = 64 * 1024) -> None:
         self.stub = images_pb2_grpc.ImageServiceStub(channel)
+        self.chunk_bytes = chunk_bytes
+
+    @staticmethod
+    def _error(exc: grpc.aio.AioRpcError, image_key: str) -> Exception:
+        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            return NotFound(f"no image {image_key!r}", reason="IMAGE_NOT_FOUND", metadata={"image_key": image_key})
+        if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+            return PermissionDenied("the image belongs to another user", reason="IMAGE_NOT_OWNED", metadata={"image_key": image_key})
+        return Unavailable("the image service is unavailable", reason="IMAGES_UNAVAILABLE", retry_after_s=1.0)
 
     async def check_owned(self, image_key: str) -> None:
         try:
             await self.stub.GetImage(images_pb2.GetImageRequest(key=image_key))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise NotFound(f"no image {image_key!r}", reason="IMAGE_NOT_FOUND", metadata={"image_key": image_key}) from None
-            if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-                raise PermissionDenied("the image belongs to another user", reason="IMAGE_NOT_OWNED", metadata={"image_key": image_key}) from None
+            raise self._error(exc, image_key) from None
+
+    async def read(self, image_key: str, *, user_id: str, max_bytes: int) -> tuple[bytes, str]:
+        call = self.stub.ReadImage(images_pb2.ReadImageRequest(key=image_key), metadata=((USER_ID_KEY, user_id),))
+        chunks, got, content_type = [], 0, ""
+        try:
+            async for message in call:
+                if message.HasField("image"):
+                    content_type = message.image.content_type
+                got += len(message.chunk)
+                if got > max_bytes or message.image.size_bytes > max_bytes:
+                    call.cancel()
+                    raise ResourceExhausted(f"image {image_key!r} is larger than {max_bytes} bytes", reason="IMAGE_TOO_LARGE", metadata={"limit_bytes": str(max_bytes)})
+                chunks.append(message.chunk)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, image_key) from None
+        return b"".join(chunks), content_type
+
+    async def store(self, data: bytes, content_type: str, *, user_id: str, filename: str) -> str:
+        step = self.chunk_bytes
+
+        async def parts():
+            yield images_pb2.UploadRequest(metadata=images_pb2.UploadMetadata(channel=images_pb2.IMAGE_CHANNEL_GENERATED, content_type=content_type, filename=filename))
+            for i in range(0, len(data), step):
+                yield images_pb2.UploadRequest(chunk=data[i : i + step])
+
+        try:
+            reply = await self.stub.Upload(parts(), metadata=((USER_ID_KEY, user_id),))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
+                raise InvalidArgument(f"ImageService refused the generated image: {exc.details()}", reason="GENERATED_IMAGE_REFUSED") from None
             raise Unavailable("the image service is unavailable", reason="IMAGES_UNAVAILABLE", retry_after_s=1.0) from None
+        return reply.image.key

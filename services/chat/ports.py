@@ -30,6 +30,15 @@ class Images(Protocol):
         """NotFound / PermissionDenied when the caller may not use the image."""
         ...
 
+    async def read(self, image_key: str, *, user_id: str, max_bytes: int) -> tuple[bytes, str]:
+        """The image's bytes and content type, read as `user_id` (NotFound / PermissionDenied as
+        check_owned; ResourceExhausted over `max_bytes`)."""
+        ...
+
+    async def store(self, data: bytes, content_type: str, *, user_id: str, filename: str) -> str:
+        """Upload a generated image owned by `user_id`; its content-addressed key."""
+        ...
+
 
 class Weather(Protocol):
     async def current(self, latitude: float, longitude: float) -> dict[str, Any]:
@@ -40,4 +49,17 @@ class Weather(Protocol):
 class WebSearch(Protocol):
     async def search(self, query: str, *, limit: int) -> list[dict[str, str]]:
         """[{"title", "url", "snippet"}]."""
+        ...
+
+
+class BulkWasteFees(Protocol):
+    """Bulk-waste (대형폐기물) fee tables of the 시·군·구 (adapter: tools/bulk_waste.py)."""
+
+    async def search_fee(self, sigungu: str, item: str, *, sido: str = "", aliases: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Fee rows of the item in that region: dicts with sido, sigungu, item, category, spec,
+        fee (원, None if not a number), free, fee_text, agency (관리기관), date (기준일)."""
+        ...
+
+    async def collection_info(self, sigungu: str, *, sido: str = "") -> dict[str, Any]:
+        """How the region collects bulk waste: {"found", "sido", "sigungu", "agency", "date", "items", "categories"}."""
         ...

@@ -67,7 +67,7 @@ class ConversationStore:
             )
             return Sent(str(cid), str(mid), job_id, False)
 
-    async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None) -> str:
+    async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "") -> str:
         """Idempotent per job: a re-run job returns the message stored the first time."""
         async with self.pool.acquire() as conn, conn.transaction():
             cid = uuid.UUID(conversation_id)
@@ -79,8 +79,8 @@ class ConversationStore:
             if not exists:  # deleted while the answer was being written
                 return ""
             await conn.execute(
-                "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, intents, citations, job_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                mid, cid, user_id, ASSISTANT, text, intents, citations, job_id,
+                "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, intents, citations, job_id, image_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                mid, cid, user_id, ASSISTANT, text, intents, citations, job_id, image_key,
             )
             await conn.execute(
                 "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now(),"

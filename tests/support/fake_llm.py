@@ -4,9 +4,15 @@
     python tests/support/fake_llm.py --port P --first-token-ms 200 --token-ms 20 --tokens 100
 
 OpenAI:  POST /v1/chat/completions   (stream → `data: {chat.completion.chunk}` SSE lines + `data: [DONE]`;
-         `tools` → a tool_calls reply; `response_format: json_schema` → JSON content)
+         `tools` → a tool_calls reply; `response_format: json_schema` → JSON content; an
+         `image_url` data-URI part → the vision reply chosen by the sha256 of the decoded bytes)
+         POST /v1/images/generations   (→ `data[0].b64_json`, the PNG `script.image`)
 Gemini:  POST /v1[beta]/models/{model}:generateContent and :streamGenerateContent?alt=sse
-         (functionDeclarations → functionCall parts; responseJsonSchema → JSON text)
+         (functionDeclarations → functionCall parts; responseJsonSchema → JSON text; an
+         `inlineData` part → the vision reply by sha256; responseModalities IMAGE → an inlineData PNG)
+
+Vision: `script.vision` maps sha256(image bytes) → the structured reply; other bytes get
+`script.vision_unknown`. Every image received is kept in `server.images_seen` (provider, mime, data).
 
 Faults: `server.faults` is a list consumed one per request: an int HTTP status (429, 500, ...)
 answered with the provider's error body, or ("delay", seconds) to hold the request (timeouts).
@@ -18,16 +24,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import json
 import re
+import struct
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 MARKER = re.compile(r"#([A-Za-z0-9_-]{3,64})")
+DATA_URI = re.compile(r"^data:([\w/+.-]+);base64,(.*)$", re.S)
+
+
+def b64decode(text: str) -> bytes:
+    """proto3 JSON bytes: standard or URL-safe base64, with or without padding (the Gemini API
+    accepts both; google-genai sends URL-safe)."""
+    text = text.replace("-", "+").replace("_", "/")
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def png(payload: bytes, width: int = 64) -> bytes:
+    """A real PNG (grey, 8-bit) whose pixel rows carry `payload`: distinct payloads, distinct images."""
+    rows = [payload[i : i + width].ljust(width, b"\0") for i in range(0, max(len(payload), 1), width)]
+    raw = b"".join(b"\0" + r for r in rows)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, len(rows), 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 @dataclass
@@ -38,6 +68,13 @@ class Script:
     tool_args: dict[str, Any] = field(default_factory=lambda: {"query": "투명 페트병"})
     structured: dict[str, Any] = field(default_factory=lambda: {"score": 0.9, "reasons": ["근거에 맞음"]})
     text: str = "요약: 페트병 이야기"  # non-streaming text replies
+    # Tool loops: one round of calls ({"name", "arguments"}) per request with tools, in order; an
+    # empty round (or the plan used up) = a text reply, no calls. None: one call of the first tool with tool_args.
+    tool_plan: list[list[dict[str, Any]]] | None = None
+    structured_by_title: dict[str, Any] = field(default_factory=dict)  # JSON schema title → its reply (a str is sent as is)
+    vision: dict[str, dict[str, Any]] = field(default_factory=dict)  # sha256 hex of the image → structured reply
+    vision_unknown: dict[str, Any] = field(default_factory=lambda: {"item": "알 수 없는 물건", "category": "미분류", "confidence": 0.05, "situation_tags": []})
+    image: bytes = field(default_factory=lambda: png(b"fake image model: a recycling cat"))  # what the image endpoints draw
 
 
 class FakeModelServer:
@@ -45,6 +82,7 @@ class FakeModelServer:
         self.script = script or Script()
         self.faults: list[Any] = []
         self.requests: list[dict] = []
+        self.images_seen: list[dict] = []
         self.timings: dict[str, list[dict]] = {}
         self.in_flight = 0
         self.port = 0
@@ -55,6 +93,7 @@ class FakeModelServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.openai)
+        app.router.add_post("/v1/images/generations", self.openai_images)
         app.router.add_post("/v1beta/models/{call}", self.gemini)
         app.router.add_post("/v1/models/{call}", self.gemini)  # google-genai 3.x defaults to v1
         app.router.add_get("/_timings", self.dump_timings)
@@ -129,14 +168,19 @@ class FakeModelServer:
         try:
             model, cid, created = body.get("model", "gpt"), f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time())
             if body.get("tools"):
-                tool = body["tools"][0]["function"]["name"]
+                calls = self._tool_round([tool["function"]["name"] for tool in body["tools"]])
+                if not calls:
+                    return self._openai_reply(cid, created, model, {"role": "assistant", "content": self.script.text}, "stop", t)
                 message = {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": {"name": tool, "arguments": json.dumps(self.script.tool_args, ensure_ascii=False)}}
+                    {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}} for c in calls
                 ]}
                 return self._openai_reply(cid, created, model, message, "tool_calls", t)
             rf = body.get("response_format") or {}
+            image = self._openai_image(body)
+            if image is not None and rf.get("type") == "json_schema":
+                return self._openai_reply(cid, created, model, {"role": "assistant", "content": json.dumps(self._see(image), ensure_ascii=False)}, "stop", t)
             if rf.get("type") == "json_schema":
-                return self._openai_reply(cid, created, model, {"role": "assistant", "content": json.dumps(self.script.structured, ensure_ascii=False)}, "stop", t)
+                return self._openai_reply(cid, created, model, {"role": "assistant", "content": self._structured_text((rf.get("json_schema") or {}).get("schema"))}, "stop", t)
             if not body.get("stream"):
                 return self._openai_reply(cid, created, model, {"role": "assistant", "content": self.script.text}, "stop", t)
             resp = await self._sse(request)
@@ -155,6 +199,34 @@ class FakeModelServer:
             return resp
         finally:
             self.in_flight -= 1
+
+    def _openai_image(self, body: dict) -> dict | None:
+        """The image_url data-URI part of the last user turn, decoded (None: no image)."""
+        for m in reversed(body.get("messages") or []):
+            if m.get("role") == "user" and isinstance(m.get("content"), list):
+                for part in m["content"]:
+                    if part.get("type") == "image_url":
+                        found = DATA_URI.match(part["image_url"]["url"])
+                        assert found, "the image must arrive as a base64 data URI"
+                        return {"provider": "openai", "mime": found.group(1), "data": base64.b64decode(found.group(2), validate=True)}
+        return None
+
+    def _see(self, image: dict) -> dict:
+        self.images_seen.append(image)
+        return self.script.vision.get(hashlib.sha256(image["data"]).hexdigest(), self.script.vision_unknown)
+
+    async def openai_images(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append({"provider": "openai", "path": request.path, "body": body, "headers": dict(request.headers)})
+        if (fault := await self._fault("openai")) is not None:
+            return fault
+        if body.get("response_format") not in (None, "b64_json"):
+            return web.json_response({"error": {"message": "this fake only answers b64_json", "type": "invalid_request_error", "param": "response_format", "code": None}}, status=400)
+        return web.json_response({
+            "created": int(time.time()), "data": [{"b64_json": base64.b64encode(self.script.image).decode(), "revised_prompt": None}],
+            "output_format": "png", "size": body.get("size", "1024x1024"), "quality": "medium",
+            "usage": {"input_tokens": 10, "output_tokens": 100, "total_tokens": 110, "input_tokens_details": {"text_tokens": 10, "image_tokens": 0}},
+        })
 
     def _openai_reply(self, cid: str, created: int, model: str, message: dict, finish: str, t: dict) -> web.Response:
         t["first"] = t["end"] = time.monotonic()
@@ -201,17 +273,36 @@ class FakeModelServer:
                 await resp.write_eof()
                 return resp
             config = body.get("generationConfig") or {}
-            if any(tool.get("functionDeclarations") for tool in body.get("tools") or []):
-                name = body["tools"][0]["functionDeclarations"][0]["name"]
-                parts = [{"functionCall": {"id": f"fc-{uuid.uuid4().hex[:6]}", "name": name, "args": self.script.tool_args}}]
+            inline = [p.get("inlineData") or p.get("inline_data") for c in body.get("contents") or [] for p in c.get("parts") or [] if p.get("inlineData") or p.get("inline_data")]
+            if "IMAGE" in (config.get("responseModalities") or config.get("response_modalities") or []):
+                parts = [{"inlineData": {"mimeType": "image/png", "data": base64.b64encode(self.script.image).decode()}}]
+            elif inline:
+                blob = inline[-1]
+                image = {"provider": "gemini", "mime": blob.get("mimeType") or blob.get("mime_type"), "data": b64decode(blob["data"])}
+                parts = [{"text": json.dumps(self._see(image), ensure_ascii=False)}]
+            elif any(tool.get("functionDeclarations") for tool in body.get("tools") or []):
+                calls = self._tool_round([d["name"] for tool in body["tools"] for d in tool.get("functionDeclarations") or []])
+                parts = [{"functionCall": {"id": f"fc-{uuid.uuid4().hex[:6]}", "name": c["name"], "args": c["arguments"]}} for c in calls] or [{"text": self.script.text}]
             elif (config.get("responseMimeType") or config.get("response_mime_type")) == "application/json":
-                parts = [{"text": json.dumps(self.script.structured, ensure_ascii=False)}]
+                parts = [{"text": self._structured_text(config.get("responseJsonSchema") or config.get("response_json_schema"))}]
             else:
                 parts = [{"text": self.script.text}]
             t["first"] = t["end"] = time.monotonic()
             return web.json_response(self._candidate(model, parts, "STOP"))
         finally:
             self.in_flight -= 1
+
+    # ---------------------------------------------------------------- tool loops, per-schema structured replies
+
+    def _tool_round(self, offered: list[str]) -> list[dict[str, Any]]:
+        """The calls of this request: the next round of `script.tool_plan` (or the default single call)."""
+        if self.script.tool_plan is None:
+            return [{"name": offered[0], "arguments": self.script.tool_args}]
+        return self.script.tool_plan.pop(0) if self.script.tool_plan else []
+
+    def _structured_text(self, schema: dict | None) -> str:
+        reply = self.script.structured_by_title.get((schema or {}).get("title", ""), self.script.structured)
+        return reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
 
     @staticmethod
     def _candidate(model: str, parts: list[dict], finish: str | None) -> dict:

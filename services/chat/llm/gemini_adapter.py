@@ -65,6 +65,23 @@ class GeminiLLM:
         except ValueError as exc:
             raise LLMError(f"gemini: reply does not match {schema.__name__}", retryable=True) from exc
 
+    async def classify_image(self, messages: list[Message], image: bytes, mime_type: str, schema: type[T]) -> T:
+        # The image travels inline (an inline_data part of the last user turn), the schema as response_json_schema.
+        system = "\n\n".join(m.content for m in messages if m.role == "system") or None
+        contents = [types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)]) for m in messages if m.role != "system"]
+        if not contents or contents[-1].role != "user":
+            contents.append(types.Content(role="user", parts=[]))
+        contents[-1].parts.append(types.Part(inline_data=types.Blob(data=image, mime_type=mime_type)))
+        config = types.GenerateContentConfig(system_instruction=system, response_mime_type="application/json", response_json_schema=schema.model_json_schema())
+        try:
+            reply = await self.client.aio.models.generate_content(model=self.info.name, contents=contents, config=config)
+        except (errors.APIError, OSError) as exc:
+            raise _error(exc) from exc
+        try:
+            return schema.model_validate_json(reply.text or "")
+        except ValueError as exc:
+            raise LLMError(f"gemini: reply does not match {schema.__name__}", retryable=True) from exc
+
     async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
         system, contents = self._contents(messages, None)
         declarations = [types.FunctionDeclaration(name=t.name, description=t.description, parameters_json_schema=t.parameters) for t in tools]

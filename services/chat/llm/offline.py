@@ -39,3 +39,6 @@ class OfflineLLM:
 
     async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
         raise LLMError("the offline provider does not call tools", retryable=False)
+
+    async def classify_image(self, messages: list[Message], image: bytes, mime_type: str, schema: type[T]) -> T:
+        raise LLMError("the offline provider has no vision: configure ECO2_CHAT_VISION_MODEL", retryable=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 
@@ -97,6 +98,27 @@ class OpenAILLM:
             reply = await self.client.chat.completions.create(
                 model=self.info.name,
                 messages=self._messages(messages, None),
+                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": _json_schema(schema), "strict": False}},
+            )
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        try:
+            return schema.model_validate_json(reply.choices[0].message.content or "")
+        except ValueError as exc:
+            raise LLMError(f"openai: reply does not match {schema.__name__}", retryable=True) from exc
+
+    async def classify_image(self, messages: list[Message], image: bytes, mime_type: str, schema: type[T]) -> T:
+        # The image travels as a data URI content part of the last user turn (no upload, no URL fetch).
+        out: list[dict] = [{"role": m.role, "content": m.content} for m in messages]
+        last = max((i for i, m in enumerate(out) if m["role"] == "user"), default=None)
+        part = {"type": "image_url", "image_url": {"url": f"data:{mime_type};base64,{base64.b64encode(image).decode()}"}}
+        if last is None:
+            out.append({"role": "user", "content": [part]})
+        else:
+            out[last]["content"] = [{"type": "text", "text": out[last]["content"]}, part]
+        try:
+            reply = await self.client.chat.completions.create(
+                model=self.info.name, messages=out,
                 response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": _json_schema(schema), "strict": False}},
             )
         except openai.OpenAIError as exc:

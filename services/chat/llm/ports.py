@@ -79,3 +79,8 @@ class LLM(Protocol):
     async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
         """The tool calls the model asks for (empty when it answers directly)."""
         ...
+
+    async def classify_image(self, messages: list[Message], image: bytes, mime_type: str, schema: type[T]) -> T:
+        """Structured output about an image: `messages` as given (system turns are ours, user text
+        already fenced), the image attached to the last user turn. Needs the "vision" capability."""
+        ...

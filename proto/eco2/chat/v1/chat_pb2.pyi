@@ -42,6 +42,7 @@ class CitationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CITATION_KIND_WEB: _ClassVar[CitationKind]
     CITATION_KIND_CHARACTER: _ClassVar[CitationKind]
     CITATION_KIND_WEATHER: _ClassVar[CitationKind]
+    CITATION_KIND_BULK_WASTE_FEE: _ClassVar[CitationKind]
 
 class GradeLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -70,6 +71,7 @@ CITATION_KIND_PLACE: CitationKind
 CITATION_KIND_WEB: CitationKind
 CITATION_KIND_CHARACTER: CitationKind
 CITATION_KIND_WEATHER: CitationKind
+CITATION_KIND_BULK_WASTE_FEE: CitationKind
 GRADE_LEVEL_UNSPECIFIED: GradeLevel
 GRADE_LEVEL_GOOD: GradeLevel
 GRADE_LEVEL_ACCEPTABLE: GradeLevel
