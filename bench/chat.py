@@ -203,6 +203,52 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
     }
 
 
+def sdk_floor(n: int) -> dict:
+    """Client CPU of one streamed model answer through the OpenAI adapter alone (the answer node's
+    call), n concurrent, against the fake in another process with no pacing: the cheapest case,
+    a floor for a chat process's CPU per conversation."""
+    import uvloop
+
+    from eco2.services.chat.llm.openai_adapter import OpenAILLM
+    from eco2.services.chat.llm.ports import Message, ModelInfo
+
+    port = free_port()
+    fake = subprocess.Popen([sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(port), "--first-token-ms", "0", "--token-ms", "0", "--tokens", str(TOKENS)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    async def run() -> float:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+        info = ModelInfo(name="gpt-5-mini", provider="openai", context_window=128000, capabilities=frozenset(), max_output=4096, summary_threshold=10000)
+        llm = OpenAILLM(info, api_key="sk-bench", base_url=f"http://127.0.0.1:{port}/v1")
+        msgs = [Message("system", "너는 분리배출 도우미야. " * 40), Message("user", "투명 페트병은 어떻게 버려?")]
+
+        async def one() -> None:
+            async for _ in llm.stream(msgs):
+                pass
+
+        await asyncio.gather(*(one() for _ in range(n)))  # warm-up: connections, first-call caches
+        t0 = time.process_time()
+        await asyncio.gather(*(one() for _ in range(n)))
+        cpu = (time.process_time() - t0) / n
+        await llm.aclose()
+        return cpu
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            cpu = runner.run(run())
+    finally:
+        stop(fake)
+    return {"sdk_floor_concurrent": n, "sdk_floor_cpu_ms_per_answer": round(cpu * 1000, 2)}
+
+
 async def main(args) -> dict:
     from eco2.services.dataplane.embedded import EmbeddedDataPlane
 
@@ -238,7 +284,12 @@ if __name__ == "__main__":
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
     parser.add_argument("--durability", default="sync", choices=["sync", "async", "exit"], help="ECO2_CHAT_CHECKPOINT_DURABILITY of the chat process")
     parser.add_argument("--tokens-per-event", type=int, default=0, help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process (0 = its default)")
+    parser.add_argument("--sdk-floor", type=int, default=0, help="only measure the OpenAI adapter's client CPU per streamed answer, N concurrent (no servers)")
     parser.add_argument("--intent-mode", default="", choices=["", "rules", "model", "auto"], help="ECO2_CHAT_INTENT_MODE of the chat process ('' = its default)")
     parser.add_argument("--client", default="stream", choices=["stream", "subscribe"], help="StreamChat on chat, or SendMessage + EventService.Subscribe")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs; with BENCH_PROFILE=chat a cProfile of the chat process)")
-    print(json.dumps(asyncio.run(main(parser.parse_args())), ensure_ascii=False))
+    args = parser.parse_args()
+    if args.sdk_floor:
+        print(json.dumps({"bench": "chat-sdk-floor", "date": time.strftime("%Y-%m-%d"), **sdk_floor(args.sdk_floor)}, ensure_ascii=False))
+    else:
+        print(json.dumps(asyncio.run(main(args)), ensure_ascii=False))
