@@ -1,10 +1,15 @@
 """Benchmark of the event bus: publish → router → Subscribe throughput, end-to-end latency at a
 fixed rate, and the cost of 10,000 idle Subscribe streams on one EventService process.
 
-    python bench/events.py [--events 60000] [--rate 5000] [--streams 10000] [--batch 64] [--publishers 2]
+    python bench/events.py [--events 60000] [--rate 5000] [--streams 10000] [--batch 64] [--publishers 2] [--idle-cold]
+    python bench/events.py --events 0 --streams 10000       # the idle streams only
+                           [--subscribe per-event|batches|both]
 
 Starts its own embedded data plane (temp dir under /tmp), `eco2 serve events` processes and
-publisher processes on 127.0.0.1, prints one JSON line, stops everything.
+publisher processes on 127.0.0.1, prints one JSON line, stops everything. The throughput and
+latency runs are made with each subscribe mode asked for (default both): `per-event` reads
+`Subscribe` (one Event per message), `batches` reads `SubscribeBatches` (what is ready, several
+events per message).
 """
 
 from __future__ import annotations
@@ -129,29 +134,47 @@ def cpu_s(proc: psutil.Process) -> float:
 
 
 async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int, rate: float, publishers: int,
-                   batch: int, server_pid: int, valkey_pid: int) -> dict:
+                   batch: int, server_pid: int, valkey_pid: int, mode: str = "per-event") -> dict:
     """`jobs` jobs, one subscriber each; `publishers` processes publish per_job events per job.
     CPU per event is reported for the events server process (router + EventService), Valkey,
-    the publishers and this client process: robust on a busy machine, unlike events/s."""
+    the publishers and this client process: robust on a busy machine, unlike events/s.
+    mode "per-event" subscribes with Subscribe, "batches" with SubscribeBatches."""
     names = [f"{tag}-{i}" for i in range(jobs)]
     latencies: list[float] = []
     received = 0
+    messages = 0
     parse = E.Event.FromString
+    parse_batch = E.SubscribeBatchesResponse.FromString
     # a few HTTP/2 connections, as many browsers behind an edge would use
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(4)]
     try:
         # raw bytes (no parse) unless the latency run needs each event's time
-        calls = [c.unary_stream("/eco2.events.v1.EventService/Subscribe", request_serializer=E.SubscribeRequest.SerializeToString) for c in channels]
+        if mode == "batches":  # a batch has to be parsed to count its events
+            calls = [c.unary_stream("/eco2.events.v1.EventService/SubscribeBatches", request_serializer=E.SubscribeBatchesRequest.SerializeToString)
+                     for c in channels]
+        else:
+            calls = [c.unary_stream("/eco2.events.v1.EventService/Subscribe", request_serializer=E.SubscribeRequest.SerializeToString) for c in channels]
 
         async def subscribe(i: int, job: str) -> None:
-            nonlocal received
-            n = 0
-            async for data in calls[i % len(calls)](E.SubscribeRequest(job_id=job), timeout=600):
-                n += 1
-                if rate:
-                    e = parse(data)
-                    latencies.append(time.time() - (e.time.seconds + e.time.nanos / 1e9))
+            nonlocal received, messages
+            n = m = 0
+            if mode == "batches":
+                async for data in calls[i % len(calls)](E.SubscribeBatchesRequest(job_id=job), timeout=600):
+                    m += 1
+                    evs = parse_batch(data).events
+                    n += len(evs)
+                    if rate:
+                        now = time.time()
+                        latencies.extend(now - (e.time.seconds + e.time.nanos / 1e9) for e in evs)
+            else:
+                async for data in calls[i % len(calls)](E.SubscribeRequest(job_id=job), timeout=600):
+                    n += 1
+                    if rate:
+                        e = parse(data)
+                        latencies.append(time.time() - (e.time.seconds + e.time.nanos / 1e9))
+                m = n
             received += n
+            messages += m
 
         subs = [asyncio.create_task(subscribe(i, j)) for i, j in enumerate(names)]
         await asyncio.sleep(0.5)  # streams registered (unknown jobs wait for their first event)
@@ -177,7 +200,8 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
     total = jobs * per_job
     pub_cpu = sum(json.loads(o[0].decode().strip().splitlines()[-1])["cpu_s"] for o in outs)
     us = lambda seconds: round(seconds / max(received, 1) * 1e6, 1)  # noqa: E731
-    out = {"events": total, "received": received, "seconds": round(elapsed, 2), "events_per_s": round(received / elapsed),
+    out = {"subscribe": mode, "events": total, "received": received, "messages": messages, "events_per_message": round(received / max(messages, 1), 2),
+           "seconds": round(elapsed, 2), "events_per_s": round(received / elapsed),
            "publish_seconds": round(published_at - started, 2), "publish_batch": batch,
            "cpu_us_per_event": {"events_server": us(cpu1[0] - cpu0[0]), "valkey": us(cpu1[1] - cpu0[1]),
                                 "publishers": us(pub_cpu), "subscriber_client": us(cpu1[2] - cpu0[2])}}
@@ -188,8 +212,14 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
     return out
 
 
-async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n: int) -> dict:
-    """n Subscribe streams (one job each, one event received) idling on one service process."""
+async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n: int, warm_connections: bool = True) -> dict:
+    """n Subscribe streams (one job each, one event received) idling on one service process.
+
+    grpc core sizes a new call's memory arena from the calls its connection has finished
+    (1 KB on a connection that finished none, then many small overflow blocks): with
+    `warm_connections` each connection first finishes one Subscribe, as a long-lived client
+    connection has; without it every stream is a first call of its connection (~3 KB more
+    per stream, docs/adr/0044)."""
     from eco2.services.dataplane.urls import create_redis
     from eco2.services.events.producer import EventPublisher
 
@@ -203,9 +233,14 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
     try:
         await wait_ready(port)
         ps = psutil.Process(proc.pid)
-        # warm the process up with one stream so first-call allocations are not counted per stream
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(20)]
         stubs = [events_pb2_grpc.EventServiceStub(c) for c in channels]
+        if warm_connections:  # one finished Subscribe per connection
+            for k, stub in enumerate(stubs):
+                done = f"idle-done-{k}"
+                await pub.publish(E.Event(job_id=done, seq=1, kind=E.EVENT_KIND_DONE))
+                assert [e.seq async for e in stub.Subscribe(E.SubscribeRequest(job_id=done))] == [1]
+        # warm the process up with one stream so first-call allocations are not counted per stream
         warm = stubs[0].Subscribe(E.SubscribeRequest(job_id=names[0]))
         await warm.read()
         await asyncio.sleep(1.0)
@@ -231,7 +266,7 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
             await c.close()
         return {"streams": streams, "open_seconds": round(opened_s, 2), "rss_before_mb": round(rss_before / 2**20, 1),
                 "rss_after_mb": round(rss_after / 2**20, 1), "kb_per_idle_stream": round((rss_after - rss_before) / (streams - 1) / 1024, 1),
-                "redis_connections": conns}
+                "connections": len(channels), "connections_warmed": warm_connections, "redis_connections": conns}
     finally:
         stop(proc)
         await client.aclose()
@@ -253,17 +288,24 @@ async def main(args) -> dict:
         valkey_pid = next(c.pid for c in psutil.net_connections(kind="tcp")
                           if c.laddr and c.laddr.port == info.valkey_port and c.status == "LISTEN" and c.pid)
         load_before = os.getloadavg()
-        throughput = await run_flow(info.redis_url, port, "tp", args.jobs, args.events // args.jobs, 0, args.publishers,
-                                    args.batch, procs[0].pid, valkey_pid)
-        latency = await run_flow(info.redis_url, port, "lat", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate,
-                                 args.publishers, args.batch, procs[0].pid, valkey_pid)
-        latency["target_rate"] = args.rate
+        modes = ["per-event", "batches"] if args.subscribe == "both" else [args.subscribe]
+        runs = {}
+        for mode in modes if args.events else []:  # --events 0: only the idle streams
+            load = os.getloadavg()[0]
+            throughput = await run_flow(info.redis_url, port, f"tp-{mode}", args.jobs, args.events // args.jobs, 0, args.publishers,
+                                        args.batch, procs[0].pid, valkey_pid, mode)
+            throughput["loadavg_1m_before"] = round(load, 2)
+            load = os.getloadavg()[0]
+            latency = await run_flow(info.redis_url, port, f"lat-{mode}", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate,
+                                     args.publishers, args.batch, procs[0].pid, valkey_pid, mode)
+            latency["target_rate"] = args.rate
+            latency["loadavg_1m_before"] = round(load, 2)
+            runs[mode] = {"throughput": throughput, "latency": latency}
         all_conns = redis_connections(procs[0].pid, info.valkey_port)
-        idle = await idle_streams(info.redis_url, env, info.valkey_port, args.streams) if args.streams else None
+        idle = await idle_streams(info.redis_url, env, info.valkey_port, args.streams, not args.idle_cold) if args.streams else None
         return {"bench": "events", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
                 "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                "throughput": throughput, "latency": latency,
-                "idle": idle, "redis_connections_all_role": all_conns}
+                "runs": runs, "idle": idle, "redis_connections_all_role": all_conns}
     finally:
         for p in procs:
             stop(p)
@@ -277,12 +319,16 @@ if __name__ == "__main__":
         asyncio.run(publisher_main(url, jobs.split(","), int(per_job), float(rate), int(batch)))
         sys.exit(0)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=60_000, help="events in the throughput run")
+    parser.add_argument("--events", type=int, default=60_000, help="events in the throughput run (0: no throughput and latency runs)")
     parser.add_argument("--jobs", type=int, default=100, help="concurrent jobs (one subscriber each)")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--rate", type=float, default=5000, help="events/s of the latency run")
     parser.add_argument("--seconds", type=float, default=6, help="length of the latency run")
     parser.add_argument("--streams", type=int, default=10_000, help="idle Subscribe streams (0: skip)")
+    parser.add_argument("--idle-cold", action="store_true",
+                        help="idle streams on connections that finished no call before (grpc's call arenas not sized yet)")
     parser.add_argument("--batch", type=int, default=64, help="events per publish_many call in the publishers (1: publish)")
+    parser.add_argument("--subscribe", choices=["per-event", "batches", "both"], default="both",
+                        help="Subscribe (one Event per message), SubscribeBatches, or both in turn")
     os.environ.setdefault("LC_ALL", "C.UTF-8")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

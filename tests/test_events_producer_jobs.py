@@ -299,3 +299,23 @@ def test_live_frames_round_trip():
     assert list(domain.iter_live(frame)) == [(0, 1, False, "job-1", b"a b\nc"), (1, 2, True, "job-2", b"")]
     with pytest.raises(ValueError):
         list(domain.iter_live(frame[:-1]))  # truncated
+
+
+async def test_publish_many_across_shards_is_one_pipeline_and_survives_a_script_flush(redis_client, settings, publisher):
+    """Several shards' Lua calls go in one pipeline without redis-py's SCRIPT EXISTS round trip;
+    when Valkey lost the script (restart, SCRIPT FLUSH) the calls are re-run after SCRIPT LOAD."""
+    jobs = []
+    while len({domain.shard_of(j, settings.events_shards) for j in jobs}) < min(3, settings.events_shards):
+        jobs.append(jid())
+
+    async def exists_calls() -> int:
+        return (await redis_client.info("commandstats")).get("cmdstat_script|exists", {}).get("calls", 0)
+
+    before = await exists_calls()
+    assert await publisher.publish_many([tok(j, 1) for j in jobs]) == [True] * len(jobs)
+    await redis_client.script_flush()
+    assert await publisher.publish_many([tok(j, s) for j in jobs for s in (2, 3)]) == [True] * (2 * len(jobs))
+    assert await publisher.publish_many([tok(j, 3) for j in jobs]) == [False] * len(jobs)  # duplicates: no-ops
+    assert await exists_calls() == before
+    for j in jobs:
+        assert [r[0] for r in await replay(redis_client, settings, j)] == [b"1-0", b"2-0", b"3-0"]

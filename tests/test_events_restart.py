@@ -37,7 +37,8 @@ async def own_plane():
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, service_env):
+@pytest.mark.parametrize("rpc", ["per_event", "batches"])
+async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, service_env, rpc):
     plane, info = own_plane
     from eco2.services.events.app import create
     from eco2.services.events.producer import EventPublisher
@@ -59,8 +60,12 @@ async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, se
             while True:
                 after = got[job][-1] if got[job] else 0
                 try:
-                    async for e in stub.Subscribe(E.SubscribeRequest(job_id=job, after_seq=after), timeout=60):
-                        got[job].append(e.seq)
+                    if rpc == "batches":  # SubscribeBatches: several events per message
+                        async for m in stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job, after_seq=after), timeout=60):
+                            got[job].extend(e.seq for e in m.events)
+                    else:
+                        async for e in stub.Subscribe(E.SubscribeRequest(job_id=job, after_seq=after), timeout=60):
+                            got[job].append(e.seq)
                     return
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc

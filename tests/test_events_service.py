@@ -39,7 +39,11 @@ TEST_ENV = {
     "ECO2_EVENTS_RECLAIM_IDLE_MS": "300",
     "ECO2_EVENTS_RECLAIM_INTERVAL_S": "0.2",
     "ECO2_EVENTS_ROUTER_BLOCK_MS": "200",
+    "ECO2_EVENTS_BATCH_MAX_EVENTS": "6",  # below the replay page: the server's limit is reached
 }
+#: Subscribe (one Event per message) and SubscribeBatches (several per message): one
+#: implementation, two framings; the guarantees are tested over both.
+RPCS = ["per_event", "batches"]
 
 
 @pytest.fixture(scope="module")
@@ -72,22 +76,36 @@ async def publisher(redis_client, events):
     return EventPublisher(redis_client, events.app.settings)
 
 
-async def collect(stub, job: str, after: int = 0, *, limit: int | None = None, timeout: float = 20) -> list[events_pb2.Event]:
+async def collect(stub, job: str, after: int = 0, *, limit: int | None = None, timeout: float = 20, rpc: str = "per_event",
+                  messages: list | None = None, **batch) -> list[events_pb2.Event]:
+    """The events of one stream; with rpc="batches" read over SubscribeBatches (each message's
+    events; `limit` then stops after the message that reaches it), appending each message to
+    `messages` when given."""
     out = []
-    call = stub.Subscribe(E.SubscribeRequest(job_id=job, after_seq=after), timeout=timeout)
-    async for e in call:
-        out.append(e)
+    if rpc == "batches":
+        call = stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job, after_seq=after, **batch), timeout=timeout)
+    else:
+        call = stub.Subscribe(E.SubscribeRequest(job_id=job, after_seq=after), timeout=timeout)
+    async for m in call:
+        if rpc == "batches":
+            assert m.events, "an empty batch message"
+            out.extend(m.events)
+        else:
+            out.append(m)
+        if messages is not None:
+            messages.append(m)
         if limit is not None and len(out) >= limit:
             call.cancel()
             break
     return out
 
 
-async def test_replay_then_live_in_order_and_stream_ends_after_done(stub, publisher):
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_replay_then_live_in_order_and_stream_ends_after_done(stub, publisher, rpc):
     job = jid()
     for s in range(1, 21):
         assert await publisher.publish(ev(job, s)) is True
-    task = asyncio.create_task(collect(stub, job))
+    task = asyncio.create_task(collect(stub, job, rpc=rpc))
     await asyncio.sleep(0.2)
     for s in range(21, 41):
         await publisher.publish(ev(job, s))
@@ -98,21 +116,23 @@ async def test_replay_then_live_in_order_and_stream_ends_after_done(stub, publis
     assert all(e.HasField("time") for e in got)
 
 
-async def test_resume_after_seq_and_after_terminal(stub, publisher):
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_resume_after_seq_and_after_terminal(stub, publisher, rpc):
     job = jid()
     for s in (2, 4, 9):  # seqs need not be contiguous
         await publisher.publish(ev(job, s))
     await publisher.publish(done(job, 12))
-    assert [e.seq for e in await collect(stub, job, 4)] == [9, 12]
-    assert [e.seq for e in await collect(stub, job, 3)] == [4, 9, 12]  # a cursor inside a gap
-    assert await collect(stub, job, 12) == []  # already has the terminal event: ends at once
+    assert [e.seq for e in await collect(stub, job, 4, rpc=rpc)] == [9, 12]
+    assert [e.seq for e in await collect(stub, job, 3, rpc=rpc)] == [4, 9, 12]  # a cursor inside a gap
+    assert await collect(stub, job, 12, rpc=rpc) == []  # already has the terminal event: ends at once
 
 
-async def test_after_seq_ahead_of_the_stream_waits(stub, publisher):
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_after_seq_ahead_of_the_stream_waits(stub, publisher, rpc):
     job = jid()
     for s in range(1, 4):
         await publisher.publish(ev(job, s))
-    task = asyncio.create_task(collect(stub, job, 5))
+    task = asyncio.create_task(collect(stub, job, 5, rpc=rpc))
     await asyncio.sleep(0.5)
     assert not task.done()  # waits, does not fail and does not resend 1..3
     for s in range(4, 8):
@@ -121,20 +141,22 @@ async def test_after_seq_ahead_of_the_stream_waits(stub, publisher):
     assert [e.seq for e in await asyncio.wait_for(task, 20)] == [6, 7, 8]
 
 
-async def test_unknown_job_is_not_found_after_the_grace_period(stub, events):
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_unknown_job_is_not_found_after_the_grace_period(stub, events, rpc):
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await collect(stub, jid("nobody"))
+        await collect(stub, jid("nobody"), rpc=rpc)
     waited = loop.time() - started
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert unpack_details(status_details(err.value))["ErrorInfo"].reason == "JOB_NOT_FOUND"
     assert waited >= events.app.settings.events_unknown_job_grace_s * 0.9
 
 
-async def test_a_job_that_starts_within_the_grace_period_streams(stub, publisher):
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_a_job_that_starts_within_the_grace_period_streams(stub, publisher, rpc):
     job = jid()
-    task = asyncio.create_task(collect(stub, job))
+    task = asyncio.create_task(collect(stub, job, rpc=rpc))
     await asyncio.sleep(0.3)
     await publisher.publish(ev(job, 1))
     await publisher.publish(done(job, 2))
@@ -148,6 +170,7 @@ async def test_a_job_that_starts_within_the_grace_period_streams(stub, publisher
 async def test_bad_job_ids_are_invalid_argument(stub, job_id, field):
     for call in (
         lambda: collect(stub, job_id),
+        lambda: collect(stub, job_id, rpc="batches", max_events=10),
         lambda: stub.GetJobState(E.GetJobStateRequest(job_id=job_id)),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -157,9 +180,10 @@ async def test_bad_job_ids_are_invalid_argument(stub, job_id, field):
         assert [v.field for v in bad.field_violations] == [field]
 
 
-async def test_malformed_request_bytes_are_invalid_argument(events):
+@pytest.mark.parametrize("method", ["Subscribe", "SubscribeBatches"])
+async def test_malformed_request_bytes_are_invalid_argument(events, method):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ch:
-        call = ch.unary_stream("/eco2.events.v1.EventService/Subscribe", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        call = ch.unary_stream(f"/eco2.events.v1.EventService/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b)
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in call(b"\xff\xff\xff"):
                 pass
@@ -191,15 +215,20 @@ async def test_get_job_state_follows_the_router(stub, publisher):
     assert (s3.status, s3.terminal, s3.node) == (E.JOB_STATUS_FAILED, True, "location")
 
 
-async def test_slow_subscriber_catches_up_from_the_replay_stream(stub, publisher, events):
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_slow_subscriber_catches_up_from_the_replay_stream(stub, publisher, events, rpc):
     """Buffer of 8 live events: a reader that does not read while 300 events arrive overflows
     and falls back to the replay stream; it still gets every event once, in order."""
     job = jid()
     await publisher.publish(ev(job, 1))
-    call = stub.Subscribe(E.SubscribeRequest(job_id=job), timeout=30)
-    first = await call.read()
-    assert first.seq == 1
-    fast = asyncio.create_task(collect(stub, job))
+    if rpc == "batches":
+        call = stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job), timeout=30)
+        seqs = lambda m: [e.seq for e in m.events]  # noqa: E731
+    else:
+        call = stub.Subscribe(E.SubscribeRequest(job_id=job), timeout=30)
+        seqs = lambda m: [m.seq]  # noqa: E731
+    assert seqs(await call.read()) == [1]
+    fast = asyncio.create_task(collect(stub, job, rpc=rpc))
     from eco2.services.events.hub import RESYNCS
 
     before = RESYNCS.labels("slow_subscriber")._value.get()
@@ -209,16 +238,17 @@ async def test_slow_subscriber_catches_up_from_the_replay_stream(stub, publisher
     assert [e.seq for e in await asyncio.wait_for(fast, 30)] == list(range(1, 302))
     rest = []
     while (msg := await call.read()) is not grpc.aio.EOF:
-        rest.append(msg.seq)
+        rest += seqs(msg)
     assert rest == list(range(2, 302))
     assert RESYNCS.labels("slow_subscriber")._value.get() > before
 
 
-async def test_a_thousand_subscribers_to_one_job_all_get_every_event(stub, publisher):
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_a_thousand_subscribers_to_one_job_all_get_every_event(stub, publisher, rpc):
     job = jid()
     await publisher.publish(ev(job, 1))
     n = 1000
-    tasks = [asyncio.create_task(collect(stub, job, timeout=120)) for _ in range(n)]
+    tasks = [asyncio.create_task(collect(stub, job, timeout=120, rpc=rpc)) for _ in range(n)]
     from eco2.services.events import hub as hub_mod
 
     for _ in range(600):  # wait until every stream is registered
@@ -234,9 +264,10 @@ async def test_a_thousand_subscribers_to_one_job_all_get_every_event(stub, publi
     assert not bad, f"{len(bad)} of {n} subscribers got a wrong sequence, e.g. {[e.seq for e in bad[0]]}"
 
 
+@pytest.mark.parametrize("rpc", RPCS)
 @hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(total=st.integers(min_value=1, max_value=40), cut=st.integers(min_value=0, max_value=45), gaps=st.booleans())
-async def test_disconnect_at_a_random_seq_and_resume_gets_the_rest_exactly_once(stub, publisher, total, cut, gaps):
+async def test_disconnect_at_a_random_seq_and_resume_gets_the_rest_exactly_once(stub, publisher, rpc, total, cut, gaps):
     job = jid("prop")
     seqs = [i * (3 if gaps else 1) + 1 for i in range(total)]
     half = len(seqs) // 2
@@ -250,9 +281,10 @@ async def test_disconnect_at_a_random_seq_and_resume_gets_the_rest_exactly_once(
         await publisher.publish(done(job, seqs[-1]))
 
     producer = asyncio.create_task(produce_rest())
-    first = await collect(stub, job, limit=cut) if cut else []
+    # with batches a message may carry more than `cut` events: the client has them all
+    first = await collect(stub, job, limit=cut, rpc=rpc, max_events=3) if cut else []
     resume_from = first[-1].seq if first else 0
-    second = await collect(stub, job, resume_from)
+    second = await collect(stub, job, resume_from, rpc=rpc)
     await producer
     assert [e.seq for e in first + second] == seqs
 
@@ -284,10 +316,11 @@ async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(even
         pass
 
     class CrashingRouter(Router):
-        async def ack(self, shard_, ids):  # the process dies right here
+        async def ack(self, acks):  # the process dies right here
             raise Dies()
 
     await router.stop()  # the module's router steps aside; a crashing one takes its place
+    await asyncio.sleep(s.events_router_block_ms / 1000 + 0.1)  # a read it had in flight has ended
     crashing = CrashingRouter(redis_client, s, consumer="crashing-router")
     try:
         for q in range(1, 6):
@@ -321,10 +354,127 @@ async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(even
     await redis_client.xgroup_delconsumer(domain.shard_stream(shard), domain.ROUTER_GROUP, "crashing-router")
 
 
-async def test_too_many_subscribers_is_resource_exhausted(events, stub, publisher, monkeypatch):
+async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are_acked(events, redis_client, publisher, stub):
+    """The router sends the Lua calls of every shard of a read in one pipeline: a call that
+    fails (here WRONGTYPE on a damaged state key) leaves only its shard's entries pending (the
+    reclaimer routes them later); the other shards are published and acknowledged."""
+    from eco2.services.events import domain
+    from eco2.services.events.router import Router
+    from redis.exceptions import ResponseError
+
+    s = events.app.settings
+    router = events.app.router
+    good, bad = jid("good"), jid("bad")
+    while domain.shard_of(bad, s.events_shards) == domain.shard_of(good, s.events_shards):
+        bad = jid("bad")
+    gshard, bshard = domain.shard_of(good, s.events_shards), domain.shard_of(bad, s.events_shards)
+    await router.stop()
+    await asyncio.sleep(s.events_router_block_ms / 1000 + 0.1)  # a read it had in flight has ended
+    probe = Router(redis_client, s, consumer="probe-router")
+    try:
+        for job in (good, bad):
+            await publisher.publish(ev(job, 1))
+            await publisher.publish(done(job, 2))
+        await redis_client.set(domain.state_key(bshard, bad), "not a hash")
+        reply = await redis_client.xreadgroup(
+            domain.ROUTER_GROUP, probe.consumer, {domain.shard_stream(gshard): ">", domain.shard_stream(bshard): ">"}, count=1000)
+        batches = [(probe._streams[name.decode() if isinstance(name, bytes) else name], entries) for name, entries in reply]
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await probe.route_shards(batches)
+
+        async def pending(shard):
+            return await redis_client.xpending_range(domain.shard_stream(shard), domain.ROUTER_GROUP, "-", "+", 1000, "probe-router")
+
+        assert await pending(gshard) == []
+        assert len(await pending(bshard)) == len(dict(batches)[bshard])
+        assert [e.seq for e in await collect(stub, good, rpc="batches")] == [1, 2]
+        await redis_client.delete(domain.state_key(bshard, bad))  # repaired: the reclaimer routes it
+    finally:
+        await router.start()
+    for _ in range(200):
+        if not await pending(bshard):
+            break
+        await asyncio.sleep(0.05)
+    assert await pending(bshard) == []
+    state = (await stub.GetJobState(E.GetJobStateRequest(job_id=bad))).state
+    assert (state.last_seq, state.terminal) == (2, True)
+    await redis_client.xgroup_delconsumer(domain.shard_stream(bshard), domain.ROUTER_GROUP, "probe-router")
+    await redis_client.xgroup_delconsumer(domain.shard_stream(gshard), domain.ROUTER_GROUP, "probe-router")
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_too_many_subscribers_is_resource_exhausted(events, stub, publisher, monkeypatch, rpc):
     hub = events.app.hub
     monkeypatch.setattr(hub, "max_subscribers", hub.count)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await collect(stub, jid())
+        await collect(stub, jid(), rpc=rpc)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "RetryInfo" in unpack_details(status_details(err.value))
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_a_caught_up_stream_sends_live_events_without_reading_the_replay_stream(stub, publisher, redis_client, rpc):
+    """After its catch-up a stream sends each live event as it arrives: no replay XRANGE per
+    wake-up (a round trip and a Redis call per event per subscriber)."""
+    job = jid("live")
+    await publisher.publish(ev(job, 1))
+    if rpc == "batches":
+        call = stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job), timeout=20)
+        seqs = lambda m: [e.seq for e in m.events]  # noqa: E731
+    else:
+        call = stub.Subscribe(E.SubscribeRequest(job_id=job), timeout=20)
+        seqs = lambda m: [m.seq]  # noqa: E731
+    assert seqs(await call.read()) == [1]
+
+    async def xranges() -> int:
+        return (await redis_client.info("commandstats")).get("cmdstat_xrange", {}).get("calls", 0)
+
+    before = await xranges()
+    for s in range(2, 22):
+        await publisher.publish(ev(job, s))
+        assert seqs(await asyncio.wait_for(call.read(), 5)) == [s]
+    assert await xranges() - before == 0
+    call.cancel()
+
+
+async def test_batches_respect_the_limits_and_coalesce_what_is_ready(stub, publisher):
+    """Each SubscribeBatches message holds at most max_events events and max_bytes bytes (an
+    event larger than max_bytes alone); the server's limit (6 here) caps what a request asks
+    for; the events are every event once, in order."""
+    job = jid("batch")
+    sizes = [10, 700, 40, 1500, 5000, 3, 900, 900, 900, 12] * 4
+    for s, size in enumerate(sizes, 1):
+        await publisher.publish(ev(job, s, delta="가" * (size // 3) if s % 2 else "x" * size))
+    await publisher.publish(done(job, len(sizes) + 1))
+    expected = list(range(1, len(sizes) + 2))
+    for ask, cap in (({}, 6), ({"max_events": 1000}, 6), ({"max_events": 3}, 3), ({"max_bytes": 2048}, 6),
+                     ({"max_events": 1, "max_bytes": 4_000_000_000}, 1)):
+        messages = []
+        got = await collect(stub, job, rpc="batches", messages=messages, **ask)
+        assert [e.seq for e in got] == expected, ask
+        sizes_seen = [len(m.events) for m in messages]
+        limit = ask.get("max_bytes")
+        if limit and limit < 4_000_000_000:  # the byte limit binds first here
+            assert 1 < max(sizes_seen) <= cap, (ask, sizes_seen)
+            for m in messages:
+                assert m.ByteSize() <= limit or len(m.events) == 1, (m.ByteSize(), [e.seq for e in m.events])
+            assert any(m.ByteSize() > limit for m in messages)  # the 5,000-byte events travel alone
+        else:
+            assert max(sizes_seen) == cap, (ask, sizes_seen)  # the limit is reached, never passed
+    assert len(messages) == len(expected)
+
+
+async def test_batches_send_a_live_event_at_once(stub, publisher):
+    """Nothing waits to fill a batch: with room for 6 events a single live event is sent alone,
+    as soon as it is routed."""
+    job = jid("batch-live")
+    await publisher.publish(ev(job, 1))
+    call = stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job), timeout=20)
+    assert [e.seq for e in (await call.read()).events] == [1]
+    for s in (2, 3):
+        await publisher.publish(ev(job, s))
+        m = await asyncio.wait_for(call.read(), 5)
+        assert [e.seq for e in m.events] == [s]
+    await publisher.publish(done(job, 4))
+    assert [e.seq for e in (await call.read()).events] == [4]
+    assert await call.read() is grpc.aio.EOF

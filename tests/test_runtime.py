@@ -124,6 +124,38 @@ async def test_client_cancelling_a_stream_is_cancelled_not_an_error(probe, probe
     assert not [r for r in caplog.records if r.name == "eco2.rpc" and r.levelname == "ERROR"]
 
 
+async def test_a_writer_stream_maps_errors_and_counts_cancels(probe, probe_ch, caplog):
+    """A handler that writes with context.write() runs behind a coroutine wrapper (no async
+    generator per stream, docs/adr/0044) with the same error mapping and metrics."""
+    got, err = await _read_all(probe_ch.unary_stream("/eco2test.Probe/Writes")(b"3"))
+    assert got == [b"1", b"2", b"3"] and err.code() == grpc.StatusCode.NOT_FOUND
+    assert unpack_details(status_details(err))["ErrorInfo"].reason == "NO_MORE_TICKS"
+    call = probe_ch.unary_stream("/eco2test.Probe/Writes")(b"")
+    got = 0
+    async for _ in call:
+        got += 1
+        if got == 3:
+            call.cancel()
+            break
+    await asyncio.sleep(0.3)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{probe.metrics_port}/metrics", timeout=5).read().decode()
+    for code in ("NOT_FOUND", "CANCELLED"):
+        assert f'eco2_grpc_server_handled_total{{grpc_code="{code}",grpc_method="/eco2test.Probe/Writes"}} 1.0' in body
+    assert 'eco2_grpc_server_streams_active{grpc_method="/eco2test.Probe/Writes"} 0.0' in body
+    assert not [r for r in caplog.records if r.name == "eco2.rpc" and r.levelname == "ERROR"]
+
+
+async def _read_all(call) -> tuple[list[bytes], grpc.aio.AioRpcError | None]:
+    """The messages of a server stream and the error that ended it (None: ended OK)."""
+    got = []
+    try:
+        while (m := await call.read()) is not grpc.aio.EOF:
+            got.append(m)
+    except grpc.aio.AioRpcError as err:
+        return got, err
+    return got, None
+
+
 async def test_a_client_stream_refused_mid_write_gets_the_refusal(probe_ch):
     """grpc core can turn an early refusal into INTERNAL while the client still writes;
     the runtime drains the stream briefly so the client always sees the real status."""
@@ -185,6 +217,8 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             await ch.unary_unary("/eco2test.Probe/Echo")(b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
             stream = ch.unary_stream("/eco2test.Probe/Ticks")(b"")
+            writer = ch.unary_stream("/eco2test.Probe/Writes")(b"")  # context.write() handler
+            await writer.read()
             got = 0
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in stream:
@@ -197,6 +231,9 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
             details = unpack_details(status_details(err.value))
             assert details["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"
             assert "RetryInfo" in details
+            got, werr = await _read_all(writer)
+            assert got and werr.code() == grpc.StatusCode.UNAVAILABLE  # it kept writing until the shutdown
+            assert unpack_details(status_details(werr))["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"
         assert proc.wait(timeout=15) == 0
         lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
         handled = [l for l in lines if l["msg"] == "probe handled"]
@@ -217,10 +254,15 @@ async def test_with_an_exporter_spans_are_recorded_in_the_callers_trace():
         trace_id = "5bf92f3577b34da6a3ce929d0e0e4737"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             await ch.unary_unary("/eco2test.Probe/Echo")(b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+            # OpenTelemetry's interceptor iterates stream handlers with `async for`: a writer
+            # stream behind it stays a generator and still works, errors mapped
+            got, err = await _read_all(ch.unary_stream("/eco2test.Probe/Writes")(b"2"))
+            assert got == [b"1", b"2"] and err.code() == grpc.StatusCode.NOT_FOUND
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
         assert f'"trace_id": "0x{trace_id}"' in out, out[-2000:]
         assert "/eco2test.Probe/Echo" in out
+        assert "/eco2test.Probe/Writes" in out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -100,6 +100,48 @@ def frame_live(prev: int, seq: int, terminal: bool, job_id: str, data: bytes) ->
     return b"%d %d %d %s %d\n" % (prev, seq, terminal, job_id.encode(), len(data)) + data
 
 
+# -- SubscribeBatches framing -------------------------------------------------------------
+# A SubscribeBatchesResponse is `repeated Event events = 1`: on the wire each event is the tag
+# byte 0x0a, its length as a varint, then the Event bytes. The stored events are already
+# serialized, so a message is their concatenation with those headers: nothing is decoded.
+
+_HEADS = [b"\n" + bytes((n,)) for n in range(128)]
+
+
+def _head(n: int) -> bytes:
+    if n < 128:
+        return _HEADS[n]
+    out = bytearray(b"\n")
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def batch_messages(events: list[bytes], max_events: int, max_bytes: int) -> list[bytes]:
+    """Serialized SubscribeBatchesResponse messages carrying `events` (serialized Events) in
+    order: each at most `max_events` events and `max_bytes` bytes, except that an event larger
+    than `max_bytes` travels alone."""
+    out: list[bytes] = []
+    parts: list[bytes] = []
+    n = size = 0
+    for data in events:
+        head = _head(len(data))
+        add = len(head) + len(data)
+        if n and (n >= max_events or size + add > max_bytes):
+            out.append(b"".join(parts))
+            parts = []
+            n = size = 0
+        parts.append(head)
+        parts.append(data)
+        n += 1
+        size += add
+    if n:
+        out.append(b"".join(parts))
+    return out
+
+
 class Step:
     """What a subscriber does with a live event."""
 

@@ -1,8 +1,10 @@
 """In-process fan-out of live events: one Pub/Sub connection per shard, shared by every
 subscriber of the process, dispatched in memory by job id.
 
-A subscriber costs one small object (no task, no queue object): a list of buffered live
-messages, a resync flag and, while it waits, one future. When its buffer is full the hub
+A subscriber costs one small object (no task, no queue object, no list while idle): its
+buffered live messages (None when there are none), a resync flag, the next subscriber of the
+same job (the subscribers of a job are a chain, not a list per job) and, while it waits, one
+future that the stream awaits directly (docs/adr/0044). When its buffer is full the hub
 drops the buffer and flags it to resync from the replay stream, so a slow subscriber never
 blocks the others and never loses an event. After the Pub/Sub connection of a shard was
 (re)established every subscriber of that shard resyncs, since messages may have been lost
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 
 import redis.asyncio
 from prometheus_client import Counter, Gauge
@@ -33,18 +36,21 @@ RECONNECTS = Counter("eco2_events_pubsub_reconnects_total", "Pub/Sub (re)subscri
 
 
 class Sub:
-    __slots__ = ("job", "buf", "resync", "waiter")
+    __slots__ = ("job", "buf", "resync", "waiter", "next")
 
     def __init__(self, job: str) -> None:
         self.job = job
-        self.buf: list[tuple[int, int, bool, bytes]] = []
+        self.buf: list[tuple[int, int, bool, bytes]] | None = None
         self.resync = False
         self.waiter: asyncio.Future | None = None
+        self.next: Sub | None = None
 
     def wake(self) -> None:
         w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
+        if w is not None:
+            self.waiter = None
+            if not w.done():
+                w.set_result(True)
 
 
 class Hub:
@@ -54,7 +60,7 @@ class Hub:
         self.buffer = buffer
         self.max_subscribers = max_subscribers
         self.retry_s = retry_s
-        self.by_job: dict[str, list[Sub]] = {}
+        self.by_job: dict[str, Sub] = {}  # job → its first subscriber (Sub.next chains the others)
         self.count = 0
         self._tasks: list[asyncio.Task] = []
         self._ready = [asyncio.Event() for _ in range(shards)]
@@ -81,38 +87,49 @@ class Hub:
                 retry_after_s=self.retry_s,
             )
         sub = Sub(job_id)
-        self.by_job.setdefault(job_id, []).append(sub)
+        sub.next = self.by_job.get(job_id)
+        self.by_job[job_id] = sub
         self.count += 1
         SUBSCRIBERS.inc()
         return sub
 
     def unregister(self, sub: Sub) -> None:
-        subs = self.by_job.get(sub.job)
-        if subs is None:
-            return
-        with contextlib.suppress(ValueError):
-            subs.remove(sub)
-            self.count -= 1
-            SUBSCRIBERS.dec()
-        if not subs:
-            del self.by_job[sub.job]
+        head = self.by_job.get(sub.job)
+        if head is sub:
+            if sub.next is None:
+                del self.by_job[sub.job]
+            else:
+                self.by_job[sub.job] = sub.next
+        else:
+            while head is not None and head.next is not sub:
+                head = head.next
+            if head is None:
+                return  # not registered (any more)
+            head.next = sub.next
+        sub.next = None
+        self.count -= 1
+        SUBSCRIBERS.dec()
 
-    async def wait(self, sub: Sub, timeout: float | None) -> bool:
-        if sub.buf or sub.resync:
-            return True
+    def wait(self, sub: Sub, timeout: float | None) -> Awaitable[bool]:
+        """Resolves to True once `sub` has live events or must resync, False after `timeout`.
+        Without a timeout this is the subscriber's future itself: an idle stream awaits it
+        directly, with no coroutine frame of its own."""
         fut = asyncio.get_running_loop().create_future()
+        if sub.buf or sub.resync:
+            fut.set_result(True)
+            return fut
         sub.waiter = fut
+        return fut if timeout is None else self._wait_for(sub, fut, timeout)
+
+    @staticmethod
+    async def _wait_for(sub: Sub, fut: asyncio.Future, timeout: float) -> bool:
         try:
-            if timeout is None:
-                await fut
-                return True
-            try:
-                await asyncio.wait_for(fut, timeout)
-                return True
-            except TimeoutError:
-                return bool(sub.buf or sub.resync)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return bool(sub.buf or sub.resync)
         finally:
-            sub.waiter = None
+            if sub.waiter is fut:
+                sub.waiter = None
 
     # -- fan-out ---------------------------------------------------------------------------
     def dispatch(self, message: bytes) -> None:
@@ -122,32 +139,35 @@ class Hub:
         n = 0
         for prev, seq, terminal, job, data in domain.iter_live(message):
             n += 1
-            subs = by_job.get(job)
-            if not subs:
+            sub = by_job.get(job)
+            if sub is None:
                 continue
             item = (prev, seq, terminal, data)
-            for sub in subs:
-                if sub.resync:
-                    continue
-                buf = sub.buf
-                if len(buf) >= cap:
-                    buf.clear()
-                    sub.resync = True
-                    RESYNCS.labels("slow_subscriber").inc()
-                else:
-                    buf.append(item)
-                sub.wake()
+            while sub is not None:
+                if not sub.resync:
+                    buf = sub.buf
+                    if buf is None:
+                        sub.buf = [item]
+                    elif len(buf) >= cap:
+                        sub.buf = None
+                        sub.resync = True
+                        RESYNCS.labels("slow_subscriber").inc()
+                    else:
+                        buf.append(item)
+                    sub.wake()
+                sub = sub.next
         LIVE.inc(n)
 
     def resync_shard(self, shard: int) -> None:
-        for job, subs in self.by_job.items():
+        for job, sub in self.by_job.items():
             if domain.shard_of(job, self.shards) != shard:
                 continue
-            for sub in subs:
-                sub.buf.clear()
+            while sub is not None:
+                sub.buf = None
                 sub.resync = True
                 sub.wake()
                 RESYNCS.labels("pubsub_reconnect").inc()
+                sub = sub.next
 
     async def _listen(self, shard: int) -> None:
         channel = domain.fanout_channel(shard).encode()

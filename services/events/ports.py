@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,7 +43,7 @@ class Subscription(Protocol):
     """One subscriber's live feed (see hub.Hub)."""
 
     job: str
-    buf: list
+    buf: list | None  # None: no live events buffered
     resync: bool
 
 
@@ -51,6 +52,6 @@ class LiveFeed(Protocol):
 
     def unregister(self, sub: Subscription) -> None: ...
 
-    async def wait(self, sub: Subscription, timeout: float | None) -> bool:
+    def wait(self, sub: Subscription, timeout: float | None) -> Awaitable[bool]:
         """Until the subscription has live events or must resync; False on timeout."""
         ...

@@ -4,7 +4,8 @@
     await publisher.publish(events_pb2.Event(job_id=..., seq=1, kind=EVENT_KIND_STAGE, ...))
 
 One Lua call appends the event to its shard stream `events:{N}` (read by the router) and to
-the job's replay stream (read by Subscribe on catch-up), atomically and idempotently.
+the job's replay stream (read by Subscribe on catch-up), atomically and idempotently;
+`publish_many` sends one such call per shard, all in one round trip.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from eco2.services.runtime.errors import FailedPrecondition, FieldViolation, Inv
 
 from . import domain, scripts
 from .settings import EventsSettings
+from .valkey import evalsha_pipelined
 
 PUBLISHED = Counter("eco2_events_published_total", "Events appended by producers in this process, by outcome", ["outcome"])
 _APPENDED = PUBLISHED.labels("appended")
@@ -156,13 +158,10 @@ class EventPublisher:
         if violations:
             raise InvalidArgument("invalid event: " + ", ".join(v.field for v in violations), violations=violations)
         results: list = [None] * len(events)
-        if len(groups) == 1:
-            replies = [await self._script(keys=keys, args=args) for keys, args, _ in groups.values()]
-        else:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in groups.values():
-                    await self._script(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+        replies = await evalsha_pipelined(self.redis, self._script, [(keys, args) for keys, args, _ in groups.values()])
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         for (_, _, positions), reply in zip(groups.values(), replies):
             for j, i in enumerate(positions):
                 results[i] = (reply[2 * j], reply[2 * j + 1])

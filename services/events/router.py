@@ -1,9 +1,11 @@
 """The event router: shard streams → Lua (high-water mark + job state) → Pub/Sub fan-out.
 
 One consumer group `router` per shard stream; one XREADGROUP reads every shard in a batch;
-per shard, one Lua call records the marks, advances job states and PUBLISHes; then XACK. A
-reclaimer (XAUTOCLAIM) takes over entries a dead router left pending; re-routing them is a
-no-op for every event the dead router had already published.
+per shard, one Lua call records the marks, advances job states and PUBLISHes (the calls of all
+shards pipelined: one round trip); then XACK, sent in one pipeline with the next XREADGROUP. So
+a read costs two round trips however many shards it touched (each one a turn of an event loop
+the process shares with its Subscribe streams). A reclaimer (XAUTOCLAIM) takes over entries a dead router left
+pending; re-routing them is a no-op for every event the dead router had already published.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import domain, scripts
 from .settings import EventsSettings
+from .valkey import evalsha_pipelined
 
 log = logging.getLogger("eco2.events.router")
 
@@ -56,7 +59,10 @@ class Router:
         self._ttl_ms = str(self.settings.events_replay_ttl_s * 1000)
         self._shards = list(range(self.settings.events_shards))
         self._streams = {domain.shard_stream(s): s for s in self._shards}
+        self._published = [ROUTED.labels(str(s), "published") for s in self._shards]
+        self._already = [ROUTED.labels(str(s), "already_routed") for s in self._shards]
         self._tasks: list[asyncio.Task] = []
+        self._deferred: list[tuple[int, list]] = []  # XACKs that go out with the next read
         self.routed = 0  # entries published (for tests and the bench)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -81,24 +87,26 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        acks, self._deferred = self._deferred, []
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
+            await self.ack(acks)  # else another router's reclaimer takes them (re-routing publishes nothing)
 
     # -- loops -----------------------------------------------------------------------------
     async def _read_loop(self) -> None:
         s = self.settings
         streams = {name: ">" for name in self._streams}
+        # raw reply (no per-entry dicts): "XREADGROUP GROUP" is not a key of redis-py's
+        # response callbacks, and the client splits it into two words on the wire
+        read = ("XREADGROUP GROUP", domain.ROUTER_GROUP, self.consumer, "COUNT", s.events_router_batch,
+                "BLOCK", s.events_router_block_ms, "STREAMS", *streams, *streams.values())
         while True:
             try:
-                # raw reply (no per-entry dicts): "XREADGROUP GROUP" is not a key of redis-py's
-                # response callbacks, and the client splits it into two words on the wire
-                reply = await self.redis.execute_command(
-                    "XREADGROUP GROUP", domain.ROUTER_GROUP, self.consumer, "COUNT", s.events_router_batch,
-                    "BLOCK", s.events_router_block_ms, "STREAMS", *streams, *streams.values(),
-                )
+                reply = await self._read(read)
                 if isinstance(reply, dict):  # RESP3 map
                     reply = reply.items()
-                for stream, entries in reply or ():
-                    name = stream.decode() if isinstance(stream, bytes) else stream
-                    await self.route(self._streams[name], entries)
+                if reply:
+                    batches = [(self._streams[name.decode() if isinstance(name, bytes) else name], entries) for name, entries in reply]
+                    await self.route_shards(batches, defer_ack=True)
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -162,6 +170,55 @@ class Router:
 
     async def route(self, shard: int, entries: list) -> int:
         """Route entries of one shard: one Lua call (marks, states, PUBLISH), then XACK."""
+        return await self.route_shards([(shard, entries)])
+
+    async def _read(self, command: tuple) -> list | dict | None:
+        """XREADGROUP, preceded in the same round trip by the XACKs of the previous read."""
+        acks, self._deferred = [(shard, ids) for shard, ids in self._deferred if ids], []
+        if not acks:
+            return await self.redis.execute_command(*command)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard, ids in acks:
+                pipe.xack(domain.shard_stream(shard), domain.ROUTER_GROUP, *ids)
+            pipe.execute_command(*command)
+            return (await pipe.execute())[-1]
+
+    async def route_shards(self, batches: list[tuple[int, list]], *, defer_ack: bool = False) -> int:
+        """Route entries of several shards: one Lua call per shard, all in one round trip, then
+        the XACKs of the shards whose call succeeded (one round trip, or with `defer_ack` sent
+        along with the read loop's next XREADGROUP); then the first error, if any, is raised
+        (its entries stay pending: routed again by the reclaimer)."""
+        calls, routed, acks = [], [], []
+        for shard, entries in batches:
+            ids, keys, argv = self._prepare(shard, entries)
+            acks.append((shard, ids))
+            if keys:
+                calls.append((keys, argv))
+                routed.append((shard, (len(argv) - 4 - len(keys)) // 3))
+        replies = await evalsha_pipelined(self.redis, self._route, calls) if calls else []
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:  # ack only the shards whose Lua ran
+            failed = {shard for (shard, _), r in zip(routed, replies) if isinstance(r, Exception)}
+            acks = [a for a in acks if a[0] not in failed]
+        if defer_ack and error is None:
+            self._deferred = acks
+        else:
+            await self.ack(acks)
+        total = 0
+        for (shard, n), published in zip(routed, replies):
+            if isinstance(published, Exception):
+                continue
+            total += published
+            self._published[shard].inc(published)
+            if n > published:
+                self._already[shard].inc(n - published)
+        self.routed += total
+        if error is not None:
+            raise error
+        return total
+
+    def _prepare(self, shard: int, entries: list) -> tuple[list, list, list]:
+        """(entry ids, KEYS, ARGV) of the ROUTE script for entries of one shard."""
         jobs: dict[bytes, None] = {}
         args: list = []
         ids = []
@@ -183,21 +240,20 @@ class Router:
             args.append(h)
             args.append(node)
             args.append(data)
-        published = 0
-        routed = len(args) // 3
-        if routed:
-            keys = [domain.state_key(shard, job.decode()) for job in jobs]
-            published = await self._route(
-                keys=keys, args=[domain.fanout_channel(shard), self._ttl_ms, FRAME_BYTES, len(keys), *jobs, *args]
-            )
-        await self.ack(shard, ids)
-        self.routed += published
-        ROUTED.labels(str(shard), "published").inc(published)
-        if routed > published:
-            ROUTED.labels(str(shard), "already_routed").inc(routed - published)
-        return published
+        if not args:
+            return ids, [], []
+        keys = [domain.state_key(shard, job.decode()) for job in jobs]
+        return ids, keys, [domain.fanout_channel(shard), self._ttl_ms, FRAME_BYTES, len(keys), *jobs, *args]
 
-    async def ack(self, shard: int, ids: list) -> None:
-        if ids:
+    async def ack(self, acks: list[tuple[int, list]]) -> None:
+        """XACK (shard, entry ids) pairs: one round trip."""
+        acks = [(shard, ids) for shard, ids in acks if ids]
+        if len(acks) == 1:
+            shard, ids = acks[0]
             await self.redis.xack(domain.shard_stream(shard), domain.ROUTER_GROUP, *ids)
+        elif acks:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for shard, ids in acks:
+                    pipe.xack(domain.shard_stream(shard), domain.ROUTER_GROUP, *ids)
+                await pipe.execute()
 

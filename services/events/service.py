@@ -1,8 +1,10 @@
-"""gRPC surface: eco2.events.v1.EventService (Subscribe, GetJobState).
+"""gRPC surface: eco2.events.v1.EventService (Subscribe, SubscribeBatches, GetJobState).
 
 Subscribe sends events still serialized as the producer stored them (the replay stream and
 the fan-out carry Event bytes), so the service never re-encodes an event; the method is
-registered with an identity response serializer for that.
+registered with an identity response serializer for that. SubscribeBatches is the same stream
+(one implementation, `_stream`) framed as SubscribeBatchesResponse messages of several events,
+built by concatenating the stored bytes (domain.batch_messages).
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def _validate_job_id(v: Validator, job_id: str) -> None:
         v.check(domain.valid_job_id(job_id), "job_id", f"must be {domain.JOB_ID_RULE}")
 
 
+def _check_job_id(job_id: str) -> None:
+    """Raises InvalidArgument for a bad job id (a stream keeps no Validator alive while it idles)."""
+    v = Validator()
+    _validate_job_id(v, job_id)
+    v.raise_if_invalid()
+
+
 def _redis_down(exc: Exception) -> Unavailable:
     return Unavailable(
         f"the event store is unreachable ({type(exc).__name__}); resubscribe with after_seq = the last seq received",
@@ -51,17 +60,37 @@ class EventServicer:
         self.settings = settings
 
     async def Subscribe(self, request: events_pb2.SubscribeRequest, context):
-        v = Validator()
-        _validate_job_id(v, request.job_id)
-        v.raise_if_invalid()
+        _check_job_id(request.job_id)
         try:
             await self._stream(request.job_id, request.after_seq, context.write)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise _redis_down(exc) from exc
 
-    async def _stream(self, job_id: str, after_seq: int, write) -> None:
+    async def SubscribeBatches(self, request: events_pb2.SubscribeBatchesRequest, context):
+        _check_job_id(request.job_id)
+        s = self.settings
+        limits = (min(request.max_events or s.events_batch_max_events, s.events_batch_max_events),
+                  min(request.max_bytes or s.events_batch_max_bytes, s.events_batch_max_bytes))
+        try:
+            await self._stream(request.job_id, request.after_seq, context.write, limits)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise _redis_down(exc) from exc
+
+    @staticmethod
+    async def _send(write, events: list[bytes], batch: tuple[int, int] | None) -> None:
+        if batch is None:  # Subscribe: one Event per message
+            for data in events:
+                await write(data)
+        else:  # SubscribeBatches: what is ready, in as few messages as the limits allow
+            for message in domain.batch_messages(events, *batch):
+                await write(message)
+
+    async def _stream(self, job_id: str, after_seq: int, write, limits: tuple[int, int] | None = None) -> None:
         """Writes the events with `write` (context.write: one coroutine per stream and no
-        generator hops per event, so an idle stream is one suspended frame)."""
+        generator hops per event, so an idle stream is one suspended frame). Each step sends
+        every event it has ready in one `_send`: one message per event for Subscribe, as few as
+        (max events, max bytes) = `limits` allow for SubscribeBatches. Nothing waits to fill a
+        batch: events that arrive while a send is in flight make the next one."""
         s = self.settings
         feed, store = self.feed, self.store
         sub = feed.register(job_id)  # live first: nothing published from now on is missed
@@ -70,12 +99,13 @@ class EventServicer:
             head = await store.head(job_id)
             if head is not None and head.closed and head.last_seq <= after_seq:
                 return  # the client already has the terminal event
-            known = head is not None
+            known = replay = head is not None
             deadline = None
             while True:
-                # catch up from the replay stream (first, after a gap, after a resync)
-                if known or sub.resync:
-                    sub.resync = False
+                # catch up from the replay stream: first (a known job), after a gap, after a resync
+                # — not on every wake-up: live events that follow the last sent one are sent as they are
+                if replay or sub.resync:
+                    replay = sub.resync = False
                     while True:
                         batch = await store.read_after(job_id, cursor.last, s.events_replay_batch)
                         if batch:
@@ -89,31 +119,45 @@ class EventServicer:
                                     reason="REPLAY_TRIMMED",
                                     metadata={"job_id": job_id, "after_seq": str(cursor.last), "oldest_seq": str(first.seq)},
                                 )
+                        out = []
                         for ev in batch:
                             cursor.last = ev.seq
-                            await write(ev.data)
+                            out.append(ev.data)
                             if ev.terminal:
+                                await self._send(write, out, limits)
                                 return
+                        if out:
+                            await self._send(write, out, limits)
                         if len(batch) < s.events_replay_batch:
                             break
                 # live
                 while sub.buf and not sub.resync:
-                    items, sub.buf = sub.buf, []
+                    items, sub.buf = sub.buf, None
                     known = True
+                    out = []
+                    last = cursor.last
+                    end = False
                     for prev, seq, terminal, data in items:
-                        last = cursor.last
                         if seq <= last:
                             continue  # Step.SKIP: already sent
                         if prev > last:  # Step.GAP (see Cursor.step): the rest comes from the replay stream
                             sub.resync = True
                             break
-                        cursor.last = seq  # Step.SEND
-                        await write(data)
+                        last = seq  # Step.SEND
+                        out.append(data)
                         if terminal:
-                            return
+                            end = True
+                            break
+                    cursor.last = last
+                    if out:
+                        await self._send(write, out, limits)
+                    if end:
+                        return
                 if sub.resync:
                     continue
                 if known:
+                    # idle until the next live event: keep nothing of the last step alive (docs/adr/0044)
+                    head = batch = first = ev = out = items = data = None
                     await feed.wait(sub, None)
                     continue
                 # unknown job: wait for its first event, at most the grace period
@@ -127,7 +171,7 @@ class EventServicer:
                             reason="JOB_NOT_FOUND",
                             metadata={"job_id": job_id},
                         )
-                    known = True
+                    known = replay = True
         finally:
             feed.unregister(sub)
 
@@ -172,6 +216,11 @@ def add_to_server(servicer: EventServicer, server: grpc.aio.Server) -> None:
             servicer.Subscribe,
             request_deserializer=events_pb2.SubscribeRequest.FromString,
             response_serializer=bytes,  # already-serialized Event bytes
+        ),
+        "SubscribeBatches": grpc.unary_stream_rpc_method_handler(
+            servicer.SubscribeBatches,
+            request_deserializer=events_pb2.SubscribeBatchesRequest.FromString,
+            response_serializer=bytes,  # SubscribeBatchesResponse bytes built by domain.batch_messages
         ),
         "GetJobState": grpc.unary_unary_rpc_method_handler(
             servicer.GetJobState,

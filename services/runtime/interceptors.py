@@ -79,6 +79,13 @@ class ShutdownCoordinator:
             task.cancel()
 
 
+def _set_shutdown_status(context) -> None:
+    status = _shutdown_status()
+    context.set_code(status.code)
+    context.set_details(status.details)
+    context.set_trailing_metadata(status.trailing_metadata)
+
+
 def _shutdown_status() -> grpc.Status:
     delay = duration_pb2.Duration(seconds=1)
     retry = any_pb2.Any()
@@ -187,6 +194,10 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     def _stream(self, method: str, behavior, client_streaming: bool):
+        # OpenTelemetry's interceptor, when in front (not light_tracing), iterates the stream
+        # handler it wraps with `async for`: then every stream stays an async generator.
+        if self.light_tracing and inspect.iscoroutinefunction(behavior):
+            return self._writer_stream(method, behavior, client_streaming)
         shutdown = self.shutdown
         seconds = RPC_SECONDS.labels(method)
         handled = _HandledCounter(method)
@@ -213,14 +224,56 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 if shutdown.stopping:
                     code = grpc.StatusCode.UNAVAILABLE
-                    status = _shutdown_status()
-                    context.set_code(status.code)
-                    context.set_details(status.details)
-                    context.set_trailing_metadata(status.trailing_metadata)
+                    _set_shutdown_status(context)
                     return
                 code = grpc.StatusCode.CANCELLED
                 raise
             except GeneratorExit:  # the client went away: grpc closes the generator
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = _code_of(context)
+                raise
+            except Exception as exc:
+                code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
+                code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
+                await self._fail(method, context, exc)
+            finally:
+                shutdown.untrack(task)
+                active.dec()
+                handled.inc(code)
+                seconds.observe(time.perf_counter() - started)
+
+        return call
+
+    def _writer_stream(self, method: str, behavior, client_streaming: bool):
+        """A stream whose handler is a coroutine writing with context.write(): wrapped in a
+        coroutine, not an async generator, so grpc awaits it directly (its reader/writer path)
+        and an idle stream holds one frame here instead of a generator and its asend object
+        (docs/adr/0044). Same metrics, error mapping and shutdown status as `_stream`."""
+        shutdown = self.shutdown
+        seconds = RPC_SECONDS.labels(method)
+        handled = _HandledCounter(method)
+        active = STREAMS_ACTIVE.labels(method)
+
+        async def call(request, context):
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            ctx.enter(context, light_tracing=self.light_tracing)
+            task = asyncio.current_task()
+            shutdown.track(task)
+            active.inc()
+            try:
+                if client_streaming:
+                    request = self._checked_requests(method, request)
+                elif isinstance(request, _Malformed):
+                    raise _malformed_error(method, request.size)
+                await behavior(request, context)
+            except asyncio.CancelledError:
+                if shutdown.stopping:
+                    code = grpc.StatusCode.UNAVAILABLE
+                    _set_shutdown_status(context)
+                    return
                 code = grpc.StatusCode.CANCELLED
                 raise
             except grpc.aio.AbortError:

@@ -8,6 +8,8 @@ Methods take and return raw bytes (JSON) so no contract is needed:
   /eco2test.Probe/Boom     raises an unexpected exception
   /eco2test.Probe/Missing  raises NotFound
   /eco2test.Probe/Ticks    server stream, one message every 20 ms, forever
+  /eco2test.Probe/Writes   the same written with context.write() (a coroutine handler); body = n:
+                           NOT_FOUND after n messages
   /eco2test.Probe/Collect  client stream, refused with RESOURCE_EXHAUSTED past 100,000 bytes
 """
 
@@ -72,6 +74,15 @@ class ProbeApp:
                 yield str(n).encode()
                 await asyncio.sleep(0.02)
 
+        async def writes(request: bytes, context) -> None:
+            n = 0
+            while True:
+                if request and n == int(request):
+                    raise NotFound("no more", reason="NO_MORE_TICKS")
+                n += 1
+                await context.write(str(n).encode())
+                await asyncio.sleep(0.02)
+
         async def collect(requests, context) -> bytes:
             size = 0
             async for chunk in requests:
@@ -88,6 +99,7 @@ class ProbeApp:
             "Boom": grpc.unary_unary_rpc_method_handler(boom),
             "Missing": grpc.unary_unary_rpc_method_handler(missing),
             "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
+            "Writes": grpc.unary_stream_rpc_method_handler(writes),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("eco2test.Probe", handlers),))
 

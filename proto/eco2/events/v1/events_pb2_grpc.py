@@ -45,6 +45,11 @@ class EventServiceStub:
                 request_serializer=eco2_dot_events_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=eco2_dot_events_dot_v1_dot_events__pb2.Event.FromString,
                 _registered_method=True)
+        self.SubscribeBatches = channel.unary_stream(
+                '/eco2.events.v1.EventService/SubscribeBatches',
+                request_serializer=eco2_dot_events_dot_v1_dot_events__pb2.SubscribeBatchesRequest.SerializeToString,
+                response_deserializer=eco2_dot_events_dot_v1_dot_events__pb2.SubscribeBatchesResponse.FromString,
+                _registered_method=True)
         self.GetJobState = channel.unary_unary(
                 '/eco2.events.v1.EventService/GetJobState',
                 request_serializer=eco2_dot_events_dot_v1_dot_events__pb2.GetJobStateRequest.SerializeToString,
@@ -71,6 +76,18 @@ class EventServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeBatches(self, request, context):
+        """SubscribeBatches is Subscribe with several events per stream message: the same events,
+        exactly once, in seq order, the same resume cursor, errors and end after the terminal
+        event. A message carries every event that is ready when it is written (nothing waits to
+        fill a batch), at most `max_events` events and `max_bytes` bytes of events (a single larger
+        event travels alone). For clients that relay many events (edges, dashboards, benchmarks):
+        one message costs about as much as one event on Subscribe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJobState(self, request, context):
         """GetJobState returns the router's view of a job: stage, status, last seq.
         """
@@ -85,6 +102,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=eco2_dot_events_dot_v1_dot_events__pb2.SubscribeRequest.FromString,
                     response_serializer=eco2_dot_events_dot_v1_dot_events__pb2.Event.SerializeToString,
+            ),
+            'SubscribeBatches': grpc.unary_stream_rpc_method_handler(
+                    servicer.SubscribeBatches,
+                    request_deserializer=eco2_dot_events_dot_v1_dot_events__pb2.SubscribeBatchesRequest.FromString,
+                    response_serializer=eco2_dot_events_dot_v1_dot_events__pb2.SubscribeBatchesResponse.SerializeToString,
             ),
             'GetJobState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJobState,
@@ -125,6 +147,33 @@ class EventService:
             '/eco2.events.v1.EventService/Subscribe',
             eco2_dot_events_dot_v1_dot_events__pb2.SubscribeRequest.SerializeToString,
             eco2_dot_events_dot_v1_dot_events__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/eco2.events.v1.EventService/SubscribeBatches',
+            eco2_dot_events_dot_v1_dot_events__pb2.SubscribeBatchesRequest.SerializeToString,
+            eco2_dot_events_dot_v1_dot_events__pb2.SubscribeBatchesResponse.FromString,
             options,
             channel_credentials,
             insecure,
