@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import types
 import uuid
 from collections import Counter
 
@@ -38,8 +39,10 @@ def stream_frames() -> Counter:
     interceptor) alive now, by kind and name."""
     out: Counter = Counter()
     for o in gc.get_objects():
-        code = getattr(o, "cr_code", None) or getattr(o, "ag_code", None)
-        if code is not None and code.co_filename.endswith(STREAM_PATH):
+        if not isinstance(o, (types.CoroutineType, types.AsyncGeneratorType)):  # never getattr on arbitrary objects (ctypes loaders load libraries by attribute name)
+            continue
+        code = o.cr_code if isinstance(o, types.CoroutineType) else o.ag_code
+        if code.co_filename.endswith(STREAM_PATH):
             out[(type(o).__name__, code.co_qualname)] += 1
     return out
 

@@ -3,7 +3,6 @@ EventService (ECO2_EVENTS_ROLE)."""
 
 from __future__ import annotations
 
-import gc
 
 import grpc
 import redis.asyncio
@@ -52,12 +51,6 @@ class EventsApp:
             )
             await self.hub.start()
             add_to_server(EventServicer(ValkeyReplayStore(self.redis, s.events_shards), self.hub, s), server)
-        if s.events_gc_gen0_threshold:
-            # Everything allocated so far (modules, descriptors, pools) lives as long as the process:
-            # frozen, full collections no longer walk it (they paused the loop 40-70 ms), and a
-            # larger young generation is collected ~30x less often (grpc allocates per message).
-            gc.freeze()
-            gc.set_threshold(s.events_gc_gen0_threshold, *gc.get_threshold()[1:])
 
     async def stop(self) -> None:
         if self.router is not None:

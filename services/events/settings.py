@@ -36,7 +36,6 @@ class EventsSettings(RuntimeSettings):
     events_unknown_job_grace_s: float = Field(10.0, ge=0, description="Subscribe waits this long for an unknown job's first event before NOT_FOUND")
     events_redis_pool: int = Field(4, ge=1, description="command connections to Redis per process (Pub/Sub adds one per shard)")
     events_max_subscribers: int = Field(50_000, ge=1, description="concurrent Subscribe streams per process (RESOURCE_EXHAUSTED beyond)")
-    events_gc_gen0_threshold: int = Field(20_000, ge=0, description="after start the process freezes its startup objects (gc.freeze) and collects its youngest generation every this many allocations (Python: 700); 0 = leave the collector alone")
     events_redis_retry_s: float = Field(1.0, gt=0, description="retry hint and reconnect back-off when Redis is unreachable")
     jobs_visibility_timeout_s: float = Field(60.0, gt=0, description="a claimed job not acked within this is re-claimed by another worker")
     jobs_max_attempts: int = Field(3, ge=1, description="attempts before a job goes to its dead-letter stream jobs:{kind}:dead")

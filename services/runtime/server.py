@@ -9,6 +9,7 @@ unary calls given `shutdown_grace_s`, then the app's pools closed.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Sequence
@@ -142,6 +143,16 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, metrics_server)
 
 
+def tune_gc(gen0_threshold: int) -> None:
+    """Everything allocated by start-up (modules, descriptors, pools, the knowledge base) lives as
+    long as the process: frozen, full collections no longer walk it (they paused the events loop
+    40-70 ms), and a larger young generation is collected ~30x less often (grpc, LangGraph and the
+    SDKs allocate per message). Only `eco2 serve` processes: never the loop of an embedding caller."""
+    if gen0_threshold:
+        gc.freeze()
+        gc.set_threshold(gen0_threshold, *gc.get_threshold()[1:])
+
+
 async def run(app: ServiceApp, settings: RuntimeSettings) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully. The body of `eco2 serve NAME`."""
     configure_logging(app.name, settings.log_level, settings.log_format)
@@ -150,5 +161,6 @@ async def run(app: ServiceApp, settings: RuntimeSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     running = await start(app, settings)
+    tune_gc(settings.gc_gen0_threshold)
     await stop.wait()
     await running.stop()
