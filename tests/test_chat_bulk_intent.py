@@ -105,16 +105,34 @@ def answer_context(model: FakeModelServer) -> str:
 
 
 def tool_rounds(model: FakeModelServer) -> list[dict]:
-    """The model requests that offered tools, as (offered names, the last user text) per provider."""
+    """The model requests that offered tools: offered names, the last turn's text (None when it
+    is tool results) and the tool results in the provider's native form, as
+    [{"id", "name", "result"}] (OpenAI: "tool" messages answering the assistant's `tool_calls`;
+    Gemini: `functionResponse` parts answering the model's `functionCall` parts)."""
     out = []
     for r in model.requests:
         body = r["body"]
         if not body.get("tools"):
             continue
         if r["provider"] == "openai":
-            out.append({"offered": {t["function"]["name"] for t in body["tools"]}, "last": body["messages"][-1]["content"]})
+            msgs = body["messages"]
+            tail = []
+            while msgs and msgs[-1]["role"] == "tool":
+                tail.insert(0, msgs.pop())
+            names = {c["id"]: c["function"]["name"] for c in (msgs[-1].get("tool_calls") or [])} if tail else {}
+            if tail:
+                assert msgs[-1]["role"] == "assistant" and set(names) == {m["tool_call_id"] for m in tail}  # each call answered, by id
+            results = [{"id": m["tool_call_id"], "name": names[m["tool_call_id"]], "result": json.loads(m["content"])} for m in tail]
+            out.append({"offered": {t["function"]["name"] for t in body["tools"]}, "last": None if tail else msgs[-1]["content"], "results": results})
         else:
-            out.append({"offered": {d["name"] for t in body["tools"] for d in t.get("functionDeclarations") or []}, "last": body["contents"][-1]["parts"][0]["text"]})
+            contents = body["contents"]
+            parts = contents[-1]["parts"]
+            responses = [p.get("functionResponse") or p.get("function_response") for p in parts]
+            if any(responses):
+                calls = [p.get("functionCall") or p.get("function_call") for p in contents[-2]["parts"]]
+                assert contents[-2]["role"] == "model" and {c["id"] for c in calls} == {f["id"] for f in responses}
+            results = [{"id": f["id"], "name": f["name"], "result": f["response"]["result"]} for f in responses if f]
+            out.append({"offered": {d["name"] for t in body["tools"] for d in t.get("functionDeclarations") or []}, "last": None if results else parts[0]["text"], "results": results})
     return out
 
 
@@ -216,7 +234,7 @@ async def test_the_model_calls_both_tools_and_the_answer_is_grounded_on_their_re
     assert len(rounds) == 2 and {r["provider"] for r in model.requests} == {provider}
     assert rounds[0]["offered"] == {"search_fee", "get_collection_info"}
     assert json.loads(rounds[0]["last"]) == {"request": "강남구 소파 대형폐기물 수수료", "message": GANGNAM_SOFA}  # data, not instructions
-    results = json.loads(rounds[1]["last"])["tool_results"]  # the second turn sees both results
+    results = rounds[1]["results"]  # the second turn sees both results, as the provider's own tool turns
     assert [r["name"] for r in results] == ["search_fee", "get_collection_info"]
     assert [f["fee_text"] for f in results[0]["result"]["fees"]] == ["4,000원", "12,000원"]
     assert results[1]["result"]["collection_info"]["agency"] == "서울특별시 강남구청"

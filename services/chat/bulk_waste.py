@@ -8,7 +8,8 @@ Two paths fill `bulk_waste_context`, both calling the same port:
   `get_collection_info` (concurrently within one turn) until it stops or the iteration limit;
   a model error falls back to the rule path. Tool errors of the fee API are not hidden from the
   node policy (FALLBACK: the aggregator answers with the general rule, honestly without fees).
-The message and the tool results reach the model as JSON data, never as instructions.
+The message reaches the model as JSON data and the tool results as the provider's native tool
+turns (neutralised like user text), never as instructions.
 """
 
 from __future__ import annotations
@@ -234,8 +235,8 @@ async def tool_loop(llm: LLM, tools: _Tools, request: str, message: str, *, iter
         if not calls:
             break
         results = await asyncio.gather(*(tools.call(c) for c in calls))
-        messages.append(Message("assistant", json.dumps({"tool_calls": [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls]}, ensure_ascii=False, default=str)))
-        messages.append(Message("user", json.dumps({"tool_results": [{"id": c.id, "name": c.name, "result": r} for c, r in zip(calls, results, strict=True)]}, ensure_ascii=False, default=str)))
+        messages.append(Message("assistant", "", tool_calls=tuple(calls)))  # the providers' native tool turns (adapters)
+        messages.extend(Message("tool", json.dumps(r, ensure_ascii=False, default=str), tool_call_id=c.id, name=c.name) for c, r in zip(calls, results, strict=True))
     return tools.succeeded > 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import AsyncIterator
 
 from google import genai
@@ -18,6 +20,13 @@ def _error(exc: Exception) -> LLMError:
     return LLMError(f"gemini: {type(exc).__name__}", retryable=True)
 
 
+def _json_or_text(content: str):
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content
+
+
 class GeminiLLM:
     def __init__(self, info: ModelInfo, *, api_key: str, base_url: str | None = None, timeout_s: float = 60.0) -> None:
         self.info = info
@@ -28,9 +37,20 @@ class GeminiLLM:
     def _contents(messages: list[Message], grounding: Grounding | None) -> tuple[str | None, list[types.Content]]:
         rendered = render(messages, grounding)
         system = "\n\n".join(m.content for m in rendered if m.role == "system") or None
-        contents = [
-            types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)]) for m in rendered if m.role != "system"
-        ]
+        contents: list[types.Content] = []
+        for m in rendered:
+            if m.role == "system":
+                continue
+            if m.tool_calls:  # Gemini's own tool turns: functionCall parts from the model, functionResponse parts back
+                contents.append(types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(id=c.id, name=c.name, args=c.arguments)) for c in m.tool_calls]))
+            elif m.role == "tool":
+                part = types.Part(function_response=types.FunctionResponse(id=m.tool_call_id, name=m.name, response={"result": _json_or_text(m.content)}))
+                if contents and contents[-1].role == "user" and contents[-1].parts and contents[-1].parts[0].function_response:
+                    contents[-1].parts.append(part)  # the results of one round go back in one turn
+                else:
+                    contents.append(types.Content(role="user", parts=[part]))
+            else:
+                contents.append(types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)]))
         return system, contents
 
     async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:

@@ -58,7 +58,16 @@ class OpenAILLM:
 
     @staticmethod
     def _messages(messages: list[Message], grounding: Grounding | None) -> list[dict]:
-        return [{"role": m.role, "content": m.content} for m in render(messages, grounding)]
+        out: list[dict] = []
+        for m in render(messages, grounding):
+            if m.tool_calls:  # Chat Completions' own tool turns: the assistant's calls, then one "tool" message per call
+                calls = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False, default=str)}} for c in m.tool_calls]
+                out.append({"role": "assistant", "content": m.content or None, "tool_calls": calls})
+            elif m.role == "tool":
+                out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
+            else:
+                out.append({"role": m.role, "content": m.content})
+        return out
 
     async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
         # The SDK does the request (auth, headers, status → typed errors); the SSE lines are parsed

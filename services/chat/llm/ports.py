@@ -13,8 +13,11 @@ T = TypeVar("T", bound=BaseModel)
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool"
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools (each adapter sends its provider's native form)
+    tool_call_id: str = ""  # a "tool" turn: the result (content, JSON) of this call
+    name: str = ""  # a "tool" turn: the tool's name (Gemini's functionResponse needs it)
 
 
 @dataclass(frozen=True, slots=True)

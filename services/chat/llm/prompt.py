@@ -8,6 +8,7 @@ like a role marker or a system turn is neutralised, and the model is told that t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import re
 
 from .ports import Grounding, Message
@@ -36,6 +37,6 @@ def render(messages: list[Message], grounding: Grounding | None) -> list[Message
         out.append(Message("system", f"<context>{neutralise(ctx)}</context>"))
         out.append(Message("user", f"<user_message>{neutralise(grounding.question)}</user_message>"))
         return out
-    for m in messages:
-        out.append(Message("user" if m.role == "system" else m.role, neutralise(m.content) if m.role != "assistant" else m.content))
+    for m in messages:  # tool turns keep their ids; a tool's result is data like a user's text
+        out.append(replace(m, role="user" if m.role == "system" else m.role, content=neutralise(m.content) if m.role != "assistant" else m.content))
     return out
