@@ -10,7 +10,7 @@ from google import genai
 from google.genai import errors, types
 
 from .ports import Grounding, LLMError, Message, ModelInfo, T, ToolCall, ToolSpec
-from .prompt import render
+from .prompt import json_schema, render
 
 
 def _error(exc: Exception) -> LLMError:
@@ -75,7 +75,11 @@ class GeminiLLM:
 
     async def structured(self, messages: list[Message], schema: type[T]) -> T:
         system, contents = self._contents(messages, None)
-        config = types.GenerateContentConfig(system_instruction=system, response_mime_type="application/json", response_json_schema=schema.model_json_schema())
+        return await self._json_reply(system, contents, schema)
+
+    async def _json_reply(self, system: str | None, contents: list[types.Content], schema: type[T]) -> T:
+        """One generate_content call with a JSON response schema, validated into `schema`."""
+        config = types.GenerateContentConfig(system_instruction=system, response_mime_type="application/json", response_json_schema=json_schema(schema))
         try:
             reply = await self.client.aio.models.generate_content(model=self.info.name, contents=contents, config=config)
         except (errors.APIError, OSError) as exc:
@@ -92,15 +96,7 @@ class GeminiLLM:
         if not contents or contents[-1].role != "user":
             contents.append(types.Content(role="user", parts=[]))
         contents[-1].parts.append(types.Part(inline_data=types.Blob(data=image, mime_type=mime_type)))
-        config = types.GenerateContentConfig(system_instruction=system, response_mime_type="application/json", response_json_schema=schema.model_json_schema())
-        try:
-            reply = await self.client.aio.models.generate_content(model=self.info.name, contents=contents, config=config)
-        except (errors.APIError, OSError) as exc:
-            raise _error(exc) from exc
-        try:
-            return schema.model_validate_json(reply.text or "")
-        except ValueError as exc:
-            raise LLMError(f"gemini: reply does not match {schema.__name__}", retryable=True) from exc
+        return await self._json_reply(system, contents, schema)
 
     async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
         system, contents = self._contents(messages, None)

@@ -6,7 +6,6 @@ import base64
 import json
 from collections.abc import AsyncIterator
 
-import functools
 
 import httpx
 import openai
@@ -19,7 +18,7 @@ except ImportError:  # pragma: no cover
     _HTTP_ERRORS = (httpx.HTTPError,)
 
 from .ports import Grounding, LLMError, Message, ModelInfo, T, ToolCall, ToolSpec
-from .prompt import render
+from .prompt import json_schema, render
 
 
 def _error(exc: Exception) -> LLMError:
@@ -28,12 +27,6 @@ def _error(exc: Exception) -> LLMError:
     if isinstance(exc, openai.APIStatusError):
         return LLMError(f"openai: HTTP {exc.status_code}", retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500, status=exc.status_code)
     return LLMError(f"openai: {type(exc).__name__}: {exc}", retryable=False)
-
-
-@functools.cache
-def _json_schema(schema: type) -> dict:
-    # pydantic builds the JSON schema from scratch on every call (~1 ms): once per model class.
-    return schema.model_json_schema()
 
 
 def _http_client(timeout_s: float):
@@ -103,11 +96,15 @@ class OpenAILLM:
         return reply.choices[0].message.content or ""
 
     async def structured(self, messages: list[Message], schema: type[T]) -> T:
+        return await self._json_reply(self._messages(messages, None), schema)
+
+    async def _json_reply(self, messages: list[dict], schema: type[T]) -> T:
+        """One Chat Completions call with a JSON-schema response format, validated into `schema`."""
         try:
             reply = await self.client.chat.completions.create(
                 model=self.info.name,
-                messages=self._messages(messages, None),
-                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": _json_schema(schema), "strict": False}},
+                messages=messages,
+                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": json_schema(schema), "strict": False}},
             )
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
@@ -125,17 +122,7 @@ class OpenAILLM:
             out.append({"role": "user", "content": [part]})
         else:
             out[last]["content"] = [{"type": "text", "text": out[last]["content"]}, part]
-        try:
-            reply = await self.client.chat.completions.create(
-                model=self.info.name, messages=out,
-                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": _json_schema(schema), "strict": False}},
-            )
-        except openai.OpenAIError as exc:
-            raise _error(exc) from exc
-        try:
-            return schema.model_validate_json(reply.choices[0].message.content or "")
-        except ValueError as exc:
-            raise LLMError(f"openai: reply does not match {schema.__name__}", retryable=True) from exc
+        return await self._json_reply(out, schema)
 
     async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
         try:

@@ -7,9 +7,10 @@ like a role marker or a system turn is neutralised, and the model is told that t
 
 from __future__ import annotations
 
+import functools
 import json
-from dataclasses import replace
 import re
+from dataclasses import replace
 
 from .ports import Grounding, Message
 
@@ -24,6 +25,13 @@ _ROLE_MARKERS = re.compile(r"(?im)(<\|?im_(start|end)\|?>|^\s*(system|assistant|
 
 def neutralise(text: str) -> str:
     return _ROLE_MARKERS.sub(lambda m: "[" + m.group(0).strip("<>|: ：") + "]", text)
+
+
+@functools.cache
+def json_schema(schema: type) -> dict:
+    """A pydantic model's JSON schema, built once per class (pydantic builds it from scratch on
+    every call, ~1 ms): the structured-output adapters send it on every request."""
+    return schema.model_json_schema()
 
 
 def render(messages: list[Message], grounding: Grounding | None) -> list[Message]:
