@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .http_fake import LocalHttpFake
+
 PATH = "/openapi/tn_pubr_public_lar_was_fee_api"
 
 
@@ -48,15 +50,13 @@ def xml_error(code: str, msg: str) -> str:
     )
 
 
-class FakeBulkWasteApi:
+class FakeBulkWasteApi(LocalHttpFake):
     def __init__(self, *, service_key: str = "test-key", rows: list[dict] | None = None) -> None:
         self.service_key = service_key
         self.rows = list(ROWS if rows is None else rows)
         self.faults: list[Any] = []
         self.honour_filters, self.wrap_items = True, False
         self.requests: list[dict[str, str]] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     async def fees(self, request: web.Request) -> web.Response:
         q = dict(request.query)
@@ -83,20 +83,5 @@ class FakeBulkWasteApi:
         body = {"items": {"item": items} if self.wrap_items else items, "totalCount": str(len(found)), "numOfRows": str(size), "pageNo": str(page)}
         return web.json_response({"response": {"header": {"resultCode": "00", "resultMsg": "NORMAL_SERVICE"}, "body": body}})
 
-    async def __aenter__(self) -> FakeBulkWasteApi:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get(PATH, self.fees)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"

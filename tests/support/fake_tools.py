@@ -8,13 +8,13 @@ import time
 
 from aiohttp import web
 
+from .http_fake import LocalHttpFake
 
-class FakeTools:
+
+class FakeTools(LocalHttpFake):
     def __init__(self, *, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
         self.calls: list[tuple[str, float, float]] = []  # (path, start, end) monotonic
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     async def forecast(self, request: web.Request) -> web.Response:
         start = time.monotonic()
@@ -36,21 +36,6 @@ class FakeTools:
         results = [{"title": f"재활용 뉴스 {i}", "url": f"https://news.example/{i}", "content": f"{body['query']} 관련 기사 {i}", "score": 0.9} for i in range(body.get("max_results", 3))]
         return web.json_response({"query": body["query"], "results": results, "response_time": self.delay_s})
 
-    async def __aenter__(self) -> FakeTools:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/forecast", self.forecast)
         app.router.add_post("/search", self.search)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
