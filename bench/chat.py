@@ -38,17 +38,14 @@ from pathlib import Path
 import grpc
 import psutil
 
-from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
-from eco2.events.v1 import events_pb2, events_pb2_grpc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpc_ceiling import free_port, stop_process, wait_serving  # noqa: E402
+
+from eco2.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
+from eco2.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 20, 100
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], p: float) -> float | None:
@@ -62,35 +59,6 @@ def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Po
     penv = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
     profile = ["-m", "cProfile", "-o", str(log.with_suffix(".prof"))] if os.environ.get("BENCH_PROFILE") == name else []
     return subprocess.Popen([sys.executable, *profile, "-m", "eco2.services.cli", "serve", name], env=penv, start_new_session=True, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-
-async def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server on {port} exited with {proc.returncode}")
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"server on {port} not ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def one_turn(stub, text: str, user: str, events=None) -> dict:
@@ -124,13 +92,13 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
     port = free_port()
     proc = serve("chat", {**base_env, "ECO2_CHAT_MODEL": "offline", "ECO2_CHAT_JOB_KIND": "bench-offline"}, port, root / "chat-offline.log")
     try:
-        await wait_ready(port, proc)
+        await wait_serving(port, proc, timeout=90)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = chat_pb2_grpc.ChatServiceStub(ch)
             await one_turn(stub, "캔은 어떻게 버려?", "bench-warmup")  # warm-up (imports, pools)
             results = [await one_turn(stub, q, f"bench-off-{i}") for i, q in zip(range(turns), ["투명 페트병은 어떻게 버려?", "건전지는 어디에 버려?", "우유팩 버리는 법 알려줘", "신문지 시세 얼마야?"] * turns)]
     finally:
-        stop(proc)
+        stop_process(proc)
     e2e = [r["e2e"] * 1000 for r in results if r["ok"]]
     return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95)}
 
@@ -154,7 +122,7 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         env["ECO2_CHAT_INTENT_MODE"] = intent_mode
     proc = serve("chat", env, port, root / "chat-load.log")
     try:
-        await wait_ready(port, proc)
+        await wait_serving(port, proc, timeout=90)
         chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
         stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in chans]
         echans = [grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") for _ in range(channels)] if client == "subscribe" else []
@@ -174,8 +142,8 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         with urllib.request.urlopen(f"http://127.0.0.1:{fake_port}/_timings", timeout=30) as r:
             timings = json.loads(r.read())
     finally:
-        stop(proc)
-        stop(fake)
+        stop_process(proc)
+        stop_process(fake)
     overhead, added_ttft, model_ms, e2e_ms = [], [], [], []
     for m, r in zip(markers, results):
         calls = timings.get(m) or []
@@ -245,7 +213,7 @@ def sdk_floor(n: int) -> dict:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             cpu = runner.run(run())
     finally:
-        stop(fake)
+        stop_process(fake)
     return {"sdk_floor_concurrent": n, "sdk_floor_cpu_ms_per_answer": round(cpu * 1000, 2)}
 
 
@@ -261,7 +229,7 @@ async def main(args) -> dict:
         events_port = free_port()
         base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8"}
         procs.append(serve("events", base, events_port, root / "events.log"))
-        await wait_ready(events_port, procs[-1])
+        await wait_serving(events_port, procs[-1], timeout=90)
         base = {**base, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events_port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1"}
         out: dict = {"bench": "chat", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d")}
         if args.offline_turns:
@@ -271,7 +239,7 @@ async def main(args) -> dict:
         return out
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
         plane.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

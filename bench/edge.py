@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -36,14 +35,11 @@ from pathlib import Path
 import grpc
 import psutil
 
-from eco2.character.v1 import character_pb2, character_pb2_grpc
-from eco2.events.v1 import events_pb2 as E
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpc_ceiling import free_port  # noqa: E402
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from eco2.character.v1 import character_pb2, character_pb2_grpc  # noqa: E402
+from eco2.events.v1 import events_pb2 as E  # noqa: E402
 
 
 def wait_grpc(addr: str, timeout: float = 60) -> None:

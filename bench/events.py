@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,15 +28,12 @@ from pathlib import Path
 import grpc
 import psutil
 
-from eco2.events.v1 import events_pb2, events_pb2_grpc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpc_ceiling import free_port, stop_process, wait_serving  # noqa: E402
+
+from eco2.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
 
 E = events_pb2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- publisher worker (a separate process) ------------------------------------------------------
@@ -95,33 +91,6 @@ async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: fl
 def serve(env: dict[str, str], role: str, port: int) -> subprocess.Popen:
     penv = {**os.environ, **env, "ECO2_EVENTS_ROLE": role, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
     return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", "events"], env=penv, start_new_session=True)
-
-
-async def wait_ready(port: int, timeout: float = 60) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"events server on {port} not ready")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def redis_connections(pid: int, valkey_port: int) -> int:
@@ -231,7 +200,7 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
     port = free_port()
     proc = serve(env, "service", port)
     try:
-        await wait_ready(port)
+        await wait_serving(port)
         ps = psutil.Process(proc.pid)
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(20)]
         stubs = [events_pb2_grpc.EventServiceStub(c) for c in channels]
@@ -268,7 +237,7 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
                 "rss_after_mb": round(rss_after / 2**20, 1), "kb_per_idle_stream": round((rss_after - rss_before) / (streams - 1) / 1024, 1),
                 "connections": len(channels), "connections_warmed": warm_connections, "redis_connections": conns}
     finally:
-        stop(proc)
+        stop_process(proc)
         await client.aclose()
 
 
@@ -284,7 +253,7 @@ async def main(args) -> dict:
         env = {"REDIS_URL": info.redis_url, "DATABASE_URL": info.database_url, "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "60"}
         port = free_port()
         procs.append(serve(env, "all", port))  # router + EventService in one process
-        await wait_ready(port)
+        await wait_serving(port)
         valkey_pid = next(c.pid for c in psutil.net_connections(kind="tcp")
                           if c.laddr and c.laddr.port == info.valkey_port and c.status == "LISTEN" and c.pid)
         load_before = os.getloadavg()
@@ -308,7 +277,7 @@ async def main(args) -> dict:
                 "runs": runs, "idle": idle, "redis_connections_all_role": all_conns}
     finally:
         for p in procs:
-            stop(p)
+            stop_process(p)
         plane.stop()
         shutil.rmtree(root, ignore_errors=True)
 
