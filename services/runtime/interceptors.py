@@ -193,6 +193,31 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
+    def _request(self, method: str, request, client_streaming: bool):
+        if client_streaming:
+            return self._checked_requests(method, request)
+        if isinstance(request, _Malformed):
+            raise _malformed_error(method, request.size)
+        return request
+
+    def _stream_outcome(self, context, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        """How a stream handler's exception ends the call, shared by both stream wrappers: the
+        status it is counted as, and "raise" (propagate), "fail" (map to a status with `_fail`)
+        or "end" (the stream ends here)."""
+        if isinstance(exc, asyncio.CancelledError):
+            if self.shutdown.stopping:  # SIGTERM: the stream ends with UNAVAILABLE + RetryInfo, not a reset
+                _set_shutdown_status(context)
+                return grpc.StatusCode.UNAVAILABLE, "end"
+            return grpc.StatusCode.CANCELLED, "raise"
+        if isinstance(exc, GeneratorExit):  # the client went away: grpc closes the generator
+            return grpc.StatusCode.CANCELLED, "raise"
+        if isinstance(exc, grpc.aio.AbortError):
+            return _code_of(context), "raise"
+        if isinstance(exc, Exception):  # mapped to a status, never leaked
+            code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
+            return (code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL), "fail"
+        return grpc.StatusCode.OK, "raise"  # KeyboardInterrupt, SystemExit: not ours to map
+
     def _stream(self, method: str, behavior, client_streaming: bool):
         # OpenTelemetry's interceptor, when in front (not light_tracing), iterates the stream
         # handler it wraps with `async for`: then every stream stays an async generator.
@@ -211,33 +236,18 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             shutdown.track(task)
             active.inc()
             try:
-                if client_streaming:
-                    request = self._checked_requests(method, request)
-                elif isinstance(request, _Malformed):
-                    raise _malformed_error(method, request.size)
-                result = behavior(request, context)
+                result = behavior(self._request(method, request, client_streaming), context)
                 if inspect.isasyncgen(result):
                     async for item in result:
                         yield item
                 else:  # handler writes with context.write()
                     await result
-            except asyncio.CancelledError:
-                if shutdown.stopping:
-                    code = grpc.StatusCode.UNAVAILABLE
-                    _set_shutdown_status(context)
-                    return
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except GeneratorExit:  # the client went away: grpc closes the generator
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = _code_of(context)
-                raise
-            except Exception as exc:
-                code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
-                code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
-                await self._fail(method, context, exc)
+            except BaseException as exc:
+                code, then = self._stream_outcome(context, exc)
+                if then == "fail":
+                    await self._fail(method, context, exc)
+                elif then == "raise":
+                    raise
             finally:
                 shutdown.untrack(task)
                 active.dec()
@@ -264,25 +274,13 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             shutdown.track(task)
             active.inc()
             try:
-                if client_streaming:
-                    request = self._checked_requests(method, request)
-                elif isinstance(request, _Malformed):
-                    raise _malformed_error(method, request.size)
-                await behavior(request, context)
-            except asyncio.CancelledError:
-                if shutdown.stopping:
-                    code = grpc.StatusCode.UNAVAILABLE
-                    _set_shutdown_status(context)
-                    return
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = _code_of(context)
-                raise
-            except Exception as exc:
-                code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
-                code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
-                await self._fail(method, context, exc)
+                await behavior(self._request(method, request, client_streaming), context)
+            except BaseException as exc:
+                code, then = self._stream_outcome(context, exc)
+                if then == "fail":
+                    await self._fail(method, context, exc)
+                elif then == "raise":
+                    raise
             finally:
                 shutdown.untrack(task)
                 active.dec()
