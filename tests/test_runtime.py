@@ -177,6 +177,9 @@ async def test_a_client_stream_refused_mid_write_gets_the_refusal(probe_ch):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await outcome
         seen[err.value.code()] = seen.get(err.value.code(), 0) + 1
+        while not queue.empty():  # end the request generator, so grpc's writer task ends too
+            queue.get_nowait()
+        queue.put_nowait(None)
     assert seen == {grpc.StatusCode.RESOURCE_EXHAUSTED: 25}
 
 
@@ -219,6 +222,10 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
             stream = ch.unary_stream("/eco2test.Probe/Ticks")(b"")
             writer = ch.unary_stream("/eco2test.Probe/Writes")(b"")  # context.write() handler
             await writer.read()
+            # a generator stream whose reader stopped reading: the server is blocked in the
+            # write when the shutdown cancel comes, and still ends it with the status
+            flood = ch.unary_stream("/eco2test.Probe/Flood")(b"")
+            await flood.read()
             got = 0
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 async for _ in stream:
@@ -234,6 +241,9 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
             got, werr = await _read_all(writer)
             assert got and werr.code() == grpc.StatusCode.UNAVAILABLE  # it kept writing until the shutdown
             assert unpack_details(status_details(werr))["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"
+            got, ferr = await _read_all(flood)
+            assert got and ferr.code() == grpc.StatusCode.UNAVAILABLE, ferr
+            assert unpack_details(status_details(ferr))["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"
         assert proc.wait(timeout=15) == 0
         lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
         handled = [l for l in lines if l["msg"] == "probe handled"]

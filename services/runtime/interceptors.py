@@ -102,7 +102,7 @@ def _shutdown_status() -> grpc.Status:
 
 
 class CoreServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, shutdown: ShutdownCoordinator, *, light_tracing: bool = True, reject_drain_s: float = 0.5) -> None:
+    def __init__(self, shutdown: ShutdownCoordinator, *, light_tracing: bool = True, reject_drain_s: float = 2.0) -> None:
         self.shutdown = shutdown
         #: How long a client stream is drained before a refusal is sent (see _drain).
         self.reject_drain_s = reject_drain_s
@@ -219,9 +219,12 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.StatusCode.OK, "raise"  # KeyboardInterrupt, SystemExit: not ours to map
 
     def _stream(self, method: str, behavior, client_streaming: bool):
-        # OpenTelemetry's interceptor, when in front (not light_tracing), iterates the stream
-        # handler it wraps with `async for`: then every stream stays an async generator.
-        if self.light_tracing and inspect.iscoroutinefunction(behavior):
+        # Every stream is served as a writer coroutine (`_writer_stream`), generator handlers
+        # included, so a shutdown cancel always lands inside the wrapper. OpenTelemetry's
+        # interceptor, when in front (not light_tracing), iterates the stream handler it wraps
+        # with `async for`: then the stream stays an async generator, and a SIGTERM that finds
+        # it blocked in grpc's write (a slow reader) ends it with grpc's own UNAVAILABLE.
+        if self.light_tracing:
             return self._writer_stream(method, behavior, client_streaming)
         shutdown = self.shutdown
         seconds = RPC_SECONDS.labels(method)
@@ -257,10 +260,14 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     def _writer_stream(self, method: str, behavior, client_streaming: bool):
-        """A stream whose handler is a coroutine writing with context.write(): wrapped in a
-        coroutine, not an async generator, so grpc awaits it directly (its reader/writer path)
-        and an idle stream holds one frame here instead of a generator and its asend object
-        (docs/adr/0044). Same metrics, error mapping and shutdown status as `_stream`."""
+        """A stream served as a coroutine writing with context.write(), not an async generator,
+        so grpc awaits it directly (its reader/writer path). A coroutine handler is awaited; a
+        generator handler's items are written here. Two gains: an idle stream holds one frame
+        instead of a generator and its asend object (docs/adr/0044), and the write happens
+        inside this wrapper, so a shutdown cancel that finds the stream blocked on a slow
+        reader still ends it with UNAVAILABLE + RetryInfo; cancelled inside grpc's own
+        generator loop, the client got a bare "Cancelling all calls" at the end of the grace.
+        Same metrics, error mapping and shutdown status as `_stream`."""
         shutdown = self.shutdown
         seconds = RPC_SECONDS.labels(method)
         handled = _HandledCounter(method)
@@ -274,7 +281,15 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             shutdown.track(task)
             active.inc()
             try:
-                await behavior(self._request(method, request, client_streaming), context)
+                result = behavior(self._request(method, request, client_streaming), context)
+                if inspect.isasyncgen(result):
+                    try:
+                        async for item in result:
+                            await context.write(item)
+                    finally:  # cancelled in write(): the handler's own finally still runs now
+                        await result.aclose()
+                else:
+                    await result
             except BaseException as exc:
                 code, then = self._stream_outcome(context, exc)
                 if then == "fail":
@@ -290,19 +305,27 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         return call
 
 
-async def _drain(requests: AsyncIterator[Any], budget_s: float) -> None:
+#: A refused client stream is read until the client pauses this long (or the budget ends).
+DRAIN_QUIET_S = 0.1
+
+
+async def _drain(requests: AsyncIterator[Any], budget_s: float, quiet_s: float = DRAIN_QUIET_S) -> None:
     """Read (and drop) what the client is still sending before refusing its stream.
 
-    Refusing a client stream while the client is mid-write races in grpc core: the client may
-    see INTERNAL "Internal error from Core" instead of our status (reproduced with grpcio 1.85).
-    Draining for a bounded time lets the refusal arrive intact; a client that keeps sending
-    longer is refused anyway.
+    Refusing a client stream while the client is mid-write races in grpc's client: a write
+    that fails because the call ended sets the call's status to INTERNAL ("Internal error
+    from Core") when it lands before the real status (grpcio 1.85, `_call.py` `_write`; about
+    half the refusals of a client that never stops writing). So the refusal waits until the
+    client half-closes or pauses for `quiet_s`, for at most `budget_s`; a client that keeps
+    sending longer is refused anyway.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    items = aiter(requests)
     try:
-        async with asyncio.timeout(budget_s):
-            async for _ in requests:
-                pass
-    except Exception:  # TimeoutError or an error in the rest of the stream: refuse as planned
+        while (left := deadline - loop.time()) > 0:
+            await asyncio.wait_for(anext(items), min(quiet_s, left))
+    except Exception:  # end of stream, a pause, the budget, or an error in the rest: refuse now
         return
 
 

@@ -8,6 +8,7 @@ Methods take and return raw bytes (JSON) so no contract is needed:
   /eco2test.Probe/Boom     raises an unexpected exception
   /eco2test.Probe/Missing  raises NotFound
   /eco2test.Probe/Ticks    server stream, one message every 20 ms, forever
+  /eco2test.Probe/Flood    server stream of 256 KB messages as fast as the reader takes them
   /eco2test.Probe/Writes   the same written with context.write() (a coroutine handler); body = n:
                            NOT_FOUND after n messages
   /eco2test.Probe/Collect  client stream, refused with RESOURCE_EXHAUSTED past 100,000 bytes
@@ -74,6 +75,11 @@ class ProbeApp:
                 yield str(n).encode()
                 await asyncio.sleep(0.02)
 
+        async def flood(request: bytes, context):
+            chunk = b"x" * 262_144
+            while True:
+                yield chunk
+
         async def writes(request: bytes, context) -> None:
             n = 0
             while True:
@@ -99,6 +105,7 @@ class ProbeApp:
             "Boom": grpc.unary_unary_rpc_method_handler(boom),
             "Missing": grpc.unary_unary_rpc_method_handler(missing),
             "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
+            "Flood": grpc.unary_stream_rpc_method_handler(flood),
             "Writes": grpc.unary_stream_rpc_method_handler(writes),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("eco2test.Probe", handlers),))
