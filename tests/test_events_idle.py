@@ -47,7 +47,7 @@ def stream_frames() -> Counter:
     return out
 
 
-async def test_an_idle_subscribe_stream_is_three_frames_and_no_buffers(events, dataplane):
+async def test_an_idle_subscribe_stream_is_two_frames_and_no_buffers(events, dataplane):
     from eco2.services.events.producer import EventPublisher
 
     redis = create_redis(dataplane.redis_url)
@@ -71,11 +71,11 @@ async def test_an_idle_subscribe_stream_is_three_frames_and_no_buffers(events, d
             await asyncio.sleep(0.05)
         assert len(subs) == n and all(s.waiter is not None and s.buf is None for s in subs)
         grown = stream_frames() - before
-        # the runtime's wrapper is a coroutine (grpc's writer path), not an async generator, and
-        # the stream awaits its future itself (no Hub.wait coroutine): three frames per stream
+        # the runtime's wrapper is a coroutine (grpc's writer path), not an async generator;
+        # Subscribe returns the `_stream` coroutine (no frame of its own) and the stream awaits
+        # its future itself (no Hub.wait coroutine): two frames per stream
         assert grown == Counter({
             ("coroutine", "CoreServerInterceptor._writer_stream.<locals>.call"): n,
-            ("coroutine", "EventServicer.Subscribe"): n,
             ("coroutine", "EventServicer._stream"): n,
         })
         # still live: one more event reaches every idle stream

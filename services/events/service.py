@@ -10,6 +10,7 @@ built by concatenating the stored bytes (domain.batch_messages).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -59,22 +60,19 @@ class EventServicer:
         self.feed = feed
         self.settings = settings
 
-    async def Subscribe(self, request: events_pb2.SubscribeRequest, context):
+    # Both stream methods are plain functions that check the request and return the `_stream`
+    # coroutine itself (the runtime interceptor awaits it): an idle stream holds no frame of
+    # theirs (docs/adr/0044).
+    def Subscribe(self, request: events_pb2.SubscribeRequest, context) -> Awaitable[None]:
         _check_job_id(request.job_id)
-        try:
-            await self._stream(request.job_id, request.after_seq, context.write)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise _redis_down(exc) from exc
+        return self._stream(request.job_id, request.after_seq, context.write)
 
-    async def SubscribeBatches(self, request: events_pb2.SubscribeBatchesRequest, context):
+    def SubscribeBatches(self, request: events_pb2.SubscribeBatchesRequest, context) -> Awaitable[None]:
         _check_job_id(request.job_id)
         s = self.settings
         limits = (min(request.max_events or s.events_batch_max_events, s.events_batch_max_events),
                   min(request.max_bytes or s.events_batch_max_bytes, s.events_batch_max_bytes))
-        try:
-            await self._stream(request.job_id, request.after_seq, context.write, limits)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise _redis_down(exc) from exc
+        return self._stream(request.job_id, request.after_seq, context.write, limits)
 
     @staticmethod
     async def _send(write, events: list[bytes], batch: tuple[int, int] | None) -> None:
@@ -172,6 +170,8 @@ class EventServicer:
                             metadata={"job_id": job_id},
                         )
                     known = replay = True
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise _redis_down(exc) from exc
         finally:
             feed.unregister(sub)
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import random
 
 import grpc
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from .errors import Unauthenticated
@@ -30,8 +29,16 @@ REQUEST_ID_KEY = "x-request-id"
 #: Metadata keys forwarded from an incoming call to the calls it makes.
 FORWARDED_KEYS = frozenset({USER_ID_KEY, ROLES_KEY, PROVIDER_KEY, REQUEST_ID_KEY})
 
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("eco2_deadline", default=None)
-_forwarded: contextvars.ContextVar[tuple[tuple[str, str], ...]] = contextvars.ContextVar("eco2_forwarded", default=())
+class _Call(tuple):
+    """What the server interceptor records for one incoming call: (deadline, forwarded
+    metadata, trace id, span id, trace flags); trace id 0 when OpenTelemetry owns the trace.
+    One context variable, one small tuple: an idle stream keeps it for its whole life."""
+
+    __slots__ = ()
+
+
+_NO_CALL = _Call((None, (), 0, 0, 0))
+_call: contextvars.ContextVar[_Call] = contextvars.ContextVar("eco2_call", default=_NO_CALL)
 
 
 def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> None:
@@ -39,9 +46,14 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> N
 
     grpc.aio runs every RPC in its own task, so the values live exactly as long as the call
     (and the tasks it spawns) and need no reset.
+
+    Light tracing (no span exporter): W3C trace context without span recording — the caller's
+    trace is continued (or one is started) so logs carry trace ids and downstream calls carry
+    `traceparent`. The ids are kept as plain ints here, not as an attached OpenTelemetry
+    context (a span, a span context and a context dict per call: ~0.7 KB an idle stream would
+    hold, docs/adr/0044); `trace_ids()` reads them.
     """
     remaining = context.time_remaining()
-    _deadline.set(None if remaining is None else time.monotonic() + remaining)
     forwarded = []
     traceparent = None
     for k, v in context.invocation_metadata() or ():
@@ -49,38 +61,48 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> N
             forwarded.append((k, v))
         elif k == TRACEPARENT_KEY and isinstance(v, str):
             traceparent = v
-    _forwarded.set(tuple(forwarded))
+    trace_id = span_id = flags = 0
     if light_tracing:
-        _attach_trace(traceparent)
+        trace_id, flags = _parse_traceparent(traceparent)
+        span_id = _random.getrandbits(64) or 1
+    _call.set(_Call((None if remaining is None else time.monotonic() + remaining, tuple(forwarded), trace_id, span_id, flags)))
 
 
-def _attach_trace(traceparent: str | None) -> None:
-    """W3C trace context without span recording: continue the caller's trace (or start one)
-    so logs carry trace ids and downstream calls carry `traceparent`, at a few µs per call."""
-    trace_id = 0
-    flags = 1
+def _parse_traceparent(traceparent: str | None) -> tuple[int, int]:
+    """(trace id, sampled flag) of a W3C traceparent; a new random trace id when it is absent
+    or malformed."""
     if traceparent:
         parts = traceparent.split("-")
         if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
             try:
                 trace_id = int(parts[1], 16)
-                flags = int(parts[3][:2], 16)
+                if trace_id:
+                    return trace_id, int(parts[3][:2], 16) & 1
             except ValueError:
-                trace_id = 0
-    if not trace_id:
-        trace_id = _random.getrandbits(128) or 1
-    span_ctx = trace.SpanContext(trace_id, _random.getrandbits(64) or 1, is_remote=False, trace_flags=trace.TraceFlags(flags & 1))
-    otel_context.attach(trace.set_span_in_context(trace.NonRecordingSpan(span_ctx)))
+                pass
+    return _random.getrandbits(128) or 1, 1
+
+
+def trace_ids() -> tuple[int, int, int] | None:
+    """(trace id, span id, flags) of the current call: the light ids recorded by `enter`, else
+    the current OpenTelemetry span's (span recording on); None outside any trace."""
+    call = _call.get()
+    if call[2]:
+        return call[2], call[3], call[4]
+    span_ctx = trace.get_current_span().get_span_context()
+    if span_ctx.is_valid:
+        return span_ctx.trace_id, span_ctx.span_id, int(span_ctx.trace_flags)
+    return None
 
 
 def time_remaining() -> float | None:
     """Seconds left before the current incoming call's deadline (None = no deadline)."""
-    deadline = _deadline.get()
+    deadline = _call.get()[0]
     return None if deadline is None else deadline - time.monotonic()
 
 
 def forwarded_metadata() -> Sequence[tuple[str, str]]:
-    return _forwarded.get()
+    return _call.get()[1]
 
 
 def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:

@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 
-from opentelemetry import trace
+from .context import trace_ids
 
 _RESERVED = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -25,10 +25,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        ctx = trace.get_current_span().get_span_context()
-        if ctx.is_valid:
-            out["trace_id"] = format(ctx.trace_id, "032x")
-            out["span_id"] = format(ctx.span_id, "016x")
+        ids = trace_ids()
+        if ids is not None:
+            out["trace_id"] = format(ids[0], "032x")
+            out["span_id"] = format(ids[1], "016x")
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value

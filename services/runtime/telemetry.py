@@ -7,6 +7,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
+from .context import trace_ids
+
 _configured = False
 
 
@@ -32,8 +34,8 @@ def recording_enabled() -> bool:
 
 
 def current_traceparent() -> str:
-    """The W3C `traceparent` of the current span ('' outside a span)."""
-    ctx = trace.get_current_span().get_span_context()
-    if not ctx.is_valid:
+    """The W3C `traceparent` of the current call or span ('' outside any trace)."""
+    ids = trace_ids()
+    if ids is None:
         return ""
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return f"00-{ids[0]:032x}-{ids[1]:016x}-{ids[2]:02x}"
