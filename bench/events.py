@@ -2,6 +2,7 @@
 fixed rate, and the cost of 10,000 idle Subscribe streams on one EventService process.
 
     python bench/events.py [--events 60000] [--rate 5000] [--streams 10000] [--batch 64] [--publishers 2] [--idle-cold]
+                           [--loop uvloop|asyncio] [--publish-tick-ms 0] [--router-linger-ms MS]
     python bench/events.py --events 0 --streams 10000       # the idle streams only
                            [--subscribe per-event|batches|both]
 
@@ -39,7 +40,7 @@ E = events_pb2
 # -- publisher worker (a separate process) ------------------------------------------------------
 
 
-async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: float, batch: int) -> None:
+async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: float, batch: int, tick_s: float = 0.0) -> None:
     """Publishes per_job events to each job, `batch` events per publish_many round trip (1 =
     single `publish`); prints its own CPU seconds as JSON on stdout."""
     from eco2.services.events.producer import EventPublisher
@@ -48,6 +49,7 @@ async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: fl
     client = fast_redis(redis_url)
     pub = EventPublisher(client)
     t0 = os.times()  # CPU from here on: interpreter start and imports are not per-event work
+    began = time.time()  # the flow's clock starts here, not at the process spawn
 
     def event(job: str, seq: int):
         kind = E.EVENT_KIND_DONE if seq == per_job else E.EVENT_KIND_TOKEN
@@ -61,15 +63,19 @@ async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: fl
                 await pub.publish_many([event(job, q) for q in range(first, min(per_job, first + batch - 1) + 1)])
 
     async def paced() -> None:  # `rate` events/s over all jobs, round robin; what is due goes in one call
+        # Each event's time is when it fell due, so the latency includes any wait in here.
         total, n = per_job * len(jobs), len(jobs)
-        sent, start = 0, time.perf_counter()
+        sent, start, wall0 = 0, time.perf_counter(), time.time_ns()
         while sent < total:
-            due = min(total, int((time.perf_counter() - start) * rate) + 1)
-            if due <= sent:
-                await asyncio.sleep(0.0005)
+            now = time.perf_counter()
+            due = min(total, int((now - start) * rate) + 1)
+            if due <= sent:  # sleep until the next event is due (no polling), or one tick
+                await asyncio.sleep(tick_s or start + sent / rate - now)
                 continue
             k = min(due - sent, batch)
             evs = [event(jobs[i % n], i // n + 1) for i in range(sent, sent + k)]
+            for i, ev in zip(range(sent, sent + k), evs):
+                ev.time.FromNanoseconds(wall0 + int(i / rate * 1e9))
             if k == 1:
                 await pub.publish(evs[0])
             else:
@@ -82,7 +88,16 @@ async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: fl
         await asyncio.gather(*(one(j) for j in jobs))
     await client.aclose()
     t = os.times()
-    print(json.dumps({"cpu_s": t.user + t.system - t0.user - t0.system}), flush=True)
+    print(json.dumps({"cpu_s": t.user + t.system - t0.user - t0.system, "began": began}), flush=True)
+
+
+def event_loop(name: str):
+    """Loop factory for asyncio.Runner: uvloop's, or None (asyncio's default)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
 
 
 # -- orchestration --------------------------------------------------------------------------------
@@ -97,13 +112,26 @@ def redis_connections(pid: int, valkey_port: int) -> int:
     return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp") if c.raddr and c.raddr.port == valkey_port and c.status == "ESTABLISHED")
 
 
+async def command_stats(redis_url: str) -> dict[str, tuple[int, int]]:
+    """Valkey's INFO commandstats: {command: (calls, usec)}."""
+    from eco2.services.dataplane.urls import create_redis
+
+    client = create_redis(redis_url)
+    try:
+        info = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return {k.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"])) for k, v in info.items()}
+
+
 def cpu_s(proc: psutil.Process) -> float:
     t = proc.cpu_times()
     return t.user + t.system
 
 
 async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int, rate: float, publishers: int,
-                   batch: int, server_pid: int, valkey_pid: int, mode: str = "per-event") -> dict:
+                   batch: int, server_pid: int, valkey_pid: int, mode: str = "per-event", loop: str = "uvloop",
+                   tick_ms: float = 0.0) -> dict:
     """`jobs` jobs, one subscriber each; `publishers` processes publish per_job events per job.
     CPU per event is reported for the events server process (router + EventService), Valkey,
     the publishers and this client process: robust on a busy machine, unlike events/s.
@@ -148,32 +176,44 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
         subs = [asyncio.create_task(subscribe(i, j)) for i, j in enumerate(names)]
         await asyncio.sleep(0.5)  # streams registered (unknown jobs wait for their first event)
         server, valkey, me = psutil.Process(server_pid), psutil.Process(valkey_pid), psutil.Process()
+        stats0 = await command_stats(redis_url)
         cpu0 = (cpu_s(server), cpu_s(valkey), cpu_s(me))
         chunks = [names[i::publishers] for i in range(publishers)]
         started = time.perf_counter()
         procs = [
             await asyncio.create_subprocess_exec(
                 sys.executable, __file__, "--publisher", redis_url, ",".join(c), str(per_job), str(rate / publishers if rate else 0),
-                str(batch), stdout=asyncio.subprocess.PIPE,
+                str(batch), loop, str(tick_ms), stdout=asyncio.subprocess.PIPE,
             )
             for c in chunks
         ]
         outs = await asyncio.gather(*(p.communicate() for p in procs))
         published_at = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*subs), 600)
+        ended = time.time()
         elapsed = time.perf_counter() - started
         cpu1 = (cpu_s(server), cpu_s(valkey), cpu_s(me))
+        stats1 = await command_stats(redis_url)
     finally:
         for c in channels:
             await c.close()
     total = jobs * per_job
-    pub_cpu = sum(json.loads(o[0].decode().strip().splitlines()[-1])["cpu_s"] for o in outs)
+    reports = [json.loads(o[0].decode().strip().splitlines()[-1]) for o in outs]
+    pub_cpu = sum(r["cpu_s"] for r in reports)
+    # from the first publisher's first event to the last event received (publisher process
+    # start-up, ~1 s of imports, is not part of the flow)
+    flow_s = ended - min(r["began"] for r in reports)
     us = lambda seconds: round(seconds / max(received, 1) * 1e6, 1)  # noqa: E731
     out = {"subscribe": mode, "events": total, "received": received, "messages": messages, "events_per_message": round(received / max(messages, 1), 2),
-           "seconds": round(elapsed, 2), "events_per_s": round(received / elapsed),
+           "seconds": round(flow_s, 2), "events_per_s": round(received / flow_s), "seconds_with_process_start": round(elapsed, 2),
            "publish_seconds": round(published_at - started, 2), "publish_batch": batch,
            "cpu_us_per_event": {"events_server": us(cpu1[0] - cpu0[0]), "valkey": us(cpu1[1] - cpu0[1]),
                                 "publishers": us(pub_cpu), "subscriber_client": us(cpu1[2] - cpu0[2])}}
+    # Valkey's own accounting: calls per event and µs of command time per event, by command
+    out["valkey_commands_per_event"] = {
+        name: {"calls": round((c - stats0.get(name, (0, 0))[0]) / max(received, 1), 3),
+               "us": round((u - stats0.get(name, (0, 0))[1]) / max(received, 1), 1)}
+        for name, (c, u) in sorted(stats1.items()) if c > stats0.get(name, (0, 0))[0] and name != "info"}
     if latencies:
         latencies.sort()
         q = lambda p: round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)  # noqa: E731
@@ -251,6 +291,8 @@ async def main(args) -> dict:
     procs = []
     try:
         env = {"REDIS_URL": info.redis_url, "DATABASE_URL": info.database_url, "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "60"}
+        if args.router_linger_ms is not None:
+            env["ECO2_EVENTS_ROUTER_LINGER_MS"] = str(args.router_linger_ms)
         port = free_port()
         procs.append(serve(env, "all", port))  # router + EventService in one process
         await wait_serving(port)
@@ -262,12 +304,14 @@ async def main(args) -> dict:
         for mode in modes if args.events else []:  # --events 0: only the idle streams
             load = os.getloadavg()[0]
             throughput = await run_flow(info.redis_url, port, f"tp-{mode}", args.jobs, args.events // args.jobs, 0, args.publishers,
-                                        args.batch, procs[0].pid, valkey_pid, mode)
+                                        args.batch, procs[0].pid, valkey_pid, mode, args.loop)
             throughput["loadavg_1m_before"] = round(load, 2)
             load = os.getloadavg()[0]
             latency = await run_flow(info.redis_url, port, f"lat-{mode}", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate,
-                                     args.publishers, args.batch, procs[0].pid, valkey_pid, mode)
+                                     args.publishers, args.batch, procs[0].pid, valkey_pid, mode, args.loop, args.publish_tick_ms)
             latency["target_rate"] = args.rate
+            latency["publish_tick_ms"] = args.publish_tick_ms
+            latency["router_linger_ms"] = args.router_linger_ms if args.router_linger_ms is not None else "default"
             latency["loadavg_1m_before"] = round(load, 2)
             runs[mode] = {"throughput": throughput, "latency": latency}
         all_conns = redis_connections(procs[0].pid, info.valkey_port)
@@ -284,8 +328,9 @@ async def main(args) -> dict:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--publisher":
-        _, _, url, jobs, per_job, rate, batch = sys.argv
-        asyncio.run(publisher_main(url, jobs.split(","), int(per_job), float(rate), int(batch)))
+        _, _, url, jobs, per_job, rate, batch, loop, tick_ms = sys.argv
+        with asyncio.Runner(loop_factory=event_loop(loop)) as runner:
+            runner.run(publisher_main(url, jobs.split(","), int(per_job), float(rate), int(batch), float(tick_ms) / 1000))
         sys.exit(0)
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=60_000, help="events in the throughput run (0: no throughput and latency runs)")
@@ -299,5 +344,13 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=64, help="events per publish_many call in the publishers (1: publish)")
     parser.add_argument("--subscribe", choices=["per-event", "batches", "both"], default="both",
                         help="Subscribe (one Event per message), SubscribeBatches, or both in turn")
+    parser.add_argument("--publish-tick-ms", type=float, default=0.0,
+                        help="paced publishers wake every this many ms and send what is due (0: at each event's due time)")
+    parser.add_argument("--router-linger-ms", type=float, default=None,
+                        help="ECO2_EVENTS_ROUTER_LINGER_MS for the events process (default: the product's)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="event loop of the publishers and the subscribing client (uvloop: as `eco2 serve` runs workers)")
     os.environ.setdefault("LC_ALL", "C.UTF-8")
-    print(json.dumps(asyncio.run(main(parser.parse_args()))))
+    args = parser.parse_args()
+    with asyncio.Runner(loop_factory=event_loop(args.loop)) as runner:
+        print(json.dumps(runner.run(main(args))))

@@ -14,7 +14,6 @@ from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
-from eco2.services.events.valkey import fast_redis
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.settings import Endpoints
 
@@ -39,7 +38,7 @@ class ChatApp:
     def __init__(self, settings: ChatSettings, endpoints: Endpoints | None = None) -> None:
         self.settings = settings
         self.endpoints = endpoints or Endpoints()
-        self.pool = self.pg = self.redis = self.events_redis = self.workers = None
+        self.pool = self.pg = self.redis = self.sink = self.workers = None
         self.channels: list[grpc.aio.Channel] = []
         self.closers: list = []
 
@@ -61,10 +60,9 @@ class ChatApp:
         saver = AsyncPostgresSaver(self.pg)
         await saver.setup()
         self.redis = create_redis(s.redis_url)
-        # The publisher gets its own connections, packed by hiredis (valkey.fast_redis): its Lua
-        # calls carry four arguments per event.
-        self.events_redis = fast_redis(s.redis_url)
-        sink = EventPublisher(self.events_redis, s)
+        # The publisher keeps its own lean connection (events/resp.py, ADR 0045), shared by
+        # every job of this process: concurrent publishes are pipelined on it.
+        sink = self.sink = EventPublisher(self.redis, s)
         outbox = EventOutbox(sink)
         queue = JobQueue(self.redis, s.chat_job_kind, s)
         llm = create_llm(
@@ -111,8 +109,8 @@ class ChatApp:
             await c.aclose()
         if self.redis is not None:
             await self.redis.aclose()
-        if self.events_redis is not None:
-            await self.events_redis.aclose()
+        if self.sink is not None:
+            await self.sink.aclose()
         if self.pg is not None:
             await self.pg.close()
         if self.pool is not None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import grpc
 import redis.asyncio
 
-from eco2.services.dataplane.urls import create_redis
 
 from .hub import Hub
 from .router import Router
@@ -22,7 +21,6 @@ class EventsApp:
     def __init__(self, settings: EventsSettings) -> None:
         self.settings = settings
         self.redis: redis.asyncio.Redis | None = None
-        self.pubsub_redis: redis.asyncio.Redis | None = None
         self.router: Router | None = None
         self.hub: Hub | None = None
 
@@ -37,16 +35,18 @@ class EventsApp:
         s = self.settings
         if not s.redis_url:
             raise RuntimeError("the events service needs REDIS_URL")
-        # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them.
-        self.redis = fast_redis(s.redis_url, pool_class=redis.asyncio.BlockingConnectionPool, max_connections=s.events_redis_pool, timeout=30)
+        # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them,
+        # the router's own connection (resp.py) included.
+        routes = s.events_role in (EventsRole.ALL, EventsRole.ROUTER)
+        pool = max(1, s.events_redis_pool - 1) if routes else s.events_redis_pool
+        self.redis = fast_redis(s.redis_url, pool_class=redis.asyncio.BlockingConnectionPool, max_connections=pool, timeout=30)
         await self.redis.ping()
-        if s.events_role in (EventsRole.ALL, EventsRole.ROUTER):
+        if routes:
             self.router = Router(self.redis, s)
             await self.router.start()
         if self.serves_api:
-            self.pubsub_redis = create_redis(s.redis_url, max_connections=s.events_shards)
-            self.hub = Hub(
-                self.pubsub_redis, s.events_shards, buffer=s.events_subscriber_buffer,
+            self.hub = Hub(  # one Pub/Sub connection per shard, to the server `redis` names
+                self.redis, s.events_shards, buffer=s.events_subscriber_buffer,
                 max_subscribers=s.events_max_subscribers, retry_s=s.events_redis_retry_s,
             )
             await self.hub.start()
@@ -57,7 +57,7 @@ class EventsApp:
             await self.router.stop()
         if self.hub is not None:
             await self.hub.stop()
-        for client in (self.pubsub_redis, self.redis):
+        for client in (self.redis,):
             if client is not None:
                 await client.aclose()
 

@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from eco2.services.runtime.errors import ResourceExhausted
 
 from . import domain
+from .resp import RespClient
 
 log = logging.getLogger("eco2.events.hub")
 
@@ -54,6 +55,9 @@ class Sub:
 
 
 class Hub:
+    """`pubsub_redis` names the server (a redis-py client): the hub opens one lean Pub/Sub
+    connection per shard to it (resp.RespClient)."""
+
     def __init__(self, pubsub_redis: redis.asyncio.Redis, shards: int, *, buffer: int, max_subscribers: int, retry_s: float) -> None:
         self.redis = pubsub_redis
         self.shards = shards
@@ -170,29 +174,37 @@ class Hub:
                 sub = sub.next
 
     async def _listen(self, shard: int) -> None:
+        """Keep shard `shard`'s Pub/Sub connection subscribed; fan-out messages are dispatched
+        straight from the connection's data callback (resp.py: no task per message)."""
         channel = domain.fanout_channel(shard).encode()
+        client = RespClient.like(self.redis)
+
+        def on_push(reply) -> None:
+            kind = reply[0] if isinstance(reply, list) and reply else None
+            if kind == b"message":
+                try:
+                    self.dispatch(reply[2])
+                except (ValueError, UnicodeDecodeError, IndexError):
+                    log.warning("malformed fan-out message ignored", extra={"shard": shard})
+            elif kind == b"subscribe":
+                # first subscription, or a new connection after a lost one: anything published
+                # meanwhile was missed, so everyone catches up
+                RECONNECTS.labels(str(shard)).inc()
+                self.resync_shard(shard)
+                self._ready[shard].set()
+
         while True:
-            pubsub = self.redis.pubsub()
+            conn = None
             try:
-                await pubsub.subscribe(channel)
-                async for msg in pubsub.listen():
-                    kind = msg["type"]
-                    if kind == b"message" or kind == "message":
-                        try:
-                            self.dispatch(msg["data"])
-                        except (ValueError, UnicodeDecodeError):
-                            log.warning("malformed fan-out message ignored", extra={"shard": shard})
-                    elif kind in (b"subscribe", "subscribe"):
-                        # first subscription, or redis-py reconnected and resubscribed on its own:
-                        # anything published meanwhile was missed, so everyone catches up
-                        RECONNECTS.labels(str(shard)).inc()
-                        self.resync_shard(shard)
-                        self._ready[shard].set()
+                conn = await client.connect(on_push)
+                conn.send_only("SUBSCRIBE", channel)
+                await conn.closed
+                raise conn.error or RedisConnectionError("Pub/Sub connection closed")
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("pub/sub connection lost; reconnecting", extra={"shard": shard, "error": str(exc)})
                 await asyncio.sleep(self.retry_s)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                if conn is not None:
+                    conn.close()

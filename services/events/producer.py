@@ -21,7 +21,7 @@ from eco2.services.runtime.errors import FailedPrecondition, FieldViolation, Inv
 
 from . import domain, scripts
 from .settings import EventsSettings
-from .valkey import evalsha_pipelined
+from .resp import RespClient
 
 PUBLISHED = Counter("eco2_events_published_total", "Events appended by producers in this process, by outcome", ["outcome"])
 _APPENDED = PUBLISHED.labels("appended")
@@ -70,10 +70,15 @@ def _rejection(event: events_pb2.Event, code: int, last: bytes | str, index: int
 
 
 class EventPublisher:
+    """Publishes over its own lean connection (resp.RespClient, docs/adr/0045) to the server,
+    database and credentials of the given redis-py client; concurrent publishes share it
+    (pipelined). `aclose()` closes it."""
+
     def __init__(self, redis: redis.asyncio.Redis, settings: EventsSettings | None = None) -> None:
         self.redis = redis
         self.settings = settings or EventsSettings()
         self._script = redis.register_script(scripts.PUBLISH)
+        self._fast = RespClient.like(redis)
         s = self.settings
         self._head = [str(s.events_replay_maxlen), str(s.events_replay_ttl_s * 1000), str(s.events_shard_maxlen)]
 
@@ -108,6 +113,9 @@ class EventPublisher:
         if error is not None:
             raise error
         return out
+
+    async def aclose(self) -> None:
+        await self._fast.aclose()
 
     # -- internals ---------------------------------------------------------------------------
     @staticmethod
@@ -158,7 +166,7 @@ class EventPublisher:
         if violations:
             raise InvalidArgument("invalid event: " + ", ".join(v.field for v in violations), violations=violations)
         results: list = [None] * len(events)
-        replies = await evalsha_pipelined(self.redis, self._script, [(keys, args) for keys, args, _ in groups.values()])
+        replies = await self._fast.evalsha_many(self._script.sha, scripts.PUBLISH, [(keys, args) for keys, args, _ in groups.values()])
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import domain, scripts
 from .settings import EventsSettings
-from .valkey import evalsha_pipelined
+from .resp import PoolCommands, RespClient
 
 log = logging.getLogger("eco2.events.router")
 
@@ -56,6 +56,10 @@ class Router:
         self.settings = settings or EventsSettings()
         self.consumer = consumer or consumer_name()
         self._route = redis.register_script(scripts.ROUTE)
+        # the read → route → ack round trips go over one lean connection of the router's own
+        # (resp.RespClient, docs/adr/0045); groups, the reclaimer's scans and metrics use `redis`
+        self._fast = RespClient.like(redis)
+        self._pool = PoolCommands(redis)
         self._ttl_ms = str(self.settings.events_replay_ttl_s * 1000)
         self._shards = list(range(self.settings.events_shards))
         self._streams = {domain.shard_stream(s): s for s in self._shards}
@@ -87,6 +91,7 @@ class Router:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._fast.aclose()  # ends a blocking read still in flight
         acks, self._deferred = self._deferred, []
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
             await self.ack(acks)  # else another router's reclaimer takes them (re-routing publishes nothing)
@@ -95,9 +100,9 @@ class Router:
     async def _read_loop(self) -> None:
         s = self.settings
         streams = {name: ">" for name in self._streams}
-        # raw reply (no per-entry dicts): "XREADGROUP GROUP" is not a key of redis-py's
-        # response callbacks, and the client splits it into two words on the wire
-        read = ("XREADGROUP GROUP", domain.ROUTER_GROUP, self.consumer, "COUNT", s.events_router_batch,
+        linger = s.events_router_linger_ms / 1000
+        # raw reply (no per-entry dicts)
+        read = ("XREADGROUP", "GROUP", domain.ROUTER_GROUP, self.consumer, "COUNT", s.events_router_batch,
                 "BLOCK", s.events_router_block_ms, "STREAMS", *streams, *streams.values())
         while True:
             try:
@@ -107,6 +112,8 @@ class Router:
                 if reply:
                     batches = [(self._streams[name.decode() if isinstance(name, bytes) else name], entries) for name, entries in reply]
                     await self.route_shards(batches, defer_ack=True)
+                    if linger and sum(len(e) for _, e in batches) < s.events_router_batch:
+                        await asyncio.sleep(linger)  # caught up: let the next read gather more
             except asyncio.CancelledError:
                 raise
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -176,12 +183,12 @@ class Router:
         """XREADGROUP, preceded in the same round trip by the XACKs of the previous read."""
         acks, self._deferred = [(shard, ids) for shard, ids in self._deferred if ids], []
         if not acks:
-            return await self.redis.execute_command(*command)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for shard, ids in acks:
-                pipe.xack(domain.shard_stream(shard), domain.ROUTER_GROUP, *ids)
-            pipe.execute_command(*command)
-            return (await pipe.execute())[-1]
+            return await self._fast.execute(*command)
+        replies = await self._fast.pipeline([*_xacks(acks), command])
+        error = next((r for r in replies if isinstance(r, Exception)), None)
+        if error is not None:
+            raise error
+        return replies[-1]
 
     async def route_shards(self, batches: list[tuple[int, list]], *, defer_ack: bool = False) -> int:
         """Route entries of several shards: one Lua call per shard, all in one round trip, then
@@ -195,7 +202,10 @@ class Router:
             if keys:
                 calls.append((keys, argv))
                 routed.append((shard, (len(argv) - 4 - len(keys)) // 3))
-        replies = await evalsha_pipelined(self.redis, self._route, calls) if calls else []
+        # the read loop's calls go over the router's lean connection; the others (reclaimer,
+        # tests) over the pool, not queued behind the read loop's blocking XREADGROUP
+        via = self._fast if defer_ack else self._pool
+        replies = await via.evalsha_many(self._route.sha, scripts.ROUTE, calls) if calls else []
         error = next((r for r in replies if isinstance(r, Exception)), None)
         if error is not None:  # ack only the shards whose Lua ran
             failed = {shard for (shard, _), r in zip(routed, replies) if isinstance(r, Exception)}
@@ -247,13 +257,13 @@ class Router:
 
     async def ack(self, acks: list[tuple[int, list]]) -> None:
         """XACK (shard, entry ids) pairs: one round trip."""
-        acks = [(shard, ids) for shard, ids in acks if ids]
-        if len(acks) == 1:
-            shard, ids = acks[0]
-            await self.redis.xack(domain.shard_stream(shard), domain.ROUTER_GROUP, *ids)
-        elif acks:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for shard, ids in acks:
-                    pipe.xack(domain.shard_stream(shard), domain.ROUTER_GROUP, *ids)
-                await pipe.execute()
+        commands = _xacks([(shard, ids) for shard, ids in acks if ids])
+        if commands:
+            error = next((r for r in await self._pool.pipeline(commands) if isinstance(r, Exception)), None)
+            if error is not None:
+                raise error
+
+
+def _xacks(acks: list[tuple[int, list]]) -> list[tuple]:
+    return [("XACK", domain.shard_stream(shard), domain.ROUTER_GROUP, *ids) for shard, ids in acks]
 

@@ -27,6 +27,7 @@ class EventsSettings(RuntimeSettings):
     events_shard_maxlen: int = Field(1_000_000, ge=1000, description="approximate cap of each shard stream (entries not yet routed beyond it are lost to live delivery)")
     events_router_batch: int = Field(512, ge=1, le=10_000, description="entries the router reads per XREADGROUP")
     events_router_block_ms: int = Field(1000, ge=1, description="how long one XREADGROUP waits for new entries")
+    events_router_linger_ms: float = Field(0.0, ge=0, le=100, description="after a read that was not full, wait this long before the next one so a steady flow is routed in batches (adds up to this much latency)")
     events_reclaim_idle_ms: int = Field(30_000, ge=1, description="a routed-but-unacked entry idle this long is taken over by another router")
     events_reclaim_interval_s: float = Field(5.0, gt=0, description="how often the router runs XAUTOCLAIM and refreshes its lag/pending metrics")
     events_subscriber_buffer: int = Field(256, ge=1, description="live events buffered per subscriber; on overflow it catches up from the replay stream")

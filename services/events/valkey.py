@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import hiredis
 import redis.asyncio
 from redis.asyncio.connection import Connection
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError
 
 from . import domain
 from .ports import JobHead, Stored
@@ -63,31 +61,3 @@ def fast_redis(redis_url: str, **kwargs) -> redis.asyncio.Redis:
     pool_class = kwargs.pop("pool_class", redis.asyncio.ConnectionPool)
     pool = pool_class.from_url(redis_url, connection_class=FastConnection, **kwargs)
     return redis.asyncio.Redis(connection_pool=pool)
-
-
-async def evalsha_pipelined(redis: redis.asyncio.Redis, script, calls: Sequence[tuple[list, list]]) -> list:
-    """Run a registered `script` once per (keys, args), pipelined: one round trip. (redis-py's
-    Script in a pipeline sends SCRIPT EXISTS first: a second round trip every time.) Calls that
-    find the script missing (NOSCRIPT: Valkey restarted or flushed; nothing ran) are re-run
-    once after SCRIPT LOAD. Returns the replies in order, an error reply as its exception, so
-    the caller can keep what succeeded."""
-    if len(calls) == 1:  # no pipeline needed: the Script itself reloads on NOSCRIPT
-        keys, args = calls[0]
-        try:
-            return [await script(keys=keys, args=args)]
-        except ResponseError as exc:
-            return [exc]
-    replies: list = [None] * len(calls)
-    todo = list(range(len(calls)))
-    for attempt in (0, 1):
-        async with redis.pipeline(transaction=False) as pipe:
-            for i in todo:
-                keys, args = calls[i]
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            for i, reply in zip(todo, await pipe.execute(raise_on_error=False)):
-                replies[i] = reply
-        todo = [i for i in todo if isinstance(replies[i], NoScriptError)]
-        if not todo or attempt:
-            break
-        await redis.script_load(script.script)
-    return replies
