@@ -180,14 +180,20 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
         cpu0 = (cpu_s(server), cpu_s(valkey), cpu_s(me))
         chunks = [names[i::publishers] for i in range(publishers)]
         started = time.perf_counter()
+        # subprocess.Popen (CPython's fork_exec), not the loop's subprocess support: uvloop's
+        # spawn forks this grpc-threaded process in a way that now and then let the child die
+        # of SIGSEGV before exec (publishers exited -11 with no output, ~1 run in 5)
         procs = [
-            await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--publisher", redis_url, ",".join(c), str(per_job), str(rate / publishers if rate else 0),
-                str(batch), loop, str(tick_ms), stdout=asyncio.subprocess.PIPE,
+            subprocess.Popen(
+                [sys.executable, "-X", "faulthandler", __file__, "--publisher", redis_url, ",".join(c), str(per_job),
+                 str(rate / publishers if rate else 0), str(batch), loop, str(tick_ms)], stdout=subprocess.PIPE,
             )
             for c in chunks
         ]
-        outs = await asyncio.gather(*(p.communicate() for p in procs))
+        outs = await asyncio.gather(*(asyncio.to_thread(p.communicate) for p in procs))
+        failed = [p.returncode for p in procs if p.returncode != 0]
+        if failed:  # say so now, not after the subscribers' 600 s timeout
+            raise RuntimeError(f"publisher process(es) failed with exit codes {failed}: {[o[0][-500:] for o in outs]}")
         published_at = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*subs), 600)
         ended = time.time()
