@@ -238,4 +238,8 @@ class RespClient(_EvalMany):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-            await asyncio.shield(conn.closed)
+            try:  # bounded: a transport that never reports the loss must not hang a shutdown
+                await asyncio.wait_for(asyncio.shield(conn.closed), 2.0)
+            except TimeoutError:
+                if conn.transport is not None:
+                    conn.transport.abort()
