@@ -57,9 +57,8 @@ class EventsApp:
             await self.router.stop()
         if self.hub is not None:
             await self.hub.stop()
-        for client in (self.redis,):
-            if client is not None:
-                await client.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
 
 
 def create() -> EventsApp:
