@@ -2,7 +2,7 @@
 fixed rate, and the cost of 10,000 idle Subscribe streams on one EventService process.
 
     python bench/events.py [--events 60000] [--rate 5000] [--streams 10000] [--batch 64] [--publishers 2] [--idle-cold]
-                           [--loop uvloop|asyncio] [--publish-tick-ms 0] [--router-linger-ms MS]
+                           [--loop uvloop|asyncio] [--publish-tick-ms 0] [--router-linger-ms MS] [--client python|node]
     python bench/events.py --events 0 --streams 10000       # the idle streams only
                            [--subscribe per-event|batches|both]
 
@@ -131,11 +131,12 @@ def cpu_s(proc: psutil.Process) -> float:
 
 async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int, rate: float, publishers: int,
                    batch: int, server_pid: int, valkey_pid: int, mode: str = "per-event", loop: str = "uvloop",
-                   tick_ms: float = 0.0) -> dict:
+                   tick_ms: float = 0.0, client: str = "python") -> dict:
     """`jobs` jobs, one subscriber each; `publishers` processes publish per_job events per job.
     CPU per event is reported for the events server process (router + EventService), Valkey,
     the publishers and this client process: robust on a busy machine, unlike events/s.
-    mode "per-event" subscribes with Subscribe, "batches" with SubscribeBatches."""
+    mode "per-event" subscribes with Subscribe, "batches" with SubscribeBatches. client "node"
+    subscribes from a Node (@grpc/grpc-js) process instead of this one (bench/events_client.mjs)."""
     names = [f"{tag}-{i}" for i in range(jobs)]
     latencies: list[float] = []
     received = 0
@@ -173,8 +174,19 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
             received += n
             messages += m
 
-        subs = [asyncio.create_task(subscribe(i, j)) for i, j in enumerate(names)]
-        await asyncio.sleep(0.5)  # streams registered (unknown jobs wait for their first event)
+        node = None
+        if client == "node":
+            spec = {"port": port, "jobs": names, "mode": mode, "latency": bool(rate), "channels": len(channels), "timeoutS": 600}
+            node = subprocess.Popen(["node", str(Path(__file__).with_name("events_client.mjs")), json.dumps(spec)],
+                                    stdout=subprocess.PIPE, text=True)
+            ready = await asyncio.to_thread(node.stdout.readline)
+            if not ready.startswith('{"ready"'):
+                node.kill()
+                raise RuntimeError(f"node client did not start: {ready!r}")
+            subs = []
+        else:
+            subs = [asyncio.create_task(subscribe(i, j)) for i, j in enumerate(names)]
+            await asyncio.sleep(0.5)  # streams registered (unknown jobs wait for their first event)
         server, valkey, me = psutil.Process(server_pid), psutil.Process(valkey_pid), psutil.Process()
         stats0 = await command_stats(redis_url)
         cpu0 = (cpu_s(server), cpu_s(valkey), cpu_s(me))
@@ -195,8 +207,17 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
         if failed:  # say so now, not after the subscribers' 600 s timeout
             raise RuntimeError(f"publisher process(es) failed with exit codes {failed}: {[o[0][-500:] for o in outs]}")
         published_at = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*subs), 600)
-        ended = time.time()
+        if node is not None:
+            report, _ = await asyncio.wait_for(asyncio.to_thread(node.communicate), 600)
+            ended = time.time()
+            report = json.loads(report.strip().splitlines()[-1])
+            if "error" in report:
+                raise RuntimeError(f"node client failed: {report['error']}")
+            received, messages = report["received"], report["messages"]
+            latencies = [ms / 1000 for ms in report["latencies_ms"]]
+        else:
+            await asyncio.wait_for(asyncio.gather(*subs), 600)
+            ended = time.time()
         elapsed = time.perf_counter() - started
         cpu1 = (cpu_s(server), cpu_s(valkey), cpu_s(me))
         stats1 = await command_stats(redis_url)
@@ -214,7 +235,9 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
            "seconds": round(flow_s, 2), "events_per_s": round(received / flow_s), "seconds_with_process_start": round(elapsed, 2),
            "publish_seconds": round(published_at - started, 2), "publish_batch": batch,
            "cpu_us_per_event": {"events_server": us(cpu1[0] - cpu0[0]), "valkey": us(cpu1[1] - cpu0[1]),
-                                "publishers": us(pub_cpu), "subscriber_client": us(cpu1[2] - cpu0[2])}}
+                                "publishers": us(pub_cpu),
+                                "subscriber_client": us(report["cpu_s"] if node is not None else cpu1[2] - cpu0[2])},
+           "client": client}
     # Valkey's own accounting: calls per event and µs of command time per event, by command
     out["valkey_commands_per_event"] = {
         name: {"calls": round((c - stats0.get(name, (0, 0))[0]) / max(received, 1), 3),
@@ -310,11 +333,12 @@ async def main(args) -> dict:
         for mode in modes if args.events else []:  # --events 0: only the idle streams
             load = os.getloadavg()[0]
             throughput = await run_flow(info.redis_url, port, f"tp-{mode}", args.jobs, args.events // args.jobs, 0, args.publishers,
-                                        args.batch, procs[0].pid, valkey_pid, mode, args.loop)
+                                        args.batch, procs[0].pid, valkey_pid, mode, args.loop, client=args.client)
             throughput["loadavg_1m_before"] = round(load, 2)
             load = os.getloadavg()[0]
             latency = await run_flow(info.redis_url, port, f"lat-{mode}", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate,
-                                     args.publishers, args.batch, procs[0].pid, valkey_pid, mode, args.loop, args.publish_tick_ms)
+                                     args.publishers, args.batch, procs[0].pid, valkey_pid, mode, args.loop, args.publish_tick_ms,
+                                     client=args.client)
             latency["target_rate"] = args.rate
             latency["publish_tick_ms"] = args.publish_tick_ms
             latency["router_linger_ms"] = args.router_linger_ms if args.router_linger_ms is not None else "default"
@@ -356,6 +380,9 @@ if __name__ == "__main__":
                         help="ECO2_EVENTS_ROUTER_LINGER_MS for the events process (default: the product's)")
     parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
                         help="event loop of the publishers and the subscribing client (uvloop: as `eco2 serve` runs workers)")
+    parser.add_argument("--client", choices=["python", "node"], default="python",
+                        help="subscribing client of the flow runs: this process (grpcio) or Node's @grpc/grpc-js "
+                             "(bench/events_client.mjs; needs `npm ci --prefix tests/node`)")
     os.environ.setdefault("LC_ALL", "C.UTF-8")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=event_loop(args.loop)) as runner:
