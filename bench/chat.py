@@ -79,6 +79,8 @@ async def one_turn(stub, text: str, user: str, events=None) -> dict:
             elif e.kind == events_pb2.EVENT_KIND_DONE:
                 out["ok"] = True
                 out["e2e"] = time.monotonic() - started
+                result = chat_pb2.ChatResult()
+                out["character"] = e.done.result.Unpack(result) and bool(result.character.code)
             elif e.kind == events_pb2.EVENT_KIND_ERROR:
                 out["error"] = e.error.reason
             if e.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
@@ -100,7 +102,8 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
     finally:
         stop_process(proc)
     e2e = [r["e2e"] * 1000 for r in results if r["ok"]]
-    return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95)}
+    return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95),
+            "offline_with_character": sum(1 for r in results if r.get("character"))}
 
 
 async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int | None, intent_mode: str, events_proc: subprocess.Popen, client: str, events_port: int) -> dict:
@@ -163,6 +166,7 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
             errors[r.get("error", "no DONE")] = errors.get(r.get("error", "no DONE"), 0) + 1
     return {
         "conversations": n, "complete_pct": round(100 * done / n, 2), "errors": errors, "wall_s": round(wall, 2),
+        "with_character_pct": round(100 * sum(1 for r in results if r.get("character")) / n, 2),
         "tokens_per_answer": TOKENS, "model_ms_p50": pct(model_ms, 50), "e2e_ms_p50": pct(e2e_ms, 50), "e2e_ms_p95": pct(e2e_ms, 95),
         "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p95": pct(overhead, 95), "overhead_ms_max": pct(overhead, 100),
         "added_ttft_ms_p50": pct(added_ttft, 50), "added_ttft_ms_p95": pct(added_ttft, 95),
@@ -230,7 +234,13 @@ async def main(args) -> dict:
         base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8"}
         procs.append(serve("events", base, events_port, root / "events.log"))
         await wait_serving(events_port, procs[-1], timeout=90)
-        base = {**base, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events_port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1"}
+        # a waste answer carries its category's character (CharacterService, cached by chat)
+        character_port = free_port()
+        character = serve("character", base, character_port, root / "character.log")
+        procs.append(character)
+        await wait_serving(character_port, character, timeout=90)
+        base = {**base, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events_port}", "ECO2_CHARACTER_ADDR": f"127.0.0.1:{character_port}",
+                "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1"}
         out: dict = {"bench": "chat", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d")}
         if args.offline_turns:
             out.update(await offline_phase(base, root, args.offline_turns))

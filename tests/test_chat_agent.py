@@ -72,6 +72,43 @@ async def test_pet_bottle_golden_answer_streams_tokens_and_cites_the_rule(stack)
     stages = {(e.node, e.stage_info.phase) for e in events if e.kind == events_pb2.EVENT_KIND_STAGE}
     for node in ("intent", "router", "waste_rag", "aggregator", "answer", "evaluate"):
         assert (node, events_pb2.STAGE_PHASE_STARTED) in stages and (node, events_pb2.STAGE_PHASE_FINISHED) in stages
+    # the item's Eco² character comes with a waste answer (enrichment), from CharacterService
+    assert result.character.code == "char-petty" and result.character.name == "페티", result.character
+    assert "Eco² 캐릭터: 페티" in result.answer
+    assert "character:char-petty" in [c.source_id for c in result.citations]
+
+
+@pytest.mark.parametrize(
+    "question,code",
+    [("스티로폼 상자는 어떻게 버려?", "char-foamy"), ("헌 옷은 어떻게 버려?", "char-cotton"), ("음식물 쓰레기 어떻게 버려?", "")],
+)
+async def test_waste_answers_carry_the_character_of_their_category(stack, question, code):
+    """Rule files spell some categories unlike the characters' labels ("발포합성수지(스티로폼 등)",
+    "의류 및 원단"); a category with no character (food waste) gets no card, not the mascot."""
+    events = await asyncio.wait_for(collect(stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message=question), metadata=who())), 30)
+    result = done_result(events)
+    assert chat_pb2.INTENT_WASTE in result.intents
+    if code:
+        assert result.character.code == code, result.character
+        assert f"Eco² 캐릭터: {result.character.name}" in result.answer
+    else:
+        assert not result.HasField("character") and "Eco² 캐릭터" not in result.answer, result.answer
+
+
+async def test_the_character_of_a_waste_answer_is_read_once_and_reused(stack):
+    """ECO2_CHAT_CHARACTER_CACHE_S: the second answer about the same category asks
+    CharacterService nothing (its server-side call counter does not move)."""
+    from prometheus_client import REGISTRY
+
+    def calls() -> float:
+        labels = {"grpc_method": "/eco2.character.v1.CharacterService/GetCharacter", "grpc_code": "OK"}
+        return REGISTRY.get_sample_value("eco2_grpc_server_handled_total", labels) or 0.0
+
+    before = calls()
+    for _ in range(2):
+        events = await asyncio.wait_for(collect(stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message="다 쓴 알루미늄 캔은 어떻게 버려?"), metadata=who())), 30)
+        assert done_result(events).character.code == "char-metally"
+    assert calls() - before <= 1
 
 
 @pytest.mark.parametrize(

@@ -138,3 +138,28 @@ async def test_history_past_the_threshold_is_summarised(graph):
     s = state("투명 페트병은 어떻게 버려?", history=history)
     out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
     assert not out.get("new_summary") and out["history"] == history
+
+
+async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph):
+    """waste_rag attaches its category's character under the character policy (FAIL_OPEN): with
+    CharacterService unreachable the rules are answered, with no card and no failed stage."""
+    from eco2.services.chat.grpc_clients import GrpcCharacters
+    from eco2.services.runtime.clients import channel as grpc_channel
+
+    ch = grpc_channel("127.0.0.1:1", default_timeout_s=1.0)  # nothing listens there: UNAVAILABLE
+    try:
+        deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(), policy=PolicyRunner(), characters=GrpcCharacters(ch, cache_s=300))
+        s = state("투명 페트병은 어떻게 버려?")
+        sink = Recorder()
+        out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
+    finally:
+        await ch.close()
+    assert "압착" in out["answer"] and "Eco² 캐릭터" not in out["answer"]
+    assert "character_context" not in out["contexts"] and not out.get("failed")
+    assert not [e for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_FAILED]
+    # and with the knowledge base's entry (no CharacterService configured) the card is there
+    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(), policy=PolicyRunner())
+    s = state("투명 페트병은 어떻게 버려?")
+    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
+    assert out["contexts"]["character_context"]["code"] == "char-petty"
+    assert "이 품목을 맡은 Eco² 캐릭터: 페티 (무색페트병)" in out["answer"]

@@ -93,6 +93,9 @@ def compose(g: Grounding) -> str:
                 parts.append("그림을 만드는 중에 문제가 생겨 이번에는 만들지 못했어요. 잠시 후 다시 부탁해 주세요.")
             else:
                 parts.append("요청하신 정보를 가져오지 못했어요.")
+    ch = c.get("character_context")
+    if ch and "waste" in g.intents and "character" not in g.intents and c.get("disposal_rules"):  # the enrichment (graph.fan_out)
+        parts.append(f"이 품목을 맡은 Eco² 캐릭터: {ch['name']} ({ch.get('match_label') or ch.get('description', '')})".replace(" ()", ""))
     if c.get("weather_context", {}).get("tip") and "weather" not in g.intents:
         parts.append(c["weather_context"]["tip"])
     if not parts or g.unsure:

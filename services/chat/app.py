@@ -86,7 +86,7 @@ class ChatApp:
             bulk = DataGoKrBulkWasteFees(s.bulk_waste_base_url, s.bulk_waste_api_key, timeout_s=s.bulk_waste_timeout_s, rows=s.bulk_waste_rows, max_results=s.bulk_waste_max_results)
             self.closers.append(bulk)
         deps = ChatDeps(
-            kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=GrpcCharacters(self._channel("character")),
+            kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=GrpcCharacters(self._channel("character"), cache_s=s.chat_character_cache_s),
             weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,
             summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, vision_llm=vision_llm, image_model=image_model,
             media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_vision_max_bytes, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import operator
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, TypedDict
@@ -200,7 +201,8 @@ async def _run_node(name: str, state: ChatState, runtime: Runtime[JobContext], b
         update = await ctx.deps.policy.run(name, body)
     except NodeFailed as failed:
         elapsed = time.monotonic() - started
-        await em.stage(name, events_pb2.STAGE_PHASE_FAILED, elapsed_s=elapsed, message=failed.cause[:200])
+        if announce:  # an unannounced step (waste_rag's character lookup) fails quietly: the policy logs it
+            await em.stage(name, events_pb2.STAGE_PHASE_FAILED, elapsed_s=elapsed, message=failed.cause[:200])
         if failed.mode == FailMode.FAIL_CLOSE:
             raise
         update = {"failed": [name]}
@@ -327,7 +329,9 @@ def fan_out(state: ChatState) -> list[Send]:
     for i in state.get("intents") or [I.GENERAL]:
         sends.append(Send(NODE_OF[i], {**state, "query": (state.get("queries") or {}).get(i, state["message"])}))
     # Enrichment: a waste question with a known location also gets the weather (rainy day tips).
-    if I.WASTE in (state.get("intents") or []) and state.get("location") and I.WEATHER not in state["intents"]:
+    # (Its category's Eco² character is attached by waste_rag itself: no branch of its own.)
+    intents = state.get("intents") or []
+    if I.WASTE in intents and state.get("location") and I.WEATHER not in intents:
         sends.append(Send("weather", {**state, "query": "", "enrichment": True}))
     return sends
 
@@ -342,16 +346,53 @@ def _rule_context(hits) -> tuple[list[dict], list[dict]]:
 
 
 async def waste_rag(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    """The disposal rules of the item, and the Eco² character of its category (the answer's card):
+    the character is looked up after the rules under the character node's own policy (timeout,
+    breaker, FAIL_OPEN: no card, the rules still stand), in the same superstep — a branch of its
+    own would cost a LangGraph task, its checkpoint writes and four events per answer."""
     deps = rt(runtime).deps
+    category: list[str] = []
 
     async def body() -> dict:
         hits = deps.kb.search(state.get("query") or state["message"], limit=2)
         if not hits:
             return {}
+        category[:] = [hits[0].rule.name]
         docs, cites = _rule_context(hits)
         return {"contexts": {"disposal_rules": docs}, "citations": cites}
 
-    return await _run_node("waste_rag", state, runtime, body)
+    update = await _run_node("waste_rag", state, runtime, body)
+    entry = _character_of(deps.kb, category[0]) if category and I.CHARACTER not in (state.get("intents") or []) else None
+    if entry is None:  # no rules, a category without a character (food waste), or the character branch runs anyway
+        return update
+    extra = await _run_node("character", state, runtime, lambda: _character_context(deps, entry, None), announce=False)
+    return _combine(update, {k: v for k, v in extra.items() if k != "failed"})  # the card is optional
+
+
+def _category_label(name: str) -> str:
+    """A waste category as the characters' match labels spell it: "발포합성수지(스티로폼 등)" and
+    "의류 및 원단" are the rule files' names of the labels "발포합성수지" and "의류및원단"."""
+    return re.sub(r"\(.*?\)|\s+", "", name)
+
+
+def _character_of(kb, category: str) -> dict | None:
+    label = _category_label(category)
+    return next((c for c in kb.characters if label and _category_label(c.get("match_label", "")) == label), None)
+
+
+async def _character_context(deps: ChatDeps, entry: dict, emitter: Emitter | None) -> dict:
+    """The character's context and citation: CharacterService's record (TOOL events when an
+    emitter is given), else the knowledge base's entry."""
+    found = None
+    if deps.characters is not None:
+        if emitter is not None:
+            await emitter.tool("character", "character.get", f"character-{entry['code']}", events_pb2.TOOL_PHASE_STARTED)
+        found = await deps.characters.get(entry["code"])
+        if emitter is not None:
+            await emitter.tool("character", "character.get", f"character-{entry['code']}", events_pb2.TOOL_PHASE_RESULT)
+    ctx = found or {"code": entry["code"], "name": entry["name"], "match_label": entry.get("match_label", ""), "description": ""}
+    cite = {"source_id": f"character:{ctx['code']}", "kind": chat_pb2.CITATION_KIND_CHARACTER, "title": ctx["name"], "snippet": ctx.get("description", "")[:200]}
+    return {"contexts": {"character_context": ctx}, "citations": [cite]}
 
 
 async def character(state: ChatState, runtime: Runtime[JobContext]) -> dict:
@@ -362,17 +403,8 @@ async def character(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         entry = next((c for c in deps.kb.characters if c["name"] in text), None)
         if entry is None:  # "페트병 버리면 어떤 캐릭터?" → the character of the rule's category
             hits = deps.kb.search(text, limit=1)
-            label = hits[0].rule.name if hits else ""
-            entry = next((c for c in deps.kb.characters if c.get("match_label") == label), deps.kb.characters[0])
-        found = None
-        if deps.characters is not None:
-            em = rt(runtime).emitter
-            await em.tool("character", "character.get", f"character-{entry['code']}", events_pb2.TOOL_PHASE_STARTED)
-            found = await deps.characters.get(entry["code"])
-            await em.tool("character", "character.get", f"character-{entry['code']}", events_pb2.TOOL_PHASE_RESULT)
-        ctx = found or {"code": entry["code"], "name": entry["name"], "match_label": entry.get("match_label", ""), "description": ""}
-        cite = {"source_id": f"character:{ctx['code']}", "kind": chat_pb2.CITATION_KIND_CHARACTER, "title": ctx["name"], "snippet": ctx.get("description", "")[:200]}
-        return {"contexts": {"character_context": ctx}, "citations": [cite]}
+            entry = (_character_of(deps.kb, hits[0].rule.name) if hits else None) or deps.kb.characters[0]
+        return await _character_context(deps, entry, rt(runtime).emitter)
 
     return await _run_node("character", state, runtime, body)
 

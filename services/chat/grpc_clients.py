@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 import grpc
 
@@ -29,18 +30,32 @@ class GrpcPlaces:
 
 
 class GrpcCharacters:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    """CharacterService.GetCharacter, each character reused for `cache_s` seconds: a waste answer
+    carries its category's character, so without the cache every such answer would cost a call
+    for one of 13 catalog entries that change rarely."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, cache_s: float = 0.0) -> None:
         self.stub = character_pb2_grpc.CharacterServiceStub(channel)
+        self.cache_s = cache_s
+        self._cache: dict[str, tuple[float, dict | None]] = {}
 
     async def get(self, code: str) -> dict | None:
+        now = time.monotonic()
+        hit = self._cache.get(code)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         try:
             reply = await self.stub.GetCharacter(character_pb2.GetCharacterRequest(code=code))
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        c = reply.character
-        return {"code": c.code, "name": c.name, "description": c.description, "match_label": c.match_label, "pb": base64.b64encode(c.SerializeToString()).decode()}
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise  # not cached: the next answer asks again
+            found = None
+        else:
+            c = reply.character
+            found = {"code": c.code, "name": c.name, "description": c.description, "match_label": c.match_label, "pb": base64.b64encode(c.SerializeToString()).decode()}
+        if self.cache_s > 0:
+            self._cache[code] = (now + self.cache_s, found)
+        return found
 
 
 class GrpcImages:
