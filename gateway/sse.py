@@ -1,7 +1,9 @@
 """`GET /v1/jobs/{job_id}/events`: a job's events as Server-Sent Events.
 
-Over `EventService.Subscribe(job_id, after_seq)`, one upstream call per job and caller shared
-by all its SSE clients (see `Feed`): `id:` is the event's seq (the resume
+Over `EventService.SubscribeBatches(job_id, after_seq)` (every event that is ready in one
+message: a reconnecting client's catch-up costs a few messages and writes, not one per event),
+one upstream call per job and caller shared by all its SSE clients (see `Feed`): `id:` is the
+event's seq (the resume
 cursor: `Last-Event-ID` or `?after_seq=`), `event:` its kind (stage, token, tool,
 needs_input, done, error), `data:` the event as proto3 JSON. Keepalive comments every
 ECO2_GATEWAY_SSE_KEEPALIVE_S; the stream ends after the terminal event.
@@ -15,6 +17,7 @@ import re
 
 import grpc
 from google.protobuf import json_format
+from prometheus_client import Counter
 
 from eco2.events.v1 import events_pb2
 
@@ -22,11 +25,12 @@ from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
 from .http import ClientGone, Headers, HttpError, Request
 from .upstream import Upstreams
 
-SUBSCRIBE = "/eco2.events.v1.EventService/Subscribe"
+SUBSCRIBE = "/eco2.events.v1.EventService/SubscribeBatches"
 PATH = re.compile(r"^/v1/jobs/([A-Za-z0-9_.:-]{1,128})/events$")
 TERMINAL = {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR}
 _KIND_NAMES = {v.number: v.name.removeprefix("EVENT_KIND_").lower() for v in events_pb2.EventKind.DESCRIPTOR.values}
 _MAX_SEQ = 2**64 - 1
+CATCH_UPS = Counter("eco2_gateway_sse_catch_ups_total", "SSE clients that fell behind their shared feed's buffer and went on over an upstream call of their own")
 
 
 def parse_cursor(req: Request) -> int:
@@ -49,7 +53,7 @@ def render(event: events_pb2.Event) -> bytes:
 
 
 class Feed:
-    """One upstream `Subscribe(job_id, after_seq=start)` shared by every SSE client of that job
+    """One upstream `SubscribeBatches(job_id, after_seq=start)` shared by every SSE client of that job
     and caller whose cursor it covers (seq > start). One gRPC call costs ~30 KB of client-side
     memory, so N browsers on one job (tabs, reconnects, a demo screen) cost one call, not N.
 
@@ -90,10 +94,10 @@ class Feed:
     async def _pump(self) -> None:
         try:
             while True:
-                event = await self.call.read()
-                if event is grpc.aio.EOF:
+                batch = await self.call.read()
+                if batch is grpc.aio.EOF:
                     break
-                self.events.append((event.seq, event.kind, render(event)))
+                self.events.extend((event.seq, event.kind, render(event)) for event in batch.events)
                 if len(self.events) > self.limit:  # drop the oldest half: late joiners before it get their own call
                     cut = len(self.events) // 2
                     self.start = self.events[cut - 1][0]
@@ -127,7 +131,8 @@ class EventStreams:
     def _stub(self):
         if self._subscribe is None:
             self._subscribe = self.upstreams.channel(self.settings.events_addr).unary_stream(
-                SUBSCRIBE, request_serializer=events_pb2.SubscribeRequest.SerializeToString, response_deserializer=events_pb2.Event.FromString
+                SUBSCRIBE, request_serializer=events_pb2.SubscribeBatchesRequest.SerializeToString,
+                response_deserializer=events_pb2.SubscribeBatchesResponse.FromString
             )
         return self._subscribe
 
@@ -140,8 +145,11 @@ class EventStreams:
         key = (job_id, next((v for k, v in metadata if k == "x-eco2-user-id"), ""))
         feed = self._feeds.get(key)
         if feed is None or not feed.covers(after):
-            call = self._stub()(events_pb2.SubscribeRequest(job_id=job_id, after_seq=after), metadata=metadata)
-            feed = Feed(self, key, after, call, self.settings.gateway_sse_feed_buffer_events)
+            # at most half the feed's buffer per message: a client that was caught up when a message
+            # arrived keeps every event of it when the buffer drops its oldest half (see _pump)
+            limit = self.settings.gateway_sse_feed_buffer_events
+            call = self._stub()(events_pb2.SubscribeBatchesRequest(job_id=job_id, after_seq=after, max_events=max(1, limit // 2)), metadata=metadata)
+            feed = Feed(self, key, after, call, limit)
             if key not in self._feeds:
                 self._feeds[key] = feed
         feed.clients += 1
@@ -161,20 +169,31 @@ class EventStreams:
             if pos - feed.base >= len(feed.events) and not feed.ended:
                 await asyncio.wait([feed.changed, watcher], timeout=s.gateway_sse_header_wait_s, return_when=asyncio.FIRST_COMPLETED)
             while not watcher.done():
-                if pos < feed.base:  # fell behind the feed's buffer: end; the client resumes by Last-Event-ID
-                    raise ClientGone()
+                if pos < feed.base:  # fell behind the shared feed's buffer: go on from its own cursor on a call of its own
+                    CATCH_UPS.inc()
+                    feed.leave()
+                    feed = self._join(job_id, after, metadata)
+                    pos = feed.position(after)
+                    continue
                 i = pos - feed.base
                 if i < len(feed.events):
                     if not started:
                         await self._start(req, extra)
                         started = True
-                    seq, kind, block = feed.events[i]
-                    pos += 1
-                    if seq > after:
-                        after = seq
-                        await req.write(block)
-                        if kind in TERMINAL:
-                            break
+                    # everything the feed has past the cursor, in one write
+                    chunk, terminal = [], False
+                    for seq, kind, block in feed.events[i:]:
+                        pos += 1
+                        if seq > after:
+                            after = seq
+                            chunk.append(block)
+                            if kind in TERMINAL:
+                                terminal = True
+                                break
+                    if chunk:
+                        await req.write(b"".join(chunk))
+                    if terminal:
+                        break
                     continue
                 if feed.ended:
                     if feed.error is not None:
