@@ -2,6 +2,7 @@
 
     python bench/edge.py                       # full run: 5,000 SSE clients for 300 s
     python bench/edge.py --sse-clients 1000 --sse-seconds 20 --unary-seconds 5   # quick run
+    python bench/edge.py --skip-unary --skip-sse                                # the catch-up run only
 
 Starts its own embedded data plane (temp dir under /tmp, mode 0755) and the character,
 events and gateway services as `python -m eco2.services.cli serve NAME` processes on
@@ -14,6 +15,9 @@ gateway (a lean asyncio client). ratio = b / a.
 sse: N clients each hold GET /v1/jobs/{job}/events open (jobs shared by 100 clients each); a
 producer publishes one TOKEN per job every `--sse-interval` s, then DONE; every client must
 receive every event. rss_per_client_kb = (gateway RSS with N idle clients − RSS before) / N.
+sse_catchup: `--catchup-clients` clients (one user each: nothing shared) read a finished job of
+`--catchup-events` events from the start at once, as after a reconnect storm; events/s and CPU
+per delivered event of the gateway and the events process.
 """
 
 from __future__ import annotations
@@ -225,6 +229,50 @@ async def sse_run(port: int, redis_url: str, gw_pid: int, clients: int, seconds:
     }
 
 
+async def sse_catchup(port: int, redis_url: str, gw_pid: int, ev_pid: int, clients: int, events: int) -> dict:
+    """`clients` browsers (each its own user, so no feed is shared) open the SSE stream of a
+    finished job of `events` events from the start, all at once, as after a reconnect storm:
+    every client must receive every event; CPU per delivered event of the gateway and of the
+    events process."""
+    from eco2.services.dataplane.urls import create_redis
+    from eco2.services.events.producer import EventPublisher
+
+    redis = create_redis(redis_url)
+    pub = EventPublisher(redis)
+    job = f"job-catchup-{os.urandom(4).hex()}"
+    for first in range(1, events, 500):
+        await pub.publish_many([E.Event(job_id=job, seq=q, kind=E.EVENT_KIND_TOKEN, delta="토큰 ") for q in range(first, min(events, first + 500))])
+    await pub.publish(E.Event(job_id=job, seq=events, kind=E.EVENT_KIND_DONE))
+    await redis.aclose()
+    received = [0] * clients
+
+    async def client(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+        writer.write(f"GET /v1/jobs/{job}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-eco2-user-id: catchup-{i}\r\naccept: text/event-stream\r\n\r\n".encode())
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                return
+            while line := await reader.readline():
+                if line.startswith(b"id: "):
+                    received[i] += 1
+                elif line.startswith(b"event: done"):
+                    break
+        finally:
+            writer.close()
+
+    gw, ev = psutil.Process(gw_pid), psutil.Process(ev_pid)
+    cpu = lambda p: sum(p.cpu_times()[:2])  # noqa: E731
+    g0, e0, t0 = cpu(gw), cpu(ev), time.monotonic()
+    await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(clients))), 300)
+    wall = time.monotonic() - t0
+    delivered = sum(received)
+    return {"clients": clients, "events_per_client": events, "clients_with_every_event": sum(1 for r in received if r == events),
+            "seconds": round(wall, 2), "events_per_s": round(delivered / wall),
+            "gateway_cpu_us_per_event": round((cpu(gw) - g0) / max(1, delivered) * 1e6, 1),
+            "events_cpu_us_per_event": round((cpu(ev) - e0) / max(1, delivered) * 1e6, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--unary-seconds", type=float, default=10)
@@ -233,6 +281,9 @@ def main() -> None:
     ap.add_argument("--sse-seconds", type=float, default=300)
     ap.add_argument("--sse-interval", type=float, default=15)
     ap.add_argument("--skip-sse", action="store_true")
+    ap.add_argument("--catchup-clients", type=int, default=100, help="SSE clients catching up on one finished job at once (0 = skip)")
+    ap.add_argument("--catchup-events", type=int, default=1000, help="events of that job")
+    ap.add_argument("--skip-unary", action="store_true")
     ap.add_argument("--server", choices=["hypercorn", "granian"], default=os.environ.get("ECO2_GATEWAY_SERVER", "granian"), help="HTTP server of the gateway (ECO2_GATEWAY_SERVER)")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop of the served processes (ECO2_EVENT_LOOP)")
     args = ap.parse_args()
@@ -269,6 +320,11 @@ def main() -> None:
                 t = p.cpu_times()
                 return t.user + t.system
 
+            out: dict = {"bench": "edge", "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+            if args.catchup_clients:
+                out["sse_catchup"] = await sse_catchup(ports["gateway"], info.redis_url, procs[2].pid, procs[1].pid, args.catchup_clients, args.catchup_events)
+            if args.skip_unary:
+                return out
             c0 = cpu(character)
             direct = await direct_unary(f"127.0.0.1:{ports['character']}", args.unary_seconds, args.concurrency)
             c1, g1 = cpu(character), cpu(gateway)
@@ -276,8 +332,7 @@ def main() -> None:
             c2, g2 = cpu(character), cpu(gateway)
             n_direct = direct["rps"] * args.unary_seconds
             n_via = via["rps"] * args.unary_seconds
-            out = {
-                "bench": "edge", "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+            out |= {
                 "unary": {"direct_grpc_rps": direct["rps"], "grpc_web_via_gateway_rps": via["rps"],
                           "ratio": round(via["rps"] / max(1, direct["rps"]), 3), "errors": direct["errors"] + via["errors"],
                           "concurrency": args.concurrency, "seconds": args.unary_seconds,
