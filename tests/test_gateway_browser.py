@@ -163,7 +163,8 @@ async def test_ask_reload_and_network_drop_mid_answer_get_the_rest_exactly_once(
     assert len(result["eventRequests"]) >= 3, result["eventRequests"]  # first, after the reload, after the drop
     assert cursors and max(cursors) > 0, result["eventRequests"]
     assert result["answer"].strip() == full.strip()  # the rest arrived exactly once: no gap, no repeat
-    assert result["card"] == done.character.name  # the card shows the character the agent matched, if any
+    # the card shows the character of the item's category: 페티 for a PET bottle
+    assert done.character.name == "페티" and result["card"] == done.character.name
     assert "답변 작성" in result["stages"] or "의도 파악" in result["stages"]
     # a dropped network makes the browser log failed fetches; nothing else may be an error
     assert [e for e in result["consoleErrors"] if "net::ERR_" not in e and "Failed to fetch" not in e] == []

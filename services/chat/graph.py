@@ -362,7 +362,8 @@ async def waste_rag(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         return {"contexts": {"disposal_rules": docs}, "citations": cites}
 
     update = await _run_node("waste_rag", state, runtime, body)
-    entry = _character_of(deps.kb, category[0]) if category and I.CHARACTER not in (state.get("intents") or []) else None
+    found_rules = category and "disposal_rules" in (update.get("contexts") or {})
+    entry = _character_of(deps.kb, category[0]) if found_rules and I.CHARACTER not in (state.get("intents") or []) else None
     if entry is None:  # no rules, a category without a character (food waste), or the character branch runs anyway
         return update
     extra = await _run_node("character", state, runtime, lambda: _character_context(deps, entry, None), announce=False)
