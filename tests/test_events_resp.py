@@ -8,7 +8,7 @@ import asyncio
 import uuid
 
 import pytest
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import AuthenticationError, BusyLoadingError, NoPermissionError, NoScriptError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from eco2.services.dataplane.urls import create_redis
@@ -42,6 +42,29 @@ async def test_commands_are_pipelined_in_order_with_redis_py_error_types(redis_c
         assert got == [str(i).encode() for i in range(200)]
     finally:
         await redis_client.delete(k, h)
+        await client.aclose()
+
+
+async def test_error_replies_are_typed_as_redis_py_types_them(redis_client):
+    """Valkey answers LOADING while it reads its AOF after a restart: redis-py raises
+    BusyLoadingError, a ConnectionError that every caller retries; the lean connection must too
+    (it raised a plain ResponseError, and a producer gave up mid-restart). The error replies come
+    from the real server: a script's `redis.error_reply` travels as any error reply does."""
+    client = RespClient.like(redis_client)
+    reply = "return redis.error_reply(ARGV[1])"
+    try:
+        for message, kind in [("LOADING Valkey is loading the dataset in memory", BusyLoadingError),
+                              ("READONLY You can't write against a read only replica.", ReadOnlyError),
+                              ("NOPERM this user has no permissions", NoPermissionError),
+                              ("WRONGPASS invalid username-password pair", AuthenticationError),
+                              ("NOGROUP No such key or consumer group", ResponseError)]:
+            with pytest.raises(kind) as raised:
+                await client.execute("EVAL", reply, 0, message)
+            assert type(raised.value) is kind and message.split(" ", 1)[1] in str(raised.value)
+            (piped,) = await client.pipeline([("EVAL", reply, 0, message)])
+            assert type(piped) is kind
+        assert issubclass(BusyLoadingError, RedisConnectionError)  # what the callers' retry loops catch
+    finally:
         await client.aclose()
 
 

@@ -25,21 +25,20 @@ from typing import Any
 
 import hiredis
 import redis.asyncio
+from redis._parsers.base import BaseParser  # redis is pinned (pyproject): its error table, not a copy
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 PushHandler = Callable[[Any], None]
 
 
-def _typed(error: ResponseError) -> ResponseError:
-    message = str(error)
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    if message.startswith(("NOAUTH", "WRONGPASS")):
-        return AuthenticationError(message)
-    return error
+def _typed(error: ResponseError) -> Exception:
+    """An error reply as the exception redis-py raises for it (its parser's table): LOADING →
+    BusyLoadingError (a ConnectionError, so callers retry while Valkey loads its AOF after a
+    restart), NOSCRIPT → NoScriptError, NOAUTH/WRONGPASS → AuthenticationError, READONLY, OOM, …"""
+    return BaseParser.parse_error(str(error))
 
 
 class RespConnection(asyncio.Protocol):
