@@ -224,7 +224,7 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
             await writer.read()
             # a generator stream whose reader stopped reading: the server is blocked in the
             # write when the shutdown cancel comes, and still ends it with the status
-            flood = ch.unary_stream("/eco2test.Probe/Flood")(b"")
+            flood = ch.unary_stream("/eco2test.Probe/FloodWrites")(b"")
             await flood.read()
             got = 0
             with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -268,7 +268,17 @@ async def test_with_an_exporter_spans_are_recorded_in_the_callers_trace():
             # stream behind it stays a generator and still works, errors mapped
             got, err = await _read_all(ch.unary_stream("/eco2test.Probe/Writes")(b"2"))
             assert got == [b"1", b"2"] and err.code() == grpc.StatusCode.NOT_FOUND
-        proc.send_signal(signal.SIGTERM)
+            # a writer stream blocked on a reader that stopped reading: SIGTERM's cancel lands in
+            # the runtime's wrapper even behind OpenTelemetry's, so the status comes with the
+            # shutdown details (the product's stream handlers all write this way)
+            flood = ch.unary_stream("/eco2test.Probe/FloodWrites")(b"")
+            await flood.read()
+            await asyncio.sleep(0.3)  # the server fills the flow-control window and blocks
+            proc.send_signal(signal.SIGTERM)
+            got, ferr = await _read_all(flood)
+            assert got and ferr.code() == grpc.StatusCode.UNAVAILABLE, ferr
+            assert unpack_details(status_details(ferr))["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"
+            assert "RetryInfo" in unpack_details(status_details(ferr))
         out, _ = proc.communicate(timeout=20)
         assert f'"trace_id": "0x{trace_id}"' in out, out[-2000:]
         assert "/eco2test.Probe/Echo" in out

@@ -84,6 +84,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         return await self._send(request, context)
 
     async def StreamChat(self, request, context):
+        """Written with context.write(), not yielded: a shutdown that finds the stream blocked on a
+        slow reader then cancels it inside the runtime's wrapper (UNAVAILABLE + RetryInfo), with
+        OpenTelemetry's interceptor in front too (docs/adr/0003)."""
         sent = await self._send(request, context)
         if self.events is None:
             raise FailedPrecondition("no EventService configured (ECO2_EVENTS_ADDR)", reason="EVENTS_NOT_CONFIGURED")
@@ -91,7 +94,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             async with asyncio.timeout(self.settings.chat_stream_timeout_s):
                 async for event in self.events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0)):
-                    yield event
+                    await context.write(event)
                     if event.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
                         finished = True
                         return

@@ -140,14 +140,17 @@ class ImageServicer(images_pb2_grpc.ImageServiceServicer):
         )
 
     async def ReadImage(self, request, context):
+        """Written with context.write(), not yielded: a shutdown that finds the stream blocked on a
+        slow reader then cancels it inside the runtime's wrapper (UNAVAILABLE + RetryInfo), with
+        OpenTelemetry's interceptor in front too (docs/adr/0003)."""
         record = await self._owned(caller_id(context), request.key)
         first = True
         async for chunk in self.storage.read(record.sha256, self.limits.read_chunk_bytes):
             if first:
-                yield pb.ReadImageResponse(image=record.to_proto(), chunk=chunk)
+                await context.write(pb.ReadImageResponse(image=record.to_proto(), chunk=chunk))
                 first = False
             else:
-                yield pb.ReadImageResponse(chunk=chunk)
+                await context.write(pb.ReadImageResponse(chunk=chunk))
 
 
 CONTENT_TYPES_BY_FORMAT = {v: k for k, v in CONTENT_TYPES.items()}

@@ -11,6 +11,7 @@ Methods take and return raw bytes (JSON) so no contract is needed:
   /eco2test.Probe/Flood    server stream of 256 KB messages as fast as the reader takes them
   /eco2test.Probe/Writes   the same written with context.write() (a coroutine handler); body = n:
                            NOT_FOUND after n messages
+  /eco2test.Probe/FloodWrites  Flood written with context.write()
   /eco2test.Probe/Collect  client stream, refused with RESOURCE_EXHAUSTED past 100,000 bytes
 """
 
@@ -80,6 +81,11 @@ class ProbeApp:
             while True:
                 yield chunk
 
+        async def flood_writes(request: bytes, context) -> None:
+            chunk = b"x" * 262_144
+            while True:
+                await context.write(chunk)
+
         async def writes(request: bytes, context) -> None:
             n = 0
             while True:
@@ -107,6 +113,7 @@ class ProbeApp:
             "Ticks": grpc.unary_stream_rpc_method_handler(ticks),
             "Flood": grpc.unary_stream_rpc_method_handler(flood),
             "Writes": grpc.unary_stream_rpc_method_handler(writes),
+            "FloodWrites": grpc.unary_stream_rpc_method_handler(flood_writes),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("eco2test.Probe", handlers),))
 
