@@ -34,7 +34,8 @@ async def stack(service_env):
             chat_app = create_chat()
         async with running(chat_app, metrics=False) as chat:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as ch, grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech:
-                yield {"chat": chat_pb2_grpc.ChatServiceStub(ch), "events": events_pb2_grpc.EventServiceStub(ech), "app": chat_app}
+                yield {"chat": chat_pb2_grpc.ChatServiceStub(ch), "events": events_pb2_grpc.EventServiceStub(ech), "app": chat_app,
+                       "character_addr": f"127.0.0.1:{character.port}"}
 
 
 def who(user: str | None = None):
@@ -109,6 +110,34 @@ async def test_the_character_of_a_waste_answer_is_read_once_and_reused(stack):
         events = await asyncio.wait_for(collect(stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message="다 쓴 알루미늄 캔은 어떻게 버려?"), metadata=who())), 30)
         assert done_result(events).character.code == "char-metally"
     assert calls() - before <= 1
+
+
+async def test_answers_that_start_together_share_one_character_call(stack):
+    """After a cold start many answers want the same character at once: one GetCharacter call,
+    shared (the others wait for it), then the cache; a caller that gives up leaves the call to
+    the rest."""
+    from eco2.services.chat.grpc_clients import GrpcCharacters
+    from eco2.services.runtime.clients import channel as grpc_channel
+    from prometheus_client import REGISTRY
+
+    def calls() -> float:
+        labels = {"grpc_method": "/eco2.character.v1.CharacterService/GetCharacter", "grpc_code": "OK"}
+        return REGISTRY.get_sample_value("eco2_grpc_server_handled_total", labels) or 0.0
+
+    async with grpc_channel(stack["character_addr"]) as ch:
+        characters = GrpcCharacters(ch, cache_s=300)
+        before = calls()
+        impatient = asyncio.ensure_future(characters.get("char-paepy"))
+        got = asyncio.gather(*(characters.get("char-paepy") for _ in range(50)))
+        await asyncio.sleep(0)
+        impatient.cancel()
+        results = await got
+        assert {r["name"] for r in results} == {"페이피"}
+        assert calls() - before == 1
+        assert (await characters.get("char-paepy"))["name"] == "페이피" and calls() - before == 1  # cached
+        uncached = GrpcCharacters(ch, cache_s=0)
+        await asyncio.gather(*(uncached.get("char-paepy") for _ in range(3)))
+        assert calls() - before == 4  # no cache: every call asks
 
 
 @pytest.mark.parametrize(

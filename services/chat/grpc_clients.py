@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 
@@ -38,12 +39,29 @@ class GrpcCharacters:
         self.stub = character_pb2_grpc.CharacterServiceStub(channel)
         self.cache_s = cache_s
         self._cache: dict[str, tuple[float, dict | None]] = {}
+        self._inflight: dict[str, asyncio.Task] = {}
 
     async def get(self, code: str) -> dict | None:
-        now = time.monotonic()
         hit = self._cache.get(code)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        if self.cache_s <= 0:
+            return await self._fetch(code)
+        # one call per code at a time: answers that start together (a burst after a cold start)
+        # share it instead of each asking CharacterService
+        task = self._inflight.get(code)
+        if task is None:
+            task = self._inflight[code] = asyncio.ensure_future(self._fetch(code))
+            task.add_done_callback(lambda t: self._settled(code, t))
+        return await asyncio.shield(task)  # a caller that gives up does not cancel the others' call
+
+    def _settled(self, code: str, task: asyncio.Task) -> None:
+        self._inflight.pop(code, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have given up (their shield was cancelled)
+
+    async def _fetch(self, code: str) -> dict | None:
+        now = time.monotonic()
         try:
             reply = await self.stub.GetCharacter(character_pb2.GetCharacterRequest(code=code))
         except grpc.aio.AioRpcError as exc:
