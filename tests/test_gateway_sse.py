@@ -20,7 +20,9 @@ async def stack(service_env):
     from eco2.services.events.producer import EventPublisher
 
     async with upstreams(service_env) as addrs:
-        async with gateway(addrs, ECO2_GATEWAY_SSE_FEED_BUFFER_EVENTS="16") as (app, port):
+        # the header wait must outlast the events service's unknown-job grace (0.3 s here) with room
+        # for a busy CI machine, or an unknown job gets 200 + an in-band error instead of its 404
+        async with gateway(addrs, ECO2_GATEWAY_SSE_FEED_BUFFER_EVENTS="16", ECO2_GATEWAY_SSE_HEADER_WAIT_S="5") as (app, port):
             redis = create_redis(service_env["REDIS_URL"])
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
                 token = (await c.post("/v1/auth/dev-sign-in", json={"displayName": "sse-tests"})).json()["tokens"]["accessToken"]
