@@ -4,7 +4,7 @@ import os
 
 from setuptools import setup
 
-ROOTS = {"eco2": "proto/eco2", "eco2.services": "services", "eco2.gateway": "gateway"}
+ROOTS = {"eco2": "proto/eco2", "eco2.services": "services", "eco2.gateway": "gateway", "eco2.mesh": "mesh"}
 
 
 def _packages() -> tuple[list[str], dict[str, str]]:
