@@ -119,11 +119,16 @@ class AuthApp:
     def service_names(self) -> list[str]:
         return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name, AUTHZ_SERVICE]
 
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations; the names of the files applied."""
+        return await apply_migrations(self.settings.database_url, "auth", resources.files(__package__) / "migrations")
+
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         if s.deployment == Deployment.PRODUCTION and s.auth_keys_dir is None:
             raise RuntimeError("production needs ECO2_AUTH_KEYS_DIR (EC P-256 PEM signing keys)")
-        await apply_migrations(s.database_url, "auth", resources.files(__package__) / "migrations")
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-auth")
         # A blocking pool: a burst of Checks waits for a connection (up to the timeout) instead of
         # failing with "Too many connections" as the default pool does past its size.

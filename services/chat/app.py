@@ -45,6 +45,15 @@ class ChatApp:
     def service_names(self) -> list[str]:
         return [chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name]
 
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations and create or upgrade the LangGraph checkpoint
+        tables (its own idempotent migrations); the names of the SQL files applied."""
+        s = self.settings
+        applied = await apply_migrations(s.database_url, "chat", resources.files(__package__) / "migrations")
+        async with AsyncPostgresSaver.from_conn_string(s.database_url) as saver:
+            await saver.setup()
+        return applied
+
     def _channel(self, service: str) -> grpc.aio.Channel:
         ch = channel(self.endpoints.address_of(service), default_timeout_s=self.settings.downstream_timeout_s)
         self.channels.append(ch)
@@ -53,12 +62,12 @@ class ChatApp:
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         pii.install()
-        await apply_migrations(s.database_url, "chat", resources.files(__package__) / "migrations")
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-chat")
         self.pg = AsyncConnectionPool(s.database_url, max_size=s.chat_pg_pool_max, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
         await self.pg.open(wait=True, timeout=30)
         saver = AsyncPostgresSaver(self.pg)
-        await saver.setup()
         self.redis = create_redis(s.redis_url)
         # The publisher keeps its own lean connection (events/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.

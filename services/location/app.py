@@ -45,9 +45,14 @@ class LocationApp:
     def service_names(self) -> list[str]:
         return [location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name]
 
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations; the names of the files applied."""
+        return await apply_migrations(self.settings.database_url, "location", resources.files(__package__) / "migrations")
+
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
-        await apply_migrations(s.database_url, "location", resources.files(__package__) / "migrations")
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-location")
         places = PostgresPlaceRepository(self.pool)
         load_sample = s.location_load_sample if s.location_load_sample is not None else s.deployment == Deployment.EMBEDDED

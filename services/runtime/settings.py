@@ -52,6 +52,7 @@ class RuntimeSettings(BaseSettings):
     database_url: str = Field("", validation_alias=AliasChoices("DATABASE_URL", "ECO2_DATABASE_URL"), description="PostgreSQL URL")
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "ECO2_REDIS_URL"), description="Redis/Valkey URL")
     db_pool_max: int = Field(10, ge=1, description="max PostgreSQL connections per process")
+    migrate_on_start: bool = Field(True, description="apply the service's schema migrations when it starts; false where `eco2 migrate` runs them first (the Helm chart's hook Job)")
     gc_gen0_threshold: int = Field(20_000, ge=0, description="`eco2 serve` freezes its start-up objects (gc.freeze) once serving and collects the youngest generation every this many allocations (Python: 700); 0 = leave the collector alone")
     event_loop: str = Field("uvloop", pattern="^(asyncio|uvloop)$", description="event loop of `eco2 serve` processes: asyncio, or uvloop (when installed)")
 
