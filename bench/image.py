@@ -28,9 +28,8 @@ from pathlib import Path
 
 import grpc
 import psutil
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from eco2.services.dataplane.embedded import EmbeddedDataPlane
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def free_port() -> int:
@@ -63,7 +62,7 @@ class Container:
         )
 
     def remove(self) -> None:
-        subprocess.run(["buildah", "rm", self.name], capture_output=True)
+        subprocess.run(["buildah", "rm", self.name], check=False, capture_output=True)
 
 
 def main() -> int:

