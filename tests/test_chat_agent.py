@@ -15,6 +15,7 @@ from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.location.v1 import location_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.servers import env, running
+from support.identity import as_user
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ async def stack(service_env):
 
 
 def who(user: str | None = None):
-    return (("x-eco2-user-id", user or f"u-{uuid.uuid4().hex[:8]}"),)
+    return as_user(user or f"u-{uuid.uuid4().hex[:8]}")
 
 
 async def collect(stream) -> list[events_pb2.Event]:

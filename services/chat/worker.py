@@ -16,6 +16,7 @@ from langgraph.types import Command
 
 from eco2.events.v1 import events_pb2
 from eco2.services.events.jobs import Job, JobQueue
+from eco2.services.runtime.context import act_as
 
 from .graph import ChatDeps, Emitter, JobContext, publish_tolerant, result_of
 from .outbox import EventOutbox
@@ -103,6 +104,7 @@ class ChatWorkers:
     async def handle(self, job: Job) -> None:
         p: dict[str, Any] = json.loads(job.payload)
         job_id = p["job_id"]
+        act_as(p.get("identity"))  # every downstream call of this job carries its user's wristband
         config = {"configurable": {"thread_id": job_id}}
         # A first attempt of a new message has no checkpoint yet: skip the read (a query and
         # LangGraph's state assembly per conversation). Re-claims and resumes read it.
