@@ -162,6 +162,15 @@ HELM = Params(
 )
 
 
+def _data(value):
+    """A parameter as YAML data: tuples as lists, mappings as dicts, an Expr as it is."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
 def host(params: Params, service: str) -> str:
     """The cluster DNS name of a service's Kubernetes Service."""
     return f"eco2-{service}.{params.namespace}.svc.cluster.local"
@@ -189,13 +198,13 @@ def render(params: Params = Params(), table: RouteTable | None = None) -> list[d
 def gateway(params: Params) -> dict:
     """Port 80 speaks protocol GRPC-WEB, Istio's only way to put Envoy's grpc_web filter on a
     gateway (HTTP/1.1 and h2c pass as with HTTP); port 443 terminates TLS as HTTPS, without it."""
-    http = {"port": {"number": EDGE_HTTP_PORT, "name": "http", "protocol": "GRPC-WEB"}, "hosts": params.hosts}
+    http = {"port": {"number": EDGE_HTTP_PORT, "name": "http", "protocol": "GRPC-WEB"}, "hosts": _data(params.hosts)}
     https = {
         "port": {"number": EDGE_HTTPS_PORT, "name": "https", "protocol": "HTTPS"},
-        "hosts": params.hosts,
+        "hosts": _data(params.hosts),
         "tls": {"mode": "SIMPLE", "credentialName": params.tls_credential_name},
     }
-    spec = {"selector": params.ingress_selector, "servers": [http, *_optional(params.tls_credential_name, [https])]}
+    spec = {"selector": _data(params.ingress_selector), "servers": [http, *_optional(params.tls_credential_name, [https])]}
     return _resource("networking.istio.io/v1", "Gateway", GATEWAY_NAME, params.namespace, spec)
 
 
@@ -237,7 +246,7 @@ def virtual_service(params: Params, table: RouteTable) -> dict:
             "retries": _RETRIES,
             **cors,
         })
-    spec = {"hosts": params.hosts, "gateways": [f"{params.namespace}/{GATEWAY_NAME}"], "http": routes}
+    spec = {"hosts": _data(params.hosts), "gateways": [f"{params.namespace}/{GATEWAY_NAME}"], "http": routes}
     return _resource("networking.istio.io/v1", "VirtualService", "eco2-edge", params.namespace, spec)
 
 
@@ -271,7 +280,7 @@ def ext_authz_policy(params: Params) -> dict:
     """Every request on the ingress gateway goes to `Check` (the empty rule matches all), so a
     gateway that also fronts other apps needs its own selector (`ingress_selector`)."""
     spec = {
-        "selector": {"matchLabels": params.ingress_selector},
+        "selector": {"matchLabels": _data(params.ingress_selector)},
         "action": "CUSTOM",
         "provider": {"name": params.ext_authz_provider},
         "rules": [{}],
@@ -339,7 +348,7 @@ def to_yaml(docs: list[dict], header: str | None = GENERATED) -> str:
                 else:
                     out[key] = lower(value)
             return out
-        if isinstance(node, (list, tuple)):
+        if isinstance(node, list):
             out = []
             for value in node:
                 if isinstance(value, _Block):
