@@ -225,7 +225,6 @@ def virtual_service(params: Params, table: RouteTable) -> dict:
             routes.append({"name": f"{s.name}:/{name}/", "match": [{"uri": {"prefix": f"/{name}/"}}], "directResponse": {"status": 404}})
     # gRPC straight to the service; gRPC-Web too on port 80, where the Gateway's GRPC-WEB protocol
     # has Envoy translate it. Connect JSON and gRPC-Web over HTTPS go to the gateway.
-    destination = {"port": {"number": GRPC_PORT}}
     for s in table.services.values():
         for prefix in s.grpc_prefixes:
             routes.append({
@@ -234,7 +233,7 @@ def virtual_service(params: Params, table: RouteTable) -> dict:
                     {"uri": {"prefix": prefix}, "headers": {"content-type": {"regex": _GRPC_CONTENT_TYPE}}},
                     {"uri": {"prefix": prefix}, "headers": {"content-type": {"prefix": _GRPC_WEB_CONTENT_TYPE}}, "port": EDGE_HTTP_PORT},
                 ],
-                "route": [{"destination": {"host": host(params, s.name), **destination}}],
+                "route": [{"destination": {"host": host(params, s.name), "port": {"number": GRPC_PORT}}}],
                 "retries": _RETRIES,
                 **cors,
             })

@@ -403,12 +403,13 @@ def _rule_matches(rule: dict, principal: str, path: str) -> bool:
 
 def allowed(docs: list[dict], namespace: str, labels: dict, principal: str, path: str) -> bool:
     """Istio's ALLOW decision for a request reaching a pod: with no ALLOW policy selecting the
-    pod it passes; with some, it passes only when a rule of one of them matches."""
+    pod (a policy without selector selects the whole namespace) it passes; with some, it passes
+    only when a rule of one of them matches."""
     policies = [
         d for d in _kind(docs, "AuthorizationPolicy")
         if d["metadata"]["namespace"] == namespace
         and d["spec"]["action"] == "ALLOW"
-        and d["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        and d["spec"].get("selector", {}).get("matchLabels", {}).items() <= labels.items()
     ]
     return not policies or any(_rule_matches(rule, principal, path) for p in policies for rule in p["spec"]["rules"])
 
