@@ -15,6 +15,7 @@ from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.services.runtime.context import caller_id
 from eco2.services.runtime.errors import FailedPrecondition, NotFound
 from eco2.services.runtime.paging import decode_token, encode_token, page_size
+from eco2.services.runtime.telemetry import current_traceparent
 from eco2.services.runtime.validation import Validator
 
 from .pii import mask
@@ -75,9 +76,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         payload = {
             "job_id": sent.job_id, "conversation_id": sent.conversation_id, "user_id": user_id, "message": request.message,
             "image_key": request.image_key, "location": location, "seq_base": 1, "identity": identity,
+            "traceparent": current_traceparent(),
         }
         # Both are idempotent, so a retried send (deduplicated) also repairs a send that died half-way.
-        await publish_queued(self.sink, sent.job_id, self.outbox)
+        await publish_queued(self.sink, sent.job_id, self.outbox, traceparent=payload["traceparent"])
         await self.queue.enqueue(sent.job_id, json.dumps(payload).encode())
         log.info("message queued", extra={"job_id": sent.job_id, "conversation_id": sent.conversation_id, "chars": len(request.message), "preview": mask(request.message[:60]), "deduplicated": sent.deduplicated})
         return chat_pb2.SendMessageResponse(job_id=sent.job_id, conversation_id=sent.conversation_id, message_id=sent.message_id, deduplicated=sent.deduplicated)
@@ -126,7 +128,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             raise FailedPrecondition("this question needs a location", reason="INPUT_KIND_MISMATCH")
         resume = {"declined": True} if request.declined else {"location": location, "text": request.text if value == "text" else ""}
         identity = await self.job_identities.issue(request.job_id)
-        payload = {**pending["payload"], "resume": resume, "interrupt_ids": pending["interrupt_ids"], "seq_base": pending["seq"], "identity": identity}
+        payload = {**pending["payload"], "resume": resume, "interrupt_ids": pending["interrupt_ids"], "seq_base": pending["seq"], "identity": identity,
+                   "traceparent": current_traceparent()}
         # Only the first answer counts: the key is deleted atomically.
         if not await self.redis.delete(input_key(request.job_id)):
             raise NotFound(f"job {request.job_id!r} is not waiting for input", reason="NO_PENDING_INPUT")

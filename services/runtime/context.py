@@ -76,10 +76,12 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> s
     return token
 
 
-def act_as(token: str | None) -> None:
-    """Make the current task's downstream calls carry `token` as their wristband: queued work
-    (a chat job) acting for the user who queued it, with no incoming call of its own."""
-    _call.set(_Call((None, ((IDENTITY_KEY, token),) if token else (), 0, 0, 0, token, None)))
+def act_as(token: str | None, traceparent: str | None = None) -> None:
+    """Run the current task as queued work of a request that has ended (a chat job): its
+    downstream calls carry `token` as their wristband (acting for the user who queued it), and
+    its logs, events and calls continue that request's trace (`traceparent`, kept with the job)."""
+    trace_id, flags = _parse_traceparent(traceparent)
+    _call.set(_Call((None, ((IDENTITY_KEY, token),) if token else (), trace_id, _random.getrandbits(64) or 1, flags, token, None)))
 
 
 def set_identity(identity: Identity) -> None:
