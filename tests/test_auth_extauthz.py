@@ -357,3 +357,18 @@ async def test_a_burst_beyond_the_valkey_pool_waits_instead_of_failing(server, c
     results = await asyncio.gather(*(client.check(token=session.tokens.access_token) for _ in range(n)))
     codes = {200 if allowed(r) else denied(r)[0] for r in results}
     assert codes <= {200, 429}, codes
+
+
+async def test_decisions_are_counted_by_reason(client, session):
+    from prometheus_client import REGISTRY
+
+    def count(decision, reason):
+        return REGISTRY.get_sample_value("eco2_auth_check_decisions_total", {"decision": decision, "reason": reason}) or 0
+
+    before = (count("allow", "TOKEN"), count("allow", "PUBLIC"), count("deny", "UNAUTHENTICATED"), count("deny", "NON_CANONICAL_PATH"))
+    await client.check(token=session.tokens.access_token)
+    await client.check(path="/healthz", method="GET")
+    await client.check()
+    await client.check(path="/static/../x")
+    after = (count("allow", "TOKEN"), count("allow", "PUBLIC"), count("deny", "UNAUTHENTICATED"), count("deny", "NON_CANONICAL_PATH"))
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 1, 1]

@@ -88,6 +88,9 @@ class AuthSettings(RuntimeSettings):
 
 class AuthApp:
     name = "auth"
+    #: Check runs on every request of the mesh: it maps every failure to a deny itself, needs no
+    #: caller and counts its own decisions, so it skips the runtime's per-call wrapper.
+    bare_methods = frozenset({f"/{AUTHZ_SERVICE}/Check"})
 
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from prometheus_client import Counter
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
@@ -44,6 +45,17 @@ INJECTED = (IDENTITY_KEY, USER_ID_KEY)
 _INJECTED_SET = frozenset(INJECTED)
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK_STATUS = status_pb2.Status(code=code_pb2.OK)
+
+DECISIONS = Counter("eco2_auth_check_decisions_total", "ext-authz Check decisions: allow (reason TOKEN or PUBLIC) or deny (reason as in the deny body)", ["decision", "reason"])
+_decisions: dict[tuple[str, str], object] = {}
+
+
+def _count(decision: str, reason: str) -> None:
+    """DECISIONS{decision, reason} += 1, each labelled child looked up once."""
+    child = _decisions.get((decision, reason))
+    if child is None:
+        child = _decisions[(decision, reason)] = DECISIONS.labels(decision, reason)
+    child.inc()
 
 
 @dataclass(frozen=True)
@@ -131,9 +143,11 @@ class ExtAuthz:
             origin = headers.get("origin")
             return await self._check(request, http, headers)
         except _Deny as deny:
+            _count("deny", deny.code)
             return self._denied(deny, origin)
         except Exception:  # fail closed, never an RPC error
             log.exception("ext-authz check failed; denying")
+            _count("deny", "UNAVAILABLE")
             return self._denied(_Deny(503, "UNAVAILABLE", "authorization is temporarily unavailable", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1), origin)
 
     async def _check(self, request, http, headers) -> external_auth_pb2.CheckResponse | bytes:
@@ -158,7 +172,7 @@ class ExtAuthz:
             # A CORS preflight carries no credentials: the edge's CORS filter answers it for a
             # listed origin; any other origin is refused here, before it reaches a service.
             if headers.get("origin") in policy.cors_origins:
-                return _ok(spoofed)
+                return _public(spoofed)
             raise _Deny(403, "ORIGIN_NOT_ALLOWED", f"origin {str(headers.get('origin'))[:128]!r} may not call cross-origin (ECO2_AUTH_CORS_ORIGINS)", grpc_code=code_pb2.PERMISSION_DENIED)
         path = http.path.partition("?")[0]
         if not canonical(path):
@@ -172,7 +186,7 @@ class ExtAuthz:
             if not public:
                 raise _Deny(401, "UNAUTHENTICATED", "sign in: no access token", grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}"')
             await self._limit(_client_ip(request))
-            return _ok(spoofed)
+            return _public(spoofed)
 
         now = time.time()
         claims = self.cache.get(token, now)
@@ -182,7 +196,7 @@ class ExtAuthz:
             except TokenError as err:
                 if public:
                     await self._limit(_client_ip(request))
-                    return _ok(spoofed)
+                    return _public(spoofed)
                 raise _Deny(401, err.reason, err.message, grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}", error="invalid_token", error_description="{err.reason}"') from None
             self.cache.put(token, claims)
         elif now < claims.nbf - self.leeway:
@@ -192,12 +206,12 @@ class ExtAuthz:
         if not revocations.current:
             if public:
                 await self._limit(_client_ip(request))
-                return _ok(spoofed)
+                return _public(spoofed)
             raise _Deny(503, "REVOCATIONS_NOT_CURRENT", "the revocation list is resynchronising; retry shortly", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1)
         if revocations.is_revoked(claims):
             if public:
                 await self._limit(_client_ip(request))
-                return _ok(spoofed)
+                return _public(spoofed)
             raise _Deny(403, "TOKEN_REVOKED", "the token was revoked (signed out)", grpc_code=code_pb2.PERMISSION_DENIED)
 
         limiter = self.limiter
@@ -207,6 +221,7 @@ class ExtAuthz:
                 raise _Deny(429, "RATE_LIMITED", f"too many requests; retry in {retry:.2f}s", grpc_code=code_pb2.RESOURCE_EXHAUSTED, retry_after_s=retry)
         # Injected keys are overwritten (OVERWRITE_IF_EXISTS_OR_ADD), every other client-sent
         # x-eco2-* is removed; the injected ones are not listed, as Envoy removes after it sets.
+        _count("allow", "TOKEN")
         remove = [k for k in spoofed if k not in _INJECTED_SET] if spoofed else None
         if remove:
             response = external_auth_pb2.CheckResponse()
@@ -269,7 +284,9 @@ def grpc_message(text: str) -> str:
     return urllib.parse.quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
 
 
-def _ok(spoofed: Iterable[str]) -> external_auth_pb2.CheckResponse:
+def _public(spoofed: Iterable[str]) -> external_auth_pb2.CheckResponse:
+    """An anonymous allow (public path or CORS preflight): no identity injected."""
+    _count("allow", "PUBLIC")
     response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
     response.ok_response.headers_to_remove.extend(spoofed)
     if not response.HasField("ok_response"):

@@ -103,8 +103,11 @@ def _shutdown_status() -> grpc.Status:
 
 
 class CoreServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, shutdown: ShutdownCoordinator, *, identities: IdentityVerifier | None = None, light_tracing: bool = True, reject_drain_s: float = 2.0) -> None:
+    def __init__(self, shutdown: ShutdownCoordinator, *, identities: IdentityVerifier | None = None, light_tracing: bool = True, reject_drain_s: float = 2.0,
+                 bare_methods: frozenset[str] = frozenset()) -> None:
         self.shutdown = shutdown
+        #: Methods served as registered, without this wrapper (see ServiceApp.bare_methods).
+        self.bare_methods = bare_methods
         #: Verifies the caller's wristband; None = no call carries an identity (caller_id refuses).
         self.identities = identities
         #: How long a client stream is drained before a refusal is sent (see _drain).
@@ -121,7 +124,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None  # grpc answers UNIMPLEMENTED
-            wrapped = self._wrapped[method] = self._wrap(method, handler)
+            wrapped = self._wrapped[method] = handler if method in self.bare_methods else self._wrap(method, handler)
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -49,6 +49,10 @@ class ServiceApp(Protocol):
         """Close connections. Runs after the server stopped."""
         ...
 
+    # Optional: `bare_methods`, full method names ("/pkg.Service/Method") served without the
+    # runtime's per-call wrapper (error mapping, metrics, context, identity). Only for a hot
+    # method that maps every failure itself and needs no caller: ext-authz `Check`.
+
 
 def identity_verifier(app: ServiceApp, settings: RuntimeSettings) -> IdentityVerifier:
     """The wristband verifier of a server: keys pinned by ECO2_IDENTITY_JWKS plus auth's
@@ -131,7 +135,10 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
 
         configure_tracing(app.name, settings.otel_traces_exporter)
         interceptors.append(aio_server_interceptor())
-    interceptors.append(CoreServerInterceptor(shutdown, identities=identity_verifier(app, settings), light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s))
+    interceptors.append(CoreServerInterceptor(
+        shutdown, identities=identity_verifier(app, settings), light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s,
+        bare_methods=frozenset(getattr(app, "bare_methods", ())),
+    ))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     # Ports first: a port clash fails fast, before the app opened pools or subscriptions.
     address = f"{settings.grpc_host}:{settings.grpc_port}"
