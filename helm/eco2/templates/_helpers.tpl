@@ -20,22 +20,21 @@ builds one context and includes these:
 eco2-{{ . }}
 {{- end }}
 
+{{- /* app.kubernetes.io/name is eco2-WORKLOAD, the route table's name, on every pod of the workload
+(chat's workers, the events router too): the Istio ALLOW policies (istio.yaml) and the
+NetworkPolicies select callers and callees by it. Objects of no workload carry eco2-COMPONENT. */}}
 {{- define "eco2.selectorLabels" -}}
-app.kubernetes.io/name: eco2
+app.kubernetes.io/name: eco2-{{ .workload | default .component }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
-{{- /* eco2.io/workload is the route table's name: NetworkPolicies select callers by it. */}}
 {{- define "eco2.labels" -}}
 {{ include "eco2.selectorLabels" . }}
 app.kubernetes.io/part-of: eco2
 app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
-{{- with .workload }}
-eco2.io/workload: {{ . }}
-{{- end }}
 {{- end }}
 
 {{- define "eco2.image" -}}
@@ -95,6 +94,11 @@ call it (the chart never wires a call the mesh would deny). Output: YAML map. */
 {{- else -}}
 {{- $_ := set $env "ECO2_HTTP_HOST" "0.0.0.0" -}}
 {{- $_ := set $env "ECO2_HTTP_PORT" "8080" -}}
+{{- end -}}
+{{- if and (eq .protocol "grpc") (ne .workload "auth") -}}
+{{- /* the keys that verify the wristbands auth injects (GetJwks): a call the route table allows */ -}}
+{{- $auth := include "eco2.addresses" (dict "root" $ "workload" .workload "calls" (list "auth")) | fromYaml -}}
+{{- $_ := set $env "ECO2_IDENTITY_JWKS_FROM" $auth.ECO2_AUTH_ADDR -}}
 {{- end -}}
 {{- if .database -}}
 {{- /* the hook Job migrated before any pod of this release started */ -}}
@@ -370,15 +374,6 @@ spec:
       {{- include "eco2.selectorLabels" . | nindent 6 }}
 {{- end }}
 
-{{- /* The namespace of the ingress gateway: the ns/NAME part of mesh.ingressPrincipal. */}}
-{{- define "eco2.ingressNamespace" -}}
-{{- $parts := splitList "/" .Values.mesh.ingressPrincipal -}}
-{{- if or (lt (len $parts) 3) (ne (index $parts 1) "ns") -}}
-{{- fail (printf "mesh.ingressPrincipal %q is not TRUST_DOMAIN/ns/NAMESPACE/sa/NAME" .Values.mesh.ingressPrincipal) -}}
-{{- end -}}
-{{- index $parts 2 -}}
-{{- end }}
-
 {{- /* Ingress to every pod of a workload (all its components): its serving port from the callers
 mesh/routes.yaml lists, its metrics port from Prometheus. Nothing else. */}}
 {{- define "eco2.networkPolicy" -}}
@@ -397,8 +392,8 @@ metadata:
 spec:
   podSelector:
     matchLabels:
+      app.kubernetes.io/name: eco2-{{ .workload }}
       app.kubernetes.io/instance: {{ $.Release.Name }}
-      eco2.io/workload: {{ .workload }}
   policyTypes: [Ingress]
   ingress:
     {{- if $callers }}
@@ -410,15 +405,15 @@ spec:
         {{- if eq . "ingress" }}
         - namespaceSelector:
             matchLabels:
-              kubernetes.io/metadata.name: {{ include "eco2.ingressNamespace" $ }}
+              kubernetes.io/metadata.name: {{ $.Values.mesh.ingressNamespace }}
           podSelector:
             matchLabels:
               {{- toYaml $.Values.mesh.ingressSelector | nindent 14 }}
         {{- else }}
         - podSelector:
             matchLabels:
+              app.kubernetes.io/name: eco2-{{ . }}
               app.kubernetes.io/instance: {{ $.Release.Name }}
-              eco2.io/workload: {{ . }}
         {{- end }}
         {{- end }}
     {{- end }}
