@@ -22,6 +22,7 @@ from .graph import ChatDeps, build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcJobIdentities, GrpcPlaces
 from .llm import create_llm
 from .llm.images import create_image_model
+from .metrics import MeteredLLM
 from .outbox import EventOutbox
 from .postgres import ConversationStore
 from .service import ChatServicer
@@ -94,6 +95,8 @@ class ChatApp:
         if s.bulk_waste_api_key and s.bulk_waste_base_url:
             bulk = DataGoKrBulkWasteFees(s.bulk_waste_base_url, s.bulk_waste_api_key, timeout_s=s.bulk_waste_timeout_s, rows=s.bulk_waste_rows, max_results=s.bulk_waste_max_results)
             self.closers.append(bulk)
+        # Every model call the graph makes goes through the metered port (metrics.py).
+        llm, vision_llm = MeteredLLM(llm), (MeteredLLM(vision_llm) if vision_llm is not None else None)
         deps = ChatDeps(
             kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=GrpcCharacters(self._channel("character"), cache_s=s.chat_character_cache_s),
             weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,

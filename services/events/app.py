@@ -9,6 +9,7 @@ import redis.asyncio
 
 
 from .hub import Hub
+from .jobs import QueueSampler
 from .router import Router
 from .service import SERVICE, EventServicer, add_to_server
 from .settings import EventsRole, EventsSettings
@@ -23,6 +24,7 @@ class EventsApp:
         self.redis: redis.asyncio.Redis | None = None
         self.router: Router | None = None
         self.hub: Hub | None = None
+        self.sampler: QueueSampler | None = None
 
     @property
     def serves_api(self) -> bool:
@@ -44,6 +46,9 @@ class EventsApp:
         if routes:
             self.router = Router(self.redis, s)
             await self.router.start()
+            if s.events_queue_sample_s:
+                self.sampler = QueueSampler(self.redis, s.events_queue_sample_s)
+                self.sampler.start()
         if self.serves_api:
             self.hub = Hub(  # one Pub/Sub connection per shard, to the server `redis` names
                 self.redis, s.events_shards, buffer=s.events_subscriber_buffer,
@@ -53,6 +58,8 @@ class EventsApp:
             add_to_server(EventServicer(ValkeyReplayStore(self.redis, s.events_shards), self.hub, s), server)
 
     async def stop(self) -> None:
+        if self.sampler is not None:
+            await self.sampler.stop()
         if self.router is not None:
             await self.router.stop()
         if self.hub is not None:

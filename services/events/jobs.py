@@ -11,6 +11,7 @@ Keys (the `{kind}` hash tag keeps one kind's keys in one cluster slot):
     jobs:{kind}:id:<job_id>  dedupe marker (ECO2_JOBS_DEDUPE_TTL_S)
     jobs:{kind}:attempts     hash job_id → claims so far
     jobs:{kind}:errors       hash job_id → last error reported by fail()
+    jobs:kinds               set of every kind a queue was opened for (what QueueSampler reads)
 
 Delivery is at-least-once: a job whose worker died (no ack within the visibility timeout)
 is claimed again by another worker; after `jobs_max_attempts` claims it goes to the
@@ -19,21 +20,33 @@ dead-letter stream with its last error instead.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
+import time
 from dataclasses import dataclass
 
 import redis.asyncio
-from prometheus_client import Counter
-from redis.exceptions import ResponseError
+from prometheus_client import Counter, Gauge
+from redis.exceptions import RedisError, ResponseError
 
 from eco2.services.runtime.errors import FieldViolation, InvalidArgument
 
 from . import domain, scripts
 from .settings import EventsSettings
 
+log = logging.getLogger("eco2.jobs")
+
 GROUP = "workers"
+KINDS_KEY = "jobs:kinds"
 KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-JOBS = Counter("eco2_jobs_total", "Job queue operations, by kind and outcome", ["kind", "outcome"])
+JOBS = Counter("eco2_jobs_total", "Job queue operations, by kind and outcome (enqueued, duplicate, claimed, reclaimed, acked, failed, dead)", ["kind", "outcome"])
+# Sampled from Valkey by QueueSampler (the event router runs one).
+DEPTH = Gauge("eco2_jobs_depth", "Jobs queued and not yet claimed by a worker", ["kind"])
+PENDING = Gauge("eco2_jobs_pending", "Jobs claimed by a worker and not yet acknowledged (running, or failed and due for a retry)", ["kind"])
+OLDEST_AGE = Gauge("eco2_jobs_oldest_age_seconds", "Age of the oldest job still in the queue, claimed or not (0 when empty)", ["kind"])
+OLDEST_PENDING_AGE = Gauge("eco2_jobs_oldest_pending_age_seconds", "Age (since enqueue) of the oldest claimed, unacknowledged job (0 when none)", ["kind"])
+DEAD_LETTERS = Gauge("eco2_jobs_dead_letters", "Entries in the kind's dead-letter stream jobs:{kind}:dead", ["kind"])
 
 
 @dataclass(slots=True)
@@ -71,6 +84,7 @@ class JobQueue:
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+        await self.redis.sadd(KINDS_KEY, self.kind)
         self._group_ready = True
 
     async def enqueue(self, job_id: str, payload: bytes) -> bool:
@@ -168,3 +182,85 @@ class JobQueue:
             pipe.hdel(self._errors, job.job_id)
             await pipe.execute()
         JOBS.labels(self.kind, "dead").inc()
+
+
+# -- what is in the queues ----------------------------------------------------------------
+
+@dataclass(slots=True)
+class QueueStats:
+    kind: str
+    depth: int  # queued, not yet claimed
+    pending: int  # claimed, not yet acknowledged
+    oldest_age_s: float  # the oldest job still in the queue (0: empty)
+    oldest_pending_age_s: float  # the oldest claimed one, since it was enqueued (0: none)
+    dead: int  # entries of the dead-letter stream
+
+
+def _entry_ms(entry_id) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return int(text.split("-")[0])
+
+
+async def known_kinds(redis_client: redis.asyncio.Redis) -> list[str]:
+    """Every kind a JobQueue was opened for on this Valkey, sorted."""
+    return sorted(k.decode() if isinstance(k, bytes) else k for k in await redis_client.smembers(KINDS_KEY))
+
+
+async def queue_stats(redis_client: redis.asyncio.Redis, kind: str) -> QueueStats:
+    """One round trip: the stream's length, its oldest entry, the group's pending summary and
+    the dead-letter stream's length. Acknowledged jobs are deleted from the stream, so what is
+    in it is either pending or not yet claimed."""
+    stream = f"jobs:{{{kind}}}"
+    async with redis_client.pipeline(transaction=False) as pipe:
+        pipe.xlen(stream)
+        pipe.xrange(stream, count=1)
+        pipe.xpending(stream, GROUP)
+        pipe.xlen(f"{stream}:dead")
+        length, oldest, pending, dead = await pipe.execute(raise_on_error=False)
+    if isinstance(pending, ResponseError):  # NOGROUP: no queue opened yet
+        pending = {"pending": 0, "min": None}
+    for reply in (length, oldest, dead):
+        if isinstance(reply, Exception):
+            raise reply
+    now_ms = time.time() * 1000
+    claimed = int(pending.get("pending") or 0)
+    oldest_age = max(0.0, (now_ms - _entry_ms(oldest[0][0])) / 1000) if oldest else 0.0
+    pending_age = max(0.0, (now_ms - _entry_ms(pending["min"])) / 1000) if claimed and pending.get("min") else 0.0
+    return QueueStats(kind, max(0, int(length) - claimed), claimed, oldest_age, pending_age, int(dead))
+
+
+class QueueSampler:
+    """Sets the eco2_jobs_* gauges of every known kind every `interval_s` (one round trip per
+    kind). The event router runs it: one process per deployment, not every worker."""
+
+    def __init__(self, redis_client: redis.asyncio.Redis, interval_s: float) -> None:
+        self.redis = redis_client
+        self.interval_s = interval_s
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="jobs-sampler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def sample(self) -> list[QueueStats]:
+        stats = [await queue_stats(self.redis, kind) for kind in await known_kinds(self.redis)]
+        for q in stats:
+            DEPTH.labels(q.kind).set(q.depth)
+            PENDING.labels(q.kind).set(q.pending)
+            OLDEST_AGE.labels(q.kind).set(q.oldest_age_s)
+            OLDEST_PENDING_AGE.labels(q.kind).set(q.oldest_pending_age_s)
+            DEAD_LETTERS.labels(q.kind).set(q.dead)
+        return stats
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.sample()
+            except (RedisError, OSError) as exc:
+                log.warning("sampling the job queues failed", extra={"error": str(exc)})
+            await asyncio.sleep(self.interval_s)

@@ -16,9 +16,10 @@ import logging
 import os
 import secrets
 import socket
+import time
 
 import redis.asyncio
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +35,11 @@ RECLAIMED = Counter("eco2_events_reclaimed_total", "Entries taken over from a de
 LAG = Gauge("eco2_events_router_lag", "Entries in a shard stream not yet read by the router group", ["shard"])
 PENDING = Gauge("eco2_events_router_pending", "Entries read but not yet acknowledged", ["shard"])
 ROUTER_ERRORS = Counter("eco2_events_router_redis_errors_total", "Redis errors the router recovered from")
+FANOUT_LAG = Histogram(
+    "eco2_events_fanout_lag_seconds",
+    "Per routed batch of a shard: from its oldest entry's append to the shard stream to its fan-out PUBLISH",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 #: A fan-out message carries routed events up to about this many bytes (Pub/Sub clients are
 #: disconnected when their output buffer passes Valkey's client-output-buffer-limit).
@@ -215,9 +221,12 @@ class Router:
         else:
             await self.ack(acks)
         total = 0
+        now_ms = time.time() * 1000
+        oldest = {shard: entries[0][0] for shard, entries in batches if entries}
         for (shard, n), published in zip(routed, replies):
             if isinstance(published, Exception):
                 continue
+            FANOUT_LAG.observe(max(0.0, now_ms - _entry_ms(oldest[shard])) / 1000)
             total += published
             self._published[shard].inc(published)
             if n > published:
@@ -262,6 +271,12 @@ class Router:
             error = next((r for r in await self._pool.pipeline(commands) if isinstance(r, Exception)), None)
             if error is not None:
                 raise error
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
+    """The append time (ms) a stream entry id carries: "<ms>-<n>"."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[0])
 
 
 def _xacks(acks: list[tuple[int, list]]) -> list[tuple]:

@@ -38,6 +38,7 @@ class EventsSettings(RuntimeSettings):
     events_redis_pool: int = Field(4, ge=1, description="command connections to Redis per process (Pub/Sub adds one per shard)")
     events_max_subscribers: int = Field(50_000, ge=1, description="concurrent Subscribe streams per process (RESOURCE_EXHAUSTED beyond)")
     events_redis_retry_s: float = Field(1.0, gt=0, description="retry hint and reconnect back-off when Redis is unreachable")
+    events_queue_sample_s: float = Field(5.0, ge=0, description="how often the router samples the job queues' depth, ages and dead letters (the eco2_jobs_* gauges; 0 = never)")
     jobs_visibility_timeout_s: float = Field(60.0, gt=0, description="a claimed job not acked within this is re-claimed by another worker")
     jobs_max_attempts: int = Field(3, ge=1, description="attempts before a job goes to its dead-letter stream jobs:{kind}:dead")
     jobs_retry_delay_s: float = Field(1.0, ge=0, description="delay before a failed job may be claimed again")

@@ -25,7 +25,7 @@ from .interceptors import CoreServerInterceptor, ShutdownCoordinator
 from .logs import configure_logging
 from .metrics import serve_metrics
 from .settings import RuntimeSettings
-from .telemetry import configure_tracing
+from .telemetry import configure_tracing, shutdown_tracing, tracer_provider
 
 log = logging.getLogger("eco2.server")
 
@@ -134,7 +134,7 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
         from opentelemetry.instrumentation.grpc import aio_server_interceptor  # only when spans are recorded
 
         configure_tracing(app.name, settings.otel_traces_exporter)
-        interceptors.append(aio_server_interceptor())
+        interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider()))
     interceptors.append(CoreServerInterceptor(
         shutdown, identities=identity_verifier(app, settings), light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s,
         bare_methods=frozenset(getattr(app, "bare_methods", ())),
@@ -194,3 +194,4 @@ async def run(app: ServiceApp, settings: RuntimeSettings) -> None:
     tune_gc(settings.gc_gen0_threshold)
     await stop.wait()
     await running.stop()
+    shutdown_tracing()  # the spans still batched go out before the process exits
