@@ -24,6 +24,7 @@ from eco2.services import registry
 from eco2.services.events import domain as events_domain
 from eco2.services.events import jobs
 from eco2.services.runtime.settings import Endpoints
+from support.monitoring import DASHBOARDS, dashboard_queries
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "eco2"
@@ -230,9 +231,6 @@ def _variant_objects(variant: str) -> list[dict]:
 
 # -- dashboards and alerts -------------------------------------------------------------------
 
-DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
-#: Grafana's variables as Prometheus sees them once Grafana has substituted them.
-GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 _DATASOURCE = {"type": "object", "required": ["type", "uid"], "properties": {"type": {"const": "prometheus"}, "uid": {"const": "${datasource}"}}}
 _GRID = {"type": "object", "required": ["h", "w", "x", "y"], "additionalProperties": False, "properties": {
     "h": {"type": "integer", "minimum": 1}, "w": {"type": "integer", "minimum": 1, "maximum": 24},
@@ -260,17 +258,6 @@ GRAFANA_DASHBOARD = {
         }},
     },
 }
-
-
-def dashboard_queries(dashboard: dict) -> list[str]:
-    """Every PromQL query of a dashboard (panel targets, query variables), as Prometheus gets it."""
-    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", ())]
-    out = []
-    for query in queries:
-        for variable, value in GRAFANA_VARIABLES.items():
-            query = query.replace(variable, value)
-        out.append(query)
-    return out
 
 
 def test_dashboards_are_well_formed_grafana_json():
