@@ -27,7 +27,7 @@ async def stack(service_env):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
                 token = (await c.post("/v1/auth/dev-sign-in", json={"displayName": "sse-tests"})).json()["tokens"]["accessToken"]
                 c.headers["authorization"] = f"Bearer {token}"
-                yield {"client": c, "pub": EventPublisher(redis), "port": port, "token": token, "app": app}
+                yield {"client": c, "pub": EventPublisher(redis), "port": port, "token": token, "app": app, "events_addr": addrs["events"]}
             await redis.aclose()
 
 
@@ -67,6 +67,31 @@ async def test_a_finished_job_streams_every_event_then_ends(stack):
     assert [e["event"] for e in events] == ["stage", "token", "token", "token", "done"]
     data = [json.loads(e["data"]) for e in events]
     assert data[1]["delta"] == "토큰0 " and data[1]["jobId"] == job and data[1]["seq"] == "2"
+
+
+async def test_the_router_subscribe_and_sse_pass_each_events_traceparent_through(stack):
+    """Event.traceparent as the producer set it, live and replayed: the router's fan-out, the
+    EventService (Subscribe, SubscribeBatches under SSE) and the SSE JSON never touch it."""
+    import grpc
+
+    from eco2.events.v1 import events_pb2_grpc
+
+    job = f"job-{uuid.uuid4().hex[:12]}"
+    parents = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-0{i % 2}" for i in range(4)]
+    kinds = [E.EVENT_KIND_STAGE, E.EVENT_KIND_TOKEN, E.EVENT_KIND_TOKEN, E.EVENT_KIND_DONE]
+    await stack["pub"].publish(E.Event(job_id=job, seq=1, kind=kinds[0], traceparent=parents[0]))  # replayed
+    async with grpc.aio.insecure_channel(stack["events_addr"]) as ch:
+        grpc_stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=job))
+        sse = asyncio.create_task(stack["client"].get(f"/v1/jobs/{job}/events"))
+        first = await grpc_stream.read()  # subscribed: the rest arrive live, through the router
+        for seq in (2, 3, 4):
+            await stack["pub"].publish(E.Event(job_id=job, seq=seq, kind=kinds[seq - 1], traceparent=parents[seq - 1]))
+        over_grpc = [first]
+        while (e := await grpc_stream.read()) is not grpc.aio.EOF:
+            over_grpc.append(e)
+        r = await sse
+    assert [e.traceparent for e in over_grpc] == parents
+    assert [json.loads(e["data"])["traceparent"] for e in parse(r.text) if "id" in e] == parents
 
 
 @pytest.mark.parametrize("how", ["header", "query"])
