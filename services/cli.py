@@ -4,6 +4,7 @@
     eco2 serve NAME             run one service in the foreground (as the Helm chart does)
     eco2 migrate [NAME...]      apply the schema migrations of these services (default: all)
     eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
+    eco2 status [--data-dir]    each service's health, open streams and job queue, one table
     eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
 """
 
@@ -90,6 +91,20 @@ def _endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from .status import render, status
+    from .up import read_endpoints
+
+    try:
+        endpoints = read_endpoints(Path(args.data_dir) if args.data_dir else None)
+    except FileNotFoundError as exc:
+        print(f"eco2: {exc}", file=sys.stderr)
+        return 1
+    rows = status(endpoints)
+    print(render(rows))
+    return 0 if all(r.serving for r in rows) else 1
+
+
 def _identity(args: argparse.Namespace) -> int:
     from .dev_identity import NoIdentity, dev_wristband
     from .up import read_endpoints
@@ -130,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p_ep = sub.add_parser("endpoints", help="print the endpoints of a running stack")
     p_ep.add_argument("--data-dir")
     p_ep.set_defaults(func=_endpoints)
+    p_st = sub.add_parser("status", help="each service's health, open streams and job queue of a running stack (exit 1 when one is not serving)")
+    p_st.add_argument("--data-dir")
+    p_st.set_defaults(func=_status)
     p_id = sub.add_parser("identity", help="print a dev user's wristband for calling services directly (embedded only), e.g. grpcurl -H \"x-eco2-identity: $(eco2 identity)\"")
     p_id.add_argument("--data-dir")
     p_id.add_argument("--name", default="grpcurl-dev", help="display name of the dev user (default: grpcurl-dev)")

@@ -88,6 +88,8 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         assert asked.returncode == 0, asked.stderr
         assert "라벨" in asked.stdout and "[출처]" in asked.stdout and "[샘플]" in asked.stdout, asked.stdout
 
+        _status_shows_health_streams_and_the_queue(data_dir, endpoints)
+
         # a second stack on the same data dir fails fast and clearly, and harms nothing
         second = _eco2("up", "--data-dir", str(data_dir))
         assert second.wait(timeout=30) != 0
@@ -110,6 +112,54 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
             proc.kill()
 
 
+def _eco2_status(data_dir: Path) -> tuple[int, dict[str, list[str]]]:
+    """`eco2 status`'s exit code and table: service → [health, streams, queue]."""
+    shown = subprocess.run([sys.executable, "-m", "eco2.services.cli", "status", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    lines = shown.stdout.splitlines()
+    assert lines and lines[0].split() == ["SERVICE", "HEALTH", "STREAMS", "QUEUE"], shown.stdout + shown.stderr
+    return shown.returncode, {line.split()[0]: [*line.split(None, 3)[1:3], line.split(None, 3)[3]] for line in lines[1:]}
+
+
+def _status_shows_health_streams_and_the_queue(data_dir: Path, endpoints: dict) -> None:
+    """`eco2 status` on the running stack: every service SERVING; a Subscribe stream held open
+    shows on the events service; a job no worker can run shows as a dead letter of chat's queue."""
+    import asyncio
+
+    import redis.asyncio
+
+    from eco2.events.v1 import events_pb2, events_pb2_grpc
+    from eco2.services.events.jobs import JobQueue
+    from eco2.services.events.producer import EventPublisher
+
+    job = f"status-{os.getpid()}-{time.monotonic_ns()}"
+
+    async def prepare() -> None:
+        client = redis.asyncio.Redis.from_url(endpoints["dataplane"]["redis_url"])
+        publisher = EventPublisher(client)
+        await publisher.publish(events_pb2.Event(job_id=job, seq=1, kind=events_pb2.EVENT_KIND_STAGE))
+        await JobQueue(client, "chat").enqueue(f"{job}-broken", b"not a chat job")  # the workers fail it, then dead-letter it
+        await publisher.aclose()
+        await client.aclose()
+
+    asyncio.run(prepare())
+    code, rows = _eco2_status(data_dir)
+    assert code == 0 and set(rows) == set(endpoints["metrics"]), rows
+    assert all(health == "SERVING" for health, _, _ in rows.values()), rows
+    assert rows["chat"][2].startswith("chat: ") and rows["character"][2] == "-", rows
+    with grpc.insecure_channel(endpoints["events"]) as ch:
+        stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(events_pb2.SubscribeRequest(job_id=job), timeout=60)
+        assert next(stream).seq == 1  # the stream is open and registered
+        code, rows = _eco2_status(data_dir)
+        assert int(rows["events"][1]) >= 1, rows
+        stream.cancel()
+    deadline = time.monotonic() + 60
+    while "1 dead" not in rows["chat"][2]:  # three attempts, a second apart (ECO2_JOBS_RETRY_DELAY_S)
+        assert time.monotonic() < deadline, rows["chat"]
+        time.sleep(0.5)
+        code, rows = _eco2_status(data_dir)
+    assert rows["chat"][2] == "chat: 0 waiting, 0 running, oldest -, 1 dead", rows["chat"]
+
+
 def test_up_restarts_warm_on_the_same_data_dir(data_dir):
     for _ in range(2):
         proc = _eco2("up", "--data-dir", str(data_dir))
@@ -125,7 +175,10 @@ def test_up_restarts_warm_on_the_same_data_dir(data_dir):
                 proc.kill()
 
 
-def test_chat_without_a_stack_fails_clearly(data_dir):
+def test_chat_and_status_without_a_stack_fail_clearly(data_dir):
+    proc = _eco2("status", "--data-dir", str(data_dir))
+    assert proc.wait(timeout=30) == 1
+    assert "no stack is running" in proc.stderr.read()
     proc = _eco2("chat", "--data-dir", str(data_dir), "페트병 어떻게 버려?")
     assert proc.wait(timeout=30) == 1
     assert "no stack is running" in proc.stderr.read()
