@@ -21,12 +21,18 @@ import helm_python
 import httpx
 import pytest
 import yaml
+from eco2.services.runtime import telemetry
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-
-from eco2.services.runtime import telemetry
 from support.gateway import gateway
-from support.monitoring import CHART, all_dashboard_queries, exported_names, metric_names, samples, value
+from support.monitoring import (
+    CHART,
+    all_dashboard_queries,
+    exported_names,
+    metric_names,
+    samples,
+    value,
+)
 from support.servers import env, running
 
 #: Metrics the alerts read that other exporters provide (kube-state-metrics), not the services.
