@@ -12,16 +12,19 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 import urllib.parse
 import uuid
 from pathlib import Path
 
 import grpc
 import httpx
+import psutil
 import pytest
 from prometheus_client import REGISTRY
 
@@ -562,3 +565,62 @@ async def test_connect_node_grpc_web_through_envoy(stack, limited):
         assert results[f"{h}.deadline"]["error"]["code"] == "DeadlineExceeded"
     assert results["limited.1"] == results["limited.2"] == {"ok": 13}
     assert results["limited.3"]["error"]["code"] == "ResourceExhausted", results["limited.3"]
+
+
+# --------------------------------------------------------------------------- eco2 up
+
+
+def test_eco2_up_fronts_the_stack_with_envoy(session_dir):
+    """`eco2 up` runs Envoy as a child: endpoints.json's "ingress" URL, printed as the address
+    to open, serves the UI (through the gateway, which behind Envoy trusts its headers) and gRPC
+    straight to the services, with Check in front; config and log in the data dir, admin on
+    loopback; stopped with the stack."""
+    envoy_or_skip()
+    data_dir = session_dir / "up-ingress"
+    data_dir.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = data_dir / "endpoints.json"
+        deadline = time.monotonic() + 120
+        while not path.exists():
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "eco2 up did not write endpoints.json"
+            time.sleep(0.1)
+        endpoints = json.loads(path.read_text())
+        url = endpoints["ingress"]
+        assert url.startswith("http://127.0.0.1:")
+        target = url.removeprefix("http://")
+        ui = httpx.get(url + "/", timeout=10)
+        assert ui.status_code == 200 and ui.headers["server"] == "envoy" and "Eco²" in ui.text
+        with grpc.insecure_channel(target) as ch:
+            session = auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(auth_pb2.DevSignInRequest(display_name="up-ingress"), timeout=10)
+            stub = character_pb2_grpc.CharacterServiceStub(ch)
+            assert len(stub.ListCharacters(character_pb2.ListCharactersRequest(), metadata=bearer(session.tokens.access_token), timeout=10).characters) == 13
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ListCharacters(character_pb2.ListCharactersRequest(), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        me = httpx.get(url + "/v1/me", headers={"authorization": f"Bearer {session.tokens.access_token}", "x-eco2-user-id": "someone-else"}, timeout=10)
+        assert me.status_code == 200 and me.json()["user"]["id"] == session.user.id
+        config = json.loads((data_dir / "envoy" / "envoy.json").read_text())
+        assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+        assert (data_dir / "envoy" / "admin.address").read_text().startswith("127.0.0.1:")
+        assert (data_dir / "logs" / "envoy.log").exists()
+        envoy_pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True) if "--admin-address-path" in p.cmdline()]
+        assert envoy_pids
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert f"open {url}/" in proc.stderr.read()
+        assert not [p for p in envoy_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_without_an_envoy_binary_eco2_up_says_so_in_one_line(monkeypatch, capsys, tmp_path):
+    from eco2.services.up import Stack, UpSettings
+
+    monkeypatch.setattr(envoy, "envoy_binary", lambda: None)
+    assert Stack(UpSettings(data_dir=tmp_path))._envoy_binary() is None
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "no envoy binary" in lines[0] and "without the ingress" in lines[0]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,3 +147,149 @@ def test_serve_fails_clearly_when_the_port_is_taken(service_env):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _child(up_pid: int, name: str) -> psutil.Process:
+    """The live `eco2 serve NAME` (or envoy) process of the stack run by `up_pid`."""
+    for proc in psutil.Process(up_pid).children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if proc.status() != psutil.STATUS_ZOMBIE and (cmd[-2:] == ["serve", name] or (name == "envoy" and "--admin-address-path" in cmd)):
+            return proc
+    raise LookupError(name)
+
+
+def _wait_until(condition, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if value := condition():
+                return value
+        except (LookupError, psutil.NoSuchProcess, OSError, grpc.RpcError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _port_taken(port: int) -> bool:
+    """Whether an ordinary server (SO_REUSEADDR, as most set) could not bind the port."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_up_restarts_killed_children_and_the_data_plane_and_stops_on_sighup(data_dir):
+    """kill -9 of a service, of Envoy and of PostgreSQL: each comes back (the service on its
+    port, which nobody can take meanwhile; PostgreSQL reaped, not left a zombie). SIGHUP (the
+    terminal closed) then stops everything and removes endpoints.json."""
+    proc = _eco2("up", "--data-dir", str(data_dir), env={**os.environ, "ECO2_UP_RESTART_BACKOFF_S": "0.2"})
+    try:
+        endpoints = _wait_for(data_dir / "endpoints.json", proc)
+        target = endpoints["character"]
+        port = int(target.rpartition(":")[2])
+        victim = _child(proc.pid, "character")
+        victim.kill()
+        victim.wait(10)
+        assert _port_taken(port)  # held by `eco2 up` while the service is down
+        back = _wait_until(lambda: _child(proc.pid, "character"), what="a new character process")
+        assert back.pid != victim.pid
+        _wait_until(lambda: _serving(target), what="character SERVING again on its port")
+
+        envoy = _child(proc.pid, "envoy")
+        envoy.kill()
+        _wait_until(lambda: _child(proc.pid, "envoy").pid != envoy.pid, what="a new envoy")
+        ingress = endpoints["ingress"]
+        _wait_until(lambda: urllib.request.urlopen(ingress + "/", timeout=2).status == 200, what="the ingress answering again")
+
+        postgres = endpoints["dataplane"]["postgres_pid"]
+        os.kill(postgres, signal.SIGKILL)
+        revived = _wait_until(lambda: (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["postgres_pid"] != postgres and e,
+                              what="endpoints.json naming a new postgres")
+        assert not psutil.pid_exists(postgres)  # reaped: no zombie left
+        import asyncpg
+
+        async def select_one() -> int:
+            conn = await asyncpg.connect(revived["dataplane"]["database_url"], timeout=10)
+            try:
+                return await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close()
+
+        assert asyncio.run(select_one()) == 1
+        err = proc.stderr
+        pids = _tree(proc.pid) + [revived["dataplane"]["postgres_pid"], revived["dataplane"]["valkey_pid"]]
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 0
+        log = err.read()
+        assert "service character exited with code -9; restarting it" in log and "service character is back" in log
+        assert "postgres started again" in log
+        assert not (data_dir / "endpoints.json").exists()
+        _wait_until(lambda: not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 10, "no process left")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_up_stops_when_a_child_crash_loops(data_dir):
+    env = {**os.environ, "ECO2_UP_RESTART_BACKOFF_S": "0.1", "ECO2_UP_CRASH_LOOP_RESTARTS": "2", "ECO2_INGRESS": "none"}
+    proc = _eco2("up", "--data-dir", str(data_dir), env=env)
+    try:
+        _wait_for(data_dir / "endpoints.json", proc)
+        killed: set[int] = set()
+        while proc.poll() is None and len(killed) < 3:
+            victim = _wait_until(lambda: (c := _child(proc.pid, "location")).pid not in killed and c, what="a location process")
+            killed.add(victim.pid)
+            victim.kill()
+        assert proc.wait(timeout=60) == 1
+        assert "location exited 3 times within" in proc.stderr.read()
+        assert not (data_dir / "endpoints.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_stale_endpoints_file_means_no_stack_runs(data_dir):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (data_dir / "endpoints.json").write_text(json.dumps({"pid": gone.pid, "chat": "127.0.0.1:1", "character": "127.0.0.1:1"}))
+    for args in (["endpoints"], ["chat", "페트병 어떻게 버려?"]):
+        proc = _eco2(*args[:1], "--data-dir", str(data_dir), *args[1:])
+        assert proc.wait(timeout=30) == 1
+        assert "no stack is running" in proc.stderr.read()
+
+
+async def test_a_held_port_is_free_only_for_the_child_it_is_held_for():
+    """What `eco2 up` does with every port it hands out: nobody else can bind it (nor gets it
+    as a free port), the service told ECO2_REUSE_PORT=1 can."""
+    from eco2.services.runtime.server import start
+    from eco2.services.runtime.settings import RuntimeSettings
+    from eco2.services.up import PortHold
+    from support.probe import ProbeApp
+
+    hold = PortHold()
+    try:
+        assert _port_taken(hold.port)
+        with socket.socket() as plain:
+            with pytest.raises(OSError):
+                plain.bind(("127.0.0.1", hold.port))
+        settings = RuntimeSettings(grpc_port=hold.port, metrics_port=0, reuse_port=True)
+        server = await start(ProbeApp(settings), settings, tracing=False)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{hold.port}") as ch:
+                assert json.loads(await ch.unary_unary("/eco2test.Probe/Echo")(b"", timeout=5))["user"] is None
+        finally:
+            await server.stop(grace=0.5)
+        assert _port_taken(hold.port)  # still held after the service stopped
+    finally:
+        hold.close()

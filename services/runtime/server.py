@@ -89,8 +89,9 @@ def server_options(settings: RuntimeSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        # A port clash must fail loudly, not silently share the port with another process.
-        ("grpc.so_reuseport", 0),
+        # A port clash must fail loudly, not silently share the port with another process; only
+        # the port `eco2 up` holds for this process is shared with its holder.
+        ("grpc.so_reuseport", int(settings.reuse_port)),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
@@ -119,7 +120,7 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     metrics_server, metrics_port = (None, None)
     if metrics:
         try:
-            metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
+            metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port, reuse_port=settings.reuse_port)
         except OSError as exc:
             raise RuntimeError(f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
     health_servicer = health.aio.HealthServicer()

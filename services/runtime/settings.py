@@ -40,6 +40,7 @@ class RuntimeSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir, description="data directory of the embedded stack")
     grpc_host: str = Field("127.0.0.1", description="address the gRPC server binds")
     grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = any free port)")
+    reuse_port: bool = Field(False, description="bind the gRPC, HTTP and metrics ports with SO_REUSEPORT; `eco2 up` sets it, as it holds each port (a bound socket of its own) from choosing it until the service has bound it")
     metrics_host: str = Field("127.0.0.1", description="address of the Prometheus /metrics endpoint")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus port (0 = any free port)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
