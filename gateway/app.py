@@ -229,16 +229,8 @@ class Gateway:
     async def _deny_rpc(self, req: Request, decision, cors) -> None:
         from .bridge import HTTP_TO_GRPC, ConnectStreamWriter, ConnectUnaryWriter, GrpcWebWriter
 
-        code = HTTP_TO_GRPC.get(decision.status, 7 if decision.status == 403 else 2)
-        if decision.status == 401:
-            code = 16
+        code = decision.grpc_code or HTTP_TO_GRPC.get(decision.status, 7)
         message = decision.reason
-        try:
-            import json
-
-            message = json.loads(decision.body)["error"]["message"]
-        except Exception:  # noqa: BLE001 - any body: keep the reason
-            pass
         await req.drain(self.settings.gateway_max_message_bytes * 2, min(1.0, self.settings.gateway_body_timeout_s))
         ctype = req.content_type
         if ctype in GRPC_WEB_TYPES:

@@ -31,10 +31,6 @@ class GatewaySettings(RuntimeSettings, Endpoints):
     http_port: int = Field(8080, ge=0, le=65535, description="gateway HTTP port (0 = any free port); `eco2 up` sets it")
     gateway_auth_mode: AuthMode = Field(AuthMode.EDGE, description="edge: call ext-authz Check per request; mesh: trust Envoy's x-eco2-* headers")
     gateway_authz_timeout_s: float = Field(2.0, gt=0, description="deadline of one ext-authz Check call (fail closed when exceeded)")
-    gateway_public_paths: list[str] = Field(
-        default_factory=lambda: ["/", "/healthz", "/static/*", "/.well-known/jwks.json", "/v1/auth/dev-sign-in"],
-        description="JSON list of paths served without calling ext-authz (a trailing * makes a prefix); everything else is checked",
-    )
     gateway_routes: dict[str, str] = Field(
         default_factory=dict,
         description='extra upstreams by gRPC service or package prefix, JSON: {"eco2test.Probe": "127.0.0.1:7000"}; eco2.<svc>.v1 goes to ECO2_<SVC>_ADDR',

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from prometheus_client import Counter
 
 from eco2.events.v1 import events_pb2
+from eco2.services.runtime.identity import IDENTITY_KEY
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
 from .http import ClientGone, Headers, HttpError, Request
@@ -141,8 +142,10 @@ class EventStreams:
             del self._feeds[feed.key]
 
     def _join(self, job_id: str, after: int, metadata: list[tuple[str, str]]) -> Feed:
-        # shared per job *and caller*: one user's stream never serves another's request
-        key = (job_id, next((v for k, v in metadata if k == "x-eco2-user-id"), ""))
+        # Shared per job *and credential*: a feed serves only requests carrying the very wristband
+        # its upstream Subscribe was authorised with (EventService verified that one), so no
+        # header a client can choose lets it join another user's stream.
+        key = (job_id, next((v for k, v in metadata if k == IDENTITY_KEY), ""))
         feed = self._feeds.get(key)
         if feed is None or not feed.covers(after):
             # at most half the feed's buffer per message: a client that was caught up when a message

@@ -3,6 +3,7 @@
     eco2 up [--data-dir D]      start the data plane and every service on 127.0.0.1
     eco2 serve NAME             run one service in the foreground (as the Helm chart does)
     eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
+    eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def _endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _identity(args: argparse.Namespace) -> int:
+    from .dev_identity import NoIdentity, dev_wristband
+    from .up import read_endpoints
+
+    try:
+        auth = read_endpoints(Path(args.data_dir) if args.data_dir else None)["auth"]
+        print(asyncio.run(dev_wristband(auth, args.name)))
+    except (FileNotFoundError, KeyError, NoIdentity) as exc:
+        print(f"eco2: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _location_import(args: argparse.Namespace) -> int:
     from .location.importer import main as import_main
 
@@ -84,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     p_ep = sub.add_parser("endpoints", help="print the endpoints of a running stack")
     p_ep.add_argument("--data-dir")
     p_ep.set_defaults(func=_endpoints)
+    p_id = sub.add_parser("identity", help="print a dev user's wristband for calling services directly (embedded only), e.g. grpcurl -H \"x-eco2-identity: $(eco2 identity)\"")
+    p_id.add_argument("--data-dir")
+    p_id.add_argument("--name", default="grpcurl-dev", help="display name of the dev user (default: grpcurl-dev)")
+    p_id.set_defaults(func=_identity)
     p_loc = sub.add_parser("location", help="location data tools")
     loc_sub = p_loc.add_subparsers(dest="location_command", required=True)
     p_imp = loc_sub.add_parser("import", help="import the national recycling-centre standard data CSV (idempotent upserts)")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from support.identity import TEST_JWKS
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 os.environ.setdefault("LC_ALL", "C.UTF-8")
@@ -51,15 +53,32 @@ def dataplane(session_dir):
 
 
 @pytest.fixture(scope="session")
-def service_env(dataplane) -> dict[str, str]:
+async def session_auth(dataplane):
+    """One real auth server for the session: what ECO2_AUTH_ADDR points services at, so chat can
+    get job wristbands (MeshIdentityService) and every service trusts auth's keys (GetJwks)."""
+    from eco2.services.auth.app import create
+    from support.servers import env, running
+
+    base = {"DATABASE_URL": dataplane.database_url, "REDIS_URL": dataplane.redis_url, "ECO2_DEPLOYMENT": "embedded", "ECO2_GRPC_PORT": "0",
+            "ECO2_LOG_LEVEL": "WARNING", "ECO2_IDENTITY_JWKS": TEST_JWKS}
+    with env(base):
+        app = create()
+    async with running(app, metrics=False) as server:
+        yield f"127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="session")
+def service_env(dataplane, session_auth) -> dict[str, str]:
     """Environment for a service process or settings object pointed at the session data plane."""
     return {
+        "ECO2_AUTH_ADDR": session_auth,
         "DATABASE_URL": dataplane.database_url,
         "REDIS_URL": dataplane.redis_url,
         "ECO2_DEPLOYMENT": "embedded",
         "ECO2_GRPC_PORT": "0",
         "ECO2_METRICS_PORT": "0",
         "ECO2_LOG_LEVEL": "WARNING",
+        "ECO2_IDENTITY_JWKS": TEST_JWKS,
     }
 
 

@@ -57,21 +57,35 @@ def _assert_401(resp, reason: str | None = None):
     assert status == 401, (status, body)
     assert headers["www-authenticate"].startswith('Bearer realm="eco2"')
     assert headers["content-type"] == "application/json"
-    assert set(body) == {"code", "message"}
     if reason:
-        assert body["code"] == reason, body
+        assert body["reason"] == reason, body
     assert resp.status.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
     return body
 
 
 # --------------------------------------------------------------------------- allow
-async def test_valid_token_is_allowed_with_identity_headers(client, session):
+async def test_valid_token_is_allowed_with_a_wristband(client, session, server):
     resp = await client.check(token=session.tokens.access_token)
     assert allowed(resp)
     h = injected(resp)
-    assert h == {"x-eco2-user-id": session.user.id, "x-eco2-roles": "user", "x-eco2-provider": "dev"}
+    assert set(h) == {"x-eco2-identity", "x-eco2-user-id"} and h["x-eco2-user-id"] == session.user.id
     for opt in resp.ok_response.headers:
         assert opt.append_action == base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+    # The wristband: signed by auth's key, for the mesh audience (never the access tokens'),
+    # typed "identity", short-lived, naming the caller.
+    ring = server.app.tokens.ring
+    header = jwt.get_unverified_header(h["x-eco2-identity"])
+    claims = jwt.decode(h["x-eco2-identity"], ring.public[header["kid"]], algorithms=["ES256"], audience="eco2-mesh", issuer="eco2-auth")
+    assert claims["typ"] == "identity" and claims["sub"] == session.user.id and claims["roles"] == ["user"] and claims["provider"] == "dev"
+    assert 0 < claims["exp"] - time.time() <= server.app.settings.identity_ttl_s
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(h["x-eco2-identity"], ring.public[header["kid"]], algorithms=["ES256"], audience=server.app.settings.auth_audience)
+
+
+async def test_one_identity_reuses_its_wristband_until_half_its_life(client, session):
+    first = injected(await client.check(token=session.tokens.access_token))["x-eco2-identity"]
+    again = injected(await client.check(token=session.tokens.access_token))["x-eco2-identity"]
+    assert again == first  # minted once, not per request (an ES256 signature each)
 
 
 async def test_token_from_the_eco2_access_cookie(client, session):
@@ -83,9 +97,9 @@ async def test_client_sent_identity_headers_are_replaced_and_removed(client, ses
     spoof = {"x-eco2-user-id": "admin", "x-eco2-roles": "admin", "x-eco2-tenant": "other", "x-eco2-provider": "kakao"}
     resp = await client.check(token=session.tokens.access_token, headers=spoof)
     assert allowed(resp)
-    assert injected(resp)["x-eco2-user-id"] == session.user.id and injected(resp)["x-eco2-roles"] == "user"
+    assert injected(resp)["x-eco2-user-id"] == session.user.id
     # The injected keys are overwritten; every other client-sent x-eco2-* header is removed.
-    assert list(resp.ok_response.headers_to_remove) == ["x-eco2-tenant"]
+    assert sorted(resp.ok_response.headers_to_remove) == ["x-eco2-provider", "x-eco2-roles", "x-eco2-tenant"]
 
 
 async def test_spoofed_header_removed_on_public_path_without_token(client):
@@ -103,7 +117,38 @@ async def test_client_sent_user_id_without_token_is_denied_on_protected_path(cli
 async def test_public_path_with_query_and_prefix(client):
     assert allowed(await client.check(path="/.well-known/jwks.json?x=1", method="GET"))
     assert allowed(await client.check(path="/grpc.health.v1.Health/Check"))
+    assert allowed(await client.check(path="/static/app.js?v=%2e%2e", method="GET"))  # the query is not the path
     assert not allowed(await client.check(path="/.well-known-not/x"))
+
+
+async def test_public_paths_are_the_route_tables(client):
+    from eco2.mesh.routes import load
+
+    for entry in load().public_paths():
+        path = entry.removesuffix("*") + ("x" if entry.endswith("*") else "")
+        assert allowed(await client.check(path=path, method="GET")), path
+    assert allowed(await client.check(path="/v1/auth/dev-sign-in"))  # the gateway's route: one list for both
+
+
+@pytest.mark.parametrize("path", [
+    "/static/../eco2.chat.v1.ChatService/ListConversations",
+    "/static/%2e%2e/eco2.chat.v1.ChatService/ListConversations",
+    "/.well-known/../eco2.chat.v1.ChatService/ListConversations",
+    "/grpc.health.v1.Health/../../eco2.chat.v1.ChatService/ListConversations",
+    "/static/./app.js",
+    "//eco2.chat.v1.ChatService/ListConversations",
+    "/static//x",
+    "/static/x;/../../eco2.chat.v1.ChatService/ListConversations",
+    "/static/x%00",
+    "/static/..%2Feco2.chat.v1.ChatService%2FListConversations",
+    "/static\\..\\eco2.chat.v1.ChatService/ListConversations",
+    "/static/\x01",
+    "static/x",
+])
+async def test_a_non_canonical_path_is_denied_never_matched_as_public(client, session, path):
+    for token in (None, session.tokens.access_token):
+        status, body, _ = denied(await client.check(path=path, token=token, method="GET"))
+        assert status == 400 and body["reason"] == "NON_CANONICAL_PATH", (path, body)
 
 
 async def test_public_path_with_a_bad_token_passes_anonymously(client):
@@ -111,9 +156,17 @@ async def test_public_path_with_a_bad_token_passes_anonymously(client):
     assert allowed(resp) and injected(resp) == {} and list(resp.ok_response.headers_to_remove) == ["x-eco2-user-id"]
 
 
-async def test_cors_preflight_passes(client):
+async def test_cors_preflight_from_a_listed_origin_passes(client):
     resp = await client.check(method="OPTIONS", headers={"origin": "https://app.eco2.example", "access-control-request-method": "POST"})
     assert allowed(resp) and injected(resp) == {}
+
+
+async def test_cors_preflight_from_another_origin_is_denied(client):
+    for origin in ("https://evil.example", None):
+        headers = {"access-control-request-method": "POST", **({"origin": origin} if origin else {})}
+        status, body, h = denied(await client.check(method="OPTIONS", headers=headers))
+        assert status == 403 and body["reason"] == "ORIGIN_NOT_ALLOWED" and h["grpc-status"] == "7"
+        assert "access-control-allow-origin" not in h
 
 
 # --------------------------------------------------------------------------- bad input
@@ -190,12 +243,12 @@ async def test_refresh_token_used_as_access(client, session):
 async def test_header_over_8kb(client, session):
     resp = await client.check(token=session.tokens.access_token, headers={"x-padding": "a" * 8193})
     status, body, _ = denied(resp)
-    assert status == 431 and body["code"] == "HEADER_TOO_LARGE"
+    assert status == 431 and body["reason"] == "HEADER_TOO_LARGE"
 
 
 async def test_authorization_header_over_8kb(client):
     status, body, _ = denied(await client.check(token="a" * 9000))
-    assert status == 431 and body["code"] == "HEADER_TOO_LARGE"
+    assert status == 431 and body["reason"] == "HEADER_TOO_LARGE"
 
 
 async def test_non_utf8_header_bytes_in_raw_header_map(client, session):
@@ -206,7 +259,7 @@ async def test_non_utf8_header_bytes_in_raw_header_map(client, session):
     http.headers.clear()
     http.header_map.headers.add(key="x-name", raw_value=b"\xff\xfe\xc3(")
     status, body, _ = denied(await client.authz.Check(req))
-    assert status == 400 and body["code"] == "HEADER_NOT_UTF8"
+    assert status == 400 and body["reason"] == "HEADER_NOT_UTF8"
 
 
 async def test_raw_header_map_with_valid_utf8_is_allowed(client, session):
@@ -231,7 +284,7 @@ async def test_non_utf8_bytes_in_a_string_field_is_a_deny_not_an_rpc_error(clien
     call = client.channel.unary_unary("/envoy.service.auth.v3.Authorization/Check", request_serializer=lambda b: b, response_deserializer=external_auth_pb2.CheckResponse.FromString)
     resp = await call(raw)
     status, body, _ = denied(resp)
-    assert status == 400 and body["code"] == "MALFORMED_REQUEST"
+    assert status == 400 and body["reason"] == "MALFORMED_REQUEST"
 
 
 def _varint(n: int) -> bytes:
@@ -258,7 +311,7 @@ async def test_internal_error_is_a_deny_not_an_rpc_error(server, client, session
     monkeypatch.setattr(server.app.authz.cache, "get", boom)
     resp = await client.check(token=session.tokens.access_token)
     status, body, headers = denied(resp)
-    assert status == 503 and body["code"] == "UNAVAILABLE" and headers["retry-after"] == "1"
+    assert status == 503 and body["reason"] == "UNAVAILABLE" and headers["retry-after"] == "1"
 
 
 async def test_fail_closed_while_revocations_not_current(server, client, session):
@@ -267,7 +320,7 @@ async def test_fail_closed_while_revocations_not_current(server, client, session
     cache.current = False
     try:
         status, body, _ = denied(await client.check(token=session.tokens.access_token))
-        assert status == 503 and body["code"] == "REVOCATIONS_NOT_CURRENT"
+        assert status == 503 and body["reason"] == "REVOCATIONS_NOT_CURRENT"
     finally:
         cache.current = True
     assert allowed(await client.check(token=session.tokens.access_token))
@@ -283,7 +336,9 @@ async def test_rate_limit_per_user_gives_429_with_retry_after(server, client, se
     assert s.auth_rate_limit_burst <= passed <= s.auth_rate_limit_burst + elapsed * s.auth_rate_limit_per_s + 1
     denials = [r for r in results if not allowed(r)]
     status, body, headers = denied(denials[-1])
-    assert status == 429 and body["code"] == "RATE_LIMITED" and int(headers["retry-after"]) >= 1
+    assert status == 429 and body["reason"] == "RATE_LIMITED" and int(headers["retry-after"]) >= 1
+    # gRPC clients behind Envoy get RESOURCE_EXHAUSTED (8), not the UNAVAILABLE (14) HTTP 429 maps to
+    assert headers["grpc-status"] == "8" and denials[-1].status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     # another user is not affected
     other = await client.sign_in()
     assert allowed(await client.check(token=other.tokens.access_token))
@@ -302,3 +357,18 @@ async def test_a_burst_beyond_the_valkey_pool_waits_instead_of_failing(server, c
     results = await asyncio.gather(*(client.check(token=session.tokens.access_token) for _ in range(n)))
     codes = {200 if allowed(r) else denied(r)[0] for r in results}
     assert codes <= {200, 429}, codes
+
+
+async def test_decisions_are_counted_by_reason(client, session):
+    from prometheus_client import REGISTRY
+
+    def count(decision, reason):
+        return REGISTRY.get_sample_value("eco2_auth_check_decisions_total", {"decision": decision, "reason": reason}) or 0
+
+    before = (count("allow", "TOKEN"), count("allow", "PUBLIC"), count("deny", "UNAUTHENTICATED"), count("deny", "NON_CANONICAL_PATH"))
+    await client.check(token=session.tokens.access_token)
+    await client.check(path="/healthz", method="GET")
+    await client.check()
+    await client.check(path="/static/../x")
+    after = (count("allow", "TOKEN"), count("allow", "PUBLIC"), count("deny", "UNAUTHENTICATED"), count("deny", "NON_CANONICAL_PATH"))
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 1, 1]

@@ -12,7 +12,7 @@ import pytest
 
 from eco2.auth.v1 import auth_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
-from support.auth import AuthClient, allowed, auth_server, injected
+from support.auth import identity_of, AuthClient, allowed, auth_server, injected
 from support.fake_oauth import FakeOAuthProvider
 
 REDIRECT = "https://app.eco2.example/oauth/callback"
@@ -71,7 +71,7 @@ async def test_sign_in_with_each_provider_creates_then_finds_the_user(client, fa
     form = fake.token_requests[-1]
     assert form["code_verifier"] and form["redirect_uri"] == REDIRECT and form["client_secret"] == fake.client_secret
     resp = await client.check(token=done.tokens.access_token)
-    assert allowed(resp) and injected(resp)["x-eco2-provider"] == name and injected(resp)["x-eco2-user-id"] == done.user.id
+    assert allowed(resp) and identity_of(resp)["provider"] == name and injected(resp)["x-eco2-user-id"] == done.user.id
     # second sign-in: same user, not created
     again_start = await _start(client, provider)
     again_back = await _consent(again_start, user)

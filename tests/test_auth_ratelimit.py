@@ -145,7 +145,7 @@ async def test_the_limit_holds_across_two_replicas(two_replicas):
     # one shared bucket in Valkey: exact up to the refill during the test
     assert BURST <= passed <= BURST + elapsed * RATE + 1, (passed, elapsed)
     status, body, headers = denied(next(r for r in results if not allowed(r)))
-    assert status == 429 and body["code"] == "RATE_LIMITED" and int(headers["retry-after"]) >= 1
+    assert status == 429 and body["reason"] == "RATE_LIMITED" and int(headers["retry-after"]) >= 1
 
 
 async def test_valkey_unreachable_for_the_limit_denies_503(two_replicas, monkeypatch):
@@ -156,6 +156,6 @@ async def test_valkey_unreachable_for_the_limit_denies_503(two_replicas, monkeyp
         dead = ValkeyPipe(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
         monkeypatch.setattr(limiter, "pipe", dead)
         status, body, headers = denied(await a.check(token=session.tokens.access_token))
-    assert status == 503 and body["code"] == "UNAVAILABLE" and headers["retry-after"] == "1"
+    assert status == 503 and body["reason"] == "UNAVAILABLE" and headers["retry-after"] == "1"
     monkeypatch.undo()
     assert allowed(await a.check(token=session.tokens.access_token))

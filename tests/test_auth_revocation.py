@@ -12,6 +12,7 @@ import pytest
 from eco2.auth.v1 import auth_pb2
 from eco2.services.dataplane.urls import create_redis
 from support.auth import AuthClient, allowed, auth_server, denied
+from support.identity import as_user
 
 REPLICAS = 4
 
@@ -57,7 +58,7 @@ async def test_sign_out_is_denied_on_every_replica_within_100ms(replicas):
         session = await clients[i % REPLICAS].sign_in()
         token = session.tokens.access_token
         assert all([allowed(await c.check(token=token)) for c in clients])  # cached as valid everywhere
-        md = (("x-eco2-user-id", session.user.id), ("authorization", f"Bearer {token}"))
+        md = (*as_user(session.user.id), ("authorization", f"Bearer {token}"))
         started = time.perf_counter()
         await clients[i % REPLICAS].auth.SignOut(auth_pb2.SignOutRequest(refresh_token=session.tokens.refresh_token), metadata=md)
         after_signout = time.perf_counter() - started
@@ -105,6 +106,6 @@ async def test_rebuilt_after_the_subscriber_reconnects(replicas, valkey):
     assert denied(await clients[1].check(token=session.tokens.access_token))[0] == 403
     # and broadcasts flow again afterwards
     other = await clients[2].sign_in()
-    md = (("x-eco2-user-id", other.user.id), ("authorization", f"Bearer {other.tokens.access_token}"))
+    md = (*as_user(other.user.id), ("authorization", f"Bearer {other.tokens.access_token}"))
     await clients[2].auth.SignOut(auth_pb2.SignOutRequest(), metadata=md)
     await _denied_everywhere(clients, other.tokens.access_token, budget_s=10.0)

@@ -13,6 +13,7 @@ from google.protobuf import field_mask_pb2
 from eco2.auth.v1 import auth_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.auth import AuthClient, allowed, auth_server, denied
+from support.identity import as_user
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ async def client(server):
 
 def _md(session) -> tuple[tuple[str, str], ...]:
     """What ext-authz injects plus the original authorization header, as Envoy forwards them."""
-    return (("x-eco2-user-id", session.user.id), ("x-eco2-provider", "dev"), ("authorization", f"Bearer {session.tokens.access_token}"))
+    return (*as_user(session.user.id), ("authorization", f"Bearer {session.tokens.access_token}"))
 
 
 async def _error(coro):
@@ -126,7 +127,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client):
     assert details["ErrorInfo"].reason == "REFRESH_TOKEN_REVOKED"
     for access in (r.tokens.access_token, first.tokens.access_token, second.tokens.access_token):
         status, body, _ = denied(await client.check(token=access))
-        assert (status, body["code"]) == (403, "TOKEN_REVOKED")
+        assert (status, body["reason"]) == (403, "TOKEN_REVOKED")
 
 
 @pytest.mark.parametrize("token,reason", [("", None), ("garbage", "TOKEN_MALFORMED")])
@@ -149,7 +150,7 @@ async def test_sign_out_revokes_access_and_refresh(client):
     other = await client.sign_in()  # another session of someone else stays valid
     await client.auth.SignOut(auth_pb2.SignOutRequest(refresh_token=r.tokens.refresh_token), metadata=_md(r))
     status, body, _ = denied(await client.check(token=r.tokens.access_token))
-    assert (status, body["code"]) == (403, "TOKEN_REVOKED")
+    assert (status, body["reason"]) == (403, "TOKEN_REVOKED")
     code, _ = await _error(client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=r.tokens.refresh_token)))
     assert code == grpc.StatusCode.UNAUTHENTICATED
     assert allowed(await client.check(token=other.tokens.access_token))

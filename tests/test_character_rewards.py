@@ -13,6 +13,7 @@ from eco2.character.v1 import character_pb2 as pb
 from eco2.character.v1 import character_pb2_grpc
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.servers import env, running
+from support.identity import as_user
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ async def db(dataplane):
 
 def user() -> tuple[str, tuple[tuple[str, str], ...]]:
     uid = f"u-{uuid.uuid4()}"
-    return uid, (("x-eco2-user-id", uid),)
+    return uid, as_user(uid)
 
 
 def pet(**overrides) -> pb.Classification:

@@ -15,6 +15,7 @@ from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.location.v1 import location_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.servers import env, running
+from support.identity import as_user
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ async def stack(service_env):
 
 
 def who(user: str | None = None):
-    return (("x-eco2-user-id", user or f"u-{uuid.uuid4().hex[:8]}"),)
+    return as_user(user or f"u-{uuid.uuid4().hex[:8]}")
 
 
 async def collect(stream) -> list[events_pb2.Event]:
@@ -318,3 +319,13 @@ async def test_phone_numbers_and_emails_are_masked_in_logs(stack, caplog):
     assert "queued" in logged
     assert "010-1234-5678" not in logged and "me@example.com" not in logged
     assert pii.mask("전화 01012345678, 02-123-4567, a.b@c.kr") == "전화 [전화번호], [전화번호], [이메일]"
+
+
+async def test_one_trace_from_the_request_through_the_queue_to_every_event(stack):
+    trace_id = uuid.uuid4().hex
+    metadata = (*who(), ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"))
+    events = await asyncio.wait_for(collect(stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message="캔은 어떻게 버려?"), metadata=metadata)), 30)
+    assert events[-1].kind == events_pb2.EVENT_KIND_DONE
+    # the queued event (the API) and every event of the worker name the caller's trace
+    assert {e.traceparent.split("-")[1] for e in events} == {trace_id}, {e.traceparent for e in events}
+    assert all(e.traceparent.split("-")[2] != "00f067aa0ba902b7" for e in events)  # spans of ours, not the caller's

@@ -21,6 +21,7 @@ from eco2.services.chat.tools.bulk_waste import DataGoKrBulkWasteFees, PublicDat
 from support.fake_bulk_waste import FakeBulkWasteApi, row
 from support.fake_llm import FakeModelServer, Script
 from support.servers import env, running
+from support.identity import as_user
 
 KEY = "fake+key/with=chars"  # characters that must survive URL encoding
 GANGNAM_SOFA = "강남구에서 소파 버리려면 얼마야?"
@@ -75,7 +76,7 @@ def st(stacks):
 
 
 async def ask(stub, text: str, *, conversation_id: str = "", user: str = "") -> tuple[list[events_pb2.Event], chat_pb2.ChatResult]:
-    who = (("x-eco2-user-id", user or f"u-{uuid.uuid4().hex[:8]}"),)
+    who = as_user(user or f"u-{uuid.uuid4().hex[:8]}")
     request = chat_pb2.StreamChatRequest(message=text, conversation_id=conversation_id)
     events = await asyncio.wait_for(_collect(stub.StreamChat(request, metadata=who)), 60)
     assert events[-1].kind == events_pb2.EVENT_KIND_DONE, events[-1]

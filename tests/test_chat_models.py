@@ -17,6 +17,7 @@ from eco2.services.chat.llm import create_llm
 from eco2.services.chat.llm.ports import Grounding, LLMError, Message, ToolSpec
 from support.fake_llm import FakeModelServer, Script
 from support.servers import env, running
+from support.identity import as_user
 
 SEARCH = ToolSpec("search_rules", "분리배출 규정 검색", {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]})
 GROUNDING = Grounding(question="투명 페트병은 어떻게 버려?", intents=["waste"], contexts={"disposal_rules": [{"title": "무색페트병", "lines": ["라벨 제거"]}]})
@@ -138,7 +139,7 @@ async def remote_stacks(service_env):
 
 
 async def ask(stub, text: str) -> tuple[list[events_pb2.Event], chat_pb2.ChatResult]:
-    events = [e async for e in stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=(("x-eco2-user-id", f"u-{uuid.uuid4().hex[:8]}"),), timeout=60)]
+    events = [e async for e in stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=as_user(f"u-{uuid.uuid4().hex[:8]}"), timeout=60)]
     assert events[-1].kind == events_pb2.EVENT_KIND_DONE, events[-1]
     result = chat_pb2.ChatResult()
     events[-1].done.result.Unpack(result)

@@ -25,6 +25,7 @@ from eco2.services.chat.llm import create_llm
 from eco2.services.chat.llm.images import create_image_model
 from support.fake_llm import FakeModelServer, png
 from support.servers import env, running
+from support.identity import as_user
 
 PET_RULE = "rule:재활용폐기물_무색페트병#배출방법_공통"
 PET_FACTS = ("내용물", "라벨", "압착", "뚜껑")
@@ -71,7 +72,7 @@ async def stack(service_env, session_dir):
 
 
 def who(user: str):
-    return (("x-eco2-user-id", user),)
+    return as_user(user)
 
 
 def new_user() -> str:

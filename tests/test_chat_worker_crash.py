@@ -18,6 +18,7 @@ from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from support.fake_llm import FakeModelServer, Script
 from support.servers import env, running
+from support.identity import as_user
 
 TOKENS = [f"조각{i:02d} " for i in range(40)]
 PER_EVENT = 2  # ECO2_CHAT_TOKENS_PER_EVENT of the workers (coalesced TOKEN events)
@@ -68,7 +69,7 @@ async def stop_worker(proc: asyncio.subprocess.Process) -> None:
 
 
 def who() -> tuple:
-    return (("x-eco2-user-id", f"u-{uuid.uuid4().hex[:8]}"),)
+    return as_user(f"u-{uuid.uuid4().hex[:8]}")
 
 
 def done_result(event: events_pb2.Event) -> chat_pb2.ChatResult:

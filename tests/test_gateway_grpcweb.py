@@ -158,7 +158,8 @@ async def test_metadata_allowlist_identity_from_ext_authz_and_timeout(client, to
     assert echo["body"] == "hi"
     assert md["x-request-id"] == "req-1" and "x-secret" not in md
     assert md["x-eco2-user-id"] != "someone-else" and md["x-eco2-user-id"]  # injected by ext-authz
-    assert md["x-eco2-roles"] != "admin"
+    assert "x-eco2-roles" not in md  # the client's is removed; roles travel inside the wristband
+    assert md["x-eco2-identity"].count(".") == 2  # the wristband ext-authz injected
     assert 2.0 < echo["remaining"] <= 3.1
 
 

@@ -109,10 +109,12 @@ async def test_a_cursor_that_is_not_a_number_is_400(stack, value):
     assert r.status_code == 400
 
 
-async def test_unknown_job_is_404_and_bad_job_id_is_404_route(stack):
+async def test_unknown_job_is_404_and_bad_job_id_is_400_or_404_route(stack):
     r = await stack["client"].get(f"/v1/jobs/job-{uuid.uuid4().hex[:12]}/events")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    r = await stack["client"].get("/v1/jobs/bad%20id/events")
+    r = await stack["client"].get("/v1/jobs/bad%20id/events")  # an escape: not a canonical path, refused by Check
+    assert r.status_code == 400 and r.json()["error"]["reason"] == "NON_CANONICAL_PATH"
+    r = await stack["client"].get("/v1/jobs/bad!id/events")
     assert r.status_code == 404
 
 

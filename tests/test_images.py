@@ -19,6 +19,7 @@ from eco2.images.v1 import images_pb2_grpc
 from eco2.services.images import signing
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.servers import env, running
+from support.identity import as_user
 
 LIMIT = 64 * 1024
 
@@ -49,7 +50,7 @@ def webp(payload: bytes) -> bytes:
 
 
 def user():
-    return (("x-eco2-user-id", f"u-{uuid.uuid4()}"),)
+    return as_user(f"u-{uuid.uuid4()}")
 
 
 def stream(data: bytes, content_type="image/png", filename="photo.png", channel=pb.IMAGE_CHANNEL_SCAN, chunk=16 * 1024, meta=True):

@@ -22,12 +22,13 @@ from eco2.services.runtime.errors import status_details, unpack_details
 from eco2.services.runtime.settings import RuntimeSettings
 from support.probe import ProbeApp
 from support.servers import running
+from support.identity import TEST_JWKS, as_user
 
 HERE = Path(__file__).resolve().parent
 
 
 def _settings(**kw) -> RuntimeSettings:
-    return RuntimeSettings(grpc_port=0, metrics_port=0, **kw)
+    return RuntimeSettings(grpc_port=0, metrics_port=0, identity_jwks=TEST_JWKS, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ async def test_deadline_and_identity_propagate_downstream(probe):
             trace_id = "0af7651916cd43dd8448eb211c80319c"
             reply = json.loads(
                 await ch.unary_unary("/eco2test.Probe/Forward")(
-                    b"", timeout=1.5, metadata=(("x-eco2-user-id", "u-1"), ("traceparent", f"00-{trace_id}-b7ad6b7169203331-01"))
+                    b"", timeout=1.5, metadata=(*as_user("u-1"), ("traceparent", f"00-{trace_id}-b7ad6b7169203331-01"))
                 )
             )
             assert reply["user"] == "u-1"

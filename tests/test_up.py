@@ -67,6 +67,16 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         with grpc.insecure_channel(endpoints["character"]) as ch:
             reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
             assert len(reply.characters) == 13
+        # a service port answers a user's call only with a wristband, as a developer gets one
+        printed = subprocess.run([sys.executable, "-m", "eco2.services.cli", "identity", "--data-dir", str(data_dir), "--name", "up-dev"], capture_output=True, text=True, timeout=60)
+        assert printed.returncode == 0, printed.stderr
+        wristband = printed.stdout.strip()
+        with grpc.insecure_channel(endpoints["character"]) as ch:
+            stub = character_pb2_grpc.CharacterServiceStub(ch)
+            stub.ListCollection(character_pb2.ListCollectionRequest(), metadata=(("x-eco2-identity", wristband),), timeout=5)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListCollection(character_pb2.ListCollectionRequest(), metadata=(("x-eco2-user-id", "anyone"),), timeout=5)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # the same endpoints, for scripts
         shown = subprocess.run([sys.executable, "-m", "eco2.services.cli", "endpoints", "--data-dir", str(data_dir)], capture_output=True, text=True)
         assert json.loads(shown.stdout)["character"] == endpoints["character"]

@@ -15,6 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
+from eco2.mesh import routes
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
@@ -24,27 +25,12 @@ from .extauthz import SERVICE_NAME as AUTHZ_SERVICE
 from .extauthz import CheckPolicy, ExtAuthz
 from .oauth import HttpOAuthProvider, ProviderConfig
 from .postgres import DirectoryKeyStore, PostgresKeyStore, PostgresRefreshTokens, PostgresUsers
-from .service import AuthLimits, AuthServicer
+from .service import AuthLimits, AuthServicer, MeshIdentityServicer
 from .valkey import BatchedTokenBucket, RevocationCache, ValkeyOAuthStates, ValkeyPipe, ValkeyRevocations
+from .wristband import Wristbands
 
 log = logging.getLogger("eco2.auth")
 
-DEFAULT_PUBLIC_PATHS = [
-    "/eco2.auth.v1.AuthService/DevSignIn",
-    "/eco2.auth.v1.AuthService/StartOAuth",
-    "/eco2.auth.v1.AuthService/CompleteOAuth",
-    "/eco2.auth.v1.AuthService/Refresh",
-    "/eco2.auth.v1.AuthService/GetJwks",
-    "/grpc.health.v1.Health/*",
-    "/.well-known/*",
-    "/healthz",
-    "/readyz",
-    "/",
-    "/index.html",
-    "/favicon.ico",
-    "/static/*",
-    "/ui/*",
-]
 
 
 class AuthSettings(RuntimeSettings):
@@ -56,8 +42,8 @@ class AuthSettings(RuntimeSettings):
     auth_keys_dir: Path | None = Field(None, description="directory of EC P-256 PEM signing keys, kid = file stem (required in production; embedded keeps keys in Postgres)")
     auth_signing_kid: str = Field("", description="kid that signs new tokens (default: the newest key)")
     auth_keys_reload_s: float = Field(60.0, gt=0, description="how often signing keys are re-read (picks up rotated keys)")
+    auth_job_identity_ttl_s: int = Field(6 * 3600, ge=60, le=7 * 86400, description="lifetime of a queued job's wristband (MeshIdentityService.IssueJobIdentity): the longest a job may act for its user")
     auth_claims_cache_size: int = Field(100_000, ge=0, description="verified access tokens kept in the ext-authz LRU (0 = verify every time)")
-    auth_public_paths: list[str] = Field(default_factory=lambda: list(DEFAULT_PUBLIC_PATHS), description="JSON list of paths that pass Check without a token; a trailing * makes a prefix")
     auth_cors_origins: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8080", "http://localhost:8080"], description="JSON list of browser origins that get CORS headers on deny responses")
     auth_max_header_bytes: int = Field(8192, ge=256, description="largest single request header (and path) Check accepts; larger → 431")
     auth_rate_limit_per_s: float = Field(20.0, ge=0, description="sustained requests/s per user (per IP when anonymous); 0 disables the limit")
@@ -102,6 +88,9 @@ class AuthSettings(RuntimeSettings):
 
 class AuthApp:
     name = "auth"
+    #: Check runs on every request of the mesh: it maps every failure to a deny itself, needs no
+    #: caller and counts its own decisions, so it skips the runtime's per-call wrapper.
+    bare_methods = frozenset({f"/{AUTHZ_SERVICE}/Check"})
 
     def __init__(self, settings: AuthSettings) -> None:
         self.settings = settings
@@ -116,8 +105,12 @@ class AuthApp:
         self.limiter_pipe: ValkeyPipe | None = None
         self._reload_task: asyncio.Task | None = None
 
+    def identity_keys(self):
+        """The keys that verify wristbands, for this process's own runtime (no GetJwks to itself)."""
+        return self.tokens.ring.public if self.tokens is not None else {}
+
     def service_names(self) -> list[str]:
-        return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name, AUTHZ_SERVICE]
+        return [auth_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("AuthService", "MeshIdentityService")] + [AUTHZ_SERVICE]
 
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
@@ -141,6 +134,7 @@ class AuthApp:
         ring = KeyRing(await self.key_store.load(), s.auth_signing_kid)
         policy = TokenPolicy(s.auth_issuer, s.auth_audience, s.auth_access_ttl_s, s.auth_refresh_ttl_s, s.auth_leeway_s)
         self.tokens = TokenService(ring, policy)
+        self.wristbands = Wristbands(ring, issuer=s.identity_issuer, audience=s.identity_audience, ttl_s=s.identity_ttl_s)
 
         self.revocation_cache = RevocationCache(self.subscriber, s.auth_revocation_channel, retry_s=s.auth_revocation_retry_s)
         await self.revocation_cache.start()  # SCAN done before SERVING
@@ -165,6 +159,7 @@ class AuthApp:
             limits=limits,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
+        auth_pb2_grpc.add_MeshIdentityServiceServicer_to_server(MeshIdentityServicer(self.wristbands, s.auth_job_identity_ttl_s), server)
         limiter = None
         if s.auth_rate_limit_per_s > 0:
             self.limiter_pipe = ValkeyPipe(s.redis_url, timeout_s=s.auth_valkey_timeout_s)
@@ -174,7 +169,8 @@ class AuthApp:
             ClaimsCache(s.auth_claims_cache_size, s.auth_leeway_s),
             self.revocation_cache,
             limiter,
-            CheckPolicy(tuple(s.auth_public_paths), frozenset(s.auth_cors_origins), s.auth_max_header_bytes),
+            CheckPolicy(routes.PublicPaths(routes.load().public_paths()), frozenset(s.auth_cors_origins), s.auth_max_header_bytes),
+            self.wristbands,
         )
         server.add_generic_rpc_handlers((self.authz.handler(),))
         self._reload_task = asyncio.create_task(self._reload_keys(), name="auth-key-reload")

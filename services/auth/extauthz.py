@@ -1,10 +1,15 @@
 """`envoy.service.auth.v3.Authorization/Check`: the mesh's front door.
 
-Hot path, per request: read headers once (size limit, UTF-8, spoofed `x-eco2-*`), find the
-token, claims from the LRU (the ES256 signature is verified once per token), revocation from
-the in-process RevocationCache, one Valkey call for the rate limit, a prebuilt response.
+Hot path, per request: read headers once (size limit, UTF-8, spoofed `x-eco2-*`), refuse a
+non-canonical path, find the token, claims from the LRU (the ES256 signature is verified once
+per token), revocation from the in-process RevocationCache, one Valkey call for the rate
+limit, a prebuilt response that injects the caller's wristband (`x-eco2-identity`, minted
+once per identity and reused for half its life).
 Every failure, including our own bugs, ends in a DeniedHttpResponse: never an RPC error a
-misconfigured Envoy (failure_mode_allow) could fail open on.
+misconfigured Envoy (failure_mode_allow) could fail open on. A deny carries its gRPC status
+(`grpc-status`, `grpc-message` headers) so Envoy answers a gRPC client with the right code
+(RESOURCE_EXHAUSTED for a rate limit, not the UNAVAILABLE that HTTP 429 maps to), and a JSON
+body in the gateway's error shape for everyone else.
 """
 
 from __future__ import annotations
@@ -12,46 +17,55 @@ from __future__ import annotations
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from prometheus_client import Counter
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 
-from eco2.services.runtime.context import PROVIDER_KEY, ROLES_KEY, USER_ID_KEY
+from eco2.mesh.routes import PublicPaths, canonical
+from eco2.services.runtime.context import USER_ID_KEY
+from eco2.services.runtime.identity import IDENTITY_KEY
 
 from .domain import ACCESS, Claims, ClaimsCache, TokenError, TokenService
 from .ports import RateLimiter, RevocationView
+from .wristband import Wristbands
 
 log = logging.getLogger("eco2.auth.extauthz")
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
-INJECTED = (USER_ID_KEY, ROLES_KEY, PROVIDER_KEY)
+#: What an allow adds upstream: the wristband services act on, and the user id for access logs.
+INJECTED = (IDENTITY_KEY, USER_ID_KEY)
 _INJECTED_SET = frozenset(INJECTED)
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK_STATUS = status_pb2.Status(code=code_pb2.OK)
 
+DECISIONS = Counter("eco2_auth_check_decisions_total", "ext-authz Check decisions: allow (reason TOKEN or PUBLIC) or deny (reason as in the deny body)", ["decision", "reason"])
+_decisions: dict[tuple[str, str], object] = {}
+
+
+def _count(decision: str, reason: str) -> None:
+    """DECISIONS{decision, reason} += 1, each labelled child looked up once."""
+    child = _decisions.get((decision, reason))
+    if child is None:
+        child = _decisions[(decision, reason)] = DECISIONS.labels(decision, reason)
+    child.inc()
+
 
 @dataclass(frozen=True)
 class CheckPolicy:
-    public_paths: tuple[str, ...]
+    #: the route table's public paths (mesh/routes.yaml), matched on canonical paths only
+    public: PublicPaths
     cors_origins: frozenset[str]
     max_header_bytes: int
     cookie_name: str = "eco2_access"
     realm: str = "eco2"
-
-    def __post_init__(self) -> None:
-        exact = frozenset(p for p in self.public_paths if not p.endswith("*"))
-        prefixes = tuple(p[:-1] for p in self.public_paths if p.endswith("*"))
-        object.__setattr__(self, "_exact", exact)
-        object.__setattr__(self, "_prefixes", prefixes)
-
-    def is_public(self, path: str) -> bool:
-        return path in self._exact or (bool(self._prefixes) and path.startswith(self._prefixes))  # type: ignore[attr-defined]
 
 
 class _Unparsable:
@@ -85,15 +99,24 @@ def _hv(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
 
 
+@dataclass(slots=True)
+class _Allow:
+    """The serialized allow response of one identity and when its wristband is renewed."""
+
+    data: bytes
+    renew_at: float
+
+
 class ExtAuthz:
-    def __init__(self, tokens: TokenService, cache: ClaimsCache, revocations: RevocationView, limiter: RateLimiter | None, policy: CheckPolicy) -> None:
+    def __init__(self, tokens: TokenService, cache: ClaimsCache, revocations: RevocationView, limiter: RateLimiter | None, policy: CheckPolicy, wristbands: Wristbands) -> None:
         self.tokens = tokens
         self.cache = cache
         self.revocations = revocations
         self.limiter = limiter
         self.policy = policy
+        self.wristbands = wristbands
         self.leeway = tokens.policy.leeway_s
-        self._allow: dict[str, bytes] = {}
+        self._allow: dict[str, _Allow] = {}
         self._allow_max = max(1024, cache.max_entries)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -120,9 +143,11 @@ class ExtAuthz:
             origin = headers.get("origin")
             return await self._check(request, http, headers)
         except _Deny as deny:
+            _count("deny", deny.code)
             return self._denied(deny, origin)
         except Exception:  # fail closed, never an RPC error
             log.exception("ext-authz check failed; denying")
+            _count("deny", "UNAVAILABLE")
             return self._denied(_Deny(503, "UNAVAILABLE", "authorization is temporarily unavailable", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1), origin)
 
     async def _check(self, request, http, headers) -> external_auth_pb2.CheckResponse | bytes:
@@ -144,16 +169,24 @@ class ExtAuthz:
             spoofed = [key for key in headers if key.startswith("x-eco2-")]
 
         if http.method == "OPTIONS" and "access-control-request-method" in headers:
-            return _ok(spoofed)  # CORS preflight: the edge answers it
+            # A CORS preflight carries no credentials: the edge's CORS filter answers it for a
+            # listed origin; any other origin is refused here, before it reaches a service.
+            if headers.get("origin") in policy.cors_origins:
+                return _public(spoofed)
+            raise _Deny(403, "ORIGIN_NOT_ALLOWED", f"origin {str(headers.get('origin'))[:128]!r} may not call cross-origin (ECO2_AUTH_CORS_ORIGINS)", grpc_code=code_pb2.PERMISSION_DENIED)
         path = http.path.partition("?")[0]
-        public = policy.is_public(path)
+        if not canonical(path):
+            # Envoy normalises paths before Check (normalize_path, merge_slashes); a path still
+            # holding `..`, `//`, escapes or `;` is a trick, never matched against public prefixes.
+            raise _Deny(400, "NON_CANONICAL_PATH", "the request path is not canonical: no '.' or '..' segments, '//', '%', ';', backslashes or control characters", grpc_code=code_pb2.INVALID_ARGUMENT)
+        public = path in policy.public
 
         token = _bearer(headers.get("authorization")) or _cookie(headers.get("cookie"), policy.cookie_name)
         if not token:
             if not public:
                 raise _Deny(401, "UNAUTHENTICATED", "sign in: no access token", grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}"')
             await self._limit(_client_ip(request))
-            return _ok(spoofed)
+            return _public(spoofed)
 
         now = time.time()
         claims = self.cache.get(token, now)
@@ -163,7 +196,7 @@ class ExtAuthz:
             except TokenError as err:
                 if public:
                     await self._limit(_client_ip(request))
-                    return _ok(spoofed)
+                    return _public(spoofed)
                 raise _Deny(401, err.reason, err.message, grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}", error="invalid_token", error_description="{err.reason}"') from None
             self.cache.put(token, claims)
         elif now < claims.nbf - self.leeway:
@@ -173,12 +206,12 @@ class ExtAuthz:
         if not revocations.current:
             if public:
                 await self._limit(_client_ip(request))
-                return _ok(spoofed)
+                return _public(spoofed)
             raise _Deny(503, "REVOCATIONS_NOT_CURRENT", "the revocation list is resynchronising; retry shortly", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1)
         if revocations.is_revoked(claims):
             if public:
                 await self._limit(_client_ip(request))
-                return _ok(spoofed)
+                return _public(spoofed)
             raise _Deny(403, "TOKEN_REVOKED", "the token was revoked (signed out)", grpc_code=code_pb2.PERMISSION_DENIED)
 
         limiter = self.limiter
@@ -188,6 +221,7 @@ class ExtAuthz:
                 raise _Deny(429, "RATE_LIMITED", f"too many requests; retry in {retry:.2f}s", grpc_code=code_pb2.RESOURCE_EXHAUSTED, retry_after_s=retry)
         # Injected keys are overwritten (OVERWRITE_IF_EXISTS_OR_ADD), every other client-sent
         # x-eco2-* is removed; the injected ones are not listed, as Envoy removes after it sets.
+        _count("allow", "TOKEN")
         remove = [k for k in spoofed if k not in _INJECTED_SET] if spoofed else None
         if remove:
             response = external_auth_pb2.CheckResponse()
@@ -197,17 +231,20 @@ class ExtAuthz:
         return self._allow_bytes(claims)
 
     def _allow_bytes(self, claims: Claims) -> bytes:
-        """The serialized allow response of one identity, built once and kept (bounded)."""
+        """The serialized allow response of one identity with its wristband, built once and
+        kept (bounded) until half the wristband's life has passed."""
         key = f"{claims.sub}\0{claims.provider}\0{claims.roles_header}"
-        data = self._allow.get(key)
-        if data is None:
+        now = time.time()
+        entry = self._allow.get(key)
+        if entry is None or now >= entry.renew_at:
+            token, exp = self.wristbands.mint(sub=claims.sub, roles=claims.roles, provider=claims.provider, now=int(now))
             response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
-            response.ok_response.headers.extend((_hv(USER_ID_KEY, claims.sub), _hv(ROLES_KEY, claims.roles_header), _hv(PROVIDER_KEY, claims.provider)))
-            data = response.SerializeToString()
+            response.ok_response.headers.extend((_hv(IDENTITY_KEY, token), _hv(USER_ID_KEY, claims.sub)))
+            entry = _Allow(response.SerializeToString(), now + (exp - now) / 2)
             if len(self._allow) >= self._allow_max:
                 self._allow.clear()  # cheap bound; entries are rebuilt on demand
-            self._allow[key] = data
-        return data
+            self._allow[key] = entry
+        return entry.data
 
     async def _limit(self, key: str) -> None:
         if self.limiter is None:
@@ -217,7 +254,11 @@ class ExtAuthz:
             raise _Deny(429, "RATE_LIMITED", f"too many requests; retry in {retry:.2f}s", grpc_code=code_pb2.RESOURCE_EXHAUSTED, retry_after_s=retry)
 
     def _denied(self, deny: _Deny, origin: str | None) -> external_auth_pb2.CheckResponse:
-        headers = [_hv("content-type", "application/json")]
+        headers = [
+            _hv("content-type", "application/json"),
+            _hv("grpc-status", str(deny.grpc_code)),
+            _hv("grpc-message", grpc_message(deny.message)),
+        ]
         if deny.www:
             headers.append(_hv("www-authenticate", deny.www))
         if deny.retry_after_s is not None:
@@ -229,7 +270,7 @@ class ExtAuthz:
                 _hv("access-control-expose-headers", "www-authenticate, retry-after"),
                 _hv("vary", "Origin"),
             ]
-        body = json.dumps({"code": deny.code, "message": deny.message}, ensure_ascii=False)
+        body = json.dumps({"error": {"code": deny.http, "reason": deny.code, "message": deny.message}}, ensure_ascii=False)
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=deny.grpc_code, message=deny.message),
             denied_response=external_auth_pb2.DeniedHttpResponse(
@@ -238,7 +279,14 @@ class ExtAuthz:
         )
 
 
-def _ok(spoofed: Iterable[str]) -> external_auth_pb2.CheckResponse:
+def grpc_message(text: str) -> str:
+    """`grpc-message` encoding: percent-encoded UTF-8 outside printable ASCII (and '%')."""
+    return urllib.parse.quote(text, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def _public(spoofed: Iterable[str]) -> external_auth_pb2.CheckResponse:
+    """An anonymous allow (public path or CORS preflight): no identity injected."""
+    _count("allow", "PUBLIC")
     response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
     response.ok_response.headers_to_remove.extend(spoofed)
     if not response.HasField("ok_response"):

@@ -1,4 +1,4 @@
-"""gRPC surface of `eco2.auth.v1.AuthService`."""
+"""gRPC surface of `eco2.auth.v1.AuthService` and `MeshIdentityService`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from google.protobuf import timestamp_pb2
 
 from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
-from eco2.services.runtime.context import caller_id, metadata_value
+from eco2.services.runtime.context import caller, caller_id, metadata_value, verified_identity
 from eco2.services.runtime.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -27,6 +27,7 @@ from eco2.services.runtime.validation import Validator
 from .domain import ACCESS, REFRESH, Claims, OAuthProfile, TokenError, TokenService, pkce_pair
 from .oauth import OAuthRejected, OAuthUnavailable
 from .ports import OAuthProvider, OAuthStateStore, RefreshTokenStore, Revocations, UserRecord, UserRepository
+from .wristband import Wristbands
 
 log = logging.getLogger("eco2.auth")
 
@@ -195,7 +196,8 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         v = Validator()
         v.text("refresh_token", request.refresh_token, max_len=self.limits.token_max_bytes, single_line=True)
         v.raise_if_invalid()
-        user_id = metadata_value(context, "x-eco2-user-id")
+        identity = verified_identity()
+        user_id = identity.user_id if identity is not None else None
         access = _bearer(metadata_value(context, "authorization"))
         access_claims = self._verify(access, ACCESS, "authorization") if access else None
         if access_claims is not None:
@@ -203,7 +205,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 raise PermissionDenied("the access token belongs to another user", reason="TOKEN_USER_MISMATCH")
             user_id = access_claims.sub
         if not user_id:
-            raise Unauthenticated("sign out needs the caller's identity (x-eco2-user-id or a bearer token)", reason="NO_IDENTITY")
+            raise Unauthenticated("sign out needs the caller's identity (x-eco2-identity or a bearer token)", reason="NO_IDENTITY")
         refresh_claims = self._verify(request.refresh_token, REFRESH, "refresh_token") if request.refresh_token else None
         if refresh_claims is not None and refresh_claims.sub != user_id:
             raise PermissionDenied("the refresh token belongs to another user", reason="TOKEN_USER_MISMATCH")
@@ -224,7 +226,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         user = await self.users.get(user_id)
         if user is None:
             raise NotFound("the caller's account does not exist", reason="USER_NOT_FOUND")
-        return auth_pb2.GetMeResponse(user=user_proto(user, metadata_value(context, "x-eco2-provider") or ""))
+        return auth_pb2.GetMeResponse(user=user_proto(user, caller(context).provider))
 
     async def UpdateProfile(self, request, context):
         user_id = caller_id(context)
@@ -249,7 +251,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         user = await self.users.update(user_id, changes)
         if user is None:
             raise NotFound("the caller's account does not exist", reason="USER_NOT_FOUND")
-        return auth_pb2.UpdateProfileResponse(user=user_proto(user, metadata_value(context, "x-eco2-provider") or ""))
+        return auth_pb2.UpdateProfileResponse(user=user_proto(user, caller(context).provider))
 
     async def DeleteAccount(self, request, context):
         user_id = caller_id(context)
@@ -278,3 +280,19 @@ def _bearer(value: str | None) -> str | None:
         return None
     scheme, _, token = value.partition(" ")
     return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class MeshIdentityServicer(auth_pb2_grpc.MeshIdentityServiceServicer):
+    """Wristbands for queued work (the route table keeps this service off the edge)."""
+
+    def __init__(self, wristbands: Wristbands, job_ttl_s: int) -> None:
+        self.wristbands = wristbands
+        self.job_ttl_s = job_ttl_s
+
+    async def IssueJobIdentity(self, request, context):
+        who = caller(context)
+        v = Validator()
+        v.text("job_id", request.job_id, min_len=1, max_len=128, single_line=True)
+        v.raise_if_invalid()
+        token, exp = self.wristbands.mint(sub=who.user_id, roles=who.roles, provider=who.provider, ttl_s=self.job_ttl_s, job=request.job_id)
+        return auth_pb2.IssueJobIdentityResponse(identity=token, expires_at=_ts(exp))

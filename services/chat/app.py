@@ -19,7 +19,7 @@ from eco2.services.runtime.settings import Endpoints
 
 from . import kb, media, pii
 from .graph import ChatDeps, build_graph
-from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
+from .grpc_clients import GrpcCharacters, GrpcImages, GrpcJobIdentities, GrpcPlaces
 from .llm import create_llm
 from .llm.images import create_image_model
 from .outbox import EventOutbox
@@ -97,7 +97,10 @@ class ChatApp:
         graph = build_graph().compile(checkpointer=saver)
         self.workers = ChatWorkers(queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s, outbox=outbox)
         self.workers.start()
-        servicer = ChatServicer(store=store, queue=queue, sink=sink, redis=self.redis, images=images, events_channel=self._channel("events"), settings=s, outbox=outbox)
+        servicer = ChatServicer(
+            store=store, queue=queue, sink=sink, redis=self.redis, images=images, events_channel=self._channel("events"), settings=s, outbox=outbox,
+            job_identities=GrpcJobIdentities(self._channel("auth")),
+        )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 
     async def stop(self) -> None:

@@ -14,12 +14,20 @@ from eco2.events.v1 import events_pb2
 from eco2.location.v1 import location_pb2
 
 
-async def _chat(addr: str, question: str, user: str, near: location_pb2.GeoPoint | None) -> int:
+async def _chat(addr: str, auth_addr: str, question: str, user: str, near: location_pb2.GeoPoint | None) -> int:
+    from eco2.services.dev_identity import NoIdentity, dev_wristband
+    from eco2.services.runtime.identity import IDENTITY_KEY
+
+    try:
+        identity = await dev_wristband(auth_addr, user)
+    except NoIdentity as exc:
+        print(f"eco2 chat: {exc}", file=sys.stderr)
+        return 1
     async with grpc.aio.insecure_channel(addr) as ch:
         stub = chat_pb2_grpc.ChatServiceStub(ch)
         request = chat_pb2.StreamChatRequest(message=question, location=near)
         try:
-            async for e in stub.StreamChat(request, metadata=(("x-eco2-user-id", user),)):
+            async for e in stub.StreamChat(request, metadata=((IDENTITY_KEY, identity),)):
                 if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_STARTED and e.stage_info.message:
                     print(f"· {e.stage_info.message}", file=sys.stderr)
                 elif e.kind == events_pb2.EVENT_KIND_TOKEN:
@@ -67,8 +75,8 @@ def main(data_dir: str | None, question: str, near: str | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"eco2: {exc}", file=sys.stderr)
         return 1
-    addr = endpoints.get("chat")
-    if not isinstance(addr, str):
-        print("eco2: the running stack has no chat service", file=sys.stderr)
+    addr, auth_addr = endpoints.get("chat"), endpoints.get("auth")
+    if not isinstance(addr, str) or not isinstance(auth_addr, str):
+        print("eco2: the running stack has no chat or auth service", file=sys.stderr)
         return 1
-    return asyncio.run(_chat(addr, question, os.environ.get("ECO2_CHAT_USER", "cli-user"), point))
+    return asyncio.run(_chat(addr, auth_addr, question, os.environ.get("ECO2_CHAT_USER", "cli-user"), point))

@@ -1,4 +1,5 @@
-"""Adapters of the domain ports over gRPC (LocationService, CharacterService, ImageService)."""
+"""Adapters of the domain ports over gRPC (LocationService, CharacterService, ImageService,
+auth's MeshIdentityService)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,28 @@ import time
 
 import grpc
 
+from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.location.v1 import location_pb2, location_pb2_grpc
-from eco2.services.runtime.context import USER_ID_KEY
 from eco2.services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+
+
+class GrpcJobIdentities:
+    """Wristbands for queued jobs: a worker acts for the job's user with it, however long the
+    job waits or is retried (the request's own wristband lives minutes)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = auth_pb2_grpc.MeshIdentityServiceStub(channel)
+
+    async def issue(self, job_id: str) -> str:
+        try:
+            reply = await self.stub.IssueJobIdentity(auth_pb2.IssueJobIdentityRequest(job_id=job_id))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            raise Unavailable(f"auth cannot issue the job's identity: {exc.code().name}", reason="JOB_IDENTITY_UNAVAILABLE", retry_after_s=1.0) from None
+        return reply.identity
 
 
 class GrpcPlaces:
@@ -78,7 +96,7 @@ class GrpcCharacters:
 
 class GrpcImages:
     """The caller's identity travels in forwarded metadata (runtime.clients): ImageService checks the
-    owner. Workers have no incoming call: they name the job's user explicitly."""
+    owner. A worker acts with its job's wristband (runtime.context.act_as)."""
 
     def __init__(self, channel: grpc.aio.Channel, *, chunk_bytes: int = 64 * 1024) -> None:
         self.stub = images_pb2_grpc.ImageServiceStub(channel)
@@ -98,8 +116,8 @@ class GrpcImages:
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, image_key) from None
 
-    async def read(self, image_key: str, *, user_id: str, max_bytes: int) -> tuple[bytes, str]:
-        call = self.stub.ReadImage(images_pb2.ReadImageRequest(key=image_key), metadata=((USER_ID_KEY, user_id),))
+    async def read(self, image_key: str, *, max_bytes: int) -> tuple[bytes, str]:
+        call = self.stub.ReadImage(images_pb2.ReadImageRequest(key=image_key))
         chunks, got, content_type = [], 0, ""
         try:
             async for message in call:
@@ -114,7 +132,7 @@ class GrpcImages:
             raise self._error(exc, image_key) from None
         return b"".join(chunks), content_type
 
-    async def store(self, data: bytes, content_type: str, *, user_id: str, filename: str) -> str:
+    async def store(self, data: bytes, content_type: str, *, filename: str) -> str:
         step = self.chunk_bytes
 
         async def parts():
@@ -123,7 +141,7 @@ class GrpcImages:
                 yield images_pb2.UploadRequest(chunk=data[i : i + step])
 
         try:
-            reply = await self.stub.Upload(parts(), metadata=((USER_ID_KEY, user_id),))
+            reply = await self.stub.Upload(parts())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 raise InvalidArgument(f"ImageService refused the generated image: {exc.details()}", reason="GENERATED_IMAGE_REFUSED") from None

@@ -112,7 +112,7 @@ async def classify_photo(state: dict, deps: Any, emitter: Any) -> dict:
     key, limits = state["image_key"], deps.media
     await emitter.tool("vision", "images.read", "vision-read", STARTED, message=key)
     try:
-        data, mime = await deps.images.read(key, user_id=state["user_id"], max_bytes=limits.vision_max_bytes)
+        data, mime = await deps.images.read(key, max_bytes=limits.vision_max_bytes)
     except (NotFound, PermissionDenied, ResourceExhausted) as exc:  # gone, not theirs, too large: retrying will not help
         raise MediaError(str(exc)) from exc
     await emitter.tool("vision", "images.read", "vision-read", RESULT, message=f"{mime}, {len(data)} bytes")
@@ -165,7 +165,7 @@ async def generate_and_store(state: dict, deps: Any, emitter: Any, made: dict) -
     await emitter.tool("image_generation", "images.upload", "image-upload", STARTED)
     ext = image.content_type.split("/", 1)[1].replace("jpeg", "jpg")
     try:
-        key = await deps.images.store(image.data, image.content_type, user_id=state["user_id"], filename=f"eco2-generated.{ext}")
+        key = await deps.images.store(image.data, image.content_type, filename=f"eco2-generated.{ext}")
     except InvalidArgument as exc:  # ImageService refused the bytes: the same bytes would be refused again
         raise MediaError(str(exc)) from exc
     await emitter.tool("image_generation", "images.upload", "image-upload", RESULT, message=key)

@@ -30,13 +30,13 @@ class Images(Protocol):
         """NotFound / PermissionDenied when the caller may not use the image."""
         ...
 
-    async def read(self, image_key: str, *, user_id: str, max_bytes: int) -> tuple[bytes, str]:
-        """The image's bytes and content type, read as `user_id` (NotFound / PermissionDenied as
-        check_owned; ResourceExhausted over `max_bytes`)."""
+    async def read(self, image_key: str, *, max_bytes: int) -> tuple[bytes, str]:
+        """The image's bytes and content type, read as the current caller (NotFound /
+        PermissionDenied as check_owned; ResourceExhausted over `max_bytes`)."""
         ...
 
-    async def store(self, data: bytes, content_type: str, *, user_id: str, filename: str) -> str:
-        """Upload a generated image owned by `user_id`; its content-addressed key."""
+    async def store(self, data: bytes, content_type: str, *, filename: str) -> str:
+        """Upload a generated image owned by the current caller; its content-addressed key."""
         ...
 
 

@@ -15,6 +15,7 @@ from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.services.runtime.context import caller_id
 from eco2.services.runtime.errors import FailedPrecondition, NotFound
 from eco2.services.runtime.paging import decode_token, encode_token, page_size
+from eco2.services.runtime.telemetry import current_traceparent
 from eco2.services.runtime.validation import Validator
 
 from .pii import mask
@@ -44,8 +45,9 @@ def _location(v: Validator, req, field: str = "location") -> dict | None:
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, *, store: ConversationStore, queue, sink, redis, images, events_channel, settings, outbox=None) -> None:
+    def __init__(self, *, store: ConversationStore, queue, sink, redis, images, events_channel, settings, job_identities, outbox=None) -> None:
         self.store, self.queue, self.sink, self.redis, self.images, self.settings = store, queue, sink, redis, images, settings
+        self.job_identities = job_identities
         self.outbox = outbox
         self.events = events_pb2_grpc.EventServiceStub(events_channel) if events_channel is not None else None
 
@@ -66,16 +68,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 raise FailedPrecondition("images are not enabled on this stack", reason="IMAGES_NOT_CONFIGURED")
             await self.images.check_owned(request.image_key)
         job_id = f"chat-{uuid.uuid4().hex}"
+        identity = await self.job_identities.issue(job_id)  # before anything is stored: auth down leaves nothing behind
         sent = await self.store.add_user_message(
             user_id=user_id, conversation_id=request.conversation_id, text=request.message, image_key=request.image_key,
             client_message_id=request.client_message_id, job_id=job_id,
         )
         payload = {
             "job_id": sent.job_id, "conversation_id": sent.conversation_id, "user_id": user_id, "message": request.message,
-            "image_key": request.image_key, "location": location, "seq_base": 1,
+            "image_key": request.image_key, "location": location, "seq_base": 1, "identity": identity,
+            "traceparent": current_traceparent(),
         }
         # Both are idempotent, so a retried send (deduplicated) also repairs a send that died half-way.
-        await publish_queued(self.sink, sent.job_id, self.outbox)
+        await publish_queued(self.sink, sent.job_id, self.outbox, traceparent=payload["traceparent"])
         await self.queue.enqueue(sent.job_id, json.dumps(payload).encode())
         log.info("message queued", extra={"job_id": sent.job_id, "conversation_id": sent.conversation_id, "chars": len(request.message), "preview": mask(request.message[:60]), "deduplicated": sent.deduplicated})
         return chat_pb2.SendMessageResponse(job_id=sent.job_id, conversation_id=sent.conversation_id, message_id=sent.message_id, deduplicated=sent.deduplicated)
@@ -123,7 +127,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if pending["input_id"] == "location" and value not in ("location", None):
             raise FailedPrecondition("this question needs a location", reason="INPUT_KIND_MISMATCH")
         resume = {"declined": True} if request.declined else {"location": location, "text": request.text if value == "text" else ""}
-        payload = {**pending["payload"], "resume": resume, "interrupt_ids": pending["interrupt_ids"], "seq_base": pending["seq"]}
+        identity = await self.job_identities.issue(request.job_id)
+        payload = {**pending["payload"], "resume": resume, "interrupt_ids": pending["interrupt_ids"], "seq_base": pending["seq"], "identity": identity,
+                   "traceparent": current_traceparent()}
         # Only the first answer counts: the key is deleted atomically.
         if not await self.redis.delete(input_key(request.job_id)):
             raise NotFound(f"job {request.job_id!r} is not waiting for input", reason="NO_PENDING_INPUT")

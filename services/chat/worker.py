@@ -16,6 +16,8 @@ from langgraph.types import Command
 
 from eco2.events.v1 import events_pb2
 from eco2.services.events.jobs import Job, JobQueue
+from eco2.services.runtime.context import act_as
+from eco2.services.runtime.telemetry import current_traceparent
 
 from .graph import ChatDeps, Emitter, JobContext, publish_tolerant, result_of
 from .outbox import EventOutbox
@@ -103,13 +105,17 @@ class ChatWorkers:
     async def handle(self, job: Job) -> None:
         p: dict[str, Any] = json.loads(job.payload)
         job_id = p["job_id"]
+        # Every downstream call of this job carries its user's wristband, and its logs, events and
+        # calls continue the trace of the request that queued it (a re-claimed job too).
+        act_as(p.get("identity"), p.get("traceparent"))
         config = {"configurable": {"thread_id": job_id}}
         # A first attempt of a new message has no checkpoint yet: skip the read (a query and
         # LangGraph's state assembly per conversation). Re-claims and resumes read it.
         fresh = job.attempt <= 1 and p.get("resume") is None
         snapshot = None if fresh else await self.graph.aget_state(config)
         checkpoint_seq = int((snapshot.values or {}).get("seq") or 0) if snapshot is not None else 0
-        emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), tokens_per_event=self.settings.chat_tokens_per_event, outbox=self.outbox)
+        emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), traceparent=current_traceparent(),
+                          tokens_per_event=self.settings.chat_tokens_per_event, outbox=self.outbox)
         ctx = JobContext(self.deps, emitter)
         watcher = asyncio.create_task(self._watch_cancel(job_id, ctx)) if self.settings.chat_cancel_on_disconnect else None
         if p.get("resume") is not None:
@@ -185,9 +191,9 @@ class ChatWorkers:
                 return
 
 
-async def publish_queued(sink, job_id: str, outbox: EventOutbox | None = None) -> None:
+async def publish_queued(sink, job_id: str, outbox: EventOutbox | None = None, *, traceparent: str = "") -> None:
     event = events_pb2.Event(
-        job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue",
+        job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue", traceparent=traceparent,
         stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="질문을 받았어요"),
     )
     event.time.FromNanoseconds(time.time_ns())

@@ -1,9 +1,9 @@
 """Per-request context that follows a call into its downstream calls.
 
-The server interceptor records the caller's deadline and the identity metadata injected by
-ext-authz; the client interceptor (see clients.py) applies both to outgoing calls, so a
-chat request that has 2 s left never waits 5 s on the character service, and the
-character service sees the same `x-eco2-user-id`.
+The server interceptor records the caller's deadline, trace context and verified identity
+(the `x-eco2-identity` wristband, see identity.py); the client interceptor (clients.py)
+applies them to outgoing calls, so a chat request that has 2 s left never waits 5 s on the
+character service, and the character service sees the same caller.
 """
 
 from __future__ import annotations
@@ -18,31 +18,36 @@ import grpc
 from opentelemetry import trace
 
 from .errors import Unauthenticated
+from .identity import IDENTITY_KEY, Identity
 
 _random = random.Random()
 TRACEPARENT_KEY = "traceparent"
 
+#: Informational headers ext-authz also injects (access logs, dashboards). Services never act
+#: on them and never forward them: the identity is the verified wristband (IDENTITY_KEY).
 USER_ID_KEY = "x-eco2-user-id"
 ROLES_KEY = "x-eco2-roles"
 PROVIDER_KEY = "x-eco2-provider"
 REQUEST_ID_KEY = "x-request-id"
 #: Metadata keys forwarded from an incoming call to the calls it makes.
-FORWARDED_KEYS = frozenset({USER_ID_KEY, ROLES_KEY, PROVIDER_KEY, REQUEST_ID_KEY})
+FORWARDED_KEYS = frozenset({IDENTITY_KEY, REQUEST_ID_KEY})
 
 class _Call(tuple):
     """What the server interceptor records for one incoming call: (deadline, forwarded
-    metadata, trace id, span id, trace flags); trace id 0 when OpenTelemetry owns the trace.
-    One context variable, one small tuple: an idle stream keeps it for its whole life."""
+    metadata, trace id, span id, trace flags, wristband, verified identity); trace id 0 when
+    OpenTelemetry owns the trace. One context variable, one small tuple: an idle stream keeps
+    it for its whole life."""
 
     __slots__ = ()
 
 
-_NO_CALL = _Call((None, (), 0, 0, 0))
+_NO_CALL = _Call((None, (), 0, 0, 0, None, None))
 _call: contextvars.ContextVar[_Call] = contextvars.ContextVar("eco2_call", default=_NO_CALL)
 
 
-def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> None:
-    """Record the incoming call's deadline, forwarded metadata and trace context.
+def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> str | None:
+    """Record the incoming call's deadline, forwarded metadata and trace context; returns the
+    call's wristband (to be verified with `set_identity`), None when it has none.
 
     grpc.aio runs every RPC in its own task, so the values live exactly as long as the call
     (and the tasks it spawns) and need no reset.
@@ -55,17 +60,33 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> N
     """
     remaining = context.time_remaining()
     forwarded = []
-    traceparent = None
+    traceparent = token = None
     for k, v in context.invocation_metadata() or ():
         if k in FORWARDED_KEYS and isinstance(v, str):
             forwarded.append((k, v))
+            if k == IDENTITY_KEY:
+                token = v
         elif k == TRACEPARENT_KEY and isinstance(v, str):
             traceparent = v
     trace_id = span_id = flags = 0
     if light_tracing:
         trace_id, flags = _parse_traceparent(traceparent)
         span_id = _random.getrandbits(64) or 1
-    _call.set(_Call((None if remaining is None else time.monotonic() + remaining, tuple(forwarded), trace_id, span_id, flags)))
+    _call.set(_Call((None if remaining is None else time.monotonic() + remaining, tuple(forwarded), trace_id, span_id, flags, token, None)))
+    return token
+
+
+def act_as(token: str | None, traceparent: str | None = None) -> None:
+    """Run the current task as queued work of a request that has ended (a chat job): its
+    downstream calls carry `token` as their wristband (acting for the user who queued it), and
+    its logs, events and calls continue that request's trace (`traceparent`, kept with the job)."""
+    trace_id, flags = _parse_traceparent(traceparent)
+    _call.set(_Call((None, ((IDENTITY_KEY, token),) if token else (), trace_id, _random.getrandbits(64) or 1, flags, token, None)))
+
+
+def set_identity(identity: Identity) -> None:
+    """Record the verified identity of the current call (the interceptor does, once verified)."""
+    _call.set(_Call((*_call.get()[:6], identity)))
 
 
 def _parse_traceparent(traceparent: str | None) -> tuple[int, int]:
@@ -112,9 +133,26 @@ def metadata_value(context: grpc.aio.ServicerContext, key: str) -> str | None:
     return None
 
 
-def caller_id(context: grpc.aio.ServicerContext) -> str:
-    """The user id injected by ext-authz. Services never take identity from request fields."""
-    user_id = metadata_value(context, USER_ID_KEY)
-    if not user_id:
-        raise Unauthenticated(f"missing {USER_ID_KEY} metadata: call through the edge or ext-authz", reason="NO_IDENTITY")
-    return user_id
+def verified_identity() -> Identity | None:
+    """The verified identity of the current call; None when it carries no wristband."""
+    return _call.get()[6]
+
+
+def caller(context: grpc.aio.ServicerContext | None = None) -> Identity:
+    """The verified identity of the current call, or Unauthenticated. `context` is accepted
+    for symmetry with the servicer's arguments; the identity lives in the call's context."""
+    identity = _call.get()[6]
+    if identity is None:
+        raise Unauthenticated(f"no {IDENTITY_KEY}: call through the edge (ext-authz issues it)", reason="NO_IDENTITY")
+    return identity
+
+
+def caller_id(context: grpc.aio.ServicerContext | None = None) -> str:
+    """The user id of the current call's verified identity. Services never take identity from
+    request fields or from a bare x-eco2-user-id."""
+    return caller(context).user_id
+
+
+def identity_token() -> str | None:
+    """The current call's wristband as received (verified when `caller` succeeds)."""
+    return _call.get()[5]

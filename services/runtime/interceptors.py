@@ -16,7 +16,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from . import context as ctx
-from .errors import DomainError, InvalidArgument
+from .errors import DomainError, InvalidArgument, Unauthenticated
+from .identity import IdentityVerifier
 from .metrics import MALFORMED, RPC_HANDLED, RPC_SECONDS, STREAMS_ACTIVE
 from .telemetry import current_traceparent
 
@@ -102,8 +103,13 @@ def _shutdown_status() -> grpc.Status:
 
 
 class CoreServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, shutdown: ShutdownCoordinator, *, light_tracing: bool = True, reject_drain_s: float = 2.0) -> None:
+    def __init__(self, shutdown: ShutdownCoordinator, *, identities: IdentityVerifier | None = None, light_tracing: bool = True, reject_drain_s: float = 2.0,
+                 bare_methods: frozenset[str] = frozenset()) -> None:
         self.shutdown = shutdown
+        #: Methods served as registered, without this wrapper (see ServiceApp.bare_methods).
+        self.bare_methods = bare_methods
+        #: Verifies the caller's wristband; None = no call carries an identity (caller_id refuses).
+        self.identities = identities
         #: How long a client stream is drained before a refusal is sent (see _drain).
         self.reject_drain_s = reject_drain_s
         #: False when the OpenTelemetry interceptor runs in front and owns the trace context.
@@ -118,7 +124,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             handler = await continuation(handler_call_details)
             if handler is None:
                 return None  # grpc answers UNIMPLEMENTED
-            wrapped = self._wrapped[method] = self._wrap(method, handler)
+            wrapped = self._wrapped[method] = handler if method in self.bare_methods else self._wrap(method, handler)
         return wrapped
 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -133,6 +139,13 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(self._stream(method, handler.stream_stream, True), deser, ser)
 
     # -- helpers -----------------------------------------------------------------------
+    async def _identify(self, token: str) -> None:
+        """Verify the call's wristband: a forged, expired or foreign one is refused with
+        UNAUTHENTICATED whether or not the method needs a caller."""
+        if self.identities is None:
+            raise Unauthenticated("this server verifies no identities", reason="IDENTITY_NOT_CONFIGURED")
+        ctx.set_identity(await self.identities.verify(token))
+
     @staticmethod
     def _checked_requests(method: str, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async def gen():
@@ -168,8 +181,10 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            ctx.enter(context, light_tracing=self.light_tracing)
+            token = ctx.enter(context, light_tracing=self.light_tracing)
             try:
+                if token is not None:
+                    await self._identify(token)
                 if client_streaming:
                     request = self._checked_requests(method, request)
                 elif isinstance(request, _Malformed):
@@ -234,11 +249,13 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            ctx.enter(context, light_tracing=self.light_tracing)
+            token = ctx.enter(context, light_tracing=self.light_tracing)
             task = asyncio.current_task()
             shutdown.track(task)
             active.inc()
             try:
+                if token is not None:
+                    await self._identify(token)
                 result = behavior(self._request(method, request, client_streaming), context)
                 if inspect.isasyncgen(result):
                     async for item in result:
@@ -276,11 +293,13 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         async def call(request, context):
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            ctx.enter(context, light_tracing=self.light_tracing)
+            token = ctx.enter(context, light_tracing=self.light_tracing)
             task = asyncio.current_task()
             shutdown.track(task)
             active.inc()
             try:
+                if token is not None:
+                    await self._identify(token)
                 result = behavior(self._request(method, request, client_streaming), context)
                 if inspect.isasyncgen(result):
                     try:

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .identity import IdentityVerifier, fetch_auth_jwks, keys_from_jwks
 from .interceptors import CoreServerInterceptor, ShutdownCoordinator
 from .logs import configure_logging
 from .metrics import serve_metrics
@@ -47,6 +48,32 @@ class ServiceApp(Protocol):
     async def stop(self) -> None:
         """Close connections. Runs after the server stopped."""
         ...
+
+    # Optional: `bare_methods`, full method names ("/pkg.Service/Method") served without the
+    # runtime's per-call wrapper (error mapping, metrics, context, identity). Only for a hot
+    # method that maps every failure itself and needs no caller: ext-authz `Check`.
+
+
+def identity_verifier(app: ServiceApp, settings: RuntimeSettings) -> IdentityVerifier:
+    """The wristband verifier of a server: keys pinned by ECO2_IDENTITY_JWKS plus auth's
+    (GetJwks at ECO2_IDENTITY_JWKS_FROM). An app that holds the keys itself (auth) gives them
+    with an `identity_keys()` method instead of calling itself."""
+    own = getattr(app, "identity_keys", None)
+    if own is not None:
+        async def fetch():
+            return own()
+    else:
+        async def fetch():
+            return await fetch_auth_jwks(settings.identity_jwks_from)
+    return IdentityVerifier(
+        issuer=settings.identity_issuer,
+        audience=settings.identity_audience,
+        cache_size=settings.identity_cache_size,
+        pinned=keys_from_jwks(settings.identity_jwks) if settings.identity_jwks else None,
+        fetch=fetch,
+        refresh_s=settings.identity_jwks_refresh_s,
+        min_refresh_s=settings.identity_jwks_min_refresh_s,
+    )
 
 
 @dataclass
@@ -109,7 +136,10 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
 
         configure_tracing(app.name, settings.otel_traces_exporter)
         interceptors.append(aio_server_interceptor())
-    interceptors.append(CoreServerInterceptor(shutdown, light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s))
+    interceptors.append(CoreServerInterceptor(
+        shutdown, identities=identity_verifier(app, settings), light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s,
+        bare_methods=frozenset(getattr(app, "bare_methods", ())),
+    ))
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     # Ports first: a port clash fails fast, before the app opened pools or subscriptions.
     address = f"{settings.grpc_host}:{settings.grpc_port}"

@@ -54,6 +54,14 @@ class RuntimeSettings(BaseSettings):
     redis_url: str = Field("", validation_alias=AliasChoices("REDIS_URL", "ECO2_REDIS_URL"), description="Redis/Valkey URL")
     db_pool_max: int = Field(10, ge=1, description="max PostgreSQL connections per process")
     gc_gen0_threshold: int = Field(20_000, ge=0, description="`eco2 serve` freezes its start-up objects (gc.freeze) once serving and collects the youngest generation every this many allocations (Python: 700); 0 = leave the collector alone")
+    identity_audience: str = Field("eco2-mesh", description="`aud` of the mesh identity tokens (wristbands) auth issues and services verify")
+    identity_issuer: str = Field("eco2-auth", description="`iss` of the wristbands: auth's ECO2_AUTH_ISSUER")
+    identity_ttl_s: int = Field(300, ge=10, le=3600, description="lifetime of a wristband ext-authz injects (auth reuses one per identity for half of it)")
+    identity_jwks: str = Field("", description="JSON JWKS of wristband keys trusted without asking auth (pinned keys); auth's GetJwks keys are trusted too")
+    identity_jwks_from: str = Field(default_factory=lambda: os.environ.get("ECO2_AUTH_ADDR", "127.0.0.1:50051"), description="address whose AuthService.GetJwks gives the wristband keys (default: ECO2_AUTH_ADDR)")
+    identity_jwks_refresh_s: float = Field(300.0, gt=0, description="how often the wristband keys are re-fetched from auth")
+    identity_jwks_min_refresh_s: float = Field(1.0, ge=0, description="least time between two fetches caused by an unknown key id")
+    identity_cache_size: int = Field(10_000, ge=1, description="verified wristbands kept per process (a token's signature is checked once)")
     event_loop: str = Field("uvloop", pattern="^(asyncio|uvloop)$", description="event loop of `eco2 serve` processes: asyncio, or uvloop (when installed)")
 
 

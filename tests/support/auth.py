@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 
@@ -101,8 +102,24 @@ def injected(resp: external_auth_pb2.CheckResponse) -> dict[str, str]:
     return {h.header.key: h.header.value for h in resp.ok_response.headers}
 
 
+def identity_of(resp: external_auth_pb2.CheckResponse) -> dict:
+    """The claims of the wristband an allow injects (its signature is the services' to check)."""
+    import jwt
+
+    return jwt.decode(injected(resp)["x-eco2-identity"], options={"verify_signature": False})
+
+
 def denied(resp: external_auth_pb2.CheckResponse) -> tuple[int, dict, dict[str, str]]:
-    """(http status, JSON body, headers) of a deny."""
+    """(http status, the body's error object {code, reason, message}, headers) of a deny,
+    checked for the shape every deny has: the gateway's JSON error body, and the gRPC status
+    as `grpc-status`/`grpc-message` headers for Envoy to answer gRPC clients with."""
     assert resp.HasField("denied_response"), resp
     d = resp.denied_response
-    return d.status.code, json.loads(d.body), {h.header.key: h.header.value for h in d.headers}
+    headers = {h.header.key: h.header.value for h in d.headers}
+    body = json.loads(d.body)
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "reason", "message"}, body
+    error = body["error"]
+    assert error["code"] == d.status.code
+    assert headers["grpc-status"] == str(resp.status.code) and resp.status.code != 0
+    assert urllib.parse.unquote(headers["grpc-message"]) == error["message"] == resp.status.message
+    return d.status.code, error, headers

@@ -2,7 +2,8 @@
 deadlines, propagation, error mapping, logs and shutdown of streams.
 
 Methods take and return raw bytes (JSON) so no contract is needed:
-  /eco2test.Probe/Echo     -> {"remaining": s|None, "user": x-eco2-user-id}
+  /eco2test.Probe/Echo     -> {"remaining": s|None, "user": the verified caller's id|None}
+  /eco2test.Probe/WhoAmI   -> {"user": ..., "roles": [...]}; UNAUTHENTICATED without a wristband
   /eco2test.Probe/Sleep    body = seconds to sleep
   /eco2test.Probe/Forward  calls Echo on `downstream` with no explicit timeout
   /eco2test.Probe/Boom     raises an unexpected exception
@@ -49,11 +50,15 @@ class ProbeApp:
             return json.dumps(
                 {
                     "remaining": ctx.time_remaining(),
-                    "user": ctx.metadata_value(context, ctx.USER_ID_KEY),
+                    "user": (identity := ctx.verified_identity()) and identity.user_id,
                     "traceparent": ctx.metadata_value(context, ctx.TRACEPARENT_KEY),
                     "current_trace": current_traceparent(),
                 }
             ).encode()
+
+        async def whoami(request: bytes, context) -> bytes:
+            who = ctx.caller(context)
+            return json.dumps({"user": who.user_id, "roles": list(who.roles), "provider": who.provider, "job": who.job}).encode()
 
         async def sleep(request: bytes, context) -> bytes:
             await asyncio.sleep(float(request or b"0"))
@@ -106,6 +111,7 @@ class ProbeApp:
         handlers = {
             "Collect": grpc.stream_unary_rpc_method_handler(collect),
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "WhoAmI": grpc.unary_unary_rpc_method_handler(whoami),
             "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
             "Forward": grpc.unary_unary_rpc_method_handler(forward),
             "Boom": grpc.unary_unary_rpc_method_handler(boom),

@@ -28,9 +28,10 @@ if _version_not_supported:
 class AuthServiceStub:
     """AuthService signs users in, issues and rotates tokens, and owns the user record.
 
-    Calls that act on "me" read the caller from the `x-eco2-user-id` metadata injected by
-    ext-authz (Envoy/Istio or the embedded gateway), never from a request field. The
-    Envoy `envoy.service.auth.v3.Authorization/Check` API is served by the same server.
+    Calls that act on "me" read the caller from the `x-eco2-identity` wristband that
+    ext-authz injects (Envoy/Istio or the gateway on its own), never from a request field
+    (docs/identity.md). The Envoy `envoy.service.auth.v3.Authorization/Check` API and
+    MeshIdentityService are served by the same server.
     """
 
     def __init__(self, channel):
@@ -89,9 +90,10 @@ class AuthServiceStub:
 class AuthServiceServicer:
     """AuthService signs users in, issues and rotates tokens, and owns the user record.
 
-    Calls that act on "me" read the caller from the `x-eco2-user-id` metadata injected by
-    ext-authz (Envoy/Istio or the embedded gateway), never from a request field. The
-    Envoy `envoy.service.auth.v3.Authorization/Check` API is served by the same server.
+    Calls that act on "me" read the caller from the `x-eco2-identity` wristband that
+    ext-authz injects (Envoy/Istio or the gateway on its own), never from a request field
+    (docs/identity.md). The Envoy `envoy.service.auth.v3.Authorization/Check` API and
+    MeshIdentityService are served by the same server.
     """
 
     def DevSignIn(self, request, context):
@@ -218,9 +220,10 @@ def add_AuthServiceServicer_to_server(servicer, server):
 class AuthService:
     """AuthService signs users in, issues and rotates tokens, and owns the user record.
 
-    Calls that act on "me" read the caller from the `x-eco2-user-id` metadata injected by
-    ext-authz (Envoy/Istio or the embedded gateway), never from a request field. The
-    Envoy `envoy.service.auth.v3.Authorization/Check` API is served by the same server.
+    Calls that act on "me" read the caller from the `x-eco2-identity` wristband that
+    ext-authz injects (Envoy/Istio or the gateway on its own), never from a request field
+    (docs/identity.md). The Envoy `envoy.service.auth.v3.Authorization/Check` API and
+    MeshIdentityService are served by the same server.
     """
 
     @staticmethod
@@ -456,6 +459,91 @@ class AuthService:
             '/eco2.auth.v1.AuthService/GetJwks',
             eco2_dot_auth_dot_v1_dot_auth__pb2.GetJwksRequest.SerializeToString,
             eco2_dot_auth_dot_v1_dot_auth__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class MeshIdentityServiceStub:
+    """MeshIdentityService is for services only, never routed from the edge (mesh/routes.yaml
+    lists it as internal): it lets queued work act for its user after the request that
+    queued it has ended.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.IssueJobIdentity = channel.unary_unary(
+                '/eco2.auth.v1.MeshIdentityService/IssueJobIdentity',
+                request_serializer=eco2_dot_auth_dot_v1_dot_auth__pb2.IssueJobIdentityRequest.SerializeToString,
+                response_deserializer=eco2_dot_auth_dot_v1_dot_auth__pb2.IssueJobIdentityResponse.FromString,
+                _registered_method=True)
+
+
+class MeshIdentityServiceServicer:
+    """MeshIdentityService is for services only, never routed from the edge (mesh/routes.yaml
+    lists it as internal): it lets queued work act for its user after the request that
+    queued it has ended.
+    """
+
+    def IssueJobIdentity(self, request, context):
+        """IssueJobIdentity returns a wristband of the caller (the `x-eco2-identity` of this call)
+        that names the job and lasts ECO2_AUTH_JOB_IDENTITY_TTL_S, for a worker to act for the
+        user for the job's lifetime, a reclaimed job included. UNAUTHENTICATED without a valid
+        wristband.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MeshIdentityServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'IssueJobIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueJobIdentity,
+                    request_deserializer=eco2_dot_auth_dot_v1_dot_auth__pb2.IssueJobIdentityRequest.FromString,
+                    response_serializer=eco2_dot_auth_dot_v1_dot_auth__pb2.IssueJobIdentityResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'eco2.auth.v1.MeshIdentityService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('eco2.auth.v1.MeshIdentityService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MeshIdentityService:
+    """MeshIdentityService is for services only, never routed from the edge (mesh/routes.yaml
+    lists it as internal): it lets queued work act for its user after the request that
+    queued it has ended.
+    """
+
+    @staticmethod
+    def IssueJobIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eco2.auth.v1.MeshIdentityService/IssueJobIdentity',
+            eco2_dot_auth_dot_v1_dot_auth__pb2.IssueJobIdentityRequest.SerializeToString,
+            eco2_dot_auth_dot_v1_dot_auth__pb2.IssueJobIdentityResponse.FromString,
             options,
             channel_credentials,
             insecure,
