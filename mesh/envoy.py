@@ -146,7 +146,7 @@ def _listener(table: RouteTable, ingress: Ingress, settings: IngressSettings) ->
                 "typed_config": {"@type": f"{_TYPES}.access_loggers.stream.v3.StdoutAccessLog"},
             }
         ],
-        "local_reply_config": {"mappers": _grpc_denies()},
+        "local_reply_config": {"mappers": _deny_mappers()},
         "route_config": _routes(table, ingress),
         "http_filters": _http_filters(ingress, settings),
     }
@@ -157,30 +157,42 @@ def _listener(table: RouteTable, ingress: Ingress, settings: IngressSettings) ->
     }
 
 
-#: The gRPC status of an ext-authz deny, by its HTTP status, when the deny names none itself.
-DENY_GRPC_STATUS = {400: 3, 401: 16, 403: 7, 429: 8, 431: 3, 503: 14}
+#: An ext-authz deny's HTTP status → (gRPC status when the deny names none, Connect error code).
+DENY_CODES = {
+    400: (3, "invalid_argument"),
+    401: (16, "unauthenticated"),
+    403: (7, "permission_denied"),
+    429: (8, "resource_exhausted"),
+    431: (3, "invalid_argument"),
+    503: (14, "unavailable"),
+}
 
 
-def _grpc_denies() -> list[dict]:
-    """Local-reply mappers that make an ext-authz deny of a gRPC or gRPC-Web call a proper gRPC
-    answer: HTTP 200, no body, `grpc-status` (the deny's own, else the one its HTTP status
-    stands for) and the deny's `grpc-message`.
+def _deny_mappers() -> list[dict]:
+    """Local-reply mappers that give an ext-authz deny (or failure: response flag UAEX) the shape
+    the caller's protocol reads; plain HTTP denies keep their status and JSON body.
 
-    Without them Envoy answers a gRPC call with the deny's JSON body as grpc-message, and a
-    gRPC-Web call (which Envoy's local replies do not treat as gRPC) with the deny's HTTP status,
-    from which the grpc_web filter and gRPC-Web clients derive the code: 429 → UNAVAILABLE.
-    The request's content-type is `application/grpc` for both here (grpc_web converted it)."""
+    gRPC and gRPC-Web (content-type `application/grpc*`: grpc_web converted the latter): HTTP
+    200, no body, `grpc-status` (the deny's own, else the one its HTTP status stands for) and the
+    deny's `grpc-message`. Without them Envoy sends a gRPC client the JSON body as
+    grpc-message, and a gRPC-Web call (not gRPC to Envoy's local replies) the deny's HTTP status,
+    from which the grpc_web filter and the clients derive the code: 429 → UNAVAILABLE.
+    Connect unary (a `connect-protocol-version` header): a Connect error body
+    `{"code", "message"}`; without it Connect clients derive the code from the HTTP status too.
+    See docs/mesh.md."""
     mappers = []
-    for http, code in DENY_GRPC_STATUS.items():
+    for http, (code, connect_code) in DENY_CODES.items():
+        denied = [{"response_flag_filter": {"flags": ["UAEX"]}},
+                  {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": http, "runtime_key": "ingress.deny_status"}}}}]
         mappers.append({
-            "filter": {"and_filter": {"filters": [
-                {"response_flag_filter": {"flags": ["UAEX"]}},
-                {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": http, "runtime_key": "ingress.deny_status"}}}},
-                {"header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}}},
-            ]}},
+            "filter": {"and_filter": {"filters": [*denied, {"header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}}}]}},
             "status_code": 200,
             "body": {"inline_string": ""},
             "headers_to_add": [{"header": {"key": "grpc-status", "value": str(code)}, "append_action": "ADD_IF_ABSENT"}],
+        })
+        mappers.append({
+            "filter": {"and_filter": {"filters": [*denied, {"header_filter": {"header": {"name": "connect-protocol-version", "present_match": True}}}]}},
+            "body_format_override": {"json_format": {"code": connect_code, "message": "%RESP(grpc-message)%"}},
         })
     return mappers
 

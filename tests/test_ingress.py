@@ -501,8 +501,11 @@ async def test_auth_down_fails_closed_with_unavailable(stack, session, session_d
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
             async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as c:
                 web = await c.post(CHAT_LIST, content=frame(b""), headers={"content-type": GRPC_WEB, "authorization": f"Bearer {session.tokens.access_token}"})
+                connect = await c.post("/eco2.character.v1.CharacterService/ListCharacters", content=b"{}",
+                                       headers={"content-type": "application/json", "connect-protocol-version": "1"})
                 plain = await c.get("/healthz")  # even a public path: nothing passes unchecked
             assert web.status_code == 200 and grpc_web_status(web)[0] == grpc.StatusCode.UNAVAILABLE.value[0]
+            assert connect.status_code == 503 and connect.json()["code"] == "unavailable"
             assert plain.status_code == 503
             assert len(chat.seen) == before
 
@@ -556,7 +559,8 @@ async def test_connect_node_grpc_web_through_envoy(stack, limited):
     for seq, kind in ((1, E.EVENT_KIND_STAGE), (2, E.EVENT_KIND_TOKEN), (3, E.EVENT_KIND_DONE)):
         await stack["publisher"].publish(E.Event(job_id=job, seq=seq, kind=kind, stage=E.STAGE_ANSWER, delta="x"))
     args = {"url": stack["url"], "limitedUrl": limited.url, "token": token, "revokedToken": revoked.tokens.access_token,
-            "limitedToken": (await sign_in(stack["target"])).tokens.access_token, "jobId": job, "openJobId": open_job}
+            "limitedToken": {name: (await sign_in(stack["target"])).tokens.access_token for name in ("limited", "limited_connect")},
+            "jobId": job, "openJobId": open_job}
     proc = await asyncio.create_subprocess_exec("node", "ingress.mjs", json.dumps(args), cwd=NODE_DIR, env={**os.environ, "NODE_NO_WARNINGS": "1"},
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 120)
@@ -568,8 +572,12 @@ async def test_connect_node_grpc_web_through_envoy(stack, limited):
         assert results[f"{h}.revoked"]["error"]["code"] == "PermissionDenied"
         assert results[f"{h}.stream"] == {"ok": [1, 2, 3]}
         assert results[f"{h}.deadline"]["error"]["code"] == "DeadlineExceeded"
-    assert results["limited.1"] == results["limited.2"] == {"ok": 13}
-    assert results["limited.3"]["error"]["code"] == "ResourceExhausted", results["limited.3"]
+    assert results["connect.allowed"] == {"ok": 13}
+    assert results["connect.no_token"]["error"] == {"code": "Unauthenticated", "message": "sign in: no access token"}
+    for name in ("limited", "limited_connect"):
+        assert results[f"{name}.1"] == results[f"{name}.2"] == {"ok": 13}
+        assert results[f"{name}.3"]["error"]["code"] == "ResourceExhausted", results[f"{name}.3"]
+        assert results[f"{name}.3"]["error"]["message"].startswith("too many requests; retry in")
 
 
 # --------------------------------------------------------------------------- eco2 up

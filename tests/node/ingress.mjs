@@ -1,9 +1,10 @@
 // @connectrpc/connect-node's gRPC-Web client through the embedded ingress (Envoy); prints one
 // JSON object of outcomes, the pytest side (tests/test_ingress.py) asserts.
 //   node ingress.mjs '{"url": "http://127.0.0.1:PORT", "limitedUrl": "...", "token": "...",
-//                      "revokedToken": "...", "limitedToken": "...", "jobId": "...", "openJobId": "..."}'
+//                      "revokedToken": "...", "limitedToken": {"limited": "...", "limited_connect": "..."},
+//                      "jobId": "...", "openJobId": "..."}'
 import { createClient, ConnectError, Code } from "@connectrpc/connect";
-import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 
 import { CharacterService } from "./node_modules/.eco2-gen/eco2/character/v1/character_pb.js";
 import { EventService } from "./node_modules/.eco2-gen/eco2/events/v1/events_pb.js";
@@ -40,9 +41,16 @@ for (const httpVersion of ["1.1", "2"]) {
   });
 }
 
-const limited = createClient(CharacterService, createGrpcWebTransport({ baseUrl: args.limitedUrl, httpVersion: "1.1" }));
-for (const i of [1, 2, 3]) {
-  await scenario(`limited.${i}`, () => limited.listCharacters({}, { headers: auth(args.limitedToken) }).then((r) => r.characters.length));
+// Connect (JSON) goes to the gateway; a deny is answered by Envoy before it gets there.
+const connect = createClient(CharacterService, createConnectTransport({ baseUrl: args.url, httpVersion: "1.1" }));
+await scenario("connect.allowed", () => connect.listCharacters({}, { headers: auth(args.token) }).then((r) => r.characters.length));
+await scenario("connect.no_token", () => connect.listCharacters({}));
+
+for (const [name, transport] of [["limited", createGrpcWebTransport], ["limited_connect", createConnectTransport]]) {
+  const limited = createClient(CharacterService, transport({ baseUrl: args.limitedUrl, httpVersion: "1.1" }));
+  for (const i of [1, 2, 3]) {
+    await scenario(`${name}.${i}`, () => limited.listCharacters({}, { headers: auth(args.limitedToken[name]) }).then((r) => r.characters.length));
+  }
 }
 
 process.stdout.write(JSON.stringify(out) + "\n");
