@@ -200,9 +200,9 @@ def _port_taken(port: int) -> bool:
 
 
 def test_up_restarts_killed_children_and_the_data_plane_and_stops_on_sighup(data_dir):
-    """kill -9 of a service, of Envoy and of PostgreSQL: each comes back (the service on its
-    port, which nobody can take meanwhile; PostgreSQL reaped, not left a zombie). SIGHUP (the
-    terminal closed) then stops everything and removes endpoints.json."""
+    """kill -9 of a service, of Envoy, of PostgreSQL and of Valkey: each comes back (the service
+    on its port, which nobody can take meanwhile; PostgreSQL reaped, not left a zombie). SIGHUP
+    (the terminal closed) then stops everything and removes endpoints.json."""
     proc = _eco2("up", "--data-dir", str(data_dir), env={**os.environ, "ECO2_UP_RESTART_BACKOFF_S": "0.2"})
     try:
         endpoints = _wait_for(data_dir / "endpoints.json", proc)
@@ -237,13 +237,20 @@ def test_up_restarts_killed_children_and_the_data_plane_and_stops_on_sighup(data
                 await conn.close()
 
         assert asyncio.run(select_one()) == 1
+        valkey = revived["dataplane"]["valkey_pid"]
+        os.kill(valkey, signal.SIGKILL)
+        revived = _wait_until(lambda: (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["valkey_pid"] != valkey and e,
+                              what="endpoints.json naming a new valkey")
+        import redis
+
+        assert redis.Redis.from_url(revived["dataplane"]["redis_url"], socket_timeout=5).ping()
         err = proc.stderr
         pids = _tree(proc.pid) + [revived["dataplane"]["postgres_pid"], revived["dataplane"]["valkey_pid"]]
         proc.send_signal(signal.SIGHUP)
         assert proc.wait(timeout=60) == 0
         log = err.read()
         assert "service character exited with code -9; restarting it" in log and "service character is back" in log
-        assert "postgres started again" in log
+        assert "postgres started again" in log and "valkey started again" in log
         assert not (data_dir / "endpoints.json").exists()
         _wait_until(lambda: not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 10, "no process left")
     finally:
