@@ -91,8 +91,13 @@ def server_options(settings: RuntimeSettings) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # A port clash must fail loudly, not silently share the port with another process.
         ("grpc.so_reuseport", 0),
+        # Keepalive pings from clients (every 30 s, clients.py) keep idle streams open: a
+        # NEEDS_INPUT wait or an SSE relay may send nothing for an hour. Without these the
+        # server accepts one ping per 5 minutes, counts each earlier one as a strike and sends
+        # GOAWAY too_many_pings after 2 strikes, ending every idle stream after ~2 minutes.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.grpc_min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
     ]
 
 
