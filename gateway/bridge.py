@@ -18,6 +18,7 @@ from google.protobuf import json_format, message_factory
 from google.rpc import status_pb2
 
 from eco2.services.runtime.errors import DomainError, FieldViolation
+from eco2.services.runtime.validation import ascii_digits
 
 from .framing import (
     COMPRESSED_FLAG,
@@ -36,6 +37,7 @@ from .framing import (
     trailer_block,
 )
 from .http import BodyTimeout, BodyTooLarge, ClientGone, Headers, Request
+from .protojson import number_violations
 from .upstream import Route, Upstreams
 
 log = logging.getLogger("eco2.gateway.bridge")
@@ -225,7 +227,7 @@ class Bridge:
         if connect:
             raw = req.headers.get("connect-timeout-ms")
             if raw is not None:
-                if not raw.isdigit() or len(raw) > 10:
+                if not ascii_digits(raw) or len(raw) > 10:
                     raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed connect-timeout-ms {raw!r}: want up to 10 digits", "BAD_TIMEOUT",
                                     [FieldViolation("connect-timeout-ms", "up to 10 digits")])
                 return min(int(raw) / 1000.0, cap)
@@ -406,8 +408,12 @@ def _to_json(cls) -> Callable[[bytes], bytes]:
 
 def _from_json(cls, body: bytes) -> bytes:
     try:
-        msg = json_format.Parse(body.decode("utf-8") if body else "{}", cls())
-    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        text = body.decode("utf-8") if body else "{}"
+        violations = number_violations(json.loads(text), cls.DESCRIPTOR)
+        if violations:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {', '.join(v.field for v in violations)}", "BAD_JSON", violations)
+        msg = json_format.Parse(text, cls())
+    except (json_format.ParseError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"request is not valid JSON for {cls.DESCRIPTOR.full_name}: {exc}", "BAD_JSON",
                         [FieldViolation("body", str(exc))]) from None
     return msg.SerializeToString()

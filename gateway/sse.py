@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from prometheus_client import Counter
 
 from eco2.events.v1 import events_pb2
+from eco2.services.runtime.validation import ascii_digits
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
 from .http import ClientGone, Headers, HttpError, Request
@@ -41,7 +42,7 @@ def parse_cursor(req: Request) -> int:
     if raw is None or raw == "":
         return 0
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 20 or int(raw) > _MAX_SEQ:
+    if not ascii_digits(raw) or len(raw) > 20 or int(raw) > _MAX_SEQ:
         raise HttpError(400, f"{source} must be an event seq (a non-negative integer), got {raw[:40]!r}", "BAD_CURSOR", details={"field": source})
     return int(raw)
 

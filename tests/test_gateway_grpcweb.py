@@ -218,6 +218,44 @@ async def test_connect_bad_json_is_invalid_argument(client, token):
     assert r.status_code == 400 and "nope" in r.json()["message"]
 
 
+@pytest.mark.parametrize("value", ["٣", "３", "²", "1_0", "+3"])
+async def test_connect_json_numbers_in_strings_are_ascii_digits_only(client, token, value):
+    # protobuf's JSON parser reads such strings with int(): "٣" would be 3, "²" a ValueError
+    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": value},
+                          headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
+    bad = error_details_pb2.BadRequest.FromString(base64.b64decode(next(d["value"] for d in r.json()["details"] if d["type"] == "google.rpc.BadRequest") + "=="))
+    assert [v.field for v in bad.field_violations] == ["page_size"]
+    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": "2"}, headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and len(r.json()["characters"]) == 2  # ASCII digits in a string stay valid proto3 JSON
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"3\xb3", "٣٠٠٠".encode()])  # headers arrive as latin-1: ² and ³ are digits to str.isdigit()
+async def test_connect_timeout_in_non_ascii_digits_is_invalid_argument(client, token, value):
+    r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", json={"code": "char-eco"},
+                          headers={"authorization": f"Bearer {token}", "connect-timeout-ms": value})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb9", "٣".encode()])
+async def test_content_length_in_non_ascii_digits_is_refused_not_500(stack, token, value):
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(stack["url"].rsplit(":", 1)[1]))
+    try:
+        writer.write(f"POST /eco2test.Pump/Echo HTTP/1.1\r\nhost: x\r\ncontent-type: {GW}\r\nauthorization: Bearer {token}\r\n".encode()
+                     + b"content-length: " + value + b"\r\n\r\n" + frame(b"hi"))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(4096), 5)
+    finally:
+        writer.close()
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, head[:200]
+
+
+async def test_page_size_in_non_ascii_digits_is_400(client, token):
+    r = await client.get("/v1/conversations", params={"page_size": "٣"}, headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 400 and r.json()["error"]["reason"] == "BAD_QUERY", r.text
+
+
 async def test_connect_server_stream_json(client, token, stack):
     from eco2.events.v1 import events_pb2
     from eco2.services.dataplane.urls import create_redis

@@ -101,12 +101,24 @@ async def test_live_events_keepalives_and_the_terminal_event(stack):
     assert json.loads(events[2]["data"])["delta"] == "live"
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "99999999999999999999999", "1; drop"])
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "99999999999999999999999", "1; drop", "1_000", "+3"])
 async def test_a_cursor_that_is_not_a_number_is_400(stack, value):
     r = await stack["client"].get("/v1/jobs/job-x/events", headers={"last-event-id": value})
     assert r.status_code == 400 and r.json()["error"]["reason"] == "BAD_CURSOR"
     r = await stack["client"].get("/v1/jobs/job-x/events", params={"after_seq": value})
     assert r.status_code == 400
+
+
+#: digits to str.isdigit(), not to the SSE spec: headers arrive as latin-1 (where ² and ³ are
+#: single bytes); a query string is percent-decoded as UTF-8, so any script's digits get through
+@pytest.mark.parametrize("header,query", [(b"\xb2", "²"), (b"1\xb3", "٣"), ("٣".encode(), "３"), (b"\xb9\xb2", "۱۲")])
+async def test_a_cursor_in_non_ascii_digits_is_400_not_500_nor_a_number(stack, header, query):
+    job = await publish_job(stack["pub"])
+    r = await stack["client"].get(f"/v1/jobs/{job}/events", headers={"last-event-id": header})
+    assert r.status_code == 400 and r.json()["error"]["reason"] == "BAD_CURSOR", r.text
+    assert r.json()["error"]["field"] == "Last-Event-ID"
+    r = await stack["client"].get(f"/v1/jobs/{job}/events", params={"after_seq": query})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "after_seq", r.text
 
 
 async def test_unknown_job_is_404_and_bad_job_id_is_404_route(stack):
