@@ -27,6 +27,7 @@ from .http import ClientGone, Headers, HttpError, Request
 from .upstream import Upstreams
 
 SUBSCRIBE = "/eco2.events.v1.EventService/SubscribeBatches"
+JOB_STATE = "/eco2.events.v1.EventService/GetJobState"
 PATH = re.compile(r"^/v1/jobs/([A-Za-z0-9_.:-]{1,128})/events$")
 TERMINAL = {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR}
 _KIND_NAMES = {v.number: v.name.removeprefix("EVENT_KIND_").lower() for v in events_pb2.EventKind.DESCRIPTOR.values}
@@ -127,6 +128,7 @@ class EventStreams:
         self.settings = settings
         self.upstreams = upstreams
         self._subscribe = None
+        self._job_state = None
         self._feeds: dict[tuple[str, str], Feed] = {}
 
     def _stub(self):
@@ -136,6 +138,17 @@ class EventStreams:
                 response_deserializer=events_pb2.SubscribeBatchesResponse.FromString
             )
         return self._subscribe
+
+    async def _check_job(self, job_id: str, metadata: list[tuple[str, str]]) -> None:
+        """GetJobState as the caller: NOT_FOUND for a job that does not exist or is someone
+        else's, answered at once, so the client gets a real 404 instead of headers and an
+        in-band error after the events service's unknown-job grace (ECO2_EVENTS_UNKNOWN_JOB_GRACE_S)."""
+        if self._job_state is None:
+            self._job_state = self.upstreams.channel(self.settings.events_addr).unary_unary(
+                JOB_STATE, request_serializer=events_pb2.GetJobStateRequest.SerializeToString,
+                response_deserializer=events_pb2.GetJobStateResponse.FromString,
+            )
+        await self._job_state(events_pb2.GetJobStateRequest(job_id=job_id), metadata=metadata, timeout=self.settings.gateway_default_timeout_s)
 
     def _forget(self, feed: Feed) -> None:
         if self._feeds.get(feed.key) is feed:
@@ -160,13 +173,19 @@ class EventStreams:
         if req.method != "GET":
             raise HttpError(405, "use GET", "METHOD_NOT_ALLOWED", headers=[(b"allow", b"GET")])
         after = parse_cursor(req)
+        try:
+            await self._check_job(job_id, metadata)
+        except grpc.aio.AioRpcError as exc:
+            await self._refuse(req, exc, extra)
+            return
         feed = self._join(job_id, after, metadata)
         watcher = asyncio.ensure_future(req.wait_disconnect())
         s = self.settings
         started = False
         pos = feed.position(after)
         try:
-            # Wait briefly for the first event so an unknown job gets a real HTTP error.
+            # Wait briefly for the first event so an early upstream error (e.g. OUT_OF_RANGE: the
+            # replay was trimmed past the cursor) gets a real HTTP status.
             if pos - feed.base >= len(feed.events) and not feed.ended:
                 await asyncio.wait([feed.changed, watcher], timeout=s.gateway_sse_header_wait_s, return_when=asyncio.FIRST_COMPLETED)
             while not watcher.done():
@@ -212,11 +231,10 @@ class EventStreams:
                 await self._start(req, extra)
             await req.write(b"", more=False)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code().value[0]
-            err = connect_error(code, exc.details() or "", exc.trailing_metadata())
             if not started:
-                await req.respond_json(CONNECT_HTTP.get(code, 502), {"error": {"code": CONNECT_HTTP.get(code, 502), "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}, extra)
+                await self._refuse(req, exc, extra)
             else:  # headers are out: tell the client in-band, it resumes from its last id
+                err = connect_error(exc.code().value[0], exc.details() or "", exc.trailing_metadata())
                 await req.write(f"event: error\ndata: {json.dumps(err, ensure_ascii=False)}\n\n".encode(), more=False)
         except (asyncio.CancelledError, ClientGone):
             if not req.disconnected:
@@ -224,6 +242,14 @@ class EventStreams:
         finally:
             watcher.cancel()
             feed.leave()
+
+    @staticmethod
+    async def _refuse(req: Request, exc: grpc.aio.AioRpcError, extra: Headers) -> None:
+        """An upstream error before the stream started, as an HTTP error with its JSON body."""
+        code = exc.code().value[0]
+        err = connect_error(code, exc.details() or "", exc.trailing_metadata())
+        status = CONNECT_HTTP.get(code, 502)
+        await req.respond_json(status, {"error": {"code": status, "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}, extra)
 
     async def _start(self, req: Request, extra: Headers) -> None:
         await req.start(200, [

@@ -14,6 +14,7 @@ from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.location.v1 import location_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
+from support.identity import as_user
 from support.servers import env, running
 
 
@@ -23,7 +24,7 @@ async def stack(service_env):
     from eco2.services.events.app import create as create_events
     from eco2.services.location.app import create as create_location
 
-    with env(service_env):
+    with env({**service_env, "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "1"}):  # how long a stranger waits for its NOT_FOUND
         events_app, character_app, location_app = create_events(), create_character(), create_location()
     async with running(events_app, metrics=False) as events, running(character_app, metrics=False) as character, running(location_app, metrics=False) as location:
         from eco2.services.chat.app import create as create_chat
@@ -39,7 +40,7 @@ async def stack(service_env):
 
 
 def who(user: str | None = None):
-    return (("x-eco2-user-id", user or f"u-{uuid.uuid4().hex[:8]}"),)
+    return as_user(user or f"u-{uuid.uuid4().hex[:8]}")
 
 
 async def collect(stream) -> list[events_pb2.Event]:
@@ -168,7 +169,7 @@ CITY_HALL = location_pb2.GeoPoint(latitude=37.5663, longitude=126.9779)
 async def test_multi_intent_asks_for_the_location_and_resumes_with_it(stack):
     user = who()
     sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="이 페트병 어떻게 분리해? 근처 수거함도 알려줘"), metadata=user)
-    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}), 30)
+    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}, user), 30)
     ask = events[-1]
     assert ask.kind == events_pb2.EVENT_KIND_NEEDS_INPUT and ask.needs_input.kind == events_pb2.INPUT_KIND_LOCATION
     assert ask.needs_input.input_id == "location"
@@ -189,7 +190,7 @@ async def test_multi_intent_asks_for_the_location_and_resumes_with_it(stack):
         await stack["chat"].ProvideInput(chat_pb2.ProvideInputRequest(job_id=sent.job_id, input_id="location", declined=True), metadata=user)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     rest = await asyncio.wait_for(
-        collect_until(stack, sent.job_id, ask.seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}), 30
+        collect_until(stack, sent.job_id, ask.seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}, user), 30
     )
     assert [e.kind for e in rest].count(events_pb2.EVENT_KIND_NEEDS_INPUT) == 0, "the resumed job asked for the location again"
     assert_seqs(events + rest)
@@ -210,10 +211,10 @@ async def test_multi_intent_asks_for_the_location_and_resumes_with_it(stack):
 async def test_declining_the_location_answers_without_places(stack):
     user = who()
     sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="근처 수거함 알려줘"), metadata=user)
-    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}), 30)
+    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}, user), 30)
     assert events[-1].kind == events_pb2.EVENT_KIND_NEEDS_INPUT
     await stack["chat"].ProvideInput(chat_pb2.ProvideInputRequest(job_id=sent.job_id, input_id="location", declined=True), metadata=user)
-    rest = await asyncio.wait_for(collect_until(stack, sent.job_id, events[-1].seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}), 30)
+    rest = await asyncio.wait_for(collect_until(stack, sent.job_id, events[-1].seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}, user), 30)
     result = done_result(rest)
     assert not result.places and "위치를 알려주지 않으셔서" in result.answer
 
@@ -225,13 +226,28 @@ async def test_a_known_location_needs_no_question(stack):
     assert result.places and result.places[0].place.name in result.answer
 
 
-async def collect_until(stack, job_id, after, kinds):
+async def collect_until(stack, job_id, after, kinds, user):
+    """The job's events after `after` up to the first of `kinds`, read as `user` (its owner)."""
     out = []
-    async for e in stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=job_id, after_seq=after)):
+    async for e in stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=job_id, after_seq=after), metadata=user):
         out.append(e)
         if e.kind in kinds:
             break
     return out
+
+
+async def test_a_chat_job_streams_to_the_user_who_sent_it_only(stack):
+    alice, mallory = who(), who()
+    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="우유팩 어떻게 버려?"), metadata=alice)
+    for call in (stack["events"].GetJobState(events_pb2.GetJobStateRequest(job_id=sent.job_id), metadata=mallory),
+                 collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_DONE}, mallory)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call, 30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the answer of an unknown job
+    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_DONE}, alice), 30)
+    done_result(events)
+    state = await stack["events"].GetJobState(events_pb2.GetJobStateRequest(job_id=sent.job_id), metadata=alice)
+    assert state.state.job_id == sent.job_id
 
 
 async def test_a_retried_send_is_answered_once(stack):
@@ -240,7 +256,7 @@ async def test_a_retried_send_is_answered_once(stack):
     first = await stack["chat"].SendMessage(req, metadata=user)
     again = await stack["chat"].SendMessage(req, metadata=user)
     assert (again.job_id, again.message_id, again.deduplicated, first.deduplicated) == (first.job_id, first.message_id, True, False)
-    events = await asyncio.wait_for(collect_until(stack, first.job_id, 0, {events_pb2.EVENT_KIND_DONE}), 30)
+    events = await asyncio.wait_for(collect_until(stack, first.job_id, 0, {events_pb2.EVENT_KIND_DONE}, user), 30)
     done_result(events)
     page = await stack["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=first.conversation_id), metadata=user)
     assert [m.role for m in page.messages] == [chat_pb2.MESSAGE_ROLE_ASSISTANT, chat_pb2.MESSAGE_ROLE_USER]

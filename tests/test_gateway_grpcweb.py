@@ -264,6 +264,8 @@ async def test_connect_server_stream_json(client, token, stack):
     job = f"job-{uuid.uuid4().hex[:12]}"
     redis = create_redis(stack["redis_url"])
     pub = EventPublisher(redis)
+    me = (await client.get("/v1/me", headers={"authorization": f"Bearer {token}"})).json()["user"]["id"]
+    await pub.set_owner(job, me)  # the signed-in user's job: streams are their owner's only
     await pub.publish(events_pb2.Event(job_id=job, seq=1, kind=events_pb2.EVENT_KIND_TOKEN, delta="안녕"))
     await pub.publish(events_pb2.Event(job_id=job, seq=2, kind=events_pb2.EVENT_KIND_DONE))
     await redis.aclose()

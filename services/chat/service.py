@@ -75,7 +75,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             "image_key": request.image_key, "location": location, "seq_base": 1,
         }
         # Both are idempotent, so a retried send (deduplicated) also repairs a send that died half-way.
-        await publish_queued(self.sink, sent.job_id, self.outbox)
+        await publish_queued(self.sink, sent.job_id, user_id, self.outbox)
         await self.queue.enqueue(sent.job_id, json.dumps(payload).encode())
         log.info("message queued", extra={"job_id": sent.job_id, "conversation_id": sent.conversation_id, "chars": len(request.message), "preview": mask(request.message[:60]), "deduplicated": sent.deduplicated})
         return chat_pb2.SendMessageResponse(job_id=sent.job_id, conversation_id=sent.conversation_id, message_id=sent.message_id, deduplicated=sent.deduplicated)

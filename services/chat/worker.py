@@ -185,7 +185,9 @@ class ChatWorkers:
                 return
 
 
-async def publish_queued(sink, job_id: str, outbox: EventOutbox | None = None) -> None:
+async def publish_queued(sink, job_id: str, owner: str, outbox: EventOutbox | None = None) -> None:
+    """The job's owner, then its first event (QUEUED): from then on the job streams to `owner` only."""
+    await sink.set_owner(job_id, owner)
     event = events_pb2.Event(
         job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue",
         stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="질문을 받았어요"),

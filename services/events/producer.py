@@ -1,6 +1,7 @@
 """The producer library every worker uses to publish job events.
 
     publisher = EventPublisher(redis)            # a redis.asyncio.Redis
+    await publisher.set_owner(job_id, user_id)   # a user's job: before its first event
     await publisher.publish(events_pb2.Event(job_id=..., seq=1, kind=EVENT_KIND_STAGE, ...))
 
 One Lua call appends the event to its shard stream `events:{N}` (read by the router) and to
@@ -78,9 +79,26 @@ class EventPublisher:
         self.redis = redis
         self.settings = settings or EventsSettings()
         self._script = redis.register_script(scripts.PUBLISH)
+        self._own = redis.register_script(scripts.OWN)
         self._fast = RespClient.like(redis)
         s = self.settings
         self._head = [str(s.events_replay_maxlen), str(s.events_replay_ttl_s * 1000), str(s.events_shard_maxlen)]
+
+    async def set_owner(self, job_id: str, user_id: str) -> None:
+        """Record that job `job_id` belongs to `user_id`: EventService then streams it to that
+        user only (docs/services/events.md, "Whose streams"). Call it before the job's first
+        event; calling it again for the same user is a no-op. FailedPrecondition JOB_OWNED when
+        the job already belongs to someone else."""
+        violations = []
+        if not domain.valid_job_id(job_id):
+            violations.append(FieldViolation("job_id", f"must be {domain.JOB_ID_RULE}"))
+        if not user_id:
+            violations.append(FieldViolation("user_id", "is required"))
+        if violations:
+            raise InvalidArgument("invalid job owner: " + ", ".join(v.field for v in violations), violations=violations)
+        key = domain.producer_key(domain.shard_of(job_id, self.settings.events_shards), job_id)
+        if not await self._own(keys=[key], args=[user_id, self.settings.events_replay_ttl_s * 1000]):
+            raise FailedPrecondition(f"job {job_id!r} already belongs to another user", reason="JOB_OWNED", metadata={"job_id": job_id})
 
     async def publish(self, event: events_pb2.Event) -> bool:
         """Append `event`. True when appended; False when this (job_id, seq) was already
