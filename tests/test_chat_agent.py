@@ -36,7 +36,7 @@ async def stack(service_env):
         async with running(chat_app, metrics=False) as chat:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as ch, grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech:
                 yield {"chat": chat_pb2_grpc.ChatServiceStub(ch), "events": events_pb2_grpc.EventServiceStub(ech), "app": chat_app,
-                       "character_addr": f"127.0.0.1:{character.port}"}
+                       "character_addr": f"127.0.0.1:{character.port}", "chat_addr": f"127.0.0.1:{chat.port}"}
 
 
 def who(user: str | None = None):
@@ -248,6 +248,16 @@ async def test_a_chat_job_streams_to_the_user_who_sent_it_only(stack):
     done_result(events)
     state = await stack["events"].GetJobState(events_pb2.GetJobStateRequest(job_id=sent.job_id), metadata=alice)
     assert state.state.job_id == sent.job_id
+
+
+async def test_eco2_chat_prints_what_the_server_said_about_each_field(stack, capsys):
+    from eco2.services.chat.cli import _chat
+
+    code = await _chat(stack["chat_addr"], "가" * 5000, f"u-{uuid.uuid4().hex[:8]}", None)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "message: must be at most 1000 characters (got 5000)" in err, err
+    assert err.startswith("eco2 chat: INVALID_ARGUMENT") and err.count("\n") == 1, err
 
 
 async def test_a_retried_send_is_answered_once(stack):

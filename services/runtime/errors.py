@@ -145,3 +145,21 @@ def unpack_details(status: status_pb2.Status) -> dict[str, object]:
                 detail.Unpack(msg)
                 out[cls.DESCRIPTOR.name] = msg
     return out
+
+
+def describe(error: grpc.aio.AioRpcError) -> str:
+    """Client side: a failed call in one line for a person to read: the code, then what the
+    server said about each field (BadRequest: "message: must be at most 1000 characters (got
+    5000)") or else its message, and when to retry if it sent RetryInfo."""
+    text = error.details() or ""
+    retry = ""
+    status = status_details(error)
+    if status is not None:
+        details = unpack_details(status)
+        bad = details.get("BadRequest")
+        if bad is not None and bad.field_violations:
+            text = "; ".join(f"{v.field}: {v.description}" for v in bad.field_violations)
+        info = details.get("RetryInfo")
+        if info is not None:
+            retry = f" (retry in {info.retry_delay.ToTimedelta().total_seconds():g} s)"
+    return " ".join(f"{error.code().name}: {text}{retry}".split())
