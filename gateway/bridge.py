@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 from google.protobuf import json_format, message_factory
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from eco2.services.runtime.errors import DomainError, FieldViolation
 from eco2.services.runtime.validation import ascii_digits
@@ -133,6 +133,24 @@ class GrpcWebWriter:
         await self.req.write(b"", more=False)
 
 
+#: The google.rpc error details the edge also shows decoded (BadRequest, ErrorInfo, RetryInfo, ...).
+_KNOWN_DETAILS = {d.full_name: message_factory.GetMessageClass(d) for d in error_details_pb2.DESCRIPTOR.message_types_by_name.values()}
+
+
+def _detail(d) -> dict:
+    """One detail in Connect's error JSON: `type`, `value` (its bytes, base64) and, for the known
+    google.rpc details, `debug`: the same message as proto3 JSON, for people and plain-JSON clients."""
+    name = d.type_url.rsplit("/", 1)[-1]
+    out = {"type": name, "value": base64.b64encode(d.value).decode().rstrip("=")}
+    cls = _KNOWN_DETAILS.get(name)
+    if cls is not None:
+        try:
+            out["debug"] = json_format.MessageToDict(cls.FromString(d.value))
+        except Exception:  # noqa: BLE001 - undecodable bytes: the detail stays, opaque
+            pass
+    return out
+
+
 def connect_error(code: int, message: str, trailing) -> dict:
     out: dict = {"code": CONNECT_CODES.get(code, "unknown"), "message": message}
     raw = _details_bin(trailing or ())
@@ -142,9 +160,7 @@ def connect_error(code: int, message: str, trailing) -> dict:
             status.ParseFromString(raw)
         except Exception:  # noqa: BLE001 - a broken details trailer is dropped, the status stays
             status = status_pb2.Status()
-        out["details"] = [
-            {"type": d.type_url.rsplit("/", 1)[-1], "value": base64.b64encode(d.value).decode().rstrip("=")} for d in status.details
-        ]
+        out["details"] = [_detail(d) for d in status.details]
     return out
 
 

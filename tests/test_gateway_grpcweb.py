@@ -211,6 +211,36 @@ async def test_connect_errors_map_to_http_status_with_details(client, token):
     assert bad.field_violations[0].field == "page_size"
 
 
+async def test_connect_error_details_also_come_decoded_in_debug(client, token):
+    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": 1000}, headers={"authorization": f"Bearer {token}"})
+    details = {d["type"]: d for d in r.json()["details"]}
+    bad = details["google.rpc.BadRequest"]
+    assert bad["debug"] == {"fieldViolations": [{"field": "page_size", "description": bad["debug"]["fieldViolations"][0]["description"]}]}
+    assert "at most" in bad["debug"]["fieldViolations"][0]["description"]
+    # the wire form stays: `value` is the detail's bytes, `debug` the same message as JSON
+    assert error_details_pb2.BadRequest.FromString(base64.b64decode(bad["value"] + "==")).field_violations[0].field == "page_size"
+    assert details["google.rpc.ErrorInfo"]["debug"]["reason"] == "INVALID_ARGUMENT"
+    # the JSON routes carry the same decoded details
+    r = await client.post("/v1/auth/dev-sign-in", json={"displayName": "x" * 500})
+    assert r.status_code == 400, r.text
+    routed = {d["type"]: d for d in r.json()["error"]["details"]}
+    assert routed["google.rpc.BadRequest"]["debug"]["fieldViolations"][0]["field"] == "display_name"
+
+
+def test_connect_error_decodes_retry_info_and_keeps_unknown_details_opaque():
+    from google.protobuf import any_pb2, duration_pb2
+
+    from eco2.gateway.bridge import connect_error
+
+    retry, other = any_pb2.Any(), any_pb2.Any()
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1, nanos=500_000_000)))
+    other.Pack(character_pb2.GetCharacterRequest(code="char-eco"))  # not a google.rpc detail
+    status = status_pb2.Status(code=14, message="down", details=[retry, other])
+    err = connect_error(14, "down", [("grpc-status-details-bin", status.SerializeToString())])
+    assert err["details"][0] == {"type": "google.rpc.RetryInfo", "value": base64.b64encode(retry.value).decode().rstrip("="), "debug": {"retryDelay": "1.500s"}}
+    assert "debug" not in err["details"][1] and err["details"][1]["type"] == "eco2.character.v1.GetCharacterRequest"
+
+
 async def test_connect_bad_json_is_invalid_argument(client, token):
     r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", content=b'{"code": 12', headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
