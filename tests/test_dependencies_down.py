@@ -1,0 +1,80 @@
+"""Dependencies down, on a data plane of this module's own (the session's is shared by every
+test and is never killed): while PostgreSQL is dead a Postgres-backed RPC answers UNAVAILABLE
++ RetryInfo (not INTERNAL); once it is back, it answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import grpc
+import pytest
+
+from eco2.location.v1 import location_pb2, location_pb2_grpc
+from eco2.services.dataplane.embedded import EmbeddedDataPlane
+from eco2.services.runtime.errors import status_details, unpack_details
+from support.servers import env, running
+
+CITY_HALL = location_pb2.GeoPoint(latitude=37.5665, longitude=126.9780)
+
+
+@pytest.fixture(scope="module")
+async def own_plane():
+    root = Path(tempfile.mkdtemp(prefix="eco2-deps-down-", dir="/tmp"))
+    root.chmod(0o755)
+    plane = EmbeddedDataPlane(root / "data")
+    info = await asyncio.to_thread(plane.start)
+    try:
+        yield plane, info
+    finally:
+        if plane.running:
+            await asyncio.to_thread(plane.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def kill_postgres(plane: EmbeddedDataPlane) -> None:
+    """SIGKILL PostgreSQL (a crash, not a shutdown); the plane's Valkey stays up."""
+    pid = plane.info.pg_pid
+    os.kill(pid, signal.SIGKILL)
+    while True:  # gone once its pid no longer answers (reaped by the plane's Popen on stop)
+        try:
+            if plane._postgres is not None and plane._postgres.poll() is not None:
+                return
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def restart(plane: EmbeddedDataPlane) -> None:
+    await asyncio.to_thread(plane.stop)
+    await asyncio.to_thread(plane.start)
+
+
+async def test_postgres_down_is_unavailable_with_retry_info_then_back(own_plane, service_env):
+    plane, info = own_plane
+    from eco2.services.location.app import create
+
+    with env({**service_env, "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url}):
+        app = create()
+    async with running(app, metrics=False) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = location_pb2_grpc.LocationServiceStub(ch)
+        request = location_pb2.SearchNearbyRequest(center=CITY_HALL, radius_m=3000)
+        assert (await stub.SearchNearby(request)).places
+
+        await kill_postgres(plane)
+        for _ in range(3):  # the pool's dead connections first, then new connections refused
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.SearchNearby(request, timeout=20)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+            details = unpack_details(status_details(err.value))
+            assert details["ErrorInfo"].reason == "DEPENDENCY_UNAVAILABLE"
+            assert details["ErrorInfo"].metadata["dependency"] == "postgres"
+            assert details["RetryInfo"].retry_delay.ToTimedelta().total_seconds() > 0
+
+        await restart(plane)
+        assert (await stub.SearchNearby(request, timeout=20)).places
