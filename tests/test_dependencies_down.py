@@ -1,6 +1,6 @@
 """Dependencies down, on a data plane of this module's own (the session's is shared by every
 test and is never killed): while PostgreSQL is dead a Postgres-backed RPC answers UNAVAILABLE
-+ RetryInfo (not INTERNAL); once it is back, it answers."""
++ RetryInfo (not INTERNAL) and health says NOT_SERVING; once it is back, SERVING and answers."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eco2.location.v1 import location_pb2, location_pb2_grpc
 from eco2.services.dataplane.embedded import EmbeddedDataPlane
@@ -20,6 +21,9 @@ from eco2.services.runtime.errors import status_details, unpack_details
 from support.servers import env, running
 
 CITY_HALL = location_pb2.GeoPoint(latitude=37.5665, longitude=126.9780)
+SERVICE = "eco2.location.v1.LocationService"
+#: dependency checks in these tests: often, so a change shows within a second
+CHECKS = {"ECO2_HEALTH_CHECK_INTERVAL_S": "0.2", "ECO2_HEALTH_CHECK_TIMEOUT_S": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +59,25 @@ async def restart(plane: EmbeddedDataPlane) -> None:
     await asyncio.to_thread(plane.start)
 
 
-async def test_postgres_down_is_unavailable_with_retry_info_then_back(own_plane, service_env):
+async def health_becomes(ch: grpc.aio.Channel, want, service: str = SERVICE, timeout: float = 30) -> None:
+    """Wait on the Health.Watch stream until `service` reports `want`."""
+    async with asyncio.timeout(timeout):
+        async for reply in health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=service)):
+            if reply.status == want:
+                return
+
+
+async def test_postgres_down_is_unavailable_with_retry_info_and_not_serving_then_back(own_plane, service_env):
     plane, info = own_plane
     from eco2.services.location.app import create
 
-    with env({**service_env, "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url}):
+    with env({**service_env, "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, **CHECKS}):
         app = create()
     async with running(app, metrics=False) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = location_pb2_grpc.LocationServiceStub(ch)
         request = location_pb2.SearchNearbyRequest(center=CITY_HALL, radius_m=3000)
         assert (await stub.SearchNearby(request)).places
+        await health_becomes(ch, health_pb2.HealthCheckResponse.SERVING)
 
         await kill_postgres(plane)
         for _ in range(3):  # the pool's dead connections first, then new connections refused
@@ -75,6 +88,10 @@ async def test_postgres_down_is_unavailable_with_retry_info_then_back(own_plane,
             assert details["ErrorInfo"].reason == "DEPENDENCY_UNAVAILABLE"
             assert details["ErrorInfo"].metadata["dependency"] == "postgres"
             assert details["RetryInfo"].retry_delay.ToTimedelta().total_seconds() > 0
+        await health_becomes(ch, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_becomes(ch, health_pb2.HealthCheckResponse.NOT_SERVING, service="")
 
         await restart(plane)
+        await health_becomes(ch, health_pb2.HealthCheckResponse.SERVING)
+        await health_becomes(ch, health_pb2.HealthCheckResponse.SERVING, service="")
         assert (await stub.SearchNearby(request, timeout=20)).places

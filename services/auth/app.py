@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
 
 from .domain import ClaimsCache, KeyRing, TokenPolicy, TokenService
@@ -118,6 +119,9 @@ class AuthApp:
 
     def service_names(self) -> list[str]:
         return [auth_pb2.DESCRIPTOR.services_by_name["AuthService"].full_name, AUTHZ_SERVICE]
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool), "redis": redis_check(self.redis)}
 
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings

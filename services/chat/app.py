@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
 from eco2.services.runtime.clients import channel
@@ -44,6 +45,9 @@ class ChatApp:
 
     def service_names(self) -> list[str]:
         return [chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name]
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool), "redis": redis_check(self.redis)}
 
     def _channel(self, service: str) -> grpc.aio.Channel:
         ch = channel(self.endpoints.address_of(service), default_timeout_s=self.settings.downstream_timeout_s)

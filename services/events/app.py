@@ -12,6 +12,7 @@ from .hub import Hub
 from .router import Router
 from .service import SERVICE, EventServicer, add_to_server
 from eco2.services.runtime.settings import REDIS_URL, require_url
+from eco2.services.runtime.dependencies import redis_check
 
 from .settings import EventsRole, EventsSettings
 from .valkey import ValkeyReplayStore, fast_redis
@@ -32,6 +33,9 @@ class EventsApp:
 
     def service_names(self) -> list[str]:
         return [SERVICE] if self.serves_api else []
+
+    def dependency_checks(self):
+        return {"redis": redis_check(self.redis)}
 
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings

@@ -1,6 +1,7 @@
 """grpc.aio server bootstrap shared by every service.
 
-A service provides a `ServiceApp`; `run()` gives it health, reflection, the runtime
+A service provides a `ServiceApp`; `run()` gives it health (following the app's dependency
+checks, dependencies.py), reflection, the runtime
 interceptors, OpenTelemetry, /metrics, JSON logs and a graceful SIGTERM shutdown:
 NOT_SERVING first, streams drained (then ended with UNAVAILABLE + RetryInfo), in-flight
 unary calls given `shutdown_grace_s`, then the app's pools closed.
@@ -20,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .dependencies import DependencyWatcher
 from .interceptors import CoreServerInterceptor, ShutdownCoordinator
 from .logs import configure_logging
 from .metrics import serve_metrics
@@ -30,7 +32,11 @@ log = logging.getLogger("eco2.server")
 
 
 class ServiceApp(Protocol):
-    """What a service gives the runtime."""
+    """What a service gives the runtime.
+
+    Optionally also `dependency_checks() -> Mapping[str, Check]` (called after `start`): the
+    dependencies it cannot serve without (dependencies.py); health is NOT_SERVING while one fails.
+    """
 
     #: Short name as in `eco2 serve NAME`.
     name: str
@@ -58,11 +64,13 @@ class RunningServer:
     shutdown: ShutdownCoordinator
     app: ServiceApp
     settings: RuntimeSettings
+    dependencies: DependencyWatcher
     _metrics_server: object | None = field(default=None, repr=False)
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace, "streams": self.shutdown.active_streams})
+        await self.dependencies.stop()  # first: a dependency coming back must not report SERVING again
         await self.health.enter_graceful_shutdown()
         stream_budget = min(grace / 2, 5.0)
         drain = asyncio.create_task(self.shutdown.drain_streams(stream_budget))
@@ -141,11 +149,20 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     await server.start()
     for name in [*names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def follow(down: frozenset[str]) -> None:  # every service of the process, and "" (the server)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if down else health_pb2.HealthCheckResponse.SERVING
+        for name in [*names, ""]:
+            await health_servicer.set(name, status)
+
+    checks = app.dependency_checks() if hasattr(app, "dependency_checks") else {}
+    dependencies = DependencyWatcher(checks, follow, interval_s=settings.health_check_interval_s, timeout_s=settings.health_check_timeout_s)
+    dependencies.start()
     log.info(
         "serving",
         extra={"service": app.name, "grpc": f"{settings.grpc_host}:{port}", "metrics_port": metrics_port, "services": names, "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]},
     )
-    return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, metrics_server)
+    return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, dependencies, metrics_server)
 
 
 def tune_gc(gen0_threshold: int) -> None:

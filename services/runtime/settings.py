@@ -115,6 +115,8 @@ class RuntimeSettings(BaseSettings):
     log_format: str = Field("json", pattern="^(json|text)$", description="json (one object per line) or text")
     shutdown_grace_s: float = Field(10.0, ge=0, description="seconds in-flight RPCs get to finish after SIGTERM")
     max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="largest gRPC message accepted or sent")
+    health_check_interval_s: float = Field(2.0, gt=0, description="how often a service checks the dependencies it cannot serve without (PostgreSQL, Redis); health is NOT_SERVING while one fails")
+    health_check_timeout_s: float = Field(1.0, gt=0, description="how long one dependency check may take before it counts as failed")
     grpc_min_ping_interval_s: float = Field(10.0, gt=0, description="the shortest interval between a client's keepalive pings the server accepts while it sends nothing (the mesh's clients ping every 30 s); a ping sooner is a strike")
     grpc_max_ping_strikes: int = Field(2, ge=0, description="too-early pings a client may send before the server ends the connection with GOAWAY too_many_pings (0 = no limit)")
     stream_reject_drain_s: float = Field(2.0, ge=0, description="the most time a refused client stream is drained (until the client pauses 100 ms) so the client gets the refusal intact")
