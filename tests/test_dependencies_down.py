@@ -95,3 +95,53 @@ async def test_postgres_down_is_unavailable_with_retry_info_and_not_serving_then
         await health_becomes(ch, health_pb2.HealthCheckResponse.SERVING)
         await health_becomes(ch, health_pb2.HealthCheckResponse.SERVING, service="")
         assert (await stub.SearchNearby(request, timeout=20)).places
+
+
+async def kill_valkey(plane: EmbeddedDataPlane) -> None:
+    """SIGKILL Valkey (a crash); PostgreSQL stays up."""
+    os.kill(plane.info.valkey_pid, signal.SIGKILL)
+    while plane._valkey is not None and plane._valkey.poll() is None:
+        await asyncio.sleep(0.02)
+
+
+async def test_send_message_with_valkey_down_stores_nothing_and_is_unavailable(own_plane, service_env):
+    plane, info = own_plane
+    import asyncpg
+
+    from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
+    from eco2.services.chat.app import create
+    from eco2.services.dataplane.urls import create_redis
+    from support.identity import as_user
+
+    with env({**service_env, "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, **CHECKS,
+              "ECO2_CHAT_WORKERS": "0", "ECO2_EVENTS_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1"}):
+        app = create()  # no workers: a queued job stays queued, for the test to find
+    user = f"u-atomic-{os.getpid()}"
+    async with running(app, metrics=False) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = chat_pb2_grpc.ChatServiceStub(ch)
+        db = await asyncpg.connect(info.database_url)
+        try:
+            await kill_valkey(plane)
+            for attempt in range(3):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.SendMessage(chat_pb2.SendMessageRequest(message=f"캔은 어떻게 버려? {attempt}"), metadata=as_user(user), timeout=30)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
+                assert "RetryInfo" in unpack_details(status_details(err.value))
+            # nothing half-done: no message, no conversation
+            assert await db.fetchval("SELECT count(*) FROM chat_messages WHERE user_id = $1", user) == 0
+            assert await db.fetchval("SELECT count(*) FROM chat_conversations WHERE user_id = $1", user) == 0
+
+            await db.close()
+            await restart(plane)  # (PostgreSQL too: the plane restarts as a whole)
+            await health_becomes(ch, health_pb2.HealthCheckResponse.SERVING, service="eco2.chat.v1.ChatService")
+            sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message="캔은 어떻게 버려?"), metadata=as_user(user), timeout=30)
+            # the message and its job, both
+            db = await asyncpg.connect(info.database_url)
+            assert await db.fetchval("SELECT count(*) FROM chat_messages WHERE user_id = $1 AND job_id = $2", user, sent.job_id) == 1
+        finally:
+            await db.close()
+        redis = create_redis(plane.info.redis_url)
+        try:
+            assert await redis.exists(f"jobs:{{{app.settings.chat_job_kind}}}:id:{sent.job_id}")
+        finally:
+            await redis.aclose()

@@ -34,6 +34,12 @@ def cancel_key(job_id: str) -> str:
     return f"chat:cancel:{job_id}"
 
 
+class MessageNotStored(Exception):
+    """The job's user message is not committed (yet): SendMessage queues the job inside the
+    message's transaction, so a worker can claim it first. Failing the job retries it after
+    ECO2_JOBS_RETRY_DELAY_S; a send that rolled back never commits, and the job is dead-lettered."""
+
+
 @dataclass
 class WorkerStats:
     done: int = 0
@@ -103,6 +109,8 @@ class ChatWorkers:
     async def handle(self, job: Job) -> None:
         p: dict[str, Any] = json.loads(job.payload)
         job_id = p["job_id"]
+        if p.get("resume") is None and not await self.store.has_user_message(job_id):
+            raise MessageNotStored(f"the message of job {job_id} is not stored")
         config = {"configurable": {"thread_id": job_id}}
         # A first attempt of a new message has no checkpoint yet: skip the read (a query and
         # LangGraph's state assembly per conversation). Re-claims and resumes read it.
