@@ -4,6 +4,7 @@ real PostgreSQL (history, LangGraph checkpoints) and Valkey (job queue, events),
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 
@@ -258,6 +259,22 @@ async def test_eco2_chat_prints_what_the_server_said_about_each_field(stack, cap
     assert code == 1
     assert "message: must be at most 1000 characters (got 5000)" in err, err
     assert err.startswith("eco2 chat: INVALID_ARGUMENT") and err.count("\n") == 1, err
+
+
+async def test_a_dead_lettered_job_ends_its_stream_with_error(stack):
+    """A job whose message was never stored (its send rolled back) fails each attempt and is
+    dead-lettered; its follower gets ERROR instead of waiting until its deadline."""
+    from eco2.services.chat.worker import publish_queued
+
+    app, user = stack["app"], f"u-{uuid.uuid4().hex[:8]}"
+    job_id = f"chat-{uuid.uuid4().hex}"
+    await publish_queued(app.sink, job_id, user)  # as SendMessage does, but no message is committed
+    payload = {"job_id": job_id, "conversation_id": str(uuid.uuid4()), "user_id": user, "message": "캔", "image_key": "", "location": None, "seq_base": 1}
+    await app.workers.queue.enqueue(job_id, json.dumps(payload).encode())
+    # attempts × retry delay (ECO2_JOBS_MAX_ATTEMPTS, ECO2_JOBS_RETRY_DELAY_S), with room for a loaded machine
+    events = await asyncio.wait_for(collect_until(stack, job_id, 0, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR}, as_user(user)), 60)
+    assert [e.kind for e in events] == [events_pb2.EVENT_KIND_STAGE, events_pb2.EVENT_KIND_ERROR]
+    assert events[-1].seq == 2 and events[-1].error.reason == "JOB_FAILED" and events[-1].error.retryable
 
 
 async def test_a_retried_send_is_answered_once(stack):

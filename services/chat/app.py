@@ -30,7 +30,7 @@ from .settings import ChatSettings
 from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
 from .policy import PolicyRunner
-from .worker import ChatWorkers
+from .worker import ChatWorkers, end_dead_job
 
 
 class ChatApp:
@@ -68,7 +68,7 @@ class ChatApp:
         # every job of this process: concurrent publishes are pipelined on it.
         sink = self.sink = EventPublisher(self.redis, s)
         outbox = EventOutbox(sink)
-        queue = JobQueue(self.redis, s.chat_job_kind, s)
+        queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink))
         llm = create_llm(
             s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
             gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,

@@ -107,6 +107,25 @@ class EventPublisher:
         code, last = (await self._append([event]))[0]
         return self._outcome(event, code, last, None)
 
+    async def publish_next(self, event: events_pb2.Event, *, attempts: int = 5) -> bool:
+        """Publish `event` as its job's next event: seq = the job's last published seq + 1,
+        whatever `event.seq` was. For a producer that does not track the job's seqs, e.g. one
+        ending a dead-lettered job with ERROR. False when the job is already closed (its
+        terminal event was published); a concurrent producer's event in between is retried."""
+        shard = domain.shard_of(event.job_id, self.settings.events_shards)
+        key = domain.producer_key(shard, event.job_id)
+        for _ in range(attempts):
+            last = await self.redis.hget(key, "s")
+            event.seq = int(last or 0) + 1
+            try:
+                return await self.publish(event)
+            except FailedPrecondition as exc:
+                if exc.reason == "JOB_CLOSED":
+                    return False
+                if exc.reason != "SEQ_NOT_INCREASING":
+                    raise
+        raise FailedPrecondition(f"job {event.job_id!r} kept advancing: no seq after {attempts} attempts", reason="SEQ_NOT_INCREASING")
+
     async def publish_many(self, events: Sequence[events_pb2.Event]) -> list[bool]:
         """Append several events (of one or more jobs) in one round trip: one Lua call per
         shard, pipelined. Events of one job must be given in seq order; each event is applied
