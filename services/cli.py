@@ -31,14 +31,20 @@ def loop_factory(settings):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Exit 0 after a clean stop, 2 when a setting is missing or invalid (one line naming the
+    environment variable), 130 on a second Ctrl-C."""
     from .registry import create
     from .runtime.server import run
+    from .runtime.settings import SettingsError
 
-    app = create(args.name)
-    serve = getattr(app, "serve", None)  # HTTP apps (the gateway) run their own server
     try:
+        app = create(args.name)
+        serve = getattr(app, "serve", None)  # HTTP apps (the gateway) run their own server
         with asyncio.Runner(loop_factory=loop_factory(app.settings)) as runner:
             runner.run(serve() if serve else run(app, app.settings))
+    except SettingsError as exc:  # at start-up: before SERVING, so nothing was served
+        print(f"eco2 serve {args.name}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # second Ctrl-C while shutting down
         return 130
     return 0

@@ -14,12 +14,15 @@ Keys (the `{kind}` hash tag keeps one kind's keys in one cluster slot):
 
 Delivery is at-least-once: a job whose worker died (no ack within the visibility timeout)
 is claimed again by another worker; after `jobs_max_attempts` claims it goes to the
-dead-letter stream with its last error instead.
+dead-letter stream with its last error instead, and `on_dead(job, error)` (when given) is
+called, e.g. to end the job's event stream with an ERROR event.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -30,6 +33,8 @@ from eco2.services.runtime.errors import FieldViolation, InvalidArgument
 
 from . import domain, scripts
 from .settings import EventsSettings
+
+log = logging.getLogger("eco2.jobs")
 
 GROUP = "workers"
 KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -45,7 +50,8 @@ class Job:
 
 
 class JobQueue:
-    def __init__(self, redis: redis.asyncio.Redis, kind: str, settings: EventsSettings | None = None) -> None:
+    def __init__(self, redis: redis.asyncio.Redis, kind: str, settings: EventsSettings | None = None, *,
+                 on_dead: Callable[[Job, str], Awaitable[None]] | None = None) -> None:
         if not KIND_RE.match(kind):
             raise InvalidArgument("invalid job kind", violations=[FieldViolation("kind", "must match [a-z][a-z0-9_-]{0,31}")])
         self.redis = redis
@@ -59,6 +65,7 @@ class JobQueue:
         self._group_ready = False
         self._cursor = "0-0"
         self._visibility_ms = int(self.settings.jobs_visibility_timeout_s * 1000)
+        self.on_dead = on_dead
 
     def _dedupe_key(self, job_id: str) -> str:
         return f"jobs:{{{self.kind}}}:id:{job_id}"
@@ -168,3 +175,8 @@ class JobQueue:
             pipe.hdel(self._errors, job.job_id)
             await pipe.execute()
         JOBS.labels(self.kind, "dead").inc()
+        if self.on_dead is not None:
+            try:
+                await self.on_dead(job, error)
+            except Exception:  # noqa: BLE001 — the job is dead-lettered either way
+                log.warning("on_dead failed", extra={"job_id": job.job_id, "kind": self.kind}, exc_info=True)
