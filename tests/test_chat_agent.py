@@ -252,10 +252,10 @@ async def test_a_chat_job_streams_to_the_user_who_sent_it_only(stack):
     assert state.state.job_id == sent.job_id
 
 
-async def test_eco2_chat_prints_what_the_server_said_about_each_field(stack, capsys):
+async def test_eco2_chat_prints_what_the_server_said_about_each_field(stack, service_env, capsys):
     from eco2.services.chat.cli import _chat
 
-    code = await _chat(stack["chat_addr"], "가" * 5000, f"u-{uuid.uuid4().hex[:8]}", None)
+    code = await _chat(stack["chat_addr"], service_env["ECO2_AUTH_ADDR"], "가" * 5000, f"u-{uuid.uuid4().hex[:8]}", None)
     err = capsys.readouterr().err
     assert code == 1
     assert "message: must be at most 1000 characters (got 5000)" in err, err

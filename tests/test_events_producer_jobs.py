@@ -162,6 +162,25 @@ async def test_a_job_whose_worker_died_is_reclaimed_after_the_visibility_timeout
     await q.ack(again)
 
 
+async def test_a_held_job_keeps_its_claim_past_the_visibility_timeout_and_is_reclaimed_once_let_go(redis_client, settings):
+    q = JobQueue(redis_client, kind(), settings)
+    await q.enqueue("job-held", b"p")
+    job = await q.claim("slow-worker", block_ms=100)
+    loop = asyncio.get_running_loop()
+    async with q.holding(job):
+        until = loop.time() + 4 * settings.jobs_visibility_timeout_s
+        while loop.time() < until:  # a worker still answering: nobody else may take its job
+            assert await q.claim("other", block_ms=20) is None
+    again = None
+    for _ in range(100):  # let go without an ack (the worker died): reclaimed after the timeout
+        again = await q.claim("other", block_ms=20)
+        if again is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert again is not None and (again.job_id, again.attempt) == ("job-held", 2)
+    await q.ack(again)
+
+
 async def test_failed_job_is_retried_then_dead_lettered_with_its_error(redis_client, settings):
     q = JobQueue(redis_client, kind(), settings)
     await q.enqueue("job-3", b"payload-3")

@@ -275,3 +275,29 @@ async def test_a_client_behind_the_feed_buffer_goes_on_without_a_gap_or_a_repeat
     await asyncio.wait_for(asyncio.gather(*(_follow(stack, job, 0, out) for out in clients)), 20)
     for out in clients:  # each stream complete (ended after DONE), every event once, in order
         assert _ids(out) == list(range(1, n + 2)), (len(_ids(out)), CATCH_UPS._value.get() - before)
+
+
+async def test_behind_envoy_a_shared_feed_serves_only_its_own_wristband(service_env):
+    """Mesh mode forwards x-eco2-* as sent (the Envoy in front stripped the client's): a client
+    that skips the Envoy and names another user in x-eco2-user-id must not join that user's
+    shared feed; its own wristband opens its own Subscribe, which EventService refuses."""
+    from eco2.services.dataplane.urls import create_redis
+    from eco2.services.events.producer import EventPublisher
+    from support.identity import wristband
+
+    async with upstreams(service_env) as addrs, gateway(addrs, ECO2_GATEWAY_AUTH_MODE="mesh") as (_app, port):
+        redis = create_redis(service_env["REDIS_URL"])
+        owner, other = f"u-{uuid.uuid4().hex[:8]}", f"u-{uuid.uuid4().hex[:8]}"
+        pub = OwnedJobs(EventPublisher(redis), owner)
+        job = await publish_job(pub, n_tokens=2, terminal=False)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+                async with c.stream("GET", f"/v1/jobs/{job}/events", headers={"x-eco2-identity": wristband(owner), "x-eco2-user-id": owner}) as mine:
+                    assert mine.status_code == 200
+                    async for line in mine.aiter_lines():
+                        if line.startswith("id: "):
+                            break  # the owner's feed is open and serving
+                    spoofed = await c.get(f"/v1/jobs/{job}/events", headers={"x-eco2-identity": wristband(other), "x-eco2-user-id": owner})
+                    assert spoofed.status_code == 404, spoofed.text
+        finally:
+            await redis.aclose()

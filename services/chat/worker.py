@@ -98,7 +98,8 @@ class ChatWorkers:
 
     async def _run(self, job: Job) -> None:
         try:
-            await self.handle(job)
+            async with self.queue.holding(job):  # an answer longer than the visibility timeout keeps its claim
+                await self.handle(job)
             await self.queue.ack(job)
         except asyncio.CancelledError:
             raise

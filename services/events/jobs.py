@@ -20,6 +20,8 @@ called, e.g. to end the job's event stream with an ERROR event.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -47,6 +49,8 @@ class Job:
     payload: bytes
     attempt: int
     entry_id: str
+    #: the consumer that holds the claim
+    consumer: str = ""
 
 
 class JobQueue:
@@ -109,7 +113,7 @@ class JobQueue:
                 await self.redis.xack(self.stream, GROUP, *deleted[0])
             if not entries:
                 break
-            job = await self._take(entries[0])
+            job = await self._take(entries[0], consumer)
             if job is not None:
                 JOBS.labels(self.kind, "reclaimed").inc()
                 return job
@@ -117,13 +121,13 @@ class JobQueue:
         reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, **kwargs)
         for _stream, entries in reply or ():
             for entry in entries:
-                job = await self._take(entry)
+                job = await self._take(entry, consumer)
                 if job is not None:
                     JOBS.labels(self.kind, "claimed").inc()
                     return job
         return None
 
-    async def _take(self, entry) -> Job | None:
+    async def _take(self, entry, consumer: str) -> Job | None:
         entry_id, fields = entry
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         if not fields:  # deleted meanwhile
@@ -131,13 +135,34 @@ class JobQueue:
             return None
         job_id = fields[b"j"].decode()
         attempt = await self.redis.hincrby(self._attempts, job_id, 1)
-        job = Job(job_id, fields[b"p"], attempt, entry_id)
+        job = Job(job_id, fields[b"p"], attempt, entry_id, consumer)
         if attempt > self.settings.jobs_max_attempts:
             last = await self.redis.hget(self._errors, job_id)
             reason = f"not acknowledged within {self.settings.jobs_visibility_timeout_s:g} s after {attempt - 1} attempts"
             await self._dead(job, reason + (f"; last error: {last.decode(errors='replace')}" if last else ""), attempt - 1)
             return None
         return job
+
+    @contextlib.asynccontextmanager
+    async def holding(self, job: Job):
+        """Keep the claim on `job` while the body runs: its idle time is reset every third of the
+        visibility timeout (XCLAIM JUSTID by the same consumer, no new attempt), so a job that
+        runs longer than the timeout is not claimed a second time — nor dead-lettered under a
+        worker still answering it. A worker that dies stops renewing: the job is reclaimed."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.jobs_visibility_timeout_s / 3)
+                try:
+                    await self.redis.xclaim(self.stream, GROUP, job.consumer, 0, [job.entry_id], justid=True)
+                except Exception:  # noqa: BLE001 — Valkey hiccup: the next round tries again
+                    log.warning("renewing a job's claim failed", extra={"job_id": job.job_id, "kind": self.kind}, exc_info=True)
+
+        renewer = asyncio.create_task(renew(), name=f"renew-{job.job_id}")
+        try:
+            yield job
+        finally:
+            renewer.cancel()
 
     async def ack(self, job: Job) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
