@@ -151,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p_chat.add_argument("--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)")
     p_chat.add_argument("question")
     p_chat.set_defaults(func=_chat_cmd)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `eco2` alone: what it can do, not an argparse complaint
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     return args.func(args)
 

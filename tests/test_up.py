@@ -155,3 +155,9 @@ def test_serve_fails_clearly_when_the_port_is_taken(service_env):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_eco2_alone_prints_its_help():
+    proc = subprocess.run([sys.executable, "-m", "eco2.services.cli"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: eco2") and "up" in proc.stdout and "identity" in proc.stdout
