@@ -13,9 +13,11 @@ from google.protobuf import json_format
 from eco2.auth.v1 import auth_pb2
 from eco2.chat.v1 import chat_pb2
 from eco2.images.v1 import images_pb2
+from eco2.services.runtime.validation import ascii_digits
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
 from .http import HttpError, Request
+from .protojson import number_violations
 from .upstream import Upstreams
 
 
@@ -39,7 +41,7 @@ def _body(m, req, body):
 def _query_paging(m, req, body):
     out = {}
     if (size := req.query_value("page_size")) is not None:
-        if not size.isdigit():
+        if not ascii_digits(size):
             raise HttpError(400, "page_size must be a non-negative integer", "BAD_QUERY", details={"field": "page_size"})
         out["pageSize"] = int(size)
     if (token := req.query_value("page_token")) is not None:
@@ -105,6 +107,10 @@ async def call_json(req: Request, route: JsonRoute, m: re.Match, upstreams: Upst
             if not isinstance(body, dict):
                 raise HttpError(400, "body must be a JSON object", "BAD_JSON")
     fields = route.build(m, req, body)
+    violations = number_violations(fields, route.request.DESCRIPTOR)
+    if violations:
+        raise HttpError(400, "invalid request: " + "; ".join(f"{v.field} {v.description}" for v in violations), "BAD_JSON",
+                        details={"field": violations[0].field})
     try:
         request = json_format.ParseDict(fields, route.request())
     except json_format.ParseError as exc:

@@ -2,6 +2,7 @@
 
     eco2 up [--data-dir D]      start the data plane and every service on 127.0.0.1
     eco2 serve NAME             run one service in the foreground (as the Helm chart does)
+    eco2 migrate [NAME...]      apply the schema migrations of these services (default: all)
     eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
     eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
 """
@@ -30,16 +31,50 @@ def loop_factory(settings):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Exit 0 after a clean stop, 2 when a setting is missing or invalid (one line naming the
+    environment variable), 130 on a second Ctrl-C."""
     from .registry import create
     from .runtime.server import run
+    from .runtime.settings import SettingsError
 
-    app = create(args.name)
-    serve = getattr(app, "serve", None)  # HTTP apps (the gateway) run their own server
     try:
+        app = create(args.name)
+        serve = getattr(app, "serve", None)  # HTTP apps (the gateway) run their own server
         with asyncio.Runner(loop_factory=loop_factory(app.settings)) as runner:
             runner.run(serve() if serve else run(app, app.settings))
+    except SettingsError as exc:  # at start-up: before SERVING, so nothing was served
+        print(f"eco2 serve {args.name}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # second Ctrl-C while shutting down
         return 130
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Apply each named service's pending migrations (idempotent: the runner records what it
+    applied), print {service: [files applied]} as JSON. What the Helm hook Job runs before the
+    pods of a release start, so they can skip migrating (ECO2_MIGRATE_ON_START=false)."""
+    from .dataplane.migrations import MigrationError
+    from .registry import MIGRATIONS, create
+
+    names = args.names or list(MIGRATIONS)
+    if unknown := [n for n in names if n not in MIGRATIONS]:
+        print(f"eco2 migrate: no migrations for {', '.join(unknown)}; services with migrations: {', '.join(MIGRATIONS)}", file=sys.stderr)
+        return 2
+    apps = [create(name) for name in names]
+    if not all(app.settings.database_url for app in apps):
+        print("eco2 migrate: set DATABASE_URL", file=sys.stderr)
+        return 2
+
+    async def run_all() -> dict[str, list[str]]:
+        return {app.name: await app.migrate() for app in apps}
+
+    try:
+        applied = asyncio.run(run_all())
+    except MigrationError as exc:
+        print(f"eco2 migrate: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(applied))
     return 0
 
 
@@ -95,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run one service in the foreground")
     p_serve.add_argument("name", help="auth, character, location, images, chat, scan, events or gateway")
     p_serve.set_defaults(func=_serve)
+    p_mig = sub.add_parser("migrate", help="apply the schema migrations of services (idempotent; the Helm chart's hook Job runs it)")
+    p_mig.add_argument("names", nargs="*", metavar="NAME", help="services to migrate (default: every service with migrations)")
+    p_mig.set_defaults(func=_migrate)
     p_ep = sub.add_parser("endpoints", help="print the endpoints of a running stack")
     p_ep.add_argument("--data-dir")
     p_ep.set_defaults(func=_endpoints)
@@ -113,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     p_chat.add_argument("--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)")
     p_chat.add_argument("question")
     p_chat.set_defaults(func=_chat_cmd)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `eco2` alone: what it can do, not an argparse complaint
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     return args.func(args)
 

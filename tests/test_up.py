@@ -159,6 +159,12 @@ def test_serve_fails_clearly_when_the_port_is_taken(service_env):
                 proc.wait()
 
 
+def test_eco2_alone_prints_its_help():
+    proc = subprocess.run([sys.executable, "-m", "eco2.services.cli"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: eco2") and "up" in proc.stdout and "identity" in proc.stdout
+
+
 def _child(up_pid: int, name: str) -> psutil.Process:
     """The live `eco2 serve NAME` (or envoy) process of the stack run by `up_pid`."""
     for proc in psutil.Process(up_pid).children(recursive=True):

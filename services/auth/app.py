@@ -18,6 +18,7 @@ from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.mesh import routes
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
 
 from .domain import ClaimsCache, KeyRing, TokenPolicy, TokenService
@@ -112,11 +113,19 @@ class AuthApp:
     def service_names(self) -> list[str]:
         return [auth_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("AuthService", "MeshIdentityService")] + [AUTHZ_SERVICE]
 
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations; the names of the files applied."""
+        return await apply_migrations(self.settings.database_url, "auth", resources.files(__package__) / "migrations")
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool), "redis": redis_check(self.redis)}
+
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         if s.deployment == Deployment.PRODUCTION and s.auth_keys_dir is None:
             raise RuntimeError("production needs ECO2_AUTH_KEYS_DIR (EC P-256 PEM signing keys)")
-        await apply_migrations(s.database_url, "auth", resources.files(__package__) / "migrations")
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-auth")
         # A blocking pool: a burst of Checks waits for a connection (up to the timeout) instead of
         # failing with "Too many connections" as the default pool does past its size.

@@ -13,6 +13,7 @@ import logging
 from pydantic import Field
 
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check
 from eco2.services.runtime.settings import RuntimeSettings
 
 from .catalog import CatalogCache
@@ -39,9 +40,26 @@ class CharacterApp:
     def service_names(self) -> list[str]:
         return [character_pb2.DESCRIPTOR.services_by_name["CharacterService"].full_name]
 
-    async def start(self, server: grpc.aio.Server) -> None:
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool)}  # Redis only carries catalog broadcasts: not required
+
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations; the names of the files applied. When one was
+        applied and Valkey is configured, the replicas already running reload their catalog."""
         s = self.settings
         applied = await apply_migrations(s.database_url, "character", resources.files(__package__) / "migrations")
+        if applied and s.redis_url:
+            client = create_redis(s.redis_url)
+            try:
+                await ValkeyCatalogBroadcast(client, channel=s.character_catalog_channel).publish_changed("migrations " + ",".join(applied))
+            finally:
+                await client.aclose()
+        return applied
+
+    async def start(self, server: grpc.aio.Server) -> None:
+        s = self.settings
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-character")
         broadcast = None
         if s.redis_url:
@@ -52,9 +70,6 @@ class CharacterApp:
         self.catalog = catalog = CatalogCache(PostgresCatalogRepository(self.pool), broadcast)
         await catalog.refresh()
         catalog.start_listening()
-        if applied and broadcast is not None:
-            # This replica brought a new migration: replicas still running reload too.
-            await broadcast.publish_changed("migrations " + ",".join(applied))
         servicer = CharacterServicer(catalog, PostgresRewardRepository(self.pool))
         character_pb2_grpc.add_CharacterServiceServicer_to_server(servicer, server)
 

@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
 from eco2.services.runtime.clients import channel
@@ -29,7 +30,7 @@ from .settings import ChatSettings
 from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
 from .policy import PolicyRunner
-from .worker import ChatWorkers
+from .worker import ChatWorkers, end_dead_job
 
 
 class ChatApp:
@@ -45,6 +46,18 @@ class ChatApp:
     def service_names(self) -> list[str]:
         return [chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name]
 
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool), "redis": redis_check(self.redis)}
+
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations and create or upgrade the LangGraph checkpoint
+        tables (its own idempotent migrations); the names of the SQL files applied."""
+        s = self.settings
+        applied = await apply_migrations(s.database_url, "chat", resources.files(__package__) / "migrations")
+        async with AsyncPostgresSaver.from_conn_string(s.database_url) as saver:
+            await saver.setup()
+        return applied
+
     def _channel(self, service: str) -> grpc.aio.Channel:
         ch = channel(self.endpoints.address_of(service), default_timeout_s=self.settings.downstream_timeout_s)
         self.channels.append(ch)
@@ -53,18 +66,18 @@ class ChatApp:
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         pii.install()
-        await apply_migrations(s.database_url, "chat", resources.files(__package__) / "migrations")
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-chat")
         self.pg = AsyncConnectionPool(s.database_url, max_size=s.chat_pg_pool_max, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
         await self.pg.open(wait=True, timeout=30)
         saver = AsyncPostgresSaver(self.pg)
-        await saver.setup()
         self.redis = create_redis(s.redis_url)
         # The publisher keeps its own lean connection (events/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.
         sink = self.sink = EventPublisher(self.redis, s)
         outbox = EventOutbox(sink)
-        queue = JobQueue(self.redis, s.chat_job_kind, s)
+        queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink))
         llm = create_llm(
             s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
             gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,

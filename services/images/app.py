@@ -12,6 +12,7 @@ from pydantic import Field
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool
+from eco2.services.runtime.dependencies import postgres_check
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
 
 from .postgres import PostgresImageRepository
@@ -48,6 +49,13 @@ class ImagesApp:
     def service_names(self) -> list[str]:
         return [images_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name]
 
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool)}
+
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations; the names of the files applied."""
+        return await apply_migrations(self.settings.database_url, "images", resources.files(__package__) / "migrations")
+
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         secret = resolve_secret(s.images_url_secret, s.data_dir, embedded=s.deployment == Deployment.EMBEDDED)
@@ -60,7 +68,8 @@ class ImagesApp:
             ).open()
         else:
             self.storage = LocalDiskStorage(s.images_dir or s.data_dir / "images" / "blobs")
-        await apply_migrations(s.database_url, "images", resources.files(__package__) / "migrations")
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-images")
         limits = ImageLimits(s.images_max_bytes, s.images_read_chunk_bytes, s.images_url_ttl_s, s.images_url_prefix)
         servicer = ImageServicer(PostgresImageRepository(self.pool), self.storage, secret, limits)
