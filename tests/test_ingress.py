@@ -145,6 +145,13 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
+async def owned_job(stack, user_id: str) -> str:
+    """A new job id whose events stream to `user_id` (a job streams to its owner only)."""
+    job = f"job-{uuid.uuid4().hex[:12]}"
+    await stack["publisher"].set_owner(job, user_id)
+    return job
+
+
 def frame(message: bytes) -> bytes:
     return struct.pack(">BI", 0, len(message)) + message
 
@@ -406,7 +413,7 @@ async def test_spoofed_identity_headers_on_a_public_path_never_reach_upstream_as
 
 
 async def test_events_subscribe_arrives_event_by_event(stack, session):
-    job = f"job-{uuid.uuid4().hex[:12]}"
+    job = await owned_job(stack, session.user.id)
     publisher = stack["publisher"]
     await publisher.publish(E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     seen = []
@@ -423,7 +430,7 @@ async def test_events_subscribe_arrives_event_by_event(stack, session):
 async def test_grpc_web_streams_arrive_event_by_event(stack, session):
     """StreamChat (gated stand-in) and Subscribe as gRPC-Web over HTTP/1.1, read as they come."""
     chat, publisher = stack["apps"]["chat"], stack["publisher"]
-    job = f"job-{uuid.uuid4().hex[:12]}"
+    job = await owned_job(stack, session.user.id)
     await publisher.publish(E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     calls = {
         "/eco2.chat.v1.ChatService/StreamChat": (chat_pb2.StreamChatRequest(message=job), lambda: chat.gate(job).set()),
@@ -450,7 +457,7 @@ async def test_grpc_web_streams_arrive_event_by_event(stack, session):
 
 
 async def test_sse_through_envoy_arrives_event_by_event(stack, session):
-    job = f"job-{uuid.uuid4().hex[:12]}"
+    job = await owned_job(stack, session.user.id)
     publisher = stack["publisher"]
     await publisher.publish(E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     ids = []
@@ -469,13 +476,13 @@ async def test_a_deadline_through_envoy_is_deadline_exceeded(stack, session):
     """grpcio (its own timer and the server's), and gRPC-Web with only a grpc-timeout header
     (no client-side timer): before the first event and after it."""
     token = session.tokens.access_token
-    open_job = f"job-{uuid.uuid4().hex[:12]}"
+    open_job = await owned_job(stack, session.user.id)
     async with grpc.aio.insecure_channel(stack["target"]) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             async for _ in events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=open_job), metadata=bearer(token), timeout=0.5):
                 pass
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    started = f"job-{uuid.uuid4().hex[:12]}"
+    started = await owned_job(stack, session.user.id)
     await stack["publisher"].publish(E.Event(job_id=started, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     async with httpx.AsyncClient(base_url=stack["url"], timeout=30) as c:
         for job in (open_job, started):
@@ -548,14 +555,15 @@ async def test_connect_node_grpc_web_through_envoy(stack, limited):
     buf = shutil.which("buf") or str(Path(sys.executable).parent / "buf")
     generated = await asyncio.create_subprocess_exec(buf, "generate", cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     assert await generated.wait() == 0, (await generated.stdout.read()).decode()
-    token = (await sign_in(stack["target"])).tokens.access_token
+    user = await sign_in(stack["target"])
+    token = user.tokens.access_token
     revoked = await sign_in(stack["target"])
     async with grpc.aio.insecure_channel(stack["target"]) as ch:
         await auth_pb2_grpc.AuthServiceStub(ch).SignOut(auth_pb2.SignOutRequest(), metadata=bearer(revoked.tokens.access_token), timeout=10)
     async with asyncio.timeout(10):
         while await list_characters(stack["target"], bearer(revoked.tokens.access_token)) == grpc.StatusCode.OK:
             await asyncio.sleep(0.02)
-    job, open_job = f"job-{uuid.uuid4().hex[:12]}", f"job-{uuid.uuid4().hex[:12]}"
+    job, open_job = await owned_job(stack, user.user.id), await owned_job(stack, user.user.id)
     for seq, kind in ((1, E.EVENT_KIND_STAGE), (2, E.EVENT_KIND_TOKEN), (3, E.EVENT_KIND_DONE)):
         await stack["publisher"].publish(E.Event(job_id=job, seq=seq, kind=kind, stage=E.STAGE_ANSWER, delta="x"))
     args = {"url": stack["url"], "limitedUrl": limited.url, "token": token, "revokedToken": revoked.tokens.access_token,
