@@ -146,7 +146,7 @@ def _listener(table: RouteTable, ingress: Ingress, settings: IngressSettings) ->
                 "typed_config": {"@type": f"{_TYPES}.access_loggers.stream.v3.StdoutAccessLog"},
             }
         ],
-        "local_reply_config": {"mappers": _deny_mappers()},
+        "local_reply_config": {"mappers": deny_mappers()},
         "route_config": _routes(table, ingress),
         "http_filters": _http_filters(ingress, settings),
     }
@@ -168,7 +168,7 @@ DENY_CODES = {
 }
 
 
-def _deny_mappers() -> list[dict]:
+def deny_mappers() -> list[dict]:
     """Local-reply mappers that give an ext-authz deny (or failure: response flag UAEX) the shape
     the caller's protocol reads; plain HTTP denies keep their status and JSON body.
 
@@ -179,7 +179,7 @@ def _deny_mappers() -> list[dict]:
     from which the grpc_web filter and the clients derive the code: 429 → UNAVAILABLE.
     Connect unary (a `connect-protocol-version` header): a Connect error body
     `{"code", "message"}`; without it Connect clients derive the code from the HTTP status too.
-    See docs/mesh.md."""
+    Istio's ingress gateway gets the same mappers (mesh/istio.py `deny_replies`). See docs/mesh.md."""
     mappers = []
     for http, (code, connect_code) in DENY_CODES.items():
         denied = [{"response_flag_filter": {"flags": ["UAEX"]}},
