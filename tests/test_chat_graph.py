@@ -14,12 +14,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from eco2.events.v1 import events_pb2
-from eco2.services.chat import kb
 from eco2.services.chat.graph import ChatDeps, Emitter, JobContext, build_graph
 from eco2.services.chat.grpc_clients import GrpcPlaces
 from eco2.services.chat.llm.offline import OfflineLLM
 from eco2.services.chat.policy import PolicyRunner
 from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch
+from eco2.services.knowledge import kb
 from support.fake_tools import FakeTools
 from support.servers import channel, env, running
 

@@ -14,10 +14,11 @@ from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
+from eco2.services.knowledge import kb
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.settings import Endpoints
 
-from . import kb, media, pii
+from . import media, pii
 from .graph import ChatDeps, build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcJobIdentities, GrpcPlaces
 from .llm import create_llm

@@ -27,11 +27,11 @@ from pydantic import BaseModel, Field
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
+from eco2.services.knowledge.kb import KnowledgeBase
 
 from . import bulk_waste as BW
 from . import intents as I
 from . import media as M
-from .kb import KnowledgeBase
 from .llm.ports import LLM, Grounding, LLMError, Message
 from .outbox import EventOutbox, raise_for
 from .policy import FailMode, NodeFailed, PolicyRunner

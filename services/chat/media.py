@@ -26,7 +26,7 @@ from .llm.prompt import neutralise
 from .llm.registry import provider_of
 
 if TYPE_CHECKING:
-    from .kb import KnowledgeBase
+    from eco2.services.knowledge.kb import KnowledgeBase
 
 UNKNOWN = "미분류"
 STARTED, RESULT = events_pb2.TOOL_PHASE_STARTED, events_pb2.TOOL_PHASE_RESULT
