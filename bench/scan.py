@@ -112,7 +112,7 @@ async def rewards(database_url: str, results: list[dict], users: list[str], hint
     by_user = {u: [g for g in grants if g["user_id"] == u] for u in users}
     ownership = {u: [o["character_code"] for o in owned if o["user_id"] == u] for u in users}
     exact = sum(
-        1 for u, h, r in zip(users, hints, results)
+        1 for u, h, r in zip(users, hints, results, strict=True)
         if r["ok"] and [(g["idempotency_key"], g["outcome"]) for g in by_user[u]] == [(r["scan_id"], "RECEIVED")] and ownership[u] == [HINTS[h]]
     )
     return {"grants": len(grants), "ownerships": len(owned), "rewarded_exactly_once": exact}

@@ -28,7 +28,6 @@ from support.servers import env, running
 
 E = events_pb2
 PET = character_pb2.WASTE_CATEGORY_CLEAR_PET
-STAGE_ORDER = ["queue", "vision", "vision", "rule", "rule", "answer"]
 
 
 @pytest.fixture(scope="module")

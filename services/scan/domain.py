@@ -166,9 +166,9 @@ class Answer:
     text: str
 
 
-def answer(kb: KnowledgeBase, c: Classification, *, min_confidence: float, vision_configured: bool, vision_note: str) -> Answer:
-    """The structured answer and its Korean text (what TOKEN events stream), from the rules only:
-    every fact is the knowledge base's, never a model's."""
+def answer(c: Classification, rule: RuleFile | None, *, min_confidence: float, vision_configured: bool, vision_note: str) -> Answer:
+    """The structured answer and its Korean text (what TOKEN events stream), from the category's
+    rules only (None: none found): every fact is the knowledge base's, never a model's."""
     lines: list[str] = []
     if c.basis == VISION:
         if c.confidence < min_confidence:
@@ -182,11 +182,10 @@ def answer(kb: KnowledgeBase, c: Classification, *, min_confidence: float, visio
             lines.append("사진 인식 모델이 설정되어 있지 않아 사진은 보지 못했어요.")
         said = "알려주신" if c.basis == HINT else "답해 주신"
         lines.append(f"{said} '{c.item}'(으)로 분류했어요." if c.item else "답해 주신 분류로 안내할게요.")
-    rule = rule_by_file(kb, c.rule_file) if c.rule_file else None
     if rule is None:
         if vision_note and c.basis == UNCLASSIFIED:
             lines.append(vision_note)
-        lines.append("어떤 물건인지 알 수 없어 분리배출 방법을 안내하지 못했어요. 물건 이름을 알려주시면 다시 찾아볼게요.")
+        lines.append("분리배출 규정을 찾지 못해 방법을 안내하지 못했어요." if c.rule_file else "어떤 물건인지 알 수 없어 분리배출 방법을 안내하지 못했어요. 물건 이름을 알려주시면 다시 찾아볼게요.")
         return Answer(False, [], [], [], "\n".join(lines))
     recyclable = rule.category == RECYCLABLE_MAJOR
     pb = disposal_rule(rule)

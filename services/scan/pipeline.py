@@ -26,7 +26,7 @@ from google.protobuf import any_pb2
 from eco2.character.v1 import character_pb2
 from eco2.events.v1 import events_pb2
 from eco2.scan.v1 import scan_pb2
-from eco2.services.knowledge.kb import KnowledgeBase
+from eco2.services.knowledge.kb import KnowledgeBase, RuleFile
 from eco2.services.llm.ports import LLM
 from eco2.services.llm.vision import UNKNOWN, vision_messages, vision_schema
 from eco2.services.runtime.errors import NotFound, ResourceExhausted
@@ -119,7 +119,7 @@ class ScanPipeline:
 
         rule = await self._rule(classification, em)
         try:
-            answer = await run_stage(d.policies, "answer", lambda: self._answer(classification, note, em))
+            answer = await run_stage(d.policies, "answer", lambda: self._answer(classification, rule, note, em))
         except StageFailed as failed:
             log.error("scan answer failed", extra={"scan_id": scan.id, "error": failed.cause[:300]})
             em.stage(E.STAGE_ANSWER, "answer", FAILED_PHASE, "안내를 만들지 못했어요")
@@ -127,6 +127,7 @@ class ScanPipeline:
             await d.store.set_status(scan.id, FAILED, error=failed.cause[:500])
             await em.flush()
             return ERRORED
+        await em.flush()
         reward, pending = await self._reward(scan, classification, rule is not None, em)
 
         result = scan_pb2.ScanResult(
@@ -203,7 +204,7 @@ class ScanPipeline:
 
     # ---------------------------------------------------------------- rule, answer, reward
 
-    async def _rule(self, c: D.Classification, em: Emitter):
+    async def _rule(self, c: D.Classification, em: Emitter) -> RuleFile | None:
         d = self.deps
         em.stage(E.STAGE_RULE, "rule", STARTED, "분리배출 규정을 찾고 있어요")
         if not c.rule_file:
@@ -223,13 +224,12 @@ class ScanPipeline:
         em.stage(E.STAGE_RULE, "rule", FINISHED, f"{rule.name} 규정")
         return rule
 
-    async def _answer(self, c: D.Classification, note: str, em: Emitter) -> D.Answer:
+    async def _answer(self, c: D.Classification, rule: RuleFile | None, note: str, em: Emitter) -> D.Answer:
         d = self.deps
         em.stage(E.STAGE_ANSWER, "answer", STARTED, "안내를 쓰고 있어요")
-        answer = D.answer(d.kb, c, min_confidence=d.limits.min_confidence, vision_configured=d.vision_llm is not None, vision_note=note)
+        answer = D.answer(c, rule, min_confidence=d.limits.min_confidence, vision_configured=d.vision_llm is not None, vision_note=note)
         em.tokens(answer.text)
         em.stage(E.STAGE_ANSWER, "answer", FINISHED)
-        await em.flush()
         return answer
 
     async def _reward(self, scan: ScanRecord, c: D.Classification, rules_found: bool, em: Emitter) -> tuple[character_pb2.Reward, bool]:
