@@ -5,6 +5,8 @@
     eco2 migrate [NAME...]      apply the schema migrations of these services (default: all)
     eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
     eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
+    eco2 chat "질문"            ask the assistant of the running stack
+    eco2 scan PHOTO [--hint T]  scan a photo with the running stack
 """
 
 from __future__ import annotations
@@ -121,6 +123,12 @@ def _chat_cmd(args: argparse.Namespace) -> int:
     return chat_main(args.data_dir, args.question, args.near)
 
 
+def _scan_cmd(args: argparse.Namespace) -> int:
+    from .scan.cli import main as scan_main
+
+    return scan_main(args.data_dir, args.photo, args.hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eco2", description="Eco² mesh: the recycling assistant as gRPC services")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     p_chat.add_argument("--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)")
     p_chat.add_argument("question")
     p_chat.set_defaults(func=_chat_cmd)
+    p_scan = sub.add_parser("scan", help="scan a photo with a running stack: stages, the disposal answer and the character earned")
+    p_scan.add_argument("--data-dir")
+    p_scan.add_argument("--hint", default="", help="what the item is, e.g. \"투명 생수병\" (offline, the photo is not looked at: the hint classifies it)")
+    p_scan.add_argument("photo", help="a PNG, JPEG, GIF or WebP file")
+    p_scan.set_defaults(func=_scan_cmd)
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # `eco2` alone: what it can do, not an argparse complaint
         parser.print_help()

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium
 async def real_chat(service_env, addrs, monkeypatch):
     """location + the real chat service (offline provider, slowed down), in-process."""
     from eco2.services.chat import app as chat_app_module
-    from eco2.services.chat.llm import create_llm
+    from eco2.services.llm import create_llm
     from eco2.services.location.app import create as create_location
 
     monkeypatch.setattr(chat_app_module, "create_llm", lambda *a, **k: create_llm(*a, **{**k, "offline_token_delay_s": TOKEN_DELAY_S}))

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.services.registry import SERVICES
+from support.fake_llm import png
 
 
 def _eco2(*args: str, **kw) -> subprocess.Popen:
@@ -90,6 +91,20 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         assert asked.returncode == 0, asked.stderr
         assert "라벨" in asked.stdout and "[출처]" in asked.stdout and "[샘플]" in asked.stdout, asked.stdout
 
+        # eco2 scan: a photo and a hint that names it → the rules and the character; the exit codes
+        photo, text = data_dir / "pet.png", data_dir / "notes.txt"
+        photo.write_bytes(png(b"eco2 scan from the terminal"))
+        text.write_text("사진이 아니에요")
+        scanned = _scan(data_dir, "--hint", "투명 생수병", str(photo))
+        assert scanned.returncode == 0, scanned.stderr
+        assert "라벨" in scanned.stdout and "[규정] 무색페트병 (재활용폐기물_무색페트병)" in scanned.stdout and "[보상] '페티' 캐릭터를 획득했어요!" in scanned.stdout, scanned.stdout
+        assert "사진 인식 모델이 설정되어 있지 않아" in scanned.stdout and "· 분리배출 규정을 찾고 있어요" in scanned.stderr
+        asking = _scan(data_dir, str(photo))  # no hint, no terminal to answer in
+        assert asking.returncode == 3 and "사진 속 물건이 무엇인가요?" in asking.stderr and "  3. 무색페트병" in asking.stderr, asking.stderr
+        for bad, message in ((text, "is not a PNG, JPEG, GIF or WebP image"), (data_dir / "missing.png", "cannot read")):
+            refused_scan = _scan(data_dir, str(bad))
+            assert refused_scan.returncode == 2 and message in refused_scan.stderr, refused_scan.stderr
+
         # a second stack on the same data dir fails fast and clearly, and harms nothing
         second = _eco2("up", "--data-dir", str(data_dir))
         assert second.wait(timeout=30) != 0
@@ -125,6 +140,17 @@ def test_up_restarts_warm_on_the_same_data_dir(data_dir):
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+def _scan(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eco2.services.cli", "scan", "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_scan_without_a_stack_fails_clearly(data_dir):
+    photo = data_dir / "photo.png"
+    photo.write_bytes(png(b"no stack"))
+    scanned = _scan(data_dir, str(photo))
+    assert scanned.returncode == 1 and "no stack is running" in scanned.stderr
 
 
 def test_chat_without_a_stack_fails_clearly(data_dir):

@@ -15,14 +15,16 @@ from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
+from eco2.services.knowledge import kb
+from eco2.services.llm import create_llm
+from eco2.services.llm.images import create_image_model
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.settings import Endpoints
 
-from . import kb, media, pii
+from . import media, pii
+from .answer import compose
 from .graph import ChatDeps, build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcJobIdentities, GrpcPlaces
-from .llm import create_llm
-from .llm.images import create_image_model
 from .outbox import EventOutbox
 from .postgres import ConversationStore
 from .service import ChatServicer
@@ -80,7 +82,7 @@ class ChatApp:
         queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink))
         llm = create_llm(
             s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
-            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
+            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s, compose=compose,
         )
         if hasattr(llm, "aclose"):
             self.closers.append(llm)

@@ -27,15 +27,17 @@ from pydantic import BaseModel, Field
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
+from eco2.services.knowledge.kb import KnowledgeBase
+from eco2.services.llm.images import ImageModel
+from eco2.services.llm.offline import OfflineLLM
+from eco2.services.llm.ports import LLM, Grounding, LLMError, Message
 
 from . import bulk_waste as BW
 from . import intents as I
 from . import media as M
-from .kb import KnowledgeBase
-from .llm.ports import LLM, Grounding, LLMError, Message
+from .answer import compose
 from .outbox import EventOutbox, raise_for
 from .policy import FailMode, NodeFailed, PolicyRunner
-from .llm.images import ImageModel
 from .ports import Characters, Images, Places, Weather, WebSearch
 
 STAGE_OF = {
@@ -622,11 +624,9 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
             await em.stage("answer", events_pb2.STAGE_PHASE_FAILED, message=failed.cause[:200])
             raise
         # Model fallback: the offline composer answers from the same grounding.
-        from .llm.offline import OfflineLLM
-
         fallback = True
         await em.stage("answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요")
-        await stream_with(OfflineLLM())
+        await stream_with(OfflineLLM(compose))
     await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=time.monotonic() - started)
     await em.drain()
     update: dict = {"answer": "".join(emitted), "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
