@@ -71,7 +71,8 @@ async def one_turn(stub, text: str, user: str, events=None) -> dict:
             stream = stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300)
         else:
             sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300)
-            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), timeout=300)
+            # a job streams to its owner only: subscribe as the user who sent it
+            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=(("x-eco2-user-id", user),), timeout=300)
         async for e in stream:
             if e.kind == events_pb2.EVENT_KIND_TOKEN:
                 out["tokens"] += 1
@@ -181,8 +182,8 @@ def sdk_floor(n: int) -> dict:
     a floor for a chat process's CPU per conversation."""
     import uvloop
 
-    from eco2.services.chat.llm.openai_adapter import OpenAILLM
-    from eco2.services.chat.llm.ports import Message, ModelInfo
+    from eco2.services.llm.openai_adapter import OpenAILLM
+    from eco2.services.llm.ports import Message, ModelInfo
 
     port = free_port()
     fake = subprocess.Popen([sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(port), "--first-token-ms", "0", "--token-ms", "0", "--tokens", str(TOKENS)],

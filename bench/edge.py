@@ -15,8 +15,8 @@ gateway (a lean asyncio client). ratio = b / a.
 sse: N clients each hold GET /v1/jobs/{job}/events open (jobs shared by 100 clients each); a
 producer publishes one TOKEN per job every `--sse-interval` s, then DONE; every client must
 receive every event. rss_per_client_kb = (gateway RSS with N idle clients − RSS before) / N.
-sse_catchup: `--catchup-clients` clients (one user each: nothing shared) read a finished job of
-`--catchup-events` events from the start at once, as after a reconnect storm; events/s and CPU
+sse_catchup: `--catchup-clients` clients (one user each: nothing shared) each read a finished job
+of their own of `--catchup-events` events from the start at once, as after a reconnect storm; events/s and CPU
 per delivered event of the gateway and the events process.
 """
 
@@ -146,6 +146,7 @@ async def sse_run(port: int, redis_url: str, gw_pid: int, clients: int, seconds:
     run = os.urandom(4).hex()
     jobs = [f"job-bench-{run}-{i}" for i in range(max(1, clients // 100))]
     for job in jobs:
+        await pub.set_owner(job, "bench")  # every client reads as the user "bench": a job streams to its owner only
         await pub.publish(E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     gw = psutil.Process(gw_pid)
     rss_before = gw.memory_info().rss
@@ -231,7 +232,8 @@ async def sse_run(port: int, redis_url: str, gw_pid: int, clients: int, seconds:
 
 async def sse_catchup(port: int, redis_url: str, gw_pid: int, ev_pid: int, clients: int, events: int) -> dict:
     """`clients` browsers (each its own user, so no feed is shared) open the SSE stream of a
-    finished job of `events` events from the start, all at once, as after a reconnect storm:
+    finished job of `events` events of their own (a job streams to its owner only) from the
+    start, all at once, as after a reconnect storm:
     every client must receive every event; CPU per delivered event of the gateway and of the
     events process."""
     from eco2.services.dataplane.urls import create_redis
@@ -239,16 +241,19 @@ async def sse_catchup(port: int, redis_url: str, gw_pid: int, ev_pid: int, clien
 
     redis = create_redis(redis_url)
     pub = EventPublisher(redis)
-    job = f"job-catchup-{os.urandom(4).hex()}"
-    for first in range(1, events, 500):
-        await pub.publish_many([E.Event(job_id=job, seq=q, kind=E.EVENT_KIND_TOKEN, delta="토큰 ") for q in range(first, min(events, first + 500))])
-    await pub.publish(E.Event(job_id=job, seq=events, kind=E.EVENT_KIND_DONE))
+    run = os.urandom(4).hex()
+    jobs = [f"job-catchup-{run}-{i}" for i in range(clients)]
+    for i, job in enumerate(jobs):
+        await pub.set_owner(job, f"catchup-{i}")
+        for first in range(1, events, 500):
+            await pub.publish_many([E.Event(job_id=job, seq=q, kind=E.EVENT_KIND_TOKEN, delta="토큰 ") for q in range(first, min(events, first + 500))])
+        await pub.publish(E.Event(job_id=job, seq=events, kind=E.EVENT_KIND_DONE))
     await redis.aclose()
     received = [0] * clients
 
     async def client(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-        writer.write(f"GET /v1/jobs/{job}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-eco2-user-id: catchup-{i}\r\naccept: text/event-stream\r\n\r\n".encode())
+        writer.write(f"GET /v1/jobs/{jobs[i]}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-eco2-user-id: catchup-{i}\r\naccept: text/event-stream\r\n\r\n".encode())
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):

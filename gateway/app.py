@@ -266,9 +266,11 @@ class Gateway:
 # --- the process --------------------------------------------------------------------------
 
 
-def _listen(host: str, port: int, backlog: int, user_timeout_s: float = 0) -> socket.socket:
+def _listen(host: str, port: int, backlog: int, user_timeout_s: float = 0, reuse_port: bool = False) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:  # the port `eco2 up` holds for this process (ECO2_REUSE_PORT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if user_timeout_s and hasattr(socket, "TCP_USER_TIMEOUT"):
         # Inherited by accepted sockets: a client that stops reading (zero window) is dropped by
@@ -322,7 +324,7 @@ class GatewayApp:
         from hypercorn.utils import wrap_app
 
         s = self.settings
-        sock = _listen(s.http_host, s.http_port, s.gateway_backlog, s.gateway_tcp_user_timeout_s)
+        sock = _listen(s.http_host, s.http_port, s.gateway_backlog, s.gateway_tcp_user_timeout_s, s.reuse_port)
         self.port = sock.getsockname()[1]
         self._stop = asyncio.Event()
         app = wrap_app(self.asgi, 0, "asgi")
@@ -338,7 +340,7 @@ class GatewayApp:
         from granian.http import HTTP1Settings, HTTP2Settings
 
         s = self.settings
-        sock = _listen(s.http_host, s.http_port, s.gateway_backlog, s.gateway_tcp_user_timeout_s)
+        sock = _listen(s.http_host, s.http_port, s.gateway_backlog, s.gateway_tcp_user_timeout_s, s.reuse_port)
         self.port = sock.getsockname()[1]
         loop = asyncio.get_running_loop()
         done = loop.create_future()
@@ -404,7 +406,7 @@ class GatewayApp:
         s = self.settings
         configure_logging(self.name, s.log_level, s.log_format)
         try:
-            serve_metrics(s.metrics_host, s.metrics_port)
+            serve_metrics(s.metrics_host, s.metrics_port, reuse_port=s.reuse_port)
         except OSError as exc:
             raise SystemExit(f"cannot serve /metrics on {s.metrics_host}:{s.metrics_port}: {exc}") from None
         try:

@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterable
 
 import grpc
 from google.protobuf import json_format, message_factory
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from eco2.services.runtime.errors import DomainError, FieldViolation
+from eco2.services.runtime.validation import ascii_digits
 
 from .framing import (
     COMPRESSED_FLAG,
@@ -36,6 +37,7 @@ from .framing import (
     trailer_block,
 )
 from .http import BodyTimeout, BodyTooLarge, ClientGone, Headers, Request
+from .protojson import number_violations
 from .upstream import Route, Upstreams
 
 log = logging.getLogger("eco2.gateway.bridge")
@@ -131,6 +133,24 @@ class GrpcWebWriter:
         await self.req.write(b"", more=False)
 
 
+#: The google.rpc error details the edge also shows decoded (BadRequest, ErrorInfo, RetryInfo, ...).
+_KNOWN_DETAILS = {d.full_name: message_factory.GetMessageClass(d) for d in error_details_pb2.DESCRIPTOR.message_types_by_name.values()}
+
+
+def _detail(d) -> dict:
+    """One detail in Connect's error JSON: `type`, `value` (its bytes, base64) and, for the known
+    google.rpc details, `debug`: the same message as proto3 JSON, for people and plain-JSON clients."""
+    name = d.type_url.rsplit("/", 1)[-1]
+    out = {"type": name, "value": base64.b64encode(d.value).decode().rstrip("=")}
+    cls = _KNOWN_DETAILS.get(name)
+    if cls is not None:
+        try:
+            out["debug"] = json_format.MessageToDict(cls.FromString(d.value))
+        except Exception:  # noqa: BLE001 - undecodable bytes: the detail stays, opaque
+            pass
+    return out
+
+
 def connect_error(code: int, message: str, trailing) -> dict:
     out: dict = {"code": CONNECT_CODES.get(code, "unknown"), "message": message}
     raw = _details_bin(trailing or ())
@@ -140,9 +160,7 @@ def connect_error(code: int, message: str, trailing) -> dict:
             status.ParseFromString(raw)
         except Exception:  # noqa: BLE001 - a broken details trailer is dropped, the status stays
             status = status_pb2.Status()
-        out["details"] = [
-            {"type": d.type_url.rsplit("/", 1)[-1], "value": base64.b64encode(d.value).decode().rstrip("=")} for d in status.details
-        ]
+        out["details"] = [_detail(d) for d in status.details]
     return out
 
 
@@ -225,7 +243,7 @@ class Bridge:
         if connect:
             raw = req.headers.get("connect-timeout-ms")
             if raw is not None:
-                if not raw.isdigit() or len(raw) > 10:
+                if not ascii_digits(raw) or len(raw) > 10:
                     raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed connect-timeout-ms {raw!r}: want up to 10 digits", "BAD_TIMEOUT",
                                     [FieldViolation("connect-timeout-ms", "up to 10 digits")])
                 return min(int(raw) / 1000.0, cap)
@@ -406,8 +424,12 @@ def _to_json(cls) -> Callable[[bytes], bytes]:
 
 def _from_json(cls, body: bytes) -> bytes:
     try:
-        msg = json_format.Parse(body.decode("utf-8") if body else "{}", cls())
-    except (json_format.ParseError, UnicodeDecodeError) as exc:
+        text = body.decode("utf-8") if body else "{}"
+        violations = number_violations(json.loads(text), cls.DESCRIPTOR)
+        if violations:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {', '.join(v.field for v in violations)}", "BAD_JSON", violations)
+        msg = json_format.Parse(text, cls())
+    except (json_format.ParseError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"request is not valid JSON for {cls.DESCRIPTOR.full_name}: {exc}", "BAD_JSON",
                         [FieldViolation("body", str(exc))]) from None
     return msg.SerializeToString()

@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
+from eco2.services.runtime.validation import ascii_digits
+
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
@@ -92,7 +94,7 @@ class Request:
         if self.body_done:
             return b""
         length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
+        if length is not None and ascii_digits(length) and int(length) > limit:
             raise BodyTooLarge(limit, setting)
         buf = bytearray()
         try:

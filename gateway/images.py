@@ -19,6 +19,7 @@ import grpc
 
 from eco2.images.v1 import images_pb2
 from eco2.services.images import signing
+from eco2.services.runtime.validation import ascii_digits
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
 from .http import ClientGone, Headers, HttpError, Request
@@ -59,7 +60,7 @@ class SignedImages:
         if sha is None:
             expired = False
             exp = req.query_value("exp") or ""
-            if exp.isdigit() and int(exp) < time.time():
+            if ascii_digits(exp) and int(exp) < time.time():
                 expired = True
             raise HttpError(403, "the image link has expired: ask for a new one (GET /v1/images/meta/{key})" if expired
                             else "the image link's signature is not valid", "LINK_EXPIRED" if expired else "BAD_SIGNATURE")

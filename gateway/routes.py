@@ -11,11 +11,15 @@ import grpc
 from google.protobuf import json_format
 
 from eco2.auth.v1 import auth_pb2
+from eco2.character.v1 import character_pb2
 from eco2.chat.v1 import chat_pb2
 from eco2.images.v1 import images_pb2
+from eco2.scan.v1 import scan_pb2
+from eco2.services.runtime.validation import ascii_digits
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
 from .http import HttpError, Request
+from .protojson import number_violations
 from .upstream import Upstreams
 
 
@@ -39,7 +43,7 @@ def _body(m, req, body):
 def _query_paging(m, req, body):
     out = {}
     if (size := req.query_value("page_size")) is not None:
-        if not size.isdigit():
+        if not ascii_digits(size):
             raise HttpError(400, "page_size must be a non-negative integer", "BAD_QUERY", details={"field": "page_size"})
         out["pageSize"] = int(size)
     if (token := req.query_value("page_token")) is not None:
@@ -68,6 +72,14 @@ ROUTES = [
               chat_pb2.GetConversationRequest, chat_pb2.GetConversationResponse, lambda m, r, b: {"conversationId": m.group(1)}),
     JsonRoute("GET", re.compile(r"^/v1/images/meta/(sha256:[0-9a-f]{64})$"), "images", "/eco2.images.v1.ImageService/GetImage",
               images_pb2.GetImageRequest, images_pb2.GetImageResponse, lambda m, r, b: {"key": m.group(1)}),
+    JsonRoute("POST", re.compile(r"^/v1/scans$"), "scan", "/eco2.scan.v1.ScanService/SubmitScan",
+              scan_pb2.SubmitScanRequest, scan_pb2.SubmitScanResponse, _body, _with_events_url),
+    JsonRoute("POST", re.compile(r"^/v1/scans/input$"), "scan", "/eco2.scan.v1.ScanService/ProvideScanInput",
+              scan_pb2.ProvideScanInputRequest, scan_pb2.ProvideScanInputResponse, _body),
+    JsonRoute("GET", re.compile(r"^/v1/scans/([A-Za-z0-9-]{1,64})$"), "scan", "/eco2.scan.v1.ScanService/GetScan",
+              scan_pb2.GetScanRequest, scan_pb2.GetScanResponse, lambda m, r, b: {"scanId": m.group(1)}),
+    JsonRoute("GET", re.compile(r"^/v1/collection$"), "character", "/eco2.character.v1.CharacterService/ListCollection",
+              character_pb2.ListCollectionRequest, character_pb2.ListCollectionResponse, _query_paging),
 ]
 
 
@@ -105,6 +117,10 @@ async def call_json(req: Request, route: JsonRoute, m: re.Match, upstreams: Upst
             if not isinstance(body, dict):
                 raise HttpError(400, "body must be a JSON object", "BAD_JSON")
     fields = route.build(m, req, body)
+    violations = number_violations(fields, route.request.DESCRIPTOR)
+    if violations:
+        raise HttpError(400, "invalid request: " + "; ".join(f"{v.field} {v.description}" for v in violations), "BAD_JSON",
+                        details={"field": violations[0].field})
     try:
         request = json_format.ParseDict(fields, route.request())
     except json_format.ParseError as exc:

@@ -45,7 +45,7 @@ class GatewaySettings(RuntimeSettings, Endpoints):
     gateway_cors_origins: list[str] = Field(default_factory=list, description='origins allowed cross-origin, JSON list (same-origin is always allowed), e.g. ["http://localhost:5173"]')
     gateway_cors_max_age_s: int = Field(600, ge=0, description="how long browsers may cache a CORS preflight")
     gateway_sse_keepalive_s: float = Field(15.0, gt=0, description="interval of SSE keepalive comments")
-    gateway_sse_header_wait_s: float = Field(1.0, ge=0, description="how long SSE waits for the first upstream event (so an unknown job gets a real 404) before sending headers")
+    gateway_sse_header_wait_s: float = Field(1.0, ge=0, description="how long SSE waits for the first upstream event before sending headers, so an early upstream error (e.g. a replay trimmed past the cursor) gets a real HTTP status; an unknown job is a 404 at once (GetJobState first)")
     gateway_sse_feed_buffer_events: int = Field(4096, ge=16, description="events of one job kept by its shared upstream subscription for SSE clients that join late or lag (oldest half dropped past it)")
     gateway_upload_chunk_bytes: int = Field(64 * 1024, ge=1024, description="chunk size of image uploads streamed to ImageService.Upload")
     gateway_h2_max_concurrent_streams: int = Field(100, ge=1, description="HTTP/2 streams per client connection")

@@ -21,12 +21,14 @@ from prometheus_client import Counter
 
 from eco2.events.v1 import events_pb2
 from eco2.services.runtime.identity import IDENTITY_KEY
+from eco2.services.runtime.validation import ascii_digits
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
 from .http import ClientGone, Headers, HttpError, Request
 from .upstream import Upstreams
 
 SUBSCRIBE = "/eco2.events.v1.EventService/SubscribeBatches"
+JOB_STATE = "/eco2.events.v1.EventService/GetJobState"
 PATH = re.compile(r"^/v1/jobs/([A-Za-z0-9_.:-]{1,128})/events$")
 TERMINAL = {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR}
 _KIND_NAMES = {v.number: v.name.removeprefix("EVENT_KIND_").lower() for v in events_pb2.EventKind.DESCRIPTOR.values}
@@ -42,7 +44,7 @@ def parse_cursor(req: Request) -> int:
     if raw is None or raw == "":
         return 0
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 20 or int(raw) > _MAX_SEQ:
+    if not ascii_digits(raw) or len(raw) > 20 or int(raw) > _MAX_SEQ:
         raise HttpError(400, f"{source} must be an event seq (a non-negative integer), got {raw[:40]!r}", "BAD_CURSOR", details={"field": source})
     return int(raw)
 
@@ -127,6 +129,7 @@ class EventStreams:
         self.settings = settings
         self.upstreams = upstreams
         self._subscribe = None
+        self._job_state = None
         self._feeds: dict[tuple[str, str], Feed] = {}
 
     def _stub(self):
@@ -136,6 +139,17 @@ class EventStreams:
                 response_deserializer=events_pb2.SubscribeBatchesResponse.FromString
             )
         return self._subscribe
+
+    async def _check_job(self, job_id: str, metadata: list[tuple[str, str]]) -> None:
+        """GetJobState as the caller: NOT_FOUND for a job that does not exist or is someone
+        else's, answered at once, so the client gets a real 404 instead of headers and an
+        in-band error after the events service's unknown-job grace (ECO2_EVENTS_UNKNOWN_JOB_GRACE_S)."""
+        if self._job_state is None:
+            self._job_state = self.upstreams.channel(self.settings.events_addr).unary_unary(
+                JOB_STATE, request_serializer=events_pb2.GetJobStateRequest.SerializeToString,
+                response_deserializer=events_pb2.GetJobStateResponse.FromString,
+            )
+        await self._job_state(events_pb2.GetJobStateRequest(job_id=job_id), metadata=metadata, timeout=self.settings.gateway_default_timeout_s)
 
     def _forget(self, feed: Feed) -> None:
         if self._feeds.get(feed.key) is feed:
@@ -162,13 +176,19 @@ class EventStreams:
         if req.method != "GET":
             raise HttpError(405, "use GET", "METHOD_NOT_ALLOWED", headers=[(b"allow", b"GET")])
         after = parse_cursor(req)
+        try:
+            await self._check_job(job_id, metadata)
+        except grpc.aio.AioRpcError as exc:
+            await self._refuse(req, exc, extra)
+            return
         feed = self._join(job_id, after, metadata)
         watcher = asyncio.ensure_future(req.wait_disconnect())
         s = self.settings
         started = False
         pos = feed.position(after)
         try:
-            # Wait briefly for the first event so an unknown job gets a real HTTP error.
+            # Wait briefly for the first event so an early upstream error (e.g. OUT_OF_RANGE: the
+            # replay was trimmed past the cursor) gets a real HTTP status.
             if pos - feed.base >= len(feed.events) and not feed.ended:
                 await asyncio.wait([feed.changed, watcher], timeout=s.gateway_sse_header_wait_s, return_when=asyncio.FIRST_COMPLETED)
             while not watcher.done():
@@ -214,11 +234,10 @@ class EventStreams:
                 await self._start(req, extra)
             await req.write(b"", more=False)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code().value[0]
-            err = connect_error(code, exc.details() or "", exc.trailing_metadata())
             if not started:
-                await req.respond_json(CONNECT_HTTP.get(code, 502), {"error": {"code": CONNECT_HTTP.get(code, 502), "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}, extra)
+                await self._refuse(req, exc, extra)
             else:  # headers are out: tell the client in-band, it resumes from its last id
+                err = connect_error(exc.code().value[0], exc.details() or "", exc.trailing_metadata())
                 await req.write(f"event: error\ndata: {json.dumps(err, ensure_ascii=False)}\n\n".encode(), more=False)
         except (asyncio.CancelledError, ClientGone):
             if not req.disconnected:
@@ -226,6 +245,14 @@ class EventStreams:
         finally:
             watcher.cancel()
             feed.leave()
+
+    @staticmethod
+    async def _refuse(req: Request, exc: grpc.aio.AioRpcError, extra: Headers) -> None:
+        """An upstream error before the stream started, as an HTTP error with its JSON body."""
+        code = exc.code().value[0]
+        err = connect_error(code, exc.details() or "", exc.trailing_metadata())
+        status = CONNECT_HTTP.get(code, 502)
+        await req.respond_json(status, {"error": {"code": status, "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}, extra)
 
     async def _start(self, req: Request, extra: Headers) -> None:
         await req.start(200, [

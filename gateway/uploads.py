@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from eco2.images.v1 import images_pb2
+from eco2.services.runtime.validation import ascii_digits
 
 from .http import ClientGone, HttpError, Request
 from .routes import grpc_error_body
@@ -33,7 +34,7 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
         raise HttpError(415, "send multipart/form-data with a `file` part", "UNSUPPORTED_MEDIA_TYPE")
     limit = settings.gateway_max_body_bytes
     length = req.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
+    if length and ascii_digits(length) and int(length) > limit:
         raise HttpError(413, f"upload exceeds {limit} bytes (ECO2_GATEWAY_MAX_BODY_BYTES)", "BODY_TOO_LARGE")
     channel_name = (req.query_value("channel") or "chat").strip().lower()
     channel = _CHANNELS.get(channel_name)

@@ -6,6 +6,8 @@
     eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
     eco2 status [--data-dir]    each service's health, open streams and job queue, one table
     eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
+    eco2 chat "질문"            ask the assistant of the running stack
+    eco2 scan PHOTO [--hint T]  scan a photo with the running stack
 """
 
 from __future__ import annotations
@@ -32,14 +34,20 @@ def loop_factory(settings):
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """Exit 0 after a clean stop, 2 when a setting is missing or invalid (one line naming the
+    environment variable), 130 on a second Ctrl-C."""
     from .registry import create
     from .runtime.server import run
+    from .runtime.settings import SettingsError
 
-    app = create(args.name)
-    serve = getattr(app, "serve", None)  # HTTP apps (the gateway) run their own server
     try:
+        app = create(args.name)
+        serve = getattr(app, "serve", None)  # HTTP apps (the gateway) run their own server
         with asyncio.Runner(loop_factory=loop_factory(app.settings)) as runner:
             runner.run(serve() if serve else run(app, app.settings))
+    except SettingsError as exc:  # at start-up: before SERVING, so nothing was served
+        print(f"eco2 serve {args.name}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:  # second Ctrl-C while shutting down
         return 130
     return 0
@@ -130,6 +138,12 @@ def _chat_cmd(args: argparse.Namespace) -> int:
     return chat_main(args.data_dir, args.question, args.near)
 
 
+def _scan_cmd(args: argparse.Namespace) -> int:
+    from .scan.cli import main as scan_main
+
+    return scan_main(args.data_dir, args.photo, args.hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eco2", description="Eco² mesh: the recycling assistant as gRPC services")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     p_chat.add_argument("--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)")
     p_chat.add_argument("question")
     p_chat.set_defaults(func=_chat_cmd)
+    p_scan = sub.add_parser("scan", help="scan a photo with a running stack: stages, the disposal answer and the character earned")
+    p_scan.add_argument("--data-dir")
+    p_scan.add_argument("--hint", default="", help="what the item is, e.g. \"투명 생수병\" (offline, the photo is not looked at: the hint classifies it)")
+    p_scan.add_argument("photo", help="a PNG, JPEG, GIF or WebP file")
+    p_scan.set_defaults(func=_scan_cmd)
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # `eco2` alone: what it can do, not an argparse complaint
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
     return args.func(args)
 

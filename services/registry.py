@@ -20,6 +20,7 @@ SERVICES: dict[str, str] = {
     "location": "eco2.services.location.app:create",
     "images": "eco2.services.images.app:create",
     "chat": "eco2.services.chat.app:create",
+    "scan": "eco2.services.scan.app:create",
     "events": "eco2.services.events.app:create",
 }
 

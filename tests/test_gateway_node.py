@@ -42,10 +42,13 @@ async def results(service_env, generated):
             import httpx
 
             async with httpx.AsyncClient(base_url=url) as c:
-                token = (await c.post("/v1/auth/dev-sign-in", json={"displayName": "node-tests"})).json()["tokens"]["accessToken"]
+                signed_in = (await c.post("/v1/auth/dev-sign-in", json={"displayName": "node-tests"})).json()
+            token = signed_in["tokens"]["accessToken"]
             job, open_job = f"job-{uuid.uuid4().hex[:12]}", f"job-{uuid.uuid4().hex[:12]}"
             redis = create_redis(service_env["REDIS_URL"])
             pub = EventPublisher(redis)
+            for owned in (job, open_job):  # the signed-in user's jobs: streams are their owner's only
+                await pub.set_owner(owned, signed_in["user"]["id"])
             E = events_pb2
             for ev in [
                 E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_ANSWER),

@@ -11,7 +11,10 @@ import httpx
 import pytest
 
 from eco2.events.v1 import events_pb2 as E
+from eco2.services.events.settings import EventsSettings
 from support.gateway import gateway, upstreams
+
+DEFAULT_GRACE_S = EventsSettings.model_fields["events_unknown_job_grace_s"].default
 
 
 @pytest.fixture(scope="module")
@@ -19,16 +22,40 @@ async def stack(service_env):
     from eco2.services.dataplane.urls import create_redis
     from eco2.services.events.producer import EventPublisher
 
-    async with upstreams(service_env) as addrs:
-        # the header wait must outlast the events service's unknown-job grace (0.3 s here) with room
-        # for a busy CI machine, or an unknown job gets 200 + an in-band error instead of its 404
-        async with gateway(addrs, ECO2_GATEWAY_SSE_FEED_BUFFER_EVENTS="16", ECO2_GATEWAY_SSE_HEADER_WAIT_S="5") as (app, port):
+    # the default header wait and unknown-job grace: an unknown job must still be a 404
+    async with upstreams(service_env, ECO2_EVENTS_UNKNOWN_JOB_GRACE_S=str(DEFAULT_GRACE_S)) as addrs:
+        async with gateway(addrs, ECO2_GATEWAY_SSE_FEED_BUFFER_EVENTS="16") as (app, port):
             redis = create_redis(service_env["REDIS_URL"])
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-                token = (await c.post("/v1/auth/dev-sign-in", json={"displayName": "sse-tests"})).json()["tokens"]["accessToken"]
+                signed_in = (await c.post("/v1/auth/dev-sign-in", json={"displayName": "sse-tests"})).json()
+                token = signed_in["tokens"]["accessToken"]
                 c.headers["authorization"] = f"Bearer {token}"
-                yield {"client": c, "pub": EventPublisher(redis), "port": port, "token": token, "app": app, "events_addr": addrs["events"]}
+                pub = OwnedJobs(EventPublisher(redis), signed_in["user"]["id"])
+                yield {"client": c, "pub": pub, "port": port, "token": token, "app": app, "events_addr": addrs["events"], "user": signed_in["user"]["id"]}
             await redis.aclose()
+
+
+class OwnedJobs:
+    """The real publisher, recording the signed-in test user as the owner of each job it first
+    publishes to, as the chat service does (a job streams to its owner only)."""
+
+    def __init__(self, publisher, owner: str) -> None:
+        self.publisher, self.owner = publisher, owner
+        self.owned: set[str] = set()
+
+    async def _own(self, job_id: str) -> None:
+        if job_id not in self.owned:
+            await self.publisher.set_owner(job_id, self.owner)
+            self.owned.add(job_id)
+
+    async def publish(self, event):
+        await self._own(event.job_id)
+        return await self.publisher.publish(event)
+
+    async def publish_many(self, events):
+        for job_id in dict.fromkeys(e.job_id for e in events):
+            await self._own(job_id)
+        return await self.publisher.publish_many(events)
 
 
 def parse(text: str) -> list[dict]:
@@ -75,13 +102,14 @@ async def test_the_router_subscribe_and_sse_pass_each_events_traceparent_through
     import grpc
 
     from eco2.events.v1 import events_pb2_grpc
+    from support.identity import as_user
 
     job = f"job-{uuid.uuid4().hex[:12]}"
     parents = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-0{i % 2}" for i in range(4)]
     kinds = [E.EVENT_KIND_STAGE, E.EVENT_KIND_TOKEN, E.EVENT_KIND_TOKEN, E.EVENT_KIND_DONE]
     await stack["pub"].publish(E.Event(job_id=job, seq=1, kind=kinds[0], traceparent=parents[0]))  # replayed
     async with grpc.aio.insecure_channel(stack["events_addr"]) as ch:
-        grpc_stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=job))
+        grpc_stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=job), metadata=as_user(stack["user"]))
         sse = asyncio.create_task(stack["client"].get(f"/v1/jobs/{job}/events"))
         first = await grpc_stream.read()  # subscribed: the rest arrive live, through the router
         for seq in (2, 3, 4):
@@ -126,7 +154,7 @@ async def test_live_events_keepalives_and_the_terminal_event(stack):
     assert json.loads(events[2]["data"])["delta"] == "live"
 
 
-@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "99999999999999999999999", "1; drop"])
+@pytest.mark.parametrize("value", ["abc", "-1", "1.5", "99999999999999999999999", "1; drop", "1_000", "+3"])
 async def test_a_cursor_that_is_not_a_number_is_400(stack, value):
     r = await stack["client"].get("/v1/jobs/job-x/events", headers={"last-event-id": value})
     assert r.status_code == 400 and r.json()["error"]["reason"] == "BAD_CURSOR"
@@ -134,9 +162,24 @@ async def test_a_cursor_that_is_not_a_number_is_400(stack, value):
     assert r.status_code == 400
 
 
-async def test_unknown_job_is_404_and_bad_job_id_is_400_or_404_route(stack):
-    r = await stack["client"].get(f"/v1/jobs/job-{uuid.uuid4().hex[:12]}/events")
-    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+#: digits to str.isdigit(), not to the SSE spec: headers arrive as latin-1 (where ² and ³ are
+#: single bytes); a query string is percent-decoded as UTF-8, so any script's digits get through
+@pytest.mark.parametrize("header,query", [(b"\xb2", "²"), (b"1\xb3", "٣"), ("٣".encode(), "３"), (b"\xb9\xb2", "۱۲")])
+async def test_a_cursor_in_non_ascii_digits_is_400_not_500_nor_a_number(stack, header, query):
+    job = await publish_job(stack["pub"])
+    r = await stack["client"].get(f"/v1/jobs/{job}/events", headers={"last-event-id": header})
+    assert r.status_code == 400 and r.json()["error"]["reason"] == "BAD_CURSOR", r.text
+    assert r.json()["error"]["field"] == "Last-Event-ID"
+    r = await stack["client"].get(f"/v1/jobs/{job}/events", params={"after_seq": query})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "after_seq", r.text
+
+
+async def test_unknown_job_is_404_and_bad_job_id_is_404_route(stack):
+    # with the defaults (header wait 1 s, unknown-job grace 10 s): a 404 at once, not 200 and an error later
+    started = asyncio.get_running_loop().time()
+    r = await stack["client"].get(f"/v1/jobs/job-{uuid.uuid4().hex[:12]}/events", timeout=2 * DEFAULT_GRACE_S)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
+    assert asyncio.get_running_loop().time() - started < DEFAULT_GRACE_S
     r = await stack["client"].get("/v1/jobs/bad%20id/events")  # an escape: not a canonical path, refused by Check
     assert r.status_code == 400 and r.json()["error"]["reason"] == "NON_CANONICAL_PATH"
     r = await stack["client"].get("/v1/jobs/bad!id/events")
@@ -208,18 +251,21 @@ async def test_a_client_leaving_keeps_the_others_and_the_last_one_cancels(stack)
     assert not any(f.key[0] == job for f in feeds.values())
 
 
-async def test_different_users_never_share_a_subscription(stack):
+async def test_another_users_job_is_404_and_shares_nothing(stack):
     feeds = stack["app"].asgi.events._feeds
     other = (await stack["client"].post("/v1/auth/dev-sign-in", json={"displayName": "sse-other"})).json()["tokens"]["accessToken"]
     job = await publish_job(stack["pub"], n_tokens=1, terminal=False)
-    a, b = [], []
+    a = []
     ta = asyncio.create_task(_follow(stack, job, 0, a))
-    tb = asyncio.create_task(_follow(stack, job, 0, b, token=other))
-    await _until(lambda: _ids(a) == [1, 2] and _ids(b) == [1, 2])
+    await _until(lambda: _ids(a) == [1, 2])
+    for cursor in ("0", "1"):  # someone else's job: the answer of an unknown job, whatever the cursor
+        r = await stack["client"].get(f"/v1/jobs/{job}/events", headers={"authorization": f"Bearer {other}", "last-event-id": cursor})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
     mine = [f for f in feeds.values() if f.key[0] == job]
-    assert len(mine) == 2 and {f.clients for f in mine} == {1}
+    assert len(mine) == 1 and mine[0].clients == 1  # the owner's feed only; nothing was opened for the other user
     await stack["pub"].publish(E.Event(job_id=job, seq=3, kind=E.EVENT_KIND_DONE))
-    await asyncio.wait_for(asyncio.gather(ta, tb), 5)
+    await asyncio.wait_for(ta, 5)
+    assert _ids(a) == [1, 2, 3]
 
 
 async def test_a_late_client_older_than_the_feed_buffer_gets_its_own_call(stack):
@@ -255,3 +301,29 @@ async def test_a_client_behind_the_feed_buffer_goes_on_without_a_gap_or_a_repeat
     await asyncio.wait_for(asyncio.gather(*(_follow(stack, job, 0, out) for out in clients)), 20)
     for out in clients:  # each stream complete (ended after DONE), every event once, in order
         assert _ids(out) == list(range(1, n + 2)), (len(_ids(out)), CATCH_UPS._value.get() - before)
+
+
+async def test_behind_envoy_a_shared_feed_serves_only_its_own_wristband(service_env):
+    """Mesh mode forwards x-eco2-* as sent (the Envoy in front stripped the client's): a client
+    that skips the Envoy and names another user in x-eco2-user-id must not join that user's
+    shared feed; its own wristband opens its own Subscribe, which EventService refuses."""
+    from eco2.services.dataplane.urls import create_redis
+    from eco2.services.events.producer import EventPublisher
+    from support.identity import wristband
+
+    async with upstreams(service_env) as addrs, gateway(addrs, ECO2_GATEWAY_AUTH_MODE="mesh") as (_app, port):
+        redis = create_redis(service_env["REDIS_URL"])
+        owner, other = f"u-{uuid.uuid4().hex[:8]}", f"u-{uuid.uuid4().hex[:8]}"
+        pub = OwnedJobs(EventPublisher(redis), owner)
+        job = await publish_job(pub, n_tokens=2, terminal=False)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+                async with c.stream("GET", f"/v1/jobs/{job}/events", headers={"x-eco2-identity": wristband(owner), "x-eco2-user-id": owner}) as mine:
+                    assert mine.status_code == 200
+                    async for line in mine.aiter_lines():
+                        if line.startswith("id: "):
+                            break  # the owner's feed is open and serving
+                    spoofed = await c.get(f"/v1/jobs/{job}/events", headers={"x-eco2-identity": wristband(other), "x-eco2-user-id": owner})
+                    assert spoofed.status_code == 404, spoofed.text
+        finally:
+            await redis.aclose()

@@ -32,10 +32,11 @@ def test_registry_knows_the_gateway_as_an_http_app():
 
 
 def test_eco2_up_serves_the_gateway(session_dir):
+    """With ECO2_INGRESS=none: no Envoy, the gateway checks every call itself (edge mode)."""
     data_dir = session_dir / "up-gateway"
     data_dir.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "ECO2_INGRESS": "none"})
     try:
         path = data_dir / "endpoints.json"
         deadline = time.monotonic() + 90
@@ -44,6 +45,7 @@ def test_eco2_up_serves_the_gateway(session_dir):
             assert time.monotonic() < deadline, "eco2 up did not write endpoints.json"
             time.sleep(0.1)
         endpoints = json.loads(path.read_text())
+        assert "ingress" not in endpoints and not (data_dir / "envoy").exists()
         base = endpoints["gateway"]
         assert base.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
@@ -60,6 +62,9 @@ def test_eco2_up_serves_the_gateway(session_dir):
         n = struct.unpack(">I", body[1:5])[0]
         assert character_pb2.GetCharacterResponse.FromString(body[5 : 5 + n]).character.name == "이코"
         assert b"grpc-status: 0" in body[5 + n :]
+        status, headers, body = _post(base + "/eco2.character.v1.CharacterService/GetCharacter", struct.pack(">BI", 0, len(msg)) + msg,
+                                      {"content-type": "application/grpc-web+proto"})
+        assert {k.lower(): v for k, v in headers.items()}["grpc-status"] == "16"  # edge mode: the gateway called Check itself
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -116,6 +116,24 @@ async def test_latitude_longitude_out_of_range(stub, center, field):
     await bad(stub.SearchNearby, pb.SearchNearbyRequest(center=center), field)
 
 
+TINY = [5e-324, -5e-324, 2.2250738585072014e-308, 1e-200]  # subnormals, the smallest normal, a tiny normal
+
+
+@pytest.mark.parametrize("tiny", TINY)
+async def test_a_tiny_coordinate_is_answered_as_the_point_it_rounds_to(stub, tiny):
+    # PostgreSQL's float8 arithmetic raises "value out of range: underflow" on such values:
+    # the domain keeps coordinates to 1e-7 degree, so they search the point they round to
+    for lat, lng in ((tiny, tiny), (tiny, 126.9780), (37.5665, tiny)):
+        reply = await stub.SearchNearby(pb.SearchNearbyRequest(center=pb.GeoPoint(latitude=lat, longitude=lng), radius_m=20000))
+        rounded = await stub.SearchNearby(pb.SearchNearbyRequest(center=pb.GeoPoint(latitude=round(lat, 7), longitude=round(lng, 7)), radius_m=20000))
+        assert reply == rounded
+        near = pb.GeoPoint(latitude=lat, longitude=lng)
+        reply = await stub.SearchText(pb.SearchTextRequest(query="재활용센터", near=near, limit=5))
+        assert reply.places and all(h.distance_text for h in reply.places)
+        rounded = await stub.SearchText(pb.SearchTextRequest(query="재활용센터", near=pb.GeoPoint(latitude=round(lat, 7), longitude=round(lng, 7)), limit=5))
+        assert reply == rounded
+
+
 async def test_missing_center(stub):
     await bad(stub.SearchNearby, pb.SearchNearbyRequest(radius_m=100), "center")
 
@@ -253,6 +271,16 @@ async def test_import_csv_is_idempotent_and_reports_rejected_rows(stub, db, data
     assert place.opening_hours == "평일 09:00-18:00"
     got = await stub.GetPlace(pb.GetPlaceRequest(id=place.id))
     assert got.place.name == place.name
+
+
+async def test_import_stores_a_tiny_coordinate_as_the_point_it_rounds_to(db, dataplane, session_dir):
+    tag = uuid.uuid4().hex[:8]
+    path = session_dir / f"tiny-{tag}.csv"
+    path.write_text(HEADER + f"테스트재활용센터 {tag},주소,,37.5690,5e-324,,,,,\n", encoding="utf-8")
+    code, report, err = await _import(path, dataplane.database_url)
+    assert code == 0 and report["upserted"] == 1 and report["rejected"] == [], err
+    row = await db.fetchrow("SELECT latitude, longitude FROM location_place WHERE name = $1", f"테스트재활용센터 {tag}")
+    assert (row["latitude"], row["longitude"]) == (37.569, 0.0)
 
 
 async def test_import_refuses_a_file_that_is_not_the_standard_data(dataplane, session_dir):

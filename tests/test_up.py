@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.services.registry import SERVICES
+from support.fake_llm import png
 
 
 def _eco2(*args: str, **kw) -> subprocess.Popen:
@@ -87,6 +90,20 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         )
         assert asked.returncode == 0, asked.stderr
         assert "라벨" in asked.stdout and "[출처]" in asked.stdout and "[샘플]" in asked.stdout, asked.stdout
+
+        # eco2 scan: a photo and a hint that names it → the rules and the character; the exit codes
+        photo, text = data_dir / "pet.png", data_dir / "notes.txt"
+        photo.write_bytes(png(b"eco2 scan from the terminal"))
+        text.write_text("사진이 아니에요")
+        scanned = _scan(data_dir, "--hint", "투명 생수병", str(photo))
+        assert scanned.returncode == 0, scanned.stderr
+        assert "라벨" in scanned.stdout and "[규정] 무색페트병 (재활용폐기물_무색페트병)" in scanned.stdout and "[보상] '페티' 캐릭터를 획득했어요!" in scanned.stdout, scanned.stdout
+        assert "사진 인식 모델이 설정되어 있지 않아" in scanned.stdout and "· 분리배출 규정을 찾고 있어요" in scanned.stderr
+        asking = _scan(data_dir, str(photo))  # no hint, no terminal to answer in
+        assert asking.returncode == 3 and "사진 속 물건이 무엇인가요?" in asking.stderr and "  3. 무색페트병" in asking.stderr, asking.stderr
+        for bad, message in ((text, "is not a PNG, JPEG, GIF or WebP image"), (data_dir / "missing.png", "cannot read")):
+            refused_scan = _scan(data_dir, str(bad))
+            assert refused_scan.returncode == 2 and message in refused_scan.stderr, refused_scan.stderr
 
         _status_shows_health_streams_and_the_queue(data_dir, endpoints)
 
@@ -175,6 +192,17 @@ def test_up_restarts_warm_on_the_same_data_dir(data_dir):
                 proc.kill()
 
 
+def _scan(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eco2.services.cli", "scan", "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_scan_without_a_stack_fails_clearly(data_dir):
+    photo = data_dir / "photo.png"
+    photo.write_bytes(png(b"no stack"))
+    scanned = _scan(data_dir, str(photo))
+    assert scanned.returncode == 1 and "no stack is running" in scanned.stderr
+
+
 def test_chat_and_status_without_a_stack_fail_clearly(data_dir):
     proc = _eco2("status", "--data-dir", str(data_dir))
     assert proc.wait(timeout=30) == 1
@@ -208,3 +236,162 @@ def test_serve_fails_clearly_when_the_port_is_taken(service_env):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_eco2_alone_prints_its_help():
+    proc = subprocess.run([sys.executable, "-m", "eco2.services.cli"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: eco2") and "up" in proc.stdout and "identity" in proc.stdout
+
+
+def _child(up_pid: int, name: str) -> psutil.Process:
+    """The live `eco2 serve NAME` (or envoy) process of the stack run by `up_pid`."""
+    for proc in psutil.Process(up_pid).children(recursive=True):
+        try:
+            cmd = proc.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if proc.status() != psutil.STATUS_ZOMBIE and (cmd[-2:] == ["serve", name] or (name == "envoy" and "--admin-address-path" in cmd)):
+            return proc
+    raise LookupError(name)
+
+
+def _wait_until(condition, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if value := condition():
+                return value
+        except (LookupError, psutil.NoSuchProcess, OSError, grpc.RpcError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _serving(target: str) -> bool:
+    with grpc.insecure_channel(target) as ch:
+        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _port_taken(port: int) -> bool:
+    """Whether an ordinary server (SO_REUSEADDR, as most set) could not bind the port."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_up_restarts_killed_children_and_the_data_plane_and_stops_on_sighup(data_dir):
+    """kill -9 of a service, of Envoy, of PostgreSQL and of Valkey: each comes back (the service
+    on its port, which nobody can take meanwhile; PostgreSQL reaped, not left a zombie). SIGHUP
+    (the terminal closed) then stops everything and removes endpoints.json."""
+    proc = _eco2("up", "--data-dir", str(data_dir), env={**os.environ, "ECO2_UP_RESTART_BACKOFF_S": "0.2"})
+    try:
+        endpoints = _wait_for(data_dir / "endpoints.json", proc)
+        target = endpoints["character"]
+        port = int(target.rpartition(":")[2])
+        victim = _child(proc.pid, "character")
+        victim.kill()
+        victim.wait(10)
+        assert _port_taken(port)  # held by `eco2 up` while the service is down
+        back = _wait_until(lambda: _child(proc.pid, "character"), what="a new character process")
+        assert back.pid != victim.pid
+        _wait_until(lambda: _serving(target), what="character SERVING again on its port")
+
+        envoy = _child(proc.pid, "envoy")
+        envoy.kill()
+        _wait_until(lambda: _child(proc.pid, "envoy").pid != envoy.pid, what="a new envoy")
+        ingress = endpoints["ingress"]
+        _wait_until(lambda: urllib.request.urlopen(ingress + "/", timeout=2).status == 200, what="the ingress answering again")
+
+        postgres = endpoints["dataplane"]["postgres_pid"]
+        os.kill(postgres, signal.SIGKILL)
+        revived = _wait_until(lambda: (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["postgres_pid"] != postgres and e,
+                              what="endpoints.json naming a new postgres")
+        assert not psutil.pid_exists(postgres)  # reaped: no zombie left
+        import asyncpg
+
+        async def select_one() -> int:
+            conn = await asyncpg.connect(revived["dataplane"]["database_url"], timeout=10)
+            try:
+                return await conn.fetchval("SELECT 1")
+            finally:
+                await conn.close()
+
+        assert asyncio.run(select_one()) == 1
+        valkey = revived["dataplane"]["valkey_pid"]
+        os.kill(valkey, signal.SIGKILL)
+        revived = _wait_until(lambda: (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["valkey_pid"] != valkey and e,
+                              what="endpoints.json naming a new valkey")
+        import redis
+
+        assert redis.Redis.from_url(revived["dataplane"]["redis_url"], socket_timeout=5).ping()
+        err = proc.stderr
+        pids = _tree(proc.pid) + [revived["dataplane"]["postgres_pid"], revived["dataplane"]["valkey_pid"]]
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=60) == 0
+        log = err.read()
+        assert "service character exited with code -9; restarting it" in log and "service character is back" in log
+        assert "postgres started again" in log and "valkey started again" in log
+        assert not (data_dir / "endpoints.json").exists()
+        _wait_until(lambda: not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 10, "no process left")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_up_stops_when_a_child_crash_loops(data_dir):
+    env = {**os.environ, "ECO2_UP_RESTART_BACKOFF_S": "0.1", "ECO2_UP_CRASH_LOOP_RESTARTS": "2", "ECO2_INGRESS": "none"}
+    proc = _eco2("up", "--data-dir", str(data_dir), env=env)
+    try:
+        _wait_for(data_dir / "endpoints.json", proc)
+        killed: set[int] = set()
+        while proc.poll() is None and len(killed) < 3:
+            victim = _wait_until(lambda: (c := _child(proc.pid, "location")).pid not in killed and c, what="a location process")
+            killed.add(victim.pid)
+            victim.kill()
+        assert proc.wait(timeout=60) == 1
+        assert "location exited 3 times within" in proc.stderr.read()
+        assert not (data_dir / "endpoints.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_a_stale_endpoints_file_means_no_stack_runs(data_dir):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (data_dir / "endpoints.json").write_text(json.dumps({"pid": gone.pid, "chat": "127.0.0.1:1", "character": "127.0.0.1:1"}))
+    for args in (["endpoints"], ["chat", "페트병 어떻게 버려?"]):
+        proc = _eco2(*args[:1], "--data-dir", str(data_dir), *args[1:])
+        assert proc.wait(timeout=30) == 1
+        assert "no stack is running" in proc.stderr.read()
+
+
+async def test_a_held_port_is_free_only_for_the_child_it_is_held_for():
+    """What `eco2 up` does with every port it hands out: nobody else can bind it (nor gets it
+    as a free port), the service told ECO2_REUSE_PORT=1 can."""
+    from eco2.services.runtime.server import start
+    from eco2.services.runtime.settings import RuntimeSettings
+    from eco2.services.up import PortHold
+    from support.probe import ProbeApp
+
+    hold = PortHold()
+    try:
+        assert _port_taken(hold.port)
+        with socket.socket() as plain:
+            with pytest.raises(OSError):
+                plain.bind(("127.0.0.1", hold.port))
+        settings = RuntimeSettings(grpc_port=hold.port, metrics_port=0, reuse_port=True)
+        server = await start(ProbeApp(settings), settings, tracing=False)
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{hold.port}") as ch:
+                assert json.loads(await ch.unary_unary("/eco2test.Probe/Echo")(b"", timeout=5))["user"] is None
+        finally:
+            await server.stop(grace=0.5)
+        assert _port_taken(hold.port)  # still held after the service stopped
+    finally:
+        hold.close()

@@ -173,6 +173,48 @@ async function send(event) {
   }
 }
 
+// --- scans: a photo (and a hint) → stages → the result card with the character earned ----------
+
+async function scan(event) {
+  event.preventDefault();
+  const file = $("scan-photo").files[0];
+  if (!file) return;
+  const hint = $("scan-hint").value.trim();
+  $("scan").disabled = true;
+  try {
+    status("사진을 올리는 중…");
+    const form = new FormData();
+    form.append("file", file, file.name);
+    const up = await api("/v1/images?channel=scan", { method: "POST", body: form });
+    const clientScanId = crypto.randomUUID ? crypto.randomUUID() : String(Date.now());
+    const reply = await api("/v1/scans", { method: "POST", body: { imageKey: up.image.key, hint, clientScanId } });
+    $("scan-photo").value = "";
+    $("scan-hint").value = "";
+    const job = { jobId: reply.jobId, lastSeq: 0, answer: "", stages: [], userText: `사진 스캔: ${file.name}${hint ? ` — ${hint}` : ""}`, finished: false };
+    store.job = job;
+    await resume(job);
+  } catch (err) {
+    status(err.message);
+  } finally {
+    $("scan").disabled = false;
+  }
+}
+
+async function showCollection() {
+  try {
+    const data = await api("/v1/collection?page_size=100");
+    const list = $("collection");
+    list.replaceChildren();
+    for (const owned of data.characters || []) {
+      const li = document.createElement("li");
+      li.textContent = `${owned.character?.name || ""} (${owned.character?.matchLabel || ""})`;
+      list.append(li);
+    }
+  } catch (err) {
+    status(`도감을 불러오지 못했어요: ${err.message}`);
+  }
+}
+
 // --- the event stream -------------------------------------------------------------------------
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -256,8 +298,9 @@ function apply(job, kind, data) {
   } else if (kind === "done") {
     job.finished = true;
     const result = data.done?.result || {};
-    if (!job.answer && result.answer) job.answer = result.answer;
+    if (!job.answer && (result.answer || result.explanation)) job.answer = result.answer || result.explanation;
     if (result.character) renderCharacter(li, result.character);
+    if (result.reward) renderReward(li, result.reward);
     if (Array.isArray(result.places) && result.places.length) renderPlaces(li, result.places.map((p) => ({ name: p.place?.name, address: p.place?.roadAddress || p.place?.address, distance: p.distanceText })));
     status("");
     loadConversations();
@@ -279,6 +322,15 @@ function renderCharacter(li, c) {
   li.append(card);
 }
 
+function renderReward(li, reward) {
+  // a scan's reward: the character earned (or already owned), else why not
+  if (reward.character?.code && reward.outcome !== "REWARD_OUTCOME_NOT_ELIGIBLE") renderCharacter(li, reward.character);
+  const line = document.createElement("p");
+  line.className = "reward";
+  line.textContent = reward.reason || "";
+  (li.querySelector(".character-card") || li).append(line);
+}
+
 function renderPlaces(li, places) {
   li.querySelector(".places")?.remove();
   const box = document.createElement("div");
@@ -296,6 +348,23 @@ function renderPlaces(li, places) {
 
 function askInput(job, req) {
   $("needs-input").hidden = false;
+  const choosing = req.kind === "INPUT_KIND_CHOICE";
+  $("share-location").hidden = $("decline-location").hidden = choosing;
+  $("choices").replaceChildren();
+  if (choosing) { // a scan asks which item it is: one button per candidate category
+    $("needs-input-prompt").textContent = req.prompt || "";
+    for (const choice of req.choices || []) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = choice.label;
+      button.onclick = async () => {
+        $("needs-input").hidden = true;
+        await api("/v1/scans/input", { method: "POST", body: { jobId: job.jobId, inputId: req.inputId, category: choice.value } }).catch((e) => status(e.message));
+      };
+      $("choices").append(button);
+    }
+    return;
+  }
   $("needs-input-prompt").textContent = req.prompt || "위치를 공유해 주시면 가까운 수거 장소를 알려드릴게요.";
   const done = () => { $("needs-input").hidden = true; };
   $("share-location").onclick = () => {
@@ -318,5 +387,7 @@ function askInput(job, req) {
 $("sign-in-form").addEventListener("submit", signIn);
 $("sign-out").addEventListener("click", signOut);
 $("composer").addEventListener("submit", send);
+$("scanner").addEventListener("submit", scan);
+$("show-collection").addEventListener("click", showCollection);
 $("new-chat").addEventListener("click", () => { conversationId = ""; sessionStorage.removeItem("eco2.conversation"); $("messages").replaceChildren(); });
 show();

@@ -18,6 +18,7 @@ from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.mesh import routes
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
 
 from .domain import ClaimsCache, KeyRing, TokenPolicy, TokenService
@@ -115,6 +116,9 @@ class AuthApp:
     async def migrate(self) -> list[str]:
         """Apply the pending schema migrations; the names of the files applied."""
         return await apply_migrations(self.settings.database_url, "auth", resources.files(__package__) / "migrations")
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool), "redis": redis_check(self.redis)}
 
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings

@@ -198,9 +198,9 @@ class TokenService:
             claims = Claims(
                 sub=_str(data["sub"]),
                 jti=_str(data["jti"]),
-                iat=int(data["iat"]),
-                nbf=int(data["nbf"]),
-                exp=int(data["exp"]),
+                iat=_numeric_date(data["iat"]),
+                nbf=_numeric_date(data["nbf"]),
+                exp=_numeric_date(data["exp"]),
                 typ=_str(data["typ"]),
                 roles=tuple(_str(r) for r in data.get("roles") or ()),
                 provider=_str(data.get("provider", "")),
@@ -217,6 +217,14 @@ def _str(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError("not a string")
     return value
+
+
+def _numeric_date(value: object) -> int:
+    """A NumericDate claim (RFC 7519): a JSON number. PyJWT and int() also take a string of
+    digits (or a boolean), which no token of ours carries."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError("not a JSON number")
+    return int(value)
 
 
 class ClaimsCache:

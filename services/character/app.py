@@ -13,6 +13,7 @@ import logging
 from pydantic import Field
 
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check
 from eco2.services.runtime.settings import RuntimeSettings
 
 from .catalog import CatalogCache
@@ -38,6 +39,9 @@ class CharacterApp:
 
     def service_names(self) -> list[str]:
         return [character_pb2.DESCRIPTOR.services_by_name["CharacterService"].full_name]
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool)}  # Redis only carries catalog broadcasts: not required
 
     async def migrate(self) -> list[str]:
         """Apply the pending schema migrations; the names of the files applied. When one was

@@ -12,16 +12,19 @@ from psycopg_pool import AsyncConnectionPool
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
+from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
+from eco2.services.knowledge import kb
+from eco2.services.llm import create_llm
+from eco2.services.llm.images import create_image_model
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.settings import Endpoints
 
-from . import kb, media, pii
+from . import media, pii
+from .answer import compose
 from .graph import ChatDeps, build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcJobIdentities, GrpcPlaces
-from .llm import create_llm
-from .llm.images import create_image_model
 from .metrics import MeteredLLM
 from .outbox import EventOutbox
 from .postgres import ConversationStore
@@ -30,7 +33,7 @@ from .settings import ChatSettings
 from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
 from .policy import PolicyRunner
-from .worker import ChatWorkers
+from .worker import ChatWorkers, end_dead_job
 
 
 class ChatApp:
@@ -45,6 +48,9 @@ class ChatApp:
 
     def service_names(self) -> list[str]:
         return [chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name]
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool), "redis": redis_check(self.redis)}
 
     async def migrate(self) -> list[str]:
         """Apply the pending schema migrations and create or upgrade the LangGraph checkpoint
@@ -74,10 +80,10 @@ class ChatApp:
         # every job of this process: concurrent publishes are pipelined on it.
         sink = self.sink = EventPublisher(self.redis, s)
         outbox = EventOutbox(sink)
-        queue = JobQueue(self.redis, s.chat_job_kind, s)
+        queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink))
         llm = create_llm(
             s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
-            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
+            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s, compose=compose,
         )
         if hasattr(llm, "aclose"):
             self.closers.append(llm)

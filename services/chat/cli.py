@@ -12,6 +12,7 @@ import grpc
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
 from eco2.location.v1 import location_pb2
+from eco2.services.runtime.errors import describe
 
 
 async def _chat(addr: str, auth_addr: str, question: str, user: str, near: location_pb2.GeoPoint | None) -> int:
@@ -46,7 +47,7 @@ async def _chat(addr: str, auth_addr: str, question: str, user: str, near: locat
                     print(f"\neco2 chat: {e.error.reason}: {e.error.message}", file=sys.stderr)
                     return 1
         except grpc.aio.AioRpcError as exc:
-            print(f"eco2 chat: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(f"eco2 chat: {describe(exc)}", file=sys.stderr)
             return 1
     print("eco2 chat: the stream ended without an answer", file=sys.stderr)
     return 1

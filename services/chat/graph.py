@@ -27,17 +27,19 @@ from pydantic import BaseModel, Field
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
+from eco2.services.knowledge.kb import KnowledgeBase
+from eco2.services.llm.images import ImageModel
+from eco2.services.llm.offline import OfflineLLM
+from eco2.services.llm.ports import LLM, Grounding, LLMError, Message
 from eco2.services.runtime.telemetry import span
 
 from . import bulk_waste as BW
 from . import intents as I
 from . import media as M
 from . import metrics
-from .kb import KnowledgeBase
-from .llm.ports import LLM, Grounding, LLMError, Message
+from .answer import compose
 from .outbox import EventOutbox, raise_for
 from .policy import FailMode, NodeFailed, PolicyRunner
-from .llm.images import ImageModel
 from .ports import Characters, Images, Places, Weather, WebSearch
 
 STAGE_OF = {
@@ -637,12 +639,10 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
                 await em.stage("answer", events_pb2.STAGE_PHASE_FAILED, message=failed.cause[:200])
                 raise
             # Model fallback: the offline composer answers from the same grounding.
-            from .llm.offline import OfflineLLM
-
             fallback = True
             metrics.fallback_taken("offline_model")
             await em.stage("answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요")
-            await stream_with(metrics.MeteredLLM(OfflineLLM()))
+            await stream_with(metrics.MeteredLLM(OfflineLLM(compose)))
         elapsed = time.monotonic() - started
         metrics.node_finished("answer", "ok", elapsed)
         await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=elapsed)

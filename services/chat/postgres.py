@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,32 +42,44 @@ class ConversationStore:
             raise NotFound(f"no conversation {conversation_id!r}", reason="CONVERSATION_NOT_FOUND", metadata={"conversation_id": conversation_id})
         return row
 
-    async def add_user_message(self, *, user_id: str, conversation_id: str, text: str, image_key: str, client_message_id: str, job_id: str) -> Sent:
+    @contextlib.asynccontextmanager
+    async def adding_user_message(self, *, user_id: str, conversation_id: str, text: str, image_key: str, client_message_id: str, job_id: str) -> AsyncIterator[Sent]:
+        """Stores the user's message in a transaction that commits when the block exits without
+        an error: the message and what the block does with it (queue its job) are kept together
+        or not at all. A retry with the same client_message_id yields the stored one
+        (`deduplicated`). Until the commit the message is invisible: see `has_user_message`."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if client_message_id:
-                row = await conn.fetchrow(
-                    "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2", user_id, client_message_id
-                )
-                if row is not None:
-                    return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True)
-            if conversation_id:
-                cid = (await self._owned(conn, conversation_id, user_id))["id"]
-            else:
-                cid = uuid.uuid4()
-                await conn.execute("INSERT INTO chat_conversations (id, user_id, title) VALUES ($1, $2, $3)", cid, user_id, text[:40])
-            mid = uuid.uuid4()
-            inserted = await conn.fetchval(
-                "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, image_key, job_id, client_message_id)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id",
-                mid, cid, user_id, USER, text, image_key, job_id, client_message_id or None,
+            yield await self._add_user_message(conn, user_id, conversation_id, text, image_key, client_message_id, job_id)
+
+    async def has_user_message(self, job_id: str) -> bool:
+        """Whether the user message of job `job_id` is stored (committed)."""
+        return bool(await self.pool.fetchval("SELECT 1 FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, USER))
+
+    async def _add_user_message(self, conn, user_id: str, conversation_id: str, text: str, image_key: str, client_message_id: str, job_id: str) -> Sent:
+        if client_message_id:
+            row = await conn.fetchrow(
+                "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2", user_id, client_message_id
             )
-            if inserted is None:  # a concurrent retry with the same client id won the race
-                row = await conn.fetchrow("SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2", user_id, client_message_id)
+            if row is not None:
                 return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True)
-            await conn.execute(
-                "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now() WHERE id = $1", cid, text[:80]
-            )
-            return Sent(str(cid), str(mid), job_id, False)
+        if conversation_id:
+            cid = (await self._owned(conn, conversation_id, user_id))["id"]
+        else:
+            cid = uuid.uuid4()
+            await conn.execute("INSERT INTO chat_conversations (id, user_id, title) VALUES ($1, $2, $3)", cid, user_id, text[:40])
+        mid = uuid.uuid4()
+        inserted = await conn.fetchval(
+            "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, image_key, job_id, client_message_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id",
+            mid, cid, user_id, USER, text, image_key, job_id, client_message_id or None,
+        )
+        if inserted is None:  # a concurrent retry with the same client id won the race
+            row = await conn.fetchrow("SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2", user_id, client_message_id)
+            return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True)
+        await conn.execute(
+            "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now() WHERE id = $1", cid, text[:80]
+        )
+        return Sent(str(cid), str(mid), job_id, False)
 
     async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "") -> str:
         """Idempotent per job: a re-run job returns the message stored the first time."""

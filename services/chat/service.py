@@ -70,18 +70,22 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             await self.images.check_owned(request.image_key)
         job_id = f"chat-{uuid.uuid4().hex}"
         identity = await self.job_identities.issue(job_id)  # before anything is stored: auth down leaves nothing behind
-        sent = await self.store.add_user_message(
+        # The message and its job, or neither: the job is queued inside the message's transaction,
+        # which commits only once the job is queued. Valkey down → the transaction rolls back and
+        # the caller gets UNAVAILABLE with nothing stored; a worker quicker than the commit waits
+        # for it (worker.MessageNotStored).
+        async with self.store.adding_user_message(
             user_id=user_id, conversation_id=request.conversation_id, text=request.message, image_key=request.image_key,
             client_message_id=request.client_message_id, job_id=job_id,
-        )
-        payload = {
-            "job_id": sent.job_id, "conversation_id": sent.conversation_id, "user_id": user_id, "message": request.message,
-            "image_key": request.image_key, "location": location, "seq_base": 1, "identity": identity,
-            "traceparent": current_traceparent(),
-        }
-        # Both are idempotent, so a retried send (deduplicated) also repairs a send that died half-way.
-        await publish_queued(self.sink, sent.job_id, self.outbox, traceparent=payload["traceparent"])
-        await self.queue.enqueue(sent.job_id, json.dumps(payload).encode())
+        ) as sent:
+            payload = {
+                "job_id": sent.job_id, "conversation_id": sent.conversation_id, "user_id": user_id, "message": request.message,
+                "image_key": request.image_key, "location": location, "seq_base": 1, "identity": identity,
+                "traceparent": current_traceparent(),
+            }
+            # Both are idempotent, so a retried send (deduplicated) also repairs a send that died half-way.
+            await publish_queued(self.sink, sent.job_id, user_id, self.outbox, traceparent=payload["traceparent"])
+            await self.queue.enqueue(sent.job_id, json.dumps(payload).encode())
         log.info("message queued", extra={"job_id": sent.job_id, "conversation_id": sent.conversation_id, "chars": len(request.message), "preview": mask(request.message[:60]), "deduplicated": sent.deduplicated})
         return chat_pb2.SendMessageResponse(job_id=sent.job_id, conversation_id=sent.conversation_id, message_id=sent.message_id, deduplicated=sent.deduplicated)
 

@@ -37,6 +37,12 @@ def cancel_key(job_id: str) -> str:
     return f"chat:cancel:{job_id}"
 
 
+class MessageNotStored(Exception):
+    """The job's user message is not committed (yet): SendMessage queues the job inside the
+    message's transaction, so a worker can claim it first. Failing the job retries it after
+    ECO2_JOBS_RETRY_DELAY_S; a send that rolled back never commits, and the job is dead-lettered."""
+
+
 @dataclass
 class WorkerStats:
     done: int = 0
@@ -93,7 +99,8 @@ class ChatWorkers:
 
     async def _run(self, job: Job) -> None:
         try:
-            await self.handle(job)
+            async with self.queue.holding(job):  # an answer longer than the visibility timeout keeps its claim
+                await self.handle(job)
             await self.queue.ack(job)
         except asyncio.CancelledError:
             raise
@@ -128,6 +135,8 @@ class ChatWorkers:
     async def _turn(self, job: Job, p: dict[str, Any]) -> tuple[str, float | None]:
         """The turn's graph run and its events; (outcome, monotonic time of the first token)."""
         job_id = p["job_id"]
+        if p.get("resume") is None and not await self.store.has_user_message(job_id):
+            raise MessageNotStored(f"the message of job {job_id} is not stored")
         config = {"configurable": {"thread_id": job_id}}
         # A first attempt of a new message has no checkpoint yet: skip the read (a query and
         # LangGraph's state assembly per conversation). Re-claims and resumes read it.
@@ -212,7 +221,26 @@ class ChatWorkers:
                 return
 
 
-async def publish_queued(sink, job_id: str, outbox: EventOutbox | None = None, *, traceparent: str = "") -> None:
+def end_dead_job(sink):
+    """The chat queue's `on_dead`: a job that ran out of attempts ends its stream with ERROR, so a
+    client following it is told instead of waiting until its deadline."""
+
+    async def on_dead(job: Job, error: str) -> None:
+        # a resume job ("<job>:input:<seq>") streams on its job's events
+        job_id = json.loads(job.payload).get("job_id", job.job_id)
+        event = events_pb2.Event(
+            job_id=job_id, kind=events_pb2.EVENT_KIND_ERROR, job_kind=events_pb2.JOB_KIND_CHAT, node="error",
+            error=events_pb2.JobError(code=14, reason="JOB_FAILED", message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.", retryable=True),
+        )
+        if await sink.publish_next(event):
+            log.warning("dead-lettered chat job ended with ERROR", extra={"job_id": job_id, "seq": event.seq, "error": mask(error)[:300]})
+
+    return on_dead
+
+
+async def publish_queued(sink, job_id: str, owner: str, outbox: EventOutbox | None = None, *, traceparent: str = "") -> None:
+    """The job's owner, then its first event (QUEUED): from then on the job streams to `owner` only."""
+    await sink.set_owner(job_id, owner)
     event = events_pb2.Event(
         job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue", traceparent=traceparent,
         stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="질문을 받았어요"),

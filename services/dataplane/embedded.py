@@ -38,7 +38,7 @@ import stat
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Mapping
@@ -223,6 +223,34 @@ class EmbeddedDataPlane:
             atexit.unregister(self._stop_at_exit)
             self._release_lock()
         LOG.info("data plane in %s stopped in %.2fs", self.data_dir, time.monotonic() - began)
+
+    def revive(self) -> list[str]:
+        """Start again, on the same ports, data and passwords, each server that exited since
+        ``start()`` (killed, crashed); returns their names (``postgres``, ``valkey``).
+
+        Polling the dead server reaps it: a killed postmaster otherwise stays a zombie whose
+        ``postmaster.pid`` blocks the next one (PostgreSQL's own kill(pid, 0) check succeeds on
+        a zombie); its leftover backends and pid file are then cleaned up as after a crash. The
+        URLs in ``info`` stay valid; only the pids change.
+        """
+        info = self.info
+        revived: list[str] = []
+        if self._postgres is not None and self._postgres.poll() is not None:
+            LOG.warning("postgres pid %d exited (code %s); starting it again", self._postgres.pid, self._postgres.returncode)
+            self._cleanup_stale_postgres()
+            info = replace(info, pg_pid=self._start_postgres(self._resolve_pg_account(), info.pg_port))
+            revived.append("postgres")
+        if self._valkey is not None and self._valkey.poll() is not None:
+            LOG.warning("valkey-server pid %d exited (code %s); starting it again", self._valkey.pid, self._valkey.returncode)
+            self._cleanup_stale_valkey()
+            password = self._load_state()["valkey_password"]
+            self._launch_valkey(info.valkey_port, password)
+            info = replace(info, valkey_pid=self._wait_valkey_ready(info.valkey_port, password))
+            revived.append("valkey")
+        if revived:
+            self._info = info
+            self._save_state({**self._load_state(), "pg_pid": info.pg_pid, "valkey_pid": info.valkey_pid})
+        return revived
 
     def __enter__(self) -> EmbeddedDataPlane:
         self.start()

@@ -17,6 +17,8 @@ from importlib.resources.abc import Traversable
 
 import asyncpg
 
+from eco2.services.runtime.settings import POSTGRES_URL, require_url
+
 LOG = logging.getLogger("eco2.dataplane.migrations")
 
 MIGRATIONS_TABLE = "eco2_schema_migrations"
@@ -100,6 +102,7 @@ async def apply_migrations(
     """
     if not service:
         raise MigrationError("service name must not be empty")
+    require_url(dsn, "DATABASE_URL", POSTGRES_URL)  # asyncpg would try libpq's defaults instead
     migrations = load_migrations(directory)
     conn = await asyncpg.connect(
         dsn, server_settings={"application_name": f"eco2-migrate-{service}"}

@@ -8,6 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import redis.asyncio
 
+from eco2.services.runtime.settings import POSTGRES_URL, REDIS_URL, require_url
+
 
 async def create_pg_pool(
     database_url: str,
@@ -22,6 +24,7 @@ async def create_pg_pool(
     ``application_name`` shows up in ``pg_stat_activity``; other keyword arguments go to
     ``asyncpg.create_pool``.
     """
+    require_url(database_url, "DATABASE_URL", POSTGRES_URL)
     server_settings = dict(kwargs.pop("server_settings", None) or {})
     if application_name:
         server_settings["application_name"] = application_name
@@ -37,6 +40,7 @@ async def create_pg_pool(
 
 def create_redis(redis_url: str, **kwargs: Any) -> redis.asyncio.Redis:
     """A ``redis.asyncio.Redis`` client for ``redis_url``; bytes replies unless told otherwise."""
+    require_url(redis_url, "REDIS_URL", REDIS_URL)
     kwargs.setdefault("decode_responses", False)
     return redis.asyncio.Redis.from_url(redis_url, **kwargs)
 

@@ -12,6 +12,9 @@ from .hub import Hub
 from .jobs import QueueSampler
 from .router import Router
 from .service import SERVICE, EventServicer, add_to_server
+from eco2.services.runtime.settings import REDIS_URL, require_url
+from eco2.services.runtime.dependencies import redis_check
+
 from .settings import EventsRole, EventsSettings
 from .valkey import ValkeyReplayStore, fast_redis
 
@@ -33,10 +36,12 @@ class EventsApp:
     def service_names(self) -> list[str]:
         return [SERVICE] if self.serves_api else []
 
+    def dependency_checks(self):
+        return {"redis": redis_check(self.redis)}
+
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
-        if not s.redis_url:
-            raise RuntimeError("the events service needs REDIS_URL")
+        require_url(s.redis_url, "REDIS_URL", REDIS_URL)
         # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them,
         # the router's own connection (resp.py) included.
         routes = s.events_role in (EventsRole.ALL, EventsRole.ROUTER)

@@ -6,7 +6,7 @@ script touches keys of one slot only):
 
     events:{N}                    shard stream: every event of the jobs hashed to shard N
     events:{N}:r:<job_id>         replay stream of one job; entry id = "<seq>-0"
-    events:{N}:p:<job_id>         producer state of one job: last seq, closed
+    events:{N}:p:<job_id>         producer state of one job: last seq, closed, owner
     events:{N}:s:<job_id>         router state of one job (GetJobState)
     fanout:{N}                    Pub/Sub channel of shard N
 """

@@ -15,15 +15,18 @@ Keys (the `{kind}` hash tag keeps one kind's keys in one cluster slot):
 
 Delivery is at-least-once: a job whose worker died (no ack within the visibility timeout)
 is claimed again by another worker; after `jobs_max_attempts` claims it goes to the
-dead-letter stream with its last error instead.
+dead-letter stream with its last error instead, and `on_dead(job, error)` (when given) is
+called, e.g. to end the job's event stream with an ERROR event.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -55,10 +58,13 @@ class Job:
     payload: bytes
     attempt: int
     entry_id: str
+    #: the consumer that holds the claim
+    consumer: str = ""
 
 
 class JobQueue:
-    def __init__(self, redis: redis.asyncio.Redis, kind: str, settings: EventsSettings | None = None) -> None:
+    def __init__(self, redis: redis.asyncio.Redis, kind: str, settings: EventsSettings | None = None, *,
+                 on_dead: Callable[[Job, str], Awaitable[None]] | None = None) -> None:
         if not KIND_RE.match(kind):
             raise InvalidArgument("invalid job kind", violations=[FieldViolation("kind", "must match [a-z][a-z0-9_-]{0,31}")])
         self.redis = redis
@@ -72,6 +78,7 @@ class JobQueue:
         self._group_ready = False
         self._cursor = "0-0"
         self._visibility_ms = int(self.settings.jobs_visibility_timeout_s * 1000)
+        self.on_dead = on_dead
         # one labelled child per outcome, looked up once (a job passes 3-4 of them)
         self._counted = {outcome: JOBS.labels(kind, outcome) for outcome in ("enqueued", "duplicate", "claimed", "reclaimed", "acked", "failed", "dead")}
 
@@ -118,7 +125,7 @@ class JobQueue:
                 await self.redis.xack(self.stream, GROUP, *deleted[0])
             if not entries:
                 break
-            job = await self._take(entries[0])
+            job = await self._take(entries[0], consumer)
             if job is not None:
                 self._counted["reclaimed"].inc()
                 return job
@@ -126,13 +133,13 @@ class JobQueue:
         reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, **kwargs)
         for _stream, entries in reply or ():
             for entry in entries:
-                job = await self._take(entry)
+                job = await self._take(entry, consumer)
                 if job is not None:
                     self._counted["claimed"].inc()
                     return job
         return None
 
-    async def _take(self, entry) -> Job | None:
+    async def _take(self, entry, consumer: str) -> Job | None:
         entry_id, fields = entry
         entry_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         if not fields:  # deleted meanwhile
@@ -140,13 +147,34 @@ class JobQueue:
             return None
         job_id = fields[b"j"].decode()
         attempt = await self.redis.hincrby(self._attempts, job_id, 1)
-        job = Job(job_id, fields[b"p"], attempt, entry_id)
+        job = Job(job_id, fields[b"p"], attempt, entry_id, consumer)
         if attempt > self.settings.jobs_max_attempts:
             last = await self.redis.hget(self._errors, job_id)
             reason = f"not acknowledged within {self.settings.jobs_visibility_timeout_s:g} s after {attempt - 1} attempts"
             await self._dead(job, reason + (f"; last error: {last.decode(errors='replace')}" if last else ""), attempt - 1)
             return None
         return job
+
+    @contextlib.asynccontextmanager
+    async def holding(self, job: Job):
+        """Keep the claim on `job` while the body runs: its idle time is reset every third of the
+        visibility timeout (XCLAIM JUSTID by the same consumer, no new attempt), so a job that
+        runs longer than the timeout is not claimed a second time — nor dead-lettered under a
+        worker still answering it. A worker that dies stops renewing: the job is reclaimed."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.settings.jobs_visibility_timeout_s / 3)
+                try:
+                    await self.redis.xclaim(self.stream, GROUP, job.consumer, 0, [job.entry_id], justid=True)
+                except Exception:  # noqa: BLE001 — Valkey hiccup: the next round tries again
+                    log.warning("renewing a job's claim failed", extra={"job_id": job.job_id, "kind": self.kind}, exc_info=True)
+
+        renewer = asyncio.create_task(renew(), name=f"renew-{job.job_id}")
+        try:
+            yield job
+        finally:
+            renewer.cancel()
 
     async def ack(self, job: Job) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -184,6 +212,11 @@ class JobQueue:
             pipe.hdel(self._errors, job.job_id)
             await pipe.execute()
         self._counted["dead"].inc()
+        if self.on_dead is not None:
+            try:
+                await self.on_dead(job, error)
+            except Exception:  # noqa: BLE001 — the job is dead-lettered either way
+                log.warning("on_dead failed", extra={"job_id": job.job_id, "kind": self.kind}, exc_info=True)
 
 
 # -- what is in the queues ----------------------------------------------------------------

@@ -9,10 +9,12 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class JobHead:
-    """The producer's view of a job: its last published seq and whether it is closed."""
+    """The producer's view of a job: its last published seq, whether it is closed, and the user
+    it belongs to ("" when its producer recorded none: a job of the mesh's own)."""
 
     last_seq: int
     closed: bool
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """The producer library every worker uses to publish job events.
 
     publisher = EventPublisher(redis)            # a redis.asyncio.Redis
+    await publisher.set_owner(job_id, user_id)   # a user's job: before its first event
     await publisher.publish(events_pb2.Event(job_id=..., seq=1, kind=EVENT_KIND_STAGE, ...))
 
 One Lua call appends the event to its shard stream `events:{N}` (read by the router) and to
@@ -78,9 +79,26 @@ class EventPublisher:
         self.redis = redis
         self.settings = settings or EventsSettings()
         self._script = redis.register_script(scripts.PUBLISH)
+        self._own = redis.register_script(scripts.OWN)
         self._fast = RespClient.like(redis)
         s = self.settings
         self._head = [str(s.events_replay_maxlen), str(s.events_replay_ttl_s * 1000), str(s.events_shard_maxlen)]
+
+    async def set_owner(self, job_id: str, user_id: str) -> None:
+        """Record that job `job_id` belongs to `user_id`: EventService then streams it to that
+        user only (docs/services/events.md, "Whose streams"). Call it before the job's first
+        event; calling it again for the same user is a no-op. FailedPrecondition JOB_OWNED when
+        the job already belongs to someone else."""
+        violations = []
+        if not domain.valid_job_id(job_id):
+            violations.append(FieldViolation("job_id", f"must be {domain.JOB_ID_RULE}"))
+        if not user_id:
+            violations.append(FieldViolation("user_id", "is required"))
+        if violations:
+            raise InvalidArgument("invalid job owner: " + ", ".join(v.field for v in violations), violations=violations)
+        key = domain.producer_key(domain.shard_of(job_id, self.settings.events_shards), job_id)
+        if not await self._own(keys=[key], args=[user_id, self.settings.events_replay_ttl_s * 1000]):
+            raise FailedPrecondition(f"job {job_id!r} already belongs to another user", reason="JOB_OWNED", metadata={"job_id": job_id})
 
     async def publish(self, event: events_pb2.Event) -> bool:
         """Append `event`. True when appended; False when this (job_id, seq) was already
@@ -88,6 +106,25 @@ class EventPublisher:
         the job's last published seq, JOB_CLOSED after the job's terminal event."""
         code, last = (await self._append([event]))[0]
         return self._outcome(event, code, last, None)
+
+    async def publish_next(self, event: events_pb2.Event, *, attempts: int = 5) -> bool:
+        """Publish `event` as its job's next event: seq = the job's last published seq + 1,
+        whatever `event.seq` was. For a producer that does not track the job's seqs, e.g. one
+        ending a dead-lettered job with ERROR. False when the job is already closed (its
+        terminal event was published); a concurrent producer's event in between is retried."""
+        shard = domain.shard_of(event.job_id, self.settings.events_shards)
+        key = domain.producer_key(shard, event.job_id)
+        for _ in range(attempts):
+            last = await self.redis.hget(key, "s")
+            event.seq = int(last or 0) + 1
+            try:
+                return await self.publish(event)
+            except FailedPrecondition as exc:
+                if exc.reason == "JOB_CLOSED":
+                    return False
+                if exc.reason != "SEQ_NOT_INCREASING":
+                    raise
+        raise FailedPrecondition(f"job {event.job_id!r} kept advancing: no seq after {attempts} attempts", reason="SEQ_NOT_INCREASING")
 
     async def publish_many(self, events: Sequence[events_pb2.Event]) -> list[bool]:
         """Append several events (of one or more jobs) in one round trip: one Lua call per

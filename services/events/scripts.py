@@ -61,6 +61,21 @@ end
 return out
 """
 
+# Producer: record the user a job belongs to, once, before its first event (its streams are
+# that user's only). Kept in the job's producer state, which lives as long as its replay stream
+# (PUBLISH refreshes the TTL of both).
+# KEYS: producer state   ARGV: owner, ttl_ms
+# Returns 1 when the job is (now) the owner's, 0 when it already belongs to someone else.
+OWN = r"""
+local current = redis.call('HGET', KEYS[1], 'o')
+if current and current ~= ARGV[1] then return 0 end
+if not current then
+  redis.call('HSET', KEYS[1], 'o', ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
 # Router: for a batch of shard stream entries of one shard, record each (job, seq) as the job's
 # high-water mark, advance the job state only for a higher seq and never past a terminal state,
 # and PUBLISH the routed events to the shard's fan-out channel, several per message. An entry

@@ -1,5 +1,10 @@
 """gRPC surface: eco2.events.v1.EventService (Subscribe, SubscribeBatches, GetJobState).
 
+A job's streams and state are its owner's only (the user its producer recorded with
+EventPublisher.set_owner; "" for a job of the mesh's own, read by callers without a user):
+anyone else gets the NOT_FOUND of an unknown job, at the same moment, so a job id tells a
+stranger nothing (docs/services/events.md, "Whose streams").
+
 Subscribe sends events still serialized as the producer stored them (the replay stream and
 the fan-out carry Event bytes), so the service never re-encodes an event; the method is
 registered with an identity response serializer for that. SubscribeBatches is the same stream
@@ -18,12 +23,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eco2.events.v1 import events_pb2
-from eco2.services.runtime.errors import DomainError, NotFound, Unavailable
+from eco2.services.runtime.context import caller_id
+from eco2.services.runtime.errors import DomainError, NotFound, Unauthenticated, Unavailable
 from eco2.services.runtime.validation import Validator
 
 from . import domain
 from .domain import Cursor
-from .ports import LiveFeed, ReplayStore
+from .ports import JobHead, LiveFeed, ReplayStore
 from .settings import EventsSettings
 
 SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
@@ -46,6 +52,14 @@ def _check_job_id(job_id: str) -> None:
     v.raise_if_invalid()
 
 
+def _caller(context) -> str:
+    """The user calling; "" for a workload of the mesh calling on its own (no user identity)."""
+    try:
+        return caller_id(context)
+    except Unauthenticated:
+        return ""
+
+
 def _redis_down(exc: Exception) -> Unavailable:
     return Unavailable(
         f"the event store is unreachable ({type(exc).__name__}); resubscribe with after_seq = the last seq received",
@@ -65,14 +79,14 @@ class EventServicer:
     # theirs (docs/adr/0044).
     def Subscribe(self, request: events_pb2.SubscribeRequest, context) -> Awaitable[None]:
         _check_job_id(request.job_id)
-        return self._stream(request.job_id, request.after_seq, context.write)
+        return self._stream(request.job_id, _caller(context), request.after_seq, context.write)
 
     def SubscribeBatches(self, request: events_pb2.SubscribeBatchesRequest, context) -> Awaitable[None]:
         _check_job_id(request.job_id)
         s = self.settings
         limits = (min(request.max_events or s.events_batch_max_events, s.events_batch_max_events),
                   min(request.max_bytes or s.events_batch_max_bytes, s.events_batch_max_bytes))
-        return self._stream(request.job_id, request.after_seq, context.write, limits)
+        return self._stream(request.job_id, _caller(context), request.after_seq, context.write, limits)
 
     @staticmethod
     async def _send(write, events: list[bytes], batch: tuple[int, int] | None) -> None:
@@ -83,7 +97,7 @@ class EventServicer:
             for message in domain.batch_messages(events, *batch):
                 await write(message)
 
-    async def _stream(self, job_id: str, after_seq: int, write, limits: tuple[int, int] | None = None) -> None:
+    async def _stream(self, job_id: str, caller: str, after_seq: int, write, limits: tuple[int, int] | None = None) -> None:
         """Writes the events with `write` (context.write: one coroutine per stream and no
         generator hops per event, so an idle stream is one suspended frame). Each step sends
         every event it has ready in one `_send`: one message per event for Subscribe, as few as
@@ -93,12 +107,11 @@ class EventServicer:
         feed, store = self.feed, self.store
         sub = feed.register(job_id)  # live first: nothing published from now on is missed
         try:
-            cursor = Cursor(after_seq)
-            head = await store.head(job_id)
-            if head is not None and head.closed and head.last_seq <= after_seq:
+            head = await self._admit(job_id, caller, sub)
+            if head.closed and head.last_seq <= after_seq:
                 return  # the client already has the terminal event
-            known = replay = head is not None
-            deadline = None
+            cursor = Cursor(after_seq)
+            replay = True
             while True:
                 # catch up from the replay stream: first (a known job), after a gap, after a resync
                 # — not on every wake-up: live events that follow the last sent one are sent as they are
@@ -107,7 +120,6 @@ class EventServicer:
                     while True:
                         batch = await store.read_after(job_id, cursor.last, s.events_replay_batch)
                         if batch:
-                            known = True
                             first = batch[0]
                             if first.prev > cursor.last:
                                 raise OutOfRange(
@@ -131,7 +143,6 @@ class EventServicer:
                 # live
                 while sub.buf and not sub.resync:
                     items, sub.buf = sub.buf, None
-                    known = True
                     out = []
                     last = cursor.last
                     end = False
@@ -153,40 +164,49 @@ class EventServicer:
                         return
                 if sub.resync:
                     continue
-                if known:
-                    # idle until the next live event: keep nothing of the last step alive (docs/adr/0044)
-                    head = batch = first = ev = out = items = data = None
-                    await feed.wait(sub, None)
-                    continue
-                # unknown job: wait for its first event, at most the grace period
-                loop_time = _now()
-                if deadline is None:
-                    deadline = loop_time + s.events_unknown_job_grace_s
-                if loop_time >= deadline or not await feed.wait(sub, deadline - loop_time):
-                    if await store.head(job_id) is None:
-                        raise NotFound(
-                            f"no events for job {job_id!r} (waited {s.events_unknown_job_grace_s:g} s, ECO2_EVENTS_UNKNOWN_JOB_GRACE_S)",
-                            reason="JOB_NOT_FOUND",
-                            metadata={"job_id": job_id},
-                        )
-                    known = replay = True
+                # idle until the next live event: keep nothing of the last step alive (docs/adr/0044)
+                head = batch = first = ev = out = items = data = None
+                await feed.wait(sub, None)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise _redis_down(exc) from exc
         finally:
             feed.unregister(sub)
+
+    async def _admit(self, job_id: str, caller: str, sub) -> JobHead:
+        """The job's head once the job exists and is `caller`'s to read, else NotFound.
+
+        An unknown job gets ECO2_EVENTS_UNKNOWN_JOB_GRACE_S to publish its first event (a
+        subscriber may be quicker than the producer). Someone else's job is refused like an
+        unknown one, and no sooner, so neither the answer nor its timing tells them apart."""
+        grace = self.settings.events_unknown_job_grace_s
+        deadline = _now() + grace
+        head = await self.store.head(job_id)
+        while head is None and (remaining := deadline - _now()) > 0:
+            await self.feed.wait(sub, remaining)  # wakes on the job's first live event (or a resync)
+            # the replay that starts the stream reads whatever the live buffer held
+            sub.buf, sub.resync = None, False
+            head = await self.store.head(job_id)
+        if head is not None and head.owner == caller:
+            return head
+        if head is not None:
+            await asyncio.sleep(max(0.0, deadline - _now()))
+        raise NotFound(
+            f"no events for job {job_id!r} (waited {grace:g} s, ECO2_EVENTS_UNKNOWN_JOB_GRACE_S)",
+            reason="JOB_NOT_FOUND",
+            metadata={"job_id": job_id},
+        )
 
     async def GetJobState(self, request: events_pb2.GetJobStateRequest, context) -> events_pb2.GetJobStateResponse:
         v = Validator()
         _validate_job_id(v, request.job_id)
         v.raise_if_invalid()
         try:
-            state = await self.store.job_state(request.job_id)
-            head = None if state else await self.store.head(request.job_id)
+            head, state = await asyncio.gather(self.store.head(request.job_id), self.store.job_state(request.job_id))
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise _redis_down(exc) from exc
+        if head is None or head.owner != _caller(context):  # unknown, or someone else's: the same answer
+            raise NotFound(f"no job {request.job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": request.job_id})
         if state is None:
-            if head is None:
-                raise NotFound(f"no job {request.job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": request.job_id})
             # published, not routed yet
             return events_pb2.GetJobStateResponse(
                 state=events_pb2.JobState(job_id=request.job_id, status=events_pb2.JOB_STATUS_QUEUED)

@@ -18,10 +18,10 @@ class ValkeyReplayStore:
 
     async def head(self, job_id: str) -> JobHead | None:
         shard = domain.shard_of(job_id, self.shards)
-        last, closed = await self.redis.hmget(domain.producer_key(shard, job_id), "s", "c")
+        last, closed, owner = await self.redis.hmget(domain.producer_key(shard, job_id), "s", "c", "o")
         if last is None:
             return None
-        return JobHead(int(last), closed == b"1")
+        return JobHead(int(last), closed == b"1", owner.decode() if owner else "")
 
     async def read_after(self, job_id: str, after_seq: int, count: int) -> list[Stored]:
         shard = domain.shard_of(job_id, self.shards)

@@ -12,6 +12,7 @@ from pydantic import Field
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool
+from eco2.services.runtime.dependencies import postgres_check
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
 
 from .postgres import PostgresImageRepository
@@ -47,6 +48,9 @@ class ImagesApp:
 
     def service_names(self) -> list[str]:
         return [images_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name]
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool)}
 
     async def migrate(self) -> list[str]:
         """Apply the pending schema migrations; the names of the files applied."""

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from eco2.services.runtime.validation import ascii_digits
+
 _CONTEXT = b"eco2-image-url/v1"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 SECRET_FILE = Path("images") / "url-secret"
@@ -43,6 +45,9 @@ def signed_path(secret: bytes, sha256_hex: str, expires_at: int, prefix: str = "
 
 def verify(secret: bytes, sha256_hex: str, expires_at: int | str, signature: str, *, now: float | None = None) -> bool:
     """True when `signature` is ours for this image and `expires_at` has not passed."""
+    if isinstance(expires_at, str):  # from a URL: ASCII digits only, as signed_path wrote them
+        if not ascii_digits(expires_at):
+            return False
     try:
         exp = int(expires_at)
     except (TypeError, ValueError):

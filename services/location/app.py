@@ -11,6 +11,7 @@ from pydantic import AliasChoices, Field
 from eco2.location.v1 import location_pb2, location_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool
+from eco2.services.runtime.dependencies import postgres_check
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
 
 from .importer import sample_places
@@ -44,6 +45,9 @@ class LocationApp:
 
     def service_names(self) -> list[str]:
         return [location_pb2.DESCRIPTOR.services_by_name["LocationService"].full_name]
+
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool)}
 
     async def migrate(self) -> list[str]:
         """Apply the pending schema migrations; the names of the files applied."""

@@ -10,6 +10,15 @@ from eco2.location.v1 import location_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
 
 EARTH_RADIUS_M = 6_371_000.0
+#: Coordinates are searched to 1e-7 degree (about 1 cm): finer digits mean nothing for a place
+#: search, and a tiny non-zero value (a subnormal such as 5e-324) makes PostgreSQL's float8
+#: trigonometry fail with "value out of range: underflow".
+COORDINATE_DECIMALS = 7
+
+
+def coordinate(degrees: float) -> float:
+    """A latitude or longitude as searched: rounded to COORDINATE_DECIMALS (-0.0 becomes 0.0)."""
+    return round(degrees, COORDINATE_DECIMALS) + 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .domain import Place
+from .domain import Place, coordinate
 
 NAME = ("재활용센터명", "시설명", "명칭", "name")
 LAT = ("위도", "latitude", "lat")
@@ -99,6 +99,7 @@ def parse_row(row: dict[str, str]) -> Place:
         raise ValueError("latitude/longitude (위도/경도) missing or not numbers") from None
     if not (math.isfinite(lat) and math.isfinite(lng) and -90 <= lat <= 90 and -180 <= lng <= 180):
         raise ValueError(f"latitude/longitude out of range ({lat}, {lng})")
+    lat, lng = coordinate(lat), coordinate(lng)  # stored as searched: a subnormal would underflow in ll_to_earth
     if lat == 0 and lng == 0:
         raise ValueError("latitude/longitude are 0,0 (not geocoded)")
     road, addr = _first(row, ROAD), _first(row, ADDR)

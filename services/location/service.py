@@ -11,7 +11,7 @@ from eco2.location.v1 import location_pb2_grpc
 from eco2.services.runtime.errors import DomainError, NotFound
 from eco2.services.runtime.validation import Validator
 
-from .domain import Hit, NearbyQuery, pickup_name, store_name
+from .domain import Hit, NearbyQuery, coordinate, pickup_name, store_name
 from .ports import KeywordSearch, PlaceRepository
 
 log = logging.getLogger("eco2.location")
@@ -29,9 +29,10 @@ class Limits:
 
 
 def _point(v: Validator, field: str, point: pb.GeoPoint) -> tuple[float, float]:
+    """The point as searched (see domain.coordinate); range violations go to `v`."""
     v.number(f"{field}.latitude", point.latitude, low=-90.0, high=90.0)
     v.number(f"{field}.longitude", point.longitude, low=-180.0, high=180.0)
-    return point.latitude, point.longitude
+    return coordinate(point.latitude), coordinate(point.longitude)
 
 
 class LocationServicer(location_pb2_grpc.LocationServiceServicer):

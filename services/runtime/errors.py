@@ -2,8 +2,10 @@
 
 Handlers raise these; the runtime's server interceptor turns them into a status with
 `ErrorInfo` (always), `BadRequest` (field violations) and `RetryInfo` (when a retry may
-help) in the `grpc-status-details-bin` trailer. Anything else a handler raises becomes
-INTERNAL with a generic message: stack traces go to the log, never to the caller.
+help) in the `grpc-status-details-bin` trailer. A dependency that is down (PostgreSQL or Redis
+refusing or dropping connections, `dependency_down`) becomes UNAVAILABLE + RetryInfo. Anything
+else a handler raises becomes INTERNAL with a generic message: stack traces go to the log,
+never to the caller.
 """
 
 from __future__ import annotations
@@ -124,6 +126,60 @@ class DeadlineExceeded(DomainError):
     default_reason = "DEADLINE_EXCEEDED"
 
 
+#: How long a caller is told to wait before retrying a call that found a dependency down.
+DEPENDENCY_RETRY_S = 1.0
+#: Libraries of the data plane, by module prefix: an OSError raised inside one of them is that
+#: dependency's network failing (refused, reset, timed out, unresolvable).
+_DATA_PLANE_MODULES = (("asyncpg", "postgres"), ("psycopg", "postgres"), ("redis", "redis"))
+
+
+def dependency_down(exc: BaseException) -> Unavailable | None:
+    """UNAVAILABLE + RetryInfo when `exc`, or an exception that caused it, says that PostgreSQL
+    or Redis could not be reached or dropped the connection mid-call; None for any other error
+    (those stay INTERNAL: a bug, not a dependency to wait for)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        dependency = _down_dependency(cause)
+        if dependency is not None:
+            return Unavailable(
+                f"{dependency} is unavailable ({type(cause).__name__}); retry shortly",
+                reason="DEPENDENCY_UNAVAILABLE",
+                metadata={"dependency": dependency},
+                retry_after_s=DEPENDENCY_RETRY_S,
+            )
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def _down_dependency(exc: BaseException) -> str | None:
+    import asyncpg
+    import psycopg
+    import redis.exceptions
+
+    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
+                        asyncpg.CrashShutdownError, asyncpg.TooManyConnectionsError, psycopg.OperationalError)):
+        return "postgres"  # psycopg's OperationalError: connection lost or refused, pool timeout
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return "redis"
+    if isinstance(exc, OSError):
+        return _raised_in(exc)
+    return None
+
+
+def _raised_in(exc: BaseException) -> str | None:
+    """The data-plane dependency whose library the exception was raised in, if any."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        for prefix, dependency in _DATA_PLANE_MODULES:
+            if module == prefix or module.startswith(prefix + "."):
+                return dependency
+        tb = tb.tb_next
+    return None
+
+
 def status_details(call_or_error: grpc.aio.AioRpcError | grpc.Call) -> status_pb2.Status | None:
     """Client side: the `google.rpc.Status` carried by a failed call, if any."""
     metadata = call_or_error.trailing_metadata() or ()
@@ -145,3 +201,21 @@ def unpack_details(status: status_pb2.Status) -> dict[str, object]:
                 detail.Unpack(msg)
                 out[cls.DESCRIPTOR.name] = msg
     return out
+
+
+def describe(error: grpc.aio.AioRpcError) -> str:
+    """Client side: a failed call in one line for a person to read: the code, then what the
+    server said about each field (BadRequest: "message: must be at most 1000 characters (got
+    5000)") or else its message, and when to retry if it sent RetryInfo."""
+    text = error.details() or ""
+    retry = ""
+    status = status_details(error)
+    if status is not None:
+        details = unpack_details(status)
+        bad = details.get("BadRequest")
+        if bad is not None and bad.field_violations:
+            text = "; ".join(f"{v.field}: {v.description}" for v in bad.field_violations)
+        info = details.get("RetryInfo")
+        if info is not None:
+            retry = f" (retry in {info.retry_delay.ToTimedelta().total_seconds():g} s)"
+    return " ".join(f"{error.code().name}: {text}{retry}".split())

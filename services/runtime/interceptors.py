@@ -16,7 +16,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from . import context as ctx
-from .errors import DomainError, InvalidArgument, Unauthenticated
+from .errors import DomainError, InvalidArgument, Unauthenticated, dependency_down
 from .identity import IdentityVerifier
 from .metrics import MALFORMED, RPC_HANDLED, RPC_SECONDS, STREAMS_ACTIVE
 from .telemetry import current_traceparent
@@ -170,6 +170,11 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
                 code = grpc.StatusCode.INTERNAL
             log.warning("downstream call failed", extra={"grpc_method": method, "downstream_code": exc.code().name})
             await context.abort(code, f"dependency call failed: {exc.code().name}: {exc.details()}")
+        down = dependency_down(exc)
+        if down is not None:  # PostgreSQL or Redis unreachable: the caller retries, nothing to debug here
+            log.warning("dependency unavailable", extra={"grpc_method": method, "dependency": down.metadata["dependency"], "error": repr(exc)[:300]})
+            status = down.to_grpc_status()
+            await context.abort(status.code, status.details, status.trailing_metadata)
         log.exception("unhandled error", extra={"grpc_method": method, "traceparent": current_traceparent()})
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (trace {current_traceparent() or 'n/a'})")
         return grpc.StatusCode.INTERNAL  # not reached: abort raises
@@ -197,8 +202,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
                 code = _code_of(context)
                 raise
             except Exception as exc:  # mapped to a status, never leaked
-                code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
-                code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL
+                code = _status_of(exc)
                 if client_streaming and isinstance(exc, DomainError):
                     await _drain(request, self.reject_drain_s)
                 await self._fail(method, context, exc)
@@ -229,8 +233,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(exc, grpc.aio.AbortError):
             return _code_of(context), "raise"
         if isinstance(exc, Exception):  # mapped to a status, never leaked
-            code = getattr(exc, "code", grpc.StatusCode.INTERNAL)
-            return (code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.INTERNAL), "fail"
+            return _status_of(exc), "fail"
         return grpc.StatusCode.OK, "raise"  # KeyboardInterrupt, SystemExit: not ours to map
 
     def _stream(self, method: str, behavior, client_streaming: bool):
@@ -362,6 +365,16 @@ class _HandledCounter:
         if child is None:
             child = self.children[code] = RPC_HANDLED.labels(self.method, code.name)
         child.inc()
+
+
+def _status_of(exc: Exception) -> grpc.StatusCode:
+    """The status `_fail` sends for `exc` (for the RPC metrics)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code()
+    return grpc.StatusCode.UNAVAILABLE if dependency_down(exc) is not None else grpc.StatusCode.INTERNAL
 
 
 def _code_of(context) -> grpc.StatusCode:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import socket
+import threading
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 RPC_HANDLED = Counter(
     "eco2_grpc_server_handled_total", "RPCs completed, by method and status code", ["grpc_method", "grpc_code"]
@@ -17,7 +22,19 @@ STREAMS_ACTIVE = Gauge("eco2_grpc_server_streams_active", "Server streams curren
 MALFORMED = Counter("eco2_grpc_server_malformed_requests_total", "Requests whose bytes did not parse", ["grpc_method"])
 
 
-def serve_metrics(host: str, port: int) -> tuple[object, int]:
-    """Start the /metrics HTTP endpoint in a thread; returns (server, bound port)."""
-    server, _thread = start_http_server(port, addr=host)
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args) -> None:  # scrapes are not worth a log line
+        pass
+
+
+def serve_metrics(host: str, port: int, *, reuse_port: bool = False) -> tuple[object, int]:
+    """Start the /metrics HTTP endpoint in a thread; returns (server, bound port).
+    `reuse_port`: bind with SO_REUSEPORT (the port `eco2 up` holds for this process)."""
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        allow_reuse_port = reuse_port
+
+    server = make_server(host, port, make_wsgi_app(), Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server, server.server_port

@@ -1,6 +1,7 @@
 """grpc.aio server bootstrap shared by every service.
 
-A service provides a `ServiceApp`; `run()` gives it health, reflection, the runtime
+A service provides a `ServiceApp`; `run()` gives it health (following the app's dependency
+checks, dependencies.py), reflection, the runtime
 interceptors, OpenTelemetry, /metrics, JSON logs and a graceful SIGTERM shutdown:
 NOT_SERVING first, streams drained (then ended with UNAVAILABLE + RetryInfo), in-flight
 unary calls given `shutdown_grace_s`, then the app's pools closed.
@@ -20,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .dependencies import DependencyWatcher
 from .identity import IdentityVerifier, fetch_auth_jwks, keys_from_jwks
 from .interceptors import CoreServerInterceptor, ShutdownCoordinator
 from .logs import configure_logging
@@ -31,7 +33,11 @@ log = logging.getLogger("eco2.server")
 
 
 class ServiceApp(Protocol):
-    """What a service gives the runtime."""
+    """What a service gives the runtime.
+
+    Optionally also `dependency_checks() -> Mapping[str, Check]` (called after `start`): the
+    dependencies it cannot serve without (dependencies.py); health is NOT_SERVING while one fails.
+    """
 
     #: Short name as in `eco2 serve NAME`.
     name: str
@@ -85,11 +91,13 @@ class RunningServer:
     shutdown: ShutdownCoordinator
     app: ServiceApp
     settings: RuntimeSettings
+    dependencies: DependencyWatcher
     _metrics_server: object | None = field(default=None, repr=False)
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace, "streams": self.shutdown.active_streams})
+        await self.dependencies.stop()  # first: a dependency coming back must not report SERVING again
         await self.health.enter_graceful_shutdown()
         stream_budget = min(grace / 2, 5.0)
         drain = asyncio.create_task(self.shutdown.drain_streams(stream_budget))
@@ -116,10 +124,16 @@ def server_options(settings: RuntimeSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        # A port clash must fail loudly, not silently share the port with another process.
-        ("grpc.so_reuseport", 0),
+        # A port clash must fail loudly, not silently share the port with another process; only
+        # the port `eco2 up` holds for this process is shared with its holder.
+        ("grpc.so_reuseport", int(settings.reuse_port)),
+        # Keepalive pings from clients (every 30 s, clients.py) keep idle streams open: a
+        # NEEDS_INPUT wait or an SSE relay may send nothing for an hour. Without these the
+        # server accepts one ping per 5 minutes, counts each earlier one as a strike and sends
+        # GOAWAY too_many_pings after 2 strikes, ending every idle stream after ~2 minutes.
         ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(settings.grpc_min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", settings.grpc_max_ping_strikes),
     ]
 
 
@@ -149,7 +163,7 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     metrics_server, metrics_port = (None, None)
     if metrics:
         try:
-            metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port)
+            metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port, reuse_port=settings.reuse_port)
         except OSError as exc:
             raise RuntimeError(f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
     health_servicer = health.aio.HealthServicer()
@@ -166,11 +180,20 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     await server.start()
     for name in [*names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def follow(down: frozenset[str]) -> None:  # every service of the process, and "" (the server)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if down else health_pb2.HealthCheckResponse.SERVING
+        for name in [*names, ""]:
+            await health_servicer.set(name, status)
+
+    checks = app.dependency_checks() if hasattr(app, "dependency_checks") else {}
+    dependencies = DependencyWatcher(checks, follow, interval_s=settings.health_check_interval_s, timeout_s=settings.health_check_timeout_s)
+    dependencies.start()
     log.info(
         "serving",
         extra={"service": app.name, "grpc": f"{settings.grpc_host}:{port}", "metrics_port": metrics_port, "services": names, "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]},
     )
-    return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, metrics_server)
+    return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, dependencies, metrics_server)
 
 
 def tune_gc(gen0_threshold: int) -> None:

@@ -13,6 +13,13 @@ from .errors import FieldViolation, InvalidArgument
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def ascii_digits(text: str) -> bool:
+    """True when `text` is one or more ASCII digits 0-9, the only digits a number on the wire
+    may have. `str.isdigit()` alone also accepts other scripts' digits ('٣', '３'), which int()
+    reads as numbers, and superscripts ('²'), on which int() raises ValueError."""
+    return text.isascii() and text.isdigit()
+
+
 class Validator:
     """Usage:
 

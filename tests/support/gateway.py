@@ -111,13 +111,13 @@ def gateway_env(addrs: dict[str, str], **extra: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def upstreams(service_env: dict[str, str]):
-    """auth, character, events and pump, in-process on free ports."""
+async def upstreams(service_env: dict[str, str], **overrides: str):
+    """auth, character, events and pump, in-process on free ports; `overrides`: more env."""
     from eco2.services.auth.app import create as create_auth
     from eco2.services.character.app import create as create_character
     from eco2.services.events.app import create as create_events
 
-    base = {**service_env, "ECO2_AUTH_RATE_LIMIT_PER_S": "0", "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "0.3"}
+    base = {**service_env, "ECO2_AUTH_RATE_LIMIT_PER_S": "0", "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "0.3", **overrides}
     with env(base):
         apps = {"auth": create_auth(), "character": create_character(), "events": create_events(), "pump": PumpApp(RuntimeSettings())}
     async with contextlib.AsyncExitStack() as stack:
@@ -170,6 +170,7 @@ class StandInChatApp:
         from eco2.events.v1 import events_pb2 as E
         from eco2.services.dataplane.urls import create_redis
         from eco2.services.events.producer import EventPublisher
+        from eco2.services.runtime.context import caller_id
 
         self.redis = create_redis(self.redis_url)
         publisher = EventPublisher(self.redis)
@@ -193,6 +194,7 @@ class StandInChatApp:
             async def SendMessage(self, request, context):
                 job = f"job-{_uuid.uuid4().hex[:16]}"
                 conversation = request.conversation_id or f"conv-{_uuid.uuid4().hex[:12]}"
+                await publisher.set_owner(job, caller_id(context))  # as the real chat does: the job streams to its sender only
                 task = asyncio.ensure_future(produce(job, conversation))
                 app.tasks.add(task)
                 task.add_done_callback(app.tasks.discard)

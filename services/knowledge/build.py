@@ -1,6 +1,6 @@
-"""Rebuild the chat knowledge base from the Eco² reference data (a development step).
+"""Rebuild the knowledge base (chat and scan) from the Eco² reference data (a development step).
 
-    python -m eco2.services.chat.knowledge.build /path/to/shared/reference-data/eco2
+    python -m eco2.services.knowledge.build /path/to/shared/reference-data/eco2
 
 The product reads only the files written here (rules.json, prices.yaml, taxonomy.yaml,
 characters.yaml); it never reads the reference-data folder at run time. Facts are copied,
