@@ -26,7 +26,7 @@ SERVICES: dict[str, str] = {
 
 #: The services that own schema migrations (services/NAME/migrations/), in start order; each
 #: app has `async migrate()`, run at its start or, in Kubernetes, by `eco2 migrate` beforehand.
-MIGRATIONS = ("auth", "character", "location", "images", "chat")
+MIGRATIONS = ("auth", "character", "location", "images", "chat", "scan")
 
 #: HTTP apps (health: GET /healthz, endpoint http://host:port), started after the gRPC services.
 #: Such an app has `protocol = "http"` and an `async serve()` that runs it until SIGTERM.

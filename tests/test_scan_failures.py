@@ -73,10 +73,10 @@ def scan_app(base, **extra):
         return create()
 
 
-async def history(events_stub, job_id: str) -> list[events_pb2.Event]:
-    """Every event of a finished job, from the start (EventService.Subscribe)."""
+async def history(events_stub, job_id: str, user: str) -> list[events_pb2.Event]:
+    """Every event of a finished job, from the start, read as its owner (EventService.Subscribe)."""
     async with asyncio.timeout(60):
-        return [e async for e in events_stub.Subscribe(E.SubscribeRequest(job_id=job_id, after_seq=0))]
+        return [e async for e in events_stub.Subscribe(E.SubscribeRequest(job_id=job_id, after_seq=0), metadata=as_user(user))]
 
 
 async def eventually(check, timeout_s: float = 60.0):
@@ -124,7 +124,7 @@ async def test_a_reward_that_cannot_be_granted_now_is_retried_and_granted_once(b
         assert reward.character.code == "char-factory" and "팩토리" in reward.reason
         assert await grants(db, user) == [("RECEIVED", "char-factory")]
         # the scan's own events are not rewritten: one terminal DONE, as first published
-        assert [e.kind for e in await history(base["events"], events[0].job_id)].count(E.EVENT_KIND_DONE) == 1
+        assert [e.kind for e in await history(base["events"], events[0].job_id, user)].count(E.EVENT_KIND_DONE) == 1
 
 
 async def test_a_reward_that_never_gets_through_is_reported(base, db):
@@ -229,7 +229,7 @@ async def test_a_worker_that_dies_at_any_event_leaves_no_duplicate_and_one_rewar
         await run(reference.scan_id, None)
         await answer(reference_user, reference)
         await run(reference.scan_id, None)
-        expected = shape(await history(base["events"], reference.job_id))
+        expected = shape(await history(base["events"], reference.job_id, reference_user))
         assert expected[-1][1] == E.EVENT_KIND_DONE and await grants(db, reference_user) == [("RECEIVED", "char-paepy")]
 
         for budget in range(len(expected) - 1):  # a run publishes every event but QUEUED: it dies before each of them
@@ -241,7 +241,7 @@ async def test_a_worker_that_dies_at_any_event_leaves_no_duplicate_and_one_rewar
                 await answer(user, reply)
             assert await run(reply.scan_id, budget)
             await run(reply.scan_id, None)  # the re-run after the crash
-            got = shape(await history(base["events"], reply.job_id))
+            got = shape(await history(base["events"], reply.job_id, user))
             assert got == expected, f"died after {budget} events"
             assert await grants(db, user) == [("RECEIVED", "char-paepy")]
 
@@ -279,7 +279,7 @@ async def test_a_worker_killed_mid_vision_is_replaced_without_a_duplicate_event_
                     await first.wait()
             second = await start_worker(worker_env)
             try:
-                events = await history(base["events"], reply.job_id)
+                events = await history(base["events"], reply.job_id, user)
             finally:
                 second.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(second.wait(), 30)

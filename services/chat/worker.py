@@ -15,7 +15,7 @@ from google.protobuf import any_pb2
 from langgraph.types import Command
 
 from eco2.events.v1 import events_pb2
-from eco2.services.events.jobs import Job, JobQueue
+from eco2.services.events.jobs import Job, JobQueue, ends_stream_on_dead
 from eco2.services.runtime.context import act_as
 from eco2.services.runtime.telemetry import current_traceparent, recording_enabled, span
 
@@ -222,20 +222,12 @@ class ChatWorkers:
 
 
 def end_dead_job(sink):
-    """The chat queue's `on_dead`: a job that ran out of attempts ends its stream with ERROR, so a
-    client following it is told instead of waiting until its deadline."""
-
-    async def on_dead(job: Job, error: str) -> None:
-        # a resume job ("<job>:input:<seq>") streams on its job's events
-        job_id = json.loads(job.payload).get("job_id", job.job_id)
-        event = events_pb2.Event(
-            job_id=job_id, kind=events_pb2.EVENT_KIND_ERROR, job_kind=events_pb2.JOB_KIND_CHAT, node="error",
-            error=events_pb2.JobError(code=14, reason="JOB_FAILED", message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.", retryable=True),
-        )
-        if await sink.publish_next(event):
-            log.warning("dead-lettered chat job ended with ERROR", extra={"job_id": job_id, "seq": event.seq, "error": mask(error)[:300]})
-
-    return on_dead
+    """The chat queue's `on_dead`: a dead-lettered job ends its stream with ERROR; a resume job
+    ("<job>:input:<seq>") streams on its job's events."""
+    return ends_stream_on_dead(
+        sink, job_kind=events_pb2.JOB_KIND_CHAT, message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.",
+        stream_of=lambda job: json.loads(job.payload).get("job_id", job.job_id),
+    )
 
 
 async def publish_queued(sink, job_id: str, owner: str, outbox: EventOutbox | None = None, *, traceparent: str = "") -> None:

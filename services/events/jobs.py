@@ -62,6 +62,25 @@ class Job:
     consumer: str = ""
 
 
+def ends_stream_on_dead(sink, *, job_kind: int, message: str, stream_of: Callable[[Job], str] = lambda job: job.job_id):
+    """An `on_dead` for a queue whose jobs stream events: a job that ran out of attempts ends its
+    stream (`stream_of(job)`, the job id unless a resume job streams on another's) with ERROR
+    JOB_FAILED carrying `message`, so a client following it is told instead of waiting until its
+    deadline. `sink` is the worker's EventPublisher."""
+    from eco2.events.v1 import events_pb2
+
+    async def on_dead(job: Job, error: str) -> None:
+        job_id = stream_of(job)
+        event = events_pb2.Event(
+            job_id=job_id, kind=events_pb2.EVENT_KIND_ERROR, job_kind=job_kind, node="error",
+            error=events_pb2.JobError(code=14, reason="JOB_FAILED", message=message, retryable=True),
+        )
+        if await sink.publish_next(event):
+            log.warning("a dead-lettered job ended its stream with ERROR", extra={"job_id": job_id, "seq": event.seq, "error": error[:300]})
+
+    return on_dead
+
+
 class JobQueue:
     def __init__(self, redis: redis.asyncio.Redis, kind: str, settings: EventsSettings | None = None, *,
                  on_dead: Callable[[Job, str], Awaitable[None]] | None = None) -> None:

@@ -11,7 +11,8 @@ from pydantic import Field
 from eco2.scan.v1 import scan_pb2, scan_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
-from eco2.services.events.jobs import JobQueue
+from eco2.events.v1 import events_pb2
+from eco2.services.events.jobs import JobQueue, ends_stream_on_dead
 from eco2.services.events.producer import EventPublisher
 from eco2.services.events.settings import EventsSettings
 from eco2.services.knowledge import kb
@@ -19,6 +20,7 @@ from eco2.services.llm import create_llm
 from eco2.services.llm.ports import LLM
 from eco2.services.llm.registry import provider_of
 from eco2.services.runtime.clients import channel
+from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.runtime.settings import Endpoints
 
 from .grpc_clients import GrpcImages, GrpcJobIdentities, GrpcRewards
@@ -78,6 +80,13 @@ class ScanApp:
     def service_names(self) -> list[str]:
         return [scan_pb2.DESCRIPTOR.services_by_name["ScanService"].full_name]
 
+    def dependency_checks(self):
+        return {"postgres": postgres_check(self.pool), "redis": redis_check(self.redis)}
+
+    async def migrate(self) -> list[str]:
+        """Apply the pending schema migrations; the names of the files applied."""
+        return await apply_migrations(self.settings.database_url, "scan", resources.files(__package__) / "migrations")
+
     def _channel(self, service: str) -> grpc.aio.Channel:
         ch = channel(self.endpoints.address_of(service), default_timeout_s=self.settings.downstream_timeout_s)
         self.channels.append(ch)
@@ -86,11 +95,16 @@ class ScanApp:
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         self.vision_llm = create_vision_llm(s)
-        await apply_migrations(s.database_url, "scan", resources.files(__package__) / "migrations")
+        if s.migrate_on_start:
+            await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-scan")
         self.redis = create_redis(s.redis_url)
         self.sink = EventPublisher(self.redis, s)
-        queue = JobQueue(self.redis, s.scan_job_kind, s)
+        # A scan that runs out of attempts ends its stream with ERROR (a resume job "<job>:input:<n>"
+        # streams on its scan's job); the reward queue's jobs come after DONE and end nothing.
+        dead = ends_stream_on_dead(self.sink, job_kind=events_pb2.JOB_KIND_SCAN, message="사진을 확인하지 못했어요. 잠시 후 다시 시도해 주세요.",
+                                   stream_of=lambda job: job.job_id.split(":", 1)[0])
+        queue = JobQueue(self.redis, s.scan_job_kind, s, on_dead=dead)
         reward_queue = JobQueue(self.redis, f"{s.scan_job_kind}-reward", s.model_copy(update={"jobs_retry_delay_s": s.scan_reward_retry_delay_s, "jobs_max_attempts": s.scan_reward_max_attempts}))
         store = ScanStore(self.pool)
         images = GrpcImages(self._channel("images"))

@@ -224,7 +224,7 @@ class RewardDecision:
 def decide_reward(c: Classification, *, rules_found: bool, min_confidence: float, vision_configured: bool) -> RewardDecision:
     """A character only for a confident classification with rules. When a vision model is
     configured, only what it saw counts: a hint or an answer is not a check of the photo. Offline
-    nothing can check the photo, so the user's word is the classification (docs/adr/0075)."""
+    nothing can check the photo, so the user's word is the classification (docs/adr/0076)."""
     if not c.rule_file:
         return RewardDecision(False, "어떤 물건인지 알 수 없어 보상을 드릴 수 없어요.")
     if not rules_found:

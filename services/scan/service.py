@@ -78,7 +78,9 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         return scan_pb2.SubmitScanResponse(job_id=job_id, scan_id=scan.id)
 
     async def _queue(self, scan: ScanRecord, identity: str) -> None:
-        # Both are idempotent: a retried submit (deduplicated) also repairs one that died half-way.
+        # All three are idempotent: a retried submit (deduplicated) also repairs one that died
+        # half-way. The owner first: from the first event on, the job streams to its user only.
+        await self.sink.set_owner(scan.job_id, scan.user_id)
         await publish_tolerant(self.sink, [queued_event(scan.job_id)])
         await self.queue.enqueue(scan.job_id, json.dumps({"scan_id": scan.id, "identity": identity}).encode())
 

@@ -85,7 +85,8 @@ class ScanWorkers:
 
     async def _run(self, queue: JobQueue, handler, job: Job) -> None:
         try:
-            await handler(job)
+            async with queue.holding(job):  # a scan slower than the visibility timeout keeps its claim
+                await handler(job)
             await queue.ack(job)
         except asyncio.CancelledError:
             raise
