@@ -13,6 +13,7 @@ from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.runtime.dependencies import postgres_check, redis_check
+from eco2.services.runtime.identity import JobIdentities
 from eco2.services.events.jobs import JobQueue
 from eco2.services.events.producer import EventPublisher
 from eco2.services.knowledge import kb
@@ -24,7 +25,7 @@ from eco2.services.runtime.settings import Endpoints
 from . import media, pii
 from .answer import compose
 from .graph import ChatDeps, build_graph
-from .grpc_clients import GrpcCharacters, GrpcImages, GrpcJobIdentities, GrpcPlaces
+from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
 from .metrics import MeteredLLM
 from .outbox import EventOutbox
 from .postgres import ConversationStore
@@ -117,7 +118,7 @@ class ChatApp:
         self.workers.start()
         servicer = ChatServicer(
             store=store, queue=queue, sink=sink, redis=self.redis, images=images, events_channel=self._channel("events"), settings=s, outbox=outbox,
-            job_identities=GrpcJobIdentities(self._channel("auth")),
+            job_identities=JobIdentities(self._channel("auth")),
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 

@@ -21,9 +21,10 @@ from eco2.services.llm.ports import LLM
 from eco2.services.llm.registry import provider_of
 from eco2.services.runtime.clients import channel
 from eco2.services.runtime.dependencies import postgres_check, redis_check
+from eco2.services.runtime.identity import JobIdentities
 from eco2.services.runtime.settings import Endpoints
 
-from .grpc_clients import GrpcImages, GrpcJobIdentities, GrpcRewards
+from .grpc_clients import GrpcImages, GrpcRewards
 from .pipeline import ScanDeps, ScanLimits, ScanPipeline
 from .policy import POLICIES
 from .postgres import ScanStore
@@ -114,7 +115,7 @@ class ScanApp:
         self.workers = ScanWorkers(queue=queue, reward_queue=reward_queue, sink=self.sink, pipeline=ScanPipeline(deps), store=store, settings=s)
         self.workers.start()
         servicer = ScanServicer(
-            store=store, queue=queue, sink=self.sink, images=images, job_identities=GrpcJobIdentities(self._channel("auth")),
+            store=store, queue=queue, sink=self.sink, images=images, job_identities=JobIdentities(self._channel("auth")),
             events_channel=self._channel("events"), settings=s,
         )
         scan_pb2_grpc.add_ScanServiceServicer_to_server(servicer, server)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import grpc
 
-from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.services.runtime.errors import NotFound, ResourceExhausted, Unavailable
@@ -14,23 +13,6 @@ from eco2.services.runtime.errors import NotFound, ResourceExhausted, Unavailabl
 #: Answers that mean "no such image for this caller": unknown, malformed or someone else's key
 #: all get the same NOT_FOUND, so a scan never tells whether another user's image exists.
 _NOT_THEIRS = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED)
-
-
-class GrpcJobIdentities:
-    """Wristbands for queued scans: the worker acts for the scan's user with it, however long the
-    scan waits for an answer or is retried (the request's own wristband lives minutes)."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.stub = auth_pb2_grpc.MeshIdentityServiceStub(channel)
-
-    async def issue(self, job_id: str) -> str:
-        try:
-            reply = await self.stub.IssueJobIdentity(auth_pb2.IssueJobIdentityRequest(job_id=job_id))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise
-            raise Unavailable(f"auth cannot issue the scan's identity: {exc.code().name}", reason="JOB_IDENTITY_UNAVAILABLE", retry_after_s=1.0) from None
-        return reply.identity
 
 
 class GrpcImages:
