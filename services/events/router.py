@@ -24,9 +24,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import domain, scripts
-from .settings import EventsSettings
-from .resp import PoolCommands, RespClient
+from eco2.services.bus import domain, scripts
+from eco2.services.bus.settings import EventsSettings
+from eco2.services.bus.resp import PoolCommands, RespClient
 
 log = logging.getLogger("eco2.events.router")
 
