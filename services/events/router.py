@@ -46,12 +46,6 @@ FANOUT_LAG = Histogram(
 FRAME_BYTES = 256 * 1024
 
 
-def _legacy_header(fields: dict) -> bytes:
-    """The `h` field of an entry written by an older producer (one field per value)."""
-    g = fields.get
-    return b" ".join((g(b"p", b"0"), g(b"s", b"0"), g(b"t", b"0"), g(b"st", b"0"), g(b"g", b"0"), g(b"k", b"0"), g(b"tm", b"0"), g(b"j", b"")))
-
-
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
@@ -252,8 +246,8 @@ class Router:
                     fields = dict(zip(fields[::2], fields[1::2]))
             if not isinstance(fields, list):
                 h = fields.get(b"h")
-                if h is None:
-                    h = _legacy_header(fields)
+                if h is None:  # not written by the producer's PUBLISH script: acked, not routed
+                    continue
                 node, data = fields.get(b"n", b""), fields.get(b"d", b"")
             jobs[h[h.rindex(b" ") + 1 :]] = None
             args.append(h)
