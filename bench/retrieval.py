@@ -104,7 +104,7 @@ def evaluate(rank, questions: list[dict], unrelated: list[str], repeat: int) -> 
         items = [[e] if isinstance(e, str) else e for e in q["expect"]]
 
         def recall(k: int) -> float:
-            return sum(any(f in got[:k] for f in item) for item in items) / len(items)
+            return sum(any(f in got[:k] for f in item) for item in items) / len(items)  # noqa: B023 - called at once
 
         r1, r3 = r1 + recall(1), r3 + recall(3)
         mrr += next((1 / (i + 1) for i, f in enumerate(got) if any(f in item for item in items)), 0.0)

@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from chat import pct, serve  # noqa: E402
 from grpc_ceiling import free_port, stop_process, wait_serving  # noqa: E402
-from support.fake_llm import png  # noqa: E402
 
 from eco2.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
 from eco2.images.v1 import images_pb2, images_pb2_grpc  # noqa: E402
 from eco2.scan.v1 import scan_pb2, scan_pb2_grpc  # noqa: E402
 from eco2.services.runtime.identity import IDENTITY_KEY  # noqa: E402
+from support.fake_llm import png  # noqa: E402
 
 #: hint → the character its category earns
 HINTS = {

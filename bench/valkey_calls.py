@@ -12,7 +12,6 @@ Lua call) with Valkey's own `INFO commandstats` per event. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil

@@ -24,10 +24,10 @@ from prometheus_client import Counter, Gauge
 from eco2.auth.v1 import auth_pb2
 
 from . import routes, uploads
-from .images import SignedImages
 from .authz import Authorizer
 from .bridge import ALL_TYPES, CONNECT_STREAM_TYPES, CONNECT_UNARY_TYPES, GRPC_WEB_TYPES, Bridge
 from .http import ClientGone, HttpError, Request
+from .images import SignedImages
 from .settings import GatewaySettings
 from .sse import PATH as SSE_PATH
 from .sse import EventStreams

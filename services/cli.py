@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import json
+import logging
 import sys
 from pathlib import Path
 

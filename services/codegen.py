@@ -26,7 +26,7 @@ def repo_root() -> Path:
     for parent in here.parents:
         if (parent / "buf.yaml").is_file() and (parent / "proto").is_dir():
             return parent
-    raise SystemExit("codegen runs from a source checkout (buf.yaml not found above %s)" % here)
+    raise SystemExit(f"codegen runs from a source checkout (buf.yaml not found above {here})")
 
 
 def proto_files(proto_dir: Path) -> list[Path]:

@@ -17,7 +17,6 @@ from eco2.location.v1 import location_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.identity import as_user
 from support.servers import env, running
-from support.identity import as_user
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +118,10 @@ async def test_answers_that_start_together_share_one_character_call(stack):
     """After a cold start many answers want the same character at once: one GetCharacter call,
     shared (the others wait for it), then the cache; a caller that gives up leaves the call to
     the rest."""
+    from prometheus_client import REGISTRY
+
     from eco2.services.chat.grpc_clients import GrpcCharacters
     from eco2.services.runtime.clients import channel as grpc_channel
-    from prometheus_client import REGISTRY
 
     def calls() -> float:
         labels = {"grpc_method": "/eco2.character.v1.CharacterService/GetCharacter", "grpc_code": "OK"}

@@ -20,8 +20,8 @@ from eco2.services.chat.tools.bulk_waste import DataGoKrBulkWasteFees, PublicDat
 from eco2.services.knowledge import kb
 from support.fake_bulk_waste import FakeBulkWasteApi, row
 from support.fake_llm import FakeModelServer, Script
-from support.servers import env, running
 from support.identity import as_user
+from support.servers import env, running
 
 KEY = "fake+key/with=chars"  # characters that must survive URL encoding
 GANGNAM_SOFA = "강남구에서 소파 버리려면 얼마야?"

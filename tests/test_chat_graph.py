@@ -120,7 +120,7 @@ async def test_two_slow_tools_run_concurrently(graph):
 
 async def test_history_past_the_threshold_is_summarised(graph):
     history = []
-    for i, (q, a) in enumerate([("우유팩 어떻게 버려?", "종이팩으로 배출해요."), ("캔은?", "캔류로 배출해요."), ("유리병은?", "유리병류로 배출해요."), ("건전지는?", "전지 수거함에 넣어요."), ("스티로폼은?", "발포합성수지로 배출해요.")]):
+    for q, a in [("우유팩 어떻게 버려?", "종이팩으로 배출해요."), ("캔은?", "캔류로 배출해요."), ("유리병은?", "유리병류로 배출해요."), ("건전지는?", "전지 수거함에 넣어요."), ("스티로폼은?", "발포합성수지로 배출해요.")]:
         history += [{"role": "user", "text": q}, {"role": "assistant", "text": a}]
     deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), summary_threshold_tokens=20, keep_recent_messages=4)
     s = state("투명 페트병은 어떻게 버려?", history=history)

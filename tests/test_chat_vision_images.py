@@ -25,8 +25,8 @@ from eco2.services.chat.answer import compose
 from eco2.services.llm import create_llm
 from eco2.services.llm.images import create_image_model
 from support.fake_llm import FakeModelServer, png
-from support.servers import env, running
 from support.identity import as_user
+from support.servers import env, running
 
 PET_RULE = "rule:재활용폐기물_무색페트병#배출방법_공통"
 PET_FACTS = ("내용물", "라벨", "압착", "뚜껑")

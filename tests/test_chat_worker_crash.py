@@ -19,7 +19,6 @@ from eco2.events.v1 import events_pb2, events_pb2_grpc
 from support.fake_llm import FakeModelServer, Script
 from support.identity import as_user
 from support.servers import env, running
-from support.identity import as_user
 
 TOKENS = [f"조각{i:02d} " for i in range(40)]
 PER_EVENT = 2  # ECO2_CHAT_TOKENS_PER_EVENT of the workers (coalesced TOKEN events)

@@ -8,11 +8,18 @@ import asyncio
 import uuid
 
 import pytest
-from redis.exceptions import AuthenticationError, BusyLoadingError, NoPermissionError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from eco2.services.dataplane.urls import create_redis
 from eco2.services.bus.resp import PoolCommands, RespClient
+from eco2.services.dataplane.urls import create_redis
 
 
 @pytest.fixture

@@ -101,7 +101,7 @@ async def test_unary_text_mode_with_padding_mid_stream(client, token):
 
 
 def _b64_chunks(data: bytes) -> bytes:
-    out, i = b"", 0
+    out = b""
     import re
 
     for chunk in re.findall(rb"[A-Za-z0-9+/]*={0,2}", data):

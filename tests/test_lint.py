@@ -17,3 +17,9 @@ def test_the_import_contracts_of_pyproject_are_kept():
     """Services independent of each other, the edge and the shared packages knowing no service."""
     result = _run(str(Path(sys.executable).with_name("lint-imports")), "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_finds_nothing():
+    """The rules of pyproject.toml [tool.ruff.lint] (pyflakes, pycodestyle, bugbear, isort, pyupgrade)."""
+    result = _run(sys.executable, "-m", "ruff", "check", "--no-cache", ".")
+    assert result.returncode == 0, result.stdout + result.stderr

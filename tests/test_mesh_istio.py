@@ -11,6 +11,7 @@ import celpy
 import jsonschema
 import pytest
 import yaml
+
 from eco2.mesh import istio
 from eco2.mesh.istio import GRPC_PORT, HTTP_PORT, POD_LABEL, Params, mesh_config, render
 from eco2.mesh.routes import INGRESS, load, parse

@@ -21,9 +21,10 @@ import helm_python
 import httpx
 import pytest
 import yaml
-from eco2.services.runtime import telemetry
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+
+from eco2.services.runtime import telemetry
 from support.gateway import gateway
 from support.monitoring import (
     CHART,

@@ -16,6 +16,7 @@ import uuid
 import asyncpg
 import grpc
 import pytest
+from test_scan import new_user, photo, result_of, upload
 
 from eco2.character.v1 import character_pb2
 from eco2.events.v1 import events_pb2, events_pb2_grpc
@@ -24,7 +25,6 @@ from eco2.services.runtime.errors import status_details, unpack_details
 from support.fake_llm import FakeModelServer
 from support.identity import as_user
 from support.servers import env, running
-from test_scan import new_user, photo, result_of, upload
 
 E = events_pb2
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_gateway_sse import parse
 
 from support.fake_llm import png
 from support.gateway import gateway, upstreams
 from support.servers import env, running
-from test_gateway_sse import parse
 
 
 @pytest.fixture(scope="module")

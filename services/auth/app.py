@@ -80,11 +80,8 @@ class AuthSettings(RuntimeSettings):
     auth_naver_scope: str = Field("", description="Naver scopes")
 
     def provider_configs(self) -> list[ProviderConfig]:
-        out = []
-        for name in ("kakao", "google", "naver"):
-            g = lambda f: getattr(self, f"auth_{name}_{f}")  # noqa: E731
-            out.append(ProviderConfig(name, g("client_id"), g("client_secret"), g("authorize_url"), g("token_url"), g("userinfo_url"), g("scope")))
-        return out
+        fields = ("client_id", "client_secret", "authorize_url", "token_url", "userinfo_url", "scope")
+        return [ProviderConfig(name, *(getattr(self, f"auth_{name}_{f}") for f in fields)) for name in ("kakao", "google", "naver")]
 
 
 class AuthApp:

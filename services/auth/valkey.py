@@ -283,7 +283,7 @@ def _pack(*args: bytes | str) -> bytes:
 
 
 class _PipeProtocol(asyncio.Protocol):
-    def __init__(self, pipe: "ValkeyPipe") -> None:
+    def __init__(self, pipe: ValkeyPipe) -> None:
         self.pipe = pipe
         self.reader = hiredis.Reader()
 

@@ -21,8 +21,8 @@ from eco2.events.v1 import events_pb2
 from eco2.services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 from . import domain, scripts
-from .settings import EventsSettings
 from .resp import RespClient
+from .settings import EventsSettings
 
 PUBLISHED = Counter("eco2_events_published_total", "Events appended by producers in this process, by outcome", ["outcome"])
 _APPENDED = PUBLISHED.labels("appended")

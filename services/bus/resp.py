@@ -27,8 +27,8 @@ import hiredis
 import redis.asyncio
 from redis._parsers.base import BaseParser  # redis is pinned (pyproject): its error table, not a copy
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 PushHandler = Callable[[Any], None]

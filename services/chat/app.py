@@ -10,16 +10,16 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
-from eco2.services.dataplane.migrations import apply_migrations
-from eco2.services.dataplane.urls import create_pg_pool, create_redis
-from eco2.services.runtime.dependencies import postgres_check, redis_check
-from eco2.services.runtime.identity import JobIdentities
 from eco2.services.bus.jobs import JobQueue
 from eco2.services.bus.producer import EventPublisher
+from eco2.services.dataplane.migrations import apply_migrations
+from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.knowledge import kb
 from eco2.services.llm import create_llm
 from eco2.services.llm.images import create_image_model
 from eco2.services.runtime.clients import channel
+from eco2.services.runtime.dependencies import postgres_check, redis_check
+from eco2.services.runtime.identity import JobIdentities
 from eco2.services.runtime.settings import Endpoints
 
 from . import media, pii
@@ -28,12 +28,12 @@ from .graph import ChatDeps, build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
 from .metrics import MeteredLLM
 from .outbox import EventOutbox
+from .policy import PolicyRunner
 from .postgres import ConversationStore
 from .service import ChatServicer
 from .settings import ChatSettings
 from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
-from .policy import PolicyRunner
 from .worker import ChatWorkers, end_dead_job
 
 

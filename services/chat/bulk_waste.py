@@ -25,8 +25,8 @@ import yaml
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
-
 from eco2.services.llm.ports import LLM, LLMError, Message, ToolCall, ToolSpec
+
 from .ports import BulkWasteFees
 from .tools.bulk_waste import DATASET_URL, fee_text
 

@@ -11,9 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from eco2.services.runtime.telemetry import open_span, span
 from opentelemetry.trace import Status, StatusCode
 from prometheus_client import Counter, Gauge, Histogram
+
+from eco2.services.runtime.telemetry import open_span, span
 
 #: Seconds, from a fast offline answer to a slow remote model's.
 _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120)

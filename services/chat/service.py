@@ -8,8 +8,6 @@ import logging
 import uuid
 from datetime import datetime
 
-import grpc
-
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.services.runtime.context import caller_id

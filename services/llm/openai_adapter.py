@@ -6,7 +6,6 @@ import base64
 import json
 from collections.abc import AsyncIterator
 
-
 import httpx
 import openai
 

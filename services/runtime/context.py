@@ -9,10 +9,9 @@ character service, and the character service sees the same caller.
 from __future__ import annotations
 
 import contextvars
+import random
 import time
 from collections.abc import Sequence
-
-import random
 
 import grpc
 from opentelemetry import trace

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
+
 from eco2.services.llm.ports import LLMError
 
 PATH = "/openapi/tn_pubr_public_lar_was_fee_api"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+
 from eco2.services.llm.ports import LLMError
 
 # WMO weather codes → Korean (Open-Meteo reports these).
