@@ -10,7 +10,7 @@ import importlib
 
 from .runtime.server import ServiceApp
 
-#: The services that exist today (others are added as their issues land).
+#: The services `eco2 serve NAME` and `eco2 up` run: name → the factory of its app.
 SERVICES: dict[str, str] = {
     "auth": "eco2.services.auth.app:create",
     "character": "eco2.services.character.app:create",

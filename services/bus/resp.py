@@ -1,13 +1,13 @@
 """A lean RESP2 connection for the event bus's hot paths (docs/adr/0045).
 
 The producer's Lua call, the router's XREADGROUP / Lua / XACK round trips and the Pub/Sub
-fan-out each cost one redis-py command, and redis-py's asyncio client spends ~110–190 µs of
-CPU on each (pool checkout and release, retry and timeout wrappers, its observability hooks),
-against ~40 µs for the same command written here: commands packed by hiredis straight to an
-asyncio transport, replies parsed by hiredis in `data_received` and handed to the waiting
-futures in order. Concurrent callers share the connection: their commands are pipelined.
-Pub/Sub messages are delivered to a callback from `data_received` (no task or coroutine per
-message).
+fan-out each cost one redis-py command, and redis-py's asyncio client spends several times
+the CPU of this path on each (pool checkout and release, retry and timeout wrappers, its
+observability hooks; measured in docs/adr/0045). Here commands are packed by hiredis straight
+to an asyncio transport, replies parsed by hiredis in `data_received` and handed to the
+waiting futures in order. Concurrent callers share the connection: their commands are
+pipelined. Pub/Sub messages are delivered to a callback from `data_received` (no task or
+coroutine per message).
 
 Errors are redis-py's exception types (ConnectionError, TimeoutError, ResponseError,
 NoScriptError, AuthenticationError), so callers handle both clients alike. Everything else —

@@ -41,7 +41,7 @@ class EventsApp:
         s = self.settings
         require_url(s.redis_url, "REDIS_URL", REDIS_URL)
         # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them,
-        # the router's own connection (resp.py) included.
+        # the router's own connection (bus/resp.py) included.
         routes = s.events_role in (EventsRole.ALL, EventsRole.ROUTER)
         pool = max(1, s.events_redis_pool - 1) if routes else s.events_redis_pool
         self.redis = fast_redis(s.redis_url, pool_class=redis.asyncio.BlockingConnectionPool, max_connections=pool, timeout=30)

@@ -174,7 +174,7 @@ class Hub:
 
     async def _listen(self, shard: int) -> None:
         """Keep shard `shard`'s Pub/Sub connection subscribed; fan-out messages are dispatched
-        straight from the connection's data callback (resp.py: no task per message)."""
+        straight from the connection's data callback (bus/resp.py: no task per message)."""
         channel = domain.fanout_channel(shard).encode()
         client = RespClient.like(self.redis)
 

@@ -1,4 +1,4 @@
-"""ReplayStore over Redis/Valkey streams (see domain.py for the key layout)."""
+"""ReplayStore over Redis/Valkey streams (key layout: eco2.services.bus.domain)."""
 
 from __future__ import annotations
 
