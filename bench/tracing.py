@@ -36,7 +36,7 @@ from grpc_ceiling import free_port, stop_process, wait_serving  # noqa: E402
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 from eco2.events.v1 import events_pb2  # noqa: E402
-from eco2.services.dev_identity import dev_wristband  # noqa: E402
+from eco2.services.runtime.dev_identity import dev_wristband  # noqa: E402
 from eco2.services.runtime.identity import IDENTITY_KEY  # noqa: E402
 
 QUESTIONS = ["투명 페트병은 어떻게 버려?", "다 쓴 건전지는 어디에 버려?", "우유팩 버리는 법 알려줘", "캔은 어떻게 버려?"]

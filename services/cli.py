@@ -88,7 +88,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _endpoints(args: argparse.Namespace) -> int:
-    from .up import read_endpoints
+    from .runtime.endpoints import read_endpoints
 
     try:
         endpoints = read_endpoints(Path(args.data_dir) if args.data_dir else None)
@@ -100,8 +100,8 @@ def _endpoints(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from .runtime.endpoints import read_endpoints
     from .status import render, status
-    from .up import read_endpoints
 
     try:
         endpoints = read_endpoints(Path(args.data_dir) if args.data_dir else None)
@@ -114,8 +114,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _identity(args: argparse.Namespace) -> int:
-    from .dev_identity import NoIdentity, dev_wristband
-    from .up import read_endpoints
+    from .runtime.dev_identity import NoIdentity, dev_wristband
+    from .runtime.endpoints import read_endpoints
 
     try:
         auth = read_endpoints(Path(args.data_dir) if args.data_dir else None)["auth"]

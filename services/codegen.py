@@ -50,13 +50,14 @@ def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    # Every folder on the way to a generated module is a regular package.
+    # Every folder on the way to a generated module is a regular package, except `eco2` itself:
+    # a namespace package that setup.py assembles from several folders (docs/adr/0001).
     generated: list[Path] = []
     for path in sorted(out_dir.rglob("*")):
         if path.is_file() and path.name.endswith(GENERATED_SUFFIXES):
             generated.append(path.relative_to(out_dir))
             for parent in path.relative_to(out_dir).parents:
-                if str(parent) != ".":
+                if len(parent.parts) > 1:
                     init = out_dir / parent / "__init__.py"
                     if not init.exists():
                         init.write_text("")

@@ -10,9 +10,6 @@ import importlib
 
 from .runtime.server import ServiceApp
 
-#: Every service of the mesh, as in endpoints.json and the Helm chart.
-ALL_SERVICES = ("auth", "character", "location", "images", "chat", "scan", "events", "gateway")
-
 #: The services that exist today (others are added as their issues land).
 SERVICES: dict[str, str] = {
     "auth": "eco2.services.auth.app:create",

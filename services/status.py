@@ -70,8 +70,8 @@ def _age(seconds: float) -> str:
 
 async def queues(redis_url: str) -> dict[str, str]:
     """kind → one line about its queue, for every kind a queue was opened for on this Valkey."""
+    from .bus.jobs import known_kinds, queue_stats
     from .dataplane.urls import create_redis
-    from .events.jobs import known_kinds, queue_stats
 
     redis = create_redis(redis_url)
     try:

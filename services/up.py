@@ -41,7 +41,6 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,10 +49,10 @@ from eco2.mesh import envoy as ingress
 from eco2.mesh.routes import load as load_routes
 
 from .registry import HTTP_APPS, SERVICES
+from .runtime.endpoints import ENDPOINTS_FILE
 from .runtime.settings import default_data_dir
 
 log = logging.getLogger("eco2.up")
-ENDPOINTS_FILE = "endpoints.json"
 DATAPLANE_LOGS = {"postgres": "postgres/postmaster.log", "valkey": "valkey/valkey.log"}
 
 
@@ -68,36 +67,6 @@ class UpSettings(BaseSettings):
     up_restart_backoff_max_s: float = Field(15.0, gt=0, description="longest wait before a restart")
     up_crash_loop_restarts: int = Field(5, ge=1, description="restarts of one child within ECO2_UP_CRASH_LOOP_WINDOW_S that make a crash loop: the stack stops")
     up_crash_loop_window_s: float = Field(120.0, gt=0, description="the window in which restarts of one child are counted")
-
-
-class NoStack(FileNotFoundError):
-    """No stack runs on the data dir (no endpoints.json, or one left by a dead `eco2 up`)."""
-
-
-def read_endpoints(data_dir: Path | None) -> dict:
-    data_dir = data_dir or UpSettings().data_dir
-    path = data_dir / ENDPOINTS_FILE
-    start = f"start one with `eco2 up --data-dir {data_dir}`"
-    try:
-        endpoints = json.loads(path.read_text())
-        written = path.stat().st_mtime
-    except FileNotFoundError:
-        raise NoStack(f"no stack is running on {data_dir} ({path} missing): {start}") from None
-    if not _is_running_since(endpoints.get("pid"), written):
-        raise NoStack(f"no stack is running on {data_dir} ({path} was left by `eco2 up` pid {endpoints.get('pid')}, which is gone): {start}")
-    return endpoints
-
-
-def _is_running_since(pid: object, written: float) -> bool:
-    """Whether `pid` is a live process that already ran when endpoints.json was written (a pid
-    reused by a later process is not the stack's)."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= written + 1
-    except psutil.NoSuchProcess:
-        return False
 
 
 class PortHold:

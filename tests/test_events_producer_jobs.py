@@ -8,11 +8,11 @@ import uuid
 import pytest
 
 from eco2.events.v1 import events_pb2
+from eco2.services.bus import domain
+from eco2.services.bus.jobs import JobQueue
+from eco2.services.bus.producer import EventPublisher
+from eco2.services.bus.settings import EventsSettings
 from eco2.services.dataplane.urls import create_redis
-from eco2.services.events import domain
-from eco2.services.events.jobs import JobQueue
-from eco2.services.events.producer import EventPublisher
-from eco2.services.events.settings import EventsSettings
 from eco2.services.runtime.errors import FailedPrecondition, InvalidArgument
 from support.servers import env
 
@@ -364,7 +364,7 @@ async def test_dead_lettering_calls_on_dead_with_the_job_and_its_error(redis_cli
 
 
 async def test_a_dead_lettered_job_ends_its_stream_with_job_failed(redis_client, settings, publisher):
-    from eco2.services.events.jobs import ends_stream_on_dead
+    from eco2.services.bus.jobs import ends_stream_on_dead
 
     stream = f"scan-{uuid.uuid4().hex[:8]}"
     await publisher.publish(events_pb2.Event(job_id=stream, seq=1, kind=events_pb2.EVENT_KIND_STAGE))

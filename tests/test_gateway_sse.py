@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from eco2.events.v1 import events_pb2 as E
-from eco2.services.events.settings import EventsSettings
+from eco2.services.bus.settings import EventsSettings
 from support.gateway import gateway, upstreams
 
 DEFAULT_GRACE_S = EventsSettings.model_fields["events_unknown_job_grace_s"].default
@@ -19,8 +19,8 @@ DEFAULT_GRACE_S = EventsSettings.model_fields["events_unknown_job_grace_s"].defa
 
 @pytest.fixture(scope="module")
 async def stack(service_env):
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
 
     # the default header wait and unknown-job grace: an unknown job must still be a 404
     async with upstreams(service_env, ECO2_EVENTS_UNKNOWN_JOB_GRACE_S=str(DEFAULT_GRACE_S)) as addrs:
@@ -307,8 +307,8 @@ async def test_behind_envoy_a_shared_feed_serves_only_its_own_wristband(service_
     """Mesh mode forwards x-eco2-* as sent (the Envoy in front stripped the client's): a client
     that skips the Envoy and names another user in x-eco2-user-id must not join that user's
     shared feed; its own wristband opens its own Subscribe, which EventService refuses."""
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
     from support.identity import wristband
 
     async with upstreams(service_env) as addrs, gateway(addrs, ECO2_GATEWAY_AUTH_MODE="mesh") as (_app, port):

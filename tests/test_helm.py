@@ -6,23 +6,24 @@ table). Istio objects (templates/istio.yaml) are tested with the mesh; they are 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import helm_python
-import json
 import jsonschema
 import kubernetes_validate
 import promql_parser
 import pytest
 import redis.asyncio
 import yaml
+
 from eco2.mesh import routes as mesh_routes
 from eco2.services import registry
-from eco2.services.events import domain as events_domain
-from eco2.services.events import jobs
+from eco2.services.bus import domain as events_domain
+from eco2.services.bus import jobs
 from eco2.services.runtime.settings import Endpoints
 from support.monitoring import DASHBOARDS, dashboard_queries
 

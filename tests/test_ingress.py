@@ -40,7 +40,7 @@ from eco2.mesh import envoy
 from eco2.services.auth import extauthz as envoy_authz
 from eco2.mesh.routes import load
 from eco2.services.dataplane.urls import create_redis
-from eco2.services.events.producer import EventPublisher
+from eco2.services.bus.producer import EventPublisher
 from eco2.services.runtime.settings import RuntimeSettings
 from support.gateway import ALLOWED_ORIGIN, PumpApp, gateway
 from support.ingress import envoy_or_skip, running_envoy

@@ -145,8 +145,8 @@ def _status_shows_health_streams_and_the_queue(data_dir: Path, endpoints: dict) 
     import redis.asyncio
 
     from eco2.events.v1 import events_pb2, events_pb2_grpc
-    from eco2.services.events.jobs import JobQueue
-    from eco2.services.events.producer import EventPublisher
+    from eco2.services.bus.jobs import JobQueue
+    from eco2.services.bus.producer import EventPublisher
 
     job = f"status-{os.getpid()}-{time.monotonic_ns()}"
 

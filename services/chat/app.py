@@ -14,8 +14,8 @@ from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.runtime.identity import JobIdentities
-from eco2.services.events.jobs import JobQueue
-from eco2.services.events.producer import EventPublisher
+from eco2.services.bus.jobs import JobQueue
+from eco2.services.bus.producer import EventPublisher
 from eco2.services.knowledge import kb
 from eco2.services.llm import create_llm
 from eco2.services.llm.images import create_image_model

@@ -15,7 +15,7 @@ from google.protobuf import any_pb2
 from langgraph.types import Command
 
 from eco2.events.v1 import events_pb2
-from eco2.services.events.jobs import Job, JobQueue, ends_stream_on_dead
+from eco2.services.bus.jobs import Job, JobQueue, ends_stream_on_dead
 from eco2.services.runtime.context import act_as
 from eco2.services.runtime.telemetry import current_traceparent, recording_enabled, span
 

@@ -9,13 +9,13 @@ import redis.asyncio
 
 
 from .hub import Hub
-from .jobs import QueueSampler
+from eco2.services.bus.jobs import QueueSampler
 from .router import Router
 from .service import SERVICE, EventServicer, add_to_server
 from eco2.services.runtime.settings import REDIS_URL, require_url
 from eco2.services.runtime.dependencies import redis_check
 
-from .settings import EventsRole, EventsSettings
+from eco2.services.bus.settings import EventsRole, EventsSettings
 from .valkey import ValkeyReplayStore, fast_redis
 
 

@@ -23,10 +23,9 @@ from prometheus_client import Counter, Gauge
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from eco2.services.bus import domain
+from eco2.services.bus.resp import RespClient
 from eco2.services.runtime.errors import ResourceExhausted
-
-from . import domain
-from .resp import RespClient
 
 log = logging.getLogger("eco2.events.hub")
 

@@ -24,9 +24,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import domain, scripts
-from .settings import EventsSettings
-from .resp import PoolCommands, RespClient
+from eco2.services.bus import domain, scripts
+from eco2.services.bus.settings import EventsSettings
+from eco2.services.bus.resp import PoolCommands, RespClient
 
 log = logging.getLogger("eco2.events.router")
 
@@ -44,12 +44,6 @@ FANOUT_LAG = Histogram(
 #: A fan-out message carries routed events up to about this many bytes (Pub/Sub clients are
 #: disconnected when their output buffer passes Valkey's client-output-buffer-limit).
 FRAME_BYTES = 256 * 1024
-
-
-def _legacy_header(fields: dict) -> bytes:
-    """The `h` field of an entry written by an older producer (one field per value)."""
-    g = fields.get
-    return b" ".join((g(b"p", b"0"), g(b"s", b"0"), g(b"t", b"0"), g(b"st", b"0"), g(b"g", b"0"), g(b"k", b"0"), g(b"tm", b"0"), g(b"j", b"")))
 
 
 def consumer_name() -> str:
@@ -252,8 +246,8 @@ class Router:
                     fields = dict(zip(fields[::2], fields[1::2]))
             if not isinstance(fields, list):
                 h = fields.get(b"h")
-                if h is None:
-                    h = _legacy_header(fields)
+                if h is None:  # not written by the producer's PUBLISH script: acked, not routed
+                    continue
                 node, data = fields.get(b"n", b""), fields.get(b"d", b"")
             jobs[h[h.rindex(b" ") + 1 :]] = None
             args.append(h)

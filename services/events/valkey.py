@@ -7,7 +7,8 @@ import redis.asyncio
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from . import domain
+from eco2.services.bus import domain
+
 from .ports import JobHead, Stored
 
 

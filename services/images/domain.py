@@ -11,7 +11,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 #: Declared content type → format name (ImageFormat without prefix).
 CONTENT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
-FORMAT_TYPES = {v: k for k, v in CONTENT_TYPES.items()}
 SNIFF_BYTES = 12
 MAX_FILENAME = 255
 _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")

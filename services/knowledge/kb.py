@@ -162,13 +162,6 @@ class KnowledgeBase:
         best = ranked[0][1]
         return [Hit(self.rules[i], s) for i, s in ranked[:limit] if s >= min_score and s >= best * 0.5]
 
-    def by_source(self, source_id: str) -> RuleDoc | None:
-        for rule in self.rules:
-            for doc in rule.docs:
-                if doc.source_id == source_id:
-                    return doc
-        return None
-
     def search_prices(self, query: str) -> list[PriceItem]:
         q = normalise(query).replace(" ", "")
         found = [p for p in self.prices if any(normalise(s).replace(" ", "") in q for s in (p.name, *p.synonyms) if s)]

@@ -156,8 +156,3 @@ def caller_id(context: grpc.aio.ServicerContext | None = None) -> str:
     """The user id of the current call's verified identity. Services never take identity from
     request fields or from a bare x-eco2-user-id."""
     return caller(context).user_id
-
-
-def identity_token() -> str | None:
-    """The current call's wristband as received (verified when `caller` succeeds)."""
-    return _call.get()[5]

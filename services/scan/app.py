@@ -12,9 +12,9 @@ from eco2.scan.v1 import scan_pb2, scan_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.events.v1 import events_pb2
-from eco2.services.events.jobs import JobQueue, ends_stream_on_dead
-from eco2.services.events.producer import EventPublisher
-from eco2.services.events.settings import EventsSettings
+from eco2.services.bus.jobs import JobQueue, ends_stream_on_dead
+from eco2.services.bus.producer import EventPublisher
+from eco2.services.bus.settings import EventsSettings
 from eco2.services.knowledge import kb
 from eco2.services.llm import create_llm
 from eco2.services.llm.ports import LLM

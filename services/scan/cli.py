@@ -89,7 +89,7 @@ def _print_result(result: scan_pb2.ScanResult) -> None:
 
 
 async def _scan(endpoints: dict, photo: Path, hint: str, user: str) -> int:
-    from eco2.services.dev_identity import NoIdentity, dev_wristband
+    from eco2.services.runtime.dev_identity import NoIdentity, dev_wristband
     from eco2.services.runtime.identity import IDENTITY_KEY
 
     try:
@@ -140,7 +140,7 @@ async def _scan(endpoints: dict, photo: Path, hint: str, user: str) -> int:
 
 
 def main(data_dir: str | None, photo: str, hint: str = "") -> int:
-    from eco2.services.up import read_endpoints
+    from eco2.services.runtime.endpoints import read_endpoints
 
     try:
         endpoints = read_endpoints(Path(data_dir) if data_dir else None)

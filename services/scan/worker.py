@@ -20,7 +20,7 @@ import socket
 from prometheus_client import Counter
 
 from eco2.events.v1 import events_pb2
-from eco2.services.events.jobs import Job, JobQueue
+from eco2.services.bus.jobs import Job, JobQueue
 from eco2.services.runtime.context import act_as
 
 from .emitter import Emitter

@@ -46,12 +46,6 @@ def _violations(event: events_pb2.Event, size: int, max_bytes: int, prefix: str 
     return violations
 
 
-def validate_event(event: events_pb2.Event, max_bytes: int) -> None:
-    violations = _violations(event, event.ByteSize(), max_bytes)
-    if violations:
-        raise InvalidArgument("invalid event: " + ", ".join(v.field for v in violations), violations=violations)
-
-
 def _rejection(event: events_pb2.Event, code: int, last: bytes | str, index: int | None) -> FailedPrecondition:
     last_seq = int(last)
     meta = {"job_id": event.job_id, "seq": str(event.seq), "last_seq": str(last_seq)}
