@@ -4,7 +4,7 @@ Starts PostgreSQL and Valkey under the data dir, every service of the registry a
 `eco2 serve NAME` process on 127.0.0.1, then Envoy as the ingress in front of them (mesh/envoy.py;
 `ECO2_INGRESS=none` or no envoy binary: none). It waits until each child is ready (gRPC health
 SERVING, the gateway's /healthz, Envoy's admin /ready), writes <data-dir>/endpoints.json and
-prints it, the ingress URL as the address to open.
+prints the address to open (the ingress URL).
 
 Ports: `eco2 up` binds every port it hands out itself and holds that socket (bound, never
 listening, SO_REUSEPORT without SO_REUSEADDR) until the stack stops. No other process can bind
