@@ -78,6 +78,8 @@ ROUTES = [
               scan_pb2.ProvideScanInputRequest, scan_pb2.ProvideScanInputResponse, _body),
     JsonRoute("GET", re.compile(r"^/v1/scans/([A-Za-z0-9-]{1,64})$"), "scan", "/eco2.scan.v1.ScanService/GetScan",
               scan_pb2.GetScanRequest, scan_pb2.GetScanResponse, lambda m, r, b: {"scanId": m.group(1)}),
+    JsonRoute("GET", re.compile(r"^/v1/characters$"), "character", "/eco2.character.v1.CharacterService/ListCharacters",
+              character_pb2.ListCharactersRequest, character_pb2.ListCharactersResponse, _query_paging),
     JsonRoute("GET", re.compile(r"^/v1/collection$"), "character", "/eco2.character.v1.CharacterService/ListCollection",
               character_pb2.ListCollectionRequest, character_pb2.ListCollectionResponse, _query_paging),
 ]

@@ -69,7 +69,7 @@ class IngressSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECO2_", extra="ignore", frozen=True)
 
     ingress: Literal["envoy", "none"] = Field("envoy", description="envoy: `eco2 up` fronts the stack with Envoy (when the binary is installed); none: no ingress")
-    ingress_port: int = Field(0, ge=0, le=65535, description="the ingress's public port on 127.0.0.1 (0 = a free port)")
+    ingress_port: int = Field(0, ge=0, le=65535, description="the ingress's public port on 127.0.0.1 (0 = the one this data dir had the last time under `eco2 up`, else a free port)")
     ingress_authz_timeout_s: float = Field(2.0, gt=0, description="deadline of one ext-authz Check from Envoy (exceeded → 503, UNAVAILABLE: fail closed)")
     ingress_stream_idle_timeout_s: float = Field(7200.0, gt=0, description="a stream with no bytes either way for this long is reset (longer than an hour-long NEEDS_INPUT wait)")
     ingress_request_headers_timeout_s: float = Field(10.0, gt=0, description="time a client gets to send its request headers after connecting")

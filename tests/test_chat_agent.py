@@ -285,9 +285,13 @@ async def test_a_retried_send_is_answered_once(stack):
     again = await stack["chat"].SendMessage(req, metadata=user)
     assert (again.job_id, again.message_id, again.deduplicated, first.deduplicated) == (first.job_id, first.message_id, True, False)
     events = await asyncio.wait_for(collect_until(stack, first.job_id, 0, {events_pb2.EVENT_KIND_DONE}, user), 30)
-    done_result(events)
+    result = done_result(events)
     page = await stack["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=first.conversation_id), metadata=user)
     assert [m.role for m in page.messages] == [chat_pb2.MESSAGE_ROLE_ASSISTANT, chat_pb2.MESSAGE_ROLE_USER]
+    # the answer comes back with what DONE carried: a reopened conversation shows its cards
+    answer, question = page.messages
+    assert answer.result == result and answer.result.character.code == "char-metally" and answer.result.citations
+    assert not question.HasField("result")
 
 
 async def test_multi_turn_history_list_get_delete(stack):

@@ -164,9 +164,17 @@ async def owned(db, user: str) -> list[str]:
 # ------------------------------------------------------------------ offline: the user's words
 
 
+def _sample(name: str, labels: dict) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_a_hint_that_names_the_item_gets_the_rules_and_the_character(stack, db):
     stub, _ = stack["offline"]
     user = new_user()
+    received = _sample("eco2_scan_rewards_total", {"outcome": "REWARD_OUTCOME_RECEIVED"})
+    rules = _sample("eco2_scan_stage_seconds_count", {"stage": "rule", "outcome": "ok"})
     key = await upload(stack["images"], photo(None, "pet"), user)
     events = await stream(stub, user, image_key=key, hint="투명 생수병")
 
@@ -190,6 +198,9 @@ async def test_a_hint_that_names_the_item_gets_the_rules_and_the_character(stack
     assert result.rules[0].steps == ["라벨과 내용물을 제거하고 물로 헹군 후 압착하여 뚜껑을 닫아 배출"] and "유색의 페트병: 플라스틱류로 배출" in result.rules[0].exceptions
     assert result.instructions == result.rules[0].steps and list(result.warnings) == []
     assert result.reward.outcome == character_pb2.REWARD_OUTCOME_RECEIVED and result.reward.character.code == "char-petty"
+    # the scan's metrics moved: one reward received, one timed rule lookup
+    assert _sample("eco2_scan_rewards_total", {"outcome": "REWARD_OUTCOME_RECEIVED"}) == received + 1
+    assert _sample("eco2_scan_stage_seconds_count", {"stage": "rule", "outcome": "ok"}) == rules + 1
     assert "페티" in result.reward.reason and result.completed_at.seconds > 0
 
     got = await stub.GetScan(scan_pb2.GetScanRequest(scan_id=result.scan_id), metadata=as_user(user))

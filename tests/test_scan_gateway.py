@@ -1,15 +1,12 @@
 """A scan from a browser's point of view: the gateway's JSON routes and SSE in front of the real
 scan, images, character, events and auth services — sign in, upload a photo (channel scan),
 submit, follow the stages over SSE, answer the scan's question, read the result and the
-collection."""
+collection. The same flow in the browser's page is tests/test_gateway_browser.py's (the phone user)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -114,28 +111,3 @@ async def test_the_scans_question_is_answered_through_the_gateway(client):
     result = rest[-1]["done"]["result"]
     assert result["basis"] == "SCAN_BASIS_ANSWER" and result["reward"]["character"]["code"] == "char-glassy"
 
-
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium; .ci/run installs it)")
-async def test_the_browser_scans_a_photo_asks_and_shows_the_character_and_the_collection(edge, session_dir):
-    _client, port = edge
-    photo = session_dir / f"scan-ui-{uuid.uuid4().hex[:6]}.png"
-    photo.write_bytes(png(uuid.uuid4().bytes))
-    artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    proc = await asyncio.create_subprocess_exec(
-        "node", "scan_ui.mjs", json.dumps({"url": f"http://127.0.0.1:{port}", "photo": str(photo), "screenshot": str(artifacts / "scan-ui.png"), "chromium": str(CHROMIUM)}),
-        cwd=Path(__file__).parent / "node", env={**os.environ, "NODE_NO_WARNINGS": "1"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 150)
-    assert proc.returncode == 0, err.decode()[-3000:]
-    seen = json.loads(out)
-    assert "error" not in seen, seen
-    assert "무엇인가요" in seen["prompt"] and len(seen["choices"]) == 18 and seen["locationButtonsHidden"]
-    assert "사진은 보지 못했어요" in seen["answer"] and "답해 주신 '무색페트병'(으)로 분류했어요." in seen["answer"] and "라벨" in seen["answer"]
-    assert seen["stages"] == "대기 → 사진 분석 → 배출 규칙 → 답변 작성 → 보상"
-    assert seen["card"] == "페티" and "획득했어요" in seen["reward"]
-    assert any(c.startswith("페티") for c in seen["collection"]) and any(c.startswith("이코") for c in seen["collection"])
-    assert seen["consoleErrors"] == [] and set(seen["failed"]) <= {"/v1/conversations"}  # this stack runs no chat service

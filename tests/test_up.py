@@ -177,19 +177,42 @@ def _status_shows_health_streams_and_the_queue(data_dir: Path, endpoints: dict) 
     assert rows["chat"][2] == "chat: 0 waiting, 0 running, oldest -, 1 dead", rows["chat"]
 
 
-def test_up_restarts_warm_on_the_same_data_dir(data_dir):
-    for _ in range(2):
-        proc = _eco2("up", "--data-dir", str(data_dir))
-        try:
-            endpoints = _wait_for(data_dir / "endpoints.json", proc)
-            with grpc.insecure_channel(endpoints["character"]) as ch:
-                reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
-                assert len(reply.characters) == 13  # migrations applied once, seed not duplicated
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+def test_up_restarts_warm_on_the_same_data_dir_on_the_same_ports(data_dir):
+    """The second `eco2 up` on a data dir finds its data and its ports again (an open tab keeps
+    its address), but for one that something else took meanwhile; each prints one line to open."""
+    runs, squatter = [], None
+    try:
+        for attempt in range(2):
+            proc = _eco2("up", "--data-dir", str(data_dir))
+            try:
+                endpoints = _wait_for(data_dir / "endpoints.json", proc)
+                with grpc.insecure_channel(endpoints["character"]) as ch:
+                    reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
+                    assert len(reply.characters) == 13  # migrations applied once, seed not duplicated
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=60)
+                assert proc.returncode == 0, err
+                runs.append((endpoints, out, err))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            if attempt == 0:  # something else listens on location's port before the restart
+                squatter = socket.socket()
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                squatter.bind(("127.0.0.1", int(endpoints["location"].rpartition(":")[2])))
+                squatter.listen()
+    finally:
+        if squatter is not None:
+            squatter.close()
+    (first, out1, _), (second, out2, err2) = runs
+    for endpoints, out in ((first, out1), (second, out2)):
+        where = endpoints.get("ingress") or endpoints["gateway"]
+        assert out == f"open {where}/\n", out  # one line: no JSON, no database password
+    for name in ("gateway", "character", "chat", "auth"):
+        assert second[name] == first[name], (name, first[name], second[name])
+    assert second.get("ingress") == first.get("ingress") and second["metrics"] == first["metrics"]
+    taken = first["location"].rpartition(":")[2]
+    assert second["location"] != first["location"] and f"port {taken} of location (gRPC) is taken now" in err2, err2
 
 
 def _scan(data_dir: Path, *args: str) -> subprocess.CompletedProcess:

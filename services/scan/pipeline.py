@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from google.protobuf import any_pb2
+from prometheus_client import Counter
 
 from eco2.character.v1 import character_pb2
 from eco2.events.v1 import events_pb2
@@ -44,6 +45,10 @@ STARTED, PROGRESS, FINISHED, FAILED_PHASE, SKIPPED = E.STAGE_PHASE_STARTED, E.ST
 #: How a scan run ended: DONE stored and published; waiting for an answer; DONE with the reward
 #: still to be granted (the worker queues its retry); ERROR published.
 FINISHED_RUN, WAITING, REWARD_PENDING, ERRORED = "done", "waiting", "reward_pending", "error"
+
+#: A scan's reward by how it ended: the character service's outcome (REWARD_OUTCOME_RECEIVED,
+#: ..._ALREADY_OWNED, ...), NOT_ELIGIBLE (not confident, or no rules) or POSTPONED (retried later).
+REWARDS = Counter("eco2_scan_rewards_total", "Scan rewards by outcome: the grant's RewardOutcome, NOT_ELIGIBLE or POSTPONED", ["outcome"])
 
 REWARD_DELAYED = "보상 지급이 잠시 지연되고 있어요. 자동으로 다시 시도하니 나중에 도감에서 확인해 주세요."
 
@@ -238,6 +243,8 @@ class ScanPipeline:
         em.stage(E.STAGE_REWARD, "reward", STARTED, "보상을 확인하고 있어요")
         decision = D.decide_reward(c, rules_found=rules_found, min_confidence=d.limits.min_confidence, vision_configured=d.vision_llm is not None)
         if not decision.ask:
+            if scan.reward is None and not scan.reward_pending:  # the first run of this scan, not a re-run
+                REWARDS.labels("NOT_ELIGIBLE").inc()
             em.stage(E.STAGE_REWARD, "reward", SKIPPED, decision.reason)
             return character_pb2.Reward(outcome=character_pb2.REWARD_OUTCOME_NOT_ELIGIBLE, reason=decision.reason), False
         reward = character_pb2.Reward.FromString(scan.reward) if scan.reward is not None else None
@@ -246,8 +253,10 @@ class ScanPipeline:
             classification = D.classification_pb(c, d.kb, rules_found=rules_found)
             try:
                 reward = await run_stage(d.policies, "reward", lambda: d.rewards.grant(scan.id, classification))
+                REWARDS.labels(character_pb2.RewardOutcome.Name(reward.outcome)).inc()
             except StageFailed as failed:
                 log.warning("scan reward postponed", extra={"scan_id": scan.id, "cause": failed.cause[:300]})
+                REWARDS.labels("POSTPONED").inc()
                 pending = True
             await d.store.save_reward(scan.id, reward.SerializeToString() if reward is not None else None, pending=pending)
         if reward is None:
@@ -265,6 +274,7 @@ class ScanPipeline:
             return
         result = scan_pb2.ScanResult.FromString(scan.result)
         reward = await d.rewards.grant(scan.id, result.classification)
+        REWARDS.labels(character_pb2.RewardOutcome.Name(reward.outcome)).inc()
         await d.store.save_reward(scan.id, reward.SerializeToString(), pending=False)
         result.reward.CopyFrom(reward)
         await d.store.update_result(scan.id, result.SerializeToString())

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from prometheus_client import Histogram
+
 log = logging.getLogger("eco2.scan.policy")
+
+STAGE_SECONDS = Histogram("eco2_scan_stage_seconds", "Time a scan stage took, its retries included, by outcome (ok or failed)", ["stage", "outcome"],
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40))
 
 
 class FailMode(StrEnum):
@@ -56,12 +62,15 @@ async def run_stage(policies: dict[str, StagePolicy], stage: str, body: Callable
     StageFailed with the cause ("timeout", or the error) when every attempt failed."""
     policy = policies[stage]
     last: BaseException | None = None
+    started = time.monotonic()
     for attempt in range(policy.retries + 1):
         if attempt:
             await asyncio.sleep(policy.backoff_s * 2 ** (attempt - 1))
         try:
             async with asyncio.timeout(policy.timeout_s):
-                return await body()
+                result = await body()
+            STAGE_SECONDS.labels(stage, "ok").observe(time.monotonic() - started)
+            return result
         except TimeoutError as exc:
             last = exc
         except Exception as exc:  # a stage's failure is handled by its fail mode
@@ -69,5 +78,6 @@ async def run_stage(policies: dict[str, StagePolicy], stage: str, body: Callable
             if not _retryable(exc):
                 break
         log.warning("stage attempt failed", extra={"stage": stage, "attempt": attempt + 1, "error": type(last).__name__})
+    STAGE_SECONDS.labels(stage, "failed").observe(time.monotonic() - started)
     cause = "timeout" if isinstance(last, TimeoutError) else f"{type(last).__name__}: {last}"
     raise StageFailed(stage, policy.fail_mode, cause) from last
