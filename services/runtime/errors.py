@@ -175,6 +175,10 @@ def _down_dependency(exc: BaseException) -> str | None:
     if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
                         asyncpg.CrashShutdownError, asyncpg.TooManyConnectionsError, psycopg.OperationalError)):
         return "postgres"  # psycopg's OperationalError: connection lost or refused, pool timeout
+    if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
+        # asyncpg saw the connection drop before the next use (a transaction's COMMIT after the
+        # server died mid-block): not a subclass of its own, only this message
+        return "postgres"
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return "redis"
     if isinstance(exc, OSError):
