@@ -313,6 +313,7 @@ class GatewayApp:
         s = self.settings
         config = Config()
         config.keep_alive_timeout = s.gateway_keep_alive_s
+        config.h11_max_incomplete_size = s.gateway_max_header_bytes
         config.graceful_timeout = s.gateway_shutdown_grace_s
         config.h2_max_concurrent_streams = s.gateway_h2_max_concurrent_streams
         config.backlog = s.gateway_backlog
@@ -356,8 +357,9 @@ class GatewayApp:
         holder = SocketHolder(sock.detach(), False, s.gateway_backlog)  # Granian owns (and closes) the fd
         worker = ASGIWorker(
             1, (None, holder), None, 1, 512, 1, 30, s.gateway_max_concurrent_requests, "auto",
-            # hyper's header read timeout also bounds an idle keep-alive connection
-            HTTP1Settings(keep_alive=True, header_read_timeout=int(s.gateway_keep_alive_s * 1000)),
+            # hyper's header read timeout also bounds an idle keep-alive connection: the shorter one
+            HTTP1Settings(keep_alive=True, header_read_timeout=int(min(s.gateway_header_timeout_s, s.gateway_keep_alive_s) * 1000),
+                          max_buffer_size=s.gateway_max_header_bytes),
             HTTP2Settings(max_concurrent_streams=s.gateway_h2_max_concurrent_streams),
             False, None, False, None, None, None, "tls1.3", None, [], False, (None, None),
         )

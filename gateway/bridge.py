@@ -36,7 +36,7 @@ from .framing import (
     status_headers,
     trailer_block,
 )
-from .http import BodyTimeout, BodyTooLarge, ClientGone, Headers, Request
+from .http import BodyIncomplete, BodyTimeout, BodyTooLarge, ClientGone, Headers, Request
 from .protojson import number_violations
 from .upstream import Route, Upstreams
 
@@ -334,6 +334,8 @@ class Bridge:
             raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {exc.limit} bytes (ECO2_GATEWAY_MAX_MESSAGE_BYTES)", "MESSAGE_TOO_LARGE") from None
         except BodyTimeout as exc:
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, exc.message, exc.reason, http_status=408) from None
+        except BodyIncomplete as exc:
+            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, exc.message, exc.reason, [FieldViolation("body", exc.message)], http_status=400) from None
         messages = []
         for flags, payload in frames:
             if flags & COMPRESSED_FLAG:

@@ -42,6 +42,17 @@ class BodyTimeout(HttpError):
         super().__init__(408, f"request body not received within {seconds:g} s (ECO2_GATEWAY_BODY_TIMEOUT_S)", "BODY_TIMEOUT")
 
 
+class BodyIncomplete(HttpError):
+    """The request body ended before it was complete. Granian reports a body that does not
+    parse (a malformed chunked encoding, fewer bytes than Content-Length) as a disconnect of
+    the client; answering nothing then made it send a bare 500. The client gets a 400, and a
+    client that really left reads nothing."""
+
+    def __init__(self) -> None:
+        super().__init__(400, "the request body ended before it was complete (a malformed chunked encoding, fewer bytes than "
+                              "Content-Length, or the client went away)", "BODY_INCOMPLETE")
+
+
 class ClientGone(Exception):
     """The client disconnected (or stopped reading for longer than the send timeout)."""
 
@@ -102,8 +113,8 @@ class Request:
                 while True:
                     message = await self.receive()
                     if message["type"] == "http.disconnect":
-                        self.disconnected = True
-                        raise ClientGone()
+                        self.body_done = True  # nothing more comes
+                        raise BodyIncomplete()
                     buf += message.get("body", b"")
                     if len(buf) > limit:
                         raise BodyTooLarge(limit, setting)
@@ -126,8 +137,8 @@ class Request:
             async with asyncio.timeout(timeout):
                 while seen <= limit:
                     message = await self.receive()
-                    if message["type"] == "http.disconnect":
-                        self.disconnected = True
+                    if message["type"] == "http.disconnect":  # or a body that does not parse (BodyIncomplete): answer anyway
+                        self.body_done = True
                         return
                     seen += len(message.get("body", b""))
                     if not message.get("more_body", False):

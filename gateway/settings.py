@@ -50,6 +50,8 @@ class GatewaySettings(RuntimeSettings, Endpoints):
     gateway_upload_chunk_bytes: int = Field(64 * 1024, ge=1024, description="chunk size of image uploads streamed to ImageService.Upload")
     gateway_h2_max_concurrent_streams: int = Field(100, ge=1, description="HTTP/2 streams per client connection")
     gateway_keep_alive_s: float = Field(75.0, gt=0, description="idle HTTP keep-alive before the connection is closed")
+    gateway_header_timeout_s: float = Field(10.0, gt=0, description="time an HTTP/1.1 client gets to send a request's headers (a slow client is cut off); under granian the same timer bounds an idle keep-alive connection (the shorter of this and ECO2_GATEWAY_KEEP_ALIVE_S); hypercorn has no such bound")
+    gateway_max_header_bytes: int = Field(64 * 1024, ge=8192, le=16 * 1024 * 1024, description="largest HTTP/1.1 request head (request line and headers); larger → 431 (granian) or 400 (hypercorn)")
     gateway_shutdown_grace_s: float = Field(5.0, ge=0, description="time open streams get after SIGTERM")
     gateway_tcp_user_timeout_s: float = Field(60.0, ge=0, description="kernel bound (TCP_USER_TIMEOUT) on unacknowledged data: a peer that stops reading is dropped after it (0 = off)")
     gateway_backlog: int = Field(2048, ge=16, description="listen backlog of the HTTP socket")

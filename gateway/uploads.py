@@ -17,7 +17,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from eco2.images.v1 import images_pb2
 from eco2.services.runtime.validation import ascii_digits
 
-from .http import ClientGone, HttpError, Request
+from .http import BodyIncomplete, HttpError, Request
 from .routes import grpc_error_body
 
 UPLOAD = "/eco2.images.v1.ImageService/Upload"
@@ -126,8 +126,8 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
             while True:
                 message = await req.receive()
                 if message["type"] == "http.disconnect":
-                    req.disconnected = True
-                    raise ClientGone()
+                    req.body_done = True  # nothing more comes
+                    raise BodyIncomplete()
                 data = message.get("body", b"")
                 received += len(data)
                 if received > limit:

@@ -113,6 +113,22 @@ async def test_update_profile_bad_input(client, user, paths, field):
     assert field in [v.field for v in details["BadRequest"].field_violations]
 
 
+async def test_thousands_of_bad_paths_get_a_bounded_error_the_client_can_read(client):
+    """Each bad path is a violation; all 5000 made a 450 KB trailer, over gRPC clients' 16 KiB
+    metadata limit: the client got RESOURCE_EXHAUSTED "Stream removed", never the error
+    (found by tests/test_fuzz_rpc.py). The runtime sends the first violations and a count."""
+    from eco2.services.runtime.errors import MAX_VIOLATIONS
+
+    r = await client.sign_in()
+    paths = [f"no_such_field_{i}_" + "x" * 60 for i in range(5000)]
+    code, details = await _error(client.auth.UpdateProfile(auth_pb2.UpdateProfileRequest(update_mask=field_mask_pb2.FieldMask(paths=paths)), metadata=_md(r)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    violations = details["BadRequest"].field_violations
+    assert len(violations) == MAX_VIOLATIONS + 1
+    assert violations[0].field == "update_mask" and "no_such_field_0_" in violations[0].description
+    assert violations[-1].description == f"and {5000 - MAX_VIOLATIONS} more violations"
+
+
 async def test_refresh_rotates_and_reuse_revokes_the_family(client):
     r = await client.sign_in()
     first = await client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=r.tokens.refresh_token))

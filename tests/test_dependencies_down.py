@@ -145,3 +145,28 @@ async def test_send_message_with_valkey_down_stores_nothing_and_is_unavailable(o
             assert await redis.exists(f"jobs:{{{app.settings.chat_job_kind}}}:id:{sent.job_id}")
         finally:
             await redis.aclose()
+
+
+async def test_a_transaction_whose_connection_dropped_is_unavailable_not_internal(dataplane):
+    """PostgreSQL killed inside a transaction: asyncpg, which already saw the connection close,
+    raises InterfaceError ("the underlying connection is closed") at the COMMIT, not one of its
+    connection errors; SendMessage answered INTERNAL (found by tests/test_faults.py). Here the
+    connection is ended by the server (pg_terminate_backend), as a crash ends it."""
+    import asyncpg
+
+    from eco2.services.runtime.errors import dependency_down
+
+    conn, other = await asyncpg.connect(dataplane.database_url), await asyncpg.connect(dataplane.database_url)
+    try:
+        with pytest.raises(asyncpg.InterfaceError) as err:
+            async with conn.transaction():
+                await conn.execute("SELECT 1")
+                await other.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+                while not conn.is_closed():  # until asyncpg read the end of the connection
+                    await asyncio.sleep(0.01)
+        down = dependency_down(err.value)
+        assert down is not None and down.code == grpc.StatusCode.UNAVAILABLE and down.metadata["dependency"] == "postgres"
+        assert dependency_down(asyncpg.InterfaceError("cannot perform operation: another operation is in progress")) is None  # a bug stays INTERNAL
+    finally:
+        await conn.close()
+        await other.close()

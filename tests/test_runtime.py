@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from google.protobuf import wrappers_pb2
 
 from eco2.services.runtime.errors import status_details, unpack_details
 from eco2.services.runtime.settings import RuntimeSettings
@@ -182,6 +183,24 @@ async def test_a_client_stream_refused_mid_write_gets_the_refusal(probe_ch):
             queue.get_nowait()
         queue.put_nowait(None)
     assert seen == {grpc.StatusCode.RESOURCE_EXHAUSTED: 25}
+
+
+async def test_a_client_stream_refused_before_a_malformed_message_still_gets_the_refusal(probe_ch):
+    """The drain before a refusal reads past a message that is not valid protobuf: stopping at
+    it refused the stream while the client was still writing, which grpc core turned into
+    INTERNAL ("Internal error from Core") on the client (found by tests/test_fuzz_rpc.py)."""
+    big = wrappers_pb2.BytesValue(value=b"x" * (2 * 1024 * 1024)).SerializeToString()
+    seen = {}
+    for _ in range(20):
+        async def requests():
+            yield b"\xff\xff not protobuf"
+            for _ in range(3):
+                yield big
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await probe_ch.stream_unary("/eco2test.Probe/Refuse")(requests(), timeout=30)
+        seen[err.value.code()] = seen.get(err.value.code(), 0) + 1
+    assert seen == {grpc.StatusCode.PERMISSION_DENIED: 20}
 
 
 def _free_port() -> int:

@@ -38,9 +38,10 @@ def cancel_key(job_id: str) -> str:
 
 
 class MessageNotStored(Exception):
-    """The job's user message is not committed (yet): SendMessage queues the job inside the
-    message's transaction, so a worker can claim it first. Failing the job retries it after
-    ECO2_JOBS_RETRY_DELAY_S; a send that rolled back never commits, and the job is dead-lettered."""
+    """The job's user message is not committed, ECO2_CHAT_COMMIT_WAIT_S after the claim:
+    SendMessage queues the job inside the message's transaction, so a worker can claim it first
+    (it waits for the commit). Failing the job retries it after ECO2_JOBS_RETRY_DELAY_S; a send
+    that rolled back never commits, and the job is dead-lettered."""
 
 
 @dataclass
@@ -135,7 +136,7 @@ class ChatWorkers:
     async def _turn(self, job: Job, p: dict[str, Any]) -> tuple[str, float | None]:
         """The turn's graph run and its events; (outcome, monotonic time of the first token)."""
         job_id = p["job_id"]
-        if p.get("resume") is None and not await self.store.has_user_message(job_id):
+        if p.get("resume") is None and not await self._message_stored(job_id):
             raise MessageNotStored(f"the message of job {job_id} is not stored")
         config = {"configurable": {"thread_id": job_id}}
         # A first attempt of a new message has no checkpoint yet: skip the read (a query and
@@ -201,6 +202,23 @@ class ChatWorkers:
         await emitter.drain()  # acked only once DONE is stored
         self.stats.done += 1
         return "done", emitter.first_token_at
+
+    async def _message_stored(self, job_id: str) -> bool:
+        """Whether the job's user message is committed, waiting up to ECO2_CHAT_COMMIT_WAIT_S for
+        it. SendMessage queues the job just before its transaction commits, so a worker that
+        claims at once (the usual case: more than half the turns of a busy stack) finds the
+        message a few milliseconds later; failing the attempt instead cost such a turn
+        ECO2_JOBS_RETRY_DELAY_S (1 s) and one of its attempts. A send that rolled back never
+        commits: the attempt fails after the wait."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.chat_commit_wait_s
+        pause = 0.005
+        while not await self.store.has_user_message(job_id):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return True
 
     async def _error(self, emitter: Emitter, code: int, reason: str, message: str, retryable: bool) -> None:
         await emitter.emit(events_pb2.EVENT_KIND_ERROR, node="error", error=events_pb2.JobError(code=code, reason=reason, message=message, retryable=retryable))

@@ -191,8 +191,8 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
                 if token is not None:
                     await self._identify(token)
                 if client_streaming:
-                    request = self._checked_requests(method, request)
-                elif isinstance(request, _Malformed):
+                    return await behavior(self._checked_requests(method, request), context)
+                if isinstance(request, _Malformed):
                     raise _malformed_error(method, request.size)
                 return await behavior(request, context)
             except asyncio.CancelledError:
@@ -204,6 +204,8 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:  # mapped to a status, never leaked
                 code = _status_of(exc)
                 if client_streaming and isinstance(exc, DomainError):
+                    # the raw stream, not the checked one: that one ends at a malformed message
+                    # (the client still writing), the drain reads past it and drops it
                     await _drain(request, self.reject_drain_s)
                 await self._fail(method, context, exc)
             finally:

@@ -14,6 +14,8 @@ Methods take and return raw bytes (JSON) so no contract is needed:
                            NOT_FOUND after n messages
   /eco2test.Probe/FloodWrites  Flood written with context.write()
   /eco2test.Probe/Collect  client stream, refused with RESOURCE_EXHAUSTED past 100,000 bytes
+  /eco2test.Probe/Refuse   client stream of google.protobuf.BytesValue, refused with PERMISSION_DENIED
+                           before reading any
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import logging
 import sys
 
 import grpc
+from google.protobuf import wrappers_pb2
 
 from eco2.services.runtime import context as ctx
 from eco2.services.runtime.clients import channel
-from eco2.services.runtime.errors import NotFound, ResourceExhausted
+from eco2.services.runtime.errors import NotFound, PermissionDenied, ResourceExhausted
 from eco2.services.runtime.settings import RuntimeSettings
 from eco2.services.runtime.telemetry import current_traceparent
 
@@ -108,8 +111,12 @@ class ProbeApp:
                     raise ResourceExhausted("too much", reason="TOO_MUCH")
             return str(size).encode()
 
+        async def refuse(requests, context) -> wrappers_pb2.BytesValue:
+            raise PermissionDenied("not yours", reason="NOT_YOURS")
+
         handlers = {
             "Collect": grpc.stream_unary_rpc_method_handler(collect),
+            "Refuse": grpc.stream_unary_rpc_method_handler(refuse, wrappers_pb2.BytesValue.FromString, wrappers_pb2.BytesValue.SerializeToString),
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
             "WhoAmI": grpc.unary_unary_rpc_method_handler(whoami),
             "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
