@@ -16,8 +16,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from google.protobuf import wrappers_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eco2.services.runtime.errors import status_details, unpack_details
 from eco2.services.runtime.settings import RuntimeSettings
