@@ -632,7 +632,7 @@ def test_eco2_up_fronts_the_stack_with_envoy(session_dir):
         assert envoy_pids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        assert f"open {url}/" in proc.stderr.read()
+        assert proc.stdout.read() == f"open {url}/\n"  # one line to open: no JSON, no database password
         assert not [p for p in envoy_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     finally:
         if proc.poll() is None:

@@ -64,10 +64,9 @@ def identity_verifier(app: ServiceApp, settings: RuntimeSettings) -> IdentityVer
     """The wristband verifier of a server: keys pinned by ECO2_IDENTITY_JWKS plus auth's
     (GetJwks at ECO2_IDENTITY_JWKS_FROM). An app that holds the keys itself (auth) gives them
     with an `identity_keys()` method instead of calling itself."""
-    own = getattr(app, "identity_keys", None)
+    own = getattr(app, "identity_keys", None)  # async: the keys, as current as the app's store
     if own is not None:
-        async def fetch():
-            return own()
+        fetch = own
     else:
         async def fetch():
             return await fetch_auth_jwks(settings.identity_jwks_from)
