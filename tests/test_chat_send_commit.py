@@ -53,3 +53,35 @@ async def test_a_job_claimed_before_its_message_committed_runs_at_once(service_e
     assert kinds[-1] == events_pb2.EVENT_KIND_DONE
     assert took < RETRY_DELAY_S, f"the turn waited for a retry: {took:.1f} s"
     assert not [r for r in caplog.records if r.getMessage() == "chat job failed"]  # no attempt spent
+
+
+async def test_a_job_that_fails_while_valkey_is_down_is_left_for_a_re_claim(service_env, caplog):
+    """A job that fails when Valkey is gone cannot be marked failed either; that second error
+    escaped the worker's task ("Task exception was never retrieved", an ERROR log) instead of
+    leaving the unacked job to be claimed again (found by tests/test_faults.py)."""
+    from eco2.services.chat.settings import ChatSettings
+    from eco2.services.chat.worker import ChatWorkers
+    from eco2.services.dataplane.urls import create_redis
+    from eco2.services.events.jobs import JobQueue
+
+    with env(service_env):
+        settings = ChatSettings()
+    live, gone = create_redis(service_env["REDIS_URL"]), create_redis("redis://127.0.0.1:1/0")
+    kind = f"chat-gone-{uuid.uuid4().hex[:6]}"
+    try:
+        queue = JobQueue(live, kind, settings)
+        await queue.enqueue(f"job-{kind}", b"{}")
+        job = await queue.claim("worker-1", block_ms=1000)
+        queue.redis = gone  # Valkey went away after the claim
+
+        class Failing(ChatWorkers):
+            async def handle(self, job):
+                raise ConnectionError("valkey-server is gone")
+
+        workers = Failing(queue=queue, redis=gone, sink=None, graph=None, deps=None, store=None, settings=settings)
+        await workers._slots.acquire()  # as the claim loop does before running a job
+        await workers._run(job)  # returns: nothing escapes the task
+        assert "claimed again after the visibility timeout" in caplog.text
+    finally:
+        await live.aclose()
+        await gone.aclose()

@@ -107,7 +107,11 @@ class ChatWorkers:
             raise
         except Exception as exc:  # noqa: BLE001
             log.error("chat job failed", extra={"job_id": job.job_id, "error": mask(str(exc))[:300]}, exc_info=True)
-            await self.queue.fail(job, type(exc).__name__)
+            try:
+                await self.queue.fail(job, type(exc).__name__)
+            except Exception:  # noqa: BLE001 — Valkey is down too: the unacked job is claimed again after the visibility timeout
+                log.warning("could not record the failure of a chat job; it is claimed again after the visibility timeout",
+                            extra={"job_id": job.job_id}, exc_info=True)
         finally:
             self._slots.release()
 

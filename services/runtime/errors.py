@@ -179,6 +179,10 @@ def _down_dependency(exc: BaseException) -> str | None:
         # asyncpg saw the connection drop before the next use (a transaction's COMMIT after the
         # server died mid-block): not a subclass of its own, only this message
         return "postgres"
+    if isinstance(exc, asyncpg.InternalClientError) and str(exc).startswith("cannot switch to state"):
+        # the protocol of a connection the server dropped mid-operation, e.g. the pool's reset
+        # query when the connection is released after the server died (asyncpg then discards it)
+        return "postgres"
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return "redis"
     if isinstance(exc, OSError):
