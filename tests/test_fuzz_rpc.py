@@ -93,8 +93,8 @@ async def _things_of(user: str, servers, channels) -> list[str]:
     from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
     from eco2.events.v1 import events_pb2
     from eco2.images.v1 import images_pb2, images_pb2_grpc
-    from eco2.services.dataplane.urls import create_redis
     from eco2.services.bus.producer import EventPublisher
+    from eco2.services.dataplane.urls import create_redis
 
     sent = await chat_pb2_grpc.ChatServiceStub(channels["chat"]).SendMessage(chat_pb2.SendMessageRequest(message="페트병 어떻게 버려?"), metadata=as_user(user), timeout=DEADLINE_S)
     # ended, as a worker ends it: a stream of it ends too (one of a job still running stays open)
