@@ -62,7 +62,7 @@ async def test_a_job_that_fails_while_valkey_is_down_is_left_for_a_re_claim(serv
     from eco2.services.chat.settings import ChatSettings
     from eco2.services.chat.worker import ChatWorkers
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.jobs import JobQueue
+    from eco2.services.bus.jobs import JobQueue
 
     with env(service_env):
         settings = ChatSettings()
