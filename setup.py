@@ -12,8 +12,8 @@ def _packages() -> tuple[list[str], dict[str, str]]:
     for prefix, root in ROOTS.items():
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not d.startswith((".", "__"))]
-            if "__init__.py" not in filenames:
-                continue
+            if "__init__.py" not in filenames and dirpath != root:
+                continue  # each root is a package; `eco2` (proto/eco2) is a namespace package
             rel = os.path.relpath(dirpath, root)
             packages.append(prefix if rel == "." else prefix + "." + rel.replace(os.sep, "."))
     return sorted(packages), dict(ROOTS)

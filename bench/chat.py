@@ -182,8 +182,8 @@ def sdk_floor(n: int) -> dict:
     a floor for a chat process's CPU per conversation."""
     import uvloop
 
-    from eco2.services.chat.llm.openai_adapter import OpenAILLM
-    from eco2.services.chat.llm.ports import Message, ModelInfo
+    from eco2.services.llm.openai_adapter import OpenAILLM
+    from eco2.services.llm.ports import Message, ModelInfo
 
     port = free_port()
     fake = subprocess.Popen([sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(port), "--first-token-ms", "0", "--token-ms", "0", "--tokens", str(TOKENS)],

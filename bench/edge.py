@@ -138,8 +138,8 @@ async def gateway_unary(port: int, seconds: float, concurrency: int) -> dict:
 
 
 async def sse_run(port: int, redis_url: str, gw_pid: int, clients: int, seconds: float, interval: float) -> dict:
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
 
     redis = create_redis(redis_url)
     pub = EventPublisher(redis)
@@ -236,8 +236,8 @@ async def sse_catchup(port: int, redis_url: str, gw_pid: int, ev_pid: int, clien
     start, all at once, as after a reconnect storm:
     every client must receive every event; CPU per delivered event of the gateway and of the
     events process."""
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
 
     redis = create_redis(redis_url)
     pub = EventPublisher(redis)

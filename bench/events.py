@@ -43,7 +43,7 @@ E = events_pb2
 async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: float, batch: int, tick_s: float = 0.0) -> None:
     """Publishes per_job events to each job, `batch` events per publish_many round trip (1 =
     single `publish`); prints its own CPU seconds as JSON on stdout."""
-    from eco2.services.events.producer import EventPublisher
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.events.valkey import fast_redis
 
     client = fast_redis(redis_url)
@@ -258,8 +258,8 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
     `warm_connections` each connection first finishes one Subscribe, as a long-lived client
     connection has; without it every stream is a first call of its connection (~3 KB more
     per stream, docs/adr/0044)."""
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
 
     client = create_redis(redis_url)
     pub = EventPublisher(client)

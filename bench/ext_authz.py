@@ -132,7 +132,7 @@ async def revocation_propagation(targets: list[str], rounds: int) -> dict:
             started = time.perf_counter()
             await auth[home].SignOut(auth_pb2.SignOutRequest(refresh_token=s.tokens.refresh_token), metadata=md)
 
-            async def until_denied(a) -> float:
+            async def until_denied(a, req, started: float) -> float:
                 while True:
                     resp = await a.Check(req)
                     if resp.HasField("denied_response"):
@@ -141,7 +141,7 @@ async def revocation_propagation(targets: list[str], rounds: int) -> dict:
                         return float("inf")
                     await asyncio.sleep(0.002)
 
-            delays += await asyncio.gather(*(until_denied(a) for a in authz))
+            delays += await asyncio.gather(*(until_denied(a, req, started) for a in authz))
     finally:
         for c in chans:
             await c.close()

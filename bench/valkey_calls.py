@@ -5,14 +5,13 @@ every step carries one or two events), measured as the valkey-server process's C
 
 Starts its own embedded data plane (temp dir under /tmp; AOF on, as `eco2 up` runs it), sends
 each command `--calls` times one at a time over the lean RESP connection
-(services/events/resp.py), and last runs `EventPublisher.publish` of one event (the producer's
+(services/bus/resp.py), and last runs `EventPublisher.publish` of one event (the producer's
 Lua call) with Valkey's own `INFO commandstats` per event. Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -32,10 +31,10 @@ def cpu_s(proc: psutil.Process) -> float:
 
 
 async def main(calls: int) -> dict:
+    from eco2.services.bus.producer import EventPublisher
+    from eco2.services.bus.resp import RespClient
     from eco2.services.dataplane.embedded import EmbeddedDataPlane
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
-    from eco2.services.events.resp import RespClient
 
     root = Path(tempfile.mkdtemp(prefix="eco2-bench-valkey-", dir="/tmp"))
     root.chmod(0o755)  # the embedded PostgreSQL runs as an unprivileged user

@@ -24,10 +24,10 @@ from prometheus_client import Counter, Gauge
 from eco2.auth.v1 import auth_pb2
 
 from . import routes, uploads
-from .images import SignedImages
 from .authz import Authorizer
 from .bridge import ALL_TYPES, CONNECT_STREAM_TYPES, CONNECT_UNARY_TYPES, GRPC_WEB_TYPES, Bridge
 from .http import ClientGone, HttpError, Request
+from .images import SignedImages
 from .settings import GatewaySettings
 from .sse import PATH as SSE_PATH
 from .sse import EventStreams
@@ -56,13 +56,16 @@ def _count(kind: str, gone: bool) -> None:
     child.inc()
 
 
+mimetypes.add_type("application/manifest+json", ".webmanifest")  # the PWA manifest (not in every mime table)
+
+
 def _load_static() -> dict[str, tuple[bytes, bytes]]:
     files: dict[str, tuple[bytes, bytes]] = {}
     root = resources.files(__package__) / "static"
     for entry in root.iterdir():
         if entry.is_file() and not entry.name.startswith(("_", ".")) and not entry.name.endswith(".py"):
             ctype = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
-            if ctype.startswith("text/") or ctype in ("application/javascript",):
+            if ctype.startswith("text/") or ctype in ("application/javascript", "application/manifest+json", "image/svg+xml"):
                 ctype += "; charset=utf-8"
             files[entry.name] = (entry.read_bytes(), ctype.encode())
     return files
@@ -247,7 +250,10 @@ class Gateway:
         if found is None:
             raise HttpError(404, f"no static file {name!r}", "NOT_FOUND")
         body, ctype = found
-        await req.respond(200, body if req.method == "GET" else b"", ctype, [(b"cache-control", b"no-cache"), (b"x-content-type-options", b"nosniff")])
+        headers = [(b"cache-control", b"no-cache"), (b"x-content-type-options", b"nosniff")]
+        if name == "sw.js":  # the service worker lives under /static/ but caches the page at / (its scope)
+            headers.append((b"service-worker-allowed", b"/"))
+        await req.respond(200, body if req.method == "GET" else b"", ctype, headers)
 
     async def _jwks(self, req: Request, cors) -> None:
         stub = self.upstreams.channel(self.settings.auth_addr).unary_unary(

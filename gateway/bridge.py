@@ -23,10 +23,10 @@ from eco2.services.runtime.validation import ascii_digits
 from .framing import (
     COMPRESSED_FLAG,
     CONNECT_END_FLAG,
-    FrameError,
-    FrameTooLarge,
     HEADER,
     TRAILERS_FLAG,
+    FrameError,
+    FrameTooLarge,
     decode_text,
     encode_text,
     frame,

@@ -12,7 +12,7 @@ import binascii
 import re
 import struct
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 HEADER = struct.Struct(">BI")
 TRAILERS_FLAG = 0x80
@@ -57,13 +57,6 @@ def parse_frames(body: bytes, max_message_bytes: int) -> list[tuple[int, bytes]]
     return frames
 
 
-def peek_frame_length(body: bytes | bytearray) -> int | None:
-    """Declared length of the first frame once its header has arrived (to refuse early)."""
-    if len(body) < HEADER.size:
-        return None
-    return HEADER.unpack_from(bytes(body[: HEADER.size]))[1]
-
-
 _B64_CHUNK = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 
@@ -101,10 +94,6 @@ _SAFE_MESSAGE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
 def encode_grpc_message(message: str) -> str:
     """grpc-message is percent-encoded (gRPC spec): never a raw CR/LF or non-ASCII byte."""
     return quote(message, safe=_SAFE_MESSAGE)
-
-
-def decode_grpc_message(value: str) -> str:
-    return unquote(value)
 
 
 def header_value(key: str, value: str | bytes) -> str:

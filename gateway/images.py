@@ -1,7 +1,7 @@
 """`GET {ECO2_IMAGES_URL_PREFIX}/{sha256}?exp=&sig=`: the signed image links of `ImageService.GetImage`.
 
-The signature and expiry are checked here, with the images service's own helper
-(`eco2.services.images.signing.verify_path`) and the same secret (ECO2_IMAGES_URL_SECRET, or in
+The signature and expiry are checked here, with the helper the images service signs with
+(`eco2.services.runtime.image_urls.verify_path`) and the same secret (ECO2_IMAGES_URL_SECRET, or in
 embedded mode the one persisted under the data dir), before anything else is called: a bad or
 expired link is 403. The caller must still be signed in (ext-authz; a browser's `<img>` sends
 the `eco2_access` cookie): `ImageService.ReadImage` only serves the owner's images, so someone
@@ -18,7 +18,7 @@ import time
 import grpc
 
 from eco2.images.v1 import images_pb2
-from eco2.services.images import signing
+from eco2.services.runtime import image_urls
 from eco2.services.runtime.validation import ascii_digits
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
@@ -46,7 +46,7 @@ class SignedImages:
 
             s = self.settings
             try:
-                self._secret = signing.resolve_secret(s.images_url_secret, s.data_dir, embedded=s.deployment == Deployment.EMBEDDED)
+                self._secret = image_urls.resolve_secret(s.images_url_secret, s.data_dir, embedded=s.deployment == Deployment.EMBEDDED)
             except ValueError as exc:
                 raise HttpError(503, f"signed image links are not configured: {exc}", "IMAGES_NOT_CONFIGURED") from None
         return self._secret
@@ -56,7 +56,7 @@ class SignedImages:
         if req.method not in ("GET", "HEAD"):
             raise HttpError(405, "use GET", "METHOD_NOT_ALLOWED", headers=[(b"allow", b"GET, HEAD")])
         query = req.scope.get("query_string", b"").decode("latin-1")
-        sha = signing.verify_path(self.secret(), f"{req.path}?{query}", prefix=self.prefix)
+        sha = image_urls.verify_path(self.secret(), f"{req.path}?{query}", prefix=self.prefix)
         if sha is None:
             expired = False
             exp = req.query_value("exp") or ""

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import grpc
 from google.protobuf import json_format
 
 from eco2.auth.v1 import auth_pb2
+from eco2.character.v1 import character_pb2
 from eco2.chat.v1 import chat_pb2
 from eco2.images.v1 import images_pb2
+from eco2.scan.v1 import scan_pb2
 from eco2.services.runtime.validation import ascii_digits
 
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
@@ -70,6 +72,16 @@ ROUTES = [
               chat_pb2.GetConversationRequest, chat_pb2.GetConversationResponse, lambda m, r, b: {"conversationId": m.group(1)}),
     JsonRoute("GET", re.compile(r"^/v1/images/meta/(sha256:[0-9a-f]{64})$"), "images", "/eco2.images.v1.ImageService/GetImage",
               images_pb2.GetImageRequest, images_pb2.GetImageResponse, lambda m, r, b: {"key": m.group(1)}),
+    JsonRoute("POST", re.compile(r"^/v1/scans$"), "scan", "/eco2.scan.v1.ScanService/SubmitScan",
+              scan_pb2.SubmitScanRequest, scan_pb2.SubmitScanResponse, _body, _with_events_url),
+    JsonRoute("POST", re.compile(r"^/v1/scans/input$"), "scan", "/eco2.scan.v1.ScanService/ProvideScanInput",
+              scan_pb2.ProvideScanInputRequest, scan_pb2.ProvideScanInputResponse, _body),
+    JsonRoute("GET", re.compile(r"^/v1/scans/([A-Za-z0-9-]{1,64})$"), "scan", "/eco2.scan.v1.ScanService/GetScan",
+              scan_pb2.GetScanRequest, scan_pb2.GetScanResponse, lambda m, r, b: {"scanId": m.group(1)}),
+    JsonRoute("GET", re.compile(r"^/v1/characters$"), "character", "/eco2.character.v1.CharacterService/ListCharacters",
+              character_pb2.ListCharactersRequest, character_pb2.ListCharactersResponse, _query_paging),
+    JsonRoute("GET", re.compile(r"^/v1/collection$"), "character", "/eco2.character.v1.CharacterService/ListCollection",
+              character_pb2.ListCollectionRequest, character_pb2.ListCollectionResponse, _query_paging),
 ]
 
 

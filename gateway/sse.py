@@ -66,7 +66,7 @@ class Feed:
 
     __slots__ = ("key", "start", "base", "events", "ended", "error", "changed", "clients", "call", "task", "limit", "hub")
 
-    def __init__(self, hub: "EventStreams", key, start: int, call, limit: int) -> None:
+    def __init__(self, hub: EventStreams, key, start: int, call, limit: int) -> None:
         self.hub = hub
         self.key = key
         self.start = start  # the feed holds (or held) every event with seq > start

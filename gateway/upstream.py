@@ -147,9 +147,6 @@ class Upstreams:
                 self._callables[key] = mc
         return mc
 
-    def client_stream(self, address: str, path: str):
-        return self.channel(address).stream_unary(path, request_serializer=_identity, response_deserializer=_identity)
-
     async def close(self) -> None:
         self._callables.clear()
         for ch in self._channels.values():

@@ -69,7 +69,7 @@ class IngressSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECO2_", extra="ignore", frozen=True)
 
     ingress: Literal["envoy", "none"] = Field("envoy", description="envoy: `eco2 up` fronts the stack with Envoy (when the binary is installed); none: no ingress")
-    ingress_port: int = Field(0, ge=0, le=65535, description="the ingress's public port on 127.0.0.1 (0 = a free port)")
+    ingress_port: int = Field(0, ge=0, le=65535, description="the ingress's public port on 127.0.0.1 (0 = the one this data dir had the last time under `eco2 up`, else a free port)")
     ingress_authz_timeout_s: float = Field(2.0, gt=0, description="deadline of one ext-authz Check from Envoy (exceeded → 503, UNAVAILABLE: fail closed)")
     ingress_stream_idle_timeout_s: float = Field(7200.0, gt=0, description="a stream with no bytes either way for this long is reset (longer than an hour-long NEEDS_INPUT wait)")
     ingress_request_headers_timeout_s: float = Field(10.0, gt=0, description="time a client gets to send its request headers after connecting")
@@ -146,7 +146,7 @@ def _listener(table: RouteTable, ingress: Ingress, settings: IngressSettings) ->
                 "typed_config": {"@type": f"{_TYPES}.access_loggers.stream.v3.StdoutAccessLog"},
             }
         ],
-        "local_reply_config": {"mappers": _deny_mappers()},
+        "local_reply_config": {"mappers": deny_mappers()},
         "route_config": _routes(table, ingress),
         "http_filters": _http_filters(ingress, settings),
     }
@@ -168,7 +168,7 @@ DENY_CODES = {
 }
 
 
-def _deny_mappers() -> list[dict]:
+def deny_mappers() -> list[dict]:
     """Local-reply mappers that give an ext-authz deny (or failure: response flag UAEX) the shape
     the caller's protocol reads; plain HTTP denies keep their status and JSON body.
 
@@ -179,7 +179,7 @@ def _deny_mappers() -> list[dict]:
     from which the grpc_web filter and the clients derive the code: 429 → UNAVAILABLE.
     Connect unary (a `connect-protocol-version` header): a Connect error body
     `{"code", "message"}`; without it Connect clients derive the code from the HTTP status too.
-    See docs/mesh.md."""
+    Istio's ingress gateway gets the same mappers (mesh/istio.py `deny_replies`). See docs/mesh.md."""
     mappers = []
     for http, (code, connect_code) in DENY_CODES.items():
         denied = [{"response_flag_filter": {"flags": ["UAEX"]}},

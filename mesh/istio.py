@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from .envoy import deny_mappers
 from .routes import INGRESS, RouteTable, Service, load
 
 #: Kubernetes Service ports: every service serves gRPC on the port named `grpc`, the gateway
@@ -191,6 +192,7 @@ def render(params: Params = Params(), table: RouteTable | None = None) -> list[d
         *(destination_rule(params, s) for s in services),
         peer_authentication(params),
         ext_authz_policy(params),
+        deny_replies(params),
         *(allow_policy(params, s, table) for s in services),
     ]
 
@@ -285,6 +287,26 @@ def ext_authz_policy(params: Params) -> dict:
         "rules": [{}],
     }
     return _resource("security.istio.io/v1", "AuthorizationPolicy", "eco2-ext-authz", params.ingress_namespace, spec)
+
+
+def deny_replies(params: Params) -> dict:
+    """The embedded ingress's local-reply mappers (mesh/envoy.py `deny_mappers`) on Istio's
+    ingress gateway: an ext-authz deny reaches a gRPC or gRPC-Web client with the deny's own
+    gRPC status and message (RESOURCE_EXHAUSTED for a rate limit, not the UNAVAILABLE Envoy
+    derives from HTTP 429), and a Connect client with a Connect error body."""
+    hcm = "envoy.filters.network.http_connection_manager"
+    spec = {
+        "workloadSelector": {"labels": _data(params.ingress_selector)},
+        "configPatches": [{
+            "applyTo": "NETWORK_FILTER",
+            "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": hcm}}}},
+            "patch": {"operation": "MERGE", "value": {"typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "local_reply_config": {"mappers": deny_mappers()},
+            }}},
+        }],
+    }
+    return _resource("networking.istio.io/v1alpha3", "EnvoyFilter", "eco2-ext-authz-deny-replies", params.ingress_namespace, spec)
 
 
 def allow_policy(params: Params, service: Service, table: RouteTable) -> dict:

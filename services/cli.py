@@ -4,15 +4,18 @@
     eco2 serve NAME             run one service in the foreground (as the Helm chart does)
     eco2 migrate [NAME...]      apply the schema migrations of these services (default: all)
     eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
+    eco2 status [--data-dir]    each service's health, open streams and job queue, one table
     eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
+    eco2 chat "질문"            ask the assistant of the running stack
+    eco2 scan PHOTO [--hint T]  scan a photo with the running stack
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -85,7 +88,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _endpoints(args: argparse.Namespace) -> int:
-    from .up import read_endpoints
+    from .runtime.endpoints import read_endpoints
 
     try:
         endpoints = read_endpoints(Path(args.data_dir) if args.data_dir else None)
@@ -96,9 +99,23 @@ def _endpoints(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from .runtime.endpoints import read_endpoints
+    from .status import render, status
+
+    try:
+        endpoints = read_endpoints(Path(args.data_dir) if args.data_dir else None)
+    except FileNotFoundError as exc:
+        print(f"eco2: {exc}", file=sys.stderr)
+        return 1
+    rows = status(endpoints)
+    print(render(rows))
+    return 0 if all(r.serving for r in rows) else 1
+
+
 def _identity(args: argparse.Namespace) -> int:
-    from .dev_identity import NoIdentity, dev_wristband
-    from .up import read_endpoints
+    from .runtime.dev_identity import NoIdentity, dev_wristband
+    from .runtime.endpoints import read_endpoints
 
     try:
         auth = read_endpoints(Path(args.data_dir) if args.data_dir else None)["auth"]
@@ -121,6 +138,12 @@ def _chat_cmd(args: argparse.Namespace) -> int:
     return chat_main(args.data_dir, args.question, args.near)
 
 
+def _scan_cmd(args: argparse.Namespace) -> int:
+    from .scan.cli import main as scan_main
+
+    return scan_main(args.data_dir, args.photo, args.hint)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eco2", description="Eco² mesh: the recycling assistant as gRPC services")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p_ep = sub.add_parser("endpoints", help="print the endpoints of a running stack")
     p_ep.add_argument("--data-dir")
     p_ep.set_defaults(func=_endpoints)
+    p_st = sub.add_parser("status", help="each service's health, open streams and job queue of a running stack (exit 1 when one is not serving)")
+    p_st.add_argument("--data-dir")
+    p_st.set_defaults(func=_status)
     p_id = sub.add_parser("identity", help="print a dev user's wristband for calling services directly (embedded only), e.g. grpcurl -H \"x-eco2-identity: $(eco2 identity)\"")
     p_id.add_argument("--data-dir")
     p_id.add_argument("--name", default="grpcurl-dev", help="display name of the dev user (default: grpcurl-dev)")
@@ -151,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     p_chat.add_argument("--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)")
     p_chat.add_argument("question")
     p_chat.set_defaults(func=_chat_cmd)
+    p_scan = sub.add_parser("scan", help="scan a photo with a running stack: stages, the disposal answer and the character earned")
+    p_scan.add_argument("--data-dir")
+    p_scan.add_argument("--hint", default="", help="what the item is, e.g. \"투명 생수병\" (offline, the photo is not looked at: the hint classifies it)")
+    p_scan.add_argument("photo", help="a PNG, JPEG, GIF or WebP file")
+    p_scan.set_defaults(func=_scan_cmd)
     argv = sys.argv[1:] if argv is None else argv
     if not argv:  # `eco2` alone: what it can do, not an argparse complaint
         parser.print_help()

@@ -26,7 +26,7 @@ def repo_root() -> Path:
     for parent in here.parents:
         if (parent / "buf.yaml").is_file() and (parent / "proto").is_dir():
             return parent
-    raise SystemExit("codegen runs from a source checkout (buf.yaml not found above %s)" % here)
+    raise SystemExit(f"codegen runs from a source checkout (buf.yaml not found above {here})")
 
 
 def proto_files(proto_dir: Path) -> list[Path]:
@@ -50,13 +50,14 @@ def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    # Every folder on the way to a generated module is a regular package.
+    # Every folder on the way to a generated module is a regular package, except `eco2` itself:
+    # a namespace package that setup.py assembles from several folders (docs/adr/0001).
     generated: list[Path] = []
     for path in sorted(out_dir.rglob("*")):
         if path.is_file() and path.name.endswith(GENERATED_SUFFIXES):
             generated.append(path.relative_to(out_dir))
             for parent in path.relative_to(out_dir).parents:
-                if str(parent) != ".":
+                if len(parent.parts) > 1:
                     init = out_dir / parent / "__init__.py"
                     if not init.exists():
                         init.write_text("")

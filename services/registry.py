@@ -10,22 +10,20 @@ import importlib
 
 from .runtime.server import ServiceApp
 
-#: Every service of the mesh, as in endpoints.json and the Helm chart.
-ALL_SERVICES = ("auth", "character", "location", "images", "chat", "scan", "events", "gateway")
-
-#: The services that exist today (others are added as their issues land).
+#: The services `eco2 serve NAME` and `eco2 up` run: name → the factory of its app.
 SERVICES: dict[str, str] = {
     "auth": "eco2.services.auth.app:create",
     "character": "eco2.services.character.app:create",
     "location": "eco2.services.location.app:create",
     "images": "eco2.services.images.app:create",
     "chat": "eco2.services.chat.app:create",
+    "scan": "eco2.services.scan.app:create",
     "events": "eco2.services.events.app:create",
 }
 
 #: The services that own schema migrations (services/NAME/migrations/), in start order; each
 #: app has `async migrate()`, run at its start or, in Kubernetes, by `eco2 migrate` beforehand.
-MIGRATIONS = ("auth", "character", "location", "images", "chat")
+MIGRATIONS = ("auth", "character", "location", "images", "chat", "scan")
 
 #: HTTP apps (health: GET /healthz, endpoint http://host:port), started after the gRPC services.
 #: Such an app has `protocol = "http"` and an `async serve()` that runs it until SIGTERM.

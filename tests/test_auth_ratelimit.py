@@ -101,7 +101,7 @@ async def test_a_silent_valkey_times_out_and_the_pipe_reconnects(service_env):
         assert await bucket.hit("u:a") == 0.0
         replies["mute"] = True
         started = time.monotonic()
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - whichever error the pipe's timeout gives
             await bucket.hit("u:a")
         assert time.monotonic() - started < 1.0
         replies["mute"] = False

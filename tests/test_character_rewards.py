@@ -12,8 +12,8 @@ import pytest
 from eco2.character.v1 import character_pb2 as pb
 from eco2.character.v1 import character_pb2_grpc
 from eco2.services.runtime.errors import status_details, unpack_details
-from support.servers import env, running
 from support.identity import as_user
+from support.servers import env, running
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from eco2.location.v1 import location_pb2
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.identity import as_user
 from support.servers import env, running
-from support.identity import as_user
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +118,10 @@ async def test_answers_that_start_together_share_one_character_call(stack):
     """After a cold start many answers want the same character at once: one GetCharacter call,
     shared (the others wait for it), then the cache; a caller that gives up leaves the call to
     the rest."""
+    from prometheus_client import REGISTRY
+
     from eco2.services.chat.grpc_clients import GrpcCharacters
     from eco2.services.runtime.clients import channel as grpc_channel
-    from prometheus_client import REGISTRY
 
     def calls() -> float:
         labels = {"grpc_method": "/eco2.character.v1.CharacterService/GetCharacter", "grpc_code": "OK"}
@@ -285,9 +285,13 @@ async def test_a_retried_send_is_answered_once(stack):
     again = await stack["chat"].SendMessage(req, metadata=user)
     assert (again.job_id, again.message_id, again.deduplicated, first.deduplicated) == (first.job_id, first.message_id, True, False)
     events = await asyncio.wait_for(collect_until(stack, first.job_id, 0, {events_pb2.EVENT_KIND_DONE}, user), 30)
-    done_result(events)
+    result = done_result(events)
     page = await stack["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=first.conversation_id), metadata=user)
     assert [m.role for m in page.messages] == [chat_pb2.MESSAGE_ROLE_ASSISTANT, chat_pb2.MESSAGE_ROLE_USER]
+    # the answer comes back with what DONE carried: a reopened conversation shows its cards
+    answer, question = page.messages
+    assert answer.result == result and answer.result.character.code == "char-metally" and answer.result.citations
+    assert not question.HasField("result")
 
 
 async def test_multi_turn_history_list_get_delete(stack):

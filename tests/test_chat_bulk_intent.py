@@ -16,12 +16,12 @@ import pytest
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
 from eco2.services.chat import intents as I
-from eco2.services.chat import kb
 from eco2.services.chat.tools.bulk_waste import DataGoKrBulkWasteFees, PublicDataError
+from eco2.services.knowledge import kb
 from support.fake_bulk_waste import FakeBulkWasteApi, row
 from support.fake_llm import FakeModelServer, Script
-from support.servers import env, running
 from support.identity import as_user
+from support.servers import env, running
 
 KEY = "fake+key/with=chars"  # characters that must survive URL encoding
 GANGNAM_SOFA = "강남구에서 소파 버리려면 얼마야?"

@@ -14,12 +14,13 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from eco2.events.v1 import events_pb2
-from eco2.services.chat import kb
+from eco2.services.chat.answer import compose
 from eco2.services.chat.graph import ChatDeps, Emitter, JobContext, build_graph
 from eco2.services.chat.grpc_clients import GrpcPlaces
-from eco2.services.chat.llm.offline import OfflineLLM
 from eco2.services.chat.policy import PolicyRunner
 from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch
+from eco2.services.knowledge import kb
+from eco2.services.llm.offline import OfflineLLM
 from support.fake_tools import FakeTools
 from support.servers import channel, env, running
 
@@ -74,7 +75,7 @@ async def test_resume_uses_the_answer_even_when_the_branch_retries(graph, servic
     async with running(location_app, metrics=False) as location:
         async with channel(location) as ch:
             places = FlakyOnce(GrpcPlaces(ch))
-            deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(), policy=PolicyRunner(), places=places)
+            deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), places=places)
             s = state("근처 수거함 알려줘")
             config = {"configurable": {"thread_id": s["job_id"]}}
             sink = Recorder()
@@ -96,7 +97,7 @@ async def test_two_slow_tools_run_concurrently(graph):
     async with FakeTools(delay_s=delay) as tools:
         weather, search = OpenMeteoWeather(tools.base_url), TavilySearch(tools.base_url, "tvly-test")
         try:
-            deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(), policy=PolicyRunner(), weather=weather, web_search=search)
+            deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), weather=weather, web_search=search)
             s = state("오늘 날씨 어때? 그리고 최신 재활용 뉴스 검색해줘", location={"latitude": 37.5663, "longitude": 126.9779})
             sink = Recorder()
             started = time.monotonic()
@@ -119,9 +120,9 @@ async def test_two_slow_tools_run_concurrently(graph):
 
 async def test_history_past_the_threshold_is_summarised(graph):
     history = []
-    for i, (q, a) in enumerate([("우유팩 어떻게 버려?", "종이팩으로 배출해요."), ("캔은?", "캔류로 배출해요."), ("유리병은?", "유리병류로 배출해요."), ("건전지는?", "전지 수거함에 넣어요."), ("스티로폼은?", "발포합성수지로 배출해요.")]):
+    for q, a in [("우유팩 어떻게 버려?", "종이팩으로 배출해요."), ("캔은?", "캔류로 배출해요."), ("유리병은?", "유리병류로 배출해요."), ("건전지는?", "전지 수거함에 넣어요."), ("스티로폼은?", "발포합성수지로 배출해요.")]:
         history += [{"role": "user", "text": q}, {"role": "assistant", "text": a}]
-    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(), policy=PolicyRunner(), summary_threshold_tokens=20, keep_recent_messages=4)
+    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), summary_threshold_tokens=20, keep_recent_messages=4)
     s = state("투명 페트병은 어떻게 버려?", history=history)
     sink = Recorder()
     out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
@@ -148,7 +149,7 @@ async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph):
 
     ch = grpc_channel("127.0.0.1:1", default_timeout_s=1.0)  # nothing listens there: UNAVAILABLE
     try:
-        deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(), policy=PolicyRunner(), characters=GrpcCharacters(ch, cache_s=300))
+        deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), characters=GrpcCharacters(ch, cache_s=300))
         s = state("투명 페트병은 어떻게 버려?")
         sink = Recorder()
         out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
@@ -158,7 +159,7 @@ async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph):
     assert "character_context" not in out["contexts"] and not out.get("failed")
     assert not [e for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_FAILED]
     # and with the knowledge base's entry (no CharacterService configured) the card is there
-    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(), policy=PolicyRunner())
+    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner())
     s = state("투명 페트병은 어떻게 버려?")
     out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
     assert out["contexts"]["character_context"]["code"] == "char-petty"

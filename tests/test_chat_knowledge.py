@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from eco2.services.chat import intents, kb
+from eco2.services.chat import intents
+from eco2.services.knowledge import kb
 
 
 def test_rules_match_the_reference_data(shared_dir):
     ref = shared_dir / "reference-data/eco2"
-    documents = json.loads((kb.resources.files("eco2.services.chat") / "knowledge/rules.json").read_text(encoding="utf-8"))["documents"]
+    documents = json.loads((kb.resources.files("eco2.services.knowledge") / "rules.json").read_text(encoding="utf-8"))["documents"]
     shipped = {d["file"]: {k: v for k, v in d.items() if k != "file"} for d in documents}
     for path in ref.glob("*.json"):
         assert shipped[path.stem] == json.loads(path.read_text(encoding="utf-8")), path.stem

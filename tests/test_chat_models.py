@@ -13,11 +13,11 @@ import pytest
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
 from eco2.services.chat.graph import LLMGrade
-from eco2.services.chat.llm import create_llm
-from eco2.services.chat.llm.ports import Grounding, LLMError, Message, ToolSpec
+from eco2.services.llm import create_llm
+from eco2.services.llm.ports import Grounding, LLMError, Message, ToolSpec
 from support.fake_llm import FakeModelServer, Script
-from support.servers import env, running
 from support.identity import as_user
+from support.servers import env, running
 
 SEARCH = ToolSpec("search_rules", "분리배출 규정 검색", {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]})
 GROUNDING = Grounding(question="투명 페트병은 어떻게 버려?", intents=["waste"], contexts={"disposal_rules": [{"title": "무색페트병", "lines": ["라벨 제거"]}]})

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eco2.services.chat import kb
+from eco2.services.knowledge import kb
 
 EVAL = yaml.safe_load((Path(__file__).parent / "data/retrieval_eval.yaml").read_text(encoding="utf-8"))
 
@@ -53,7 +53,7 @@ def test_the_evaluation_set_names_real_rule_files():
 
 
 def test_synonyms_lead_to_words_of_the_rules():
-    root = kb.resources.files("eco2.services.chat") / "knowledge"
+    root = kb.resources.files("eco2.services.knowledge")
     vocabulary = kb.normalise((root / "rules.json").read_text(encoding="utf-8") + " " + (root / "taxonomy.yaml").read_text(encoding="utf-8")).replace(" ", "")
     base = kb.load()
     assert len(base.synonyms) >= 50

@@ -21,11 +21,12 @@ from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.services.chat import media
-from eco2.services.chat.llm import create_llm
-from eco2.services.chat.llm.images import create_image_model
+from eco2.services.chat.answer import compose
+from eco2.services.llm import create_llm
+from eco2.services.llm.images import create_image_model
 from support.fake_llm import FakeModelServer, png
-from support.servers import env, running
 from support.identity import as_user
+from support.servers import env, running
 
 PET_RULE = "rule:재활용폐기물_무색페트병#배출방법_공통"
 PET_FACTS = ("내용물", "라벨", "압착", "뚜껑")
@@ -313,7 +314,7 @@ def settings(**kw) -> types.SimpleNamespace:
 
 
 def test_the_vision_model_follows_the_settings_and_the_registry():
-    offline = create_llm("offline")
+    offline = create_llm("offline", compose=compose)
     remote = create_llm("gpt-5-mini", openai_api_key="sk")
     assert media.create_vision_llm(settings(), offline) is None  # offline answers: no vision unless asked for
     assert media.create_vision_llm(settings(), remote) is remote  # the answer model can see

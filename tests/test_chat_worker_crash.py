@@ -19,7 +19,6 @@ from eco2.events.v1 import events_pb2, events_pb2_grpc
 from support.fake_llm import FakeModelServer, Script
 from support.identity import as_user
 from support.servers import env, running
-from support.identity import as_user
 
 TOKENS = [f"조각{i:02d} " for i in range(40)]
 PER_EVENT = 2  # ECO2_CHAT_TOKENS_PER_EVENT of the workers (coalesced TOKEN events)
@@ -85,7 +84,9 @@ async def test_a_worker_killed_mid_answer_is_replaced_and_the_client_sees_each_t
     second = None
     try:
         user = who()
-        sent = await crash_stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="투명 페트병은 어떻게 버려?"), metadata=user)
+        trace_id = uuid.uuid4().hex
+        sent = await crash_stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="투명 페트병은 어떻게 버려?"),
+                                                     metadata=(*user, ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01")))
         seen: list[events_pb2.Event] = []
         # 1. watch until the answer is half streamed, then kill the worker (no chance to ack or clean up)
         async def until_tokens(n: int) -> None:
@@ -99,6 +100,7 @@ async def test_a_worker_killed_mid_answer_is_replaced_and_the_client_sees_each_t
         first.send_signal(signal.SIGKILL)
         await first.wait()
         killed_at = sum(1 for x in seen if x.kind == events_pb2.EVENT_KIND_TOKEN)
+        before_kill = len(seen)
         assert killed_at < len(grouped(TOKENS, PER_EVENT)), "the answer must not have finished before the kill"
         # 2. another worker takes the job over after the visibility timeout; the client resumes after its last seq
         second = await start_worker(crash_stack["env"])
@@ -109,6 +111,8 @@ async def test_a_worker_killed_mid_answer_is_replaced_and_the_client_sees_each_t
                     return
 
         await asyncio.wait_for(rest(), 150)
+        # the re-claimed job kept its request's trace: the second worker's events name it too
+        assert len(seen) > before_kill and {e.traceparent.split("-")[1] for e in seen} == {trace_id}
         seqs = [e.seq for e in seen]
         assert seqs == sorted(set(seqs)), "seqs unique and increasing"
         result = done_result(seen[-1])

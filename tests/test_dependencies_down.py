@@ -46,7 +46,7 @@ async def kill_postgres(plane: EmbeddedDataPlane) -> None:
     os.kill(pid, signal.SIGKILL)
     while True:  # gone once its pid no longer answers (reaped by the plane's Popen on stop)
         try:
-            if plane._postgres is not None and plane._postgres.poll() is not None:
+            if plane.postgres.exited():
                 return
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -100,7 +100,7 @@ async def test_postgres_down_is_unavailable_with_retry_info_and_not_serving_then
 async def kill_valkey(plane: EmbeddedDataPlane) -> None:
     """SIGKILL Valkey (a crash); PostgreSQL stays up."""
     os.kill(plane.info.valkey_pid, signal.SIGKILL)
-    while plane._valkey is not None and plane._valkey.poll() is None:
+    while not plane.valkey.exited():
         await asyncio.sleep(0.02)
 
 

@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from eco2.events.v1 import events_pb2, events_pb2_grpc
+from eco2.services.bus import domain
 from eco2.services.dataplane.urls import create_redis
-from eco2.services.events import domain
 from eco2.services.events.hub import Hub
 from support.servers import env, running
 
@@ -48,7 +48,7 @@ def stream_frames() -> Counter:
 
 
 async def test_an_idle_subscribe_stream_is_two_frames_and_no_buffers(events, dataplane):
-    from eco2.services.events.producer import EventPublisher
+    from eco2.services.bus.producer import EventPublisher
 
     redis = create_redis(dataplane.redis_url)
     job = f"idle-{uuid.uuid4().hex[:12]}"

@@ -38,7 +38,7 @@ async def stub(events):
 
 @pytest.fixture(scope="module")
 async def publisher(dataplane, events):
-    from eco2.services.events.producer import EventPublisher
+    from eco2.services.bus.producer import EventPublisher
 
     redis = create_redis(dataplane.redis_url)
     yield EventPublisher(redis, events.app.settings)

@@ -8,11 +8,11 @@ import uuid
 import pytest
 
 from eco2.events.v1 import events_pb2
+from eco2.services.bus import domain
+from eco2.services.bus.jobs import JobQueue
+from eco2.services.bus.producer import EventPublisher
+from eco2.services.bus.settings import EventsSettings
 from eco2.services.dataplane.urls import create_redis
-from eco2.services.events import domain
-from eco2.services.events.jobs import JobQueue
-from eco2.services.events.producer import EventPublisher
-from eco2.services.events.settings import EventsSettings
 from eco2.services.runtime.errors import FailedPrecondition, InvalidArgument
 from support.servers import env
 
@@ -361,3 +361,21 @@ async def test_dead_lettering_calls_on_dead_with_the_job_and_its_error(redis_cli
     job.attempt = settings.jobs_max_attempts  # its last attempt
     await q.fail(job, "gave up")
     assert dead == [("job-5", "gave up")]
+
+
+async def test_a_dead_lettered_job_ends_its_stream_with_job_failed(redis_client, settings, publisher):
+    from eco2.services.bus.jobs import ends_stream_on_dead
+
+    stream = f"scan-{uuid.uuid4().hex[:8]}"
+    await publisher.publish(events_pb2.Event(job_id=stream, seq=1, kind=events_pb2.EVENT_KIND_STAGE))
+    on_dead = ends_stream_on_dead(publisher, job_kind=events_pb2.JOB_KIND_SCAN, message="다시 시도해 주세요", stream_of=lambda job: job.job_id.split(":", 1)[0])
+    q = JobQueue(redis_client, kind(), settings, on_dead=on_dead)
+    await q.enqueue(f"{stream}:input:1", b"{}")  # a resume job streams on its scan's job
+    job = await q.claim("w", block_ms=50)
+    job.attempt = settings.jobs_max_attempts
+    await q.fail(job, "gave up")
+    rows = await replay(redis_client, settings, stream)
+    assert [r[0] for r in rows] == [b"1-0", b"2-0"]  # the job's next seq
+    last = events_pb2.Event.FromString(rows[-1][1][b"d"])
+    assert last.kind == events_pb2.EVENT_KIND_ERROR
+    assert (last.job_kind, last.error.reason, last.error.message) == (events_pb2.JOB_KIND_SCAN, "JOB_FAILED", "다시 시도해 주세요")

@@ -1,4 +1,4 @@
-"""The event bus's lean Valkey connection (services/events/resp.py, docs/adr/0045) against the
+"""The event bus's lean Valkey connection (services/bus/resp.py, docs/adr/0045) against the
 real embedded Valkey: pipelining order, redis-py's error types, a caller that gives up, a
 killed connection, credentials and Pub/Sub pushes."""
 
@@ -8,11 +8,18 @@ import asyncio
 import uuid
 
 import pytest
-from redis.exceptions import AuthenticationError, BusyLoadingError, NoPermissionError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from eco2.services.bus.resp import PoolCommands, RespClient
 from eco2.services.dataplane.urls import create_redis
-from eco2.services.events.resp import PoolCommands, RespClient
 
 
 @pytest.fixture

@@ -40,8 +40,8 @@ async def own_plane():
 @pytest.mark.parametrize("rpc", ["per_event", "batches"])
 async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, service_env, rpc):
     plane, info = own_plane
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.events.app import create
-    from eco2.services.events.producer import EventPublisher
 
     with env({**service_env, "REDIS_URL": info.redis_url, "DATABASE_URL": info.database_url,
               "ECO2_EVENTS_REDIS_RETRY_S": "0.2", "ECO2_EVENTS_ROUTER_BLOCK_MS": "200",

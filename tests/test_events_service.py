@@ -8,7 +8,9 @@ import uuid
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.services.dataplane.urls import create_redis
@@ -71,7 +73,7 @@ async def redis_client(dataplane):
 
 @pytest.fixture(scope="module")
 async def publisher(redis_client, events):
-    from eco2.services.events.producer import EventPublisher
+    from eco2.services.bus.producer import EventPublisher
 
     return EventPublisher(redis_client, events.app.settings)
 
@@ -292,7 +294,7 @@ async def test_disconnect_at_a_random_seq_and_resume_gets_the_rest_exactly_once(
 async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(events, redis_client, publisher, stub):
     """A router that dies after its Lua step published a batch but before XACK leaves the batch
     pending; another router reclaims it (XAUTOCLAIM) and re-routing publishes nothing again."""
-    from eco2.services.events import domain
+    from eco2.services.bus import domain
     from eco2.services.events.router import Router
 
     s = events.app.settings
@@ -358,9 +360,10 @@ async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are
     """The router sends the Lua calls of every shard of a read in one pipeline: a call that
     fails (here WRONGTYPE on a damaged state key) leaves only its shard's entries pending (the
     reclaimer routes them later); the other shards are published and acknowledged."""
-    from eco2.services.events import domain
-    from eco2.services.events.router import Router
     from redis.exceptions import ResponseError
+
+    from eco2.services.bus import domain
+    from eco2.services.events.router import Router
 
     s = events.app.settings
     router = events.app.router

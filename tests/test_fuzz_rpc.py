@@ -23,11 +23,12 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eco2.services.registry import SERVICES
-from support.identity import as_user, wristband
 from support import protofuzz
+from support.identity import as_user, wristband
 from support.protofuzz import Call, calls, edge_requests, invoke, requests
 from support.servers import env, running
 
@@ -91,9 +92,9 @@ async def _things_of(user: str, servers, channels) -> list[str]:
     """A conversation, its job (done) and message, and an image of `user`: ids the fuzz may name."""
     from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
     from eco2.events.v1 import events_pb2
-    from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
     from eco2.images.v1 import images_pb2, images_pb2_grpc
+    from eco2.services.bus.producer import EventPublisher
+    from eco2.services.dataplane.urls import create_redis
 
     sent = await chat_pb2_grpc.ChatServiceStub(channels["chat"]).SendMessage(chat_pb2.SendMessageRequest(message="페트병 어떻게 버려?"), metadata=as_user(user), timeout=DEADLINE_S)
     # ended, as a worker ends it: a stream of it ends too (one of a job still running stays open)

@@ -101,7 +101,7 @@ async def test_unary_text_mode_with_padding_mid_stream(client, token):
 
 
 def _b64_chunks(data: bytes) -> bytes:
-    out, i = b"", 0
+    out = b""
     import re
 
     for chunk in re.findall(rb"[A-Za-z0-9+/]*={0,2}", data):
@@ -289,8 +289,8 @@ async def test_page_size_in_non_ascii_digits_is_400(client, token):
 
 async def test_connect_server_stream_json(client, token, stack):
     from eco2.events.v1 import events_pb2
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
 
     job = f"job-{uuid.uuid4().hex[:12]}"
     redis = create_redis(stack["redis_url"])

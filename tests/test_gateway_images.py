@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import httpx
 import pytest
 
-from eco2.services.images import signing
+from eco2.services.runtime import image_urls
 from support.gateway import gateway, upstreams
 from support.servers import env, running
 
@@ -134,7 +134,7 @@ async def test_a_bad_signature_is_403_without_reading(stack, stored, who, mangle
     elif mangle == "nosig":
         q.pop("sig")
     else:
-        q["sig"] = signing.sign(b"another-secret-of-enough-bytes", sha, int(q["exp"]))
+        q["sig"] = image_urls.sign(b"another-secret-of-enough-bytes", sha, int(q["exp"]))
     target = f"/images/{sha}?" + "&".join(f"{k}={v}" for k, v in q.items())
     r = await stack.get(target, headers=who)
     assert r.status_code == 403, r.text
@@ -145,7 +145,7 @@ async def test_a_bad_signature_is_403_without_reading(stack, stored, who, mangle
 async def test_an_expired_link_is_403(stack, stored, who):
     sha = stored["image"]["key"].removeprefix("sha256:")
     exp = int(time.time()) - 5
-    r = await stack.get(signing.signed_path(SECRET.encode(), sha, exp), headers=who)
+    r = await stack.get(image_urls.signed_path(SECRET.encode(), sha, exp), headers=who)
     assert r.status_code == 403 and r.json()["error"]["reason"] == "LINK_EXPIRED"
 
 
@@ -153,7 +153,7 @@ async def test_unknown_or_someone_elses_image_is_404(stack, stored):
     other = await sign_in(stack, f"gw-images-other-{uuid.uuid4().hex[:6]}")
     r = await stack.get(stored["url"], headers=other)  # a valid link, but not theirs: the same answer as unknown
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
-    unknown = signing.signed_path(SECRET.encode(), os.urandom(32).hex(), int(time.time()) + 60)
+    unknown = image_urls.signed_path(SECRET.encode(), os.urandom(32).hex(), int(time.time()) + 60)
     r = await stack.get(unknown, headers=other)
     assert r.status_code == 404
 

@@ -33,8 +33,8 @@ async def generated():
 
 @pytest.fixture(scope="module")
 async def results(service_env, generated):
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
 
     async with upstreams(service_env) as addrs:
         async with gateway(addrs) as (app, port):

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from eco2.events.v1 import events_pb2 as E
-from eco2.services.events.settings import EventsSettings
+from eco2.services.bus.settings import EventsSettings
 from support.gateway import gateway, upstreams
 
 DEFAULT_GRACE_S = EventsSettings.model_fields["events_unknown_job_grace_s"].default
@@ -19,8 +19,8 @@ DEFAULT_GRACE_S = EventsSettings.model_fields["events_unknown_job_grace_s"].defa
 
 @pytest.fixture(scope="module")
 async def stack(service_env):
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
 
     # the default header wait and unknown-job grace: an unknown job must still be a 404
     async with upstreams(service_env, ECO2_EVENTS_UNKNOWN_JOB_GRACE_S=str(DEFAULT_GRACE_S)) as addrs:
@@ -31,7 +31,7 @@ async def stack(service_env):
                 token = signed_in["tokens"]["accessToken"]
                 c.headers["authorization"] = f"Bearer {token}"
                 pub = OwnedJobs(EventPublisher(redis), signed_in["user"]["id"])
-                yield {"client": c, "pub": pub, "port": port, "token": token, "app": app}
+                yield {"client": c, "pub": pub, "port": port, "token": token, "app": app, "events_addr": addrs["events"], "user": signed_in["user"]["id"]}
             await redis.aclose()
 
 
@@ -94,6 +94,32 @@ async def test_a_finished_job_streams_every_event_then_ends(stack):
     assert [e["event"] for e in events] == ["stage", "token", "token", "token", "done"]
     data = [json.loads(e["data"]) for e in events]
     assert data[1]["delta"] == "토큰0 " and data[1]["jobId"] == job and data[1]["seq"] == "2"
+
+
+async def test_the_router_subscribe_and_sse_pass_each_events_traceparent_through(stack):
+    """Event.traceparent as the producer set it, live and replayed: the router's fan-out, the
+    EventService (Subscribe, SubscribeBatches under SSE) and the SSE JSON never touch it."""
+    import grpc
+
+    from eco2.events.v1 import events_pb2_grpc
+    from support.identity import as_user
+
+    job = f"job-{uuid.uuid4().hex[:12]}"
+    parents = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-0{i % 2}" for i in range(4)]
+    kinds = [E.EVENT_KIND_STAGE, E.EVENT_KIND_TOKEN, E.EVENT_KIND_TOKEN, E.EVENT_KIND_DONE]
+    await stack["pub"].publish(E.Event(job_id=job, seq=1, kind=kinds[0], traceparent=parents[0]))  # replayed
+    async with grpc.aio.insecure_channel(stack["events_addr"]) as ch:
+        grpc_stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=job), metadata=as_user(stack["user"]))
+        sse = asyncio.create_task(stack["client"].get(f"/v1/jobs/{job}/events"))
+        first = await grpc_stream.read()  # subscribed: the rest arrive live, through the router
+        for seq in (2, 3, 4):
+            await stack["pub"].publish(E.Event(job_id=job, seq=seq, kind=kinds[seq - 1], traceparent=parents[seq - 1]))
+        over_grpc = [first]
+        while (e := await grpc_stream.read()) is not grpc.aio.EOF:
+            over_grpc.append(e)
+        r = await sse
+    assert [e.traceparent for e in over_grpc] == parents
+    assert [json.loads(e["data"])["traceparent"] for e in parse(r.text) if "id" in e] == parents
 
 
 @pytest.mark.parametrize("how", ["header", "query"])
@@ -281,8 +307,8 @@ async def test_behind_envoy_a_shared_feed_serves_only_its_own_wristband(service_
     """Mesh mode forwards x-eco2-* as sent (the Envoy in front stripped the client's): a client
     that skips the Envoy and names another user in x-eco2-user-id must not join that user's
     shared feed; its own wristband opens its own Subscribe, which EventService refuses."""
+    from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.producer import EventPublisher
     from support.identity import wristband
 
     async with upstreams(service_env) as addrs, gateway(addrs, ECO2_GATEWAY_AUTH_MODE="mesh") as (_app, port):

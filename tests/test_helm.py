@@ -6,6 +6,7 @@ table). Istio objects (templates/istio.yaml) are tested with the mesh; they are 
 from __future__ import annotations
 
 import copy
+import json
 import re
 import subprocess
 import sys
@@ -14,14 +15,17 @@ from pathlib import Path
 import helm_python
 import jsonschema
 import kubernetes_validate
+import promql_parser
 import pytest
 import redis.asyncio
 import yaml
+
 from eco2.mesh import routes as mesh_routes
 from eco2.services import registry
-from eco2.services.events import domain as events_domain
-from eco2.services.events import jobs
+from eco2.services.bus import domain as events_domain
+from eco2.services.bus import jobs
 from eco2.services.runtime.settings import Endpoints
+from support.monitoring import DASHBOARDS, dashboard_queries
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "helm" / "eco2"
@@ -37,6 +41,32 @@ KEDA_API = "keda.sh/v1alpha1"
 ISTIO_GROUPS = ("networking.istio.io", "security.istio.io", "telemetry.istio.io", "extensions.istio.io")
 #: Objects of the Prometheus operator: no schema of them is in ../shared/reference-data.
 PROMETHEUS_OPERATOR = "monitoring.coreos.com/v1"
+#: The operator's duration format (its CRDs' `Duration` pattern).
+_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+#: The fields of a PrometheusRule as the operator's CRD (monitoring.coreos.com/v1) defines them.
+PROMETHEUS_RULE = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": PROMETHEUS_OPERATOR}, "kind": {"const": "PrometheusRule"}, "metadata": {"type": "object"},
+        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {"groups": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1}, "interval": {"type": "string", "pattern": _DURATION},
+                "rules": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["expr"],
+                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                    "properties": {
+                        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}, "record": {"type": "string"},
+                        "expr": {"type": "string", "minLength": 1}, "for": {"type": "string", "pattern": _DURATION},
+                        "keep_firing_for": {"type": "string", "pattern": _DURATION}, "labels": _STRINGS, "annotations": _STRINGS,
+                    },
+                }},
+            },
+        }}}},
+    },
+}
 #: Environment the chart sets on a container that is not an eco2 setting.
 NOT_SETTINGS = {"HOME"}
 
@@ -173,6 +203,11 @@ def test_every_object_validates(variant, keda_schemas):
             schema = keda_schemas[(obj["apiVersion"], obj["kind"])]
             errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(_k8s_object(obj)), key=str)
             assert not errors, f"{where}: {errors[0].message} at {list(errors[0].absolute_path)}"
+        elif obj["apiVersion"] == PROMETHEUS_OPERATOR and obj["kind"] == "PrometheusRule":
+            errors = sorted(jsonschema.Draft7Validator(PROMETHEUS_RULE).iter_errors(_k8s_object(obj)), key=str)
+            assert not errors, f"{where}: {errors[0].message} at {list(errors[0].absolute_path)}"
+            for rule in (r for group in obj["spec"]["groups"] for r in group["rules"]):
+                promql_parser.parse(rule["expr"])  # raises ValueError on a malformed expression
         elif obj["apiVersion"] == PROMETHEUS_OPERATOR:
             assert obj["kind"] == "PodMonitor", where
             assert obj["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}], where
@@ -193,6 +228,84 @@ def _variant_objects(variant: str) -> list[dict]:
     if variant == "no-istio-no-policies":
         return render({"mesh": {"istio": {"enabled": False}}, "networkPolicy": {"enabled": False}, "keda": {"enabled": False}})
     raise AssertionError(variant)
+
+
+# -- dashboards and alerts -------------------------------------------------------------------
+
+_DATASOURCE = {"type": "object", "required": ["type", "uid"], "properties": {"type": {"const": "prometheus"}, "uid": {"const": "${datasource}"}}}
+_GRID = {"type": "object", "required": ["h", "w", "x", "y"], "additionalProperties": False, "properties": {
+    "h": {"type": "integer", "minimum": 1}, "w": {"type": "integer", "minimum": 1, "maximum": 24},
+    "x": {"type": "integer", "minimum": 0, "maximum": 23}, "y": {"type": "integer", "minimum": 0}}}
+#: The part of Grafana's dashboard JSON model (schemaVersion 39) these dashboards use.
+GRAFANA_DASHBOARD = {
+    "type": "object",
+    "required": ["uid", "title", "schemaVersion", "panels", "templating", "time"],
+    "properties": {
+        "uid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}, "title": {"type": "string", "minLength": 1},
+        "schemaVersion": {"type": "integer", "minimum": 36}, "version": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "time": {"type": "object", "required": ["from", "to"]}, "refresh": {"type": "string"},
+        "templating": {"type": "object", "required": ["list"], "properties": {"list": {"type": "array", "items": {
+            "type": "object", "required": ["name", "type"], "properties": {"type": {"enum": ["datasource", "query", "custom", "constant", "interval"]}}}}}},
+        "panels": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["id", "type", "title", "gridPos"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 1}, "title": {"type": "string", "minLength": 1}, "gridPos": _GRID,
+                "type": {"enum": ["row", "timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text"]},
+                "datasource": _DATASOURCE,
+                "targets": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["refId", "expr"], "properties": {
+                    "refId": {"type": "string", "pattern": "^[A-Z]$"}, "expr": {"type": "string", "minLength": 1}, "datasource": _DATASOURCE}}},
+            },
+            "if": {"properties": {"type": {"const": "row"}}}, "then": {"required": ["panels"]}, "else": {"required": ["targets", "datasource", "description"]},
+        }},
+    },
+}
+
+
+def test_dashboards_are_well_formed_grafana_json():
+    assert {p.stem for p in DASHBOARDS} >= {"overview", "chat", "jobs", "events", "auth"}
+    uids = set()
+    for path in DASHBOARDS:
+        dashboard = json.loads(path.read_text())
+        errors = sorted(jsonschema.Draft202012Validator(GRAFANA_DASHBOARD).iter_errors(dashboard), key=str)
+        assert not errors, f"{path.name}: {errors[0].message} at {list(errors[0].absolute_path)}"
+        assert dashboard["uid"] not in uids, path.name
+        uids.add(dashboard["uid"])
+        assert {v["name"] for v in dashboard["templating"]["list"]} >= {"datasource", "namespace"}, path.name
+        ids = [p["id"] for p in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), f"{path.name}: panel ids repeat"
+        cells: set[tuple[int, int]] = set()
+        for panel in dashboard["panels"]:
+            g = panel["gridPos"]
+            assert g["x"] + g["w"] <= 24, f"{path.name}: {panel['title']} is wider than the grid"
+            mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+            assert not mine & cells, f"{path.name}: {panel['title']} overlaps another panel"
+            cells |= mine
+            refs = [t["refId"] for t in panel.get("targets", ())]
+            assert len(refs) == len(set(refs)), f"{path.name}: {panel['title']} repeats a refId"
+        for query in dashboard_queries(dashboard):
+            promql_parser.parse(query)  # raises ValueError on a malformed query
+
+
+def test_dashboards_and_alerts_render_behind_their_flags(repo_root):
+    assert not [o for o in rendered("default") if o["__template"].endswith(("dashboards.yaml", "alerts.yaml"))]
+    objects = render({"monitoring": {"prometheusRule": {"enabled": True, "runbookUrl": "https://docs.example/operations.md", "queueAgeSeconds": 90},
+                                     "dashboards": {"enabled": True, "folder": "Eco2", "namespace": "monitoring"}}})
+    maps = {o["metadata"]["name"]: o for o in objects if o["__template"].endswith("dashboards.yaml")}
+    assert set(maps) == {f"eco2-dashboard-{p.stem}" for p in DASHBOARDS}
+    for path in DASHBOARDS:
+        cm = maps[f"eco2-dashboard-{path.stem}"]
+        assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert cm["metadata"]["annotations"] == {"grafana_folder": "Eco2"}
+        assert json.loads(cm["data"][f"eco2-{path.stem}.json"]) == json.loads(path.read_text())  # the file, untouched
+    (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {"Eco2HighErrorRate", "Eco2ChatTurnSlow", "Eco2JobQueueStuck", "Eco2JobsDeadLettered", "Eco2RevocationCacheStale", "Eco2PodsNotReady"}
+    assert alerts["Eco2JobQueueStuck"]["expr"].endswith("> 90")
+    runbooks = (repo_root / "docs" / "operations.md").read_text()
+    for name, r in alerts.items():
+        assert f'namespace="{NAMESPACE}"' in r["expr"], name
+        assert r["annotations"]["runbook_url"] == f"https://docs.example/operations.md#{name.lower()}"
+        assert f'<a id="{name.lower()}"></a>' in runbooks, f"docs/operations.md has no runbook entry for {name}"
 
 
 def test_schema_rejects_wrong_values():

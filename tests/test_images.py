@@ -16,10 +16,10 @@ import pytest
 
 from eco2.images.v1 import images_pb2 as pb
 from eco2.images.v1 import images_pb2_grpc
-from eco2.services.images import signing
+from eco2.services.runtime import image_urls
 from eco2.services.runtime.errors import status_details, unpack_details
-from support.servers import env, running
 from support.identity import as_user
+from support.servers import env, running
 
 LIMIT = 64 * 1024
 
@@ -159,17 +159,17 @@ async def test_get_image_gives_an_expiring_signed_url(images, images_env, stub):
     reply = await stub.GetImage(pb.GetImageRequest(key=up.image.key), metadata=md)
     assert reply.image == up.image
     assert before + 890 <= reply.url_expires_at.seconds <= time.time() + 901
-    secret = signing.resolve_secret("", images.settings.data_dir, embedded=True)  # the persisted one
-    assert (images.settings.data_dir / signing.SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    secret = image_urls.resolve_secret("", images.settings.data_dir, embedded=True)  # the persisted one
+    assert (images.settings.data_dir / image_urls.SECRET_FILE).stat().st_mode & 0o777 == 0o600
     url = reply.signed_url
     assert url.startswith(f"/images/{up.image.sha256}?exp=")
-    assert signing.verify_path(secret, url) == up.image.sha256
-    assert signing.verify_path(secret, url, now=reply.url_expires_at.seconds + 1) is None  # expired
-    assert signing.verify_path(b"another secret!!", url) is None
+    assert image_urls.verify_path(secret, url) == up.image.sha256
+    assert image_urls.verify_path(secret, url, now=reply.url_expires_at.seconds + 1) is None  # expired
+    assert image_urls.verify_path(b"another secret!!", url) is None
     tampered = url.replace(up.image.sha256, "0" * 64)
-    assert signing.verify_path(secret, tampered) is None
+    assert image_urls.verify_path(secret, tampered) is None
     later = url.replace(f"exp={reply.url_expires_at.seconds}", f"exp={reply.url_expires_at.seconds + 3600}")
-    assert signing.verify_path(secret, later) is None
+    assert image_urls.verify_path(secret, later) is None
 
 
 async def test_images_are_private_to_their_owners(stub):
@@ -189,10 +189,10 @@ def test_settings_default_limit_is_10_mb():
 
 def test_secret_is_required_outside_embedded_mode(tmp_path):
     with pytest.raises(ValueError, match="required"):
-        signing.resolve_secret("", tmp_path, embedded=False)
+        image_urls.resolve_secret("", tmp_path, embedded=False)
     with pytest.raises(ValueError, match="at least"):
-        signing.resolve_secret("short", tmp_path, embedded=False)
-    assert signing.resolve_secret("x" * 32, tmp_path, embedded=False) == b"x" * 32
+        image_urls.resolve_secret("short", tmp_path, embedded=False)
+    assert image_urls.resolve_secret("x" * 32, tmp_path, embedded=False) == b"x" * 32
 
 
 # -- bad input -------------------------------------------------------------------------

@@ -27,20 +27,19 @@ import httpx
 import jwt
 import psutil
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2
+from google.rpc import status_pb2
 from prometheus_client import REGISTRY
 
 from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
-from envoy.service.auth.v3 import external_auth_pb2
-from google.rpc import status_pb2
-
 from eco2.mesh import envoy
-from eco2.services.auth import extauthz as envoy_authz
 from eco2.mesh.routes import load
+from eco2.services.auth import extauthz as envoy_authz
+from eco2.services.bus.producer import EventPublisher
 from eco2.services.dataplane.urls import create_redis
-from eco2.services.events.producer import EventPublisher
 from eco2.services.runtime.settings import RuntimeSettings
 from support.gateway import ALLOWED_ORIGIN, PumpApp, gateway
 from support.ingress import envoy_or_skip, running_envoy
@@ -633,7 +632,7 @@ def test_eco2_up_fronts_the_stack_with_envoy(session_dir):
         assert envoy_pids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        assert f"open {url}/" in proc.stderr.read()
+        assert proc.stdout.read() == f"open {url}/\n"  # one line to open: no JSON, no database password
         assert not [p for p in envoy_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     finally:
         if proc.poll() is None:

@@ -243,7 +243,7 @@ async def test_import_csv_is_idempotent_and_reports_rejected_rows(stub, db, data
     rows = [
         f"테스트재활용센터 {tag} 가,서울특별시 종로구 테스트로 1,종로1가 1,37.5700,126.9800,02-000-0001,09:00,18:00,,투명페트/캔·의류\n",
         f"테스트재활용센터 {tag} 나,,서울특별시 중구 무교동 2,37.5680,126.9790,,,,http://example.invalid,\n",
-        f",서울특별시 중구 이름없음로,,37.56,126.97,,,,,\n",  # no name
+        ",서울특별시 중구 이름없음로,,37.56,126.97,,,,,\n",  # no name
         f"테스트재활용센터 {tag} 다,주소,,95.0,126.97,,,,,\n",  # latitude out of range
         f"테스트재활용센터 {tag} 라,주소,,abc,126.97,,,,,\n",  # not a number
     ]

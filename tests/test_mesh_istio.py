@@ -11,6 +11,7 @@ import celpy
 import jsonschema
 import pytest
 import yaml
+
 from eco2.mesh import istio
 from eco2.mesh.istio import GRPC_PORT, HTTP_PORT, POD_LABEL, Params, mesh_config, render
 from eco2.mesh.routes import INGRESS, load, parse
@@ -496,3 +497,17 @@ def test_the_cli_refuses_what_it_cannot_honour(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         istio.main(args)
     assert exit_.value.code == 2
+
+
+def test_istio_ingress_answers_denies_like_the_embedded_ingress():
+    from eco2.mesh.envoy import deny_mappers
+
+    (patch,) = _kind(render(), "EnvoyFilter")
+    assert patch["metadata"]["namespace"] == "istio-system"
+    assert patch["spec"]["workloadSelector"]["labels"] == {"istio": "ingressgateway"}
+    (change,) = patch["spec"]["configPatches"]
+    assert change["match"]["context"] == "GATEWAY" and change["patch"]["operation"] == "MERGE"
+    mappers = change["patch"]["value"]["typed_config"]["local_reply_config"]["mappers"]
+    assert mappers == deny_mappers()  # one source for both ingresses
+    rate_limited = [m for m in mappers if {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 429, "runtime_key": "ingress.deny_status"}}}} in m["filter"]["and_filter"]["filters"]]
+    assert any(h["header"] == {"key": "grpc-status", "value": "8"} for m in rate_limited for h in m.get("headers_to_add", []))

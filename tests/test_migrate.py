@@ -10,6 +10,7 @@ from importlib import resources
 
 import asyncpg
 import pytest
+
 from eco2.services.images.app import ImagesApp, ImagesSettings
 from eco2.services.registry import MIGRATIONS, SERVICES
 from support.servers import running

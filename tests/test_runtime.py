@@ -16,14 +16,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from google.protobuf import wrappers_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eco2.services.runtime.errors import status_details, unpack_details
 from eco2.services.runtime.settings import RuntimeSettings
+from support.identity import TEST_JWKS, as_user
 from support.probe import ProbeApp
 from support.servers import running
-from support.identity import TEST_JWKS, as_user
 
 HERE = Path(__file__).resolve().parent
 
@@ -166,7 +166,7 @@ async def test_a_client_stream_refused_mid_write_gets_the_refusal(probe_ch):
         queue: asyncio.Queue = asyncio.Queue(maxsize=4)
 
         async def requests():
-            while (item := await queue.get()) is not None:
+            while (item := await queue.get()) is not None:  # noqa: B023 - consumed within this iteration
                 yield item
 
         outcome = asyncio.ensure_future(probe_ch.stream_unary("/eco2test.Probe/Collect")(requests()))
@@ -266,10 +266,10 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
             assert unpack_details(status_details(ferr))["ErrorInfo"].reason == "SERVER_SHUTTING_DOWN"
         assert proc.wait(timeout=15) == 0
         lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
-        handled = [l for l in lines if l["msg"] == "probe handled"]
+        handled = [entry for entry in lines if entry["msg"] == "probe handled"]
         assert handled and handled[0]["trace_id"] == trace_id, lines
-        assert any(l["msg"] == "serving" for l in lines)
-        assert any(l["msg"] == "stopped" for l in lines)
+        assert any(entry["msg"] == "serving" for entry in lines)
+        assert any(entry["msg"] == "stopped" for entry in lines)
     finally:
         if proc.poll() is None:
             proc.kill()

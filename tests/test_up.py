@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.services.registry import SERVICES
+from support.fake_llm import png
 
 
 def _eco2(*args: str, **kw) -> subprocess.Popen:
@@ -90,6 +91,22 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         assert asked.returncode == 0, asked.stderr
         assert "라벨" in asked.stdout and "[출처]" in asked.stdout and "[샘플]" in asked.stdout, asked.stdout
 
+        # eco2 scan: a photo and a hint that names it → the rules and the character; the exit codes
+        photo, text = data_dir / "pet.png", data_dir / "notes.txt"
+        photo.write_bytes(png(b"eco2 scan from the terminal"))
+        text.write_text("사진이 아니에요")
+        scanned = _scan(data_dir, "--hint", "투명 생수병", str(photo))
+        assert scanned.returncode == 0, scanned.stderr
+        assert "라벨" in scanned.stdout and "[규정] 무색페트병 (재활용폐기물_무색페트병)" in scanned.stdout and "[보상] '페티' 캐릭터를 획득했어요!" in scanned.stdout, scanned.stdout
+        assert "사진 인식 모델이 설정되어 있지 않아" in scanned.stdout and "· 분리배출 규정을 찾고 있어요" in scanned.stderr
+        asking = _scan(data_dir, str(photo))  # no hint, no terminal to answer in
+        assert asking.returncode == 3 and "사진 속 물건이 무엇인가요?" in asking.stderr and "  3. 무색페트병" in asking.stderr, asking.stderr
+        for bad, message in ((text, "is not a PNG, JPEG, GIF or WebP image"), (data_dir / "missing.png", "cannot read")):
+            refused_scan = _scan(data_dir, str(bad))
+            assert refused_scan.returncode == 2 and message in refused_scan.stderr, refused_scan.stderr
+
+        _status_shows_health_streams_and_the_queue(data_dir, endpoints)
+
         # a second stack on the same data dir fails fast and clearly, and harms nothing
         second = _eco2("up", "--data-dir", str(data_dir))
         assert second.wait(timeout=30) != 0
@@ -112,22 +129,107 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
             proc.kill()
 
 
-def test_up_restarts_warm_on_the_same_data_dir(data_dir):
-    for _ in range(2):
-        proc = _eco2("up", "--data-dir", str(data_dir))
-        try:
-            endpoints = _wait_for(data_dir / "endpoints.json", proc)
-            with grpc.insecure_channel(endpoints["character"]) as ch:
-                reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
-                assert len(reply.characters) == 13  # migrations applied once, seed not duplicated
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=60) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+def _eco2_status(data_dir: Path) -> tuple[int, dict[str, list[str]]]:
+    """`eco2 status`'s exit code and table: service → [health, streams, queue]."""
+    shown = subprocess.run([sys.executable, "-m", "eco2.services.cli", "status", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    lines = shown.stdout.splitlines()
+    assert lines and lines[0].split() == ["SERVICE", "HEALTH", "STREAMS", "QUEUE"], shown.stdout + shown.stderr
+    return shown.returncode, {line.split()[0]: [*line.split(None, 3)[1:3], line.split(None, 3)[3]] for line in lines[1:]}
 
 
-def test_chat_without_a_stack_fails_clearly(data_dir):
+def _status_shows_health_streams_and_the_queue(data_dir: Path, endpoints: dict) -> None:
+    """`eco2 status` on the running stack: every service SERVING; a Subscribe stream held open
+    shows on the events service; a job no worker can run shows as a dead letter of chat's queue."""
+    import asyncio
+
+    import redis.asyncio
+
+    from eco2.events.v1 import events_pb2, events_pb2_grpc
+    from eco2.services.bus.jobs import JobQueue
+    from eco2.services.bus.producer import EventPublisher
+
+    job = f"status-{os.getpid()}-{time.monotonic_ns()}"
+
+    async def prepare() -> None:
+        client = redis.asyncio.Redis.from_url(endpoints["dataplane"]["redis_url"])
+        publisher = EventPublisher(client)
+        await publisher.publish(events_pb2.Event(job_id=job, seq=1, kind=events_pb2.EVENT_KIND_STAGE))
+        await JobQueue(client, "chat").enqueue(f"{job}-broken", b"not a chat job")  # the workers fail it, then dead-letter it
+        await publisher.aclose()
+        await client.aclose()
+
+    asyncio.run(prepare())
+    code, rows = _eco2_status(data_dir)
+    assert code == 0 and set(rows) == set(endpoints["metrics"]), rows
+    assert all(health == "SERVING" for health, _, _ in rows.values()), rows
+    assert rows["chat"][2].startswith("chat: ") and rows["character"][2] == "-", rows
+    with grpc.insecure_channel(endpoints["events"]) as ch:
+        stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(events_pb2.SubscribeRequest(job_id=job), timeout=60)
+        assert next(stream).seq == 1  # the stream is open and registered
+        code, rows = _eco2_status(data_dir)
+        assert int(rows["events"][1]) >= 1, rows
+        stream.cancel()
+    deadline = time.monotonic() + 60
+    while "1 dead" not in rows["chat"][2]:  # three attempts, a second apart (ECO2_JOBS_RETRY_DELAY_S)
+        assert time.monotonic() < deadline, rows["chat"]
+        time.sleep(0.5)
+        code, rows = _eco2_status(data_dir)
+    assert rows["chat"][2] == "chat: 0 waiting, 0 running, oldest -, 1 dead", rows["chat"]
+
+
+def test_up_restarts_warm_on_the_same_data_dir_on_the_same_ports(data_dir):
+    """The second `eco2 up` on a data dir finds its data and its ports again (an open tab keeps
+    its address), but for one that something else took meanwhile; each prints one line to open."""
+    runs, squatter = [], None
+    try:
+        for attempt in range(2):
+            proc = _eco2("up", "--data-dir", str(data_dir))
+            try:
+                endpoints = _wait_for(data_dir / "endpoints.json", proc)
+                with grpc.insecure_channel(endpoints["character"]) as ch:
+                    reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
+                    assert len(reply.characters) == 13  # migrations applied once, seed not duplicated
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=60)
+                assert proc.returncode == 0, err
+                runs.append((endpoints, out, err))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            if attempt == 0:  # something else listens on location's port before the restart
+                squatter = socket.socket()
+                squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                squatter.bind(("127.0.0.1", int(endpoints["location"].rpartition(":")[2])))
+                squatter.listen()
+    finally:
+        if squatter is not None:
+            squatter.close()
+    (first, out1, _), (second, out2, err2) = runs
+    for endpoints, out in ((first, out1), (second, out2)):
+        where = endpoints.get("ingress") or endpoints["gateway"]
+        assert out == f"open {where}/\n", out  # one line: no JSON, no database password
+    for name in ("gateway", "character", "chat", "auth"):
+        assert second[name] == first[name], (name, first[name], second[name])
+    assert second.get("ingress") == first.get("ingress") and second["metrics"] == first["metrics"]
+    taken = first["location"].rpartition(":")[2]
+    assert second["location"] != first["location"] and f"port {taken} of location (gRPC) is taken now" in err2, err2
+
+
+def _scan(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "eco2.services.cli", "scan", "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_scan_without_a_stack_fails_clearly(data_dir):
+    photo = data_dir / "photo.png"
+    photo.write_bytes(png(b"no stack"))
+    scanned = _scan(data_dir, str(photo))
+    assert scanned.returncode == 1 and "no stack is running" in scanned.stderr
+
+
+def test_chat_and_status_without_a_stack_fail_clearly(data_dir):
+    proc = _eco2("status", "--data-dir", str(data_dir))
+    assert proc.wait(timeout=30) == 1
+    assert "no stack is running" in proc.stderr.read()
     proc = _eco2("chat", "--data-dir", str(data_dir), "페트병 어떻게 버려?")
     assert proc.wait(timeout=30) == 1
     assert "no stack is running" in proc.stderr.read()

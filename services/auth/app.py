@@ -80,11 +80,8 @@ class AuthSettings(RuntimeSettings):
     auth_naver_scope: str = Field("", description="Naver scopes")
 
     def provider_configs(self) -> list[ProviderConfig]:
-        out = []
-        for name in ("kakao", "google", "naver"):
-            g = lambda f: getattr(self, f"auth_{name}_{f}")  # noqa: E731
-            out.append(ProviderConfig(name, g("client_id"), g("client_secret"), g("authorize_url"), g("token_url"), g("userinfo_url"), g("scope")))
-        return out
+        fields = ("client_id", "client_secret", "authorize_url", "token_url", "userinfo_url", "scope")
+        return [ProviderConfig(name, *(getattr(self, f"auth_{name}_{f}") for f in fields)) for name in ("kakao", "google", "naver")]
 
 
 class AuthApp:
@@ -106,9 +103,14 @@ class AuthApp:
         self.limiter_pipe: ValkeyPipe | None = None
         self._reload_task: asyncio.Task | None = None
 
-    def identity_keys(self):
-        """The keys that verify wristbands, for this process's own runtime (no GetJwks to itself)."""
-        return self.tokens.ring.public if self.tokens is not None else {}
+    async def identity_keys(self):
+        """The keys that verify wristbands, for this process's own runtime (no GetJwks to itself),
+        re-read from the key store: the verifier asks on an unknown kid, e.g. one another replica
+        signs with right after a rotation, before this one's periodic reload."""
+        if self.tokens is None:
+            return {}
+        await self.reload_keys()
+        return self.tokens.ring.public
 
     def service_names(self) -> list[str]:
         return [auth_pb2.DESCRIPTOR.services_by_name[name].full_name for name in ("AuthService", "MeshIdentityService")] + [AUTHZ_SERVICE]
@@ -166,6 +168,7 @@ class AuthApp:
             states=ValkeyOAuthStates(self.redis),
             providers=providers,
             limits=limits,
+            reload_keys=self.reload_keys,
         )
         auth_pb2_grpc.add_AuthServiceServicer_to_server(servicer, server)
         auth_pb2_grpc.add_MeshIdentityServiceServicer_to_server(MeshIdentityServicer(self.wristbands, s.auth_job_identity_ttl_s), server)

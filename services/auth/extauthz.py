@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from prometheus_client import Counter
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.type.v3 import http_status_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
+from prometheus_client import Counter
 
 from eco2.mesh.routes import PublicPaths, canonical
 from eco2.services.runtime.context import USER_ID_KEY

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from .domain import Claims, OAuthProfile, SigningKey
+from .domain import Claims, OAuthProfile
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,6 @@ class RefreshTokenStore(Protocol):
     async def revoke_family(self, family: str) -> None: ...
 
     async def revoke_user(self, user_id: str) -> None: ...
-
-
-class KeyStore(Protocol):
-    async def load(self) -> list[SigningKey]:
-        """Every key, creating the first one where this store may (embedded)."""
-        ...
 
 
 class Revocations(Protocol):

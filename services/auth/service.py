@@ -7,6 +7,7 @@ import secrets
 import time
 import unicodedata
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -82,8 +83,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         states: OAuthStateStore,
         providers: dict[str, OAuthProvider],
         limits: AuthLimits,
+        reload_keys: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.tokens = tokens
+        #: re-reads the signing keys from their store (GetJwks answers with the store's keys)
+        self.reload_keys = reload_keys
         self.users = users
         self.refresh = refresh
         self.revocations = revocations
@@ -268,6 +272,13 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         return auth_pb2.DeleteAccountResponse()
 
     async def GetJwks(self, request, context):
+        # Re-read first: right after a rotation another replica may already sign with a key this
+        # one would only load at its next periodic reload, and services ask here for that kid.
+        if self.reload_keys is not None:
+            try:
+                await self.reload_keys()
+            except Exception:  # noqa: BLE001 — the store is unreachable: publish the keys we have
+                log.warning("re-reading the signing keys failed; publishing the loaded ones", exc_info=True)
         return auth_pb2.GetJwksResponse(keys=[auth_pb2.Jwk(**k) for k in self.tokens.ring.jwks()])
 
 

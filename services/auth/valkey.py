@@ -21,6 +21,7 @@ from collections.abc import Awaitable
 
 import hiredis
 import redis.asyncio
+from prometheus_client import Gauge
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -29,6 +30,13 @@ from .domain import Claims
 log = logging.getLogger("eco2.auth.revocations")
 
 REV_PREFIX = "auth:rev:"
+
+# Read at scrape time from the process's RevocationCache (RevocationCache.start installs them).
+CACHE_AGE = Gauge(
+    "eco2_auth_revocation_cache_age_seconds",
+    "Seconds since the revocation cache was last known in sync (a full load, or a healthy read of its subscription); grows while it is not (Check then fails closed)",
+)
+CACHE_ENTRIES = Gauge("eco2_auth_revocation_cache_entries", "Revocations (tokens, families, users) held by the revocation cache")
 
 
 class ValkeyRevocations:
@@ -59,6 +67,8 @@ class RevocationCache:
     Built before the server reports SERVING: SUBSCRIBE first, then SCAN the durable entries,
     so nothing published in between is lost; then `current` is True. A lost subscriber
     connection makes it False (Check fails closed) until a fresh subscribe + SCAN completes.
+    `synced_at` (monotonic) is the last moment the view was known current: the SCAN's end, or a
+    read of the subscription that raised nothing.
     """
 
     def __init__(self, redis_client: redis.asyncio.Redis, channel: str, *, retry_s: float = 0.5, scan_count: int = 1000) -> None:
@@ -74,6 +84,11 @@ class RevocationCache:
         self._pubsub = None
         self._stopping = False
         self._confirmed = False
+        self.synced_at = time.monotonic()
+
+    def age_s(self) -> float:
+        """Seconds since the view was last known current."""
+        return time.monotonic() - self.synced_at
 
     # -- hot path -------------------------------------------------------------------
     def is_revoked(self, claims: Claims) -> bool:
@@ -149,9 +164,12 @@ class RevocationCache:
         self._users = users
         self.current = True
         self.resyncs += 1
+        self.synced_at = time.monotonic()
 
     async def start(self) -> None:
         await self._sync()
+        CACHE_AGE.set_function(self.age_s)
+        CACHE_ENTRIES.set_function(self.__len__)
         self._task = asyncio.create_task(self._listen(), name="auth-revocation-listener")
 
     async def _listen(self) -> None:
@@ -172,6 +190,8 @@ class RevocationCache:
                             # may have been missed in between, so rebuild from the SCAN.
                             raise ConnectionError("subscriber reconnected")
                         self._confirmed = True
+                if self.current:
+                    self.synced_at = time.monotonic()
                 if time.monotonic() - last_prune > 30:
                     self.prune()
                     last_prune = time.monotonic()
@@ -263,7 +283,7 @@ def _pack(*args: bytes | str) -> bytes:
 
 
 class _PipeProtocol(asyncio.Protocol):
-    def __init__(self, pipe: "ValkeyPipe") -> None:
+    def __init__(self, pipe: ValkeyPipe) -> None:
         self.pipe = pipe
         self.reader = hiredis.Reader()
 

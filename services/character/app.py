@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 
 import grpc
+from pydantic import Field
 
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
-import logging
-
-from pydantic import Field
-
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.runtime.dependencies import postgres_check
 from eco2.services.runtime.settings import RuntimeSettings

@@ -22,7 +22,6 @@ class CatalogCache:
         self.broadcast = broadcast
         self._snapshot: Catalog | None = None
         self._listener: asyncio.Task | None = None
-        self.refreshes = 0
 
     @property
     def snapshot(self) -> Catalog:
@@ -33,7 +32,6 @@ class CatalogCache:
     async def refresh(self) -> Catalog:
         snapshot = Catalog(await self.repository.load_catalog())
         self._snapshot = snapshot
-        self.refreshes += 1
         log.info("catalog loaded", extra={"characters": len(snapshot.characters)})
         return snapshot
 

@@ -42,7 +42,6 @@ class Catalog:
             raise ValueError(f"the catalog needs exactly one default character, found {len(defaults)}")
         self.characters: tuple[Character, ...] = tuple(ordered)
         self.default: Character = defaults[0]
-        self.by_code = {c.code: c for c in ordered}
         self.by_category = {c.category: c for c in ordered if not c.is_default}
         # Protos are built once per snapshot: the read path only copies references.
         self.protos = {c.code: c.to_proto() for c in ordered}

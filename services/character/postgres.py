@@ -6,7 +6,16 @@ import asyncpg
 
 from eco2.character.v1 import character_pb2
 
-from .domain import ALREADY_OWNED, NOT_ELIGIBLE, RECEIVED, Character, GrantRecord, Ownership, RewardDecision, outcome_reason
+from .domain import (
+    ALREADY_OWNED,
+    NOT_ELIGIBLE,
+    RECEIVED,
+    Character,
+    GrantRecord,
+    Ownership,
+    RewardDecision,
+    outcome_reason,
+)
 
 
 class PostgresCatalogRepository:

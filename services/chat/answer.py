@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .llm.ports import Grounding
+from eco2.services.llm.ports import Grounding
 
 _UNCONFIGURED = {
     "weather": "날씨 조회 기능이 설정되어 있지 않아 날씨는 알려드릴 수 없어요.",

@@ -10,26 +10,30 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
+from eco2.services.bus.jobs import JobQueue
+from eco2.services.bus.producer import EventPublisher
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
-from eco2.services.runtime.dependencies import postgres_check, redis_check
-from eco2.services.events.jobs import JobQueue
-from eco2.services.events.producer import EventPublisher
+from eco2.services.knowledge import kb
+from eco2.services.llm import create_llm
+from eco2.services.llm.images import create_image_model
 from eco2.services.runtime.clients import channel
+from eco2.services.runtime.dependencies import postgres_check, redis_check
+from eco2.services.runtime.identity import JobIdentities
 from eco2.services.runtime.settings import Endpoints
 
-from . import kb, media, pii
+from . import media, pii
+from .answer import compose
 from .graph import ChatDeps, build_graph
-from .grpc_clients import GrpcCharacters, GrpcImages, GrpcJobIdentities, GrpcPlaces
-from .llm import create_llm
-from .llm.images import create_image_model
+from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
+from .metrics import MeteredLLM
 from .outbox import EventOutbox
+from .policy import PolicyRunner
 from .postgres import ConversationStore
 from .service import ChatServicer
 from .settings import ChatSettings
 from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
-from .policy import PolicyRunner
 from .worker import ChatWorkers, end_dead_job
 
 
@@ -73,14 +77,14 @@ class ChatApp:
         await self.pg.open(wait=True, timeout=30)
         saver = AsyncPostgresSaver(self.pg)
         self.redis = create_redis(s.redis_url)
-        # The publisher keeps its own lean connection (events/resp.py, ADR 0045), shared by
+        # The publisher keeps its own lean connection (bus/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.
         sink = self.sink = EventPublisher(self.redis, s)
         outbox = EventOutbox(sink)
         queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink))
         llm = create_llm(
             s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
-            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
+            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s, compose=compose,
         )
         if hasattr(llm, "aclose"):
             self.closers.append(llm)
@@ -98,6 +102,8 @@ class ChatApp:
         if s.bulk_waste_api_key and s.bulk_waste_base_url:
             bulk = DataGoKrBulkWasteFees(s.bulk_waste_base_url, s.bulk_waste_api_key, timeout_s=s.bulk_waste_timeout_s, rows=s.bulk_waste_rows, max_results=s.bulk_waste_max_results)
             self.closers.append(bulk)
+        # Every model call the graph makes goes through the metered port (metrics.py).
+        llm, vision_llm = MeteredLLM(llm), (MeteredLLM(vision_llm) if vision_llm is not None else None)
         deps = ChatDeps(
             kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=GrpcCharacters(self._channel("character"), cache_s=s.chat_character_cache_s),
             weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,
@@ -112,7 +118,7 @@ class ChatApp:
         self.workers.start()
         servicer = ChatServicer(
             store=store, queue=queue, sink=sink, redis=self.redis, images=images, events_channel=self._channel("events"), settings=s, outbox=outbox,
-            job_identities=GrpcJobIdentities(self._channel("auth")),
+            job_identities=JobIdentities(self._channel("auth")),
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 

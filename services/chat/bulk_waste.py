@@ -2,7 +2,7 @@
 
 Two paths fill `bulk_waste_context`, both calling the same port:
 - rules (offline, and the fallback): the 시·군·구 and the item are found in the message by the
-  vocabulary of knowledge/bulk_waste.yaml; no region named → the answer asks for it (a location
+  vocabulary of the knowledge base's bulk_waste.yaml (eco2.services.knowledge); no region named → the answer asks for it (a location
   alone is not enough without reverse geocoding); a 구 that exists in several 시·도 → asks which.
 - a remote model with tool calling: the seed's agent loop — the model calls `search_fee` and
   `get_collection_info` (concurrently within one turn) until it stops or the iteration limit;
@@ -25,8 +25,8 @@ import yaml
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
+from eco2.services.llm.ports import LLM, LLMError, Message, ToolCall, ToolSpec
 
-from .llm.ports import LLM, LLMError, Message, ToolCall, ToolSpec
 from .ports import BulkWasteFees
 from .tools.bulk_waste import DATASET_URL, fee_text
 
@@ -76,7 +76,7 @@ class Vocabulary:
 
 @cache
 def vocabulary() -> Vocabulary:
-    doc = yaml.safe_load((resources.files(__package__) / "knowledge" / "bulk_waste.yaml").read_text(encoding="utf-8"))
+    doc = yaml.safe_load((resources.files("eco2.services.knowledge") / "bulk_waste.yaml").read_text(encoding="utf-8"))
     regions: dict[str, list[str]] = {}
     for sido, names in doc["regions"].items():
         for name in names:

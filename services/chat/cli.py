@@ -16,7 +16,7 @@ from eco2.services.runtime.errors import describe
 
 
 async def _chat(addr: str, auth_addr: str, question: str, user: str, near: location_pb2.GeoPoint | None) -> int:
-    from eco2.services.dev_identity import NoIdentity, dev_wristband
+    from eco2.services.runtime.dev_identity import NoIdentity, dev_wristband
     from eco2.services.runtime.identity import IDENTITY_KEY
 
     try:
@@ -68,7 +68,7 @@ def parse_near(text: str | None) -> location_pb2.GeoPoint | None:
 
 def main(data_dir: str | None, question: str, near: str | None = None) -> int:
     """Exit 0 on DONE, 1 on ERROR or when no stack runs, 3 when the answer needs a location."""
-    from eco2.services.up import read_endpoints
+    from eco2.services.runtime.endpoints import read_endpoints
 
     try:
         point = parse_near(near)

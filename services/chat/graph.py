@@ -27,15 +27,19 @@ from pydantic import BaseModel, Field
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
+from eco2.services.knowledge.kb import KnowledgeBase
+from eco2.services.llm.images import ImageModel
+from eco2.services.llm.offline import OfflineLLM
+from eco2.services.llm.ports import LLM, Grounding, LLMError, Message
+from eco2.services.runtime.telemetry import span
 
 from . import bulk_waste as BW
 from . import intents as I
 from . import media as M
-from .kb import KnowledgeBase
-from .llm.ports import LLM, Grounding, LLMError, Message
+from . import metrics
+from .answer import compose
 from .outbox import EventOutbox, raise_for
 from .policy import FailMode, NodeFailed, PolicyRunner
-from .llm.images import ImageModel
 from .ports import Characters, Images, Places, Weather, WebSearch
 
 STAGE_OF = {
@@ -194,21 +198,25 @@ async def _run_node(name: str, state: ChatState, runtime: Runtime[JobContext], b
     em = ctx.emitter
     if ctx.cancelled.is_set():
         raise asyncio.CancelledError("job cancelled")
-    started = time.monotonic()
-    if announce:
-        await em.stage(name, events_pb2.STAGE_PHASE_STARTED)
-    try:
-        update = await ctx.deps.policy.run(name, body)
-    except NodeFailed as failed:
-        elapsed = time.monotonic() - started
-        if announce:  # an unannounced step (waste_rag's character lookup) fails quietly: the policy logs it
-            await em.stage(name, events_pb2.STAGE_PHASE_FAILED, elapsed_s=elapsed, message=failed.cause[:200])
-        if failed.mode == FailMode.FAIL_CLOSE:
-            raise
-        update = {"failed": [name]}
-    else:
+    with span(f"node.{name}"):
+        started = time.monotonic()
         if announce:
-            await em.stage(name, events_pb2.STAGE_PHASE_FINISHED, elapsed_s=time.monotonic() - started)
+            await em.stage(name, events_pb2.STAGE_PHASE_STARTED)
+        try:
+            update = await ctx.deps.policy.run(name, body)
+        except NodeFailed as failed:
+            elapsed = time.monotonic() - started
+            metrics.node_finished(name, "failed", elapsed)
+            if announce:  # an unannounced step (waste_rag's character lookup) fails quietly: the policy logs it
+                await em.stage(name, events_pb2.STAGE_PHASE_FAILED, elapsed_s=elapsed, message=failed.cause[:200])
+            if failed.mode == FailMode.FAIL_CLOSE:
+                raise
+            update = {"failed": [name]}
+        else:
+            elapsed = time.monotonic() - started
+            metrics.node_finished(name, "ok", elapsed)
+            if announce:
+                await em.stage(name, events_pb2.STAGE_PHASE_FINISHED, elapsed_s=elapsed)
     update = dict(update or {})
     update.setdefault("spans", {})
     update["spans"] = {**update["spans"], name: [started, time.monotonic()]}
@@ -284,6 +292,8 @@ async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         if use_model:  # the model's decomposition; the rules answer when it fails (intents.py)
             previous = next((m["text"] for m in reversed(state.get("history") or []) if m["role"] == "user"), "")
             c, why = await I.classify_with_model(deps.llm, text, deps.kb, timeout_s=deps.intent_timeout_s, previous=previous)
+            if c is None:
+                metrics.fallback_taken("intent_rules")
             note = f"모델 분류: {', '.join(c.intents)}" if c else f"모델 분류 실패({why}): 규칙으로 분류했어요"
             await em.stage("intent", events_pb2.STAGE_PHASE_PROGRESS, message=note[:200])
         c = c or I.classify(text, deps.kb)
@@ -540,14 +550,17 @@ async def aggregator(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         # A places branch that failed (LocationService down): say so rather than "nothing nearby".
         down = {REQUIRED[i]: {"unavailable": True, "places": []} for i in missing if i in (I.LOCATION, I.COLLECTION_POINT)}
         if down:
+            metrics.fallback_taken("places_unavailable")
             update["contexts"] = dict(down)
         if I.BULK_WASTE in missing:  # the fee API failed (FALLBACK): the general rule, honestly without fees
+            metrics.fallback_taken("bulk_waste_unavailable")
             bulk, cites = BW.unavailable(deps.kb)
             update.update(contexts={**update.get("contexts", {}), "bulk_waste_context": bulk}, citations=cites)
         if I.WASTE in missing:
             # 1. rewritten query: the whole message, a looser threshold
             hits = deps.kb.search(state["message"] + " " + " ".join(m["text"] for m in (state.get("history") or [])[-2:] if m["role"] == "user"), limit=2, min_score=1.0)
             if hits:
+                metrics.fallback_taken("rules_retry")
                 docs, cites = _rule_context(hits)
                 update.update(contexts={**update.get("contexts", {}), "disposal_rules": docs}, citations=cites)
                 return update
@@ -555,6 +568,7 @@ async def aggregator(state: ChatState, runtime: Runtime[JobContext]) -> dict:
             if deps.web_search is not None:
                 results = await deps.web_search.search(state["message"], limit=3)
                 if results:
+                    metrics.fallback_taken("web_search")
                     update["contexts"] = {**update.get("contexts", {}), "web_search_context": {"configured": True, "results": results}}
                     update["intents"] = [*state["intents"], I.WEB_SEARCH]
                     return update
@@ -563,6 +577,7 @@ async def aggregator(state: ChatState, runtime: Runtime[JobContext]) -> dict:
                 update["clarify"] = True
             else:
                 update["unsure"] = True
+            metrics.fallback_taken("clarify" if update.get("clarify") else "unsure")
         return update
 
     return await _run_node("aggregator", state, runtime, body)
@@ -612,27 +627,30 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         await stream_with(deps.llm)
         return {}
 
-    started = time.monotonic()
-    await em.stage("answer", events_pb2.STAGE_PHASE_STARTED)
-    fallback = False
-    try:
-        await deps.policy.run("answer", body)
-    except NodeFailed as failed:
-        if deps.llm.info.provider == "offline" or emitted:
-            await em.stage("answer", events_pb2.STAGE_PHASE_FAILED, message=failed.cause[:200])
-            raise
-        # Model fallback: the offline composer answers from the same grounding.
-        from .llm.offline import OfflineLLM
-
-        fallback = True
-        await em.stage("answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요")
-        await stream_with(OfflineLLM())
-    await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=time.monotonic() - started)
-    await em.drain()
-    update: dict = {"answer": "".join(emitted), "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
-    if fallback:
-        update["fallback_used"] = True
-    return update
+    with span("node.answer"):
+        started = time.monotonic()
+        await em.stage("answer", events_pb2.STAGE_PHASE_STARTED)
+        fallback = False
+        try:
+            await deps.policy.run("answer", body)
+        except NodeFailed as failed:
+            if deps.llm.info.provider == "offline" or emitted:
+                metrics.node_finished("answer", "failed", time.monotonic() - started)
+                await em.stage("answer", events_pb2.STAGE_PHASE_FAILED, message=failed.cause[:200])
+                raise
+            # Model fallback: the offline composer answers from the same grounding.
+            fallback = True
+            metrics.fallback_taken("offline_model")
+            await em.stage("answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요")
+            await stream_with(metrics.MeteredLLM(OfflineLLM(compose)))
+        elapsed = time.monotonic() - started
+        metrics.node_finished("answer", "ok", elapsed)
+        await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=elapsed)
+        await em.drain()
+        update: dict = {"answer": "".join(emitted), "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
+        if fallback:
+            update["fallback_used"] = True
+        return update
 
 
 class LLMGrade(BaseModel):

@@ -9,28 +9,10 @@ import time
 
 import grpc
 
-from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.location.v1 import location_pb2, location_pb2_grpc
 from eco2.services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
-
-
-class GrpcJobIdentities:
-    """Wristbands for queued jobs: a worker acts for the job's user with it, however long the
-    job waits or is retried (the request's own wristband lives minutes)."""
-
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.stub = auth_pb2_grpc.MeshIdentityServiceStub(channel)
-
-    async def issue(self, job_id: str) -> str:
-        try:
-            reply = await self.stub.IssueJobIdentity(auth_pb2.IssueJobIdentityRequest(job_id=job_id))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise
-            raise Unavailable(f"auth cannot issue the job's identity: {exc.code().name}", reason="JOB_IDENTITY_UNAVAILABLE", retry_after_s=1.0) from None
-        return reply.identity
 
 
 class GrpcPlaces:

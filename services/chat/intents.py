@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from .kb import KnowledgeBase
-from .llm.ports import LLM, LLMError, Message
+from eco2.services.knowledge.kb import KnowledgeBase
+from eco2.services.llm.ports import LLM, LLMError, Message
 
 WASTE, CHARACTER, LOCATION, BULK_WASTE, RECYCLABLE_PRICE = "waste", "character", "location", "bulk_waste", "recyclable_price"
 COLLECTION_POINT, WEATHER, IMAGE_GENERATION, WEB_SEARCH, GENERAL = "collection_point", "weather", "image_generation", "web_search", "general"

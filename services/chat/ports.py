@@ -4,14 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from eco2.events.v1 import events_pb2
-
-
-class EventSink(Protocol):
-    async def publish(self, event: events_pb2.Event) -> bool:
-        """Append an event; False when (job_id, seq) was already published."""
-        ...
-
 
 class Places(Protocol):
     async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[dict[str, Any]]:

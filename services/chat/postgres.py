@@ -81,8 +81,9 @@ class ConversationStore:
         )
         return Sent(str(cid), str(mid), job_id, False)
 
-    async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "") -> str:
-        """Idempotent per job: a re-run job returns the message stored the first time."""
+    async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "", result: bytes = b"") -> str:
+        """Idempotent per job: a re-run job returns the message stored the first time. `result` is the
+        serialized ChatResult, which GetConversation gives back with the message."""
         async with self.pool.acquire() as conn, conn.transaction():
             cid = uuid.UUID(conversation_id)
             existing = await conn.fetchval("SELECT id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, ASSISTANT)
@@ -93,8 +94,9 @@ class ConversationStore:
             if not exists:  # deleted while the answer was being written
                 return ""
             await conn.execute(
-                "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, intents, citations, job_id, image_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                mid, cid, user_id, ASSISTANT, text, intents, citations, job_id, image_key,
+                "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, intents, citations, job_id, image_key, result)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                mid, cid, user_id, ASSISTANT, text, intents, citations, job_id, image_key, result or None,
             )
             await conn.execute(
                 "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now(),"
@@ -145,6 +147,9 @@ class ConversationStore:
         for r in rows:
             m = chat_pb2.Message(id=str(r["id"]), role=r["role"], text=r["text"], image_key=r["image_key"], intents=list(r["intents"]), job_id=r["job_id"])
             m.citations.extend(chat_pb2.Citation.FromString(bytes(c)) for c in r["citations"])
+            if r["result"] is not None:
+                m.result.ParseFromString(bytes(r["result"]))
+                m.result.message_id = m.id  # stored before the message had its id
             _ts(m, "created_at", r["created_at"])
             messages.append(m)
         return self._conversation(row), messages, (rows[-1]["n"] if more and rows else None)

@@ -8,8 +8,6 @@ import logging
 import uuid
 from datetime import datetime
 
-import grpc
-
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.services.runtime.context import caller_id
@@ -18,6 +16,7 @@ from eco2.services.runtime.paging import decode_token, encode_token, page_size
 from eco2.services.runtime.telemetry import current_traceparent
 from eco2.services.runtime.validation import Validator
 
+from .metrics import STREAMS_ACTIVE
 from .pii import mask
 from .postgres import ConversationStore
 from .worker import cancel_key, input_key, publish_queued
@@ -101,11 +100,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         finished = False
         try:
             async with asyncio.timeout(self.settings.chat_stream_timeout_s):
-                async for event in self.events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0)):
-                    await context.write(event)
-                    if event.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
-                        finished = True
-                        return
+                with STREAMS_ACTIVE.track_inprogress():
+                    async for event in self.events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0)):
+                        await context.write(event)
+                        if event.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
+                            finished = True
+                            return
         finally:
             if not finished and self.settings.chat_cancel_on_disconnect:
                 await self.redis.set(cancel_key(sent.job_id), b"1", ex=3600)

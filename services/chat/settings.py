@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from eco2.services.events.settings import EventsSettings
+from eco2.services.bus.settings import EventsSettings
 
 
 class ChatSettings(EventsSettings):

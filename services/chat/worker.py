@@ -15,10 +15,11 @@ from google.protobuf import any_pb2
 from langgraph.types import Command
 
 from eco2.events.v1 import events_pb2
-from eco2.services.events.jobs import Job, JobQueue
+from eco2.services.bus.jobs import Job, JobQueue, ends_stream_on_dead
 from eco2.services.runtime.context import act_as
-from eco2.services.runtime.telemetry import current_traceparent
+from eco2.services.runtime.telemetry import current_traceparent, recording_enabled, span
 
+from . import metrics
 from .graph import ChatDeps, Emitter, JobContext, publish_tolerant, result_of
 from .outbox import EventOutbox
 from .pii import mask
@@ -115,11 +116,30 @@ class ChatWorkers:
             self._slots.release()
 
     async def handle(self, job: Job) -> None:
+        """Run one turn of a job: acting for its user, in its request's trace, timed from the
+        moment the message was queued (the job's stream entry id is that time in ms)."""
         p: dict[str, Any] = json.loads(job.payload)
-        job_id = p["job_id"]
+        started = time.monotonic()
+        waited = max(0.0, time.time() - int(job.entry_id.split("-")[0]) / 1000)
         # Every downstream call of this job carries its user's wristband, and its logs, events and
-        # calls continue the trace of the request that queued it (a re-claimed job too).
-        act_as(p.get("identity"), p.get("traceparent"))
+        # calls continue the trace of the request that queued it (a re-claimed job too: the
+        # traceparent is in the payload). With spans on, that trace goes on in the turn's span.
+        recording = recording_enabled()
+        act_as(p.get("identity"), p.get("traceparent"), light_tracing=not recording)
+        outcome, first_token_at = "failed", None
+        metrics.TURNS_ACTIVE.inc()
+        try:
+            with span("chat.turn", traceparent=p.get("traceparent"), attributes={"eco2.job_id": p["job_id"], "eco2.attempt": job.attempt}):
+                outcome, first_token_at = await self._turn(job, p)
+        finally:
+            metrics.TURNS_ACTIVE.dec()
+            metrics.turn_finished(outcome, waited + time.monotonic() - started)
+            if first_token_at is not None:
+                metrics.TIME_TO_FIRST_TOKEN.observe(waited + first_token_at - started)
+
+    async def _turn(self, job: Job, p: dict[str, Any]) -> tuple[str, float | None]:
+        """The turn's graph run and its events; (outcome, monotonic time of the first token)."""
+        job_id = p["job_id"]
         if p.get("resume") is None and not await self._message_stored(job_id):
             raise MessageNotStored(f"the message of job {job_id} is not stored")
         config = {"configurable": {"thread_id": job_id}}
@@ -148,11 +168,11 @@ class ChatWorkers:
         except NodeFailed as failed:
             self.stats.errors += 1
             await self._error(emitter, 14, "NODE_FAILED", f"{failed.node} 단계가 실패했어요. 잠시 후 다시 시도해 주세요.", True)
-            return
+            return "error", emitter.first_token_at
         except asyncio.CancelledError:
             if ctx.cancelled.is_set():
                 await self._error(emitter, 1, "CANCELLED", "요청이 취소되었어요.", False)
-                return
+                return "cancelled", emitter.first_token_at
             raise
         except BaseException:
             await self._drain_quietly(emitter)  # what the failed run emitted still goes out, in order
@@ -171,12 +191,12 @@ class ChatWorkers:
             pending = {"user_id": p["user_id"], "input_id": first["input_id"], "interrupt_ids": [i.id for i in interrupts], "seq": seq, "payload": p}
             await self.redis.set(input_key(job_id), json.dumps(pending), ex=self.settings.chat_input_ttl_s)
             self.stats.waiting += 1
-            return
+            return "needs_input", emitter.first_token_at
         result = result_of(state, message_id="")
         message_id = await self.store.add_assistant_message(
             conversation_id=p["conversation_id"], user_id=p["user_id"], job_id=job_id, text=result.answer, intents=list(result.intents),
             citations=[c.SerializeToString() for c in result.citations], summary=state.get("new_summary"),
-            image_key=result.image_key,
+            image_key=result.image_key, result=result.SerializeToString(),
         )
         result.message_id = message_id
         packed = any_pb2.Any()
@@ -185,6 +205,7 @@ class ChatWorkers:
         await emitter.emit(events_pb2.EVENT_KIND_DONE, stage=events_pb2.STAGE_PERSIST, node="done", done=events_pb2.JobResult(result=packed, summary=summary_line))
         await emitter.drain()  # acked only once DONE is stored
         self.stats.done += 1
+        return "done", emitter.first_token_at
 
     async def _message_stored(self, job_id: str) -> bool:
         """Whether the job's user message is committed, waiting up to ECO2_CHAT_COMMIT_WAIT_S for
@@ -223,20 +244,12 @@ class ChatWorkers:
 
 
 def end_dead_job(sink):
-    """The chat queue's `on_dead`: a job that ran out of attempts ends its stream with ERROR, so a
-    client following it is told instead of waiting until its deadline."""
-
-    async def on_dead(job: Job, error: str) -> None:
-        # a resume job ("<job>:input:<seq>") streams on its job's events
-        job_id = json.loads(job.payload).get("job_id", job.job_id)
-        event = events_pb2.Event(
-            job_id=job_id, kind=events_pb2.EVENT_KIND_ERROR, job_kind=events_pb2.JOB_KIND_CHAT, node="error",
-            error=events_pb2.JobError(code=14, reason="JOB_FAILED", message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.", retryable=True),
-        )
-        if await sink.publish_next(event):
-            log.warning("dead-lettered chat job ended with ERROR", extra={"job_id": job_id, "seq": event.seq, "error": mask(error)[:300]})
-
-    return on_dead
+    """The chat queue's `on_dead`: a dead-lettered job ends its stream with ERROR; a resume job
+    ("<job>:input:<seq>") streams on its job's events."""
+    return ends_stream_on_dead(
+        sink, job_kind=events_pb2.JOB_KIND_CHAT, message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.",
+        stream_of=lambda job: json.loads(job.payload).get("job_id", job.job_id),
+    )
 
 
 async def publish_queued(sink, job_id: str, owner: str, outbox: EventOutbox | None = None, *, traceparent: str = "") -> None:

@@ -1,2 +1,2 @@
-"""Event bus of the mesh: producer library, router, EventService (resumable Subscribe) and the
-job queue workers claim from. See docs/services/events.md."""
+"""Event bus of the mesh: the router (shard streams → replay streams + Pub/Sub) and EventService
+(resumable Subscribe), on the bus library `eco2.services.bus`. See docs/services/events.md."""

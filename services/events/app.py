@@ -3,18 +3,17 @@ EventService (ECO2_EVENTS_ROLE)."""
 
 from __future__ import annotations
 
-
 import grpc
 import redis.asyncio
 
+from eco2.services.bus.jobs import QueueSampler
+from eco2.services.bus.settings import EventsRole, EventsSettings
+from eco2.services.runtime.dependencies import redis_check
+from eco2.services.runtime.settings import REDIS_URL, require_url
 
 from .hub import Hub
 from .router import Router
 from .service import SERVICE, EventServicer, add_to_server
-from eco2.services.runtime.settings import REDIS_URL, require_url
-from eco2.services.runtime.dependencies import redis_check
-
-from .settings import EventsRole, EventsSettings
 from .valkey import ValkeyReplayStore, fast_redis
 
 
@@ -26,6 +25,7 @@ class EventsApp:
         self.redis: redis.asyncio.Redis | None = None
         self.router: Router | None = None
         self.hub: Hub | None = None
+        self.sampler: QueueSampler | None = None
 
     @property
     def serves_api(self) -> bool:
@@ -41,7 +41,7 @@ class EventsApp:
         s = self.settings
         require_url(s.redis_url, "REDIS_URL", REDIS_URL)
         # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them,
-        # the router's own connection (resp.py) included.
+        # the router's own connection (bus/resp.py) included.
         routes = s.events_role in (EventsRole.ALL, EventsRole.ROUTER)
         pool = max(1, s.events_redis_pool - 1) if routes else s.events_redis_pool
         self.redis = fast_redis(s.redis_url, pool_class=redis.asyncio.BlockingConnectionPool, max_connections=pool, timeout=30)
@@ -49,6 +49,9 @@ class EventsApp:
         if routes:
             self.router = Router(self.redis, s)
             await self.router.start()
+            if s.events_queue_sample_s:
+                self.sampler = QueueSampler(self.redis, s.events_queue_sample_s)
+                self.sampler.start()
         if self.serves_api:
             self.hub = Hub(  # one Pub/Sub connection per shard, to the server `redis` names
                 self.redis, s.events_shards, buffer=s.events_subscriber_buffer,
@@ -58,6 +61,8 @@ class EventsApp:
             add_to_server(EventServicer(ValkeyReplayStore(self.redis, s.events_shards), self.hub, s), server)
 
     async def stop(self) -> None:
+        if self.sampler is not None:
+            await self.sampler.stop()
         if self.router is not None:
             await self.router.stop()
         if self.hub is not None:

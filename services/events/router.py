@@ -16,16 +16,17 @@ import logging
 import os
 import secrets
 import socket
+import time
 
 import redis.asyncio
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import domain, scripts
-from .settings import EventsSettings
-from .resp import PoolCommands, RespClient
+from eco2.services.bus import domain, scripts
+from eco2.services.bus.resp import PoolCommands, RespClient
+from eco2.services.bus.settings import EventsSettings
 
 log = logging.getLogger("eco2.events.router")
 
@@ -34,16 +35,15 @@ RECLAIMED = Counter("eco2_events_reclaimed_total", "Entries taken over from a de
 LAG = Gauge("eco2_events_router_lag", "Entries in a shard stream not yet read by the router group", ["shard"])
 PENDING = Gauge("eco2_events_router_pending", "Entries read but not yet acknowledged", ["shard"])
 ROUTER_ERRORS = Counter("eco2_events_router_redis_errors_total", "Redis errors the router recovered from")
+FANOUT_LAG = Histogram(
+    "eco2_events_fanout_lag_seconds",
+    "Per routed batch of a shard: from its oldest entry's append to the shard stream to its fan-out PUBLISH",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 
 #: A fan-out message carries routed events up to about this many bytes (Pub/Sub clients are
 #: disconnected when their output buffer passes Valkey's client-output-buffer-limit).
 FRAME_BYTES = 256 * 1024
-
-
-def _legacy_header(fields: dict) -> bytes:
-    """The `h` field of an entry written by an older producer (one field per value)."""
-    g = fields.get
-    return b" ".join((g(b"p", b"0"), g(b"s", b"0"), g(b"t", b"0"), g(b"st", b"0"), g(b"g", b"0"), g(b"k", b"0"), g(b"tm", b"0"), g(b"j", b"")))
 
 
 def consumer_name() -> str:
@@ -215,9 +215,12 @@ class Router:
         else:
             await self.ack(acks)
         total = 0
+        now_ms = time.time() * 1000
+        oldest = {shard: entries[0][0] for shard, entries in batches if entries}
         for (shard, n), published in zip(routed, replies):
             if isinstance(published, Exception):
                 continue
+            FANOUT_LAG.observe(max(0.0, now_ms - _entry_ms(oldest[shard])) / 1000)
             total += published
             self._published[shard].inc(published)
             if n > published:
@@ -243,8 +246,8 @@ class Router:
                     fields = dict(zip(fields[::2], fields[1::2]))
             if not isinstance(fields, list):
                 h = fields.get(b"h")
-                if h is None:
-                    h = _legacy_header(fields)
+                if h is None:  # not written by the producer's PUBLISH script: acked, not routed
+                    continue
                 node, data = fields.get(b"n", b""), fields.get(b"d", b"")
             jobs[h[h.rindex(b" ") + 1 :]] = None
             args.append(h)
@@ -262,6 +265,12 @@ class Router:
             error = next((r for r in await self._pool.pipeline(commands) if isinstance(r, Exception)), None)
             if error is not None:
                 raise error
+
+
+def _entry_ms(entry_id: bytes | str) -> int:
+    """The append time (ms) a stream entry id carries: "<ms>-<n>"."""
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.partition("-")[0])
 
 
 def _xacks(acks: list[tuple[int, list]]) -> list[tuple]:

@@ -23,14 +23,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eco2.events.v1 import events_pb2
+from eco2.services.bus import domain
+from eco2.services.bus.domain import Cursor
+from eco2.services.bus.settings import EventsSettings
 from eco2.services.runtime.context import caller_id
 from eco2.services.runtime.errors import DomainError, NotFound, Unauthenticated, Unavailable
 from eco2.services.runtime.validation import Validator
 
-from . import domain
-from .domain import Cursor
 from .ports import JobHead, LiveFeed, ReplayStore
-from .settings import EventsSettings
 
 SERVICE = events_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 

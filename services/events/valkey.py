@@ -1,4 +1,4 @@
-"""ReplayStore over Redis/Valkey streams (see domain.py for the key layout)."""
+"""ReplayStore over Redis/Valkey streams (key layout: eco2.services.bus.domain)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import redis.asyncio
 from redis.asyncio.connection import Connection
 from redis.exceptions import DataError
 
-from . import domain
+from eco2.services.bus import domain
+
 from .ports import JobHead, Stored
 
 

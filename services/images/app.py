@@ -13,11 +13,11 @@ from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool
 from eco2.services.runtime.dependencies import postgres_check
+from eco2.services.runtime.image_urls import resolve_secret
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
 
 from .postgres import PostgresImageRepository
 from .service import ImageLimits, ImageServicer
-from .signing import resolve_secret
 from .storage import LocalDiskStorage, S3Storage
 
 log = logging.getLogger("eco2.images")

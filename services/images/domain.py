@@ -6,12 +6,12 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from eco2.images.v1 import images_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from eco2.images.v1 import images_pb2 as pb
 
 #: Declared content type → format name (ImageFormat without prefix).
 CONTENT_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
-FORMAT_TYPES = {v: k for k, v in CONTENT_TYPES.items()}
 SNIFF_BYTES = 12
 MAX_FILENAME = 255
 _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")

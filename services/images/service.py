@@ -11,11 +11,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from eco2.images.v1 import images_pb2 as pb
 from eco2.images.v1 import images_pb2_grpc
+from eco2.services.runtime import image_urls
 from eco2.services.runtime.context import caller_id
 from eco2.services.runtime.errors import FieldViolation, InvalidArgument, NotFound, ResourceExhausted
 from eco2.services.runtime.validation import Validator
 
-from . import signing
 from .domain import CONTENT_TYPES, SNIFF_BYTES, filename_problem, is_complete, sniff
 from .ports import BlobStorage, ImageRepository
 
@@ -135,7 +135,7 @@ class ImageServicer(images_pb2_grpc.ImageServiceServicer):
         ts = Timestamp(seconds=expires)
         return pb.GetImageResponse(
             image=record.to_proto(),
-            signed_url=signing.signed_path(self.secret, record.sha256, expires, self.limits.url_prefix),
+            signed_url=image_urls.signed_path(self.secret, record.sha256, expires, self.limits.url_prefix),
             url_expires_at=ts,
         )
 

@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from eco2.location.v1 import location_pb2 as pb
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from eco2.location.v1 import location_pb2 as pb
 
 EARTH_RADIUS_M = 6_371_000.0
 #: Coordinates are searched to 1e-7 degree (about 1 cm): finer digits mean nothing for a place

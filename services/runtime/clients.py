@@ -6,7 +6,7 @@ import grpc
 
 from . import context as ctx
 from .errors import DeadlineExceeded
-from .telemetry import current_traceparent, recording_enabled
+from .telemetry import current_traceparent, recording_enabled, tracer_provider
 
 
 def _adjust(details: grpc.aio.ClientCallDetails, default_timeout: float | None) -> grpc.aio.ClientCallDetails:
@@ -60,7 +60,7 @@ def channel(target: str, *, default_timeout_s: float = 5.0, max_message_bytes: i
     if recording_enabled() if tracing is None else tracing:
         from opentelemetry.instrumentation.grpc import aio_client_interceptors  # only when spans are recorded
 
-        interceptors.extend(aio_client_interceptors())
+        interceptors.extend(aio_client_interceptors(tracer_provider=tracer_provider()))
     interceptors += [
         PropagateUnaryUnary(default_timeout_s),
         PropagateUnaryStream(default_timeout_s),

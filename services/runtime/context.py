@@ -9,10 +9,9 @@ character service, and the character service sees the same caller.
 from __future__ import annotations
 
 import contextvars
+import random
 import time
 from collections.abc import Sequence
-
-import random
 
 import grpc
 from opentelemetry import trace
@@ -76,12 +75,17 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> s
     return token
 
 
-def act_as(token: str | None, traceparent: str | None = None) -> None:
+def act_as(token: str | None, traceparent: str | None = None, *, light_tracing: bool = True) -> None:
     """Run the current task as queued work of a request that has ended (a chat job): its
     downstream calls carry `token` as their wristband (acting for the user who queued it), and
-    its logs, events and calls continue that request's trace (`traceparent`, kept with the job)."""
-    trace_id, flags = _parse_traceparent(traceparent)
-    _call.set(_Call((None, ((IDENTITY_KEY, token),) if token else (), trace_id, _random.getrandbits(64) or 1, flags, token, None)))
+    its logs, events and calls continue that request's trace (`traceparent`, kept with the job).
+    Without light tracing (spans recorded) the trace is the current OpenTelemetry span's: the
+    caller opens one whose parent is `traceparent` (telemetry.span)."""
+    trace_id = span_id = flags = 0
+    if light_tracing:
+        trace_id, flags = _parse_traceparent(traceparent)
+        span_id = _random.getrandbits(64) or 1
+    _call.set(_Call((None, ((IDENTITY_KEY, token),) if token else (), trace_id, span_id, flags, token, None)))
 
 
 def set_identity(identity: Identity) -> None:
@@ -151,8 +155,3 @@ def caller_id(context: grpc.aio.ServicerContext | None = None) -> str:
     """The user id of the current call's verified identity. Services never take identity from
     request fields or from a bare x-eco2-user-id."""
     return caller(context).user_id
-
-
-def identity_token() -> str | None:
-    """The current call's wristband as received (verified when `caller` succeeds)."""
-    return _call.get()[5]

@@ -22,7 +22,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import jwt
+
+from eco2.auth.v1 import auth_pb2, auth_pb2_grpc  # auth's contract only, never its code
 
 from .errors import Unauthenticated, Unavailable
 
@@ -166,11 +169,28 @@ def _refused(reason: str, message: str) -> Unauthenticated:
     return Unauthenticated(message, reason=reason)
 
 
+class JobIdentities:
+    """Wristbands for queued jobs (`MeshIdentityService.IssueJobIdentity`, authorised by the
+    current call's wristband): a worker acts for the job's user with one however long the job
+    waits or is retried, where the request's own wristband lives minutes."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self.stub = auth_pb2_grpc.MeshIdentityServiceStub(channel)
+
+    async def issue(self, job_id: str) -> str:
+        """The job's wristband; UNAUTHENTICATED passes through, auth unreachable is Unavailable."""
+        try:
+            reply = await self.stub.IssueJobIdentity(auth_pb2.IssueJobIdentityRequest(job_id=job_id))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            raise Unavailable(f"auth cannot issue the job's identity: {exc.code().name}", reason="JOB_IDENTITY_UNAVAILABLE", retry_after_s=1.0) from None
+        return reply.identity
+
+
 async def fetch_auth_jwks(auth_addr: str) -> dict[str, Any]:
     """The verification keys auth publishes (`AuthService.GetJwks`, a public method)."""
-    from eco2.auth.v1 import auth_pb2, auth_pb2_grpc  # the contract only, never auth's code
-
-    from .clients import channel
+    from .clients import channel  # clients → context → identity: imported when first used
 
     async with channel(auth_addr) as ch:
         reply = await auth_pb2_grpc.AuthServiceStub(ch).GetJwks(auth_pb2.GetJwksRequest(), timeout=5.0)

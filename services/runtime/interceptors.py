@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import duration_pb2, any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -287,8 +287,8 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         generator handler's items are written here. Two gains: an idle stream holds one frame
         instead of a generator and its asend object (docs/adr/0044), and the write happens
         inside this wrapper, so a shutdown cancel that finds the stream blocked on a slow
-        reader still ends it with UNAVAILABLE + RetryInfo; cancelled inside grpc's own
-        generator loop, the client got a bare "Cancelling all calls" at the end of the grace.
+        reader still ends it with UNAVAILABLE + RetryInfo (a cancel inside grpc's own generator
+        loop would leave the client only grpc's status-less cancellation at the end of the grace).
         Same metrics, error mapping and shutdown status as `_stream`."""
         shutdown = self.shutdown
         seconds = RPC_SECONDS.labels(method)

@@ -27,7 +27,7 @@ from .interceptors import CoreServerInterceptor, ShutdownCoordinator
 from .logs import configure_logging
 from .metrics import serve_metrics
 from .settings import RuntimeSettings
-from .telemetry import configure_tracing
+from .telemetry import configure_tracing, shutdown_tracing, tracer_provider
 
 log = logging.getLogger("eco2.server")
 
@@ -64,10 +64,9 @@ def identity_verifier(app: ServiceApp, settings: RuntimeSettings) -> IdentityVer
     """The wristband verifier of a server: keys pinned by ECO2_IDENTITY_JWKS plus auth's
     (GetJwks at ECO2_IDENTITY_JWKS_FROM). An app that holds the keys itself (auth) gives them
     with an `identity_keys()` method instead of calling itself."""
-    own = getattr(app, "identity_keys", None)
+    own = getattr(app, "identity_keys", None)  # async: the keys, as current as the app's store
     if own is not None:
-        async def fetch():
-            return own()
+        fetch = own
     else:
         async def fetch():
             return await fetch_auth_jwks(settings.identity_jwks_from)
@@ -148,7 +147,7 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
         from opentelemetry.instrumentation.grpc import aio_server_interceptor  # only when spans are recorded
 
         configure_tracing(app.name, settings.otel_traces_exporter)
-        interceptors.append(aio_server_interceptor())
+        interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider()))
     interceptors.append(CoreServerInterceptor(
         shutdown, identities=identity_verifier(app, settings), light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s,
         bare_methods=frozenset(getattr(app, "bare_methods", ())),
@@ -217,3 +216,4 @@ async def run(app: ServiceApp, settings: RuntimeSettings) -> None:
     tune_gc(settings.gc_gen0_threshold)
     await stop.wait()
     await running.stop()
+    shutdown_tracing()  # the spans still batched go out before the process exits

@@ -11,7 +11,8 @@ Gemini:  POST /v1[beta]/models/{model}:generateContent and :streamGenerateConten
          (functionDeclarations → functionCall parts; responseJsonSchema → JSON text; an
          `inlineData` part → the vision reply by sha256; responseModalities IMAGE → an inlineData PNG)
 
-Vision: `script.vision` maps sha256(image bytes) → the structured reply; other bytes get
+Vision: `script.vision` maps sha256(image bytes) → the structured reply (a str is sent verbatim:
+malformed replies); other bytes get
 `script.vision_unknown`. Every image received is kept in `server.images_seen` (provider, mime, data).
 
 Faults: `server.faults` is a list consumed one per request: an int HTTP status (429, 500, ...)
@@ -178,7 +179,7 @@ class FakeModelServer:
             rf = body.get("response_format") or {}
             image = self._openai_image(body)
             if image is not None and rf.get("type") == "json_schema":
-                return self._openai_reply(cid, created, model, {"role": "assistant", "content": json.dumps(self._see(image), ensure_ascii=False)}, "stop", t)
+                return self._openai_reply(cid, created, model, {"role": "assistant", "content": self._see(image)}, "stop", t)
             if rf.get("type") == "json_schema":
                 return self._openai_reply(cid, created, model, {"role": "assistant", "content": self._structured_text((rf.get("json_schema") or {}).get("schema"))}, "stop", t)
             if not body.get("stream"):
@@ -211,9 +212,11 @@ class FakeModelServer:
                         return {"provider": "openai", "mime": found.group(1), "data": base64.b64decode(found.group(2), validate=True)}
         return None
 
-    def _see(self, image: dict) -> dict:
+    def _see(self, image: dict) -> str:
+        """The vision reply's text: the scripted dict as JSON, a scripted str as is (malformed replies)."""
         self.images_seen.append(image)
-        return self.script.vision.get(hashlib.sha256(image["data"]).hexdigest(), self.script.vision_unknown)
+        reply = self.script.vision.get(hashlib.sha256(image["data"]).hexdigest(), self.script.vision_unknown)
+        return reply if isinstance(reply, str) else json.dumps(reply, ensure_ascii=False)
 
     async def openai_images(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -279,7 +282,7 @@ class FakeModelServer:
             elif inline:
                 blob = inline[-1]
                 image = {"provider": "gemini", "mime": blob.get("mimeType") or blob.get("mime_type"), "data": b64decode(blob["data"])}
-                parts = [{"text": json.dumps(self._see(image), ensure_ascii=False)}]
+                parts = [{"text": self._see(image)}]
             elif any(tool.get("functionDeclarations") for tool in body.get("tools") or []):
                 calls = self._tool_round([d["name"] for tool in body["tools"] for d in tool.get("functionDeclarations") or []])
                 parts = [{"functionCall": {"id": f"fc-{uuid.uuid4().hex[:6]}", "name": c["name"], "args": c["arguments"]}} for c in calls] or [{"text": self.script.text}]

@@ -52,7 +52,7 @@ class FakeOAuthProvider:
             }
         return out
 
-    def start(self) -> "FakeOAuthProvider":
+    def start(self) -> FakeOAuthProvider:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):

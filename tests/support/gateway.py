@@ -168,8 +168,8 @@ class StandInChatApp:
         from eco2.character.v1 import character_pb2
         from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
         from eco2.events.v1 import events_pb2 as E
+        from eco2.services.bus.producer import EventPublisher
         from eco2.services.dataplane.urls import create_redis
-        from eco2.services.events.producer import EventPublisher
         from eco2.services.runtime.context import caller_id
 
         self.redis = create_redis(self.redis_url)

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 
 import httpx
 
-from ..llm.ports import LLMError
+from eco2.services.llm.ports import LLMError
 
 PATH = "/openapi/tn_pubr_public_lar_was_fee_api"
 DATASET_URL = "https://www.data.go.kr/data/15114146/standard.do"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from ..llm.ports import LLMError
+from eco2.services.llm.ports import LLMError
 
 # WMO weather codes → Korean (Open-Meteo reports these).
 _WMO = {0: "맑음", 1: "대체로 맑음", 2: "구름 조금", 3: "흐림", 45: "안개", 51: "이슬비", 61: "비", 63: "비", 65: "강한 비", 71: "눈", 80: "소나기", 95: "뇌우"}

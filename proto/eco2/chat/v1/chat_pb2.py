@@ -28,21 +28,21 @@ from eco2.location.v1 import location_pb2 as eco2_dot_location_dot_v1_dot_locati
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x63o2/chat/v1/chat.proto\x12\x0c\x65\x63o2.chat.v1\x1a!eco2/character/v1/character.proto\x1a\x1b\x65\x63o2/events/v1/events.proto\x1a\x1f\x65\x63o2/location/v1/location.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\x08\x43itation\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.eco2.chat.v1.CitationKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07snippet\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\"`\n\x05Grade\x12\'\n\x05level\x18\x01 \x01(\x0e\x32\x18.eco2.chat.v1.GradeLevel\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06grader\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"\xc6\x02\n\nChatResult\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12%\n\x07intents\x18\x04 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x05 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\"\n\x05grade\x18\x06 \x01(\x0b\x32\x13.eco2.chat.v1.Grade\x12/\n\tcharacter\x18\x07 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12*\n\x06places\x18\x08 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit\x12\x15\n\rfallback_used\x18\t \x01(\x08\x12\x11\n\timage_key\x18\n \x01(\t\"\xbe\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\r\x12\x1c\n\x14last_message_preview\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf1\x01\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.eco2.chat.v1.MessageRole\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\timage_key\x18\x04 \x01(\t\x12%\n\x07intents\x18\x05 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x06 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x99\x01\n\x11StreamChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\"\x9a\x01\n\x12SendMessageRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\"h\n\x13SendMessageResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x04 \x01(\x08\"\xa7\x01\n\x13ProvideInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08input_id\x18\x02 \x01(\t\x12.\n\x08location\x18\x03 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPointH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x13\n\tconfirmed\x18\x05 \x01(\x08H\x00\x12\x10\n\x08\x64\x65\x63lined\x18\x06 \x01(\x08\x42\x07\n\x05value\"\x16\n\x14ProvideInputResponse\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.eco2.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse*\x8a\x02\n\x06Intent\x12\x16\n\x12INTENT_UNSPECIFIED\x10\x00\x12\x10\n\x0cINTENT_WASTE\x10\x01\x12\x14\n\x10INTENT_CHARACTER\x10\x02\x12\x13\n\x0fINTENT_LOCATION\x10\x03\x12\x15\n\x11INTENT_BULK_WASTE\x10\x04\x12\x1b\n\x17INTENT_RECYCLABLE_PRICE\x10\x05\x12\x1b\n\x17INTENT_COLLECTION_POINT\x10\x06\x12\x12\n\x0eINTENT_WEATHER\x10\x07\x12\x1b\n\x17INTENT_IMAGE_GENERATION\x10\x08\x12\x15\n\x11INTENT_WEB_SEARCH\x10\t\x12\x12\n\x0eINTENT_GENERAL\x10\n*^\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02*\xe8\x01\n\x0c\x43itationKind\x12\x1d\n\x19\x43ITATION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ITATION_KIND_RULE\x10\x01\x12\x17\n\x13\x43ITATION_KIND_PRICE\x10\x02\x12\x17\n\x13\x43ITATION_KIND_PLACE\x10\x03\x12\x15\n\x11\x43ITATION_KIND_WEB\x10\x04\x12\x1b\n\x17\x43ITATION_KIND_CHARACTER\x10\x05\x12\x19\n\x15\x43ITATION_KIND_WEATHER\x10\x06\x12 \n\x1c\x43ITATION_KIND_BULK_WASTE_FEE\x10\x07*q\n\nGradeLevel\x12\x1b\n\x17GRADE_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n\x10GRADE_LEVEL_GOOD\x10\x01\x12\x1a\n\x16GRADE_LEVEL_ACCEPTABLE\x10\x02\x12\x14\n\x10GRADE_LEVEL_POOR\x10\x03\x32\xaf\x04\n\x0b\x43hatService\x12\x46\n\nStreamChat\x12\x1f.eco2.chat.v1.StreamChatRequest\x1a\x15.eco2.events.v1.Event0\x01\x12R\n\x0bSendMessage\x12 .eco2.chat.v1.SendMessageRequest\x1a!.eco2.chat.v1.SendMessageResponse\x12U\n\x0cProvideInput\x12!.eco2.chat.v1.ProvideInputRequest\x1a\".eco2.chat.v1.ProvideInputResponse\x12\x64\n\x11ListConversations\x12&.eco2.chat.v1.ListConversationsRequest\x1a\'.eco2.chat.v1.ListConversationsResponse\x12^\n\x0fGetConversation\x12$.eco2.chat.v1.GetConversationRequest\x1a%.eco2.chat.v1.GetConversationResponse\x12g\n\x12\x44\x65leteConversation\x12\'.eco2.chat.v1.DeleteConversationRequest\x1a(.eco2.chat.v1.DeleteConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x63o2/chat/v1/chat.proto\x12\x0c\x65\x63o2.chat.v1\x1a!eco2/character/v1/character.proto\x1a\x1b\x65\x63o2/events/v1/events.proto\x1a\x1f\x65\x63o2/location/v1/location.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\x08\x43itation\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.eco2.chat.v1.CitationKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07snippet\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\"`\n\x05Grade\x12\'\n\x05level\x18\x01 \x01(\x0e\x32\x18.eco2.chat.v1.GradeLevel\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06grader\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"\xc6\x02\n\nChatResult\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12%\n\x07intents\x18\x04 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x05 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\"\n\x05grade\x18\x06 \x01(\x0b\x32\x13.eco2.chat.v1.Grade\x12/\n\tcharacter\x18\x07 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12*\n\x06places\x18\x08 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit\x12\x15\n\rfallback_used\x18\t \x01(\x08\x12\x11\n\timage_key\x18\n \x01(\t\"\xbe\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\r\x12\x1c\n\x14last_message_preview\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.eco2.chat.v1.MessageRole\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\timage_key\x18\x04 \x01(\t\x12%\n\x07intents\x18\x05 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x06 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06result\x18\t \x01(\x0b\x32\x18.eco2.chat.v1.ChatResult\"\x99\x01\n\x11StreamChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\"\x9a\x01\n\x12SendMessageRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\"h\n\x13SendMessageResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x04 \x01(\x08\"\xa7\x01\n\x13ProvideInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08input_id\x18\x02 \x01(\t\x12.\n\x08location\x18\x03 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPointH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x13\n\tconfirmed\x18\x05 \x01(\x08H\x00\x12\x10\n\x08\x64\x65\x63lined\x18\x06 \x01(\x08\x42\x07\n\x05value\"\x16\n\x14ProvideInputResponse\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.eco2.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse*\x8a\x02\n\x06Intent\x12\x16\n\x12INTENT_UNSPECIFIED\x10\x00\x12\x10\n\x0cINTENT_WASTE\x10\x01\x12\x14\n\x10INTENT_CHARACTER\x10\x02\x12\x13\n\x0fINTENT_LOCATION\x10\x03\x12\x15\n\x11INTENT_BULK_WASTE\x10\x04\x12\x1b\n\x17INTENT_RECYCLABLE_PRICE\x10\x05\x12\x1b\n\x17INTENT_COLLECTION_POINT\x10\x06\x12\x12\n\x0eINTENT_WEATHER\x10\x07\x12\x1b\n\x17INTENT_IMAGE_GENERATION\x10\x08\x12\x15\n\x11INTENT_WEB_SEARCH\x10\t\x12\x12\n\x0eINTENT_GENERAL\x10\n*^\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02*\xe8\x01\n\x0c\x43itationKind\x12\x1d\n\x19\x43ITATION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ITATION_KIND_RULE\x10\x01\x12\x17\n\x13\x43ITATION_KIND_PRICE\x10\x02\x12\x17\n\x13\x43ITATION_KIND_PLACE\x10\x03\x12\x15\n\x11\x43ITATION_KIND_WEB\x10\x04\x12\x1b\n\x17\x43ITATION_KIND_CHARACTER\x10\x05\x12\x19\n\x15\x43ITATION_KIND_WEATHER\x10\x06\x12 \n\x1c\x43ITATION_KIND_BULK_WASTE_FEE\x10\x07*q\n\nGradeLevel\x12\x1b\n\x17GRADE_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n\x10GRADE_LEVEL_GOOD\x10\x01\x12\x1a\n\x16GRADE_LEVEL_ACCEPTABLE\x10\x02\x12\x14\n\x10GRADE_LEVEL_POOR\x10\x03\x32\xaf\x04\n\x0b\x43hatService\x12\x46\n\nStreamChat\x12\x1f.eco2.chat.v1.StreamChatRequest\x1a\x15.eco2.events.v1.Event0\x01\x12R\n\x0bSendMessage\x12 .eco2.chat.v1.SendMessageRequest\x1a!.eco2.chat.v1.SendMessageResponse\x12U\n\x0cProvideInput\x12!.eco2.chat.v1.ProvideInputRequest\x1a\".eco2.chat.v1.ProvideInputResponse\x12\x64\n\x11ListConversations\x12&.eco2.chat.v1.ListConversationsRequest\x1a\'.eco2.chat.v1.ListConversationsResponse\x12^\n\x0fGetConversation\x12$.eco2.chat.v1.GetConversationRequest\x1a%.eco2.chat.v1.GetConversationResponse\x12g\n\x12\x44\x65leteConversation\x12\'.eco2.chat.v1.DeleteConversationRequest\x1a(.eco2.chat.v1.DeleteConversationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.chat.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INTENT']._serialized_start=2257
-  _globals['_INTENT']._serialized_end=2523
-  _globals['_MESSAGEROLE']._serialized_start=2525
-  _globals['_MESSAGEROLE']._serialized_end=2619
-  _globals['_CITATIONKIND']._serialized_start=2622
-  _globals['_CITATIONKIND']._serialized_end=2854
-  _globals['_GRADELEVEL']._serialized_start=2856
-  _globals['_GRADELEVEL']._serialized_end=2969
+  _globals['_INTENT']._serialized_start=2299
+  _globals['_INTENT']._serialized_end=2565
+  _globals['_MESSAGEROLE']._serialized_start=2567
+  _globals['_MESSAGEROLE']._serialized_end=2661
+  _globals['_CITATIONKIND']._serialized_start=2664
+  _globals['_CITATIONKIND']._serialized_end=2896
+  _globals['_GRADELEVEL']._serialized_start=2898
+  _globals['_GRADELEVEL']._serialized_end=3011
   _globals['_CITATION']._serialized_start=171
   _globals['_CITATION']._serialized_end=287
   _globals['_GRADE']._serialized_start=289
@@ -52,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONVERSATION']._serialized_start=717
   _globals['_CONVERSATION']._serialized_end=907
   _globals['_MESSAGE']._serialized_start=910
-  _globals['_MESSAGE']._serialized_end=1151
-  _globals['_STREAMCHATREQUEST']._serialized_start=1154
-  _globals['_STREAMCHATREQUEST']._serialized_end=1307
-  _globals['_SENDMESSAGEREQUEST']._serialized_start=1310
-  _globals['_SENDMESSAGEREQUEST']._serialized_end=1464
-  _globals['_SENDMESSAGERESPONSE']._serialized_start=1466
-  _globals['_SENDMESSAGERESPONSE']._serialized_end=1570
-  _globals['_PROVIDEINPUTREQUEST']._serialized_start=1573
-  _globals['_PROVIDEINPUTREQUEST']._serialized_end=1740
-  _globals['_PROVIDEINPUTRESPONSE']._serialized_start=1742
-  _globals['_PROVIDEINPUTRESPONSE']._serialized_end=1764
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1766
-  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1831
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1833
-  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1936
-  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1938
-  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2026
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=2029
-  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=2170
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=2172
-  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=2224
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=2226
-  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=2254
-  _globals['_CHATSERVICE']._serialized_start=2972
-  _globals['_CHATSERVICE']._serialized_end=3531
+  _globals['_MESSAGE']._serialized_end=1193
+  _globals['_STREAMCHATREQUEST']._serialized_start=1196
+  _globals['_STREAMCHATREQUEST']._serialized_end=1349
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1352
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1506
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1508
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1612
+  _globals['_PROVIDEINPUTREQUEST']._serialized_start=1615
+  _globals['_PROVIDEINPUTREQUEST']._serialized_end=1782
+  _globals['_PROVIDEINPUTRESPONSE']._serialized_start=1784
+  _globals['_PROVIDEINPUTRESPONSE']._serialized_end=1806
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1808
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=1873
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=1875
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=1978
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=1980
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2068
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=2071
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=2212
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=2214
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=2266
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=2268
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=2296
+  _globals['_CHATSERVICE']._serialized_start=3014
+  _globals['_CHATSERVICE']._serialized_end=3573
 # @@protoc_insertion_point(module_scope)

