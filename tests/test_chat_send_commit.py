@@ -59,10 +59,10 @@ async def test_a_job_that_fails_while_valkey_is_down_is_left_for_a_re_claim(serv
     """A job that fails when Valkey is gone cannot be marked failed either; that second error
     escaped the worker's task ("Task exception was never retrieved", an ERROR log) instead of
     leaving the unacked job to be claimed again (found by tests/test_faults.py)."""
+    from eco2.services.bus.jobs import JobQueue
     from eco2.services.chat.settings import ChatSettings
     from eco2.services.chat.worker import ChatWorkers
     from eco2.services.dataplane.urls import create_redis
-    from eco2.services.events.jobs import JobQueue
 
     with env(service_env):
         settings = ChatSettings()
