@@ -376,3 +376,38 @@ async def test_one_trace_from_the_request_through_the_queue_to_every_event(stack
     # the queued event (the API) and every event of the worker name the caller's trace
     assert {e.traceparent.split("-")[1] for e in events} == {trace_id}, {e.traceparent for e in events}
     assert all(e.traceparent.split("-")[2] != "00f067aa0ba902b7" for e in events)  # spans of ours, not the caller's
+
+
+async def test_the_api_and_the_worker_log_the_turn_in_the_callers_trace(stack):
+    import logging
+
+    from eco2.services.runtime.logs import JsonFormatter
+
+    lines: list[dict] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):  # formatted here, in the task that logs: the context's trace ids
+            lines.append(json.loads(self.format(record)))
+
+    handler = Collect()
+    handler.setFormatter(JsonFormatter("chat"))
+    logger = logging.getLogger("eco2.chat")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    trace_id = uuid.uuid4().hex
+    try:
+        metadata = (*who(), ("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"))
+        events = await asyncio.wait_for(collect(stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message="유리병 어떻게 버려?"), metadata=metadata)), 30)
+        job = events[-1].job_id
+        async with asyncio.timeout(10):  # the worker logs once it has finished the turn
+            while not any(line.get("msg") == "turn finished" and line.get("job_id") == job for line in lines):
+                await asyncio.sleep(0.02)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    mine = {line["msg"]: line for line in lines if line.get("job_id") == job}
+    assert {"message queued", "turn finished"} <= set(mine), lines
+    # the API (in the request) and the worker (after the queue) name the caller's trace
+    assert mine["message queued"]["trace_id"] == mine["turn finished"]["trace_id"] == trace_id
+    assert mine["turn finished"]["outcome"] == "done"

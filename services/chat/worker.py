@@ -134,6 +134,8 @@ class ChatWorkers:
         finally:
             metrics.TURNS_ACTIVE.dec()
             metrics.turn_finished(outcome, waited + time.monotonic() - started)
+            # one line per turn, in the trace of the request that queued it (logs name its trace id)
+            log.info("turn finished", extra={"job_id": p["job_id"], "outcome": outcome, "attempt": job.attempt, "seconds": round(waited + time.monotonic() - started, 3)})
             if first_token_at is not None:
                 metrics.TIME_TO_FIRST_TOKEN.observe(waited + first_token_at - started)
 
