@@ -3,6 +3,7 @@ sign-out, profile, account deletion, keys that survive a restart, production rul
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import grpc
@@ -211,8 +212,9 @@ async def test_tokens_survive_a_restart_and_rotation_keeps_old_keys(service_env,
 
     r = await client.sign_in()
     old_kid = server.app.tokens.ring.signer.kid
-    # rotation: a new key is added to the store; a fresh process signs with it
-    await server.app.key_store.add(generate_key())
+    # rotation: a new key is added to the store; a fresh process signs with it (created a second
+    # later than any key of this session: the store keeps whole seconds and the newest signs)
+    await server.app.key_store.add(generate_key(now=time.time() + 1))
     async with auth_server(service_env) as second:
         c2 = AuthClient(second.port)
         try:
@@ -223,12 +225,13 @@ async def test_tokens_survive_a_restart_and_rotation_keeps_old_keys(service_env,
             assert jwt.get_unverified_header(fresh.tokens.access_token)["kid"] != old_kid
         finally:
             await c2.close()
-    # before its periodic reload, the first server already publishes the new key (services ask
-    # GetJwks for a kid they do not know: the one the fresh process signs wristbands with)
+    # before its periodic reload, the first server's Check accepts a token of the new kid (it
+    # re-reads the keys for a kid it does not know) ...
+    assert allowed(await client.check(token=fresh.tokens.access_token))
+    # ... and publishes the new key (services ask GetJwks for a kid they do not know: the one the
+    # fresh process signs wristbands with)
     new_kid = jwt.get_unverified_header(fresh.tokens.access_token)["kid"]
     assert new_kid in {k.kid for k in (await client.auth.GetJwks(auth_pb2.GetJwksRequest())).keys}
-    # and, having re-read its keys, accepts tokens of the new kid
-    assert allowed(await client.check(token=fresh.tokens.access_token))
 
 
 async def test_production_refuses_dev_sign_in_and_reads_keys_from_a_directory(service_env, session_dir):

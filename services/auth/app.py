@@ -183,6 +183,7 @@ class AuthApp:
             limiter,
             CheckPolicy(routes.PublicPaths(routes.load().public_paths()), frozenset(s.auth_cors_origins), s.auth_max_header_bytes),
             self.wristbands,
+            reload_keys=self.reload_keys,
         )
         server.add_generic_rpc_handlers((self.authz.handler(),))
         self._reload_task = asyncio.create_task(self._reload_keys(), name="auth-key-reload")

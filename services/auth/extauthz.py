@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -108,8 +108,15 @@ class _Allow:
 
 
 class ExtAuthz:
-    def __init__(self, tokens: TokenService, cache: ClaimsCache, revocations: RevocationView, limiter: RateLimiter | None, policy: CheckPolicy, wristbands: Wristbands) -> None:
+    def __init__(self, tokens: TokenService, cache: ClaimsCache, revocations: RevocationView, limiter: RateLimiter | None, policy: CheckPolicy, wristbands: Wristbands,
+                 reload_keys: Callable[[], Awaitable[None]] | None = None, reload_min_s: float = 1.0) -> None:
         self.tokens = tokens
+        #: re-reads the signing keys from their store: a token of a kid this replica has not
+        #: loaded yet (a sibling rotated a key in) is tried again once after it, at most every
+        #: `reload_min_s` (a flood of made-up kids costs one store read a second)
+        self.reload_keys = reload_keys
+        self.reload_min_s = reload_min_s
+        self._reloaded_at = float("-inf")
         self.cache = cache
         self.revocations = revocations
         self.limiter = limiter
@@ -192,7 +199,7 @@ class ExtAuthz:
         claims = self.cache.get(token, now)
         if claims is None:
             try:
-                claims = self.tokens.verify(token, ACCESS)
+                claims = await self._verify(token)
             except TokenError as err:
                 if public:
                     await self._limit(_client_ip(request))
@@ -229,6 +236,21 @@ class ExtAuthz:
             response.ok_response.headers_to_remove.extend(remove)
             return response
         return self._allow_bytes(claims)
+
+    async def _verify(self, token: str) -> Claims:
+        try:
+            return self.tokens.verify(token, ACCESS)
+        except TokenError as err:
+            now = time.monotonic()
+            if err.reason != "TOKEN_UNKNOWN_KID" or self.reload_keys is None or now - self._reloaded_at < self.reload_min_s:
+                raise
+            self._reloaded_at = now
+            try:
+                await self.reload_keys()
+            except Exception:  # noqa: BLE001 — the store is unreachable: the token's own error stands
+                log.warning("re-reading the signing keys for an unknown kid failed", exc_info=True)
+                raise err from None
+            return self.tokens.verify(token, ACCESS)
 
     def _allow_bytes(self, claims: Claims) -> bytes:
         """The serialized allow response of one identity with its wristband, built once and
