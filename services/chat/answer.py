@@ -67,7 +67,7 @@ def _lead(f: dict) -> str:
     if f["verdict"] and f.get("answer_line"):
         return f"{'네' if f['verdict'] == 'yes' else '아니요'}, 규정에 이렇게 나와 있어요: {f['answer_line']}"
     if f["refused"]:
-        return f"{item}{eun} {name}{josa(name, '으로', '로')} 배출하지 않아요. {goes}"
+        return f"{item}{eun} {goes[:-1]} ({name}{josa(name, '으로', '로')}는 배출하지 않아요)."
     if item.replace(" ", "") == where.replace(" ", ""):  # "유리병은 유리병으로" says nothing
         return f"{item}{eun} 이렇게 {'분리배출' if recyclable else '배출'}해요."
     return f"{item}{eun} {goes}"

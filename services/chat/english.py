@@ -49,6 +49,7 @@ def translate(text: str) -> Translation:
     kos = [ko for *_, ko in terms]
     yes_no = re.match(r"(is|are|can|does|do|should)\b", low) is not None
     words = [ko + ("로" if ko in DESTINATIONS and ko != "재활용" and yes_no and asks and asks[0][3] == "버려도 돼?" else "") for ko in kos if ko != "재활용"]
+    words = [w for w in words if w not in REQUESTS] + [w for w in words if w in REQUESTS]  # the items first, then what is asked of them
     if "재활용" in kos and yes_no:
         ask = "재활용 돼?"
     elif yes_no and any(ko in DESTINATIONS for ko in kos):
@@ -60,6 +61,8 @@ def translate(text: str) -> Translation:
     return Translation(" ".join([*dict.fromkeys(words), ask]).strip(), tuple((en, ko) for _, _, en, ko in terms))
 
 
+#: Korean words of english.yaml that ask something of the items ("price", "nearest").
+REQUESTS = frozenset({"시세", "근처", "수수료", "스티커", "날씨", "수거 요일", "언제", "얼마"})
 #: Korean words of english.yaml that name where an item goes ("Is it food waste?").
 DESTINATIONS = frozenset({"음식물", "일반쓰레기", "재활용", "플라스틱", "종이", "유리병", "캔", "비닐"})
 

@@ -653,8 +653,8 @@ async def _fallback(intent: str, state: ChatState, contexts: dict, deps: ChatDep
     earlier = _earlier_user_turns(state)[:1]
     ctx = contexts.get("waste_answers") or {}
     # 1. retry with a rewritten query: the whole message, with the previous turn for a follow-up
-    if intent == I.WASTE and (ctx.get("unknown") or not ctx.get("findings")) and not ctx.get("local"):
-        retried = R.retry(deps.kb, " ".join([state["message"], *earlier]), ctx)
+    if intent == I.WASTE and ctx.get("unknown"):
+        retried = R.retry(deps.kb, ctx, earlier)
         if retried is not None:
             contexts["waste_answers"] = retried
             docs, cites = R.context_docs(retried)

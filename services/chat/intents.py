@@ -59,6 +59,7 @@ def clauses(message: str) -> list[str]:
 LIGHT_PREDICATES = frozenset({
     "이다", "하다", "되다", "있다", "없다", "맞다", "아니다", "괜찮다", "가능하다", "어떻다", "어떡하다", "알리다", "주다", "궁금하다", "모르다",
     "싶다", "보다", "알다", "좋다", "나오다", "생기다", "쓰다", "남다", "깨지다", "오다", "사다", "받다", "같다", "안되다", "어딨다",
+    "많다", "쌓이다", "모이다", "떨어지다", "붙다", "묻다", "고장나다", "망가지다", "찢어지다", "교체하다", "바꾸다", "다쓰다",
 })
 
 
@@ -92,7 +93,8 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     if fee or furniture and (part.disposal or part.wh or not found):
         found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
     sells = part.has("팔다", "매입하다") or bool(nouns & PRICE_WORDS)
-    if sells and part.local != "bag_price" and BULK_WASTE not in found and (kb.search_prices(part.text) or part.mentions("재활용품", "폐지", "고물")):
+    priced = kb.search_prices(part.text)
+    if sells and part.local != "bag_price" and (priced or BULK_WASTE not in found and part.mentions("재활용품")):  # "소파 버리려면 얼마야?" asks a fee
         found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
     hits = sorted(found, key=found.get)
     tools_only = bool(hits) and all(h in (WEB_SEARCH, IMAGE_GENERATION, WEATHER) for h in hits)
@@ -100,7 +102,7 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     # an item alone asks about it ("스티로폼 박스", "페트병은?"); with a verb of its own it may not ("컴퓨터가 느려졌어")
     content_verbs = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and t.lemma not in LIGHT_PREDICATES} - Q.DISPOSE
     retrieving = [item for item in part.items if kb.search(item)]
-    asks_item = bool(retrieving) and (a.is_question or disposal_verb or part.yes_no or not content_verbs)
+    asks_item = bool(retrieving) and (a.is_question or disposal_verb or part.yes_no or not content_verbs or bool(part.parts))
     bulk_only = BULK_WASTE in hits and all(any(h.rule.file in BULK_FILES for h in kb.search(item, limit=1)) for item in retrieving)
     about_waste = part.local or part.proposed or disposal_verb or asks_item or part.disposal and not hits or part.demonstrative and part.yes_no
     if about_waste and not tools_only and CHARACTER not in hits and RECYCLABLE_PRICE not in hits and not bulk_only:

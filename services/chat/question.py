@@ -132,7 +132,7 @@ def split(text: str) -> list[str]:
             cuts.append(t.end if t.tag == "SF" else t.start)
         elif t.tag == "MAG" and t.form == "또" and i > 0 and has_more:
             cuts.append(t.start)
-        elif t.tag == "EC" and t.form in ("고", "구") and has_more and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV") and _ends_request(tokens[: i + 1]):
+        elif t.tag == "EC" and t.form in ("고", "구") and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV") and _ends_request(tokens[: i + 1], rest):
             cuts.append(t.end)
     pieces, start = [], 0
     for cut in cuts:
@@ -153,9 +153,13 @@ def split(text: str) -> list[str]:
     return merged or [text.strip()]
 
 
-def _ends_request(tokens: tuple[Token, ...]) -> bool:
-    """A "-고" clause that is a request of its own: it has a noun and a verb of its own."""
-    return any(t.tag.startswith("NN") for t in tokens) and any(t.tag in ("VV", "VX", "XSV") for t in tokens)
+def _ends_request(tokens: tuple[Token, ...], rest: tuple[Token, ...]) -> bool:
+    """A "-고" clause that is a request of its own ("페트병 어떻게 버리고", "헌옷은 어디다 버리고"),
+    not a step of one ("라벨 떼고 버려도 돼?", "랩 쓰고 난 거"): it names something, asks how or
+    where, or ends in a verb of disposal, and what follows names something else."""
+    verb = tokens[-2] if len(tokens) >= 2 else tokens[-1]
+    asks = any(t.form in WH or t.lemma in WH for t in tokens) or verb.lemma in DISPOSE
+    return asks and any(t.tag.startswith("NN") for t in tokens) and any(t.tag.startswith("NN") and t.form not in NOT_ITEMS or t.tag == "NP" for t in rest)
 
 
 def read(text: str) -> Question:
@@ -187,14 +191,15 @@ def read_part(text: str) -> Part:
     proposed = ""
     place = ""
     demonstrative = any(t.form in ("이거", "이건", "저거", "그거", "이것", "저것", "그것", "얘", "이") and t.tag == "NP" for t in a.tokens)
-    phrases = [p for p in a.phrases if not _modifies_next(a, p)]
+    phrases = [_without_verb(a, p) for p in a.phrases if not _modifies_next(a, p)]
+    phrases = [p for p in phrases if p]
     region_words = _regions()
     characters = _character_names()
     if any(t.form in GENERIC_PLACES and t.tag.startswith("NN") for t in a.tokens) and (near or find or "어디" in wh):
         place = "collection_point" if lemmas & DISPOSE else "location"  # "근처에 건전지 버릴 곳 있어?"
     for n, phrase in enumerate(phrases):
         nxt = a.after(phrase[-1])
-        phrase = tuple(t for t in phrase if t.form not in region_words and t.form not in characters)
+        phrase = tuple(t for t in phrase if t.form not in region_words and t.form not in characters and t.form not in NOT_ITEMS)
         if not phrase:
             continue
         words = [t.form for t in phrase if t.tag not in ("XSN",) or t.form in ("류",)]
@@ -203,10 +208,16 @@ def read_part(text: str) -> Part:
         bin_word = _contains_any(compact, lex["bins"])
         place_word = "" if bin_word else _contains_any(compact, lex["places"])
         if bin_word or place_word:
-            item_tokens, category = _split_bin(phrase, bin_word or place_word)
+            item_tokens, category, own_item = _split_bin(phrase, bin_word or place_word)
             item_tokens = [t for t in item_tokens if t.form not in NOT_ITEMS and t.form not in DISPOSAL_NOUNS]
             rest = _surface(a, phrase, [t.form for t in item_tokens]) if item_tokens else ""
             as_destination = nxt is not None and (nxt.tag in ("JKB",) and nxt.form in ("에", "에다", "에다가", "로", "으로") and bool(lemmas & DISPOSE))
+            missing = _followed_by(a, phrase, "없다")  # "유리병 수거함 없으면 어떡해": a condition of the rules
+            if missing:
+                item = rest or category or own_item
+                if item:
+                    items.append(_with_modifier(a, phrase, item))
+                continue
             verb_like = bin_word.endswith("함") and not find and not near and not any(p.start > phrase[-1].end for p in predicates) and not as_destination
             if as_destination or verb_like:  # "캔 수거함에 넣어도 돼?" / "플라스틱 분리수거함?" (= 분리수거 함?)
                 if verb_like:  # the bin is the verb: "is it 분리수거'd?", and a category before it is the item
@@ -220,13 +231,15 @@ def read_part(text: str) -> Part:
                 continue
             if find or near or n == len(phrases) - 1 and a.is_question and not lemmas & DISPOSE:
                 place = "collection_point" if bin_word else "location"
-            item = rest or category
+            item = rest or own_item or category
             if item and item not in NOT_ITEMS and not destination(item) or item and rest:
                 items.append(_with_modifier(a, phrase, item))
             continue
         # a category the user proposes ("음쓰 맞아?", "일반쓰레기로 버려?"), possibly after the item ("치킨 뼈 음쓰임?")
         head, dest = _splitdestination(words)
-        marks_destination = nxt is not None and (nxt.tag in ("VCP", "JKB") or nxt.form in ("맞", "아니", "인가", "야") or nxt.tag == "JX" and _yes_no_after(a, nxt))
+        marks_destination = nxt is not None and (
+            nxt.tag in ("VCP", "JKB") or nxt.form in ("맞", "아니", "인가", "야", "되", "안") or nxt.tag == "JX" and _yes_no_after(a, nxt)
+        )
         if dest and marks_destination:  # "치킨 뼈 음쓰임?", "음쓰 맞아?": the category is proposed, not the item
             proposed = proposed or dest
             if not head:
@@ -253,14 +266,17 @@ def read_part(text: str) -> Part:
             items = [_surface_of(a, proposed) or items[0]]
             proposed = ""
     steps = tuple(dict.fromkeys(v for k, v in lex["steps"].items() if k in lemmas))
-    local = next((kind for kind, spec in lex["local"].items() if any(w.replace(" ", "") in compact_all for w in spec["words"])), "")
+    local = next((kind for kind, spec in lex["local"].items() if any(w.replace(" ", "") in compact_all for w in spec["words"])
+                  and (not spec.get("with") or any(w in compact_all for w in spec["with"]))), "")
     if local == "schedule" and not (disposal or items or "수거" in compact_all):
         local = ""
     if local == "contact" and not ("전화" in compact_all or "연락" in compact_all or "번호" in compact_all):
         local = ""
-    yes_no = a.is_question and not wh and bool(lemmas & YES_NO or predicates and predicates[-1].form in ("되", "맞", "하")) or bool(proposed and not wh)
-    # Latin words are an item only when the rules know them ("PET", "LED", "CD"), not any English in the text
+    yes_no = a.is_question and not wh or bool(proposed and not wh)  # Korean asks yes/no by a question without a question word
+    # Latin words are an item only when the rules know them ("PET", "LED", "CD"), not any English
+    # in the text; a single letter only when it is a word of the synonyms ("캔", "옷", "귤")
     items = [i for i in items if not i.isascii() or set(K.normalise(i).split()) <= _latin_words()]
+    items = [i for i in items if len(i) > 1 or i in K.load().synonyms or f"^{i}" in K.load().synonyms]
     if local == "bag_price":  # the bag is what is asked about, not something to throw away
         items = [i for i in items if destination(i) != "일반종량제폐기물" and "봉투" not in i and "마대" not in i]
     return Part(
@@ -294,11 +310,21 @@ def _character_names() -> frozenset[str]:
     return frozenset(c["name"] for c in K.load().characters)
 
 
+def _without_verb(a: Analysis, phrase: tuple[Token, ...]) -> tuple[Token, ...]:
+    """The phrase without a last noun that is a verb with 하다/되다 ("집수리하고" → 집,
+    "페트병분리수거함?" → 페트병): that noun is what is done, not an item."""
+    nxt = a.after(phrase[-1])
+    if nxt is not None and nxt.tag in ("XSV", "XSA") and nxt.start == phrase[-1].end:
+        return phrase[:-1]
+    return phrase
+
+
 def _modifies_next(a: Analysis, phrase: tuple[Token, ...]) -> bool:
     """A noun that belongs to the next phrase's modifier ("기름 묻은 피자박스": 기름)."""
     i = a.tokens.index(phrase[-1])
     rest = a.tokens[i + 1 : i + 4]
-    return len(rest) >= 3 and rest[0].tag.startswith(("VV", "VA")) and rest[0].lemma not in DISPOSE and rest[1].tag == "ETM" and rest[2].tag in ("NNG", "NNP", "XPN")
+    return (len(rest) >= 3 and rest[0].tag.startswith(("VV", "VA")) and rest[0].lemma not in DISPOSE and rest[1].tag == "ETM"
+            and rest[2].tag in ("NNG", "NNP", "XPN") and rest[2].form not in NOT_ITEMS)  # "수거함 없는 아파트": 아파트 is no item
 
 
 def _surface(a: Analysis, phrase: tuple[Token, ...], content: list[str]) -> str:
@@ -309,18 +335,29 @@ def _surface(a: Analysis, phrase: tuple[Token, ...], content: list[str]) -> str:
     return a.text[inside[0].start : inside[-1].end].strip()
 
 
-def _split_bin(phrase: tuple[Token, ...], bin_word: str) -> tuple[list[Token], str]:
-    """A phrase naming a bin: (the item's tokens before it, the bin's own category word).
-    "이불 의류수거함" → ([이불], "의류"); "캔 수거함" → ([], "캔"); "폐건전지 수거함" → ([폐, 건전지], "")."""
+def _split_bin(phrase: tuple[Token, ...], bin_word: str) -> tuple[list[Token], str, str]:
+    """A phrase naming a bin: (the item's tokens before it, the bin's category word, an item the
+    bin's own name carries). "이불 의류수거함" → ([이불], "의류", ""); "캔 수거함" → ([], "캔", "");
+    "폐의약품수거함" → ([], "", "폐의약품"); "폐건전지 수거함" → ([폐, 건전지], "", "")."""
     forms = [t.form for t in phrase]
     for i in range(len(phrase)):
         if bin_word in "".join(forms[i:]) and bin_word not in "".join(forms[i + 1 :]):
-            own = "".join(forms[i:]).replace(bin_word, "") or re.sub(r"(분리)?수거함$|함$|통$", "", bin_word)
+            own = "".join(forms[i:]).replace(bin_word, "") or re.sub(r"(분리|전용)?수거함$|함$|통$|수거통$", "", bin_word)
             before = list(phrase[:i])
             if not destination(own) and before and destination(before[-1].form):
-                return before[:-1], before[-1].form
-            return before, own if destination(own) else ""
-    return [], ""
+                return before[:-1], before[-1].form, ""
+            if destination(own):
+                return before, own, ""
+            return before, "", own if own not in ("분리", "전용", "") else ""
+    return [], "", ""
+
+
+def _followed_by(a: Analysis, phrase: tuple[Token, ...], lemma: str) -> bool:
+    """The phrase's next predicate (after its particles) is `lemma` ("수거함이 없으면")."""
+    i = a.tokens.index(phrase[-1]) + 1
+    while i < len(a.tokens) and a.tokens[i].tag.startswith(("J", "X")):
+        i += 1
+    return i < len(a.tokens) and a.tokens[i].lemma == lemma
 
 
 def _yes_no_after(a: Analysis, tok: Token) -> bool:
@@ -351,14 +388,27 @@ def _splitdestination(words: list[str]) -> tuple[list[str], str]:
     return words, ""
 
 
+#: Verbs whose modifier says nothing about the item's state ("다 쓴", "나온", "남은").
+PLAIN_MODIFIERS = frozenset({"쓰다", "있다", "하다", "되다", "나오다", "생기다", "남다", "모으다", "사다", "받다", "먹다", "마시다", "모이다", "들다"})
+
+
 def _with_modifier(a: Analysis, phrase: tuple[Token, ...], core: str) -> str:
-    """The item with the state its modifier names ("깨진 유리병", "기름 묻은 배달용기")."""
+    """The item with the state a modifier names, before it ("깨진 유리병", "기름 묻은 배달용기")
+    or after it ("배달 용기 기름 묻은 거")."""
     i = a.tokens.index(phrase[0])
-    if i >= 2 and a.tokens[i - 1].tag == "ETM" and a.tokens[i - 2].tag.startswith(("VV", "VA")) and a.tokens[i - 2].lemma not in DISPOSE | {"쓰다", "있다", "하다", "되다"}:
+    if i >= 2 and a.tokens[i - 1].tag == "ETM" and a.tokens[i - 2].tag.startswith(("VV", "VA")) and a.tokens[i - 2].lemma not in DISPOSE | PLAIN_MODIFIERS:
         start = a.tokens[i - 2].start
         if i >= 3 and a.tokens[i - 3].tag in ("NNG",) and a.tokens[i - 3].end >= start - 1:
             start = a.tokens[i - 3].start  # "기름 묻은"
         return f"{a.text[start : a.tokens[i - 1].end].strip()} {core}".strip()
+    j = a.tokens.index(phrase[-1])
+    after = a.tokens[j + 1 : j + 4]
+    if len(after) >= 3 and after[0].tag.startswith(("VV", "VA")) and after[1].tag == "ETM" and after[2].form in ("거", "것", "건", "게") and after[0].lemma not in DISPOSE | PLAIN_MODIFIERS:
+        state = a.text[after[0].start : after[1].end].strip()
+        words = core.split()
+        if len(words) > 1 and words[-1] == phrase[-1].form:  # "용기 기름 묻은 거": 기름 goes with 묻은
+            return f"{words[-1]} {state} {' '.join(words[:-1])}"
+        return f"{state} {core}"
     return core
 
 

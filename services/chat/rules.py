@@ -20,6 +20,7 @@ particle, read once per line with the analyser. Lines without one apply to every
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -99,6 +100,13 @@ def subject(line: str) -> str:
     return ""
 
 
+def _about_items(line: str) -> bool:
+    """A line whose subject lists items ("가위, 칼, 송곳 등 날카로운 금속은 …"), not one that
+    names a whole category ("농약, 락카, 광택제 등 생활계 유해폐기물은 제외")."""
+    head = subject(line).split()[-1:] if subject(line) else []
+    return bool(head) and K.normalise(head[0]) not in _category_words() and not any(K.normalise(head[0]) in w for w in _category_words() if len(head[0]) >= 3)
+
+
 def _matches(text: str, query: str) -> bool:
     """The query shares a word (two letters or more) or a trigram with the text."""
     compact = K.normalise(text).replace(" ", "")
@@ -126,8 +134,6 @@ def dest_files(kb: K.KnowledgeBase, text: str) -> list[str]:
 def _line_dest(line: str) -> str:
     """Where a rule line sends its subject ("깨진 유리병은 불연성종량제봉투로 배출하거나 …" →
     "불연성종량제봉투"): the first "… (으)로/에 배출" after the subject."""
-    import re
-
     rest = re.sub(r"^\s*[은는]\s", "", line[len(subject(line)) :])
     for m in re.finditer(r"([가-힣A-Za-z·]+(?:\s[가-힣]+)?)(?:으로|로|에)\s*배출(하지 않|하지 말|불가)?", rest):
         if not m.group(2):  # "… 배출하지 않도록" says where it must not go
@@ -140,53 +146,94 @@ def _rank(kb: K.KnowledgeBase, item: str) -> list[tuple[K.Passage, float]]:
     """kb.about, with lines whose subject is the item counted twice ("가위, 칼, 송곳 등 날카로운
     금속은 …" is about scissors; "… 칼이나 가위로 잘라서 배출" only mentions them)."""
     ranked = []
+    own = K.normalise(item.split()[0]).replace(" ", "") if item else ""
     for p, score in kb.about(item):
-        if p.kind in ("step", "detail") and any(subject(line) and _matches(subject(line), item) for line in p.lines):
+        if p.kind in ("step", "detail") and any(_about_items(line) and _matches(subject(line), item) for line in p.lines):
             score *= 2
+        if p.kind in ("exception", "scope") and len(own) >= 3 and own in {K.normalise(n).replace(" ", "") for n in re.split(r"[,·()]", p.names)}:
+            score *= 3  # the item by its own name ("종이호일"), whatever its synonyms add ("호일" → 알루미늄)
         ranked.append((p, score))
     return sorted(ranked, key=lambda ps: -ps[1])
 
 
 def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding | None:
     """What the rules say about `item`; None when nothing supports an answer."""
-    ranked = _rank(kb, item)
-    hits = kb.search(item, limit=2)
-    if not ranked or ranked[0][1] < MIN_SUPPORT and not hits:
-        return None
     files = {r.file: r for r in kb.rules}
-    top = ranked[0][0].file
+    spec = specific(item, kb)
+    ranked = _rank(kb, spec)  # passages by the item's own words: category names would favour any line naming the category
+    hits = kb.search(item, limit=2)  # files by every synonym: good at the category, not at the line
+    known = K.expand(item, kb.synonyms) != item  # an everyday word synonyms.yaml maps ("드라이기" → 전기전자제품)
+    if (not ranked or ranked[0][1] < MIN_SUPPORT) and not (hits and known):
+        return None  # a chance bigram ("요가매트" ↔ "식탁매트") is no support
     named = Q.destination(item)  # a category word ("음쓰", "플라스틱") is that category
     if named in files:
-        top, hits = named, []
-    # an item refused by one file is about that file's category, and goes where the line says
-    rule = files[top] if not hits or ranked[0][1] >= hits[0].score * 0.6 or top == hits[0].rule.file else hits[0].rule
-    spec = specific(item, kb)
+        rule = files[named]
+    elif not ranked or ranked[0][1] < MIN_SUPPORT:
+        rule = hits[0].rule
+    elif hits and ranked[0][0].file != hits[0].rule.file and ranked[0][0].kind == "step":
+        rule = hits[0].rule  # a common line naming the item in passing ("TV, 컴퓨터 … 발포합성수지는") does not make it that file's item
+    else:
+        rule = files[ranked[0][0].file]  # an item named by a file's items, details or refused items is about that file
+    score = ranked[0][1] if ranked else hits[0].score
     narrow = {id(p): s for p, s in kb.about(spec, files={rule.file})}
     compact = K.normalise(item).replace(" ", "")
-    category_level = compact in {K.normalise(w).replace(" ", "") for w in (rule.name, rule.key)} or Q.destination(item) == rule.file
+    category_level = compact in {K.normalise(w).replace(" ", "") for w in (rule.name, rule.key)} or named == rule.file
     scope = next(p for p in rule.passages if p.kind == "scope")
     scope_score = narrow.get(id(scope), 0.0)
-    refused_ranked = sorted(((p, narrow[id(p)]) for p in rule.passages if p.kind == "exception" and id(p) in narrow and _matches(p.about, spec)), key=lambda ps: -ps[1])
-    best_exception = refused_ranked[0][1] if refused_ranked else 0.0
+    related = sorted(((p, narrow[id(p)]) for p in rule.passages if p.kind == "exception" and id(p) in narrow and _matches(p.about, spec)), key=lambda ps: -ps[1])
+    refused = next((p for p, _ in related if is_named(p.names, spec)), None) if not category_level else None
     # what the item is: the scope lines that name it (the file's own targets first), else its targets
     naming = [line for line in scope.lines if _matches(line, spec)][:2] or list(scope.lines[: max(1, len(rule.targets))])
-    f = Finding(item=item, file=rule.file, name=rule.name, score=round(ranked[0][1], 2), basis=_doc(scope, naming), category_level=category_level)
-    if refused_ranked and not category_level and best_exception >= scope_score:
-        p = refused_ranked[0][0]
-        f.refused, f.dest, f.basis = True, p.dest, _doc(p, p.lines)
-        f.dest_files = dest_files(kb, p.dest)
-    cut = max(scope_score, best_exception) * KEEP
-    f.exceptions = _merge([_doc(p, p.lines) for p, s in refused_ranked if s >= cut and (not f.refused or p.lines != tuple(f.basis["lines"]))])
+    f = Finding(item=item, file=rule.file, name=rule.name, score=round(score, 2), basis=_doc(scope, naming), category_level=category_level)
+    cut = max([scope_score, *(s for _, s in related[:1])]) * KEEP
+    f.exceptions = _merge([_doc(p, p.lines) for p, s in related if s >= cut and p is not refused])
     if category_level:
         f.exceptions = _merge([_doc(p, p.lines) for p in rule.passages if p.kind == "exception"])
-    # the steps: common lines (those about other items left out) and the detail lines about the item
-    details = {id(p): narrow.get(id(p), 0.0) for p in rule.passages if p.kind == "detail" and _matches(p.names, spec)}
-    detail_cut = max(details.values(), default=0.0) * KEEP
+    if refused is not None:  # it goes elsewhere: the steps are those of where it goes
+        f.refused, f.dest, f.basis = True, refused.dest, _doc(refused, refused.lines)
+        f.dest_files = dest_files(kb, refused.dest)
+        there = files.get(f.dest_files[0]) if f.dest_files else None
+        f.steps = _steps(there, specific(item, kb), item, generic_only=True)[0] if there is not None and there.file != rule.file else []
+    else:
+        f.steps, specific_dest = _steps(rule, spec, item, category_level=category_level)
+        named_dest = dest_files(kb, specific_dest) if specific_dest else []
+        f.dest_files = [d for d in named_dest if d != rule.file][:1] or [rule.file]
+        f.dest = specific_dest if named_dest and named_dest[0] != rule.file else rule.name
+    if part is not None:
+        _decide(kb, f, part)
+    return f
+
+
+def is_named(names: str, spec: str) -> bool:
+    """Whether a refused item's name covers the asked item: every part of the name matches one
+    of the item's words, a "·" list being alternatives ("소·돼지 등의 뼈" covers "돼지 뼈";
+    "바퀴 달린 가방" does not cover a plain "가방", which is only related)."""
+    words = set(K.normalise(spec).split())
+
+    def hit(alternative: str) -> bool:
+        a = K.normalise(alternative).replace(" ", "")
+        return any(a == w or len(a) >= 2 and len(w) >= 2 and (a in w or w in a) for w in words)
+
+    groups = [g.removesuffix("의") or g for g in re.split(r"\s+", re.sub(r"\(.*?\)|등의|등", " ", names).strip()) if g]
+    inner = re.findall(r"\((.*?)\)", names)  # "복합재질 가공식품(티백·육수팩 등)": its examples name it too ("(먹는샘물, 음료 외)" does not)
+    if inner and "외" not in inner[0].split() and any(hit(x) for x in re.split(r"[·,\s]+", re.sub(r"등", "", inner[0])) if x):
+        return True
+    return bool(groups) and all(any(hit(x) for x in g.split("·") if x) for g in groups)
+
+
+def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = False, generic_only: bool = False) -> tuple[list[dict], str]:
+    """The file's common lines (those about other items left out) and its detail lines about
+    the item; and where the most specific line about the item sends it."""
+    narrow = {}
+    details = {id(p): 0.0 for p in rule.passages if p.kind == "detail" and _matches(p.names, spec)}
+    if details:
+        narrow = {id(p): s for p, s in K.load().about(spec, files={rule.file}) if id(p) in details} if rule in K.load().rules else {}
+    detail_cut = max(narrow.values(), default=0.0) * KEEP
     steps, candidates = [], []  # (priority, where a line about the item sends it)
     for p in rule.passages:
-        if p.kind not in ("step", "detail"):
+        if p.kind not in ("step", "detail") or generic_only and p.kind == "detail":
             continue
-        chosen = p.kind == "detail" and details.get(id(p), -1.0) >= detail_cut
+        chosen = p.kind == "detail" and id(p) in details and narrow.get(id(p), 0.0) >= detail_cut
         lines = []
         for line in p.lines:
             about = subject(line)
@@ -194,7 +241,7 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
             if category_level:
                 keep = True
             elif about:  # a line about some items: kept when they are the asked item (or the whole category)
-                keep = _matches(about, spec) or _matches(about, rule.name)
+                keep = _matches(about, spec) or _matches(about, rule.name) and not generic_only
             else:
                 keep = p.kind == "step" or chosen or mentions
             if not keep:
@@ -207,15 +254,7 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
                     candidates.append((1 if p.kind == "detail" else 2, _line_dest(line)))
         if lines:
             steps.append(_doc(p, lines))
-    f.steps = _merge(steps)
-    specific_dest = min(candidates)[1] if candidates else ""
-    if not f.refused:
-        named = dest_files(kb, specific_dest) if specific_dest else []
-        f.dest_files = [d for d in named if d != rule.file][:1] or [rule.file]
-        f.dest = specific_dest if named and named[0] != rule.file else rule.name
-    if part is not None:
-        _decide(kb, f, part)
-    return f
+    return _merge(steps), min(candidates)[1] if candidates else ""
 
 
 def _decide(kb: K.KnowledgeBase, f: Finding, part: Q.Part) -> None:
@@ -287,7 +326,12 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
                 unknown.append(item)
             elif not any(g["item"] == f.item or (g["file"] == f.file and g["basis"] == f.basis and g["steps"] == f.steps) for g in findings):
                 findings.append(f.as_dict())
-        if part.local and local is None:
+        phone = re.compile(r"\d{3,4}-\d{4}")
+        said = [line for f in findings for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if phone.search(line)]
+        if part.local == "contact" and said:  # the rules give this number (폐가전 무상수거 1599-0903)
+            for f in findings:
+                f["brief"] = False
+        elif part.local and local is None:
             local = dict(lex["local"][part.local], kind=part.local)
     region, _ = BW.find_region(text)
     ctx = {"findings": findings, "unknown": unknown, "local": local, "region": region.sigungu if region else "",
@@ -308,12 +352,22 @@ def context_docs(ctx: dict) -> tuple[list[dict], list[dict]]:
     return docs, cites
 
 
-def retry(kb: K.KnowledgeBase, text: str, ctx: dict) -> dict | None:
-    """The fallback chain's rewritten query: the whole message (and the previous turn) read as
-    one item. What it finds is the nearest rule, not the item's own: the answer says so."""
-    f = find(kb, text)
-    if f is None or f.score < 2 * MIN_SUPPORT:
-        return None
+def retry(kb: K.KnowledgeBase, ctx: dict, previous: list[str] = ()) -> dict | None:
+    """The fallback chain's rewritten query for the items the rules did not cover: each word of
+    the item on its own, longest first ("캠핑용 가스통" → "가스통"), then with the previous
+    turn's items. What it finds is the nearest rule, not the item's own: the answer says so."""
     missing = list(ctx.get("unknown") or [])
-    d = {**f.as_dict(), "item": missing[0] if missing else f.item, "nearest": True}
-    return {**ctx, "findings": [*(ctx.get("findings") or []), d], "unknown": missing[1:]}
+    if not missing:
+        return None
+    earlier = next((q.items for q in (Q.read(t) for t in previous) if q.items), ())
+    found, still = [], []
+    for item in missing:
+        words = sorted({w for w in K.normalise(item).split() if len(w) >= 2 and w != K.normalise(item)}, key=len, reverse=True)
+        f = next((g for g in (find(kb, w) for w in [*words, *(f"{e} {item}" for e in earlier)]) if g is not None and g.score >= 2 * MIN_SUPPORT), None)
+        if f is None:
+            still.append(item)
+        else:
+            found.append({**f.as_dict(), "item": item, "nearest": True})
+    if not found:
+        return None
+    return {**ctx, "findings": [*(ctx.get("findings") or []), *found], "unknown": still}

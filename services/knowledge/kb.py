@@ -47,12 +47,20 @@ def expand(query: str, synonyms: dict[str, str]) -> str:
     """The query plus the rule vocabulary of the everyday words it contains (synonyms.yaml).
 
     A key matches anywhere in the query with its spaces removed ("택배 박스" → 택배박스); a key
-    written "^책" only at the start of a word ("책이랑", not "산책").
+    written "^책" only at the start of a word ("책이랑", not "산책"), "=밥" only as a whole word
+    ("밥", not "밥솥").
     """
     words = normalise(query).split()
     compact = "".join(words)
-    extra = [v for k, v in synonyms.items() if (any(w.startswith(k[1:]) for w in words) if k[0] == "^" else k in compact)]
-    return " ".join([query, *extra])
+
+    def names(k: str) -> bool:
+        if k[0] == "^":
+            return any(w.startswith(k[1:]) for w in words)
+        if k[0] == "=":
+            return k[1:] in words
+        return k in compact
+
+    return " ".join([query, *(v for k, v in synonyms.items() if names(k))])
 
 
 class Bm25:
@@ -125,7 +133,7 @@ class Passage:
     lines: tuple[str, ...]  # what it says, verbatim
     about: str  # what it is indexed by: its items and words
     dest: str = ""  # an exception: where the item goes instead ("일반종량제폐기물로 배출")
-    names: str = ""  # the items it names (a detail section's key and items, a refused item), without its lines
+    names: str = ""  # the items it names without its lines (a detail's key and items; a refused item as written, "소·돼지 등의 뼈")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +161,7 @@ class KnowledgeBase:
     regions: dict[str, str]
     characters: list[dict]
     synonyms: dict[str, str] = field(default_factory=dict)
+    price_index: dict[str, list[str]] = field(default_factory=dict)  # general word → price item ids
     _files: Bm25 = field(init=False, repr=False)
     _passages: Bm25 = field(init=False, repr=False)
     _starts: frozenset[str] = field(default_factory=frozenset, repr=False)
@@ -220,9 +229,14 @@ class KnowledgeBase:
         return None
 
     def search_prices(self, query: str) -> list[PriceItem]:
+        """The survey's items a question names: by name or synonym, else by the survey's own
+        index of general words (prices.yaml search_synonyms: 캔 → 철캔, 알루미늄캔)."""
         q = normalise(query).replace(" ", "")
         found = [p for p in self.prices if any(normalise(s).replace(" ", "") in q for s in (p.name, *p.synonyms) if s)]
-        return found
+        if found:
+            return found
+        ids = [i for word, group in self.price_index.items() if word in q for i in group]
+        return [p for p in self.prices if p.id in ids]
 
     def region_of(self, text: str) -> str:
         for rid, name in self.regions.items():
@@ -270,7 +284,7 @@ def _rule_file(doc: dict, taxonomy: dict) -> RuleFile:
             members = (doc.get("세부_품목") or {}).get(key) or []
             passages.append(Passage(file, "detail", section, section.lines, " ".join([key, key, *members, *section.lines]), names=" ".join([key, *members])))
         else:
-            passages += [Passage(file, "exception", section, (f"{k}: {v}",), _item_words(k), v, _item_words(k)) for k, v in refused.items()]
+            passages += [Passage(file, "exception", section, (f"{k}: {v}",), _item_words(k), v, k) for k, v in refused.items()]
     return RuleFile(file, doc["key"], doc["category"], name, tuple(doc.get("대상_품목", [])), tuple(sections), index_text, scope, tuple(passages))
 
 
@@ -302,4 +316,8 @@ def load() -> KnowledgeBase:
         for item in cat["items"]
     ]
     regions = {r["id"]: r["name"] for r in prices_doc["regions"]}
-    return KnowledgeBase(rules, taxonomy, prices, prices_doc["survey_info"], regions, characters, {"^" * str(k).startswith("^") + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()})
+    index = {**prices_doc.get("search_synonyms", {}), **(lexicon().get("price_words") or {})}
+    return KnowledgeBase(
+        rules, taxonomy, prices, prices_doc["survey_info"], regions, characters,
+        {str(k)[0] * str(k).startswith(("^", "=")) + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()}, {normalise(k).replace(" ", ""): list(v) for k, v in index.items()},
+    )

@@ -51,12 +51,15 @@ def analyser():
 
             wall, cpu = time.perf_counter(), time.process_time()
             kiwi = Kiwi(load_multi_dict=False)
-            words = knowledge_nouns()
+            named, found = knowledge_nouns()
             # all words are read before any is added: an analysis after an addition rebuilds the
             # dictionary (~0.5 s each)
-            modifiers = {w for w, tokens in zip(words, kiwi.tokenize(words)) if len(tokens) == 2 and tokens[0].tag.startswith(("VV", "VA")) and tokens[1].tag == "ETM"}
-            for word in words:
-                if word not in modifiers:  # "깨진" is a modifier, not a noun
+            skip = {w for w, tokens in zip(named, kiwi.tokenize(named)) if len(tokens) == 2 and tokens[0].tag.startswith(("VV", "VA")) and tokens[1].tag == "ETM"}
+            # words taken from the rules' item lists are added only when they are nouns as written
+            # ("가위" read as an adverb), not a noun with its particle ("폐기물로")
+            skip |= {w for w, tokens in zip(found, kiwi.tokenize(found)) if any(t.tag.startswith(("J", "E", "V", "X")) for t in tokens)}
+            for word in dict.fromkeys(named + found):
+                if word not in skip:  # "깨진" is a modifier, not a noun
                     kiwi.add_user_word(word, "NNG", 0.0)
             kiwi.tokenize("준비")  # the first call finishes lazy initialisation
             LOAD.update(wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu)
@@ -64,14 +67,20 @@ def analyser():
         return _kiwi
 
 
-def knowledge_nouns() -> list[str]:
-    """Words of synonyms.yaml and lexicon.yaml that are nouns of one word ("음쓰", "쇼파", "분리수거"),
-    and the characters' names ("이코", "페티")."""
+def knowledge_nouns() -> tuple[list[str], list[str]]:
+    """(the words of synonyms.yaml and lexicon.yaml that are nouns of one word — "음쓰", "쇼파",
+    "분리수거" — and the characters' names; the one-word items of the rules' item lists)."""
     from .kb import lexicon, load, normalise
 
     lex, base = lexicon(), load()
-    words = [k.lstrip("^") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["places"], *lex["parts"]] + [c["name"] for c in base.characters]
-    return sorted({w for w in words if w and " " not in w and normalise(w) == w and not w.isascii()})
+    named = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["places"], *lex["parts"], *lex.get("nouns", [])]
+    named += [c["name"] for c in base.characters]
+    found = [w for p in base.passages if p.kind in ("scope", "exception") for w in re.split(r"[^가-힣]+", p.names) if len(w) >= 2]
+
+    def keep(words: list[str]) -> list[str]:
+        return sorted({w for w in words if w and " " not in w and normalise(w) == w and not w.isascii()})
+
+    return keep(named), [w for w in keep(found) if w not in set(named)]
 
 
 def warm() -> dict[str, float]:
