@@ -87,8 +87,8 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
         found[CHARACTER] = at("캐릭터", *characters)
     if part.place:
         found[part.place] = at("근처", "주변", "어디", "가깝다", *(t.form for t in a.tokens if "수거" in t.form or "센터" in t.form))
-    bulk_item = BW.find_item(part.text)
-    furniture = bool(bulk_item) and any(h.rule.file in BULK_FILES for h in kb.search(bulk_item, limit=1))
+    bulk_item = _bulk_item(part)
+    furniture = bool(bulk_item) and all(h.rule.file in BULK_FILES for h in kb.search(bulk_item, limit=1))
     fee = part.mentions(*FEE_WORDS) or furniture and bool(nouns & {"얼마", "가격", "값"})
     if fee or furniture and (part.disposal or part.wh or not found):
         found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
@@ -100,7 +100,8 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     tools_only = bool(hits) and all(h in (WEB_SEARCH, IMAGE_GENERATION, WEATHER) for h in hits)
     disposal_verb = bool(lemmas & Q.DISPOSE)
     # an item alone asks about it ("스티로폼 박스", "페트병은?"); with a verb of its own it may not ("컴퓨터가 느려졌어")
-    content_verbs = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and t.lemma not in LIGHT_PREDICATES} - Q.DISPOSE
+    modifiers = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and _modifies(a, t)}  # "담겨 있던 트레이" describes the item
+    content_verbs = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and t.lemma not in LIGHT_PREDICATES} - Q.DISPOSE - modifiers
     retrieving = [item for item in part.items if kb.search(item)]
     asks_item = bool(retrieving) and (a.is_question or disposal_verb or part.yes_no or not content_verbs or bool(part.parts))
     bulk_only = BULK_WASTE in hits and all(any(h.rule.file in BULK_FILES for h in kb.search(item, limit=1)) for item in retrieving)
@@ -110,6 +111,27 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     elif tools_only and disposal_verb and part.items:
         hits.append(WASTE)
     return hits
+
+
+def _modifies(a, verb) -> bool:
+    """The verb ends in a modifier of a noun ("담기/VV 어/EC 있/VX 던/ETM 트레이")."""
+    for t in a.tokens[a.tokens.index(verb) + 1 :]:
+        if t.tag == "ETM":
+            return True
+        if t.tag not in ("EC", "VX", "EP"):
+            return False
+    return False
+
+
+def _bulk_item(part: Q.Part) -> str:
+    """A bulk-waste item (bulk_waste.yaml) the request names as a word or a word's head
+    ("소파", "컴퓨터책상"), not inside another word ("식탁매트" is a mat)."""
+    v = BW.vocabulary()
+    words = [t.form for t in part.analysis.tokens if t.tag.startswith("NN")]
+    for alias in sorted(v.items, key=len, reverse=True):
+        if any(w == alias or w.endswith(alias) and len(w) > len(alias) and not w.startswith(alias) for w in words):
+            return v.items[alias]
+    return ""
 
 
 def classify(message: str, kb: KnowledgeBase) -> Classification:

@@ -42,8 +42,9 @@ NOT_ITEMS = frozenset({
     "근처", "주변", "주위", "인근", "동네", "위치", "가까이", "여기", "거기", "저기", "이번", "다음", "처음", "전부", "다", "모두", "그냥", "진짜",
     "정말", "혹시", "이건", "저건", "그건", "얘", "걔", "뭔가", "부분", "상태", "기준", "규정", "안내", "정보", "설명", "도움", "감사", "확인",
     "시세", "가격", "값", "단가", "매입", "매입가", "수수료", "캐릭터", "이름", "날씨", "그림", "이미지", "사진", "검색", "뉴스", "최신",
-    "kg", "키로", "킬로", "그램", "리터", "개", "장", "봉지", "박스째", "통째", "이상", "이하", "미만", "정리", "요일", "시간", "수거일",
+    "kg", "키로", "킬로", "그램", "리터", "개", "장", "박스째", "통째", "이상", "이하", "미만", "정리", "요일", "시간", "수거일",
     "배출일", "전화번호", "연락처", "번호", "지역", "구청", "주민센터", "동사무소", "아파트", "빌라", "주택", "사람", "이웃",
+    "약국", "보건소", "매장", "마트", "편의점", "대리점", "우체통",
 })
 #: Question words: a question with one of them is not a yes/no question.
 WH = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨다", "어떡하다", "어떻다"})
@@ -224,7 +225,7 @@ def read_part(text: str) -> Part:
                     rest = rest or category
                     dest = "재활용"
                 else:
-                    dest = destination(category) or ("재활용" if "분리" in bin_word else "")
+                    dest = destination(category) or _file_of(own_item) or ("재활용" if "분리" in bin_word else "")
                 proposed = proposed or dest
                 if rest:
                     items.append(_with_modifier(a, phrase, rest))
@@ -237,8 +238,8 @@ def read_part(text: str) -> Part:
             continue
         # a category the user proposes ("음쓰 맞아?", "일반쓰레기로 버려?"), possibly after the item ("치킨 뼈 음쓰임?")
         head, dest = _splitdestination(words)
-        marks_destination = nxt is not None and (
-            nxt.tag in ("VCP", "JKB") or nxt.form in ("맞", "아니", "인가", "야", "되", "안") or nxt.tag == "JX" and _yes_no_after(a, nxt)
+        marks_destination = nxt is None and a.is_question or nxt is not None and (
+            nxt.tag in ("VCP", "JKB", "SF") or nxt.form in ("맞", "아니", "인가", "야", "되", "안") or nxt.tag == "JX" and _yes_no_after(a, nxt)
         )
         if dest and marks_destination:  # "치킨 뼈 음쓰임?", "음쓰 맞아?": the category is proposed, not the item
             proposed = proposed or dest
@@ -259,8 +260,9 @@ def read_part(text: str) -> Part:
         elif part_words:
             parts.extend(part_words)
         items.append(_with_modifier(a, phrase, _surface(a, phrase, content)))
-    # a lone category word is the item itself ("음쓰 어디다 버려?", "플라스틱 분리수거 어떻게 해?")
-    if not items and proposed and not a.is_question or not items and proposed and wh:
+    # a lone category word is the item itself ("음쓰 어디다 버려?", "페트병에 라벨 붙은 채로 내놔도 돼?")
+    steps_asked = any(k in lemmas for k in lex["steps"])
+    if not items and proposed and (not a.is_question or wh or parts or steps_asked):
         items = [next(k for k, v in _lexicon()["destinations"].items() if v == proposed)] if proposed != "재활용" else []
         if items:
             items = [_surface_of(a, proposed) or items[0]]
@@ -276,7 +278,7 @@ def read_part(text: str) -> Part:
     # Latin words are an item only when the rules know them ("PET", "LED", "CD"), not any English
     # in the text; a single letter only when it is a word of the synonyms ("캔", "옷", "귤")
     items = [i for i in items if not i.isascii() or set(K.normalise(i).split()) <= _latin_words()]
-    items = [i for i in items if len(i) > 1 or i in K.load().synonyms or f"^{i}" in K.load().synonyms]
+    items = [i for i in items if len(i) > 1 or i in _single_letter_items()]
     if local == "bag_price":  # the bag is what is asked about, not something to throw away
         items = [i for i in items if destination(i) != "일반종량제폐기물" and "봉투" not in i and "마대" not in i]
     return Part(
@@ -295,6 +297,14 @@ def _regions() -> frozenset[str]:
 
     v = BW.vocabulary()
     return frozenset([*v.regions, *v.sido_words, *v.aliases, "서울", "부산", "대구", "인천", "광주", "대전", "울산", "세종", "경기", "제주"])
+
+
+@cache
+def _single_letter_items() -> frozenset[str]:
+    """One-letter words that are items: the synonyms' ("캔", "옷", "귤") and the rules' ("칼", "철")."""
+    base = K.load()
+    rules = {w for p in base.passages for w in re.split(r"[^가-힣]+", p.names) if len(w) == 1}
+    return frozenset({k.lstrip("^=") for k in base.synonyms if len(k.lstrip("^=")) == 1} | rules)
 
 
 @cache
@@ -333,6 +343,12 @@ def _surface(a: Analysis, phrase: tuple[Token, ...], content: list[str]) -> str:
     if not inside:
         return " ".join(content)
     return a.text[inside[0].start : inside[-1].end].strip()
+
+
+def _file_of(word: str) -> str:
+    """The rule file a bin's own word names by retrieval ("형광등" → 재활용폐기물_조명제품)."""
+    hits = K.load().search(word, limit=1) if word else []
+    return hits[0].rule.file if hits else ""
 
 
 def _split_bin(phrase: tuple[Token, ...], bin_word: str) -> tuple[list[Token], str, str]:

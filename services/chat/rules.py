@@ -108,9 +108,12 @@ def _about_items(line: str) -> bool:
 
 
 def _matches(text: str, query: str) -> bool:
-    """The query shares a word (two letters or more) or a trigram with the text."""
-    compact = K.normalise(text).replace(" ", "")
-    if any(w in compact for w in K.normalise(query).split() if len(w) >= 2):
+    """The query shares a word (two letters or more, or one letter standing alone: "칼") or a
+    trigram with the text."""
+    normal = K.normalise(text)
+    compact = normal.replace(" ", "")
+    words = K.normalise(query).split()
+    if any(w in compact for w in words if len(w) >= 2) or any(w in normal.split() for w in words if len(w) == 1):
         return True
     return any(g in compact for g in K.ngrams(query) if len(g) == 3)
 
@@ -297,6 +300,17 @@ def shown(f: Finding) -> list[dict]:
     return _merge(docs + f.steps + f.exceptions)
 
 
+def search_key(item: str) -> str:
+    """What an item is searched by: as written, plus the food a compound names before a food
+    part ("사과껍질" → "사과껍질 사과": "=사과" is fruit) — not before anything else ("사과박스",
+    "커피컵" are a box and a cup) and not at a compound's end ("약국")."""
+    whole = {k[1:] for k in K.load().synonyms if k.startswith("=")}
+    food_parts = set(K.lexicon().get("food_parts") or ())
+    tokens = analyse(item).tokens
+    inside = [t.form for t, head in zip(tokens, tokens[1:]) if t.form in whole and head.form in food_parts and head.start == t.end]
+    return " ".join([item, *inside])
+
+
 def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
     """The waste branch's context for `text`: a Finding per asked item (as dicts), the items
     the rules do not cover, a local fact asked for, and whether to ask what the item is.
@@ -319,13 +333,22 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
                 part = Q.Part(**{**part.__dict__, "parts": tuple(dict.fromkeys([*part.parts, *part.items]))})
         named = named or bool(items)
         for item in items:
-            f = find(kb, item, part)
-            if f is not None and part.local:
-                f.brief = True
+            f = find(kb, search_key(item), part)
+            if f is not None:
+                f.item = item
+                f.brief = bool(part.local)
             if f is None:
                 unknown.append(item)
             elif not any(g["item"] == f.item or (g["file"] == f.file and g["basis"] == f.basis and g["steps"] == f.steps) for g in findings):
                 findings.append(f.as_dict())
+            for piece in part.parts:  # a part that is itself a refused item ("택배 송장", "샴푸통 펌프"): the answer is about it first
+                g = find(kb, f"{search_key(item)} {piece}", part)
+                if g is not None and g.refused and _matches(g.basis["lines"][0].split(":")[0], piece) and not any(x["basis"] == g.basis for x in findings):
+                    g.item = f"{item} {piece}"
+                    at = next((i for i, x in enumerate(findings) if x["item"] == item), len(findings))
+                    if at < len(findings):
+                        findings[at].update(verdict="", proposed="", answer_line="")
+                    findings.insert(at, g.as_dict())
         phone = re.compile(r"\d{3,4}-\d{4}")
         said = [line for f in findings for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if phone.search(line)]
         if part.local == "contact" and said:  # the rules give this number (폐가전 무상수거 1599-0903)

@@ -18,8 +18,11 @@ from __future__ import annotations
 import re
 import threading
 import time
+from importlib import resources
 from dataclasses import dataclass
 from functools import cached_property
+
+import yaml
 
 #: Parts of speech (Sejong tags, as kiwi names them) that can be part of an item's name.
 NOUN_TAGS = frozenset({"NNG", "NNP", "NR", "SL", "SH", "XR"})
@@ -75,6 +78,8 @@ def knowledge_nouns() -> tuple[list[str], list[str]]:
     lex, base = lexicon(), load()
     named = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["places"], *lex["parts"], *lex.get("nouns", [])]
     named += [c["name"] for c in base.characters]
+    bulk = yaml.safe_load((resources.files(__package__) / "bulk_waste.yaml").read_text(encoding="utf-8"))["items"]
+    named += [w for name, others in bulk.items() for w in (name, *(others or ()))]
     found = [w for p in base.passages if p.kind in ("scope", "exception") for w in re.split(r"[^가-힣]+", p.names) if len(w) >= 2]
 
     def keep(words: list[str]) -> list[str]:
