@@ -127,10 +127,11 @@ async def test_history_past_the_threshold_is_summarised(graph):
     s = state("투명 페트병은 어떻게 버려?", history=history)
     sink = Recorder()
     out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
-    # the six oldest messages are folded into the summary, the four newest are kept as they are
+    # the six oldest messages are folded into the summary, the four newest are kept as they are;
+    # the summary keeps each question with its answer's direct answer, whole
     assert out["history"] == history[-4:]
-    for old in ("우유팩 어떻게 버려?", "캔은?", "유리병은?"):
-        assert old in out["new_summary"]
+    for old in ("우유팩 어떻게 버려? → 종이팩으로 배출해요.", "캔은? → 캔류로 배출해요.", "유리병은? → 유리병류로 배출해요."):
+        assert old in out["new_summary"], out["new_summary"]
     assert "건전지는?" not in out["new_summary"]
     stages = [(e.node, e.stage_info.phase) for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE]
     assert ("summarize", events_pb2.STAGE_PHASE_FINISHED) in stages

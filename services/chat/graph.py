@@ -90,6 +90,7 @@ class ChatState(TypedDict, total=False):
     history: list[dict]
     summary: str
     new_summary: str
+    summary_upto: int  # the n of the last message the new summary covers
     intents: list[str]
     queries: dict[str, str]
     query: str  # set by Send for one branch
@@ -178,6 +179,7 @@ class ChatDeps:
     places_limit: int = 5
     summary_threshold_tokens: int = 0  # 0 = the model's threshold
     keep_recent_messages: int = 6
+    summary_max_chars: int = 4000
     answer_max_tokens: int = 1024
     bulk_waste: BW.BulkWasteFees | None = None  # None: fee lookup not configured (ECO2_BULK_WASTE_API_KEY)
     bulk_waste_tool_iterations: int = 5
@@ -251,15 +253,47 @@ async def summarize(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     async def body() -> dict:
         old, recent = history[: -deps.keep_recent_messages], history[-deps.keep_recent_messages :]
         if deps.llm.info.provider == "offline":
-            lines = [state.get("summary", "")] if state.get("summary") else []
-            lines += [f"{'사용자' if m['role'] == 'user' else '이코'}: {m['text'].splitlines()[0][:80]}" for m in old]
-            summary = "\n".join(lines)[-4000:]
+            summary = offline_summary(state.get("summary", ""), old, limit=deps.summary_max_chars)
         else:
-            prompt = [Message("user", "다음 대화를 핵심만 한국어로 요약해 주세요:\n" + "\n".join(f"{m['role']}: {m['text']}" for m in old))]
+            prompt = [Message("user", "다음 대화를 핵심만 한국어로 요약해 주세요. 사용자가 물은 물건과 그 답(어디에, 어떻게 버리는지)은 빠뜨리지 마세요:\n"
+                              + (f"이전 요약: {state['summary']}\n" if state.get("summary") else "") + "\n".join(f"{m['role']}: {m['text']}" for m in old))]
             summary = await deps.llm.generate(prompt, max_tokens=1024)
-        return {"summary": summary, "new_summary": summary, "history": recent}
+        upto = max((int(m.get("n") or 0) for m in old), default=0)
+        return {"summary": summary, "new_summary": summary, "history": recent, "summary_upto": upto}
 
     return await _run_node("summarize", state, runtime, body)
+
+
+_ASKED = re.compile(r"^- 물음: (.*?) → ", re.M)
+
+
+def offline_summary(previous: str, messages: list[dict], *, limit: int = 4000) -> str:
+    """The offline model's summary: each question with the answer's direct answer (its first
+    line, whole: "치킨뼈는 … 일반종량제폐기물로 배출해요."), after the previous summary; the oldest
+    pairs are dropped past `limit` characters. The questions stay readable for follow-ups
+    (`asked_in_summary`)."""
+    pairs: list[str] = []
+    question = ""
+    for m in messages:
+        if m["role"] == "user":
+            if question:
+                pairs.append(f"- 물음: {question} → (답 없음)")
+            question = " ".join(m["text"].split())[:200]
+        else:
+            lead = next((line.strip() for line in m["text"].splitlines() if line.strip()), "")[:300]
+            pairs.append(f"- 물음: {question or '(앞선 대화)'} → {lead}")
+            question = ""
+    if question:
+        pairs.append(f"- 물음: {question} → (답 없음)")
+    lines = [line for line in previous.splitlines() if line.startswith("- 물음: ")] + pairs
+    while lines and sum(len(line) + 1 for line in lines) > limit:
+        lines.pop(0)
+    return "\n".join(["이전 대화 요약:", *lines]) if lines else ""
+
+
+def asked_in_summary(summary: str) -> list[str]:
+    """The questions an offline summary keeps, newest first."""
+    return list(reversed(_ASKED.findall(summary or "")))
 
 
 def _combine(first: dict, then: dict) -> dict:
@@ -280,7 +314,7 @@ async def understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     each superstep costs an `aput` + `aput_writes` (~4 ms of CPU here, ADR 0065)."""
     update = await summarize(state, runtime)
     if update:
-        state = {**state, **{k: v for k, v in update.items() if k in ("summary", "history")}}
+        state = {**state, **{k: v for k, v in update.items() if k in ("summary", "history")}}  # intent reads the shorter history
     update = _combine(update, await intent(state, runtime))
     if not state.get("image_key"):
         update = _combine(update, await router(state, runtime))
@@ -400,8 +434,9 @@ async def waste_rag(state: ChatState, runtime: Runtime[JobContext]) -> dict:
 
 
 def _earlier_user_turns(state: ChatState) -> list[str]:
-    """The user's earlier messages, newest first (a follow-up's subject is in them)."""
-    return [m["text"] for m in reversed(state.get("history") or []) if m["role"] == "user"]
+    """The user's earlier messages, newest first, then those the summary keeps (a follow-up's
+    subject is in them)."""
+    return [m["text"] for m in reversed(state.get("history") or []) if m["role"] == "user"] + asked_in_summary(state.get("summary", ""))
 
 
 def _category_label(name: str) -> str:

@@ -364,7 +364,7 @@ def _split_bin(phrase: tuple[Token, ...], bin_word: str) -> tuple[list[Token], s
                 return before[:-1], before[-1].form, ""
             if destination(own):
                 return before, own, ""
-            return before, "", own if own not in ("분리", "전용", "") else ""
+            return before, "", own if own not in ("분리", "전용", "", bin_word) else ""  # a place's own name is no item
     return [], "", ""
 
 

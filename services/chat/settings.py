@@ -19,7 +19,7 @@ class ChatSettings(EventsSettings):
     chat_job_kind: str = Field("chat", pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="job queue the API enqueues to and the workers claim from (separate stacks on one Valkey)")
     chat_claimers: int = Field(4, ge=1, le=64, description="loops claiming jobs from the queue")
     chat_claim_block_ms: int = Field(500, ge=1, description="how long one claim waits for a job")
-    chat_history_messages: int = Field(10, ge=0, le=200, description="earlier messages given to the model")
+    chat_history_messages: int = Field(40, ge=0, le=500, description="most earlier messages loaded for a turn (those after the summary; past the threshold the older are summarised)")
     chat_summary_threshold_tokens: int = Field(0, ge=0, description="history size that triggers summarisation (0 = the model's threshold)")
     chat_tokens_per_event: int = Field(4, ge=1, le=64, description="model pieces per TOKEN event, after a first event with the first piece alone (fixed count: deterministic seqs on re-run)")
     chat_input_ttl_s: int = Field(3600, ge=10, description="how long a NEEDS_INPUT question waits for ProvideInput")
