@@ -67,7 +67,8 @@ class FlakyOnce:
 async def test_resume_uses_the_answer_even_when_the_branch_retries(graph, service_env):
     """The bug of the first version: the policy retried the node body, which called interrupt()
     a second time; LangGraph matches resume values to interrupt() calls by their order in the
-    task, found none for the second call and asked the user again."""
+    task, found none for the second call and asked the user again. The question is now its own
+    node (ask_location), and the branch that searches retries without asking again."""
     from eco2.services.location.app import create as create_location
 
     with env(service_env):
@@ -83,7 +84,7 @@ async def test_resume_uses_the_answer_even_when_the_branch_retries(graph, servic
             asked = out["__interrupt__"]
             assert [i.value["input_id"] for i in asked] == ["location"]
             snapshot = await graph.aget_state(config)
-            assert snapshot.next == ("collection_point",) and [i.id for i in snapshot.interrupts] == [asked[0].id]
+            assert snapshot.next == ("ask_location",) and [i.id for i in snapshot.interrupts] == [asked[0].id]
             out = await graph.ainvoke(Command(resume={"location": {"latitude": 37.5663, "longitude": 126.9779}}), config, context=JobContext(deps, Emitter(sink, s["job_id"], 100)))
     assert "__interrupt__" not in out, "asked again instead of using the answer"
     assert places.calls == 2  # failed once, retried under the policy with the same answer
@@ -126,10 +127,11 @@ async def test_history_past_the_threshold_is_summarised(graph):
     s = state("투명 페트병은 어떻게 버려?", history=history)
     sink = Recorder()
     out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
-    # the six oldest messages are folded into the summary, the four newest are kept as they are
+    # the six oldest messages are folded into the summary, the four newest are kept as they are;
+    # the summary keeps each question with its answer's direct answer, whole
     assert out["history"] == history[-4:]
-    for old in ("우유팩 어떻게 버려?", "캔은?", "유리병은?"):
-        assert old in out["new_summary"]
+    for old in ("우유팩 어떻게 버려? → 종이팩으로 배출해요.", "캔은? → 캔류로 배출해요.", "유리병은? → 유리병류로 배출해요."):
+        assert old in out["new_summary"], out["new_summary"]
     assert "건전지는?" not in out["new_summary"]
     stages = [(e.node, e.stage_info.phase) for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE]
     assert ("summarize", events_pb2.STAGE_PHASE_FINISHED) in stages

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 
 import grpc
@@ -14,7 +15,7 @@ from eco2.services.bus.jobs import JobQueue
 from eco2.services.bus.producer import EventPublisher
 from eco2.services.dataplane.migrations import apply_migrations
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
-from eco2.services.knowledge import kb
+from eco2.services.knowledge import kb, morph
 from eco2.services.llm import create_llm
 from eco2.services.llm.images import create_image_model
 from eco2.services.runtime.clients import channel
@@ -70,6 +71,8 @@ class ChatApp:
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         pii.install()
+        # The Korean analyser (~1–2 s, once per process) loads before the first question, not in it.
+        await asyncio.to_thread(morph.warm)
         if s.migrate_on_start:
             await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-chat")

@@ -2,11 +2,13 @@
 
     summarize → intent → (vision) → router ─Send→ {waste_rag, character, location, collection_point,
     bulk_waste, recyclable_price, weather, web_search, image_generation, general} → aggregator
-    (required-field contract + fallback chain) → answer (tokens) → evaluate → END
+    (required-field contract, support grade, fallback chain) → answer (tokens) → evaluate → END
 
-Every node body runs under the policy table (policy.py) and reports STAGE started/finished
-events; location-dependent nodes without a location stop the graph with `interrupt()`
-(NEEDS_INPUT), resumed by ProvideInput through `Command(resume=...)`.
+A question that also asks for something nearby without a location is answered in two parts:
+aggregator → answer (everything else, streamed first) → ask_location (`interrupt()`,
+NEEDS_INPUT) → the places branches with the reply → aggregator → answer (the places) →
+evaluate. Every node body runs under the policy table (policy.py) and reports STAGE
+started/finished events; ProvideInput resumes the graph through `Command(resume=...)`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ from eco2.services.llm.ports import LLM, Grounding, LLMError, Message
 from eco2.services.runtime.telemetry import span
 
 from . import bulk_waste as BW
+from . import english as E
 from . import intents as I
 from . import media as M
 from . import metrics
+from . import question as Q
+from . import rules as R
 from .answer import compose
 from .outbox import EventOutbox, raise_for
 from .policy import FailMode, NodeFailed, PolicyRunner
@@ -85,6 +90,7 @@ class ChatState(TypedDict, total=False):
     history: list[dict]
     summary: str
     new_summary: str
+    summary_upto: int  # the n of the last message the new summary covers
     intents: list[str]
     queries: dict[str, str]
     query: str  # set by Send for one branch
@@ -99,6 +105,8 @@ class ChatState(TypedDict, total=False):
     clarify: bool
     seq: Annotated[int, highest]
     enrichment: bool
+    answered: list[str]  # intents the answer already covered (a partial answer before a NEEDS_INPUT)
+    located: bool  # the location question was asked this turn (answered or declined)
 
 
 class Emitter:
@@ -171,6 +179,7 @@ class ChatDeps:
     places_limit: int = 5
     summary_threshold_tokens: int = 0  # 0 = the model's threshold
     keep_recent_messages: int = 6
+    summary_max_chars: int = 4000
     answer_max_tokens: int = 1024
     bulk_waste: BW.BulkWasteFees | None = None  # None: fee lookup not configured (ECO2_BULK_WASTE_API_KEY)
     bulk_waste_tool_iterations: int = 5
@@ -244,15 +253,47 @@ async def summarize(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     async def body() -> dict:
         old, recent = history[: -deps.keep_recent_messages], history[-deps.keep_recent_messages :]
         if deps.llm.info.provider == "offline":
-            lines = [state.get("summary", "")] if state.get("summary") else []
-            lines += [f"{'사용자' if m['role'] == 'user' else '이코'}: {m['text'].splitlines()[0][:80]}" for m in old]
-            summary = "\n".join(lines)[-4000:]
+            summary = offline_summary(state.get("summary", ""), old, limit=deps.summary_max_chars)
         else:
-            prompt = [Message("user", "다음 대화를 핵심만 한국어로 요약해 주세요:\n" + "\n".join(f"{m['role']}: {m['text']}" for m in old))]
+            prompt = [Message("user", "다음 대화를 핵심만 한국어로 요약해 주세요. 사용자가 물은 물건과 그 답(어디에, 어떻게 버리는지)은 빠뜨리지 마세요:\n"
+                              + (f"이전 요약: {state['summary']}\n" if state.get("summary") else "") + "\n".join(f"{m['role']}: {m['text']}" for m in old))]
             summary = await deps.llm.generate(prompt, max_tokens=1024)
-        return {"summary": summary, "new_summary": summary, "history": recent}
+        upto = max((int(m.get("n") or 0) for m in old), default=0)
+        return {"summary": summary, "new_summary": summary, "history": recent, "summary_upto": upto}
 
     return await _run_node("summarize", state, runtime, body)
+
+
+_ASKED = re.compile(r"^- 물음: (.*?) → ", re.M)
+
+
+def offline_summary(previous: str, messages: list[dict], *, limit: int = 4000) -> str:
+    """The offline model's summary: each question with the answer's direct answer (its first
+    line, whole: "치킨뼈는 … 일반종량제폐기물로 배출해요."), after the previous summary; the oldest
+    pairs are dropped past `limit` characters. The questions stay readable for follow-ups
+    (`asked_in_summary`)."""
+    pairs: list[str] = []
+    question = ""
+    for m in messages:
+        if m["role"] == "user":
+            if question:
+                pairs.append(f"- 물음: {question} → (답 없음)")
+            question = " ".join(m["text"].split())[:200]
+        else:
+            lead = next((line.strip() for line in m["text"].splitlines() if line.strip()), "")[:300]
+            pairs.append(f"- 물음: {question or '(앞선 대화)'} → {lead}")
+            question = ""
+    if question:
+        pairs.append(f"- 물음: {question} → (답 없음)")
+    lines = [line for line in previous.splitlines() if line.startswith("- 물음: ")] + pairs
+    while lines and sum(len(line) + 1 for line in lines) > limit:
+        lines.pop(0)
+    return "\n".join(["이전 대화 요약:", *lines]) if lines else ""
+
+
+def asked_in_summary(summary: str) -> list[str]:
+    """The questions an offline summary keeps, newest first."""
+    return list(reversed(_ASKED.findall(summary or "")))
 
 
 def _combine(first: dict, then: dict) -> dict:
@@ -273,7 +314,7 @@ async def understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     each superstep costs an `aput` + `aput_writes` (~4 ms of CPU here, ADR 0065)."""
     update = await summarize(state, runtime)
     if update:
-        state = {**state, **{k: v for k, v in update.items() if k in ("summary", "history")}}
+        state = {**state, **{k: v for k, v in update.items() if k in ("summary", "history")}}  # intent reads the shorter history
     update = _combine(update, await intent(state, runtime))
     if not state.get("image_key"):
         update = _combine(update, await router(state, runtime))
@@ -296,8 +337,15 @@ async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
                 metrics.fallback_taken("intent_rules")
             note = f"모델 분류: {', '.join(c.intents)}" if c else f"모델 분류 실패({why}): 규칙으로 분류했어요"
             await em.stage("intent", events_pb2.STAGE_PHASE_PROGRESS, message=note[:200])
+        language = None
+        if c is None and Q.language(text) == "en":  # read as the Korean question it asks (english.py)
+            t = E.translate(text)
+            language = {"language": "en", "terms": [list(pair) for pair in t.terms], "understood": bool(t.korean)}
+            text = t.korean or text
         c = c or I.classify(text, deps.kb)
         intents, queries = list(c.intents), dict(c.queries)
+        if language is not None:
+            return {"intents": intents, "queries": queries, "contexts": {"language_context": language}}
         # Multi-turn: a follow-up without its own subject ("그럼 뚜껑은?") inherits the last user turn's topic.
         if intents == [I.GENERAL] and state.get("history"):
             last_user = next((m["text"] for m in reversed(state["history"]) if m["role"] == "user"), "")
@@ -356,20 +404,25 @@ def _rule_context(hits) -> tuple[list[dict], list[dict]]:
 
 
 async def waste_rag(state: ChatState, runtime: Runtime[JobContext]) -> dict:
-    """The disposal rules of the item, and the Eco² character of its category (the answer's card):
-    the character is looked up after the rules under the character node's own policy (timeout,
-    breaker, FAIL_OPEN: no card, the rules still stand), in the same superstep — a branch of its
-    own would cost a LangGraph task, its checkpoint writes and four events per answer."""
+    """What the rules say about each asked item (rules.py: the lines about it, the direct
+    answer), and the Eco² character of its category (the answer's card): the character is
+    looked up after the rules under the character node's own policy (timeout, breaker,
+    FAIL_OPEN: no card, the rules still stand), in the same superstep — a branch of its own
+    would cost a LangGraph task, its checkpoint writes and four events per answer."""
     deps = rt(runtime).deps
     category: list[str] = []
 
     async def body() -> dict:
-        hits = deps.kb.search(state.get("query") or state["message"], limit=2)
-        if not hits:
-            return {}
-        category[:] = [hits[0].rule.name]
-        docs, cites = _rule_context(hits)
-        return {"contexts": {"disposal_rules": docs}, "citations": cites}
+        ctx = R.gather(deps.kb, state.get("query") or state["message"], previous=_earlier_user_turns(state))
+        update: dict = {"contexts": {"waste_answers": ctx}}
+        if ctx["findings"]:
+            first = ctx["findings"][0]
+            names = {r.file: r.name for r in deps.kb.rules}
+            category[:] = [names.get((first["dest_files"] or [first["file"]])[0], first["name"])]
+            docs, cites = R.context_docs(ctx)
+            update["contexts"]["disposal_rules"] = docs
+            update["citations"] = cites
+        return update
 
     update = await _run_node("waste_rag", state, runtime, body)
     found_rules = category and "disposal_rules" in (update.get("contexts") or {})
@@ -378,6 +431,12 @@ async def waste_rag(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         return update
     extra = await _run_node("character", state, runtime, lambda: _character_context(deps, entry, None), announce=False)
     return _combine(update, {k: v for k, v in extra.items() if k != "failed"})  # the card is optional
+
+
+def _earlier_user_turns(state: ChatState) -> list[str]:
+    """The user's earlier messages, newest first, then those the summary keeps (a follow-up's
+    subject is in them)."""
+    return [m["text"] for m in reversed(state.get("history") or []) if m["role"] == "user"] + asked_in_summary(state.get("summary", ""))
 
 
 def _category_label(name: str) -> str:
@@ -412,34 +471,32 @@ async def character(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     async def body() -> dict:
         text = state.get("query") or state["message"]
         entry = next((c for c in deps.kb.characters if c["name"] in text), None)
-        if entry is None:  # "페트병 버리면 어떤 캐릭터?" → the character of the rule's category
-            hits = deps.kb.search(text, limit=1)
-            entry = (_character_of(deps.kb, hits[0].rule.name) if hits else None) or deps.kb.characters[0]
+        if entry is None:  # "페트병 버리면 어떤 캐릭터?" → the character of the item's category
+            found = R.gather(deps.kb, text)["findings"]
+            names = {r.file: r.name for r in deps.kb.rules}
+            entry = _character_of(deps.kb, names[(found[0]["dest_files"] or [found[0]["file"]])[0]]) if found else None
+        if entry is None:  # "캐릭터 몇 개야?", "캐릭터 다 알려줘": the whole cast, from the knowledge base
+            cast = [{"code": c["code"], "name": c["name"], "match_label": c.get("match_label", "")} for c in deps.kb.characters]
+            cite = {"source_id": "character:catalog", "kind": chat_pb2.CITATION_KIND_CHARACTER, "title": "Eco² 캐릭터", "snippet": ", ".join(c["name"] for c in cast)}
+            return {"contexts": {"character_context": {"cast": cast}}, "citations": [cite]}
         return await _character_context(deps, entry, rt(runtime).emitter)
 
     return await _run_node("character", state, runtime, body)
 
 
 def _places_node(name: str):
+    """A nearby search. Without a location it only says so (`needs_location`): the answer covers
+    the other parts of the question first, then `ask_location` asks for it (NEEDS_INPUT) and
+    this node runs again with the reply."""
+
     async def node(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         deps = rt(runtime).deps
         key = f"{name}_context"
 
-        asked: dict = {}
-
         async def body() -> dict:
             location = state.get("location")
             if not location:
-                # Human in the loop: the graph stops here; ProvideInput resumes it with the answer.
-                # Asked once per node run: LangGraph matches resume values to interrupt() calls by
-                # their order within the task, so a policy retry calling interrupt() a second time
-                # would find no value for that second call and ask the user again.
-                if "reply" not in asked:
-                    asked["reply"] = interrupt({"input_id": "location", "kind": "location", "prompt": "가까운 곳을 찾으려면 현재 위치가 필요해요. 위치를 공유해 주시겠어요?"})
-                reply = asked["reply"]
-                if not reply or reply.get("declined") or not reply.get("location"):
-                    return {"contexts": {key: {"declined": True, "places": []}}}
-                location = reply["location"]
+                return {"contexts": {key: {"declined": True, "places": []} if state.get("located") else {"needs_location": True, "places": []}}}
             if deps.places is None:
                 return {"contexts": {key: {"unavailable": True, "places": []}}}
             em = rt(runtime).emitter
@@ -447,12 +504,32 @@ def _places_node(name: str):
             places = await deps.places.nearby(location["latitude"], location["longitude"], radius_m=deps.search_radius_m, limit=deps.places_limit, collection_points=name == "collection_point")
             await em.tool(name, "location.search_nearby", f"{name}-nearby", events_pb2.TOOL_PHASE_RESULT, message=f"{len(places)} places")
             cites = [{"source_id": f"place:{p['id']}", "kind": chat_pb2.CITATION_KIND_PLACE, "title": p["name"], "snippet": p.get("address", "")} for p in places]
-            return {"contexts": {key: {"places": places}}, "citations": cites, "location": location}
+            return {"contexts": {key: {"places": places}}, "citations": cites}
 
         return await _run_node(name, state, runtime, body)
 
     node.__name__ = name
     return node
+
+
+def waiting_for_location(state: ChatState) -> list[str]:
+    """The places intents that still need the user's location."""
+    contexts = state.get("contexts") or {}
+    return [i for i in state.get("intents") or [] if i in (I.LOCATION, I.COLLECTION_POINT) and (contexts.get(REQUIRED[i]) or {}).get("needs_location")]
+
+
+async def ask_location(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    """Human in the loop: the graph stops here (NEEDS_INPUT) after answering what it could;
+    ProvideInput resumes it with the location or `declined`. The one interrupt() of the node,
+    outside any retry loop: LangGraph matches resume values to interrupt() calls by their order
+    within the task."""
+    reply = interrupt({"input_id": "location", "kind": "location", "prompt": "가까운 곳을 찾으려면 현재 위치가 필요해요. 위치를 공유해 주시겠어요?"})
+    location = (reply or {}).get("location") if not (reply or {}).get("declined") else None
+    return {"located": True, **({"location": location} if location else {})}
+
+
+def after_ask(state: ChatState) -> list[Send]:
+    return [Send(NODE_OF[i], {**state, "query": (state.get("queries") or {}).get(i, state["message"])}) for i in waiting_for_location(state)]
 
 
 async def bulk_waste(state: ChatState, runtime: Runtime[JobContext]) -> dict:
@@ -467,19 +544,26 @@ async def bulk_waste(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     return await _run_node("bulk_waste", state, runtime, body)
 
 
+def _price_context(kb, text: str, found) -> dict:
+    """The price survey's rows for the items found, in the text's region, with the quantity asked ("10kg")."""
+    region = kb.region_of(text)
+    items = [
+        {"name": p.name + (f"({p.form})" if p.form and p.form not in p.name else ""), "price": p.prices.get(region, p.prices.get("nationwide")), "region": region, "region_name": kb.regions[region]}
+        for p in found
+    ]
+    kg = sum(n * {"kg": 1, "g": 0.001, "톤": 1000}[u] for n, u in Q.read_part(text).quantity if u in ("kg", "g", "톤"))
+    return {"items": items, "survey": kb.price_info, "kg": kg}
+
+
 async def recyclable_price(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     deps = rt(runtime).deps
 
     async def body() -> dict:
         text = state.get("query") or state["message"]
-        region = deps.kb.region_of(text)
-        items = [
-            {"name": p.name + (f"({p.form})" if p.form and p.form not in p.name else ""), "price": p.prices.get(region, p.prices.get("nationwide")), "region": region, "region_name": deps.kb.regions[region]}
-            for p in deps.kb.search_prices(text)
-        ]
+        ctx = _price_context(deps.kb, text, deps.kb.search_prices(text))
         info = deps.kb.price_info
-        cites = [{"source_id": f"price:{info.get('date')}", "kind": chat_pb2.CITATION_KIND_PRICE, "title": f"{info.get('source')} ({info.get('date')})", "url": info.get("url", ""), "snippet": ", ".join(f"{i['name']} {i['price']}원/kg" for i in items)}] if items else []
-        return {"contexts": {"price_context": {"items": items, "survey": info}}, "citations": cites}
+        cites = [{"source_id": f"price:{info.get('date')}", "kind": chat_pb2.CITATION_KIND_PRICE, "title": f"{info.get('source')} ({info.get('date')})", "url": info.get("url", ""), "snippet": ", ".join(f"{i['name']} {i['price']}원/kg" for i in ctx["items"])}] if ctx["items"] else []
+        return {"contexts": {"price_context": ctx}, "citations": cites}
 
     return await _run_node("recyclable_price", state, runtime, body)
 
@@ -537,56 +621,108 @@ async def general(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     return await _run_node("general", state, runtime, _noop)
 
 
+def support(intent: str, contexts: dict) -> str:
+    """How well the gathered context answers one intent: "ok", "weak" (part of it, or only what
+    is not known) or "none" (nothing to answer from) — the grade that starts the fallback chain."""
+    need = REQUIRED.get(intent)
+    if need is None:
+        return "ok"
+    got = contexts.get(need)
+    if intent == I.WASTE:
+        ctx = contexts.get("waste_answers") or {}
+        if not ctx.get("findings"):
+            return "none"
+        return "weak" if ctx.get("unknown") or ctx.get("local") else "ok"
+    if intent == I.RECYCLABLE_PRICE:
+        return "ok" if got and got.get("items") else "none"
+    return "ok" if got else "none"
+
+
 async def aggregator(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    """Checks each intent's context against the contract (REQUIRED) and grades its support;
+    an intent without enough support goes down the fallback chain until one step answers it:
+    1. retry: a rewritten query (the whole message and the previous user turn),
+    2. web search (when configured), 3. an honest "not sure" answer that says what is not
+    known and where to find it, 4. a clarifying question when the message names nothing."""
     deps = rt(runtime).deps
 
     async def body() -> dict:
-        contexts = state.get("contexts") or {}
-        missing = [i for i in state.get("intents") or [] if REQUIRED.get(i) and not contexts.get(REQUIRED[i])]
+        contexts = dict(state.get("contexts") or {})
+        intents = list(state.get("intents") or [])
         update: dict = {}
-        if not missing:
-            return update
-        update["fallback_used"] = True
-        # A places branch that failed (LocationService down): say so rather than "nothing nearby".
-        down = {REQUIRED[i]: {"unavailable": True, "places": []} for i in missing if i in (I.LOCATION, I.COLLECTION_POINT)}
-        if down:
-            metrics.fallback_taken("places_unavailable")
-            update["contexts"] = dict(down)
-        if I.BULK_WASTE in missing:  # the fee API failed (FALLBACK): the general rule, honestly without fees
-            metrics.fallback_taken("bulk_waste_unavailable")
-            bulk, cites = BW.unavailable(deps.kb)
-            update.update(contexts={**update.get("contexts", {}), "bulk_waste_context": bulk}, citations=cites)
-        if I.WASTE in missing:
-            # 1. rewritten query: the whole message, a looser threshold
-            hits = deps.kb.search(state["message"] + " " + " ".join(m["text"] for m in (state.get("history") or [])[-2:] if m["role"] == "user"), limit=2, min_score=1.0)
-            if hits:
-                metrics.fallback_taken("rules_retry")
-                docs, cites = _rule_context(hits)
-                update.update(contexts={**update.get("contexts", {}), "disposal_rules": docs}, citations=cites)
-                return update
-            # 2. web search
-            if deps.web_search is not None:
-                results = await deps.web_search.search(state["message"], limit=3)
-                if results:
-                    metrics.fallback_taken("web_search")
-                    update["contexts"] = {**update.get("contexts", {}), "web_search_context": {"configured": True, "results": results}}
-                    update["intents"] = [*state["intents"], I.WEB_SEARCH]
-                    return update
-            # 3. unsure general answer, or 4. a clarifying question for a message too vague to answer
-            if len(state["message"].strip()) < 8:
-                update["clarify"] = True
+        cites: list[dict] = []
+        pending = set(waiting_for_location(state))
+        for intent in intents:
+            if intent in pending or support(intent, contexts) == "ok":
+                continue
+            if intent in (I.LOCATION, I.COLLECTION_POINT):  # the places branch failed (LocationService down): say so
+                metrics.fallback_taken("places_unavailable")
+                contexts[REQUIRED[intent]] = {"unavailable": True, "places": []}
+            elif intent == I.BULK_WASTE:  # the fee API failed (FALLBACK): the general rule, honestly without fees
+                metrics.fallback_taken("bulk_waste_unavailable")
+                contexts["bulk_waste_context"], extra = BW.unavailable(deps.kb)
+                cites += extra
+            elif intent in (I.WASTE, I.RECYCLABLE_PRICE):
+                step = await _fallback(intent, state, contexts, deps)
+                metrics.fallback_taken(step)
+                if step in ("unsure", "clarify"):
+                    update[step] = True
+                    if step == "clarify" and intent == I.WASTE:
+                        contexts["waste_answers"] = {**(contexts.get("waste_answers") or {}), "clarify": True}
+                if step == "web_search":
+                    update["intents"] = [*intents, I.WEB_SEARCH] if I.WEB_SEARCH not in intents else intents
             else:
-                update["unsure"] = True
-            metrics.fallback_taken("clarify" if update.get("clarify") else "unsure")
+                continue
+            update["fallback_used"] = True
+        if update.get("fallback_used") or contexts != (state.get("contexts") or {}):
+            update["contexts"] = contexts
+        if cites or contexts.get("_cites"):
+            update["citations"] = cites + contexts.pop("_cites", [])
         return update
 
     return await _run_node("aggregator", state, runtime, body)
 
 
-def grounding_of(state: ChatState) -> Grounding:
+async def _fallback(intent: str, state: ChatState, contexts: dict, deps: ChatDeps) -> str:
+    """One intent down the chain; the name of the step that answered it (contexts updated)."""
+    earlier = _earlier_user_turns(state)[:1]
+    ctx = contexts.get("waste_answers") or {}
+    # 1. retry with a rewritten query: the whole message, with the previous turn for a follow-up
+    if intent == I.WASTE and ctx.get("unknown"):
+        retried = R.retry(deps.kb, ctx, earlier)
+        if retried is not None:
+            contexts["waste_answers"] = retried
+            docs, cites = R.context_docs(retried)
+            contexts["disposal_rules"] = docs
+            contexts["_cites"] = cites
+            return "rules_retry"
+    if intent == I.RECYCLABLE_PRICE:
+        items = deps.kb.search_prices(" ".join([state["message"], *earlier]))
+        if items:
+            contexts["price_context"] = _price_context(deps.kb, state["message"], items)
+            return "rules_retry"
+    # 2. web search
+    if deps.web_search is not None:
+        results = await deps.web_search.search(state["message"], limit=3)
+        if results:
+            contexts["web_search_context"] = {"configured": True, "results": results}
+            return "web_search"
+    # 3. what is not known, said plainly; 4. or ask what the item is when nothing is named
+    if intent == I.WASTE and ctx.get("clarify") and not ctx.get("findings") and not ctx.get("unknown"):
+        return "clarify"
+    return "unsure"
+
+
+def answer_now(state: ChatState) -> list[str]:
+    """The intents this answer covers: all but those answered already and those still waiting for the location."""
+    done, pending = set(state.get("answered") or []), set(waiting_for_location(state))
+    return [i for i in state.get("intents") or [I.GENERAL] if i not in done and i not in pending]
+
+
+def grounding_of(state: ChatState, intents: list[str] | None = None) -> Grounding:
     history = [Message("user" if m["role"] == "user" else "assistant", m["text"]) for m in state.get("history") or []]
     return Grounding(
-        question=state["message"], intents=list(state.get("intents") or [I.GENERAL]), contexts=dict(state.get("contexts") or {}),
+        question=state["message"], intents=intents if intents is not None else list(state.get("intents") or [I.GENERAL]), contexts=dict(state.get("contexts") or {}),
         history=history, summary=state.get("summary", ""), unsure=bool(state.get("unsure")), clarify=bool(state.get("clarify")),
     )
 
@@ -594,7 +730,9 @@ def grounding_of(state: ChatState) -> Grounding:
 async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     ctx = rt(runtime)
     deps, em = ctx.deps, ctx.emitter
-    grounding = grounding_of(state)
+    now = answer_now(state)
+    grounding = grounding_of(state, now)
+    before = state.get("answer") or ""  # the part answered before a NEEDS_INPUT (same turn)
     emitted: list[str] = []
 
     async def stream_with(llm) -> None:
@@ -624,6 +762,9 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     async def body() -> dict:
         if emitted:  # tokens went out: a retry would repeat them
             raise LLMError("answer stream broke after tokens were sent", retryable=False)
+        if before:  # the rest of an answer begins on a line of its own
+            emitted.append("\n")
+            em.token("\n")
         await stream_with(deps.llm)
         return {}
 
@@ -647,7 +788,7 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         metrics.node_finished("answer", "ok", elapsed)
         await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=elapsed)
         await em.drain()
-        update: dict = {"answer": "".join(emitted), "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
+        update: dict = {"answer": before + "".join(emitted), "answered": [*(state.get("answered") or []), *now], "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
         if fallback:
             update["fallback_used"] = True
         return update
@@ -708,6 +849,17 @@ def after_intent(state: ChatState) -> str | list[Send]:
     return "vision" if state.get("image_key") else fan_out(state)
 
 
+def after_aggregator(state: ChatState) -> str:
+    """Answer what can be answered now; ask for the location first only when nothing else can be."""
+    if not answer_now(state) and waiting_for_location(state) and not state.get("located"):
+        return "ask_location"
+    return "answer"
+
+
+def after_answer(state: ChatState) -> str:
+    return "ask_location" if waiting_for_location(state) and not state.get("located") else "evaluate"
+
+
 def build_graph() -> StateGraph:
     g = StateGraph(ChatState, context_schema=JobContext)
     g.add_node("intent", understand)
@@ -721,12 +873,14 @@ def build_graph() -> StateGraph:
         g.add_edge(name, "aggregator")
     g.add_node("aggregator", aggregator)
     g.add_node("answer", answer)
+    g.add_node("ask_location", ask_location)
     g.add_node("evaluate", evaluate)
     g.add_edge(START, "intent")
     g.add_conditional_edges("intent", after_intent, ["vision", *NODE_OF.values()])
     g.add_conditional_edges("vision", fan_out, [*NODE_OF.values()])
-    g.add_edge("aggregator", "answer")
-    g.add_edge("answer", "evaluate")
+    g.add_conditional_edges("aggregator", after_aggregator, ["answer", "ask_location"])
+    g.add_conditional_edges("answer", after_answer, ["ask_location", "evaluate"])
+    g.add_conditional_edges("ask_location", after_ask, [NODE_OF[I.LOCATION], NODE_OF[I.COLLECTION_POINT]])
     g.add_edge("evaluate", END)
     return g
 

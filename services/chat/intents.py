@@ -1,8 +1,10 @@
 """Rule-based intent classification with multi-intent decomposition (Korean).
 
-A message is split into clauses ("?", "그리고", "또", "...도 알려줘"); each clause gets the
-intents whose cue words it contains; waste questions are also recognised by a retrieval hit
-on the disposal rules. The result keeps the message order and one sub-query per intent.
+A message is split into requests (question.py: sentences, "그리고", a "-고" clause); each request
+gets its intents from what its words are — a verb of disposal, a bin asked for with "어디" or
+"근처", a bin named as where the item goes (not a place question), a fee or a price word with
+an item of the fee or price tables — and waste questions are also recognised by a retrieval hit
+on an item they name. The result keeps the message order and one sub-query per intent.
 
 With a remote model, `classify_with_model` asks it for the same decomposition as structured
 output (ECO2_CHAT_INTENT_MODE); the rules stay the fallback when the model fails, times out or
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
@@ -22,24 +23,23 @@ from pydantic import BaseModel, Field
 from eco2.services.knowledge.kb import KnowledgeBase
 from eco2.services.llm.ports import LLM, LLMError, Message
 
+from . import bulk_waste as BW
+from . import question as Q
+
 WASTE, CHARACTER, LOCATION, BULK_WASTE, RECYCLABLE_PRICE = "waste", "character", "location", "bulk_waste", "recyclable_price"
 COLLECTION_POINT, WEATHER, IMAGE_GENERATION, WEB_SEARCH, GENERAL = "collection_point", "weather", "image_generation", "web_search", "general"
 ALL_INTENTS = (WASTE, CHARACTER, LOCATION, BULK_WASTE, RECYCLABLE_PRICE, COLLECTION_POINT, WEATHER, IMAGE_GENERATION, WEB_SEARCH, GENERAL)
 
-CUES: dict[str, tuple[str, ...]] = {
-    COLLECTION_POINT: ("수거함", "수거 함", "폐건전지함", "폐형광등", "의류수거", "수거함이"),
-    LOCATION: ("재활용센터", "근처", "주변", "가까운", "어디서", "어디에", "위치", "재활용 센터", "제로웨이스트", "리필"),
-    BULK_WASTE: ("대형폐기물", "대형 폐기물", "스티커", "수수료", "가구", "소파", "침대", "매트리스", "장롱", "냉장고 버"),
-    RECYCLABLE_PRICE: ("시세", "가격", "얼마에", "얼마야", "매입", "kg당", "킬로당", "원에"),
-    WEATHER: ("날씨", "비 와", "비와", "기온", "눈 와", "우산", "미세먼지"),
-    IMAGE_GENERATION: ("그려", "그림", "이미지 만들", "이미지 생성", "만들어줘 이미지", "사진 만들"),
-    WEB_SEARCH: ("검색", "최신", "뉴스", "찾아봐", "찾아 봐", "인터넷"),
-    WASTE: ("분리", "버려", "버리", "배출", "분리수거", "재활용", "쓰레기", "어떻게 버"),
-}
-
-_SPLIT = re.compile(r"(?<=[?？!.。])\s+|\s*(?:그리고|그리고요|또한|또|아울러)\s+|(?<=[고요])\s*,\s*")
-#: Ask-for-more endings that start a new request: "근처 수거함도 알려줘".
-_ALSO = re.compile(r"\S+도\s+(?:알려|찾아|보여)")
+#: Words that name a tool's request (nouns and verb lemmas of the analyser).
+IMAGE_WORDS = frozenset({"그림", "그리다", "일러스트"})
+IMAGE_MAKE = frozenset({"이미지", "사진", "짤"})
+MAKE = frozenset({"만들다", "생성하다", "그리다", "뽑다"})
+WEB_WORDS = frozenset({"검색", "검색하다", "뉴스", "최신", "찾아보다", "인터넷", "기사"})
+WEATHER_WORDS = frozenset({"날씨", "기온", "미세먼지", "강수", "일기예보", "예보"})
+PRICE_WORDS = frozenset({"시세", "가격", "값", "단가", "얼마", "매입", "매입가", "시가", "고물상"})
+FEE_WORDS = ("수수료", "스티커", "납부필증", "대형폐기물", "비용", "신고필증")
+#: Rule files whose items the bulk_waste branch answers (its fee table and the general rule).
+BULK_FILES = frozenset({"대형폐기물", "공사장생활폐기물"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +51,87 @@ class Classification:
 
 
 def clauses(message: str) -> list[str]:
-    parts = [p.strip() for p in _SPLIT.split(message) if p and p.strip()]
-    return parts or [message.strip()]
+    """The message's requests (question.split): sentences and "-고"/그리고 clauses."""
+    return Q.split(message)
+
+
+#: Predicates that say nothing of their own: a message with only these and an item asks about the item.
+LIGHT_PREDICATES = frozenset({
+    "이다", "하다", "되다", "있다", "없다", "맞다", "아니다", "괜찮다", "가능하다", "어떻다", "어떡하다", "알리다", "주다", "궁금하다", "모르다",
+    "싶다", "보다", "알다", "좋다", "나오다", "생기다", "쓰다", "남다", "깨지다", "오다", "사다", "받다", "같다", "안되다", "어딨다",
+    "많다", "쌓이다", "모이다", "떨어지다", "붙다", "묻다", "고장나다", "망가지다", "찢어지다", "교체하다", "바꾸다", "다쓰다",
+})
+
+
+def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
+    """The intents of one request, from what its words are (question.py), not where they occur;
+    in the order the request names them."""
+    a = part.analysis
+    lemmas, nouns = a.lemmas, set(part.nouns)
+    found: dict[str, int] = {}  # intent → where in the text its evidence starts
+
+    def at(*words: str) -> int:
+        spots = [t.start for t in a.tokens if t.form in words or t.lemma in words]
+        return min(spots) if spots else len(a.text)
+
+    image = bool(lemmas & IMAGE_WORDS) or bool(nouns & IMAGE_MAKE and lemmas & MAKE)
+    if image:
+        found[IMAGE_GENERATION] = at(*IMAGE_WORDS, *IMAGE_MAKE)
+    if lemmas & WEB_WORDS or part.mentions("찾아봐", "찾아 봐"):
+        found[WEB_SEARCH] = at(*WEB_WORDS)
+    rain = any(t.form in ("비", "눈") and t.tag == "NNG" for t in a.tokens) and part.has("오다", "내리다")
+    if nouns & WEATHER_WORDS or rain:
+        found[WEATHER] = at(*WEATHER_WORDS, "비", "눈")
+    characters = [c["name"] for c in kb.characters if any(t.form == c["name"] for t in a.tokens)]
+    if not image and ("캐릭터" in nouns or characters):
+        found[CHARACTER] = at("캐릭터", *characters)
+    if part.place:
+        found[part.place] = at("근처", "주변", "어디", "가깝다", *(t.form for t in a.tokens if "수거" in t.form or "센터" in t.form))
+    bulk_item = _bulk_item(part)
+    furniture = bool(bulk_item) and all(h.rule.file in BULK_FILES for h in kb.search(bulk_item, limit=1))
+    fee = part.mentions(*FEE_WORDS) or furniture and bool(nouns & {"얼마", "가격", "값"})
+    if fee or furniture and (part.disposal or part.wh or not found):
+        found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
+    sells = part.has("팔다", "매입하다") or bool(nouns & PRICE_WORDS)
+    priced = kb.search_prices(part.text)
+    if sells and part.local != "bag_price" and (priced or BULK_WASTE not in found and part.mentions("재활용품")):  # "소파 버리려면 얼마야?" asks a fee
+        found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
+    hits = sorted(found, key=found.get)
+    tools_only = bool(hits) and all(h in (WEB_SEARCH, IMAGE_GENERATION, WEATHER) for h in hits)
+    disposal_verb = bool(lemmas & Q.DISPOSE)
+    # an item alone asks about it ("스티로폼 박스", "페트병은?"); with a verb of its own it may not ("컴퓨터가 느려졌어")
+    modifiers = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and _modifies(a, t)}  # "담겨 있던 트레이" describes the item
+    content_verbs = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and t.lemma not in LIGHT_PREDICATES} - Q.DISPOSE - modifiers
+    retrieving = [item for item in part.items if kb.search(item)]
+    asks_item = bool(retrieving) and (a.is_question or disposal_verb or part.yes_no or not content_verbs or bool(part.parts))
+    bulk_only = BULK_WASTE in hits and all(any(h.rule.file in BULK_FILES for h in kb.search(item, limit=1)) for item in retrieving)
+    about_waste = part.local or part.proposed or disposal_verb or asks_item or part.disposal and not hits or part.demonstrative and part.yes_no
+    if about_waste and not tools_only and CHARACTER not in hits and RECYCLABLE_PRICE not in hits and not bulk_only:
+        hits.append(WASTE)
+    elif tools_only and disposal_verb and part.items:
+        hits.append(WASTE)
+    return hits
+
+
+def _modifies(a, verb) -> bool:
+    """The verb ends in a modifier of a noun ("담기/VV 어/EC 있/VX 던/ETM 트레이")."""
+    for t in a.tokens[a.tokens.index(verb) + 1 :]:
+        if t.tag == "ETM":
+            return True
+        if t.tag not in ("EC", "VX", "EP"):
+            return False
+    return False
+
+
+def _bulk_item(part: Q.Part) -> str:
+    """A bulk-waste item (bulk_waste.yaml) the request names as a word or a word's head
+    ("소파", "컴퓨터책상"), not inside another word ("식탁매트" is a mat)."""
+    v = BW.vocabulary()
+    words = [t.form for t in part.analysis.tokens if t.tag.startswith("NN")]
+    for alias in sorted(v.items, key=len, reverse=True):
+        if any(w == alias or w.endswith(alias) and len(w) > len(alias) and not w.startswith(alias) for w in words):
+            return v.items[alias]
+    return ""
 
 
 def classify(message: str, kb: KnowledgeBase) -> Classification:
@@ -66,27 +145,11 @@ def classify(message: str, kb: KnowledgeBase) -> Classification:
         else:
             queries[intent] = f"{queries[intent]} {clause}"
 
+    question = Q.read(message)
     names = tuple(c["name"] for c in kb.characters if c["name"] in message)
-    for clause in clauses(message):
-        hits = [i for i, cues in CUES.items() if any(cue in clause for cue in cues)]
-        if COLLECTION_POINT in hits and LOCATION in hits:
-            hits.remove(LOCATION)  # "근처 수거함" is a collection point, not any place
-        if BULK_WASTE in hits and WASTE in hits:
-            hits.remove(WASTE)
-        if BULK_WASTE in hits and RECYCLABLE_PRICE in hits and not kb.search_prices(clause) and not any(cue in clause for cue in ("시세", "매입", "kg", "킬로")):
-            hits.remove(RECYCLABLE_PRICE)  # "소파 버리려면 얼마야?" asks for the fee, not a price survey
-        strong_waste = any(cue in clause for cue in ("분리", "버려", "버리", "배출", "내놔", "내놓"))
-        if LOCATION in hits and strong_waste and not any(cue in clause for cue in ("근처", "주변", "가까운", "센터")):
-            hits.remove(LOCATION)  # "어디에 버려?" asks for the rule, not for a place
-        if WASTE in hits and not strong_waste and len(hits) > 1:
-            hits.remove(WASTE)  # "재활용센터", "재활용 뉴스": the place or the search is the question
-        if not hits and kb.search(clause):
-            hits.append(WASTE)
-        named = any(n in clause for n in names)
-        if IMAGE_GENERATION not in hits and ("캐릭터" in clause or (named and not hits)):
-            hits.append(CHARACTER)
-        for intent in hits:
-            add(intent, clause)
+    for part in question.parts:
+        for intent in route(part, kb):
+            add(intent, part.text)
     if not intents:
         add(GENERAL, message)
         return Classification(tuple(intents), queries, names, 0.4)

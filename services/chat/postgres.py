@@ -81,9 +81,10 @@ class ConversationStore:
         )
         return Sent(str(cid), str(mid), job_id, False)
 
-    async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "", result: bytes = b"") -> str:
+    async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "", result: bytes = b"", summary_upto: int = 0) -> str:
         """Idempotent per job: a re-run job returns the message stored the first time. `result` is the
-        serialized ChatResult, which GetConversation gives back with the message."""
+        serialized ChatResult, which GetConversation gives back with the message. A new `summary`
+        covers the messages up to `summary_upto` (their n)."""
         async with self.pool.acquire() as conn, conn.transaction():
             cid = uuid.UUID(conversation_id)
             existing = await conn.fetchval("SELECT id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, ASSISTANT)
@@ -100,22 +101,24 @@ class ConversationStore:
             )
             await conn.execute(
                 "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now(),"
-                " summary = COALESCE($3, summary) WHERE id = $1",
-                cid, text[:80], summary,
+                " summary = COALESCE($3, summary), summary_upto = GREATEST(summary_upto, $4) WHERE id = $1",
+                cid, text[:80], summary, summary_upto if summary else 0,
             )
             return str(mid)
 
     async def history(self, conversation_id: str, *, before_job: str, limit: int) -> tuple[str, list[dict]]:
-        """The summary and the last `limit` messages before the message of job `before_job`."""
+        """The summary and the messages after what it covers, before the message of job
+        `before_job` (the last `limit` of them), each with its n."""
         cid = uuid.UUID(conversation_id)
         async with self.pool.acquire() as conn:
-            summary = await conn.fetchval("SELECT summary FROM chat_conversations WHERE id = $1", cid) or ""
+            row = await conn.fetchrow("SELECT summary, summary_upto FROM chat_conversations WHERE id = $1", cid)
+            summary, upto = (row["summary"] or "", row["summary_upto"]) if row is not None else ("", 0)
             rows = await conn.fetch(
-                "SELECT role, text FROM chat_messages WHERE conversation_id = $1 AND n < COALESCE((SELECT min(n) FROM chat_messages WHERE job_id = $2), 9223372036854775807)"
-                " ORDER BY n DESC LIMIT $3",
-                cid, before_job, limit,
+                "SELECT n, role, text FROM chat_messages WHERE conversation_id = $1 AND n > $4"
+                " AND n < COALESCE((SELECT min(n) FROM chat_messages WHERE job_id = $2), 9223372036854775807) ORDER BY n DESC LIMIT $3",
+                cid, before_job, limit, upto,
             )
-        return summary, [{"role": "user" if r["role"] == USER else "assistant", "text": r["text"]} for r in reversed(rows)]
+        return summary, [{"role": "user" if r["role"] == USER else "assistant", "text": r["text"], "n": r["n"]} for r in reversed(rows)]
 
     async def list_conversations(self, user_id: str, *, after: tuple[datetime, str] | None, limit: int) -> list[chat_pb2.Conversation]:
         if after is None:

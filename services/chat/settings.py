@@ -20,7 +20,7 @@ class ChatSettings(EventsSettings):
     chat_claimers: int = Field(4, ge=1, le=64, description="loops claiming jobs from the queue")
     chat_claim_block_ms: int = Field(500, ge=1, description="how long one claim waits for a job")
     chat_commit_wait_s: float = Field(2.0, ge=0, le=60, description="how long a worker that claimed a new job waits for its user message to commit (SendMessage queues the job just before its transaction commits) before failing the attempt")
-    chat_history_messages: int = Field(10, ge=0, le=200, description="earlier messages given to the model")
+    chat_history_messages: int = Field(40, ge=0, le=500, description="most earlier messages loaded for a turn (those after the summary; past the threshold the older are summarised)")
     chat_summary_threshold_tokens: int = Field(0, ge=0, description="history size that triggers summarisation (0 = the model's threshold)")
     chat_tokens_per_event: int = Field(4, ge=1, le=64, description="model pieces per TOKEN event, after a first event with the first piece alone (fixed count: deterministic seqs on re-run)")
     chat_input_ttl_s: int = Field(3600, ge=10, description="how long a NEEDS_INPUT question waits for ProvideInput")

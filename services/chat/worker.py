@@ -198,7 +198,7 @@ class ChatWorkers:
         message_id = await self.store.add_assistant_message(
             conversation_id=p["conversation_id"], user_id=p["user_id"], job_id=job_id, text=result.answer, intents=list(result.intents),
             citations=[c.SerializeToString() for c in result.citations], summary=state.get("new_summary"),
-            image_key=result.image_key, result=result.SerializeToString(),
+            image_key=result.image_key, result=result.SerializeToString(), summary_upto=int(state.get("summary_upto") or 0),
         )
         result.message_id = message_id
         packed = any_pb2.Any()

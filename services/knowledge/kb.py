@@ -47,12 +47,48 @@ def expand(query: str, synonyms: dict[str, str]) -> str:
     """The query plus the rule vocabulary of the everyday words it contains (synonyms.yaml).
 
     A key matches anywhere in the query with its spaces removed ("택배 박스" → 택배박스); a key
-    written "^책" only at the start of a word ("책이랑", not "산책").
+    written "^책" only at the start of a word ("책이랑", not "산책"), "=밥" only as a whole word
+    ("밥", not "밥솥").
     """
     words = normalise(query).split()
     compact = "".join(words)
-    extra = [v for k, v in synonyms.items() if (any(w.startswith(k[1:]) for w in words) if k[0] == "^" else k in compact)]
-    return " ".join([query, *extra])
+
+    def names(k: str) -> bool:
+        if k[0] == "^":
+            return any(w.startswith(k[1:]) for w in words)
+        if k[0] == "=":
+            return k[1:] in words
+        return k in compact
+
+    return " ".join([query, *(v for k, v in synonyms.items() if names(k))])
+
+
+class Bm25:
+    """BM25 over the character n-grams of a list of texts (k1 = 1.2, b = 0.75)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        self.lengths: list[int] = []
+        for i, text in enumerate(texts):
+            counts = Counter(ngrams(text))
+            self.lengths.append(sum(counts.values()))
+            for gram, tf in counts.items():
+                postings[gram].append((i, tf))
+        self.postings = dict(postings)
+        self.avg = sum(self.lengths) / max(1, len(self.lengths))
+
+    def scores(self, grams: Counter) -> dict[int, float]:
+        n = len(self.lengths)
+        scores: dict[int, float] = defaultdict(float)
+        for gram, qtf in grams.items():
+            posting = self.postings.get(gram)
+            if not posting:
+                continue
+            idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            for i, tf in posting:
+                norm = tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * self.lengths[i] / self.avg))
+                scores[i] += idf * norm * min(qtf, 2)
+        return scores
 
 
 #: "A랑 B", "A하고 B", "A, B": the joints of a question naming several items.
@@ -81,6 +117,23 @@ class RuleFile:
     targets: tuple[str, ...]
     docs: tuple[RuleDoc, ...]
     index_text: str
+    scope: RuleDoc | None = None  # what the file covers (대상_품목, 세부_품목): cited when an item is one of them
+    passages: tuple[Passage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """One thing a rule file says about some items: what it covers (scope), one common disposal
+    line (step), a detail section (detail), or one refused item and where it goes (exception).
+    The answer quotes the passages about the asked item, not the whole file."""
+
+    file: str
+    kind: str  # "scope" | "step" | "detail" | "exception"
+    doc: RuleDoc  # the citable section it is part of
+    lines: tuple[str, ...]  # what it says, verbatim
+    about: str  # what it is indexed by: its items and words
+    dest: str = ""  # an exception: where the item goes instead ("일반종량제폐기물로 배출")
+    names: str = ""  # the items it names without its lines (a detail's key and items; a refused item as written, "소·돼지 등의 뼈")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,20 +161,17 @@ class KnowledgeBase:
     regions: dict[str, str]
     characters: list[dict]
     synonyms: dict[str, str] = field(default_factory=dict)
-    _postings: dict[str, list[tuple[int, int]]] = field(default_factory=dict, repr=False)
-    _lengths: list[int] = field(default_factory=list, repr=False)
+    price_index: dict[str, list[str]] = field(default_factory=dict)  # general word → price item ids
+    _files: Bm25 = field(init=False, repr=False)
+    _passages: Bm25 = field(init=False, repr=False)
     _starts: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
-        postings: dict[str, list[tuple[int, int]]] = defaultdict(list)
         self._starts = frozenset(w[:2] for rule in self.rules for w in normalise(rule.index_text).split())
-        for i, rule in enumerate(self.rules):
-            counts = Counter(ngrams(rule.index_text))
-            self._lengths.append(sum(counts.values()))
-            for gram, tf in counts.items():
-                postings[gram].append((i, tf))
-        self._postings = dict(postings)
-        self._avg = sum(self._lengths) / max(1, len(self._lengths))
+        self._files = Bm25([rule.index_text for rule in self.rules])
+        self.passages = [p for rule in self.rules for p in rule.passages]
+        self._passages = Bm25([p.about for p in self.passages])
+        self._postings = self._files.postings
 
     def search(self, query: str, *, limit: int = 3, min_score: float = 1.5) -> list[Hit]:
         """BM25 over character n-grams of each rule file's names, items, descriptions and disposal lines.
@@ -146,26 +196,40 @@ class KnowledgeBase:
         # ("이름이" ↔ "필름이", "리스트" ↔ "스테인리스") alone are chance, not an answer.
         if not any(g in self._postings and (len(g) != 2 or g in self._starts) for g in grams):
             return []
-        n = len(self.rules)
-        scores: dict[int, float] = defaultdict(float)
-        for gram, qtf in grams.items():
-            posting = self._postings.get(gram)
-            if not posting:
-                continue
-            idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
-            for i, tf in posting:
-                norm = tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * self._lengths[i] / self._avg))
-                scores[i] += idf * norm * min(qtf, 2)
-        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        ranked = sorted(self._files.scores(grams).items(), key=lambda kv: -kv[1])
         if not ranked:
             return []
         best = ranked[0][1]
         return [Hit(self.rules[i], s) for i, s in ranked[:limit] if s >= min_score and s >= best * 0.5]
 
+    def about(self, item: str, *, files: set[str] | None = None) -> list[tuple[Passage, float]]:
+        """The passages about one item ("귤 껍질", "생선뼈"), best first, each with its BM25 score
+        (over the same n-grams and synonyms as `search`, one passage per document). `files`
+        limits them to some rule files. A passage must share a trigram or a whole word with the
+        item: a common bigram alone ("병", "용기" inside other words) is not about it."""
+        text = expand(item, self.synonyms)
+        grams = Counter(g for g in ngrams(text) if g not in _STOP)
+        words = set(normalise(text).split())
+        scores = self._passages.scores(grams)
+        out = []
+        for i, score in scores.items():
+            p = self.passages[i]
+            if files is not None and p.file not in files:
+                continue
+            about = normalise(p.about).split()
+            if any(len(g) == 3 and g in p.about.replace(" ", "") for g in grams) or words & set(about) or any(len(w) > 1 and any(a.startswith(w) for a in about) for w in words):
+                out.append((p, score))
+        return sorted(out, key=lambda ps: -ps[1])
+
     def search_prices(self, query: str) -> list[PriceItem]:
+        """The survey's items a question names: by name or synonym, else by the survey's own
+        index of general words (prices.yaml search_synonyms: 캔 → 철캔, 알루미늄캔)."""
         q = normalise(query).replace(" ", "")
         found = [p for p in self.prices if any(normalise(s).replace(" ", "") in q for s in (p.name, *p.synonyms) if s)]
-        return found
+        if found:
+            return found
+        ids = [i for word, group in self.price_index.items() if word in q for i in group]
+        return [p for p in self.prices if p.id in ids]
 
     def region_of(self, text: str) -> str:
         for rid, name in self.regions.items():
@@ -202,7 +266,31 @@ def _rule_file(doc: dict, taxonomy: dict) -> RuleFile:
     # disposal lines are indexed too: they name items the lists do not ("철사", "특수규격마대").
     methods = [*(doc.get("배출방법_세부") or {}), *(line for s in sections if s.section != "배출불가_품목_안내" for line in s.lines)]
     index_text = " ".join([name, name, doc["key"], *doc.get("대상_품목", []), *doc.get("대상_설명", []), *items, *minors, *refused.keys(), *methods])
-    return RuleFile(file, doc["key"], doc["category"], name, tuple(doc.get("대상_품목", [])), tuple(sections), index_text)
+    groups = [f"{group}: {', '.join(members)}" for group, members in (doc.get("세부_품목") or {}).items() if members]
+    scope = RuleDoc(f"rule:{file}#대상_품목", file, name, "대상_품목", f"{name} 대상 품목", tuple([*doc.get("대상_품목", []), *doc.get("대상_설명", []), *groups]))
+    passages = [Passage(file, "scope", scope, scope.lines, " ".join([name, doc["key"], *scope.lines, *minors]), names=" ".join([name, *items, *minors]))]
+    for section in sections:
+        if section.section == "배출방법_공통":
+            passages += [Passage(file, "step", section, (line,), line) for line in section.lines]
+        elif section.section.startswith("배출방법_세부/"):
+            key = section.section.split("/", 1)[1]
+            members = (doc.get("세부_품목") or {}).get(key) or []
+            passages.append(Passage(file, "detail", section, section.lines, " ".join([key, key, *members, *section.lines]), names=" ".join([key, *members])))
+        else:
+            passages += [Passage(file, "exception", section, (f"{k}: {v}",), _item_words(k), v, k) for k, v in refused.items()]
+    return RuleFile(file, doc["key"], doc["category"], name, tuple(doc.get("대상_품목", [])), tuple(sections), index_text, scope, tuple(passages))
+
+
+def _item_words(name: str) -> str:
+    """A refused item's name as words: "알의 껍데기" → "알 껍데기", "소·돼지 등의 뼈" → "소 돼지 뼈"."""
+    words = re.split(r"[·,()\s]+", name)
+    return " ".join(w[:-1] if w.endswith("의") and len(w) > 1 else w for w in words if w and w not in ("등", "등의"))
+
+
+@cache
+def lexicon() -> dict:
+    """How people name categories, bins, places, parts and local facts (lexicon.yaml)."""
+    return yaml.safe_load((resources.files(__package__) / "lexicon.yaml").read_text(encoding="utf-8"))
 
 
 @cache
@@ -221,4 +309,8 @@ def load() -> KnowledgeBase:
         for item in cat["items"]
     ]
     regions = {r["id"]: r["name"] for r in prices_doc["regions"]}
-    return KnowledgeBase(rules, taxonomy, prices, prices_doc["survey_info"], regions, characters, {"^" * str(k).startswith("^") + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()})
+    index = {**prices_doc.get("search_synonyms", {}), **(lexicon().get("price_words") or {})}
+    return KnowledgeBase(
+        rules, taxonomy, prices, prices_doc["survey_info"], regions, characters,
+        {str(k)[0] * str(k).startswith(("^", "=")) + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()}, {normalise(k).replace(" ", ""): list(v) for k, v in index.items()},
+    )

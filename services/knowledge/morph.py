@@ -1,0 +1,180 @@
+"""Korean morphology: kiwipiepy's analyser (offline model in `kiwipiepy-model`), loaded once per process.
+
+People type "버릴라면", "버리는법좀", "쇼파버릴라면", "음쓰 어디다 버려": the analyser gives each
+word its part of speech and each verb its lemma (버리/VV for all of them), so the chat routes a
+question on what its words are (a verb of disposal, a noun that names a bin, a question word)
+and finds the item it asks about (the nouns), instead of on substrings anywhere in the text.
+
+Loading the model costs about a second of CPU and ~300 MB (docs/benchmarks.md "Korean
+morphology"); `analyser()` pays it once per process, and the chat service calls `warm()` at
+start so no question waits for it. The multi-word dictionary is not loaded: it names proper
+nouns of news text, not household items, and doubles the load cost. The everyday words of the
+knowledge base (synonyms.yaml keys such as 음쓰, 쇼파, 뽁뽁이) are added as nouns, so the
+analyser keeps them whole instead of reading "음쓰" as an interjection and a verb.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+
+import yaml
+
+#: Parts of speech (Sejong tags, as kiwi names them) that can be part of an item's name.
+NOUN_TAGS = frozenset({"NNG", "NNP", "NR", "SL", "SH", "XR"})
+#: Tags that may sit inside a compound noun ("폐/XPN 건전지", "플라스틱/NNG 류/XSN").
+COMPOUND_TAGS = NOUN_TAGS | {"XPN", "XSN"}
+PREDICATE_TAGS = frozenset({"VV", "VA", "VX", "VCP", "VCN", "VV-I", "VA-I", "VV-R", "VA-R", "VX-I", "VX-R"})
+DERIVING = frozenset({"XSV", "XSA", "XSV-I", "XSA-I", "XSV-R", "XSA-R"})  # 분리수거/NNG + 하/XSV → 분리수거하다
+
+#: Chat spellings the model does not know, rewritten before the analysis (whole words only).
+_CHAT_SPELLINGS = (
+    (re.compile(r"어케|어캐|어떡케|어뜨케"), "어떻게 "),
+    (re.compile(r"(?<![가-힣])걍(?![가-힣])"), "그냥"),
+    (re.compile(r"ㄱㄴ(?![가-힣])"), "가능"),
+)
+
+_lock = threading.Lock()
+_kiwi = None
+_user_words: set[str] = set()
+LOAD: dict[str, float] = {}  # wall and CPU seconds the model took to load in this process
+
+
+def analyser():
+    """The process's Kiwi instance, loaded on first use (thread-safe), knowing the knowledge
+    base's everyday words as nouns."""
+    global _kiwi
+    with _lock:
+        if _kiwi is None:
+            from kiwipiepy import Kiwi
+
+            wall, cpu = time.perf_counter(), time.process_time()
+            kiwi = Kiwi(load_multi_dict=False)
+            named, found = knowledge_nouns()
+            # all words are read before any is added: an analysis after an addition rebuilds the
+            # dictionary (~0.5 s each)
+            skip = {w for w, tokens in zip(named, kiwi.tokenize(named)) if len(tokens) == 2 and tokens[0].tag.startswith(("VV", "VA")) and tokens[1].tag == "ETM"}
+            # words taken from the rules' item lists are added only when they are nouns as written
+            # ("가위" read as an adverb), not a noun with its particle ("폐기물로")
+            skip |= {w for w, tokens in zip(found, kiwi.tokenize(found)) if any(t.tag.startswith(("J", "E", "V", "X")) for t in tokens)}
+            for word in dict.fromkeys(named + found):
+                if word not in skip:  # "깨진" is a modifier, not a noun
+                    kiwi.add_user_word(word, "NNG", 0.0)
+            kiwi.tokenize("준비")  # the first call finishes lazy initialisation
+            LOAD.update(wall_s=time.perf_counter() - wall, cpu_s=time.process_time() - cpu)
+            _kiwi = kiwi
+        return _kiwi
+
+
+def knowledge_nouns() -> tuple[list[str], list[str]]:
+    """(the words of synonyms.yaml and lexicon.yaml that are nouns of one word — "음쓰", "쇼파",
+    "분리수거" — and the characters' names; the one-word items of the rules' item lists)."""
+    from .kb import lexicon, load, normalise
+
+    lex, base = lexicon(), load()
+    named = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["places"], *lex["parts"], *lex.get("nouns", [])]
+    named += [c["name"] for c in base.characters]
+    bulk = yaml.safe_load((resources.files(__package__) / "bulk_waste.yaml").read_text(encoding="utf-8"))["items"]
+    named += [w for name, others in bulk.items() for w in (name, *(others or ()))]
+    found = [w for p in base.passages if p.kind in ("scope", "exception") for w in re.split(r"[^가-힣]+", p.names) if len(w) >= 2]
+
+    def keep(words: list[str]) -> list[str]:
+        return sorted({w for w in words if w and " " not in w and normalise(w) == w and not w.isascii()})
+
+    return keep(named), [w for w in keep(found) if w not in set(named)]
+
+
+def warm() -> dict[str, float]:
+    """Load the model now (a service's start) rather than in its first question; the load cost."""
+    analyser()
+    return dict(LOAD)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    form: str
+    tag: str
+    start: int
+    end: int
+
+    @property
+    def lemma(self) -> str:
+        """Verbs and adjectives in their dictionary form ("버리" → "버리다"), anything else as written."""
+        return self.form + "다" if self.tag in PREDICATE_TAGS else self.form
+
+
+@dataclass(frozen=True)
+class Analysis:
+    text: str
+    tokens: tuple[Token, ...]
+
+    @cached_property
+    def lemmas(self) -> frozenset[str]:
+        """Every token's lemma, plus noun + 하다/되다 verbs as one word ("분리수거하다", "재활용되다")."""
+        out = {t.lemma for t in self.tokens}
+        for prev, tok in zip(self.tokens, self.tokens[1:]):
+            if tok.tag in DERIVING and prev.tag in NOUN_TAGS:
+                out.add(prev.form + tok.form + "다")
+        for verb, ending, aux in zip(self.tokens, self.tokens[1:], self.tokens[2:]):
+            if verb.tag.startswith("VV") and ending.tag == "EC" and aux.tag.startswith("VX"):
+                out.add(verb.form + aux.form + "다")  # 내/VV 어/EC 놓/VX → 내놓다
+        return frozenset(out)
+
+    @cached_property
+    def nouns(self) -> tuple[str, ...]:
+        return tuple(t.form for t in self.tokens if t.tag in NOUN_TAGS)
+
+    @cached_property
+    def phrases(self) -> tuple[tuple[Token, ...], ...]:
+        """Runs of noun-like tokens with nothing but spaces between them ("캔 수거함", "폐건전지",
+        "귤 껍질"): the candidate names of items, bins and places, in text order."""
+        runs: list[list[Token]] = []
+        previous: Token | None = None
+        for tok in self.tokens:
+            if tok.tag in COMPOUND_TAGS:
+                joined = previous is not None and previous.tag in COMPOUND_TAGS and not self.text[previous.end : tok.start].strip()
+                if joined:
+                    runs[-1].append(tok)
+                else:
+                    runs.append([tok])
+            previous = tok
+        return tuple(tuple(r) for r in runs)
+
+    def has(self, *lemmas: str) -> bool:
+        return any(lemma in self.lemmas for lemma in lemmas)
+
+    def tags(self, *tags: str) -> list[Token]:
+        return [t for t in self.tokens if t.tag in tags]
+
+    def after(self, tok: Token) -> Token | None:
+        i = self.tokens.index(tok)
+        return self.tokens[i + 1] if i + 1 < len(self.tokens) else None
+
+    @property
+    def is_question(self) -> bool:
+        return "?" in self.text or "？" in self.text or any(t.tag == "EF" and t.form in QUESTION_ENDINGS or t.form in WH_WORDS for t in self.tokens)
+
+
+#: Sentence endings that can only ask ("되나요", "할까", "버리니"); "-어", "-아요" also state,
+#: so without a "?" or a question word they do not make a question.
+QUESTION_ENDINGS = frozenset({"나요", "까", "을까", "ᆯ까", "을까요", "ᆯ까요", "니", "냐", "나", "는지", "ᆫ가요", "은가요", "ᆫ가", "은가", "는가", "래", "ᆯ래", "남", "냐고", "는지요"})
+WH_WORDS = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨", "어떻", "어떡하"})
+
+
+def normalise_chat(text: str) -> str:
+    for pattern, repl in _CHAT_SPELLINGS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def analyse(text: str) -> Analysis:
+    """The text's tokens (after rewriting chat spellings the model does not know)."""
+    clean = normalise_chat(text)
+    kiwi = analyser()
+    with _lock:  # one Kiwi is not documented as thread-safe; the chat calls it from one event loop anyway
+        tokens = kiwi.tokenize(clean)
+    return Analysis(clean, tuple(Token(t.form, t.tag, t.start, t.start + t.len) for t in tokens))
