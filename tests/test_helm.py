@@ -25,6 +25,7 @@ from eco2.services import registry
 from eco2.services.bus import domain as events_domain
 from eco2.services.bus import jobs
 from eco2.services.runtime.settings import Endpoints
+from eco2.services.scan import app as scan_app
 from support.monitoring import DASHBOARDS, dashboard_queries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,7 +142,7 @@ def config_env(objects: list[dict], deployment: dict) -> dict[str, str]:
     return env
 
 
-#: Workloads of the route table `eco2 serve` can run today (scan's contract exists, its service not yet).
+#: Workloads of the route table `eco2 serve` can run (services/registry.py).
 SERVABLE = [name for name in ROUTES.services if name in registry.SERVICES or name in registry.HTTP_APPS]
 
 
@@ -315,6 +316,8 @@ def test_schema_rejects_wrong_values():
             ({"events": {"shards": "four"}}, "shards"),
             ({"shutdown": {"graceSeconds": -1}}, "graceSeconds"),
             ({"chatWorker": {"autoscaling": {"maxReplicas": 0}}}, "maxReplicas"),
+            ({"scanWorker": {"concurrency": 0}}, "concurrency"),
+            ({"scan": {"jobKind": "a-kind-too-long-for-its-reward-queue"}}, "jobKind"),
             ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
             ({"auth": {"secretEnv": [{"name": "ECO2_X", "secret": "s"}]}}, "key"),
             ({"replicaCount": 3}, "replicaCount"),
@@ -352,7 +355,7 @@ def test_every_servable_route_table_service_has_its_objects():
     assert {n for n in ROUTES.services if defaults[n]["enabled"]} == set(SERVABLE)
     # and every Deployment's pods are one of them (workers and router included)
     assert {workload(d) for d in deployments.values()} == set(SERVABLE)
-    assert set(deployments) == {f"eco2-{n}" for n in SERVABLE} | {"eco2-chat-worker", "eco2-events-router"}
+    assert set(deployments) == {f"eco2-{n}" for n in SERVABLE} | {"eco2-chat-worker", "eco2-scan-worker", "eco2-events-router"}
     for d in deployments.values():
         assert f"eco2-{component(d)}" in budgets
 
@@ -519,12 +522,18 @@ def test_every_address_is_a_call_the_route_table_allows():
             assert value == f"eco2-{target}.{NAMESPACE}.svc.cluster.local:50051"
 
 
-def test_roles_of_the_chat_and_events_processes():
+def test_roles_of_the_chat_scan_and_events_processes():
     objects = rendered("default")
     deployments = of_kind(objects, "Deployment")
     env = {name: config_env(objects, d) for name, d in deployments.items()}
     assert env["eco2-chat"]["ECO2_CHAT_WORKERS"] == "0"
     assert int(env["eco2-chat-worker"]["ECO2_CHAT_WORKERS"]) > 0
+    # scan: the API only enqueues, the workers claim from the same queue
+    assert _app(deployments["eco2-scan"], env["eco2-scan"]).settings.scan_workers == 0
+    worker = _app(deployments["eco2-scan-worker"], env["eco2-scan-worker"]).settings
+    assert worker.scan_workers > 0 and worker.scan_job_kind == env["eco2-scan"]["ECO2_SCAN_JOB_KIND"]
+    assert serve_name(deployments["eco2-scan-worker"]) == serve_name(deployments["eco2-scan"]) == "scan"
+    assert "eco2-scan-worker" not in of_kind(objects, "Service")  # nothing calls the workers
     assert env["eco2-events"]["ECO2_EVENTS_ROLE"] == "service"
     assert env["eco2-events-router"]["ECO2_EVENTS_ROLE"] == "router"
     shards = {e.get("ECO2_EVENTS_SHARDS") for n, e in env.items() if workload(deployments[n]) in ("chat", "events")}
@@ -541,8 +550,8 @@ def test_roles_of_the_chat_and_events_processes():
     # a small cluster: the chat API runs its workers, one events process routes and serves
     small = rendered("small")
     small_env = {name: config_env(small, d) for name, d in of_kind(small, "Deployment").items()}
-    assert "eco2-chat-worker" not in small_env and "eco2-events-router" not in small_env
-    assert "ECO2_CHAT_WORKERS" not in small_env["eco2-chat"]
+    assert "eco2-chat-worker" not in small_env and "eco2-scan-worker" not in small_env and "eco2-events-router" not in small_env
+    assert "ECO2_CHAT_WORKERS" not in small_env["eco2-chat"] and "ECO2_SCAN_WORKERS" not in small_env["eco2-scan"]
     assert small_env["eco2-events"]["ECO2_EVENTS_ROLE"] == "all"
     assert small_env["eco2-gateway"]["ECO2_GATEWAY_AUTH_MODE"] == "edge"
     assert env["eco2-gateway"]["ECO2_GATEWAY_AUTH_MODE"] == "mesh"
@@ -587,7 +596,7 @@ def test_scaled_objects_read_the_streams_the_code_uses():
     objects = rendered("default")
     deployments = of_kind(objects, "Deployment")
     scaled = of_kind(objects, "ScaledObject")
-    assert set(scaled) == {"eco2-chat-worker", "eco2-events-router", "eco2-events", "eco2-gateway"}
+    assert set(scaled) == {"eco2-chat-worker", "eco2-scan-worker", "eco2-events-router", "eco2-events", "eco2-gateway"}
     auths = of_kind(objects, "TriggerAuthentication")
 
     # chat workers: the queue the chat API enqueues to (jobs.JobQueue), its workers' group
@@ -599,6 +608,19 @@ def test_scaled_objects_read_the_streams_the_code_uses():
     assert {k for t in redis_triggers for k in t["metadata"]} >= {"lagCount", "pendingEntriesCount"}
     assert int(next(t for t in redis_triggers if "pendingEntriesCount" in t["metadata"])["metadata"]["pendingEntriesCount"]) <= app.settings.chat_workers
 
+    # scan workers: the queue the scan API enqueues to, its workers' group, and the reward queue beside it
+    worker = deployments["eco2-scan-worker"]
+    app = _app(worker, config_env(objects, worker))
+    scans, rewards = scan_app.job_queues(redis.asyncio.Redis(), app.settings)
+    api = _app(deployments["eco2-scan"], config_env(objects, deployments["eco2-scan"]))
+    assert scan_app.job_queues(redis.asyncio.Redis(), api.settings)[0].stream == scans.stream
+    scan_triggers = _triggers(scaled["eco2-scan-worker"])
+    assert {t["type"] for t in scan_triggers} == {"redis-streams"}
+    by_mode = {(t["metadata"]["stream"], t["metadata"]["consumerGroup"], "lag" if "lagCount" in t["metadata"] else "pending") for t in scan_triggers}
+    assert by_mode == {(scans.stream, jobs.GROUP, "lag"), (scans.stream, jobs.GROUP, "pending"), (rewards.stream, jobs.GROUP, "lag")}
+    pending = next(t for t in scan_triggers if "pendingEntriesCount" in t["metadata"])
+    assert int(pending["metadata"]["pendingEntriesCount"]) <= app.settings.scan_workers
+
     # the router: every shard stream of the events settings, the router's group
     router = deployments["eco2-events-router"]
     settings = _app(router, config_env(objects, router)).settings
@@ -606,7 +628,7 @@ def test_scaled_objects_read_the_streams_the_code_uses():
     got = {(t["metadata"]["stream"], t["metadata"]["consumerGroup"]) for t in _triggers(scaled["eco2-events-router"])}
     assert got == expected
 
-    for t in [*_triggers(scaled["eco2-chat-worker"]), *_triggers(scaled["eco2-events-router"])]:
+    for t in [*_triggers(scaled["eco2-chat-worker"]), *scan_triggers, *_triggers(scaled["eco2-events-router"])]:
         assert t["authenticationRef"]["name"] in auths
     refs = auths["eco2-redis"]["spec"]["secretTargetRef"]
     assert {r["parameter"] for r in refs} == {"address", "password"} and {r["name"] for r in refs} == {"eco2-redis"}
