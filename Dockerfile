@@ -7,9 +7,11 @@
 # virtualenv; the final stage is the same slim Python with only that virtualenv copied in: no pip
 # cache, no build tools, no sources. It runs as uid 10001 (the chart's runAsUser) and needs no
 # writable path but /tmp (the chart mounts an emptyDir there; the root filesystem is read-only).
-ARG PYTHON_IMAGE=docker.io/library/python:3.11-slim-bookworm
+# The base, repository and tag apart: every FROM names an explicit tag (never an implied latest).
+ARG PYTHON_IMAGE=docker.io/library/python
+ARG PYTHON_TAG=3.11-slim-bookworm
 
-FROM ${PYTHON_IMAGE} AS build
+FROM ${PYTHON_IMAGE}:${PYTHON_TAG} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/eco2
@@ -24,7 +26,7 @@ COPY mesh ./mesh
 RUN /opt/eco2/bin/pip install --no-cache-dir --prefer-binary . \
     && /opt/eco2/bin/python -m compileall -q /opt/eco2/lib
 
-FROM ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE}:${PYTHON_TAG}
 RUN groupadd --system --gid 10001 eco2 \
     && useradd --system --uid 10001 --gid eco2 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin eco2
 COPY --from=build /opt/eco2 /opt/eco2

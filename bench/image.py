@@ -5,7 +5,7 @@ Starts its own embedded data plane in a temp dir on the host; inside the image r
 does (uid 10001, HOME=/tmp), `eco2 migrate` once, then `eco2 serve NAME` for each --services on a
 free port of the host network, polling gRPC health from the host.
 
-    buildah build -t localhost/eco2-mesh:0.1.0 .      # or podman build (docs/helm.md#the-image)
+    buildah build -t localhost/eco2-mesh:0.1.0 .      # or podman build (docs/deploy.md#the-image)
     python bench/image.py [--image localhost/eco2-mesh:0.1.0] [--services character,chat]
 
 Containers run with `buildah run --isolation chroot` (no OCI runtime, no cgroups: it works where

@@ -69,6 +69,14 @@ def create_vision_llm(s: ScanSettings) -> LLM | None:
     return llm
 
 
+def job_queues(redis, s: ScanSettings, *, on_dead=None) -> tuple[JobQueue, JobQueue]:
+    """The queue the API enqueues scans to and the workers claim from (ECO2_SCAN_JOB_KIND), and
+    the queue of postponed rewards beside it, "<kind>-reward", with its slower retries."""
+    queue = JobQueue(redis, s.scan_job_kind, s, on_dead=on_dead)
+    rewards = JobQueue(redis, f"{s.scan_job_kind}-reward", s.model_copy(update={"jobs_retry_delay_s": s.scan_reward_retry_delay_s, "jobs_max_attempts": s.scan_reward_max_attempts}))
+    return queue, rewards
+
+
 class ScanApp:
     name = "scan"
 
@@ -105,8 +113,7 @@ class ScanApp:
         # streams on its scan's job); the reward queue's jobs come after DONE and end nothing.
         dead = ends_stream_on_dead(self.sink, job_kind=events_pb2.JOB_KIND_SCAN, message="사진을 확인하지 못했어요. 잠시 후 다시 시도해 주세요.",
                                    stream_of=lambda job: job.job_id.split(":", 1)[0])
-        queue = JobQueue(self.redis, s.scan_job_kind, s, on_dead=dead)
-        reward_queue = JobQueue(self.redis, f"{s.scan_job_kind}-reward", s.model_copy(update={"jobs_retry_delay_s": s.scan_reward_retry_delay_s, "jobs_max_attempts": s.scan_reward_max_attempts}))
+        queue, reward_queue = job_queues(self.redis, s, on_dead=dead)
         store = ScanStore(self.pool)
         images = GrpcImages(self._channel("images"))
         policies = {**POLICIES, "vision": replace(POLICIES["vision"], timeout_s=s.scan_vision_timeout_s)}

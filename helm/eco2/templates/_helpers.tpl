@@ -46,6 +46,12 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end -}}
 {{- end }}
 
+{{- /* image.pullPolicy, or by default: Always for a tag (a tag can move: every start checks the
+registry, and with it the pull secret), IfNotPresent for a digest (it cannot). */}}
+{{- define "eco2.imagePullPolicy" -}}
+{{- .Values.image.pullPolicy | default (ternary "IfNotPresent" "Always" (ne .Values.image.digest "")) -}}
+{{- end }}
+
 {{- /* The route table (files/routes.yaml links to mesh/routes.yaml) as a map. */}}
 {{- define "eco2.routes" -}}
 {{- $text := .Files.Get "files/routes.yaml" -}}
@@ -256,7 +262,7 @@ spec:
       containers:
         - name: {{ .component }}
           image: {{ include "eco2.image" $ }}
-          imagePullPolicy: {{ $.Values.image.pullPolicy }}
+          imagePullPolicy: {{ include "eco2.imagePullPolicy" $ }}
           command: [eco2]
           args: [serve, {{ .serve }}]
           ports:
