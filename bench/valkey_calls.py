@@ -5,7 +5,7 @@ every step carries one or two events), measured as the valkey-server process's C
 
 Starts its own embedded data plane (temp dir under /tmp; AOF on, as `eco2 up` runs it), sends
 each command `--calls` times one at a time over the lean RESP connection
-(services/bus/resp.py), and last runs `EventPublisher.publish` of one event (the producer's
+(services/dataplane/resp.py), and last runs `EventPublisher.publish` of one event (the producer's
 Lua call) with Valkey's own `INFO commandstats` per event. Prints one JSON line.
 """
 
@@ -32,8 +32,8 @@ def cpu_s(proc: psutil.Process) -> float:
 
 async def main(calls: int) -> dict:
     from eco2.services.bus.producer import EventPublisher
-    from eco2.services.bus.resp import RespClient
     from eco2.services.dataplane.embedded import EmbeddedDataPlane
+    from eco2.services.dataplane.resp import RespClient
     from eco2.services.dataplane.urls import create_redis
 
     root = Path(tempfile.mkdtemp(prefix="eco2-bench-valkey-", dir="/tmp"))

@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eco2.services.bus import domain
-from eco2.services.bus.resp import RespClient
+from eco2.services.dataplane.resp import RespClient
 from eco2.services.runtime.errors import ResourceExhausted
 
 log = logging.getLogger("eco2.events.hub")
@@ -174,7 +174,7 @@ class Hub:
 
     async def _listen(self, shard: int) -> None:
         """Keep shard `shard`'s Pub/Sub connection subscribed; fan-out messages are dispatched
-        straight from the connection's data callback (bus/resp.py: no task per message)."""
+        straight from the connection's data callback (dataplane/resp.py: no task per message)."""
         channel = domain.fanout_channel(shard).encode()
         client = RespClient.like(self.redis)
 

@@ -25,8 +25,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eco2.services.bus import domain, scripts
-from eco2.services.bus.resp import PoolCommands, RespClient
 from eco2.services.bus.settings import EventsSettings
+from eco2.services.dataplane.resp import PoolCommands, RespClient
 
 log = logging.getLogger("eco2.events.router")
 
