@@ -256,8 +256,8 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
     grpc core sizes a new call's memory arena from the calls its connection has finished
     (1 KB on a connection that finished none, then many small overflow blocks): with
     `warm_connections` each connection first finishes one Subscribe, as a long-lived client
-    connection has; without it every stream is a first call of its connection (~3 KB more
-    per stream, docs/adr/0044)."""
+    connection has; without it every stream is a first call of its connection (more memory
+    per stream: docs/benchmarks.md)."""
     from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
 

@@ -65,7 +65,7 @@ def _rejection(event: events_pb2.Event, code: int, last: bytes | str, index: int
 
 
 class EventPublisher:
-    """Publishes over its own lean connection (resp.RespClient, docs/adr/0045) to the server,
+    """Publishes over its own lean connection (dataplane/resp.py, docs/adr/0045) to the server,
     database and credentials of the given redis-py client; concurrent publishes share it
     (pipelined). `aclose()` closes it."""
 

@@ -54,8 +54,8 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> s
     Light tracing (no span exporter): W3C trace context without span recording — the caller's
     trace is continued (or one is started) so logs carry trace ids and downstream calls carry
     `traceparent`. The ids are kept as plain ints here, not as an attached OpenTelemetry
-    context (a span, a span context and a context dict per call: ~0.7 KB an idle stream would
-    hold, docs/adr/0044); `trace_ids()` reads them.
+    context (a span, a span context and a context dict per call, which an idle stream would
+    hold: docs/adr/0040); `trace_ids()` reads them.
     """
     remaining = context.time_remaining()
     forwarded = []
