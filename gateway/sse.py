@@ -173,8 +173,6 @@ class EventStreams:
         return feed
 
     async def handle(self, req: Request, job_id: str, metadata: list[tuple[str, str]], extra: Headers) -> None:
-        if req.method != "GET":
-            raise HttpError(405, "use GET", "METHOD_NOT_ALLOWED", headers=[(b"allow", b"GET")])
         after = parse_cursor(req)
         try:
             await self._check_job(job_id, metadata)
