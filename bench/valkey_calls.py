@@ -10,9 +10,9 @@ each command `--calls` times one at a time over the lean RESP client
 `INFO commandstats` per event. `client_cpu_us_per_call` is this process's CPU per call for the
 same commands through the lean client, redis-py, and redis-py with its commands packed by
 hiredis (a `Connection` subclass: the alternative to the lean client measured for ADR 0045),
-the clients interleaved `--rounds` times; `rate_limit_hit` is one ext-authz rate-limit hit,
-64 concurrent hits on 16 keys coalesced by `BatchedTokenBucket` over the lean client and over a
-redis-py pool. Prints one JSON line.
+the clients interleaved `--rounds` times; `rate_limit_hit` is the client CPU of one ext-authz
+rate-limit hit (`BatchedTokenBucket`) over the lean client and over a redis-py pool, with one hit
+per event-loop tick and with 64 hits on 16 keys coalesced per tick. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -80,17 +80,18 @@ async def clients(redis, url: str, calls: int, rounds: int) -> dict:
             "XRANGE 50 entries": ("XRANGE", "bench:x", "-", "+", "COUNT", 50),
         }
         out: dict = {name: {"lean": [], "redis-py": [], "redis-py hiredis-packed": []} for name in commands}
-        out["rate_limit_hit"] = {"lean": [], "redis-py": []}
-        users = [f"u{i % 16}" for i in range(64)]
+        ticks = {"1 hit per tick": ["u0"], "64 hits on 16 keys per tick": [f"u{i % 16}" for i in range(64)]}
+        out["rate_limit_hit"] = {tick: {"lean": [], "redis-py": []} for tick in ticks}
         for _ in range(rounds):
             for name, command in commands.items():
                 out[name]["lean"].append(await client_cpu_us(calls, lambda c=command: lean.execute(*c)))
                 out[name]["redis-py"].append(await client_cpu_us(calls, lambda c=command: redis.execute_command(*c)))
                 out[name]["redis-py hiredis-packed"].append(await client_cpu_us(calls, lambda c=command: packed.execute_command(*c)))
-            for via, valkey in (("lean", lean), ("redis-py", PoolCommands(redis))):
-                bucket = BatchedTokenBucket(valkey, rate_per_s=1e6, burst=10**6, prefix="bench:rlb:")
-                per_round = await client_cpu_us(calls // 16, lambda b=bucket: asyncio.gather(*(b.hit(u) for u in users)))
-                out["rate_limit_hit"][via].append(round(per_round / len(users), 2))
+            for tick, users in ticks.items():
+                for via, valkey in (("lean", lean), ("redis-py", PoolCommands(redis))):
+                    bucket = BatchedTokenBucket(valkey, rate_per_s=1e6, burst=10**6, prefix="bench:rlb:")
+                    per_tick = await client_cpu_us(max(1, calls // len(users)), lambda b=bucket, u=users: asyncio.gather(*(b.hit(x) for x in u)))
+                    out["rate_limit_hit"][tick][via].append(round(per_tick / len(users), 2))
         return out
     finally:
         await lean.aclose()

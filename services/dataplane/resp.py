@@ -238,16 +238,19 @@ class RespClient(_EvalMany):
             return conn
 
     async def _reply(self, conn: RespConnection, future: asyncio.Future) -> Any:
-        """The reply `future` resolves to, within `reply_timeout` when one is set."""
+        """The reply `future` resolves to; with `reply_timeout`, a late one drops the connection,
+        which fails `future` and every other waiting call with TimeoutError."""
         if self.reply_timeout is None:
             return await future
+        timer = asyncio.get_running_loop().call_later(self.reply_timeout, self._late, conn, future)
         try:
-            async with asyncio.timeout(self.reply_timeout):
-                return await future
-        except TimeoutError:
-            error = RedisTimeoutError(f"no reply from Valkey at {self.where} within {self.reply_timeout:g} s")
-            conn.drop(error)
-            raise error from None
+            return await future
+        finally:
+            timer.cancel()
+
+    def _late(self, conn: RespConnection, future: asyncio.Future) -> None:
+        if not future.done():
+            conn.drop(RedisTimeoutError(f"no reply from Valkey at {self.where} within {self.reply_timeout:g} s"))
 
     async def execute(self, *args: Any) -> Any:
         """One command; an error reply is raised."""

@@ -22,11 +22,9 @@ from .identity import IDENTITY_KEY, Identity
 _random = random.Random()
 TRACEPARENT_KEY = "traceparent"
 
-#: Informational headers ext-authz also injects (access logs, dashboards). Services never act
-#: on them and never forward them: the identity is the verified wristband (IDENTITY_KEY).
+#: The informational header ext-authz also injects (access logs, dashboards). Services never act
+#: on it and never forward it: the identity is the verified wristband (IDENTITY_KEY).
 USER_ID_KEY = "x-eco2-user-id"
-ROLES_KEY = "x-eco2-roles"
-PROVIDER_KEY = "x-eco2-provider"
 REQUEST_ID_KEY = "x-request-id"
 #: Metadata keys forwarded from an incoming call to the calls it makes.
 FORWARDED_KEYS = frozenset({IDENTITY_KEY, REQUEST_ID_KEY})
