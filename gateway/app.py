@@ -130,7 +130,7 @@ class Gateway:
         )
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http":  # the server (server.py) runs no lifespan and no websockets
             await self.http(scope, receive, send)
 
     async def http(self, scope, receive, send) -> None:
