@@ -289,7 +289,6 @@ def main() -> None:
     ap.add_argument("--catchup-clients", type=int, default=100, help="SSE clients catching up on one finished job at once (0 = skip)")
     ap.add_argument("--catchup-events", type=int, default=1000, help="events of that job")
     ap.add_argument("--skip-unary", action="store_true")
-    ap.add_argument("--server", choices=["hypercorn", "granian"], default=os.environ.get("ECO2_GATEWAY_SERVER", "granian"), help="HTTP server of the gateway (ECO2_GATEWAY_SERVER)")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop of the served processes (ECO2_EVENT_LOOP)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -309,7 +308,7 @@ def main() -> None:
             "ECO2_DATA_DIR": str(tmp / "data"), "ECO2_LOG_LEVEL": "WARNING", "ECO2_METRICS_PORT": "0", "LC_ALL": "C.UTF-8",
             "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}", "ECO2_EVENTS_ADDR": f"127.0.0.1:{ports['events']}",
             "ECO2_GATEWAY_AUTH_MODE": "mesh", "ECO2_HTTP_PORT": str(ports["gateway"]), "ECO2_GATEWAY_SSE_KEEPALIVE_S": "15",
-            "ECO2_EVENT_LOOP": args.loop, "ECO2_GATEWAY_SERVER": args.server,
+            "ECO2_EVENT_LOOP": args.loop,
         }
         for name in ("character", "events", "gateway"):
             child = dict(env, ECO2_GRPC_PORT=str(ports[name]))
@@ -345,7 +344,7 @@ def main() -> None:
                           "upstream_cpu_us_per_call_direct": round((c1 - c0) / max(1, n_direct) * 1e6, 1),
                           "upstream_cpu_us_per_call_via": round((c2 - c1) / max(1, n_via) * 1e6, 1),
                           "gateway_cpu_us_per_call": round((g2 - g1) / max(1, n_via) * 1e6, 1),
-                          "event_loop": args.loop, "gateway_server": args.server},
+                          "event_loop": args.loop},
             }
             if not args.skip_sse:
                 out["sse"] = await sse_run(ports["gateway"], info.redis_url, procs[2].pid, args.sse_clients, args.sse_seconds, args.sse_interval)

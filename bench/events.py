@@ -44,9 +44,9 @@ async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: fl
     """Publishes per_job events to each job, `batch` events per publish_many round trip (1 =
     single `publish`); prints its own CPU seconds as JSON on stdout."""
     from eco2.services.bus.producer import EventPublisher
-    from eco2.services.events.valkey import fast_redis
+    from eco2.services.dataplane.urls import create_redis
 
-    client = fast_redis(redis_url)
+    client = create_redis(redis_url)
     pub = EventPublisher(client)
     t0 = os.times()  # CPU from here on: interpreter start and imports are not per-event work
     began = time.time()  # the flow's clock starts here, not at the process spawn
@@ -256,8 +256,8 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
     grpc core sizes a new call's memory arena from the calls its connection has finished
     (1 KB on a connection that finished none, then many small overflow blocks): with
     `warm_connections` each connection first finishes one Subscribe, as a long-lived client
-    connection has; without it every stream is a first call of its connection (~3 KB more
-    per stream, docs/adr/0044)."""
+    connection has; without it every stream is a first call of its connection (more memory
+    per stream: docs/benchmarks.md)."""
     from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
 

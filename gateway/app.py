@@ -1,21 +1,27 @@
-"""The gateway: an ASGI app on Granian or Hypercorn (HTTP/1.1 and h2c), and its composition root.
+"""The gateway: an ASGI app with one route table, served by Granian (server.py), and its
+composition root.
 
-Routes
-  POST /<package.Service>/<Method>       gRPC-Web (binary, text) and Connect (proto, JSON)
-  GET  /v1/jobs/{job_id}/events          SSE over EventService.Subscribe
-  POST /v1/auth/dev-sign-in, GET /v1/me, POST /v1/chat/messages, POST /v1/chat/input,
-  GET  /v1/conversations[/{id}], POST /v1/images, GET /v1/images/meta/{key},
-  GET  /.well-known/jwks.json, GET /healthz, GET / and /static/* (the browser UI)
+Routes (the table in `Gateway.__init__`, in the order they are tried)
+  /<package.Service>/<Method>            gRPC-Web (binary, text) and Connect (proto, JSON)
+  GET  /, /static/*                      the browser UI
+  GET  /healthz
+  GET  <ECO2_IMAGES_URL_PREFIX>/*        signed image reads
+  GET  /v1/jobs/{job_id}/events          SSE over EventService.SubscribeBatches
+  GET  /.well-known/jwks.json
+  POST /v1/images                        image upload (multipart)
+  the JSON routes of routes.JSON_ROUTES: POST /v1/auth/dev-sign-in, GET /v1/me,
+       POST /v1/chat/messages, POST /v1/chat/input, GET /v1/conversations[/{id}], ...
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import mimetypes
 import re
 import signal
-import socket
+from functools import partial
 from importlib import resources
 
 import grpc
@@ -24,10 +30,22 @@ from prometheus_client import Counter, Gauge
 from eco2.auth.v1 import auth_pb2
 
 from . import routes, uploads
-from .authz import Authorizer
-from .bridge import ALL_TYPES, CONNECT_STREAM_TYPES, CONNECT_UNARY_TYPES, GRPC_WEB_TYPES, Bridge
-from .http import ClientGone, HttpError, Request
+from .authz import Authorizer, Decision
+from .bridge import (
+    ALL_TYPES,
+    CONNECT_STREAM_TYPES,
+    CONNECT_UNARY_TYPES,
+    GRPC_WEB_TYPES,
+    HTTP_TO_GRPC,
+    Bridge,
+    ConnectStreamWriter,
+    ConnectUnaryWriter,
+    GrpcWebWriter,
+)
+from .http import ClientGone, Headers, HttpError, Request
 from .images import SignedImages
+from .routes import ANY, HttpRoute, JsonRoute
+from .server import HttpServer
 from .settings import GatewaySettings
 from .sse import PATH as SSE_PATH
 from .sse import EventStreams
@@ -39,6 +57,7 @@ REQUESTS = Counter("eco2_gateway_requests_total", "HTTP requests by kind and sta
 STREAMS = Gauge("eco2_gateway_streams_active", "open streaming responses (SSE, gRPC-Web, Connect)", ["kind"])
 
 _RPC_PATH = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*/[A-Za-z_][A-Za-z0-9_]*$")
+_GET, _READ, _POST = frozenset({"GET"}), frozenset({"GET", "HEAD"}), frozenset({"POST"})
 _EXPOSE = b"grpc-status, grpc-message, grpc-status-details-bin, content-type"
 _ALLOW_HEADERS = {
     "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "connect-protocol-version", "connect-timeout-ms",
@@ -71,6 +90,14 @@ def _load_static() -> dict[str, tuple[bytes, bytes]]:
     return files
 
 
+class Denied(Exception):
+    """Check denied the request; the gateway answers with the decision's status, headers and body."""
+
+    def __init__(self, decision: Decision) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
+
+
 class Gateway:
     """The ASGI application."""
 
@@ -84,92 +111,48 @@ class Gateway:
         self.images = SignedImages(settings, self.upstreams)
         self.static = _load_static()
         self.cors_origins = set(settings.gateway_cors_origins)
+        #: Tried in order: the first route that answers the method and whose pattern matches the
+        #: path handles the request. With `check`, ext-authz Check runs first — also for a path no
+        #: route serves (the last route), so an edge on its own answers as Envoy does in front,
+        #: where ext_authz runs before the router.
+        self.routes = (
+            # Check once the bridge knows the method: a method no upstream serves needs none
+            HttpRoute("rpc", _RPC_PATH, ANY, self._rpc, check=False),
+            HttpRoute("static", re.compile(r"^/$|^/static/"), _READ, self._static, check=False),
+            HttpRoute("health", re.compile(r"^/healthz$"), _READ, self._health, check=False),
+            # the link's signature before Check (a bad link is 403 before anything is called)
+            HttpRoute("image", self.images.pattern, ANY, self._image, check=False),
+            HttpRoute("sse", SSE_PATH, _GET, self._sse),
+            HttpRoute("jwks", re.compile(r"^/\.well-known/jwks\.json$"), _GET, self._jwks),
+            HttpRoute("upload", re.compile(r"^/v1/images$"), _POST, self._upload),
+            *(HttpRoute("json", r.pattern, frozenset({r.method}), partial(self._json, r)) for r in routes.JSON_ROUTES),
+            HttpRoute("other", re.compile(""), ANY, self._no_route),
+        )
 
     async def __call__(self, scope, receive, send) -> None:
-        kind = scope["type"]
-        if kind == "http":
+        if scope["type"] == "http":  # the server (server.py) runs no lifespan and no websockets
             await self.http(scope, receive, send)
-        elif kind == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await self.upstreams.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-
-    def _cors(self, req: Request) -> list[tuple[bytes, bytes]] | None:
-        """CORS response headers; None when the origin is not allowed."""
-        origin = req.origin
-        if origin is None or origin == req.self_origin:
-            return []
-        if origin not in self.cors_origins:
-            return None
-        return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"), (b"access-control-expose-headers", _EXPOSE)]
 
     async def http(self, scope, receive, send) -> None:
+        """One request: the origin (CORS), a preflight, else the route table."""
         req = Request(scope, receive, send, self.settings.gateway_send_timeout_s)
-        kind = "other"
+        kind, cors = "other", []
         try:
             cors = self._cors(req)
             if cors is None:
-                kind = "cors"
+                kind, cors = "cors", []
                 raise HttpError(403, f"origin {req.origin!r} is not allowed (ECO2_GATEWAY_CORS_ORIGINS)", "ORIGIN_NOT_ALLOWED")
             if req.method == "OPTIONS":
                 kind = "preflight"
                 await self._preflight(req, cors)
                 return
-            path = req.path
-            if _RPC_PATH.match(path):
-                kind = "rpc"
-                await self._rpc(req, cors)
-                return
-            if req.method in ("GET", "HEAD") and (path == "/" or path.startswith("/static/")):
-                kind = "static"
-                await self._static(req, path)
-                return
-            if path == "/healthz":
-                kind = "health"
-                await req.respond_json(200, {"status": "SERVING"}, cors)
-                return
-            image = None
-            if self.images.matches(path):
-                kind = "image"
-                image = self.images.verify(req)  # 403 before anything is called
-            decision = await self.authz.check(req)
-            if not decision.allowed:
-                kind = "denied"
-                await req.drain(self.settings.gateway_max_body_bytes, min(1.0, self.settings.gateway_body_timeout_s))
-                await req.respond(decision.status, decision.body, (dict(decision.deny_headers).get("content-type") or "application/json").encode(),
-                                  [*((k.encode(), v.encode()) for k, v in decision.deny_headers if k != "content-type"), *cors])
-                return
-            metadata = self._identity_metadata(req, decision)
-            if image is not None:
-                await self.images.handle(req, image[0], image[1], metadata, cors)
-                return
-            if m := SSE_PATH.match(path):
-                kind = "sse"
-                STREAMS.labels("sse").inc()
-                try:
-                    await self.events.handle(req, m.group(1), metadata, cors)
-                finally:
-                    STREAMS.labels("sse").dec()
-                return
-            if path == "/.well-known/jwks.json":
-                kind = "jwks"
-                await self._jwks(req, cors)
-                return
-            if path == "/v1/images" and req.method == "POST":
-                kind = "upload"
-                await uploads.upload(req, self.upstreams, self.settings, metadata)
-                return
-            found = routes.match(req)
-            if found:
-                kind = "json"
-                await routes.call_json(req, found[0], found[1], self.upstreams, self.settings, metadata)
-                return
-            raise HttpError(404, f"no route for {req.method} {path}", "NOT_FOUND")
+            route, match = routes.find(self.routes, req.method, req.path)
+            kind = route.kind
+            await route.handler(req, match, cors, await self._allow(req) if route.check else None)
+        except Denied as denied:
+            kind = "denied"
+            with contextlib.suppress(ClientGone):
+                await self._deny(req, denied.decision, cors)
         except HttpError as err:
             if not req.disconnected:
                 await req.drain(self.settings.gateway_max_body_bytes, min(1.0, self.settings.gateway_body_timeout_s))
@@ -179,14 +162,38 @@ class Gateway:
         finally:
             _count(kind, req.disconnected)
 
-    def _identity_metadata(self, req: Request, decision) -> list[tuple[str, str]]:
+    # -- the edge's checks ------------------------------------------------------------------
+    def _cors(self, req: Request) -> Headers | None:
+        """CORS response headers; None when the origin is not allowed."""
+        origin = req.origin
+        if origin is None or origin == req.self_origin:
+            return []
+        if origin not in self.cors_origins:
+            return None
+        return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"), (b"access-control-expose-headers", _EXPOSE)]
+
+    async def _allow(self, req: Request) -> Decision:
+        """Check's decision when it allows the request; Denied otherwise."""
+        decision = await self.authz.check(req)
+        if not decision.allowed:
+            raise Denied(decision)
+        return decision
+
+    async def _deny(self, req: Request, decision: Decision, cors: Headers) -> None:
+        await req.drain(self.settings.gateway_max_body_bytes, min(1.0, self.settings.gateway_body_timeout_s))
+        await req.respond(decision.status, decision.body, (dict(decision.deny_headers).get("content-type") or "application/json").encode(),
+                          [*((k.encode(), v.encode()) for k, v in decision.deny_headers if k != "content-type"), *cors])
+
+    def _identity_metadata(self, req: Request, decision: Decision) -> list[tuple[str, str]]:
+        """The gRPC metadata of an upstream call: the allow-listed request headers Check did not
+        remove, and the headers it injected."""
         md = []
         for name in self.settings.gateway_metadata_allowlist:
             if name not in decision.removed and (value := req.headers.get(name)) is not None and value.isprintable() and value.isascii():
                 md.append((name, value))
         return md + [(k, v) for k, v in decision.headers if v.isascii() and v.isprintable()]
 
-    async def _preflight(self, req: Request, cors) -> None:
+    async def _preflight(self, req: Request, cors: Headers) -> None:
         if req.origin is None:
             raise HttpError(400, "a CORS preflight needs an Origin header", "NOT_A_PREFLIGHT")
         asked = {h.strip().lower() for h in req.headers.get("access-control-request-headers", "").split(",") if h.strip()}
@@ -202,7 +209,8 @@ class Gateway:
         ])
         await req.write(b"", more=False)
 
-    async def _rpc(self, req: Request, cors) -> None:
+    # -- route handlers ---------------------------------------------------------------------
+    async def _rpc(self, req: Request, _match, cors: Headers, _decision) -> None:
         ctype = req.content_type
         if ctype not in _RPC_TYPES:
             raise HttpError(415, f"content-type {ctype or '(none)'!r} is not gRPC-Web or Connect; use one of {', '.join(ALL_TYPES)}",
@@ -229,11 +237,9 @@ class Gateway:
             if streaming:
                 STREAMS.labels("rpc").dec()
 
-    async def _deny_rpc(self, req: Request, decision, cors) -> None:
-        from .bridge import HTTP_TO_GRPC, ConnectStreamWriter, ConnectUnaryWriter, GrpcWebWriter
-
+    async def _deny_rpc(self, req: Request, decision: Decision, cors: Headers) -> None:
+        """A denial in the caller's protocol: gRPC-Web or Connect status, not an HTTP error page."""
         code = decision.grpc_code or HTTP_TO_GRPC.get(decision.status, 7)
-        message = decision.reason
         await req.drain(self.settings.gateway_max_message_bytes * 2, min(1.0, self.settings.gateway_body_timeout_s))
         ctype = req.content_type
         if ctype in GRPC_WEB_TYPES:
@@ -242,9 +248,10 @@ class Gateway:
             writer = ConnectUnaryWriter(req, ctype.endswith("json"), lambda b: b, cors)
         else:
             writer = ConnectStreamWriter(req, ctype.endswith("json"), lambda b: b, cors)
-        await writer.trailers_only(code, message, [], decision.status if ctype in CONNECT_UNARY_TYPES else None)
+        await writer.trailers_only(code, decision.reason, [], decision.status if ctype in CONNECT_UNARY_TYPES else None)
 
-    async def _static(self, req: Request, path: str) -> None:
+    async def _static(self, req: Request, _match, _cors, _decision) -> None:
+        path = req.path
         name = "index.html" if path == "/" else path.removeprefix("/static/")
         found = self.static.get(name)
         if found is None:
@@ -255,7 +262,22 @@ class Gateway:
             headers.append((b"service-worker-allowed", b"/"))
         await req.respond(200, body if req.method == "GET" else b"", ctype, headers)
 
-    async def _jwks(self, req: Request, cors) -> None:
+    async def _health(self, req: Request, _match, cors: Headers, _decision) -> None:
+        await req.respond_json(200, {"status": "SERVING"}, cors)
+
+    async def _image(self, req: Request, _match, cors: Headers, _decision) -> None:
+        sha, expires_at = self.images.verify(req)
+        decision = await self._allow(req)
+        await self.images.handle(req, sha, expires_at, self._identity_metadata(req, decision), cors)
+
+    async def _sse(self, req: Request, match: re.Match, cors: Headers, decision: Decision) -> None:
+        STREAMS.labels("sse").inc()
+        try:
+            await self.events.handle(req, match.group(1), self._identity_metadata(req, decision), cors)
+        finally:
+            STREAMS.labels("sse").dec()
+
+    async def _jwks(self, req: Request, _match, cors: Headers, _decision) -> None:
         stub = self.upstreams.channel(self.settings.auth_addr).unary_unary(
             "/eco2.auth.v1.AuthService/GetJwks", request_serializer=auth_pb2.GetJwksRequest.SerializeToString, response_deserializer=auth_pb2.GetJwksResponse.FromString
         )
@@ -268,28 +290,17 @@ class Gateway:
         keys = [{f.name: getattr(k, f.name) for f in k.DESCRIPTOR.fields if getattr(k, f.name)} for k in reply.keys]
         await req.respond_json(200, {"keys": keys}, [(b"cache-control", b"public, max-age=300"), *cors])
 
+    async def _upload(self, req: Request, _match, _cors, decision: Decision) -> None:
+        await uploads.upload(req, self.upstreams, self.settings, self._identity_metadata(req, decision))
 
-# --- the process --------------------------------------------------------------------------
+    async def _json(self, route: JsonRoute, req: Request, match: re.Match, _cors, decision: Decision) -> None:
+        await routes.call_json(req, route, match, self.upstreams, self.settings, self._identity_metadata(req, decision))
 
-
-def _listen(host: str, port: int, backlog: int, user_timeout_s: float = 0, reuse_port: bool = False) -> socket.socket:
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # the port `eco2 up` holds for this process (ECO2_REUSE_PORT)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if user_timeout_s and hasattr(socket, "TCP_USER_TIMEOUT"):
-        # Inherited by accepted sockets: a client that stops reading (zero window) is dropped by
-        # the kernel, which also frees the connection Hypercorn would otherwise keep flushing.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(user_timeout_s * 1000))
-    try:
-        sock.bind((host, port))
-        sock.listen(backlog)
-    except OSError as exc:
-        sock.close()
-        raise RuntimeError(f"cannot listen on {host}:{port}: {exc} (is the port in use? set ECO2_HTTP_PORT)") from exc
-    sock.setblocking(False)
-    return sock
+    async def _no_route(self, req: Request, _match, _cors, _decision) -> None:
+        methods = routes.methods_for(self.routes, req.path)
+        if methods:
+            raise HttpError(405, f"use {', '.join(methods)}", "METHOD_NOT_ALLOWED", headers=[(b"allow", ", ".join(methods).encode())])
+        raise HttpError(404, f"no route for {req.method} {req.path}", "NOT_FOUND")
 
 
 class GatewayApp:
@@ -301,109 +312,23 @@ class GatewayApp:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.asgi = Gateway(settings)
-        self.port: int | None = None
-        self._stop = asyncio.Event()
-        self._task: asyncio.Future | None = None
-        self._granian_sig = None
-        self._active: set[asyncio.Task] = set()
+        self.server: HttpServer | None = None
 
-    def _config(self):
-        from hypercorn.config import Config
-
-        s = self.settings
-        config = Config()
-        config.keep_alive_timeout = s.gateway_keep_alive_s
-        config.h11_max_incomplete_size = s.gateway_max_header_bytes
-        config.graceful_timeout = s.gateway_shutdown_grace_s
-        config.h2_max_concurrent_streams = s.gateway_h2_max_concurrent_streams
-        config.backlog = s.gateway_backlog
-        config.accesslog = None
-        config.errorlog = logging.getLogger("eco2.gateway.server")
-        config.include_server_header = False
-        return config
+    @property
+    def port(self) -> int | None:
+        return None if self.server is None else self.server.port
 
     async def start(self) -> int:
         """Listen and serve in the background on the running loop; returns the port."""
-        if self.settings.gateway_server == "granian":
-            return await self._start_granian()
-        from hypercorn.asyncio.run import worker_serve
-        from hypercorn.config import Sockets
-        from hypercorn.utils import wrap_app
-
-        s = self.settings
-        sock = _listen(s.http_host, s.http_port, s.gateway_backlog, s.gateway_tcp_user_timeout_s, s.reuse_port)
-        self.port = sock.getsockname()[1]
-        self._stop = asyncio.Event()
-        app = wrap_app(self.asgi, 0, "asgi")
-        self._task = asyncio.ensure_future(worker_serve(app, self._config(), sockets=Sockets([], [sock], []), shutdown_trigger=self._stop.wait))
-        await asyncio.sleep(0)
-        log.info("serving", extra={"service": self.name, "http": f"{s.http_host}:{self.port}"})
-        return self.port
-
-    async def _start_granian(self) -> int:
-        from granian._futures import _future_watcher_wrapper, _new_cbscheduler
-        from granian._granian import ASGIWorker, SocketHolder, WorkerSignal
-        from granian.asgi import _callback_wrapper
-        from granian.http import HTTP1Settings, HTTP2Settings
-
-        s = self.settings
-        sock = _listen(s.http_host, s.http_port, s.gateway_backlog, s.gateway_tcp_user_timeout_s, s.reuse_port)
-        self.port = sock.getsockname()[1]
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        sig = WorkerSignal()
-        sig.add_cb(lambda: loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None)))
-        self._granian_sig = sig
-        holder = SocketHolder(sock.detach(), False, s.gateway_backlog)  # Granian owns (and closes) the fd
-        worker = ASGIWorker(
-            1, (None, holder), None, 1, 512, 1, 30, s.gateway_max_concurrent_requests, "auto",
-            # hyper's header read timeout also bounds an idle keep-alive connection: the shorter one
-            HTTP1Settings(keep_alive=True, header_read_timeout=int(min(s.gateway_header_timeout_s, s.gateway_keep_alive_s) * 1000),
-                          max_buffer_size=s.gateway_max_header_bytes),
-            HTTP2Settings(max_concurrent_streams=s.gateway_h2_max_concurrent_streams),
-            False, None, False, None, None, None, "tls1.3", None, [], False, (None, None),
-        )
-        asgi, active = self.asgi, self._active
-
-        async def tracked(scope, receive, send) -> None:  # so a stop past the grace can cancel them
-            task = asyncio.current_task()
-            active.add(task)
-            try:
-                await asgi(scope, receive, send)
-            except asyncio.CancelledError:
-                if self._granian_sig is not None:  # not our shutdown: let it propagate
-                    raise
-            finally:
-                active.discard(task)
-
-        callback = _future_watcher_wrapper(_callback_wrapper(tracked, {}, {}, None))
-        scheduler = _new_cbscheduler(loop, callback, impl_asyncio=True)
-        worker.serve_async(scheduler, loop, sig)
-        self._task = asyncio.ensure_future(done)
-        log.info("serving", extra={"service": self.name, "http": f"{s.http_host}:{self.port}", "server": "granian"})
-        return self.port
+        self.server = HttpServer(self.asgi, self.settings)
+        port = await self.server.start()
+        log.info("serving", extra={"service": self.name, "http": f"{self.settings.http_host}:{port}"})
+        return port
 
     async def stop(self) -> None:
-        if self._granian_sig is not None:
-            # Granian stops accepting and waits for open connections; streams still open after
-            # the grace (SSE, long server streams) are cancelled, which ends their responses.
-            self._granian_sig.set()
-            self._granian_sig = None
-            if self._task is not None:
-                done, _ = await asyncio.wait([self._task], timeout=self.settings.gateway_shutdown_grace_s)
-                if not done:
-                    for task in list(self._active):
-                        task.cancel()
-                    done, _ = await asyncio.wait([self._task], timeout=5.0)
-                    if not done:
-                        log.warning("granian did not stop within the grace; closing anyway")
-                self._task = None
-            await self.asgi.upstreams.close()
-            return
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        """Stop the server (open streams get the shutdown grace), then close the upstream channels."""
+        if self.server is not None:
+            await self.server.stop()
         await self.asgi.upstreams.close()
 
     async def serve(self) -> None:
@@ -426,7 +351,7 @@ class GatewayApp:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         waiter = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([waiter, self._task], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([waiter, self.server.done], return_when=asyncio.FIRST_COMPLETED)
         log.info("shutting down")
         await self.stop()
         log.info("stopped")

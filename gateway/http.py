@@ -45,8 +45,8 @@ class BodyTimeout(HttpError):
 class BodyIncomplete(HttpError):
     """The request body ended before it was complete. Granian reports a body that does not
     parse (a malformed chunked encoding, fewer bytes than Content-Length) as a disconnect of
-    the client; answering nothing then made it send a bare 500. The client gets a 400, and a
-    client that really left reads nothing."""
+    the client, and sends a bare 500 for a request the app leaves unanswered; so the gateway
+    answers 400, which a client that really left never reads."""
 
     def __init__(self) -> None:
         super().__init__(400, "the request body ended before it was complete (a malformed chunked encoding, fewer bytes than "

@@ -22,8 +22,7 @@ from pathlib import Path
 STATIC = Path(__file__).parent / "static"
 GREEN = (0x2F, 0x7D, 0x32)
 WHITE = (0xFF, 0xFF, 0xFF)
-#: the leaf: a lens between two circles whose intersections are its tips (icon.svg's path)
-TIP_A, TIP_B = (150.0, 362.0), (362.0, 150.0)
+#: the leaf: a lens between two circles (icon.svg's path), its tips where they intersect
 LEAF_R = 174.85
 LEAF_CENTRES = ((319.53, 319.53), (192.47, 192.47))
 #: the midrib (green) and the stem (white): round-capped segments (icon.svg's lines)

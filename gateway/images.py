@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 
 import grpc
@@ -34,11 +35,9 @@ class SignedImages:
         self.settings = settings
         self.upstreams = upstreams
         self.prefix = settings.images_url_prefix.rstrip("/") + "/"
+        self.pattern = re.compile(re.escape(self.prefix))  # the gateway's route: every path under the prefix
         self._secret: bytes | None = None
         self._read = None
-
-    def matches(self, path: str) -> bool:
-        return path.startswith(self.prefix)
 
     def secret(self) -> bytes:
         if self._secret is None:

@@ -1,10 +1,16 @@
-"""Small JSON routes a browser needs, each one gRPC call (proto3 JSON in and out)."""
+"""The gateway's HTTP route table, and the small JSON routes a browser needs.
+
+The gateway (app.py) declares its table as a sequence of `HttpRoute`s ending with a route that
+matches every path; `find` picks the first route whose pattern matches the path and that
+answers the method. The JSON routes (`JSON_ROUTES`) are each one gRPC call, proto3 JSON in and
+out (`call_json`).
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -17,10 +23,41 @@ from eco2.images.v1 import images_pb2
 from eco2.scan.v1 import scan_pb2
 from eco2.services.runtime.validation import ascii_digits
 
+from .authz import Decision
 from .bridge import CONNECT_CODES, CONNECT_HTTP, connect_error
-from .http import HttpError, Request
+from .http import Headers, HttpError, Request
 from .protojson import number_violations
 from .upstream import Upstreams
+
+#: A route's handler: (request, the path's match, CORS headers, the Check decision or None).
+Handler = Callable[[Request, re.Match, Headers, Decision | None], Awaitable[None]]
+ANY: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    kind: str  # what the route serves; the `kind` label of eco2_gateway_requests_total
+    pattern: re.Pattern  # matched against the path
+    methods: frozenset[str]  # the methods it answers; ANY: every method (the handler refuses the others)
+    handler: Handler
+    #: the edge's authorization (ext-authz Check) runs before the handler, which gets its
+    #: decision; False: the path is public, or the handler checks once it knows more
+    check: bool = True
+
+
+def find(table: Sequence[HttpRoute], method: str, path: str) -> tuple[HttpRoute, re.Match]:
+    """The first route that answers `method` and whose pattern matches `path`."""
+    for route in table:
+        if not route.methods or method in route.methods:
+            m = route.pattern.match(path)
+            if m:
+                return route, m
+    raise LookupError(f"no route for {method} {path}: the table must end with a route for every path")
+
+
+def methods_for(table: Sequence[HttpRoute], path: str) -> list[str]:
+    """The methods the routes whose pattern matches `path` answer (for 405's `Allow`)."""
+    return sorted({method for route in table if route.methods and route.pattern.match(path) for method in route.methods})
 
 
 @dataclass(frozen=True)
@@ -57,7 +94,7 @@ def _with_events_url(reply: dict) -> dict:
     return reply
 
 
-ROUTES = [
+JSON_ROUTES = [
     JsonRoute("POST", re.compile(r"^/v1/auth/dev-sign-in$"), "auth", "/eco2.auth.v1.AuthService/DevSignIn",
               auth_pb2.DevSignInRequest, auth_pb2.DevSignInResponse, _body),
     JsonRoute("GET", re.compile(r"^/v1/me$"), "auth", "/eco2.auth.v1.AuthService/GetMe",
@@ -83,19 +120,6 @@ ROUTES = [
     JsonRoute("GET", re.compile(r"^/v1/collection$"), "character", "/eco2.character.v1.CharacterService/ListCollection",
               character_pb2.ListCollectionRequest, character_pb2.ListCollectionResponse, _query_paging),
 ]
-
-
-def match(req: Request) -> tuple[JsonRoute, re.Match] | None:
-    methods = set()
-    for route in ROUTES:
-        m = route.pattern.match(req.path)
-        if m:
-            if route.method == req.method:
-                return route, m
-            methods.add(route.method)
-    if methods:
-        raise HttpError(405, f"use {', '.join(sorted(methods))}", "METHOD_NOT_ALLOWED", headers=[(b"allow", ", ".join(sorted(methods)).encode())])
-    return None
 
 
 def grpc_error_body(exc: grpc.aio.AioRpcError) -> tuple[int, dict]:

@@ -57,8 +57,9 @@ def render(event: events_pb2.Event) -> bytes:
 
 class Feed:
     """One upstream `SubscribeBatches(job_id, after_seq=start)` shared by every SSE client of that job
-    and caller whose cursor it covers (seq > start). One gRPC call costs ~30 KB of client-side
-    memory, so N browsers on one job (tabs, reconnects, a demo screen) cost one call, not N.
+    and caller whose cursor it covers (seq > start). A gRPC streaming call costs about an idle SSE
+    client's whole memory budget, so N browsers on one job (tabs, reconnects, a demo screen) cost
+    one call, not N (ADR 0072).
 
     The events it has read are kept (bounded by ECO2_GATEWAY_SSE_FEED_BUFFER_EVENTS, oldest
     dropped first, which raises `start`) so a client that joins late gets them from its cursor.
@@ -173,8 +174,6 @@ class EventStreams:
         return feed
 
     async def handle(self, req: Request, job_id: str, metadata: list[tuple[str, str]], extra: Headers) -> None:
-        if req.method != "GET":
-            raise HttpError(405, "use GET", "METHOD_NOT_ALLOWED", headers=[(b"allow", b"GET")])
         after = parse_cursor(req)
         try:
             await self._check_job(job_id, metadata)

@@ -66,7 +66,7 @@ class Upstreams:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
-        #: multicallables per (path, address, kind), made once: building one costs a few µs per call
+        #: multicallables per (path, address, kind), made once rather than on every call
         self._callables: dict[tuple[str, str, str], object] = {}
         self._routes: dict[str, Route] = {}
         self._pool = descriptor_pool.Default()

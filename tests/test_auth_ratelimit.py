@@ -1,6 +1,6 @@
 """The ext-authz rate limit: one token bucket per user in Valkey, hits of one event-loop tick
-coalesced into one EVALSHA over a pipelined connection (docs/adr/0032). The global limit holds
-across replicas; Valkey trouble fails closed."""
+coalesced into one EVALSHA over the lean pipelined client (docs/adr/0032, 0045). The global
+limit holds across replicas; Valkey trouble fails closed."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from eco2.services.auth.valkey import BatchedTokenBucket, ValkeyPipe
+from eco2.services.auth.valkey import BatchedTokenBucket
+from eco2.services.dataplane.resp import RespClient
 from eco2.services.dataplane.urls import create_redis
 from support.auth import AuthClient, allowed, auth_server, denied
 
@@ -19,8 +20,8 @@ RATE, BURST = 2.0, 40
 
 
 @pytest.fixture
-async def pipe(service_env):
-    p = ValkeyPipe(service_env["REDIS_URL"], timeout_s=0.5)
+async def valkey(service_env):
+    p = RespClient.from_url(service_env["REDIS_URL"], reply_timeout=0.5)
     yield p
     await p.aclose()
 
@@ -29,8 +30,8 @@ def _prefix() -> str:
     return f"test:rl:{uuid.uuid4().hex[:8]}:"
 
 
-async def test_concurrent_hits_share_round_trips_and_allow_exactly_the_burst(pipe):
-    bucket = BatchedTokenBucket(pipe, rate_per_s=RATE, burst=BURST, prefix=_prefix())
+async def test_concurrent_hits_share_round_trips_and_allow_exactly_the_burst(valkey):
+    bucket = BatchedTokenBucket(valkey, rate_per_s=RATE, burst=BURST, prefix=_prefix())
     started = time.monotonic()
     results = await asyncio.gather(*(bucket.hit("u:a") for _ in range(BURST + 60)))
     elapsed = time.monotonic() - started
@@ -41,14 +42,14 @@ async def test_concurrent_hits_share_round_trips_and_allow_exactly_the_burst(pip
     assert bucket.batches < len(results) / 10, bucket.batches  # coalesced, not one call per hit
 
 
-async def test_keys_are_independent_within_one_batch(pipe):
-    bucket = BatchedTokenBucket(pipe, rate_per_s=RATE, burst=3, prefix=_prefix())
+async def test_keys_are_independent_within_one_batch(valkey):
+    bucket = BatchedTokenBucket(valkey, rate_per_s=RATE, burst=3, prefix=_prefix())
     results = await asyncio.gather(*(bucket.hit(k) for k in ["u:a"] * 5 + ["u:b"] * 2 + ["ip:1"] * 4))
     assert [r == 0.0 for r in results] == [True] * 3 + [False] * 2 + [True] * 2 + [True] * 3 + [False]
 
 
-async def test_the_bucket_refills_at_the_rate(pipe):
-    bucket = BatchedTokenBucket(pipe, rate_per_s=20.0, burst=2, prefix=_prefix())
+async def test_the_bucket_refills_at_the_rate(valkey):
+    bucket = BatchedTokenBucket(valkey, rate_per_s=20.0, burst=2, prefix=_prefix())
     assert [await bucket.hit("u:a") for _ in range(3)][:2] == [0.0, 0.0]
     retry = await bucket.hit("u:a")
     assert 0 < retry <= 0.06
@@ -56,8 +57,8 @@ async def test_the_bucket_refills_at_the_rate(pipe):
     assert await bucket.hit("u:a") == 0.0
 
 
-async def test_script_flushed_from_valkey_falls_back_to_eval(pipe, service_env):
-    bucket = BatchedTokenBucket(pipe, rate_per_s=RATE, burst=BURST, prefix=_prefix())
+async def test_script_flushed_from_valkey_is_loaded_again(valkey, service_env):
+    bucket = BatchedTokenBucket(valkey, rate_per_s=RATE, burst=BURST, prefix=_prefix())
     assert await bucket.hit("u:a") == 0.0
     admin = create_redis(service_env["REDIS_URL"])
     try:
@@ -69,14 +70,14 @@ async def test_script_flushed_from_valkey_falls_back_to_eval(pipe, service_env):
 
 async def test_valkey_down_fails_every_waiting_hit():
     with socket_closed_port() as port:
-        p = ValkeyPipe(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
+        p = RespClient.from_url(f"redis://127.0.0.1:{port}/0", reply_timeout=0.2)
         bucket = BatchedTokenBucket(p, rate_per_s=RATE, burst=BURST)
         results = await asyncio.gather(*(bucket.hit("u:a") for _ in range(5)), return_exceptions=True)
         assert all(isinstance(r, Exception) for r in results), results
         await p.aclose()
 
 
-async def test_a_silent_valkey_times_out_and_the_pipe_reconnects(service_env):
+async def test_a_silent_valkey_times_out_and_the_client_reconnects(service_env):
     replies = {"mute": True}
 
     async def handle(reader, writer):
@@ -95,13 +96,13 @@ async def test_a_silent_valkey_times_out_and_the_pipe_reconnects(service_env):
     port = server.sockets[0].getsockname()[1]
     url = service_env["REDIS_URL"].replace(service_env["REDIS_URL"].rsplit("@", 1)[-1].split("/")[0], f"127.0.0.1:{port}")
     replies["mute"] = False
-    p = ValkeyPipe(url, timeout_s=0.3)  # connects (AUTH) while the proxy talks
+    p = RespClient.from_url(url, reply_timeout=0.3)  # connects (AUTH) while the proxy talks
     bucket = BatchedTokenBucket(p, rate_per_s=RATE, burst=BURST, prefix=_prefix())
     try:
         assert await bucket.hit("u:a") == 0.0
         replies["mute"] = True
         started = time.monotonic()
-        with pytest.raises(Exception):  # noqa: B017 - whichever error the pipe's timeout gives
+        with pytest.raises(Exception):  # noqa: B017 - whichever error the client's timeout gives
             await bucket.hit("u:a")
         assert time.monotonic() - started < 1.0
         replies["mute"] = False
@@ -153,8 +154,8 @@ async def test_valkey_unreachable_for_the_limit_denies_503(two_replicas, monkeyp
     session = await a.sign_in()
     limiter = servers[0].app.authz.limiter
     with socket_closed_port() as port:
-        dead = ValkeyPipe(f"redis://127.0.0.1:{port}/0", timeout_s=0.2)
-        monkeypatch.setattr(limiter, "pipe", dead)
+        dead = RespClient.from_url(f"redis://127.0.0.1:{port}/0", reply_timeout=0.2)
+        monkeypatch.setattr(limiter, "valkey", dead)
         status, body, headers = denied(await a.check(token=session.tokens.access_token))
     assert status == 503 and body["reason"] == "UNAVAILABLE" and headers["retry-after"] == "1"
     monkeypatch.undo()

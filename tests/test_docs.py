@@ -61,3 +61,26 @@ def test_ci_runs_the_readme_test_command(repo_root):
 def test_readme_has_the_two_setup_commands(repo_root):
     readme = (repo_root / "README.md").read_text()
     assert "pip install -e '.[dev]'" in readme and "eco2 up" in readme
+
+
+def test_doc_links_and_adr_references_resolve(repo_root):
+    """Every relative link of the Markdown docs names a file that exists, and every ADR a doc
+    (`ADR NNNN`, `docs/adr/NNNN`) or a module (`docs/adr/NNNN`) refers to exists."""
+    adrs = {path.name[:4] for path in (repo_root / "docs" / "adr").glob("[0-9][0-9][0-9][0-9]-*.md")}
+    docs = [repo_root / "README.md", *sorted((repo_root / "docs").rglob("*.md"))]
+    code = [path for folder in ("services", "gateway", "mesh", "bench", "tests") for path in sorted((repo_root / folder).rglob("*.py"))
+            if "node_modules" not in path.parts]
+    broken = []
+    for path in docs:
+        text = path.read_text()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://", "mailto:")) and not (path.parent / target).exists():
+                broken.append(f"{path.relative_to(repo_root)}: link {target}")
+        for number in re.findall(r"\bADRs? ([0-9]{4})\b", text):
+            if number not in adrs:
+                broken.append(f"{path.relative_to(repo_root)}: ADR {number}")
+    for path in docs + code:
+        for number in re.findall(r"docs/adr/([0-9]{4})", path.read_text()):
+            if number not in adrs:
+                broken.append(f"{path.relative_to(repo_root)}: docs/adr/{number}")
+    assert broken == [], "references to files or ADRs that do not exist: " + "; ".join(broken)

@@ -1,4 +1,4 @@
-"""What an idle Subscribe stream keeps alive (docs/adr/0044): the frames behind it on a real
+"""What an idle Subscribe stream keeps alive (docs/adr/0040): the frames behind it on a real
 server, and the hub's per-subscriber state (a chain per job, no list while idle)."""
 
 from __future__ import annotations

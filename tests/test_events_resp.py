@@ -1,4 +1,4 @@
-"""The event bus's lean Valkey connection (services/bus/resp.py, docs/adr/0045) against the
+"""The lean Valkey client (services/dataplane/resp.py, docs/adr/0045) against the
 real embedded Valkey: pipelining order, redis-py's error types, a caller that gives up, a
 killed connection, credentials and Pub/Sub pushes."""
 
@@ -18,7 +18,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from eco2.services.bus.resp import PoolCommands, RespClient
+from eco2.services.dataplane.resp import PoolCommands, RespClient
 from eco2.services.dataplane.urls import create_redis
 
 

@@ -321,6 +321,17 @@ async def test_wrong_content_type_is_415(client, token):
     assert r.status_code == 415 and r.json()["error"]["reason"] == "UNSUPPORTED_MEDIA_TYPE"
 
 
+async def test_a_path_no_route_serves_is_checked_then_404_and_a_wrong_method_405(client, token):
+    """The route table's last route: ext-authz first (edge mode), as the ingress Envoy would."""
+    assert (await client.get("/v1/nothing-here")).status_code == 401
+    r = await client.get("/v1/nothing-here", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 404 and r.json()["error"]["reason"] == "NOT_FOUND"
+    r = await client.get("/v1/chat/messages", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["reason"] == "METHOD_NOT_ALLOWED"
+    r = await client.post("/healthz")  # public: no token needed to learn the methods
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+
+
 async def test_unknown_service_is_unimplemented_or_404(client, token):
     r = await client.post("/nope.v1.Nothing/Call", content=frame(b""), headers=auth(token))
     assert r.status_code == 200 and r.headers["grpc-status"] == "12"

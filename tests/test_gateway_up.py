@@ -103,17 +103,16 @@ def test_event_loop_setting_picks_the_loop_of_eco2_serve(service_env, loop):
         assert proc.wait(timeout=30) == 0
 
 
-@pytest.mark.parametrize("server", ["granian", "hypercorn"])
-async def test_both_servers_speak_http1_and_h2c_and_stop_within_the_grace(server, monkeypatch):
-    """ECO2_GATEWAY_SERVER: either server serves HTTP/1.1 and h2c (prior knowledge), and a stop
-    with a response still streaming returns after the shutdown grace (the stream is cut)."""
+async def test_the_gateway_speaks_http1_and_h2c_and_stops_within_the_grace(monkeypatch):
+    """The gateway serves HTTP/1.1 and h2c (prior knowledge), and a stop with a response still
+    streaming returns after the shutdown grace (the stream is cut)."""
     import asyncio
 
     import httpx
 
     from eco2.gateway.app import create
 
-    for k, v in {"ECO2_GATEWAY_SERVER": server, "ECO2_HTTP_PORT": "0", "ECO2_METRICS_PORT": "0", "ECO2_GATEWAY_SHUTDOWN_GRACE_S": "0.5"}.items():
+    for k, v in {"ECO2_HTTP_PORT": "0", "ECO2_METRICS_PORT": "0", "ECO2_GATEWAY_SHUTDOWN_GRACE_S": "0.5"}.items():
         monkeypatch.setenv(k, v)
     app = create()
     gateway = app.asgi

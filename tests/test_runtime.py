@@ -128,7 +128,7 @@ async def test_client_cancelling_a_stream_is_cancelled_not_an_error(probe, probe
 
 async def test_a_writer_stream_maps_errors_and_counts_cancels(probe, probe_ch, caplog):
     """A handler that writes with context.write() runs behind a coroutine wrapper (no async
-    generator per stream, docs/adr/0044) with the same error mapping and metrics."""
+    generator per stream, docs/adr/0003) with the same error mapping and metrics."""
     got, err = await _read_all(probe_ch.unary_stream("/eco2test.Probe/Writes")(b"3"))
     assert got == [b"1", b"2", b"3"] and err.code() == grpc.StatusCode.NOT_FOUND
     assert unpack_details(status_details(err))["ErrorInfo"].reason == "NO_MORE_TICKS"

@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from eco2.auth.v1 import auth_pb2, auth_pb2_grpc
 from eco2.mesh import routes
 from eco2.services.dataplane.migrations import apply_migrations
+from eco2.services.dataplane.resp import RespClient
 from eco2.services.dataplane.urls import create_pg_pool, create_redis
 from eco2.services.runtime.dependencies import postgres_check, redis_check
 from eco2.services.runtime.settings import Deployment, RuntimeSettings
@@ -27,7 +28,7 @@ from .extauthz import CheckPolicy, ExtAuthz
 from .oauth import HttpOAuthProvider, ProviderConfig
 from .postgres import DirectoryKeyStore, PostgresKeyStore, PostgresRefreshTokens, PostgresUsers
 from .service import AuthLimits, AuthServicer, MeshIdentityServicer
-from .valkey import BatchedTokenBucket, RevocationCache, ValkeyOAuthStates, ValkeyPipe, ValkeyRevocations
+from .valkey import BatchedTokenBucket, RevocationCache, ValkeyOAuthStates, ValkeyRevocations
 from .wristband import Wristbands
 
 log = logging.getLogger("eco2.auth")
@@ -100,7 +101,7 @@ class AuthApp:
         self.tokens: TokenService | None = None
         self.key_store = None
         self.authz: ExtAuthz | None = None
-        self.limiter_pipe: ValkeyPipe | None = None
+        self.limiter_valkey: RespClient | None = None
         self._reload_task: asyncio.Task | None = None
 
     async def identity_keys(self):
@@ -174,8 +175,9 @@ class AuthApp:
         auth_pb2_grpc.add_MeshIdentityServiceServicer_to_server(MeshIdentityServicer(self.wristbands, s.auth_job_identity_ttl_s), server)
         limiter = None
         if s.auth_rate_limit_per_s > 0:
-            self.limiter_pipe = ValkeyPipe(s.redis_url, timeout_s=s.auth_valkey_timeout_s)
-            limiter = BatchedTokenBucket(self.limiter_pipe, rate_per_s=s.auth_rate_limit_per_s, burst=s.auth_rate_limit_burst, max_in_flight=s.auth_rate_limit_in_flight)
+            # one pipelined connection of its own, to the server and with the timeouts of `redis`
+            self.limiter_valkey = RespClient.like(self.redis, reply_timeout=s.auth_valkey_timeout_s)
+            limiter = BatchedTokenBucket(self.limiter_valkey, rate_per_s=s.auth_rate_limit_per_s, burst=s.auth_rate_limit_burst, max_in_flight=s.auth_rate_limit_in_flight)
         self.authz = ExtAuthz(
             self.tokens,
             ClaimsCache(s.auth_claims_cache_size, s.auth_leeway_s),
@@ -207,8 +209,8 @@ class AuthApp:
             await self.revocation_cache.stop()
         if self.http is not None:
             await self.http.aclose()
-        if self.limiter_pipe is not None:
-            await self.limiter_pipe.aclose()
+        if self.limiter_valkey is not None:
+            await self.limiter_valkey.aclose()
         for client in (self.redis, self.subscriber):
             if client is not None:
                 await client.aclose()

@@ -16,14 +16,13 @@ import hashlib
 import json
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable
 
-import hiredis
 import redis.asyncio
 from prometheus_client import Gauge
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eco2.services.dataplane.resp import RespClient
 
 from .domain import Claims
 
@@ -274,146 +273,21 @@ return out
 """
 
 
-def _pack(*args: bytes | str) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a.encode() if isinstance(a, str) else a
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-class _PipeProtocol(asyncio.Protocol):
-    def __init__(self, pipe: ValkeyPipe) -> None:
-        self.pipe = pipe
-        self.reader = hiredis.Reader()
-
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        reader.feed(data)
-        waiters = self.pipe._waiters
-        while (reply := reader.gets()) is not False:
-            if not waiters:
-                break
-            fut = waiters.popleft()
-            if not fut.done():
-                fut.set_result(reply)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.pipe._lost(ConnectionError(f"Valkey connection lost: {exc!r}" if exc else "Valkey connection closed"))
-
-
-class ValkeyPipe:
-    """One pipelined Valkey connection for the rate limit: raw RESP out, hiredis in.
-
-    Requests are written at once and answered in order (Redis pipelining), so many callers
-    share one connection without a pool, locks or per-call bookkeeping. A reply later than
-    `timeout_s`, or a lost connection, fails every outstanding request and drops the
-    connection (the next request reconnects): nothing is ever answered out of order.
-    """
-
-    def __init__(self, url: str, *, timeout_s: float) -> None:
-        from redis.connection import parse_url
-
-        self.options = parse_url(url)
-        self.timeout_s = timeout_s
-        self._transport: asyncio.Transport | None = None
-        self._waiters: deque[asyncio.Future] = deque()
-        self._connecting: asyncio.Future | None = None
-        self._closed = False
-
-    async def _connect(self) -> None:
-        o = self.options
-        loop = asyncio.get_running_loop()
-        cls = getattr(o.get("connection_class"), "__name__", "")
-        factory = lambda: _PipeProtocol(self)  # noqa: E731
-        if "path" in o:
-            coro = loop.create_unix_connection(factory, o["path"])
-        else:
-            ssl_ctx = None
-            if cls == "SSLConnection":
-                import ssl
-
-                ssl_ctx = ssl.create_default_context()
-            coro = loop.create_connection(factory, o.get("host", "localhost"), o.get("port", 6379), ssl=ssl_ctx)
-        transport, _ = await asyncio.wait_for(coro, self.timeout_s * 4)
-        self._transport = transport
-        try:
-            if o.get("password"):
-                auth = (o["username"], o["password"]) if o.get("username") else (o["password"],)
-                self._check(await self._send(_pack("AUTH", *auth)))
-            if o.get("db"):
-                self._check(await self._send(_pack("SELECT", str(o["db"]))))
-        except BaseException:
-            self._drop(ConnectionError("Valkey handshake failed"))
-            raise
-
-    @staticmethod
-    def _check(reply):
-        if isinstance(reply, hiredis.ReplyError):
-            raise RedisError(str(reply))
-        return reply
-
-    def _send(self, packed: bytes) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._waiters.append(fut)
-        self._transport.write(packed)  # type: ignore[union-attr]
-        timer = loop.call_later(self.timeout_s, self._timed_out, fut)
-        fut.add_done_callback(lambda _f: timer.cancel())
-        return fut
-
-    def _timed_out(self, fut: asyncio.Future) -> None:
-        if not fut.done():
-            self._drop(RedisTimeoutError(f"no reply from Valkey within {self.timeout_s}s"))
-
-    def _lost(self, exc: Exception) -> None:
-        self._transport = None
-        waiters, self._waiters = self._waiters, deque()
-        for fut in waiters:
-            if not fut.done():
-                fut.set_exception(exc)
-
-    def _drop(self, exc: Exception) -> None:
-        transport = self._transport
-        self._lost(exc)
-        if transport is not None:
-            transport.abort()
-
-    async def call(self, packed: bytes):
-        """Send one packed command; its reply (hiredis types; a ReplyError is returned, not raised)."""
-        if self._transport is None or self._transport.is_closing():
-            if self._closed:
-                raise ConnectionError("the Valkey pipe is closed")
-            if self._connecting is None:
-                self._connecting = asyncio.ensure_future(self._connect())
-            connecting = self._connecting
-            try:
-                await asyncio.shield(connecting)
-            finally:
-                if self._connecting is connecting and connecting.done():
-                    self._connecting = None
-        return await self._send(packed)
-
-    async def aclose(self) -> None:
-        self._closed = True
-        self._drop(ConnectionError("the Valkey pipe is closed"))
-
-
 class BatchedTokenBucket:
-    """The Valkey token bucket with the hits of one event-loop tick sent together.
+    """The Valkey token bucket with the hits of one event-loop tick sent together (ADR 0032).
 
     `hit` only queues the key and returns a future; a callback scheduled for the end of the
     tick sends every queued key in one EVALSHA (hits on the same key counted, not repeated)
-    over a pipelined raw connection (ValkeyPipe), so N concurrent Checks cost one round trip
-    and a few microseconds of client work instead of N redis-py calls. While
-    `max_in_flight` batches are on the wire, new hits wait for the next batch (that is what
-    makes batches grow under load). Exact, shared by every replica: the bucket lives in
-    Valkey as before. A Valkey error or timeout fails every hit of that batch (→ 503 deny).
+    over the lean RESP client (dataplane/resp.py), so N concurrent Checks cost one round trip.
+    While `max_in_flight` batches are on the wire, new hits wait for the next batch (that is
+    what makes batches grow under load). Exact and shared by every replica: the buckets live in
+    Valkey. A Valkey error or timeout fails every hit of that batch (→ 503 deny); the client's
+    reply timeout bounds how long a batch can wait.
     """
 
     def __init__(
         self,
-        pipe: ValkeyPipe,
+        valkey: RespClient,
         *,
         rate_per_s: float,
         burst: int,
@@ -426,7 +300,7 @@ class BatchedTokenBucket:
         self.prefix = prefix
         self.max_in_flight = max_in_flight
         self.max_keys = max_keys
-        self.pipe = pipe
+        self.valkey = valkey
         self._sha = hashlib.sha1(_TOKEN_BUCKET_BATCH.encode()).hexdigest()
         self._args = (repr(float(rate_per_s)), str(int(burst)))
         self._pending: dict[str, list[asyncio.Future]] = {}
@@ -473,12 +347,11 @@ class BatchedTokenBucket:
     async def _send(self, batch: dict[str, list[asyncio.Future]]) -> None:
         prefix = self.prefix
         try:
-            tail = (str(len(batch)), *(prefix + k for k in batch), *self._args, *(str(len(w)) for w in batch.values()))
-            reply = await self.pipe.call(_pack("EVALSHA", self._sha, *tail))
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                reply = await self.pipe.call(_pack("EVAL", _TOKEN_BUCKET_BATCH, *tail))
-            if isinstance(reply, hiredis.ReplyError):
-                raise RedisError(str(reply))
+            keys = [prefix + k for k in batch]
+            args = [*self._args, *(len(w) for w in batch.values())]
+            (reply,) = await self.valkey.evalsha_many(self._sha, _TOKEN_BUCKET_BATCH, [(keys, args)])
+            if isinstance(reply, Exception):
+                raise reply
         except BaseException as exc:
             for waiters in batch.values():
                 for fut in waiters:

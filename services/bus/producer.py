@@ -18,10 +18,10 @@ import redis.asyncio
 from prometheus_client import Counter
 
 from eco2.events.v1 import events_pb2
+from eco2.services.dataplane.resp import RespClient
 from eco2.services.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 from . import domain, scripts
-from .resp import RespClient
 from .settings import EventsSettings
 
 PUBLISHED = Counter("eco2_events_published_total", "Events appended by producers in this process, by outcome", ["outcome"])
@@ -65,7 +65,7 @@ def _rejection(event: events_pb2.Event, code: int, last: bytes | str, index: int
 
 
 class EventPublisher:
-    """Publishes over its own lean connection (resp.RespClient, docs/adr/0045) to the server,
+    """Publishes over its own lean connection (dataplane/resp.py, docs/adr/0045) to the server,
     database and credentials of the given redis-py client; concurrent publishes share it
     (pipelined). `aclose()` closes it."""
 

@@ -87,8 +87,6 @@ class EmbeddedDataPlane:
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.postgres = EmbeddedPostgres(self.data_dir, settings=pg_settings or {}, die_with_owner=die_with_owner)
         self.valkey = EmbeddedValkey(self.data_dir, die_with_owner=die_with_owner)
-        self.pg_dir = self.postgres.dir
-        self.valkey_dir = self.valkey.dir
         self._requested_pg_port = pg_port
         self._requested_valkey_port = valkey_port
         self._lock = DataDirLock(self.data_dir)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import redis.asyncio
@@ -43,15 +42,3 @@ def create_redis(redis_url: str, **kwargs: Any) -> redis.asyncio.Redis:
     require_url(redis_url, "REDIS_URL", REDIS_URL)
     kwargs.setdefault("decode_responses", False)
     return redis.asyncio.Redis.from_url(redis_url, **kwargs)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -14,7 +14,7 @@ from eco2.services.runtime.settings import REDIS_URL, require_url
 from .hub import Hub
 from .router import Router
 from .service import SERVICE, EventServicer, add_to_server
-from .valkey import ValkeyReplayStore, fast_redis
+from .valkey import ValkeyReplayStore
 
 
 class EventsApp:
@@ -41,10 +41,11 @@ class EventsApp:
         s = self.settings
         require_url(s.redis_url, "REDIS_URL", REDIS_URL)
         # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them,
-        # the router's own connection (bus/resp.py) included.
+        # the router's own lean connection (dataplane/resp.py) included.
         routes = s.events_role in (EventsRole.ALL, EventsRole.ROUTER)
         pool = max(1, s.events_redis_pool - 1) if routes else s.events_redis_pool
-        self.redis = fast_redis(s.redis_url, pool_class=redis.asyncio.BlockingConnectionPool, max_connections=pool, timeout=30)
+        self.redis = redis.asyncio.Redis.from_pool(
+            redis.asyncio.BlockingConnectionPool.from_url(s.redis_url, max_connections=pool, timeout=30))
         await self.redis.ping()
         if routes:
             self.router = Router(self.redis, s)

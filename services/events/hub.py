@@ -4,7 +4,7 @@ subscriber of the process, dispatched in memory by job id.
 A subscriber costs one small object (no task, no queue object, no list while idle): its
 buffered live messages (None when there are none), a resync flag, the next subscriber of the
 same job (the subscribers of a job are a chain, not a list per job) and, while it waits, one
-future that the stream awaits directly (docs/adr/0044). When its buffer is full the hub
+future that the stream awaits directly (docs/adr/0040). When its buffer is full the hub
 drops the buffer and flags it to resync from the replay stream, so a slow subscriber never
 blocks the others and never loses an event. After the Pub/Sub connection of a shard was
 (re)established every subscriber of that shard resyncs, since messages may have been lost
@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eco2.services.bus import domain
-from eco2.services.bus.resp import RespClient
+from eco2.services.dataplane.resp import RespClient
 from eco2.services.runtime.errors import ResourceExhausted
 
 log = logging.getLogger("eco2.events.hub")
@@ -174,7 +174,7 @@ class Hub:
 
     async def _listen(self, shard: int) -> None:
         """Keep shard `shard`'s Pub/Sub connection subscribed; fan-out messages are dispatched
-        straight from the connection's data callback (bus/resp.py: no task per message)."""
+        straight from the connection's data callback (dataplane/resp.py: no task per message)."""
         channel = domain.fanout_channel(shard).encode()
         client = RespClient.like(self.redis)
 

@@ -25,8 +25,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eco2.services.bus import domain, scripts
-from eco2.services.bus.resp import PoolCommands, RespClient
 from eco2.services.bus.settings import EventsSettings
+from eco2.services.dataplane.resp import PoolCommands, RespClient
 
 log = logging.getLogger("eco2.events.router")
 
@@ -57,7 +57,7 @@ class Router:
         self.consumer = consumer or consumer_name()
         self._route = redis.register_script(scripts.ROUTE)
         # the read → route → ack round trips go over one lean connection of the router's own
-        # (resp.RespClient, docs/adr/0045); groups, the reclaimer's scans and metrics use `redis`
+        # (dataplane/resp.py, docs/adr/0045); groups, the reclaimer's scans and metrics use `redis`
         self._fast = RespClient.like(redis)
         self._pool = PoolCommands(redis)
         self._ttl_ms = str(self.settings.events_replay_ttl_s * 1000)

@@ -76,7 +76,7 @@ class EventServicer:
 
     # Both stream methods are plain functions that check the request and return the `_stream`
     # coroutine itself (the runtime interceptor awaits it): an idle stream holds no frame of
-    # theirs (docs/adr/0044).
+    # theirs (docs/adr/0040).
     def Subscribe(self, request: events_pb2.SubscribeRequest, context) -> Awaitable[None]:
         _check_job_id(request.job_id)
         return self._stream(request.job_id, _caller(context), request.after_seq, context.write)
@@ -164,7 +164,7 @@ class EventServicer:
                         return
                 if sub.resync:
                     continue
-                # idle until the next live event: keep nothing of the last step alive (docs/adr/0044)
+                # idle until the next live event: keep nothing of the last step alive (docs/adr/0040)
                 head = batch = first = ev = out = items = data = None
                 await feed.wait(sub, None)
         except (RedisConnectionError, RedisTimeoutError) as exc:

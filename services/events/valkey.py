@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hiredis
 import redis.asyncio
-from redis.asyncio.connection import Connection
-from redis.exceptions import DataError
 
 from eco2.services.bus import domain
 
@@ -37,28 +34,3 @@ class ValkeyReplayStore:
         shard = domain.shard_of(job_id, self.shards)
         state = await self.redis.hgetall(domain.state_key(shard, job_id))
         return state or None
-
-
-class FastConnection(Connection):
-    """redis.asyncio connection that packs commands with hiredis (C) instead of redis-py's
-    Python packer, as redis-py's own sync client does when hiredis is installed: about 4x less
-    CPU for the router's and the producer's many-argument Lua calls."""
-
-    def pack_command(self, *args):
-        first = args[0]
-        if isinstance(first, str):
-            args = (*first.encode().split(), *args[1:])
-        elif b" " in first:
-            args = (*first.split(), *args[1:])
-        try:
-            return [hiredis.pack_command(args)]
-        except TypeError as exc:
-            raise DataError(str(exc)) from exc
-
-
-def fast_redis(redis_url: str, **kwargs) -> redis.asyncio.Redis:
-    """A redis.asyncio client (bytes replies) whose connections pack with hiredis."""
-    kwargs.setdefault("decode_responses", False)
-    pool_class = kwargs.pop("pool_class", redis.asyncio.ConnectionPool)
-    pool = pool_class.from_url(redis_url, connection_class=FastConnection, **kwargs)
-    return redis.asyncio.Redis(connection_pool=pool)

@@ -64,7 +64,7 @@ class OpenAILLM:
     async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
         # The SDK does the request (auth, headers, status → typed errors); the SSE lines are parsed
         # here with json.loads: building the SDK's pydantic chunk objects cost more CPU per token
-        # than the rest of the token's path (bench/chat.py, ADR 0061).
+        # than the rest of the token's path (bench/chat.py, ADR 0063).
         try:
             async with self.client.chat.completions.with_streaming_response.create(
                 model=self.info.name, messages=self._messages(messages, grounding), stream=True, max_completion_tokens=max_tokens

@@ -22,11 +22,9 @@ from .identity import IDENTITY_KEY, Identity
 _random = random.Random()
 TRACEPARENT_KEY = "traceparent"
 
-#: Informational headers ext-authz also injects (access logs, dashboards). Services never act
-#: on them and never forward them: the identity is the verified wristband (IDENTITY_KEY).
+#: The informational header ext-authz also injects (access logs, dashboards). Services never act
+#: on it and never forward it: the identity is the verified wristband (IDENTITY_KEY).
 USER_ID_KEY = "x-eco2-user-id"
-ROLES_KEY = "x-eco2-roles"
-PROVIDER_KEY = "x-eco2-provider"
 REQUEST_ID_KEY = "x-request-id"
 #: Metadata keys forwarded from an incoming call to the calls it makes.
 FORWARDED_KEYS = frozenset({IDENTITY_KEY, REQUEST_ID_KEY})
@@ -54,8 +52,8 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> s
     Light tracing (no span exporter): W3C trace context without span recording — the caller's
     trace is continued (or one is started) so logs carry trace ids and downstream calls carry
     `traceparent`. The ids are kept as plain ints here, not as an attached OpenTelemetry
-    context (a span, a span context and a context dict per call: ~0.7 KB an idle stream would
-    hold, docs/adr/0044); `trace_ids()` reads them.
+    context (a span, a span context and a context dict per call, which an idle stream would
+    hold: docs/adr/0040); `trace_ids()` reads them.
     """
     remaining = context.time_remaining()
     forwarded = []

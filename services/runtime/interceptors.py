@@ -285,7 +285,7 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
         """A stream served as a coroutine writing with context.write(), not an async generator,
         so grpc awaits it directly (its reader/writer path). A coroutine handler is awaited; a
         generator handler's items are written here. Two gains: an idle stream holds one frame
-        instead of a generator and its asend object (docs/adr/0044), and the write happens
+        instead of a generator and its asend object (docs/adr/0003, 0040), and the write happens
         inside this wrapper, so a shutdown cancel that finds the stream blocked on a slow
         reader still ends it with UNAVAILABLE + RetryInfo (a cancel inside grpc's own generator
         loop would leave the client only grpc's status-less cancellation at the end of the grace).

@@ -197,9 +197,9 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
 
 def tune_gc(gen0_threshold: int) -> None:
     """Everything allocated by start-up (modules, descriptors, pools, the knowledge base) lives as
-    long as the process: frozen, full collections no longer walk it (they paused the events loop
-    40-70 ms), and a larger young generation is collected ~30x less often (grpc, LangGraph and the
-    SDKs allocate per message). Only `eco2 serve` processes: never the loop of an embedding caller."""
+    long as the process: frozen, full collections no longer walk it (each walk pauses the loop),
+    and a larger young generation is collected less often (grpc, LangGraph and the SDKs allocate
+    per message). Only `eco2 serve` processes: never the loop of an embedding caller (ADR 0004)."""
     if gen0_threshold:
         gc.freeze()
         gc.set_threshold(gen0_threshold, *gc.get_threshold()[1:])

@@ -1,17 +1,16 @@
-"""A lean RESP2 connection for the event bus's hot paths (docs/adr/0045).
+"""A lean RESP2 client for the hot Valkey paths (docs/adr/0045): the event bus's producer,
+router and Pub/Sub fan-out, and the ext-authz rate limit.
 
-The producer's Lua call, the router's XREADGROUP / Lua / XACK round trips and the Pub/Sub
-fan-out each cost one redis-py command, and redis-py's asyncio client spends several times
-the CPU of this path on each (pool checkout and release, retry and timeout wrappers, its
-observability hooks; measured in docs/adr/0045). Here commands are packed by hiredis straight
-to an asyncio transport, replies parsed by hiredis in `data_received` and handed to the
-waiting futures in order. Concurrent callers share the connection: their commands are
-pipelined. Pub/Sub messages are delivered to a callback from `data_received` (no task or
-coroutine per message).
+redis-py's asyncio client spends several times this path's CPU per command (pool checkout and
+release, retry and timeout wrappers, its observability hooks). Here commands are packed by
+hiredis straight to an asyncio transport, replies parsed by hiredis in `data_received` and
+handed to the waiting futures in order. Concurrent callers share the connection: their
+commands are pipelined. Pub/Sub messages are delivered to a callback from `data_received` (no
+task or coroutine per message).
 
 Errors are redis-py's exception types (ConnectionError, TimeoutError, ResponseError,
-NoScriptError, AuthenticationError), so callers handle both clients alike. Everything else —
-consumer groups, the reclaimer, replay reads, job state, the job queue — stays on redis-py.
+NoScriptError, AuthenticationError), so callers handle both clients alike. Everything that is
+not a hot path stays on redis-py.
 """
 
 from __future__ import annotations
@@ -67,8 +66,7 @@ class RespConnection(asyncio.Protocol):
             try:
                 reply = reader.gets()
             except hiredis.ProtocolError as exc:
-                self._lost(RedisConnectionError(f"Valkey protocol error: {exc}"))
-                self.transport.close()
+                self.drop(RedisConnectionError(f"Valkey protocol error: {exc}"))
                 return
             if reply is False:
                 return
@@ -115,6 +113,13 @@ class RespConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def drop(self, error: Exception) -> None:
+        """Fail every waiting call with `error` and abort the connection (no reply can arrive
+        for the wrong call afterwards)."""
+        self._lost(error)
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class _EvalMany:
     async def evalsha_many(self, sha: str, source: str, calls: Sequence[tuple[Sequence, Sequence]]) -> list[Any]:
@@ -149,28 +154,47 @@ class PoolCommands(_EvalMany):
 
 
 class RespClient(_EvalMany):
-    """Lazily (re)connected RespConnection to the server a redis-py client points at."""
+    """A lazily (re)connected RespConnection.
+
+    With `reply_timeout`, a reply later than that fails every call waiting on the connection
+    and drops it (the next call reconnects), so replies are never matched to the wrong calls;
+    without it a call waits as long as the connection lives (a blocking read such as the
+    router's XREADGROUP BLOCK is bounded by its own timeout, and a lost connection fails every
+    pending call at once). `aclose()` closes the connection; a later call opens a new one.
+    """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
                  username: str | None = None, password: str | None = None, ssl: ssl_module.SSLContext | None = None,
-                 connect_timeout: float = 5.0, client_name: str | None = None) -> None:
+                 connect_timeout: float = 5.0, client_name: str | None = None, reply_timeout: float | None = None) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password, self.ssl = username, password, ssl
         self.connect_timeout = connect_timeout
         self.client_name = client_name
+        self.reply_timeout = reply_timeout
         self._conn: RespConnection | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
-    def like(cls, client: redis.asyncio.Redis, *, client_name: str | None = None) -> RespClient:
-        """A RespClient to the same server, database and credentials as a redis-py client."""
-        pool = client.connection_pool
+    def like(cls, client: redis.asyncio.Redis, **options: Any) -> RespClient:
+        """A RespClient to the same server, database and credentials as a redis-py client;
+        `options` (constructor arguments) override what the client's pool says."""
+        return cls._from_pool(client.connection_pool, options)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RespClient:
+        """A RespClient to the server a `redis://`, `rediss://` or `unix://` URL names, read as
+        redis-py reads it; `options` are constructor arguments."""
+        return cls._from_pool(redis.asyncio.ConnectionPool.from_url(url), options)
+
+    @classmethod
+    def _from_pool(cls, pool: redis.asyncio.ConnectionPool, options: dict[str, Any]) -> RespClient:
         kw = pool.connection_kwargs
         path = kw.get("path") if issubclass(pool.connection_class, UnixDomainSocketConnection) else None
         context = ssl_module.create_default_context() if issubclass(pool.connection_class, SSLConnection) else None
-        return cls(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)), path=path, db=int(kw.get("db") or 0),
-                   username=kw.get("username"), password=kw.get("password"), ssl=context,
-                   connect_timeout=kw.get("socket_connect_timeout") or 5.0, client_name=client_name or kw.get("client_name"))
+        settings = dict(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)), path=path, db=int(kw.get("db") or 0),
+                        username=kw.get("username"), password=kw.get("password"), ssl=context,
+                        connect_timeout=kw.get("socket_connect_timeout") or 5.0, client_name=kw.get("client_name"))
+        return cls(**(settings | options))
 
     @property
     def where(self) -> str:
@@ -213,12 +237,27 @@ class RespClient(_EvalMany):
                 conn = self._conn = await self.connect()
             return conn
 
+    async def _reply(self, conn: RespConnection, future: asyncio.Future) -> Any:
+        """The reply `future` resolves to; with `reply_timeout`, a late one drops the connection,
+        which fails `future` and every other waiting call with TimeoutError."""
+        if self.reply_timeout is None:
+            return await future
+        timer = asyncio.get_running_loop().call_later(self.reply_timeout, self._late, conn, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _late(self, conn: RespConnection, future: asyncio.Future) -> None:
+        if not future.done():
+            conn.drop(RedisTimeoutError(f"no reply from Valkey at {self.where} within {self.reply_timeout:g} s"))
+
     async def execute(self, *args: Any) -> Any:
         """One command; an error reply is raised."""
         conn = self._conn
         if conn is None or conn.error is not None:
             conn = await self._connection()
-        reply = await conn.send((args,))[0]
+        reply = await self._reply(conn, conn.send((args,))[0])
         if isinstance(reply, ResponseError):
             raise _typed(reply)
         return reply
@@ -229,7 +268,7 @@ class RespClient(_EvalMany):
         if conn is None or conn.error is not None:
             conn = await self._connection()
         futures = conn.send(commands)
-        await futures[-1]  # replies come in order: the others are in, or all failed with the connection
+        await self._reply(conn, futures[-1])  # replies come in order: the others are in, or all failed with the connection
         replies = [f.result() for f in futures]
         return [_typed(r) if isinstance(r, ResponseError) else r for r in replies]
 
