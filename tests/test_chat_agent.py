@@ -268,7 +268,7 @@ async def test_eco2_chat_prints_what_the_server_said_about_each_field(stack, ser
 async def test_a_dead_lettered_job_ends_its_stream_with_error(stack):
     """A job whose message was never stored (its send rolled back) fails each attempt and is
     dead-lettered; its follower gets ERROR instead of waiting until its deadline."""
-    from eco2.services.chat.worker import publish_queued
+    from eco2.services.chat.emitter import publish_queued
 
     app, user = stack["app"], f"u-{uuid.uuid4().hex[:8]}"
     job_id = f"chat-{uuid.uuid4().hex}"

@@ -15,7 +15,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from eco2.events.v1 import events_pb2
 from eco2.services.chat.answer import compose
-from eco2.services.chat.graph import ChatDeps, Emitter, JobContext, build_graph
+from eco2.services.chat.deps import ChatDeps, JobContext
+from eco2.services.chat.emitter import Emitter
+from eco2.services.chat.graph import build_graph
 from eco2.services.chat.grpc_clients import GrpcPlaces
 from eco2.services.chat.policy import PolicyRunner
 from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch

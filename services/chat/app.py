@@ -25,7 +25,8 @@ from eco2.services.runtime.settings import Endpoints
 
 from . import media, pii
 from .answer import compose
-from .graph import ChatDeps, build_graph
+from .deps import ChatDeps
+from .graph import build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
 from .metrics import MeteredLLM
 from .outbox import EventOutbox

@@ -4,7 +4,6 @@ auth's MeshIdentityService)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 
 import grpc
@@ -14,20 +13,35 @@ from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.location.v1 import location_pb2, location_pb2_grpc
 from eco2.services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
 
+from .ports import Character, Place
+
+
+def place_of(hit: location_pb2.PlaceHit) -> Place:
+    p = hit.place
+    return Place(
+        id=p.id, name=p.name, address=p.address, road_address=p.road_address, phone=p.phone, latitude=p.location.latitude, longitude=p.location.longitude,
+        store_category=p.store_category, pickup_categories=list(p.pickup_categories), source=p.source, opening_hours=p.opening_hours, url=p.url,
+        updated_at=p.updated_at.ToJsonString() if p.HasField("updated_at") else "", distance_m=hit.distance_m, distance_text=hit.distance_text,
+    )
+
+
+def character_of(c: character_pb2.Character) -> Character:
+    return Character(
+        code=c.code, name=c.name, aliases=list(c.aliases), category=c.category, match_label=c.match_label, image_code=c.image_code,
+        description=c.description, is_default=c.is_default,
+    )
+
 
 class GrpcPlaces:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = location_pb2_grpc.LocationServiceStub(channel)
 
-    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[dict]:
+    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[Place]:
         request = location_pb2.SearchNearbyRequest(center=location_pb2.GeoPoint(latitude=latitude, longitude=longitude), radius_m=radius_m, limit=limit)
         if collection_points:
             request.pickup_categories.extend(v for k, v in location_pb2.PickupCategory.items() if v != 0)
         reply = await self.stub.SearchNearby(request)
-        return [
-            {"id": h.place.id, "name": h.place.name, "address": h.place.road_address or h.place.address, "distance_m": h.distance_m, "distance_text": h.distance_text, "pb": base64.b64encode(h.SerializeToString()).decode()}
-            for h in reply.places
-        ]
+        return [place_of(h) for h in reply.places]
 
 
 class GrpcCharacters:
@@ -38,10 +52,10 @@ class GrpcCharacters:
     def __init__(self, channel: grpc.aio.Channel, *, cache_s: float = 0.0) -> None:
         self.stub = character_pb2_grpc.CharacterServiceStub(channel)
         self.cache_s = cache_s
-        self._cache: dict[str, tuple[float, dict | None]] = {}
+        self._cache: dict[str, tuple[float, Character | None]] = {}
         self._inflight: dict[str, asyncio.Task] = {}
 
-    async def get(self, code: str) -> dict | None:
+    async def get(self, code: str) -> Character | None:
         hit = self._cache.get(code)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
@@ -60,7 +74,7 @@ class GrpcCharacters:
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up (their shield was cancelled)
 
-    async def _fetch(self, code: str) -> dict | None:
+    async def _fetch(self, code: str) -> Character | None:
         now = time.monotonic()
         try:
             reply = await self.stub.GetCharacter(character_pb2.GetCharacterRequest(code=code))
@@ -69,8 +83,7 @@ class GrpcCharacters:
                 raise  # not cached: the next answer asks again
             found = None
         else:
-            c = reply.character
-            found = {"code": c.code, "name": c.name, "description": c.description, "match_label": c.match_label, "pb": base64.b64encode(c.SerializeToString()).decode()}
+            found = character_of(reply.character)
         if self.cache_s > 0:
             self._cache[code] = (now + self.cache_s, found)
         return found

@@ -102,12 +102,13 @@ def image_prompt(text: str, max_chars: int) -> str:
     return IMAGE_FRAME + " ".join(neutralise(text).split())[:max_chars]
 
 
-async def generate_and_store(state: dict, deps: Any, emitter: Any, made: dict) -> dict:
-    """Draw, then store through ImageService as the asking user. `made` keeps the bytes across the
-    policy's retries: an upload retried after a failure sends the same bytes, so the same key."""
+async def generate_and_store(request: str, deps: Any, emitter: Any, made: dict) -> dict:
+    """Draw what `request` asks for, then store it through ImageService as the asking user. `made`
+    keeps the bytes across the policy's retries: an upload retried after a failure sends the same
+    bytes, so the same key."""
     limits = deps.media
     if "image" not in made:
-        prompt = image_prompt(state.get("query") or state["message"], limits.image_prompt_max_chars)
+        prompt = image_prompt(request, limits.image_prompt_max_chars)
         await emitter.tool("image_generation", "image.generate", "image-generate", STARTED, message=f"{deps.image_model.name}, {limits.image_size}")
         image = await deps.image_model.generate(prompt, size=limits.image_size)
         if len(image.data) > limits.image_max_bytes:

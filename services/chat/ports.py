@@ -1,19 +1,58 @@
-"""What the chat agent needs from outside the process (adapters in grpc_clients.py, tools/)."""
+"""What the chat agent needs from outside the process (adapters in grpc_clients.py, tools/),
+and the values those ports hand back.
+
+The values are TypedDicts of plain fields: they travel through the graph's checkpoints as they
+are (LangGraph's serializer stores dicts, lists, strings and numbers natively), and the result
+mapping (result.py) turns them into the contract's messages.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
+
+
+class Place(TypedDict):
+    """A place a nearby search found: eco2.location.v1.PlaceHit's fields, flat."""
+
+    id: str
+    name: str
+    address: str
+    road_address: str
+    phone: str
+    latitude: float
+    longitude: float
+    store_category: int  # eco2.location.v1.StoreCategory
+    pickup_categories: list[int]  # eco2.location.v1.PickupCategory
+    source: int  # eco2.location.v1.PlaceSource
+    opening_hours: str
+    url: str
+    updated_at: str  # RFC 3339, "" when the place has none
+    distance_m: float
+    distance_text: str
+
+
+class Character(TypedDict):
+    """An Eco² character as CharacterService serves it: eco2.character.v1.Character's fields."""
+
+    code: str
+    name: str
+    aliases: list[str]
+    category: int  # eco2.character.v1.WasteCategory
+    match_label: str
+    image_code: str
+    description: str
+    is_default: bool
 
 
 class Places(Protocol):
-    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[dict[str, Any]]:
-        """Places near a point: dicts with name, address, distance_text, distance_m and `pb` (PlaceHit bytes)."""
+    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[Place]:
+        """Places near a point, nearest first."""
         ...
 
 
 class Characters(Protocol):
-    async def get(self, code: str) -> dict[str, Any] | None:
-        """A character as a dict (code, name, description, match_label, `pb`), None if unknown."""
+    async def get(self, code: str) -> Character | None:
+        """A character by its code, None if unknown."""
         ...
 
 
