@@ -34,6 +34,7 @@ from .policy import PolicyRunner
 from .postgres import ConversationStore
 from .service import ChatServicer
 from .settings import ChatSettings
+from .state import checkpoint_serializer
 from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
 from .worker import ChatWorkers, end_dead_job
@@ -79,7 +80,7 @@ class ChatApp:
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-chat")
         self.pg = AsyncConnectionPool(s.database_url, max_size=s.chat_pg_pool_max, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
         await self.pg.open(wait=True, timeout=30)
-        saver = AsyncPostgresSaver(self.pg)
+        saver = AsyncPostgresSaver(self.pg, serde=checkpoint_serializer())
         self.redis = create_redis(s.redis_url)
         # The publisher keeps its own lean connection (bus/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import operator
 from typing import Annotated, Any, TypedDict
 
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+
 from . import intents as I
 from .ports import Character, Place
 
@@ -100,3 +102,10 @@ REQUIRED: dict[str, str | None] = {
     I.COLLECTION_POINT: "collection_point_context", I.BULK_WASTE: "bulk_waste_context", I.RECYCLABLE_PRICE: "price_context",
     I.WEATHER: "weather_context", I.WEB_SEARCH: "web_search_context", I.IMAGE_GENERATION: "image_generation_context", I.GENERAL: None,
 }
+
+
+def checkpoint_serializer() -> JsonPlusSerializer:
+    """LangGraph's serializer, reviving only the types it knows to be safe (its own Send,
+    Interrupt, Command …): the state holds plain values only, so a checkpoint that would need
+    any other class to load is refused instead of constructing it."""
+    return JsonPlusSerializer(allowed_msgpack_modules=None)
