@@ -147,9 +147,10 @@ async def test_history_past_the_threshold_is_summarised(graph):
     assert not out.get("new_summary") and out["history"] == history
 
 
-async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph):
+async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph, service_env):
     """waste_rag attaches its category's character under the character policy (FAIL_OPEN): with
     CharacterService unreachable the rules are answered, with no card and no failed stage."""
+    from eco2.services.character.app import create as create_character
     from eco2.services.runtime.clients import channel as grpc_channel
 
     ch = grpc_channel("127.0.0.1:1", default_timeout_s=1.0)  # nothing listens there: UNAVAILABLE
@@ -163,10 +164,13 @@ async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph):
     assert "압착" in out["answer"] and "Eco² 캐릭터" not in out["answer"]
     assert "character_context" not in out["contexts"] and not out.get("failed")
     assert not [e for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_FAILED]
-    # and with the knowledge base's entry (no CharacterService configured) the card is there
-    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner())
-    s = state("투명 페트병은 어떻게 버려?")
-    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
+    # and with CharacterService answering, the card is there
+    with env(service_env):
+        character_app = create_character()
+    async with running(character_app, metrics=False) as character, channel(character) as cch:
+        deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), characters=GrpcCharacters(cch))
+        s = state("투명 페트병은 어떻게 버려?")
+        out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
     assert out["contexts"]["character_context"]["code"] == "char-petty"
     assert "이 품목을 맡은 Eco² 캐릭터: 페티 (무색페트병)" in out["answer"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from importlib import resources
 
 import grpc
@@ -31,6 +32,7 @@ from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
 from .metrics import MeteredLLM
 from .outbox import EventOutbox
 from .policy import PolicyRunner
+from .ports import Characters
 from .postgres import ConversationStore
 from .service import ChatServicer
 from .settings import ChatSettings
@@ -39,6 +41,8 @@ from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
 from .worker import ChatWorkers, end_dead_job
 
+log = logging.getLogger("eco2.chat")
+
 
 class ChatApp:
     name = "chat"
@@ -46,7 +50,7 @@ class ChatApp:
     def __init__(self, settings: ChatSettings, endpoints: Endpoints | None = None) -> None:
         self.settings = settings
         self.endpoints = endpoints or Endpoints()
-        self.pool = self.pg = self.redis = self.sink = self.workers = None
+        self.pool = self.pg = self.redis = self.sink = self.workers = self.learning = None
         self.channels: list[grpc.aio.Channel] = []
         self.closers: list = []
 
@@ -73,6 +77,11 @@ class ChatApp:
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         pii.install()
+        characters = GrpcCharacters(self._channel("character"), cache_s=s.chat_character_cache_s)
+        # The characters' names are words the Korean analyser must know before it loads (one
+        # load instead of a rebuild); CharacterService down: they are learnt when it answers.
+        if not await learn_character_names(characters):
+            self.learning = asyncio.create_task(learn_character_names_later(characters, retry_s=s.downstream_timeout_s))
         # The Korean analyser (~1–2 s, once per process) loads before the first question, not in it.
         await asyncio.to_thread(morph.warm)
         if s.migrate_on_start:
@@ -110,7 +119,7 @@ class ChatApp:
         # Every model call the graph makes goes through the metered port (metrics.py).
         llm, vision_llm = MeteredLLM(llm), (MeteredLLM(vision_llm) if vision_llm is not None else None)
         deps = ChatDeps(
-            kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=GrpcCharacters(self._channel("character"), cache_s=s.chat_character_cache_s),
+            kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=characters,
             weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,
             summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, vision_llm=vision_llm, image_model=image_model,
             media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_vision_max_bytes, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),
@@ -128,6 +137,8 @@ class ChatApp:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 
     async def stop(self) -> None:
+        if self.learning is not None:
+            self.learning.cancel()
         if self.workers is not None:
             await self.workers.stop(self.settings.shutdown_grace_s / 2)
         for ch in self.channels:
@@ -142,6 +153,24 @@ class ChatApp:
             await self.pg.close()
         if self.pool is not None:
             await self.pool.close()
+
+
+async def learn_character_names(characters: Characters) -> bool:
+    """The Eco² characters' names, as CharacterService lists them, into the Korean analyser
+    (morph.add_names): the intent rules see a character named in a message, and the question
+    reader never takes a name for an item. False when CharacterService did not answer."""
+    try:
+        cast = await characters.cast()
+    except grpc.aio.AioRpcError as exc:
+        log.warning("CharacterService did not list the characters", extra={"code": exc.code().name})
+        return False
+    morph.add_names([c["name"] for c in cast])
+    return True
+
+
+async def learn_character_names_later(characters: Characters, *, retry_s: float) -> None:
+    while not await learn_character_names(characters):
+        await asyncio.sleep(retry_s)
 
 
 def create() -> ChatApp:

@@ -45,48 +45,60 @@ class GrpcPlaces:
 
 
 class GrpcCharacters:
-    """CharacterService.GetCharacter, each character reused for `cache_s` seconds: a waste answer
-    carries its category's character, so without the cache every such answer would cost a call
-    for one of 13 catalog entries that change rarely."""
+    """CharacterService.ListCharacters and MatchCharacter, each answer reused for `cache_s`
+    seconds: a waste answer carries its category's character and every character question reads
+    the catalog, so without the cache each would cost a call for 13 entries that change rarely."""
 
     def __init__(self, channel: grpc.aio.Channel, *, cache_s: float = 0.0) -> None:
         self.stub = character_pb2_grpc.CharacterServiceStub(channel)
         self.cache_s = cache_s
-        self._cache: dict[str, tuple[float, Character | None]] = {}
-        self._inflight: dict[str, asyncio.Task] = {}
+        self._cache: dict[object, tuple[float, object]] = {}
+        self._inflight: dict[object, asyncio.Task] = {}
 
-    async def get(self, code: str) -> Character | None:
-        hit = self._cache.get(code)
+    async def cast(self) -> list[Character]:
+        return await self._read("cast", self._list)
+
+    async def match(self, category: int) -> Character | None:
+        return await self._read(("match", category), lambda: self._match(category))
+
+    async def _list(self) -> list[Character]:
+        found: list[Character] = []
+        token = ""
+        while True:
+            reply = await self.stub.ListCharacters(character_pb2.ListCharactersRequest(page_token=token))
+            found += [character_of(c) for c in reply.characters]
+            token = reply.next_page_token
+            if not token:
+                return found
+
+    async def _match(self, category: int) -> Character | None:
+        reply = await self.stub.MatchCharacter(character_pb2.MatchCharacterRequest(category=category))
+        return character_of(reply.character) if reply.matched else None
+
+    async def _read(self, key: object, fetch):
+        hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         if self.cache_s <= 0:
-            return await self._fetch(code)
-        # one call per code at a time: answers that start together (a burst after a cold start)
+            return await fetch()
+        # one call per key at a time: answers that start together (a burst after a cold start)
         # share it instead of each asking CharacterService
-        task = self._inflight.get(code)
+        task = self._inflight.get(key)
         if task is None:
-            task = self._inflight[code] = asyncio.ensure_future(self._fetch(code))
-            task.add_done_callback(lambda t: self._settled(code, t))
+            task = self._inflight[key] = asyncio.ensure_future(self._fetch(key, fetch))
+            task.add_done_callback(lambda t: self._settled(key, t))
         return await asyncio.shield(task)  # a caller that gives up does not cancel the others' call
 
-    def _settled(self, code: str, task: asyncio.Task) -> None:
-        self._inflight.pop(code, None)
+    async def _fetch(self, key: object, fetch):
+        now = time.monotonic()
+        found = await fetch()  # an error is not cached: the next answer asks again
+        self._cache[key] = (now + self.cache_s, found)
+        return found
+
+    def _settled(self, key: object, task: asyncio.Task) -> None:
+        self._inflight.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up (their shield was cancelled)
-
-    async def _fetch(self, code: str) -> Character | None:
-        now = time.monotonic()
-        try:
-            reply = await self.stub.GetCharacter(character_pb2.GetCharacterRequest(code=code))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise  # not cached: the next answer asks again
-            found = None
-        else:
-            found = character_of(reply.character)
-        if self.cache_s > 0:
-            self._cache[code] = (now + self.cache_s, found)
-        return found
 
 
 class GrpcImages:

@@ -51,8 +51,15 @@ class Places(Protocol):
 
 
 class Characters(Protocol):
-    async def get(self, code: str) -> Character | None:
-        """A character by its code, None if unknown."""
+    """CharacterService: the catalog and its category → character matching are its own."""
+
+    async def cast(self) -> list[Character]:
+        """The whole catalog, the default character first."""
+        ...
+
+    async def match(self, category: int) -> Character | None:
+        """The character of an eco2.character.v1.WasteCategory; None when the category has none
+        of its own (CharacterService then answers with the default character, unmatched)."""
         ...
 
 

@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from eco2.character.v1 import character_pb2
 from eco2.events.v1 import events_pb2
 from eco2.scan.v1 import scan_pb2
+from eco2.services.knowledge.categories import CATEGORY_OF_RULE, RULE_OF_CATEGORY
 from eco2.services.knowledge.kb import KnowledgeBase, RuleFile
 from eco2.services.llm.ports import LLM
 from eco2.services.llm.vision import UNKNOWN, vision_messages, vision_schema
@@ -193,13 +194,13 @@ class ScanPipeline:
         for n in range(d.limits.max_questions):
             questions.append(E.InputRequest(
                 input_id=f"q{n + 1}", kind=E.INPUT_KIND_CHOICE, prompt=prompt,
-                choices=[E.InputChoice(value=character_pb2.WasteCategory.Name(D.CATEGORY_OF_RULE[c.rule_file]), label=c.label) for c in choices],
+                choices=[E.InputChoice(value=character_pb2.WasteCategory.Name(CATEGORY_OF_RULE[c.rule_file]), label=c.label) for c in choices],
             ))
             if n == len(answers):
                 return None, questions
             answer = answers[n]
             if "category" in answer:
-                rule = D.rule_by_file(d.kb, D.RULE_OF_CATEGORY[answer["category"]])
+                rule = D.rule_by_file(d.kb, RULE_OF_CATEGORY[answer["category"]])
                 return D.Classification(D.ANSWER, rule.name, rule.file, 1.0), questions
             found, choices = D.classify_text(d.kb, answer["text"], basis=D.ANSWER, min_share=d.limits.hint_min_share)
             if found is not None:
