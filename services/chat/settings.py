@@ -26,7 +26,7 @@ class ChatSettings(EventsSettings):
     chat_input_ttl_s: int = Field(3600, ge=10, description="how long a NEEDS_INPUT question waits for ProvideInput")
     chat_cancel_on_disconnect: bool = Field(False, description="StreamChat client gone → cancel the job (default: it finishes and is stored)")
     chat_search_radius_m: int = Field(3000, ge=100, le=50_000, description="radius of nearby searches")
-    chat_character_cache_s: float = Field(300.0, ge=0, le=86_400, description="how long a character read from CharacterService is reused (the catalog changes rarely; 0 = every answer asks)")
+    chat_character_cache_s: float = Field(300.0, ge=0, le=86_400, description="how long an answer of CharacterService (the cast, a category's character) is reused (the catalog changes rarely; 0 = every answer asks)")
     chat_places_limit: int = Field(5, ge=1, le=50, description="places shown per answer")
     chat_page_max: int = Field(100, ge=1, le=1000, description="largest page of List/GetConversation")
     chat_stream_timeout_s: float = Field(300.0, gt=0, description="longest StreamChat stream")
