@@ -67,7 +67,7 @@ class ChatState(TypedDict, total=False):
     # the branches
     contexts: Annotated[dict[str, Any], merge]  # what each intent gathered (REQUIRED), as the answer and the model read it
     citations: Annotated[list[Citation], operator.add]
-    card: Annotated[Character | None, latest]  # the character the answer shows
+    card: Character  # the character the answer shows (one writer per turn: waste_rag, or the character branch)
     places: Annotated[dict[str, list[Place]], merge]  # places node → the places it found
     failed: Annotated[list[str], operator.add]
     spans: Annotated[dict[str, list[float]], merge]  # node → [start, end] (monotonic), for concurrency checks and metrics

@@ -16,7 +16,7 @@ from eco2.services.runtime.telemetry import span
 from .. import metrics
 from ..deps import JobContext
 from ..policy import FailMode, NodeFailed
-from ..state import highest, latest, merge
+from ..state import highest, merge
 
 
 async def run_node(name: str, runtime: Runtime[JobContext], body: Callable[[], Awaitable[dict]], *, announce: bool = True) -> dict:
@@ -58,7 +58,7 @@ async def nothing() -> dict:
 def combine(first: dict, then: dict) -> dict:
     """Two node updates as one (a superstep's update): the later wins, except the reducers' keys."""
     out = {**first, **then}
-    for key, reduce in (("spans", merge), ("contexts", merge), ("places", merge), ("seq", highest), ("card", latest)):
+    for key, reduce in (("spans", merge), ("contexts", merge), ("places", merge), ("seq", highest)):
         if key in first and key in then:
             out[key] = reduce(first[key], then[key])
     for key in ("citations", "failed"):
