@@ -28,10 +28,10 @@ from . import media, pii
 from .answer import compose
 from .deps import ChatDeps
 from .graph import build_graph
-from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
+from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces, GrpcScan
 from .metrics import MeteredLLM
 from .outbox import EventOutbox
-from .policy import PolicyRunner
+from .policy import POLICIES, PolicyRunner
 from .ports import Characters
 from .postgres import ConversationStore
 from .service import ChatServicer
@@ -102,12 +102,12 @@ class ChatApp:
         )
         if hasattr(llm, "aclose"):
             self.closers.append(llm)
-        vision_llm = media.create_vision_llm(s, llm)
         image_model = create_image_model(
             s.chat_image_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
             gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
         )
-        self.closers += [x for x in (vision_llm, image_model) if x is not None and x is not llm and hasattr(x, "aclose")]
+        if image_model is not None and hasattr(image_model, "aclose"):
+            self.closers.append(image_model)
         images = GrpcImages(self._channel("images"))
         weather = OpenMeteoWeather(s.weather_base_url) if s.weather_base_url else None
         search = TavilySearch(s.web_search_base_url, s.web_search_api_key) if s.web_search_base_url else None
@@ -117,12 +117,13 @@ class ChatApp:
             bulk = DataGoKrBulkWasteFees(s.bulk_waste_base_url, s.bulk_waste_api_key, timeout_s=s.bulk_waste_timeout_s, rows=s.bulk_waste_rows, max_results=s.bulk_waste_max_results)
             self.closers.append(bulk)
         # Every model call the graph makes goes through the metered port (metrics.py).
-        llm, vision_llm = MeteredLLM(llm), (MeteredLLM(vision_llm) if vision_llm is not None else None)
+        llm = MeteredLLM(llm)
         deps = ChatDeps(
             kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=characters,
             weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,
-            summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, vision_llm=vision_llm, image_model=image_model,
-            media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_vision_max_bytes, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),
+            summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, image_model=image_model,
+            photos=GrpcScan(self._channel("scan"), timeout_s=POLICIES["vision"].timeout_s),
+            media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),
         )
         deps.bulk_waste, deps.bulk_waste_tool_iterations = bulk, s.chat_bulk_waste_tool_iterations
         deps.intent_mode, deps.intent_timeout_s = s.chat_intent_mode, s.chat_intent_timeout_s

@@ -15,7 +15,7 @@ from eco2.services.llm.ports import LLM
 from .emitter import Emitter
 from .media import MediaLimits
 from .policy import PolicyRunner
-from .ports import BulkWasteFees, Characters, Images, Places, Weather, WebSearch
+from .ports import BulkWasteFees, Characters, Images, Photos, Places, Weather, WebSearch
 
 
 @dataclass
@@ -37,8 +37,8 @@ class ChatDeps:
     bulk_waste_tool_iterations: int = 5
     intent_mode: str = "auto"  # rules | model | auto (model when a remote model is configured)
     intent_timeout_s: float = 5.0
-    images: Images | None = None  # ImageService: photos to classify, generated pictures to store
-    vision_llm: LLM | None = None  # None: photo recognition not configured (media.create_vision_llm)
+    images: Images | None = None  # ImageService: generated pictures to store
+    photos: Photos | None = None  # ScanService: what a photo shows
     image_model: ImageModel | None = None  # None: image generation not configured
     media: MediaLimits = field(default_factory=MediaLimits)
 

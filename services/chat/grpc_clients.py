@@ -1,5 +1,5 @@
 """Adapters of the domain ports over gRPC (LocationService, CharacterService, ImageService,
-auth's MeshIdentityService)."""
+ScanService)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,19 @@ import grpc
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.location.v1 import location_pb2, location_pb2_grpc
-from eco2.services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from eco2.scan.v1 import scan_pb2, scan_pb2_grpc
+from eco2.services.knowledge.categories import RULE_OF_CATEGORY
+from eco2.services.runtime.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    status_details,
+    unpack_details,
+)
 
-from .ports import Character, Place
+from .ports import Character, Place, Sight, VisionFailed
 
 
 def place_of(hit: location_pb2.PlaceHit) -> Place:
@@ -154,3 +164,40 @@ class GrpcImages:
                 raise InvalidArgument(f"ImageService refused the generated image: {exc.details()}", reason="GENERATED_IMAGE_REFUSED") from None
             raise Unavailable("the image service is unavailable", reason="IMAGES_UNAVAILABLE", retry_after_s=1.0) from None
         return reply.image.key
+
+
+class GrpcScan:
+    """ScanService.ClassifyPhoto: the photo is read by the scan service as the current caller (the
+    job's wristband travels with the call), classified under its vision stage's policy."""
+
+    #: ScanService's default ECO2_SCAN_MAX_HINT_CHARS: the words sent with the photo are cut to it
+    HINT_MAX_CHARS = 200
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        self.stub = scan_pb2_grpc.ScanServiceStub(channel)
+        self.timeout_s = timeout_s
+
+    async def classify(self, image_key: str, text: str) -> Sight | None:
+        request = scan_pb2.ClassifyPhotoRequest(image_key=image_key, hint=text[: self.HINT_MAX_CHARS])
+        try:
+            reply = await self.stub.ClassifyPhoto(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, image_key) from None
+        if not reply.configured:
+            return None
+        c = reply.classification
+        return Sight(item=c.item, rule_file=RULE_OF_CATEGORY.get(c.category, ""), confidence=round(c.confidence, 3),
+                     situation_tags=list(c.situation_tags), model=reply.vision_model)
+
+    @staticmethod
+    def _error(exc: grpc.aio.AioRpcError, image_key: str) -> Exception:
+        code = exc.code()
+        if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+            return NotFound(f"no image {image_key!r}", reason="IMAGE_NOT_FOUND", metadata={"image_key": image_key})
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(exc.details() or "the photo is too large", reason="IMAGE_TOO_LARGE")
+        status = status_details(exc)
+        info = unpack_details(status).get("ErrorInfo") if status is not None else None
+        if code == grpc.StatusCode.UNAVAILABLE and info is not None and info.reason == "VISION_FAILED":
+            return VisionFailed(exc.details())
+        return Unavailable("the scan service is unavailable", reason="SCAN_UNAVAILABLE", retry_after_s=1.0)

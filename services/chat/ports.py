@@ -44,6 +44,33 @@ class Character(TypedDict):
     is_default: bool
 
 
+class Sight(TypedDict):
+    """What a vision model saw in a photo (ScanService.ClassifyPhoto)."""
+
+    item: str
+    rule_file: str  # the knowledge base's rule file of its category, "" when it knows none (미분류)
+    confidence: float
+    situation_tags: list[str]
+    model: str
+
+
+class Photos(Protocol):
+    """ScanService's vision stage: the product's one way of seeing a photo."""
+
+    async def classify(self, image_key: str, text: str) -> Sight | None:
+        """What the photo shows, read as the current caller, with the user's words as their
+        question; None when no vision model is configured. NotFound / ResourceExhausted for a
+        photo that cannot be used, VisionFailed when the model failed (already retried)."""
+        ...
+
+
+class VisionFailed(Exception):
+    """The vision model did not classify the photo, after ScanService's own retries: asking again
+    would repeat them."""
+
+    retryable = False
+
+
 class Places(Protocol):
     async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[Place]:
         """Places near a point, nearest first."""

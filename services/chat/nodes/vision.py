@@ -1,5 +1,5 @@
-"""vision: a message with a photo — the photo is classified and aims the waste branch at what it
-shows (the body is ../media.py); then the router's stage, in the same superstep."""
+"""vision: a message with a photo — ScanService classifies the photo, which aims the waste branch
+at what it shows (the body is ../media.py); then the router's stage, in the same superstep."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ async def vision(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     deps = ctx.deps
 
     async def body() -> dict:
-        if deps.vision_llm is None or deps.images is None:  # offline: say so, never guess (answer.py)
+        if deps.photos is None:  # no ScanService: say so, never guess (answer.py)
             return {"contexts": {"vision_context": {"configured": False}}}
         return await M.classify_photo(state, deps, ctx.emitter)
 
