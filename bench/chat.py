@@ -5,8 +5,9 @@ EventService against a fake streaming model, and one offline turn to DONE.
 
 Starts its own embedded data plane (temp dir under /tmp, mode 0755), a fake OpenAI-compatible
 model server (tests/support/fake_llm.py: first token after 200 ms, then one token per 20 ms,
-100 tokens), `eco2 serve events` and `eco2 serve chat` processes on 127.0.0.1, prints one
-JSON line and stops everything.
+100 tokens), `eco2 serve auth`, `events`, `character` and `chat` processes on 127.0.0.1, prints
+one JSON line and stops everything. Each bench user signs in before the timed run (dev sign-in
+and ext-authz `Check`, runtime/dev_identity.py) and calls with that wristband.
 
 Measured per conversation (client: StreamChat on the chat process):
     e2e          send → DONE on the client
@@ -43,9 +44,22 @@ from grpc_ceiling import free_port, stop_process, wait_serving  # noqa: E402
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 from eco2.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
+from eco2.services.runtime.dev_identity import dev_wristband  # noqa: E402
+from eco2.services.runtime.identity import IDENTITY_KEY  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 20, 100
+#: bench user → the metadata that carries its wristband (filled by `sign_in` before a timed run)
+WRISTBANDS: dict[str, tuple[tuple[str, str], ...]] = {}
+
+
+async def sign_in(auth_addr: str, users: list[str]) -> None:
+    async def one(user: str) -> None:
+        WRISTBANDS[user] = ((IDENTITY_KEY, await dev_wristband(auth_addr, user)),)
+
+    todo = [u for u in users if u not in WRISTBANDS]
+    for i in range(0, len(todo), 50):
+        await asyncio.gather(*(one(u) for u in todo[i : i + 50]))
 
 
 def pct(values: list[float], p: float) -> float | None:
@@ -68,11 +82,11 @@ async def one_turn(stub, text: str, user: str, events=None) -> dict:
     started = time.monotonic()
     try:
         if events is None:
-            stream = stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300)
+            stream = stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=WRISTBANDS[user], timeout=300)
         else:
-            sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message=text), metadata=(("x-eco2-user-id", user),), timeout=300)
+            sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message=text), metadata=WRISTBANDS[user], timeout=300)
             # a job streams to its owner only: subscribe as the user who sent it
-            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=(("x-eco2-user-id", user),), timeout=300)
+            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=WRISTBANDS[user], timeout=300)
         async for e in stream:
             if e.kind == events_pb2.EVENT_KIND_TOKEN:
                 out["tokens"] += 1
@@ -98,6 +112,7 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
         await wait_serving(port, proc, timeout=90)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = chat_pb2_grpc.ChatServiceStub(ch)
+            await sign_in(base_env["ECO2_AUTH_ADDR"], ["bench-warmup", *(f"bench-off-{i}" for i in range(turns))])
             await one_turn(stub, "캔은 어떻게 버려?", "bench-warmup")  # warm-up (imports, pools)
             results = [await one_turn(stub, q, f"bench-off-{i}") for i, q in zip(range(turns), ["투명 페트병은 어떻게 버려?", "건전지는 어디에 버려?", "우유팩 버리는 법 알려줘", "신문지 시세 얼마야?"] * turns)]
     finally:
@@ -131,6 +146,7 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in chans]
         echans = [grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") for _ in range(channels)] if client == "subscribe" else []
         estubs = [events_pb2_grpc.EventServiceStub(c) for c in echans] or [None] * channels
+        await sign_in(base_env["ECO2_AUTH_ADDR"], ["bench-warmup", *(f"bench-{i}" for i in range(n))])
         await one_turn(stubs[0], "캔은 어떻게 버려? #warmup0", "bench-warmup", estubs[0])
         markers = [f"c{uuid.uuid4().hex[:10]}" for _ in range(n)]
         cpu = {name: psutil.Process(p.pid) for name, p in (("chat", proc), ("events", events_proc), ("model", fake))}
@@ -233,8 +249,14 @@ async def main(args) -> dict:
     try:
         events_port = free_port()
         base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8"}
-        procs.append(serve("events", base, events_port, root / "events.log"))
-        await wait_serving(events_port, procs[-1], timeout=90)
+        # auth signs the bench users in and issues the chat jobs' wristbands
+        auth_port = free_port()
+        procs.append(serve("auth", {**base, "ECO2_AUTH_RATE_LIMIT_PER_S": "0"}, auth_port, root / "auth.log"))
+        await wait_serving(auth_port, procs[-1], timeout=120)
+        base["ECO2_AUTH_ADDR"] = f"127.0.0.1:{auth_port}"
+        events = serve("events", base, events_port, root / "events.log")
+        procs.append(events)
+        await wait_serving(events_port, events, timeout=90)
         # a waste answer carries its category's character (CharacterService, cached by chat)
         character_port = free_port()
         character = serve("character", base, character_port, root / "character.log")
@@ -246,7 +268,7 @@ async def main(args) -> dict:
         if args.offline_turns:
             out.update(await offline_phase(base, root, args.offline_turns))
         if args.conversations:
-            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, args.intent_mode, procs[0], args.client, events_port))
+            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, args.intent_mode, events, args.client, events_port))
         return out
     finally:
         for p in procs:

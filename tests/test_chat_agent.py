@@ -11,6 +11,7 @@ import uuid
 import grpc
 import pytest
 
+from eco2.character.v1 import character_pb2
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2, events_pb2_grpc
 from eco2.location.v1 import location_pb2
@@ -104,7 +105,7 @@ async def test_the_character_of_a_waste_answer_is_read_once_and_reused(stack):
     from prometheus_client import REGISTRY
 
     def calls() -> float:
-        labels = {"grpc_method": "/eco2.character.v1.CharacterService/GetCharacter", "grpc_code": "OK"}
+        labels = {"grpc_method": "/eco2.character.v1.CharacterService/MatchCharacter", "grpc_code": "OK"}
         return REGISTRY.get_sample_value("eco2_grpc_server_handled_total", labels) or 0.0
 
     before = calls()
@@ -115,7 +116,7 @@ async def test_the_character_of_a_waste_answer_is_read_once_and_reused(stack):
 
 
 async def test_answers_that_start_together_share_one_character_call(stack):
-    """After a cold start many answers want the same character at once: one GetCharacter call,
+    """After a cold start many answers want the same character at once: one MatchCharacter call,
     shared (the others wait for it), then the cache; a caller that gives up leaves the call to
     the rest."""
     from prometheus_client import REGISTRY
@@ -124,22 +125,23 @@ async def test_answers_that_start_together_share_one_character_call(stack):
     from eco2.services.runtime.clients import channel as grpc_channel
 
     def calls() -> float:
-        labels = {"grpc_method": "/eco2.character.v1.CharacterService/GetCharacter", "grpc_code": "OK"}
+        labels = {"grpc_method": "/eco2.character.v1.CharacterService/MatchCharacter", "grpc_code": "OK"}
         return REGISTRY.get_sample_value("eco2_grpc_server_handled_total", labels) or 0.0
 
+    paper = character_pb2.WASTE_CATEGORY_PAPER
     async with grpc_channel(stack["character_addr"]) as ch:
         characters = GrpcCharacters(ch, cache_s=300)
         before = calls()
-        impatient = asyncio.ensure_future(characters.get("char-paepy"))
-        got = asyncio.gather(*(characters.get("char-paepy") for _ in range(50)))
+        impatient = asyncio.ensure_future(characters.match(paper))
+        got = asyncio.gather(*(characters.match(paper) for _ in range(50)))
         await asyncio.sleep(0)
         impatient.cancel()
         results = await got
         assert {r["name"] for r in results} == {"페이피"}
         assert calls() - before == 1
-        assert (await characters.get("char-paepy"))["name"] == "페이피" and calls() - before == 1  # cached
+        assert (await characters.match(paper))["name"] == "페이피" and calls() - before == 1  # cached
         uncached = GrpcCharacters(ch, cache_s=0)
-        await asyncio.gather(*(uncached.get("char-paepy") for _ in range(3)))
+        await asyncio.gather(*(uncached.match(paper) for _ in range(3)))
         assert calls() - before == 4  # no cache: every call asks
 
 
@@ -268,7 +270,7 @@ async def test_eco2_chat_prints_what_the_server_said_about_each_field(stack, ser
 async def test_a_dead_lettered_job_ends_its_stream_with_error(stack):
     """A job whose message was never stored (its send rolled back) fails each attempt and is
     dead-lettered; its follower gets ERROR instead of waiting until its deadline."""
-    from eco2.services.chat.worker import publish_queued
+    from eco2.services.chat.emitter import publish_queued
 
     app, user = stack["app"], f"u-{uuid.uuid4().hex[:8]}"
     job_id = f"chat-{uuid.uuid4().hex}"

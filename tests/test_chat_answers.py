@@ -20,7 +20,10 @@ from eco2.services.chat import intents as I
 from eco2.services.chat import question as Q
 from eco2.services.chat import rules as R
 from eco2.services.chat.answer import compose
-from eco2.services.chat.graph import ChatDeps, Emitter, JobContext, build_graph, offline_summary
+from eco2.services.chat.deps import ChatDeps, JobContext
+from eco2.services.chat.emitter import Emitter
+from eco2.services.chat.graph import build_graph
+from eco2.services.chat.nodes.summarize import offline_summary
 from eco2.services.chat.policy import PolicyRunner
 from eco2.services.chat.tools.http import TavilySearch
 from eco2.services.knowledge import kb, morph
@@ -297,10 +300,10 @@ async def test_a_long_conversation_is_summarised_and_the_summary_carries_the_fol
     summary, history = await stack["app"].workers.store.history(cid, before_job="none", limit=40)
     assert all(m["n"] > row["summary_upto"] for m in history) and len(history) < 14  # the summarised turns are not loaded again
     # a follow-up still finds its subject when the turn that named it is only in the summary
-    from eco2.services.chat.graph import _earlier_user_turns
+    from eco2.services.chat.nodes.summarize import earlier_questions
 
-    assert _earlier_user_turns({"history": [], "summary": row["summary"]})[-1] == "우유팩 어떻게 버려?"
-    ctx = R.gather(KB, "그럼 그건 어디에 내놔?", previous=_earlier_user_turns({"history": [], "summary": row["summary"]})[-1:])
+    assert earlier_questions({"history": [], "summary": row["summary"]})[-1] == "우유팩 어떻게 버려?"
+    ctx = R.gather(KB, "그럼 그건 어디에 내놔?", previous=earlier_questions({"history": [], "summary": row["summary"]})[-1:])
     assert files_of(ctx) == ["재활용폐기물_종이팩"]
 
 

@@ -15,9 +15,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from eco2.events.v1 import events_pb2
 from eco2.services.chat.answer import compose
-from eco2.services.chat.graph import ChatDeps, Emitter, JobContext, build_graph
-from eco2.services.chat.grpc_clients import GrpcPlaces
+from eco2.services.chat.deps import ChatDeps, JobContext
+from eco2.services.chat.emitter import Emitter
+from eco2.services.chat.graph import build_graph
+from eco2.services.chat.grpc_clients import GrpcCharacters, GrpcPlaces
 from eco2.services.chat.policy import PolicyRunner
+from eco2.services.chat.result import result_of
+from eco2.services.chat.state import checkpoint_serializer
 from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch
 from eco2.services.knowledge import kb
 from eco2.services.llm.offline import OfflineLLM
@@ -40,7 +44,7 @@ class Recorder:
 async def graph(service_env):
     pool = AsyncConnectionPool(service_env["DATABASE_URL"], max_size=4, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
     await pool.open(wait=True, timeout=30)
-    saver = AsyncPostgresSaver(pool)
+    saver = AsyncPostgresSaver(pool, serde=checkpoint_serializer())  # the product's: safe types only
     await saver.setup()
     yield build_graph().compile(checkpointer=saver)
     await pool.close()
@@ -143,10 +147,10 @@ async def test_history_past_the_threshold_is_summarised(graph):
     assert not out.get("new_summary") and out["history"] == history
 
 
-async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph):
+async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph, service_env):
     """waste_rag attaches its category's character under the character policy (FAIL_OPEN): with
     CharacterService unreachable the rules are answered, with no card and no failed stage."""
-    from eco2.services.chat.grpc_clients import GrpcCharacters
+    from eco2.services.character.app import create as create_character
     from eco2.services.runtime.clients import channel as grpc_channel
 
     ch = grpc_channel("127.0.0.1:1", default_timeout_s=1.0)  # nothing listens there: UNAVAILABLE
@@ -160,9 +164,48 @@ async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph):
     assert "압착" in out["answer"] and "Eco² 캐릭터" not in out["answer"]
     assert "character_context" not in out["contexts"] and not out.get("failed")
     assert not [e for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_FAILED]
-    # and with the knowledge base's entry (no CharacterService configured) the card is there
-    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner())
-    s = state("투명 페트병은 어떻게 버려?")
-    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
+    # and with CharacterService answering, the card is there
+    with env(service_env):
+        character_app = create_character()
+    async with running(character_app, metrics=False) as character, channel(character) as cch:
+        deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), characters=GrpcCharacters(cch))
+        s = state("투명 페트병은 어떻게 버려?")
+        out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
     assert out["contexts"]["character_context"]["code"] == "char-petty"
     assert "이 품목을 맡은 Eco² 캐릭터: 페티 (무색페트병)" in out["answer"]
+
+
+async def test_the_card_and_the_places_come_back_from_the_checkpoint(graph, service_env):
+    """The character card (waste_rag, before the location question) and the places (after it)
+    are plain typed values in the state: a second process resumes the turn from the Postgres
+    checkpoint alone (a fresh graph on its own pool, the product's strict serializer) and the
+    result carries them as the contract's messages."""
+    from eco2.location.v1 import location_pb2
+    from eco2.services.character.app import create as create_character
+    from eco2.services.location.app import create as create_location
+
+    with env(service_env):
+        character_app, location_app = create_character(), create_location()
+    async with running(character_app, metrics=False) as character, running(location_app, metrics=False) as location:
+        async with channel(character) as cch, channel(location) as lch:
+            deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), places=GrpcPlaces(lch), characters=GrpcCharacters(cch))
+            s = state("투명 페트병 어떻게 버려? 근처 수거함도 알려줘")
+            config = {"configurable": {"thread_id": s["job_id"]}}
+            out = await graph.ainvoke(s, config, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
+            assert out["__interrupt__"] and out["card"]["code"] == "char-petty"
+            pool = AsyncConnectionPool(service_env["DATABASE_URL"], min_size=1, max_size=2, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+            await pool.open(wait=True, timeout=30)
+            try:
+                other = build_graph().compile(checkpointer=AsyncPostgresSaver(pool, serde=checkpoint_serializer()))
+                saved = (await other.aget_state(config)).values
+                assert saved["card"]["name"] == "페티" and not saved.get("places")
+                out = await other.ainvoke(Command(resume={"location": {"latitude": 37.5663, "longitude": 126.9779}}), config,
+                                          context=JobContext(deps, Emitter(Recorder(), s["job_id"], 100)))
+            finally:
+                await pool.close()
+    assert "__interrupt__" not in out
+    result = result_of(out, message_id="m")
+    assert result.character.code == "char-petty" and result.character.name == "페티" and result.character.match_label == "무색페트병"
+    assert result.places and result.places[0].place.name in result.answer
+    assert all(p.place.source == location_pb2.PLACE_SOURCE_SAMPLE and p.distance_text for p in result.places)
+    assert [c.source_id for c in result.citations].count("character:char-petty") == 1

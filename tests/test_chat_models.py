@@ -12,7 +12,7 @@ import pytest
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
-from eco2.services.chat.graph import LLMGrade
+from eco2.services.chat.nodes.evaluate import LLMGrade
 from eco2.services.llm import create_llm
 from eco2.services.llm.ports import Grounding, LLMError, Message, ToolSpec
 from support.fake_llm import FakeModelServer, Script

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from eco2.events.v1 import events_pb2
-from eco2.services.chat.graph import Emitter
+from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.outbox import EventOutbox
 from eco2.services.runtime.errors import FailedPrecondition, InvalidArgument
 

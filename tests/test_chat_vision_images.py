@@ -1,11 +1,12 @@
-"""Photos and pictures through the whole stack: real ChatService + ImageService + EventService on
-the embedded data plane; the vision and image models are the real `openai` / `google-genai` SDKs
-against tests/support/fake_llm.py, which decodes the image it is sent and answers by its bytes.
+"""Photos and pictures through the whole stack: real ChatService + ScanService + ImageService +
+EventService on the embedded data plane; the vision and image models are the real `openai` /
+`google-genai` SDKs against tests/support/fake_llm.py, which decodes the image it is sent and
+answers by its bytes.
 
-A photo uploaded to ImageService → read back by the chat worker as the asking user → classified
-(item, taxonomy category, confidence, tags) → the waste branch retrieves the category's rules →
-the answer cites them. A generated picture → stored through ImageService Upload as the asking
-user → its key in DONE, its bytes readable by that user only."""
+A photo uploaded to ImageService → classified by ScanService's vision stage (ClassifyPhoto: the
+photo read as the asking user; item, taxonomy category, confidence, tags) → the waste branch
+retrieves the category's rules → the answer cites them. A generated picture → stored through
+ImageService Upload as the asking user → its key in DONE, its bytes readable by that user only."""
 
 from __future__ import annotations
 
@@ -21,8 +22,6 @@ from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.events.v1 import events_pb2
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.services.chat import media
-from eco2.services.chat.answer import compose
-from eco2.services.llm import create_llm
 from eco2.services.llm.images import create_image_model
 from support.fake_llm import FakeModelServer, png
 from support.identity import as_user
@@ -34,12 +33,16 @@ PET_FACTS = ("내용물", "라벨", "압착", "뚜껑")
 
 @pytest.fixture(scope="module")
 async def stack(service_env, session_dir):
-    """EventService + ImageService + three ChatServices: OpenAI vision/image models, Gemini
-    vision/image models (both answering with the offline composer, so the answers are the rules),
-    and a plain offline one. Each chat service claims its own job queue."""
+    """EventService + ImageService + three ChatServices, each with its ScanService: OpenAI
+    vision/image models, Gemini vision/image models (both answering with the offline composer, so
+    the answers are the rules), and a plain offline one. Each chat and scan service claims its own
+    job queue."""
+    from contextlib import AsyncExitStack
+
     from eco2.services.chat.app import create as create_chat
     from eco2.services.events.app import create as create_events
     from eco2.services.images.app import create as create_images
+    from eco2.services.scan.app import create as create_scan
 
     data_dir = session_dir / f"chat-images-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
@@ -53,23 +56,26 @@ async def stack(service_env, session_dir):
                 **service_env, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}", "ECO2_IMAGES_ADDR": f"127.0.0.1:{images.port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1",
                 "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_CHAT_WORKERS": "4", "ECO2_CHAT_CLAIMERS": "1", "ECO2_CHAT_MODEL": "offline", "ECO2_CHAT_MODEL_TIMEOUT_S": "5",
             }
-            configs = {
-                "openai": {"ECO2_CHAT_VISION_MODEL": "gpt-5-mini", "ECO2_CHAT_IMAGE_MODEL": "gpt-image-1", "ECO2_OPENAI_API_KEY": "sk-test", "ECO2_OPENAI_BASE_URL": oa.openai_base_url,
-                           "ECO2_CHAT_IMAGE_PROMPT_MAX_CHARS": "120"},
-                "gemini": {"ECO2_CHAT_VISION_MODEL": "gemini-2.5-flash", "ECO2_CHAT_IMAGE_MODEL": "gemini-3-pro-image", "ECO2_GEMINI_API_KEY": "g-test", "ECO2_GEMINI_BASE_URL": gm.gemini_base_url},
-                "offline": {},
+            keys = {"ECO2_OPENAI_API_KEY": "sk-test", "ECO2_OPENAI_BASE_URL": oa.openai_base_url, "ECO2_GEMINI_API_KEY": "g-test", "ECO2_GEMINI_BASE_URL": gm.gemini_base_url}
+            configs = {  # name → (the chat's settings, its scan's)
+                "openai": ({"ECO2_CHAT_IMAGE_MODEL": "gpt-image-1", "ECO2_CHAT_IMAGE_PROMPT_MAX_CHARS": "120"}, {"ECO2_SCAN_VISION_MODEL": "gpt-5-mini"}),
+                "gemini": ({"ECO2_CHAT_IMAGE_MODEL": "gemini-3-pro-image"}, {"ECO2_SCAN_VISION_MODEL": "gemini-2.5-flash"}),
+                "offline": ({}, {}),
             }
             apps = {}
-            for name, extra in configs.items():
-                with env({**base, **extra, "ECO2_CHAT_JOB_KIND": f"chat-{name[:2]}-{uuid.uuid4().hex[:6]}"}):
-                    apps[name] = create_chat()
-            async with running(apps["openai"], metrics=False) as s1, running(apps["gemini"], metrics=False) as s2, running(apps["offline"], metrics=False) as s3:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{s1.port}") as c1, grpc.aio.insecure_channel(f"127.0.0.1:{s2.port}") as c2, \
-                        grpc.aio.insecure_channel(f"127.0.0.1:{s3.port}") as c3, grpc.aio.insecure_channel(f"127.0.0.1:{images.port}") as ci:
-                    yield {
-                        "openai": (chat_pb2_grpc.ChatServiceStub(c1), oa, apps["openai"]), "gemini": (chat_pb2_grpc.ChatServiceStub(c2), gm, apps["gemini"]),
-                        "offline": (chat_pb2_grpc.ChatServiceStub(c3), None, apps["offline"]), "images": images_pb2_grpc.ImageServiceStub(ci),
-                    }
+            async with AsyncExitStack() as scans:
+                for name, (chat_extra, scan_extra) in configs.items():
+                    with env({**base, **keys, **scan_extra, "ECO2_SCAN_JOB_KIND": f"scan-{name[:2]}-{uuid.uuid4().hex[:6]}", "ECO2_SCAN_WORKERS": "1", "ECO2_SCAN_CLAIMERS": "1"}):
+                        scan = await scans.enter_async_context(running(create_scan(), metrics=False))
+                    with env({**base, **keys, **chat_extra, "ECO2_SCAN_ADDR": f"127.0.0.1:{scan.port}", "ECO2_CHAT_JOB_KIND": f"chat-{name[:2]}-{uuid.uuid4().hex[:6]}"}):
+                        apps[name] = create_chat()
+                async with running(apps["openai"], metrics=False) as s1, running(apps["gemini"], metrics=False) as s2, running(apps["offline"], metrics=False) as s3:
+                    async with grpc.aio.insecure_channel(f"127.0.0.1:{s1.port}") as c1, grpc.aio.insecure_channel(f"127.0.0.1:{s2.port}") as c2, \
+                            grpc.aio.insecure_channel(f"127.0.0.1:{s3.port}") as c3, grpc.aio.insecure_channel(f"127.0.0.1:{images.port}") as ci:
+                        yield {
+                            "openai": (chat_pb2_grpc.ChatServiceStub(c1), oa, apps["openai"]), "gemini": (chat_pb2_grpc.ChatServiceStub(c2), gm, apps["gemini"]),
+                            "offline": (chat_pb2_grpc.ChatServiceStub(c3), None, apps["offline"]), "images": images_pb2_grpc.ImageServiceStub(ci),
+                        }
 
 
 def who(user: str):
@@ -142,7 +148,7 @@ async def test_a_photo_is_classified_and_drives_the_answer(stack, provider):
     pet_key, battery_key = await upload(stack["images"], pet, user), await upload(stack["images"], battery, user)
 
     events, result = await ask(stub, "이거 어떻게 버려?", user, pet_key)
-    # the model saw exactly the uploaded bytes, read back through ImageService as this user
+    # the model saw exactly the uploaded bytes, read through ImageService as this user (by ScanService)
     assert [(i["mime"], i["data"]) for i in fake.images_seen] == [("image/png", pet)]
     lines = result.answer.splitlines()
     assert lines[:2] == ["사진 속 물건: 투명 생수 페트병, 분류: 무색페트병, 확신도 93%", "사진에서 보이는 상태: 비닐 라벨 부착, 뚜껑 닫힘(플라스틱)"]
@@ -152,11 +158,8 @@ async def test_a_photo_is_classified_and_drives_the_answer(stack, provider):
     assert chat_pb2.INTENT_WASTE in result.intents
     assert stage_phases(events, "vision") == [events_pb2.STAGE_PHASE_STARTED, events_pb2.STAGE_PHASE_FINISHED]
     steps = tools(events, "vision")
-    assert [(n, p) for n, p, _ in steps] == [
-        ("images.read", events_pb2.TOOL_PHASE_STARTED), ("images.read", events_pb2.TOOL_PHASE_RESULT),
-        ("vision.classify", events_pb2.TOOL_PHASE_STARTED), ("vision.classify", events_pb2.TOOL_PHASE_RESULT),
-    ]
-    assert steps[1][2] == f"image/png, {len(pet)} bytes" and "무색페트병 (0.93)" in steps[3][2]
+    assert [(n, p) for n, p, _ in steps] == [("scan.classify_photo", events_pb2.TOOL_PHASE_STARTED), ("scan.classify_photo", events_pb2.TOOL_PHASE_RESULT)]
+    assert steps[0][2] == pet_key and "무색페트병 (0.93)" in steps[1][2]
     body = vision_requests(fake)[-1]["body"]
     if provider == "openai":
         assert body["model"] == "gpt-5-mini" and body["messages"][0]["role"] == "system" and "무색페트병" in body["messages"][0]["content"]
@@ -213,7 +216,8 @@ async def test_offline_says_plainly_that_it_cannot_see_the_photo(stack):
     assert "비전 모델 설정이 필요" in result.answer and "설명해 주시겠어요" in result.answer
     for fact in PET_FACTS:  # the text still gets its answer
         assert fact in result.answer
-    assert stage_phases(events, "vision") == [events_pb2.STAGE_PHASE_STARTED, events_pb2.STAGE_PHASE_FINISHED] and tools(events, "vision") == []
+    assert stage_phases(events, "vision") == [events_pb2.STAGE_PHASE_STARTED, events_pb2.STAGE_PHASE_FINISHED]
+    assert tools(events, "vision") == [("scan.classify_photo", events_pb2.TOOL_PHASE_STARTED, key), ("scan.classify_photo", events_pb2.TOOL_PHASE_RESULT, "no vision model")]
     _, vague = await ask(stub, "이거 어떻게 버려?", user, key)
     assert vague.answer.startswith("사진 인식에는 비전 모델 설정이 필요") and "사진 속 물건" not in vague.answer
     _, drawn = await ask(stub, "고양이 그림 그려줘", user)
@@ -309,20 +313,20 @@ async def test_an_image_model_that_keeps_failing_is_said(stack, provider):
 
 
 def settings(**kw) -> types.SimpleNamespace:
-    base = {"chat_vision_model": "", "openai_api_key": "sk", "openai_base_url": "http://127.0.0.1:1/v1", "gemini_api_key": "g", "gemini_base_url": "http://127.0.0.1:1", "chat_model_timeout_s": 1.0}
+    base = {"scan_vision_model": "", "openai_api_key": "sk", "openai_base_url": "http://127.0.0.1:1/v1", "gemini_api_key": "g", "gemini_base_url": "http://127.0.0.1:1", "scan_vision_timeout_s": 1.0}
     return types.SimpleNamespace(**{**base, **kw})
 
 
 def test_the_vision_model_follows_the_settings_and_the_registry():
-    offline = create_llm("offline", compose=compose)
-    remote = create_llm("gpt-5-mini", openai_api_key="sk")
-    assert media.create_vision_llm(settings(), offline) is None  # offline answers: no vision unless asked for
-    assert media.create_vision_llm(settings(), remote) is remote  # the answer model can see
-    assert media.create_vision_llm(settings(chat_vision_model="offline"), remote) is None
-    chosen = media.create_vision_llm(settings(chat_vision_model="gemini-2.5-flash"), offline)
+    """Photos are seen by ScanService's model (ECO2_SCAN_VISION_MODEL), chat's too."""
+    from eco2.services.scan.app import create_vision_llm
+
+    assert create_vision_llm(settings()) is None  # none configured: no vision
+    assert create_vision_llm(settings(scan_vision_model="offline")) is None
+    chosen = create_vision_llm(settings(scan_vision_model="gemini-2.5-flash"))
     assert chosen.info.name == "gemini-2.5-flash" and "vision" in chosen.info.capabilities
     with pytest.raises(ValueError, match="no vision capability"):
-        media.create_vision_llm(settings(chat_vision_model="gemini-3-pro-image"), offline)
+        create_vision_llm(settings(scan_vision_model="gemini-3-pro-image"))
     assert create_image_model("") is None
     assert create_image_model("dall-e-3", openai_api_key="sk").provider == "openai"
     with pytest.raises(ValueError, match="ECO2_OPENAI_API_KEY"):

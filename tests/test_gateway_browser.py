@@ -71,10 +71,10 @@ async def services(service_env, monkeypatch, data_dir: Path):
         mesh = {**service_env, "ECO2_DATA_DIR": str(data_dir), **{f"ECO2_{n.upper()}_ADDR": a for n, a in addrs.items() if n != "pump"}}
         with env({**mesh, "ECO2_SCAN_JOB_KIND": f"scan-ui-{suffix}", "ECO2_SCAN_CLAIM_BLOCK_MS": "100"}):
             scan = create_scan()
-        with env({**mesh, "ECO2_CHAT_JOB_KIND": f"chat-ui-{suffix}", "ECO2_CHAT_WORKERS": "4"}):
+        addrs["scan"] = f"127.0.0.1:{(await stack.enter_async_context(running(scan, metrics=False))).port}"
+        with env({**mesh, "ECO2_SCAN_ADDR": addrs["scan"], "ECO2_CHAT_JOB_KIND": f"chat-ui-{suffix}", "ECO2_CHAT_WORKERS": "4"}):  # chat's photos go to scan
             chat = chat_app_module.create()
-        for name, app in (("scan", scan), ("chat", chat)):
-            addrs[name] = f"127.0.0.1:{(await stack.enter_async_context(running(app, metrics=False))).port}"
+        addrs["chat"] = f"127.0.0.1:{(await stack.enter_async_context(running(chat, metrics=False))).port}"
         # the gateway checks signed image links with the images service's secret, kept in the data dir
         _app, port = await stack.enter_async_context(gateway(addrs, ECO2_DEPLOYMENT="embedded", ECO2_DATA_DIR=str(data_dir), **{f"ECO2_{n.upper()}_ADDR": addrs[n] for n in ("images", "scan", "chat")}))
         yield port, addrs

@@ -161,9 +161,9 @@ async def test_one_chat_turn_from_the_browser_is_one_trace(stack):
     stream = one("model.stream")
     assert stream.parent.span_id == one("node.answer").context.span_id and stream.attributes["eco2.pieces"] > 10
     # the character of the answer: chat's call and CharacterService's span of it, inside the turn
-    call = one("/eco2.character.v1.CharacterService/GetCharacter", SpanKind.CLIENT)
+    call = one("/eco2.character.v1.CharacterService/MatchCharacter", SpanKind.CLIENT)
     assert "chat.turn" in ancestors(call)
-    assert one("/eco2.character.v1.CharacterService/GetCharacter", SpanKind.SERVER).parent.span_id == call.context.span_id
+    assert one("/eco2.character.v1.CharacterService/MatchCharacter", SpanKind.SERVER).parent.span_id == call.context.span_id
     # the queued event names the API's span, every event of the worker the turn's
     assert int(parents[0][2], 16) == send.context.span_id
     assert {int(p[2], 16) for p in parents[1:]} == {turn.context.span_id}

@@ -490,3 +490,65 @@ async def test_a_vision_failure_without_a_hint_asks(stack):
     events = await stream(stub, user, until=(E.EVENT_KIND_NEEDS_INPUT,), image_key=key)
     events.pop().cancel()
     assert events[-1].kind == E.EVENT_KIND_NEEDS_INPUT and "사진을 분석하지 못했어요(모델 응답 오류)." in [e.stage_info.message for e in events]
+
+
+# ------------------------------------------------------------------ ClassifyPhoto: the vision stage alone (chat's photo path)
+
+
+async def scans_of(db, user: str) -> int:
+    return await db.fetchval("SELECT count(*) FROM scan_scans WHERE user_id = $1", user)
+
+
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
+async def test_classify_photo_is_the_vision_stage_and_nothing_else(stack, db, provider):
+    stub, fake = stack[provider]
+    reset(fake)
+    user = new_user()
+    data = photo(fake, "classify", {"item": "투명 생수 페트병", "category": "무색페트병", "confidence": 0.93, "situation_tags": ["비닐_라벨_부착", "없는_태그"]})
+    key = await upload(stack["images"], data, user)
+    reply = await stub.ClassifyPhoto(scan_pb2.ClassifyPhotoRequest(image_key=key, hint="이거 어떻게 버려?"), metadata=as_user(user))
+    assert reply.configured and reply.vision_model == ("gpt-5-mini" if provider == "openai" else "gemini-2.5-flash")
+    c = reply.classification
+    assert (c.category, c.major, c.item, list(c.situation_tags), c.rules_found) == (PET, "재활용폐기물", "투명 생수 페트병", ["비닐_라벨_부착"], True)
+    assert c.confidence == pytest.approx(0.93)
+    assert [(i["mime"], i["data"]) for i in fake.images_seen] == [("image/png", data)]  # read as this user, the same prompt as a scan's
+    assert "<user_message>이거 어떻게 버려?</user_message>" in str(fake.requests[-1]["body"])
+    assert await scans_of(db, user) == 0 and await owned(db, user) == []  # no scan, no reward
+    # what the model does not know is said as such
+    unknown = await upload(stack["images"], photo(fake, "rock", {"item": "돌멩이", "category": "미분류", "confidence": 0.8}), user)
+    c = (await stub.ClassifyPhoto(scan_pb2.ClassifyPhotoRequest(image_key=unknown), metadata=as_user(user))).classification
+    assert (c.category, c.item, c.rules_found) == (character_pb2.WASTE_CATEGORY_UNSPECIFIED, "돌멩이", False)
+
+
+async def test_classify_photo_offline_looks_at_nothing(stack):
+    stub, _ = stack["offline"]
+    user = new_user()
+    key = await upload(stack["images"], photo(None, "offline"), user)
+    reply = await stub.ClassifyPhoto(scan_pb2.ClassifyPhotoRequest(image_key=key, hint="이거 뭐야?"), metadata=as_user(user))
+    assert reply == scan_pb2.ClassifyPhotoResponse(configured=False)
+
+
+async def test_classify_photo_refuses_what_a_scan_refuses(stack):
+    stub, fake = stack["openai"]
+    reset(fake)
+    owner, stranger = new_user(), new_user()
+    key = await upload(stack["images"], photo(fake, "mine", {"item": "x", "category": "종이", "confidence": 0.9}), owner)
+    unknown = "sha256:" + hashlib.sha256(b"never uploaded").hexdigest()
+    for k in (key, unknown):
+        assert (await refused(stub.ClassifyPhoto(scan_pb2.ClassifyPhotoRequest(image_key=k), metadata=as_user(stranger))))[:2] == (grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND")
+    for fields, expected in (({}, ["image_key"]), ({"image_key": "not-a-key"}, ["image_key"]), ({"image_key": key, "hint": "가" * 201}, ["hint"])):
+        code, _reason, got = await refused(stub.ClassifyPhoto(scan_pb2.ClassifyPhotoRequest(**fields), metadata=as_user(owner)))
+        assert (code, got) == (grpc.StatusCode.INVALID_ARGUMENT, expected), fields
+    assert (await refused(stub.ClassifyPhoto(scan_pb2.ClassifyPhotoRequest(image_key=key))))[:2] == (grpc.StatusCode.UNAUTHENTICATED, "NO_IDENTITY")
+    assert fake.requests == []  # no model saw anything
+
+
+async def test_classify_photo_says_when_the_model_failed_after_the_policy(stack):
+    stub, fake = stack["openai"]
+    reset(fake)
+    user = new_user()
+    key = await upload(stack["images"], photo(fake, "fails", {"item": "x", "category": "종이", "confidence": 0.9}), user)
+    fake.faults = [500, 500]
+    code, reason, _ = await refused(stub.ClassifyPhoto(scan_pb2.ClassifyPhotoRequest(image_key=key), metadata=as_user(user)))
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "VISION_FAILED")
+    assert len(fake.requests) == 2  # the vision stage's policy: one retry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from importlib import resources
 
 import grpc
@@ -25,17 +26,22 @@ from eco2.services.runtime.settings import Endpoints
 
 from . import media, pii
 from .answer import compose
-from .graph import ChatDeps, build_graph
-from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces
+from .deps import ChatDeps
+from .graph import build_graph
+from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces, GrpcScan
 from .metrics import MeteredLLM
 from .outbox import EventOutbox
-from .policy import PolicyRunner
+from .policy import POLICIES, PolicyRunner
+from .ports import Characters
 from .postgres import ConversationStore
 from .service import ChatServicer
 from .settings import ChatSettings
+from .state import checkpoint_serializer
 from .tools.bulk_waste import DataGoKrBulkWasteFees
 from .tools.http import OpenMeteoWeather, TavilySearch
 from .worker import ChatWorkers, end_dead_job
+
+log = logging.getLogger("eco2.chat")
 
 
 class ChatApp:
@@ -44,7 +50,7 @@ class ChatApp:
     def __init__(self, settings: ChatSettings, endpoints: Endpoints | None = None) -> None:
         self.settings = settings
         self.endpoints = endpoints or Endpoints()
-        self.pool = self.pg = self.redis = self.sink = self.workers = None
+        self.pool = self.pg = self.redis = self.sink = self.workers = self.learning = None
         self.channels: list[grpc.aio.Channel] = []
         self.closers: list = []
 
@@ -71,6 +77,11 @@ class ChatApp:
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
         pii.install()
+        characters = GrpcCharacters(self._channel("character"), cache_s=s.chat_character_cache_s)
+        # The characters' names are words the Korean analyser must know before it loads (one
+        # load instead of a rebuild); CharacterService down: they are learnt when it answers.
+        if not await learn_character_names(characters):
+            self.learning = asyncio.create_task(learn_character_names_later(characters, retry_s=s.downstream_timeout_s))
         # The Korean analyser (~1–2 s, once per process) loads before the first question, not in it.
         await asyncio.to_thread(morph.warm)
         if s.migrate_on_start:
@@ -78,7 +89,7 @@ class ChatApp:
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-chat")
         self.pg = AsyncConnectionPool(s.database_url, max_size=s.chat_pg_pool_max, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
         await self.pg.open(wait=True, timeout=30)
-        saver = AsyncPostgresSaver(self.pg)
+        saver = AsyncPostgresSaver(self.pg, serde=checkpoint_serializer())
         self.redis = create_redis(s.redis_url)
         # The publisher keeps its own lean connection (bus/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.
@@ -91,12 +102,12 @@ class ChatApp:
         )
         if hasattr(llm, "aclose"):
             self.closers.append(llm)
-        vision_llm = media.create_vision_llm(s, llm)
         image_model = create_image_model(
             s.chat_image_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
             gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
         )
-        self.closers += [x for x in (vision_llm, image_model) if x is not None and x is not llm and hasattr(x, "aclose")]
+        if image_model is not None and hasattr(image_model, "aclose"):
+            self.closers.append(image_model)
         images = GrpcImages(self._channel("images"))
         weather = OpenMeteoWeather(s.weather_base_url) if s.weather_base_url else None
         search = TavilySearch(s.web_search_base_url, s.web_search_api_key) if s.web_search_base_url else None
@@ -106,12 +117,13 @@ class ChatApp:
             bulk = DataGoKrBulkWasteFees(s.bulk_waste_base_url, s.bulk_waste_api_key, timeout_s=s.bulk_waste_timeout_s, rows=s.bulk_waste_rows, max_results=s.bulk_waste_max_results)
             self.closers.append(bulk)
         # Every model call the graph makes goes through the metered port (metrics.py).
-        llm, vision_llm = MeteredLLM(llm), (MeteredLLM(vision_llm) if vision_llm is not None else None)
+        llm = MeteredLLM(llm)
         deps = ChatDeps(
-            kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=GrpcCharacters(self._channel("character"), cache_s=s.chat_character_cache_s),
+            kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=characters,
             weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,
-            summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, vision_llm=vision_llm, image_model=image_model,
-            media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_vision_max_bytes, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),
+            summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, image_model=image_model,
+            photos=GrpcScan(self._channel("scan"), timeout_s=POLICIES["vision"].timeout_s),
+            media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),
         )
         deps.bulk_waste, deps.bulk_waste_tool_iterations = bulk, s.chat_bulk_waste_tool_iterations
         deps.intent_mode, deps.intent_timeout_s = s.chat_intent_mode, s.chat_intent_timeout_s
@@ -126,6 +138,8 @@ class ChatApp:
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 
     async def stop(self) -> None:
+        if self.learning is not None:
+            self.learning.cancel()
         if self.workers is not None:
             await self.workers.stop(self.settings.shutdown_grace_s / 2)
         for ch in self.channels:
@@ -140,6 +154,24 @@ class ChatApp:
             await self.pg.close()
         if self.pool is not None:
             await self.pool.close()
+
+
+async def learn_character_names(characters: Characters) -> bool:
+    """The Eco² characters' names, as CharacterService lists them, into the Korean analyser
+    (morph.add_names): the intent rules see a character named in a message, and the question
+    reader never takes a name for an item. False when CharacterService did not answer."""
+    try:
+        cast = await characters.cast()
+    except grpc.aio.AioRpcError as exc:
+        log.warning("CharacterService did not list the characters", extra={"code": exc.code().name})
+        return False
+    morph.add_names([c["name"] for c in cast])
+    return True
+
+
+async def learn_character_names_later(characters: Characters, *, retry_s: float) -> None:
+    while not await learn_character_names(characters):
+        await asyncio.sleep(retry_s)
 
 
 def create() -> ChatApp:

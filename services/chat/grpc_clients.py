@@ -1,10 +1,9 @@
 """Adapters of the domain ports over gRPC (LocationService, CharacterService, ImageService,
-auth's MeshIdentityService)."""
+ScanService)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 
 import grpc
@@ -12,68 +11,104 @@ import grpc
 from eco2.character.v1 import character_pb2, character_pb2_grpc
 from eco2.images.v1 import images_pb2, images_pb2_grpc
 from eco2.location.v1 import location_pb2, location_pb2_grpc
-from eco2.services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unavailable
+from eco2.scan.v1 import scan_pb2, scan_pb2_grpc
+from eco2.services.knowledge.categories import RULE_OF_CATEGORY
+from eco2.services.runtime.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    status_details,
+    unpack_details,
+)
+
+from .ports import Character, Place, Sight, VisionFailed
+
+
+def place_of(hit: location_pb2.PlaceHit) -> Place:
+    p = hit.place
+    return Place(
+        id=p.id, name=p.name, address=p.address, road_address=p.road_address, phone=p.phone, latitude=p.location.latitude, longitude=p.location.longitude,
+        store_category=p.store_category, pickup_categories=list(p.pickup_categories), source=p.source, opening_hours=p.opening_hours, url=p.url,
+        updated_at=p.updated_at.ToJsonString() if p.HasField("updated_at") else "", distance_m=hit.distance_m, distance_text=hit.distance_text,
+    )
+
+
+def character_of(c: character_pb2.Character) -> Character:
+    return Character(
+        code=c.code, name=c.name, aliases=list(c.aliases), category=c.category, match_label=c.match_label, image_code=c.image_code,
+        description=c.description, is_default=c.is_default,
+    )
 
 
 class GrpcPlaces:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = location_pb2_grpc.LocationServiceStub(channel)
 
-    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[dict]:
+    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[Place]:
         request = location_pb2.SearchNearbyRequest(center=location_pb2.GeoPoint(latitude=latitude, longitude=longitude), radius_m=radius_m, limit=limit)
         if collection_points:
             request.pickup_categories.extend(v for k, v in location_pb2.PickupCategory.items() if v != 0)
         reply = await self.stub.SearchNearby(request)
-        return [
-            {"id": h.place.id, "name": h.place.name, "address": h.place.road_address or h.place.address, "distance_m": h.distance_m, "distance_text": h.distance_text, "pb": base64.b64encode(h.SerializeToString()).decode()}
-            for h in reply.places
-        ]
+        return [place_of(h) for h in reply.places]
 
 
 class GrpcCharacters:
-    """CharacterService.GetCharacter, each character reused for `cache_s` seconds: a waste answer
-    carries its category's character, so without the cache every such answer would cost a call
-    for one of 13 catalog entries that change rarely."""
+    """CharacterService.ListCharacters and MatchCharacter, each answer reused for `cache_s`
+    seconds: a waste answer carries its category's character and every character question reads
+    the catalog, so without the cache each would cost a call for 13 entries that change rarely."""
 
     def __init__(self, channel: grpc.aio.Channel, *, cache_s: float = 0.0) -> None:
         self.stub = character_pb2_grpc.CharacterServiceStub(channel)
         self.cache_s = cache_s
-        self._cache: dict[str, tuple[float, dict | None]] = {}
-        self._inflight: dict[str, asyncio.Task] = {}
+        self._cache: dict[object, tuple[float, object]] = {}
+        self._inflight: dict[object, asyncio.Task] = {}
 
-    async def get(self, code: str) -> dict | None:
-        hit = self._cache.get(code)
+    async def cast(self) -> list[Character]:
+        return await self._read("cast", self._list)
+
+    async def match(self, category: int) -> Character | None:
+        return await self._read(("match", category), lambda: self._match(category))
+
+    async def _list(self) -> list[Character]:
+        found: list[Character] = []
+        token = ""
+        while True:
+            reply = await self.stub.ListCharacters(character_pb2.ListCharactersRequest(page_token=token))
+            found += [character_of(c) for c in reply.characters]
+            token = reply.next_page_token
+            if not token:
+                return found
+
+    async def _match(self, category: int) -> Character | None:
+        reply = await self.stub.MatchCharacter(character_pb2.MatchCharacterRequest(category=category))
+        return character_of(reply.character) if reply.matched else None
+
+    async def _read(self, key: object, fetch):
+        hit = self._cache.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
         if self.cache_s <= 0:
-            return await self._fetch(code)
-        # one call per code at a time: answers that start together (a burst after a cold start)
+            return await fetch()
+        # one call per key at a time: answers that start together (a burst after a cold start)
         # share it instead of each asking CharacterService
-        task = self._inflight.get(code)
+        task = self._inflight.get(key)
         if task is None:
-            task = self._inflight[code] = asyncio.ensure_future(self._fetch(code))
-            task.add_done_callback(lambda t: self._settled(code, t))
+            task = self._inflight[key] = asyncio.ensure_future(self._fetch(key, fetch))
+            task.add_done_callback(lambda t: self._settled(key, t))
         return await asyncio.shield(task)  # a caller that gives up does not cancel the others' call
 
-    def _settled(self, code: str, task: asyncio.Task) -> None:
-        self._inflight.pop(code, None)
+    async def _fetch(self, key: object, fetch):
+        now = time.monotonic()
+        found = await fetch()  # an error is not cached: the next answer asks again
+        self._cache[key] = (now + self.cache_s, found)
+        return found
+
+    def _settled(self, key: object, task: asyncio.Task) -> None:
+        self._inflight.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: every waiter may have given up (their shield was cancelled)
-
-    async def _fetch(self, code: str) -> dict | None:
-        now = time.monotonic()
-        try:
-            reply = await self.stub.GetCharacter(character_pb2.GetCharacterRequest(code=code))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise  # not cached: the next answer asks again
-            found = None
-        else:
-            c = reply.character
-            found = {"code": c.code, "name": c.name, "description": c.description, "match_label": c.match_label, "pb": base64.b64encode(c.SerializeToString()).decode()}
-        if self.cache_s > 0:
-            self._cache[code] = (now + self.cache_s, found)
-        return found
 
 
 class GrpcImages:
@@ -129,3 +164,40 @@ class GrpcImages:
                 raise InvalidArgument(f"ImageService refused the generated image: {exc.details()}", reason="GENERATED_IMAGE_REFUSED") from None
             raise Unavailable("the image service is unavailable", reason="IMAGES_UNAVAILABLE", retry_after_s=1.0) from None
         return reply.image.key
+
+
+class GrpcScan:
+    """ScanService.ClassifyPhoto: the photo is read by the scan service as the current caller (the
+    job's wristband travels with the call), classified under its vision stage's policy."""
+
+    #: ScanService's default ECO2_SCAN_MAX_HINT_CHARS: the words sent with the photo are cut to it
+    HINT_MAX_CHARS = 200
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        self.stub = scan_pb2_grpc.ScanServiceStub(channel)
+        self.timeout_s = timeout_s
+
+    async def classify(self, image_key: str, text: str) -> Sight | None:
+        request = scan_pb2.ClassifyPhotoRequest(image_key=image_key, hint=text[: self.HINT_MAX_CHARS])
+        try:
+            reply = await self.stub.ClassifyPhoto(request, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, image_key) from None
+        if not reply.configured:
+            return None
+        c = reply.classification
+        return Sight(item=c.item, rule_file=RULE_OF_CATEGORY.get(c.category, ""), confidence=round(c.confidence, 3),
+                     situation_tags=list(c.situation_tags), model=reply.vision_model)
+
+    @staticmethod
+    def _error(exc: grpc.aio.AioRpcError, image_key: str) -> Exception:
+        code = exc.code()
+        if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+            return NotFound(f"no image {image_key!r}", reason="IMAGE_NOT_FOUND", metadata={"image_key": image_key})
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return ResourceExhausted(exc.details() or "the photo is too large", reason="IMAGE_TOO_LARGE")
+        status = status_details(exc)
+        info = unpack_details(status).get("ErrorInfo") if status is not None else None
+        if code == grpc.StatusCode.UNAVAILABLE and info is not None and info.reason == "VISION_FAILED":
+            return VisionFailed(exc.details())
+        return Unavailable("the scan service is unavailable", reason="SCAN_UNAVAILABLE", retry_after_s=1.0)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from eco2.services.knowledge import morph
 from eco2.services.knowledge.kb import KnowledgeBase
 from eco2.services.llm.ports import LLM, LLMError, Message
 
@@ -82,7 +83,7 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     rain = any(t.form in ("비", "눈") and t.tag == "NNG" for t in a.tokens) and part.has("오다", "내리다")
     if nouns & WEATHER_WORDS or rain:
         found[WEATHER] = at(*WEATHER_WORDS, "비", "눈")
-    characters = [c["name"] for c in kb.characters if any(t.form == c["name"] for t in a.tokens)]
+    characters = [name for name in morph.names() if any(t.form == name for t in a.tokens)]
     if not image and ("캐릭터" in nouns or characters):
         found[CHARACTER] = at("캐릭터", *characters)
     if part.place:
@@ -146,7 +147,7 @@ def classify(message: str, kb: KnowledgeBase) -> Classification:
             queries[intent] = f"{queries[intent]} {clause}"
 
     question = Q.read(message)
-    names = tuple(c["name"] for c in kb.characters if c["name"] in message)
+    names = tuple(name for name in morph.names() if name in message)
     for part in question.parts:
         for intent in route(part, kb):
             add(intent, part.text)
@@ -200,7 +201,7 @@ def from_model(reply: IntentDecomposition, message: str, kb: KnowledgeBase) -> C
             queries[name] = query
     if not intents:
         return None
-    names = tuple(c["name"] for c in kb.characters if c["name"] in message)
+    names = tuple(name for name in morph.names() if name in message)
     return Classification(tuple(intents), queries, names, 0.9)
 
 

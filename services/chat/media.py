@@ -1,11 +1,12 @@
 """Photos in, pictures out: the bodies of the graph's `vision` and `image_generation` nodes.
 
-vision: the attached image is read through ImageService as the asking user, classified by a
-vision model (structured output over the project's taxonomy: item, disposal category, confidence,
-situation tags), and the result becomes the waste branch's retrieval query; a low confidence makes
-the answer ask the user to confirm. image_generation: an image model draws the request, the bytes
-are stored through ImageService (owner = the asking user, channel GENERATED) and the key is the
-result. See docs/services/chat.md and ADR 0064.
+vision: ScanService classifies the attached photo (its vision stage, ClassifyPhoto: the photo read
+through ImageService as the asking user, a vision model's structured output over the project's
+taxonomy: item, disposal category, confidence, situation tags), and the result becomes the waste
+branch's retrieval query; a low confidence makes the answer ask the user to confirm.
+image_generation: an image model draws the request, the bytes are stored through ImageService
+(owner = the asking user, channel GENERATED) and the key is the result. See docs/services/chat.md
+and ADR 0064.
 """
 
 from __future__ import annotations
@@ -14,14 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from eco2.events.v1 import events_pb2
-from eco2.services.llm import create_llm
-from eco2.services.llm.ports import LLM
 from eco2.services.llm.prompt import neutralise
-from eco2.services.llm.registry import provider_of
-from eco2.services.llm.vision import vision_messages, vision_schema
+from eco2.services.llm.vision import UNKNOWN
 from eco2.services.runtime.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 
 from . import intents as I
+from .ports import VisionFailed
 
 STARTED, RESULT = events_pb2.TOOL_PHASE_STARTED, events_pb2.TOOL_PHASE_RESULT
 
@@ -29,7 +28,6 @@ STARTED, RESULT = events_pb2.TOOL_PHASE_STARTED, events_pb2.TOOL_PHASE_RESULT
 @dataclass(frozen=True, slots=True)
 class MediaLimits:
     vision_min_confidence: float = 0.6
-    vision_max_bytes: int = 10 * 1024 * 1024
     image_size: str = "1024x1024"
     image_prompt_max_chars: int = 800
     image_max_bytes: int = 10 * 1024 * 1024
@@ -44,47 +42,31 @@ class MediaError(Exception):
 # ---------------------------------------------------------------- vision
 
 
-def create_vision_llm(settings: Any, answer_llm: LLM) -> LLM | None:
-    """ECO2_CHAT_VISION_MODEL, or the answer model when its registry entry can see; None = no vision."""
-    name = settings.chat_vision_model
-    if not name:
-        return answer_llm if answer_llm.info.provider != "offline" and "vision" in answer_llm.info.capabilities else None
-    if provider_of(name) == "offline":
-        return None
-    llm = create_llm(
-        name, openai_api_key=settings.openai_api_key, openai_base_url=settings.openai_base_url, gemini_api_key=settings.gemini_api_key,
-        gemini_base_url=settings.gemini_base_url, timeout_s=settings.chat_model_timeout_s,
-    )
-    if "vision" not in llm.info.capabilities:
-        raise ValueError(f"ECO2_CHAT_VISION_MODEL={name!r} has no vision capability (model registry)")
-    return llm
-
-
 async def classify_photo(state: dict, deps: Any, emitter: Any) -> dict:
-    """Read the attached image as the asking user, classify it, and aim the waste branch at the result."""
+    """Ask ScanService what the attached photo shows, and aim the waste branch at the result."""
     key, limits = state["image_key"], deps.media
-    await emitter.tool("vision", "images.read", "vision-read", STARTED, message=key)
+    await emitter.tool("vision", "scan.classify_photo", "vision-classify", STARTED, message=key)
     try:
-        data, mime = await deps.images.read(key, max_bytes=limits.vision_max_bytes)
-    except (NotFound, PermissionDenied, ResourceExhausted) as exc:  # gone, not theirs, too large: retrying will not help
+        found = await deps.photos.classify(key, state["message"])
+    except (NotFound, PermissionDenied, ResourceExhausted, VisionFailed) as exc:  # gone, not theirs, too large, or already retried
         raise MediaError(str(exc)) from exc
-    await emitter.tool("vision", "images.read", "vision-read", RESULT, message=f"{mime}, {len(data)} bytes")
-    llm: LLM = deps.vision_llm
-    await emitter.tool("vision", "vision.classify", "vision-classify", STARTED, message=llm.info.name)
-    found = await llm.classify_image(vision_messages(deps.kb, state["message"]), data, mime, vision_schema(deps.kb))
-    rule = next((r for r in deps.kb.rules if r.key == found.category), None)
-    confidence = round(float(found.confidence), 3)
+    if found is None:  # ScanService has no vision model: say so, never guess (answer.py)
+        await emitter.tool("vision", "scan.classify_photo", "vision-classify", RESULT, message="no vision model")
+        return {"contexts": {"vision_context": {"configured": False}}}
+    rule = next((r for r in deps.kb.rules if r.file == found["rule_file"]), None)
+    category = rule.key if rule else UNKNOWN
+    confidence = found["confidence"]
     unsure = confidence < limits.vision_min_confidence
-    await emitter.tool("vision", "vision.classify", "vision-classify", RESULT, message=f"{found.item} / {found.category} ({confidence:.2f})")
+    await emitter.tool("vision", "scan.classify_photo", "vision-classify", RESULT, message=f"{found['item']} / {category} ({confidence:.2f})")
     ctx = {
-        "configured": True, "model": llm.info.name, "item": found.item, "category": found.category, "category_name": rule.name if rule else "",
-        "confidence": confidence, "situation_tags": list(found.situation_tags), "unsure": unsure,
+        "configured": True, "model": found["model"], "item": found["item"], "category": category, "category_name": rule.name if rule else "",
+        "confidence": confidence, "situation_tags": list(found["situation_tags"]), "unsure": unsure,
     }
     if unsure:
         ctx["note"] = "사진 판별이 확실하지 않음: 답변 첫머리에서 추정한 물건이 맞는지 사용자에게 확인을 요청할 것"
     # The photo drives retrieval: the category's name and the item lead the waste branch's query,
     # the user's words follow (they may name a detail, "뚜껑은?").
-    query = " ".join(x for x in (rule.name if rule else "", found.item, state["message"]) if x)
+    query = " ".join(x for x in (rule.name if rule else "", found["item"], state["message"]) if x)
     intents = list(state.get("intents") or [])
     if I.WASTE not in intents:
         intents = [I.WASTE, *(i for i in intents if i != I.GENERAL)]
@@ -102,12 +84,13 @@ def image_prompt(text: str, max_chars: int) -> str:
     return IMAGE_FRAME + " ".join(neutralise(text).split())[:max_chars]
 
 
-async def generate_and_store(state: dict, deps: Any, emitter: Any, made: dict) -> dict:
-    """Draw, then store through ImageService as the asking user. `made` keeps the bytes across the
-    policy's retries: an upload retried after a failure sends the same bytes, so the same key."""
+async def generate_and_store(request: str, deps: Any, emitter: Any, made: dict) -> dict:
+    """Draw what `request` asks for, then store it through ImageService as the asking user. `made`
+    keeps the bytes across the policy's retries: an upload retried after a failure sends the same
+    bytes, so the same key."""
     limits = deps.media
     if "image" not in made:
-        prompt = image_prompt(state.get("query") or state["message"], limits.image_prompt_max_chars)
+        prompt = image_prompt(request, limits.image_prompt_max_chars)
         await emitter.tool("image_generation", "image.generate", "image-generate", STARTED, message=f"{deps.image_model.name}, {limits.image_size}")
         image = await deps.image_model.generate(prompt, size=limits.image_size)
         if len(image.data) > limits.image_max_bytes:

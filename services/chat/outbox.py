@@ -1,7 +1,7 @@
 """The chat process's event outbox: every job's events go out in coalesced `publish_many` calls.
 
 Publishing one event per round trip cost more CPU than everything else on a token's path
-(ADR 0063). Instead, `Emitter`s (one per job, graph.py) assign their seqs synchronously and
+(ADR 0063). Instead, `Emitter`s (one per job, emitter.py) assign their seqs synchronously and
 `submit` the events here; one flusher task sends everything submitted since its last call in one
 `EventPublisher.publish_many` (one Lua call per shard, pipelined), i.e. one round trip per event
 loop tick for all jobs of the process. Batching changes when bytes hit the wire, never which

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from eco2.services.knowledge import kb as K
+from eco2.services.knowledge import morph
 from eco2.services.knowledge.morph import Analysis, Token, analyse
 
 #: Verbs that mean putting something out as waste.
@@ -315,9 +316,9 @@ def _latin_words() -> frozenset[str]:
     return frozenset(w for w in re.findall(r"[a-z]+", K.normalise(text)) if len(w) >= 2)
 
 
-@cache
 def _character_names() -> frozenset[str]:
-    return frozenset(c["name"] for c in K.load().characters)
+    """The Eco² characters' names (morph.add_names: chat learns them from CharacterService)."""
+    return frozenset(morph.names())
 
 
 def _without_verb(a: Analysis, phrase: tuple[Token, ...]) -> tuple[Token, ...]:

@@ -16,10 +16,11 @@ from eco2.services.runtime.paging import decode_token, encode_token, page_size
 from eco2.services.runtime.telemetry import current_traceparent
 from eco2.services.runtime.validation import Validator
 
+from .emitter import publish_queued
+from .keys import cancel_key, input_key
 from .metrics import STREAMS_ACTIVE
 from .pii import mask
 from .postgres import ConversationStore
-from .worker import cancel_key, input_key, publish_queued
 
 log = logging.getLogger("eco2.chat")
 

@@ -20,21 +20,16 @@ from eco2.services.runtime.context import act_as
 from eco2.services.runtime.telemetry import current_traceparent, recording_enabled, span
 
 from . import metrics
-from .graph import ChatDeps, Emitter, JobContext, publish_tolerant, result_of
+from .deps import ChatDeps, JobContext
+from .emitter import Emitter
+from .keys import cancel_key, input_key
 from .outbox import EventOutbox
 from .pii import mask
 from .policy import NodeFailed
 from .postgres import ConversationStore
+from .result import result_of
 
 log = logging.getLogger("eco2.chat.worker")
-
-
-def input_key(job_id: str) -> str:
-    return f"chat:input:{job_id}"
-
-
-def cancel_key(job_id: str) -> str:
-    return f"chat:cancel:{job_id}"
 
 
 class MessageNotStored(Exception):
@@ -252,21 +247,3 @@ def end_dead_job(sink):
         sink, job_kind=events_pb2.JOB_KIND_CHAT, message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.",
         stream_of=lambda job: json.loads(job.payload).get("job_id", job.job_id),
     )
-
-
-async def publish_queued(sink, job_id: str, owner: str, outbox: EventOutbox | None = None, *, traceparent: str = "") -> None:
-    """The job's owner, then its first event (QUEUED): from then on the job streams to `owner` only."""
-    await sink.set_owner(job_id, owner)
-    event = events_pb2.Event(
-        job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue", traceparent=traceparent,
-        stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="질문을 받았어요"),
-    )
-    event.time.FromNanoseconds(time.time_ns())
-    if outbox is None:
-        await publish_tolerant(sink, event)
-        return
-    from .outbox import raise_for
-
-    batch = outbox.submit(event)  # coalesced with every other send and token of this tick
-    await asyncio.shield(batch)
-    raise_for(job_id, batch)

@@ -2,9 +2,10 @@
 
     python -m eco2.services.knowledge.build /path/to/shared/reference-data/eco2
 
-The product reads only the files written here (rules.json, prices.yaml, taxonomy.yaml,
-characters.yaml); it never reads the reference-data folder at run time. Facts are copied,
-not edited: see SOURCES.md for provenance (eco2-team/backend, MIT).
+The product reads only the files written here (rules.json, prices.yaml, taxonomy.yaml); it
+never reads the reference-data folder at run time. Facts are copied, not edited: see SOURCES.md
+for provenance (eco2-team/backend, MIT). The reference's character_names.yaml is not copied:
+the characters are CharacterService's catalog (services/character/migrations).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ def build(reference: Path, out: Path = HERE) -> dict:
         encoding="utf-8",
     )
     shutil.copyfile(reference / "recyclable_prices.yaml", out / "prices.yaml")
-    shutil.copyfile(reference / "character_names.yaml", out / "characters.yaml")
     return {"documents": len(documents)}
 
 

@@ -1,4 +1,5 @@
-"""The knowledge base chat and scan share: disposal rules, taxonomy, prices, characters, and Korean retrieval.
+"""The knowledge base chat and scan share: disposal rules, taxonomy, prices, and Korean retrieval.
+The Eco² characters are CharacterService's (its catalog), not part of it.
 
 Retrieval is lexical over character n-grams (bigrams + trigrams, BM25 weights): Korean words
 carry particles and compounds ("페트병은", "무색페트병"), which whole-word matching misses and
@@ -159,7 +160,6 @@ class KnowledgeBase:
     prices: list[PriceItem]
     price_info: dict
     regions: dict[str, str]
-    characters: list[dict]
     synonyms: dict[str, str] = field(default_factory=dict)
     price_index: dict[str, list[str]] = field(default_factory=dict)  # general word → price item ids
     _files: Bm25 = field(init=False, repr=False)
@@ -300,7 +300,6 @@ def load() -> KnowledgeBase:
     rules_doc = json.loads((root / "rules.json").read_text(encoding="utf-8"))
     taxonomy = yaml.safe_load((root / "taxonomy.yaml").read_text(encoding="utf-8"))
     prices_doc = yaml.safe_load((root / "prices.yaml").read_text(encoding="utf-8"))
-    characters = yaml.safe_load((root / "characters.yaml").read_text(encoding="utf-8"))["characters"]
     synonyms = yaml.safe_load((root / "synonyms.yaml").read_text(encoding="utf-8"))["synonyms"]
     rules = [_rule_file(d, taxonomy) for d in rules_doc["documents"]]
     prices = [
@@ -311,6 +310,6 @@ def load() -> KnowledgeBase:
     regions = {r["id"]: r["name"] for r in prices_doc["regions"]}
     index = {**prices_doc.get("search_synonyms", {}), **(lexicon().get("price_words") or {})}
     return KnowledgeBase(
-        rules, taxonomy, prices, prices_doc["survey_info"], regions, characters,
+        rules, taxonomy, prices, prices_doc["survey_info"], regions,
         {str(k)[0] * str(k).startswith(("^", "=")) + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()}, {normalise(k).replace(" ", ""): list(v) for k, v in index.items()},
     )

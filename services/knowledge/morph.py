@@ -41,6 +41,7 @@ _CHAT_SPELLINGS = (
 _lock = threading.Lock()
 _kiwi = None
 _user_words: set[str] = set()
+_names: tuple[str, ...] = ()  # names of someone, in the order learned (add_names)
 LOAD: dict[str, float] = {}  # wall and CPU seconds the model took to load in this process
 
 
@@ -72,12 +73,12 @@ def analyser():
 
 def knowledge_nouns() -> tuple[list[str], list[str]]:
     """(the words of synonyms.yaml and lexicon.yaml that are nouns of one word — "음쓰", "쇼파",
-    "분리수거" — and the characters' names; the one-word items of the rules' item lists)."""
+    "분리수거" — and the names learned by `add_names`; the one-word items of the rules' item lists)."""
     from .kb import lexicon, load, normalise
 
     lex, base = lexicon(), load()
     named = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["places"], *lex["parts"], *lex.get("nouns", [])]
-    named += [c["name"] for c in base.characters]
+    named += list(_names)
     bulk = yaml.safe_load((resources.files(__package__) / "bulk_waste.yaml").read_text(encoding="utf-8"))["items"]
     named += [w for name, others in bulk.items() for w in (name, *(others or ()))]
     found = [w for p in base.passages if p.kind in ("scope", "exception") for w in re.split(r"[^가-힣]+", p.names) if len(w) >= 2]
@@ -86,6 +87,26 @@ def knowledge_nouns() -> tuple[list[str], list[str]]:
         return sorted({w for w in words if w and " " not in w and normalise(w) == w and not w.isascii()})
 
     return keep(named), [w for w in keep(found) if w not in set(named)]
+
+
+def add_names(names: list[str]) -> None:
+    """Words that name someone (chat: the Eco² characters, as CharacterService lists them): the
+    analyser keeps each whole as a noun, and `names()` lists them. Names given after the model
+    loaded are added to it (its dictionary is rebuilt at the next analysis)."""
+    global _names
+    with _lock:
+        new = [n for n in dict.fromkeys(names) if n and n not in _names]
+        if not new:
+            return
+        _names = (*_names, *new)
+        if _kiwi is not None:
+            for word in new:
+                _kiwi.add_user_word(word, "NNG", 0.0)
+
+
+def names() -> tuple[str, ...]:
+    """The names `add_names` learned, in that order."""
+    return _names
 
 
 def warm() -> dict[str, float]:

@@ -119,11 +119,12 @@ class ScanApp:
         policies = {**POLICIES, "vision": replace(POLICIES["vision"], timeout_s=s.scan_vision_timeout_s)}
         limits = ScanLimits(s.scan_min_confidence, s.scan_hint_min_share, s.scan_image_max_bytes, s.scan_max_questions, s.scan_tokens_per_event)
         deps = ScanDeps(kb=kb.load(), store=store, images=images, rewards=GrpcRewards(self._channel("character")), vision_llm=self.vision_llm, policies=policies, limits=limits)
-        self.workers = ScanWorkers(queue=queue, reward_queue=reward_queue, sink=self.sink, pipeline=ScanPipeline(deps), store=store, settings=s)
+        pipeline = ScanPipeline(deps)
+        self.workers = ScanWorkers(queue=queue, reward_queue=reward_queue, sink=self.sink, pipeline=pipeline, store=store, settings=s)
         self.workers.start()
         servicer = ScanServicer(
             store=store, queue=queue, sink=self.sink, images=images, job_identities=JobIdentities(self._channel("auth")),
-            events_channel=self._channel("events"), settings=s,
+            events_channel=self._channel("events"), settings=s, pipeline=pipeline,
         )
         scan_pb2_grpc.add_ScanServiceServicer_to_server(servicer, server)
 

@@ -27,10 +27,11 @@ from prometheus_client import Counter
 from eco2.character.v1 import character_pb2
 from eco2.events.v1 import events_pb2
 from eco2.scan.v1 import scan_pb2
+from eco2.services.knowledge.categories import CATEGORY_OF_RULE, RULE_OF_CATEGORY
 from eco2.services.knowledge.kb import KnowledgeBase, RuleFile
 from eco2.services.llm.ports import LLM
 from eco2.services.llm.vision import UNKNOWN, vision_messages, vision_schema
-from eco2.services.runtime.errors import NotFound, ResourceExhausted
+from eco2.services.runtime.errors import NotFound, ResourceExhausted, Unavailable
 
 from . import domain as D
 from .emitter import Emitter
@@ -158,7 +159,7 @@ class ScanPipeline:
         note = ""
         if scan.image_key and d.vision_llm is not None:
             try:
-                found = await run_stage(d.policies, "vision", lambda: self._see(scan))
+                found = await run_stage(d.policies, "vision", lambda: self._see(scan.image_key, scan.hint))
             except StageFailed as failed:
                 log.warning("scan vision fell back", extra={"scan_id": scan.id, "cause": failed.cause[:300]})
                 note = f"사진을 분석하지 못했어요({_failure(failed.cause)})."
@@ -173,13 +174,33 @@ class ScanPipeline:
             return {"classification": classification.to_dict(), "note": note}
         return {"choices": [asdict(c) for c in choices], "note": note}
 
-    async def _see(self, scan: ScanRecord):
+    async def _see(self, image_key: str, hint: str):
+        """The vision model's reading of the photo, read from ImageService as the current caller."""
         d = self.deps
         try:
-            data, mime = await d.images.read(scan.image_key, max_bytes=d.limits.image_max_bytes)
+            data, mime = await d.images.read(image_key, max_bytes=d.limits.image_max_bytes)
         except (NotFound, ResourceExhausted) as exc:
             raise ImageUnusable(str(exc)) from exc
-        return await d.vision_llm.classify_image(vision_messages(d.kb, scan.hint), data, mime, vision_schema(d.kb))
+        return await d.vision_llm.classify_image(vision_messages(d.kb, hint), data, mime, vision_schema(d.kb))
+
+    async def classify_photo(self, image_key: str, hint: str) -> scan_pb2.ClassifyPhotoResponse:
+        """The vision stage alone (ClassifyPhoto): under the stage's policy, the photo read as the
+        caller; nothing stored, no reward. NotFound / ResourceExhausted for a photo that cannot be
+        used, Unavailable (VISION_FAILED) when every attempt of the model failed."""
+        d = self.deps
+        if d.vision_llm is None:
+            return scan_pb2.ClassifyPhotoResponse(configured=False)
+        try:
+            found = await run_stage(d.policies, "vision", lambda: self._see(image_key, hint))
+        except StageFailed as failed:
+            unusable = failed.__cause__
+            if isinstance(unusable, ImageUnusable) and isinstance(unusable.__cause__, (NotFound, ResourceExhausted)):
+                raise unusable.__cause__ from None
+            raise Unavailable(f"the vision model did not classify the photo ({_failure(failed.cause)})", reason="VISION_FAILED", retry_after_s=1.0) from None
+        rule = next((r for r in d.kb.rules if r.key == found.category), None)
+        known = found.category != UNKNOWN and rule is not None
+        seen = D.Classification(D.VISION, found.item, rule.file if known else "", round(float(found.confidence), 3), tuple(found.situation_tags), d.vision_llm.info.name)
+        return scan_pb2.ClassifyPhotoResponse(configured=True, classification=D.classification_pb(seen, d.kb, rules_found=known), vision_model=seen.model)
 
     def _resolve(self, outcome: dict, answers: list[dict]) -> tuple[D.Classification | None, list[events_pb2.InputRequest]]:
         """The classification (None while a question is open) and every question asked: from the
@@ -193,13 +214,13 @@ class ScanPipeline:
         for n in range(d.limits.max_questions):
             questions.append(E.InputRequest(
                 input_id=f"q{n + 1}", kind=E.INPUT_KIND_CHOICE, prompt=prompt,
-                choices=[E.InputChoice(value=character_pb2.WasteCategory.Name(D.CATEGORY_OF_RULE[c.rule_file]), label=c.label) for c in choices],
+                choices=[E.InputChoice(value=character_pb2.WasteCategory.Name(CATEGORY_OF_RULE[c.rule_file]), label=c.label) for c in choices],
             ))
             if n == len(answers):
                 return None, questions
             answer = answers[n]
             if "category" in answer:
-                rule = D.rule_by_file(d.kb, D.RULE_OF_CATEGORY[answer["category"]])
+                rule = D.rule_by_file(d.kb, RULE_OF_CATEGORY[answer["category"]])
                 return D.Classification(D.ANSWER, rule.name, rule.file, 1.0), questions
             found, choices = D.classify_text(d.kb, answer["text"], basis=D.ANSWER, min_share=d.limits.hint_min_share)
             if found is not None:

@@ -16,6 +16,7 @@ from eco2.services.runtime.errors import FailedPrecondition, FieldViolation, Not
 from eco2.services.runtime.validation import Validator
 
 from .emitter import publish_tolerant, queued_event
+from .pipeline import ScanPipeline
 from .postgres import QUEUED, WAITING_INPUT, ScanRecord, ScanStore
 
 log = logging.getLogger("eco2.scan")
@@ -36,8 +37,9 @@ def _status(record: ScanRecord) -> int:
 
 
 class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
-    def __init__(self, *, store: ScanStore, queue, sink, images, job_identities, events_channel, settings) -> None:
+    def __init__(self, *, store: ScanStore, queue, sink, images, job_identities, events_channel, settings, pipeline: ScanPipeline) -> None:
         self.store, self.queue, self.sink, self.images, self.job_identities, self.settings = store, queue, sink, images, job_identities, settings
+        self.pipeline = pipeline
         self.events = events_pb2_grpc.EventServiceStub(events_channel) if events_channel is not None else None
 
     def _validate(self, request) -> None:
@@ -52,6 +54,16 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             v.add("hint", "is required (not blank) when no image_key is given")
         v.raise_if_invalid()
 
+    async def _usable(self, image_key: str) -> None:
+        """NOT_FOUND for an unknown key and for another user's; RESOURCE_EXHAUSTED over the limit."""
+        image = await self.images.info(image_key)
+        limit = self.settings.scan_image_max_bytes
+        if image.size_bytes > limit:
+            raise ResourceExhausted(
+                f"the image has {image.size_bytes} bytes; scans take at most {limit} (ECO2_SCAN_IMAGE_MAX_BYTES)", reason="IMAGE_TOO_LARGE",
+                metadata={"limit_bytes": str(limit), "size_bytes": str(image.size_bytes)}, violations=[FieldViolation("image_key", f"the image must be at most {limit} bytes")],
+            )
+
     async def _submit(self, request, context) -> scan_pb2.SubmitScanResponse:
         user_id = caller_id(context)
         self._validate(request)
@@ -60,13 +72,7 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             if existing is not None:
                 return await self._replayed(existing, request)
         if request.image_key:
-            image = await self.images.info(request.image_key)  # NOT_FOUND for an unknown key and for another user's
-            limit = self.settings.scan_image_max_bytes
-            if image.size_bytes > limit:
-                raise ResourceExhausted(
-                    f"the image has {image.size_bytes} bytes; scans take at most {limit} (ECO2_SCAN_IMAGE_MAX_BYTES)", reason="IMAGE_TOO_LARGE",
-                    metadata={"limit_bytes": str(limit), "size_bytes": str(image.size_bytes)}, violations=[FieldViolation("image_key", f"the image must be at most {limit} bytes")],
-                )
+            await self._usable(request.image_key)
         scan_id = str(uuid.uuid4())
         job_id = job_of(scan_id)
         identity = await self.job_identities.issue(job_id)  # before anything is stored: auth down leaves nothing behind
@@ -157,3 +163,13 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
             raise FailedPrecondition("the question was already answered", reason="SCAN_NOT_WAITING")
         await self.queue.enqueue(f"{scan.job_id}:input:{len(updated.answers)}", json.dumps({"scan_id": scan.id, "identity": identity}).encode())
         return scan_pb2.ProvideScanInputResponse(job_id=scan.job_id)
+
+    async def ClassifyPhoto(self, request, context):
+        caller_id(context)  # the photo is read as the caller: someone else's is NOT_FOUND
+        v = Validator()
+        if v.text("image_key", request.image_key, min_len=1, max_len=256, single_line=True) and not IMAGE_KEY.match(request.image_key):
+            v.add("image_key", 'must be an ImageService key: "sha256:" and 64 lowercase hex digits')
+        v.text("hint", request.hint, max_len=self.settings.scan_max_hint_chars)
+        v.raise_if_invalid()
+        await self._usable(request.image_key)
+        return await self.pipeline.classify_photo(request.image_key, request.hint)

@@ -143,3 +143,21 @@ class ProvideScanInputResponse(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ClassifyPhotoRequest(_message.Message):
+    __slots__ = ("image_key", "hint")
+    IMAGE_KEY_FIELD_NUMBER: _ClassVar[int]
+    HINT_FIELD_NUMBER: _ClassVar[int]
+    image_key: str
+    hint: str
+    def __init__(self, image_key: _Optional[str] = ..., hint: _Optional[str] = ...) -> None: ...
+
+class ClassifyPhotoResponse(_message.Message):
+    __slots__ = ("configured", "classification", "vision_model")
+    CONFIGURED_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
+    VISION_MODEL_FIELD_NUMBER: _ClassVar[int]
+    configured: bool
+    classification: _character_pb2.Classification
+    vision_model: str
+    def __init__(self, configured: _Optional[bool] = ..., classification: _Optional[_Union[_character_pb2.Classification, _Mapping]] = ..., vision_model: _Optional[str] = ...) -> None: ...

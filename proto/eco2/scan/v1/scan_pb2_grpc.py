@@ -57,6 +57,11 @@ class ScanServiceStub:
                 request_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputRequest.SerializeToString,
                 response_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputResponse.FromString,
                 _registered_method=True)
+        self.ClassifyPhoto = channel.unary_unary(
+                '/eco2.scan.v1.ScanService/ClassifyPhoto',
+                request_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ClassifyPhotoRequest.SerializeToString,
+                response_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ClassifyPhotoResponse.FromString,
+                _registered_method=True)
 
 
 class ScanServiceServicer:
@@ -96,6 +101,15 @@ class ScanServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClassifyPhoto(self, request, context):
+        """ClassifyPhoto classifies a photo the caller owns with the scan pipeline's vision stage and
+        nothing more: no scan is stored, no reward granted, no event published. The chat agent's
+        photo path, so that the product has one way of seeing a photo.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ScanServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -118,6 +132,11 @@ def add_ScanServiceServicer_to_server(servicer, server):
                     servicer.ProvideScanInput,
                     request_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputRequest.FromString,
                     response_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputResponse.SerializeToString,
+            ),
+            'ClassifyPhoto': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClassifyPhoto,
+                    request_deserializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ClassifyPhotoRequest.FromString,
+                    response_serializer=eco2_dot_scan_dot_v1_dot_scan__pb2.ClassifyPhotoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -230,6 +249,33 @@ class ScanService:
             '/eco2.scan.v1.ScanService/ProvideScanInput',
             eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputRequest.SerializeToString,
             eco2_dot_scan_dot_v1_dot_scan__pb2.ProvideScanInputResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClassifyPhoto(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eco2.scan.v1.ScanService/ClassifyPhoto',
+            eco2_dot_scan_dot_v1_dot_scan__pb2.ClassifyPhotoRequest.SerializeToString,
+            eco2_dot_scan_dot_v1_dot_scan__pb2.ClassifyPhotoResponse.FromString,
             options,
             channel_credentials,
             insecure,

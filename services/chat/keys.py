@@ -1,0 +1,13 @@
+"""The Valkey keys the chat servicer and its workers share."""
+
+from __future__ import annotations
+
+
+def input_key(job_id: str) -> str:
+    """The question a job waits on (NEEDS_INPUT): set by the worker, answered by ProvideInput."""
+    return f"chat:input:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    """Set when the client of a StreamChat goes away: the job's worker stops the run."""
+    return f"chat:cancel:{job_id}"

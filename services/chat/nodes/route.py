@@ -1,0 +1,64 @@
+"""The router and the graph's conditional edges: which sub-agents run (one `Send` per intent,
+each with its own small `Branch` input), and where the graph goes after the aggregator, the
+answer and the location question."""
+
+from __future__ import annotations
+
+from langgraph.runtime import Runtime
+from langgraph.types import Send
+
+from .. import intents as I
+from ..deps import JobContext
+from ..state import Branch, ChatState
+from .answer import answer_now
+from .places import waiting_for_location
+from .run import nothing, run_node
+from .summarize import asked_in_summary, earlier_user_turns
+
+#: intent → the node of its sub-agent
+NODE_OF = {i: ("waste_rag" if i == I.WASTE else i) for i in I.ALL_INTENTS}
+
+
+async def router(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    """The router's stage events; its fan-out is the conditional edge `fan_out` (no superstep of its own)."""
+    return await run_node("router", runtime, nothing)
+
+
+def branch(state: ChatState, intent: str, **extra) -> Branch:
+    """The input of one intent's branch."""
+    intents = state.get("intents") or []
+    return Branch(
+        query=(state.get("queries") or {}).get(intent, state["message"]), message=state["message"],
+        earlier=earlier_user_turns(state), summarised=asked_in_summary(state.get("summary", "")),
+        location=state.get("location"), located=bool(state.get("located")), with_card=I.CHARACTER not in intents, **extra,
+    )
+
+
+def fan_out(state: ChatState) -> list[Send]:
+    intents = state.get("intents") or []
+    sends = [Send(NODE_OF[i], branch(state, i)) for i in intents or [I.GENERAL]]
+    # Enrichment: a waste question with a known location also gets the weather (rainy day tips).
+    # (Its category's Eco² character is attached by waste_rag itself: no branch of its own.)
+    if I.WASTE in intents and state.get("location") and I.WEATHER not in intents:
+        sends.append(Send("weather", branch(state, I.WEATHER, enrichment=True)))
+    return sends
+
+
+def after_intent(state: ChatState) -> str | list[Send]:
+    return "vision" if state.get("image_key") else fan_out(state)
+
+
+def after_aggregator(state: ChatState) -> str:
+    """Answer what can be answered now; ask for the location first only when nothing else can be."""
+    if not answer_now(state) and waiting_for_location(state) and not state.get("located"):
+        return "ask_location"
+    return "answer"
+
+
+def after_answer(state: ChatState) -> str:
+    return "ask_location" if waiting_for_location(state) and not state.get("located") else "evaluate"
+
+
+def after_ask(state: ChatState) -> list[Send]:
+    """The places branches again, with the user's reply in the state (ask_location)."""
+    return [Send(NODE_OF[i], branch(state, i)) for i in waiting_for_location(state)]
