@@ -199,7 +199,7 @@ def compose(g: Grounding) -> str:
             else:
                 parts.append("요청하신 정보를 가져오지 못했어요.")
     ch = c.get("character_context")
-    if ch and "waste" in g.intents and "character" not in g.intents and c.get("disposal_rules") and not g.unsure:  # attached by graph.waste_rag
+    if ch and "waste" in g.intents and "character" not in g.intents and c.get("disposal_rules") and not g.unsure:  # attached by nodes.waste
         label = ch.get("match_label") or ch.get("description")
         parts.append(f"이 품목을 맡은 Eco² 캐릭터: {ch['name']}" + (f" ({label})" if label else ""))
     if c.get("weather_context", {}).get("tip") and "weather" not in g.intents:

@@ -91,7 +91,7 @@ class ChatApp:
         await self.pg.open(wait=True, timeout=30)
         saver = AsyncPostgresSaver(self.pg, serde=checkpoint_serializer())
         self.redis = create_redis(s.redis_url)
-        # The publisher keeps its own lean connection (bus/resp.py, ADR 0045), shared by
+        # The publisher keeps its own lean connection (dataplane/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.
         sink = self.sink = EventPublisher(self.redis, s)
         outbox = EventOutbox(sink)
