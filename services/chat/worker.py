@@ -18,6 +18,7 @@ from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
 from eco2.services.bus.jobs import Job, JobQueue, ends_stream_on_dead
 from eco2.services.runtime.context import act_as
+from eco2.services.runtime.errors import FailedPrecondition
 from eco2.services.runtime.telemetry import current_traceparent, recording_enabled, span
 
 from . import metrics
@@ -193,18 +194,24 @@ class ChatWorkers:
         interrupts = state.get("__interrupt__") or []
         if interrupts:
             first = interrupts[0].value
-            seq = await emitter.emit(
-                events_pb2.EVENT_KIND_NEEDS_INPUT, stage=events_pb2.STAGE_SUBAGENT, node="location",
-                needs_input=events_pb2.InputRequest(input_id=first["input_id"], kind=events_pb2.INPUT_KIND_LOCATION, prompt=first["prompt"]),
-            )
-            await emitter.drain()
+            # The question is open for ProvideInput, and the run says it waits, before its
+            # NEEDS_INPUT event goes out: a client answering at once finds it, and a cancel that
+            # finds the run waiting finds the question to take back (service.py).
+            seq = emitter.seq + 1  # the seq the NEEDS_INPUT event gets
             pending = {"user_id": p["user_id"], "input_id": first["input_id"], "interrupt_ids": [i.id for i in interrupts], "seq": seq, "payload": p}
-            # The question is open for ProvideInput before the run says it waits: a cancel that
-            # finds the run waiting always finds the question to take back (service.py).
             await self.redis.set(input_key(job_id), json.dumps(pending), ex=self.settings.chat_input_ttl_s)
             if not await self.store.set_waiting(job_id):  # cancelled meanwhile
                 await self.redis.delete(input_key(job_id))
                 return await self._carry_out_cancel(p, run, emitter, config, state=state)
+            emitter.put(
+                events_pb2.EVENT_KIND_NEEDS_INPUT, stage=events_pb2.STAGE_SUBAGENT, node="location",
+                needs_input=events_pb2.InputRequest(input_id=first["input_id"], kind=events_pb2.INPUT_KIND_LOCATION, prompt=first["prompt"]),
+            )
+            try:
+                await emitter.drain()
+            except FailedPrecondition as exc:  # a cancel took the question back and ended the stream first
+                if exc.reason != "JOB_CLOSED":
+                    raise
             self.stats.waiting += 1
             return "needs_input", emitter.first_token_at
         result = result_of(state, message_id="")
