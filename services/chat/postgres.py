@@ -279,16 +279,16 @@ class ConversationStore:
             "UPDATE chat_runs SET status = 3, updated_at = now() WHERE job_id = $1 AND status = 2 AND cancel_mode = 0 RETURNING 1", job_id
         ))
 
-    async def fail_run(self, job_id: str, reason: str, *, despite_cancel: bool = False) -> bool:
-        """The run ended with ERROR `reason` (a failed node, or its job ran out of attempts).
-        False when a cancel is recorded on it (and not `despite_cancel`): the worker carries that
-        out instead."""
+    async def fail_run(self, job_id: str, reason: str, *, despite_cancel: bool = False) -> int:
+        """The run ended with ERROR `reason` (a failed node, or its job ran out of attempts): 0.
+        The mode of the cancel recorded on it, if any (and not `despite_cancel`): the worker
+        carries that out instead."""
         cancel_mode = await self.pool.fetchval(
             "UPDATE chat_runs SET status = CASE WHEN cancel_mode = 0 OR $3 THEN 5 ELSE status END, error_reason = $2, updated_at = now()"
             " WHERE job_id = $1 AND status IN (1, 2, 3) RETURNING cancel_mode",
             job_id, reason[:200], despite_cancel,
         )
-        return not cancel_mode or despite_cancel
+        return 0 if despite_cancel else int(cancel_mode or 0)
 
     async def finish_cancelled(self, *, job_id: str, conversation_id: str, user_id: str, mode: int, text: str, result: bytes = b"",
                                intents: list[int] | None = None, citations: list[bytes] | None = None) -> str:
@@ -298,14 +298,13 @@ class ConversationStore:
         assistant message id, or ""."""
         cid = uuid.UUID(conversation_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.fetchval("SELECT 1 FROM chat_runs WHERE job_id = $1 FOR UPDATE", job_id)
-            message_id = ""
+            await conn.execute("UPDATE chat_runs SET status = $2, updated_at = now() WHERE job_id = $1", job_id, CANCELLED_AS[mode])
             if mode == ROLLBACK:
                 await self._remove_turn(conn, job_id, cid)
-            elif text:
-                message_id = await self._insert_assistant(conn, cid, user_id, job_id, text, intents or [], citations or [], "", result, None, 0)
-            await conn.execute("UPDATE chat_runs SET status = $2, updated_at = now() WHERE job_id = $1", job_id, CANCELLED_AS[mode])
-            return message_id
+                return ""
+            if text:
+                return await self._insert_assistant(conn, cid, user_id, job_id, text, intents or [], citations or [], "", result, None, 0)
+            return ""
 
     async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "", result: bytes = b"", summary_upto: int = 0) -> str:
         """Idempotent per job: a re-run job returns the message stored the first time. `result` is the

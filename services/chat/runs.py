@@ -49,10 +49,10 @@ def cancel_error(mode: int, job_id: str) -> events_pb2.Event:
     )
 
 
-async def signal_cancel(redis, kind: str, job_ids: list[str]) -> None:
-    """Tell the workers (every chat process) that these jobs were cancelled."""
-    for job_id in job_ids:
-        await redis.publish(cancel_channel(kind), job_id)
+async def signal_cancel(redis, kind: str, cancels: list[tuple[str, int]]) -> None:
+    """Tell the workers (every chat process) that these jobs were cancelled: "<job id> <mode>"."""
+    for job_id, mode in cancels:
+        await redis.publish(cancel_channel(kind), f"{job_id} {mode}")
 
 
 class CancelWatch:
@@ -61,20 +61,21 @@ class CancelWatch:
 
     def __init__(self, redis, store, kind: str, *, poll_s: float) -> None:
         self.redis, self.store, self.channel, self.poll_s = redis, store, cancel_channel(kind), poll_s
-        self._running: dict[str, Callable[[], None]] = {}
+        self._running: dict[str, Callable[[int], None]] = {}
         self._tasks: list[asyncio.Task] = []
         self.subscribed = asyncio.Event()
 
-    def register(self, job_id: str, on_cancel: Callable[[], None]) -> None:
+    def register(self, job_id: str, on_cancel: Callable[[int], None]) -> None:
+        """`on_cancel(mode)` is called once if the job is cancelled while it is registered."""
         self._running[job_id] = on_cancel
 
     def unregister(self, job_id: str) -> None:
         self._running.pop(job_id, None)
 
-    def fire(self, job_id: str) -> None:
+    def fire(self, job_id: str, mode: int) -> None:
         on_cancel = self._running.pop(job_id, None)
         if on_cancel is not None:
-            on_cancel()
+            on_cancel(mode)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._listen(), name="chat-cancel-listen")]
@@ -90,8 +91,8 @@ class CancelWatch:
     async def check(self) -> None:
         """Fire the running jobs that have a cancel recorded (what a missed message would have said)."""
         if self._running:
-            for job_id, _mode in await self.store.cancels_among(list(self._running)):
-                self.fire(job_id)
+            for job_id, mode in await self.store.cancels_among(list(self._running)):
+                self.fire(job_id, mode)
 
     async def _listen(self) -> None:
         while True:
@@ -103,7 +104,8 @@ class CancelWatch:
                 async for message in pubsub.listen():
                     data = message.get("data")
                     if isinstance(data, bytes):
-                        self.fire(data.decode(errors="replace"))
+                        job_id, _, mode = data.decode(errors="replace").partition(" ")
+                        self.fire(job_id, int(mode) if mode.isdigit() else 0)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 — Valkey hiccup: subscribe again; check() covers the gap

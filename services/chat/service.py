@@ -146,7 +146,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             if c.finished:
                 await self.sink.publish_next(cancel_error(c.mode, c.job_id))
                 continue
-            signal.append(c.job_id)
+            signal.append((c.job_id, c.mode))
             if c.status == pg.WAITING:
                 raw = await self.redis.getdel(input_key(c.job_id))
                 if raw:

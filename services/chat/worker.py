@@ -163,12 +163,15 @@ class ChatWorkers:
         emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), traceparent=current_traceparent(),
                               tokens_per_event=self.settings.chat_tokens_per_event, outbox=self.outbox)
         if run.cancel_mode:  # cancelled before this worker got to it: the graph does not run again
-            return await self._carry_out_cancel(p, run, emitter, config)
+            return await self._carry_out_cancel(p, run, emitter, config, mode=run.cancel_mode)
         ctx = JobContext(self.deps, emitter)
         # The graph runs in a task of its own, which a cancel (CancelWatch) cancels where it awaits.
         work = asyncio.create_task(self._run_graph(job, p, run, snapshot, ctx, config), name=f"chat-graph-{job_id}")
 
-        def on_cancel() -> None:
+        signalled = [0]
+
+        def on_cancel(mode: int) -> None:
+            signalled[0] = mode
             ctx.cancelled.set()
             work.cancel()
 
@@ -176,8 +179,8 @@ class ChatWorkers:
         try:
             state = await work
         except NodeFailed as failed:
-            if not await self.store.fail_run(job_id, "NODE_FAILED"):
-                return await self._carry_out_cancel(p, run, emitter, config)
+            if mode := await self.store.fail_run(job_id, "NODE_FAILED"):
+                return await self._carry_out_cancel(p, run, emitter, config, mode=mode)
             self.stats.errors += 1
             await self._error(emitter, 14, "NODE_FAILED", f"{failed.node} 단계가 실패했어요. 잠시 후 다시 시도해 주세요.", True)
             return "error", emitter.first_token_at
@@ -185,7 +188,7 @@ class ChatWorkers:
             if not ctx.cancelled.is_set() or asyncio.current_task().cancelling():  # the process is stopping
                 raise
             await _langgraph_exit(exc)
-            return await self._carry_out_cancel(p, run, emitter, config)
+            return await self._carry_out_cancel(p, run, emitter, config, mode=signalled[0])
         except BaseException:
             await self._drain_quietly(emitter)  # what the failed run emitted still goes out, in order
             raise
@@ -224,7 +227,7 @@ class ChatWorkers:
         except RunCancelled as cancelled:  # the cancel came after the graph's last step: it still wins
             if not cancelled.mode:
                 return "failed", emitter.first_token_at
-            return await self._carry_out_cancel(p, run, emitter, config, state=state)
+            return await self._carry_out_cancel(p, run, emitter, config, state=state, mode=cancelled.mode)
         result.message_id = message_id
         packed = any_pb2.Any()
         packed.Pack(result)
@@ -268,19 +271,21 @@ class ChatWorkers:
         if fresh:
             await self.store.move_to_end(job_id)
 
-    async def _carry_out_cancel(self, p: dict[str, Any], run: RunStart, emitter: Emitter, config: dict, *, state: dict | None = None) -> tuple[str, float | None]:
+    async def _carry_out_cancel(self, p: dict[str, Any], run: RunStart, emitter: Emitter, config: dict, *, state: dict | None = None,
+                                mode: int = 0) -> tuple[str, float | None]:
         """Carry out the cancel recorded on the run: INTERRUPT keeps what was answered so far as
         the assistant message (ChatResult.cancelled), ROLLBACK deletes the turn's messages and
         checkpoints; then the stream ends with ERROR CANCELLED. Idempotent: a worker that dies
         half-way leaves the job to be re-claimed, and the next one does it again."""
         job_id = p["job_id"]
-        mode = (await self.store.run_state(job_id) or (0, pg.INTERRUPT))[1] or pg.INTERRUPT
-        if mode == pg.ROLLBACK:
+        if not mode:  # a transition found the cancel: its mode is on the run
+            mode = (await self.store.run_state(job_id) or (0, pg.INTERRUPT))[1] or pg.INTERRUPT
+        if mode == pg.ROLLBACK:  # the checkpoints first: the run's status says it is all done
             await self.graph.checkpointer.adelete_thread(job_id)
             await self.store.finish_cancelled(job_id=job_id, conversation_id=run.conversation_id, user_id=run.user_id, mode=mode, text="")
         else:
-            values = dict(state) if state is not None else await self._checkpointed(config)
-            text = await self._streamed(emitter, str(values.get("answer") or ""))
+            values, streamed = await asyncio.gather(self._checkpointed(config, state), self._streamed(emitter))
+            text = str(values.get("answer") or "") if streamed is None else streamed
             result = result_of({**values, "conversation_id": run.conversation_id, "answer": text}, message_id="")
             result.ClearField("grade")  # an answer cut short is not graded
             result.cancelled = True
@@ -296,19 +301,22 @@ class ChatWorkers:
         log.info("run cancelled", extra={"job_id": job_id, "mode": chat_pb2.CancelMode.Name(mode)})
         return "cancelled", emitter.first_token_at
 
-    async def _streamed(self, emitter: Emitter, checkpointed: str) -> str:
+    async def _streamed(self, emitter: Emitter) -> str | None:
         """What the run answered so far as its followers saw it: the TOKEN text of its stream
         (every attempt's and, after a NEEDS_INPUT, both parts), once this attempt's events are
-        out. The last checkpoint's answer when the stream cannot be read."""
+        out. None when the stream cannot be read (the checkpoint's answer is kept instead)."""
         try:
             await emitter.drain()
             events = await self.sink.published(emitter.job_id)
         except Exception:  # noqa: BLE001 — Valkey hiccup: keep what the checkpoint holds
             log.warning("reading a cancelled run's stream failed", extra={"job_id": emitter.job_id}, exc_info=True)
-            return checkpointed
+            return None
         return "".join(e.delta for e in events if e.kind == events_pb2.EVENT_KIND_TOKEN)
 
-    async def _checkpointed(self, config: dict) -> dict:
+    async def _checkpointed(self, config: dict, state: dict | None = None) -> dict:
+        """The run's state: the graph's last result when there is one, else its last checkpoint."""
+        if state is not None:
+            return dict(state)
         try:
             snapshot = await self.graph.aget_state(config)
         except Exception:  # noqa: BLE001 — no state to keep: the streamed text is the answer
