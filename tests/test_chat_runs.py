@@ -89,7 +89,7 @@ async def stack(service_env):
                     async with grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as one, grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as two, \
                             grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech:
                         st = {"chat": chat_pb2_grpc.ChatServiceStub(one), "chat2": chat_pb2_grpc.ChatServiceStub(two), "events": events_pb2_grpc.EventServiceStub(ech),
-                              "app": api, "fake": fake, "tools": tools, "workers": workers, "kind": worker_env["ECO2_CHAT_JOB_KIND"]}
+                              "app": api, "fake": fake, "tools": tools, "workers": workers, "kind": worker_env["ECO2_CHAT_JOB_KIND"], "env": worker_env}
                         # the worker process is up (and has warmed up) once a first turn is answered
                         user = who()
                         sent = await st["chat"].SendMessage(chat_pb2.SendMessageRequest(message="캔은 어떻게 버려?"), metadata=user)
@@ -329,6 +329,32 @@ async def test_interrupt_of_a_run_waiting_for_input_keeps_its_first_part(stack):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     state = await stack["chat"].GetConversationState(chat_pb2.GetConversationStateRequest(conversation_id=sent.conversation_id), metadata=user)
     assert not state.HasField("active_run") and [r.status for r in state.runs] == [chat_pb2.RUN_STATUS_CANCELLED]
+
+
+async def test_a_stream_chat_client_that_leaves_cancels_its_job_when_so_configured(stack):
+    """ECO2_CHAT_CANCEL_ON_DISCONNECT: the StreamChat client goes away mid-answer; the job is
+    cancelled as CancelRun's interrupt does, and what was answered until then is kept."""
+    from eco2.services.chat.app import create as create_chat
+
+    with env({**stack["env"], "ECO2_CHAT_WORKERS": "0", "ECO2_CHAT_CANCEL_ON_DISCONNECT": "true"}):
+        api = create_chat()
+    user = who()
+    async with running(api, metrics=False) as chat, grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as ch:
+        job_id, tokens = "", 0
+        call = chat_pb2_grpc.ChatServiceStub(ch).StreamChat(chat_pb2.StreamChatRequest(message="종이 상자는 어떻게 버려?"), metadata=user, timeout=120)
+        async for e in call:
+            job_id = e.job_id
+            tokens += e.kind == events_pb2.EVENT_KIND_TOKEN
+            if tokens == 2:
+                call.cancel()  # the client leaves
+                break
+        events = await Follower(stack, job_id, user).end()
+    assert_cancelled(events, "RUN_CANCELLED")
+    streamed = "".join(e.delta for e in events if e.kind == events_pb2.EVENT_KIND_TOKEN)
+    assert 0 < len(streamed) < len("".join(TOKENS))
+    cid = await stack["app"].pool.fetchval("SELECT conversation_id FROM chat_runs WHERE job_id = $1", job_id)
+    kept = await messages(stack, str(cid), user)
+    assert kept[-1].role == chat_pb2.MESSAGE_ROLE_ASSISTANT and kept[-1].text == streamed and kept[-1].result.cancelled
 
 
 async def test_cancel_checks_its_input(stack):

@@ -58,6 +58,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self.outbox = outbox
         self.graph = graph  # the compiled graph, for its checkpoints (GetConversationState)
         self.default_policy = POLICIES[settings.chat_double_text_policy]
+        self._background: set[asyncio.Task] = set()
         self.events = events_pb2_grpc.EventServiceStub(events_channel) if events_channel is not None else None
 
     async def _send(self, request, context) -> chat_pb2.SendMessageResponse:
@@ -122,7 +123,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                             return
         finally:
             if not finished and self.settings.chat_cancel_on_disconnect:
-                await self._cancel_quietly(sent.job_id, caller_id(context))
+                # in a task of its own: this handler is being cancelled (the client left)
+                task = asyncio.ensure_future(self._cancel_quietly(sent.job_id, caller_id(context)))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
 
     async def _cancel_quietly(self, job_id: str, user_id: str) -> None:
         """Cancel (interrupt) a job whose StreamChat client left; a job that ended meanwhile stays as it is."""
