@@ -167,8 +167,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         v.enum("mode", request.mode, chat_pb2.CancelMode, allow_unspecified=True)
         v.raise_if_invalid()
         outcome = await self.store.cancel_run(request.job_id, user_id, request.mode or pg.INTERRUPT)
-        if not outcome.already:
-            await self._after_cancel([outcome])
+        # again for a repeated cancel too (each step is idempotent): it repairs a first call whose
+        # process died between its commit and these steps
+        await self._after_cancel([outcome])
         status = outcome.status
         if not outcome.finished:
             status = await self._until_carried_out(request.job_id, status)

@@ -161,17 +161,18 @@ class ChatWorkers:
         snapshot = None if fresh else await self.graph.aget_state(config)
         checkpoint_seq = int((snapshot.values or {}).get("seq") or 0) if snapshot is not None else 0
         emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), traceparent=current_traceparent(),
-                              tokens_per_event=self.settings.chat_tokens_per_event, outbox=self.outbox)
+                          tokens_per_event=self.settings.chat_tokens_per_event, outbox=self.outbox)
         if run.cancel_mode:  # cancelled before this worker got to it: the graph does not run again
             return await self._carry_out_cancel(p, run, emitter, config, mode=run.cancel_mode)
         ctx = JobContext(self.deps, emitter)
         # The graph runs in a task of its own, which a cancel (CancelWatch) cancels where it awaits.
         work = asyncio.create_task(self._run_graph(job, p, run, snapshot, ctx, config), name=f"chat-graph-{job_id}")
 
-        signalled = [0]
+        signalled = 0  # the mode the cancel signal carried
 
         def on_cancel(mode: int) -> None:
-            signalled[0] = mode
+            nonlocal signalled
+            signalled = mode
             ctx.cancelled.set()
             work.cancel()
 
@@ -188,7 +189,7 @@ class ChatWorkers:
             if not ctx.cancelled.is_set() or asyncio.current_task().cancelling():  # the process is stopping
                 raise
             await _langgraph_exit(exc)
-            return await self._carry_out_cancel(p, run, emitter, config, mode=signalled[0])
+            return await self._carry_out_cancel(p, run, emitter, config, mode=signalled)
         except BaseException:
             await self._drain_quietly(emitter)  # what the failed run emitted still goes out, in order
             raise
