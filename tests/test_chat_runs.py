@@ -230,6 +230,19 @@ async def test_rollback_removes_the_turn_and_its_checkpoints(stack):
     assert await checkpoint_rows(stack, sent.job_id) == 0
 
 
+async def test_a_cancel_whose_signal_was_lost_is_found_by_the_workers_poll(stack):
+    """The cancel is recorded but its Pub/Sub message never sent (as if the API died right after
+    its commit, or the subscription was down): the worker's read of PostgreSQL finds it
+    (ECO2_CHAT_CANCEL_POLL_S) and stops the run."""
+    user = who()
+    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="택배 상자는 어떻게 버려?"), metadata=user)
+    follow = Follower(stack, sent.job_id, user)
+    await follow.until_tokens(2)
+    assert await stack["app"].pool.fetchval("UPDATE chat_runs SET cancel_mode = $2 WHERE job_id = $1 AND status = 2 RETURNING 1", sent.job_id, INTERRUPT)
+    assert_cancelled(await follow.end(), "RUN_CANCELLED")
+    assert len("".join(follow.tokens)) < len("".join(TOKENS)) and await run_status(stack, sent.job_id) == chat_pb2.RUN_STATUS_CANCELLED
+
+
 async def test_cancel_of_another_users_job_is_not_found(stack):
     user = who()
     sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="건전지는 어디에 버려?"), metadata=user)
