@@ -5,9 +5,9 @@ EventService against a fake streaming model, and one offline turn to DONE.
 
 Starts its own embedded data plane (temp dir under /tmp, mode 0755), a fake OpenAI-compatible
 model server (tests/support/fake_llm.py: first token after 200 ms, then one token per 20 ms,
-100 tokens), `eco2 serve auth`, `events`, `character` and `chat` processes on 127.0.0.1, prints
-one JSON line and stops everything. Each bench user signs in before the timed run (dev sign-in
-and ext-authz `Check`, runtime/dev_identity.py) and calls with that wristband.
+100 tokens), `eco2 serve auth` (job wristbands), `events`, `character` and `chat` processes on
+127.0.0.1, every service trusting this bench's wristband key (ECO2_IDENTITY_JWKS) as tests pin
+theirs; prints one JSON line and stops everything.
 
 Measured per conversation (client: StreamChat on the chat process):
     e2e          send → DONE on the client
@@ -16,7 +16,17 @@ Measured per conversation (client: StreamChat on the chat process):
     overhead     e2e − model  (target p95 ≤ 150 ms)
     added TTFT   (send → first TOKEN on the client) − (request → first token at the model)
                  (target p95 ≤ 50 ms)
+    CPU          user+system CPU per conversation of chat, events, the fake model, the client,
+                 PostgreSQL and Valkey (their process trees); `server_cpu_ms_per_conversation`
+                 = chat + events + Valkey + PostgreSQL
 Offline: one turn at a time, send → DONE, the offline provider (target p50 ≤ 300 ms).
+
+Cancel (`--cancels N`): an API-only `eco2 serve chat` and a workers-only one (the cancel travels
+to another process), the same fake model; N turns, `--cancel-concurrency` at a time, each
+cancelled (interrupt and rollback in turn) once its third TOKEN event arrived:
+    cancel latency   CancelRun sent → the run's terminal ERROR (RUN_CANCELLED / RUN_ROLLED_BACK)
+                     on the client's EventService.Subscribe
+    reply latency    CancelRun sent → its reply (it waits until the cancel is carried out)
 """
 
 from __future__ import annotations
@@ -37,29 +47,33 @@ import uuid
 from pathlib import Path
 
 import grpc
+import jwt
 import psutil
+from cryptography.hazmat.primitives.asymmetric import ec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpc_ceiling import free_port, stop_process, wait_serving  # noqa: E402
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc  # noqa: E402
 from eco2.events.v1 import events_pb2, events_pb2_grpc  # noqa: E402
-from eco2.services.runtime.dev_identity import dev_wristband  # noqa: E402
 from eco2.services.runtime.identity import IDENTITY_KEY  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIRST_TOKEN_MS, TOKEN_MS, TOKENS = 200, 20, 100
-#: bench user → the metadata that carries its wristband (filled by `sign_in` before a timed run)
-WRISTBANDS: dict[str, tuple[tuple[str, str], ...]] = {}
+KEY = ec.generate_private_key(ec.SECP256R1())
+KID = "bench-chat"
 
 
-async def sign_in(auth_addr: str, users: list[str]) -> None:
-    async def one(user: str) -> None:
-        WRISTBANDS[user] = ((IDENTITY_KEY, await dev_wristband(auth_addr, user)),)
+def jwks() -> str:
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(KEY.public_key()))
+    return json.dumps({"keys": [{**jwk, "kid": KID, "alg": "ES256", "use": "sig"}]})
 
-    todo = [u for u in users if u not in WRISTBANDS]
-    for i in range(0, len(todo), 50):
-        await asyncio.gather(*(one(u) for u in todo[i : i + 50]))
+
+def wristband(user: str) -> tuple[tuple[str, str], ...]:
+    """The identity the edge would inject for `user` (what chat and events act on)."""
+    now = int(time.time())
+    claims = {"iss": "eco2-auth", "aud": "eco2-mesh", "typ": "identity", "sub": user, "roles": ["user"], "provider": "dev", "iat": now, "exp": now + 3600}
+    return ((IDENTITY_KEY, jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": KID})),)
 
 
 def pct(values: list[float], p: float) -> float | None:
@@ -67,6 +81,24 @@ def pct(values: list[float], p: float) -> float | None:
         return None
     s = sorted(values)
     return round(s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))], 1)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User+system CPU seconds of a server and its worker processes (PostgreSQL's backends): the
+    live ones, plus those it has reaped."""
+    try:
+        proc = psutil.Process(pid)
+        t = proc.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            try:
+                c = child.cpu_times()
+                total += c.user + c.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
 
 
 def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
@@ -79,14 +111,15 @@ async def one_turn(stub, text: str, user: str, events=None) -> dict:
     """One conversation turn: StreamChat on the chat process, or (events = an EventService stub)
     SendMessage + EventService.Subscribe, the client path that does not relay through chat."""
     out: dict = {"ok": False, "tokens": 0}
+    md = wristband(user)
     started = time.monotonic()
     try:
         if events is None:
-            stream = stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=WRISTBANDS[user], timeout=300)
+            stream = stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=md, timeout=300)
         else:
-            sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message=text), metadata=WRISTBANDS[user], timeout=300)
+            sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message=text), metadata=md, timeout=300)
             # a job streams to its owner only: subscribe as the user who sent it
-            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=WRISTBANDS[user], timeout=300)
+            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=md, timeout=300)
         async for e in stream:
             if e.kind == events_pb2.EVENT_KIND_TOKEN:
                 out["tokens"] += 1
@@ -112,7 +145,6 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
         await wait_serving(port, proc, timeout=90)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = chat_pb2_grpc.ChatServiceStub(ch)
-            await sign_in(base_env["ECO2_AUTH_ADDR"], ["bench-warmup", *(f"bench-off-{i}" for i in range(turns))])
             await one_turn(stub, "캔은 어떻게 버려?", "bench-warmup")  # warm-up (imports, pools)
             results = [await one_turn(stub, q, f"bench-off-{i}") for i, q in zip(range(turns), ["투명 페트병은 어떻게 버려?", "건전지는 어디에 버려?", "우유팩 버리는 법 알려줘", "신문지 시세 얼마야?"] * turns)]
     finally:
@@ -122,7 +154,8 @@ async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
             "offline_with_character": sum(1 for r in results if r.get("character"))}
 
 
-async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int | None, intent_mode: str, events_proc: subprocess.Popen, client: str, events_port: int) -> dict:
+async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int | None, intent_mode: str, events_proc: subprocess.Popen, client: str, events_port: int,
+                     data_pids: dict[str, int] | None = None) -> dict:
     fake_port = free_port()
     fake = subprocess.Popen(
         [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
@@ -146,16 +179,19 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in chans]
         echans = [grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") for _ in range(channels)] if client == "subscribe" else []
         estubs = [events_pb2_grpc.EventServiceStub(c) for c in echans] or [None] * channels
-        await sign_in(base_env["ECO2_AUTH_ADDR"], ["bench-warmup", *(f"bench-{i}" for i in range(n))])
         await one_turn(stubs[0], "캔은 어떻게 버려? #warmup0", "bench-warmup", estubs[0])
         markers = [f"c{uuid.uuid4().hex[:10]}" for _ in range(n)]
         cpu = {name: psutil.Process(p.pid) for name, p in (("chat", proc), ("events", events_proc), ("model", fake))}
         cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in cpu.items()}
+        data0 = {name: tree_cpu_s(pid) for name, pid in (data_pids or {}).items()}
         client0 = sum(psutil.Process().cpu_times()[:2])
         started = time.monotonic()
         results = await asyncio.gather(*(one_turn(stubs[i % channels], f"투명 페트병은 어떻게 버려? #{m}", f"bench-{i}", estubs[i % channels]) for i, m in enumerate(markers)))
         wall = time.monotonic() - started
         cpu_ms = {f"{name}_cpu_ms_per_conversation": round((sum(p.cpu_times()[:2]) - cpu0[name]) * 1000 / n, 1) for name, p in cpu.items()}
+        cpu_ms.update({f"{name}_cpu_ms_per_conversation": round((tree_cpu_s(pid) - data0[name]) * 1000 / n, 1) for name, pid in (data_pids or {}).items()})
+        if data_pids:  # what the issue's target counts: chat + events + Valkey + PostgreSQL
+            cpu_ms["server_cpu_ms_per_conversation"] = round(sum(cpu_ms[f"{k}_cpu_ms_per_conversation"] for k in ("chat", "events", *data_pids)), 1)
         cpu_ms["client_cpu_ms_per_conversation"] = round((sum(psutil.Process().cpu_times()[:2]) - client0) * 1000 / n, 1)
         for c in chans + echans:
             await c.close()
@@ -189,6 +225,73 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         "added_ttft_ms_p50": pct(added_ttft, 50), "added_ttft_ms_p95": pct(added_ttft, 95),
         "client": client, "durability": durability, "tokens_per_event": tokens_per_event or "default", "intent_mode": intent_mode or "default", "event_loop": os.environ.get("ECO2_EVENT_LOOP", "default"), **cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
         "targets": {"complete_pct": 100, "overhead_ms_p95": 150, "added_ttft_ms_p95": 50},
+    }
+
+
+async def cancel_phase(base_env: dict, root: Path, n: int, concurrency: int, events_port: int) -> dict:
+    fake_port = free_port()
+    fake = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=(root / "fake.log").open("ab"),
+    )
+    fake.stdout.readline()  # {"port": ...} once listening
+    env = {**base_env, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-bench", "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+           "ECO2_CHAT_JOB_KIND": "bench-cancel", "ECO2_CHAT_INTENT_MODE": "rules"}
+    api_port, worker_port = free_port(), free_port()
+    interrupt, rollback = chat_pb2.CANCEL_MODE_INTERRUPT, chat_pb2.CANCEL_MODE_ROLLBACK
+    api = serve("chat", {**env, "ECO2_CHAT_WORKERS": "0"}, api_port, root / "chat-cancel-api.log")
+    worker = None
+    try:
+        await wait_serving(api_port, api, timeout=90)  # it applies the migrations; the worker starts after it
+        worker = serve("chat", {**env, "ECO2_CHAT_WORKERS": "64"}, worker_port, root / "chat-cancel-worker.log")
+        await wait_serving(worker_port, worker, timeout=90)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{api_port}") as ch, grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") as ech:
+            chat, events = chat_pb2_grpc.ChatServiceStub(ch), events_pb2_grpc.EventServiceStub(ech)
+            await one_turn(chat, "캔은 어떻게 버려?", "bench-cancel-warmup", events)
+            slots = asyncio.Semaphore(concurrency)
+
+            async def one(i: int) -> dict:
+                mode = interrupt if i % 2 == 0 else rollback
+                md = wristband(f"bench-cancel-{i}")
+                out: dict = {"mode": mode, "ok": False}
+                async with slots:
+                    sent = await chat.SendMessage(chat_pb2.SendMessageRequest(message="투명 페트병은 어떻게 버려?"), metadata=md, timeout=60)
+                    tokens, asked, reply = 0, 0.0, None
+
+                    async def cancel() -> float:
+                        await chat.CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=mode), metadata=md, timeout=60)
+                        return time.monotonic()
+
+                    async for e in events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id), metadata=md, timeout=120):
+                        if e.kind == events_pb2.EVENT_KIND_TOKEN:
+                            tokens += 1
+                            if tokens == 3:
+                                asked = time.monotonic()
+                                reply = asyncio.ensure_future(cancel())
+                        elif e.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
+                            ended = time.monotonic()
+                            out["reason"] = e.error.reason or "DONE"
+                            break
+                    if reply is not None:
+                        out["terminal_ms"] = (ended - asked) * 1000
+                        out["reply_ms"] = (await reply - asked) * 1000
+                        out["ok"] = out["reason"] == ("RUN_CANCELLED" if mode == interrupt else "RUN_ROLLED_BACK")
+                return out
+
+            results = await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        for p in (api, worker, fake):
+            if p is not None:
+                stop_process(p)
+
+    def figures(rs: list[dict], name: str) -> dict:
+        terminal, reply = [r["terminal_ms"] for r in rs if r["ok"]], [r["reply_ms"] for r in rs if r["ok"]]
+        return {f"{name}_ms_p50": pct(terminal, 50), f"{name}_ms_p99": pct(terminal, 99), f"{name}_reply_ms_p50": pct(reply, 50), f"{name}_reply_ms_p99": pct(reply, 99)}
+    return {
+        "cancels": n, "cancel_concurrency": concurrency, "cancels_ok": sum(1 for r in results if r["ok"]),
+        "cancel_outcomes": sorted({r.get("reason", "none") for r in results}),
+        **figures(results, "cancel"), **figures([r for r in results if r["mode"] == interrupt], "cancel_interrupt"),
+        **figures([r for r in results if r["mode"] == rollback], "cancel_rollback"), "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -247,16 +350,14 @@ async def main(args) -> dict:
     info = plane.start()
     procs: list[subprocess.Popen] = []
     try:
-        events_port = free_port()
-        base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8"}
-        # auth signs the bench users in and issues the chat jobs' wristbands
-        auth_port = free_port()
-        procs.append(serve("auth", {**base, "ECO2_AUTH_RATE_LIMIT_PER_S": "0"}, auth_port, root / "auth.log"))
-        await wait_serving(auth_port, procs[-1], timeout=120)
-        base["ECO2_AUTH_ADDR"] = f"127.0.0.1:{auth_port}"
-        events = serve("events", base, events_port, root / "events.log")
-        procs.append(events)
-        await wait_serving(events_port, events, timeout=90)
+        events_port, auth_port = free_port(), free_port()
+        base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8", "ECO2_IDENTITY_JWKS": jwks(),
+                "ECO2_AUTH_ADDR": f"127.0.0.1:{auth_port}"}
+        procs.append(serve("auth", base, auth_port, root / "auth.log"))  # chat asks it for each job's wristband
+        await wait_serving(auth_port, procs[-1], timeout=90)
+        events_proc = serve("events", base, events_port, root / "events.log")
+        procs.append(events_proc)
+        await wait_serving(events_port, procs[-1], timeout=90)
         # a waste answer carries its category's character (CharacterService, cached by chat)
         character_port = free_port()
         character = serve("character", base, character_port, root / "character.log")
@@ -267,8 +368,11 @@ async def main(args) -> dict:
         out: dict = {"bench": "chat", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d")}
         if args.offline_turns:
             out.update(await offline_phase(base, root, args.offline_turns))
+        if args.cancels:
+            out.update(await cancel_phase(base, root, args.cancels, args.cancel_concurrency, events_port))
         if args.conversations:
-            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, args.intent_mode, events, args.client, events_port))
+            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, args.intent_mode, events_proc, args.client, events_port,
+                                       {"postgres": info.pg_pid, "valkey": info.valkey_pid}))
         return out
     finally:
         for p in procs:
@@ -283,6 +387,8 @@ if __name__ == "__main__":
     parser.add_argument("--conversations", type=int, default=1000, help="concurrent conversations (0 = skip)")
     parser.add_argument("--offline-turns", type=int, default=20, help="sequential offline turns (0 = skip)")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
+    parser.add_argument("--cancels", type=int, default=0, help="turns cancelled mid-answer, for the cancel latency (0 = skip)")
+    parser.add_argument("--cancel-concurrency", type=int, default=10, help="cancelled turns in flight at once")
     parser.add_argument("--durability", default="sync", choices=["sync", "async", "exit"], help="ECO2_CHAT_CHECKPOINT_DURABILITY of the chat process")
     parser.add_argument("--tokens-per-event", type=int, default=0, help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process (0 = its default)")
     parser.add_argument("--sdk-floor", type=int, default=0, help="only measure the OpenAI adapter's client CPU per streamed answer, N concurrent (no servers)")

@@ -103,6 +103,8 @@ JSON_ROUTES = [
               chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse, _body, _with_events_url),
     JsonRoute("POST", re.compile(r"^/v1/chat/input$"), "chat", "/eco2.chat.v1.ChatService/ProvideInput",
               chat_pb2.ProvideInputRequest, chat_pb2.ProvideInputResponse, _body),
+    JsonRoute("POST", re.compile(r"^/v1/chat/cancel$"), "chat", "/eco2.chat.v1.ChatService/CancelRun",
+              chat_pb2.CancelRunRequest, chat_pb2.CancelRunResponse, _body),
     JsonRoute("GET", re.compile(r"^/v1/conversations$"), "chat", "/eco2.chat.v1.ChatService/ListConversations",
               chat_pb2.ListConversationsRequest, chat_pb2.ListConversationsResponse, _query_paging),
     JsonRoute("GET", re.compile(r"^/v1/conversations/([A-Za-z0-9_-]{1,64})$"), "chat", "/eco2.chat.v1.ChatService/GetConversation",

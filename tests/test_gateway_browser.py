@@ -7,7 +7,8 @@ both; this file judges what they saw):
   off mid-answer (a TCP proxy drops every connection), resumed with Last-Event-ID and complete
   exactly once; its sources (one line per rule, expandable to the rule's lines), the character
   card once, the stages folded; a question that needs a location (shared on the desktop,
-  declined on the phone) with the places once, as a compact list linking to OpenStreetMap; a
+  declined on the phone) with the places once, as a compact list linking to OpenStreetMap; an
+  answer stopped mid-way with 멈추기 (the phone), its text kept and marked, the same reopened; a
   photo with its thumbnail; reload → the same conversation in order with its cards; the page
   opened offline from the service worker's shell, saying so; the PWA manifest and its icons;
 - on the phone, a scan (photo → stages → the scan's question → result → the character earned)
@@ -283,6 +284,14 @@ async def test_desktop_and_phone_users_ask_scan_reload_and_go_offline(service_en
     assert layout["headerBottom"] <= layout["mainTop"] + 1 and not layout["sendWraps"] and layout["sendHeight"] < 56, layout
     # the location question, declined: the answer says so, and no places
     assert "위치를 알려주지 않으셔서" in phone["declinedAnswer"] and phone["declinedPlaces"] == 0
+    # 멈추기: in 보내기's place while the answer streams; what was streamed stays, marked stopped, not
+    # an error; 보내기 is back and the focus in the message box; reopened, the same text and mark
+    stopped, reopened = phone["stopped"], phone["stoppedReopened"]
+    assert phone["sendHiddenWhileAnswering"] and not stopped["stopVisible"] and stopped["sendVisible"], stopped
+    assert stopped["note"] == ["답변을 멈췄어요."] and stopped["errors"] == 0 and stopped["cards"] == 0 and stopped["focus"] == "message", stopped
+    assert stopped["record"]["stopped"] and stopped["record"]["finished"] and len(words(stopped["answer"])) >= 3
+    assert words(stopped["record"]["answer"]) == words(stopped["answer"]) and len(words(stopped["answer"])) < len(words(full)), "stopped before the end"
+    assert words(reopened["answer"]) == words(stopped["answer"]) and reopened["note"] == ["답변을 멈췄어요."] and reopened["cards"] == 0, reopened
     # the scan: photo → stages → the question (18 categories) → result → the character earned
     assert phone["scanPicker"] == "사진 고르기"
     assert "무엇인가요" in phone["scanPrompt"] and phone["scanChoices"] == 18

@@ -2,7 +2,10 @@
 // its stages, then folded to its text, sources, character card and places. The answer in
 // progress is recorded in sessionStorage (its last seq included), so a reload or a network drop
 // resumes it where it was; finished answers come back from the server (GetConversation returns
-// each answer's ChatResult), so a reopened conversation looks as it did live.
+// each answer's ChatResult), so a reopened conversation looks as it did live. While an answer is
+// streamed, 멈추기 takes the place of 보내기: it cancels the run (ChatService.CancelRun,
+// interrupt), whose stream then ends with ERROR RUN_CANCELLED; what was answered until then
+// stays, on the page and in the history (ChatResult.cancelled).
 
 import { api, imageUrl, newId, Offline, SignedOut } from "./api.js";
 import { Pacer } from "./pacer.js";
@@ -11,6 +14,9 @@ import { follow, replayStages } from "./stream.js";
 
 const $ = (id) => document.getElementById(id);
 const DEFAULT_PHOTO_QUESTION = "이 사진 속 물건은 어떻게 버려?";
+const STOPPED = "답변을 멈췄어요.";
+/** The terminal ERROR reasons of a cancelled run (CancelRun): not a failure. */
+const CANCELLED = new Set(["RUN_CANCELLED", "RUN_ROLLED_BACK"]);
 
 const saved = {
   get job() { try { return JSON.parse(sessionStorage.getItem("eco2.job")); } catch { return null; } },
@@ -58,7 +64,7 @@ export function createChat({ onError, announce }) {
   }
 
   /** A finished answer: text without what the cards show, then sources, character, places. */
-  function paintFinished(li, { text, result, stages, totalMs, jobId, error }) {
+  function paintFinished(li, { text, result, stages, totalMs, jobId, error, stopped }) {
     li.querySelector(".slot-typing").replaceChildren();
     li.querySelector(".slot-ask").replaceChildren();
     const answer = li.querySelector(".answer");
@@ -70,6 +76,7 @@ export function createChat({ onError, announce }) {
     li.querySelector(".slot-stages").replaceChildren(box);
     li.querySelector(".slot-extras").replaceChildren(...[
       error ? h("p", { className: "error" }, error) : null,
+      stopped ? h("p", { className: "hint stopped" }, STOPPED) : null,
       sourcesBox(result?.citations),
       result?.character?.code ? characterCard(result.character) : null,
       placesBox(result?.places),
@@ -100,7 +107,8 @@ export function createChat({ onError, announce }) {
     // the server pages from the newest message backwards: show them oldest first
     for (const m of [...(data.messages || [])].reverse()) {
       if (m.role === "MESSAGE_ROLE_USER") userTurn({ text: m.text, jobId: m.jobId, imageKey: m.imageKey });
-      else paintFinished(assistantTurn(m.jobId), { text: m.text, result: m.result, jobId: m.jobId });
+      // a stopped answer shows as it did when it was stopped: its text, no cards
+      else paintFinished(assistantTurn(m.jobId), { text: m.text, result: m.result?.cancelled ? null : m.result, jobId: m.jobId, stopped: m.result?.cancelled });
     }
     showEmpty();
   }
@@ -152,13 +160,38 @@ export function createChat({ onError, announce }) {
 
   // --- the answer in progress -------------------------------------------------------------------
 
+  /** 멈추기 instead of 보내기 while an answer streams (one answer at a time). */
+  function answering(on) {
+    const sendFocused = document.activeElement === $("send");
+    $("send").hidden = on;
+    $("send").disabled = on;
+    $("stop").hidden = !on;
+    $("stop").removeAttribute("aria-disabled");
+    if (on && sendFocused) $("stop").focus();
+  }
+
+  async function stop() {
+    const button = $("stop");
+    // aria-disabled, not disabled: the button keeps the focus until the answer has stopped
+    if (!live || live.record.finished || button.getAttribute("aria-disabled") === "true") return;
+    const { record } = live;
+    button.setAttribute("aria-disabled", "true");
+    status("멈추는 중…");
+    try {
+      await api("/v1/chat/cancel", { method: "POST", body: { jobId: record.jobId } });
+    } catch (err) {
+      // the answer ended meanwhile (the server says it finished): its stream brings the end anyway
+      if (!record.finished) { status(err.message); button.removeAttribute("aria-disabled"); }
+    }
+  }
+
   async function stream(record, li) {
     const pacer = new Pacer((text) => {
       renderAnswer(li.querySelector(".answer"), text, record.result ? duplicatesOf(record.result) : undefined);
       if (text) li.querySelector(".slot-typing").replaceChildren();
     });
     live = { record, li, pacer };
-    $("send").disabled = true; // one answer at a time
+    answering(true);
     li.setAttribute("aria-busy", "true");
     pacer.restore(record.answer); // what this page already showed before a reload
     paintRunning(record, li);
@@ -170,17 +203,19 @@ export function createChat({ onError, announce }) {
         saved.job = record;
       }, status);
     } catch (err) {
-      if (err instanceof SignedOut) { live = null; $("send").disabled = false; throw err; }
+      if (err instanceof SignedOut) { live = null; answering(false); throw err; }
       record.error = err.message;
       record.finished = true;
       saved.job = record;
     }
     await pacer.drained();
-    paintFinished(li, { text: record.answer || record.result?.answer || "", result: record.result, stages: record.stages, totalMs: record.totalMs, error: record.error });
+    paintFinished(li, { text: record.answer || record.result?.answer || "", result: record.result, stages: record.stages, totalMs: record.totalMs, error: record.error, stopped: record.stopped });
     status("");
     live = null;
-    $("send").disabled = false;
-    announce(record.error ? "답변을 마치지 못했어요." : "답변이 도착했어요.");
+    const stopFocused = document.activeElement === $("stop");
+    answering(false);
+    if (stopFocused) $("message").focus(); // the button that had the focus is gone
+    announce(record.stopped ? STOPPED : record.error ? "답변을 마치지 못했어요." : "답변이 도착했어요.");
     loadList().catch(() => {});
   }
 
@@ -207,6 +242,11 @@ export function createChat({ onError, announce }) {
       record.result = data.done?.result || {};
       record.finished = true;
       if (record.startedAt && data.time) record.totalMs = Date.parse(data.time) - Date.parse(record.startedAt);
+    } else if (kind === "error" && CANCELLED.has(data.error?.reason)) {
+      record.stopped = true;
+      record.ask = null;
+      li.querySelector(".slot-ask").replaceChildren();
+      record.finished = true;
     } else if (kind === "error") {
       record.error = data.error?.message || "답변을 만들지 못했어요.";
       record.finished = true;
@@ -285,7 +325,7 @@ export function createChat({ onError, announce }) {
       if (file) attach(file);
       onError(err);
     } finally {
-      $("send").disabled = false;
+      if (!live) answering(false);
     }
   }
 
@@ -303,6 +343,7 @@ export function createChat({ onError, announce }) {
   }
 
   $("composer").addEventListener("submit", (event) => { event.preventDefault(); send($("message").value); });
+  $("stop").addEventListener("click", () => { stop(); });
   $("photo").addEventListener("change", () => attach($("photo").files[0] || null));
   $("attachment-remove").addEventListener("click", () => { attach(null); $("message").focus(); });
   $("new-chat").addEventListener("click", () => {

@@ -120,6 +120,21 @@ class EventPublisher:
                     raise
         raise FailedPrecondition(f"job {event.job_id!r} kept advancing: no seq after {attempts} attempts", reason="SEQ_NOT_INCREASING")
 
+    async def published(self, job_id: str, *, batch: int = 1000) -> list[events_pb2.Event]:
+        """The events of `job_id` still in its replay stream, in seq order: what a client
+        following the job was sent (e.g. the answer a cancelled chat run streamed so far)."""
+        key = domain.replay_key(domain.shard_of(job_id, self.settings.events_shards), job_id)
+        out: list[events_pb2.Event] = []
+        after = "-"
+        while True:
+            rows = await self.redis.xrange(key, min=after, max="+", count=batch)
+            for _entry_id, fields in rows:
+                out.append(events_pb2.Event.FromString(fields[b"d"]))
+            if len(rows) < batch:
+                return out
+            last = rows[-1][0]
+            after = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
     async def publish_many(self, events: Sequence[events_pb2.Event]) -> list[bool]:
         """Append several events (of one or more jobs) in one round trip: one Lua call per
         shard, pipelined. Events of one job must be given in seq order; each event is applied

@@ -95,7 +95,8 @@ class ChatApp:
         # every job of this process: concurrent publishes are pipelined on it.
         sink = self.sink = EventPublisher(self.redis, s)
         outbox = EventOutbox(sink)
-        queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink))
+        store = ConversationStore(self.pool)
+        queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink, store))
         llm = create_llm(
             s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
             gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s, compose=compose,
@@ -127,13 +128,12 @@ class ChatApp:
         )
         deps.bulk_waste, deps.bulk_waste_tool_iterations = bulk, s.chat_bulk_waste_tool_iterations
         deps.intent_mode, deps.intent_timeout_s = s.chat_intent_mode, s.chat_intent_timeout_s
-        store = ConversationStore(self.pool)
         graph = build_graph().compile(checkpointer=saver)
         self.workers = ChatWorkers(queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s, outbox=outbox)
         self.workers.start()
         servicer = ChatServicer(
             store=store, queue=queue, sink=sink, redis=self.redis, images=images, events_channel=self._channel("events"), settings=s, outbox=outbox,
-            job_identities=JobIdentities(self._channel("auth")),
+            job_identities=JobIdentities(self._channel("auth")), graph=graph,
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 

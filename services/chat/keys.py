@@ -7,7 +7,3 @@ def input_key(job_id: str) -> str:
     """The question a job waits on (NEEDS_INPUT): set by the worker, answered by ProvideInput."""
     return f"chat:input:{job_id}"
 
-
-def cancel_key(job_id: str) -> str:
-    """Set when the client of a StreamChat goes away: the job's worker stops the run."""
-    return f"chat:cancel:{job_id}"

@@ -5,7 +5,8 @@
 // desktop: signed out (no chat controls), sign in, a streamed answer (typing indicator, paced
 // growth) reloaded and cut off mid-answer, its sources, character and stages; a question needing
 // a location (shared); a photo; reload → the same conversation; the shell offline; axe.
-// phone: signed out, sign in, a location question declined, a scan (photo → stages → question
+// phone: signed out, sign in, a location question declined, an answer stopped mid-way (멈추기)
+// and reopened, a scan (photo → stages → question
 // → result → character), the collection (13), axe; no horizontal overflow anywhere.
 import { chromium } from "playwright-core";
 import { createRequire } from "node:module";
@@ -222,6 +223,26 @@ async function phone() {
     out.overflowChat = await overflow(page);
     out.axeChat = await axe(page);
     await shot(page, "phone-chat", "li.user");
+
+    // an answer stopped mid-way: 멈추기 in 보내기's place, the text so far stays, marked stopped
+    await ask(page, "페트병 어떻게 버려?");
+    await page.waitForSelector("#stop:not([hidden])", T);
+    out.sendHiddenWhileAnswering = !(await visible(page, "#send"));
+    await page.waitForFunction(() => (JSON.parse(sessionStorage.getItem("eco2.job") || "{}").answer || "").split(" ").filter(Boolean).length >= 3, null, T);
+    await page.click("#stop");
+    await page.waitForFunction(() => document.querySelectorAll("li.assistant[data-finished]").length >= 2, null, T);
+    const stopped = page.locator("li.assistant").nth(1);
+    out.stopped = {
+      answer: await stopped.locator(".answer").innerText(), note: await stopped.locator(".stopped").allTextContents(), errors: await stopped.locator(".error").count(),
+      cards: await stopped.locator(".character-card, .sources, .places").count(), stopVisible: await visible(page, "#stop"), sendVisible: await visible(page, "#send"),
+      record: await record(page), focus: await page.evaluate(() => document.activeElement?.id),
+    };
+    await shot(page, "phone-stopped", stopped);
+    await page.reload({ waitUntil: "load" });
+    await page.waitForFunction(() => document.querySelectorAll("li.assistant[data-finished]").length >= 2, null, T);
+    const reopened = page.locator("li.assistant").nth(1);
+    out.stoppedReopened = { answer: await reopened.locator(".answer").innerText(), note: await reopened.locator(".stopped").allTextContents(),
+      cards: await reopened.locator(".character-card, .sources, .places").count() };
 
     // a scan: photo → stages → the scan's question → the result → the character earned
     await page.click("#nav a[data-view=scan]");

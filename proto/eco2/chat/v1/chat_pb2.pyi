@@ -50,6 +50,37 @@ class GradeLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GRADE_LEVEL_GOOD: _ClassVar[GradeLevel]
     GRADE_LEVEL_ACCEPTABLE: _ClassVar[GradeLevel]
     GRADE_LEVEL_POOR: _ClassVar[GradeLevel]
+
+class CancelMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CANCEL_MODE_UNSPECIFIED: _ClassVar[CancelMode]
+    CANCEL_MODE_INTERRUPT: _ClassVar[CancelMode]
+    CANCEL_MODE_ROLLBACK: _ClassVar[CancelMode]
+
+class DoubleTextPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DOUBLE_TEXT_POLICY_UNSPECIFIED: _ClassVar[DoubleTextPolicy]
+    DOUBLE_TEXT_POLICY_REJECT: _ClassVar[DoubleTextPolicy]
+    DOUBLE_TEXT_POLICY_ENQUEUE: _ClassVar[DoubleTextPolicy]
+    DOUBLE_TEXT_POLICY_INTERRUPT: _ClassVar[DoubleTextPolicy]
+    DOUBLE_TEXT_POLICY_ROLLBACK: _ClassVar[DoubleTextPolicy]
+
+class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATUS_UNSPECIFIED: _ClassVar[RunStatus]
+    RUN_STATUS_QUEUED: _ClassVar[RunStatus]
+    RUN_STATUS_RUNNING: _ClassVar[RunStatus]
+    RUN_STATUS_WAITING_INPUT: _ClassVar[RunStatus]
+    RUN_STATUS_SUCCEEDED: _ClassVar[RunStatus]
+    RUN_STATUS_FAILED: _ClassVar[RunStatus]
+    RUN_STATUS_CANCELLED: _ClassVar[RunStatus]
+    RUN_STATUS_ROLLED_BACK: _ClassVar[RunStatus]
+
+class MessageOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MESSAGE_ORDER_UNSPECIFIED: _ClassVar[MessageOrder]
+    MESSAGE_ORDER_NEWEST_FIRST: _ClassVar[MessageOrder]
+    MESSAGE_ORDER_OLDEST_FIRST: _ClassVar[MessageOrder]
 INTENT_UNSPECIFIED: Intent
 INTENT_WASTE: Intent
 INTENT_CHARACTER: Intent
@@ -76,6 +107,25 @@ GRADE_LEVEL_UNSPECIFIED: GradeLevel
 GRADE_LEVEL_GOOD: GradeLevel
 GRADE_LEVEL_ACCEPTABLE: GradeLevel
 GRADE_LEVEL_POOR: GradeLevel
+CANCEL_MODE_UNSPECIFIED: CancelMode
+CANCEL_MODE_INTERRUPT: CancelMode
+CANCEL_MODE_ROLLBACK: CancelMode
+DOUBLE_TEXT_POLICY_UNSPECIFIED: DoubleTextPolicy
+DOUBLE_TEXT_POLICY_REJECT: DoubleTextPolicy
+DOUBLE_TEXT_POLICY_ENQUEUE: DoubleTextPolicy
+DOUBLE_TEXT_POLICY_INTERRUPT: DoubleTextPolicy
+DOUBLE_TEXT_POLICY_ROLLBACK: DoubleTextPolicy
+RUN_STATUS_UNSPECIFIED: RunStatus
+RUN_STATUS_QUEUED: RunStatus
+RUN_STATUS_RUNNING: RunStatus
+RUN_STATUS_WAITING_INPUT: RunStatus
+RUN_STATUS_SUCCEEDED: RunStatus
+RUN_STATUS_FAILED: RunStatus
+RUN_STATUS_CANCELLED: RunStatus
+RUN_STATUS_ROLLED_BACK: RunStatus
+MESSAGE_ORDER_UNSPECIFIED: MessageOrder
+MESSAGE_ORDER_NEWEST_FIRST: MessageOrder
+MESSAGE_ORDER_OLDEST_FIRST: MessageOrder
 
 class Citation(_message.Message):
     __slots__ = ("source_id", "kind", "title", "snippet", "url")
@@ -104,7 +154,7 @@ class Grade(_message.Message):
     def __init__(self, level: _Optional[_Union[GradeLevel, str]] = ..., score: _Optional[float] = ..., grader: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ChatResult(_message.Message):
-    __slots__ = ("conversation_id", "message_id", "answer", "intents", "citations", "grade", "character", "places", "fallback_used", "image_key")
+    __slots__ = ("conversation_id", "message_id", "answer", "intents", "citations", "grade", "character", "places", "fallback_used", "image_key", "cancelled")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
@@ -115,6 +165,7 @@ class ChatResult(_message.Message):
     PLACES_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_USED_FIELD_NUMBER: _ClassVar[int]
     IMAGE_KEY_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     message_id: str
     answer: str
@@ -125,7 +176,8 @@ class ChatResult(_message.Message):
     places: _containers.RepeatedCompositeFieldContainer[_location_pb2.PlaceHit]
     fallback_used: bool
     image_key: str
-    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., answer: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., grade: _Optional[_Union[Grade, _Mapping]] = ..., character: _Optional[_Union[_character_pb2.Character, _Mapping]] = ..., places: _Optional[_Iterable[_Union[_location_pb2.PlaceHit, _Mapping]]] = ..., fallback_used: _Optional[bool] = ..., image_key: _Optional[str] = ...) -> None: ...
+    cancelled: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., answer: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., grade: _Optional[_Union[Grade, _Mapping]] = ..., character: _Optional[_Union[_character_pb2.Character, _Mapping]] = ..., places: _Optional[_Iterable[_Union[_location_pb2.PlaceHit, _Mapping]]] = ..., fallback_used: _Optional[bool] = ..., image_key: _Optional[str] = ..., cancelled: _Optional[bool] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("id", "title", "message_count", "last_message_preview", "created_at", "updated_at")
@@ -166,32 +218,36 @@ class Message(_message.Message):
     def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[MessageRole, str]] = ..., text: _Optional[str] = ..., image_key: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[ChatResult, _Mapping]] = ...) -> None: ...
 
 class StreamChatRequest(_message.Message):
-    __slots__ = ("conversation_id", "message", "image_key", "location", "client_message_id")
+    __slots__ = ("conversation_id", "message", "image_key", "location", "client_message_id", "double_text_policy")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_TEXT_POLICY_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     message: str
     image_key: str
     location: _location_pb2.GeoPoint
     client_message_id: str
-    def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[str] = ..., image_key: _Optional[str] = ..., location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ..., client_message_id: _Optional[str] = ...) -> None: ...
+    double_text_policy: DoubleTextPolicy
+    def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[str] = ..., image_key: _Optional[str] = ..., location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ..., client_message_id: _Optional[str] = ..., double_text_policy: _Optional[_Union[DoubleTextPolicy, str]] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("conversation_id", "message", "image_key", "location", "client_message_id")
+    __slots__ = ("conversation_id", "message", "image_key", "location", "client_message_id", "double_text_policy")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_TEXT_POLICY_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     message: str
     image_key: str
     location: _location_pb2.GeoPoint
     client_message_id: str
-    def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[str] = ..., image_key: _Optional[str] = ..., location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ..., client_message_id: _Optional[str] = ...) -> None: ...
+    double_text_policy: DoubleTextPolicy
+    def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[str] = ..., image_key: _Optional[str] = ..., location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ..., client_message_id: _Optional[str] = ..., double_text_policy: _Optional[_Union[DoubleTextPolicy, str]] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("job_id", "conversation_id", "message_id", "deduplicated")
@@ -242,14 +298,16 @@ class ListConversationsResponse(_message.Message):
     def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetConversationRequest(_message.Message):
-    __slots__ = ("conversation_id", "page_size", "page_token")
+    __slots__ = ("conversation_id", "page_size", "page_token", "order")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     page_size: int
     page_token: str
-    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    order: MessageOrder
+    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[MessageOrder, str]] = ...) -> None: ...
 
 class GetConversationResponse(_message.Message):
     __slots__ = ("conversation", "messages", "next_page_token")
@@ -270,3 +328,97 @@ class DeleteConversationRequest(_message.Message):
 class DeleteConversationResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("job_id", "mode")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    mode: CancelMode
+    def __init__(self, job_id: _Optional[str] = ..., mode: _Optional[_Union[CancelMode, str]] = ...) -> None: ...
+
+class CancelRunResponse(_message.Message):
+    __slots__ = ("job_id", "mode", "status", "already_cancelled")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    mode: CancelMode
+    status: RunStatus
+    already_cancelled: bool
+    def __init__(self, job_id: _Optional[str] = ..., mode: _Optional[_Union[CancelMode, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., already_cancelled: _Optional[bool] = ...) -> None: ...
+
+class GetConversationStateRequest(_message.Message):
+    __slots__ = ("conversation_id", "page_size", "page_token", "include_checkpoints")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    page_size: int
+    page_token: str
+    include_checkpoints: bool
+    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_checkpoints: _Optional[bool] = ...) -> None: ...
+
+class GetConversationStateResponse(_message.Message):
+    __slots__ = ("conversation", "summary", "active_run", "runs", "next_page_token")
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_RUN_FIELD_NUMBER: _ClassVar[int]
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    summary: str
+    active_run: Run
+    runs: _containers.RepeatedCompositeFieldContainer[Run]
+    next_page_token: str
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., summary: _Optional[str] = ..., active_run: _Optional[_Union[Run, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Run(_message.Message):
+    __slots__ = ("job_id", "status", "cancel_mode", "user_message_id", "question", "assistant_message_id", "answer", "intents", "facts", "pending_input", "checkpoints", "error_reason", "created_at", "updated_at")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_MODE_FIELD_NUMBER: _ClassVar[int]
+    USER_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_FIELD_NUMBER: _ClassVar[int]
+    ASSISTANT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    INTENTS_FIELD_NUMBER: _ClassVar[int]
+    FACTS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_INPUT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    status: RunStatus
+    cancel_mode: CancelMode
+    user_message_id: str
+    question: str
+    assistant_message_id: str
+    answer: str
+    intents: _containers.RepeatedScalarFieldContainer[Intent]
+    facts: _containers.RepeatedCompositeFieldContainer[Citation]
+    pending_input: _events_pb2.InputRequest
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
+    error_reason: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., cancel_mode: _Optional[_Union[CancelMode, str]] = ..., user_message_id: _Optional[str] = ..., question: _Optional[str] = ..., assistant_message_id: _Optional[str] = ..., answer: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., facts: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pending_input: _Optional[_Union[_events_pb2.InputRequest, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., error_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Checkpoint(_message.Message):
+    __slots__ = ("checkpoint_id", "step", "nodes", "next", "intents", "created_at")
+    CHECKPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    INTENTS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_id: str
+    step: int
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    next: _containers.RepeatedScalarFieldContainer[str]
+    intents: _containers.RepeatedScalarFieldContainer[Intent]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, checkpoint_id: _Optional[str] = ..., step: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., next: _Optional[_Iterable[str]] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

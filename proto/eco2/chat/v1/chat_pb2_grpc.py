@@ -67,6 +67,16 @@ class ChatServiceStub:
                 request_serializer=eco2_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationRequest.SerializeToString,
                 response_deserializer=eco2_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationResponse.FromString,
                 _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/eco2.chat.v1.ChatService/CancelRun',
+                request_serializer=eco2_dot_chat_dot_v1_dot_chat__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=eco2_dot_chat_dot_v1_dot_chat__pb2.CancelRunResponse.FromString,
+                _registered_method=True)
+        self.GetConversationState = channel.unary_unary(
+                '/eco2.chat.v1.ChatService/GetConversationState',
+                request_serializer=eco2_dot_chat_dot_v1_dot_chat__pb2.GetConversationStateRequest.SerializeToString,
+                response_deserializer=eco2_dot_chat_dot_v1_dot_chat__pb2.GetConversationStateResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -120,6 +130,27 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelRun(self, request, context):
+        """CancelRun stops a job of the caller's that is queued, running or waiting for input. Its
+        event stream ends with ERROR code 1 (CANCELLED), reason RUN_CANCELLED (interrupt: what was
+        answered so far is kept as the assistant message) or RUN_ROLLED_BACK (rollback: the turn is
+        removed). A cancelled job is never run again. Idempotent: cancelling it again returns the
+        first cancel's outcome. FAILED_PRECONDITION RUN_FINISHED for a job that already ended;
+        NOT_FOUND for another user's or an unknown job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConversationState(self, request, context):
+        """GetConversationState returns a conversation's runs (turns) oldest first, each with its
+        status, intents, the facts its answer used, the question it waits for and, on request, its
+        checkpoint history; and the run that holds the conversation now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -152,6 +183,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.DeleteConversation,
                     request_deserializer=eco2_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationRequest.FromString,
                     response_serializer=eco2_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=eco2_dot_chat_dot_v1_dot_chat__pb2.CancelRunRequest.FromString,
+                    response_serializer=eco2_dot_chat_dot_v1_dot_chat__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'GetConversationState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConversationState,
+                    request_deserializer=eco2_dot_chat_dot_v1_dot_chat__pb2.GetConversationStateRequest.FromString,
+                    response_serializer=eco2_dot_chat_dot_v1_dot_chat__pb2.GetConversationStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -318,6 +359,60 @@ class ChatService:
             '/eco2.chat.v1.ChatService/DeleteConversation',
             eco2_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationRequest.SerializeToString,
             eco2_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eco2.chat.v1.ChatService/CancelRun',
+            eco2_dot_chat_dot_v1_dot_chat__pb2.CancelRunRequest.SerializeToString,
+            eco2_dot_chat_dot_v1_dot_chat__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConversationState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eco2.chat.v1.ChatService/GetConversationState',
+            eco2_dot_chat_dot_v1_dot_chat__pb2.GetConversationStateRequest.SerializeToString,
+            eco2_dot_chat_dot_v1_dot_chat__pb2.GetConversationStateResponse.FromString,
             options,
             channel_credentials,
             insecure,
