@@ -24,7 +24,7 @@ from eco2.services.runtime.telemetry import current_traceparent, recording_enabl
 from . import metrics
 from . import postgres as pg
 from .deps import ChatDeps, JobContext
-from .emitter import Emitter, publish_tolerant
+from .emitter import Emitter
 from .keys import input_key
 from .outbox import EventOutbox
 from .pii import mask
