@@ -232,9 +232,11 @@ def compose_for(message: str) -> str:
 
 
 async def test_retry_finds_the_nearest_rule_and_says_it_is_the_nearest(graph):
-    out, _ = await turn(graph, "캠핑용 가스통 버리는 법")  # the phrase is unknown; its word 가스통 is a rule's item
+    # "충전식" alone is in no rule; with the previous turn's item the retry finds the battery rules
+    out, _ = await turn(graph, "충전식은?", history=[{"role": "user", "text": "건전지 어떻게 버려?"}, {"role": "assistant", "text": "..."}])
     assert out["fallback_used"] and not out.get("unsure")
-    assert "가장 가까운 규정은 금속류" in out["answer"] and "가스" in out["answer"]
+    assert "'충전식 건전지'는 분리배출 규정에 그대로 나오지 않아요" in out["answer"] and "가장 가까운 규정은 전지예요" in out["answer"]
+    assert any(c["source_id"].startswith("rule:재활용폐기물_전지#") for c in out["citations"])
 
 
 async def test_web_search_answers_when_the_rules_cannot(graph):

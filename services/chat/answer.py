@@ -81,7 +81,7 @@ def waste_lines(ctx: dict) -> list[str]:
         return [CLARIFY]
     for f in ctx.get("findings") or []:
         if f.get("nearest"):  # the fallback chain's retry: the item itself is not in the rules
-            out.append(f"'{f['item']}'{josa(f['item'], '은', '는')} 분리배출 규정에 그대로 나오지 않아요. 가장 가까운 규정은 {f['name']}이에요. 재질이 맞는지 확인해 주시고, 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
+            out.append(f"'{f['item']}'{josa(f['item'], '은', '는')} 분리배출 규정에 그대로 나오지 않아요. 가장 가까운 규정은 {f['name']}{josa(f['name'], '이에요', '예요')}. 재질이 맞는지 확인해 주시고, 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
         else:
             out.append(_lead(f))
         if f.get("brief"):
@@ -132,8 +132,8 @@ CLARIFY = "어떤 물건인지 알려주시겠어요? 물건 이름(예: 투명 
 def compose(g: Grounding) -> str:
     c = g.contexts
     parts: list[str] = _vision(c.get("vision_context") or {})
-    if g.clarify:
-        return "\n".join([*parts, "어떤 물건을 어떻게 버리려는지 조금 더 자세히 알려주시겠어요? 예: \"투명 페트병은 어떻게 버려?\""])
+    if g.clarify and "waste" not in g.intents:  # the waste branch asks what the item is itself (waste_lines); other parts are answered
+        return "\n".join([*parts, CLARIFY])
     language = c.get("language_context") or {}
     if language.get("language") == "en":
         parts += _english(language, c)

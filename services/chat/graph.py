@@ -342,7 +342,7 @@ async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
             t = E.translate(text)
             language = {"language": "en", "terms": [list(pair) for pair in t.terms], "understood": bool(t.korean)}
             text = t.korean or text
-        c = c or I.classify(text, deps.kb)
+        c = c or I.classify(text, deps.kb, previous=next(iter(_earlier_user_turns(state)), ""))
         intents, queries = list(c.intents), dict(c.queries)
         if language is not None:
             return {"intents": intents, "queries": queries, "contexts": {"language_context": language}}

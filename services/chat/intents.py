@@ -37,6 +37,8 @@ MAKE = frozenset({"만들다", "생성하다", "그리다", "뽑다"})
 WEB_WORDS = frozenset({"검색", "검색하다", "뉴스", "최신", "찾아보다", "인터넷", "기사"})
 WEATHER_WORDS = frozenset({"날씨", "기온", "미세먼지", "강수", "일기예보", "예보"})
 PRICE_WORDS = frozenset({"시세", "가격", "값", "단가", "얼마", "매입", "매입가", "시가", "고물상"})
+#: Of those, the words that only a market price is asked by (not a fee, not a bag's price).
+MARKET_WORDS = frozenset({"시세", "단가", "매입", "매입가", "시가", "고물상"})
 FEE_WORDS = ("수수료", "스티커", "납부필증", "대형폐기물", "비용", "신고필증")
 #: Rule files whose items the bulk_waste branch answers (its fee table and the general rule).
 BULK_FILES = frozenset({"대형폐기물", "공사장생활폐기물"})
@@ -94,7 +96,12 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
         found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
     sells = part.has("팔다", "매입하다") or bool(nouns & PRICE_WORDS)
     priced = kb.search_prices(part.text)
-    if sells and part.local != "bag_price" and (priced or BULK_WASTE not in found and part.mentions("재활용품")):  # "소파 버리려면 얼마야?" asks a fee
+    # a market word with an item asks a price even when the survey lacks it ("구리 시세"): the
+    # price branch then says so; "얼마" or "가격" alone asks one only of the survey's items
+    market = part.has("팔다", "매입하다") or bool(nouns & MARKET_WORDS)
+    if sells and part.local != "bag_price" and BULK_WASTE not in found and (priced or part.mentions("재활용품") or market and bool(part.items)):
+        found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
+    elif sells and part.local != "bag_price" and priced:  # "소파 버리려면 얼마야?" asks a fee; a priced item beside it still asks its price
         found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
     hits = sorted(found, key=found.get)
     tools_only = bool(hits) and all(h in (WEB_SEARCH, IMAGE_GENERATION, WEATHER) for h in hits)
@@ -134,7 +141,31 @@ def _bulk_item(part: Q.Part) -> str:
     return ""
 
 
-def classify(message: str, kb: KnowledgeBase) -> Classification:
+#: Requests a follow-up that only names another item ("그럼 캔은?") asks again of that item.
+CARRIED = (RECYCLABLE_PRICE, BULK_WASTE)
+
+
+def follows_up(question: Q.Question) -> bool:
+    """A message that names an item and asks nothing of its own ("그럼 캔은?", "신문지는?"):
+    one request, no predicate, a topic particle or a "그럼" — it asks what the previous one did."""
+    if len(question.parts) != 1 or not question.parts[0].items:
+        return False
+    tokens = question.parts[0].analysis.tokens
+    if any(t.tag.startswith(("VV", "VA", "VX", "XSV", "XSA")) for t in tokens):
+        return False
+    return any(t.tag == "JX" and t.form in ("은", "는", "ᆫ", "도") for t in tokens) or any(t.tag == "MAJ" for t in tokens)
+
+
+def classify(message: str, kb: KnowledgeBase, *, previous: str = "") -> Classification:
+    """The message's intents and a sub-query per intent; `previous` (the user's last message)
+    gives a follow-up that only names another item its request ("고물상 시세 얼마야?" → "그럼
+    캔은?" asks the price of cans)."""
+    if previous:
+        question = Q.read(message)
+        if follows_up(question):
+            carried = [i for i in classify(previous, kb).intents if i in CARRIED]
+            if carried:
+                return Classification(tuple(carried), {i: message for i in carried}, (), 0.7)
     intents: list[str] = []
     queries: dict[str, str] = {}
 

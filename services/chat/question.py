@@ -320,11 +320,19 @@ def _character_names() -> frozenset[str]:
     return frozenset(c["name"] for c in K.load().characters)
 
 
+#: Verbs that make a state of the noun before them ("고장나다", "구멍나다", "녹슬다"): that noun says
+#: what happened to the item, it is not part of its name.
+STATE_VERBS = frozenset({"나다", "슬다"})
+
+
 def _without_verb(a: Analysis, phrase: tuple[Token, ...]) -> tuple[Token, ...]:
     """The phrase without a last noun that is a verb with 하다/되다 ("집수리하고" → 집,
-    "페트병분리수거함?" → 페트병): that noun is what is done, not an item."""
+    "페트병분리수거함?" → 페트병) or a state with 나다 ("우산 고장났는데" → 우산): that noun is
+    what is done or what happened, not an item."""
     nxt = a.after(phrase[-1])
     if nxt is not None and nxt.tag in ("XSV", "XSA") and nxt.start == phrase[-1].end:
+        return phrase[:-1]
+    if nxt is not None and nxt.tag.startswith("VV") and nxt.lemma in STATE_VERBS and nxt.start == phrase[-1].end and len(phrase) > 1:
         return phrase[:-1]
     return phrase
 

@@ -138,7 +138,7 @@ def _line_dest(line: str) -> str:
     """Where a rule line sends its subject ("깨진 유리병은 불연성종량제봉투로 배출하거나 …" →
     "불연성종량제봉투"): the first "… (으)로/에 배출" after the subject."""
     rest = re.sub(r"^\s*[은는]\s", "", line[len(subject(line)) :])
-    for m in re.finditer(r"([가-힣A-Za-z·]+(?:\s[가-힣]+)?)(?:으로|로|에)\s*배출(하지 않|하지 말|불가)?", rest):
+    for m in re.finditer(r"([가-힣A-Za-z·]+?(?:\s[가-힣]+?)?)(?:으로|로|에)\s*배출(하지 않|하지 말|불가)?", rest):
         if not m.group(2):  # "… 배출하지 않도록" says where it must not go
             words = m.group(1).split()
             return " ".join(w for w in words if w not in ("또는", "및", "혹은"))
@@ -184,7 +184,11 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     scope = next(p for p in rule.passages if p.kind == "scope")
     scope_score = narrow.get(id(scope), 0.0)
     related = sorted(((p, narrow[id(p)]) for p in rule.passages if p.kind == "exception" and id(p) in narrow and _matches(p.about, spec)), key=lambda ps: -ps[1])
-    refused = next((p for p, _ in related if is_named(p.names, spec)), None) if not category_level else None
+    # a refused item is the asked item when the item's own words name it: a part its synonyms add
+    # ("샴푸통" → 펌프) is an exception that applies to it, not what it is
+    parts = set(K.lexicon()["parts"])
+    own = " ".join(w for w in spec.split() if w not in parts or w in K.normalise(item).split())
+    refused = next((p for p, _ in related if is_named(p.names, own)), None) if not category_level else None
     # what the item is: the scope lines that name it (the file's own targets first), else its targets
     naming = [line for line in scope.lines if _matches(line, spec)][:2] or list(scope.lines[: max(1, len(rule.targets))])
     f = Finding(item=item, file=rule.file, name=rule.name, score=round(score, 2), basis=_doc(scope, naming), category_level=category_level)
@@ -240,7 +244,7 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
         lines = []
         for line in p.lines:
             about = subject(line)
-            mentions = _matches(line, item)
+            mentions = _matches(line, item) or p.kind == "detail" and _matches(line, spec)  # a detail's list naming the item by its other name ("쇼파" → 소파)
             if category_level:
                 keep = True
             elif about:  # a line about some items: kept when they are the asked item (or the whole category)
@@ -255,6 +259,9 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
                     candidates.append((0, _line_dest(line)))
                 elif not about and mentions:
                     candidates.append((1 if p.kind == "detail" else 2, _line_dest(line)))
+        key_dest = _line_dest(p.doc.section.split("/", 1)[-1]) if p.kind == "detail" else ""
+        if key_dest and lines and not category_level:  # a detail named by where its items go ("대형폐기물로 배출": 싱크대, 가구류 …)
+            candidates.append((1, key_dest))
         if lines:
             steps.append(_doc(p, lines))
     return _merge(steps), min(candidates)[1] if candidates else ""
@@ -386,11 +393,12 @@ def retry(kb: K.KnowledgeBase, ctx: dict, previous: list[str] = ()) -> dict | No
     found, still = [], []
     for item in missing:
         words = sorted({w for w in K.normalise(item).split() if len(w) >= 2 and w != K.normalise(item)}, key=len, reverse=True)
-        f = next((g for g in (find(kb, w) for w in [*words, *(f"{e} {item}" for e in earlier)]) if g is not None and g.score >= 2 * MIN_SUPPORT), None)
+        tries = [(w, item) for w in words] + [(f"{e} {item}", f"{item} {e}") for e in earlier]  # with the previous item: "충전식" → "충전식 건전지"
+        f, named = next(((g, name) for g, name in ((find(kb, w), name) for w, name in tries) if g is not None and g.score >= 2 * MIN_SUPPORT), (None, item))
         if f is None:
             still.append(item)
         else:
-            found.append({**f.as_dict(), "item": item, "nearest": True})
+            found.append({**f.as_dict(), "item": named, "nearest": True})
     if not found:
         return None
     return {**ctx, "findings": [*(ctx.get("findings") or []), *found], "unknown": still}

@@ -36,6 +36,8 @@ _CHAT_SPELLINGS = (
     (re.compile(r"어케|어캐|어떡케|어뜨케"), "어떻게 "),
     (re.compile(r"(?<![가-힣])걍(?![가-힣])"), "그냥"),
     (re.compile(r"ㄱㄴ(?![가-힣])"), "가능"),
+    # "버릴라면", "할라면": the model reads a glued "-ㄹ라면" as the noun 라면 (ramen); "-ㄹ려면" it reads as the ending
+    (re.compile(r"(?<=[가-힣])라면(?=$|[^가-힣])"), lambda m: "려면" if (ord(m.string[m.start() - 1]) - 0xAC00) % 28 == 8 else "라면"),
 )
 
 _lock = threading.Lock()
