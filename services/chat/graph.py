@@ -470,7 +470,7 @@ async def character(state: ChatState, runtime: Runtime[JobContext]) -> dict:
 
     async def body() -> dict:
         text = state.get("query") or state["message"]
-        entry = next((c for c in deps.kb.characters if c["name"] in text), None)
+        entry = next((c for c in deps.kb.characters if c["name"] in text), None) if not I.asks_cast(text) else None
         if entry is None:  # "페트병 버리면 어떤 캐릭터?" → the character of the item's category
             found = R.gather(deps.kb, text)["findings"]
             names = {r.file: r.name for r in deps.kb.rules}

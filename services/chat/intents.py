@@ -141,6 +141,17 @@ def _bulk_item(part: Q.Part) -> str:
     return ""
 
 
+#: Words that ask for the whole cast rather than one character ("캐릭터 몇 명이야", "전부 알려줘").
+CAST_WORDS = frozenset({"몇", "전부", "모두", "다", "종류", "전체", "들", "목록"})
+
+
+def asks_cast(text: str) -> bool:
+    """A question about the characters as a whole ("이코 캐릭터들 전부 몇 명이야"), even when it
+    names one of them: the word 캐릭터 with a count, "all" or a plural."""
+    tokens = Q.analyse(text).tokens
+    return any(t.form == "캐릭터" for t in tokens) and any(t.form in CAST_WORDS for t in tokens)
+
+
 #: Requests a follow-up that only names another item ("그럼 캔은?") asks again of that item.
 CARRIED = (RECYCLABLE_PRICE, BULK_WASTE)
 

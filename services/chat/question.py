@@ -47,7 +47,7 @@ NOT_ITEMS = frozenset({
     "약국", "보건소", "매장", "마트", "편의점", "대리점", "우체통",
 })
 #: Question words: a question with one of them is not a yes/no question.
-WH = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨다", "어떡하다", "어떻다"})
+WH = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨다", "어떡하다", "어떻다", "어쩌다"})
 #: Verbs and nouns that ask where something is or to find it.
 FIND = frozenset({"찾다", "알리다", "보이다", "알려주다", "안내하다", "추천하다", "어딨다", "가깝다"})
 NEAR = frozenset({"근처", "주변", "주위", "인근", "동네", "위치", "가까이"})
@@ -195,12 +195,13 @@ def read_part(text: str) -> Part:
     phrases = [_without_verb(a, p) for p in a.phrases if not _modifies_next(a, p)]
     phrases = [p for p in phrases if p]
     region_words = _regions()
+    situations = _situations()  # "인테리어 하고 남은 타일": where the waste comes from, not an item
     characters = _character_names()
     if any(t.form in GENERIC_PLACES and t.tag.startswith("NN") for t in a.tokens) and (near or find or "어디" in wh):
         place = "collection_point" if lemmas & DISPOSE else "location"  # "근처에 건전지 버릴 곳 있어?"
     for n, phrase in enumerate(phrases):
         nxt = a.after(phrase[-1])
-        phrase = tuple(t for t in phrase if t.form not in region_words and t.form not in characters and t.form not in NOT_ITEMS)
+        phrase = tuple(t for t in _without_compounds(phrase, NOT_ITEMS | situations) if t.form not in region_words and t.form not in characters and t.form not in NOT_ITEMS | situations)
         if not phrase:
             continue
         words = [t.form for t in phrase if t.tag not in ("XSN",) or t.form in ("류",)]
@@ -260,6 +261,8 @@ def read_part(text: str) -> Part:
         elif part_words:
             parts.extend(part_words)
         items.append(_with_modifier(a, phrase, _surface(a, phrase, content)))
+    if not items:  # "인테리어 공사하고 남은 폐기물": with nothing else named, the waste is that situation's category
+        items = [_situation_file(t.form) for t in a.tokens if t.form in situations][:1]
     # a lone category word is the item itself ("음쓰 어디다 버려?", "페트병에 라벨 붙은 채로 내놔도 돼?")
     steps_asked = any(k in lemmas for k in lex["steps"])
     if not items and proposed and (not a.is_question or wh or parts or steps_asked):
@@ -272,7 +275,7 @@ def read_part(text: str) -> Part:
                   and (not spec.get("with") or any(w in compact_all for w in spec["with"]))), "")
     if local == "schedule" and not (disposal or items or "수거" in compact_all):
         local = ""
-    if local == "contact" and not ("전화" in compact_all or "연락" in compact_all or "번호" in compact_all):
+    if local == "contact" and not ("전화" in compact_all or "연락" in compact_all or "콜센터" in compact_all or "번호" in compact_all and any(w in compact_all for w in OFFICES)):
         local = ""
     yes_no = a.is_question and not wh or bool(proposed and not wh)  # Korean asks yes/no by a question without a question word
     # Latin words are an item only when the rules know them ("PET", "LED", "CD"), not any English
@@ -287,6 +290,22 @@ def read_part(text: str) -> Part:
     )
 
 
+#: Offices whose number a "번호" asks for ("구청 번호"); a number of anything else ("로또 번호",
+#: "송장 번호") is no contact.
+OFFICES = ("구청", "군청", "시청", "주민센터", "동사무소", "행정복지센터", "청소과", "센터", "관리사무소")
+
+
+def _without_compounds(phrase: tuple[Token, ...], words: frozenset[str]) -> tuple[Token, ...]:
+    """The phrase without runs of tokens that spell one of `words` ("주민/센터" is 주민센터)."""
+    forms = [t.form for t in phrase]
+    drop: set[int] = set()
+    for i in range(len(forms)):
+        for j in range(i + 2, len(forms) + 1):
+            if "".join(forms[i:j]) in words:
+                drop.update(range(i, j))
+    return tuple(t for k, t in enumerate(phrase) if k not in drop)
+
+
 #: Nouns for "a place" in general ("버릴 곳", "버릴 데", "수거 장소").
 GENERIC_PLACES = frozenset({"곳", "데", "장소", "수거장소", "배출장소"})
 
@@ -297,6 +316,17 @@ def _regions() -> frozenset[str]:
 
     v = BW.vocabulary()
     return frozenset([*v.regions, *v.sido_words, *v.aliases, "서울", "부산", "대구", "인천", "광주", "대전", "울산", "세종", "경기", "제주"])
+
+
+@cache
+def _situations() -> frozenset[str]:
+    return frozenset(w for words in (K.lexicon().get("situations") or {}).values() for w in words)
+
+
+def _situation_file(word: str) -> str:
+    """The name of the rule file a situation word selects ("인테리어" → "공사장 생활폐기물")."""
+    file = next(f for f, words in K.lexicon()["situations"].items() if word in words)
+    return next(r.name for r in K.load().rules if r.file == file)
 
 
 @cache

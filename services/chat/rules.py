@@ -177,6 +177,9 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         rule = hits[0].rule  # a common line naming the item in passing ("TV, 컴퓨터 … 발포합성수지는") does not make it that file's item
     else:
         rule = files[ranked[0][0].file]  # an item named by a file's items, details or refused items is about that file
+    situated = _situation(kb, part, spec) if part is not None else None
+    if situated is not None:  # "집수리하고 나온 폐벽돌": the file of where it comes from, when it names the item
+        rule = files[situated]
     score = ranked[0][1] if ranked else hits[0].score
     narrow = {id(p): s for p, s in kb.about(spec, files={rule.file})}
     compact = K.normalise(item).replace(" ", "")
@@ -209,6 +212,18 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     if part is not None:
         _decide(kb, f, part)
     return f
+
+
+def _situation(kb: K.KnowledgeBase, part: Q.Part, spec: str) -> str | None:
+    """The rule file a situation word of the question selects (lexicon.yaml situations: 집수리,
+    인테리어 → 공사장생활폐기물), when one of that file's detail lists names the item."""
+    compact = part.text.replace(" ", "")
+    for file, words in (K.lexicon().get("situations") or {}).items():
+        if any(w in compact for w in words):
+            rule = next((r for r in kb.rules if r.file == file), None)
+            if rule is not None and any(p.kind == "detail" and any(_matches(line, spec) for line in p.lines) for p in rule.passages):
+                return file
+    return None
 
 
 def is_named(names: str, spec: str) -> bool:
@@ -318,6 +333,16 @@ def search_key(item: str) -> str:
     return " ".join([item, *inside])
 
 
+def head(item: str) -> str:
+    """A compound's head, its last noun ("커터칼" → 칼, "곰인형" → 인형, "실리콘 주방장갑" → 장갑):
+    a Korean compound names a kind of its head. "" for an item of one noun."""
+    nouns = [t for t in analyse(item).tokens if t.tag in ("NNG", "NNP")]
+    if len(nouns) < 2:
+        return ""
+    last = nouns[-1].form
+    return last if len(last) >= 2 or last in Q._single_letter_items() else ""
+
+
 def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
     """The waste branch's context for `text`: a Finding per asked item (as dicts), the items
     the rules do not cover, a local fact asked for, and whether to ask what the item is.
@@ -341,6 +366,8 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
         named = named or bool(items)
         for item in items:
             f = find(kb, search_key(item), part)
+            if f is None and head(item):  # "커터칼" is a 칼, "곰인형" an 인형: what the rules say of the head
+                f = find(kb, head(item), part)
             if f is not None:
                 f.item = item
                 f.brief = bool(part.local)

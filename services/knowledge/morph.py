@@ -164,7 +164,7 @@ class Analysis:
 #: Sentence endings that can only ask ("되나요", "할까", "버리니"); "-어", "-아요" also state,
 #: so without a "?" or a question word they do not make a question.
 QUESTION_ENDINGS = frozenset({"나요", "까", "을까", "ᆯ까", "을까요", "ᆯ까요", "니", "냐", "나", "는지", "ᆫ가요", "은가요", "ᆫ가", "은가", "는가", "래", "ᆯ래", "남", "냐고", "는지요"})
-WH_WORDS = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨", "어떻", "어떡하"})
+WH_WORDS = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨", "어떻", "어떡하", "어쩌"})
 
 
 def normalise_chat(text: str) -> str:
