@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from eco2.services.llm.ports import Grounding
 
 _UNCONFIGURED = {
@@ -22,6 +24,7 @@ def _rules(ctx: dict) -> list[str]:
 
 def josa(word: str, with_final: str, without: str) -> str:
     """The particle that follows `word`: 은/는, 이/가, 을/를, 으로/로 (ㄹ takes 로)."""
+    word = re.sub(r"\s*\([^()]*\)$", "", word) or word  # "발포합성수지(스티로폼 등)" takes the particle of 발포합성수지
     last = next((ch for ch in reversed(word) if "가" <= ch <= "힣" or ch.isalnum()), "")
     if not ("가" <= last <= "힣"):
         return without if last.lower() in "aeiouy2459" else with_final
@@ -66,6 +69,8 @@ def _lead(f: dict) -> str:
         return f"아니요, {item}{eun} {proposed}{josa(proposed, '이', '가')} 아니에요. {goes}"
     if f["verdict"] and f.get("answer_line"):
         return f"{'네' if f['verdict'] == 'yes' else '아니요'}, 규정에 이렇게 나와 있어요: {f['answer_line']}"
+    if f.get("answer_line"):  # the line that answers what was asked of the item (where a bag is sold)
+        return f"규정에 이렇게 나와 있어요: {f['answer_line']}"
     if f["refused"]:
         return f"{item}{eun} {goes[:-1]} ({name}{josa(name, '으로', '로')}는 배출하지 않아요)."
     if item.replace(" ", "") == where.replace(" ", ""):  # "유리병은 유리병으로" says nothing
@@ -80,6 +85,13 @@ def waste_lines(ctx: dict) -> list[str]:
     if ctx.get("clarify") and not ctx.get("findings") and not ctx.get("unknown"):
         return [CLARIFY]
     for f in ctx.get("findings") or []:
+        if f.get("mentioned"):  # a part the rules only say to remove: where it goes is not in them
+            it = f["item"]
+            out.append(f"'{it}'{josa(it, '을', '를')} 따로 배출하는 방법은 분리배출 규정에 나오지 않아요. {f['name']} 규정에는 {it}에 대해 이렇게만 나와 있어요.")
+            for doc in f["steps"]:
+                out += _block("", doc)
+            out.append(f"{it}의 재질(플라스틱, 금속, 종이 등)을 알려주시면 그 규정으로 안내해 드릴게요. 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
+            continue
         if f.get("nearest"):  # the fallback chain's retry: the item itself is not in the rules
             out.append(f"'{f['item']}'{josa(f['item'], '은', '는')} 분리배출 규정에 그대로 나오지 않아요. 가장 가까운 규정은 {f['name']}{josa(f['name'], '이에요', '예요')}. 재질이 맞는지 확인해 주시고, 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
         else:

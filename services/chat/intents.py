@@ -91,7 +91,10 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
         found[part.place] = at("근처", "주변", "어디", "가깝다", *(t.form for t in a.tokens if "수거" in t.form or "센터" in t.form))
     bulk_item = _bulk_item(part)
     furniture = bool(bulk_item) and all(h.rule.file in BULK_FILES for h in kb.search(bulk_item, limit=1))
-    fee = part.mentions(*FEE_WORDS) or furniture and bool(nouns & {"얼마", "가격", "값"})
+    # a sticker is the fee's sticker unless it is on another item ("택배 스티커 떼야 돼?", "병 스티커")
+    on_item = part.mentions("스티커") and not part.mentions(*(w for w in FEE_WORDS if w != "스티커")) and any(
+        hits and not any(h.rule.file in BULK_FILES for h in hits) for hits in (kb.search(i, limit=1) for i in part.items if i != "스티커"))
+    fee = part.mentions(*FEE_WORDS) and not on_item or furniture and bool(nouns & {"얼마", "가격", "값"})
     if fee or furniture and (part.disposal or part.wh or not found):
         found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
     sells = part.has("팔다", "매입하다") or bool(nouns & PRICE_WORDS)

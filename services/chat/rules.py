@@ -53,6 +53,7 @@ class Finding:
     proposed: str = ""  # the proposed category's name
     brief: bool = False  # the question asks something else about it (a collection day): the direct answer only
     nearest: bool = False  # found by the fallback chain's retry: the nearest rule, not the item's own
+    mentioned: bool = False  # a part the rules name only as removed from another item ("빨대", "라벨"): no category of its own
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -192,6 +193,8 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     parts = set(K.lexicon()["parts"])
     own = " ".join(w for w in spec.split() if w not in parts or w in K.normalise(item).split())
     refused = next((p for p, _ in related if is_named(p.names, own)), None) if not category_level else None
+    if refused is None and not category_level and K.normalise(item) in parts:  # a bare part a refused item is named by ("송장" ↔ "택배 송장")
+        refused = next((p for p, _ in related if _matches(p.names, item)), None)
     # what the item is: the scope lines that name it (the file's own targets first), else its targets
     naming = [line for line in scope.lines if _matches(line, spec)][:2] or list(scope.lines[: max(1, len(rule.targets))])
     f = Finding(item=item, file=rule.file, name=rule.name, score=round(score, 2), basis=_doc(scope, naming), category_level=category_level)
@@ -209,9 +212,23 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         named_dest = dest_files(kb, specific_dest) if specific_dest else []
         f.dest_files = [d for d in named_dest if d != rule.file][:1] or [rule.file]
         f.dest = specific_dest if named_dest and named_dest[0] != rule.file else rule.name
+    if _only_mentioned(rule, item, f) and not (part is not None and part.steps):  # "라벨 안 떼고 버려도 돼?" asks a step about it
+        f.mentioned = True
+        f.steps = [{**d, "lines": [line for line in d["lines"] if _matches(line, item)]} for d in f.steps]
+        f.steps = [d for d in f.steps if d["lines"]]
+        f.exceptions = []
+        return f  # no yes/no: the rules do not say where it goes
     if part is not None:
         _decide(kb, f, part)
     return f
+
+
+def _only_mentioned(rule: K.RuleFile, item: str, f: Finding) -> bool:
+    """A part of other items ("빨대", "뚜껑", "테이프") that the file's lists never name: its lines
+    only say to remove it ("내용물, 빨대, 비닐을 제거하고 …"), not where it goes."""
+    if f.refused or f.category_level or K.normalise(item) not in set(K.lexicon()["parts"]):
+        return False
+    return not any(_matches(p.names or " ".join(p.lines), item) for p in rule.passages if p.kind in ("scope", "exception"))
 
 
 def _situation(kb: K.KnowledgeBase, part: Q.Part, spec: str) -> str | None:
@@ -385,10 +402,17 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
                     findings.insert(at, g.as_dict())
         phone = re.compile(r"\d{3,4}-\d{4}")
         said = [line for f in findings for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if phone.search(line)]
+        answers = (lex["local"].get(part.local) or {}).get("answers") or ()
+        answering = [f for f in findings if answers and any(w in line for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] for w in answers)]
         if part.local == "contact" and said:  # the rules give this number (폐가전 무상수거 1599-0903)
             for f in findings:
                 f["brief"] = False
+        elif answering:  # the rules say it for this item ("특수규격마대는 지자체가 지정한 판매소에서 구매"): that answer, whole
+            line_of = {f["item"]: next(line for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if any(w in line for w in answers)) for f in answering}
+            findings[:] = [{**f, "brief": False, "verdict": "", "proposed": "", "answer_line": line_of[f["item"]]} for f in answering]
         elif part.local and local is None:
+            if answers:  # a question about the bag itself ("음쓰 봉투 어디서 사"): no disposal answer about it
+                findings[:] = [f for f in findings if not any(w in f["item"] for w in lex["local"][part.local]["words"]) and not Q.destination(f["item"])]
             local = dict(lex["local"][part.local], kind=part.local)
     region, _ = BW.find_region(text)
     ctx = {"findings": findings, "unknown": unknown, "local": local, "region": region.sigungu if region else "",
