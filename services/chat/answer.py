@@ -27,7 +27,15 @@ def josa(word: str, with_final: str, without: str) -> str:
     word = re.sub(r"\s*\([^()]*\)$", "", word) or word  # "발포합성수지(스티로폼 등)" takes the particle of 발포합성수지
     last = next((ch for ch in reversed(word) if "가" <= ch <= "힣" or ch.isalnum()), "")
     if not ("가" <= last <= "힣"):
-        return without if last.lower() in "aeiouy2459" else with_final
+        # Latin letters as read: acronyms by the letter's name ("TV" 티비, "LED" 엘이디: no final;
+        # "PVC" no final, "HDMI" no final; L, M, N, R end in a consonant), words by their last letter
+        tail = re.search(r"[A-Za-z]+$", word)
+        acronym = last.isupper() or bool(tail) and len(tail.group()) <= 3  # "cd", "tv" are read as letters too
+        latin_final = last.upper() in "LMNR" if acronym else last.lower() not in "aeiouy"
+        final = latin_final if last.isalpha() else last not in "2459"
+        if with_final == "으로":
+            return "로" if not final or last in "Ll" or last in "17" else "으로"
+        return with_final if final else without
     final = (ord(last) - 0xAC00) % 28
     if with_final == "으로":
         return "로" if final in (0, 8) else "으로"

@@ -44,7 +44,7 @@ NOT_ITEMS = frozenset({
     "시세", "가격", "값", "단가", "매입", "매입가", "수수료", "캐릭터", "이름", "날씨", "그림", "이미지", "사진", "검색", "뉴스", "최신",
     "kg", "키로", "킬로", "그램", "리터", "장", "박스째", "통째", "이상", "이하", "미만", "정리", "요일", "시간", "수거일",
     "배출일", "전화번호", "연락처", "번호", "지역", "구청", "주민센터", "동사무소", "아파트", "빌라", "주택", "사람", "이웃",
-    "약국", "보건소", "매장", "마트", "편의점", "대리점", "우체통",
+    "약국", "보건소", "매장", "마트", "편의점", "대리점", "우체통", "신청", "예약", "문의", "무상", "무료", "유료", "서비스",
 })
 #: Question words: a question with one of them is not a yes/no question.
 WH = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨다", "어떡하다", "어떻다", "어쩌다"})
@@ -284,6 +284,9 @@ def read_part(text: str) -> Part:
     items = [i for i in items if len(i) > 1 or i in _single_letter_items()]
     if local == "bag_price":  # the bag is what is asked about, not something to throw away
         items = [i for i in items if destination(i) != "일반종량제폐기물" and "봉투" not in i and "마대" not in i]
+    state = _state_said(a)
+    if state and len(items) == 1 and state not in items[0]:  # "형광등 깨졌는데 어떡해" asks about a broken one
+        items = [f"{state} {items[0]}"]
     return Part(
         text=text, analysis=a, items=tuple(dict.fromkeys(i for i in items if i)), proposed=proposed, yes_no=yes_no, parts=tuple(dict.fromkeys(parts)),
         steps=steps, place=place, local=local, quantity=_quantities(a), disposal=disposal, demonstrative=demonstrative, wh=wh,
@@ -304,6 +307,25 @@ def _without_compounds(phrase: tuple[Token, ...], words: frozenset[str]) -> tupl
             if "".join(forms[i:j]) in words:
                 drop.update(range(i, j))
     return tuple(t for k, t in enumerate(phrase) if k not in drop)
+
+
+#: States of an item the rules treat apart (깨진 유리병, 오염된 비닐), as the verb that says them →
+#: the modifier the rules write.
+STATES = {"깨지다": "깨진", "찢어지다": "찢어진", "오염되다": "오염된", "젖다": "젖은", "녹슬다": "녹슨", "상하다": "상한"}
+
+
+def _state_said(a: Analysis) -> str:
+    """The state a predicate says of the item ("형광등 깨졌는데" → 깨진), not a modifier ("깨진
+    유리병" is read with the item) and not a negated one ("깨지지 않게")."""
+    for i, t in enumerate(a.tokens):
+        lemma = t.lemma if t.tag.startswith("VV") else a.tokens[i - 1].form + "되다" if t.tag == "XSV" and t.form == "되" and i > 0 else ""
+        if lemma not in STATES:
+            continue
+        after = a.tokens[i + 1 : i + 4]
+        if after and after[0].tag == "ETM" or any(x.form in ("않", "말", "못") for x in after):
+            continue
+        return STATES[lemma]
+    return ""
 
 
 #: Nouns for "a place" in general ("버릴 곳", "버릴 데", "수거 장소").

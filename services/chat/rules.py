@@ -141,8 +141,10 @@ def _line_dest(line: str) -> str:
     rest = re.sub(r"^\s*[은는]\s", "", line[len(subject(line)) :])
     for m in re.finditer(r"([가-힣A-Za-z·]+?(?:\s[가-힣]+?)?)(?:으로|로|에)\s*배출(하지 않|하지 말|불가)?", rest):
         if not m.group(2):  # "… 배출하지 않도록" says where it must not go
-            words = m.group(1).split()
-            return " ".join(w for w in words if w not in ("또는", "및", "혹은"))
+            words = [w for w in m.group(1).split() if w not in ("또는", "및", "혹은")]
+            while len(words) > 1 and re.search(r"(여|고|서|며|거나)$", words[0]):  # "이용하여 불연성종량제폐기물로": how, then where
+                words.pop(0)
+            return " ".join(words)
     return ""
 
 
@@ -288,15 +290,24 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
             lines.append(line)
             if not category_level and _line_dest(line):
                 if about and _matches(about, spec):
-                    candidates.append((0, _line_dest(line)))
-                elif not about and mentions:
-                    candidates.append((1 if p.kind == "detail" else 2, _line_dest(line)))
+                    candidates.append((0, 0, _line_dest(line)))
+                elif not about and mentions:  # of two such lines, the one naming more of the item ("깨진 형광등": "조명이 깨진 경우에는 …")
+                    candidates.append((1 if p.kind == "detail" else 2, -_shared_words(line, item), _line_dest(line)))
         key_dest = _line_dest(p.doc.section.split("/", 1)[-1]) if p.kind == "detail" else ""
         if key_dest and lines and not category_level:  # a detail named by where its items go ("대형폐기물로 배출": 싱크대, 가구류 …)
-            candidates.append((1, key_dest))
+            candidates.append((1, 0, key_dest))
         if lines:
             steps.append(_doc(p, lines))
-    return _merge(steps), min(candidates)[1] if candidates else ""
+    return _merge(steps), min(candidates)[-1] if candidates else ""
+
+
+def _shared_words(line: str, item: str) -> int:
+    """How much of the item a line names: its state words as written count twice ("깨진 형광등":
+    "조명이 깨진 경우에는 …" over "형광등과 LED를 깨지지 않도록 …"), its head once."""
+    words = K.normalise(line).split()
+    compact = "".join(words)
+    *states, head = K.normalise(item).split() or [""]
+    return 2 * sum(1 for w in states if w in words) + (head in compact)
 
 
 def _decide(kb: K.KnowledgeBase, f: Finding, part: Q.Part) -> None:
