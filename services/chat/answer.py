@@ -156,7 +156,7 @@ def compose(g: Grounding) -> str:
         return "\n".join([*parts, CLARIFY])
     language = c.get("language_context") or {}
     if language.get("language") == "en":
-        parts += _english(language, c)
+        parts += _english(language, c, g.question)
         if not language.get("understood"):
             return "\n".join(parts)
     for intent in g.intents:
@@ -232,10 +232,13 @@ def compose(g: Grounding) -> str:
 INTRO = "저는 분리배출 도우미 이코예요. 버리려는 물건(예: 페트병, 건전지, 우유팩)이나 근처 수거함, 재활용품 시세를 물어봐 주시면 규정에 따라 알려드릴게요."
 
 
-def _english(language: dict, c: dict) -> list[str]:
+def _english(language: dict, c: dict, question: str = "") -> list[str]:
     """The English first lines: what was understood, and that the rules quoted are Korean."""
-    from .english import category
+    from .english import asks_disposal, category
 
+    if not language.get("understood") and asks_disposal(question):  # an item the vocabulary does not know
+        return ["I could not find that item in the Korean disposal rules I answer from (18 rule files), so I cannot say how to throw it away."
+                " Please tell me what it is made of (plastic, metal, paper, glass ...) or ask in Korean; your district office (구청·주민센터) has the local rules."]
     if not language.get("understood"):
         return ["Sorry, I can only answer questions about recycling and waste disposal in Korea, and I could not tell which item you mean."
                 " Please name the item (for example \"glass bottle\", \"battery\", \"milk carton\") or ask in Korean."]

@@ -282,6 +282,8 @@ def read_part(text: str) -> Part:
     # in the text; a single letter only when it is a word of the synonyms ("캔", "옷", "귤")
     items = [i for i in items if not i.isascii() or set(K.normalise(i).split()) <= _latin_words()]
     items = [i for i in items if len(i) > 1 or i in _single_letter_items()]
+    if local:  # the fact asked for is no item ("과태료", "전화번호")
+        items = [i for i in items if i.replace(" ", "") not in {w.replace(" ", "") for w in lex["local"][local]["words"]} or local.startswith("bag")]
     if local == "bag_price":  # the bag is what is asked about, not something to throw away
         items = [i for i in items if destination(i) != "일반종량제폐기물" and "봉투" not in i and "마대" not in i]
     state = _state_said(a)
