@@ -111,6 +111,7 @@ def _lexicon() -> dict:
         "parts": frozenset(lex["parts"]),
         "steps": dict(lex["steps"]),
         "local": lex["local"],
+        "food_parts": frozenset(lex.get("food_parts") or ()),
     }
 
 
@@ -392,11 +393,24 @@ def _without_verb(a: Analysis, phrase: tuple[Token, ...]) -> tuple[Token, ...]:
 
 
 def _modifies_next(a: Analysis, phrase: tuple[Token, ...]) -> bool:
-    """A noun that belongs to the next phrase's modifier ("기름 묻은 피자박스": 기름)."""
+    """A noun that belongs to the next phrase's modifier ("기름 묻은 피자박스": 기름; "딸기 담겨
+    있던 트레이", "티비 살 때 들어있던 스티로폼": 딸기, 티비 are what it held or came with)."""
     i = a.tokens.index(phrase[-1])
     rest = a.tokens[i + 1 : i + 4]
-    return (len(rest) >= 3 and rest[0].tag.startswith(("VV", "VA")) and rest[0].lemma not in DISPOSE and rest[1].tag == "ETM"
-            and rest[2].tag in ("NNG", "NNP", "XPN") and rest[2].form not in NOT_ITEMS)  # "수거함 없는 아파트": 아파트 is no item
+    if (len(rest) >= 3 and rest[0].tag.startswith(("VV", "VA")) and rest[0].lemma not in DISPOSE and rest[1].tag == "ETM"
+            and rest[2].tag in ("NNG", "NNP", "XPN") and rest[2].form not in NOT_ITEMS):  # "수거함 없는 아파트": 아파트 is no item
+        return True
+    j = i + 1
+    while j < len(a.tokens) and a.tokens[j].tag == "JKS":
+        j += 1
+    chain = 0
+    while j < len(a.tokens) and (a.tokens[j].tag.startswith(("VV", "VA", "VX", "EC", "EP", "ETM")) or a.tokens[j].form == "때" and a.tokens[j - 1].tag == "ETM"):
+        if a.tokens[j].tag.startswith(("VV", "VA")) and a.tokens[j].lemma in DISPOSE:
+            return False
+        chain += 1
+        j += 1
+    return (chain >= 3 and j < len(a.tokens) and a.tokens[j - 1].tag == "ETM" and a.tokens[j].tag in ("NNG", "NNP", "XPN")
+            and a.tokens[j].form not in NOT_ITEMS and a.tokens[j].form not in _lexicon()["food_parts"])  # "치킨 먹고 남은 뼈": the food's bone
 
 
 def _surface(a: Analysis, phrase: tuple[Token, ...], content: list[str]) -> str:

@@ -180,6 +180,12 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         rule = hits[0].rule  # a common line naming the item in passing ("TV, 컴퓨터 … 발포합성수지는") does not make it that file's item
     else:
         rule = files[ranked[0][0].file]  # an item named by a file's items, details or refused items is about that file
+    # an everyday word synonyms.yaml gives a category ("피아노" → 대형폐기물) is in that category
+    # when no passage names the word itself: passages naming the category word in passing
+    # ("대형폐기물로 배출: … 장판 등 대형폐기물" of 공사장 생활폐기물) are not about it
+    by_synonym = dest_files(kb, K.expand(item, kb.synonyms)[len(item) :]) if known and named not in files else []
+    if len(by_synonym) == 1 and not (ranked and _matches(ranked[0][0].names or " ".join(ranked[0][0].lines), item)) and by_synonym[0] in {h.rule.file for h in hits}:
+        rule = files[by_synonym[0]]
     situated = _situation(kb, part, spec) if part is not None else None
     if situated is not None:  # "집수리하고 나온 폐벽돌": the file of where it comes from, when it names the item
         rule = files[situated]
