@@ -55,6 +55,10 @@ def files_of(ctx: dict) -> list[str]:
         ("대형폐기물 스티커는 어디서 사요", ("bulk_waste",)),  # buying a sticker: the rules say where, no place search
         ("식탁매트 어떻게 버려", ("waste",)),  # "식탁" inside a word is no furniture
         ("요즘 회사 일이 너무 많아", ("general",)),
+        ("택배 스티커 떼야 돼?", ("waste",)),  # a sticker on a box is no bulk-waste fee
+        ("스티커 어디서 사요", ("bulk_waste",)),  # the fee's sticker
+        ("구리 시세 얼마야", ("recyclable_price",)),  # a market word with an item, even one the survey lacks
+        ("내일 로또 번호 알려줘", ("general",)),  # a number of something else is no office's number
     ],
 )
 def test_routing_reads_what_the_words_are(message, intents):
@@ -84,6 +88,27 @@ async def test_the_answerable_part_streams_before_the_location_question(graph):
     assert "전용수거함" in streamed and out["answered"] == ["waste"]
 
 
+async def test_a_broken_lamp_and_the_nearest_bin_the_rule_streams_first(graph):
+    """The state said by the verb ("깨졌는데") picks the rule line; it streams, then only the location is asked."""
+    s = state("형광등 깨졌는데 어쩌지? 근처 수거함도 찾아줘")
+    sink = Recorder()
+    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps(), Emitter(sink, s["job_id"], 1)))
+    assert out["__interrupt__"][0].value["input_id"] == "location" and out["answered"] == ["waste"]
+    streamed = "".join(e.delta for e in sink.events if e.kind == events_pb2.EVENT_KIND_TOKEN)
+    assert streamed.startswith("깨진 형광등은 불연성종량제폐기물로 배출해요.") and "신문지" in streamed
+
+
+def test_a_follow_up_naming_another_item_asks_what_the_previous_message_asked():
+    assert I.classify("그럼 알루미늄은?", KB, previous="폐지 시세 얼마야").intents == ("recyclable_price",)
+    assert I.classify("침대는?", KB, previous="소파 버리는 수수료 얼마야").intents == ("bulk_waste",)
+    assert I.classify("그럼 유리병은?", KB, previous="캔 어떻게 버려").intents == ("waste",)  # a waste question stays one
+
+
+def test_a_question_about_the_whole_cast_names_no_one_character():
+    assert I.asks_cast("이코 캐릭터들 다 몇 명이야?") and I.asks_cast("캐릭터 종류 알려줘")
+    assert not I.asks_cast("이코는 누구야?") and not I.asks_cast("페티 캐릭터 설명해줘")
+
+
 # ------------------------------------------------------------------ colloquial forms
 
 
@@ -101,6 +126,23 @@ def test_conjugations_spellings_and_spacing_find_the_same_rule(variants, file):
     for text in variants:
         found = files_of(waste(text)) or [h.rule.file for h in KB.search(text, limit=1)]
         assert found and found[0] == file, (text, found)
+
+
+@pytest.mark.parametrize(
+    "message,item,file",
+    [
+        ("침대 버릴라면 어케함", "침대", "대형폐기물"),  # a glued "-ㄹ라면" is the ending, not ramen
+        ("선풍기 고장났는데 버릴려면", "선풍기", "재활용폐기물_전기전자제품"),  # 고장나다 says what happened to it
+        ("맥주병 깨졌는데 어쩌지", "깨진 맥주병", "불연성종량제폐기물"),  # the state the verb says, and 어쩌지 asks how
+        ("과일 담겨있던 스티로폼 상자", "스티로폼 상자", "재활용폐기물_발포합성수지"),  # what it held is no item
+        ("문구용 커터칼 어케 버려", "문구용 커터칼", "일반종량제폐기물"),  # a compound the rules do not name: its head (칼)
+        ("인테리어 공사하고 남은 폐타일", "폐타일", "공사장생활폐기물"),  # where it comes from picks the rule file
+    ],
+)
+def test_endings_states_and_compounds_are_read_as_people_mean_them(message, item, file):
+    ctx = waste(message)
+    assert ctx["findings"] and ctx["findings"][0]["item"] == item, [f["item"] for f in ctx["findings"]]
+    assert file in (ctx["findings"][0]["file"], files_of(ctx)[0])
 
 
 def test_numbers_and_units_are_read_as_quantities_not_items():
@@ -145,6 +187,19 @@ def test_steps_then_the_exceptions_that_apply_each_under_its_citation():
     assert {re.search(r"\[(.*)\]", line).group(1) for line in lines if line.endswith("]")} <= titles  # every block is a cited section
 
 
+def test_a_part_asked_alone_gets_no_category_it_does_not_have():
+    answer = compose_for("병뚜껑 따로 재활용 돼?")
+    assert not answer.startswith("네") and "규정에 나오지 않아요" in answer and "[" in answer  # quotes what the rules say of it
+    answer = compose_for("송장 종이로 버려도 돼?")  # a part a refused item names: that item
+    assert "일반종량제폐기물" in answer and not answer.startswith("네")
+
+
+def test_a_local_question_the_rules_answer_for_the_item_leads_with_that_line():
+    assert compose_for("특수규격 마대는 어디서 구입해요").startswith("규정에 이렇게 나와 있어요: 특수규격마대는 지자체가 지정한 판매소에서 구매할 수 있음")
+    answer = compose_for("일반쓰레기 봉투 어디서 사요")  # no rule says it: the local line, no disposal answer about the bag
+    assert "파는 곳은 지역마다 달라서" in answer and "배출해요" not in answer
+
+
 # ------------------------------------------------------------------ honest "I don't know"
 
 
@@ -174,6 +229,13 @@ def test_english_questions_are_answered_about_the_same_items():
     answer = compose_for("how do I dispose of old batteries?")
     assert "Korean" in answer and "전용수거함" in answer
     assert "Korean" in compose_for("tell me a joke") and "배출 방법" not in compose_for("tell me a joke")
+
+
+def test_english_says_what_it_does_not_know():
+    answer = compose_for("where should I throw away used cooking oil")  # an item the rules do not cover
+    assert "could not find that item" in answer and "배출해요" not in answer
+    answer = compose_for("when is garbage day in mapo?")  # a local fact
+    assert "지역마다 달라서" in answer and not re.search(r"[월화수목금토일]요일", answer)
 
 
 # ------------------------------------------------------------------ the fallback chain, by the grade
