@@ -59,6 +59,9 @@ def files_of(ctx: dict) -> list[str]:
         ("스티커 어디서 사요", ("bulk_waste",)),  # the fee's sticker
         ("구리 시세 얼마야", ("recyclable_price",)),  # a market word with an item, even one the survey lacks
         ("내일 로또 번호 알려줘", ("general",)),  # a number of something else is no office's number
+        ("패딩 의류수거함 가능?", ("waste",)),  # whether it may go in the bin, not where the bin is
+        ("감기약 어디다 버려요 근처 약국 알려줘", ("collection_point", "waste")),  # a place that takes it back, asked for
+        ("송파구 대형폐기물 수거 요일", ("bulk_waste", "waste")),  # the waste branch says the day is not known
     ],
 )
 def test_routing_reads_what_the_words_are(message, intents):

@@ -120,6 +120,8 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
         hits.append(WASTE)
     elif tools_only and disposal_verb and part.items:
         hits.append(WASTE)
+    elif part.local and WASTE not in hits and not tools_only:  # "강동구 대형폐기물 수거일": the waste branch says what is not known
+        hits.append(WASTE)
     return hits
 
 

@@ -198,7 +198,7 @@ def read_part(text: str) -> Part:
     region_words = _regions()
     situations = _situations()  # "인테리어 하고 남은 타일": where the waste comes from, not an item
     characters = _character_names()
-    if any(t.form in GENERIC_PLACES and t.tag.startswith("NN") for t in a.tokens) and (near or find or "어디" in wh):
+    if any(t.form in GENERIC_PLACES | PLACE_NOUNS and t.tag.startswith("NN") for t in a.tokens) and (near or find or "어디" in wh and not lemmas & DISPOSE):
         place = "collection_point" if lemmas & DISPOSE else "location"  # "근처에 건전지 버릴 곳 있어?"
     for n, phrase in enumerate(phrases):
         nxt = a.after(phrase[-1])
@@ -222,6 +222,10 @@ def read_part(text: str) -> Part:
                     items.append(_with_modifier(a, phrase, item))
                 continue
             verb_like = bin_word.endswith("함") and not find and not near and not any(p.start > phrase[-1].end for p in predicates) and not as_destination
+            # "전기장판 의류수거함 되나요?": whether the item may go in it, not where the bin is
+            allowed = bool(bin_word) and (n > 0 or bool(item_tokens)) and not find and not near and "어디" not in wh and any(
+                p.start > phrase[-1].end and p.lemma in ("되다", "가능하다", "괜찮다", "맞다", "안되다") for p in predicates)
+            as_destination = as_destination or allowed and not verb_like
             if as_destination or verb_like:  # "캔 수거함에 넣어도 돼?" / "플라스틱 분리수거함?" (= 분리수거 함?)
                 if verb_like:  # the bin is the verb: "is it 분리수거'd?", and a category before it is the item
                     rest = rest or category
@@ -333,6 +337,9 @@ def _state_said(a: Analysis) -> str:
 
 #: Nouns for "a place" in general ("버릴 곳", "버릴 데", "수거 장소").
 GENERIC_PLACES = frozenset({"곳", "데", "장소", "수거장소", "배출장소"})
+#: Places that take some waste back ("근처 약국 알려줘" for medicine): a place question with a
+#: word of nearness or finding.
+PLACE_NOUNS = frozenset({"약국", "보건소", "주민센터", "행정복지센터", "동사무소", "마트", "대리점"})
 
 
 @cache
