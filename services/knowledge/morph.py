@@ -5,9 +5,9 @@ word its part of speech and each verb its lemma (버리/VV for all of them), so 
 question on what its words are (a verb of disposal, a noun that names a bin, a question word)
 and finds the item it asks about (the nouns), instead of on substrings anywhere in the text.
 
-Loading the model costs about a second of CPU and ~300 MB (docs/benchmarks.md "Korean
-morphology"); `analyser()` pays it once per process, and the chat service calls `warm()` at
-start so no question waits for it. The multi-word dictionary is not loaded: it names proper
+Loading the model is the analyser's one large cost, in CPU and memory (docs/benchmarks.md,
+"Korean morphology"); `analyser()` pays it once per process, and the chat service calls `warm()`
+at start so no question waits for it. The multi-word dictionary is not loaded: it names proper
 nouns of news text, not household items, and doubles the load cost. The everyday words of the
 knowledge base (synonyms.yaml keys such as 음쓰, 쇼파, 뽁뽁이) are added as nouns, so the
 analyser keeps them whole instead of reading "음쓰" as an interjection and a verb.
