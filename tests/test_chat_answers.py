@@ -73,6 +73,7 @@ def test_routing_reads_what_the_words_are(message, intents):
     [
         ("우유곽 씻어서 버리고 근처 수거함도 찾아줘", "waste"),
         ("오늘 날씨 어때? 그리고 형광등은 어디다 버려", "weather"),
+        ("비니는 누구고 비닐봉지는 어떻게 버려", "character"),  # "누구고" ends a request too
     ],
 )
 def test_a_message_of_several_requests_is_read_request_by_request(message, first):
@@ -105,6 +106,16 @@ def test_a_follow_up_naming_another_item_asks_what_the_previous_message_asked():
     assert I.classify("그럼 알루미늄은?", KB, previous="폐지 시세 얼마야").intents == ("recyclable_price",)
     assert I.classify("침대는?", KB, previous="소파 버리는 수수료 얼마야").intents == ("bulk_waste",)
     assert I.classify("그럼 유리병은?", KB, previous="캔 어떻게 버려").intents == ("waste",)  # a waste question stays one
+
+
+def test_a_follow_up_naming_a_kind_of_the_last_item_is_about_that_kind():
+    ctx = R.gather(KB, "그럼 파란색은?", previous=["음료수 페트병 어떻게 버려?"])  # a coloured PET bottle is no clear one
+    assert [f["item"] for f in ctx["findings"]] == ["파란색 음료수 페트병"] and files_of(ctx) == ["재활용폐기물_플라스틱류"]
+
+
+def test_a_line_about_items_in_a_state_sends_only_those_there():
+    assert files_of(waste("갈색 유리병 어디에 버려요")) == ["재활용폐기물_유리병"]  # "깨진 유리병은 불연성…" is not about it
+    assert files_of(waste("유리병 깨졌는데 어디에 버려요")) == ["불연성종량제폐기물"]
 
 
 def test_a_question_about_the_whole_cast_names_no_one_character():

@@ -134,7 +134,7 @@ def split(text: str) -> list[str]:
             cuts.append(t.end if t.tag == "SF" else t.start)
         elif t.tag == "MAG" and t.form == "또" and i > 0 and has_more:
             cuts.append(t.start)
-        elif t.tag == "EC" and t.form in ("고", "구") and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV") and _ends_request(tokens[: i + 1], rest):
+        elif t.tag == "EC" and t.form in ("고", "구") and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV", "VCP") and _ends_request(tokens[: i + 1], rest):  # "누구고"
             cuts.append(t.end)
     pieces, start = [], 0
     for cut in cuts:

@@ -295,7 +295,7 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
                 continue
             lines.append(line)
             if not category_level and _line_dest(line):
-                if about and _matches(about, spec):
+                if about and _matches(about, spec) and _state_fits(about, item):
                     candidates.append((0, 0, _line_dest(line)))
                 elif not about and mentions:  # of two such lines, the one naming more of the item ("깨진 형광등": "조명이 깨진 경우에는 …")
                     candidates.append((1 if p.kind == "detail" else 2, -_shared_words(line, item), _line_dest(line)))
@@ -305,6 +305,21 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
         if lines:
             steps.append(_doc(p, lines))
     return _merge(steps), min(candidates)[-1] if candidates else ""
+
+
+@cache
+def _state_of(subject_: str) -> str:
+    """The state a line's subject starts with ("깨진 유리병" → "깨진"), or ""."""
+    tokens = analyse(subject_).tokens
+    if len(tokens) >= 3 and tokens[0].tag.startswith(("VV", "VA")) and tokens[1].tag == "ETM":
+        return subject_[: tokens[1].end].strip()
+    return ""
+
+
+def _state_fits(subject_: str, item: str) -> bool:
+    """A line about items in a state ("깨진 유리병은 …") sends only items in that state there."""
+    state = _state_of(subject_)
+    return not state or state in item
 
 
 def _shared_words(line: str, item: str) -> int:
@@ -397,6 +412,9 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
             if earlier:
                 items = list(earlier)
                 part = Q.Part(**{**part.__dict__, "parts": tuple(dict.fromkeys([*part.parts, *part.items]))})
+        elif previous and all(K.normalise(i).replace(" ", "") in set(lex.get("attributes") or ()) for i in items):
+            earlier = next((q.items for q in (Q.read(t) for t in previous) if q.items), ())  # "그럼 초록색은?": a green one of the last item
+            items = [f"{i} {e}" for i in items for e in earlier[:1]] or items
         named = named or bool(items)
         for item in items:
             f = find(kb, search_key(item), part)
