@@ -159,6 +159,19 @@ def test_endings_states_and_compounds_are_read_as_people_mean_them(message, item
     assert file in (ctx["findings"][0]["file"], files_of(ctx)[0])
 
 
+@pytest.mark.parametrize(
+    "message,file",
+    [("뱃터리 말고 건전치 어디다 버려", "재활용폐기물_전지"), ("냉장교 버릴려면", "재활용폐기물_전기전자제품"), ("스티로뽐 박스 버리는 법", "재활용폐기물_발포합성수지")],
+)
+def test_an_item_misspelt_by_one_letter_is_read_as_the_item(message, file):
+    assert file in files_of(waste(message)), waste(message)
+
+
+def test_known_words_are_never_respelt():
+    for text in ("종이로 버려도 돼?", "구청 청소과 번호", "라이터 버리는 법", "비닐로 내놔"):
+        assert morph.correct_typos(text) == text
+
+
 def test_numbers_and_units_are_read_as_quantities_not_items():
     part = Q.read_part("2리터 생수병 5개 버리려면")
     assert part.items == ("생수병",) and (2.0, "리터") in part.quantity and (5.0, "개") in part.quantity

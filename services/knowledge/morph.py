@@ -15,6 +15,7 @@ analyser keeps them whole instead of reading "음쓰" as an interjection and a v
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -93,6 +94,7 @@ def knowledge_nouns() -> tuple[list[str], list[str]]:
 def warm() -> dict[str, float]:
     """Load the model now (a service's start) rather than in its first question; the load cost."""
     analyser()
+    _typo_index()
     return dict(LOAD)
 
 
@@ -170,7 +172,70 @@ WH_WORDS = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마"
 def normalise_chat(text: str) -> str:
     for pattern, repl in _CHAT_SPELLINGS:
         text = pattern.sub(repl, text)
-    return text
+    return correct_typos(text)
+
+
+#: Above this score (kiwi's log-probability of a token) a noun is one the analyser knows; an unknown
+#: spelling gets a guessed noun far below it ("뱡", "냉장교").
+KNOWN_SCORE = -15.0
+#: What may follow a misspelt item in one word ("건전치는", "페트뱡을"): particles, or nothing.
+_AFTER_ITEM = re.compile(r"(은|는|이|가|을|를|도|와|과|랑|이랑|하고|에|에서|으로|로|만|요|임|야|이야|인가|)$")
+
+
+def _jamo(word: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for ch in word:
+        code = ord(ch) - 0xAC00
+        out += [code // 588, (code % 588) // 28, code % 28]
+    return tuple(out)
+
+
+@functools.cache
+def _typo_index() -> tuple[frozenset[str], dict[tuple, set[str]]]:
+    """The knowledge base's item words of three syllables or more, and for each the keys that a
+    spelling one letter (자모) away shares with it."""
+    from .kb import load
+
+    named, found = knowledge_nouns()
+    characters = {c["name"] for c in load().characters}  # a name is no item to respell towards ("라이터" is no 라이티)
+    words = frozenset(w for w in named + found if len(w) >= 3 and re.fullmatch(r"[가-힣]+", w) and w not in characters)
+    index: dict[tuple, set[str]] = {}
+    for w in words:
+        j = _jamo(w)
+        for i in range(len(j)):
+            index.setdefault((i, j[:i] + (-1,) + j[i + 1 :]), set()).add(w)
+    return words, index
+
+
+def correct_typos(text: str) -> str:
+    """Item words misspelt by one letter (자모) of a word the knowledge base knows, three
+    syllables or more, respelt ("페트뱡" → 페트병, "건전치" → 건전지, "알루미늄켄" → 알루미늄캔):
+    the analyser would otherwise split them into other words. Only when one known word is that
+    close, and the text's word is not itself known."""
+    words, index = _typo_index()
+    kiwi = analyser()
+
+    def fix(m: re.Match) -> str:
+        w = m.group()
+        if w in words:
+            return w
+        with _lock:
+            tokens = kiwi.tokenize(w)
+        if all(t.score > KNOWN_SCORE and (t.tag in COMPOUND_TAGS or t.tag.startswith("J")) for t in tokens):
+            return w  # words the analyser knows, with their particles ("종이로", "청소과", "라이터")
+        for cut in range(len(w), 2, -1):
+            head, rest = w[:cut], w[cut:]
+            if head in words:
+                return w
+            if not _AFTER_ITEM.fullmatch(rest):
+                continue
+            j = _jamo(head)
+            near = set().union(*(index.get((i, j[:i] + (-1,) + j[i + 1 :]), set()) for i in range(len(j))))
+            if len(near) == 1:
+                return next(iter(near)) + rest
+        return w
+
+    return re.sub(r"[가-힣]{3,}", fix, text)
 
 
 def analyse(text: str) -> Analysis:
