@@ -247,6 +247,13 @@ def test_local_facts_are_not_invented(message, says):
 def test_an_item_the_rules_do_not_cover_is_said_plainly():
     answer = compose_for("폼롤러 버리는 법")
     assert "찾지 못했어요" in answer and "구청" in answer and "배출해요" not in answer
+    answer = compose_for("흙 버리는 법")  # a one-letter thing named is said unknown, not asked about
+    assert answer.startswith("'흙'에 대한 분리배출 규정은") and "찾지 못했어요" in answer
+
+
+def test_any_animal_s_bone_or_hair_is_the_rules_animal_bone_or_hair():
+    assert compose_for("강아지 털 음식물쓰레기야?").startswith("아니요, 강아지 털은 음식물류폐기물이 아니에요. 일반종량제폐기물로 배출해요.")
+    assert files_of(waste("오리 뼈 어디에 버려")) == ["일반종량제폐기물"]
 
 
 # ------------------------------------------------------------------ English
