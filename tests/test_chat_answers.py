@@ -265,6 +265,11 @@ def test_english_questions_are_answered_about_the_same_items():
     assert "Korean" in compose_for("tell me a joke") and "배출 방법" not in compose_for("tell me a joke")
 
 
+def test_english_yes_no_about_the_trash_gets_a_no_first():
+    answer = compose_for("can I just put old batteries in the garbage?")
+    assert "아니요" in answer and "전용수거함" in answer and "Korean" in answer
+
+
 def test_english_says_what_it_does_not_know():
     answer = compose_for("where should I throw away used cooking oil")  # an item the rules do not cover
     assert "could not find that item" in answer and "배출해요" not in answer
