@@ -62,6 +62,11 @@ def files_of(ctx: dict) -> list[str]:
         ("패딩 의류수거함 가능?", ("waste",)),  # whether it may go in the bin, not where the bin is
         ("감기약 어디다 버려요 근처 약국 알려줘", ("collection_point", "waste")),  # a place that takes it back, asked for
         ("송파구 대형폐기물 수거 요일", ("bulk_waste", "waste")),  # the waste branch says the day is not known
+        ("알루미늄 고물상 얼마 쳐줘?", ("recyclable_price",)),  # asks a price of the place, not where it is
+        ("근처 고물상 어디", ("location",)),  # asks where it is, no price
+        ("분리수거장 몇 시에 열어?", ("waste",)),  # an opening time is a local fact, not a place search
+        ("분리배출 너무 귀찮다", ("general",)),  # talk about disposal asks nothing
+        ("무단투기 신고 어디다 해", ("waste",)),  # a local matter: said not known, with where to ask
     ],
 )
 def test_routing_reads_what_the_words_are(message, intents):

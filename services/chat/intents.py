@@ -40,6 +40,8 @@ PRICE_WORDS = frozenset({"시세", "가격", "값", "단가", "얼마", "매입"
 #: Of those, the words that only a market price is asked by (not a fee, not a bag's price).
 MARKET_WORDS = frozenset({"시세", "단가", "매입", "매입가", "시가", "고물상"})
 FEE_WORDS = ("수수료", "스티커", "납부필증", "대형폐기물", "비용", "신고필증")
+#: Verbs that ask for something without a question mark ("알려줘", "궁금해", "버리고 싶어").
+ASKING = frozenset({"알리다", "주다", "가르치다", "설명하다", "궁금하다", "모르다", "싶다", "찾다", "보여주다"})
 #: Rule files whose items the bulk_waste branch answers (its fee table and the general rule).
 BULK_FILES = frozenset({"대형폐기물", "공사장생활폐기물"})
 
@@ -97,7 +99,7 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     fee = part.mentions(*FEE_WORDS) and not on_item or furniture and bool(nouns & {"얼마", "가격", "값"})
     if fee or furniture and (part.disposal or part.wh or not found):
         found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
-    sells = part.has("팔다", "매입하다") or bool(nouns & PRICE_WORDS)
+    sells = part.has("팔다", "매입하다") or bool(nouns & (PRICE_WORDS - ({"고물상"} if part.place else set())))  # "근처 고물상 어디": the place, no price
     priced = kb.search_prices(part.text)
     # a market word with an item asks a price even when the survey lacks it ("구리 시세"): the
     # price branch then says so; "얼마" or "가격" alone asks one only of the survey's items
@@ -115,7 +117,9 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     retrieving = [item for item in part.items if kb.search(item)]
     asks_item = bool(retrieving) and (a.is_question or disposal_verb or part.yes_no or not content_verbs or bool(part.parts))
     bulk_only = BULK_WASTE in hits and all(any(h.rule.file in BULK_FILES for h in kb.search(item, limit=1)) for item in retrieving)
-    about_waste = part.local or part.proposed or disposal_verb or asks_item or part.disposal and not hits or part.demonstrative and part.yes_no
+    # disposal named with nothing asked ("분리수거 귀찮다") is talk, not a question to answer from the rules
+    asks = a.is_question or bool(lemmas & ASKING) or bool(nouns & {"방법", "법", "요령", "방식"})  # "분리수거 방법"
+    about_waste = part.local or part.proposed or disposal_verb or asks_item or part.disposal and not hits and asks or part.demonstrative and part.yes_no
     if about_waste and not tools_only and CHARACTER not in hits and RECYCLABLE_PRICE not in hits and not bulk_only:
         hits.append(WASTE)
     elif tools_only and disposal_verb and part.items:

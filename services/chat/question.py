@@ -236,7 +236,9 @@ def read_part(text: str) -> Part:
                 if rest:
                     items.append(_with_modifier(a, phrase, rest))
                 continue
-            if find or near or n == len(phrases) - 1 and a.is_question and not lemmas & DISPOSE:
+            # a bin or place ending a question asks where it is ("분리수거함?", "재활용센터 어디야"),
+            # not when the question asks something else of it ("고물상 얼마", "분리수거장 몇시에 열어")
+            if find or near or n == len(phrases) - 1 and a.is_question and not lemmas & DISPOSE and (not wh or "어디" in wh):
                 place = "collection_point" if bin_word else "location"
             item = rest or own_item or category
             if item and item not in NOT_ITEMS and not destination(item) or item and rest:
