@@ -291,7 +291,8 @@ def read_part(text: str) -> Part:
     # a one-letter noun the rules do not name is kept when it is all the message names, to be
     # said unknown ("흙 버리는 법") rather than asked about
     kept = [i for i in items if len(i) > 1 or i in _single_letter_items()]
-    items = kept or [i for i in items if i in {t.form for t in a.tokens if t.tag == "NNG"} and lemmas & DISPOSE]
+    counted = {t.form for p_, t in zip(a.tokens, a.tokens[1:]) if p_.tag == "SN"}  # "3층", "2개": a count, not a thing
+    items = kept or [i for i in items if i in {t.form for t in a.tokens if t.tag == "NNG"} - counted and lemmas & DISPOSE]
     if local:  # the fact asked for is no item ("과태료", "전화번호")
         items = [i for i in items if i.replace(" ", "") not in {w.replace(" ", "") for w in lex["local"][local]["words"]} or local.startswith("bag")]
     if local == "bag_price":  # the bag is what is asked about, not something to throw away
