@@ -219,6 +219,11 @@ def test_steps_then_the_exceptions_that_apply_each_under_its_citation():
     assert {re.search(r"\[(.*)\]", line).group(1) for line in lines if line.endswith("]")} <= titles  # every block is a cited section
 
 
+def test_a_category_s_bag_named_as_where_it_goes_is_the_proposal():
+    assert compose_for("음식물 쓰레기 봉투에 생선 가시 넣어도 되나요?").startswith("아니요,")
+    assert compose_for("일반 쓰레기 봉투에 형광등 넣어도 돼?").startswith("아니요, 형광등은 일반종량제폐기물이 아니에요.")
+
+
 def test_a_part_asked_alone_gets_no_category_it_does_not_have():
     answer = compose_for("병뚜껑 따로 재활용 돼?")
     assert not answer.startswith("네") and "규정에 나오지 않아요" in answer and "[" in answer  # quotes what the rules say of it

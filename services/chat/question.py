@@ -244,6 +244,13 @@ def read_part(text: str) -> Part:
             if item and item not in NOT_ITEMS and not destination(item) or item and rest:
                 items.append(_with_modifier(a, phrase, item))
             continue
+        # a bag or bin of a category named as where the item goes ("음식물 쓰레기 봉투에 뼈 넣어도
+        # 돼?", "일반쓰레기 봉투에 건전지"): that category is proposed, the whole phrase is no item
+        if len(words) > 1 and words[-1] in CONTAINERS and nxt is not None and nxt.tag == "JKB" and lemmas & DISPOSE:
+            held = destination("".join(w for w in words[:-1] if w not in ("쓰레기",))) or destination("".join(words[:-1]))
+            if held:
+                proposed = proposed or held
+                continue
         # a category the user proposes ("음쓰 맞아?", "일반쓰레기로 버려?"), possibly after the item ("치킨 뼈 음쓰임?")
         head, dest = _splitdestination(words)
         marks_destination = nxt is None and a.is_question or nxt is not None and (
@@ -306,6 +313,8 @@ def read_part(text: str) -> Part:
     )
 
 
+#: What a category's waste is put in ("음식물 쓰레기 봉투", "재활용 통").
+CONTAINERS = frozenset({"봉투", "봉지", "통", "마대", "수거함", "수거통", "바구니", "함"})
 #: Offices whose number a "번호" asks for ("구청 번호"); a number of anything else ("로또 번호",
 #: "송장 번호") is no contact.
 OFFICES = ("구청", "군청", "시청", "주민센터", "동사무소", "행정복지센터", "청소과", "센터", "관리사무소")
