@@ -194,11 +194,15 @@ def _jamo(word: str) -> tuple[int, ...]:
 def _typo_index() -> tuple[frozenset[str], dict[tuple, set[str]]]:
     """The knowledge base's item words of three syllables or more, and for each the keys that a
     spelling one letter (자모) away shares with it."""
-    from .kb import load
+    from .kb import lexicon, load
 
-    named, found = knowledge_nouns()
-    characters = {c["name"] for c in load().characters}  # a name is no item to respell towards ("라이터" is no 라이티)
-    words = frozenset(w for w in named + found if len(w) >= 3 and re.fullmatch(r"[가-힣]+", w) and w not in characters)
+    # the items' words only: a name is no item to respell towards ("라이터" is no 라이티)
+    lex, base = lexicon(), load()
+    bulk = yaml.safe_load((resources.files(__package__) / "bulk_waste.yaml").read_text(encoding="utf-8"))["items"]
+    vocabulary = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["parts"]]
+    vocabulary += [w for name, others in bulk.items() for w in (name, *(others or ()))]
+    vocabulary += [w for p in base.passages if p.kind in ("scope", "exception", "detail") for w in re.split(r"[^가-힣]+", p.names)]
+    words = frozenset(w for w in vocabulary if len(w) >= 3 and re.fullmatch(r"[가-힣]+", w))
     index: dict[tuple, set[str]] = {}
     for w in words:
         j = _jamo(w)
