@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from eco2.services.llm.ports import Grounding
 
 _UNCONFIGURED = {
@@ -22,9 +24,18 @@ def _rules(ctx: dict) -> list[str]:
 
 def josa(word: str, with_final: str, without: str) -> str:
     """The particle that follows `word`: 은/는, 이/가, 을/를, 으로/로 (ㄹ takes 로)."""
+    word = re.sub(r"\s*\([^()]*\)$", "", word) or word  # "발포합성수지(스티로폼 등)" takes the particle of 발포합성수지
     last = next((ch for ch in reversed(word) if "가" <= ch <= "힣" or ch.isalnum()), "")
     if not ("가" <= last <= "힣"):
-        return without if last.lower() in "aeiouy2459" else with_final
+        # Latin letters as read: acronyms by the letter's name ("TV" 티비, "LED" 엘이디: no final;
+        # "PVC" no final, "HDMI" no final; L, M, N, R end in a consonant), words by their last letter
+        tail = re.search(r"[A-Za-z]+$", word)
+        acronym = last.isupper() or bool(tail) and len(tail.group()) <= 3  # "cd", "tv" are read as letters too
+        latin_final = last.upper() in "LMNR" if acronym else last.lower() not in "aeiouy"
+        final = latin_final if last.isalpha() else last not in "2459"
+        if with_final == "으로":
+            return "로" if not final or last in "Ll" or last in "17" else "으로"
+        return with_final if final else without
     final = (ord(last) - 0xAC00) % 28
     if with_final == "으로":
         return "로" if final in (0, 8) else "으로"
@@ -66,6 +77,8 @@ def _lead(f: dict) -> str:
         return f"아니요, {item}{eun} {proposed}{josa(proposed, '이', '가')} 아니에요. {goes}"
     if f["verdict"] and f.get("answer_line"):
         return f"{'네' if f['verdict'] == 'yes' else '아니요'}, 규정에 이렇게 나와 있어요: {f['answer_line']}"
+    if f.get("answer_line"):  # the line that answers what was asked of the item (where a bag is sold)
+        return f"규정에 이렇게 나와 있어요: {f['answer_line']}"
     if f["refused"]:
         return f"{item}{eun} {goes[:-1]} ({name}{josa(name, '으로', '로')}는 배출하지 않아요)."
     if item.replace(" ", "") == where.replace(" ", ""):  # "유리병은 유리병으로" says nothing
@@ -80,8 +93,15 @@ def waste_lines(ctx: dict) -> list[str]:
     if ctx.get("clarify") and not ctx.get("findings") and not ctx.get("unknown"):
         return [CLARIFY]
     for f in ctx.get("findings") or []:
+        if f.get("mentioned"):  # a part the rules only say to remove: where it goes is not in them
+            it = f["item"]
+            out.append(f"'{it}'{josa(it, '을', '를')} 따로 배출하는 방법은 분리배출 규정에 나오지 않아요. {f['name']} 규정에는 {it}에 대해 이렇게만 나와 있어요.")
+            for doc in f["steps"]:
+                out += _block("", doc)
+            out.append(f"{it}의 재질(플라스틱, 금속, 종이 등)을 알려주시면 그 규정으로 안내해 드릴게요. 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
+            continue
         if f.get("nearest"):  # the fallback chain's retry: the item itself is not in the rules
-            out.append(f"'{f['item']}'{josa(f['item'], '은', '는')} 분리배출 규정에 그대로 나오지 않아요. 가장 가까운 규정은 {f['name']}이에요. 재질이 맞는지 확인해 주시고, 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
+            out.append(f"'{f['item']}'{josa(f['item'], '은', '는')} 분리배출 규정에 그대로 나오지 않아요. 가장 가까운 규정은 {f['name']}{josa(f['name'], '이에요', '예요')}. 재질이 맞는지 확인해 주시고, 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
         else:
             out.append(_lead(f))
         if f.get("brief"):
@@ -132,11 +152,11 @@ CLARIFY = "어떤 물건인지 알려주시겠어요? 물건 이름(예: 투명 
 def compose(g: Grounding) -> str:
     c = g.contexts
     parts: list[str] = _vision(c.get("vision_context") or {})
-    if g.clarify:
-        return "\n".join([*parts, "어떤 물건을 어떻게 버리려는지 조금 더 자세히 알려주시겠어요? 예: \"투명 페트병은 어떻게 버려?\""])
+    if g.clarify and "waste" not in g.intents:  # the waste branch asks what the item is itself (waste_lines); other parts are answered
+        return "\n".join([*parts, CLARIFY])
     language = c.get("language_context") or {}
     if language.get("language") == "en":
-        parts += _english(language, c)
+        parts += _english(language, c, g.question)
         if not language.get("understood"):
             return "\n".join(parts)
     for intent in g.intents:
@@ -212,10 +232,13 @@ def compose(g: Grounding) -> str:
 INTRO = "저는 분리배출 도우미 이코예요. 버리려는 물건(예: 페트병, 건전지, 우유팩)이나 근처 수거함, 재활용품 시세를 물어봐 주시면 규정에 따라 알려드릴게요."
 
 
-def _english(language: dict, c: dict) -> list[str]:
+def _english(language: dict, c: dict, question: str = "") -> list[str]:
     """The English first lines: what was understood, and that the rules quoted are Korean."""
-    from .english import category
+    from .english import asks_disposal, category
 
+    if not language.get("understood") and asks_disposal(question):  # an item the vocabulary does not know
+        return ["I could not find that item in the Korean disposal rules I answer from (18 rule files), so I cannot say how to throw it away."
+                " Please tell me what it is made of (plastic, metal, paper, glass ...) or ask in Korean; your district office (구청·주민센터) has the local rules."]
     if not language.get("understood"):
         return ["Sorry, I can only answer questions about recycling and waste disposal in Korea, and I could not tell which item you mean."
                 " Please name the item (for example \"glass bottle\", \"battery\", \"milk carton\") or ask in Korean."]

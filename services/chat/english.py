@@ -57,12 +57,18 @@ def translate(text: str) -> Translation:
     elif asks:
         ask = asks[0][3]
     else:
-        ask = "" if any(ko in ("시세", "얼마", "날씨", "수수료") for ko in kos) else "어떻게 버려?"
+        ask = "" if any(ko in ("시세", "얼마", "날씨", "수수료", "과태료", "전화번호", "수거 요일") for ko in kos) else "어떻게 버려?"
     return Translation(" ".join([*dict.fromkeys(words), ask]).strip(), tuple((en, ko) for _, _, en, ko in terms))
 
 
 #: Korean words of english.yaml that ask something of the items ("price", "nearest").
-REQUESTS = frozenset({"시세", "근처", "수수료", "스티커", "날씨", "수거 요일", "언제", "얼마"})
+REQUESTS = frozenset({"시세", "근처", "수수료", "스티커", "날씨", "수거 요일", "언제", "얼마", "전화번호", "과태료"})
+
+
+def asks_disposal(text: str) -> bool:
+    """The English question asks how or where to throw something away (english.yaml asks), even
+    when it names no item the vocabulary knows ("where do I throw away cooking oil?")."""
+    return bool(_find(" ".join(text.lower().split()), {k: v for k, v in vocabulary()["asks"].items() if "버려" in str(v)}))
 #: Korean words of english.yaml that name where an item goes ("Is it food waste?").
 DESTINATIONS = frozenset({"음식물", "일반쓰레기", "재활용", "플라스틱", "종이", "유리병", "캔", "비닐"})
 

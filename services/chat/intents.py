@@ -38,7 +38,11 @@ MAKE = frozenset({"만들다", "생성하다", "그리다", "뽑다"})
 WEB_WORDS = frozenset({"검색", "검색하다", "뉴스", "최신", "찾아보다", "인터넷", "기사"})
 WEATHER_WORDS = frozenset({"날씨", "기온", "미세먼지", "강수", "일기예보", "예보"})
 PRICE_WORDS = frozenset({"시세", "가격", "값", "단가", "얼마", "매입", "매입가", "시가", "고물상"})
+#: Of those, the words that only a market price is asked by (not a fee, not a bag's price).
+MARKET_WORDS = frozenset({"시세", "단가", "매입", "매입가", "시가", "고물상"})
 FEE_WORDS = ("수수료", "스티커", "납부필증", "대형폐기물", "비용", "신고필증")
+#: Verbs that ask for something without a question mark ("알려줘", "궁금해", "버리고 싶어").
+ASKING = frozenset({"알리다", "주다", "가르치다", "설명하다", "궁금하다", "모르다", "싶다", "찾다", "보여주다"})
 #: Rule files whose items the bulk_waste branch answers (its fee table and the general rule).
 BULK_FILES = frozenset({"대형폐기물", "공사장생활폐기물"})
 
@@ -90,12 +94,20 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
         found[part.place] = at("근처", "주변", "어디", "가깝다", *(t.form for t in a.tokens if "수거" in t.form or "센터" in t.form))
     bulk_item = _bulk_item(part)
     furniture = bool(bulk_item) and all(h.rule.file in BULK_FILES for h in kb.search(bulk_item, limit=1))
-    fee = part.mentions(*FEE_WORDS) or furniture and bool(nouns & {"얼마", "가격", "값"})
+    # a sticker is the fee's sticker unless it is on another item ("택배 스티커 떼야 돼?", "병 스티커")
+    on_item = part.mentions("스티커") and not part.mentions(*(w for w in FEE_WORDS if w != "스티커")) and any(
+        hits and not any(h.rule.file in BULK_FILES for h in hits) for hits in (kb.search(i, limit=1) for i in part.items if i != "스티커"))
+    fee = part.mentions(*FEE_WORDS) and not on_item or furniture and bool(nouns & {"얼마", "가격", "값"})
     if fee or furniture and (part.disposal or part.wh or not found):
         found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
-    sells = part.has("팔다", "매입하다") or bool(nouns & PRICE_WORDS)
+    sells = part.has("팔다", "매입하다") or bool(nouns & (PRICE_WORDS - ({"고물상"} if part.place else set())))  # "근처 고물상 어디": the place, no price
     priced = kb.search_prices(part.text)
-    if sells and part.local != "bag_price" and (priced or BULK_WASTE not in found and part.mentions("재활용품")):  # "소파 버리려면 얼마야?" asks a fee
+    # a market word with an item asks a price even when the survey lacks it ("구리 시세"): the
+    # price branch then says so; "얼마" or "가격" alone asks one only of the survey's items
+    market = part.has("팔다", "매입하다") or bool(nouns & MARKET_WORDS)
+    if sells and part.local != "bag_price" and BULK_WASTE not in found and (priced or part.mentions("재활용품") or market and bool(part.items)):
+        found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
+    elif sells and part.local != "bag_price" and priced:  # "소파 버리려면 얼마야?" asks a fee; a priced item beside it still asks its price
         found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
     hits = sorted(found, key=found.get)
     tools_only = bool(hits) and all(h in (WEB_SEARCH, IMAGE_GENERATION, WEATHER) for h in hits)
@@ -106,10 +118,14 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     retrieving = [item for item in part.items if kb.search(item)]
     asks_item = bool(retrieving) and (a.is_question or disposal_verb or part.yes_no or not content_verbs or bool(part.parts))
     bulk_only = BULK_WASTE in hits and all(any(h.rule.file in BULK_FILES for h in kb.search(item, limit=1)) for item in retrieving)
-    about_waste = part.local or part.proposed or disposal_verb or asks_item or part.disposal and not hits or part.demonstrative and part.yes_no
+    # disposal named with nothing asked ("분리수거 귀찮다") is talk, not a question to answer from the rules
+    asks = a.is_question or bool(lemmas & ASKING) or bool(nouns & {"방법", "법", "요령", "방식"})  # "분리수거 방법"
+    about_waste = part.local or part.proposed or disposal_verb or asks_item or part.disposal and not hits and asks or part.demonstrative and part.yes_no
     if about_waste and not tools_only and CHARACTER not in hits and RECYCLABLE_PRICE not in hits and not bulk_only:
         hits.append(WASTE)
     elif tools_only and disposal_verb and part.items:
+        hits.append(WASTE)
+    elif part.local and WASTE not in hits and not tools_only:  # "강동구 대형폐기물 수거일": the waste branch says what is not known
         hits.append(WASTE)
     return hits
 
@@ -135,7 +151,42 @@ def _bulk_item(part: Q.Part) -> str:
     return ""
 
 
-def classify(message: str, kb: KnowledgeBase) -> Classification:
+#: Words that ask for the whole cast rather than one character ("캐릭터 몇 명이야", "전부 알려줘").
+CAST_WORDS = frozenset({"몇", "전부", "모두", "다", "종류", "전체", "들", "목록"})
+
+
+def asks_cast(text: str) -> bool:
+    """A question about the characters as a whole ("이코 캐릭터들 전부 몇 명이야"), even when it
+    names one of them: the word 캐릭터 with a count, "all" or a plural."""
+    tokens = Q.analyse(text).tokens
+    return any(t.form == "캐릭터" for t in tokens) and any(t.form in CAST_WORDS for t in tokens)
+
+
+#: Requests a follow-up that only names another item ("그럼 캔은?") asks again of that item.
+CARRIED = (RECYCLABLE_PRICE, BULK_WASTE)
+
+
+def follows_up(question: Q.Question) -> bool:
+    """A message that names an item and asks nothing of its own ("그럼 캔은?", "신문지는?"):
+    one request, no predicate, a topic particle or a "그럼" — it asks what the previous one did."""
+    if len(question.parts) != 1 or not question.parts[0].items:
+        return False
+    tokens = question.parts[0].analysis.tokens
+    if any(t.tag.startswith(("VV", "VA", "VX", "XSV", "XSA")) for t in tokens):
+        return False
+    return any(t.tag == "JX" and t.form in ("은", "는", "ᆫ", "도") for t in tokens) or any(t.tag == "MAJ" for t in tokens)
+
+
+def classify(message: str, kb: KnowledgeBase, *, previous: str = "") -> Classification:
+    """The message's intents and a sub-query per intent; `previous` (the user's last message)
+    gives a follow-up that only names another item its request ("고물상 시세 얼마야?" → "그럼
+    캔은?" asks the price of cans)."""
+    if previous:
+        question = Q.read(message)
+        if follows_up(question):
+            carried = [i for i in classify(previous, kb).intents if i in CARRIED]
+            if carried:
+                return Classification(tuple(carried), {i: message for i in carried}, (), 0.7)
     intents: list[str] = []
     queries: dict[str, str] = {}
 

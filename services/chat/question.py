@@ -45,10 +45,10 @@ NOT_ITEMS = frozenset({
     "시세", "가격", "값", "단가", "매입", "매입가", "수수료", "캐릭터", "이름", "날씨", "그림", "이미지", "사진", "검색", "뉴스", "최신",
     "kg", "키로", "킬로", "그램", "리터", "장", "박스째", "통째", "이상", "이하", "미만", "정리", "요일", "시간", "수거일",
     "배출일", "전화번호", "연락처", "번호", "지역", "구청", "주민센터", "동사무소", "아파트", "빌라", "주택", "사람", "이웃",
-    "약국", "보건소", "매장", "마트", "편의점", "대리점", "우체통",
+    "약국", "보건소", "매장", "마트", "편의점", "대리점", "우체통", "신청", "예약", "문의", "무상", "무료", "유료", "서비스",
 })
 #: Question words: a question with one of them is not a yes/no question.
-WH = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨다", "어떡하다", "어떻다"})
+WH = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨다", "어떡하다", "어떻다", "어쩌다"})
 #: Verbs and nouns that ask where something is or to find it.
 FIND = frozenset({"찾다", "알리다", "보이다", "알려주다", "안내하다", "추천하다", "어딨다", "가깝다"})
 NEAR = frozenset({"근처", "주변", "주위", "인근", "동네", "위치", "가까이"})
@@ -112,6 +112,7 @@ def _lexicon() -> dict:
         "parts": frozenset(lex["parts"]),
         "steps": dict(lex["steps"]),
         "local": lex["local"],
+        "food_parts": frozenset(lex.get("food_parts") or ()),
     }
 
 
@@ -134,7 +135,7 @@ def split(text: str) -> list[str]:
             cuts.append(t.end if t.tag == "SF" else t.start)
         elif t.tag == "MAG" and t.form == "또" and i > 0 and has_more:
             cuts.append(t.start)
-        elif t.tag == "EC" and t.form in ("고", "구") and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV") and _ends_request(tokens[: i + 1], rest):
+        elif t.tag == "EC" and t.form in ("고", "구") and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV", "VCP") and _ends_request(tokens[: i + 1], rest):  # "누구고"
             cuts.append(t.end)
     pieces, start = [], 0
     for cut in cuts:
@@ -196,12 +197,13 @@ def read_part(text: str) -> Part:
     phrases = [_without_verb(a, p) for p in a.phrases if not _modifies_next(a, p)]
     phrases = [p for p in phrases if p]
     region_words = _regions()
+    situations = _situations()  # "인테리어 하고 남은 타일": where the waste comes from, not an item
     characters = _character_names()
-    if any(t.form in GENERIC_PLACES and t.tag.startswith("NN") for t in a.tokens) and (near or find or "어디" in wh):
+    if any(t.form in GENERIC_PLACES | PLACE_NOUNS and t.tag.startswith("NN") for t in a.tokens) and (near or find or "어디" in wh and not lemmas & DISPOSE):
         place = "collection_point" if lemmas & DISPOSE else "location"  # "근처에 건전지 버릴 곳 있어?"
     for n, phrase in enumerate(phrases):
         nxt = a.after(phrase[-1])
-        phrase = tuple(t for t in phrase if t.form not in region_words and t.form not in characters and t.form not in NOT_ITEMS)
+        phrase = tuple(t for t in _without_compounds(phrase, NOT_ITEMS | situations) if t.form not in region_words and t.form not in characters and t.form not in NOT_ITEMS | situations)
         if not phrase:
             continue
         words = [t.form for t in phrase if t.tag not in ("XSN",) or t.form in ("류",)]
@@ -221,6 +223,10 @@ def read_part(text: str) -> Part:
                     items.append(_with_modifier(a, phrase, item))
                 continue
             verb_like = bin_word.endswith("함") and not find and not near and not any(p.start > phrase[-1].end for p in predicates) and not as_destination
+            # "전기장판 의류수거함 되나요?": whether the item may go in it, not where the bin is
+            allowed = bool(bin_word) and (n > 0 or bool(item_tokens)) and not find and not near and "어디" not in wh and any(
+                p.start > phrase[-1].end and p.lemma in ("되다", "가능하다", "괜찮다", "맞다", "안되다") for p in predicates)
+            as_destination = as_destination or allowed and not verb_like
             if as_destination or verb_like:  # "캔 수거함에 넣어도 돼?" / "플라스틱 분리수거함?" (= 분리수거 함?)
                 if verb_like:  # the bin is the verb: "is it 분리수거'd?", and a category before it is the item
                     rest = rest or category
@@ -231,12 +237,21 @@ def read_part(text: str) -> Part:
                 if rest:
                     items.append(_with_modifier(a, phrase, rest))
                 continue
-            if find or near or n == len(phrases) - 1 and a.is_question and not lemmas & DISPOSE:
+            # a bin or place ending a question asks where it is ("분리수거함?", "재활용센터 어디야"),
+            # not when the question asks something else of it ("고물상 얼마", "분리수거장 몇시에 열어")
+            if find or near or n == len(phrases) - 1 and a.is_question and not lemmas & DISPOSE and (not wh or "어디" in wh):
                 place = "collection_point" if bin_word else "location"
             item = rest or own_item or category
             if item and item not in NOT_ITEMS and not destination(item) or item and rest:
                 items.append(_with_modifier(a, phrase, item))
             continue
+        # a bag or bin of a category named as where the item goes ("음식물 쓰레기 봉투에 뼈 넣어도
+        # 돼?", "일반쓰레기 봉투에 건전지"): that category is proposed, the whole phrase is no item
+        if len(words) > 1 and words[-1] in CONTAINERS and nxt is not None and nxt.tag == "JKB" and lemmas & DISPOSE:
+            held = destination("".join(w for w in words[:-1] if w not in ("쓰레기",))) or destination("".join(words[:-1]))
+            if held:
+                proposed = proposed or held
+                continue
         # a category the user proposes ("음쓰 맞아?", "일반쓰레기로 버려?"), possibly after the item ("치킨 뼈 음쓰임?")
         head, dest = _splitdestination(words)
         marks_destination = nxt is None and a.is_question or nxt is not None and (
@@ -261,6 +276,8 @@ def read_part(text: str) -> Part:
         elif part_words:
             parts.extend(part_words)
         items.append(_with_modifier(a, phrase, _surface(a, phrase, content)))
+    if not items:  # "인테리어 공사하고 남은 폐기물": with nothing else named, the waste is that situation's category
+        items = [_situation_file(t.form) for t in a.tokens if t.form in situations][:1]
     # a lone category word is the item itself ("음쓰 어디다 버려?", "페트병에 라벨 붙은 채로 내놔도 돼?")
     steps_asked = any(k in lemmas for k in lex["steps"])
     if not items and proposed and (not a.is_question or wh or parts or steps_asked):
@@ -273,23 +290,72 @@ def read_part(text: str) -> Part:
                   and (not spec.get("with") or any(w in compact_all for w in spec["with"]))), "")
     if local == "schedule" and not (disposal or items or "수거" in compact_all):
         local = ""
-    if local == "contact" and not ("전화" in compact_all or "연락" in compact_all or "번호" in compact_all):
+    if local == "contact" and not ("전화" in compact_all or "연락" in compact_all or "콜센터" in compact_all or "번호" in compact_all and any(w in compact_all for w in OFFICES)):
         local = ""
     yes_no = a.is_question and not wh or bool(proposed and not wh)  # Korean asks yes/no by a question without a question word
     # Latin words are an item only when the rules know them ("PET", "LED", "CD"), not any English
     # in the text; a single letter only when it is a word of the synonyms ("캔", "옷", "귤")
     items = [i for i in items if not i.isascii() or set(K.normalise(i).split()) <= _latin_words()]
-    items = [i for i in items if len(i) > 1 or i in _single_letter_items()]
+    # a one-letter noun the rules do not name is kept when it is all the message names, to be
+    # said unknown ("흙 버리는 법") rather than asked about
+    kept = [i for i in items if len(i) > 1 or i in _single_letter_items()]
+    counted = {t.form for p_, t in zip(a.tokens, a.tokens[1:]) if p_.tag == "SN"}  # "3층", "2개": a count, not a thing
+    items = kept or [i for i in items if i in {t.form for t in a.tokens if t.tag == "NNG"} - counted and lemmas & DISPOSE]
+    if local:  # the fact asked for is no item ("과태료", "전화번호")
+        items = [i for i in items if i.replace(" ", "") not in {w.replace(" ", "") for w in lex["local"][local]["words"]} or local.startswith("bag")]
     if local == "bag_price":  # the bag is what is asked about, not something to throw away
         items = [i for i in items if destination(i) != "일반종량제폐기물" and "봉투" not in i and "마대" not in i]
+    state = _state_said(a)
+    if state and len(items) == 1 and state not in items[0]:  # "형광등 깨졌는데 어떡해" asks about a broken one
+        items = [f"{state} {items[0]}"]
     return Part(
         text=text, analysis=a, items=tuple(dict.fromkeys(i for i in items if i)), proposed=proposed, yes_no=yes_no, parts=tuple(dict.fromkeys(parts)),
         steps=steps, place=place, local=local, quantity=_quantities(a), disposal=disposal, demonstrative=demonstrative, wh=wh,
     )
 
 
+#: What a category's waste is put in ("음식물 쓰레기 봉투", "재활용 통").
+CONTAINERS = frozenset({"봉투", "봉지", "통", "마대", "수거함", "수거통", "바구니", "함"})
+#: Offices whose number a "번호" asks for ("구청 번호"); a number of anything else ("로또 번호",
+#: "송장 번호") is no contact.
+OFFICES = ("구청", "군청", "시청", "주민센터", "동사무소", "행정복지센터", "청소과", "센터", "관리사무소")
+
+
+def _without_compounds(phrase: tuple[Token, ...], words: frozenset[str]) -> tuple[Token, ...]:
+    """The phrase without runs of tokens that spell one of `words` ("주민/센터" is 주민센터)."""
+    forms = [t.form for t in phrase]
+    drop: set[int] = set()
+    for i in range(len(forms)):
+        for j in range(i + 2, len(forms) + 1):
+            if "".join(forms[i:j]) in words:
+                drop.update(range(i, j))
+    return tuple(t for k, t in enumerate(phrase) if k not in drop)
+
+
+#: States of an item the rules treat apart (깨진 유리병, 오염된 비닐), as the verb that says them →
+#: the modifier the rules write.
+STATES = {"깨지다": "깨진", "찢어지다": "찢어진", "오염되다": "오염된", "젖다": "젖은", "녹슬다": "녹슨", "상하다": "상한"}
+
+
+def _state_said(a: Analysis) -> str:
+    """The state a predicate says of the item ("형광등 깨졌는데" → 깨진), not a modifier ("깨진
+    유리병" is read with the item) and not a negated one ("깨지지 않게")."""
+    for i, t in enumerate(a.tokens):
+        lemma = t.lemma if t.tag.startswith("VV") else a.tokens[i - 1].form + "되다" if t.tag == "XSV" and t.form == "되" and i > 0 else ""
+        if lemma not in STATES:
+            continue
+        after = a.tokens[i + 1 : i + 4]
+        if after and after[0].tag == "ETM" or any(x.form in ("않", "말", "못") for x in after):
+            continue
+        return STATES[lemma]
+    return ""
+
+
 #: Nouns for "a place" in general ("버릴 곳", "버릴 데", "수거 장소").
 GENERIC_PLACES = frozenset({"곳", "데", "장소", "수거장소", "배출장소"})
+#: Places that take some waste back ("근처 약국 알려줘" for medicine): a place question with a
+#: word of nearness or finding.
+PLACE_NOUNS = frozenset({"약국", "보건소", "주민센터", "행정복지센터", "동사무소", "마트", "대리점"})
 
 
 @cache
@@ -298,6 +364,17 @@ def _regions() -> frozenset[str]:
 
     v = BW.vocabulary()
     return frozenset([*v.regions, *v.sido_words, *v.aliases, "서울", "부산", "대구", "인천", "광주", "대전", "울산", "세종", "경기", "제주"])
+
+
+@cache
+def _situations() -> frozenset[str]:
+    return frozenset(w for words in (K.lexicon().get("situations") or {}).values() for w in words)
+
+
+def _situation_file(word: str) -> str:
+    """The name of the rule file a situation word selects ("인테리어" → "공사장 생활폐기물")."""
+    file = next(f for f, words in K.lexicon()["situations"].items() if word in words)
+    return next(r.name for r in K.load().rules if r.file == file)
 
 
 @cache
@@ -321,21 +398,42 @@ def _character_names() -> frozenset[str]:
     return frozenset(morph.names())
 
 
+#: Verbs that make a state of the noun before them ("고장나다", "구멍나다", "녹슬다"): that noun says
+#: what happened to the item, it is not part of its name.
+STATE_VERBS = frozenset({"나다", "슬다"})
+
+
 def _without_verb(a: Analysis, phrase: tuple[Token, ...]) -> tuple[Token, ...]:
     """The phrase without a last noun that is a verb with 하다/되다 ("집수리하고" → 집,
-    "페트병분리수거함?" → 페트병): that noun is what is done, not an item."""
+    "페트병분리수거함?" → 페트병) or a state with 나다 ("우산 고장났는데" → 우산): that noun is
+    what is done or what happened, not an item."""
     nxt = a.after(phrase[-1])
     if nxt is not None and nxt.tag in ("XSV", "XSA") and nxt.start == phrase[-1].end:
+        return phrase[:-1]
+    if nxt is not None and nxt.tag.startswith("VV") and nxt.lemma in STATE_VERBS and nxt.start == phrase[-1].end and len(phrase) > 1:
         return phrase[:-1]
     return phrase
 
 
 def _modifies_next(a: Analysis, phrase: tuple[Token, ...]) -> bool:
-    """A noun that belongs to the next phrase's modifier ("기름 묻은 피자박스": 기름)."""
+    """A noun that belongs to the next phrase's modifier ("기름 묻은 피자박스": 기름; "딸기 담겨
+    있던 트레이", "티비 살 때 들어있던 스티로폼": 딸기, 티비 are what it held or came with)."""
     i = a.tokens.index(phrase[-1])
     rest = a.tokens[i + 1 : i + 4]
-    return (len(rest) >= 3 and rest[0].tag.startswith(("VV", "VA")) and rest[0].lemma not in DISPOSE and rest[1].tag == "ETM"
-            and rest[2].tag in ("NNG", "NNP", "XPN") and rest[2].form not in NOT_ITEMS)  # "수거함 없는 아파트": 아파트 is no item
+    if (len(rest) >= 3 and rest[0].tag.startswith(("VV", "VA")) and rest[0].lemma not in DISPOSE and rest[1].tag == "ETM"
+            and rest[2].tag in ("NNG", "NNP", "XPN") and rest[2].form not in NOT_ITEMS):  # "수거함 없는 아파트": 아파트 is no item
+        return True
+    j = i + 1
+    while j < len(a.tokens) and a.tokens[j].tag == "JKS":
+        j += 1
+    chain = 0
+    while j < len(a.tokens) and (a.tokens[j].tag.startswith(("VV", "VA", "VX", "EC", "EP", "ETM")) or a.tokens[j].form == "때" and a.tokens[j - 1].tag == "ETM"):
+        if a.tokens[j].tag.startswith(("VV", "VA")) and a.tokens[j].lemma in DISPOSE:
+            return False
+        chain += 1
+        j += 1
+    return (chain >= 3 and j < len(a.tokens) and a.tokens[j - 1].tag == "ETM" and a.tokens[j].tag in ("NNG", "NNP", "XPN")
+            and a.tokens[j].form not in NOT_ITEMS and a.tokens[j].form not in _lexicon()["food_parts"])  # "치킨 먹고 남은 뼈": the food's bone
 
 
 def _surface(a: Analysis, phrase: tuple[Token, ...], content: list[str]) -> str:

@@ -53,6 +53,7 @@ class Finding:
     proposed: str = ""  # the proposed category's name
     brief: bool = False  # the question asks something else about it (a collection day): the direct answer only
     nearest: bool = False  # found by the fallback chain's retry: the nearest rule, not the item's own
+    mentioned: bool = False  # a part the rules name only as removed from another item ("빨대", "라벨"): no category of its own
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -138,10 +139,12 @@ def _line_dest(line: str) -> str:
     """Where a rule line sends its subject ("깨진 유리병은 불연성종량제봉투로 배출하거나 …" →
     "불연성종량제봉투"): the first "… (으)로/에 배출" after the subject."""
     rest = re.sub(r"^\s*[은는]\s", "", line[len(subject(line)) :])
-    for m in re.finditer(r"([가-힣A-Za-z·]+(?:\s[가-힣]+)?)(?:으로|로|에)\s*배출(하지 않|하지 말|불가)?", rest):
+    for m in re.finditer(r"([가-힣A-Za-z·]+?(?:\s[가-힣]+?)?)(?:으로|로|에)\s*배출(하지 않|하지 말|불가)?", rest):
         if not m.group(2):  # "… 배출하지 않도록" says where it must not go
-            words = m.group(1).split()
-            return " ".join(w for w in words if w not in ("또는", "및", "혹은"))
+            words = [w for w in m.group(1).split() if w not in ("또는", "및", "혹은")]
+            while len(words) > 1 and re.search(r"(여|고|서|며|거나)$", words[0]):  # "이용하여 불연성종량제폐기물로": how, then where
+                words.pop(0)
+            return " ".join(words)
     return ""
 
 
@@ -177,6 +180,15 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         rule = hits[0].rule  # a common line naming the item in passing ("TV, 컴퓨터 … 발포합성수지는") does not make it that file's item
     else:
         rule = files[ranked[0][0].file]  # an item named by a file's items, details or refused items is about that file
+    # an everyday word synonyms.yaml gives a category ("피아노" → 대형폐기물) is in that category
+    # when no passage names the word itself: passages naming the category word in passing
+    # ("대형폐기물로 배출: … 장판 등 대형폐기물" of 공사장 생활폐기물) are not about it
+    by_synonym = dest_files(kb, K.expand(item, kb.synonyms)[len(item) :]) if known and named not in files else []
+    if len(by_synonym) == 1 and not (ranked and _matches(ranked[0][0].names or " ".join(ranked[0][0].lines), item)) and by_synonym[0] in {h.rule.file for h in hits}:
+        rule = files[by_synonym[0]]
+    situated = _situation(kb, part, spec) if part is not None else None
+    if situated is not None:  # "집수리하고 나온 폐벽돌": the file of where it comes from, when it names the item
+        rule = files[situated]
     score = ranked[0][1] if ranked else hits[0].score
     narrow = {id(p): s for p, s in kb.about(spec, files={rule.file})}
     compact = K.normalise(item).replace(" ", "")
@@ -184,7 +196,13 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     scope = next(p for p in rule.passages if p.kind == "scope")
     scope_score = narrow.get(id(scope), 0.0)
     related = sorted(((p, narrow[id(p)]) for p in rule.passages if p.kind == "exception" and id(p) in narrow and _matches(p.about, spec)), key=lambda ps: -ps[1])
-    refused = next((p for p, _ in related if is_named(p.names, spec)), None) if not category_level else None
+    # a refused item is the asked item when the item's own words name it: a part its synonyms add
+    # ("샴푸통" → 펌프) is an exception that applies to it, not what it is
+    parts = set(K.lexicon()["parts"])
+    own = " ".join(w for w in spec.split() if w not in parts or w in K.normalise(item).split())
+    refused = next((p for p, _ in related if is_named(p.names, own)), None) if not category_level else None
+    if refused is None and not category_level and K.normalise(item) in parts:  # a bare part a refused item is named by ("송장" ↔ "택배 송장")
+        refused = next((p for p, _ in related if _matches(p.names, item)), None)
     # what the item is: the scope lines that name it (the file's own targets first), else its targets
     naming = [line for line in scope.lines if _matches(line, spec)][:2] or list(scope.lines[: max(1, len(rule.targets))])
     f = Finding(item=item, file=rule.file, name=rule.name, score=round(score, 2), basis=_doc(scope, naming), category_level=category_level)
@@ -202,9 +220,35 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         named_dest = dest_files(kb, specific_dest) if specific_dest else []
         f.dest_files = [d for d in named_dest if d != rule.file][:1] or [rule.file]
         f.dest = specific_dest if named_dest and named_dest[0] != rule.file else rule.name
+    if _only_mentioned(rule, item, f) and not (part is not None and part.steps):  # "라벨 안 떼고 버려도 돼?" asks a step about it
+        f.mentioned = True
+        f.steps = [{**d, "lines": [line for line in d["lines"] if _matches(line, item)]} for d in f.steps]
+        f.steps = [d for d in f.steps if d["lines"]]
+        f.exceptions = []
+        return f  # no yes/no: the rules do not say where it goes
     if part is not None:
         _decide(kb, f, part)
     return f
+
+
+def _only_mentioned(rule: K.RuleFile, item: str, f: Finding) -> bool:
+    """A part of other items ("빨대", "뚜껑", "테이프") that the file's lists never name: its lines
+    only say to remove it ("내용물, 빨대, 비닐을 제거하고 …"), not where it goes."""
+    if f.refused or f.category_level or K.normalise(item) not in set(K.lexicon()["parts"]):
+        return False
+    return not any(_matches(p.names or " ".join(p.lines), item) for p in rule.passages if p.kind in ("scope", "exception"))
+
+
+def _situation(kb: K.KnowledgeBase, part: Q.Part, spec: str) -> str | None:
+    """The rule file a situation word of the question selects (lexicon.yaml situations: 집수리,
+    인테리어 → 공사장생활폐기물), when one of that file's detail lists names the item."""
+    compact = part.text.replace(" ", "")
+    for file, words in (K.lexicon().get("situations") or {}).items():
+        if any(w in compact for w in words):
+            rule = next((r for r in kb.rules if r.file == file), None)
+            if rule is not None and any(p.kind == "detail" and any(_matches(line, spec) for line in p.lines) for p in rule.passages):
+                return file
+    return None
 
 
 def is_named(names: str, spec: str) -> bool:
@@ -240,7 +284,7 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
         lines = []
         for line in p.lines:
             about = subject(line)
-            mentions = _matches(line, item)
+            mentions = _matches(line, item) or p.kind == "detail" and _matches(line, spec)  # a detail's list naming the item by its other name ("쇼파" → 소파)
             if category_level:
                 keep = True
             elif about:  # a line about some items: kept when they are the asked item (or the whole category)
@@ -251,13 +295,40 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
                 continue
             lines.append(line)
             if not category_level and _line_dest(line):
-                if about and _matches(about, spec):
-                    candidates.append((0, _line_dest(line)))
-                elif not about and mentions:
-                    candidates.append((1 if p.kind == "detail" else 2, _line_dest(line)))
+                if about and _matches(about, spec) and _state_fits(about, item):
+                    candidates.append((0, 0, _line_dest(line)))
+                elif not about and mentions:  # of two such lines, the one naming more of the item ("깨진 형광등": "조명이 깨진 경우에는 …")
+                    candidates.append((1 if p.kind == "detail" else 2, -_shared_words(line, item), _line_dest(line)))
+        key_dest = _line_dest(p.doc.section.split("/", 1)[-1]) if p.kind == "detail" else ""
+        if key_dest and lines and not category_level:  # a detail named by where its items go ("대형폐기물로 배출": 싱크대, 가구류 …)
+            candidates.append((1, 0, key_dest))
         if lines:
             steps.append(_doc(p, lines))
-    return _merge(steps), min(candidates)[1] if candidates else ""
+    return _merge(steps), min(candidates)[-1] if candidates else ""
+
+
+@cache
+def _state_of(subject_: str) -> str:
+    """The state a line's subject starts with ("깨진 유리병" → "깨진"), or ""."""
+    tokens = analyse(subject_).tokens
+    if len(tokens) >= 3 and tokens[0].tag.startswith(("VV", "VA")) and tokens[1].tag == "ETM":
+        return subject_[: tokens[1].end].strip()
+    return ""
+
+
+def _state_fits(subject_: str, item: str) -> bool:
+    """A line about items in a state ("깨진 유리병은 …") sends only items in that state there."""
+    state = _state_of(subject_)
+    return not state or state in item
+
+
+def _shared_words(line: str, item: str) -> int:
+    """How much of the item a line names: its state words as written count twice ("깨진 형광등":
+    "조명이 깨진 경우에는 …" over "형광등과 LED를 깨지지 않도록 …"), its head once."""
+    words = K.normalise(line).split()
+    compact = "".join(words)
+    *states, head = K.normalise(item).split() or [""]
+    return 2 * sum(1 for w in states if w in words) + (head in compact)
 
 
 def _decide(kb: K.KnowledgeBase, f: Finding, part: Q.Part) -> None:
@@ -311,6 +382,16 @@ def search_key(item: str) -> str:
     return " ".join([item, *inside])
 
 
+def head(item: str) -> str:
+    """A compound's head, its last noun ("커터칼" → 칼, "곰인형" → 인형, "실리콘 주방장갑" → 장갑):
+    a Korean compound names a kind of its head. "" for an item of one noun."""
+    nouns = [t for t in analyse(item).tokens if t.tag in ("NNG", "NNP")]
+    if len(nouns) < 2:
+        return ""
+    last = nouns[-1].form
+    return last if len(last) >= 2 or last in Q._single_letter_items() else ""
+
+
 def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
     """The waste branch's context for `text`: a Finding per asked item (as dicts), the items
     the rules do not cover, a local fact asked for, and whether to ask what the item is.
@@ -331,9 +412,14 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
             if earlier:
                 items = list(earlier)
                 part = Q.Part(**{**part.__dict__, "parts": tuple(dict.fromkeys([*part.parts, *part.items]))})
+        elif previous and all(K.normalise(i).replace(" ", "") in set(lex.get("attributes") or ()) for i in items):
+            earlier = next((q.items for q in (Q.read(t) for t in previous) if q.items), ())  # "그럼 초록색은?": a green one of the last item
+            items = [f"{i} {e}" for i in items for e in earlier[:1]] or items
         named = named or bool(items)
         for item in items:
             f = find(kb, search_key(item), part)
+            if f is None and head(item):  # "커터칼" is a 칼, "곰인형" an 인형: what the rules say of the head
+                f = find(kb, head(item), part)
             if f is not None:
                 f.item = item
                 f.brief = bool(part.local)
@@ -351,10 +437,17 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
                     findings.insert(at, g.as_dict())
         phone = re.compile(r"\d{3,4}-\d{4}")
         said = [line for f in findings for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if phone.search(line)]
+        answers = (lex["local"].get(part.local) or {}).get("answers") or ()
+        answering = [f for f in findings if answers and any(w in line for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] for w in answers)]
         if part.local == "contact" and said:  # the rules give this number (폐가전 무상수거 1599-0903)
             for f in findings:
                 f["brief"] = False
+        elif answering:  # the rules say it for this item ("특수규격마대는 지자체가 지정한 판매소에서 구매"): that answer, whole
+            line_of = {f["item"]: next(line for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if any(w in line for w in answers)) for f in answering}
+            findings[:] = [{**f, "brief": False, "verdict": "", "proposed": "", "answer_line": line_of[f["item"]]} for f in answering]
         elif part.local and local is None:
+            if answers:  # a question about the bag itself ("음쓰 봉투 어디서 사"): no disposal answer about it
+                findings[:] = [f for f in findings if not any(w in f["item"] for w in lex["local"][part.local]["words"]) and not Q.destination(f["item"])]
             local = dict(lex["local"][part.local], kind=part.local)
     region, _ = BW.find_region(text)
     ctx = {"findings": findings, "unknown": unknown, "local": local, "region": region.sigungu if region else "",
@@ -386,11 +479,12 @@ def retry(kb: K.KnowledgeBase, ctx: dict, previous: list[str] = ()) -> dict | No
     found, still = [], []
     for item in missing:
         words = sorted({w for w in K.normalise(item).split() if len(w) >= 2 and w != K.normalise(item)}, key=len, reverse=True)
-        f = next((g for g in (find(kb, w) for w in [*words, *(f"{e} {item}" for e in earlier)]) if g is not None and g.score >= 2 * MIN_SUPPORT), None)
+        tries = [(w, item) for w in words] + [(f"{e} {item}", f"{item} {e}") for e in earlier]  # with the previous item: "충전식" → "충전식 건전지"
+        f, named = next(((g, name) for g, name in ((find(kb, w), name) for w, name in tries) if g is not None and g.score >= 2 * MIN_SUPPORT), (None, item))
         if f is None:
             still.append(item)
         else:
-            found.append({**f.as_dict(), "item": item, "nearest": True})
+            found.append({**f.as_dict(), "item": named, "nearest": True})
     if not found:
         return None
     return {**ctx, "findings": [*(ctx.get("findings") or []), *found], "unknown": still}

@@ -5,9 +5,9 @@ word its part of speech and each verb its lemma (버리/VV for all of them), so 
 question on what its words are (a verb of disposal, a noun that names a bin, a question word)
 and finds the item it asks about (the nouns), instead of on substrings anywhere in the text.
 
-Loading the model costs about a second of CPU and ~300 MB (docs/benchmarks.md "Korean
-morphology"); `analyser()` pays it once per process, and the chat service calls `warm()` at
-start so no question waits for it. The multi-word dictionary is not loaded: it names proper
+Loading the model is the analyser's one large cost, in CPU and memory (docs/benchmarks.md,
+"Korean morphology"); `analyser()` pays it once per process, and the chat service calls `warm()`
+at start so no question waits for it. The multi-word dictionary is not loaded: it names proper
 nouns of news text, not household items, and doubles the load cost. The everyday words of the
 knowledge base (synonyms.yaml keys such as 음쓰, 쇼파, 뽁뽁이) are added as nouns, so the
 analyser keeps them whole instead of reading "음쓰" as an interjection and a verb.
@@ -15,6 +15,7 @@ analyser keeps them whole instead of reading "음쓰" as an interjection and a v
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -36,6 +37,8 @@ _CHAT_SPELLINGS = (
     (re.compile(r"어케|어캐|어떡케|어뜨케"), "어떻게 "),
     (re.compile(r"(?<![가-힣])걍(?![가-힣])"), "그냥"),
     (re.compile(r"ㄱㄴ(?![가-힣])"), "가능"),
+    # "버릴라면", "할라면": the model reads a glued "-ㄹ라면" as the noun 라면 (ramen); "-ㄹ려면" it reads as the ending
+    (re.compile(r"(?<=[가-힣])라면(?=$|[^가-힣])"), lambda m: "려면" if (ord(m.string[m.start() - 1]) - 0xAC00) % 28 == 8 else "라면"),
 )
 
 _lock = threading.Lock()
@@ -112,6 +115,7 @@ def names() -> tuple[str, ...]:
 def warm() -> dict[str, float]:
     """Load the model now (a service's start) rather than in its first question; the load cost."""
     analyser()
+    _typo_index()
     return dict(LOAD)
 
 
@@ -183,13 +187,80 @@ class Analysis:
 #: Sentence endings that can only ask ("되나요", "할까", "버리니"); "-어", "-아요" also state,
 #: so without a "?" or a question word they do not make a question.
 QUESTION_ENDINGS = frozenset({"나요", "까", "을까", "ᆯ까", "을까요", "ᆯ까요", "니", "냐", "나", "는지", "ᆫ가요", "은가요", "ᆫ가", "은가", "는가", "래", "ᆯ래", "남", "냐고", "는지요"})
-WH_WORDS = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨", "어떻", "어떡하"})
+WH_WORDS = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨", "어떻", "어떡하", "어쩌"})
 
 
 def normalise_chat(text: str) -> str:
     for pattern, repl in _CHAT_SPELLINGS:
         text = pattern.sub(repl, text)
-    return text
+    return correct_typos(text)
+
+
+#: Above this score (kiwi's log-probability of a token) a noun is one the analyser knows; an unknown
+#: spelling gets a guessed noun far below it ("뱡", "냉장교").
+KNOWN_SCORE = -15.0
+#: What may follow a misspelt item in one word ("건전치는", "페트뱡을"): particles, or nothing.
+_AFTER_ITEM = re.compile(r"(은|는|이|가|을|를|도|와|과|랑|이랑|하고|에|에서|으로|로|만|요|임|야|이야|인가|)$")
+
+
+def _jamo(word: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for ch in word:
+        code = ord(ch) - 0xAC00
+        out += [code // 588, (code % 588) // 28, code % 28]
+    return tuple(out)
+
+
+@functools.cache
+def _typo_index() -> tuple[frozenset[str], dict[tuple, set[str]]]:
+    """The knowledge base's item words of three syllables or more, and for each the keys that a
+    spelling one letter (자모) away shares with it."""
+    from .kb import lexicon, load
+
+    # the items' words only: a name is no item to respell towards ("라이터" is no 라이티)
+    lex, base = lexicon(), load()
+    bulk = yaml.safe_load((resources.files(__package__) / "bulk_waste.yaml").read_text(encoding="utf-8"))["items"]
+    vocabulary = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["parts"]]
+    vocabulary += [w for name, others in bulk.items() for w in (name, *(others or ()))]
+    vocabulary += [w for p in base.passages if p.kind in ("scope", "exception", "detail") for w in re.split(r"[^가-힣]+", p.names)]
+    words = frozenset(w for w in vocabulary if len(w) >= 3 and re.fullmatch(r"[가-힣]+", w))
+    index: dict[tuple, set[str]] = {}
+    for w in words:
+        j = _jamo(w)
+        for i in range(len(j)):
+            index.setdefault((i, j[:i] + (-1,) + j[i + 1 :]), set()).add(w)
+    return words, index
+
+
+def correct_typos(text: str) -> str:
+    """Item words misspelt by one letter (자모) of a word the knowledge base knows, three
+    syllables or more, respelt ("페트뱡" → 페트병, "건전치" → 건전지, "알루미늄켄" → 알루미늄캔):
+    the analyser would otherwise split them into other words. Only when one known word is that
+    close, and the text's word is not itself known."""
+    words, index = _typo_index()
+    kiwi = analyser()
+
+    def fix(m: re.Match) -> str:
+        w = m.group()
+        if w in words:
+            return w
+        with _lock:
+            tokens = kiwi.tokenize(w)
+        if all(t.score > KNOWN_SCORE and (t.tag in COMPOUND_TAGS or t.tag.startswith("J")) for t in tokens):
+            return w  # words the analyser knows, with their particles ("종이로", "청소과", "라이터")
+        for cut in range(len(w), 2, -1):
+            head, rest = w[:cut], w[cut:]
+            if head in words:
+                return w
+            if not _AFTER_ITEM.fullmatch(rest):
+                continue
+            j = _jamo(head)
+            near = set().union(*(index.get((i, j[:i] + (-1,) + j[i + 1 :]), set()) for i in range(len(j))))
+            if len(near) == 1:
+                return next(iter(near)) + rest
+        return w
+
+    return re.sub(r"[가-힣]{3,}", fix, text)
 
 
 def analyse(text: str) -> Analysis:

@@ -10,6 +10,7 @@ from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
 from eco2.services.knowledge.categories import CATEGORY_OF_RULE
 
+from .. import intents as I
 from .. import rules as R
 from ..deps import ChatDeps, JobContext
 from ..emitter import Emitter
@@ -56,7 +57,7 @@ async def character(branch: Branch, runtime: Runtime[JobContext]) -> dict:
         await em.tool("character", "character.list", "character-cast", events_pb2.TOOL_PHASE_STARTED)
         cast = await deps.characters.cast()
         await em.tool("character", "character.list", "character-cast", events_pb2.TOOL_PHASE_RESULT, message=f"{len(cast)} characters")
-        named = next((c for c in cast if c["name"] in text), None)
+        named = next((c for c in cast if c["name"] in text), None) if not I.asks_cast(text) else None
         if named is not None:  # "페티가 누구야?"
             return card(named)
         found = R.gather(deps.kb, text)["findings"]

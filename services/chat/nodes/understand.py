@@ -16,7 +16,7 @@ from ..deps import JobContext
 from ..state import ChatState
 from .route import router
 from .run import combine, run_node
-from .summarize import summarize
+from .summarize import earlier_questions, summarize
 
 
 async def understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
@@ -50,7 +50,7 @@ async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
             t = E.translate(text)
             language = {"language": "en", "terms": [list(pair) for pair in t.terms], "understood": bool(t.korean)}
             text = t.korean or text
-        c = c or I.classify(text, deps.kb)
+        c = c or I.classify(text, deps.kb, previous=next(iter(earlier_questions(state)), ""))
         intents, queries = list(c.intents), dict(c.queries)
         if language is not None:
             return {"intents": intents, "queries": queries, "contexts": {"language_context": language}}
