@@ -6,13 +6,13 @@ Faults: starts a private `eco2 up` (its own data dir and embedded data plane und
 Envoy), runs `--clients` concurrent chat users (each sends a message, follows its job's events
 to DONE or ERROR, sends the next), and `--rounds` times SIGKILLs each of PostgreSQL, Valkey,
 events, chat and auth in turn while turns stream (tests/support/faults.py, the code of
-tests/test_faults.py). Per kill: the time until every service is SERVING again (a new process
+tests/system/test_faults.py). Per kill: the time until every service is SERVING again (a new process
 or server in place), and until the first chat turn sent after the kill completes (DONE). Over
 the run: turns, DONE, ERROR, events lost and duplicated (each job's whole history from
 EventService against what its client received across reconnects), orphans (stored user
 messages whose job never ended).
 
-Fuzz: runs tests/test_fuzz_rpc.py with ECO2_FUZZ_EXAMPLES random cases per method (plus its
+Fuzz: runs tests/system/test_fuzz_rpc.py with ECO2_FUZZ_EXAMPLES random cases per method (plus its
 fixed extremes) and reports the cases run and the status codes they got.
 
 Prints one JSON line.
@@ -76,7 +76,7 @@ def fuzz(examples: int) -> dict:
     report = Path(tempfile.mkdtemp(prefix="eco2-bench-fuzz-")) / "fuzz.json"
     env = {**os.environ, "ECO2_FUZZ_EXAMPLES": str(examples), "ECO2_FUZZ_REPORT": str(report)}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fuzz_rpc.py"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/system/test_fuzz_rpc.py"], cwd=REPO, env=env,
                           capture_output=True, text=True)
     took = time.monotonic() - started
     codes = json.loads(report.read_text())["codes"] if report.exists() else {}

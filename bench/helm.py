@@ -2,7 +2,7 @@
 
 Loads the chart with the Helm v4 SDK (helm-python-sdk, no helm binary), renders it `--rounds`
 times with the default values and with examples/values-production.yaml, and validates every
-rendered Kubernetes object with kubernetes-validate (strict, the version tests/test_helm.py pins).
+rendered Kubernetes object with kubernetes-validate (strict, the version tests/helm/test_helm.py pins).
 KEDA and Istio objects are counted, not validated (their schemas are in ../shared, tests do it).
 
     python bench/helm.py [--rounds 20]

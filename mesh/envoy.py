@@ -22,7 +22,7 @@ goes to the service, whose runtime ends the call with DEADLINE_EXCEEDED: Envoy e
 headers went out, can only reset it (docs/mesh.md).
 
 The result is a plain dict (JSON is YAML, which Envoy reads): nothing here needs Envoy's types
-at run time. tests/test_ingress.py parses it with envoy-data-plane's typed classes and has the
+at run time. tests/mesh/test_ingress.py parses it with envoy-data-plane's typed classes and has the
 `envoy` binary validate it.
 """
 

@@ -1,7 +1,7 @@
 """Settings from the environment: one settings object per service, all named `ECO2_*`.
 
 `DATABASE_URL` and `REDIS_URL` keep their conventional unprefixed names. Every field is
-documented in the README's settings table (tests/test_docs.py keeps them in sync).
+documented in the README's settings table (tests/system/test_docs.py keeps them in sync).
 
 A value that does not validate raises `SettingsError`: one line naming the environment
 variable, what it must be and what it was (`eco2 serve` prints it and exits 2).

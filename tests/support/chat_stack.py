@@ -1,6 +1,6 @@
 """The chat stack the answer evaluation runs on: real ChatService, EventService,
 CharacterService and LocationService (its SAMPLE places) on real ports, against a session's
-PostgreSQL and Valkey, with the offline model (tests/test_chat_answers.py, bench/answers.py)."""
+PostgreSQL and Valkey, with the offline model (tests/chat/test_chat_answers.py, bench/answers.py)."""
 
 from __future__ import annotations
 

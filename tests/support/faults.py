@@ -1,6 +1,6 @@
 """Kill parts of a running `eco2 up` under chat load, and account for every message sent.
 
-Used by tests/test_faults.py (assertions) and bench/faults.py (figures).
+Used by tests/system/test_faults.py (assertions) and bench/faults.py (figures).
 
     async with UpStack(data_dir) as stack:          # a private `eco2 up`: its own data plane
         async with Load(stack, clients=4) as load:  # concurrent chat turns, streaming

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from eco2.services.chat import intents
 from eco2.services.knowledge import kb
@@ -37,3 +39,16 @@ def test_multi_intent_decomposition():
     c = intents.classify("이 페트병 어떻게 분리해? 근처 수거함도 알려줘", kb.load())
     assert c.intents == ("waste", "collection_point")
     assert c.queries["waste"] == "이 페트병 어떻게 분리해?" and "수거함" in c.queries["collection_point"]
+
+
+def test_the_lexicon_names_only_rule_files_and_price_items_that_exist():
+    """lexicon.yaml's destinations and situations name rule files, its price_words the price
+    survey's items: a typo there would silently route nothing."""
+    root = Path(kb.__file__).parent
+    lexicon = yaml.safe_load((root / "lexicon.yaml").read_text(encoding="utf-8"))
+    files = {d["file"] for d in json.loads((root / "rules.json").read_text(encoding="utf-8"))["documents"]}
+    named = set(lexicon["destinations"].values()) | set(lexicon["situations"])
+    assert named - {"재활용"} <= files, sorted(named - {"재활용"} - files)
+    prices = {p.id for p in kb.load().prices}
+    wanted = {i for ids in lexicon["price_words"].values() for i in ids}
+    assert wanted <= prices, sorted(wanted - prices)

@@ -44,8 +44,8 @@ from support.identity import as_user
 from support.servers import env, running
 
 CHROMIUM = Path("/usr/bin/chromium")
-NODE_DIR = Path(__file__).parent / "node"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+NODE_DIR = Path(__file__).parents[1] / "node"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 TOKEN_DELAY_S = 0.1
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium; .ci/run installs it)")

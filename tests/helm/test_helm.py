@@ -28,7 +28,7 @@ from eco2.services.runtime.settings import Endpoints
 from eco2.services.scan import app as scan_app
 from support.monitoring import DASHBOARDS, dashboard_queries
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "eco2"
 #: The Kubernetes version manifests are validated against (the chart's kubeVersion is >=1.30).
 KUBERNETES = "1.33.0"
@@ -199,7 +199,7 @@ def test_every_object_validates(variant, keda_schemas):
     for obj in objects:
         where = f"{obj['__template']}: {obj['kind']}/{obj['metadata']['name']}"
         if is_istio(obj):
-            continue  # tests/test_mesh_istio.py validates them against Istio's CRDs
+            continue  # tests/mesh/test_mesh_istio.py validates them against Istio's CRDs
         if obj["apiVersion"] == KEDA_API:
             schema = keda_schemas[(obj["apiVersion"], obj["kind"])]
             errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(_k8s_object(obj)), key=str)

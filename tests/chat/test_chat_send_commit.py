@@ -1,6 +1,6 @@
 """A worker that claims a new job before its SendMessage transaction committed (SendMessage
 queues the job inside it) waits for the commit instead of failing the attempt: the turn is not
-delayed by a retry, and the job does not spend one of its attempts. Found by tests/test_faults.py:
+delayed by a retry, and the job does not spend one of its attempts. Found by tests/system/test_faults.py:
 more than half the turns of a busy stack met it and took ECO2_JOBS_RETRY_DELAY_S (1 s) longer."""
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ async def test_a_job_claimed_before_its_message_committed_runs_at_once(service_e
 async def test_a_job_that_fails_while_valkey_is_down_is_left_for_a_re_claim(service_env, caplog):
     """A job that fails when Valkey is gone cannot be marked failed either; that second error
     escaped the worker's task ("Task exception was never retrieved", an ERROR log) instead of
-    leaving the unacked job to be claimed again (found by tests/test_faults.py)."""
+    leaving the unacked job to be claimed again (found by tests/system/test_faults.py)."""
     from eco2.services.bus.jobs import JobQueue
     from eco2.services.chat.settings import ChatSettings
     from eco2.services.chat.worker import ChatWorkers

@@ -11,7 +11,7 @@ import yaml
 
 from eco2.services.knowledge import kb
 
-EVAL = yaml.safe_load((Path(__file__).parent / "data/retrieval_eval.yaml").read_text(encoding="utf-8"))
+EVAL = yaml.safe_load((Path(__file__).parents[1] / "data/retrieval_eval.yaml").read_text(encoding="utf-8"))
 
 # Measured 2026-11-22 (main / held out): recall@1 0.927 / 0.872, recall@3 1.000 / 0.930,
 # false positives 0/16 / 1/6. Floors leave a margin for small tuning, not for a lost class.

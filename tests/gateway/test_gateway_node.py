@@ -17,7 +17,7 @@ import pytest
 from eco2.events.v1 import events_pb2
 from support.gateway import gateway, upstreams
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parents[1] / "node"
 
 
 @pytest.fixture(scope="module")

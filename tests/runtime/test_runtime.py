@@ -25,7 +25,7 @@ from support.identity import TEST_JWKS, as_user
 from support.probe import ProbeApp
 from support.servers import running
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where support/ lives
 
 
 def _settings(**kw) -> RuntimeSettings:
@@ -188,7 +188,7 @@ async def test_a_client_stream_refused_mid_write_gets_the_refusal(probe_ch):
 async def test_a_client_stream_refused_before_a_malformed_message_still_gets_the_refusal(probe_ch):
     """The drain before a refusal reads past a message that is not valid protobuf: stopping at
     it refused the stream while the client was still writing, which grpc core turned into
-    INTERNAL ("Internal error from Core") on the client (found by tests/test_fuzz_rpc.py)."""
+    INTERNAL ("Internal error from Core") on the client (found by tests/system/test_fuzz_rpc.py)."""
     big = wrappers_pb2.BytesValue(value=b"x" * (2 * 1024 * 1024)).SerializeToString()
     seen = {}
     for _ in range(20):

@@ -1,7 +1,7 @@
 """A scan from a browser's point of view: the gateway's JSON routes and SSE in front of the real
 scan, images, character, events and auth services — sign in, upload a photo (channel scan),
 submit, follow the stages over SSE, answer the scan's question, read the result and the
-collection. The same flow in the browser's page is tests/test_gateway_browser.py's (the phone user)."""
+collection. The same flow in the browser's page is tests/gateway/test_gateway_browser.py's (the phone user)."""
 
 from __future__ import annotations
 

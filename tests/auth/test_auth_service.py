@@ -117,7 +117,7 @@ async def test_update_profile_bad_input(client, user, paths, field):
 async def test_thousands_of_bad_paths_get_a_bounded_error_the_client_can_read(client):
     """Each bad path is a violation; all 5000 made a 450 KB trailer, over gRPC clients' 16 KiB
     metadata limit: the client got RESOURCE_EXHAUSTED "Stream removed", never the error
-    (found by tests/test_fuzz_rpc.py). The runtime sends the first violations and a count."""
+    (found by tests/system/test_fuzz_rpc.py). The runtime sends the first violations and a count."""
     from eco2.services.runtime.errors import MAX_VIOLATIONS
 
     r = await client.sign_in()

@@ -544,7 +544,7 @@ async def test_an_allowed_origin_reads_the_grpc_status(stack, session):
 
 # --------------------------------------------------------------------------- a real gRPC-Web client
 
-NODE_DIR = Path(__file__).parent / "node"
+NODE_DIR = Path(__file__).parents[1] / "node"
 
 
 async def test_connect_node_grpc_web_through_envoy(stack, limited):

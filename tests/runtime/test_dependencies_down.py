@@ -150,7 +150,7 @@ async def test_send_message_with_valkey_down_stores_nothing_and_is_unavailable(o
 async def test_a_transaction_whose_connection_dropped_is_unavailable_not_internal(dataplane):
     """PostgreSQL killed inside a transaction: asyncpg, which already saw the connection close,
     raises InterfaceError ("the underlying connection is closed") at the COMMIT, not one of its
-    connection errors; SendMessage answered INTERNAL (found by tests/test_faults.py). Here the
+    connection errors; SendMessage answered INTERNAL (found by tests/system/test_faults.py). Here the
     connection is ended by the server (pg_terminate_backend), as a crash ends it."""
     import asyncpg
 
@@ -169,7 +169,7 @@ async def test_a_transaction_whose_connection_dropped_is_unavailable_not_interna
         assert dependency_down(asyncpg.InterfaceError("cannot perform operation: another operation is in progress")) is None  # a bug stays INTERNAL
         # the pool's reset of a connection released after the server died (asyncpg's coreproto
         # message; the pool then terminates the connection): SendMessage answered INTERNAL after
-        # its message was committed, so the client did not retry (found by tests/test_faults.py)
+        # its message was committed, so the client did not retry (found by tests/system/test_faults.py)
         reset = asyncpg.exceptions._base.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
         assert dependency_down(reset) is not None
     finally:
