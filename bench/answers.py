@@ -51,14 +51,25 @@ async def evaluate(service_env: dict, cases: list[dict], show: bool) -> dict:
         row["n"] += 1
         row["passed"] += o.passed
         if show and not o.passed:
-            print(json.dumps({"q": o.case["q"], "cat": o.case["cat"], "problems": o.problems, "answer": o.answer[:400]}, ensure_ascii=False), file=sys.stderr)
+            print(
+                json.dumps(
+                    {"q": o.case["q"], "cat": o.case["cat"], "problems": o.problems, "answer": o.answer[:400]},
+                    ensure_ascii=False,
+                ),
+                file=sys.stderr,
+            )
     times = [o.seconds for o in outcomes if o.seconds is not None]
     passed = sum(o.passed for o in outcomes)
     return {
-        "cases": len(outcomes), "passed": passed, "pass_rate": round(passed / max(1, len(outcomes)), 4),
+        "cases": len(outcomes),
+        "passed": passed,
+        "pass_rate": round(passed / max(1, len(outcomes)), 4),
         "per_category": {k: {**v, "rate": round(v["passed"] / v["n"], 3)} for k, v in sorted(per.items())},
-        "done_ms_p50": pct(times, 50), "done_ms_p95": pct(times, 95), "timed_turns": len(times),
-        "analyser_load_s": round(morph.LOAD.get("wall_s", 0.0), 2), "targets": {"pass_rate": 0.95, "done_ms_p50": 300},
+        "done_ms_p50": pct(times, 50),
+        "done_ms_p95": pct(times, 95),
+        "timed_turns": len(times),
+        "analyser_load_s": round(morph.LOAD.get("wall_s", 0.0), 2),
+        "targets": {"pass_rate": 0.95, "done_ms_p50": 300},
     }
 
 
@@ -72,14 +83,32 @@ async def main(args) -> dict:
     plane = EmbeddedDataPlane(root / "data")
     info = plane.start()
     try:
-        base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "ECO2_GRPC_PORT": "0",
-                "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "ERROR", "ECO2_IDENTITY_JWKS": TEST_JWKS, "LC_ALL": "C.UTF-8"}
+        base = {
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DEPLOYMENT": "embedded",
+            "ECO2_GRPC_PORT": "0",
+            "ECO2_METRICS_PORT": "0",
+            "ECO2_LOG_LEVEL": "ERROR",
+            "ECO2_IDENTITY_JWKS": TEST_JWKS,
+            "LC_ALL": "C.UTF-8",
+        }
         with env(base):
             auth = create_auth()
         async with running(auth, metrics=False) as server:
-            cases = G.cases(fast_only=args.fast) if not args.eval else [c for c in __import__("yaml").safe_load(Path(args.eval).read_text(encoding="utf-8"))["cases"]]
+            cases = (
+                G.cases(fast_only=args.fast)
+                if not args.eval
+                else [c for c in __import__("yaml").safe_load(Path(args.eval).read_text(encoding="utf-8"))["cases"]]
+            )
             out = await evaluate({**base, "ECO2_AUTH_ADDR": f"127.0.0.1:{server.port}"}, cases, args.show_failures)
-        return {"bench": "answers", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d"), "load_avg_1m": round(os.getloadavg()[0], 2), **out}
+        return {
+            "bench": "answers",
+            "machine": f"{platform.node()} {os.cpu_count()} cpu",
+            "date": time.strftime("%Y-%m-%d"),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            **out,
+        }
     finally:
         plane.stop()
         shutil.rmtree(root, ignore_errors=True)

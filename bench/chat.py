@@ -72,7 +72,16 @@ def jwks() -> str:
 def wristband(user: str) -> tuple[tuple[str, str], ...]:
     """The identity the edge would inject for `user` (what chat and events act on)."""
     now = int(time.time())
-    claims = {"iss": "eco2-auth", "aud": "eco2-mesh", "typ": "identity", "sub": user, "roles": ["user"], "provider": "dev", "iat": now, "exp": now + 3600}
+    claims = {
+        "iss": "eco2-auth",
+        "aud": "eco2-mesh",
+        "typ": "identity",
+        "sub": user,
+        "roles": ["user"],
+        "provider": "dev",
+        "iat": now,
+        "exp": now + 3600,
+    }
     return ((IDENTITY_KEY, jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": KID})),)
 
 
@@ -104,7 +113,13 @@ def tree_cpu_s(pid: int) -> float:
 def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     penv = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
     profile = ["-m", "cProfile", "-o", str(log.with_suffix(".prof"))] if os.environ.get("BENCH_PROFILE") == name else []
-    return subprocess.Popen([sys.executable, *profile, "-m", "eco2.services.cli", "serve", name], env=penv, start_new_session=True, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, *profile, "-m", "eco2.services.cli", "serve", name],
+        env=penv,
+        start_new_session=True,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def one_turn(stub, text: str, user: str, events=None) -> dict:
@@ -119,7 +134,9 @@ async def one_turn(stub, text: str, user: str, events=None) -> dict:
         else:
             sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message=text), metadata=md, timeout=300)
             # a job streams to its owner only: subscribe as the user who sent it
-            stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=md, timeout=300)
+            stream = events.Subscribe(
+                events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=md, timeout=300
+            )
         async for e in stream:
             if e.kind == events_pb2.EVENT_KIND_TOKEN:
                 out["tokens"] += 1
@@ -140,33 +157,86 @@ async def one_turn(stub, text: str, user: str, events=None) -> dict:
 
 async def offline_phase(base_env: dict, root: Path, turns: int) -> dict:
     port = free_port()
-    proc = serve("chat", {**base_env, "ECO2_CHAT_MODEL": "offline", "ECO2_CHAT_JOB_KIND": "bench-offline"}, port, root / "chat-offline.log")
+    proc = serve(
+        "chat",
+        {**base_env, "ECO2_CHAT_MODEL": "offline", "ECO2_CHAT_JOB_KIND": "bench-offline"},
+        port,
+        root / "chat-offline.log",
+    )
     try:
         await wait_serving(port, proc, timeout=90)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             stub = chat_pb2_grpc.ChatServiceStub(ch)
             await one_turn(stub, "캔은 어떻게 버려?", "bench-warmup")  # warm-up (imports, pools)
-            results = [await one_turn(stub, q, f"bench-off-{i}") for i, q in zip(range(turns), ["투명 페트병은 어떻게 버려?", "건전지는 어디에 버려?", "우유팩 버리는 법 알려줘", "신문지 시세 얼마야?"] * turns)]
+            results = [
+                await one_turn(stub, q, f"bench-off-{i}")
+                for i, q in zip(
+                    range(turns),
+                    [
+                        "투명 페트병은 어떻게 버려?",
+                        "건전지는 어디에 버려?",
+                        "우유팩 버리는 법 알려줘",
+                        "신문지 시세 얼마야?",
+                    ]
+                    * turns,
+                )
+            ]
     finally:
         stop_process(proc)
     e2e = [r["e2e"] * 1000 for r in results if r["ok"]]
-    return {"offline_turns": turns, "offline_done": len(e2e), "offline_p50_ms": pct(e2e, 50), "offline_p95_ms": pct(e2e, 95),
-            "offline_with_character": sum(1 for r in results if r.get("character"))}
+    return {
+        "offline_turns": turns,
+        "offline_done": len(e2e),
+        "offline_p50_ms": pct(e2e, 50),
+        "offline_p95_ms": pct(e2e, 95),
+        "offline_with_character": sum(1 for r in results if r.get("character")),
+    }
 
 
-async def load_phase(base_env: dict, root: Path, n: int, channels: int, durability: str, tokens_per_event: int | None, intent_mode: str, events_proc: subprocess.Popen, client: str, events_port: int,
-                     data_pids: dict[str, int] | None = None) -> dict:
+async def load_phase(
+    base_env: dict,
+    root: Path,
+    n: int,
+    channels: int,
+    durability: str,
+    tokens_per_event: int | None,
+    intent_mode: str,
+    events_proc: subprocess.Popen,
+    client: str,
+    events_port: int,
+    data_pids: dict[str, int] | None = None,
+) -> dict:
     fake_port = free_port()
     fake = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
-        start_new_session=True, stdout=subprocess.PIPE, stderr=(root / "fake.log").open("ab"),
+        [
+            sys.executable,
+            str(REPO / "tests" / "support" / "fake_llm.py"),
+            "--port",
+            str(fake_port),
+            "--first-token-ms",
+            str(FIRST_TOKEN_MS),
+            "--token-ms",
+            str(TOKEN_MS),
+            "--tokens",
+            str(TOKENS),
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=(root / "fake.log").open("ab"),
     )
     fake.stdout.readline()  # {"port": ...} once listening
     port = free_port()
     env = {
-        **base_env, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-bench", "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
-        "ECO2_CHAT_JOB_KIND": "bench-load", "ECO2_CHAT_WORKERS": str(max(64, n)), "ECO2_CHAT_CLAIMERS": "8", "ECO2_CHAT_PG_POOL_MAX": "40",
-        "ECO2_CHAT_STREAM_TIMEOUT_S": "600", "ECO2_CHAT_CHECKPOINT_DURABILITY": durability,
+        **base_env,
+        "ECO2_CHAT_MODEL": "gpt-5-mini",
+        "ECO2_OPENAI_API_KEY": "sk-bench",
+        "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+        "ECO2_CHAT_JOB_KIND": "bench-load",
+        "ECO2_CHAT_WORKERS": str(max(64, n)),
+        "ECO2_CHAT_CLAIMERS": "8",
+        "ECO2_CHAT_PG_POOL_MAX": "40",
+        "ECO2_CHAT_STREAM_TIMEOUT_S": "600",
+        "ECO2_CHAT_CHECKPOINT_DURABILITY": durability,
     }
     if tokens_per_event:
         env["ECO2_CHAT_TOKENS_PER_EVENT"] = str(tokens_per_event)
@@ -177,7 +247,11 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         await wait_serving(port, proc, timeout=90)
         chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(channels)]
         stubs = [chat_pb2_grpc.ChatServiceStub(c) for c in chans]
-        echans = [grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") for _ in range(channels)] if client == "subscribe" else []
+        echans = (
+            [grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") for _ in range(channels)]
+            if client == "subscribe"
+            else []
+        )
         estubs = [events_pb2_grpc.EventServiceStub(c) for c in echans] or [None] * channels
         await one_turn(stubs[0], "캔은 어떻게 버려? #warmup0", "bench-warmup", estubs[0])
         markers = [f"c{uuid.uuid4().hex[:10]}" for _ in range(n)]
@@ -186,13 +260,30 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         data0 = {name: tree_cpu_s(pid) for name, pid in (data_pids or {}).items()}
         client0 = sum(psutil.Process().cpu_times()[:2])
         started = time.monotonic()
-        results = await asyncio.gather(*(one_turn(stubs[i % channels], f"투명 페트병은 어떻게 버려? #{m}", f"bench-{i}", estubs[i % channels]) for i, m in enumerate(markers)))
+        results = await asyncio.gather(
+            *(
+                one_turn(stubs[i % channels], f"투명 페트병은 어떻게 버려? #{m}", f"bench-{i}", estubs[i % channels])
+                for i, m in enumerate(markers)
+            )
+        )
         wall = time.monotonic() - started
-        cpu_ms = {f"{name}_cpu_ms_per_conversation": round((sum(p.cpu_times()[:2]) - cpu0[name]) * 1000 / n, 1) for name, p in cpu.items()}
-        cpu_ms.update({f"{name}_cpu_ms_per_conversation": round((tree_cpu_s(pid) - data0[name]) * 1000 / n, 1) for name, pid in (data_pids or {}).items()})
+        cpu_ms = {
+            f"{name}_cpu_ms_per_conversation": round((sum(p.cpu_times()[:2]) - cpu0[name]) * 1000 / n, 1)
+            for name, p in cpu.items()
+        }
+        cpu_ms.update(
+            {
+                f"{name}_cpu_ms_per_conversation": round((tree_cpu_s(pid) - data0[name]) * 1000 / n, 1)
+                for name, pid in (data_pids or {}).items()
+            }
+        )
         if data_pids:  # what the issue's target counts: chat + events + Valkey + PostgreSQL
-            cpu_ms["server_cpu_ms_per_conversation"] = round(sum(cpu_ms[f"{k}_cpu_ms_per_conversation"] for k in ("chat", "events", *data_pids)), 1)
-        cpu_ms["client_cpu_ms_per_conversation"] = round((sum(psutil.Process().cpu_times()[:2]) - client0) * 1000 / n, 1)
+            cpu_ms["server_cpu_ms_per_conversation"] = round(
+                sum(cpu_ms[f"{k}_cpu_ms_per_conversation"] for k in ("chat", "events", *data_pids)), 1
+            )
+        cpu_ms["client_cpu_ms_per_conversation"] = round(
+            (sum(psutil.Process().cpu_times()[:2]) - client0) * 1000 / n, 1
+        )
         for c in chans + echans:
             await c.close()
         with urllib.request.urlopen(f"http://127.0.0.1:{fake_port}/_timings", timeout=30) as r:
@@ -218,12 +309,27 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
         if not r["ok"]:
             errors[r.get("error", "no DONE")] = errors.get(r.get("error", "no DONE"), 0) + 1
     return {
-        "conversations": n, "complete_pct": round(100 * done / n, 2), "errors": errors, "wall_s": round(wall, 2),
+        "conversations": n,
+        "complete_pct": round(100 * done / n, 2),
+        "errors": errors,
+        "wall_s": round(wall, 2),
         "with_character_pct": round(100 * sum(1 for r in results if r.get("character")) / n, 2),
-        "tokens_per_answer": TOKENS, "model_ms_p50": pct(model_ms, 50), "e2e_ms_p50": pct(e2e_ms, 50), "e2e_ms_p95": pct(e2e_ms, 95),
-        "overhead_ms_p50": pct(overhead, 50), "overhead_ms_p95": pct(overhead, 95), "overhead_ms_max": pct(overhead, 100),
-        "added_ttft_ms_p50": pct(added_ttft, 50), "added_ttft_ms_p95": pct(added_ttft, 95),
-        "client": client, "durability": durability, "tokens_per_event": tokens_per_event or "default", "intent_mode": intent_mode or "default", "event_loop": os.environ.get("ECO2_EVENT_LOOP", "default"), **cpu_ms, "load_avg_1m": round(os.getloadavg()[0], 2),
+        "tokens_per_answer": TOKENS,
+        "model_ms_p50": pct(model_ms, 50),
+        "e2e_ms_p50": pct(e2e_ms, 50),
+        "e2e_ms_p95": pct(e2e_ms, 95),
+        "overhead_ms_p50": pct(overhead, 50),
+        "overhead_ms_p95": pct(overhead, 95),
+        "overhead_ms_max": pct(overhead, 100),
+        "added_ttft_ms_p50": pct(added_ttft, 50),
+        "added_ttft_ms_p95": pct(added_ttft, 95),
+        "client": client,
+        "durability": durability,
+        "tokens_per_event": tokens_per_event or "default",
+        "intent_mode": intent_mode or "default",
+        "event_loop": os.environ.get("ECO2_EVENT_LOOP", "default"),
+        **cpu_ms,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "targets": {"complete_pct": 100, "overhead_ms_p95": 150, "added_ttft_ms_p95": 50},
     }
 
@@ -231,12 +337,31 @@ async def load_phase(base_env: dict, root: Path, n: int, channels: int, durabili
 async def cancel_phase(base_env: dict, root: Path, n: int, concurrency: int, events_port: int) -> dict:
     fake_port = free_port()
     fake = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(fake_port), "--first-token-ms", str(FIRST_TOKEN_MS), "--token-ms", str(TOKEN_MS), "--tokens", str(TOKENS)],
-        start_new_session=True, stdout=subprocess.PIPE, stderr=(root / "fake.log").open("ab"),
+        [
+            sys.executable,
+            str(REPO / "tests" / "support" / "fake_llm.py"),
+            "--port",
+            str(fake_port),
+            "--first-token-ms",
+            str(FIRST_TOKEN_MS),
+            "--token-ms",
+            str(TOKEN_MS),
+            "--tokens",
+            str(TOKENS),
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=(root / "fake.log").open("ab"),
     )
     fake.stdout.readline()  # {"port": ...} once listening
-    env = {**base_env, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-bench", "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
-           "ECO2_CHAT_JOB_KIND": "bench-cancel", "ECO2_CHAT_INTENT_MODE": "rules"}
+    env = {
+        **base_env,
+        "ECO2_CHAT_MODEL": "gpt-5-mini",
+        "ECO2_OPENAI_API_KEY": "sk-bench",
+        "ECO2_OPENAI_BASE_URL": f"http://127.0.0.1:{fake_port}/v1",
+        "ECO2_CHAT_JOB_KIND": "bench-cancel",
+        "ECO2_CHAT_INTENT_MODE": "rules",
+    }
     api_port, worker_port = free_port(), free_port()
     interrupt, rollback = chat_pb2.CANCEL_MODE_INTERRUPT, chat_pb2.CANCEL_MODE_ROLLBACK
     api = serve("chat", {**env, "ECO2_CHAT_WORKERS": "0"}, api_port, root / "chat-cancel-api.log")
@@ -245,7 +370,10 @@ async def cancel_phase(base_env: dict, root: Path, n: int, concurrency: int, eve
         await wait_serving(api_port, api, timeout=90)  # it applies the migrations; the worker starts after it
         worker = serve("chat", {**env, "ECO2_CHAT_WORKERS": "64"}, worker_port, root / "chat-cancel-worker.log")
         await wait_serving(worker_port, worker, timeout=90)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{api_port}") as ch, grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") as ech:
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{api_port}") as ch,
+            grpc.aio.insecure_channel(f"127.0.0.1:{events_port}") as ech,
+        ):
             chat, events = chat_pb2_grpc.ChatServiceStub(ch), events_pb2_grpc.EventServiceStub(ech)
             await one_turn(chat, "캔은 어떻게 버려?", "bench-cancel-warmup", events)
             slots = asyncio.Semaphore(concurrency)
@@ -255,14 +383,20 @@ async def cancel_phase(base_env: dict, root: Path, n: int, concurrency: int, eve
                 md = wristband(f"bench-cancel-{i}")
                 out: dict = {"mode": mode, "ok": False}
                 async with slots:
-                    sent = await chat.SendMessage(chat_pb2.SendMessageRequest(message="투명 페트병은 어떻게 버려?"), metadata=md, timeout=60)
+                    sent = await chat.SendMessage(
+                        chat_pb2.SendMessageRequest(message="투명 페트병은 어떻게 버려?"), metadata=md, timeout=60
+                    )
                     tokens, asked, reply = 0, 0.0, None
 
                     async def cancel() -> float:
-                        await chat.CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=mode), metadata=md, timeout=60)
+                        await chat.CancelRun(
+                            chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=mode), metadata=md, timeout=60
+                        )
                         return time.monotonic()
 
-                    async for e in events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id), metadata=md, timeout=120):
+                    async for e in events.Subscribe(
+                        events_pb2.SubscribeRequest(job_id=sent.job_id), metadata=md, timeout=120
+                    ):
                         if e.kind == events_pb2.EVENT_KIND_TOKEN:
                             tokens += 1
                             if tokens == 3:
@@ -286,12 +420,22 @@ async def cancel_phase(base_env: dict, root: Path, n: int, concurrency: int, eve
 
     def figures(rs: list[dict], name: str) -> dict:
         terminal, reply = [r["terminal_ms"] for r in rs if r["ok"]], [r["reply_ms"] for r in rs if r["ok"]]
-        return {f"{name}_ms_p50": pct(terminal, 50), f"{name}_ms_p99": pct(terminal, 99), f"{name}_reply_ms_p50": pct(reply, 50), f"{name}_reply_ms_p99": pct(reply, 99)}
+        return {
+            f"{name}_ms_p50": pct(terminal, 50),
+            f"{name}_ms_p99": pct(terminal, 99),
+            f"{name}_reply_ms_p50": pct(reply, 50),
+            f"{name}_reply_ms_p99": pct(reply, 99),
+        }
+
     return {
-        "cancels": n, "cancel_concurrency": concurrency, "cancels_ok": sum(1 for r in results if r["ok"]),
+        "cancels": n,
+        "cancel_concurrency": concurrency,
+        "cancels_ok": sum(1 for r in results if r["ok"]),
         "cancel_outcomes": sorted({r.get("reason", "none") for r in results}),
-        **figures(results, "cancel"), **figures([r for r in results if r["mode"] == interrupt], "cancel_interrupt"),
-        **figures([r for r in results if r["mode"] == rollback], "cancel_rollback"), "load_avg_1m": round(os.getloadavg()[0], 2),
+        **figures(results, "cancel"),
+        **figures([r for r in results if r["mode"] == interrupt], "cancel_interrupt"),
+        **figures([r for r in results if r["mode"] == rollback], "cancel_rollback"),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -305,8 +449,23 @@ def sdk_floor(n: int) -> dict:
     from eco2.services.llm.ports import Message, ModelInfo
 
     port = free_port()
-    fake = subprocess.Popen([sys.executable, str(REPO / "tests" / "support" / "fake_llm.py"), "--port", str(port), "--first-token-ms", "0", "--token-ms", "0", "--tokens", str(TOKENS)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tests" / "support" / "fake_llm.py"),
+            "--port",
+            str(port),
+            "--first-token-ms",
+            "0",
+            "--token-ms",
+            "0",
+            "--tokens",
+            str(TOKENS),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
     async def run() -> float:
         deadline = time.monotonic() + 30
@@ -318,7 +477,14 @@ def sdk_floor(n: int) -> dict:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-        info = ModelInfo(name="gpt-5-mini", provider="openai", context_window=128000, capabilities=frozenset(), max_output=4096, summary_threshold=10000)
+        info = ModelInfo(
+            name="gpt-5-mini",
+            provider="openai",
+            context_window=128000,
+            capabilities=frozenset(),
+            max_output=4096,
+            summary_threshold=10000,
+        )
         llm = OpenAILLM(info, api_key="sk-bench", base_url=f"http://127.0.0.1:{port}/v1")
         msgs = [Message("system", "너는 분리배출 도우미야. " * 40), Message("user", "투명 페트병은 어떻게 버려?")]
 
@@ -351,8 +517,14 @@ async def main(args) -> dict:
     procs: list[subprocess.Popen] = []
     try:
         events_port, auth_port = free_port(), free_port()
-        base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8", "ECO2_IDENTITY_JWKS": jwks(),
-                "ECO2_AUTH_ADDR": f"127.0.0.1:{auth_port}"}
+        base = {
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DEPLOYMENT": "embedded",
+            "LC_ALL": "C.UTF-8",
+            "ECO2_IDENTITY_JWKS": jwks(),
+            "ECO2_AUTH_ADDR": f"127.0.0.1:{auth_port}",
+        }
         procs.append(serve("auth", base, auth_port, root / "auth.log"))  # chat asks it for each job's wristband
         await wait_serving(auth_port, procs[-1], timeout=90)
         events_proc = serve("events", base, events_port, root / "events.log")
@@ -363,16 +535,38 @@ async def main(args) -> dict:
         character = serve("character", base, character_port, root / "character.log")
         procs.append(character)
         await wait_serving(character_port, character, timeout=90)
-        base = {**base, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events_port}", "ECO2_CHARACTER_ADDR": f"127.0.0.1:{character_port}",
-                "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1"}
-        out: dict = {"bench": "chat", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d")}
+        base = {
+            **base,
+            "ECO2_EVENTS_ADDR": f"127.0.0.1:{events_port}",
+            "ECO2_CHARACTER_ADDR": f"127.0.0.1:{character_port}",
+            "ECO2_LOCATION_ADDR": "127.0.0.1:1",
+            "ECO2_IMAGES_ADDR": "127.0.0.1:1",
+        }
+        out: dict = {
+            "bench": "chat",
+            "machine": f"{platform.node()} {os.cpu_count()} cpu",
+            "date": time.strftime("%Y-%m-%d"),
+        }
         if args.offline_turns:
             out.update(await offline_phase(base, root, args.offline_turns))
         if args.cancels:
             out.update(await cancel_phase(base, root, args.cancels, args.cancel_concurrency, events_port))
         if args.conversations:
-            out.update(await load_phase(base, root, args.conversations, args.channels, args.durability, args.tokens_per_event, args.intent_mode, events_proc, args.client, events_port,
-                                       {"postgres": info.pg_pid, "valkey": info.valkey_pid}))
+            out.update(
+                await load_phase(
+                    base,
+                    root,
+                    args.conversations,
+                    args.channels,
+                    args.durability,
+                    args.tokens_per_event,
+                    args.intent_mode,
+                    events_proc,
+                    args.client,
+                    events_port,
+                    {"postgres": info.pg_pid, "valkey": info.valkey_pid},
+                )
+            )
         return out
     finally:
         for p in procs:
@@ -387,16 +581,52 @@ if __name__ == "__main__":
     parser.add_argument("--conversations", type=int, default=1000, help="concurrent conversations (0 = skip)")
     parser.add_argument("--offline-turns", type=int, default=20, help="sequential offline turns (0 = skip)")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
-    parser.add_argument("--cancels", type=int, default=0, help="turns cancelled mid-answer, for the cancel latency (0 = skip)")
+    parser.add_argument(
+        "--cancels", type=int, default=0, help="turns cancelled mid-answer, for the cancel latency (0 = skip)"
+    )
     parser.add_argument("--cancel-concurrency", type=int, default=10, help="cancelled turns in flight at once")
-    parser.add_argument("--durability", default="sync", choices=["sync", "async", "exit"], help="ECO2_CHAT_CHECKPOINT_DURABILITY of the chat process")
-    parser.add_argument("--tokens-per-event", type=int, default=0, help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process (0 = its default)")
-    parser.add_argument("--sdk-floor", type=int, default=0, help="only measure the OpenAI adapter's client CPU per streamed answer, N concurrent (no servers)")
-    parser.add_argument("--intent-mode", default="", choices=["", "rules", "model", "auto"], help="ECO2_CHAT_INTENT_MODE of the chat process ('' = its default)")
-    parser.add_argument("--client", default="stream", choices=["stream", "subscribe"], help="StreamChat on chat, or SendMessage + EventService.Subscribe")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs; with BENCH_PROFILE=chat a cProfile of the chat process)")
+    parser.add_argument(
+        "--durability",
+        default="sync",
+        choices=["sync", "async", "exit"],
+        help="ECO2_CHAT_CHECKPOINT_DURABILITY of the chat process",
+    )
+    parser.add_argument(
+        "--tokens-per-event",
+        type=int,
+        default=0,
+        help="ECO2_CHAT_TOKENS_PER_EVENT of the chat process (0 = its default)",
+    )
+    parser.add_argument(
+        "--sdk-floor",
+        type=int,
+        default=0,
+        help="only measure the OpenAI adapter's client CPU per streamed answer, N concurrent (no servers)",
+    )
+    parser.add_argument(
+        "--intent-mode",
+        default="",
+        choices=["", "rules", "model", "auto"],
+        help="ECO2_CHAT_INTENT_MODE of the chat process ('' = its default)",
+    )
+    parser.add_argument(
+        "--client",
+        default="stream",
+        choices=["stream", "subscribe"],
+        help="StreamChat on chat, or SendMessage + EventService.Subscribe",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temp dir (logs; with BENCH_PROFILE=chat a cProfile of the chat process)",
+    )
     args = parser.parse_args()
     if args.sdk_floor:
-        print(json.dumps({"bench": "chat-sdk-floor", "date": time.strftime("%Y-%m-%d"), **sdk_floor(args.sdk_floor)}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {"bench": "chat-sdk-floor", "date": time.strftime("%Y-%m-%d"), **sdk_floor(args.sdk_floor)},
+                ensure_ascii=False,
+            )
+        )
     else:
         print(json.dumps(asyncio.run(main(args)), ensure_ascii=False))

@@ -49,7 +49,9 @@ def serve(name: str, env: dict[str, str], log_dir: Path) -> tuple[subprocess.Pop
     port = free_port()
     proc_env = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
     log = open(log_dir / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", name], env=proc_env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "serve", name], env=proc_env, stdout=log, stderr=subprocess.STDOUT
+    )
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     with grpc.insecure_channel(target) as ch:
@@ -58,7 +60,10 @@ def serve(name: str, env: dict[str, str], log_dir: Path) -> tuple[subprocess.Pop
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited: {(log_dir / f'{name}.log').read_text()[-2000:]}")
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return proc, target
             except grpc.RpcError:
                 pass
@@ -82,7 +87,20 @@ async def generate_places(database_url: str, n: int, seed: int = 7) -> dict:
         else:
             lat, lng = rnd.uniform(34.8, 38.3), rnd.uniform(126.3, 129.4)
         rows.append(
-            (f"bench-{i:06d}", "SAMPLE", f"[벤치] 수거 장소 {i}", "", "", "", lat, lng, rnd.choice(stores), rnd.sample(pickups, rnd.randint(1, 4)), "", "")
+            (
+                f"bench-{i:06d}",
+                "SAMPLE",
+                f"[벤치] 수거 장소 {i}",
+                "",
+                "",
+                "",
+                lat,
+                lng,
+                rnd.choice(stores),
+                rnd.sample(pickups, rnd.randint(1, 4)),
+                "",
+                "",
+            )
         )
     conn = await asyncpg.connect(database_url)
     try:
@@ -90,7 +108,20 @@ async def generate_places(database_url: str, n: int, seed: int = 7) -> dict:
         await conn.copy_records_to_table(
             "location_place",
             records=rows,
-            columns=["id", "source", "name", "address", "road_address", "phone", "latitude", "longitude", "store_category", "pickup_categories", "opening_hours", "url"],
+            columns=[
+                "id",
+                "source",
+                "name",
+                "address",
+                "road_address",
+                "phone",
+                "latitude",
+                "longitude",
+                "store_category",
+                "pickup_categories",
+                "opening_hours",
+                "url",
+            ],
         )
         await conn.execute("ANALYZE location_place")
         load_s = time.perf_counter() - t0
@@ -104,7 +135,11 @@ async def generate_places(database_url: str, n: int, seed: int = 7) -> dict:
         total = await conn.fetchval("SELECT count(*) FROM location_place")
     finally:
         await conn.close()
-    return {"places": total, "load_s": round(load_s, 2), "gist_knn_index_used": "Index Scan using location_place_earth" in plan and "Order By" in plan}
+    return {
+        "places": total,
+        "load_s": round(load_s, 2),
+        "gist_knn_index_used": "Index Scan using location_place_earth" in plan and "Order By" in plan,
+    }
 
 
 # --------------------------------------------------------------------------- load
@@ -118,7 +153,12 @@ def png_of(size: int, seed: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, rows, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, rows, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 async def upload_throughput(target: str, uploads: int, size: int, chunk: int = 256 * 1024) -> dict:
@@ -128,7 +168,11 @@ async def upload_throughput(target: str, uploads: int, size: int, chunk: int = 2
 
         def parts(data: bytes):
             async def gen():
-                yield images_pb2.UploadRequest(metadata=images_pb2.UploadMetadata(channel=images_pb2.IMAGE_CHANNEL_SCAN, content_type="image/png", filename="bench.png"))
+                yield images_pb2.UploadRequest(
+                    metadata=images_pb2.UploadMetadata(
+                        channel=images_pb2.IMAGE_CHANNEL_SCAN, content_type="image/png", filename="bench.png"
+                    )
+                )
                 for i in range(0, len(data), chunk):
                     yield images_pb2.UploadRequest(chunk=data[i : i + chunk])
 
@@ -161,7 +205,9 @@ async def measure(args, targets: dict[str, str], pids: dict[str, int], database_
     rnd = random.Random(11)
     nearby = [
         location_pb2.SearchNearbyRequest(
-            center=location_pb2.GeoPoint(latitude=rnd.uniform(37.45, 37.65), longitude=rnd.uniform(126.85, 127.15)), radius_m=5000, limit=10
+            center=location_pb2.GeoPoint(latitude=rnd.uniform(37.45, 37.65), longitude=rnd.uniform(126.85, 127.15)),
+            radius_m=5000,
+            limit=10,
         ).SerializeToString()
         for _ in range(500)
     ]
@@ -171,7 +217,9 @@ async def measure(args, targets: dict[str, str], pids: dict[str, int], database_
     latency = await unary_load(targets["location"], method, nearby, seconds=args.seconds, concurrency=1)
     latency["server_cpu_us_per_call"] = cpu.per(latency["calls"])
     out["search_nearby"] = {**latency, "radius_m": 5000, "limit": 10, "concurrency": 1, "target_p99_ms": 10}
-    out["search_nearby_c4"] = await unary_load(targets["location"], method, nearby, seconds=args.seconds / 2, concurrency=4)
+    out["search_nearby_c4"] = await unary_load(
+        targets["location"], method, nearby, seconds=args.seconds / 2, concurrency=4
+    )
 
     noop_proc, noop = spawn_noop_server("runtime")
     try:
@@ -182,7 +230,13 @@ async def measure(args, targets: dict[str, str], pids: dict[str, int], database_
             ceiling = await unary_load(noop, UNARY, b"", seconds=args.seconds / 2, concurrency=64)
             ceiling["cpu"] = cpu.per(ceiling["calls"])
             cpu = ServerCpu(pids["character"])
-            matched = await unary_load(targets["character"], "/eco2.character.v1.CharacterService/MatchCharacter", match, seconds=args.seconds / 2, concurrency=64)
+            matched = await unary_load(
+                targets["character"],
+                "/eco2.character.v1.CharacterService/MatchCharacter",
+                match,
+                seconds=args.seconds / 2,
+                concurrency=64,
+            )
             matched["cpu"] = cpu.per(matched["calls"])
             rounds.append((ceiling, matched))
     finally:
@@ -221,7 +275,12 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         info = plane.start()
-        env = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DATA_DIR": str(root / "data"), "ECO2_DEPLOYMENT": "embedded"}
+        env = {
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DATA_DIR": str(root / "data"),
+            "ECO2_DEPLOYMENT": "embedded",
+        }
         targets, pids = {}, {}
         for name in ("character", "location", "images"):
             proc, targets[name] = serve(name, env, root)

@@ -102,7 +102,8 @@ async def gateway_unary(port: int, seconds: float, concurrency: int) -> dict:
     request = (
         b"POST /eco2.character.v1.CharacterService/GetCharacter HTTP/1.1\r\nhost: 127.0.0.1\r\n"
         b"content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\nx-eco2-user-id: bench\r\n"
-        + f"content-length: {len(body)}\r\n\r\n".encode() + body
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     count, errors = 0, 0
     end = time.monotonic() + seconds
@@ -166,7 +167,9 @@ async def sse_run(port: int, redis_url: str, gw_pid: int, clients: int, seconds:
                 await asyncio.sleep(0.2 * (attempt + 1))
         else:
             return
-        writer.write(f"GET /v1/jobs/{job}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-eco2-user-id: bench\r\naccept: text/event-stream\r\n\r\n".encode())
+        writer.write(
+            f"GET /v1/jobs/{job}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-eco2-user-id: bench\r\naccept: text/event-stream\r\n\r\n".encode()
+        )
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
             writer.close()
@@ -203,7 +206,9 @@ async def sse_run(port: int, redis_url: str, gw_pid: int, clients: int, seconds:
     while time.monotonic() - start < seconds:
         await asyncio.sleep(interval)
         seq += 1
-        await asyncio.gather(*(pub.publish(E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_TOKEN, delta="t")) for job in jobs))
+        await asyncio.gather(
+            *(pub.publish(E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_TOKEN, delta="t")) for job in jobs)
+        )
     rss_peak = gw.memory_info().rss
     seq += 1
     await asyncio.gather(*(pub.publish(E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_DONE)) for job in jobs))
@@ -246,14 +251,21 @@ async def sse_catchup(port: int, redis_url: str, gw_pid: int, ev_pid: int, clien
     for i, job in enumerate(jobs):
         await pub.set_owner(job, f"catchup-{i}")
         for first in range(1, events, 500):
-            await pub.publish_many([E.Event(job_id=job, seq=q, kind=E.EVENT_KIND_TOKEN, delta="토큰 ") for q in range(first, min(events, first + 500))])
+            await pub.publish_many(
+                [
+                    E.Event(job_id=job, seq=q, kind=E.EVENT_KIND_TOKEN, delta="토큰 ")
+                    for q in range(first, min(events, first + 500))
+                ]
+            )
         await pub.publish(E.Event(job_id=job, seq=events, kind=E.EVENT_KIND_DONE))
     await redis.aclose()
     received = [0] * clients
 
     async def client(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
-        writer.write(f"GET /v1/jobs/{jobs[i]}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-eco2-user-id: catchup-{i}\r\naccept: text/event-stream\r\n\r\n".encode())
+        writer.write(
+            f"GET /v1/jobs/{jobs[i]}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-eco2-user-id: catchup-{i}\r\naccept: text/event-stream\r\n\r\n".encode()
+        )
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             if not head.startswith(b"HTTP/1.1 200"):
@@ -272,10 +284,15 @@ async def sse_catchup(port: int, redis_url: str, gw_pid: int, ev_pid: int, clien
     await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(clients))), 300)
     wall = time.monotonic() - t0
     delivered = sum(received)
-    return {"clients": clients, "events_per_client": events, "clients_with_every_event": sum(1 for r in received if r == events),
-            "seconds": round(wall, 2), "events_per_s": round(delivered / wall),
-            "gateway_cpu_us_per_event": round((cpu(gw) - g0) / max(1, delivered) * 1e6, 1),
-            "events_cpu_us_per_event": round((cpu(ev) - e0) / max(1, delivered) * 1e6, 1)}
+    return {
+        "clients": clients,
+        "events_per_client": events,
+        "clients_with_every_event": sum(1 for r in received if r == events),
+        "seconds": round(wall, 2),
+        "events_per_s": round(delivered / wall),
+        "gateway_cpu_us_per_event": round((cpu(gw) - g0) / max(1, delivered) * 1e6, 1),
+        "events_cpu_us_per_event": round((cpu(ev) - e0) / max(1, delivered) * 1e6, 1),
+    }
 
 
 def main() -> None:
@@ -286,10 +303,20 @@ def main() -> None:
     ap.add_argument("--sse-seconds", type=float, default=300)
     ap.add_argument("--sse-interval", type=float, default=15)
     ap.add_argument("--skip-sse", action="store_true")
-    ap.add_argument("--catchup-clients", type=int, default=100, help="SSE clients catching up on one finished job at once (0 = skip)")
+    ap.add_argument(
+        "--catchup-clients",
+        type=int,
+        default=100,
+        help="SSE clients catching up on one finished job at once (0 = skip)",
+    )
     ap.add_argument("--catchup-events", type=int, default=1000, help="events of that job")
     ap.add_argument("--skip-unary", action="store_true")
-    ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="event loop of the served processes (ECO2_EVENT_LOOP)")
+    ap.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of the served processes (ECO2_EVENT_LOOP)",
+    )
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, args.sse_clients * 2 + 1024)), hard))
@@ -304,15 +331,31 @@ def main() -> None:
     try:
         ports = {n: free_port() for n in ("character", "events", "gateway")}
         env = {
-            **os.environ, "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded",
-            "ECO2_DATA_DIR": str(tmp / "data"), "ECO2_LOG_LEVEL": "WARNING", "ECO2_METRICS_PORT": "0", "LC_ALL": "C.UTF-8",
-            "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}", "ECO2_EVENTS_ADDR": f"127.0.0.1:{ports['events']}",
-            "ECO2_GATEWAY_AUTH_MODE": "mesh", "ECO2_HTTP_PORT": str(ports["gateway"]), "ECO2_GATEWAY_SSE_KEEPALIVE_S": "15",
+            **os.environ,
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DEPLOYMENT": "embedded",
+            "ECO2_DATA_DIR": str(tmp / "data"),
+            "ECO2_LOG_LEVEL": "WARNING",
+            "ECO2_METRICS_PORT": "0",
+            "LC_ALL": "C.UTF-8",
+            "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}",
+            "ECO2_EVENTS_ADDR": f"127.0.0.1:{ports['events']}",
+            "ECO2_GATEWAY_AUTH_MODE": "mesh",
+            "ECO2_HTTP_PORT": str(ports["gateway"]),
+            "ECO2_GATEWAY_SSE_KEEPALIVE_S": "15",
             "ECO2_EVENT_LOOP": args.loop,
         }
         for name in ("character", "events", "gateway"):
             child = dict(env, ECO2_GRPC_PORT=str(ports[name]))
-            procs.append(subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", name], env=child, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb")))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "eco2.services.cli", "serve", name],
+                    env=child,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(tmp / f"{name}.log", "wb"),
+                )
+            )
         wait_grpc(f"127.0.0.1:{ports['character']}")
         wait_grpc(f"127.0.0.1:{ports['events']}")
         wait_http(f"http://127.0.0.1:{ports['gateway']}/healthz")
@@ -326,7 +369,14 @@ def main() -> None:
 
             out: dict = {"bench": "edge", "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
             if args.catchup_clients:
-                out["sse_catchup"] = await sse_catchup(ports["gateway"], info.redis_url, procs[2].pid, procs[1].pid, args.catchup_clients, args.catchup_events)
+                out["sse_catchup"] = await sse_catchup(
+                    ports["gateway"],
+                    info.redis_url,
+                    procs[2].pid,
+                    procs[1].pid,
+                    args.catchup_clients,
+                    args.catchup_events,
+                )
             if args.skip_unary:
                 return out
             c0 = cpu(character)
@@ -337,17 +387,29 @@ def main() -> None:
             n_direct = direct["rps"] * args.unary_seconds
             n_via = via["rps"] * args.unary_seconds
             out |= {
-                "unary": {"direct_grpc_rps": direct["rps"], "grpc_web_via_gateway_rps": via["rps"],
-                          "ratio": round(via["rps"] / max(1, direct["rps"]), 3), "errors": direct["errors"] + via["errors"],
-                          "concurrency": args.concurrency, "seconds": args.unary_seconds,
-                          # CPU per call (µs): robust to a busy machine, unlike rps
-                          "upstream_cpu_us_per_call_direct": round((c1 - c0) / max(1, n_direct) * 1e6, 1),
-                          "upstream_cpu_us_per_call_via": round((c2 - c1) / max(1, n_via) * 1e6, 1),
-                          "gateway_cpu_us_per_call": round((g2 - g1) / max(1, n_via) * 1e6, 1),
-                          "event_loop": args.loop},
+                "unary": {
+                    "direct_grpc_rps": direct["rps"],
+                    "grpc_web_via_gateway_rps": via["rps"],
+                    "ratio": round(via["rps"] / max(1, direct["rps"]), 3),
+                    "errors": direct["errors"] + via["errors"],
+                    "concurrency": args.concurrency,
+                    "seconds": args.unary_seconds,
+                    # CPU per call (µs): robust to a busy machine, unlike rps
+                    "upstream_cpu_us_per_call_direct": round((c1 - c0) / max(1, n_direct) * 1e6, 1),
+                    "upstream_cpu_us_per_call_via": round((c2 - c1) / max(1, n_via) * 1e6, 1),
+                    "gateway_cpu_us_per_call": round((g2 - g1) / max(1, n_via) * 1e6, 1),
+                    "event_loop": args.loop,
+                },
             }
             if not args.skip_sse:
-                out["sse"] = await sse_run(ports["gateway"], info.redis_url, procs[2].pid, args.sse_clients, args.sse_seconds, args.sse_interval)
+                out["sse"] = await sse_run(
+                    ports["gateway"],
+                    info.redis_url,
+                    procs[2].pid,
+                    args.sse_clients,
+                    args.sse_seconds,
+                    args.sse_interval,
+                )
             return out
 
         print(json.dumps(asyncio.run(go())), flush=True)

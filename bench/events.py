@@ -40,7 +40,9 @@ E = events_pb2
 # -- publisher worker (a separate process) ------------------------------------------------------
 
 
-async def publisher_main(redis_url: str, jobs: list[str], per_job: int, rate: float, batch: int, tick_s: float = 0.0) -> None:
+async def publisher_main(
+    redis_url: str, jobs: list[str], per_job: int, rate: float, batch: int, tick_s: float = 0.0
+) -> None:
     """Publishes per_job events to each job, `batch` events per publish_many round trip (1 =
     single `publish`); prints its own CPU seconds as JSON on stdout."""
     from eco2.services.bus.producer import EventPublisher
@@ -104,12 +106,25 @@ def event_loop(name: str):
 
 
 def serve(env: dict[str, str], role: str, port: int) -> subprocess.Popen:
-    penv = {**os.environ, **env, "ECO2_EVENTS_ROLE": role, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", "events"], env=penv, start_new_session=True)
+    penv = {
+        **os.environ,
+        **env,
+        "ECO2_EVENTS_ROLE": role,
+        "ECO2_GRPC_PORT": str(port),
+        "ECO2_METRICS_PORT": "0",
+        "ECO2_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "serve", "events"], env=penv, start_new_session=True
+    )
 
 
 def redis_connections(pid: int, valkey_port: int) -> int:
-    return sum(1 for c in psutil.Process(pid).net_connections(kind="tcp") if c.raddr and c.raddr.port == valkey_port and c.status == "ESTABLISHED")
+    return sum(
+        1
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == valkey_port and c.status == "ESTABLISHED"
+    )
 
 
 async def command_stats(redis_url: str) -> dict[str, tuple[int, int]]:
@@ -129,9 +144,22 @@ def cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
-async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int, rate: float, publishers: int,
-                   batch: int, server_pid: int, valkey_pid: int, mode: str = "per-event", loop: str = "uvloop",
-                   tick_ms: float = 0.0, client: str = "python") -> dict:
+async def run_flow(
+    redis_url: str,
+    port: int,
+    tag: str,
+    jobs: int,
+    per_job: int,
+    rate: float,
+    publishers: int,
+    batch: int,
+    server_pid: int,
+    valkey_pid: int,
+    mode: str = "per-event",
+    loop: str = "uvloop",
+    tick_ms: float = 0.0,
+    client: str = "python",
+) -> dict:
     """`jobs` jobs, one subscriber each; `publishers` processes publish per_job events per job.
     CPU per event is reported for the events server process (router + EventService), Valkey,
     the publishers and this client process: robust on a busy machine, unlike events/s.
@@ -144,14 +172,27 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
     parse = E.Event.FromString
     parse_batch = E.SubscribeBatchesResponse.FromString
     # a few HTTP/2 connections, as many browsers behind an edge would use
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(4)]
+    channels = [
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(4)
+    ]
     try:
         # raw bytes (no parse) unless the latency run needs each event's time
         if mode == "batches":  # a batch has to be parsed to count its events
-            calls = [c.unary_stream("/eco2.events.v1.EventService/SubscribeBatches", request_serializer=E.SubscribeBatchesRequest.SerializeToString)
-                     for c in channels]
+            calls = [
+                c.unary_stream(
+                    "/eco2.events.v1.EventService/SubscribeBatches",
+                    request_serializer=E.SubscribeBatchesRequest.SerializeToString,
+                )
+                for c in channels
+            ]
         else:
-            calls = [c.unary_stream("/eco2.events.v1.EventService/Subscribe", request_serializer=E.SubscribeRequest.SerializeToString) for c in channels]
+            calls = [
+                c.unary_stream(
+                    "/eco2.events.v1.EventService/Subscribe", request_serializer=E.SubscribeRequest.SerializeToString
+                )
+                for c in channels
+            ]
 
         async def subscribe(i: int, job: str) -> None:
             nonlocal received, messages
@@ -176,9 +217,19 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
 
         node = None
         if client == "node":
-            spec = {"port": port, "jobs": names, "mode": mode, "latency": bool(rate), "channels": len(channels), "timeoutS": 600}
-            node = subprocess.Popen(["node", str(Path(__file__).with_name("events_client.mjs")), json.dumps(spec)],
-                                    stdout=subprocess.PIPE, text=True)
+            spec = {
+                "port": port,
+                "jobs": names,
+                "mode": mode,
+                "latency": bool(rate),
+                "channels": len(channels),
+                "timeoutS": 600,
+            }
+            node = subprocess.Popen(
+                ["node", str(Path(__file__).with_name("events_client.mjs")), json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             ready = await asyncio.to_thread(node.stdout.readline)
             if not ready.startswith('{"ready"'):
                 node.kill()
@@ -197,8 +248,21 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
         # of SIGSEGV before exec (publishers exited -11 with no output, ~1 run in 5)
         procs = [
             subprocess.Popen(
-                [sys.executable, "-X", "faulthandler", __file__, "--publisher", redis_url, ",".join(c), str(per_job),
-                 str(rate / publishers if rate else 0), str(batch), loop, str(tick_ms)], stdout=subprocess.PIPE,
+                [
+                    sys.executable,
+                    "-X",
+                    "faulthandler",
+                    __file__,
+                    "--publisher",
+                    redis_url,
+                    ",".join(c),
+                    str(per_job),
+                    str(rate / publishers if rate else 0),
+                    str(batch),
+                    loop,
+                    str(tick_ms),
+                ],
+                stdout=subprocess.PIPE,
             )
             for c in chunks
         ]
@@ -231,18 +295,34 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
     # start-up, ~1 s of imports, is not part of the flow)
     flow_s = ended - min(r["began"] for r in reports)
     us = lambda seconds: round(seconds / max(received, 1) * 1e6, 1)  # noqa: E731
-    out = {"subscribe": mode, "events": total, "received": received, "messages": messages, "events_per_message": round(received / max(messages, 1), 2),
-           "seconds": round(flow_s, 2), "events_per_s": round(received / flow_s), "seconds_with_process_start": round(elapsed, 2),
-           "publish_seconds": round(published_at - started, 2), "publish_batch": batch,
-           "cpu_us_per_event": {"events_server": us(cpu1[0] - cpu0[0]), "valkey": us(cpu1[1] - cpu0[1]),
-                                "publishers": us(pub_cpu),
-                                "subscriber_client": us(report["cpu_s"] if node is not None else cpu1[2] - cpu0[2])},
-           "client": client}
+    out = {
+        "subscribe": mode,
+        "events": total,
+        "received": received,
+        "messages": messages,
+        "events_per_message": round(received / max(messages, 1), 2),
+        "seconds": round(flow_s, 2),
+        "events_per_s": round(received / flow_s),
+        "seconds_with_process_start": round(elapsed, 2),
+        "publish_seconds": round(published_at - started, 2),
+        "publish_batch": batch,
+        "cpu_us_per_event": {
+            "events_server": us(cpu1[0] - cpu0[0]),
+            "valkey": us(cpu1[1] - cpu0[1]),
+            "publishers": us(pub_cpu),
+            "subscriber_client": us(report["cpu_s"] if node is not None else cpu1[2] - cpu0[2]),
+        },
+        "client": client,
+    }
     # Valkey's own accounting: calls per event and µs of command time per event, by command
     out["valkey_commands_per_event"] = {
-        name: {"calls": round((c - stats0.get(name, (0, 0))[0]) / max(received, 1), 3),
-               "us": round((u - stats0.get(name, (0, 0))[1]) / max(received, 1), 1)}
-        for name, (c, u) in sorted(stats1.items()) if c > stats0.get(name, (0, 0))[0] and name != "info"}
+        name: {
+            "calls": round((c - stats0.get(name, (0, 0))[0]) / max(received, 1), 3),
+            "us": round((u - stats0.get(name, (0, 0))[1]) / max(received, 1), 1),
+        }
+        for name, (c, u) in sorted(stats1.items())
+        if c > stats0.get(name, (0, 0))[0] and name != "info"
+    }
     if latencies:
         latencies.sort()
         q = lambda p: round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 2)  # noqa: E731
@@ -250,7 +330,9 @@ async def run_flow(redis_url: str, port: int, tag: str, jobs: int, per_job: int,
     return out
 
 
-async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n: int, warm_connections: bool = True) -> dict:
+async def idle_streams(
+    redis_url: str, env: dict[str, str], valkey_port: int, n: int, warm_connections: bool = True
+) -> dict:
     """n Subscribe streams (one job each, one event received) idling on one service process.
 
     grpc core sizes a new call's memory arena from the calls its connection has finished
@@ -265,13 +347,21 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
     pub = EventPublisher(client)
     names = [f"idle-{i}" for i in range(n)]
     for i in range(0, n, 50):
-        await asyncio.gather(*(pub.publish(E.Event(job_id=j, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED)) for j in names[i : i + 50]))
+        await asyncio.gather(
+            *(
+                pub.publish(E.Event(job_id=j, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
+                for j in names[i : i + 50]
+            )
+        )
     port = free_port()
     proc = serve(env, "service", port)
     try:
         await wait_serving(port)
         ps = psutil.Process(proc.pid)
-        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(20)]
+        channels = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(20)
+        ]
         stubs = [events_pb2_grpc.EventServiceStub(c) for c in channels]
         if warm_connections:  # one finished Subscribe per connection
             for k, stub in enumerate(stubs):
@@ -287,7 +377,10 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
         t0 = time.perf_counter()
         rest = names[1:]
         for i in range(0, len(rest), 250):  # clients arrive in waves of 250
-            wave = [stubs[(i + k) % len(stubs)].Subscribe(E.SubscribeRequest(job_id=job)) for k, job in enumerate(rest[i : i + 250])]
+            wave = [
+                stubs[(i + k) % len(stubs)].Subscribe(E.SubscribeRequest(job_id=job))
+                for k, job in enumerate(rest[i : i + 250])
+            ]
             firsts = await asyncio.gather(*(c.read() for c in wave))
             assert all(f.seq == 1 for f in firsts)
             calls += wave
@@ -302,9 +395,16 @@ async def idle_streams(redis_url: str, env: dict[str, str], valkey_port: int, n:
         warm.cancel()
         for c in channels:
             await c.close()
-        return {"streams": streams, "open_seconds": round(opened_s, 2), "rss_before_mb": round(rss_before / 2**20, 1),
-                "rss_after_mb": round(rss_after / 2**20, 1), "kb_per_idle_stream": round((rss_after - rss_before) / (streams - 1) / 1024, 1),
-                "connections": len(channels), "connections_warmed": warm_connections, "redis_connections": conns}
+        return {
+            "streams": streams,
+            "open_seconds": round(opened_s, 2),
+            "rss_before_mb": round(rss_before / 2**20, 1),
+            "rss_after_mb": round(rss_after / 2**20, 1),
+            "kb_per_idle_stream": round((rss_after - rss_before) / (streams - 1) / 1024, 1),
+            "connections": len(channels),
+            "connections_warmed": warm_connections,
+            "redis_connections": conns,
+        }
     finally:
         stop_process(proc)
         await client.aclose()
@@ -325,30 +425,70 @@ async def main(args) -> dict:
         port = free_port()
         procs.append(serve(env, "all", port))  # router + EventService in one process
         await wait_serving(port)
-        valkey_pid = next(c.pid for c in psutil.net_connections(kind="tcp")
-                          if c.laddr and c.laddr.port == info.valkey_port and c.status == "LISTEN" and c.pid)
+        valkey_pid = next(
+            c.pid
+            for c in psutil.net_connections(kind="tcp")
+            if c.laddr and c.laddr.port == info.valkey_port and c.status == "LISTEN" and c.pid
+        )
         load_before = os.getloadavg()
         modes = ["per-event", "batches"] if args.subscribe == "both" else [args.subscribe]
         runs = {}
         for mode in modes if args.events else []:  # --events 0: only the idle streams
             load = os.getloadavg()[0]
-            throughput = await run_flow(info.redis_url, port, f"tp-{mode}", args.jobs, args.events // args.jobs, 0, args.publishers,
-                                        args.batch, procs[0].pid, valkey_pid, mode, args.loop, client=args.client)
+            throughput = await run_flow(
+                info.redis_url,
+                port,
+                f"tp-{mode}",
+                args.jobs,
+                args.events // args.jobs,
+                0,
+                args.publishers,
+                args.batch,
+                procs[0].pid,
+                valkey_pid,
+                mode,
+                args.loop,
+                client=args.client,
+            )
             throughput["loadavg_1m_before"] = round(load, 2)
             load = os.getloadavg()[0]
-            latency = await run_flow(info.redis_url, port, f"lat-{mode}", args.jobs, int(args.rate * args.seconds) // args.jobs, args.rate,
-                                     args.publishers, args.batch, procs[0].pid, valkey_pid, mode, args.loop, args.publish_tick_ms,
-                                     client=args.client)
+            latency = await run_flow(
+                info.redis_url,
+                port,
+                f"lat-{mode}",
+                args.jobs,
+                int(args.rate * args.seconds) // args.jobs,
+                args.rate,
+                args.publishers,
+                args.batch,
+                procs[0].pid,
+                valkey_pid,
+                mode,
+                args.loop,
+                args.publish_tick_ms,
+                client=args.client,
+            )
             latency["target_rate"] = args.rate
             latency["publish_tick_ms"] = args.publish_tick_ms
             latency["router_linger_ms"] = args.router_linger_ms if args.router_linger_ms is not None else "default"
             latency["loadavg_1m_before"] = round(load, 2)
             runs[mode] = {"throughput": throughput, "latency": latency}
         all_conns = redis_connections(procs[0].pid, info.valkey_port)
-        idle = await idle_streams(info.redis_url, env, info.valkey_port, args.streams, not args.idle_cold) if args.streams else None
-        return {"bench": "events", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-                "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-                "runs": runs, "idle": idle, "redis_connections_all_role": all_conns}
+        idle = (
+            await idle_streams(info.redis_url, env, info.valkey_port, args.streams, not args.idle_cold)
+            if args.streams
+            else None
+        )
+        return {
+            "bench": "events",
+            "date": time.strftime("%Y-%m-%d"),
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "runs": runs,
+            "idle": idle,
+            "redis_connections_all_role": all_conns,
+        }
     finally:
         for p in procs:
             stop_process(p)
@@ -360,29 +500,58 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--publisher":
         _, _, url, jobs, per_job, rate, batch, loop, tick_ms = sys.argv
         with asyncio.Runner(loop_factory=event_loop(loop)) as runner:
-            runner.run(publisher_main(url, jobs.split(","), int(per_job), float(rate), int(batch), float(tick_ms) / 1000))
+            runner.run(
+                publisher_main(url, jobs.split(","), int(per_job), float(rate), int(batch), float(tick_ms) / 1000)
+            )
         sys.exit(0)
     parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=60_000, help="events in the throughput run (0: no throughput and latency runs)")
+    parser.add_argument(
+        "--events", type=int, default=60_000, help="events in the throughput run (0: no throughput and latency runs)"
+    )
     parser.add_argument("--jobs", type=int, default=100, help="concurrent jobs (one subscriber each)")
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--rate", type=float, default=5000, help="events/s of the latency run")
     parser.add_argument("--seconds", type=float, default=6, help="length of the latency run")
     parser.add_argument("--streams", type=int, default=10_000, help="idle Subscribe streams (0: skip)")
-    parser.add_argument("--idle-cold", action="store_true",
-                        help="idle streams on connections that finished no call before (grpc's call arenas not sized yet)")
-    parser.add_argument("--batch", type=int, default=64, help="events per publish_many call in the publishers (1: publish)")
-    parser.add_argument("--subscribe", choices=["per-event", "batches", "both"], default="both",
-                        help="Subscribe (one Event per message), SubscribeBatches, or both in turn")
-    parser.add_argument("--publish-tick-ms", type=float, default=0.0,
-                        help="paced publishers wake every this many ms and send what is due (0: at each event's due time)")
-    parser.add_argument("--router-linger-ms", type=float, default=None,
-                        help="ECO2_EVENTS_ROUTER_LINGER_MS for the events process (default: the product's)")
-    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
-                        help="event loop of the publishers and the subscribing client (uvloop: as `eco2 serve` runs workers)")
-    parser.add_argument("--client", choices=["python", "node"], default="python",
-                        help="subscribing client of the flow runs: this process (grpcio) or Node's @grpc/grpc-js "
-                             "(bench/events_client.mjs; needs `npm ci --prefix tests/node`)")
+    parser.add_argument(
+        "--idle-cold",
+        action="store_true",
+        help="idle streams on connections that finished no call before (grpc's call arenas not sized yet)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=64, help="events per publish_many call in the publishers (1: publish)"
+    )
+    parser.add_argument(
+        "--subscribe",
+        choices=["per-event", "batches", "both"],
+        default="both",
+        help="Subscribe (one Event per message), SubscribeBatches, or both in turn",
+    )
+    parser.add_argument(
+        "--publish-tick-ms",
+        type=float,
+        default=0.0,
+        help="paced publishers wake every this many ms and send what is due (0: at each event's due time)",
+    )
+    parser.add_argument(
+        "--router-linger-ms",
+        type=float,
+        default=None,
+        help="ECO2_EVENTS_ROUTER_LINGER_MS for the events process (default: the product's)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of the publishers and the subscribing client (uvloop: as `eco2 serve` runs workers)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=["python", "node"],
+        default="python",
+        help="subscribing client of the flow runs: this process (grpcio) or Node's @grpc/grpc-js "
+        "(bench/events_client.mjs; needs `npm ci --prefix tests/node`)",
+    )
     os.environ.setdefault("LC_ALL", "C.UTF-8")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=event_loop(args.loop)) as runner:

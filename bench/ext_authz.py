@@ -87,7 +87,9 @@ def check_request(token: str, source: str = "10.1.2.3") -> bytes:
 def spawn_auth(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
     full = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", "auth"], env=full, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "serve", "auth"], env=full, stdout=subprocess.DEVNULL
+    )
     return proc, f"127.0.0.1:{port}"
 
 
@@ -111,7 +113,9 @@ async def wait_serving(target: str, proc: subprocess.Popen, timeout: float = 60)
 
 async def verify_allowed(target: str, request: bytes) -> None:
     async with grpc.aio.insecure_channel(target) as ch:
-        resp = await external_auth_pb2_grpc.AuthorizationStub(ch).Check(external_auth_pb2.CheckRequest.FromString(request))
+        resp = await external_auth_pb2_grpc.AuthorizationStub(ch).Check(
+            external_auth_pb2.CheckRequest.FromString(request)
+        )
         if not resp.HasField("ok_response"):
             raise RuntimeError(f"the bench token is not allowed: {resp}")
 
@@ -125,7 +129,9 @@ async def revocation_propagation(targets: list[str], rounds: int) -> dict:
         for i in range(rounds):
             home = i % len(targets)
             s = await auth[home].DevSignIn(auth_pb2.DevSignInRequest(display_name=f"bench-rev-{uuid.uuid4().hex[:8]}"))
-            req = external_auth_pb2.CheckRequest.FromString(check_request(s.tokens.access_token, source=f"10.9.{i % 250}.1"))
+            req = external_auth_pb2.CheckRequest.FromString(
+                check_request(s.tokens.access_token, source=f"10.9.{i % 250}.1")
+            )
             for a in authz:  # warm every replica's claims cache: the token is "known valid"
                 assert (await a.Check(req)).HasField("ok_response")
             md = (("x-eco2-user-id", s.user.id), ("authorization", f"Bearer {s.tokens.access_token}"))
@@ -180,7 +186,9 @@ async def measure(env: dict[str, str], seconds: float, concurrency: int, rounds:
         out["check_ratelimit_on"] = await unary_load(target, CHECK, request, seconds=seconds, concurrency=concurrency)
         out["check_ratelimit_on"]["server_cpu_us_per_call"] = cpu.per(out["check_ratelimit_on"]["calls"])
         cpu = ServerCpu(off.pid)
-        out["check_ratelimit_off"] = await unary_load(off_target, CHECK, request, seconds=seconds, concurrency=concurrency)
+        out["check_ratelimit_off"] = await unary_load(
+            off_target, CHECK, request, seconds=seconds, concurrency=concurrency
+        )
         out["check_ratelimit_off"]["server_cpu_us_per_call"] = cpu.per(out["check_ratelimit_off"]["calls"])
         out["paced_2000"] = await unary_load(target, CHECK, request, seconds=seconds, concurrency=32, rate=2000)
         out["revocation"] = await revocation_propagation([t for _, t in procs], rounds)
@@ -213,7 +221,12 @@ def main() -> None:
     plane = EmbeddedDataPlane(tmp / "data")
     try:
         info = plane.start()
-        env = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "ECO2_DATA_DIR": str(tmp / "data")}
+        env = {
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DEPLOYMENT": "embedded",
+            "ECO2_DATA_DIR": str(tmp / "data"),
+        }
         result = {
             "bench": "ext_authz",
             "date": time.strftime("%Y-%m-%d"),

@@ -61,10 +61,12 @@ async def faults(rounds: int, clients: int) -> dict:
     for victim in VICTIMS:
         mine = [r for r in recoveries if r.victim == victim]
         by_victim[victim] = {
-            "to_serving_s": [r.to_serving_s for r in mine], "to_first_done_s": [r.to_first_done_s for r in mine],
+            "to_serving_s": [r.to_serving_s for r in mine],
+            "to_first_done_s": [r.to_first_done_s for r in mine],
             "to_serving_median_s": round(statistics.median(r.to_serving_s for r in mine), 2),
             "to_first_done_median_s": round(statistics.median(r.to_first_done_s for r in mine), 2),
-            "streaming_at_kill": [r.streaming for r in mine], "probe_errors": sum(len(r.probe_errors) for r in mine),
+            "streaming_at_kill": [r.streaming for r in mine],
+            "probe_errors": sum(len(r.probe_errors) for r in mine),
         }
     summary = asdict(audit)
     for key in ("unfinished", "terminals_not_one", "orphans", "messages_not_one", "send_failed", "bugs_logged"):
@@ -76,8 +78,13 @@ def fuzz(examples: int) -> dict:
     report = Path(tempfile.mkdtemp(prefix="eco2-bench-fuzz-")) / "fuzz.json"
     env = {**os.environ, "ECO2_FUZZ_EXAMPLES": str(examples), "ECO2_FUZZ_REPORT": str(report)}
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/system/test_fuzz_rpc.py"], cwd=REPO, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/system/test_fuzz_rpc.py"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     took = time.monotonic() - started
     codes = json.loads(report.read_text())["codes"] if report.exists() else {}
     shutil.rmtree(report.parent, ignore_errors=True)
@@ -85,9 +92,15 @@ def fuzz(examples: int) -> dict:
     for seen in codes.values():
         for code, n in seen.items():
             totals[code] = totals.get(code, 0) + n
-    return {"examples_per_method": examples, "methods": len(codes), "cases": sum(totals.values()), "codes": dict(sorted(totals.items())),
-            "passed": proc.returncode == 0, "result": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:],
-            "duration_s": round(took, 1)}
+    return {
+        "examples_per_method": examples,
+        "methods": len(codes),
+        "cases": sum(totals.values()),
+        "codes": dict(sorted(totals.items())),
+        "passed": proc.returncode == 0,
+        "result": proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:],
+        "duration_s": round(took, 1),
+    }
 
 
 def main() -> None:
@@ -101,7 +114,11 @@ def main() -> None:
         "bench": "faults",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "bench/faults.py", *sys.argv[1:]]),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_before": [round(x, 1) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_before": [round(x, 1) for x in os.getloadavg()],
+        },
     }
     out["faults"] = asyncio.run(faults(args.rounds, args.clients))
     if not args.skip_fuzz:

@@ -96,7 +96,9 @@ def free_port() -> int:
 def spawn_noop_server(mode: str = "runtime") -> tuple[subprocess.Popen, str]:
     """Start the no-op server in its own process; returns (process, "127.0.0.1:port")."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", mode, "--port", str(port)], stdout=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     if line.strip() != "ready":
         raise RuntimeError(f"no-op server did not start: {line!r}")
@@ -245,7 +247,12 @@ class ServerCpu:
 def time_up(data_dir: Path) -> float:
     """Seconds from `eco2 up` to endpoints.json (written once every service is SERVING)."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while not (data_dir / "endpoints.json").exists():
             if proc.poll() is not None:
@@ -284,7 +291,12 @@ def main() -> None:
     if args.serve:
         asyncio.run(_serve(args.port, args.serve))
         return
-    result = {"bench": "grpc_ceiling", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_implementation()} {platform.python_version()}", "grpcio": grpc.__version__}
+    result = {
+        "bench": "grpc_ceiling",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, {platform.python_implementation()} {platform.python_version()}",
+        "grpcio": grpc.__version__,
+    }
     result.update(asyncio.run(measure(args.seconds, args.concurrency)))
     if not args.skip_up:
         tmp = Path(tempfile.mkdtemp(prefix="eco2-bench-up-", dir="/tmp"))

@@ -38,11 +38,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     helm_python.disable_logging()
-    variants = {"default": None, "production": helm_python.values_from_yaml((CHART / "examples" / "values-production.yaml").read_text())}
+    variants = {
+        "default": None,
+        "production": helm_python.values_from_yaml((CHART / "examples" / "values-production.yaml").read_text()),
+    }
     start = time.perf_counter()
     chart = helm_python.Chart.load(CHART)
     load_ms = (time.perf_counter() - start) * 1000
-    out: dict = {"bench": "helm", "python": platform.python_version(), "load_ms": round(load_ms, 1), "rounds": args.rounds}
+    out: dict = {
+        "bench": "helm",
+        "python": platform.python_version(),
+        "load_ms": round(load_ms, 1),
+        "rounds": args.rounds,
+    }
     with chart:
         for name, values in variants.items():
             render_ms, validate_ms = [], []
@@ -50,7 +58,13 @@ def main() -> None:
                 t0 = time.perf_counter()
                 manifests = chart.render(values, name="eco2", namespace="eco2", is_install=True)
                 t1 = time.perf_counter()
-                objects = [d for path, text in manifests.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+                objects = [
+                    d
+                    for path, text in manifests.items()
+                    if not path.endswith("NOTES.txt")
+                    for d in yaml.safe_load_all(text)
+                    if d
+                ]
                 for obj in objects:
                     if not is_custom_resource(obj):
                         kubernetes_validate.validate(obj, KUBERNETES, strict=True)

@@ -43,7 +43,16 @@ def jwks() -> str:
 
 def wristband(user: str) -> str:
     now = int(time.time())
-    claims = {"iss": "eco2-auth", "aud": "eco2-mesh", "typ": "identity", "sub": user, "roles": ["user"], "provider": "dev", "iat": now, "exp": now + 3600}
+    claims = {
+        "iss": "eco2-auth",
+        "aud": "eco2-mesh",
+        "typ": "identity",
+        "sub": user,
+        "roles": ["user"],
+        "provider": "dev",
+        "iat": now,
+        "exp": now + 3600,
+    }
     return jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": KID})
 
 
@@ -92,8 +101,12 @@ async def verifier(n: int = 100_000) -> dict:
 
 
 async def main(args) -> None:
-    out = {"bench": "identity", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "machine": f"{platform.machine()} {os.cpu_count()} cpu, CPython {platform.python_version()}", "load_avg_1m": round(os.getloadavg()[0], 2)}
+    out = {
+        "bench": "identity",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, CPython {platform.python_version()}",
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
     out["verifier"] = await verifier()
     out["server_cpu"] = await server_cpu(args.seconds, args.rounds, args.concurrency)
     print(json.dumps(out))

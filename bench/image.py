@@ -52,14 +52,31 @@ class Container:
     """A working container of the image; `run` starts a command in it as uid 10001."""
 
     def __init__(self, image: str) -> None:
-        self.name = subprocess.run(["buildah", "from", image], check=True, capture_output=True, text=True).stdout.strip()
+        self.name = subprocess.run(
+            ["buildah", "from", image], check=True, capture_output=True, text=True
+        ).stdout.strip()
 
     def run(self, env: dict[str, str], *command: str) -> subprocess.Popen:
         assignments = [f"{k}={v}" for k, v in env.items()]
         return subprocess.Popen(
-            ["buildah", "run", "--isolation", "chroot", "--network", "host", "--user", "10001:10001", self.name,
-             "--", "env", *assignments, *command],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                "buildah",
+                "run",
+                "--isolation",
+                "chroot",
+                "--network",
+                "host",
+                "--user",
+                "10001:10001",
+                self.name,
+                "--",
+                "env",
+                *assignments,
+                *command,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
 
     def remove(self) -> None:
@@ -75,17 +92,29 @@ def main() -> int:
     if not shutil.which("buildah"):
         print("bench/image.py needs buildah (apt-get install buildah)", file=sys.stderr)
         return 2
-    size = int(subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", args.image],
-                              check=True, capture_output=True, text=True).stdout.strip())
+    size = int(
+        subprocess.run(
+            ["podman", "image", "inspect", "--format", "{{.Size}}", args.image],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     tmp = Path(tempfile.mkdtemp(prefix="eco2-bench-image-"))
     tmp.chmod(0o755)
     plane = EmbeddedDataPlane(tmp / "data")
     info = plane.start()
     out: dict = {"bench": "image", "image": args.image, "size_mb": round(size / 1e6), "services": {}}
     base = {
-        "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "HOME": "/tmp",
-        "ECO2_DEPLOYMENT": "embedded", "ECO2_DATA_DIR": "/tmp/eco2", "ECO2_LOG_LEVEL": "WARNING",
-        "ECO2_GRPC_HOST": "127.0.0.1", "ECO2_METRICS_PORT": "0", "ECO2_MIGRATE_ON_START": "false",
+        "DATABASE_URL": info.database_url,
+        "REDIS_URL": info.redis_url,
+        "HOME": "/tmp",
+        "ECO2_DEPLOYMENT": "embedded",
+        "ECO2_DATA_DIR": "/tmp/eco2",
+        "ECO2_LOG_LEVEL": "WARNING",
+        "ECO2_GRPC_HOST": "127.0.0.1",
+        "ECO2_METRICS_PORT": "0",
+        "ECO2_MIGRATE_ON_START": "false",
     }
     try:
         container = Container(args.image)
@@ -110,11 +139,19 @@ def main() -> int:
                 started = time.perf_counter() - t0
                 # SIGTERM to the service itself, as the kubelet sends it (buildah run would not
                 # forward a signal sent to it: it ends the container at once)
-                (server,) = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.cmdline()[1:3] == ["/opt/eco2/bin/eco2", "serve"]]
+                (server,) = [
+                    p
+                    for p in psutil.Process(proc.pid).children(recursive=True)
+                    if p.cmdline()[1:3] == ["/opt/eco2/bin/eco2", "serve"]
+                ]
                 t1 = time.perf_counter()
                 server.send_signal(signal.SIGTERM)
                 proc.wait(timeout=60)
-                out["services"][name] = {"to_serving_s": round(started, 2), "sigterm_to_exit_s": round(time.perf_counter() - t1, 2), "exit": proc.returncode}
+                out["services"][name] = {
+                    "to_serving_s": round(started, 2),
+                    "sigterm_to_exit_s": round(time.perf_counter() - t1, 2),
+                    "exit": proc.returncode,
+                }
         finally:
             container.remove()
     finally:

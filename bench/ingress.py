@@ -60,9 +60,13 @@ async def grpc_web_unary(port: int, token: str | None, seconds: float, concurren
     msg = character_pb2.GetCharacterRequest(code="char-eco").SerializeToString()
     body = struct.pack(">BI", 0, len(msg)) + msg
     auth = f"authorization: Bearer {token}\r\n".encode() if token else b""
-    request = (b"POST /eco2.character.v1.CharacterService/GetCharacter HTTP/1.1\r\nhost: 127.0.0.1\r\n"
-               b"content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n" + auth
-               + f"content-length: {len(body)}\r\n\r\n".encode() + body)
+    request = (
+        b"POST /eco2.character.v1.CharacterService/GetCharacter HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        b"content-type: application/grpc-web+proto\r\nx-grpc-web: 1\r\n"
+        + auth
+        + f"content-length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
     count = errors = 0
     end = time.monotonic() + seconds
 
@@ -74,7 +78,9 @@ async def grpc_web_unary(port: int, token: str | None, seconds: float, concurren
                 payload += (await reader.readexactly(size + 2))[:-2]
             await reader.readuntil(b"\r\n")
         else:
-            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length:")), 0)
+            length = next(
+                (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.startswith(b"content-length:")), 0
+            )
             payload = await reader.readexactly(length)
         return head.startswith(b"http/1.1 200") and b"grpc-status:0" in payload.replace(b" ", b"") and len(payload) > 20
 
@@ -104,8 +110,11 @@ def start_envoy(workdir: Path, addresses: dict[str, str], authz: bool) -> tuple[
         hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_authz"]
     (workdir / "envoy.json").write_text(json.dumps(config))
-    proc = subprocess.Popen(envoy.command(envoy.envoy_binary(), workdir / "envoy.json", workdir / "admin.address", settings),
-                            stdout=subprocess.DEVNULL, stderr=open(workdir / "envoy.log", "wb"))
+    proc = subprocess.Popen(
+        envoy.command(envoy.envoy_binary(), workdir / "envoy.json", workdir / "admin.address", settings),
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "envoy.log", "wb"),
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         admin = (workdir / "admin.address").read_text().strip() if (workdir / "admin.address").exists() else ""
@@ -133,26 +142,49 @@ def main() -> None:
     procs: dict[str, subprocess.Popen] = {}
     try:
         ports = {n: free_port() for n in ("auth", "character", "gateway_mesh", "gateway_edge")}
-        env = {**os.environ, "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded",
-               "ECO2_DATA_DIR": str(tmp / "data"), "ECO2_LOG_LEVEL": "WARNING", "ECO2_METRICS_PORT": "0", "LC_ALL": "C.UTF-8",
-               "ECO2_AUTH_ADDR": f"127.0.0.1:{ports['auth']}", "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}",
-               "ECO2_AUTH_RATE_LIMIT_PER_S": "0"}
-        for name, service, extra in (("auth", "auth", {}), ("character", "character", {}),
-                                     ("gateway_mesh", "gateway", {"ECO2_GATEWAY_AUTH_MODE": "mesh"}),
-                                     ("gateway_edge", "gateway", {"ECO2_GATEWAY_AUTH_MODE": "edge"})):
+        env = {
+            **os.environ,
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DEPLOYMENT": "embedded",
+            "ECO2_DATA_DIR": str(tmp / "data"),
+            "ECO2_LOG_LEVEL": "WARNING",
+            "ECO2_METRICS_PORT": "0",
+            "LC_ALL": "C.UTF-8",
+            "ECO2_AUTH_ADDR": f"127.0.0.1:{ports['auth']}",
+            "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}",
+            "ECO2_AUTH_RATE_LIMIT_PER_S": "0",
+        }
+        for name, service, extra in (
+            ("auth", "auth", {}),
+            ("character", "character", {}),
+            ("gateway_mesh", "gateway", {"ECO2_GATEWAY_AUTH_MODE": "mesh"}),
+            ("gateway_edge", "gateway", {"ECO2_GATEWAY_AUTH_MODE": "edge"}),
+        ):
             child = dict(env, ECO2_GRPC_PORT=str(ports[name]), ECO2_HTTP_PORT=str(ports[name]), **extra)
-            procs[name] = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", service], env=child,
-                                           stdout=subprocess.DEVNULL, stderr=open(tmp / f"{name}.log", "wb"))
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "eco2.services.cli", "serve", service],
+                env=child,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / f"{name}.log", "wb"),
+            )
         wait_grpc(f"127.0.0.1:{ports['auth']}")
         wait_grpc(f"127.0.0.1:{ports['character']}")
         for name in ("gateway_mesh", "gateway_edge"):
             wait_http(f"http://127.0.0.1:{ports[name]}/healthz")
-        addresses = {"auth": f"127.0.0.1:{ports['auth']}", "character": f"127.0.0.1:{ports['character']}",
-                     "gateway": f"127.0.0.1:{ports['gateway_mesh']}"}
+        addresses = {
+            "auth": f"127.0.0.1:{ports['auth']}",
+            "character": f"127.0.0.1:{ports['character']}",
+            "gateway": f"127.0.0.1:{ports['gateway_mesh']}",
+        }
         procs["envoy_authz"], authz_port = start_envoy(tmp / "envoy-authz", addresses, authz=True)
         procs["envoy_noauthz"], noauthz_port = start_envoy(tmp / "envoy-noauthz", addresses, authz=False)
         with grpc.insecure_channel(addresses["auth"]) as ch:
-            token = auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(auth_pb2.DevSignInRequest(display_name="bench-ingress"), timeout=10).tokens.access_token
+            token = (
+                auth_pb2_grpc.AuthServiceStub(ch)
+                .DevSignIn(auth_pb2.DevSignInRequest(display_name="bench-ingress"), timeout=10)
+                .tokens.access_token
+            )
 
         c = args.concurrency
         paths = {  # name → (load for `seconds`, the front process whose CPU is per request)
@@ -177,22 +209,34 @@ def main() -> None:
                     rounds[name].append(result)
 
         asyncio.run(run())
-        summary = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "errors"} | {"errors": sum(r["errors"] for r in runs)}
-                   for name, runs in rounds.items()}
+        summary = {
+            name: {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "errors"}
+            | {"errors": sum(r["errors"] for r in runs)}
+            for name, runs in rounds.items()
+        }
         rps = {name: s["rps"] for name, s in summary.items()}
-        print(json.dumps({
-            "bench": "ingress", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
-            "load_avg_1m": round(os.getloadavg()[0], 2), "rounds": args.rounds, "seconds": args.seconds, "concurrency": args.concurrency,
-            "paths": summary,
-            "ratios": {
-                "authz_over_noauthz": round(rps["envoy_authz"] / rps["envoy_noauthz"], 3),
-                "envoy_authz_over_direct": round(rps["envoy_authz"] / rps["direct"], 3),
-                "envoy_noauthz_over_direct": round(rps["envoy_noauthz"] / rps["direct"], 3),
-                "gateway_over_direct": round(rps["gateway"] / rps["direct"], 3),
-                "envoy_authz_over_gateway": round(rps["envoy_authz"] / rps["gateway"], 3),
-            },
-            "rps_by_round": {name: [r["rps"] for r in runs] for name, runs in rounds.items()},
-        }))
+        print(
+            json.dumps(
+                {
+                    "bench": "ingress",
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "cpus": os.cpu_count(),
+                    "load_avg_1m": round(os.getloadavg()[0], 2),
+                    "rounds": args.rounds,
+                    "seconds": args.seconds,
+                    "concurrency": args.concurrency,
+                    "paths": summary,
+                    "ratios": {
+                        "authz_over_noauthz": round(rps["envoy_authz"] / rps["envoy_noauthz"], 3),
+                        "envoy_authz_over_direct": round(rps["envoy_authz"] / rps["direct"], 3),
+                        "envoy_noauthz_over_direct": round(rps["envoy_noauthz"] / rps["direct"], 3),
+                        "gateway_over_direct": round(rps["gateway"] / rps["direct"], 3),
+                        "envoy_authz_over_gateway": round(rps["envoy_authz"] / rps["gateway"], 3),
+                    },
+                    "rps_by_round": {name: [r["rps"] for r in runs] for name, runs in rounds.items()},
+                }
+            )
+        )
     finally:
         for proc in procs.values():
             stop_process(proc)

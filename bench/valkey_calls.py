@@ -57,7 +57,9 @@ def hiredis_packed_redis(url: str):
                 args = (*first.encode().split(), *args[1:])
             return [hiredis.pack_command(args)]
 
-    return redis.asyncio.Redis(connection_pool=redis.asyncio.ConnectionPool.from_url(url, connection_class=HiredisPacking))
+    return redis.asyncio.Redis(
+        connection_pool=redis.asyncio.ConnectionPool.from_url(url, connection_class=HiredisPacking)
+    )
 
 
 async def clients(redis, url: str, calls: int, rounds: int) -> dict:
@@ -86,11 +88,15 @@ async def clients(redis, url: str, calls: int, rounds: int) -> dict:
             for name, command in commands.items():
                 out[name]["lean"].append(await client_cpu_us(calls, lambda c=command: lean.execute(*c)))
                 out[name]["redis-py"].append(await client_cpu_us(calls, lambda c=command: redis.execute_command(*c)))
-                out[name]["redis-py hiredis-packed"].append(await client_cpu_us(calls, lambda c=command: packed.execute_command(*c)))
+                out[name]["redis-py hiredis-packed"].append(
+                    await client_cpu_us(calls, lambda c=command: packed.execute_command(*c))
+                )
             for tick, users in ticks.items():
                 for via, valkey in (("lean", lean), ("redis-py", PoolCommands(redis))):
                     bucket = BatchedTokenBucket(valkey, rate_per_s=1e6, burst=10**6, prefix="bench:rlb:")
-                    per_tick = await client_cpu_us(max(1, calls // len(users)), lambda b=bucket, u=users: asyncio.gather(*(b.hit(x) for x in u)))
+                    per_tick = await client_cpu_us(
+                        max(1, calls // len(users)), lambda b=bucket, u=users: asyncio.gather(*(b.hit(x) for x in u))
+                    )
                     out["rate_limit_hit"][tick][via].append(round(per_tick / len(users), 2))
         return out
     finally:
@@ -111,13 +117,26 @@ async def main(calls: int, rounds: int) -> dict:
     redis = create_redis(info.redis_url)
     fast = RespClient.like(redis)
     try:
-        valkey = psutil.Process(next(c.pid for c in psutil.net_connections(kind="tcp")
-                                     if c.laddr and c.laddr.port == info.valkey_port and c.status == "LISTEN" and c.pid))
+        valkey = psutil.Process(
+            next(
+                c.pid
+                for c in psutil.net_connections(kind="tcp")
+                if c.laddr and c.laddr.port == info.valkey_port and c.status == "LISTEN" and c.pid
+            )
+        )
         trivial = await fast.execute("SCRIPT", "LOAD", "return 1")
-        one_xadd = await fast.execute("SCRIPT", "LOAD", "redis.call('XADD', KEYS[1], 'MAXLEN', '1000', '*', 'd', ARGV[1]) return 1")
+        one_xadd = await fast.execute(
+            "SCRIPT", "LOAD", "redis.call('XADD', KEYS[1], 'MAXLEN', '1000', '*', 'd', ARGV[1]) return 1"
+        )
         data = b"x" * 200
-        out: dict = {"bench": "valkey_calls", "date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "calls": calls,
-                     "loadavg_1m_before": round(os.getloadavg()[0], 2), "valkey_cpu_us_per_call": {}}
+        out: dict = {
+            "bench": "valkey_calls",
+            "date": time.strftime("%Y-%m-%d"),
+            "cpus": os.cpu_count(),
+            "calls": calls,
+            "loadavg_1m_before": round(os.getloadavg()[0], 2),
+            "valkey_cpu_us_per_call": {},
+        }
         for name, command in [
             ("PING", ("PING",)),
             ("XADD", ("XADD", "bench:s1", "MAXLEN", "1000", "*", "d", data)),
@@ -138,9 +157,11 @@ async def main(calls: int, rounds: int) -> dict:
         out["publish_one_event"] = {
             "valkey_cpu_us": round((cpu_s(valkey) - before) / calls * 1e6, 1),
             "client_cpu_us": round((time.process_time() - mine) / calls * 1e6, 1),
-            "commandstats_us_per_event": {k.removeprefix("cmdstat_"): round(v["usec"] / calls, 2)
-                                          for k, v in (await redis.info("commandstats")).items()
-                                          if v["calls"] >= calls},
+            "commandstats_us_per_event": {
+                k.removeprefix("cmdstat_"): round(v["usec"] / calls, 2)
+                for k, v in (await redis.info("commandstats")).items()
+                if v["calls"] >= calls
+            },
         }
         await pub.aclose()
         out["client_cpu_us_per_call"] = await clients(redis, info.redis_url, calls, rounds)
@@ -154,7 +175,9 @@ async def main(calls: int, rounds: int) -> dict:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=20_000, help="sequential calls per command (psutil CPU times tick at 10 ms)")
+    parser.add_argument(
+        "--calls", type=int, default=20_000, help="sequential calls per command (psutil CPU times tick at 10 ms)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the client comparison")
     args = parser.parse_args()
     print(json.dumps(uvloop.run(main(args.calls, args.rounds)), ensure_ascii=False))

@@ -60,8 +60,19 @@ _RPC_PATH = re.compile(r"^/[A-Za-z_][A-Za-z0-9_.]*\.[A-Za-z_][A-Za-z0-9_]*/[A-Za
 _GET, _READ, _POST = frozenset({"GET"}), frozenset({"GET", "HEAD"}), frozenset({"POST"})
 _EXPOSE = b"grpc-status, grpc-message, grpc-status-details-bin, content-type"
 _ALLOW_HEADERS = {
-    "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "connect-protocol-version", "connect-timeout-ms",
-    "authorization", "last-event-id", "x-request-id", "traceparent", "tracestate", "accept-language", "idempotency-key",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "authorization",
+    "last-event-id",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "accept-language",
+    "idempotency-key",
 }
 _RPC_TYPES = set(ALL_TYPES)
 _COUNTERS: dict[tuple[str, bool], object] = {}
@@ -84,7 +95,11 @@ def _load_static() -> dict[str, tuple[bytes, bytes]]:
     for entry in root.iterdir():
         if entry.is_file() and not entry.name.startswith(("_", ".")) and not entry.name.endswith(".py"):
             ctype = mimetypes.guess_type(entry.name)[0] or "application/octet-stream"
-            if ctype.startswith("text/") or ctype in ("application/javascript", "application/manifest+json", "image/svg+xml"):
+            if ctype.startswith("text/") or ctype in (
+                "application/javascript",
+                "application/manifest+json",
+                "image/svg+xml",
+            ):
                 ctype += "; charset=utf-8"
             files[entry.name] = (entry.read_bytes(), ctype.encode())
     return files
@@ -141,7 +156,9 @@ class Gateway:
             cors = self._cors(req)
             if cors is None:
                 kind, cors = "cors", []
-                raise HttpError(403, f"origin {req.origin!r} is not allowed (ECO2_GATEWAY_CORS_ORIGINS)", "ORIGIN_NOT_ALLOWED")
+                raise HttpError(
+                    403, f"origin {req.origin!r} is not allowed (ECO2_GATEWAY_CORS_ORIGINS)", "ORIGIN_NOT_ALLOWED"
+                )
             if req.method == "OPTIONS":
                 kind = "preflight"
                 await self._preflight(req, cors)
@@ -170,7 +187,11 @@ class Gateway:
             return []
         if origin not in self.cors_origins:
             return None
-        return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"), (b"access-control-expose-headers", _EXPOSE)]
+        return [
+            (b"access-control-allow-origin", origin.encode()),
+            (b"vary", b"Origin"),
+            (b"access-control-expose-headers", _EXPOSE),
+        ]
 
     async def _allow(self, req: Request) -> Decision:
         """Check's decision when it allows the request; Denied otherwise."""
@@ -181,40 +202,58 @@ class Gateway:
 
     async def _deny(self, req: Request, decision: Decision, cors: Headers) -> None:
         await req.drain(self.settings.gateway_max_body_bytes, min(1.0, self.settings.gateway_body_timeout_s))
-        await req.respond(decision.status, decision.body, (dict(decision.deny_headers).get("content-type") or "application/json").encode(),
-                          [*((k.encode(), v.encode()) for k, v in decision.deny_headers if k != "content-type"), *cors])
+        await req.respond(
+            decision.status,
+            decision.body,
+            (dict(decision.deny_headers).get("content-type") or "application/json").encode(),
+            [*((k.encode(), v.encode()) for k, v in decision.deny_headers if k != "content-type"), *cors],
+        )
 
     def _identity_metadata(self, req: Request, decision: Decision) -> list[tuple[str, str]]:
         """The gRPC metadata of an upstream call: the allow-listed request headers Check did not
         remove, and the headers it injected."""
         md = []
         for name in self.settings.gateway_metadata_allowlist:
-            if name not in decision.removed and (value := req.headers.get(name)) is not None and value.isprintable() and value.isascii():
+            if (
+                name not in decision.removed
+                and (value := req.headers.get(name)) is not None
+                and value.isprintable()
+                and value.isascii()
+            ):
                 md.append((name, value))
         return md + [(k, v) for k, v in decision.headers if v.isascii() and v.isprintable()]
 
     async def _preflight(self, req: Request, cors: Headers) -> None:
         if req.origin is None:
             raise HttpError(400, "a CORS preflight needs an Origin header", "NOT_A_PREFLIGHT")
-        asked = {h.strip().lower() for h in req.headers.get("access-control-request-headers", "").split(",") if h.strip()}
+        asked = {
+            h.strip().lower() for h in req.headers.get("access-control-request-headers", "").split(",") if h.strip()
+        }
         refused = sorted(asked - _ALLOW_HEADERS)
         if refused:
             raise HttpError(403, f"headers not allowed: {', '.join(refused)}", "HEADERS_NOT_ALLOWED")
-        await req.start(204, [
-            *cors,
-            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-            (b"access-control-allow-headers", ", ".join(sorted(asked)).encode() or b"content-type"),
-            (b"access-control-max-age", str(self.settings.gateway_cors_max_age_s).encode()),
-            (b"content-length", b"0"),
-        ])
+        await req.start(
+            204,
+            [
+                *cors,
+                (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                (b"access-control-allow-headers", ", ".join(sorted(asked)).encode() or b"content-type"),
+                (b"access-control-max-age", str(self.settings.gateway_cors_max_age_s).encode()),
+                (b"content-length", b"0"),
+            ],
+        )
         await req.write(b"", more=False)
 
     # -- route handlers ---------------------------------------------------------------------
     async def _rpc(self, req: Request, _match, cors: Headers, _decision) -> None:
         ctype = req.content_type
         if ctype not in _RPC_TYPES:
-            raise HttpError(415, f"content-type {ctype or '(none)'!r} is not gRPC-Web or Connect; use one of {', '.join(ALL_TYPES)}",
-                            "UNSUPPORTED_MEDIA_TYPE", headers=[(b"accept-post", ", ".join(ALL_TYPES).encode()), *cors])
+            raise HttpError(
+                415,
+                f"content-type {ctype or '(none)'!r} is not gRPC-Web or Connect; use one of {', '.join(ALL_TYPES)}",
+                "UNSUPPORTED_MEDIA_TYPE",
+                headers=[(b"accept-post", ", ".join(ALL_TYPES).encode()), *cors],
+            )
         route, route_error = None, None
         try:
             route = self.upstreams.route(req.path)
@@ -225,10 +264,15 @@ class Gateway:
             if not decision.allowed:
                 await self._deny_rpc(req, decision, cors)
                 return
-            identity, removed = [(k, v) for k, v in decision.headers if v.isascii() and v.isprintable()], decision.removed
+            identity, removed = (
+                [(k, v) for k, v in decision.headers if v.isascii() and v.isprintable()],
+                decision.removed,
+            )
         else:
             identity, removed = [], set()
-        streaming = ctype in CONNECT_STREAM_TYPES or (ctype in GRPC_WEB_TYPES and (route is None or route.server_streaming is not False))
+        streaming = ctype in CONNECT_STREAM_TYPES or (
+            ctype in GRPC_WEB_TYPES and (route is None or route.server_streaming is not False)
+        )
         if streaming:
             STREAMS.labels("rpc").inc()
         try:
@@ -279,7 +323,9 @@ class Gateway:
 
     async def _jwks(self, req: Request, _match, cors: Headers, _decision) -> None:
         stub = self.upstreams.channel(self.settings.auth_addr).unary_unary(
-            "/eco2.auth.v1.AuthService/GetJwks", request_serializer=auth_pb2.GetJwksRequest.SerializeToString, response_deserializer=auth_pb2.GetJwksResponse.FromString
+            "/eco2.auth.v1.AuthService/GetJwks",
+            request_serializer=auth_pb2.GetJwksRequest.SerializeToString,
+            response_deserializer=auth_pb2.GetJwksResponse.FromString,
         )
         try:
             reply = await stub(auth_pb2.GetJwksRequest(), timeout=self.settings.gateway_default_timeout_s)
@@ -299,7 +345,12 @@ class Gateway:
     async def _no_route(self, req: Request, _match, _cors, _decision) -> None:
         methods = routes.methods_for(self.routes, req.path)
         if methods:
-            raise HttpError(405, f"use {', '.join(methods)}", "METHOD_NOT_ALLOWED", headers=[(b"allow", ", ".join(methods).encode())])
+            raise HttpError(
+                405,
+                f"use {', '.join(methods)}",
+                "METHOD_NOT_ALLOWED",
+                headers=[(b"allow", ", ".join(methods).encode())],
+            )
         raise HttpError(404, f"no route for {req.method} {req.path}", "NOT_FOUND")
 
 

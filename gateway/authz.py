@@ -68,11 +68,19 @@ class Authorizer:
             return Decision(True)
         headers = {k: v for k, v in req.headers.items() if not k.startswith(IDENTITY_PREFIX)}
         host = headers.get("host") or headers.get(":authority", "")
-        headers.update({":method": req.method, ":path": req.scope.get("raw_path", req.path.encode()).decode("latin-1"), ":authority": host})
+        headers.update(
+            {
+                ":method": req.method,
+                ":path": req.scope.get("raw_path", req.path.encode()).decode("latin-1"),
+                ":authority": host,
+            }
+        )
         client = req.scope.get("client") or ("", 0)
         attrs = attribute_context_pb2.AttributeContext(
             source=attribute_context_pb2.AttributeContext.Peer(
-                address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=str(client[0]), port_value=int(client[1] or 0)))
+                address=address_pb2.Address(
+                    socket_address=address_pb2.SocketAddress(address=str(client[0]), port_value=int(client[1] or 0))
+                )
             ),
             request=attribute_context_pb2.AttributeContext.Request(
                 http=attribute_context_pb2.AttributeContext.HttpRequest(
@@ -86,16 +94,26 @@ class Authorizer:
             ),
         )
         try:
-            reply = await self._stub_().Check(external_auth_pb2.CheckRequest(attributes=attrs), timeout=self.settings.gateway_authz_timeout_s)
+            reply = await self._stub_().Check(
+                external_auth_pb2.CheckRequest(attributes=attrs), timeout=self.settings.gateway_authz_timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             log.warning("ext-authz Check failed: %s %s", exc.code().name, exc.details())
-            return Decision(False, status=503, grpc_code=14, body=b'{"error":{"code":503,"reason":"AUTHZ_UNAVAILABLE","message":"authorization service unavailable"}}',
-                            deny_headers=[("content-type", "application/json"), ("retry-after", "1")], reason="authorization service unavailable")
+            return Decision(
+                False,
+                status=503,
+                grpc_code=14,
+                body=b'{"error":{"code":503,"reason":"AUTHZ_UNAVAILABLE","message":"authorization service unavailable"}}',
+                deny_headers=[("content-type", "application/json"), ("retry-after", "1")],
+                reason="authorization service unavailable",
+            )
         if reply.status.code == 0 and reply.HasField("ok_response"):
             ok = reply.ok_response
             return Decision(
                 True,
-                headers=[(h.header.key.lower(), h.header.value or h.header.raw_value.decode("latin-1")) for h in ok.headers],
+                headers=[
+                    (h.header.key.lower(), h.header.value or h.header.raw_value.decode("latin-1")) for h in ok.headers
+                ],
                 removed={k.lower() for k in ok.headers_to_remove},
             )
         if reply.status.code == 0:

@@ -53,15 +53,55 @@ CONNECT_STREAM_TYPES = {"application/connect+proto", "application/connect+json"}
 ALL_TYPES = sorted([*GRPC_WEB_TYPES, *CONNECT_UNARY_TYPES, *CONNECT_STREAM_TYPES])
 
 CONNECT_CODES = {
-    1: "canceled", 2: "unknown", 3: "invalid_argument", 4: "deadline_exceeded", 5: "not_found",
-    6: "already_exists", 7: "permission_denied", 8: "resource_exhausted", 9: "failed_precondition",
-    10: "aborted", 11: "out_of_range", 12: "unimplemented", 13: "internal", 14: "unavailable",
-    15: "data_loss", 16: "unauthenticated",
+    1: "canceled",
+    2: "unknown",
+    3: "invalid_argument",
+    4: "deadline_exceeded",
+    5: "not_found",
+    6: "already_exists",
+    7: "permission_denied",
+    8: "resource_exhausted",
+    9: "failed_precondition",
+    10: "aborted",
+    11: "out_of_range",
+    12: "unimplemented",
+    13: "internal",
+    14: "unavailable",
+    15: "data_loss",
+    16: "unauthenticated",
 }
-CONNECT_HTTP = {1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401}
+CONNECT_HTTP = {
+    1: 499,
+    2: 500,
+    3: 400,
+    4: 504,
+    5: 404,
+    6: 409,
+    7: 403,
+    8: 429,
+    9: 400,
+    10: 409,
+    11: 400,
+    12: 501,
+    13: 500,
+    14: 503,
+    15: 500,
+    16: 401,
+}
 HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 #: upstream response headers that must not be copied onto the HTTP response
-_SKIP_RESPONSE_HEADERS = {"content-type", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade", "grpc-status", "grpc-message"}
+_SKIP_RESPONSE_HEADERS = {
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "grpc-status",
+    "grpc-message",
+}
 _OK = grpc.StatusCode.OK.value[0]
 #: a unary call still running after this long gets a task watching for the client going away
 _UNARY_WATCH_DELAY_S = 0.02
@@ -70,7 +110,14 @@ _UNARY_WATCH_DELAY_S = 0.02
 class CallError(Exception):
     """A gRPC status produced by the gateway itself (bad input, unknown route, ...)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, reason: str, violations: Iterable[FieldViolation] = (), http_status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        reason: str,
+        violations: Iterable[FieldViolation] = (),
+        http_status: int | None = None,
+    ) -> None:
         super().__init__(message)
         err = DomainError(message, reason=reason, violations=list(violations))
         err.code = code
@@ -115,7 +162,9 @@ class GrpcWebWriter:
         return out + self.extra
 
     async def unary(self, initial, message: bytes, trailing) -> None:
-        body = self._enc(frame(message)) + self._enc(frame(trailer_block(_OK, "", _metadata_items(trailing)), TRAILERS_FLAG))
+        body = self._enc(frame(message)) + self._enc(
+            frame(trailer_block(_OK, "", _metadata_items(trailing)), TRAILERS_FLAG)
+        )
         await self.req.finish(200, [*self._headers(initial), (b"content-length", str(len(body)).encode())], body)
 
     async def headers(self, initial) -> None:
@@ -125,16 +174,25 @@ class GrpcWebWriter:
         await self.req.write(self._enc(frame(data)))
 
     async def end(self, code: int, message: str, trailing) -> None:
-        await self.req.write(self._enc(frame(trailer_block(code, message, _metadata_items(trailing)), TRAILERS_FLAG)), more=False)
+        await self.req.write(
+            self._enc(frame(trailer_block(code, message, _metadata_items(trailing)), TRAILERS_FLAG)), more=False
+        )
 
     async def trailers_only(self, code: int, message: str, trailing, http_status: int | None = None) -> None:
-        headers = [(b"content-type", self.content_type), *status_headers(code, message, _metadata_items(trailing)), (b"content-length", b"0"), *self.extra]
+        headers = [
+            (b"content-type", self.content_type),
+            *status_headers(code, message, _metadata_items(trailing)),
+            (b"content-length", b"0"),
+            *self.extra,
+        ]
         await self.req.start(200, headers)
         await self.req.write(b"", more=False)
 
 
 #: The google.rpc error details the edge also shows decoded (BadRequest, ErrorInfo, RetryInfo, ...).
-_KNOWN_DETAILS = {d.full_name: message_factory.GetMessageClass(d) for d in error_details_pb2.DESCRIPTOR.message_types_by_name.values()}
+_KNOWN_DETAILS = {
+    d.full_name: message_factory.GetMessageClass(d) for d in error_details_pb2.DESCRIPTOR.message_types_by_name.values()
+}
 
 
 def _detail(d) -> dict:
@@ -175,14 +233,21 @@ class ConnectUnaryWriter:
         body = self.convert(message)
         headers = [(b"content-type", self.content_type), (b"content-length", str(len(body)).encode())]
         headers += [(k.encode(), header_value(k, v).encode("ascii", "replace")) for k, v in _metadata_items(initial)]
-        headers += [(b"trailer-" + k.encode(), header_value(k, v).encode("ascii", "replace")) for k, v in _metadata_items(trailing)]
+        headers += [
+            (b"trailer-" + k.encode(), header_value(k, v).encode("ascii", "replace"))
+            for k, v in _metadata_items(trailing)
+        ]
         await self.req.start(200, headers + self.extra)
         await self.req.write(body, more=False)
 
     async def trailers_only(self, code: int, message: str, trailing, http_status: int | None = None) -> None:
         body = json.dumps(connect_error(code, message, trailing), ensure_ascii=False).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        headers += [(k.encode(), header_value(k, v).encode("ascii", "replace")) for k, v in _metadata_items(trailing) if k != "grpc-status-details-bin"]
+        headers += [
+            (k.encode(), header_value(k, v).encode("ascii", "replace"))
+            for k, v in _metadata_items(trailing)
+            if k != "grpc-status-details-bin"
+        ]
         await self.req.start(http_status or CONNECT_HTTP.get(code, 500), headers + self.extra)
         await self.req.write(body, more=False)
 
@@ -230,7 +295,11 @@ class Bridge:
 
     def _json_classes(self, route: Route):
         if route.descriptor is None:
-            raise CallError(grpc.StatusCode.UNIMPLEMENTED, f"JSON needs the contract of {route.service}, which the gateway does not know; use application/proto", "NO_DESCRIPTOR")
+            raise CallError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"JSON needs the contract of {route.service}, which the gateway does not know; use application/proto",
+                "NO_DESCRIPTOR",
+            )
         cached = self._classes.get(route.path)
         if cached is None:
             d = route.descriptor
@@ -244,8 +313,12 @@ class Bridge:
             raw = req.headers.get("connect-timeout-ms")
             if raw is not None:
                 if not ascii_digits(raw) or len(raw) > 10:
-                    raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed connect-timeout-ms {raw!r}: want up to 10 digits", "BAD_TIMEOUT",
-                                    [FieldViolation("connect-timeout-ms", "up to 10 digits")])
+                    raise CallError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"malformed connect-timeout-ms {raw!r}: want up to 10 digits",
+                        "BAD_TIMEOUT",
+                        [FieldViolation("connect-timeout-ms", "up to 10 digits")],
+                    )
                 return min(int(raw) / 1000.0, cap)
         else:
             raw = req.headers.get("grpc-timeout")
@@ -253,7 +326,12 @@ class Bridge:
                 try:
                     return min(parse_grpc_timeout(raw), cap)
                 except ValueError as exc:
-                    raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), "BAD_TIMEOUT", [FieldViolation("grpc-timeout", str(exc))]) from None
+                    raise CallError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        str(exc),
+                        "BAD_TIMEOUT",
+                        [FieldViolation("grpc-timeout", str(exc))],
+                    ) from None
         return cap if streaming else self.settings.gateway_default_timeout_s
 
     def _metadata(self, req: Request, identity: list[tuple[str, str]], removed: set[str]) -> list[tuple[str, str]]:
@@ -262,13 +340,19 @@ class Bridge:
             value = req.headers.get(name)
             if value is not None and name not in removed:
                 if any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
-                    raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"header {name} has characters gRPC metadata cannot carry", "BAD_METADATA",
-                                    [FieldViolation(name, "printable ASCII only")])
+                    raise CallError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"header {name} has characters gRPC metadata cannot carry",
+                        "BAD_METADATA",
+                        [FieldViolation(name, "printable ASCII only")],
+                    )
                 md.append((name, value))
         md += identity
         return md
 
-    async def handle(self, req: Request, route: Route | None, route_error: str | None, identity, removed, extra: Headers) -> None:
+    async def handle(
+        self, req: Request, route: Route | None, route_error: str | None, identity, removed, extra: Headers
+    ) -> None:
         ctype = req.content_type
         text = GRPC_WEB_TYPES.get(ctype)
         connect_unary = ctype in CONNECT_UNARY_TYPES
@@ -283,11 +367,23 @@ class Bridge:
             writer = ConnectStreamWriter(req, json_mode, convert, extra)
         try:
             if route is None:
-                raise CallError(grpc.StatusCode.UNIMPLEMENTED, route_error or "unknown method", "UNKNOWN_METHOD", http_status=404)
+                raise CallError(
+                    grpc.StatusCode.UNIMPLEMENTED, route_error or "unknown method", "UNKNOWN_METHOD", http_status=404
+                )
             if route.client_streaming:
-                raise CallError(grpc.StatusCode.UNIMPLEMENTED, f"{route.service}/{route.method} is client streaming, which gRPC-Web and Connect from browsers cannot carry", "CLIENT_STREAMING")
-            if req.headers.get("content-encoding", "identity") not in ("identity", "") or req.headers.get("connect-content-encoding", "identity") not in ("identity", ""):
-                raise CallError(grpc.StatusCode.UNIMPLEMENTED, "compressed requests are not supported: send identity encoding", "COMPRESSION")
+                raise CallError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"{route.service}/{route.method} is client streaming, which gRPC-Web and Connect from browsers cannot carry",
+                    "CLIENT_STREAMING",
+                )
+            if req.headers.get("content-encoding", "identity") not in ("identity", "") or req.headers.get(
+                "connect-content-encoding", "identity"
+            ) not in ("identity", ""):
+                raise CallError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "compressed requests are not supported: send identity encoding",
+                    "COMPRESSION",
+                )
             if json_mode:
                 in_cls, out_cls = self._json_classes(route)
                 convert = _to_json(out_cls)
@@ -300,7 +396,9 @@ class Bridge:
                 message = _from_json(in_cls, message)
         except CallError as err:
             if err.reason not in ("MESSAGE_TOO_LARGE", "BODY_TIMEOUT"):  # those bodies are not worth reading
-                await req.drain(self.settings.gateway_max_message_bytes * 2, min(1.0, self.settings.gateway_body_timeout_s))
+                await req.drain(
+                    self.settings.gateway_max_message_bytes * 2, min(1.0, self.settings.gateway_body_timeout_s)
+                )
             await writer.trailers_only(err.code, err.message, err.trailing, err.http_status if connect_unary else None)
             return
         await self._call(req, route, message, timeout, metadata, streaming, writer)
@@ -308,7 +406,12 @@ class Bridge:
     async def _read_message(self, req: Request, text: bool | None, connect_unary: bool, connect_stream: bool) -> bytes:
         limit = self.settings.gateway_max_message_bytes
         if req.method != "POST":
-            raise CallError(grpc.StatusCode.UNIMPLEMENTED, f"method {req.method} not allowed: gRPC-Web and Connect calls are POST", "METHOD_NOT_ALLOWED", http_status=405)
+            raise CallError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"method {req.method} not allowed: gRPC-Web and Connect calls are POST",
+                "METHOD_NOT_ALLOWED",
+                http_status=405,
+            )
         body_limit = limit if connect_unary else limit + HEADER.size
         if text:
             body_limit = (body_limit + 2) // 3 * 4 + 1024
@@ -320,7 +423,9 @@ class Bridge:
                     raise FrameTooLarge(n, limit)
 
         try:
-            body = await req.read_body(body_limit, self.settings.gateway_body_timeout_s, "ECO2_GATEWAY_MAX_MESSAGE_BYTES", check=early)
+            body = await req.read_body(
+                body_limit, self.settings.gateway_body_timeout_s, "ECO2_GATEWAY_MAX_MESSAGE_BYTES", check=early
+            )
             if connect_unary:
                 return body
             if text:
@@ -329,26 +434,52 @@ class Bridge:
         except FrameTooLarge as exc:
             raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), exc.reason) from None
         except FrameError as exc:
-            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, str(exc), exc.reason, [FieldViolation("body", str(exc))]) from None
+            raise CallError(
+                grpc.StatusCode.INVALID_ARGUMENT, str(exc), exc.reason, [FieldViolation("body", str(exc))]
+            ) from None
         except BodyTooLarge as exc:
-            raise CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"request larger than {exc.limit} bytes (ECO2_GATEWAY_MAX_MESSAGE_BYTES)", "MESSAGE_TOO_LARGE") from None
+            raise CallError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request larger than {exc.limit} bytes (ECO2_GATEWAY_MAX_MESSAGE_BYTES)",
+                "MESSAGE_TOO_LARGE",
+            ) from None
         except BodyTimeout as exc:
             raise CallError(grpc.StatusCode.DEADLINE_EXCEEDED, exc.message, exc.reason, http_status=408) from None
         except BodyIncomplete as exc:
-            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, exc.message, exc.reason, [FieldViolation("body", exc.message)], http_status=400) from None
+            raise CallError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                exc.message,
+                exc.reason,
+                [FieldViolation("body", exc.message)],
+                http_status=400,
+            ) from None
         messages = []
         for flags, payload in frames:
             if flags & COMPRESSED_FLAG:
-                raise CallError(grpc.StatusCode.UNIMPLEMENTED, "compressed frames are not supported: send identity encoding", "COMPRESSION")
+                raise CallError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "compressed frames are not supported: send identity encoding",
+                    "COMPRESSION",
+                )
             if flags & (TRAILERS_FLAG | CONNECT_END_FLAG):
-                raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"unexpected frame flags 0x{flags:02x} in a request", "BAD_FRAME_FLAGS")
+                raise CallError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"unexpected frame flags 0x{flags:02x} in a request",
+                    "BAD_FRAME_FLAGS",
+                )
             messages.append(payload)
         if len(messages) != 1:
-            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"expected exactly one request message, got {len(messages)}", "MESSAGE_COUNT",
-                            [FieldViolation("body", "exactly one message frame")])
+            raise CallError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"expected exactly one request message, got {len(messages)}",
+                "MESSAGE_COUNT",
+                [FieldViolation("body", "exactly one message frame")],
+            )
         return messages[0]
 
-    async def _call(self, req: Request, route: Route, message: bytes, timeout, metadata, streaming: bool, writer) -> None:
+    async def _call(
+        self, req: Request, route: Route, message: bytes, timeout, metadata, streaming: bool, writer
+    ) -> None:
         if streaming:
             call = self.upstreams.stream(route)(message, timeout=timeout, metadata=metadata)
         else:
@@ -429,9 +560,18 @@ def _from_json(cls, body: bytes) -> bytes:
         text = body.decode("utf-8") if body else "{}"
         violations = number_violations(json.loads(text), cls.DESCRIPTOR)
         if violations:
-            raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {', '.join(v.field for v in violations)}", "BAD_JSON", violations)
+            raise CallError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid request: {', '.join(v.field for v in violations)}",
+                "BAD_JSON",
+                violations,
+            )
         msg = json_format.Parse(text, cls())
     except (json_format.ParseError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
-        raise CallError(grpc.StatusCode.INVALID_ARGUMENT, f"request is not valid JSON for {cls.DESCRIPTOR.full_name}: {exc}", "BAD_JSON",
-                        [FieldViolation("body", str(exc))]) from None
+        raise CallError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request is not valid JSON for {cls.DESCRIPTOR.full_name}: {exc}",
+            "BAD_JSON",
+            [FieldViolation("body", str(exc))],
+        ) from None
     return msg.SerializeToString()

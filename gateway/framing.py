@@ -30,7 +30,10 @@ class FrameError(ValueError):
 
 class FrameTooLarge(FrameError):
     def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"message of {size} bytes exceeds the limit of {limit} bytes (ECO2_GATEWAY_MAX_MESSAGE_BYTES)", "MESSAGE_TOO_LARGE")
+        super().__init__(
+            f"message of {size} bytes exceeds the limit of {limit} bytes (ECO2_GATEWAY_MAX_MESSAGE_BYTES)",
+            "MESSAGE_TOO_LARGE",
+        )
         self.size = size
         self.limit = limit
 
@@ -51,7 +54,9 @@ def parse_frames(body: bytes, max_message_bytes: int) -> list[tuple[int, bytes]]
             raise FrameTooLarge(length, max_message_bytes)
         pos += HEADER.size
         if end - pos < length:
-            raise FrameError(f"truncated frame: header announces {length} bytes, body has {end - pos}", "TRUNCATED_FRAME")
+            raise FrameError(
+                f"truncated frame: header announces {length} bytes, body has {end - pos}", "TRUNCATED_FRAME"
+            )
         frames.append((flags, body[pos : pos + length]))
         pos += length
     return frames
@@ -72,7 +77,9 @@ def decode_text(body: bytes) -> bytes:
             raise FrameError(f"invalid base64 at byte {pos} of the grpc-web-text body", "INVALID_BASE64")
         if len(chunk) % 4:
             if chunk.endswith(b"=") or m.end() < len(data):
-                raise FrameError(f"invalid base64 in the grpc-web-text body: a chunk of {len(chunk)} characters", "INVALID_BASE64")
+                raise FrameError(
+                    f"invalid base64 in the grpc-web-text body: a chunk of {len(chunk)} characters", "INVALID_BASE64"
+                )
             chunk += b"=" * (-len(chunk) % 4)  # unpadded final chunk
         try:
             out += base64.b64decode(chunk, validate=True)
@@ -116,7 +123,9 @@ def trailer_block(status: int, message: str, metadata: Iterable[tuple[str, str |
     return ("\r\n".join(lines) + "\r\n").encode("ascii", "replace")
 
 
-def status_headers(status: int, message: str, metadata: Mapping[str, str] | Iterable[tuple[str, str | bytes]] = ()) -> list[tuple[bytes, bytes]]:
+def status_headers(
+    status: int, message: str, metadata: Mapping[str, str] | Iterable[tuple[str, str | bytes]] = ()
+) -> list[tuple[bytes, bytes]]:
     items = metadata.items() if isinstance(metadata, Mapping) else metadata
     out = [(b"grpc-status", str(status).encode()), (b"grpc-message", encode_grpc_message(message).encode())]
     for key, value in items:

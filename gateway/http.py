@@ -19,7 +19,9 @@ Headers = list[tuple[bytes, bytes]]
 class HttpError(Exception):
     """An HTTP error with a JSON body {"error": {"code", "message", "reason"...}}."""
 
-    def __init__(self, status: int, message: str, reason: str, *, headers: Headers | None = None, details: dict | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, reason: str, *, headers: Headers | None = None, details: dict | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -39,7 +41,9 @@ class BodyTooLarge(HttpError):
 
 class BodyTimeout(HttpError):
     def __init__(self, seconds: float) -> None:
-        super().__init__(408, f"request body not received within {seconds:g} s (ECO2_GATEWAY_BODY_TIMEOUT_S)", "BODY_TIMEOUT")
+        super().__init__(
+            408, f"request body not received within {seconds:g} s (ECO2_GATEWAY_BODY_TIMEOUT_S)", "BODY_TIMEOUT"
+        )
 
 
 class BodyIncomplete(HttpError):
@@ -49,8 +53,12 @@ class BodyIncomplete(HttpError):
     answers 400, which a client that really left never reads."""
 
     def __init__(self) -> None:
-        super().__init__(400, "the request body ended before it was complete (a malformed chunked encoding, fewer bytes than "
-                              "Content-Length, or the client went away)", "BODY_INCOMPLETE")
+        super().__init__(
+            400,
+            "the request body ended before it was complete (a malformed chunked encoding, fewer bytes than "
+            "Content-Length, or the client went away)",
+            "BODY_INCOMPLETE",
+        )
 
 
 class ClientGone(Exception):
@@ -58,7 +66,18 @@ class ClientGone(Exception):
 
 
 class Request:
-    __slots__ = ("scope", "receive", "send", "method", "path", "headers", "_query", "body_done", "disconnected", "send_timeout")
+    __slots__ = (
+        "scope",
+        "receive",
+        "send",
+        "method",
+        "path",
+        "headers",
+        "_query",
+        "body_done",
+        "disconnected",
+        "send_timeout",
+    )
 
     def __init__(self, scope: Scope, receive: Receive, send: Send, send_timeout: float) -> None:
         self.scope = scope
@@ -100,7 +119,9 @@ class Request:
         host = self.headers.get("host") or self.headers.get(":authority") or ""
         return f"{self.scope.get('scheme', 'http')}://{host}"
 
-    async def read_body(self, limit: int, timeout: float, setting: str, *, check: Callable[[bytearray], None] | None = None) -> bytes:
+    async def read_body(
+        self, limit: int, timeout: float, setting: str, *, check: Callable[[bytearray], None] | None = None
+    ) -> bytes:
         """The whole body, refused past `limit` bytes or after `timeout` seconds."""
         if self.body_done:
             return b""
@@ -137,7 +158,9 @@ class Request:
             async with asyncio.timeout(timeout):
                 while seen <= limit:
                     message = await self.receive()
-                    if message["type"] == "http.disconnect":  # or a body that does not parse (BodyIncomplete): answer anyway
+                    if (
+                        message["type"] == "http.disconnect"
+                    ):  # or a body that does not parse (BodyIncomplete): answer anyway
                         self.body_done = True
                         return
                     seen += len(message.get("body", b""))
@@ -183,8 +206,12 @@ class Request:
             self.disconnected = True
             raise ClientGone() from None
 
-    async def respond(self, status: int, body: bytes, content_type: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-        await self.finish(status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers], body)
+    async def respond(
+        self, status: int, body: bytes, content_type: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        await self.finish(
+            status, [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers], body
+        )
 
     async def respond_json(self, status: int, obj: Any, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
         body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

@@ -77,12 +77,19 @@ def png(size: int, radius: float) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", size, size, 8, 6, 0, 0, 0)  # 8-bit RGBA
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(draw(size, radius), 9)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(draw(size, radius), 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eco2.gateway.icons", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="fail when a committed icon differs from what is drawn here")
+    parser.add_argument(
+        "--check", action="store_true", help="fail when a committed icon differs from what is drawn here"
+    )
     args = parser.parse_args(argv)
     stale = []
     for name, size, radius in ICONS:

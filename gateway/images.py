@@ -45,7 +45,9 @@ class SignedImages:
 
             s = self.settings
             try:
-                self._secret = image_urls.resolve_secret(s.images_url_secret, s.data_dir, embedded=s.deployment == Deployment.EMBEDDED)
+                self._secret = image_urls.resolve_secret(
+                    s.images_url_secret, s.data_dir, embedded=s.deployment == Deployment.EMBEDDED
+                )
             except ValueError as exc:
                 raise HttpError(503, f"signed image links are not configured: {exc}", "IMAGES_NOT_CONFIGURED") from None
         return self._secret
@@ -61,18 +63,27 @@ class SignedImages:
             exp = req.query_value("exp") or ""
             if ascii_digits(exp) and int(exp) < time.time():
                 expired = True
-            raise HttpError(403, "the image link has expired: ask for a new one (GET /v1/images/meta/{key})" if expired
-                            else "the image link's signature is not valid", "LINK_EXPIRED" if expired else "BAD_SIGNATURE")
+            raise HttpError(
+                403,
+                "the image link has expired: ask for a new one (GET /v1/images/meta/{key})"
+                if expired
+                else "the image link's signature is not valid",
+                "LINK_EXPIRED" if expired else "BAD_SIGNATURE",
+            )
         return sha, int(req.query_value("exp") or 0)
 
     def _stub(self):
         if self._read is None:
             self._read = self.upstreams.channel(self.settings.images_addr).unary_stream(
-                READ, request_serializer=images_pb2.ReadImageRequest.SerializeToString, response_deserializer=images_pb2.ReadImageResponse.FromString
+                READ,
+                request_serializer=images_pb2.ReadImageRequest.SerializeToString,
+                response_deserializer=images_pb2.ReadImageResponse.FromString,
             )
         return self._read
 
-    async def handle(self, req: Request, sha: str, expires_at: int, metadata: list[tuple[str, str]], extra: Headers) -> None:
+    async def handle(
+        self, req: Request, sha: str, expires_at: int, metadata: list[tuple[str, str]], extra: Headers
+    ) -> None:
         etag = f'"sha256:{sha}"'.encode()
         max_age = max(0, expires_at - int(time.time()))
         common = [
@@ -82,7 +93,11 @@ class SignedImages:
             (b"content-security-policy", b"default-src 'none'; sandbox"),
             *extra,
         ]
-        call = self._stub()(images_pb2.ReadImageRequest(key=f"sha256:{sha}"), timeout=self.settings.gateway_default_timeout_s, metadata=metadata)
+        call = self._stub()(
+            images_pb2.ReadImageRequest(key=f"sha256:{sha}"),
+            timeout=self.settings.gateway_default_timeout_s,
+            metadata=metadata,
+        )
         try:
             try:
                 first = await call.read()
@@ -90,17 +105,26 @@ class SignedImages:
                 code = exc.code().value[0]
                 status = CONNECT_HTTP.get(code, 502)
                 err = connect_error(code, exc.details() or "", exc.trailing_metadata())
-                await req.respond_json(status, {"error": {"code": status, "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}, extra)
+                await req.respond_json(
+                    status,
+                    {"error": {"code": status, "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}},
+                    extra,
+                )
                 return
             if first is grpc.aio.EOF:
                 raise HttpError(502, "the images service sent no image", "EMPTY_IMAGE")
             image = first.image
             ctype = image.content_type if image.content_type in _SAFE_TYPES else "application/octet-stream"
-            if req.headers.get("if-none-match", "").strip() in (etag.decode(), "*"):  # content-addressed: same key, same bytes
+            if req.headers.get("if-none-match", "").strip() in (
+                etag.decode(),
+                "*",
+            ):  # content-addressed: same key, same bytes
                 await req.start(304, common)
                 await req.write(b"", more=False)
                 return
-            await req.start(200, [(b"content-type", ctype.encode()), (b"content-length", str(image.size_bytes).encode()), *common])
+            await req.start(
+                200, [(b"content-type", ctype.encode()), (b"content-length", str(image.size_bytes).encode()), *common]
+            )
             if req.method == "HEAD":
                 await req.write(b"", more=False)
                 return

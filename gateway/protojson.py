@@ -17,10 +17,20 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from eco2.services.runtime.errors import FieldViolation
 
 _F = FieldDescriptor
-_INTEGER_TYPES = frozenset({
-    _F.TYPE_INT32, _F.TYPE_INT64, _F.TYPE_UINT32, _F.TYPE_UINT64, _F.TYPE_SINT32, _F.TYPE_SINT64,
-    _F.TYPE_FIXED32, _F.TYPE_FIXED64, _F.TYPE_SFIXED32, _F.TYPE_SFIXED64,
-})
+_INTEGER_TYPES = frozenset(
+    {
+        _F.TYPE_INT32,
+        _F.TYPE_INT64,
+        _F.TYPE_UINT32,
+        _F.TYPE_UINT64,
+        _F.TYPE_SINT32,
+        _F.TYPE_SINT64,
+        _F.TYPE_FIXED32,
+        _F.TYPE_FIXED64,
+        _F.TYPE_SFIXED32,
+        _F.TYPE_SFIXED64,
+    }
+)
 _FLOAT_TYPES = frozenset({_F.TYPE_FLOAT, _F.TYPE_DOUBLE})
 # [0-9] (not \d, which matches every script's digits)
 _INTEGER = re.compile(r"-?[0-9]+")
@@ -64,7 +74,15 @@ def _scalar(value: object, field: FieldDescriptor, where: str) -> list[FieldViol
     if not isinstance(value, str):
         return []
     if field.type in _INTEGER_TYPES and not _INTEGER.fullmatch(value):
-        return [FieldViolation(where, f"must be an integer: a JSON number or a string of ASCII digits 0-9 (got {value[:40]!r})")]
+        return [
+            FieldViolation(
+                where, f"must be an integer: a JSON number or a string of ASCII digits 0-9 (got {value[:40]!r})"
+            )
+        ]
     if field.type in _FLOAT_TYPES and not _FLOAT.fullmatch(value):
-        return [FieldViolation(where, f"must be a number: a JSON number or a string of one in ASCII digits (got {value[:40]!r})")]
+        return [
+            FieldViolation(
+                where, f"must be a number: a JSON number or a string of one in ASCII digits (got {value[:40]!r})"
+            )
+        ]
     return []

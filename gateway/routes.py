@@ -57,7 +57,9 @@ def find(table: Sequence[HttpRoute], method: str, path: str) -> tuple[HttpRoute,
 
 def methods_for(table: Sequence[HttpRoute], path: str) -> list[str]:
     """The methods the routes whose pattern matches `path` answer (for 405's `Allow`)."""
-    return sorted({method for route in table if route.methods and route.pattern.match(path) for method in route.methods})
+    return sorted(
+        {method for route in table if route.methods and route.pattern.match(path) for method in route.methods}
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,9 @@ def _query_paging(m, req, body):
     out = {}
     if (size := req.query_value("page_size")) is not None:
         if not ascii_digits(size):
-            raise HttpError(400, "page_size must be a non-negative integer", "BAD_QUERY", details={"field": "page_size"})
+            raise HttpError(
+                400, "page_size must be a non-negative integer", "BAD_QUERY", details={"field": "page_size"}
+            )
         out["pageSize"] = int(size)
     if (token := req.query_value("page_token")) is not None:
         out["pageToken"] = token
@@ -95,32 +99,125 @@ def _with_events_url(reply: dict) -> dict:
 
 
 JSON_ROUTES = [
-    JsonRoute("POST", re.compile(r"^/v1/auth/dev-sign-in$"), "auth", "/eco2.auth.v1.AuthService/DevSignIn",
-              auth_pb2.DevSignInRequest, auth_pb2.DevSignInResponse, _body),
-    JsonRoute("GET", re.compile(r"^/v1/me$"), "auth", "/eco2.auth.v1.AuthService/GetMe",
-              auth_pb2.GetMeRequest, auth_pb2.GetMeResponse, lambda m, r, b: {}),
-    JsonRoute("POST", re.compile(r"^/v1/chat/messages$"), "chat", "/eco2.chat.v1.ChatService/SendMessage",
-              chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse, _body, _with_events_url),
-    JsonRoute("POST", re.compile(r"^/v1/chat/input$"), "chat", "/eco2.chat.v1.ChatService/ProvideInput",
-              chat_pb2.ProvideInputRequest, chat_pb2.ProvideInputResponse, _body),
-    JsonRoute("POST", re.compile(r"^/v1/chat/cancel$"), "chat", "/eco2.chat.v1.ChatService/CancelRun",
-              chat_pb2.CancelRunRequest, chat_pb2.CancelRunResponse, _body),
-    JsonRoute("GET", re.compile(r"^/v1/conversations$"), "chat", "/eco2.chat.v1.ChatService/ListConversations",
-              chat_pb2.ListConversationsRequest, chat_pb2.ListConversationsResponse, _query_paging),
-    JsonRoute("GET", re.compile(r"^/v1/conversations/([A-Za-z0-9_-]{1,64})$"), "chat", "/eco2.chat.v1.ChatService/GetConversation",
-              chat_pb2.GetConversationRequest, chat_pb2.GetConversationResponse, lambda m, r, b: {"conversationId": m.group(1)}),
-    JsonRoute("GET", re.compile(r"^/v1/images/meta/(sha256:[0-9a-f]{64})$"), "images", "/eco2.images.v1.ImageService/GetImage",
-              images_pb2.GetImageRequest, images_pb2.GetImageResponse, lambda m, r, b: {"key": m.group(1)}),
-    JsonRoute("POST", re.compile(r"^/v1/scans$"), "scan", "/eco2.scan.v1.ScanService/SubmitScan",
-              scan_pb2.SubmitScanRequest, scan_pb2.SubmitScanResponse, _body, _with_events_url),
-    JsonRoute("POST", re.compile(r"^/v1/scans/input$"), "scan", "/eco2.scan.v1.ScanService/ProvideScanInput",
-              scan_pb2.ProvideScanInputRequest, scan_pb2.ProvideScanInputResponse, _body),
-    JsonRoute("GET", re.compile(r"^/v1/scans/([A-Za-z0-9-]{1,64})$"), "scan", "/eco2.scan.v1.ScanService/GetScan",
-              scan_pb2.GetScanRequest, scan_pb2.GetScanResponse, lambda m, r, b: {"scanId": m.group(1)}),
-    JsonRoute("GET", re.compile(r"^/v1/characters$"), "character", "/eco2.character.v1.CharacterService/ListCharacters",
-              character_pb2.ListCharactersRequest, character_pb2.ListCharactersResponse, _query_paging),
-    JsonRoute("GET", re.compile(r"^/v1/collection$"), "character", "/eco2.character.v1.CharacterService/ListCollection",
-              character_pb2.ListCollectionRequest, character_pb2.ListCollectionResponse, _query_paging),
+    JsonRoute(
+        "POST",
+        re.compile(r"^/v1/auth/dev-sign-in$"),
+        "auth",
+        "/eco2.auth.v1.AuthService/DevSignIn",
+        auth_pb2.DevSignInRequest,
+        auth_pb2.DevSignInResponse,
+        _body,
+    ),
+    JsonRoute(
+        "GET",
+        re.compile(r"^/v1/me$"),
+        "auth",
+        "/eco2.auth.v1.AuthService/GetMe",
+        auth_pb2.GetMeRequest,
+        auth_pb2.GetMeResponse,
+        lambda m, r, b: {},
+    ),
+    JsonRoute(
+        "POST",
+        re.compile(r"^/v1/chat/messages$"),
+        "chat",
+        "/eco2.chat.v1.ChatService/SendMessage",
+        chat_pb2.SendMessageRequest,
+        chat_pb2.SendMessageResponse,
+        _body,
+        _with_events_url,
+    ),
+    JsonRoute(
+        "POST",
+        re.compile(r"^/v1/chat/input$"),
+        "chat",
+        "/eco2.chat.v1.ChatService/ProvideInput",
+        chat_pb2.ProvideInputRequest,
+        chat_pb2.ProvideInputResponse,
+        _body,
+    ),
+    JsonRoute(
+        "POST",
+        re.compile(r"^/v1/chat/cancel$"),
+        "chat",
+        "/eco2.chat.v1.ChatService/CancelRun",
+        chat_pb2.CancelRunRequest,
+        chat_pb2.CancelRunResponse,
+        _body,
+    ),
+    JsonRoute(
+        "GET",
+        re.compile(r"^/v1/conversations$"),
+        "chat",
+        "/eco2.chat.v1.ChatService/ListConversations",
+        chat_pb2.ListConversationsRequest,
+        chat_pb2.ListConversationsResponse,
+        _query_paging,
+    ),
+    JsonRoute(
+        "GET",
+        re.compile(r"^/v1/conversations/([A-Za-z0-9_-]{1,64})$"),
+        "chat",
+        "/eco2.chat.v1.ChatService/GetConversation",
+        chat_pb2.GetConversationRequest,
+        chat_pb2.GetConversationResponse,
+        lambda m, r, b: {"conversationId": m.group(1)},
+    ),
+    JsonRoute(
+        "GET",
+        re.compile(r"^/v1/images/meta/(sha256:[0-9a-f]{64})$"),
+        "images",
+        "/eco2.images.v1.ImageService/GetImage",
+        images_pb2.GetImageRequest,
+        images_pb2.GetImageResponse,
+        lambda m, r, b: {"key": m.group(1)},
+    ),
+    JsonRoute(
+        "POST",
+        re.compile(r"^/v1/scans$"),
+        "scan",
+        "/eco2.scan.v1.ScanService/SubmitScan",
+        scan_pb2.SubmitScanRequest,
+        scan_pb2.SubmitScanResponse,
+        _body,
+        _with_events_url,
+    ),
+    JsonRoute(
+        "POST",
+        re.compile(r"^/v1/scans/input$"),
+        "scan",
+        "/eco2.scan.v1.ScanService/ProvideScanInput",
+        scan_pb2.ProvideScanInputRequest,
+        scan_pb2.ProvideScanInputResponse,
+        _body,
+    ),
+    JsonRoute(
+        "GET",
+        re.compile(r"^/v1/scans/([A-Za-z0-9-]{1,64})$"),
+        "scan",
+        "/eco2.scan.v1.ScanService/GetScan",
+        scan_pb2.GetScanRequest,
+        scan_pb2.GetScanResponse,
+        lambda m, r, b: {"scanId": m.group(1)},
+    ),
+    JsonRoute(
+        "GET",
+        re.compile(r"^/v1/characters$"),
+        "character",
+        "/eco2.character.v1.CharacterService/ListCharacters",
+        character_pb2.ListCharactersRequest,
+        character_pb2.ListCharactersResponse,
+        _query_paging,
+    ),
+    JsonRoute(
+        "GET",
+        re.compile(r"^/v1/collection$"),
+        "character",
+        "/eco2.character.v1.CharacterService/ListCollection",
+        character_pb2.ListCollectionRequest,
+        character_pb2.ListCollectionResponse,
+        _query_paging,
+    ),
 ]
 
 
@@ -134,7 +231,9 @@ def grpc_error_body(exc: grpc.aio.AioRpcError) -> tuple[int, dict]:
 async def call_json(req: Request, route: JsonRoute, m: re.Match, upstreams: Upstreams, settings, metadata) -> None:
     body: dict = {}
     if req.method == "POST":
-        raw = await req.read_body(settings.gateway_max_body_bytes, settings.gateway_body_timeout_s, "ECO2_GATEWAY_MAX_BODY_BYTES")
+        raw = await req.read_body(
+            settings.gateway_max_body_bytes, settings.gateway_body_timeout_s, "ECO2_GATEWAY_MAX_BODY_BYTES"
+        )
         if raw.strip():
             if req.content_type != "application/json":
                 raise HttpError(415, "send application/json", "UNSUPPORTED_MEDIA_TYPE")
@@ -147,14 +246,20 @@ async def call_json(req: Request, route: JsonRoute, m: re.Match, upstreams: Upst
     fields = route.build(m, req, body)
     violations = number_violations(fields, route.request.DESCRIPTOR)
     if violations:
-        raise HttpError(400, "invalid request: " + "; ".join(f"{v.field} {v.description}" for v in violations), "BAD_JSON",
-                        details={"field": violations[0].field})
+        raise HttpError(
+            400,
+            "invalid request: " + "; ".join(f"{v.field} {v.description}" for v in violations),
+            "BAD_JSON",
+            details={"field": violations[0].field},
+        )
     try:
         request = json_format.ParseDict(fields, route.request())
     except json_format.ParseError as exc:
         raise HttpError(400, f"invalid request: {exc}", "BAD_JSON", details={"field": "body"}) from None
     stub = upstreams.channel(settings.address_of(route.service)).unary_unary(
-        route.grpc_path, request_serializer=route.request.SerializeToString, response_deserializer=route.response.FromString
+        route.grpc_path,
+        request_serializer=route.request.SerializeToString,
+        response_deserializer=route.response.FromString,
     )
     try:
         reply = await stub(request, timeout=settings.gateway_default_timeout_s, metadata=metadata)

@@ -74,16 +74,29 @@ class HttpServer:
             1,  # worker id
             (None, SocketHolder(sock.detach(), False, s.gateway_backlog)),  # Granian owns (and closes) the fd
             None,  # no IPC to a parent process
-            1, 512, 1, 30,  # Rust runtime threads, Rust blocking threads, Python threads, their idle timeout (s)
+            1,
+            512,
+            1,
+            30,  # Rust runtime threads, Rust blocking threads, Python threads, their idle timeout (s)
             s.gateway_max_concurrent_requests,  # backpressure: requests served at once
             "auto",  # HTTP/1.1, or HTTP/2 when the client starts with its preface (h2c prior knowledge)
             # hyper's header read timeout also bounds an idle keep-alive connection: the shorter one
-            HTTP1Settings(keep_alive=True, header_read_timeout=int(min(s.gateway_header_timeout_s, s.gateway_keep_alive_s) * 1000),
-                          max_buffer_size=s.gateway_max_header_bytes),
+            HTTP1Settings(
+                keep_alive=True,
+                header_read_timeout=int(min(s.gateway_header_timeout_s, s.gateway_keep_alive_s) * 1000),
+                max_buffer_size=s.gateway_max_header_bytes,
+            ),
             HTTP2Settings(max_concurrent_streams=s.gateway_h2_max_concurrent_streams),
             False,  # no websockets
             None,  # no static files
-            False, None, None, None, "tls1.3", None, [], False,  # no TLS (cert, key, password, min protocol, CA, CRL, client verify)
+            False,
+            None,
+            None,
+            None,
+            "tls1.3",
+            None,
+            [],
+            False,  # no TLS (cert, key, password, min protocol, CA, CRL, client verify)
             (None, None),  # no metrics
         )
         callback = _future_watcher_wrapper(_callback_wrapper(self._tracked, {}, {}, None))

@@ -33,7 +33,10 @@ PATH = re.compile(r"^/v1/jobs/([A-Za-z0-9_.:-]{1,128})/events$")
 TERMINAL = {events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR}
 _KIND_NAMES = {v.number: v.name.removeprefix("EVENT_KIND_").lower() for v in events_pb2.EventKind.DESCRIPTOR.values}
 _MAX_SEQ = 2**64 - 1
-CATCH_UPS = Counter("eco2_gateway_sse_catch_ups_total", "SSE clients that fell behind their shared feed's buffer and went on over an upstream call of their own")
+CATCH_UPS = Counter(
+    "eco2_gateway_sse_catch_ups_total",
+    "SSE clients that fell behind their shared feed's buffer and went on over an upstream call of their own",
+)
 
 
 def parse_cursor(req: Request) -> int:
@@ -45,7 +48,12 @@ def parse_cursor(req: Request) -> int:
         return 0
     raw = raw.strip()
     if not ascii_digits(raw) or len(raw) > 20 or int(raw) > _MAX_SEQ:
-        raise HttpError(400, f"{source} must be an event seq (a non-negative integer), got {raw[:40]!r}", "BAD_CURSOR", details={"field": source})
+        raise HttpError(
+            400,
+            f"{source} must be an event seq (a non-negative integer), got {raw[:40]!r}",
+            "BAD_CURSOR",
+            details={"field": source},
+        )
     return int(raw)
 
 
@@ -65,7 +73,20 @@ class Feed:
     dropped first, which raises `start`) so a client that joins late gets them from its cursor.
     Waiting clients share one future (`changed`), resolved on every new event or the end."""
 
-    __slots__ = ("key", "start", "base", "events", "ended", "error", "changed", "clients", "call", "task", "limit", "hub")
+    __slots__ = (
+        "key",
+        "start",
+        "base",
+        "events",
+        "ended",
+        "error",
+        "changed",
+        "clients",
+        "call",
+        "task",
+        "limit",
+        "hub",
+    )
 
     def __init__(self, hub: EventStreams, key, start: int, call, limit: int) -> None:
         self.hub = hub
@@ -136,8 +157,9 @@ class EventStreams:
     def _stub(self):
         if self._subscribe is None:
             self._subscribe = self.upstreams.channel(self.settings.events_addr).unary_stream(
-                SUBSCRIBE, request_serializer=events_pb2.SubscribeBatchesRequest.SerializeToString,
-                response_deserializer=events_pb2.SubscribeBatchesResponse.FromString
+                SUBSCRIBE,
+                request_serializer=events_pb2.SubscribeBatchesRequest.SerializeToString,
+                response_deserializer=events_pb2.SubscribeBatchesResponse.FromString,
             )
         return self._subscribe
 
@@ -147,10 +169,15 @@ class EventStreams:
         in-band error after the events service's unknown-job grace (ECO2_EVENTS_UNKNOWN_JOB_GRACE_S)."""
         if self._job_state is None:
             self._job_state = self.upstreams.channel(self.settings.events_addr).unary_unary(
-                JOB_STATE, request_serializer=events_pb2.GetJobStateRequest.SerializeToString,
+                JOB_STATE,
+                request_serializer=events_pb2.GetJobStateRequest.SerializeToString,
                 response_deserializer=events_pb2.GetJobStateResponse.FromString,
             )
-        await self._job_state(events_pb2.GetJobStateRequest(job_id=job_id), metadata=metadata, timeout=self.settings.gateway_default_timeout_s)
+        await self._job_state(
+            events_pb2.GetJobStateRequest(job_id=job_id),
+            metadata=metadata,
+            timeout=self.settings.gateway_default_timeout_s,
+        )
 
     def _forget(self, feed: Feed) -> None:
         if self._feeds.get(feed.key) is feed:
@@ -166,7 +193,10 @@ class EventStreams:
             # at most half the feed's buffer per message: a client that was caught up when a message
             # arrived keeps every event of it when the buffer drops its oldest half (see _pump)
             limit = self.settings.gateway_sse_feed_buffer_events
-            call = self._stub()(events_pb2.SubscribeBatchesRequest(job_id=job_id, after_seq=after, max_events=max(1, limit // 2)), metadata=metadata)
+            call = self._stub()(
+                events_pb2.SubscribeBatchesRequest(job_id=job_id, after_seq=after, max_events=max(1, limit // 2)),
+                metadata=metadata,
+            )
             feed = Feed(self, key, after, call, limit)
             if key not in self._feeds:
                 self._feeds[key] = feed
@@ -189,9 +219,13 @@ class EventStreams:
             # Wait briefly for the first event so an early upstream error (e.g. OUT_OF_RANGE: the
             # replay was trimmed past the cursor) gets a real HTTP status.
             if pos - feed.base >= len(feed.events) and not feed.ended:
-                await asyncio.wait([feed.changed, watcher], timeout=s.gateway_sse_header_wait_s, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [feed.changed, watcher], timeout=s.gateway_sse_header_wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
             while not watcher.done():
-                if pos < feed.base:  # fell behind the shared feed's buffer: go on from its own cursor on a call of its own
+                if (
+                    pos < feed.base
+                ):  # fell behind the shared feed's buffer: go on from its own cursor on a call of its own
                     CATCH_UPS.inc()
                     feed.leave()
                     feed = self._join(job_id, after, metadata)
@@ -224,7 +258,9 @@ class EventStreams:
                 if not started:
                     await self._start(req, extra)
                     started = True
-                done, _ = await asyncio.wait([feed.changed, watcher], timeout=s.gateway_sse_keepalive_s, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    [feed.changed, watcher], timeout=s.gateway_sse_keepalive_s, return_when=asyncio.FIRST_COMPLETED
+                )
                 if not done:
                     await req.write(b": keepalive\n\n")
             if watcher.done():
@@ -251,13 +287,18 @@ class EventStreams:
         code = exc.code().value[0]
         err = connect_error(code, exc.details() or "", exc.trailing_metadata())
         status = CONNECT_HTTP.get(code, 502)
-        await req.respond_json(status, {"error": {"code": status, "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}, extra)
+        await req.respond_json(
+            status, {"error": {"code": status, "reason": CONNECT_CODES.get(code, "unknown").upper(), **err}}, extra
+        )
 
     async def _start(self, req: Request, extra: Headers) -> None:
-        await req.start(200, [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-            *extra,
-        ])
+        await req.start(
+            200,
+            [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                *extra,
+            ],
+        )
         await req.write(b"retry: 2000\n\n")

@@ -24,7 +24,11 @@ UPLOAD = "/eco2.images.v1.ImageService/Upload"
 _DISPOSITION_NAME = re.compile(r'name="([^"]*)"')
 _DISPOSITION_FILE = re.compile(r'filename="([^"]*)"')
 #: `?channel=` of an upload (default chat); what a browser may upload as
-_CHANNELS = {"chat": images_pb2.IMAGE_CHANNEL_CHAT, "scan": images_pb2.IMAGE_CHANNEL_SCAN, "profile": images_pb2.IMAGE_CHANNEL_PROFILE}
+_CHANNELS = {
+    "chat": images_pb2.IMAGE_CHANNEL_CHAT,
+    "scan": images_pb2.IMAGE_CHANNEL_SCAN,
+    "profile": images_pb2.IMAGE_CHANNEL_PROFILE,
+}
 
 
 async def upload(req: Request, upstreams, settings, metadata) -> None:
@@ -39,10 +43,23 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
     channel_name = (req.query_value("channel") or "chat").strip().lower()
     channel = _CHANNELS.get(channel_name)
     if channel is None:
-        raise HttpError(400, f"channel must be one of {', '.join(_CHANNELS)}, got {channel_name[:40]!r}", "BAD_QUERY", details={"field": "channel"})
+        raise HttpError(
+            400,
+            f"channel must be one of {', '.join(_CHANNELS)}, got {channel_name[:40]!r}",
+            "BAD_QUERY",
+            details={"field": "channel"},
+        )
     chunk_size = settings.gateway_upload_chunk_bytes
     queue: asyncio.Queue = asyncio.Queue(maxsize=4)
-    state = {"part": None, "headers": {}, "header_field": b"", "header_value": b"", "file_seen": False, "buf": bytearray(), "pending": []}
+    state = {
+        "part": None,
+        "headers": {},
+        "header_field": b"",
+        "header_value": b"",
+        "file_seen": False,
+        "buf": bytearray(),
+        "pending": [],
+    }
 
     def on_part_begin():
         state["headers"] = {}
@@ -54,7 +71,9 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
         state["header_value"] += data[start:end]
 
     def on_header_end():
-        state["headers"][state["header_field"].decode("latin-1").lower()] = state["header_value"].decode("utf-8", "replace")
+        state["headers"][state["header_field"].decode("latin-1").lower()] = state["header_value"].decode(
+            "utf-8", "replace"
+        )
         state["header_field"], state["header_value"] = b"", b""
 
     def on_headers_finished():
@@ -65,7 +84,9 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
         if is_file:
             state["file_seen"] = True
             filename = (_DISPOSITION_FILE.search(disposition) or [None, ""])[1]
-            meta = images_pb2.UploadMetadata(channel=channel, content_type=state["headers"].get("content-type", ""), filename=filename[:255])
+            meta = images_pb2.UploadMetadata(
+                channel=channel, content_type=state["headers"].get("content-type", ""), filename=filename[:255]
+            )
             state["pending"].append(images_pb2.UploadRequest(metadata=meta))
 
     def on_part_data(data, start, end):
@@ -81,10 +102,18 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
             state["buf"] = bytearray()
         state["part"] = None
 
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
 
     async def requests():
         while True:
@@ -94,7 +123,9 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
             yield item
 
     stub = upstreams.channel(settings.images_addr).stream_unary(
-        UPLOAD, request_serializer=images_pb2.UploadRequest.SerializeToString, response_deserializer=images_pb2.UploadResponse.FromString
+        UPLOAD,
+        request_serializer=images_pb2.UploadRequest.SerializeToString,
+        response_deserializer=images_pb2.UploadResponse.FromString,
     )
     call = None
     outcome: asyncio.Future | None = None  # the call's result, watched while feeding it
@@ -131,7 +162,9 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
                 data = message.get("body", b"")
                 received += len(data)
                 if received > limit:
-                    raise HttpError(413, f"upload exceeds {limit} bytes (ECO2_GATEWAY_MAX_BODY_BYTES)", "BODY_TOO_LARGE")
+                    raise HttpError(
+                        413, f"upload exceeds {limit} bytes (ECO2_GATEWAY_MAX_BODY_BYTES)", "BODY_TOO_LARGE"
+                    )
                 try:
                     parser.write(data)
                 except Exception as exc:  # noqa: BLE001 - python-multipart raises its own errors for malformed bodies
@@ -155,7 +188,11 @@ async def upload(req: Request, upstreams, settings, metadata) -> None:
         await feed(None)
         await answer()
     except TimeoutError:
-        raise HttpError(408, f"upload not received within {settings.gateway_body_timeout_s:g} s (ECO2_GATEWAY_BODY_TIMEOUT_S)", "BODY_TIMEOUT") from None
+        raise HttpError(
+            408,
+            f"upload not received within {settings.gateway_body_timeout_s:g} s (ECO2_GATEWAY_BODY_TIMEOUT_S)",
+            "BODY_TIMEOUT",
+        ) from None
     finally:
         if call is not None and not call.done():
             call.cancel()

@@ -45,11 +45,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from .routes import RouteTable
 
 #: Response headers browsers may read on a cross-origin gRPC-Web / Connect call.
-EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "retry-after", "www-authenticate", "content-type")
+EXPOSE_HEADERS = (
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "retry-after",
+    "www-authenticate",
+    "content-type",
+)
 #: Request headers a cross-origin browser call may send (as the gateway allows on its own).
 ALLOW_HEADERS = (
-    "content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "connect-protocol-version", "connect-timeout-ms",
-    "authorization", "last-event-id", "x-request-id", "traceparent", "tracestate", "accept-language", "idempotency-key",
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "authorization",
+    "last-event-id",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "accept-language",
+    "idempotency-key",
 )
 IDENTITY_PREFIX = "x-eco2-"
 AUTHZ_CLUSTER = "ext_authz"
@@ -68,19 +86,51 @@ class IngressSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ECO2_", extra="ignore", frozen=True)
 
-    ingress: Literal["envoy", "none"] = Field("envoy", description="envoy: `eco2 up` fronts the stack with Envoy (when the binary is installed); none: no ingress")
-    ingress_port: int = Field(0, ge=0, le=65535, description="the ingress's public port on 127.0.0.1 (0 = the one this data dir had the last time under `eco2 up`, else a free port)")
-    ingress_authz_timeout_s: float = Field(2.0, gt=0, description="deadline of one ext-authz Check from Envoy (exceeded → 503, UNAVAILABLE: fail closed)")
-    ingress_stream_idle_timeout_s: float = Field(7200.0, gt=0, description="a stream with no bytes either way for this long is reset (longer than an hour-long NEEDS_INPUT wait)")
-    ingress_request_headers_timeout_s: float = Field(10.0, gt=0, description="time a client gets to send its request headers after connecting")
-    ingress_idle_timeout_s: float = Field(300.0, gt=0, description="a connection with no open stream for this long is closed")
-    ingress_max_request_headers_kb: int = Field(60, ge=1, le=8192, description="largest request header block (KiB); larger → 431")
+    ingress: Literal["envoy", "none"] = Field(
+        "envoy",
+        description="envoy: `eco2 up` fronts the stack with Envoy (when the binary is installed); none: no ingress",
+    )
+    ingress_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="the ingress's public port on 127.0.0.1 (0 = the one this data dir had the last time under `eco2 up`, else a free port)",
+    )
+    ingress_authz_timeout_s: float = Field(
+        2.0, gt=0, description="deadline of one ext-authz Check from Envoy (exceeded → 503, UNAVAILABLE: fail closed)"
+    )
+    ingress_stream_idle_timeout_s: float = Field(
+        7200.0,
+        gt=0,
+        description="a stream with no bytes either way for this long is reset (longer than an hour-long NEEDS_INPUT wait)",
+    )
+    ingress_request_headers_timeout_s: float = Field(
+        10.0, gt=0, description="time a client gets to send its request headers after connecting"
+    )
+    ingress_idle_timeout_s: float = Field(
+        300.0, gt=0, description="a connection with no open stream for this long is closed"
+    )
+    ingress_max_request_headers_kb: int = Field(
+        60, ge=1, le=8192, description="largest request header block (KiB); larger → 431"
+    )
     ingress_max_headers: int = Field(100, ge=1, description="most request headers one request may carry; more → 431")
-    ingress_max_connections: int = Field(50_000, ge=1, description="downstream connections Envoy accepts at once; more are refused")
-    ingress_max_upstream_requests: int = Field(100_000, ge=1, description="requests (streams) open at once to one service (Envoy's circuit breaker; past it → 503)")
-    ingress_h2_max_concurrent_streams: int = Field(1024, ge=1, description="HTTP/2 streams one client connection may open at once")
+    ingress_max_connections: int = Field(
+        50_000, ge=1, description="downstream connections Envoy accepts at once; more are refused"
+    )
+    ingress_max_upstream_requests: int = Field(
+        100_000,
+        ge=1,
+        description="requests (streams) open at once to one service (Envoy's circuit breaker; past it → 503)",
+    )
+    ingress_h2_max_concurrent_streams: int = Field(
+        1024, ge=1, description="HTTP/2 streams one client connection may open at once"
+    )
     ingress_concurrency: int = Field(2, ge=0, description="Envoy worker threads (0 = one per CPU)")
-    ingress_log_level: str = Field("warning", pattern="^(trace|debug|info|warning|error|critical|off)$", description="Envoy's own log level (logs in <data-dir>/logs/envoy.log)")
+    ingress_log_level: str = Field(
+        "warning",
+        pattern="^(trace|debug|info|warning|error|critical|off)$",
+        description="Envoy's own log level (logs in <data-dir>/logs/envoy.log)",
+    )
 
 
 @dataclass(frozen=True)
@@ -136,8 +186,11 @@ def _listener(table: RouteTable, ingress: Ingress, settings: IngressSettings) ->
             "max_headers_count": settings.ingress_max_headers,
             "headers_with_underscores_action": "DROP_HEADER",
         },
-        "http2_protocol_options": {"max_concurrent_streams": settings.ingress_h2_max_concurrent_streams,
-                                   "initial_stream_window_size": 1 << 20, "initial_connection_window_size": 1 << 24},
+        "http2_protocol_options": {
+            "max_concurrent_streams": settings.ingress_h2_max_concurrent_streams,
+            "initial_stream_window_size": 1 << 20,
+            "initial_connection_window_size": 1 << 24,
+        },
         # Local replies and failures only (denies, resets, no route): not every request.
         "access_log": [
             {
@@ -153,7 +206,9 @@ def _listener(table: RouteTable, ingress: Ingress, settings: IngressSettings) ->
     return {
         "name": "ingress",
         "address": _socket("127.0.0.1", ingress.port),
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
     }
 
 
@@ -182,18 +237,48 @@ def deny_mappers() -> list[dict]:
     Istio's ingress gateway gets the same mappers (mesh/istio.py `deny_replies`). See docs/mesh.md."""
     mappers = []
     for http, (code, connect_code) in DENY_CODES.items():
-        denied = [{"response_flag_filter": {"flags": ["UAEX"]}},
-                  {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": http, "runtime_key": "ingress.deny_status"}}}}]
-        mappers.append({
-            "filter": {"and_filter": {"filters": [*denied, {"header_filter": {"header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}}}]}},
-            "status_code": 200,
-            "body": {"inline_string": ""},
-            "headers_to_add": [{"header": {"key": "grpc-status", "value": str(code)}, "append_action": "ADD_IF_ABSENT"}],
-        })
-        mappers.append({
-            "filter": {"and_filter": {"filters": [*denied, {"header_filter": {"header": {"name": "connect-protocol-version", "present_match": True}}}]}},
-            "body_format_override": {"json_format": {"code": connect_code, "message": "%RESP(grpc-message)%"}},
-        })
+        denied = [
+            {"response_flag_filter": {"flags": ["UAEX"]}},
+            {
+                "status_code_filter": {
+                    "comparison": {"op": "EQ", "value": {"default_value": http, "runtime_key": "ingress.deny_status"}}
+                }
+            },
+        ]
+        mappers.append(
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            *denied,
+                            {
+                                "header_filter": {
+                                    "header": {"name": "content-type", "string_match": {"prefix": "application/grpc"}}
+                                }
+                            },
+                        ]
+                    }
+                },
+                "status_code": 200,
+                "body": {"inline_string": ""},
+                "headers_to_add": [
+                    {"header": {"key": "grpc-status", "value": str(code)}, "append_action": "ADD_IF_ABSENT"}
+                ],
+            }
+        )
+        mappers.append(
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            *denied,
+                            {"header_filter": {"header": {"name": "connect-protocol-version", "present_match": True}}},
+                        ]
+                    }
+                },
+                "body_format_override": {"json_format": {"code": connect_code, "message": "%RESP(grpc-message)%"}},
+            }
+        )
     return mappers
 
 
@@ -206,13 +291,19 @@ def _http_filters(ingress: Ingress, settings: IngressSettings) -> list[dict]:
                 "mutations": {"request_mutations": [{"remove_on_match": {"key_matcher": {"prefix": IDENTITY_PREFIX}}}]},
             },
         },
-        {"name": "envoy.filters.http.grpc_web", "typed_config": {"@type": f"{_TYPES}.filters.http.grpc_web.v3.GrpcWeb"}},
+        {
+            "name": "envoy.filters.http.grpc_web",
+            "typed_config": {"@type": f"{_TYPES}.filters.http.grpc_web.v3.GrpcWeb"},
+        },
         {
             "name": "envoy.filters.http.ext_authz",
             "typed_config": {
                 "@type": f"{_TYPES}.filters.http.ext_authz.v3.ExtAuthz",
                 "transport_api_version": "V3",
-                "grpc_service": {"envoy_grpc": {"cluster_name": AUTHZ_CLUSTER}, "timeout": _duration(settings.ingress_authz_timeout_s)},
+                "grpc_service": {
+                    "envoy_grpc": {"cluster_name": AUTHZ_CLUSTER},
+                    "timeout": _duration(settings.ingress_authz_timeout_s),
+                },
                 "failure_mode_allow": False,
                 "status_on_error": {"code": "ServiceUnavailable"},
             },
@@ -231,18 +322,24 @@ def _routes(table: RouteTable, ingress: Ingress) -> dict:
             routes.append({"name": f"internal {name}", "match": {"prefix": f"/{name}/"}} | not_found)
     for prefix, service in table.grpc_routes():
         if service not in ingress.addresses:  # in the table, not running here (e.g. scan)
-            routes.append({"name": f"grpc {service} (not running)", "match": {"prefix": prefix, "headers": [grpc]}} | not_found)
+            routes.append(
+                {"name": f"grpc {service} (not running)", "match": {"prefix": prefix, "headers": [grpc]}} | not_found
+            )
             continue
-        routes.append({
-            "name": f"grpc {service}",
-            "match": {"prefix": prefix, "headers": [grpc]},
-            "route": {"cluster": service, "timeout": "0s"},
-        })
+        routes.append(
+            {
+                "name": f"grpc {service}",
+                "match": {"prefix": prefix, "headers": [grpc]},
+                "route": {"cluster": service, "timeout": "0s"},
+            }
+        )
     # gRPC (and gRPC-Web, converted) for a service the table does not name: the gateway speaks
     # only the browser protocols, so it is answered here.
     routes.append({"name": "grpc unknown service", "match": {"prefix": "/", "headers": [grpc]}} | not_found)
     for prefix, service in table.http_routes():
-        routes.append({"name": f"http {service}", "match": {"prefix": prefix}, "route": {"cluster": service, "timeout": "0s"}})
+        routes.append(
+            {"name": f"http {service}", "match": {"prefix": prefix}, "route": {"cluster": service, "timeout": "0s"}}
+        )
     cors = {
         "@type": f"{_TYPES}.filters.http.cors.v3.CorsPolicy",
         "allow_origin_string_match": [{"exact": origin} for origin in ingress.cors_origins],
@@ -257,7 +354,14 @@ def _routes(table: RouteTable, ingress: Ingress) -> dict:
     }
     return {
         "name": "ingress",
-        "virtual_hosts": [{"name": "eco2", "domains": ["*"], "routes": routes, "typed_per_filter_config": {"envoy.filters.http.cors": cors}}],
+        "virtual_hosts": [
+            {
+                "name": "eco2",
+                "domains": ["*"],
+                "routes": routes,
+                "typed_per_filter_config": {"envoy.filters.http.cors": cors},
+            }
+        ],
     }
 
 
@@ -268,7 +372,11 @@ def _clusters(table: RouteTable, ingress: Ingress, settings: IngressSettings) ->
         raise ValueError(f"the ingress needs an address for {', '.join(missing)}")
     routed = http | {service for _, service in table.grpc_routes()}
     clusters = [_cluster(AUTHZ_CLUSTER, ingress.addresses["auth"], settings)]
-    clusters += [_cluster(name, ingress.addresses[name], settings) for name in table.services if name in routed and name in ingress.addresses]
+    clusters += [
+        _cluster(name, ingress.addresses[name], settings)
+        for name in table.services
+        if name in routed and name in ingress.addresses
+    ]
     return clusters
 
 
@@ -286,8 +394,13 @@ def _cluster(name: str, address: str, settings: IngressSettings) -> dict:
         "type": kind,
         "connect_timeout": "1s",
         "typed_extension_protocol_options": _H2_OPTIONS,
-        "circuit_breakers": {"thresholds": [{"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}]},
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, int(port))}}]}]},
+        "circuit_breakers": {
+            "thresholds": [{"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}]
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, int(port))}}]}],
+        },
     }
 
 
@@ -312,8 +425,16 @@ def envoy_binary() -> str | None:
 def command(binary: str, config: Path, admin_address_file: Path, settings: IngressSettings) -> list[str]:
     """The Envoy command line: no hot restart (several Envoys share a machine), the admin's
     bound address written to `admin_address_file` (its port may be 0)."""
-    args = [binary, "-c", str(config), "--disable-hot-restart", "--log-level", settings.ingress_log_level,
-            "--admin-address-path", str(admin_address_file)]
+    args = [
+        binary,
+        "-c",
+        str(config),
+        "--disable-hot-restart",
+        "--log-level",
+        settings.ingress_log_level,
+        "--admin-address-path",
+        str(admin_address_file),
+    ]
     if settings.ingress_concurrency:
         args += ["--concurrency", str(settings.ingress_concurrency)]
     return args

@@ -70,14 +70,33 @@ _OUTLIER_DETECTION = {
 }
 # The browser's CORS contract, the same as the gateway's own (gateway/app.py).
 CORS_ALLOW_HEADERS = (
-    "accept-language", "authorization", "connect-protocol-version", "connect-timeout-ms", "content-type",
-    "grpc-timeout", "idempotency-key", "last-event-id", "traceparent", "tracestate", "x-grpc-web",
-    "x-request-id", "x-user-agent",
+    "accept-language",
+    "authorization",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+    "content-type",
+    "grpc-timeout",
+    "idempotency-key",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+    "x-grpc-web",
+    "x-request-id",
+    "x-user-agent",
 )
-CORS_EXPOSE_HEADERS = ("grpc-status", "grpc-message", "grpc-status-details-bin", "content-type", "www-authenticate", "retry-after")
+CORS_EXPOSE_HEADERS = (
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "content-type",
+    "www-authenticate",
+    "retry-after",
+)
 CORS_MAX_AGE = "600s"
 
-GENERATED = "Generated from mesh/routes.yaml by eco2.mesh.istio (python -m eco2.mesh.istio --help): edit those, not this file."
+GENERATED = (
+    "Generated from mesh/routes.yaml by eco2.mesh.istio (python -m eco2.mesh.istio --help): edit those, not this file."
+)
 
 
 @dataclass(frozen=True)
@@ -142,7 +161,10 @@ class Params:
     def principal(self, workload: str) -> str:
         """The mTLS principal a workload of the route table calls with."""
         if workload == INGRESS:
-            return self.ingress_principal or f"{self.trust_domain}/ns/{self.ingress_namespace}/sa/{INGRESS_SERVICE_ACCOUNT}"
+            return (
+                self.ingress_principal
+                or f"{self.trust_domain}/ns/{self.ingress_namespace}/sa/{INGRESS_SERVICE_ACCOUNT}"
+            )
         return f"{self.trust_domain}/ns/{self.namespace}/sa/eco2-{workload}"
 
 
@@ -206,7 +228,10 @@ def gateway(params: Params) -> dict:
         "hosts": _data(params.hosts),
         "tls": {"mode": "SIMPLE", "credentialName": params.tls_credential_name},
     }
-    spec = {"selector": _data(params.ingress_selector), "servers": [http, *_optional(params.tls_credential_name, [https])]}
+    spec = {
+        "selector": _data(params.ingress_selector),
+        "servers": [http, *_optional(params.tls_credential_name, [https])],
+    }
     return _resource("networking.istio.io/v1", "Gateway", GATEWAY_NAME, params.namespace, spec)
 
 
@@ -219,34 +244,55 @@ def virtual_service(params: Params, table: RouteTable) -> dict:
     cors = _optional(params.cors_origins, {"corsPolicy": _cors_policy(params)})
     # Envoy's CORS filter answers an allowed origin's preflight from the matched route's policy;
     # any other preflight ends here, so it never reaches a service.
-    routes = [{"name": "cors-preflight", "match": [{"method": {"exact": "OPTIONS"}}], "directResponse": {"status": 204}, **cors}]
+    routes = [
+        {
+            "name": "cors-preflight",
+            "match": [{"method": {"exact": "OPTIONS"}}],
+            "directResponse": {"status": 204},
+            **cors,
+        }
+    ]
     # Internal gRPC services are refused (404 becomes UNIMPLEMENTED for a gRPC client) before
     # the gateway's catch-all could see them.
     for s in table.services.values():
         for name in s.internal:
-            routes.append({"name": f"{s.name}:/{name}/", "match": [{"uri": {"prefix": f"/{name}/"}}], "directResponse": {"status": 404}})
+            routes.append(
+                {
+                    "name": f"{s.name}:/{name}/",
+                    "match": [{"uri": {"prefix": f"/{name}/"}}],
+                    "directResponse": {"status": 404},
+                }
+            )
     # gRPC straight to the service; gRPC-Web too on port 80, where the Gateway's GRPC-WEB protocol
     # has Envoy translate it. Connect JSON and gRPC-Web over HTTPS go to the gateway.
     for s in table.services.values():
         for prefix in s.grpc_prefixes:
-            routes.append({
-                "name": f"{s.name}:{prefix}",
-                "match": [
-                    {"uri": {"prefix": prefix}, "headers": {"content-type": {"regex": _GRPC_CONTENT_TYPE}}},
-                    {"uri": {"prefix": prefix}, "headers": {"content-type": {"prefix": _GRPC_WEB_CONTENT_TYPE}}, "port": EDGE_HTTP_PORT},
-                ],
-                "route": [{"destination": {"host": host(params, s.name), "port": {"number": GRPC_PORT}}}],
+            routes.append(
+                {
+                    "name": f"{s.name}:{prefix}",
+                    "match": [
+                        {"uri": {"prefix": prefix}, "headers": {"content-type": {"regex": _GRPC_CONTENT_TYPE}}},
+                        {
+                            "uri": {"prefix": prefix},
+                            "headers": {"content-type": {"prefix": _GRPC_WEB_CONTENT_TYPE}},
+                            "port": EDGE_HTTP_PORT,
+                        },
+                    ],
+                    "route": [{"destination": {"host": host(params, s.name), "port": {"number": GRPC_PORT}}}],
+                    "retries": _RETRIES,
+                    **cors,
+                }
+            )
+    for prefix, name in table.http_routes():
+        routes.append(
+            {
+                "name": f"{name}:{prefix}",
+                "match": [{"uri": {"prefix": prefix}}],
+                "route": [{"destination": {"host": host(params, name), "port": {"number": HTTP_PORT}}}],
                 "retries": _RETRIES,
                 **cors,
-            })
-    for prefix, name in table.http_routes():
-        routes.append({
-            "name": f"{name}:{prefix}",
-            "match": [{"uri": {"prefix": prefix}}],
-            "route": [{"destination": {"host": host(params, name), "port": {"number": HTTP_PORT}}}],
-            "retries": _RETRIES,
-            **cors,
-        })
+            }
+        )
     spec = {"hosts": _data(params.hosts), "gateways": [f"{params.namespace}/{GATEWAY_NAME}"], "http": routes}
     return _resource("networking.istio.io/v1", "VirtualService", "eco2-edge", params.namespace, spec)
 
@@ -274,7 +320,9 @@ def destination_rule(params: Params, service: Service) -> dict:
 
 
 def peer_authentication(params: Params) -> dict:
-    return _resource("security.istio.io/v1", "PeerAuthentication", "default", params.namespace, {"mtls": {"mode": "STRICT"}})
+    return _resource(
+        "security.istio.io/v1", "PeerAuthentication", "default", params.namespace, {"mtls": {"mode": "STRICT"}}
+    )
 
 
 def ext_authz_policy(params: Params) -> dict:
@@ -297,27 +345,45 @@ def deny_replies(params: Params) -> dict:
     hcm = "envoy.filters.network.http_connection_manager"
     spec = {
         "workloadSelector": {"labels": _data(params.ingress_selector)},
-        "configPatches": [{
-            "applyTo": "NETWORK_FILTER",
-            "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": hcm}}}},
-            "patch": {"operation": "MERGE", "value": {"typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-                "local_reply_config": {"mappers": deny_mappers()},
-            }}},
-        }],
+        "configPatches": [
+            {
+                "applyTo": "NETWORK_FILTER",
+                "match": {"context": "GATEWAY", "listener": {"filterChain": {"filter": {"name": hcm}}}},
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "local_reply_config": {"mappers": deny_mappers()},
+                        }
+                    },
+                },
+            }
+        ],
     }
-    return _resource("networking.istio.io/v1alpha3", "EnvoyFilter", "eco2-ext-authz-deny-replies", params.ingress_namespace, spec)
+    return _resource(
+        "networking.istio.io/v1alpha3", "EnvoyFilter", "eco2-ext-authz-deny-replies", params.ingress_namespace, spec
+    )
 
 
 def allow_policy(params: Params, service: Service, table: RouteTable) -> dict:
     """Only the route table's callers of `service`, on its own paths and health. A service
     without callers gets no rule, which Istio reads as deny-all (an empty `principals` would
     read as anyone)."""
-    paths = [f"{prefix}*" for prefix in (*service.grpc_prefixes, *(f"/{name}/" for name in service.internal), *service.http)]
+    paths = [
+        f"{prefix}*" for prefix in (*service.grpc_prefixes, *(f"/{name}/" for name in service.internal), *service.http)
+    ]
     paths += table.public_everywhere
-    rules = [
-        {"from": [{"source": {"principals": [params.principal(c) for c in service.callers]}}], "to": [{"operation": {"paths": paths}}]}
-    ] if service.callers else []
+    rules = (
+        [
+            {
+                "from": [{"source": {"principals": [params.principal(c) for c in service.callers]}}],
+                "to": [{"operation": {"paths": paths}}],
+            }
+        ]
+        if service.callers
+        else []
+    )
     spec = {"selector": {"matchLabels": {POD_LABEL: f"eco2-{service.name}"}}, "action": "ALLOW", "rules": rules}
     return _resource("security.istio.io/v1", "AuthorizationPolicy", f"eco2-{service.name}", params.namespace, spec)
 
@@ -373,13 +439,19 @@ def to_yaml(docs: list[dict], header: str | None = GENERATED) -> str:
             out = []
             for value in node:
                 if isinstance(value, _Block):
-                    out += [marker("block", "{{- " + value.action + " }}"), *lower(value.body), marker("block", "{{- end }}")]
+                    out += [
+                        marker("block", "{{- " + value.action + " }}"),
+                        *lower(value.body),
+                        marker("block", "{{- end }}"),
+                    ]
                 else:
                     out.append(lower(value))
             return out
         return node
 
-    text = "".join("---\n" + yaml.safe_dump(lower(doc), sort_keys=False, width=1 << 16, allow_unicode=True) for doc in docs)
+    text = "".join(
+        "---\n" + yaml.safe_dump(lower(doc), sort_keys=False, width=1 << 16, allow_unicode=True) for doc in docs
+    )
     text = re.sub(r"(?m)^ *(?:- )?__helm_block_(\d+)__(?:: null)?$", lambda m: texts[int(m[1])], text)
     text = re.sub(r"__helm_expr_(\d+)__", lambda m: texts[int(m[1])], text)
     return text if header is None else f"# {header}\n{text}"
@@ -393,20 +465,43 @@ def helm_template(table: RouteTable | None = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     defaults = Params()
-    parser = argparse.ArgumentParser(prog="python -m eco2.mesh.istio", description="Print the mesh's Istio manifests (multi-document YAML).")
+    parser = argparse.ArgumentParser(
+        prog="python -m eco2.mesh.istio", description="Print the mesh's Istio manifests (multi-document YAML)."
+    )
     parser.add_argument("--namespace", help=f"the mesh's namespace (default {defaults.namespace})")
     parser.add_argument("--trust-domain", help=f"the mesh's trust domain (default {defaults.trust_domain})")
-    parser.add_argument("--host", action="append", dest="hosts", help="a host the edge answers for, repeatable (default *)")
-    parser.add_argument("--ingress-namespace", help=f"the ingress gateway's namespace (default {defaults.ingress_namespace})")
-    parser.add_argument("--ingress-selector", action="append", metavar="KEY=VALUE", help="an ingress gateway pod label, repeatable (default istio=ingressgateway)")
-    parser.add_argument("--ingress-principal", help="the ingress gateway's principal (default: Istio's ingress gateway account)")
-    parser.add_argument("--ext-authz-provider", help=f"the ext-authz provider's name (default {defaults.ext_authz_provider})")
-    parser.add_argument("--ext-authz-timeout", help=f"how long the ingress waits for Check (default {defaults.ext_authz_timeout})")
+    parser.add_argument(
+        "--host", action="append", dest="hosts", help="a host the edge answers for, repeatable (default *)"
+    )
+    parser.add_argument(
+        "--ingress-namespace", help=f"the ingress gateway's namespace (default {defaults.ingress_namespace})"
+    )
+    parser.add_argument(
+        "--ingress-selector",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an ingress gateway pod label, repeatable (default istio=ingressgateway)",
+    )
+    parser.add_argument(
+        "--ingress-principal", help="the ingress gateway's principal (default: Istio's ingress gateway account)"
+    )
+    parser.add_argument(
+        "--ext-authz-provider", help=f"the ext-authz provider's name (default {defaults.ext_authz_provider})"
+    )
+    parser.add_argument(
+        "--ext-authz-timeout", help=f"how long the ingress waits for Check (default {defaults.ext_authz_timeout})"
+    )
     parser.add_argument("--tls-credential-name", help="the TLS Secret of an HTTPS server on 443 (default: HTTP only)")
-    parser.add_argument("--cors-origin", action="append", dest="cors_origins", help="a browser origin allowed cross-origin, repeatable")
+    parser.add_argument(
+        "--cors-origin", action="append", dest="cors_origins", help="a browser origin allowed cross-origin, repeatable"
+    )
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--mesh-config", action="store_true", help="print the MeshConfig fragment registering the ext-authz provider")
-    output.add_argument("--helm", action="store_true", help="print the Helm template (its parameters are the chart's values)")
+    output.add_argument(
+        "--mesh-config", action="store_true", help="print the MeshConfig fragment registering the ext-authz provider"
+    )
+    output.add_argument(
+        "--helm", action="store_true", help="print the Helm template (its parameters are the chart's values)"
+    )
     args = vars(parser.parse_args(argv))
     mesh_config_only, helm = args.pop("mesh_config"), args.pop("helm")
     given = {key: value for key, value in args.items() if value is not None}

@@ -1,13 +1,13 @@
 """The `eco2` command.
 
-    eco2 up [--data-dir D]      start the data plane and every service on 127.0.0.1
-    eco2 serve NAME             run one service in the foreground (as the Helm chart does)
-    eco2 migrate [NAME...]      apply the schema migrations of these services (default: all)
-    eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
-    eco2 status [--data-dir]    each service's health, open streams and job queue, one table
-    eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
-    eco2 chat "질문"            ask the assistant of the running stack
-    eco2 scan PHOTO [--hint T]  scan a photo with the running stack
+eco2 up [--data-dir D]      start the data plane and every service on 127.0.0.1
+eco2 serve NAME             run one service in the foreground (as the Helm chart does)
+eco2 migrate [NAME...]      apply the schema migrations of these services (default: all)
+eco2 endpoints [--data-dir] print the endpoints of the stack running on a data dir
+eco2 status [--data-dir]    each service's health, open streams and job queue, one table
+eco2 identity [--name N]    print a dev user's wristband (x-eco2-identity) for grpcurl
+eco2 chat "질문"            ask the assistant of the running stack
+eco2 scan PHOTO [--hint T]  scan a photo with the running stack
 """
 
 from __future__ import annotations
@@ -62,7 +62,10 @@ def _migrate(args: argparse.Namespace) -> int:
 
     names = args.names or list(MIGRATIONS)
     if unknown := [n for n in names if n not in MIGRATIONS]:
-        print(f"eco2 migrate: no migrations for {', '.join(unknown)}; services with migrations: {', '.join(MIGRATIONS)}", file=sys.stderr)
+        print(
+            f"eco2 migrate: no migrations for {', '.join(unknown)}; services with migrations: {', '.join(MIGRATIONS)}",
+            file=sys.stderr,
+        )
         return 2
     apps = [create(name) for name in names]
     if not all(app.settings.database_url for app in apps):
@@ -148,38 +151,60 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="eco2", description="Eco² mesh: the recycling assistant as gRPC services")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the embedded data plane and every service")
-    p_up.add_argument("--data-dir", help="data directory (default: ECO2_DATA_DIR, /var/lib/eco2 as root, else ~/.local/share/eco2)")
+    p_up.add_argument(
+        "--data-dir", help="data directory (default: ECO2_DATA_DIR, /var/lib/eco2 as root, else ~/.local/share/eco2)"
+    )
     p_up.set_defaults(func=_up)
     p_serve = sub.add_parser("serve", help="run one service in the foreground")
     p_serve.add_argument("name", help="auth, character, location, images, chat, scan, events or gateway")
     p_serve.set_defaults(func=_serve)
-    p_mig = sub.add_parser("migrate", help="apply the schema migrations of services (idempotent; the Helm chart's hook Job runs it)")
-    p_mig.add_argument("names", nargs="*", metavar="NAME", help="services to migrate (default: every service with migrations)")
+    p_mig = sub.add_parser(
+        "migrate", help="apply the schema migrations of services (idempotent; the Helm chart's hook Job runs it)"
+    )
+    p_mig.add_argument(
+        "names", nargs="*", metavar="NAME", help="services to migrate (default: every service with migrations)"
+    )
     p_mig.set_defaults(func=_migrate)
     p_ep = sub.add_parser("endpoints", help="print the endpoints of a running stack")
     p_ep.add_argument("--data-dir")
     p_ep.set_defaults(func=_endpoints)
-    p_st = sub.add_parser("status", help="each service's health, open streams and job queue of a running stack (exit 1 when one is not serving)")
+    p_st = sub.add_parser(
+        "status",
+        help="each service's health, open streams and job queue of a running stack (exit 1 when one is not serving)",
+    )
     p_st.add_argument("--data-dir")
     p_st.set_defaults(func=_status)
-    p_id = sub.add_parser("identity", help="print a dev user's wristband for calling services directly (embedded only), e.g. grpcurl -H \"x-eco2-identity: $(eco2 identity)\"")
+    p_id = sub.add_parser(
+        "identity",
+        help='print a dev user\'s wristband for calling services directly (embedded only), e.g. grpcurl -H "x-eco2-identity: $(eco2 identity)"',
+    )
     p_id.add_argument("--data-dir")
     p_id.add_argument("--name", default="grpcurl-dev", help="display name of the dev user (default: grpcurl-dev)")
     p_id.set_defaults(func=_identity)
     p_loc = sub.add_parser("location", help="location data tools")
     loc_sub = p_loc.add_subparsers(dest="location_command", required=True)
-    p_imp = loc_sub.add_parser("import", help="import the national recycling-centre standard data CSV (idempotent upserts)")
+    p_imp = loc_sub.add_parser(
+        "import", help="import the national recycling-centre standard data CSV (idempotent upserts)"
+    )
     p_imp.add_argument("file", help="the CSV file (UTF-8 or CP949)")
     p_imp.add_argument("--database-url", help="PostgreSQL URL (default: DATABASE_URL)")
     p_imp.set_defaults(func=_location_import)
     p_chat = sub.add_parser("chat", help="ask the assistant of a running stack; streams the answer")
     p_chat.add_argument("--data-dir")
-    p_chat.add_argument("--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)")
+    p_chat.add_argument(
+        "--near", metavar="LAT,LNG", help="share a location, e.g. 37.5665,126.9780 (for nearby collection points)"
+    )
     p_chat.add_argument("question")
     p_chat.set_defaults(func=_chat_cmd)
-    p_scan = sub.add_parser("scan", help="scan a photo with a running stack: stages, the disposal answer and the character earned")
+    p_scan = sub.add_parser(
+        "scan", help="scan a photo with a running stack: stages, the disposal answer and the character earned"
+    )
     p_scan.add_argument("--data-dir")
-    p_scan.add_argument("--hint", default="", help="what the item is, e.g. \"투명 생수병\" (offline, the photo is not looked at: the hint classifies it)")
+    p_scan.add_argument(
+        "--hint",
+        default="",
+        help='what the item is, e.g. "투명 생수병" (offline, the photo is not looked at: the hint classifies it)',
+    )
     p_scan.add_argument("photo", help="a PNG, JPEG, GIF or WebP file")
     p_scan.set_defaults(func=_scan_cmd)
     argv = sys.argv[1:] if argv is None else argv

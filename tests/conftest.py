@@ -59,8 +59,14 @@ async def session_auth(dataplane):
     from eco2.services.auth.app import create
     from support.servers import env, running
 
-    base = {"DATABASE_URL": dataplane.database_url, "REDIS_URL": dataplane.redis_url, "ECO2_DEPLOYMENT": "embedded", "ECO2_GRPC_PORT": "0",
-            "ECO2_LOG_LEVEL": "WARNING", "ECO2_IDENTITY_JWKS": TEST_JWKS}
+    base = {
+        "DATABASE_URL": dataplane.database_url,
+        "REDIS_URL": dataplane.redis_url,
+        "ECO2_DEPLOYMENT": "embedded",
+        "ECO2_GRPC_PORT": "0",
+        "ECO2_LOG_LEVEL": "WARNING",
+        "ECO2_IDENTITY_JWKS": TEST_JWKS,
+    }
     with env(base):
         app = create()
     async with running(app, metrics=False) as server:

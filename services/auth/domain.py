@@ -137,10 +137,22 @@ class TokenService:
         self.ring = ring
         self.policy = policy
 
-    def issue(self, *, sub: str, typ: str, roles: Sequence[str], provider: str, fam: str, now: int | None = None) -> IssuedToken:
+    def issue(
+        self, *, sub: str, typ: str, roles: Sequence[str], provider: str, fam: str, now: int | None = None
+    ) -> IssuedToken:
         now = int(time.time()) if now is None else now
         ttl = self.policy.access_ttl_s if typ == ACCESS else self.policy.refresh_ttl_s
-        claims = Claims(sub=sub, jti=uuid.uuid4().hex, iat=now, nbf=now, exp=now + ttl, typ=typ, roles=tuple(roles), provider=provider, fam=fam)
+        claims = Claims(
+            sub=sub,
+            jti=uuid.uuid4().hex,
+            iat=now,
+            nbf=now,
+            exp=now + ttl,
+            typ=typ,
+            roles=tuple(roles),
+            provider=provider,
+            fam=fam,
+        )
         payload = {
             "iss": self.policy.issuer,
             "aud": self.policy.audience,
@@ -166,7 +178,9 @@ class TokenService:
         except jwt.PyJWTError as exc:
             raise TokenError("TOKEN_MALFORMED", f"not a JWT: {exc}") from None
         if header.get("alg") != ALGORITHM:
-            raise TokenError("TOKEN_ALGORITHM", f"algorithm {str(header.get('alg'))[:16]!r} is not accepted (ES256 only)")
+            raise TokenError(
+                "TOKEN_ALGORITHM", f"algorithm {str(header.get('alg'))[:16]!r} is not accepted (ES256 only)"
+            )
         kid = header.get("kid")
         key = self.ring.public.get(kid) if isinstance(kid, str) else None
         if key is None:

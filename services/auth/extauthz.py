@@ -46,7 +46,11 @@ _INJECTED_SET = frozenset(INJECTED)
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 _OK_STATUS = status_pb2.Status(code=code_pb2.OK)
 
-DECISIONS = Counter("eco2_auth_check_decisions_total", "ext-authz Check decisions: allow (reason TOKEN or PUBLIC) or deny (reason as in the deny body)", ["decision", "reason"])
+DECISIONS = Counter(
+    "eco2_auth_check_decisions_total",
+    "ext-authz Check decisions: allow (reason TOKEN or PUBLIC) or deny (reason as in the deny body)",
+    ["decision", "reason"],
+)
 _decisions: dict[tuple[str, str], object] = {}
 
 
@@ -90,9 +94,25 @@ def serialize_check_response(response) -> bytes:
 
 
 class _Deny(Exception):
-    def __init__(self, http: int, code: str, message: str, *, grpc_code: int, www: str | None = None, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        http: int,
+        code: str,
+        message: str,
+        *,
+        grpc_code: int,
+        www: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
-        self.http, self.code, self.message, self.grpc_code, self.www, self.retry_after_s = http, code, message, grpc_code, www, retry_after_s
+        self.http, self.code, self.message, self.grpc_code, self.www, self.retry_after_s = (
+            http,
+            code,
+            message,
+            grpc_code,
+            www,
+            retry_after_s,
+        )
 
 
 def _hv(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -108,8 +128,17 @@ class _Allow:
 
 
 class ExtAuthz:
-    def __init__(self, tokens: TokenService, cache: ClaimsCache, revocations: RevocationView, limiter: RateLimiter | None, policy: CheckPolicy, wristbands: Wristbands,
-                 reload_keys: Callable[[], Awaitable[None]] | None = None, reload_min_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        tokens: TokenService,
+        cache: ClaimsCache,
+        revocations: RevocationView,
+        limiter: RateLimiter | None,
+        policy: CheckPolicy,
+        wristbands: Wristbands,
+        reload_keys: Callable[[], Awaitable[None]] | None = None,
+        reload_min_s: float = 1.0,
+    ) -> None:
         self.tokens = tokens
         #: re-reads the signing keys from their store: a token of a kid this replica has not
         #: loaded yet (a sibling rotated a key in) is tried again once after it, at most every
@@ -144,7 +173,12 @@ class ExtAuthz:
         origin = None
         try:
             if isinstance(request, _Unparsable):
-                raise _Deny(400, "MALFORMED_REQUEST", f"the CheckRequest did not parse ({request.size} bytes)", grpc_code=code_pb2.INVALID_ARGUMENT)
+                raise _Deny(
+                    400,
+                    "MALFORMED_REQUEST",
+                    f"the CheckRequest did not parse ({request.size} bytes)",
+                    grpc_code=code_pb2.INVALID_ARGUMENT,
+                )
             http = request.attributes.request.http
             headers = _headers(http)
             origin = headers.get("origin")
@@ -155,7 +189,16 @@ class ExtAuthz:
         except Exception:  # fail closed, never an RPC error
             log.exception("ext-authz check failed; denying")
             _count("deny", "UNAVAILABLE")
-            return self._denied(_Deny(503, "UNAVAILABLE", "authorization is temporarily unavailable", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1), origin)
+            return self._denied(
+                _Deny(
+                    503,
+                    "UNAVAILABLE",
+                    "authorization is temporarily unavailable",
+                    grpc_code=code_pb2.UNAVAILABLE,
+                    retry_after_s=1,
+                ),
+                origin,
+            )
 
     async def _check(self, request, http, headers) -> external_auth_pb2.CheckResponse | bytes:
         policy = self.policy
@@ -167,11 +210,18 @@ class ExtAuthz:
         if oversized:
             for key, value in headers.items():
                 if len(value) > limit or len(key) > limit:
-                    raise _Deny(431, "HEADER_TOO_LARGE", f"header {key[:64]!r} is larger than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
+                    raise _Deny(
+                        431,
+                        "HEADER_TOO_LARGE",
+                        f"header {key[:64]!r} is larger than {limit} bytes",
+                        grpc_code=code_pb2.INVALID_ARGUMENT,
+                    )
                 if key.startswith("x-eco2-"):
                     spoofed.append(key)
             if len(http.path) > limit:
-                raise _Deny(414, "URI_TOO_LONG", f"path is longer than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT)
+                raise _Deny(
+                    414, "URI_TOO_LONG", f"path is longer than {limit} bytes", grpc_code=code_pb2.INVALID_ARGUMENT
+                )
         elif "x-eco2-" in "\n".join(headers):
             spoofed = [key for key in headers if key.startswith("x-eco2-")]
 
@@ -180,18 +230,34 @@ class ExtAuthz:
             # listed origin; any other origin is refused here, before it reaches a service.
             if headers.get("origin") in policy.cors_origins:
                 return _public(spoofed)
-            raise _Deny(403, "ORIGIN_NOT_ALLOWED", f"origin {str(headers.get('origin'))[:128]!r} may not call cross-origin (ECO2_AUTH_CORS_ORIGINS)", grpc_code=code_pb2.PERMISSION_DENIED)
+            raise _Deny(
+                403,
+                "ORIGIN_NOT_ALLOWED",
+                f"origin {str(headers.get('origin'))[:128]!r} may not call cross-origin (ECO2_AUTH_CORS_ORIGINS)",
+                grpc_code=code_pb2.PERMISSION_DENIED,
+            )
         path = http.path.partition("?")[0]
         if not canonical(path):
             # Envoy normalises paths before Check (normalize_path, merge_slashes); a path still
             # holding `..`, `//`, escapes or `;` is a trick, never matched against public prefixes.
-            raise _Deny(400, "NON_CANONICAL_PATH", "the request path is not canonical: no '.' or '..' segments, '//', '%', ';', backslashes or control characters", grpc_code=code_pb2.INVALID_ARGUMENT)
+            raise _Deny(
+                400,
+                "NON_CANONICAL_PATH",
+                "the request path is not canonical: no '.' or '..' segments, '//', '%', ';', backslashes or control characters",
+                grpc_code=code_pb2.INVALID_ARGUMENT,
+            )
         public = path in policy.public
 
         token = _bearer(headers.get("authorization")) or _cookie(headers.get("cookie"), policy.cookie_name)
         if not token:
             if not public:
-                raise _Deny(401, "UNAUTHENTICATED", "sign in: no access token", grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}"')
+                raise _Deny(
+                    401,
+                    "UNAUTHENTICATED",
+                    "sign in: no access token",
+                    grpc_code=code_pb2.UNAUTHENTICATED,
+                    www=f'Bearer realm="{policy.realm}"',
+                )
             await self._limit(_client_ip(request))
             return _public(spoofed)
 
@@ -204,28 +270,54 @@ class ExtAuthz:
                 if public:
                     await self._limit(_client_ip(request))
                     return _public(spoofed)
-                raise _Deny(401, err.reason, err.message, grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}", error="invalid_token", error_description="{err.reason}"') from None
+                raise _Deny(
+                    401,
+                    err.reason,
+                    err.message,
+                    grpc_code=code_pb2.UNAUTHENTICATED,
+                    www=f'Bearer realm="{policy.realm}", error="invalid_token", error_description="{err.reason}"',
+                ) from None
             self.cache.put(token, claims)
         elif now < claims.nbf - self.leeway:
-            raise _Deny(401, "TOKEN_NOT_YET_VALID", "the token is not valid yet", grpc_code=code_pb2.UNAUTHENTICATED, www=f'Bearer realm="{policy.realm}", error="invalid_token"')
+            raise _Deny(
+                401,
+                "TOKEN_NOT_YET_VALID",
+                "the token is not valid yet",
+                grpc_code=code_pb2.UNAUTHENTICATED,
+                www=f'Bearer realm="{policy.realm}", error="invalid_token"',
+            )
 
         revocations = self.revocations
         if not revocations.current:
             if public:
                 await self._limit(_client_ip(request))
                 return _public(spoofed)
-            raise _Deny(503, "REVOCATIONS_NOT_CURRENT", "the revocation list is resynchronising; retry shortly", grpc_code=code_pb2.UNAVAILABLE, retry_after_s=1)
+            raise _Deny(
+                503,
+                "REVOCATIONS_NOT_CURRENT",
+                "the revocation list is resynchronising; retry shortly",
+                grpc_code=code_pb2.UNAVAILABLE,
+                retry_after_s=1,
+            )
         if revocations.is_revoked(claims):
             if public:
                 await self._limit(_client_ip(request))
                 return _public(spoofed)
-            raise _Deny(403, "TOKEN_REVOKED", "the token was revoked (signed out)", grpc_code=code_pb2.PERMISSION_DENIED)
+            raise _Deny(
+                403, "TOKEN_REVOKED", "the token was revoked (signed out)", grpc_code=code_pb2.PERMISSION_DENIED
+            )
 
         limiter = self.limiter
         if limiter is not None:
             retry = await limiter.hit("u:" + claims.sub)
             if retry > 0:
-                raise _Deny(429, "RATE_LIMITED", f"too many requests; retry in {retry:.2f}s", grpc_code=code_pb2.RESOURCE_EXHAUSTED, retry_after_s=retry)
+                raise _Deny(
+                    429,
+                    "RATE_LIMITED",
+                    f"too many requests; retry in {retry:.2f}s",
+                    grpc_code=code_pb2.RESOURCE_EXHAUSTED,
+                    retry_after_s=retry,
+                )
         # Injected keys are overwritten (OVERWRITE_IF_EXISTS_OR_ADD), every other client-sent
         # x-eco2-* is removed; the injected ones are not listed, as Envoy removes after it sets.
         _count("allow", "TOKEN")
@@ -242,7 +334,11 @@ class ExtAuthz:
             return self.tokens.verify(token, ACCESS)
         except TokenError as err:
             now = time.monotonic()
-            if err.reason != "TOKEN_UNKNOWN_KID" or self.reload_keys is None or now - self._reloaded_at < self.reload_min_s:
+            if (
+                err.reason != "TOKEN_UNKNOWN_KID"
+                or self.reload_keys is None
+                or now - self._reloaded_at < self.reload_min_s
+            ):
                 raise
             self._reloaded_at = now
             try:
@@ -259,7 +355,9 @@ class ExtAuthz:
         now = time.time()
         entry = self._allow.get(key)
         if entry is None or now >= entry.renew_at:
-            token, exp = self.wristbands.mint(sub=claims.sub, roles=claims.roles, provider=claims.provider, now=int(now))
+            token, exp = self.wristbands.mint(
+                sub=claims.sub, roles=claims.roles, provider=claims.provider, now=int(now)
+            )
             response = external_auth_pb2.CheckResponse(status=_OK_STATUS)
             response.ok_response.headers.extend((_hv(IDENTITY_KEY, token), _hv(USER_ID_KEY, claims.sub)))
             entry = _Allow(response.SerializeToString(), now + (exp - now) / 2)
@@ -273,7 +371,13 @@ class ExtAuthz:
             return
         retry = await self.limiter.hit(key)
         if retry > 0:
-            raise _Deny(429, "RATE_LIMITED", f"too many requests; retry in {retry:.2f}s", grpc_code=code_pb2.RESOURCE_EXHAUSTED, retry_after_s=retry)
+            raise _Deny(
+                429,
+                "RATE_LIMITED",
+                f"too many requests; retry in {retry:.2f}s",
+                grpc_code=code_pb2.RESOURCE_EXHAUSTED,
+                retry_after_s=retry,
+            )
 
     def _denied(self, deny: _Deny, origin: str | None) -> external_auth_pb2.CheckResponse:
         headers = [
@@ -292,7 +396,9 @@ class ExtAuthz:
                 _hv("access-control-expose-headers", "www-authenticate, retry-after"),
                 _hv("vary", "Origin"),
             ]
-        body = json.dumps({"error": {"code": deny.http, "reason": deny.code, "message": deny.message}}, ensure_ascii=False)
+        body = json.dumps(
+            {"error": {"code": deny.http, "reason": deny.code, "message": deny.message}}, ensure_ascii=False
+        )
         return external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=deny.grpc_code, message=deny.message),
             denied_response=external_auth_pb2.DeniedHttpResponse(
@@ -328,7 +434,12 @@ def _headers(http):
                 try:
                     value = h.raw_value.decode("utf-8")
                 except UnicodeDecodeError:
-                    raise _Deny(400, "HEADER_NOT_UTF8", f"header {h.key[:64]!r} is not valid UTF-8", grpc_code=code_pb2.INVALID_ARGUMENT) from None
+                    raise _Deny(
+                        400,
+                        "HEADER_NOT_UTF8",
+                        f"header {h.key[:64]!r} is not valid UTF-8",
+                        grpc_code=code_pb2.INVALID_ARGUMENT,
+                    ) from None
             key = h.key.lower()
             out[key] = f"{out[key]},{value}" if key in out else value
         return out

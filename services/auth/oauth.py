@@ -52,14 +52,35 @@ def parse_profile(provider: str, data: dict) -> OAuthProfile:
         profile = account.get("profile") or {}
         props = data.get("properties") or {}
         subject = _s(data.get("id"))
-        out = OAuthProfile(provider, subject, _s(profile.get("nickname") or props.get("nickname")), _s(account.get("email")), _s(profile.get("profile_image_url") or props.get("profile_image")), data)
+        out = OAuthProfile(
+            provider,
+            subject,
+            _s(profile.get("nickname") or props.get("nickname")),
+            _s(account.get("email")),
+            _s(profile.get("profile_image_url") or props.get("profile_image")),
+            data,
+        )
     elif provider == "naver":
         if _s(data.get("resultcode")) not in ("00", ""):
             raise OAuthRejected("userinfo_failed", _s(data.get("message")))
         r = data.get("response") or {}
-        out = OAuthProfile(provider, _s(r.get("id")), _s(r.get("nickname") or r.get("name")), _s(r.get("email")), _s(r.get("profile_image")), data)
+        out = OAuthProfile(
+            provider,
+            _s(r.get("id")),
+            _s(r.get("nickname") or r.get("name")),
+            _s(r.get("email")),
+            _s(r.get("profile_image")),
+            data,
+        )
     else:  # google / any OIDC userinfo
-        out = OAuthProfile(provider, _s(data.get("sub")), _s(data.get("name") or data.get("given_name")), _s(data.get("email")), _s(data.get("picture")), data)
+        out = OAuthProfile(
+            provider,
+            _s(data.get("sub")),
+            _s(data.get("name") or data.get("given_name")),
+            _s(data.get("email")),
+            _s(data.get("picture")),
+            data,
+        )
     if not out.subject:
         raise OAuthRejected("userinfo_failed", "the provider's user info has no user id")
     return out
@@ -100,7 +121,9 @@ class HttpOAuthProvider:
         access = token.get("access_token")
         if not isinstance(access, str) or not access:
             raise OAuthRejected(_s(token.get("error")) or "invalid_token_response", _s(token.get("error_description")))
-        info = await self._json("GET", self.config.userinfo_url, headers={"Authorization": f"Bearer {access}", "Accept": "application/json"})
+        info = await self._json(
+            "GET", self.config.userinfo_url, headers={"Authorization": f"Bearer {access}", "Accept": "application/json"}
+        )
         return parse_profile(self.name, info)
 
     async def _json(self, method: str, url: str, **kwargs) -> dict:
@@ -117,5 +140,8 @@ class HttpOAuthProvider:
         if not isinstance(body, dict):
             raise OAuthUnavailable(f"{self.name}: unexpected JSON")
         if response.status_code >= 400:
-            raise OAuthRejected(_s(body.get("error")) or f"http_{response.status_code}", _s(body.get("error_description") or body.get("msg")))
+            raise OAuthRejected(
+                _s(body.get("error")) or f"http_{response.status_code}",
+                _s(body.get("error_description") or body.get("msg")),
+            )
         return body

@@ -48,7 +48,9 @@ class PostgresUsers:
 
     async def sign_in(self, provider: str, subject: str, profile: OAuthProfile) -> tuple[UserRecord, bool]:
         async with self.pool.acquire() as conn, conn.transaction():
-            user_id = await conn.fetchval("SELECT user_id::text FROM auth_identities WHERE provider = $1 AND subject = $2", provider, subject)
+            user_id = await conn.fetchval(
+                "SELECT user_id::text FROM auth_identities WHERE provider = $1 AND subject = $2", provider, subject
+            )
             created = False
             if user_id is None:
                 user_id = await conn.fetchval(
@@ -60,11 +62,18 @@ class PostgresUsers:
                 inserted = await conn.fetchval(
                     "INSERT INTO auth_identities (provider, subject, user_id, email) VALUES ($1, $2, $3::uuid, $4) "
                     "ON CONFLICT (provider, subject) DO NOTHING RETURNING user_id::text",
-                    provider, subject, user_id, profile.email,
+                    provider,
+                    subject,
+                    user_id,
+                    profile.email,
                 )
                 if inserted is None:  # a concurrent first sign-in of the same identity won
                     await conn.execute("DELETE FROM auth_users WHERE id = $1::uuid", user_id)
-                    user_id = await conn.fetchval("SELECT user_id::text FROM auth_identities WHERE provider = $1 AND subject = $2", provider, subject)
+                    user_id = await conn.fetchval(
+                        "SELECT user_id::text FROM auth_identities WHERE provider = $1 AND subject = $2",
+                        provider,
+                        subject,
+                    )
                 else:
                     created = True
             row = await conn.fetchrow(_USER_SQL, user_id)
@@ -83,7 +92,11 @@ class PostgresUsers:
         cols = [c for c in changes if c in allowed]
         if cols:
             sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(cols))
-            await self.pool.execute(f"UPDATE auth_users SET {sets}, updated_at = now() WHERE id = $1::uuid", user_id, *(changes[c] for c in cols))
+            await self.pool.execute(
+                f"UPDATE auth_users SET {sets}, updated_at = now() WHERE id = $1::uuid",
+                user_id,
+                *(changes[c] for c in cols),
+            )
         return await self.get(user_id)
 
     async def delete(self, user_id: str) -> bool:
@@ -104,32 +117,50 @@ class PostgresRefreshTokens:
     async def add(self, claims: Claims) -> None:
         await self.pool.execute(
             "INSERT INTO auth_refresh_tokens (jti, family_id, user_id, issued_at, expires_at) VALUES ($1, $2, $3::uuid, $4, $5)",
-            claims.jti, claims.fam, claims.sub, _ts(claims.iat), _ts(claims.exp),
+            claims.jti,
+            claims.fam,
+            claims.sub,
+            _ts(claims.iat),
+            _ts(claims.exp),
         )
 
     async def rotate(self, old: Claims, new: Claims) -> str:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT rotated_at, revoked_at FROM auth_refresh_tokens WHERE jti = $1 FOR UPDATE", old.jti)
+            row = await conn.fetchrow(
+                "SELECT rotated_at, revoked_at FROM auth_refresh_tokens WHERE jti = $1 FOR UPDATE", old.jti
+            )
             if row is None:
                 return "unknown"
             if row["revoked_at"] is not None:
                 return "revoked"
             if row["rotated_at"] is not None:
-                await conn.execute("UPDATE auth_refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", old.fam)
+                await conn.execute(
+                    "UPDATE auth_refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+                    old.fam,
+                )
                 return "reused"
             await conn.execute("UPDATE auth_refresh_tokens SET rotated_at = now() WHERE jti = $1", old.jti)
             await conn.execute(
                 "INSERT INTO auth_refresh_tokens (jti, family_id, user_id, issued_at, expires_at) VALUES ($1, $2, $3::uuid, $4, $5)",
-                new.jti, new.fam, new.sub, _ts(new.iat), _ts(new.exp),
+                new.jti,
+                new.fam,
+                new.sub,
+                _ts(new.iat),
+                _ts(new.exp),
             )
             return "ok"
 
     async def revoke_family(self, family: str) -> None:
-        await self.pool.execute("UPDATE auth_refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", family)
+        await self.pool.execute(
+            "UPDATE auth_refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL", family
+        )
 
     async def revoke_user(self, user_id: str) -> None:
         if _is_uuid(user_id):
-            await self.pool.execute("UPDATE auth_refresh_tokens SET revoked_at = now() WHERE user_id = $1::uuid AND revoked_at IS NULL", user_id)
+            await self.pool.execute(
+                "UPDATE auth_refresh_tokens SET revoked_at = now() WHERE user_id = $1::uuid AND revoked_at IS NULL",
+                user_id,
+            )
 
 
 _KEYS_LOCK = int.from_bytes(hashlib.sha256(b"auth_signing_keys").digest()[:8], "big", signed=True)
@@ -145,16 +176,28 @@ class PostgresKeyStore:
     async def load(self) -> list[SigningKey]:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _KEYS_LOCK)
-            rows = await conn.fetch("SELECT kid, private_pem, extract(epoch FROM created_at) AS created FROM auth_signing_keys")
+            rows = await conn.fetch(
+                "SELECT kid, private_pem, extract(epoch FROM created_at) AS created FROM auth_signing_keys"
+            )
             if not rows:
                 key = generate_key()
-                await conn.execute("INSERT INTO auth_signing_keys (kid, private_pem, created_at) VALUES ($1, $2, $3)", key.kid, key.private_pem(), _ts(int(key.created_at)))
+                await conn.execute(
+                    "INSERT INTO auth_signing_keys (kid, private_pem, created_at) VALUES ($1, $2, $3)",
+                    key.kid,
+                    key.private_pem(),
+                    _ts(int(key.created_at)),
+                )
                 return [key]
         return [load_key(r["kid"], r["private_pem"], float(r["created"])) for r in rows]
 
     async def add(self, key: SigningKey) -> None:
         """Rotation: a new key signs from the next reload on; older keys keep verifying."""
-        await self.pool.execute("INSERT INTO auth_signing_keys (kid, private_pem, created_at) VALUES ($1, $2, $3)", key.kid, key.private_pem(), _ts(int(key.created_at)))
+        await self.pool.execute(
+            "INSERT INTO auth_signing_keys (kid, private_pem, created_at) VALUES ($1, $2, $3)",
+            key.kid,
+            key.private_pem(),
+            _ts(int(key.created_at)),
+        )
 
 
 class DirectoryKeyStore:

@@ -96,7 +96,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self.limits = limits
 
     # -- tokens -----------------------------------------------------------------------
-    async def _issue(self, user: UserRecord, provider: str, fam: str | None = None) -> tuple[auth_pb2.TokenPair, Claims]:
+    async def _issue(
+        self, user: UserRecord, provider: str, fam: str | None = None
+    ) -> tuple[auth_pb2.TokenPair, Claims]:
         fam = fam or uuid.uuid4().hex
         access = self.tokens.issue(sub=user.id, typ=ACCESS, roles=user.roles, provider=provider, fam=fam)
         refresh = self.tokens.issue(sub=user.id, typ=REFRESH, roles=user.roles, provider=provider, fam=fam)
@@ -140,7 +142,11 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         v.raise_if_invalid()
         provider = self.providers.get(name or "")
         if provider is None:
-            raise FailedPrecondition(f"sign-in with {name} is not configured on this server", reason="PROVIDER_NOT_CONFIGURED", metadata={"provider": name or ""})
+            raise FailedPrecondition(
+                f"sign-in with {name} is not configured on this server",
+                reason="PROVIDER_NOT_CONFIGURED",
+                metadata={"provider": name or ""},
+            )
         state = secrets.token_urlsafe(32)
         verifier, challenge = pkce_pair()
         ttl = self.limits.state_ttl_s
@@ -162,15 +168,23 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
             )
         provider = self.providers.get(flow["p"])
         if provider is None:
-            raise FailedPrecondition(f"sign-in with {flow['p']} is not configured on this server", reason="PROVIDER_NOT_CONFIGURED")
+            raise FailedPrecondition(
+                f"sign-in with {flow['p']} is not configured on this server", reason="PROVIDER_NOT_CONFIGURED"
+            )
         try:
-            profile = await provider.exchange(code=request.code, redirect_uri=flow["r"], code_verifier=flow["v"], state=request.state)
+            profile = await provider.exchange(
+                code=request.code, redirect_uri=flow["r"], code_verifier=flow["v"], state=request.state
+            )
         except OAuthRejected as err:
             raise Unauthenticated(
-                f"{flow['p']} refused the authorization code: {err.error}", reason="OAUTH_CODE_REJECTED", metadata={"provider": flow["p"], "error": err.error}
+                f"{flow['p']} refused the authorization code: {err.error}",
+                reason="OAUTH_CODE_REJECTED",
+                metadata={"provider": flow["p"], "error": err.error},
             ) from None
         except OAuthUnavailable as err:
-            raise Unavailable(f"{flow['p']} is unreachable: {err}", reason="OAUTH_PROVIDER_UNAVAILABLE", retry_after_s=2.0) from None
+            raise Unavailable(
+                f"{flow['p']} is unreachable: {err}", reason="OAUTH_PROVIDER_UNAVAILABLE", retry_after_s=2.0
+            ) from None
         profile.display_name = profile.display_name[: self.limits.display_name_max]
         user, created = await self.users.sign_in(flow["p"], profile.subject, profile)
         pair, refresh = await self._issue(user, flow["p"])
@@ -191,7 +205,10 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         if outcome == "reused":
             await self.revocations.revoke_family(old.fam, old.exp)
             log.warning("refresh token reuse: family revoked", extra={"user_id": old.sub})
-            raise Unauthenticated("this refresh token was already used; every session of this sign-in is revoked", reason="REFRESH_TOKEN_REUSED")
+            raise Unauthenticated(
+                "this refresh token was already used; every session of this sign-in is revoked",
+                reason="REFRESH_TOKEN_REUSED",
+            )
         if outcome != "ok":
             raise Unauthenticated("this refresh token is revoked", reason="REFRESH_TOKEN_REVOKED")
         return auth_pb2.RefreshResponse(tokens=pair)
@@ -209,8 +226,12 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
                 raise PermissionDenied("the access token belongs to another user", reason="TOKEN_USER_MISMATCH")
             user_id = access_claims.sub
         if not user_id:
-            raise Unauthenticated("sign out needs the caller's identity (x-eco2-identity or a bearer token)", reason="NO_IDENTITY")
-        refresh_claims = self._verify(request.refresh_token, REFRESH, "refresh_token") if request.refresh_token else None
+            raise Unauthenticated(
+                "sign out needs the caller's identity (x-eco2-identity or a bearer token)", reason="NO_IDENTITY"
+            )
+        refresh_claims = (
+            self._verify(request.refresh_token, REFRESH, "refresh_token") if request.refresh_token else None
+        )
         if refresh_claims is not None and refresh_claims.sub != user_id:
             raise PermissionDenied("the refresh token belongs to another user", reason="TOKEN_USER_MISMATCH")
         now = int(time.time())
@@ -305,5 +326,7 @@ class MeshIdentityServicer(auth_pb2_grpc.MeshIdentityServiceServicer):
         v = Validator()
         v.text("job_id", request.job_id, min_len=1, max_len=128, single_line=True)
         v.raise_if_invalid()
-        token, exp = self.wristbands.mint(sub=who.user_id, roles=who.roles, provider=who.provider, ttl_s=self.job_ttl_s, job=request.job_id)
+        token, exp = self.wristbands.mint(
+            sub=who.user_id, roles=who.roles, provider=who.provider, ttl_s=self.job_ttl_s, job=request.job_id
+        )
         return auth_pb2.IssueJobIdentityResponse(identity=token, expires_at=_ts(exp))

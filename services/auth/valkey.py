@@ -35,7 +35,9 @@ CACHE_AGE = Gauge(
     "eco2_auth_revocation_cache_age_seconds",
     "Seconds since the revocation cache was last known in sync (a full load, or a healthy read of its subscription); grows while it is not (Check then fails closed)",
 )
-CACHE_ENTRIES = Gauge("eco2_auth_revocation_cache_entries", "Revocations (tokens, families, users) held by the revocation cache")
+CACHE_ENTRIES = Gauge(
+    "eco2_auth_revocation_cache_entries", "Revocations (tokens, families, users) held by the revocation cache"
+)
 
 
 class ValkeyRevocations:
@@ -70,7 +72,9 @@ class RevocationCache:
     read of the subscription that raised nothing.
     """
 
-    def __init__(self, redis_client: redis.asyncio.Redis, channel: str, *, retry_s: float = 0.5, scan_count: int = 1000) -> None:
+    def __init__(
+        self, redis_client: redis.asyncio.Redis, channel: str, *, retry_s: float = 0.5, scan_count: int = 1000
+    ) -> None:
         self.redis = redis_client
         self.channel = channel
         self.retry_s = retry_s
@@ -150,7 +154,7 @@ class RevocationCache:
                     if value is None:
                         continue
                     name = key.decode() if isinstance(key, bytes) else key
-                    kind, _, ident = name[len(REV_PREFIX):].partition(":")
+                    kind, _, ident = name[len(REV_PREFIX) :].partition(":")
                     until = float(exp) if exp and exp > 0 else now + 86400
                     if kind in ("j", "f"):
                         entries[f"{kind}:{ident}"] = until
@@ -356,7 +360,9 @@ class BatchedTokenBucket:
             for waiters in batch.values():
                 for fut in waiters:
                     if not fut.done():
-                        fut.set_exception(exc if isinstance(exc, Exception) else RedisError("rate limit call cancelled"))
+                        fut.set_exception(
+                            exc if isinstance(exc, Exception) else RedisError("rate limit call cancelled")
+                        )
             if not isinstance(exc, Exception):
                 raise
         else:

@@ -24,11 +24,29 @@ class Wristbands:
         self.audience = audience
         self.ttl_s = ttl_s
 
-    def mint(self, *, sub: str, roles: Sequence[str], provider: str, ttl_s: int | None = None, job: str = "", now: int | None = None) -> tuple[str, int]:
+    def mint(
+        self,
+        *,
+        sub: str,
+        roles: Sequence[str],
+        provider: str,
+        ttl_s: int | None = None,
+        job: str = "",
+        now: int | None = None,
+    ) -> tuple[str, int]:
         """(token, exp) of a wristband for this caller."""
         now = int(time.time()) if now is None else now
         exp = now + (self.ttl_s if ttl_s is None else ttl_s)
-        payload = {"iss": self.issuer, "aud": self.audience, "typ": IDENTITY_TYP, "sub": sub, "roles": list(roles), "provider": provider, "iat": now, "exp": exp}
+        payload = {
+            "iss": self.issuer,
+            "aud": self.audience,
+            "typ": IDENTITY_TYP,
+            "sub": sub,
+            "roles": list(roles),
+            "provider": provider,
+            "iat": now,
+            "exp": exp,
+        }
         if job:
             payload["job"] = job
         signer = self.ring.signer

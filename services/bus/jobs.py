@@ -43,12 +43,26 @@ log = logging.getLogger("eco2.jobs")
 GROUP = "workers"
 KINDS_KEY = "jobs:kinds"
 KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-JOBS = Counter("eco2_jobs_total", "Job queue operations, by kind and outcome (enqueued, duplicate, claimed, reclaimed, acked, failed, dead)", ["kind", "outcome"])
+JOBS = Counter(
+    "eco2_jobs_total",
+    "Job queue operations, by kind and outcome (enqueued, duplicate, claimed, reclaimed, acked, failed, dead)",
+    ["kind", "outcome"],
+)
 # Sampled from Valkey by QueueSampler (the event router runs one).
 DEPTH = Gauge("eco2_jobs_depth", "Jobs queued and not yet claimed by a worker", ["kind"])
-PENDING = Gauge("eco2_jobs_pending", "Jobs claimed by a worker and not yet acknowledged (running, or failed and due for a retry)", ["kind"])
-OLDEST_AGE = Gauge("eco2_jobs_oldest_age_seconds", "Age of the oldest job still in the queue, claimed or not (0 when empty)", ["kind"])
-OLDEST_PENDING_AGE = Gauge("eco2_jobs_oldest_pending_age_seconds", "Age (since enqueue) of the oldest claimed, unacknowledged job (0 when none)", ["kind"])
+PENDING = Gauge(
+    "eco2_jobs_pending",
+    "Jobs claimed by a worker and not yet acknowledged (running, or failed and due for a retry)",
+    ["kind"],
+)
+OLDEST_AGE = Gauge(
+    "eco2_jobs_oldest_age_seconds", "Age of the oldest job still in the queue, claimed or not (0 when empty)", ["kind"]
+)
+OLDEST_PENDING_AGE = Gauge(
+    "eco2_jobs_oldest_pending_age_seconds",
+    "Age (since enqueue) of the oldest claimed, unacknowledged job (0 when none)",
+    ["kind"],
+)
 DEAD_LETTERS = Gauge("eco2_jobs_dead_letters", "Entries in the kind's dead-letter stream jobs:{kind}:dead", ["kind"])
 
 
@@ -72,20 +86,34 @@ def ends_stream_on_dead(sink, *, job_kind: int, message: str, stream_of: Callabl
     async def on_dead(job: Job, error: str) -> None:
         job_id = stream_of(job)
         event = events_pb2.Event(
-            job_id=job_id, kind=events_pb2.EVENT_KIND_ERROR, job_kind=job_kind, node="error",
+            job_id=job_id,
+            kind=events_pb2.EVENT_KIND_ERROR,
+            job_kind=job_kind,
+            node="error",
             error=events_pb2.JobError(code=14, reason="JOB_FAILED", message=message, retryable=True),
         )
         if await sink.publish_next(event):
-            log.warning("a dead-lettered job ended its stream with ERROR", extra={"job_id": job_id, "seq": event.seq, "error": error[:300]})
+            log.warning(
+                "a dead-lettered job ended its stream with ERROR",
+                extra={"job_id": job_id, "seq": event.seq, "error": error[:300]},
+            )
 
     return on_dead
 
 
 class JobQueue:
-    def __init__(self, redis: redis.asyncio.Redis, kind: str, settings: EventsSettings | None = None, *,
-                 on_dead: Callable[[Job, str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        redis: redis.asyncio.Redis,
+        kind: str,
+        settings: EventsSettings | None = None,
+        *,
+        on_dead: Callable[[Job, str], Awaitable[None]] | None = None,
+    ) -> None:
         if not KIND_RE.match(kind):
-            raise InvalidArgument("invalid job kind", violations=[FieldViolation("kind", "must match [a-z][a-z0-9_-]{0,31}")])
+            raise InvalidArgument(
+                "invalid job kind", violations=[FieldViolation("kind", "must match [a-z][a-z0-9_-]{0,31}")]
+            )
         self.redis = redis
         self.kind = kind
         self.settings = settings or EventsSettings()
@@ -99,7 +127,10 @@ class JobQueue:
         self._visibility_ms = int(self.settings.jobs_visibility_timeout_s * 1000)
         self.on_dead = on_dead
         # one labelled child per outcome, looked up once (a job passes 3-4 of them)
-        self._counted = {outcome: JOBS.labels(kind, outcome) for outcome in ("enqueued", "duplicate", "claimed", "reclaimed", "acked", "failed", "dead")}
+        self._counted = {
+            outcome: JOBS.labels(kind, outcome)
+            for outcome in ("enqueued", "duplicate", "claimed", "reclaimed", "acked", "failed", "dead")
+        }
 
     def _dedupe_key(self, job_id: str) -> str:
         return f"jobs:{{{self.kind}}}:id:{job_id}"
@@ -117,15 +148,23 @@ class JobQueue:
 
     async def enqueue(self, job_id: str, payload: bytes) -> bool:
         if not domain.valid_job_id(job_id):
-            raise InvalidArgument("invalid job id", violations=[FieldViolation("job_id", f"must be {domain.JOB_ID_RULE}")])
+            raise InvalidArgument(
+                "invalid job id", violations=[FieldViolation("job_id", f"must be {domain.JOB_ID_RULE}")]
+            )
         if not isinstance(payload, (bytes, bytearray)) or len(payload) > self.settings.events_max_event_bytes:
             raise InvalidArgument(
                 "invalid job payload",
-                violations=[FieldViolation("payload", f"must be bytes of at most {self.settings.events_max_event_bytes} (ECO2_EVENTS_MAX_EVENT_BYTES)")],
+                violations=[
+                    FieldViolation(
+                        "payload",
+                        f"must be bytes of at most {self.settings.events_max_event_bytes} (ECO2_EVENTS_MAX_EVENT_BYTES)",
+                    )
+                ],
             )
         await self._ensure_group()
         added = await self._enqueue(
-            keys=[self._dedupe_key(job_id), self.stream], args=[job_id, bytes(payload), self.settings.jobs_dedupe_ttl_s * 1000]
+            keys=[self._dedupe_key(job_id), self.stream],
+            args=[job_id, bytes(payload), self.settings.jobs_dedupe_ttl_s * 1000],
         )
         self._counted["enqueued" if added else "duplicate"].inc()
         return bool(added)
@@ -169,8 +208,12 @@ class JobQueue:
         job = Job(job_id, fields[b"p"], attempt, entry_id, consumer)
         if attempt > self.settings.jobs_max_attempts:
             last = await self.redis.hget(self._errors, job_id)
-            reason = f"not acknowledged within {self.settings.jobs_visibility_timeout_s:g} s after {attempt - 1} attempts"
-            await self._dead(job, reason + (f"; last error: {last.decode(errors='replace')}" if last else ""), attempt - 1)
+            reason = (
+                f"not acknowledged within {self.settings.jobs_visibility_timeout_s:g} s after {attempt - 1} attempts"
+            )
+            await self._dead(
+                job, reason + (f"; last error: {last.decode(errors='replace')}" if last else ""), attempt - 1
+            )
             return None
         return job
 
@@ -187,7 +230,9 @@ class JobQueue:
                 try:
                     await self.redis.xclaim(self.stream, GROUP, job.consumer, 0, [job.entry_id], justid=True)
                 except Exception:  # noqa: BLE001 — Valkey hiccup: the next round tries again
-                    log.warning("renewing a job's claim failed", extra={"job_id": job.job_id, "kind": self.kind}, exc_info=True)
+                    log.warning(
+                        "renewing a job's claim failed", extra={"job_id": job.job_id, "kind": self.kind}, exc_info=True
+                    )
 
         renewer = asyncio.create_task(renew(), name=f"renew-{job.job_id}")
         try:
@@ -239,6 +284,7 @@ class JobQueue:
 
 
 # -- what is in the queues ----------------------------------------------------------------
+
 
 @dataclass(slots=True)
 class QueueStats:

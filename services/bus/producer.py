@@ -24,7 +24,9 @@ from eco2.services.runtime.errors import FailedPrecondition, FieldViolation, Inv
 from . import domain, scripts
 from .settings import EventsSettings
 
-PUBLISHED = Counter("eco2_events_published_total", "Events appended by producers in this process, by outcome", ["outcome"])
+PUBLISHED = Counter(
+    "eco2_events_published_total", "Events appended by producers in this process, by outcome", ["outcome"]
+)
 _APPENDED = PUBLISHED.labels("appended")
 _DUPLICATE = PUBLISHED.labels("duplicate")
 _REJECTED = PUBLISHED.labels("rejected")
@@ -42,7 +44,11 @@ def _violations(event: events_pb2.Event, size: int, max_bytes: int, prefix: str 
     if event.kind not in _KINDS:
         violations.append(FieldViolation(prefix + "kind", f"is required; one of {_KIND_NAMES}"))
     if size > max_bytes:
-        violations.append(FieldViolation(prefix + "event", f"serialized size {size} exceeds {max_bytes} bytes (ECO2_EVENTS_MAX_EVENT_BYTES)"))
+        violations.append(
+            FieldViolation(
+                prefix + "event", f"serialized size {size} exceeds {max_bytes} bytes (ECO2_EVENTS_MAX_EVENT_BYTES)"
+            )
+        )
     return violations
 
 
@@ -92,7 +98,9 @@ class EventPublisher:
             raise InvalidArgument("invalid job owner: " + ", ".join(v.field for v in violations), violations=violations)
         key = domain.producer_key(domain.shard_of(job_id, self.settings.events_shards), job_id)
         if not await self._own(keys=[key], args=[user_id, self.settings.events_replay_ttl_s * 1000]):
-            raise FailedPrecondition(f"job {job_id!r} already belongs to another user", reason="JOB_OWNED", metadata={"job_id": job_id})
+            raise FailedPrecondition(
+                f"job {job_id!r} already belongs to another user", reason="JOB_OWNED", metadata={"job_id": job_id}
+            )
 
     async def publish(self, event: events_pb2.Event) -> bool:
         """Append `event`. True when appended; False when this (job_id, seq) was already
@@ -118,7 +126,9 @@ class EventPublisher:
                     return False
                 if exc.reason != "SEQ_NOT_INCREASING":
                     raise
-        raise FailedPrecondition(f"job {event.job_id!r} kept advancing: no seq after {attempts} attempts", reason="SEQ_NOT_INCREASING")
+        raise FailedPrecondition(
+            f"job {event.job_id!r} kept advancing: no seq after {attempts} attempts", reason="SEQ_NOT_INCREASING"
+        )
 
     async def published(self, job_id: str, *, batch: int = 1000) -> list[events_pb2.Event]:
         """The events of `job_id` still in its replay stream, in seq order: what a client
@@ -190,7 +200,12 @@ class EventPublisher:
             data = event.SerializeToString()
             job = event.job_id
             kind = event.kind
-            if not (1 <= event.seq <= domain.MAX_SEQ and kind in _KINDS and len(data) <= max_bytes and domain.valid_job_id(job)):
+            if not (
+                1 <= event.seq <= domain.MAX_SEQ
+                and kind in _KINDS
+                and len(data) <= max_bytes
+                and domain.valid_job_id(job)
+            ):
                 violations += _violations(event, len(data), max_bytes, f"events[{i}]." if many else "")
                 continue
             shard = domain.shard_of(job, shards)
@@ -212,7 +227,9 @@ class EventPublisher:
         if violations:
             raise InvalidArgument("invalid event: " + ", ".join(v.field for v in violations), violations=violations)
         results: list = [None] * len(events)
-        replies = await self._fast.evalsha_many(self._script.sha, scripts.PUBLISH, [(keys, args) for keys, args, _ in groups.values()])
+        replies = await self._fast.evalsha_many(
+            self._script.sha, scripts.PUBLISH, [(keys, args) for keys, args, _ in groups.values()]
+        )
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply

@@ -23,7 +23,9 @@ log = logging.getLogger("eco2.character")
 
 
 class CharacterSettings(RuntimeSettings):
-    character_catalog_channel: str = Field(CATALOG_CHANNEL, min_length=1, description="Valkey Pub/Sub channel announcing catalog changes")
+    character_catalog_channel: str = Field(
+        CATALOG_CHANNEL, min_length=1, description="Valkey Pub/Sub channel announcing catalog changes"
+    )
 
 
 class CharacterApp:
@@ -49,7 +51,9 @@ class CharacterApp:
         if applied and s.redis_url:
             client = create_redis(s.redis_url)
             try:
-                await ValkeyCatalogBroadcast(client, channel=s.character_catalog_channel).publish_changed("migrations " + ",".join(applied))
+                await ValkeyCatalogBroadcast(client, channel=s.character_catalog_channel).publish_changed(
+                    "migrations " + ",".join(applied)
+                )
             finally:
                 await client.aclose()
         return applied

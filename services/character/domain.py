@@ -67,7 +67,9 @@ class RewardDecision:
     reason: str
 
 
-def decide_reward(catalog: Catalog, category: int, rules_found: bool, insufficiencies: list[str] | tuple[str, ...]) -> RewardDecision:
+def decide_reward(
+    catalog: Catalog, category: int, rules_found: bool, insufficiencies: list[str] | tuple[str, ...]
+) -> RewardDecision:
     """The original system's rule: a character only for a complete classification, i.e.
     disposal rules were found and nothing was insufficient; the character is the one of
     the waste category (no reward when the category has no character of its own)."""

@@ -19,7 +19,9 @@ class RewardRepository(Protocol):
         """The answer already given to this key, if any."""
         ...
 
-    async def grant(self, user_id: str, idempotency_key: str, request_sha256: str, source: str, decision: RewardDecision) -> tuple[GrantRecord, bool]:
+    async def grant(
+        self, user_id: str, idempotency_key: str, request_sha256: str, source: str, decision: RewardDecision
+    ) -> tuple[GrantRecord, bool]:
         """Record the decision under the key (adding the ownership when eligible), atomically.
         Returns the stored answer and whether this call created it (False = a concurrent or
         earlier call with the same key answered first)."""

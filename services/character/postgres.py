@@ -56,7 +56,11 @@ class PostgresRewardRepository:
             user_id,
             idempotency_key,
         )
-        return None if row is None else GrantRecord(row["request_sha256"], row["outcome"], row["character_code"], row["reason"])
+        return (
+            None
+            if row is None
+            else GrantRecord(row["request_sha256"], row["outcome"], row["character_code"], row["reason"])
+        )
 
     async def grant(
         self, user_id: str, idempotency_key: str, request_sha256: str, source: str, decision: RewardDecision
@@ -122,5 +126,9 @@ class PostgresRewardRepository:
                 offset,
                 limit,
             )
-            total = rows[0]["total"] if rows else await conn.fetchval("SELECT count(*) FROM character_ownership WHERE user_id = $1", user_id)
+            total = (
+                rows[0]["total"]
+                if rows
+                else await conn.fetchval("SELECT count(*) FROM character_ownership WHERE user_id = $1", user_id)
+            )
         return [Ownership(r["character_code"], r["source"], r["acquired_at"]) for r in rows], total

@@ -56,7 +56,11 @@ class CharacterServicer(character_pb2_grpc.CharacterServiceServicer):
         v.raise_if_invalid()
         proto = self.catalog.snapshot.protos.get(request.code)
         if proto is None:
-            raise NotFound(f"no character with code {request.code!r}", reason="CHARACTER_NOT_FOUND", metadata={"code": request.code})
+            raise NotFound(
+                f"no character with code {request.code!r}",
+                reason="CHARACTER_NOT_FOUND",
+                metadata={"code": request.code},
+            )
         return character_pb2.GetCharacterResponse(character=proto)
 
     async def MatchCharacter(self, request, context):
@@ -69,7 +73,9 @@ class CharacterServicer(character_pb2_grpc.CharacterServiceServicer):
 
     # -- rewards -------------------------------------------------------------------------
     def _reward(self, record: GrantRecord) -> character_pb2.GrantRewardResponse:
-        reward = character_pb2.Reward(outcome=character_pb2.RewardOutcome.Value(f"REWARD_OUTCOME_{record.outcome}"), reason=record.reason)
+        reward = character_pb2.Reward(
+            outcome=character_pb2.RewardOutcome.Value(f"REWARD_OUTCOME_{record.outcome}"), reason=record.reason
+        )
         proto = self.catalog.snapshot.protos.get(record.character_code or "")
         if proto is not None:
             reward.character.CopyFrom(proto)
@@ -79,16 +85,26 @@ class CharacterServicer(character_pb2_grpc.CharacterServiceServicer):
         user_id = caller_id(context)
         v = Validator()
         v.enum("source", request.source, character_pb2.RewardSource)
-        v.check(request.source != character_pb2.REWARD_SOURCE_DEFAULT, "source", "DEFAULT is granted by ListCollection, not requested")
+        v.check(
+            request.source != character_pb2.REWARD_SOURCE_DEFAULT,
+            "source",
+            "DEFAULT is granted by ListCollection, not requested",
+        )
         v.text("idempotency_key", request.idempotency_key, min_len=1, max_len=MAX_KEY, single_line=True)
         if require_set(request, "classification", v):
             c = request.classification
             v.enum("classification.category", c.category, character_pb2.WasteCategory, allow_unspecified=True)
             v.text("classification.major", c.major, max_len=MAX_LABEL, single_line=True)
             v.text("classification.item", c.item, max_len=MAX_LABEL, single_line=True)
-            v.check(math.isfinite(c.confidence) and 0.0 <= c.confidence <= 1.0, "classification.confidence", "must be between 0 and 1")
+            v.check(
+                math.isfinite(c.confidence) and 0.0 <= c.confidence <= 1.0,
+                "classification.confidence",
+                "must be between 0 and 1",
+            )
             for name, values in (("situation_tags", c.situation_tags), ("insufficiencies", c.insufficiencies)):
-                if v.check(len(values) <= MAX_TAGS, f"classification.{name}", f"at most {MAX_TAGS} entries (got {len(values)})"):
+                if v.check(
+                    len(values) <= MAX_TAGS, f"classification.{name}", f"at most {MAX_TAGS} entries (got {len(values)})"
+                ):
                     for i, tag in enumerate(values):
                         v.text(f"classification.{name}[{i}]", tag, min_len=1, max_len=MAX_TAG_CHARS, single_line=True)
         v.raise_if_invalid()
@@ -115,7 +131,11 @@ class CharacterServicer(character_pb2_grpc.CharacterServiceServicer):
         size = page_size(request.page_size, v, default=MAX_PAGE, maximum=MAX_PAGE)
         cursor = decode_token(request.page_token, v)
         offset = cursor.get("o", 0)
-        v.check(isinstance(offset, int) and 0 <= offset <= 1_000_000, "page_token", "is not a page token returned by this API")
+        v.check(
+            isinstance(offset, int) and 0 <= offset <= 1_000_000,
+            "page_token",
+            "is not a page token returned by this API",
+        )
         v.raise_if_invalid()
         snapshot = self.catalog.snapshot
         owned, total = await self.rewards.collection(user_id, snapshot.default.code, offset, size)

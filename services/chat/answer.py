@@ -53,8 +53,10 @@ def _grouped_exceptions(doc: dict) -> list[str]:
     for line in doc["lines"]:
         name, _, dest = line.partition(": ")
         by_dest.setdefault(dest or "배출 방법 별도", []).append(name)
-    return [f"주의 · 이건 {doc['title'].split(':')[0]}{josa(doc['title'].split(':')[0], '으로', '로')} 배출하지 않아요 [{doc['title']}]",
-            *(f"- {dest}: {', '.join(names)}" for dest, names in by_dest.items())]
+    return [
+        f"주의 · 이건 {doc['title'].split(':')[0]}{josa(doc['title'].split(':')[0], '으로', '로')} 배출하지 않아요 [{doc['title']}]",
+        *(f"- {dest}: {', '.join(names)}" for dest, names in by_dest.items()),
+    ]
 
 
 def _lead(f: dict) -> str:
@@ -95,13 +97,19 @@ def waste_lines(ctx: dict) -> list[str]:
     for f in ctx.get("findings") or []:
         if f.get("mentioned"):  # a part the rules only say to remove: where it goes is not in them
             it = f["item"]
-            out.append(f"'{it}'{josa(it, '을', '를')} 따로 배출하는 방법은 분리배출 규정에 나오지 않아요. {f['name']} 규정에는 {it}에 대해 이렇게만 나와 있어요.")
+            out.append(
+                f"'{it}'{josa(it, '을', '를')} 따로 배출하는 방법은 분리배출 규정에 나오지 않아요. {f['name']} 규정에는 {it}에 대해 이렇게만 나와 있어요."
+            )
             for doc in f["steps"]:
                 out += _block("", doc)
-            out.append(f"{it}의 재질(플라스틱, 금속, 종이 등)을 알려주시면 그 규정으로 안내해 드릴게요. 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
+            out.append(
+                f"{it}의 재질(플라스틱, 금속, 종이 등)을 알려주시면 그 규정으로 안내해 드릴게요. 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요."
+            )
             continue
         if f.get("nearest"):  # the fallback chain's retry: the item itself is not in the rules
-            out.append(f"'{f['item']}'{josa(f['item'], '은', '는')} 분리배출 규정에 그대로 나오지 않아요. 가장 가까운 규정은 {f['name']}{josa(f['name'], '이에요', '예요')}. 재질이 맞는지 확인해 주시고, 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요.")
+            out.append(
+                f"'{f['item']}'{josa(f['item'], '은', '는')} 분리배출 규정에 그대로 나오지 않아요. 가장 가까운 규정은 {f['name']}{josa(f['name'], '이에요', '예요')}. 재질이 맞는지 확인해 주시고, 확실하지 않으면 사시는 구청·주민센터에 문의해 주세요."
+            )
         else:
             out.append(_lead(f))
         if f.get("brief"):
@@ -115,7 +123,9 @@ def waste_lines(ctx: dict) -> list[str]:
         for doc in f["exceptions"]:
             out += _grouped_exceptions(doc) if f["category_level"] else _block("주의 ", doc)
         if not f["steps"] and not f["refused"]:
-            out.append(f"{f['name']}{josa(f['name'], '을', '를')} 담는 봉투·용기와 배출 요일은 지자체마다 달라요. 사시는 구청·주민센터 누리집에서 확인해 주세요.")
+            out.append(
+                f"{f['name']}{josa(f['name'], '을', '를')} 담는 봉투·용기와 배출 요일은 지자체마다 달라요. 사시는 구청·주민센터 누리집에서 확인해 주세요."
+            )
     for item in ctx.get("unknown") or []:
         out.append(
             f"'{item}'에 대한 분리배출 규정은 제가 가진 자료(분리배출 규정 18종)에서 찾지 못했어요. 재질(플라스틱, 금속, 종이, 유리 등)을 알려주시면 그 규정으로 안내해 드릴게요."
@@ -124,7 +134,9 @@ def waste_lines(ctx: dict) -> list[str]:
     local = ctx.get("local")
     if local:
         region = f"{ctx['region']}의 " if ctx.get("region") else ""
-        out.append(f"{region}{local['what']}{josa(local['what'], '은', '는')} 지역마다 달라서 제가 가진 자료에는 없어요. {local['where']}에서 확인해 주세요.")
+        out.append(
+            f"{region}{local['what']}{josa(local['what'], '은', '는')} 지역마다 달라서 제가 가진 자료에는 없어요. {local['where']}에서 확인해 주세요."
+        )
     return out
 
 
@@ -133,16 +145,26 @@ def _vision(v: dict) -> list[str]:
     if not v:
         return []
     if not v.get("configured"):
-        return ["사진 인식에는 비전 모델 설정이 필요한데, 지금은 설정되어 있지 않아 사진을 볼 수 없어요. 어떤 물건인지 글로 설명해 주시겠어요? (예: \"투명 페트병\", \"건전지\")"]
+        return [
+            '사진 인식에는 비전 모델 설정이 필요한데, 지금은 설정되어 있지 않아 사진을 볼 수 없어요. 어떤 물건인지 글로 설명해 주시겠어요? (예: "투명 페트병", "건전지")'
+        ]
     if v.get("failed"):
         return ["사진을 분석하지 못해서 보내주신 글을 바탕으로 답할게요."]
-    what = v["item"] + (f", 분류: {v['category_name']}" if v.get("category_name") else "") + f", 확신도 {v['confidence']:.0%}"
+    what = (
+        v["item"]
+        + (f", 분류: {v['category_name']}" if v.get("category_name") else "")
+        + f", 확신도 {v['confidence']:.0%}"
+    )
     if v.get("unsure"):
-        out = [f"사진만으로는 확실하지 않아요 (추정: {what}). 이 물건이 맞는지 확인해 주시고, 아니라면 어떤 물건인지 알려주세요."]
+        out = [
+            f"사진만으로는 확실하지 않아요 (추정: {what}). 이 물건이 맞는지 확인해 주시고, 아니라면 어떤 물건인지 알려주세요."
+        ]
     else:
         out = [f"사진 속 물건: {what}"]
     if v.get("situation_tags"):
-        out.append("사진에서 보이는 상태: " + ", ".join(t.replace("_OR", "/").replace("_", " ") for t in v["situation_tags"]))
+        out.append(
+            "사진에서 보이는 상태: " + ", ".join(t.replace("_OR", "/").replace("_", " ") for t in v["situation_tags"])
+        )
     return out
 
 
@@ -152,7 +174,9 @@ CLARIFY = "어떤 물건인지 알려주시겠어요? 물건 이름(예: 투명 
 def compose(g: Grounding) -> str:
     c = g.contexts
     parts: list[str] = _vision(c.get("vision_context") or {})
-    if g.clarify and "waste" not in g.intents:  # the waste branch asks what the item is itself (waste_lines); other parts are answered
+    if (
+        g.clarify and "waste" not in g.intents
+    ):  # the waste branch asks what the item is itself (waste_lines); other parts are answered
         return "\n".join([*parts, CLARIFY])
     language = c.get("language_context") or {}
     if language.get("language") == "en":
@@ -165,18 +189,28 @@ def compose(g: Grounding) -> str:
         elif intent == "character" and c.get("character_context"):
             ch = c["character_context"]
             if ch.get("cast"):
-                parts.append(f"Eco² 캐릭터는 모두 {len(ch['cast'])}종이에요: " + ", ".join(f"{x['name']}({x['match_label']})" for x in ch["cast"]) + ".")
+                parts.append(
+                    f"Eco² 캐릭터는 모두 {len(ch['cast'])}종이에요: "
+                    + ", ".join(f"{x['name']}({x['match_label']})" for x in ch["cast"])
+                    + "."
+                )
             else:
                 label = ch.get("match_label", "")
                 what = f"{label} 담당 캐릭터예요" if label and label != "대표 캐릭터" else "Eco²의 대표 캐릭터예요"
-                parts.append(f"{ch['name']}{josa(ch['name'], '은', '는')} {what}." + (f" {ch['description']}" if ch.get("description") else ""))
+                parts.append(
+                    f"{ch['name']}{josa(ch['name'], '은', '는')} {what}."
+                    + (f" {ch['description']}" if ch.get("description") else "")
+                )
         elif intent in ("collection_point", "location"):
             ctx = c.get(f"{intent}_context") or {}
             places = ctx.get("places") or []
             label = "가까운 수거함" if intent == "collection_point" else "가까운 재활용 장소"
             if places:
                 parts.append(f"{label}이에요:")
-                parts.extend(f"{i}. {p['name']} ({p.get('distance_text', '')}) {p.get('address', '')}".rstrip() for i, p in enumerate(places, 1))
+                parts.extend(
+                    f"{i}. {p['name']} ({p.get('distance_text', '')}) {p.get('address', '')}".rstrip()
+                    for i, p in enumerate(places, 1)
+                )
             elif ctx.get("declined"):
                 parts.append(f"위치를 알려주지 않으셔서 {label}은 찾지 못했어요.")
             elif ctx.get("unavailable"):
@@ -187,7 +221,9 @@ def compose(g: Grounding) -> str:
             items = (c.get("price_context") or {}).get("items") or []
             if items:
                 info = (c.get("price_context") or {}).get("survey", {})
-                parts.append(f"재활용품 시세 ({info.get('source', '한국환경공단')} {info.get('date', '')}, {info.get('unit', '원/kg')}):")
+                parts.append(
+                    f"재활용품 시세 ({info.get('source', '한국환경공단')} {info.get('date', '')}, {info.get('unit', '원/kg')}):"
+                )
                 kg = (c.get("price_context") or {}).get("kg") or 0
                 for it in items:
                     worth = f" → {kg:g}kg이면 약 {round(it['price'] * kg):,}원" if kg and it["price"] else ""
@@ -195,7 +231,9 @@ def compose(g: Grounding) -> str:
                 if kg:
                     parts.append("조사 지역의 평균 시세라서 실제 매입가는 업체마다 달라요.")
             else:
-                parts.append("말씀하신 품목의 시세 정보는 가격 조사표에 없어요. 신문지, 골판지, 페트, 캔, 유리병처럼 품목을 알려주세요.")
+                parts.append(
+                    "말씀하신 품목의 시세 정보는 가격 조사표에 없어요. 신문지, 골판지, 페트, 캔, 유리병처럼 품목을 알려주세요."
+                )
         elif intent == "bulk_waste":  # fees (or why there are none) first, then the general rule
             from .bulk_waste import answer_lines
 
@@ -219,7 +257,9 @@ def compose(g: Grounding) -> str:
             else:
                 parts.append("요청하신 정보를 가져오지 못했어요.")
     ch = c.get("character_context")
-    if ch and "waste" in g.intents and "character" not in g.intents and c.get("disposal_rules") and not g.unsure:  # attached by nodes.waste
+    if (
+        ch and "waste" in g.intents and "character" not in g.intents and c.get("disposal_rules") and not g.unsure
+    ):  # attached by nodes.waste
         label = ch.get("match_label") or ch.get("description")
         parts.append(f"이 품목을 맡은 Eco² 캐릭터: {ch['name']}" + (f" ({label})" if label else ""))
     if c.get("weather_context", {}).get("tip") and "weather" not in g.intents:
@@ -237,13 +277,19 @@ def _english(language: dict, c: dict, question: str = "") -> list[str]:
     from .english import asks_disposal, category
 
     if not language.get("understood") and asks_disposal(question):  # an item the vocabulary does not know
-        return ["I could not find that item in the Korean disposal rules I answer from (18 rule files), so I cannot say how to throw it away."
-                " Please tell me what it is made of (plastic, metal, paper, glass ...) or ask in Korean; your district office (구청·주민센터) has the local rules."]
+        return [
+            "I could not find that item in the Korean disposal rules I answer from (18 rule files), so I cannot say how to throw it away."
+            " Please tell me what it is made of (plastic, metal, paper, glass ...) or ask in Korean; your district office (구청·주민센터) has the local rules."
+        ]
     if not language.get("understood"):
-        return ["Sorry, I can only answer questions about recycling and waste disposal in Korea, and I could not tell which item you mean."
-                " Please name the item (for example \"glass bottle\", \"battery\", \"milk carton\") or ask in Korean."]
+        return [
+            "Sorry, I can only answer questions about recycling and waste disposal in Korea, and I could not tell which item you mean."
+            ' Please name the item (for example "glass bottle", "battery", "milk carton") or ask in Korean.'
+        ]
     terms = ", ".join(f"{en} = {ko}" for en, ko in language.get("terms") or [])
-    out = [f"I answer from Korea's official disposal rules, which are in Korean, so the rules below are quoted in Korean ({terms})."]
+    out = [
+        f"I answer from Korea's official disposal rules, which are in Korean, so the rules below are quoted in Korean ({terms})."
+    ]
     for f in (c.get("waste_answers") or {}).get("findings") or []:
         dest = (f.get("dest_files") or [f["file"]])[0]
         where = category(dest) or category(f["file"])

@@ -87,7 +87,12 @@ class ChatApp:
         if s.migrate_on_start:
             await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-chat")
-        self.pg = AsyncConnectionPool(s.database_url, max_size=s.chat_pg_pool_max, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+        self.pg = AsyncConnectionPool(
+            s.database_url,
+            max_size=s.chat_pg_pool_max,
+            open=False,
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+        )
         await self.pg.open(wait=True, timeout=30)
         saver = AsyncPostgresSaver(self.pg, serde=checkpoint_serializer())
         self.redis = create_redis(s.redis_url)
@@ -98,14 +103,23 @@ class ChatApp:
         store = ConversationStore(self.pool)
         queue = JobQueue(self.redis, s.chat_job_kind, s, on_dead=end_dead_job(sink, store))
         llm = create_llm(
-            s.chat_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
-            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s, compose=compose,
+            s.chat_model,
+            openai_api_key=s.openai_api_key,
+            openai_base_url=s.openai_base_url,
+            gemini_api_key=s.gemini_api_key,
+            gemini_base_url=s.gemini_base_url,
+            timeout_s=s.chat_model_timeout_s,
+            compose=compose,
         )
         if hasattr(llm, "aclose"):
             self.closers.append(llm)
         image_model = create_image_model(
-            s.chat_image_model, openai_api_key=s.openai_api_key, openai_base_url=s.openai_base_url, gemini_api_key=s.gemini_api_key,
-            gemini_base_url=s.gemini_base_url, timeout_s=s.chat_model_timeout_s,
+            s.chat_image_model,
+            openai_api_key=s.openai_api_key,
+            openai_base_url=s.openai_base_url,
+            gemini_api_key=s.gemini_api_key,
+            gemini_base_url=s.gemini_base_url,
+            timeout_s=s.chat_model_timeout_s,
         )
         if image_model is not None and hasattr(image_model, "aclose"):
             self.closers.append(image_model)
@@ -115,25 +129,52 @@ class ChatApp:
         self.closers += [x for x in (weather, search) if x is not None]
         bulk = None
         if s.bulk_waste_api_key and s.bulk_waste_base_url:
-            bulk = DataGoKrBulkWasteFees(s.bulk_waste_base_url, s.bulk_waste_api_key, timeout_s=s.bulk_waste_timeout_s, rows=s.bulk_waste_rows, max_results=s.bulk_waste_max_results)
+            bulk = DataGoKrBulkWasteFees(
+                s.bulk_waste_base_url,
+                s.bulk_waste_api_key,
+                timeout_s=s.bulk_waste_timeout_s,
+                rows=s.bulk_waste_rows,
+                max_results=s.bulk_waste_max_results,
+            )
             self.closers.append(bulk)
         # Every model call the graph makes goes through the metered port (metrics.py).
         llm = MeteredLLM(llm)
         deps = ChatDeps(
-            kb=kb.load(), llm=llm, policy=PolicyRunner(), places=GrpcPlaces(self._channel("location")), characters=characters,
-            weather=weather, web_search=search, search_radius_m=s.chat_search_radius_m, places_limit=s.chat_places_limit,
-            summary_threshold_tokens=s.chat_summary_threshold_tokens, images=images, image_model=image_model,
+            kb=kb.load(),
+            llm=llm,
+            policy=PolicyRunner(),
+            places=GrpcPlaces(self._channel("location")),
+            characters=characters,
+            weather=weather,
+            web_search=search,
+            search_radius_m=s.chat_search_radius_m,
+            places_limit=s.chat_places_limit,
+            summary_threshold_tokens=s.chat_summary_threshold_tokens,
+            images=images,
+            image_model=image_model,
             photos=GrpcScan(self._channel("scan"), timeout_s=POLICIES["vision"].timeout_s),
-            media=media.MediaLimits(s.chat_vision_min_confidence, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes),
+            media=media.MediaLimits(
+                s.chat_vision_min_confidence, s.chat_image_size, s.chat_image_prompt_max_chars, s.chat_image_max_bytes
+            ),
         )
         deps.bulk_waste, deps.bulk_waste_tool_iterations = bulk, s.chat_bulk_waste_tool_iterations
         deps.intent_mode, deps.intent_timeout_s = s.chat_intent_mode, s.chat_intent_timeout_s
         graph = build_graph().compile(checkpointer=saver)
-        self.workers = ChatWorkers(queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s, outbox=outbox)
+        self.workers = ChatWorkers(
+            queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s, outbox=outbox
+        )
         self.workers.start()
         servicer = ChatServicer(
-            store=store, queue=queue, sink=sink, redis=self.redis, images=images, events_channel=self._channel("events"), settings=s, outbox=outbox,
-            job_identities=JobIdentities(self._channel("auth")), graph=graph,
+            store=store,
+            queue=queue,
+            sink=sink,
+            redis=self.redis,
+            images=images,
+            events_channel=self._channel("events"),
+            settings=s,
+            outbox=outbox,
+            job_identities=JobIdentities(self._channel("auth")),
+            graph=graph,
         )
         chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
 

@@ -29,7 +29,11 @@ async def _chat(addr: str, auth_addr: str, question: str, user: str, near: locat
         request = chat_pb2.StreamChatRequest(message=question, location=near)
         try:
             async for e in stub.StreamChat(request, metadata=((IDENTITY_KEY, identity),)):
-                if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_STARTED and e.stage_info.message:
+                if (
+                    e.kind == events_pb2.EVENT_KIND_STAGE
+                    and e.stage_info.phase == events_pb2.STAGE_PHASE_STARTED
+                    and e.stage_info.message
+                ):
                     print(f"· {e.stage_info.message}", file=sys.stderr)
                 elif e.kind == events_pb2.EVENT_KIND_TOKEN:
                     print(e.delta, end="", flush=True)

@@ -16,14 +16,24 @@ from eco2.events.v1 import events_pb2
 from .outbox import EventOutbox, raise_for
 
 STAGE_OF = {
-    "summarize": events_pb2.STAGE_SUMMARIZE, "intent": events_pb2.STAGE_INTENT, "vision": events_pb2.STAGE_VISION,
-    "router": events_pb2.STAGE_ROUTER, "aggregator": events_pb2.STAGE_AGGREGATE, "answer": events_pb2.STAGE_ANSWER,
+    "summarize": events_pb2.STAGE_SUMMARIZE,
+    "intent": events_pb2.STAGE_INTENT,
+    "vision": events_pb2.STAGE_VISION,
+    "router": events_pb2.STAGE_ROUTER,
+    "aggregator": events_pb2.STAGE_AGGREGATE,
+    "answer": events_pb2.STAGE_ANSWER,
     "evaluate": events_pb2.STAGE_EVALUATE,
 }
 STAGE_MESSAGES = {
-    "intent": "질문을 이해하고 있어요", "router": "필요한 정보를 모으고 있어요", "waste_rag": "분리배출 규정을 찾고 있어요",
-    "collection_point": "가까운 수거함을 찾고 있어요", "location": "가까운 재활용 장소를 찾고 있어요", "answer": "답변을 쓰고 있어요",
-    "evaluate": "답변을 점검하고 있어요", "aggregator": "모은 정보를 정리하고 있어요", "summarize": "지난 대화를 요약하고 있어요",
+    "intent": "질문을 이해하고 있어요",
+    "router": "필요한 정보를 모으고 있어요",
+    "waste_rag": "분리배출 규정을 찾고 있어요",
+    "collection_point": "가까운 수거함을 찾고 있어요",
+    "location": "가까운 재활용 장소를 찾고 있어요",
+    "answer": "답변을 쓰고 있어요",
+    "evaluate": "답변을 점검하고 있어요",
+    "aggregator": "모은 정보를 정리하고 있어요",
+    "summarize": "지난 대화를 요약하고 있어요",
 }
 
 
@@ -32,7 +42,16 @@ class Emitter:
     (outbox.py), which publishes them in coalesced batches in the same order. `emit` does not wait
     for the network; `drain()` does (before a node's update is checkpointed, and before DONE)."""
 
-    def __init__(self, sink, job_id: str, base_seq: int, *, traceparent: str = "", tokens_per_event: int = 1, outbox: EventOutbox | None = None) -> None:
+    def __init__(
+        self,
+        sink,
+        job_id: str,
+        base_seq: int,
+        *,
+        traceparent: str = "",
+        tokens_per_event: int = 1,
+        outbox: EventOutbox | None = None,
+    ) -> None:
         self.sink, self.job_id, self.seq, self.traceparent = sink, job_id, base_seq, traceparent
         self.tokens_per_event = tokens_per_event
         self.outbox = outbox if outbox is not None else EventOutbox(sink)
@@ -44,7 +63,17 @@ class Emitter:
         if self._batch is not None and self._batch.done():
             raise_for(self.job_id, self._batch)
         self.seq += 1
-        event = events_pb2.Event(job_id=self.job_id, seq=self.seq, kind=kind, job_kind=events_pb2.JOB_KIND_CHAT, stage=stage, node=node, delta=delta, traceparent=self.traceparent, **payload)
+        event = events_pb2.Event(
+            job_id=self.job_id,
+            seq=self.seq,
+            kind=kind,
+            job_kind=events_pb2.JOB_KIND_CHAT,
+            stage=stage,
+            node=node,
+            delta=delta,
+            traceparent=self.traceparent,
+            **payload,
+        )
         self._batch = self.outbox.submit(event)
         return self.seq
 
@@ -66,10 +95,17 @@ class Emitter:
         info = events_pb2.StageInfo(phase=phase, message=message or STAGE_MESSAGES.get(node, ""))
         if elapsed_s is not None:
             info.elapsed.CopyFrom(duration_pb2.Duration(seconds=int(elapsed_s), nanos=int((elapsed_s % 1) * 1e9)))
-        await self.emit(events_pb2.EVENT_KIND_STAGE, stage=STAGE_OF.get(node, events_pb2.STAGE_SUBAGENT), node=node, stage_info=info)
+        await self.emit(
+            events_pb2.EVENT_KIND_STAGE, stage=STAGE_OF.get(node, events_pb2.STAGE_SUBAGENT), node=node, stage_info=info
+        )
 
     async def tool(self, node: str, name: str, call_id: str, phase: int, *, message: str = "") -> None:
-        await self.emit(events_pb2.EVENT_KIND_TOOL, stage=STAGE_OF.get(node, events_pb2.STAGE_SUBAGENT), node=node, tool=events_pb2.ToolCall(name=name, call_id=call_id, phase=phase, message=message))
+        await self.emit(
+            events_pb2.EVENT_KIND_TOOL,
+            stage=STAGE_OF.get(node, events_pb2.STAGE_SUBAGENT),
+            node=node,
+            tool=events_pb2.ToolCall(name=name, call_id=call_id, phase=phase, message=message),
+        )
 
 
 async def publish_tolerant(sink, event: events_pb2.Event) -> bool:
@@ -84,11 +120,19 @@ async def publish_tolerant(sink, event: events_pb2.Event) -> bool:
         raise
 
 
-async def publish_queued(sink, job_id: str, owner: str, outbox: EventOutbox | None = None, *, traceparent: str = "") -> None:
+async def publish_queued(
+    sink, job_id: str, owner: str, outbox: EventOutbox | None = None, *, traceparent: str = ""
+) -> None:
     """The job's owner, then its first event (QUEUED): from then on the job streams to `owner` only."""
     await sink.set_owner(job_id, owner)
     event = events_pb2.Event(
-        job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_CHAT, stage=events_pb2.STAGE_QUEUED, node="queue", traceparent=traceparent,
+        job_id=job_id,
+        seq=1,
+        kind=events_pb2.EVENT_KIND_STAGE,
+        job_kind=events_pb2.JOB_KIND_CHAT,
+        stage=events_pb2.STAGE_QUEUED,
+        node="queue",
+        traceparent=traceparent,
         stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="질문을 받았어요"),
     )
     event.time.FromNanoseconds(time.time_ns())

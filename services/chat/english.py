@@ -48,8 +48,14 @@ def translate(text: str) -> Translation:
         return Translation("", ())
     kos = [ko for *_, ko in terms]
     yes_no = re.match(r"(is|are|can|does|do|should)\b", low) is not None
-    words = [ko + ("로" if ko in DESTINATIONS and ko != "재활용" and yes_no and asks and asks[0][3] == "버려도 돼?" else "") for ko in kos if ko != "재활용"]
-    words = [w for w in words if w not in REQUESTS] + [w for w in words if w in REQUESTS]  # the items first, then what is asked of them
+    words = [
+        ko + ("로" if ko in DESTINATIONS and ko != "재활용" and yes_no and asks and asks[0][3] == "버려도 돼?" else "")
+        for ko in kos
+        if ko != "재활용"
+    ]
+    words = [w for w in words if w not in REQUESTS] + [
+        w for w in words if w in REQUESTS
+    ]  # the items first, then what is asked of them
     if "재활용" in kos and yes_no:
         ask = "재활용 돼?"
     elif yes_no and any(ko in DESTINATIONS for ko in kos):
@@ -57,7 +63,11 @@ def translate(text: str) -> Translation:
     elif asks:
         ask = asks[0][3]
     else:
-        ask = "" if any(ko in ("시세", "얼마", "날씨", "수수료", "과태료", "전화번호", "수거 요일") for ko in kos) else "어떻게 버려?"
+        ask = (
+            ""
+            if any(ko in ("시세", "얼마", "날씨", "수수료", "과태료", "전화번호", "수거 요일") for ko in kos)
+            else "어떻게 버려?"
+        )
     return Translation(" ".join([*dict.fromkeys(words), ask]).strip(), tuple((en, ko) for _, _, en, ko in terms))
 
 
@@ -68,7 +78,11 @@ REQUESTS = frozenset({"시세", "근처", "수수료", "스티커", "날씨", "�
 def asks_disposal(text: str) -> bool:
     """The English question asks how or where to throw something away (english.yaml asks), even
     when it names no item the vocabulary knows ("where do I throw away cooking oil?")."""
-    return bool(_find(" ".join(text.lower().split()), {k: v for k, v in vocabulary()["asks"].items() if "버려" in str(v)}))
+    return bool(
+        _find(" ".join(text.lower().split()), {k: v for k, v in vocabulary()["asks"].items() if "버려" in str(v)})
+    )
+
+
 #: Korean words of english.yaml that name where an item goes ("Is it food waste?").
 DESTINATIONS = frozenset({"음식물", "일반쓰레기", "재활용", "플라스틱", "종이", "유리병", "캔", "비닐"})
 

@@ -32,9 +32,16 @@ from .nodes.waste import waste_rag
 from .state import ChatState
 
 SUBAGENTS = {
-    "waste_rag": waste_rag, "character": character, "location": places_node("location"), "collection_point": places_node("collection_point"),
-    "bulk_waste": bulk_waste, "recyclable_price": recyclable_price, "weather": weather, "web_search": web_search,
-    "image_generation": image_generation, "general": general,
+    "waste_rag": waste_rag,
+    "character": character,
+    "location": places_node("location"),
+    "collection_point": places_node("collection_point"),
+    "bulk_waste": bulk_waste,
+    "recyclable_price": recyclable_price,
+    "weather": weather,
+    "web_search": web_search,
+    "image_generation": image_generation,
+    "general": general,
 }
 
 

@@ -29,16 +29,34 @@ from .ports import Character, Place, Sight, VisionFailed
 def place_of(hit: location_pb2.PlaceHit) -> Place:
     p = hit.place
     return Place(
-        id=p.id, name=p.name, address=p.address, road_address=p.road_address, phone=p.phone, latitude=p.location.latitude, longitude=p.location.longitude,
-        store_category=p.store_category, pickup_categories=list(p.pickup_categories), source=p.source, opening_hours=p.opening_hours, url=p.url,
-        updated_at=p.updated_at.ToJsonString() if p.HasField("updated_at") else "", distance_m=hit.distance_m, distance_text=hit.distance_text,
+        id=p.id,
+        name=p.name,
+        address=p.address,
+        road_address=p.road_address,
+        phone=p.phone,
+        latitude=p.location.latitude,
+        longitude=p.location.longitude,
+        store_category=p.store_category,
+        pickup_categories=list(p.pickup_categories),
+        source=p.source,
+        opening_hours=p.opening_hours,
+        url=p.url,
+        updated_at=p.updated_at.ToJsonString() if p.HasField("updated_at") else "",
+        distance_m=hit.distance_m,
+        distance_text=hit.distance_text,
     )
 
 
 def character_of(c: character_pb2.Character) -> Character:
     return Character(
-        code=c.code, name=c.name, aliases=list(c.aliases), category=c.category, match_label=c.match_label, image_code=c.image_code,
-        description=c.description, is_default=c.is_default,
+        code=c.code,
+        name=c.name,
+        aliases=list(c.aliases),
+        category=c.category,
+        match_label=c.match_label,
+        image_code=c.image_code,
+        description=c.description,
+        is_default=c.is_default,
     )
 
 
@@ -46,8 +64,12 @@ class GrpcPlaces:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.stub = location_pb2_grpc.LocationServiceStub(channel)
 
-    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[Place]:
-        request = location_pb2.SearchNearbyRequest(center=location_pb2.GeoPoint(latitude=latitude, longitude=longitude), radius_m=radius_m, limit=limit)
+    async def nearby(
+        self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool
+    ) -> list[Place]:
+        request = location_pb2.SearchNearbyRequest(
+            center=location_pb2.GeoPoint(latitude=latitude, longitude=longitude), radius_m=radius_m, limit=limit
+        )
         if collection_points:
             request.pickup_categories.extend(v for k, v in location_pb2.PickupCategory.items() if v != 0)
         reply = await self.stub.SearchNearby(request)
@@ -124,7 +146,9 @@ class GrpcImages:
         if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
             return NotFound(f"no image {image_key!r}", reason="IMAGE_NOT_FOUND", metadata={"image_key": image_key})
         if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-            return PermissionDenied("the image belongs to another user", reason="IMAGE_NOT_OWNED", metadata={"image_key": image_key})
+            return PermissionDenied(
+                "the image belongs to another user", reason="IMAGE_NOT_OWNED", metadata={"image_key": image_key}
+            )
         return Unavailable("the image service is unavailable", reason="IMAGES_UNAVAILABLE", retry_after_s=1.0)
 
     async def check_owned(self, image_key: str) -> None:
@@ -143,7 +167,11 @@ class GrpcImages:
                 got += len(message.chunk)
                 if got > max_bytes or message.image.size_bytes > max_bytes:
                     call.cancel()
-                    raise ResourceExhausted(f"image {image_key!r} is larger than {max_bytes} bytes", reason="IMAGE_TOO_LARGE", metadata={"limit_bytes": str(max_bytes)})
+                    raise ResourceExhausted(
+                        f"image {image_key!r} is larger than {max_bytes} bytes",
+                        reason="IMAGE_TOO_LARGE",
+                        metadata={"limit_bytes": str(max_bytes)},
+                    )
                 chunks.append(message.chunk)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, image_key) from None
@@ -153,7 +181,11 @@ class GrpcImages:
         step = self.chunk_bytes
 
         async def parts():
-            yield images_pb2.UploadRequest(metadata=images_pb2.UploadMetadata(channel=images_pb2.IMAGE_CHANNEL_GENERATED, content_type=content_type, filename=filename))
+            yield images_pb2.UploadRequest(
+                metadata=images_pb2.UploadMetadata(
+                    channel=images_pb2.IMAGE_CHANNEL_GENERATED, content_type=content_type, filename=filename
+                )
+            )
             for i in range(0, len(data), step):
                 yield images_pb2.UploadRequest(chunk=data[i : i + step])
 
@@ -161,8 +193,12 @@ class GrpcImages:
             reply = await self.stub.Upload(parts())
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                raise InvalidArgument(f"ImageService refused the generated image: {exc.details()}", reason="GENERATED_IMAGE_REFUSED") from None
-            raise Unavailable("the image service is unavailable", reason="IMAGES_UNAVAILABLE", retry_after_s=1.0) from None
+                raise InvalidArgument(
+                    f"ImageService refused the generated image: {exc.details()}", reason="GENERATED_IMAGE_REFUSED"
+                ) from None
+            raise Unavailable(
+                "the image service is unavailable", reason="IMAGES_UNAVAILABLE", retry_after_s=1.0
+            ) from None
         return reply.image.key
 
 
@@ -186,8 +222,13 @@ class GrpcScan:
         if not reply.configured:
             return None
         c = reply.classification
-        return Sight(item=c.item, rule_file=RULE_OF_CATEGORY.get(c.category, ""), confidence=round(c.confidence, 3),
-                     situation_tags=list(c.situation_tags), model=reply.vision_model)
+        return Sight(
+            item=c.item,
+            rule_file=RULE_OF_CATEGORY.get(c.category, ""),
+            confidence=round(c.confidence, 3),
+            situation_tags=list(c.situation_tags),
+            model=reply.vision_model,
+        )
 
     @staticmethod
     def _error(exc: grpc.aio.AioRpcError, image_key: str) -> Exception:

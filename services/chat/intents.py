@@ -27,9 +27,32 @@ from eco2.services.llm.ports import LLM, LLMError, Message
 from . import bulk_waste as BW
 from . import question as Q
 
-WASTE, CHARACTER, LOCATION, BULK_WASTE, RECYCLABLE_PRICE = "waste", "character", "location", "bulk_waste", "recyclable_price"
-COLLECTION_POINT, WEATHER, IMAGE_GENERATION, WEB_SEARCH, GENERAL = "collection_point", "weather", "image_generation", "web_search", "general"
-ALL_INTENTS = (WASTE, CHARACTER, LOCATION, BULK_WASTE, RECYCLABLE_PRICE, COLLECTION_POINT, WEATHER, IMAGE_GENERATION, WEB_SEARCH, GENERAL)
+WASTE, CHARACTER, LOCATION, BULK_WASTE, RECYCLABLE_PRICE = (
+    "waste",
+    "character",
+    "location",
+    "bulk_waste",
+    "recyclable_price",
+)
+COLLECTION_POINT, WEATHER, IMAGE_GENERATION, WEB_SEARCH, GENERAL = (
+    "collection_point",
+    "weather",
+    "image_generation",
+    "web_search",
+    "general",
+)
+ALL_INTENTS = (
+    WASTE,
+    CHARACTER,
+    LOCATION,
+    BULK_WASTE,
+    RECYCLABLE_PRICE,
+    COLLECTION_POINT,
+    WEATHER,
+    IMAGE_GENERATION,
+    WEB_SEARCH,
+    GENERAL,
+)
 
 #: Words that name a tool's request (nouns and verb lemmas of the analyser).
 IMAGE_WORDS = frozenset({"그림", "그리다", "일러스트"})
@@ -61,11 +84,52 @@ def clauses(message: str) -> list[str]:
 
 
 #: Predicates that say nothing of their own: a message with only these and an item asks about the item.
-LIGHT_PREDICATES = frozenset({
-    "이다", "하다", "되다", "있다", "없다", "맞다", "아니다", "괜찮다", "가능하다", "어떻다", "어떡하다", "알리다", "주다", "궁금하다", "모르다",
-    "싶다", "보다", "알다", "좋다", "나오다", "생기다", "쓰다", "남다", "깨지다", "오다", "사다", "받다", "같다", "안되다", "어딨다",
-    "많다", "쌓이다", "모이다", "떨어지다", "붙다", "묻다", "고장나다", "망가지다", "찢어지다", "교체하다", "바꾸다", "다쓰다",
-})
+LIGHT_PREDICATES = frozenset(
+    {
+        "이다",
+        "하다",
+        "되다",
+        "있다",
+        "없다",
+        "맞다",
+        "아니다",
+        "괜찮다",
+        "가능하다",
+        "어떻다",
+        "어떡하다",
+        "알리다",
+        "주다",
+        "궁금하다",
+        "모르다",
+        "싶다",
+        "보다",
+        "알다",
+        "좋다",
+        "나오다",
+        "생기다",
+        "쓰다",
+        "남다",
+        "깨지다",
+        "오다",
+        "사다",
+        "받다",
+        "같다",
+        "안되다",
+        "어딨다",
+        "많다",
+        "쌓이다",
+        "모이다",
+        "떨어지다",
+        "붙다",
+        "묻다",
+        "고장나다",
+        "망가지다",
+        "찢어지다",
+        "교체하다",
+        "바꾸다",
+        "다쓰다",
+    }
+)
 
 
 def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
@@ -91,41 +155,82 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     if not image and ("캐릭터" in nouns or characters):
         found[CHARACTER] = at("캐릭터", *characters)
     if part.place:
-        found[part.place] = at("근처", "주변", "어디", "가깝다", *(t.form for t in a.tokens if "수거" in t.form or "센터" in t.form))
+        found[part.place] = at(
+            "근처", "주변", "어디", "가깝다", *(t.form for t in a.tokens if "수거" in t.form or "센터" in t.form)
+        )
     bulk_item = _bulk_item(part)
     furniture = bool(bulk_item) and all(h.rule.file in BULK_FILES for h in kb.search(bulk_item, limit=1))
     # a sticker is the fee's sticker unless it is on another item ("택배 스티커 떼야 돼?", "병 스티커")
-    on_item = part.mentions("스티커") and not part.mentions(*(w for w in FEE_WORDS if w != "스티커")) and any(
-        hits and not any(h.rule.file in BULK_FILES for h in hits) for hits in (kb.search(i, limit=1) for i in part.items if i != "스티커"))
+    on_item = (
+        part.mentions("스티커")
+        and not part.mentions(*(w for w in FEE_WORDS if w != "스티커"))
+        and any(
+            hits and not any(h.rule.file in BULK_FILES for h in hits)
+            for hits in (kb.search(i, limit=1) for i in part.items if i != "스티커")
+        )
+    )
     fee = part.mentions(*FEE_WORDS) and not on_item or furniture and bool(nouns & {"얼마", "가격", "값"})
     if fee or furniture and (part.disposal or part.wh or not found):
-        found[BULK_WASTE] = min(at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text))
-    sells = part.has("팔다", "매입하다") or bool(nouns & (PRICE_WORDS - ({"고물상"} if part.place else set())))  # "근처 고물상 어디": the place, no price
+        found[BULK_WASTE] = min(
+            at(*FEE_WORDS, bulk_item), max(0, part.text.find(bulk_item)) if bulk_item else len(a.text)
+        )
+    sells = part.has("팔다", "매입하다") or bool(
+        nouns & (PRICE_WORDS - ({"고물상"} if part.place else set()))
+    )  # "근처 고물상 어디": the place, no price
     priced = kb.search_prices(part.text)
     # a market word with an item asks a price even when the survey lacks it ("구리 시세"): the
     # price branch then says so; "얼마" or "가격" alone asks one only of the survey's items
     market = part.has("팔다", "매입하다") or bool(nouns & MARKET_WORDS)
-    if sells and part.local != "bag_price" and BULK_WASTE not in found and (priced or part.mentions("재활용품") or market and bool(part.items)):
+    if (
+        sells
+        and part.local != "bag_price"
+        and BULK_WASTE not in found
+        and (priced or part.mentions("재활용품") or market and bool(part.items))
+    ):
         found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
-    elif sells and part.local != "bag_price" and priced:  # "소파 버리려면 얼마야?" asks a fee; a priced item beside it still asks its price
+    elif (
+        sells and part.local != "bag_price" and priced
+    ):  # "소파 버리려면 얼마야?" asks a fee; a priced item beside it still asks its price
         found[RECYCLABLE_PRICE] = at(*PRICE_WORDS, "팔다")
     hits = sorted(found, key=found.get)
     tools_only = bool(hits) and all(h in (WEB_SEARCH, IMAGE_GENERATION, WEATHER) for h in hits)
     disposal_verb = bool(lemmas & Q.DISPOSE)
     # an item alone asks about it ("스티로폼 박스", "페트병은?"); with a verb of its own it may not ("컴퓨터가 느려졌어")
-    modifiers = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and _modifies(a, t)}  # "담겨 있던 트레이" describes the item
-    content_verbs = {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and t.lemma not in LIGHT_PREDICATES} - Q.DISPOSE - modifiers
+    modifiers = {
+        t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and _modifies(a, t)
+    }  # "담겨 있던 트레이" describes the item
+    content_verbs = (
+        {t.lemma for t in a.tokens if t.tag.startswith(("VV", "VA")) and t.lemma not in LIGHT_PREDICATES}
+        - Q.DISPOSE
+        - modifiers
+    )
     retrieving = [item for item in part.items if kb.search(item)]
-    asks_item = bool(retrieving) and (a.is_question or disposal_verb or part.yes_no or not content_verbs or bool(part.parts))
-    bulk_only = BULK_WASTE in hits and all(any(h.rule.file in BULK_FILES for h in kb.search(item, limit=1)) for item in retrieving)
+    asks_item = bool(retrieving) and (
+        a.is_question or disposal_verb or part.yes_no or not content_verbs or bool(part.parts)
+    )
+    bulk_only = BULK_WASTE in hits and all(
+        any(h.rule.file in BULK_FILES for h in kb.search(item, limit=1)) for item in retrieving
+    )
     # disposal named with nothing asked ("분리수거 귀찮다") is talk, not a question to answer from the rules
     asks = a.is_question or bool(lemmas & ASKING) or bool(nouns & {"방법", "법", "요령", "방식"})  # "분리수거 방법"
-    about_waste = part.local or part.proposed or disposal_verb or asks_item or part.disposal and not hits and asks or part.demonstrative and part.yes_no
+    about_waste = (
+        part.local
+        or part.proposed
+        or disposal_verb
+        or asks_item
+        or part.disposal
+        and not hits
+        and asks
+        or part.demonstrative
+        and part.yes_no
+    )
     if about_waste and not tools_only and CHARACTER not in hits and RECYCLABLE_PRICE not in hits and not bulk_only:
         hits.append(WASTE)
     elif tools_only and disposal_verb and part.items:
         hits.append(WASTE)
-    elif part.local and WASTE not in hits and not tools_only:  # "강동구 대형폐기물 수거일": the waste branch says what is not known
+    elif (
+        part.local and WASTE not in hits and not tools_only
+    ):  # "강동구 대형폐기물 수거일": the waste branch says what is not known
         hits.append(WASTE)
     return hits
 
@@ -174,7 +279,9 @@ def follows_up(question: Q.Question) -> bool:
     tokens = question.parts[0].analysis.tokens
     if any(t.tag.startswith(("VV", "VA", "VX", "XSV", "XSA")) for t in tokens):
         return False
-    return any(t.tag == "JX" and t.form in ("은", "는", "ᆫ", "도") for t in tokens) or any(t.tag == "MAJ" for t in tokens)
+    return any(t.tag == "JX" and t.form in ("은", "는", "ᆫ", "도") for t in tokens) or any(
+        t.tag == "MAJ" for t in tokens
+    )
 
 
 def classify(message: str, kb: KnowledgeBase, *, previous: str = "") -> Classification:
@@ -212,7 +319,7 @@ def classify(message: str, kb: KnowledgeBase, *, previous: str = "") -> Classifi
 
 INSTRUCTION = (
     "사용자 메시지를 요청 단위로 나누고 각 요청의 의도를 아래 10가지 중에서 고르세요. 요청마다 intents 배열에 메시지 순서대로 "
-    "{\"intent\", \"query\"} 하나를 넣고, query에는 그 요청만 담은 짧은 한국어 질문을 쓰세요. 같은 의도는 한 번만 쓰세요.\n"
+    '{"intent", "query"} 하나를 넣고, query에는 그 요청만 담은 짧은 한국어 질문을 쓰세요. 같은 의도는 한 번만 쓰세요.\n'
     "waste: 물건의 분리배출 방법 / character: 이코 캐릭터 / location: 근처 재활용센터 등 장소 / collection_point: 근처 수거함 / "
     "bulk_waste: 가구·가전 같은 대형폐기물의 배출과 수수료 / recyclable_price: 재활용품 시세 / weather: 날씨 / "
     "image_generation: 그림·이미지 생성 / web_search: 최신 정보·뉴스 검색 / general: 그 밖의 대화\n"
@@ -256,7 +363,9 @@ def from_model(reply: IntentDecomposition, message: str, kb: KnowledgeBase) -> C
     return Classification(tuple(intents), queries, names, 0.9)
 
 
-async def classify_with_model(llm: LLM, message: str, kb: KnowledgeBase, *, timeout_s: float, previous: str = "") -> tuple[Classification | None, str]:
+async def classify_with_model(
+    llm: LLM, message: str, kb: KnowledgeBase, *, timeout_s: float, previous: str = ""
+) -> tuple[Classification | None, str]:
     """(classification, "") from the model, or (None, why) when the rules must answer instead."""
     try:
         async with asyncio.timeout(timeout_s):

@@ -48,7 +48,12 @@ async def classify_photo(state: dict, deps: Any, emitter: Any) -> dict:
     await emitter.tool("vision", "scan.classify_photo", "vision-classify", STARTED, message=key)
     try:
         found = await deps.photos.classify(key, state["message"])
-    except (NotFound, PermissionDenied, ResourceExhausted, VisionFailed) as exc:  # gone, not theirs, too large, or already retried
+    except (
+        NotFound,
+        PermissionDenied,
+        ResourceExhausted,
+        VisionFailed,
+    ) as exc:  # gone, not theirs, too large, or already retried
         raise MediaError(str(exc)) from exc
     if found is None:  # ScanService has no vision model: say so, never guess (answer.py)
         await emitter.tool("vision", "scan.classify_photo", "vision-classify", RESULT, message="no vision model")
@@ -57,10 +62,22 @@ async def classify_photo(state: dict, deps: Any, emitter: Any) -> dict:
     category = rule.key if rule else UNKNOWN
     confidence = found["confidence"]
     unsure = confidence < limits.vision_min_confidence
-    await emitter.tool("vision", "scan.classify_photo", "vision-classify", RESULT, message=f"{found['item']} / {category} ({confidence:.2f})")
+    await emitter.tool(
+        "vision",
+        "scan.classify_photo",
+        "vision-classify",
+        RESULT,
+        message=f"{found['item']} / {category} ({confidence:.2f})",
+    )
     ctx = {
-        "configured": True, "model": found["model"], "item": found["item"], "category": category, "category_name": rule.name if rule else "",
-        "confidence": confidence, "situation_tags": list(found["situation_tags"]), "unsure": unsure,
+        "configured": True,
+        "model": found["model"],
+        "item": found["item"],
+        "category": category,
+        "category_name": rule.name if rule else "",
+        "confidence": confidence,
+        "situation_tags": list(found["situation_tags"]),
+        "unsure": unsure,
     }
     if unsure:
         ctx["note"] = "사진 판별이 확실하지 않음: 답변 첫머리에서 추정한 물건이 맞는지 사용자에게 확인을 요청할 것"
@@ -70,7 +87,11 @@ async def classify_photo(state: dict, deps: Any, emitter: Any) -> dict:
     intents = list(state.get("intents") or [])
     if I.WASTE not in intents:
         intents = [I.WASTE, *(i for i in intents if i != I.GENERAL)]
-    return {"contexts": {"vision_context": ctx}, "intents": intents, "queries": {**(state.get("queries") or {}), I.WASTE: query}}
+    return {
+        "contexts": {"vision_context": ctx},
+        "intents": intents,
+        "queries": {**(state.get("queries") or {}), I.WASTE: query},
+    }
 
 
 # ---------------------------------------------------------------- image generation
@@ -91,12 +112,26 @@ async def generate_and_store(request: str, deps: Any, emitter: Any, made: dict) 
     limits = deps.media
     if "image" not in made:
         prompt = image_prompt(request, limits.image_prompt_max_chars)
-        await emitter.tool("image_generation", "image.generate", "image-generate", STARTED, message=f"{deps.image_model.name}, {limits.image_size}")
+        await emitter.tool(
+            "image_generation",
+            "image.generate",
+            "image-generate",
+            STARTED,
+            message=f"{deps.image_model.name}, {limits.image_size}",
+        )
         image = await deps.image_model.generate(prompt, size=limits.image_size)
         if len(image.data) > limits.image_max_bytes:
-            raise MediaError(f"the generated image has {len(image.data)} bytes, over ECO2_CHAT_IMAGE_MAX_BYTES={limits.image_max_bytes}")
+            raise MediaError(
+                f"the generated image has {len(image.data)} bytes, over ECO2_CHAT_IMAGE_MAX_BYTES={limits.image_max_bytes}"
+            )
         made["image"] = image
-        await emitter.tool("image_generation", "image.generate", "image-generate", RESULT, message=f"{image.content_type}, {len(image.data)} bytes")
+        await emitter.tool(
+            "image_generation",
+            "image.generate",
+            "image-generate",
+            RESULT,
+            message=f"{image.content_type}, {len(image.data)} bytes",
+        )
     image = made["image"]
     await emitter.tool("image_generation", "images.upload", "image-upload", STARTED)
     ext = image.content_type.split("/", 1)[1].replace("jpeg", "jpg")
@@ -105,4 +140,14 @@ async def generate_and_store(request: str, deps: Any, emitter: Any, made: dict) 
     except InvalidArgument as exc:  # ImageService refused the bytes: the same bytes would be refused again
         raise MediaError(str(exc)) from exc
     await emitter.tool("image_generation", "images.upload", "image-upload", RESULT, message=key)
-    return {"contexts": {"image_generation_context": {"configured": True, "image_key": key, "content_type": image.content_type, "size_bytes": len(image.data), "model": deps.image_model.name}}}
+    return {
+        "contexts": {
+            "image_generation_context": {
+                "configured": True,
+                "image_key": key,
+                "content_type": image.content_type,
+                "size_bytes": len(image.data),
+                "model": deps.image_model.name,
+            }
+        }
+    }

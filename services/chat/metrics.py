@@ -21,15 +21,25 @@ _BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120)
 _NODE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 TIME_TO_FIRST_TOKEN = Histogram(
-    "eco2_chat_time_to_first_token_seconds", "From the message queued to the first token of its answer", buckets=_BUCKETS,
+    "eco2_chat_time_to_first_token_seconds",
+    "From the message queued to the first token of its answer",
+    buckets=_BUCKETS,
 )
 TURN_SECONDS = Histogram(
     "eco2_chat_turn_seconds",
     "From the message queued to the end of the worker's turn, by outcome: done, needs_input, error (an ERROR event), cancelled, failed (retried or dead-lettered)",
-    ["outcome"], buckets=_BUCKETS,
+    ["outcome"],
+    buckets=_BUCKETS,
 )
-NODE_SECONDS = Histogram("eco2_chat_node_seconds", "One run of a graph node, by node and outcome (ok, failed)", ["node", "outcome"], buckets=_NODE_BUCKETS)
-TOKENS_STREAMED = Counter("eco2_chat_tokens_streamed_total", "Answer pieces the model streamed, by provider", ["provider"])
+NODE_SECONDS = Histogram(
+    "eco2_chat_node_seconds",
+    "One run of a graph node, by node and outcome (ok, failed)",
+    ["node", "outcome"],
+    buckets=_NODE_BUCKETS,
+)
+TOKENS_STREAMED = Counter(
+    "eco2_chat_tokens_streamed_total", "Answer pieces the model streamed, by provider", ["provider"]
+)
 MODEL_CALLS = Counter(
     "eco2_chat_model_calls_total",
     "Calls of the LLM port, by provider, call (stream, generate, structured, tool_calls, classify_image) and outcome (ok, error, cancelled)",

@@ -37,9 +37,16 @@ _NO_ERRORS: dict = {}
 
 
 class EventOutbox:
-    def __init__(self, sink, *, max_batch: int = 1000, retries: int = 2, retry_delay_s: float = 0.05, high_water: int = 50_000) -> None:
+    def __init__(
+        self, sink, *, max_batch: int = 1000, retries: int = 2, retry_delay_s: float = 0.05, high_water: int = 50_000
+    ) -> None:
         self.sink = sink
-        self.max_batch, self.retries, self.retry_delay_s, self.high_water = max_batch, retries, retry_delay_s, high_water
+        self.max_batch, self.retries, self.retry_delay_s, self.high_water = (
+            max_batch,
+            retries,
+            retry_delay_s,
+            high_water,
+        )
         self._many = getattr(sink, "publish_many", None)
         self._pending: list[events_pb2.Event] = []
         self._batch: asyncio.Future | None = None
@@ -76,7 +83,9 @@ class EventOutbox:
                             errors = {**errors, **chunk_errors}
                 except BaseException as exc:  # noqa: BLE001 — cancelled (shutdown): tell the waiters
                     if not batch.done():
-                        batch.set_result({ALL: exc if isinstance(exc, Exception) else ConnectionError("event outbox stopped")})
+                        batch.set_result(
+                            {ALL: exc if isinstance(exc, Exception) else ConnectionError("event outbox stopped")}
+                        )
                     raise
                 self.flushes += 1
                 self.published += len(events)

@@ -6,7 +6,9 @@ import logging
 import re
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<!\d)(?:\+?82[-.\s]?)?0?1[016789][-.\s]?\d{3,4}[-.\s]?\d{4}(?!\d)|(?<!\d)0\d{1,2}[-.\s]\d{3,4}[-.\s]\d{4}(?!\d)")
+_PHONE = re.compile(
+    r"(?<!\d)(?:\+?82[-.\s]?)?0?1[016789][-.\s]?\d{3,4}[-.\s]?\d{4}(?!\d)|(?<!\d)0\d{1,2}[-.\s]\d{3,4}[-.\s]\d{4}(?!\d)"
+)
 
 
 def mask(text: str) -> str:
@@ -20,7 +22,18 @@ class PiiFilter(logging.Filter):
         record.msg = mask(record.getMessage()) if isinstance(record.msg, str) or record.args else record.msg
         record.args = ()
         for key, value in list(record.__dict__.items()):
-            if isinstance(value, str) and key not in ("msg", "name", "levelname", "pathname", "filename", "module", "funcName", "processName", "threadName", "taskName"):
+            if isinstance(value, str) and key not in (
+                "msg",
+                "name",
+                "levelname",
+                "pathname",
+                "filename",
+                "module",
+                "funcName",
+                "processName",
+                "threadName",
+                "taskName",
+            ):
                 setattr(record, key, mask(value))
         return True
 

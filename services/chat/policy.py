@@ -126,7 +126,9 @@ class PolicyRunner:
                 last = exc
                 if not _retryable(exc):
                     break
-            log.warning("node attempt failed", extra={"node": node, "attempt": attempt + 1, "error": type(last).__name__})
+            log.warning(
+                "node attempt failed", extra={"node": node, "attempt": attempt + 1, "error": type(last).__name__}
+            )
             if attempt < policy.retries:
                 await asyncio.sleep(self.backoff_s * (2**attempt))
         breaker.failure()

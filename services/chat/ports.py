@@ -72,7 +72,9 @@ class VisionFailed(Exception):
 
 
 class Places(Protocol):
-    async def nearby(self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool) -> list[Place]:
+    async def nearby(
+        self, latitude: float, longitude: float, *, radius_m: int, limit: int, collection_points: bool
+    ) -> list[Place]:
         """Places near a point, nearest first."""
         ...
 
@@ -120,7 +122,9 @@ class WebSearch(Protocol):
 class BulkWasteFees(Protocol):
     """Bulk-waste (대형폐기물) fee tables of the 시·군·구 (adapter: tools/bulk_waste.py)."""
 
-    async def search_fee(self, sigungu: str, item: str, *, sido: str = "", aliases: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    async def search_fee(
+        self, sigungu: str, item: str, *, sido: str = "", aliases: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
         """Fee rows of the item in that region: dicts with sido, sigungu, item, category, spec,
         fee (원, None if not a number), free, fee_text, agency (관리기관), date (기준일)."""
         ...

@@ -87,14 +87,32 @@ class ConversationStore:
             cid = uuid.UUID(conversation_id)
         except ValueError:
             raise NotFound(f"no conversation {conversation_id!r}", reason="CONVERSATION_NOT_FOUND") from None
-        row = await conn.fetchrow("SELECT * FROM chat_conversations WHERE id = $1 AND user_id = $2" + (" FOR UPDATE" if lock else ""), cid, user_id)
+        row = await conn.fetchrow(
+            "SELECT * FROM chat_conversations WHERE id = $1 AND user_id = $2" + (" FOR UPDATE" if lock else ""),
+            cid,
+            user_id,
+        )
         if row is None:  # someone else's conversation is NOT_FOUND too: ids are not disclosed
-            raise NotFound(f"no conversation {conversation_id!r}", reason="CONVERSATION_NOT_FOUND", metadata={"conversation_id": conversation_id})
+            raise NotFound(
+                f"no conversation {conversation_id!r}",
+                reason="CONVERSATION_NOT_FOUND",
+                metadata={"conversation_id": conversation_id},
+            )
         return row
 
     @contextlib.asynccontextmanager
-    async def adding_user_message(self, *, user_id: str, conversation_id: str, text: str, image_key: str, client_message_id: str, job_id: str,
-                                  policy: int = chat_pb2.DOUBLE_TEXT_POLICY_ENQUEUE, stale_s: float = 900.0) -> AsyncIterator[Sent]:
+    async def adding_user_message(
+        self,
+        *,
+        user_id: str,
+        conversation_id: str,
+        text: str,
+        image_key: str,
+        client_message_id: str,
+        job_id: str,
+        policy: int = chat_pb2.DOUBLE_TEXT_POLICY_ENQUEUE,
+        stale_s: float = 900.0,
+    ) -> AsyncIterator[Sent]:
         """Stores the user's message and its run in a transaction that commits when the block
         exits without an error: the message and what the block does with it (queue its job) are
         kept together or not at all. A retry with the same client_message_id yields the stored one
@@ -107,17 +125,33 @@ class ConversationStore:
         on each (`Sent.cancelled`: the caller signals their workers after the commit), ENQUEUE
         leaves them: the new run's worker waits for them (`start_run`)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            yield await self._add_user_message(conn, user_id, conversation_id, text, image_key, client_message_id, job_id, policy, stale_s)
+            yield await self._add_user_message(
+                conn, user_id, conversation_id, text, image_key, client_message_id, job_id, policy, stale_s
+            )
 
     async def has_user_message(self, job_id: str) -> bool:
         """Whether the user message of job `job_id` is stored (committed)."""
-        return bool(await self.pool.fetchval("SELECT 1 FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, USER))
+        return bool(
+            await self.pool.fetchval("SELECT 1 FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, USER)
+        )
 
-    async def _add_user_message(self, conn, user_id: str, conversation_id: str, text: str, image_key: str, client_message_id: str, job_id: str,
-                                policy: int, stale_s: float) -> Sent:
+    async def _add_user_message(
+        self,
+        conn,
+        user_id: str,
+        conversation_id: str,
+        text: str,
+        image_key: str,
+        client_message_id: str,
+        job_id: str,
+        policy: int,
+        stale_s: float,
+    ) -> Sent:
         if client_message_id:
             row = await conn.fetchrow(
-                "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2", user_id, client_message_id
+                "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2",
+                user_id,
+                client_message_id,
             )
             if row is not None:
                 return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True)
@@ -128,20 +162,41 @@ class ConversationStore:
                 cancelled = await self._apply_policy(conn, cid, policy, stale_s)
         else:
             cid = uuid.uuid4()
-            await conn.execute("INSERT INTO chat_conversations (id, user_id, title) VALUES ($1, $2, $3)", cid, user_id, text[:40])
+            await conn.execute(
+                "INSERT INTO chat_conversations (id, user_id, title) VALUES ($1, $2, $3)", cid, user_id, text[:40]
+            )
         mid = uuid.uuid4()
         inserted = await conn.fetchval(
             "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, image_key, job_id, client_message_id)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id",
-            mid, cid, user_id, USER, text, image_key, job_id, client_message_id or None,
+            mid,
+            cid,
+            user_id,
+            USER,
+            text,
+            image_key,
+            job_id,
+            client_message_id or None,
         )
         if inserted is None:  # a concurrent retry with the same client id won the race
-            row = await conn.fetchrow("SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2", user_id, client_message_id)
+            row = await conn.fetchrow(
+                "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2",
+                user_id,
+                client_message_id,
+            )
             return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True)
         await conn.execute(
-            "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now() WHERE id = $1", cid, text[:80]
+            "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now() WHERE id = $1",
+            cid,
+            text[:80],
         )
-        await conn.execute("INSERT INTO chat_runs (job_id, conversation_id, user_id, status) VALUES ($1, $2, $3, $4)", job_id, cid, user_id, QUEUED)
+        await conn.execute(
+            "INSERT INTO chat_runs (job_id, conversation_id, user_id, status) VALUES ($1, $2, $3, $4)",
+            job_id,
+            cid,
+            user_id,
+            QUEUED,
+        )
         return Sent(str(cid), str(mid), job_id, False, tuple(cancelled))
 
     async def _apply_policy(self, conn, cid: uuid.UUID, policy: int, stale_s: float) -> list[Cancel]:
@@ -150,7 +205,8 @@ class ConversationStore:
         rows = await conn.fetch(
             "SELECT * FROM chat_runs o WHERE o.conversation_id = $1 AND o.status IN (1, 2, 3) AND o.cancel_mode = 0"
             " AND o.updated_at > now() - make_interval(secs => $2) ORDER BY o.n FOR UPDATE",
-            cid, float(stale_s),
+            cid,
+            float(stale_s),
         )
         if not rows:
             return []
@@ -158,7 +214,8 @@ class ConversationStore:
             running = rows[-1]
             raise FailedPrecondition(
                 f"the conversation has a run in progress (job {running['job_id']}); send it again when it is done, or choose another double_text_policy",
-                reason="RUN_IN_PROGRESS", metadata={"job_id": running["job_id"], "status": chat_pb2.RunStatus.Name(running["status"])},
+                reason="RUN_IN_PROGRESS",
+                metadata={"job_id": running["job_id"], "status": chat_pb2.RunStatus.Name(running["status"])},
             )
         mode = INTERRUPT if policy == chat_pb2.DOUBLE_TEXT_POLICY_INTERRUPT else ROLLBACK
         return [await self._cancel(conn, row, mode) for row in rows]
@@ -170,14 +227,20 @@ class ConversationStore:
         `already`, with the first cancel's mode). NotFound for another user's or an unknown job;
         FailedPrecondition RUN_FINISHED for a run that ended otherwise (nothing changes)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM chat_runs WHERE job_id = $1 AND user_id = $2 FOR UPDATE", job_id, user_id)
+            row = await conn.fetchrow(
+                "SELECT * FROM chat_runs WHERE job_id = $1 AND user_id = $2 FOR UPDATE", job_id, user_id
+            )
             if row is None:  # someone else's job is NOT_FOUND too: job ids are not disclosed
                 raise NotFound(f"no job {job_id!r}", reason="JOB_NOT_FOUND", metadata={"job_id": job_id})
             if row["cancel_mode"]:
                 return Cancel(job_id, str(row["conversation_id"]), row["cancel_mode"], row["status"], already=True)
             if row["status"] not in ACTIVE:
                 status = chat_pb2.RunStatus.Name(row["status"])
-                raise FailedPrecondition(f"job {job_id!r} has already ended ({status})", reason="RUN_FINISHED", metadata={"job_id": job_id, "status": status})
+                raise FailedPrecondition(
+                    f"job {job_id!r} has already ended ({status})",
+                    reason="RUN_FINISHED",
+                    metadata={"job_id": job_id, "status": status},
+                )
             return await self._cancel(conn, row, mode)
 
     async def _cancel(self, conn, row, mode: int) -> Cancel:
@@ -191,7 +254,12 @@ class ConversationStore:
                 await self._remove_turn(conn, job_id, cid)
         else:
             status = row["status"]
-        await conn.execute("UPDATE chat_runs SET cancel_mode = $2, status = $3, updated_at = now() WHERE job_id = $1", job_id, mode, status)
+        await conn.execute(
+            "UPDATE chat_runs SET cancel_mode = $2, status = $3, updated_at = now() WHERE job_id = $1",
+            job_id,
+            mode,
+            status,
+        )
         return Cancel(job_id, str(cid), mode, status)
 
     @staticmethod
@@ -208,7 +276,9 @@ class ConversationStore:
             " title = CASE WHEN $3::text IS NOT NULL AND title = left($3::text, 40)"
             "   THEN COALESCE((SELECT left(text, 40) FROM chat_messages WHERE conversation_id = $1 AND role = 1 ORDER BY n LIMIT 1), '') ELSE title END"
             " WHERE id = $1",
-            cid, len(removed), question,
+            cid,
+            len(removed),
+            question,
         )
 
     async def start_run(self, job_id: str, *, fresh: bool, stale_s: float) -> RunStart | None:
@@ -226,15 +296,18 @@ class ConversationStore:
             "  UPDATE chat_runs r SET status = CASE WHEN r.status IN (1, 3) AND r.cancel_mode = 0 THEN 2 ELSE r.status END, updated_at = now()"
             "   WHERE r.job_id = $1"
             "  RETURNING r.status, r.cancel_mode, r.conversation_id, r.user_id, r.n,"
-            "   (SELECT o.job_id FROM chat_runs o WHERE o.conversation_id = r.conversation_id AND o.n < r.n AND " + _HOLDS.format(stale="$3") +
-            "     ORDER BY o.n DESC LIMIT 1) AS blocker),"
+            "   (SELECT o.job_id FROM chat_runs o WHERE o.conversation_id = r.conversation_id AND o.n < r.n AND "
+            + _HOLDS.format(stale="$3")
+            + "     ORDER BY o.n DESC LIMIT 1) AS blocker),"
             " moved AS ("
             "  UPDATE chat_messages m SET n = nextval(pg_get_serial_sequence('chat_messages', 'n')) FROM run"
             "   WHERE $2 AND m.job_id = $1 AND m.role = 1 AND run.status = 2 AND run.cancel_mode = 0 AND run.blocker IS NULL"
             "     AND EXISTS (SELECT 1 FROM chat_messages l WHERE l.conversation_id = m.conversation_id AND l.n > m.n)"
             "  RETURNING m.n)"
             " SELECT run.*, (SELECT count(*) FROM moved) AS moved FROM run",
-            job_id, fresh, float(stale_s),
+            job_id,
+            fresh,
+            float(stale_s),
         )
         if row is None:
             row = await self.pool.fetchrow(
@@ -245,14 +318,17 @@ class ConversationStore:
             )
             if row is None:
                 return None
-        return RunStart(row["status"], row["cancel_mode"], str(row["conversation_id"]), row["user_id"], row["n"], row["blocker"])
+        return RunStart(
+            row["status"], row["cancel_mode"], str(row["conversation_id"]), row["user_id"], row["n"], row["blocker"]
+        )
 
     async def blocker_of(self, job_id: str, *, stale_s: float) -> str | None:
         """The earlier run of the conversation that still holds it, if any."""
         return await self.pool.fetchval(
             "SELECT o.job_id FROM chat_runs r JOIN chat_runs o ON o.conversation_id = r.conversation_id AND o.n < r.n"
             " WHERE r.job_id = $1 AND " + _HOLDS.format(stale="$2") + " ORDER BY o.n DESC LIMIT 1",
-            job_id, float(stale_s),
+            job_id,
+            float(stale_s),
         )
 
     async def move_to_end(self, job_id: str) -> None:
@@ -270,14 +346,19 @@ class ConversationStore:
 
     async def cancels_among(self, job_ids: list[str]) -> list[tuple[str, int]]:
         """The runs among `job_ids` that have a cancel recorded: (job id, mode)."""
-        rows = await self.pool.fetch("SELECT job_id, cancel_mode FROM chat_runs WHERE job_id = ANY($1::text[]) AND cancel_mode <> 0", job_ids)
+        rows = await self.pool.fetch(
+            "SELECT job_id, cancel_mode FROM chat_runs WHERE job_id = ANY($1::text[]) AND cancel_mode <> 0", job_ids
+        )
         return [(r["job_id"], r["cancel_mode"]) for r in rows]
 
     async def set_waiting(self, job_id: str) -> bool:
         """The run waits for input now; False when a cancel was recorded first (the worker carries it out)."""
-        return bool(await self.pool.fetchval(
-            "UPDATE chat_runs SET status = 3, updated_at = now() WHERE job_id = $1 AND status = 2 AND cancel_mode = 0 RETURNING 1", job_id
-        ))
+        return bool(
+            await self.pool.fetchval(
+                "UPDATE chat_runs SET status = 3, updated_at = now() WHERE job_id = $1 AND status = 2 AND cancel_mode = 0 RETURNING 1",
+                job_id,
+            )
+        )
 
     async def fail_run(self, job_id: str, reason: str, *, despite_cancel: bool = False) -> int:
         """The run ended with ERROR `reason` (a failed node, or its job ran out of attempts): 0.
@@ -286,27 +367,56 @@ class ConversationStore:
         cancel_mode = await self.pool.fetchval(
             "UPDATE chat_runs SET status = CASE WHEN cancel_mode = 0 OR $3 THEN 5 ELSE status END, error_reason = $2, updated_at = now()"
             " WHERE job_id = $1 AND status IN (1, 2, 3) RETURNING cancel_mode",
-            job_id, reason[:200], despite_cancel,
+            job_id,
+            reason[:200],
+            despite_cancel,
         )
         return 0 if despite_cancel else int(cancel_mode or 0)
 
-    async def finish_cancelled(self, *, job_id: str, conversation_id: str, user_id: str, mode: int, text: str, result: bytes = b"",
-                               intents: list[int] | None = None, citations: list[bytes] | None = None) -> str:
+    async def finish_cancelled(
+        self,
+        *,
+        job_id: str,
+        conversation_id: str,
+        user_id: str,
+        mode: int,
+        text: str,
+        result: bytes = b"",
+        intents: list[int] | None = None,
+        citations: list[bytes] | None = None,
+    ) -> str:
         """Carry out a recorded cancel: INTERRUPT stores `text` (what was answered so far, when
         there is any) as the assistant message, ROLLBACK removes the turn; the run ends
         CANCELLED / ROLLED_BACK. Idempotent (a re-claimed job carries it out again). The
         assistant message id, or ""."""
         cid = uuid.UUID(conversation_id)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute("UPDATE chat_runs SET status = $2, updated_at = now() WHERE job_id = $1", job_id, CANCELLED_AS[mode])
+            await conn.execute(
+                "UPDATE chat_runs SET status = $2, updated_at = now() WHERE job_id = $1", job_id, CANCELLED_AS[mode]
+            )
             if mode == ROLLBACK:
                 await self._remove_turn(conn, job_id, cid)
                 return ""
             if text:
-                return await self._insert_assistant(conn, cid, user_id, job_id, text, intents or [], citations or [], "", result, None, 0)
+                return await self._insert_assistant(
+                    conn, cid, user_id, job_id, text, intents or [], citations or [], "", result, None, 0
+                )
             return ""
 
-    async def add_assistant_message(self, *, conversation_id: str, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes], summary: str | None, image_key: str = "", result: bytes = b"", summary_upto: int = 0) -> str:
+    async def add_assistant_message(
+        self,
+        *,
+        conversation_id: str,
+        user_id: str,
+        job_id: str,
+        text: str,
+        intents: list[int],
+        citations: list[bytes],
+        summary: str | None,
+        image_key: str = "",
+        result: bytes = b"",
+        summary_upto: int = 0,
+    ) -> str:
         """Idempotent per job: a re-run job returns the message stored the first time. `result` is the
         serialized ChatResult, which GetConversation gives back with the message. A new `summary`
         covers the messages up to `summary_upto` (their n)."""
@@ -314,15 +424,42 @@ class ConversationStore:
             # The run's row lock orders this against CancelRun: a cancel recorded first wins.
             run = await conn.fetchrow(
                 "UPDATE chat_runs SET status = CASE WHEN status IN (1, 2, 3) AND cancel_mode = 0 THEN 4 ELSE status END, updated_at = now()"
-                " WHERE job_id = $1 RETURNING status, cancel_mode", job_id,
+                " WHERE job_id = $1 RETURNING status, cancel_mode",
+                job_id,
             )
             if run is not None and run["status"] != SUCCEEDED:  # cancelled, or ended otherwise (mode 0)
                 raise RunCancelled(run["cancel_mode"])
-            return await self._insert_assistant(conn, uuid.UUID(conversation_id), user_id, job_id, text, intents, citations, image_key, result, summary, summary_upto)
+            return await self._insert_assistant(
+                conn,
+                uuid.UUID(conversation_id),
+                user_id,
+                job_id,
+                text,
+                intents,
+                citations,
+                image_key,
+                result,
+                summary,
+                summary_upto,
+            )
 
-    async def _insert_assistant(self, conn, cid: uuid.UUID, user_id: str, job_id: str, text: str, intents: list[int], citations: list[bytes],
-                            image_key: str, result: bytes, summary: str | None, summary_upto: int) -> str:
-        existing = await conn.fetchval("SELECT id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, ASSISTANT)
+    async def _insert_assistant(
+        self,
+        conn,
+        cid: uuid.UUID,
+        user_id: str,
+        job_id: str,
+        text: str,
+        intents: list[int],
+        citations: list[bytes],
+        image_key: str,
+        result: bytes,
+        summary: str | None,
+        summary_upto: int,
+    ) -> str:
+        existing = await conn.fetchval(
+            "SELECT id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, ASSISTANT
+        )
         if existing is not None:
             return str(existing)
         mid = uuid.uuid4()
@@ -332,12 +469,24 @@ class ConversationStore:
         await conn.execute(
             "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, intents, citations, job_id, image_key, result)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            mid, cid, user_id, ASSISTANT, text, intents, citations, job_id, image_key, result or None,
+            mid,
+            cid,
+            user_id,
+            ASSISTANT,
+            text,
+            intents,
+            citations,
+            job_id,
+            image_key,
+            result or None,
         )
         await conn.execute(
             "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now(),"
             " summary = COALESCE($3, summary), summary_upto = GREATEST(summary_upto, $4) WHERE id = $1",
-            cid, text[:80], summary, summary_upto if summary else 0,
+            cid,
+            text[:80],
+            summary,
+            summary_upto if summary else 0,
         )
         return str(mid)
 
@@ -355,41 +504,64 @@ class ConversationStore:
                 " AND m.n < COALESCE((SELECT min(n) FROM chat_messages WHERE job_id = $2), 9223372036854775807)"
                 " AND (r.n IS NULL OR r.n < COALESCE((SELECT n FROM chat_runs WHERE job_id = $2), 9223372036854775807))"
                 " ORDER BY m.n DESC LIMIT $3",
-                cid, before_job, limit, upto,
+                cid,
+                before_job,
+                limit,
+                upto,
             )
-        return summary, [{"role": "user" if r["role"] == USER else "assistant", "text": r["text"], "n": r["n"]} for r in reversed(rows)]
+        return summary, [
+            {"role": "user" if r["role"] == USER else "assistant", "text": r["text"], "n": r["n"]}
+            for r in reversed(rows)
+        ]
 
-    async def list_conversations(self, user_id: str, *, after: tuple[datetime, str] | None, limit: int) -> list[chat_pb2.Conversation]:
+    async def list_conversations(
+        self, user_id: str, *, after: tuple[datetime, str] | None, limit: int
+    ) -> list[chat_pb2.Conversation]:
         if after is None:
-            rows = await self.pool.fetch("SELECT * FROM chat_conversations WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2", user_id, limit)
+            rows = await self.pool.fetch(
+                "SELECT * FROM chat_conversations WHERE user_id = $1 ORDER BY updated_at DESC, id DESC LIMIT $2",
+                user_id,
+                limit,
+            )
         else:
             rows = await self.pool.fetch(
                 "SELECT * FROM chat_conversations WHERE user_id = $1 AND (updated_at, id) < ($2, $3) ORDER BY updated_at DESC, id DESC LIMIT $4",
-                user_id, after[0], uuid.UUID(after[1]), limit,
+                user_id,
+                after[0],
+                uuid.UUID(after[1]),
+                limit,
             )
         return [self._conversation(r) for r in rows]
 
     @staticmethod
     def _conversation(r) -> chat_pb2.Conversation:
-        c = chat_pb2.Conversation(id=str(r["id"]), title=r["title"], message_count=r["message_count"], last_message_preview=r["last_preview"])
+        c = chat_pb2.Conversation(
+            id=str(r["id"]), title=r["title"], message_count=r["message_count"], last_message_preview=r["last_preview"]
+        )
         _ts(c, "created_at", r["created_at"])
         _ts(c, "updated_at", r["updated_at"])
         return c
 
-    async def get_conversation(self, user_id: str, conversation_id: str, *, cursor_n: int | None, limit: int,
-                               oldest_first: bool = False) -> tuple[chat_pb2.Conversation, list[chat_pb2.Message], int | None]:
+    async def get_conversation(
+        self, user_id: str, conversation_id: str, *, cursor_n: int | None, limit: int, oldest_first: bool = False
+    ) -> tuple[chat_pb2.Conversation, list[chat_pb2.Message], int | None]:
         """A page of the conversation's messages: newest first from before `cursor_n`, or
         oldest first from after it; with the cursor of the next page (None on the last)."""
         async with self.pool.acquire() as conn:
             row = await self._owned(conn, conversation_id, user_id)
             if oldest_first:
                 rows = await conn.fetch(
-                    "SELECT * FROM chat_messages WHERE conversation_id = $1 AND n > $2 ORDER BY n LIMIT $3", row["id"], cursor_n or 0, limit + 1,
+                    "SELECT * FROM chat_messages WHERE conversation_id = $1 AND n > $2 ORDER BY n LIMIT $3",
+                    row["id"],
+                    cursor_n or 0,
+                    limit + 1,
                 )
             else:
                 rows = await conn.fetch(
                     "SELECT * FROM chat_messages WHERE conversation_id = $1 AND n < $2 ORDER BY n DESC LIMIT $3",
-                    row["id"], cursor_n if cursor_n is not None else 2**63 - 1, limit + 1,
+                    row["id"],
+                    cursor_n if cursor_n is not None else 2**63 - 1,
+                    limit + 1,
                 )
         more = len(rows) > limit
         rows = rows[:limit]
@@ -397,7 +569,14 @@ class ConversationStore:
 
     @staticmethod
     def _message(r) -> chat_pb2.Message:
-        m = chat_pb2.Message(id=str(r["id"]), role=r["role"], text=r["text"], image_key=r["image_key"], intents=list(r["intents"]), job_id=r["job_id"])
+        m = chat_pb2.Message(
+            id=str(r["id"]),
+            role=r["role"],
+            text=r["text"],
+            image_key=r["image_key"],
+            intents=list(r["intents"]),
+            job_id=r["job_id"],
+        )
         m.citations.extend(chat_pb2.Citation.FromString(bytes(c)) for c in r["citations"])
         if r["result"] is not None:
             m.result.ParseFromString(bytes(r["result"]))
@@ -417,12 +596,15 @@ class ConversationStore:
                 " FROM chat_runs r LEFT JOIN chat_messages q ON q.job_id = r.job_id AND q.role = 1"
                 " LEFT JOIN chat_messages a ON a.job_id = r.job_id AND a.role = 2"
                 " WHERE r.conversation_id = $1 AND r.n > $2 AND r.status <> 7 ORDER BY r.n LIMIT $3",
-                conv["id"], after_n, limit + 1,
+                conv["id"],
+                after_n,
+                limit + 1,
             )
             active = await conn.fetchval(
                 "SELECT o.job_id FROM chat_runs o WHERE o.conversation_id = $1 AND o.status IN (1, 2, 3)"
                 " AND o.updated_at > now() - make_interval(secs => $2) ORDER BY o.n DESC LIMIT 1",
-                conv["id"], float(stale_s),
+                conv["id"],
+                float(stale_s),
             )
         more = len(runs) > limit
         runs = runs[:limit]

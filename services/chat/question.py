@@ -30,33 +30,240 @@ from eco2.services.knowledge import morph
 from eco2.services.knowledge.morph import Analysis, Token, analyse
 
 #: Verbs that mean putting something out as waste.
-DISPOSE = frozenset({
-    "버리다", "배출하다", "분리하다", "분리수거하다", "분리배출하다", "넣다", "내놓다", "내다놓다", "처리하다", "처분하다", "재활용하다",
-    "재활용되다", "분리수거되다", "수거하다", "수거되다", "폐기하다", "모으다", "치우다", "정리하다", "배출되다", "담다", "버려지다",
-})
+DISPOSE = frozenset(
+    {
+        "버리다",
+        "배출하다",
+        "분리하다",
+        "분리수거하다",
+        "분리배출하다",
+        "넣다",
+        "내놓다",
+        "내다놓다",
+        "처리하다",
+        "처분하다",
+        "재활용하다",
+        "재활용되다",
+        "분리수거되다",
+        "수거하다",
+        "수거되다",
+        "폐기하다",
+        "모으다",
+        "치우다",
+        "정리하다",
+        "배출되다",
+        "담다",
+        "버려지다",
+    }
+)
 #: Nouns of disposal itself: they make a question about waste but name no item.
-DISPOSAL_NOUNS = frozenset({"분리수거", "분리배출", "배출", "재활용", "쓰레기", "폐기", "처리", "수거", "분리", "버리기", "배출법", "처리법", "분류", "폐기물"})
+DISPOSAL_NOUNS = frozenset(
+    {
+        "분리수거",
+        "분리배출",
+        "배출",
+        "재활용",
+        "쓰레기",
+        "폐기",
+        "처리",
+        "수거",
+        "분리",
+        "버리기",
+        "배출법",
+        "처리법",
+        "분류",
+        "폐기물",
+    }
+)
 #: Nouns that are never an item: question words, people, time, quantity words.
-NOT_ITEMS = frozenset({
-    "방법", "법", "거", "것", "곳", "데", "뭐", "무엇", "어디", "언제", "얼마", "이거", "저거", "그거", "이것", "저것", "그것", "좀", "때", "경우",
-    "종류", "차이", "질문", "정도", "요즘", "오늘", "내일", "어제", "집", "우리", "저", "나", "제", "너", "날", "번", "개", "뭘", "건", "게", "애",
-    "근처", "주변", "주위", "인근", "동네", "위치", "가까이", "여기", "거기", "저기", "이번", "다음", "처음", "전부", "다", "모두", "그냥", "진짜",
-    "정말", "혹시", "이건", "저건", "그건", "얘", "걔", "뭔가", "부분", "상태", "기준", "규정", "안내", "정보", "설명", "도움", "감사", "확인",
-    "시세", "가격", "값", "단가", "매입", "매입가", "수수료", "캐릭터", "이름", "날씨", "그림", "이미지", "사진", "검색", "뉴스", "최신",
-    "kg", "키로", "킬로", "그램", "리터", "장", "박스째", "통째", "이상", "이하", "미만", "정리", "요일", "시간", "수거일",
-    "배출일", "전화번호", "연락처", "번호", "지역", "구청", "주민센터", "동사무소", "아파트", "빌라", "주택", "사람", "이웃",
-    "약국", "보건소", "매장", "마트", "편의점", "대리점", "우체통", "신청", "예약", "문의", "무상", "무료", "유료", "서비스",
-})
+NOT_ITEMS = frozenset(
+    {
+        "방법",
+        "법",
+        "거",
+        "것",
+        "곳",
+        "데",
+        "뭐",
+        "무엇",
+        "어디",
+        "언제",
+        "얼마",
+        "이거",
+        "저거",
+        "그거",
+        "이것",
+        "저것",
+        "그것",
+        "좀",
+        "때",
+        "경우",
+        "종류",
+        "차이",
+        "질문",
+        "정도",
+        "요즘",
+        "오늘",
+        "내일",
+        "어제",
+        "집",
+        "우리",
+        "저",
+        "나",
+        "제",
+        "너",
+        "날",
+        "번",
+        "개",
+        "뭘",
+        "건",
+        "게",
+        "애",
+        "근처",
+        "주변",
+        "주위",
+        "인근",
+        "동네",
+        "위치",
+        "가까이",
+        "여기",
+        "거기",
+        "저기",
+        "이번",
+        "다음",
+        "처음",
+        "전부",
+        "다",
+        "모두",
+        "그냥",
+        "진짜",
+        "정말",
+        "혹시",
+        "이건",
+        "저건",
+        "그건",
+        "얘",
+        "걔",
+        "뭔가",
+        "부분",
+        "상태",
+        "기준",
+        "규정",
+        "안내",
+        "정보",
+        "설명",
+        "도움",
+        "감사",
+        "확인",
+        "시세",
+        "가격",
+        "값",
+        "단가",
+        "매입",
+        "매입가",
+        "수수료",
+        "캐릭터",
+        "이름",
+        "날씨",
+        "그림",
+        "이미지",
+        "사진",
+        "검색",
+        "뉴스",
+        "최신",
+        "kg",
+        "키로",
+        "킬로",
+        "그램",
+        "리터",
+        "장",
+        "박스째",
+        "통째",
+        "이상",
+        "이하",
+        "미만",
+        "정리",
+        "요일",
+        "시간",
+        "수거일",
+        "배출일",
+        "전화번호",
+        "연락처",
+        "번호",
+        "지역",
+        "구청",
+        "주민센터",
+        "동사무소",
+        "아파트",
+        "빌라",
+        "주택",
+        "사람",
+        "이웃",
+        "약국",
+        "보건소",
+        "매장",
+        "마트",
+        "편의점",
+        "대리점",
+        "우체통",
+        "신청",
+        "예약",
+        "문의",
+        "무상",
+        "무료",
+        "유료",
+        "서비스",
+    }
+)
 #: Question words: a question with one of them is not a yes/no question.
-WH = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨다", "어떡하다", "어떻다", "어쩌다"})
+WH = frozenset(
+    {
+        "어떻게",
+        "어디",
+        "언제",
+        "뭐",
+        "무엇",
+        "얼마",
+        "어느",
+        "무슨",
+        "왜",
+        "누구",
+        "몇",
+        "어떤",
+        "어딨다",
+        "어떡하다",
+        "어떻다",
+        "어쩌다",
+    }
+)
 #: Verbs and nouns that ask where something is or to find it.
 FIND = frozenset({"찾다", "알리다", "보이다", "알려주다", "안내하다", "추천하다", "어딨다", "가깝다"})
 NEAR = frozenset({"근처", "주변", "주위", "인근", "동네", "위치", "가까이"})
 #: Verbs that make a yes/no question of "can I / is it": "버려도 돼?", "맞아?", "가능해?".
 YES_NO = frozenset({"되다", "맞다", "가능하다", "괜찮다", "이다", "하다", "상관없다", "안되다", "아니다"})
 #: Units of the quantities people mention ("10kg", "2리터", "3개"), normalised.
-UNITS = {"kg": "kg", "키로": "kg", "킬로": "kg", "킬로그램": "kg", "g": "g", "그램": "g", "t": "톤", "톤": "톤", "l": "리터", "리터": "리터",
-         "ml": "ml", "미리": "ml", "개": "개", "장": "장", "병": "병", "박스": "박스", "봉지": "봉지", "대": "대", "권": "권", "캔": "캔"}
+UNITS = {
+    "kg": "kg",
+    "키로": "kg",
+    "킬로": "kg",
+    "킬로그램": "kg",
+    "g": "g",
+    "그램": "g",
+    "t": "톤",
+    "톤": "톤",
+    "l": "리터",
+    "리터": "리터",
+    "ml": "ml",
+    "미리": "ml",
+    "개": "개",
+    "장": "장",
+    "병": "병",
+    "박스": "박스",
+    "봉지": "봉지",
+    "대": "대",
+    "권": "권",
+    "캔": "캔",
+}
 _HANGUL = re.compile(r"[가-힣]")
 _LATIN = re.compile(r"[A-Za-z]")
 
@@ -131,11 +338,20 @@ def split(text: str) -> list[str]:
         if not rest:
             break
         has_more = any(r.tag in ("VV", "VA", "VCP", "VX") for r in rest) and any(r.tag.startswith("NN") for r in rest)
-        if t.tag in ("SF",) or (t.tag == "MAJ" and t.form in ("그리고", "또한", "그리고요", "아울러", "그리구")) and i > 0:
+        if (
+            t.tag in ("SF",)
+            or (t.tag == "MAJ" and t.form in ("그리고", "또한", "그리고요", "아울러", "그리구"))
+            and i > 0
+        ):
             cuts.append(t.end if t.tag == "SF" else t.start)
         elif t.tag == "MAG" and t.form == "또" and i > 0 and has_more:
             cuts.append(t.start)
-        elif t.tag == "EC" and t.form in ("고", "구") and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV", "VCP") and _ends_request(tokens[: i + 1], rest):  # "누구고"
+        elif (
+            t.tag == "EC"
+            and t.form in ("고", "구")
+            and tokens[i - 1].tag in ("VV", "VA", "VX", "XSV", "VCP")
+            and _ends_request(tokens[: i + 1], rest)
+        ):  # "누구고"
             cuts.append(t.end)
     pieces, start = [], 0
     for cut in cuts:
@@ -162,7 +378,11 @@ def _ends_request(tokens: tuple[Token, ...], rest: tuple[Token, ...]) -> bool:
     where, or ends in a verb of disposal, and what follows names something else."""
     verb = tokens[-2] if len(tokens) >= 2 else tokens[-1]
     asks = any(t.form in WH or t.lemma in WH for t in tokens) or verb.lemma in DISPOSE
-    return asks and any(t.tag.startswith("NN") for t in tokens) and any(t.tag.startswith("NN") and t.form not in NOT_ITEMS or t.tag == "NP" for t in rest)
+    return (
+        asks
+        and any(t.tag.startswith("NN") for t in tokens)
+        and any(t.tag.startswith("NN") and t.form not in NOT_ITEMS or t.tag == "NP" for t in rest)
+    )
 
 
 def read(text: str) -> Question:
@@ -184,26 +404,47 @@ def read_part(text: str) -> Part:
     lemmas = a.lemmas
     wh = frozenset(w for w in WH if w in lemmas or any(t.form == w for t in a.tokens))
     compact_all = a.text.replace(" ", "")
-    disposal = bool(lemmas & DISPOSE) or any(t.form in DISPOSAL_NOUNS for t in a.tokens) or "분리수거" in compact_all or "분리배출" in compact_all
-    predicates = [t for t in a.tokens if t.tag in ("VV", "VA", "VX", "VCP", "XSV", "XSA", "VV-I", "VA-I", "VV-R", "VA-R")]
-    find = bool(lemmas & FIND) or "어디" in wh and bool(lemmas & {"있다", "이다", "가다", "어딨다"}) or "어딨" in compact_all
+    disposal = (
+        bool(lemmas & DISPOSE)
+        or any(t.form in DISPOSAL_NOUNS for t in a.tokens)
+        or "분리수거" in compact_all
+        or "분리배출" in compact_all
+    )
+    predicates = [
+        t for t in a.tokens if t.tag in ("VV", "VA", "VX", "VCP", "XSV", "XSA", "VV-I", "VA-I", "VV-R", "VA-R")
+    ]
+    find = (
+        bool(lemmas & FIND)
+        or "어디" in wh
+        and bool(lemmas & {"있다", "이다", "가다", "어딨다"})
+        or "어딨" in compact_all
+    )
     near = any(t.form in NEAR for t in a.tokens) or "가깝다" in lemmas
 
     items: list[str] = []
     parts: list[str] = []
     proposed = ""
     place = ""
-    demonstrative = any(t.form in ("이거", "이건", "저거", "그거", "이것", "저것", "그것", "얘", "이") and t.tag == "NP" for t in a.tokens)
+    demonstrative = any(
+        t.form in ("이거", "이건", "저거", "그거", "이것", "저것", "그것", "얘", "이") and t.tag == "NP"
+        for t in a.tokens
+    )
     phrases = [_without_verb(a, p) for p in a.phrases if not _modifies_next(a, p)]
     phrases = [p for p in phrases if p]
     region_words = _regions()
     situations = _situations()  # "인테리어 하고 남은 타일": where the waste comes from, not an item
     characters = _character_names()
-    if any(t.form in GENERIC_PLACES | PLACE_NOUNS and t.tag.startswith("NN") for t in a.tokens) and (near or find or "어디" in wh and not lemmas & DISPOSE):
+    if any(t.form in GENERIC_PLACES | PLACE_NOUNS and t.tag.startswith("NN") for t in a.tokens) and (
+        near or find or "어디" in wh and not lemmas & DISPOSE
+    ):
         place = "collection_point" if lemmas & DISPOSE else "location"  # "근처에 건전지 버릴 곳 있어?"
     for n, phrase in enumerate(phrases):
         nxt = a.after(phrase[-1])
-        phrase = tuple(t for t in _without_compounds(phrase, NOT_ITEMS | situations) if t.form not in region_words and t.form not in characters and t.form not in NOT_ITEMS | situations)
+        phrase = tuple(
+            t
+            for t in _without_compounds(phrase, NOT_ITEMS | situations)
+            if t.form not in region_words and t.form not in characters and t.form not in NOT_ITEMS | situations
+        )
         if not phrase:
             continue
         words = [t.form for t in phrase if t.tag not in ("XSN",) or t.form in ("류",)]
@@ -215,17 +456,34 @@ def read_part(text: str) -> Part:
             item_tokens, category, own_item = _split_bin(phrase, bin_word or place_word)
             item_tokens = [t for t in item_tokens if t.form not in NOT_ITEMS and t.form not in DISPOSAL_NOUNS]
             rest = _surface(a, phrase, [t.form for t in item_tokens]) if item_tokens else ""
-            as_destination = nxt is not None and (nxt.tag in ("JKB",) and nxt.form in ("에", "에다", "에다가", "로", "으로") and bool(lemmas & DISPOSE))
+            as_destination = nxt is not None and (
+                nxt.tag in ("JKB",) and nxt.form in ("에", "에다", "에다가", "로", "으로") and bool(lemmas & DISPOSE)
+            )
             missing = _followed_by(a, phrase, "없다")  # "유리병 수거함 없으면 어떡해": a condition of the rules
             if missing:
                 item = rest or category or own_item
                 if item:
                     items.append(_with_modifier(a, phrase, item))
                 continue
-            verb_like = bin_word.endswith("함") and not find and not near and not any(p.start > phrase[-1].end for p in predicates) and not as_destination
+            verb_like = (
+                bin_word.endswith("함")
+                and not find
+                and not near
+                and not any(p.start > phrase[-1].end for p in predicates)
+                and not as_destination
+            )
             # "전기장판 의류수거함 되나요?": whether the item may go in it, not where the bin is
-            allowed = bool(bin_word) and (n > 0 or bool(item_tokens)) and not find and not near and "어디" not in wh and any(
-                p.start > phrase[-1].end and p.lemma in ("되다", "가능하다", "괜찮다", "맞다", "안되다") for p in predicates)
+            allowed = (
+                bool(bin_word)
+                and (n > 0 or bool(item_tokens))
+                and not find
+                and not near
+                and "어디" not in wh
+                and any(
+                    p.start > phrase[-1].end and p.lemma in ("되다", "가능하다", "괜찮다", "맞다", "안되다")
+                    for p in predicates
+                )
+            )
             as_destination = as_destination or allowed and not verb_like
             if as_destination or verb_like:  # "캔 수거함에 넣어도 돼?" / "플라스틱 분리수거함?" (= 분리수거 함?)
                 if verb_like:  # the bin is the verb: "is it 분리수거'd?", and a category before it is the item
@@ -239,7 +497,14 @@ def read_part(text: str) -> Part:
                 continue
             # a bin or place ending a question asks where it is ("분리수거함?", "재활용센터 어디야"),
             # not when the question asks something else of it ("고물상 얼마", "분리수거장 몇시에 열어")
-            if find or near or n == len(phrases) - 1 and a.is_question and not lemmas & DISPOSE and (not wh or "어디" in wh):
+            if (
+                find
+                or near
+                or n == len(phrases) - 1
+                and a.is_question
+                and not lemmas & DISPOSE
+                and (not wh or "어디" in wh)
+            ):
                 place = "collection_point" if bin_word else "location"
             item = rest or own_item or category
             if item and item not in NOT_ITEMS and not destination(item) or item and rest:
@@ -248,14 +513,24 @@ def read_part(text: str) -> Part:
         # a bag or bin of a category named as where the item goes ("음식물 쓰레기 봉투에 뼈 넣어도
         # 돼?", "일반쓰레기 봉투에 건전지"): that category is proposed, the whole phrase is no item
         if len(words) > 1 and words[-1] in CONTAINERS and nxt is not None and nxt.tag == "JKB" and lemmas & DISPOSE:
-            held = destination("".join(w for w in words[:-1] if w not in ("쓰레기",))) or destination("".join(words[:-1]))
+            held = destination("".join(w for w in words[:-1] if w not in ("쓰레기",))) or destination(
+                "".join(words[:-1])
+            )
             if held:
                 proposed = proposed or held
                 continue
         # a category the user proposes ("음쓰 맞아?", "일반쓰레기로 버려?"), possibly after the item ("치킨 뼈 음쓰임?")
         head, dest = _splitdestination(words)
-        marks_destination = nxt is None and a.is_question or nxt is not None and (
-            nxt.tag in ("VCP", "JKB", "SF") or nxt.form in ("맞", "아니", "인가", "야", "되", "안") or nxt.tag == "JX" and _yes_no_after(a, nxt)
+        marks_destination = (
+            nxt is None
+            and a.is_question
+            or nxt is not None
+            and (
+                nxt.tag in ("VCP", "JKB", "SF")
+                or nxt.form in ("맞", "아니", "인가", "야", "되", "안")
+                or nxt.tag == "JX"
+                and _yes_no_after(a, nxt)
+            )
         )
         if dest and marks_destination:  # "치킨 뼈 음쓰임?", "음쓰 맞아?": the category is proposed, not the item
             proposed = proposed or dest
@@ -281,18 +556,35 @@ def read_part(text: str) -> Part:
     # a lone category word is the item itself ("음쓰 어디다 버려?", "페트병에 라벨 붙은 채로 내놔도 돼?")
     steps_asked = any(k in lemmas for k in lex["steps"])
     if not items and proposed and (not a.is_question or wh or parts or steps_asked):
-        items = [next(k for k, v in _lexicon()["destinations"].items() if v == proposed)] if proposed != "재활용" else []
+        items = (
+            [next(k for k, v in _lexicon()["destinations"].items() if v == proposed)] if proposed != "재활용" else []
+        )
         if items:
             items = [_surface_of(a, proposed) or items[0]]
             proposed = ""
     steps = tuple(dict.fromkeys(v for k, v in lex["steps"].items() if k in lemmas))
-    local = next((kind for kind, spec in lex["local"].items() if any(w.replace(" ", "") in compact_all for w in spec["words"])
-                  and (not spec.get("with") or any(w in compact_all for w in spec["with"]))), "")
+    local = next(
+        (
+            kind
+            for kind, spec in lex["local"].items()
+            if any(w.replace(" ", "") in compact_all for w in spec["words"])
+            and (not spec.get("with") or any(w in compact_all for w in spec["with"]))
+        ),
+        "",
+    )
     if local == "schedule" and not (disposal or items or "수거" in compact_all):
         local = ""
-    if local == "contact" and not ("전화" in compact_all or "연락" in compact_all or "콜센터" in compact_all or "번호" in compact_all and any(w in compact_all for w in OFFICES)):
+    if local == "contact" and not (
+        "전화" in compact_all
+        or "연락" in compact_all
+        or "콜센터" in compact_all
+        or "번호" in compact_all
+        and any(w in compact_all for w in OFFICES)
+    ):
         local = ""
-    yes_no = a.is_question and not wh or bool(proposed and not wh)  # Korean asks yes/no by a question without a question word
+    yes_no = (
+        a.is_question and not wh or bool(proposed and not wh)
+    )  # Korean asks yes/no by a question without a question word
     # Latin words are an item only when the rules know them ("PET", "LED", "CD"), not any English
     # in the text; a single letter only when it is a word of the synonyms ("캔", "옷", "귤")
     items = [i for i in items if not i.isascii() or set(K.normalise(i).split()) <= _latin_words()]
@@ -300,17 +592,35 @@ def read_part(text: str) -> Part:
     # said unknown ("흙 버리는 법") rather than asked about
     kept = [i for i in items if len(i) > 1 or i in _single_letter_items()]
     counted = {t.form for p_, t in zip(a.tokens, a.tokens[1:]) if p_.tag == "SN"}  # "3층", "2개": a count, not a thing
-    items = kept or [i for i in items if i in {t.form for t in a.tokens if t.tag == "NNG"} - counted and lemmas & DISPOSE]
+    items = kept or [
+        i for i in items if i in {t.form for t in a.tokens if t.tag == "NNG"} - counted and lemmas & DISPOSE
+    ]
     if local:  # the fact asked for is no item ("과태료", "전화번호")
-        items = [i for i in items if i.replace(" ", "") not in {w.replace(" ", "") for w in lex["local"][local]["words"]} or local.startswith("bag")]
+        items = [
+            i
+            for i in items
+            if i.replace(" ", "") not in {w.replace(" ", "") for w in lex["local"][local]["words"]}
+            or local.startswith("bag")
+        ]
     if local == "bag_price":  # the bag is what is asked about, not something to throw away
         items = [i for i in items if destination(i) != "일반종량제폐기물" and "봉투" not in i and "마대" not in i]
     state = _state_said(a)
     if state and len(items) == 1 and state not in items[0]:  # "형광등 깨졌는데 어떡해" asks about a broken one
         items = [f"{state} {items[0]}"]
     return Part(
-        text=text, analysis=a, items=tuple(dict.fromkeys(i for i in items if i)), proposed=proposed, yes_no=yes_no, parts=tuple(dict.fromkeys(parts)),
-        steps=steps, place=place, local=local, quantity=_quantities(a), disposal=disposal, demonstrative=demonstrative, wh=wh,
+        text=text,
+        analysis=a,
+        items=tuple(dict.fromkeys(i for i in items if i)),
+        proposed=proposed,
+        yes_no=yes_no,
+        parts=tuple(dict.fromkeys(parts)),
+        steps=steps,
+        place=place,
+        local=local,
+        quantity=_quantities(a),
+        disposal=disposal,
+        demonstrative=demonstrative,
+        wh=wh,
     )
 
 
@@ -334,14 +644,27 @@ def _without_compounds(phrase: tuple[Token, ...], words: frozenset[str]) -> tupl
 
 #: States of an item the rules treat apart (깨진 유리병, 오염된 비닐), as the verb that says them →
 #: the modifier the rules write.
-STATES = {"깨지다": "깨진", "찢어지다": "찢어진", "오염되다": "오염된", "젖다": "젖은", "녹슬다": "녹슨", "상하다": "상한"}
+STATES = {
+    "깨지다": "깨진",
+    "찢어지다": "찢어진",
+    "오염되다": "오염된",
+    "젖다": "젖은",
+    "녹슬다": "녹슨",
+    "상하다": "상한",
+}
 
 
 def _state_said(a: Analysis) -> str:
     """The state a predicate says of the item ("형광등 깨졌는데" → 깨진), not a modifier ("깨진
     유리병" is read with the item) and not a negated one ("깨지지 않게")."""
     for i, t in enumerate(a.tokens):
-        lemma = t.lemma if t.tag.startswith("VV") else a.tokens[i - 1].form + "되다" if t.tag == "XSV" and t.form == "되" and i > 0 else ""
+        lemma = (
+            t.lemma
+            if t.tag.startswith("VV")
+            else a.tokens[i - 1].form + "되다"
+            if t.tag == "XSV" and t.form == "되" and i > 0
+            else ""
+        )
         if lemma not in STATES:
             continue
         after = a.tokens[i + 1 : i + 4]
@@ -363,7 +686,23 @@ def _regions() -> frozenset[str]:
     from . import bulk_waste as BW
 
     v = BW.vocabulary()
-    return frozenset([*v.regions, *v.sido_words, *v.aliases, "서울", "부산", "대구", "인천", "광주", "대전", "울산", "세종", "경기", "제주"])
+    return frozenset(
+        [
+            *v.regions,
+            *v.sido_words,
+            *v.aliases,
+            "서울",
+            "부산",
+            "대구",
+            "인천",
+            "광주",
+            "대전",
+            "울산",
+            "세종",
+            "경기",
+            "제주",
+        ]
+    )
 
 
 @cache
@@ -410,7 +749,13 @@ def _without_verb(a: Analysis, phrase: tuple[Token, ...]) -> tuple[Token, ...]:
     nxt = a.after(phrase[-1])
     if nxt is not None and nxt.tag in ("XSV", "XSA") and nxt.start == phrase[-1].end:
         return phrase[:-1]
-    if nxt is not None and nxt.tag.startswith("VV") and nxt.lemma in STATE_VERBS and nxt.start == phrase[-1].end and len(phrase) > 1:
+    if (
+        nxt is not None
+        and nxt.tag.startswith("VV")
+        and nxt.lemma in STATE_VERBS
+        and nxt.start == phrase[-1].end
+        and len(phrase) > 1
+    ):
         return phrase[:-1]
     return phrase
 
@@ -420,20 +765,36 @@ def _modifies_next(a: Analysis, phrase: tuple[Token, ...]) -> bool:
     있던 트레이", "티비 살 때 들어있던 스티로폼": 딸기, 티비 are what it held or came with)."""
     i = a.tokens.index(phrase[-1])
     rest = a.tokens[i + 1 : i + 4]
-    if (len(rest) >= 3 and rest[0].tag.startswith(("VV", "VA")) and rest[0].lemma not in DISPOSE and rest[1].tag == "ETM"
-            and rest[2].tag in ("NNG", "NNP", "XPN") and rest[2].form not in NOT_ITEMS):  # "수거함 없는 아파트": 아파트 is no item
+    if (
+        len(rest) >= 3
+        and rest[0].tag.startswith(("VV", "VA"))
+        and rest[0].lemma not in DISPOSE
+        and rest[1].tag == "ETM"
+        and rest[2].tag in ("NNG", "NNP", "XPN")
+        and rest[2].form not in NOT_ITEMS
+    ):  # "수거함 없는 아파트": 아파트 is no item
         return True
     j = i + 1
     while j < len(a.tokens) and a.tokens[j].tag == "JKS":
         j += 1
     chain = 0
-    while j < len(a.tokens) and (a.tokens[j].tag.startswith(("VV", "VA", "VX", "EC", "EP", "ETM")) or a.tokens[j].form == "때" and a.tokens[j - 1].tag == "ETM"):
+    while j < len(a.tokens) and (
+        a.tokens[j].tag.startswith(("VV", "VA", "VX", "EC", "EP", "ETM"))
+        or a.tokens[j].form == "때"
+        and a.tokens[j - 1].tag == "ETM"
+    ):
         if a.tokens[j].tag.startswith(("VV", "VA")) and a.tokens[j].lemma in DISPOSE:
             return False
         chain += 1
         j += 1
-    return (chain >= 3 and j < len(a.tokens) and a.tokens[j - 1].tag == "ETM" and a.tokens[j].tag in ("NNG", "NNP", "XPN")
-            and a.tokens[j].form not in NOT_ITEMS and a.tokens[j].form not in _lexicon()["food_parts"])  # "치킨 먹고 남은 뼈": the food's bone
+    return (
+        chain >= 3
+        and j < len(a.tokens)
+        and a.tokens[j - 1].tag == "ETM"
+        and a.tokens[j].tag in ("NNG", "NNP", "XPN")
+        and a.tokens[j].form not in NOT_ITEMS
+        and a.tokens[j].form not in _lexicon()["food_parts"]
+    )  # "치킨 먹고 남은 뼈": the food's bone
 
 
 def _surface(a: Analysis, phrase: tuple[Token, ...], content: list[str]) -> str:
@@ -457,7 +818,9 @@ def _split_bin(phrase: tuple[Token, ...], bin_word: str) -> tuple[list[Token], s
     forms = [t.form for t in phrase]
     for i in range(len(phrase)):
         if bin_word in "".join(forms[i:]) and bin_word not in "".join(forms[i + 1 :]):
-            own = "".join(forms[i:]).replace(bin_word, "") or re.sub(r"(분리|전용)?수거함$|함$|통$|수거통$", "", bin_word)
+            own = "".join(forms[i:]).replace(bin_word, "") or re.sub(
+                r"(분리|전용)?수거함$|함$|통$|수거통$", "", bin_word
+            )
             before = list(phrase[:i])
             if not destination(own) and before and destination(before[-1].form):
                 return before[:-1], before[-1].form, ""
@@ -504,21 +867,49 @@ def _splitdestination(words: list[str]) -> tuple[list[str], str]:
 
 
 #: Verbs whose modifier says nothing about the item's state ("다 쓴", "나온", "남은").
-PLAIN_MODIFIERS = frozenset({"쓰다", "있다", "하다", "되다", "나오다", "생기다", "남다", "모으다", "사다", "받다", "먹다", "마시다", "모이다", "들다"})
+PLAIN_MODIFIERS = frozenset(
+    {
+        "쓰다",
+        "있다",
+        "하다",
+        "되다",
+        "나오다",
+        "생기다",
+        "남다",
+        "모으다",
+        "사다",
+        "받다",
+        "먹다",
+        "마시다",
+        "모이다",
+        "들다",
+    }
+)
 
 
 def _with_modifier(a: Analysis, phrase: tuple[Token, ...], core: str) -> str:
     """The item with the state a modifier names, before it ("깨진 유리병", "기름 묻은 배달용기")
     or after it ("배달 용기 기름 묻은 거")."""
     i = a.tokens.index(phrase[0])
-    if i >= 2 and a.tokens[i - 1].tag == "ETM" and a.tokens[i - 2].tag.startswith(("VV", "VA")) and a.tokens[i - 2].lemma not in DISPOSE | PLAIN_MODIFIERS:
+    if (
+        i >= 2
+        and a.tokens[i - 1].tag == "ETM"
+        and a.tokens[i - 2].tag.startswith(("VV", "VA"))
+        and a.tokens[i - 2].lemma not in DISPOSE | PLAIN_MODIFIERS
+    ):
         start = a.tokens[i - 2].start
         if i >= 3 and a.tokens[i - 3].tag in ("NNG",) and a.tokens[i - 3].end >= start - 1:
             start = a.tokens[i - 3].start  # "기름 묻은"
         return f"{a.text[start : a.tokens[i - 1].end].strip()} {core}".strip()
     j = a.tokens.index(phrase[-1])
     after = a.tokens[j + 1 : j + 4]
-    if len(after) >= 3 and after[0].tag.startswith(("VV", "VA")) and after[1].tag == "ETM" and after[2].form in ("거", "것", "건", "게") and after[0].lemma not in DISPOSE | PLAIN_MODIFIERS:
+    if (
+        len(after) >= 3
+        and after[0].tag.startswith(("VV", "VA"))
+        and after[1].tag == "ETM"
+        and after[2].form in ("거", "것", "건", "게")
+        and after[0].lemma not in DISPOSE | PLAIN_MODIFIERS
+    ):
         state = a.text[after[0].start : after[1].end].strip()
         words = core.split()
         if len(words) > 1 and words[-1] == phrase[-1].form:  # "용기 기름 묻은 거": 기름 goes with 묻은

@@ -24,7 +24,15 @@ def citations_of(state: ChatState) -> list[chat_pb2.Citation]:
         if c["source_id"] in seen:
             continue
         seen.add(c["source_id"])
-        out.append(chat_pb2.Citation(source_id=c["source_id"], kind=c["kind"], title=c.get("title", ""), snippet=c.get("snippet", ""), url=c.get("url", "")))
+        out.append(
+            chat_pb2.Citation(
+                source_id=c["source_id"],
+                kind=c["kind"],
+                title=c.get("title", ""),
+                snippet=c.get("snippet", ""),
+                url=c.get("url", ""),
+            )
+        )
     return out
 
 
@@ -34,9 +42,17 @@ def character_pb(c: Character) -> character_pb2.Character:
 
 def place_hit_pb(p: Place) -> location_pb2.PlaceHit:
     place = location_pb2.Place(
-        id=p["id"], name=p["name"], address=p["address"], road_address=p["road_address"], phone=p["phone"],
-        location=location_pb2.GeoPoint(latitude=p["latitude"], longitude=p["longitude"]), store_category=p["store_category"],
-        pickup_categories=p["pickup_categories"], source=p["source"], opening_hours=p["opening_hours"], url=p["url"],
+        id=p["id"],
+        name=p["name"],
+        address=p["address"],
+        road_address=p["road_address"],
+        phone=p["phone"],
+        location=location_pb2.GeoPoint(latitude=p["latitude"], longitude=p["longitude"]),
+        store_category=p["store_category"],
+        pickup_categories=p["pickup_categories"],
+        source=p["source"],
+        opening_hours=p["opening_hours"],
+        url=p["url"],
     )
     if p["updated_at"]:
         updated = timestamp_pb2.Timestamp()
@@ -48,9 +64,14 @@ def place_hit_pb(p: Place) -> location_pb2.PlaceHit:
 def result_of(state: ChatState, *, message_id: str) -> chat_pb2.ChatResult:
     grade = state.get("grade") or rule_grade(state)
     result = chat_pb2.ChatResult(
-        conversation_id=state["conversation_id"], message_id=message_id, answer=state.get("answer", ""),
-        intents=[INTENT_ENUM[i] for i in state.get("intents") or []], citations=citations_of(state),
-        grade=chat_pb2.Grade(level=grade["level"], score=grade["score"], grader=grade["grader"], reasons=grade["reasons"]),
+        conversation_id=state["conversation_id"],
+        message_id=message_id,
+        answer=state.get("answer", ""),
+        intents=[INTENT_ENUM[i] for i in state.get("intents") or []],
+        citations=citations_of(state),
+        grade=chat_pb2.Grade(
+            level=grade["level"], score=grade["score"], grader=grade["grader"], reasons=grade["reasons"]
+        ),
         fallback_used=bool(state.get("fallback_used")),
     )
     contexts = state.get("contexts") or {}

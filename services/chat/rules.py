@@ -53,7 +53,9 @@ class Finding:
     proposed: str = ""  # the proposed category's name
     brief: bool = False  # the question asks something else about it (a collection day): the direct answer only
     nearest: bool = False  # found by the fallback chain's retry: the nearest rule, not the item's own
-    mentioned: bool = False  # a part the rules name only as removed from another item ("빨대", "라벨"): no category of its own
+    mentioned: bool = (
+        False  # a part the rules name only as removed from another item ("빨대", "라벨"): no category of its own
+    )
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -77,7 +79,7 @@ def _category_words() -> frozenset[str]:
     """Words that name a category rather than an item: synonyms add them, selection ignores them."""
     base = K.load()
     words = {K.normalise(w).replace(" ", "") for r in base.rules for w in (r.name, r.key, r.category, r.file)}
-    words |= {w[len("재활용폐기물_"):] for w in words if w.startswith("재활용폐기물_")}
+    words |= {w[len("재활용폐기물_") :] for w in words if w.startswith("재활용폐기물_")}
     return frozenset(words | {"재활용폐기물", "재활용", "일반종량제폐기물", "대형", "용기", "배출"})
 
 
@@ -96,7 +98,11 @@ def subject(line: str) -> str:
         if t.tag == "JX" and t.form in ("은", "는", "ᆫ") and i > 0:
             head = line[: t.start].strip()
             return head if "(" not in head and len(head) <= 40 else ""
-        if t.tag in ("JKO", "JKB", "EC", "EF", "SS") or t.tag.startswith(("VV", "VA")) and not (i + 1 < len(a.tokens) and a.tokens[i + 1].tag == "ETM"):
+        if (
+            t.tag in ("JKO", "JKB", "EC", "EF", "SS")
+            or t.tag.startswith(("VV", "VA"))
+            and not (i + 1 < len(a.tokens) and a.tokens[i + 1].tag == "ETM")
+        ):
             return ""
     return ""
 
@@ -105,7 +111,11 @@ def _about_items(line: str) -> bool:
     """A line whose subject lists items ("가위, 칼, 송곳 등 날카로운 금속은 …"), not one that
     names a whole category ("농약, 락카, 광택제 등 생활계 유해폐기물은 제외")."""
     head = subject(line).split()[-1:] if subject(line) else []
-    return bool(head) and K.normalise(head[0]) not in _category_words() and not any(K.normalise(head[0]) in w for w in _category_words() if len(head[0]) >= 3)
+    return (
+        bool(head)
+        and K.normalise(head[0]) not in _category_words()
+        and not any(K.normalise(head[0]) in w for w in _category_words() if len(head[0]) >= 3)
+    )
 
 
 def _matches(text: str, query: str) -> bool:
@@ -142,7 +152,9 @@ def _line_dest(line: str) -> str:
     for m in re.finditer(r"([가-힣A-Za-z·]+?(?:\s[가-힣]+?)?)(?:으로|로|에)\s*배출(하지 않|하지 말|불가)?", rest):
         if not m.group(2):  # "… 배출하지 않도록" says where it must not go
             words = [w for w in m.group(1).split() if w not in ("또는", "및", "혹은")]
-            while len(words) > 1 and re.search(r"(여|고|서|며|거나)$", words[0]):  # "이용하여 불연성종량제폐기물로": how, then where
+            while len(words) > 1 and re.search(
+                r"(여|고|서|며|거나)$", words[0]
+            ):  # "이용하여 불연성종량제폐기물로": how, then where
                 words.pop(0)
             return " ".join(words)
     return ""
@@ -154,9 +166,15 @@ def _rank(kb: K.KnowledgeBase, item: str) -> list[tuple[K.Passage, float]]:
     ranked = []
     own = K.normalise(item.split()[0]).replace(" ", "") if item else ""
     for p, score in kb.about(item):
-        if p.kind in ("step", "detail") and any(_about_items(line) and _matches(subject(line), item) for line in p.lines):
+        if p.kind in ("step", "detail") and any(
+            _about_items(line) and _matches(subject(line), item) for line in p.lines
+        ):
             score *= 2
-        if p.kind in ("exception", "scope") and len(own) >= 3 and own in {K.normalise(n).replace(" ", "") for n in re.split(r"[,·()]", p.names)}:
+        if (
+            p.kind in ("exception", "scope")
+            and len(own) >= 3
+            and own in {K.normalise(n).replace(" ", "") for n in re.split(r"[,·()]", p.names)}
+        ):
             score *= 3  # the item by its own name ("종이호일"), whatever its synonyms add ("호일" → 알루미늄)
         ranked.append((p, score))
     return sorted(ranked, key=lambda ps: -ps[1])
@@ -166,7 +184,9 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     """What the rules say about `item`; None when nothing supports an answer."""
     files = {r.file: r for r in kb.rules}
     spec = specific(item, kb)
-    ranked = _rank(kb, spec)  # passages by the item's own words: category names would favour any line naming the category
+    ranked = _rank(
+        kb, spec
+    )  # passages by the item's own words: category names would favour any line naming the category
     hits = kb.search(item, limit=2)  # files by every synonym: good at the category, not at the line
     known = K.expand(item, kb.synonyms) != item  # an everyday word synonyms.yaml maps ("드라이기" → 전기전자제품)
     if (not ranked or ranked[0][1] < MIN_SUPPORT) and not (hits and known):
@@ -177,14 +197,20 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     elif not ranked or ranked[0][1] < MIN_SUPPORT:
         rule = hits[0].rule
     elif hits and ranked[0][0].file != hits[0].rule.file and ranked[0][0].kind == "step":
-        rule = hits[0].rule  # a common line naming the item in passing ("TV, 컴퓨터 … 발포합성수지는") does not make it that file's item
+        rule = (
+            hits[0].rule
+        )  # a common line naming the item in passing ("TV, 컴퓨터 … 발포합성수지는") does not make it that file's item
     else:
         rule = files[ranked[0][0].file]  # an item named by a file's items, details or refused items is about that file
     # an everyday word synonyms.yaml gives a category ("피아노" → 대형폐기물) is in that category
     # when no passage names the word itself: passages naming the category word in passing
     # ("대형폐기물로 배출: … 장판 등 대형폐기물" of 공사장 생활폐기물) are not about it
     by_synonym = dest_files(kb, K.expand(item, kb.synonyms)[len(item) :]) if known and named not in files else []
-    if len(by_synonym) == 1 and not (ranked and _matches(ranked[0][0].names or " ".join(ranked[0][0].lines), item)) and by_synonym[0] in {h.rule.file for h in hits}:
+    if (
+        len(by_synonym) == 1
+        and not (ranked and _matches(ranked[0][0].names or " ".join(ranked[0][0].lines), item))
+        and by_synonym[0] in {h.rule.file for h in hits}
+    ):
         rule = files[by_synonym[0]]
     situated = _situation(kb, part, spec) if part is not None else None
     if situated is not None:  # "집수리하고 나온 폐벽돌": the file of where it comes from, when it names the item
@@ -195,17 +221,35 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     category_level = compact in {K.normalise(w).replace(" ", "") for w in (rule.name, rule.key)} or named == rule.file
     scope = next(p for p in rule.passages if p.kind == "scope")
     scope_score = narrow.get(id(scope), 0.0)
-    related = sorted(((p, narrow[id(p)]) for p in rule.passages if p.kind == "exception" and id(p) in narrow and _matches(p.about, spec)), key=lambda ps: -ps[1])
+    related = sorted(
+        (
+            (p, narrow[id(p)])
+            for p in rule.passages
+            if p.kind == "exception" and id(p) in narrow and _matches(p.about, spec)
+        ),
+        key=lambda ps: -ps[1],
+    )
     # a refused item is the asked item when the item's own words name it: a part its synonyms add
     # ("샴푸통" → 펌프) is an exception that applies to it, not what it is
     parts = set(K.lexicon()["parts"])
     own = " ".join(w for w in spec.split() if w not in parts or w in K.normalise(item).split())
     refused = next((p for p, _ in related if is_named(p.names, own)), None) if not category_level else None
-    if refused is None and not category_level and K.normalise(item) in parts:  # a bare part a refused item is named by ("송장" ↔ "택배 송장")
+    if (
+        refused is None and not category_level and K.normalise(item) in parts
+    ):  # a bare part a refused item is named by ("송장" ↔ "택배 송장")
         refused = next((p for p, _ in related if _matches(p.names, item)), None)
     # what the item is: the scope lines that name it (the file's own targets first), else its targets
-    naming = [line for line in scope.lines if _matches(line, spec)][:2] or list(scope.lines[: max(1, len(rule.targets))])
-    f = Finding(item=item, file=rule.file, name=rule.name, score=round(score, 2), basis=_doc(scope, naming), category_level=category_level)
+    naming = [line for line in scope.lines if _matches(line, spec)][:2] or list(
+        scope.lines[: max(1, len(rule.targets))]
+    )
+    f = Finding(
+        item=item,
+        file=rule.file,
+        name=rule.name,
+        score=round(score, 2),
+        basis=_doc(scope, naming),
+        category_level=category_level,
+    )
     cut = max([scope_score, *(s for _, s in related[:1])]) * KEEP
     f.exceptions = _merge([_doc(p, p.lines) for p, s in related if s >= cut and p is not refused])
     if category_level:
@@ -214,13 +258,19 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         f.refused, f.dest, f.basis = True, refused.dest, _doc(refused, refused.lines)
         f.dest_files = dest_files(kb, refused.dest)
         there = files.get(f.dest_files[0]) if f.dest_files else None
-        f.steps = _steps(there, specific(item, kb), item, generic_only=True)[0] if there is not None and there.file != rule.file else []
+        f.steps = (
+            _steps(there, specific(item, kb), item, generic_only=True)[0]
+            if there is not None and there.file != rule.file
+            else []
+        )
     else:
         f.steps, specific_dest = _steps(rule, spec, item, category_level=category_level)
         named_dest = dest_files(kb, specific_dest) if specific_dest else []
         f.dest_files = [d for d in named_dest if d != rule.file][:1] or [rule.file]
         f.dest = specific_dest if named_dest and named_dest[0] != rule.file else rule.name
-    if _only_mentioned(rule, item, f) and not (part is not None and part.steps):  # "라벨 안 떼고 버려도 돼?" asks a step about it
+    if _only_mentioned(rule, item, f) and not (
+        part is not None and part.steps
+    ):  # "라벨 안 떼고 버려도 돼?" asks a step about it
         f.mentioned = True
         f.steps = [{**d, "lines": [line for line in d["lines"] if _matches(line, item)]} for d in f.steps]
         f.steps = [d for d in f.steps if d["lines"]]
@@ -236,7 +286,9 @@ def _only_mentioned(rule: K.RuleFile, item: str, f: Finding) -> bool:
     only say to remove it ("내용물, 빨대, 비닐을 제거하고 …"), not where it goes."""
     if f.refused or f.category_level or K.normalise(item) not in set(K.lexicon()["parts"]):
         return False
-    return not any(_matches(p.names or " ".join(p.lines), item) for p in rule.passages if p.kind in ("scope", "exception"))
+    return not any(
+        _matches(p.names or " ".join(p.lines), item) for p in rule.passages if p.kind in ("scope", "exception")
+    )
 
 
 def _situation(kb: K.KnowledgeBase, part: Q.Part, spec: str) -> str | None:
@@ -246,7 +298,9 @@ def _situation(kb: K.KnowledgeBase, part: Q.Part, spec: str) -> str | None:
     for file, words in (K.lexicon().get("situations") or {}).items():
         if any(w in compact for w in words):
             rule = next((r for r in kb.rules if r.file == file), None)
-            if rule is not None and any(p.kind == "detail" and any(_matches(line, spec) for line in p.lines) for p in rule.passages):
+            if rule is not None and any(
+                p.kind == "detail" and any(_matches(line, spec) for line in p.lines) for p in rule.passages
+            ):
                 return file
     return None
 
@@ -262,19 +316,31 @@ def is_named(names: str, spec: str) -> bool:
         return any(a == w or len(a) >= 2 and len(w) >= 2 and (a in w or w in a) for w in words)
 
     groups = [g.removesuffix("의") or g for g in re.split(r"\s+", re.sub(r"\(.*?\)|등의|등", " ", names).strip()) if g]
-    inner = re.findall(r"\((.*?)\)", names)  # "복합재질 가공식품(티백·육수팩 등)": its examples name it too ("(먹는샘물, 음료 외)" does not)
-    if inner and "외" not in inner[0].split() and any(hit(x) for x in re.split(r"[·,\s]+", re.sub(r"등", "", inner[0])) if x):
+    inner = re.findall(
+        r"\((.*?)\)", names
+    )  # "복합재질 가공식품(티백·육수팩 등)": its examples name it too ("(먹는샘물, 음료 외)" does not)
+    if (
+        inner
+        and "외" not in inner[0].split()
+        and any(hit(x) for x in re.split(r"[·,\s]+", re.sub(r"등", "", inner[0])) if x)
+    ):
         return True
     return bool(groups) and all(any(hit(x) for x in g.split("·") if x) for g in groups)
 
 
-def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = False, generic_only: bool = False) -> tuple[list[dict], str]:
+def _steps(
+    rule: K.RuleFile, spec: str, item: str, *, category_level: bool = False, generic_only: bool = False
+) -> tuple[list[dict], str]:
     """The file's common lines (those about other items left out) and its detail lines about
     the item; and where the most specific line about the item sends it."""
     narrow = {}
     details = {id(p): 0.0 for p in rule.passages if p.kind == "detail" and _matches(p.names, spec)}
     if details:
-        narrow = {id(p): s for p, s in K.load().about(spec, files={rule.file}) if id(p) in details} if rule in K.load().rules else {}
+        narrow = (
+            {id(p): s for p, s in K.load().about(spec, files={rule.file}) if id(p) in details}
+            if rule in K.load().rules
+            else {}
+        )
     detail_cut = max(narrow.values(), default=0.0) * KEEP
     steps, candidates = [], []  # (priority, where a line about the item sends it)
     for p in rule.passages:
@@ -284,7 +350,9 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
         lines = []
         for line in p.lines:
             about = subject(line)
-            mentions = _matches(line, item) or p.kind == "detail" and _matches(line, spec)  # a detail's list naming the item by its other name ("쇼파" → 소파)
+            mentions = (
+                _matches(line, item) or p.kind == "detail" and _matches(line, spec)
+            )  # a detail's list naming the item by its other name ("쇼파" → 소파)
             if category_level:
                 keep = True
             elif about:  # a line about some items: kept when they are the asked item (or the whole category)
@@ -297,10 +365,14 @@ def _steps(rule: K.RuleFile, spec: str, item: str, *, category_level: bool = Fal
             if not category_level and _line_dest(line):
                 if about and _matches(about, spec) and _state_fits(about, item):
                     candidates.append((0, 0, _line_dest(line)))
-                elif not about and mentions:  # of two such lines, the one naming more of the item ("깨진 형광등": "조명이 깨진 경우에는 …")
+                elif (
+                    not about and mentions
+                ):  # of two such lines, the one naming more of the item ("깨진 형광등": "조명이 깨진 경우에는 …")
                     candidates.append((1 if p.kind == "detail" else 2, -_shared_words(line, item), _line_dest(line)))
         key_dest = _line_dest(p.doc.section.split("/", 1)[-1]) if p.kind == "detail" else ""
-        if key_dest and lines and not category_level:  # a detail named by where its items go ("대형폐기물로 배출": 싱크대, 가구류 …)
+        if (
+            key_dest and lines and not category_level
+        ):  # a detail named by where its items go ("대형폐기물로 배출": 싱크대, 가구류 …)
             candidates.append((1, 0, key_dest))
         if lines:
             steps.append(_doc(p, lines))
@@ -360,7 +432,15 @@ def _decide(kb: K.KnowledgeBase, f: Finding, part: Q.Part) -> None:
 
 def _forms(word: str) -> tuple[str, ...]:
     """A step word as the rules write it ("헹구" → "헹군", "헹구고"; "제거" → "제거", "떼")."""
-    return {"헹구": ("헹구", "헹군", "헹굴"), "닫": ("닫",), "압착": ("압착",), "펼": ("펼",), "묶": ("묶",), "비우": ("비우", "비운"), "제거": ("제거",)}.get(word, (word,))
+    return {
+        "헹구": ("헹구", "헹군", "헹굴"),
+        "닫": ("닫",),
+        "압착": ("압착",),
+        "펼": ("펼",),
+        "묶": ("묶",),
+        "비우": ("비우", "비운"),
+        "제거": ("제거",),
+    }.get(word, (word,))
 
 
 def shown(f: Finding) -> list[dict]:
@@ -378,7 +458,11 @@ def search_key(item: str) -> str:
     whole = {k[1:] for k in K.load().synonyms if k.startswith("=")}
     food_parts = set(K.lexicon().get("food_parts") or ())
     tokens = analyse(item).tokens
-    inside = [t.form for t, head in zip(tokens, tokens[1:]) if t.form in whole and head.form in food_parts and head.start == t.end]
+    inside = [
+        t.form
+        for t, head in zip(tokens, tokens[1:])
+        if t.form in whole and head.form in food_parts and head.start == t.end
+    ]
     return " ".join([item, *inside])
 
 
@@ -413,7 +497,9 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
                 items = list(earlier)
                 part = Q.Part(**{**part.__dict__, "parts": tuple(dict.fromkeys([*part.parts, *part.items]))})
         elif previous and all(K.normalise(i).replace(" ", "") in set(lex.get("attributes") or ()) for i in items):
-            earlier = next((q.items for q in (Q.read(t) for t in previous) if q.items), ())  # "그럼 초록색은?": a green one of the last item
+            earlier = next(
+                (q.items for q in (Q.read(t) for t in previous) if q.items), ()
+            )  # "그럼 초록색은?": a green one of the last item
             items = [f"{i} {e}" for i in items for e in earlier[:1]] or items
         named = named or bool(items)
         for item in items:
@@ -425,33 +511,77 @@ def gather(kb: K.KnowledgeBase, text: str, *, previous: list[str] = ()) -> dict:
                 f.brief = bool(part.local)
             if f is None:
                 unknown.append(item)
-            elif not any(g["item"] == f.item or (g["file"] == f.file and g["basis"] == f.basis and g["steps"] == f.steps) for g in findings):
+            elif not any(
+                g["item"] == f.item or (g["file"] == f.file and g["basis"] == f.basis and g["steps"] == f.steps)
+                for g in findings
+            ):
                 findings.append(f.as_dict())
-            for piece in part.parts:  # a part that is itself a refused item ("택배 송장", "샴푸통 펌프"): the answer is about it first
+            for piece in (
+                part.parts
+            ):  # a part that is itself a refused item ("택배 송장", "샴푸통 펌프"): the answer is about it first
                 g = find(kb, f"{search_key(item)} {piece}", part)
-                if g is not None and g.refused and _matches(g.basis["lines"][0].split(":")[0], piece) and not any(x["basis"] == g.basis for x in findings):
+                if (
+                    g is not None
+                    and g.refused
+                    and _matches(g.basis["lines"][0].split(":")[0], piece)
+                    and not any(x["basis"] == g.basis for x in findings)
+                ):
                     g.item = f"{item} {piece}"
                     at = next((i for i, x in enumerate(findings) if x["item"] == item), len(findings))
                     if at < len(findings):
                         findings[at].update(verdict="", proposed="", answer_line="")
                     findings.insert(at, g.as_dict())
         phone = re.compile(r"\d{3,4}-\d{4}")
-        said = [line for f in findings for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if phone.search(line)]
+        said = [
+            line
+            for f in findings
+            for d in shown(Finding(**{**f, "brief": False}))
+            for line in d["lines"]
+            if phone.search(line)
+        ]
         answers = (lex["local"].get(part.local) or {}).get("answers") or ()
-        answering = [f for f in findings if answers and any(w in line for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] for w in answers)]
+        answering = [
+            f
+            for f in findings
+            if answers
+            and any(w in line for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] for w in answers)
+        ]
         if part.local == "contact" and said:  # the rules give this number (폐가전 무상수거 1599-0903)
             for f in findings:
                 f["brief"] = False
-        elif answering:  # the rules say it for this item ("특수규격마대는 지자체가 지정한 판매소에서 구매"): that answer, whole
-            line_of = {f["item"]: next(line for d in shown(Finding(**{**f, "brief": False})) for line in d["lines"] if any(w in line for w in answers)) for f in answering}
-            findings[:] = [{**f, "brief": False, "verdict": "", "proposed": "", "answer_line": line_of[f["item"]]} for f in answering]
+        elif (
+            answering
+        ):  # the rules say it for this item ("특수규격마대는 지자체가 지정한 판매소에서 구매"): that answer, whole
+            line_of = {
+                f["item"]: next(
+                    line
+                    for d in shown(Finding(**{**f, "brief": False}))
+                    for line in d["lines"]
+                    if any(w in line for w in answers)
+                )
+                for f in answering
+            }
+            findings[:] = [
+                {**f, "brief": False, "verdict": "", "proposed": "", "answer_line": line_of[f["item"]]}
+                for f in answering
+            ]
         elif part.local and local is None:
             if answers:  # a question about the bag itself ("음쓰 봉투 어디서 사"): no disposal answer about it
-                findings[:] = [f for f in findings if not any(w in f["item"] for w in lex["local"][part.local]["words"]) and not Q.destination(f["item"])]
+                findings[:] = [
+                    f
+                    for f in findings
+                    if not any(w in f["item"] for w in lex["local"][part.local]["words"])
+                    and not Q.destination(f["item"])
+                ]
             local = dict(lex["local"][part.local], kind=part.local)
     region, _ = BW.find_region(text)
-    ctx = {"findings": findings, "unknown": unknown, "local": local, "region": region.sigungu if region else "",
-           "clarify": not named and local is None}
+    ctx = {
+        "findings": findings,
+        "unknown": unknown,
+        "local": local,
+        "region": region.sigungu if region else "",
+        "clarify": not named and local is None,
+    }
     return ctx
 
 
@@ -464,7 +594,15 @@ def context_docs(ctx: dict) -> tuple[list[dict], list[dict]]:
         finding = Finding(**f)
         docs += [{**d, "name": finding.name} for d in shown(finding)]
     docs = _merge(docs)
-    cites = [{"source_id": d["source_id"], "kind": chat_pb2.CITATION_KIND_RULE, "title": d["title"], "snippet": " / ".join(d["lines"])[:200]} for d in docs]
+    cites = [
+        {
+            "source_id": d["source_id"],
+            "kind": chat_pb2.CITATION_KIND_RULE,
+            "title": d["title"],
+            "snippet": " / ".join(d["lines"])[:200],
+        }
+        for d in docs
+    ]
     return docs, cites
 
 
@@ -478,9 +616,20 @@ def retry(kb: K.KnowledgeBase, ctx: dict, previous: list[str] = ()) -> dict | No
     earlier = next((q.items for q in (Q.read(t) for t in previous) if q.items), ())
     found, still = [], []
     for item in missing:
-        words = sorted({w for w in K.normalise(item).split() if len(w) >= 2 and w != K.normalise(item)}, key=len, reverse=True)
-        tries = [(w, item) for w in words] + [(f"{e} {item}", f"{item} {e}") for e in earlier]  # with the previous item: "충전식" → "충전식 건전지"
-        f, named = next(((g, name) for g, name in ((find(kb, w), name) for w, name in tries) if g is not None and g.score >= 2 * MIN_SUPPORT), (None, item))
+        words = sorted(
+            {w for w in K.normalise(item).split() if len(w) >= 2 and w != K.normalise(item)}, key=len, reverse=True
+        )
+        tries = [(w, item) for w in words] + [
+            (f"{e} {item}", f"{item} {e}") for e in earlier
+        ]  # with the previous item: "충전식" → "충전식 건전지"
+        f, named = next(
+            (
+                (g, name)
+                for g, name in ((find(kb, w), name) for w, name in tries)
+                if g is not None and g.score >= 2 * MIN_SUPPORT
+            ),
+            (None, item),
+        )
         if f is None:
             still.append(item)
         else:

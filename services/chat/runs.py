@@ -44,7 +44,10 @@ def cancel_error(mode: int, job_id: str) -> events_pb2.Event:
     """The ERROR event that ends a cancelled run's stream (its seq is the publisher's to set)."""
     reason, message = CANCEL_ERRORS[mode]
     return events_pb2.Event(
-        job_id=job_id, kind=events_pb2.EVENT_KIND_ERROR, job_kind=events_pb2.JOB_KIND_CHAT, node="cancel",
+        job_id=job_id,
+        kind=events_pb2.EVENT_KIND_ERROR,
+        job_kind=events_pb2.JOB_KIND_CHAT,
+        node="cancel",
         error=events_pb2.JobError(code=CANCELLED_CODE, reason=reason, message=message, retryable=False),
     )
 
@@ -153,8 +156,14 @@ def run_of(row, *, snapshot=None, history=None, result_of=None) -> chat_pb2.Run:
     """A Run from its row (postgres.ConversationStore.conversation_runs), its latest LangGraph
     state `snapshot` and its checkpoints `history` (newest first, as LangGraph lists them)."""
     run = chat_pb2.Run(
-        job_id=row["job_id"], status=row["status"], cancel_mode=row["cancel_mode"], user_message_id=str(row["q_id"] or ""),
-        question=row["q_text"] or "", assistant_message_id=str(row["a_id"] or ""), answer=row["a_text"] or "", error_reason=row["error_reason"] or "",
+        job_id=row["job_id"],
+        status=row["status"],
+        cancel_mode=row["cancel_mode"],
+        user_message_id=str(row["q_id"] or ""),
+        question=row["q_text"] or "",
+        assistant_message_id=str(row["a_id"] or ""),
+        answer=row["a_text"] or "",
+        error_reason=row["error_reason"] or "",
     )
     _timestamp(run, "created_at", row["created_at"])
     _timestamp(run, "updated_at", row["updated_at"])
@@ -174,16 +183,22 @@ def run_of(row, *, snapshot=None, history=None, result_of=None) -> chat_pb2.Run:
     if snapshot is not None and row["status"] == chat_pb2.RUN_STATUS_WAITING_INPUT:
         for pending in getattr(snapshot, "interrupts", ()) or ():
             value = pending.value if isinstance(pending.value, dict) else {}
-            run.pending_input.CopyFrom(events_pb2.InputRequest(
-                input_id=str(value.get("input_id", "")), kind=events_pb2.INPUT_KIND_LOCATION, prompt=str(value.get("prompt", "")),
-            ))
+            run.pending_input.CopyFrom(
+                events_pb2.InputRequest(
+                    input_id=str(value.get("input_id", "")),
+                    kind=events_pb2.INPUT_KIND_LOCATION,
+                    prompt=str(value.get("prompt", "")),
+                )
+            )
             break
     previous_next: tuple = ()
     for snap in reversed(history or []):
         meta = snap.metadata or {}
         cp = chat_pb2.Checkpoint(
-            checkpoint_id=str((snap.config or {}).get("configurable", {}).get("checkpoint_id", "")), step=int(meta.get("step", 0)),
-            nodes=[n for n in previous_next if meta.get("step", 0) >= 0], next=list(snap.next or ()),
+            checkpoint_id=str((snap.config or {}).get("configurable", {}).get("checkpoint_id", "")),
+            step=int(meta.get("step", 0)),
+            nodes=[n for n in previous_next if meta.get("step", 0) >= 0],
+            next=list(snap.next or ()),
             intents=intents_of((snap.values or {}).get("intents")),
         )
         _timestamp(cp, "created_at", snap.created_at)

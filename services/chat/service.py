@@ -28,8 +28,10 @@ from .runs import cancel_error, run_of, signal_cancel
 log = logging.getLogger("eco2.chat")
 
 POLICIES = {
-    "reject": chat_pb2.DOUBLE_TEXT_POLICY_REJECT, "enqueue": chat_pb2.DOUBLE_TEXT_POLICY_ENQUEUE,
-    "interrupt": chat_pb2.DOUBLE_TEXT_POLICY_INTERRUPT, "rollback": chat_pb2.DOUBLE_TEXT_POLICY_ROLLBACK,
+    "reject": chat_pb2.DOUBLE_TEXT_POLICY_REJECT,
+    "enqueue": chat_pb2.DOUBLE_TEXT_POLICY_ENQUEUE,
+    "interrupt": chat_pb2.DOUBLE_TEXT_POLICY_INTERRUPT,
+    "rollback": chat_pb2.DOUBLE_TEXT_POLICY_ROLLBACK,
 }
 
 
@@ -53,8 +55,28 @@ def _location(v: Validator, req, field: str = "location") -> dict | None:
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, *, store: ConversationStore, queue, sink, redis, images, events_channel, settings, job_identities, outbox=None, graph=None) -> None:
-        self.store, self.queue, self.sink, self.redis, self.images, self.settings = store, queue, sink, redis, images, settings
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        queue,
+        sink,
+        redis,
+        images,
+        events_channel,
+        settings,
+        job_identities,
+        outbox=None,
+        graph=None,
+    ) -> None:
+        self.store, self.queue, self.sink, self.redis, self.images, self.settings = (
+            store,
+            queue,
+            sink,
+            redis,
+            images,
+            settings,
+        )
         self.job_identities = job_identities
         self.outbox = outbox
         self.graph = graph  # the compiled graph, for its checkpoints (GetConversationState)
@@ -87,12 +109,24 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         # the caller gets UNAVAILABLE with nothing stored; a worker quicker than the commit waits
         # for it (worker.MessageNotStored).
         async with self.store.adding_user_message(
-            user_id=user_id, conversation_id=request.conversation_id, text=request.message, image_key=request.image_key,
-            client_message_id=request.client_message_id, job_id=job_id, policy=policy, stale_s=s.chat_run_stale_s,
+            user_id=user_id,
+            conversation_id=request.conversation_id,
+            text=request.message,
+            image_key=request.image_key,
+            client_message_id=request.client_message_id,
+            job_id=job_id,
+            policy=policy,
+            stale_s=s.chat_run_stale_s,
         ) as sent:
             payload = {
-                "job_id": sent.job_id, "conversation_id": sent.conversation_id, "user_id": user_id, "message": request.message,
-                "image_key": request.image_key, "location": location, "seq_base": 1, "identity": identity,
+                "job_id": sent.job_id,
+                "conversation_id": sent.conversation_id,
+                "user_id": user_id,
+                "message": request.message,
+                "image_key": request.image_key,
+                "location": location,
+                "seq_base": 1,
+                "identity": identity,
                 "traceparent": current_traceparent(),
             }
             # Both are idempotent, so a retried send (deduplicated) also repairs a send that died half-way.
@@ -100,8 +134,22 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             await self.queue.enqueue(sent.job_id, json.dumps(payload).encode())
         if sent.cancelled:  # double-text interrupt / rollback: the runs it stopped hear of it once it is committed
             await self._after_cancel(list(sent.cancelled))
-        log.info("message queued", extra={"job_id": sent.job_id, "conversation_id": sent.conversation_id, "chars": len(request.message), "preview": mask(request.message[:60]), "deduplicated": sent.deduplicated})
-        return chat_pb2.SendMessageResponse(job_id=sent.job_id, conversation_id=sent.conversation_id, message_id=sent.message_id, deduplicated=sent.deduplicated)
+        log.info(
+            "message queued",
+            extra={
+                "job_id": sent.job_id,
+                "conversation_id": sent.conversation_id,
+                "chars": len(request.message),
+                "preview": mask(request.message[:60]),
+                "deduplicated": sent.deduplicated,
+            },
+        )
+        return chat_pb2.SendMessageResponse(
+            job_id=sent.job_id,
+            conversation_id=sent.conversation_id,
+            message_id=sent.message_id,
+            deduplicated=sent.deduplicated,
+        )
 
     async def SendMessage(self, request, context):
         return await self._send(request, context)
@@ -117,7 +165,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         try:
             async with asyncio.timeout(self.settings.chat_stream_timeout_s):
                 with STREAMS_ACTIVE.track_inprogress():
-                    async for event in self.events.Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0)):
+                    async for event in self.events.Subscribe(
+                        events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0)
+                    ):
                         await context.write(event)
                         if event.kind in (events_pb2.EVENT_KIND_DONE, events_pb2.EVENT_KIND_ERROR):
                             finished = True
@@ -138,7 +188,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         except FailedPrecondition:
             pass
         except Exception:  # noqa: BLE001 — the stream is gone; the job finishes and is stored instead
-            log.warning("cancelling the job of a StreamChat client that left failed", extra={"job_id": job_id}, exc_info=True)
+            log.warning(
+                "cancelling the job of a StreamChat client that left failed", extra={"job_id": job_id}, exc_info=True
+            )
 
     async def _after_cancel(self, cancels: list[Cancel]) -> None:
         """What follows a recorded cancel, once it is committed: a queued run (ended already)
@@ -156,7 +208,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 raw = await self.redis.getdel(input_key(c.job_id))
                 if raw:
                     pending = json.loads(raw)
-                    payload = {**pending["payload"], "seq_base": pending["seq"], "cancel": True, "traceparent": current_traceparent()}
+                    payload = {
+                        **pending["payload"],
+                        "seq_base": pending["seq"],
+                        "cancel": True,
+                        "traceparent": current_traceparent(),
+                    }
                     await self.queue.enqueue(f"{c.job_id}:cancel", json.dumps(payload).encode())
         if signal:
             await signal_cancel(self.redis, self.settings.chat_job_kind, signal)
@@ -174,8 +231,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         status = outcome.status
         if not outcome.finished:
             status = await self._until_carried_out(request.job_id, status)
-        log.info("run cancel", extra={"job_id": request.job_id, "mode": chat_pb2.CancelMode.Name(outcome.mode), "status": chat_pb2.RunStatus.Name(status), "already": outcome.already})
-        return chat_pb2.CancelRunResponse(job_id=request.job_id, mode=outcome.mode, status=status, already_cancelled=outcome.already)
+        log.info(
+            "run cancel",
+            extra={
+                "job_id": request.job_id,
+                "mode": chat_pb2.CancelMode.Name(outcome.mode),
+                "status": chat_pb2.RunStatus.Name(status),
+                "already": outcome.already,
+            },
+        )
+        return chat_pb2.CancelRunResponse(
+            job_id=request.job_id, mode=outcome.mode, status=status, already_cancelled=outcome.already
+        )
 
     async def _until_carried_out(self, job_id: str, status: int) -> int:
         """The run's status once its worker carried out the cancel, or after ECO2_CHAT_CANCEL_WAIT_S."""
@@ -207,15 +274,33 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         raw = await self.redis.get(input_key(request.job_id))
         pending = json.loads(raw) if raw else None
         if pending is None or pending["user_id"] != user_id:
-            raise NotFound(f"job {request.job_id!r} is not waiting for input", reason="NO_PENDING_INPUT", metadata={"job_id": request.job_id})
+            raise NotFound(
+                f"job {request.job_id!r} is not waiting for input",
+                reason="NO_PENDING_INPUT",
+                metadata={"job_id": request.job_id},
+            )
         if pending["input_id"] != request.input_id:
-            raise FailedPrecondition(f"input {request.input_id!r} is not the one asked for", reason="INPUT_ID_MISMATCH", metadata={"expected": pending["input_id"]})
+            raise FailedPrecondition(
+                f"input {request.input_id!r} is not the one asked for",
+                reason="INPUT_ID_MISMATCH",
+                metadata={"expected": pending["input_id"]},
+            )
         if pending["input_id"] == "location" and value not in ("location", None):
             raise FailedPrecondition("this question needs a location", reason="INPUT_KIND_MISMATCH")
-        resume = {"declined": True} if request.declined else {"location": location, "text": request.text if value == "text" else ""}
+        resume = (
+            {"declined": True}
+            if request.declined
+            else {"location": location, "text": request.text if value == "text" else ""}
+        )
         identity = await self.job_identities.issue(request.job_id)
-        payload = {**pending["payload"], "resume": resume, "interrupt_ids": pending["interrupt_ids"], "seq_base": pending["seq"], "identity": identity,
-                   "traceparent": current_traceparent()}
+        payload = {
+            **pending["payload"],
+            "resume": resume,
+            "interrupt_ids": pending["interrupt_ids"],
+            "seq_base": pending["seq"],
+            "identity": identity,
+            "traceparent": current_traceparent(),
+        }
         # Only the first answer counts: the key is deleted atomically.
         if not await self.redis.delete(input_key(request.job_id)):
             raise NotFound(f"job {request.job_id!r} is not waiting for input", reason="NO_PENDING_INPUT")
@@ -238,7 +323,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         token = ""
         if len(rows) == size:
             last = rows[-1]
-            token = encode_token(t=last.updated_at.ToDatetime(tzinfo=__import__("datetime").timezone.utc).isoformat(), i=last.id)
+            token = encode_token(
+                t=last.updated_at.ToDatetime(tzinfo=__import__("datetime").timezone.utc).isoformat(), i=last.id
+            )
         return chat_pb2.ListConversationsResponse(conversations=rows, next_page_token=token)
 
     async def GetConversation(self, request, context):
@@ -255,7 +342,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         elif cursor and bool(cursor.get("o")) != oldest_first:
             v.add("page_token", "was issued for the other order: send the order it came with")
         v.raise_if_invalid()
-        conversation, messages, next_n = await self.store.get_conversation(user_id, request.conversation_id, cursor_n=at, limit=size, oldest_first=oldest_first)
+        conversation, messages, next_n = await self.store.get_conversation(
+            user_id, request.conversation_id, cursor_n=at, limit=size, oldest_first=oldest_first
+        )
         token = (encode_token(n=next_n, o=1) if oldest_first else encode_token(n=next_n)) if next_n else ""
         return chat_pb2.GetConversationResponse(conversation=conversation, messages=messages, next_page_token=token)
 
@@ -270,10 +359,19 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             v.add("page_token", "is not a page token returned by this API")
         v.raise_if_invalid()
         conversation, summary, active_id, rows, next_n = await self.store.conversation_runs(
-            user_id, request.conversation_id, after_n=after, limit=size, stale_s=self.settings.chat_run_stale_s,
+            user_id,
+            request.conversation_id,
+            after_n=after,
+            limit=size,
+            stale_s=self.settings.chat_run_stale_s,
         )
         runs = [await self._run(row, checkpoints=request.include_checkpoints) for row in rows]
-        reply = chat_pb2.GetConversationStateResponse(conversation=conversation, summary=summary, runs=runs, next_page_token=encode_token(r=next_n) if next_n else "")
+        reply = chat_pb2.GetConversationStateResponse(
+            conversation=conversation,
+            summary=summary,
+            runs=runs,
+            next_page_token=encode_token(r=next_n) if next_n else "",
+        )
         if active_id:
             listed = next((r for r in runs if r.job_id == active_id), None)
             if listed is None:

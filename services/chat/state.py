@@ -55,7 +55,9 @@ class ChatState(TypedDict, total=False):
     conversation_id: str
     message: str
     image_key: str
-    location: Annotated[Location | None, latest]  # the input's, or a resumed places branch's (two may resume in one step)
+    location: Annotated[
+        Location | None, latest
+    ]  # the input's, or a resumed places branch's (two may resume in one step)
     history: list[HistoryMessage]
     summary: str
     # summarize
@@ -65,12 +67,16 @@ class ChatState(TypedDict, total=False):
     intents: list[str]
     queries: dict[str, str]  # intent → its part of the message
     # the branches
-    contexts: Annotated[dict[str, Any], merge]  # what each intent gathered (REQUIRED), as the answer and the model read it
+    contexts: Annotated[
+        dict[str, Any], merge
+    ]  # what each intent gathered (REQUIRED), as the answer and the model read it
     citations: Annotated[list[Citation], operator.add]
     card: Character  # the character the answer shows (one writer per turn: waste_rag, or the character branch)
     places: Annotated[dict[str, list[Place]], merge]  # places node → the places it found
     failed: Annotated[list[str], operator.add]
-    spans: Annotated[dict[str, list[float]], merge]  # node → [start, end] (monotonic), for concurrency checks and metrics
+    spans: Annotated[
+        dict[str, list[float]], merge
+    ]  # node → [start, end] (monotonic), for concurrency checks and metrics
     seq: Annotated[int, highest]  # the last event seq published
     # aggregator, answer, evaluate
     fallback_used: bool
@@ -98,9 +104,16 @@ class Branch(TypedDict, total=False):
 
 #: The aggregator's contract: the context each intent must deliver (None: nothing required).
 REQUIRED: dict[str, str | None] = {
-    I.WASTE: "disposal_rules", I.CHARACTER: "character_context", I.LOCATION: "location_context",
-    I.COLLECTION_POINT: "collection_point_context", I.BULK_WASTE: "bulk_waste_context", I.RECYCLABLE_PRICE: "price_context",
-    I.WEATHER: "weather_context", I.WEB_SEARCH: "web_search_context", I.IMAGE_GENERATION: "image_generation_context", I.GENERAL: None,
+    I.WASTE: "disposal_rules",
+    I.CHARACTER: "character_context",
+    I.LOCATION: "location_context",
+    I.COLLECTION_POINT: "collection_point_context",
+    I.BULK_WASTE: "bulk_waste_context",
+    I.RECYCLABLE_PRICE: "price_context",
+    I.WEATHER: "weather_context",
+    I.WEB_SEARCH: "web_search_context",
+    I.IMAGE_GENERATION: "image_generation_context",
+    I.GENERAL: None,
 }
 
 

@@ -51,8 +51,27 @@ class WorkerStats:
 
 
 class ChatWorkers:
-    def __init__(self, *, queue: JobQueue, redis, sink, graph, deps: ChatDeps, store: ConversationStore, settings, outbox: EventOutbox | None = None) -> None:
-        self.queue, self.redis, self.sink, self.graph, self.deps, self.store, self.settings = queue, redis, sink, graph, deps, store, settings
+    def __init__(
+        self,
+        *,
+        queue: JobQueue,
+        redis,
+        sink,
+        graph,
+        deps: ChatDeps,
+        store: ConversationStore,
+        settings,
+        outbox: EventOutbox | None = None,
+    ) -> None:
+        self.queue, self.redis, self.sink, self.graph, self.deps, self.store, self.settings = (
+            queue,
+            redis,
+            sink,
+            graph,
+            deps,
+            store,
+            settings,
+        )
         self.outbox = outbox if outbox is not None else EventOutbox(sink)
         self.stats = WorkerStats()
         self.watch = CancelWatch(redis, store, settings.chat_job_kind, poll_s=settings.chat_cancel_poll_s)
@@ -66,7 +85,9 @@ class ChatWorkers:
         if self.settings.chat_workers == 0:
             return
         self.watch.start()
-        self._loops = [asyncio.create_task(self._claim_loop(i), name=f"chat-claim-{i}") for i in range(self.settings.chat_claimers)]
+        self._loops = [
+            asyncio.create_task(self._claim_loop(i), name=f"chat-claim-{i}") for i in range(self.settings.chat_claimers)
+        ]
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self._stopping.set()
@@ -112,8 +133,11 @@ class ChatWorkers:
             try:
                 await self.queue.fail(job, type(exc).__name__)
             except Exception:  # noqa: BLE001 — Valkey is down too: the unacked job is claimed again after the visibility timeout
-                log.warning("could not record the failure of a chat job; it is claimed again after the visibility timeout",
-                            extra={"job_id": job.job_id}, exc_info=True)
+                log.warning(
+                    "could not record the failure of a chat job; it is claimed again after the visibility timeout",
+                    extra={"job_id": job.job_id},
+                    exc_info=True,
+                )
         finally:
             self._slots.release()
 
@@ -131,13 +155,25 @@ class ChatWorkers:
         outcome, first_token_at = "failed", None
         metrics.TURNS_ACTIVE.inc()
         try:
-            with span("chat.turn", traceparent=p.get("traceparent"), attributes={"eco2.job_id": p["job_id"], "eco2.attempt": job.attempt}):
+            with span(
+                "chat.turn",
+                traceparent=p.get("traceparent"),
+                attributes={"eco2.job_id": p["job_id"], "eco2.attempt": job.attempt},
+            ):
                 outcome, first_token_at = await self._turn(job, p)
         finally:
             metrics.TURNS_ACTIVE.dec()
             metrics.turn_finished(outcome, waited + time.monotonic() - started)
             # one line per turn, in the trace of the request that queued it (logs name its trace id)
-            log.info("turn finished", extra={"job_id": p["job_id"], "outcome": outcome, "attempt": job.attempt, "seconds": round(waited + time.monotonic() - started, 3)})
+            log.info(
+                "turn finished",
+                extra={
+                    "job_id": p["job_id"],
+                    "outcome": outcome,
+                    "attempt": job.attempt,
+                    "seconds": round(waited + time.monotonic() - started, 3),
+                },
+            )
             if first_token_at is not None:
                 metrics.TIME_TO_FIRST_TOKEN.observe(waited + first_token_at - started)
 
@@ -159,8 +195,14 @@ class ChatWorkers:
         fresh = job.attempt <= 1 and not resume and not p.get("cancel")
         snapshot = None if fresh else await self.graph.aget_state(config)
         checkpoint_seq = int((snapshot.values or {}).get("seq") or 0) if snapshot is not None else 0
-        emitter = Emitter(self.sink, job_id, max(int(p.get("seq_base", 0)), checkpoint_seq), traceparent=current_traceparent(),
-                          tokens_per_event=self.settings.chat_tokens_per_event, outbox=self.outbox)
+        emitter = Emitter(
+            self.sink,
+            job_id,
+            max(int(p.get("seq_base", 0)), checkpoint_seq),
+            traceparent=current_traceparent(),
+            tokens_per_event=self.settings.chat_tokens_per_event,
+            outbox=self.outbox,
+        )
         if run.cancel_mode:  # cancelled before this worker got to it: the graph does not run again
             return await self._carry_out_cancel(p, run, emitter, config, mode=run.cancel_mode)
         ctx = JobContext(self.deps, emitter)
@@ -182,7 +224,9 @@ class ChatWorkers:
             if mode := await self.store.fail_run(job_id, "NODE_FAILED"):
                 return await self._carry_out_cancel(p, run, emitter, config, mode=mode)
             self.stats.errors += 1
-            await self._error(emitter, 14, "NODE_FAILED", f"{failed.node} 단계가 실패했어요. 잠시 후 다시 시도해 주세요.", True)
+            await self._error(
+                emitter, 14, "NODE_FAILED", f"{failed.node} 단계가 실패했어요. 잠시 후 다시 시도해 주세요.", True
+            )
             return "error", emitter.first_token_at
         except asyncio.CancelledError as exc:
             if not ctx.cancelled.is_set() or asyncio.current_task().cancelling():  # the process is stopping
@@ -201,14 +245,24 @@ class ChatWorkers:
             # NEEDS_INPUT event goes out: a client answering at once finds it, and a cancel that
             # finds the run waiting finds the question to take back (service.py).
             seq = emitter.seq + 1  # the seq the NEEDS_INPUT event gets
-            pending = {"user_id": p["user_id"], "input_id": first["input_id"], "interrupt_ids": [i.id for i in interrupts], "seq": seq, "payload": p}
+            pending = {
+                "user_id": p["user_id"],
+                "input_id": first["input_id"],
+                "interrupt_ids": [i.id for i in interrupts],
+                "seq": seq,
+                "payload": p,
+            }
             await self.redis.set(input_key(job_id), json.dumps(pending), ex=self.settings.chat_input_ttl_s)
             if not await self.store.set_waiting(job_id):  # cancelled meanwhile
                 await self.redis.delete(input_key(job_id))
                 return await self._carry_out_cancel(p, run, emitter, config, state=state)
             emitter.put(
-                events_pb2.EVENT_KIND_NEEDS_INPUT, stage=events_pb2.STAGE_SUBAGENT, node="location",
-                needs_input=events_pb2.InputRequest(input_id=first["input_id"], kind=events_pb2.INPUT_KIND_LOCATION, prompt=first["prompt"]),
+                events_pb2.EVENT_KIND_NEEDS_INPUT,
+                stage=events_pb2.STAGE_SUBAGENT,
+                node="location",
+                needs_input=events_pb2.InputRequest(
+                    input_id=first["input_id"], kind=events_pb2.INPUT_KIND_LOCATION, prompt=first["prompt"]
+                ),
             )
             try:
                 await emitter.drain()
@@ -220,9 +274,16 @@ class ChatWorkers:
         result = result_of(state, message_id="")
         try:
             message_id = await self.store.add_assistant_message(
-                conversation_id=p["conversation_id"], user_id=p["user_id"], job_id=job_id, text=result.answer, intents=list(result.intents),
-                citations=[c.SerializeToString() for c in result.citations], summary=state.get("new_summary"),
-                image_key=result.image_key, result=result.SerializeToString(), summary_upto=int(state.get("summary_upto") or 0),
+                conversation_id=p["conversation_id"],
+                user_id=p["user_id"],
+                job_id=job_id,
+                text=result.answer,
+                intents=list(result.intents),
+                citations=[c.SerializeToString() for c in result.citations],
+                summary=state.get("new_summary"),
+                image_key=result.image_key,
+                result=result.SerializeToString(),
+                summary_upto=int(state.get("summary_upto") or 0),
             )
         except RunCancelled as cancelled:  # the cancel came after the graph's last step: it still wins
             if not cancelled.mode:
@@ -232,12 +293,19 @@ class ChatWorkers:
         packed = any_pb2.Any()
         packed.Pack(result)
         summary_line = result.answer.splitlines()[0][:120] if result.answer else ""
-        await emitter.emit(events_pb2.EVENT_KIND_DONE, stage=events_pb2.STAGE_PERSIST, node="done", done=events_pb2.JobResult(result=packed, summary=summary_line))
+        await emitter.emit(
+            events_pb2.EVENT_KIND_DONE,
+            stage=events_pb2.STAGE_PERSIST,
+            node="done",
+            done=events_pb2.JobResult(result=packed, summary=summary_line),
+        )
         await emitter.drain()  # acked only once DONE is stored
         self.stats.done += 1
         return "done", emitter.first_token_at
 
-    async def _run_graph(self, job: Job, p: dict[str, Any], run: RunStart, snapshot, ctx: JobContext, config: dict) -> dict:
+    async def _run_graph(
+        self, job: Job, p: dict[str, Any], run: RunStart, snapshot, ctx: JobContext, config: dict
+    ) -> dict:
         """Wait for the conversation's earlier runs, then run the graph (the cancellable part of a turn)."""
         job_id = p["job_id"]
         if run.blocker is not None:
@@ -248,12 +316,22 @@ class ChatWorkers:
         elif snapshot is not None and snapshot.next:  # re-claimed after a crash: continue from the last checkpoint
             graph_input = None
         else:
-            summary, history = await self.store.history(p["conversation_id"], before_job=job_id, limit=self.settings.chat_history_messages)
+            summary, history = await self.store.history(
+                p["conversation_id"], before_job=job_id, limit=self.settings.chat_history_messages
+            )
             graph_input = {
-                "job_id": job_id, "user_id": p["user_id"], "conversation_id": p["conversation_id"], "message": p["message"],
-                "image_key": p.get("image_key", ""), "location": p.get("location"), "history": history, "summary": summary,
+                "job_id": job_id,
+                "user_id": p["user_id"],
+                "conversation_id": p["conversation_id"],
+                "message": p["message"],
+                "image_key": p.get("image_key", ""),
+                "location": p.get("location"),
+                "history": history,
+                "summary": summary,
             }
-        return await self.graph.ainvoke(graph_input, config, context=ctx, durability=self.settings.chat_checkpoint_durability)
+        return await self.graph.ainvoke(
+            graph_input, config, context=ctx, durability=self.settings.chat_checkpoint_durability
+        )
 
     async def _wait_for_earlier_runs(self, job_id: str, *, fresh: bool) -> None:
         """A message sent while its conversation had a run going (double-text enqueue, or the
@@ -271,8 +349,16 @@ class ChatWorkers:
         if fresh:
             await self.store.move_to_end(job_id)
 
-    async def _carry_out_cancel(self, p: dict[str, Any], run: RunStart, emitter: Emitter, config: dict, *, state: dict | None = None,
-                                mode: int = 0) -> tuple[str, float | None]:
+    async def _carry_out_cancel(
+        self,
+        p: dict[str, Any],
+        run: RunStart,
+        emitter: Emitter,
+        config: dict,
+        *,
+        state: dict | None = None,
+        mode: int = 0,
+    ) -> tuple[str, float | None]:
         """Carry out the cancel recorded on the run: INTERRUPT keeps what was answered so far as
         the assistant message (ChatResult.cancelled), ROLLBACK deletes the turn's messages and
         checkpoints; then the stream ends with ERROR CANCELLED. Idempotent: a worker that dies
@@ -282,7 +368,9 @@ class ChatWorkers:
             mode = (await self.store.run_state(job_id) or (0, pg.INTERRUPT))[1] or pg.INTERRUPT
         if mode == pg.ROLLBACK:  # the checkpoints first: the run's status says it is all done
             await self.graph.checkpointer.adelete_thread(job_id)
-            await self.store.finish_cancelled(job_id=job_id, conversation_id=run.conversation_id, user_id=run.user_id, mode=mode, text="")
+            await self.store.finish_cancelled(
+                job_id=job_id, conversation_id=run.conversation_id, user_id=run.user_id, mode=mode, text=""
+            )
         else:
             values, streamed = await asyncio.gather(self._checkpointed(config, state), self._streamed(emitter))
             text = str(values.get("answer") or "") if streamed is None else streamed
@@ -290,8 +378,14 @@ class ChatWorkers:
             result.ClearField("grade")  # an answer cut short is not graded
             result.cancelled = True
             await self.store.finish_cancelled(
-                job_id=job_id, conversation_id=run.conversation_id, user_id=run.user_id, mode=mode, text=text, result=result.SerializeToString(),
-                intents=list(result.intents), citations=[c.SerializeToString() for c in result.citations],
+                job_id=job_id,
+                conversation_id=run.conversation_id,
+                user_id=run.user_id,
+                mode=mode,
+                text=text,
+                result=result.SerializeToString(),
+                intents=list(result.intents),
+                citations=[c.SerializeToString() for c in result.citations],
             )
         # The terminal event goes after whatever the job's stream holds: a re-claimed attempt's
         # emitter restarts from its checkpoint's seq, below what the dead worker published.
@@ -346,7 +440,11 @@ class ChatWorkers:
         return run
 
     async def _error(self, emitter: Emitter, code: int, reason: str, message: str, retryable: bool) -> None:
-        await emitter.emit(events_pb2.EVENT_KIND_ERROR, node="error", error=events_pb2.JobError(code=code, reason=reason, message=message, retryable=retryable))
+        await emitter.emit(
+            events_pb2.EVENT_KIND_ERROR,
+            node="error",
+            error=events_pb2.JobError(code=code, reason=reason, message=message, retryable=retryable),
+        )
         await emitter.drain()
 
     @staticmethod
@@ -361,7 +459,12 @@ def end_dead_job(sink, store: ConversationStore | None = None):
     """The chat queue's `on_dead`: a dead-lettered job ends its stream with ERROR and its run
     FAILED; a resume job ("<job>:input:<seq>") streams on its job's events."""
     stream_of = lambda job: json.loads(job.payload).get("job_id", job.job_id)  # noqa: E731
-    end = ends_stream_on_dead(sink, job_kind=events_pb2.JOB_KIND_CHAT, message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.", stream_of=stream_of)
+    end = ends_stream_on_dead(
+        sink,
+        job_kind=events_pb2.JOB_KIND_CHAT,
+        message="답변을 만들지 못했어요. 잠시 후 다시 시도해 주세요.",
+        stream_of=stream_of,
+    )
     if store is None:
         return end
 
@@ -378,4 +481,3 @@ async def _langgraph_exit(exc: asyncio.CancelledError) -> None:
     for arg in exc.args:
         if isinstance(arg, asyncio.Task) and not arg.done():
             await asyncio.gather(arg, return_exceptions=True)
-

@@ -124,10 +124,13 @@ class EmbeddedDataPlane:
         self._info = info
         atexit.register(self._stop_at_exit)
         LOG.info(
-            "data plane ready in %.2fs: postgres pid %d on 127.0.0.1:%d, valkey pid %d on "
-            "127.0.0.1:%d (data dir %s)",
-            time.monotonic() - began, info.pg_pid, info.pg_port, info.valkey_pid,
-            info.valkey_port, self.data_dir,
+            "data plane ready in %.2fs: postgres pid %d on 127.0.0.1:%d, valkey pid %d on 127.0.0.1:%d (data dir %s)",
+            time.monotonic() - began,
+            info.pg_pid,
+            info.pg_port,
+            info.valkey_pid,
+            info.valkey_port,
+            self.data_dir,
         )
         return info
 
@@ -185,8 +188,12 @@ class EmbeddedDataPlane:
         valkey_password = state.get("valkey_password") or secrets.token_urlsafe(24)
         # Persist before starting, so a crash mid-start still leaves the passwords behind.
         self._save_state(
-            {"pg_port": pg_port, "valkey_port": valkey_port, "pg_password": pg_password,
-             "valkey_password": valkey_password}
+            {
+                "pg_port": pg_port,
+                "valkey_port": valkey_port,
+                "pg_password": pg_password,
+                "valkey_password": valkey_password,
+            }
         )
 
         self.postgres.prepare()
@@ -198,15 +205,17 @@ class EmbeddedDataPlane:
         valkey_pid = self.valkey.wait_ready()
 
         state = {
-            "pg_port": pg_port, "valkey_port": valkey_port, "pg_password": pg_password,
-            "valkey_password": valkey_password, "pg_pid": pg_pid, "valkey_pid": valkey_pid,
+            "pg_port": pg_port,
+            "valkey_port": valkey_port,
+            "pg_password": pg_password,
+            "valkey_password": valkey_password,
+            "pg_pid": pg_pid,
+            "valkey_pid": valkey_pid,
             "owner_pid": os.getpid(),
         }
         self._save_state(state)
         return DataPlaneInfo(
-            database_url=(
-                f"postgresql://{PG_SUPERUSER}:{pg_password}@127.0.0.1:{pg_port}/{DATABASE_NAME}"
-            ),
+            database_url=(f"postgresql://{PG_SUPERUSER}:{pg_password}@127.0.0.1:{pg_port}/{DATABASE_NAME}"),
             redis_url=f"redis://:{valkey_password}@127.0.0.1:{valkey_port}/0",
             pg_pid=pg_pid,
             valkey_pid=valkey_pid,
@@ -222,8 +231,7 @@ class EmbeddedDataPlane:
             raise DataPlaneError(f"cannot create data dir {self.data_dir}: {exc}") from exc
         if not os.access(self.data_dir, os.W_OK | os.X_OK):
             raise DataPlaneError(
-                f"data dir {self.data_dir} is not writable by uid {os.geteuid()}; "
-                "choose a data dir you own"
+                f"data dir {self.data_dir} is not writable by uid {os.geteuid()}; choose a data dir you own"
             )
         if os.geteuid() == 0:
             # PostgreSQL runs as an unprivileged account and must be able to enter the data dir.
@@ -271,9 +279,7 @@ class EmbeddedDataPlane:
 
     def _choose_ports(self, state: Mapping[str, Any]) -> tuple[int, int]:
         pg = _choose_port("postgres", self._requested_pg_port, state.get("pg_port"), avoid=())
-        valkey = _choose_port(
-            "valkey", self._requested_valkey_port, state.get("valkey_port"), avoid=(pg,)
-        )
+        valkey = _choose_port("valkey", self._requested_valkey_port, state.get("valkey_port"), avoid=(pg,))
         return pg, valkey
 
 
@@ -288,9 +294,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _choose_port(
-    name: str, requested: int | None, persisted: Any, *, avoid: tuple[int, ...]
-) -> int:
+def _choose_port(name: str, requested: int | None, persisted: Any, *, avoid: tuple[int, ...]) -> int:
     """The requested port (must be free), else last run's port if free, else a random free one."""
     if requested is not None:
         if requested in avoid or not _port_free(requested):

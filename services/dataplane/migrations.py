@@ -24,9 +24,7 @@ LOG = logging.getLogger("eco2.dataplane.migrations")
 MIGRATIONS_TABLE = "eco2_schema_migrations"
 _FILE_RE = re.compile(r"^(\d{4})_([A-Za-z0-9][A-Za-z0-9_\-]*)\.sql$")
 # One advisory lock key for all services: the bookkeeping table is shared.
-_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(MIGRATIONS_TABLE.encode()).digest()[:8], "big", signed=True
-)
+_LOCK_KEY = int.from_bytes(hashlib.sha256(MIGRATIONS_TABLE.encode()).digest()[:8], "big", signed=True)
 
 _CREATE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
@@ -68,14 +66,11 @@ def load_migrations(directory: pathlib.Path | Traversable) -> list[Migration]:
             continue
         match = _FILE_RE.match(entry.name)
         if match is None:
-            raise MigrationError(
-                f"migration file {entry.name!r} in {directory} is not named NNNN_description.sql"
-            )
+            raise MigrationError(f"migration file {entry.name!r} in {directory} is not named NNNN_description.sql")
         version = int(match.group(1))
         if version in found:
             raise MigrationError(
-                f"migrations {found[version].name!r} and {entry.name!r} in {directory} share "
-                f"version {version}"
+                f"migrations {found[version].name!r} and {entry.name!r} in {directory} share version {version}"
             )
         text = entry.read_bytes().decode("utf-8").replace("\r\n", "\n")
         found[version] = Migration(
@@ -104,9 +99,7 @@ async def apply_migrations(
         raise MigrationError("service name must not be empty")
     require_url(dsn, "DATABASE_URL", POSTGRES_URL)  # asyncpg would try libpq's defaults instead
     migrations = load_migrations(directory)
-    conn = await asyncpg.connect(
-        dsn, server_settings={"application_name": f"eco2-migrate-{service}"}
-    )
+    conn = await asyncpg.connect(dsn, server_settings={"application_name": f"eco2-migrate-{service}"})
     try:
         await _lock(conn, lock_timeout_s)
         try:
@@ -123,24 +116,17 @@ async def _lock(conn: asyncpg.Connection, timeout_s: float) -> None:
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     except asyncpg.exceptions.LockNotAvailableError as exc:
-        raise MigrationError(
-            f"another process held the migration lock for more than {timeout_s:.0f}s"
-        ) from exc
+        raise MigrationError(f"another process held the migration lock for more than {timeout_s:.0f}s") from exc
     finally:
         await conn.execute("RESET lock_timeout")
 
 
-async def _apply_pending(
-    conn: asyncpg.Connection, service: str, migrations: list[Migration]
-) -> list[str]:
-    rows = await conn.fetch(
-        f"SELECT version, name, checksum FROM {MIGRATIONS_TABLE} WHERE service = $1", service
-    )
+async def _apply_pending(conn: asyncpg.Connection, service: str, migrations: list[Migration]) -> list[str]:
+    rows = await conn.fetch(f"SELECT version, name, checksum FROM {MIGRATIONS_TABLE} WHERE service = $1", service)
     applied = {row["version"]: row for row in rows}
     on_disk = {m.version for m in migrations}
     for version in sorted(set(applied) - on_disk):
-        LOG.warning("%s: applied migration %s is no longer on disk", service,
-                    applied[version]["name"])
+        LOG.warning("%s: applied migration %s is no longer on disk", service, applied[version]["name"])
 
     done: list[str] = []
     newest_applied = max(applied, default=0)
@@ -156,21 +142,21 @@ async def _apply_pending(
                 )
             continue
         if migration.version < newest_applied:
-            LOG.warning("%s: applying %s after newer migration %04d", service, migration.name,
-                        newest_applied)
+            LOG.warning("%s: applying %s after newer migration %04d", service, migration.name, newest_applied)
         try:
             async with conn.transaction():
                 await conn.execute(migration.sql)
                 await conn.execute(
-                    f"INSERT INTO {MIGRATIONS_TABLE} (service, version, name, checksum) "
-                    "VALUES ($1, $2, $3, $4)",
-                    service, migration.version, migration.name, migration.checksum,
+                    f"INSERT INTO {MIGRATIONS_TABLE} (service, version, name, checksum) VALUES ($1, $2, $3, $4)",
+                    service,
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
                 )
         except asyncpg.PostgresError as exc:
             detail = f" ({exc.detail})" if getattr(exc, "detail", None) else ""
             raise MigrationError(
-                f"{service}: migration {migration.name} failed and was rolled back: "
-                f"{type(exc).__name__}: {exc}{detail}"
+                f"{service}: migration {migration.name} failed and was rolled back: {type(exc).__name__}: {exc}{detail}"
             ) from exc
         LOG.info("%s: applied migration %s", service, migration.name)
         done.append(migration.name)

@@ -127,8 +127,9 @@ class EmbeddedPostgres:
         try:
             code = proc.wait(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            LOG.error("postgres pid %d did not finish a fast shutdown in %.0fs; sending SIGQUIT",
-                      proc.pid, STOP_TIMEOUT_S)
+            LOG.error(
+                "postgres pid %d did not finish a fast shutdown in %.0fs; sending SIGQUIT", proc.pid, STOP_TIMEOUT_S
+            )
             proc.send_signal(signal.SIGQUIT)  # immediate shutdown; WAL replay on next start
             try:
                 proc.wait(timeout=10)
@@ -202,8 +203,7 @@ class EmbeddedPostgres:
         # Backends outlive a SIGKILLed postmaster briefly and pin its shared memory.
         leftovers = processes_in(self.dir, "postgres")
         if leftovers:
-            LOG.warning("killing %d leftover postgres processes: %s", len(leftovers),
-                        [p.pid for p in leftovers])
+            LOG.warning("killing %d leftover postgres processes: %s", len(leftovers), [p.pid for p in leftovers])
             for proc in leftovers:
                 kill_quietly(proc, signal.SIGKILL)
             wait_gone([p.pid for p in leftovers], 10.0)
@@ -267,11 +267,19 @@ class EmbeddedPostgres:
         self._run_tool(
             account,
             [
-                str(POSTGRES_BIN_PATH / "initdb"), "-D", str(scratch), "-U", PG_SUPERUSER,
-                "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8",
+                str(POSTGRES_BIN_PATH / "initdb"),
+                "-D",
+                str(scratch),
+                "-U",
+                PG_SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
                 # Unicode-aware ctype independent of the host's libc locales: pg_trgm then
                 # extracts trigrams from Korean text.
-                "--locale-provider=builtin", "--builtin-locale=C.UTF-8", "--no-instructions",
+                "--locale-provider=builtin",
+                "--builtin-locale=C.UTF-8",
+                "--no-instructions",
             ],
             what="initdb",
             timeout=120,
@@ -284,8 +292,17 @@ class EmbeddedPostgres:
         socket_dir = self._socket_dir_for(account, port)
         self._socket_dir = socket_dir
         self._port = port
-        cmd = [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.dir), "-h", "127.0.0.1",
-               "-p", str(port), "-k", str(socket_dir)]
+        cmd = [
+            str(POSTGRES_BIN_PATH / "postgres"),
+            "-D",
+            str(self.dir),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            str(socket_dir),
+        ]
         for key, value in {**_DEFAULT_PG_SETTINGS, **self._settings}.items():
             cmd += ["-c", f"{key}={value}"]
         log_path = self.dir / "postmaster.log"
@@ -298,8 +315,13 @@ class EmbeddedPostgres:
             # the death signal is armed after the user switch (a credential change clears it)
             self._proc = subprocess.Popen(
                 [*prefix, *death_signal(signal.SIGINT, wanted=self._die_with_owner), *cmd],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir,
-                env=child_env(), start_new_session=True, **kwargs,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=child_env(),
+                start_new_session=True,
+                **kwargs,
             )
         deadline = began + _PG_START_TIMEOUT_S
         pid_file = self.dir / "postmaster.pid"
@@ -312,8 +334,7 @@ class EmbeddedPostgres:
             if time.monotonic() > deadline:
                 raise DataPlaneError(f"postgres was not ready within {_PG_START_TIMEOUT_S}s\n" + tail(log_path))
             time.sleep(0.01)
-        LOG.info("postgres pid %d listening on 127.0.0.1:%d (%.2fs)", self._proc.pid, port,
-                 time.monotonic() - began)
+        LOG.info("postgres pid %d listening on 127.0.0.1:%d (%.2fs)", self._proc.pid, port, time.monotonic() - began)
         return self._proc.pid
 
     def _socket_dir_for(self, account: _Account, port: int) -> Path:
@@ -342,12 +363,31 @@ class EmbeddedPostgres:
             f"FROM pg_available_extensions WHERE name IN ({wanted});\n"
         )
         cmd = [
-            str(POSTGRES_BIN_PATH / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-h", str(self._socket_dir), "-p", str(port), "-U", PG_SUPERUSER, "-d", "postgres",
+            str(POSTGRES_BIN_PATH / "psql"),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self._socket_dir),
+            "-p",
+            str(port),
+            "-U",
+            PG_SUPERUSER,
+            "-d",
+            "postgres",
         ]
         result = subprocess.run(
-            cmd, input=script, capture_output=True, text=True, env=child_env(),
-            cwd=self.data_dir, timeout=60, check=False,
+            cmd,
+            input=script,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            cwd=self.data_dir,
+            timeout=60,
+            check=False,
         )
         if result.returncode != 0:
             raise DataPlaneError(f"bootstrapping database {DATABASE_NAME!r} failed: {result.stderr.strip()}")
@@ -360,9 +400,16 @@ class EmbeddedPostgres:
         prefix, kwargs = _run_as(account)
         try:
             result = subprocess.run(
-                [*prefix, *cmd], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=self.data_dir,
-                timeout=timeout, check=False, **kwargs,
+                [*prefix, *cmd],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=child_env(),
+                cwd=self.data_dir,
+                timeout=timeout,
+                check=False,
+                **kwargs,
             )
         except subprocess.TimeoutExpired as exc:
             raise DataPlaneError(f"{what} did not finish within {timeout:.0f}s") from exc
@@ -425,9 +472,20 @@ def _ensure_system_user(name: str) -> pwd.struct_passwd:
         pass
     LOG.info("creating system user %r to run PostgreSQL (it refuses to run as root)", name)
     result = subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
-         "--shell", "/usr/sbin/nologin", name],
-        capture_output=True, text=True, check=False,
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0 and "already exists" not in result.stderr:
         raise DataPlaneError(f"cannot create system user {name!r}: {result.stderr.strip()}")

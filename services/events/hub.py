@@ -57,7 +57,9 @@ class Hub:
     """`pubsub_redis` names the server (a redis-py client): the hub opens one lean Pub/Sub
     connection per shard to it (resp.RespClient)."""
 
-    def __init__(self, pubsub_redis: redis.asyncio.Redis, shards: int, *, buffer: int, max_subscribers: int, retry_s: float) -> None:
+    def __init__(
+        self, pubsub_redis: redis.asyncio.Redis, shards: int, *, buffer: int, max_subscribers: int, retry_s: float
+    ) -> None:
         self.redis = pubsub_redis
         self.shards = shards
         self.buffer = buffer

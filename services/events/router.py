@@ -30,7 +30,9 @@ from eco2.services.dataplane.resp import PoolCommands, RespClient
 
 log = logging.getLogger("eco2.events.router")
 
-ROUTED = Counter("eco2_events_routed_total", "Shard stream entries the router handled, by outcome", ["shard", "outcome"])
+ROUTED = Counter(
+    "eco2_events_routed_total", "Shard stream entries the router handled, by outcome", ["shard", "outcome"]
+)
 RECLAIMED = Counter("eco2_events_reclaimed_total", "Entries taken over from a dead router (XAUTOCLAIM)", ["shard"])
 LAG = Gauge("eco2_events_router_lag", "Entries in a shard stream not yet read by the router group", ["shard"])
 PENDING = Gauge("eco2_events_router_pending", "Entries read but not yet acknowledged", ["shard"])
@@ -51,7 +53,9 @@ def consumer_name() -> str:
 
 
 class Router:
-    def __init__(self, redis: redis.asyncio.Redis, settings: EventsSettings | None = None, *, consumer: str | None = None) -> None:
+    def __init__(
+        self, redis: redis.asyncio.Redis, settings: EventsSettings | None = None, *, consumer: str | None = None
+    ) -> None:
         self.redis = redis
         self.settings = settings or EventsSettings()
         self.consumer = consumer or consumer_name()
@@ -81,8 +85,10 @@ class Router:
 
     async def start(self) -> None:
         await self.ensure_groups()
-        self._tasks = [asyncio.create_task(self._read_loop(), name="events-router"),
-                       asyncio.create_task(self._reclaim_loop(), name="events-reclaimer")]
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="events-router"),
+            asyncio.create_task(self._reclaim_loop(), name="events-reclaimer"),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -102,15 +108,29 @@ class Router:
         streams = {name: ">" for name in self._streams}
         linger = s.events_router_linger_ms / 1000
         # raw reply (no per-entry dicts)
-        read = ("XREADGROUP", "GROUP", domain.ROUTER_GROUP, self.consumer, "COUNT", s.events_router_batch,
-                "BLOCK", s.events_router_block_ms, "STREAMS", *streams, *streams.values())
+        read = (
+            "XREADGROUP",
+            "GROUP",
+            domain.ROUTER_GROUP,
+            self.consumer,
+            "COUNT",
+            s.events_router_batch,
+            "BLOCK",
+            s.events_router_block_ms,
+            "STREAMS",
+            *streams,
+            *streams.values(),
+        )
         while True:
             try:
                 reply = await self._read(read)
                 if isinstance(reply, dict):  # RESP3 map
                     reply = reply.items()
                 if reply:
-                    batches = [(self._streams[name.decode() if isinstance(name, bytes) else name], entries) for name, entries in reply]
+                    batches = [
+                        (self._streams[name.decode() if isinstance(name, bytes) else name], entries)
+                        for name, entries in reply
+                    ]
                     await self.route_shards(batches, defer_ack=True)
                     if linger and sum(len(e) for _, e in batches) < s.events_router_batch:
                         await asyncio.sleep(linger)  # caught up: let the next read gather more
@@ -150,8 +170,12 @@ class Router:
             cursor = "0-0"
             while True:
                 reply = await self.redis.xautoclaim(
-                    domain.shard_stream(shard), domain.ROUTER_GROUP, self.consumer,
-                    min_idle_time=s.events_reclaim_idle_ms, start_id=cursor, count=s.events_router_batch,
+                    domain.shard_stream(shard),
+                    domain.ROUTER_GROUP,
+                    self.consumer,
+                    min_idle_time=s.events_reclaim_idle_ms,
+                    start_id=cursor,
+                    count=s.events_router_batch,
                 )
                 cursor, entries = reply[0], reply[1]
                 deleted = reply[2] if len(reply) > 2 else []
@@ -275,4 +299,3 @@ def _entry_ms(entry_id: bytes | str) -> int:
 
 def _xacks(acks: list[tuple[int, list]]) -> list[tuple]:
     return [("XACK", domain.shard_stream(shard), domain.ROUTER_GROUP, *ids) for shard, ids in acks]
-

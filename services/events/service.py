@@ -84,8 +84,10 @@ class EventServicer:
     def SubscribeBatches(self, request: events_pb2.SubscribeBatchesRequest, context) -> Awaitable[None]:
         _check_job_id(request.job_id)
         s = self.settings
-        limits = (min(request.max_events or s.events_batch_max_events, s.events_batch_max_events),
-                  min(request.max_bytes or s.events_batch_max_bytes, s.events_batch_max_bytes))
+        limits = (
+            min(request.max_events or s.events_batch_max_events, s.events_batch_max_events),
+            min(request.max_bytes or s.events_batch_max_bytes, s.events_batch_max_bytes),
+        )
         return self._stream(request.job_id, _caller(context), request.after_seq, context.write, limits)
 
     @staticmethod
@@ -97,7 +99,9 @@ class EventServicer:
             for message in domain.batch_messages(events, *batch):
                 await write(message)
 
-    async def _stream(self, job_id: str, caller: str, after_seq: int, write, limits: tuple[int, int] | None = None) -> None:
+    async def _stream(
+        self, job_id: str, caller: str, after_seq: int, write, limits: tuple[int, int] | None = None
+    ) -> None:
         """Writes the events with `write` (context.write: one coroutine per stream and no
         generator hops per event, so an idle stream is one suspended frame). Each step sends
         every event it has ready in one `_send`: one message per event for Subscribe, as few as
@@ -127,7 +131,11 @@ class EventServicer:
                                     f"(replay keeps {s.events_replay_maxlen} events, ECO2_EVENTS_REPLAY_MAXLEN); "
                                     f"the oldest kept is seq {first.seq}",
                                     reason="REPLAY_TRIMMED",
-                                    metadata={"job_id": job_id, "after_seq": str(cursor.last), "oldest_seq": str(first.seq)},
+                                    metadata={
+                                        "job_id": job_id,
+                                        "after_seq": str(cursor.last),
+                                        "oldest_seq": str(first.seq),
+                                    },
                                 )
                         out = []
                         for ev in batch:

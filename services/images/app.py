@@ -26,11 +26,17 @@ log = logging.getLogger("eco2.images")
 class ImagesSettings(RuntimeSettings):
     images_max_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image accepted by Upload (bytes)")
     images_read_chunk_bytes: int = Field(256 * 1024, ge=1024, le=4 * 1024 * 1024, description="chunk size of ReadImage")
-    images_url_secret: str = Field("", description="HMAC secret of signed image URLs (embedded: generated under the data dir when unset)")
+    images_url_secret: str = Field(
+        "", description="HMAC secret of signed image URLs (embedded: generated under the data dir when unset)"
+    )
     images_url_ttl_s: int = Field(900, ge=1, le=7 * 24 * 3600, description="lifetime of a signed image URL")
-    images_url_prefix: str = Field("/images", pattern=r"^/[A-Za-z0-9/_\-]*$", description="path prefix of signed URLs at the edge")
+    images_url_prefix: str = Field(
+        "/images", pattern=r"^/[A-Za-z0-9/_\-]*$", description="path prefix of signed URLs at the edge"
+    )
     images_storage: str = Field("local", pattern="^(local|s3)$", description="local (disk under the data dir) or s3")
-    images_dir: Path | None = Field(None, description="directory of the local storage (default: <data dir>/images/blobs)")
+    images_dir: Path | None = Field(
+        None, description="directory of the local storage (default: <data dir>/images/blobs)"
+    )
     images_s3_bucket: str = Field("", description="bucket of the s3 storage")
     images_s3_prefix: str = Field("images/", description="key prefix inside the bucket")
     images_s3_endpoint_url: str = Field("", description="S3-compatible endpoint (empty = AWS)")
@@ -63,8 +69,11 @@ class ImagesApp:
             if not s.images_s3_bucket:
                 raise ValueError("ECO2_IMAGES_S3_BUCKET is required when ECO2_IMAGES_STORAGE=s3")
             self.storage = await S3Storage(
-                s.images_s3_bucket, prefix=s.images_s3_prefix, endpoint_url=s.images_s3_endpoint_url or None,
-                region=s.images_s3_region, timeout_s=s.images_s3_timeout_s,
+                s.images_s3_bucket,
+                prefix=s.images_s3_prefix,
+                endpoint_url=s.images_s3_endpoint_url or None,
+                region=s.images_s3_region,
+                timeout_s=s.images_s3_timeout_s,
             ).open()
         else:
             self.storage = LocalDiskStorage(s.images_dir or s.data_dir / "images" / "blobs")

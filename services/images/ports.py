@@ -25,7 +25,9 @@ class BlobStorage(Protocol):
 class ImageRepository(Protocol):
     async def blob_exists(self, sha256: str) -> bool: ...
 
-    async def record(self, user_id: str, sha256: str, fmt: str, content_type: str, size: int, channel: str, filename: str) -> tuple[ImageRecord, bool]:
+    async def record(
+        self, user_id: str, sha256: str, fmt: str, content_type: str, size: int, channel: str, filename: str
+    ) -> tuple[ImageRecord, bool]:
         """Record the blob (once) and the user's ownership; returns the user's record and
         whether the blob was already known (deduplicated)."""
         ...

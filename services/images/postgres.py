@@ -13,7 +13,9 @@ _SELECT = (
 
 
 def _record(r: asyncpg.Record) -> ImageRecord:
-    return ImageRecord(r["sha256"], r["format"], r["content_type"], r["size_bytes"], r["channel"], r["filename"], r["created_at"])
+    return ImageRecord(
+        r["sha256"], r["format"], r["content_type"], r["size_bytes"], r["channel"], r["filename"], r["created_at"]
+    )
 
 
 class PostgresImageRepository:
@@ -23,17 +25,25 @@ class PostgresImageRepository:
     async def blob_exists(self, sha256: str) -> bool:
         return bool(await self.pool.fetchval("SELECT true FROM image_blob WHERE sha256 = $1", sha256))
 
-    async def record(self, user_id: str, sha256: str, fmt: str, content_type: str, size: int, channel: str, filename: str) -> tuple[ImageRecord, bool]:
+    async def record(
+        self, user_id: str, sha256: str, fmt: str, content_type: str, size: int, channel: str, filename: str
+    ) -> tuple[ImageRecord, bool]:
         async with self.pool.acquire() as conn, conn.transaction():
             new_blob = await conn.fetchval(
                 "INSERT INTO image_blob (sha256, format, content_type, size_bytes) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT (sha256) DO NOTHING RETURNING true",
-                sha256, fmt, content_type, size,
+                sha256,
+                fmt,
+                content_type,
+                size,
             )
             await conn.execute(
                 "INSERT INTO image_owner (user_id, sha256, channel, filename) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT (user_id, sha256) DO NOTHING",
-                user_id, sha256, channel, filename,
+                user_id,
+                sha256,
+                channel,
+                filename,
             )
             row = await conn.fetchrow(_SELECT, user_id, sha256)
         return _record(row), not new_blob

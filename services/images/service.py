@@ -31,7 +31,9 @@ class ImageLimits:
 
 
 def _invalid(field: str, description: str, reason: str, message: str | None = None) -> InvalidArgument:
-    return InvalidArgument(message or f"{field} {description}", reason=reason, violations=[FieldViolation(field, description)])
+    return InvalidArgument(
+        message or f"{field} {description}", reason=reason, violations=[FieldViolation(field, description)]
+    )
 
 
 class ImageServicer(images_pb2_grpc.ImageServiceServicer):
@@ -59,7 +61,13 @@ class ImageServicer(images_pb2_grpc.ImageServiceServicer):
                 self._check_metadata(meta)
                 continue
             if part != "chunk":
-                raise _invalid("metadata", "may only be sent once, first" if part == "metadata" else "a message carries neither metadata nor chunk", "UNEXPECTED_MESSAGE")
+                raise _invalid(
+                    "metadata",
+                    "may only be sent once, first"
+                    if part == "metadata"
+                    else "a message carries neither metadata nor chunk",
+                    "UNEXPECTED_MESSAGE",
+                )
             data = message.chunk
             size += len(data)
             if size > limit:
@@ -89,7 +97,13 @@ class ImageServicer(images_pb2_grpc.ImageServiceServicer):
         if not await self.repository.blob_exists(sha):
             await self.storage.put(sha, data, content_type)
         record, deduplicated = await self.repository.record(
-            user_id, sha, fmt, content_type, size, pb.ImageChannel.Name(meta.channel).removeprefix("IMAGE_CHANNEL_"), meta.filename
+            user_id,
+            sha,
+            fmt,
+            content_type,
+            size,
+            pb.ImageChannel.Name(meta.channel).removeprefix("IMAGE_CHANNEL_"),
+            meta.filename,
         )
         return pb.UploadResponse(image=record.to_proto(), deduplicated=deduplicated)
 
@@ -97,7 +111,9 @@ class ImageServicer(images_pb2_grpc.ImageServiceServicer):
     def _check_metadata(meta: pb.UploadMetadata) -> None:
         v = Validator()
         v.enum("metadata.channel", meta.channel, pb.ImageChannel)
-        v.check(meta.content_type in CONTENT_TYPES, "metadata.content_type", f"must be one of {', '.join(CONTENT_TYPES)}")
+        v.check(
+            meta.content_type in CONTENT_TYPES, "metadata.content_type", f"must be one of {', '.join(CONTENT_TYPES)}"
+        )
         problem = filename_problem(meta.filename)
         if problem:
             v.add("metadata.filename", problem)
@@ -119,7 +135,9 @@ class ImageServicer(images_pb2_grpc.ImageServiceServicer):
     def _key(self, key: str) -> str:
         m = _KEY.match(key)
         if not m:
-            raise _invalid("key", 'must be "sha256:" followed by 64 lowercase hex digits', "INVALID_KEY", "invalid request: key")
+            raise _invalid(
+                "key", 'must be "sha256:" followed by 64 lowercase hex digits', "INVALID_KEY", "invalid request: key"
+            )
         return m.group(1)
 
     async def _owned(self, user_id: str, key: str):

@@ -61,19 +61,31 @@ class S3Storage:
     """Objects at ``s3://bucket/prefix<sha256>`` through aiobotocore (any S3-compatible store).
     Credentials come from the usual AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a role...)."""
 
-    def __init__(self, bucket: str, *, prefix: str = "images/", endpoint_url: str | None = None, region: str = "us-east-1", timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "images/",
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        timeout_s: float = 10.0,
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix
         self._session = get_session()
         self._endpoint_url = endpoint_url or None
         self._region = region
-        self._config = Config(connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 3, "mode": "standard"})
+        self._config = Config(
+            connect_timeout=timeout_s, read_timeout=timeout_s, retries={"max_attempts": 3, "mode": "standard"}
+        )
         self._stack = contextlib.AsyncExitStack()
         self._client = None
 
     async def open(self) -> S3Storage:
         self._client = await self._stack.enter_async_context(
-            self._session.create_client("s3", endpoint_url=self._endpoint_url, region_name=self._region, config=self._config)
+            self._session.create_client(
+                "s3", endpoint_url=self._endpoint_url, region_name=self._region, config=self._config
+            )
         )
         return self
 

@@ -25,7 +25,10 @@ def build(reference: Path, out: Path = HERE) -> dict:
     for path in sorted(reference.glob("*.json")):
         doc = json.loads(path.read_text(encoding="utf-8"))
         documents.append({"file": path.stem, **doc})
-    rules = {"source": "eco2-team/backend@4c3eebb3 apps/chat_worker/infrastructure/assets/data/source (MIT)", "documents": documents}
+    rules = {
+        "source": "eco2-team/backend@4c3eebb3 apps/chat_worker/infrastructure/assets/data/source (MIT)",
+        "documents": documents,
+    }
     (out / "rules.json").write_text(json.dumps(rules, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     taxonomy = {
         **yaml.safe_load((reference / "item_class_list.yaml").read_text(encoding="utf-8")),

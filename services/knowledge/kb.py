@@ -25,8 +25,28 @@ _NON_WORD = re.compile(r"[^0-9a-zA-Z가-힣]+")
 
 #: Words of the question, not of the item ("어떻게 버려?", "분리수거 방법"): their n-grams never score.
 QUESTION_WORDS = (
-    "분리수거", "분리배출", "어떻게", "어디에", "어디서", "버리는", "버리기", "버리려고", "버릴", "버려", "버림", "방법",
-    "있는", "하는", "에서", "해요", "하나요", "되나요", "되나", "돼요", "알려줘", "궁금",
+    "분리수거",
+    "분리배출",
+    "어떻게",
+    "어디에",
+    "어디서",
+    "버리는",
+    "버리기",
+    "버리려고",
+    "버릴",
+    "버려",
+    "버림",
+    "방법",
+    "있는",
+    "하는",
+    "에서",
+    "해요",
+    "하나요",
+    "되나요",
+    "되나",
+    "돼요",
+    "알려줘",
+    "궁금",
 )
 
 
@@ -217,7 +237,11 @@ class KnowledgeBase:
             if files is not None and p.file not in files:
                 continue
             about = normalise(p.about).split()
-            if any(len(g) == 3 and g in p.about.replace(" ", "") for g in grams) or words & set(about) or any(len(w) > 1 and any(a.startswith(w) for a in about) for w in words):
+            if (
+                any(len(g) == 3 and g in p.about.replace(" ", "") for g in grams)
+                or words & set(about)
+                or any(len(w) > 1 and any(a.startswith(w) for a in about) for w in words)
+            ):
                 out.append((p, score))
         return sorted(out, key=lambda ps: -ps[1])
 
@@ -235,7 +259,15 @@ class KnowledgeBase:
         for rid, name in self.regions.items():
             if name in text:
                 return rid
-        for word, rid in (("서울", "capital"), ("경기", "capital"), ("인천", "capital"), ("부산", "gyeongnam"), ("대구", "gyeongbuk"), ("광주", "jeonnam"), ("대전", "chungnam")):
+        for word, rid in (
+            ("서울", "capital"),
+            ("경기", "capital"),
+            ("인천", "capital"),
+            ("부산", "gyeongnam"),
+            ("대구", "gyeongbuk"),
+            ("광주", "jeonnam"),
+            ("대전", "chungnam"),
+        ):
             if word in text:
                 return rid
         return "nationwide"
@@ -245,14 +277,34 @@ def _rule_file(doc: dict, taxonomy: dict) -> RuleFile:
     file, name = doc["file"], doc["이름"]
     sections: list[RuleDoc] = []
     if doc.get("배출방법_공통"):
-        sections.append(RuleDoc(f"rule:{file}#배출방법_공통", file, name, "배출방법_공통", f"{name} 배출방법", tuple(doc["배출방법_공통"])))
+        sections.append(
+            RuleDoc(
+                f"rule:{file}#배출방법_공통",
+                file,
+                name,
+                "배출방법_공통",
+                f"{name} 배출방법",
+                tuple(doc["배출방법_공통"]),
+            )
+        )
     for key, lines in (doc.get("배출방법_세부") or {}).items():
         lines = lines if isinstance(lines, list) else [str(lines)]
-        sections.append(RuleDoc(f"rule:{file}#배출방법_세부/{key}", file, name, f"배출방법_세부/{key}", f"{name} · {key}", tuple(lines)))
+        sections.append(
+            RuleDoc(
+                f"rule:{file}#배출방법_세부/{key}", file, name, f"배출방법_세부/{key}", f"{name} · {key}", tuple(lines)
+            )
+        )
     refused = doc.get("배출불가_품목_안내") or {}
     if refused:
         sections.append(
-            RuleDoc(f"rule:{file}#배출불가_품목_안내", file, name, "배출불가_품목_안내", f"{name}: 배출할 수 없는 품목", tuple(f"{k}: {v}" for k, v in refused.items()))
+            RuleDoc(
+                f"rule:{file}#배출불가_품목_안내",
+                file,
+                name,
+                "배출불가_품목_안내",
+                f"{name}: 배출할 수 없는 품목",
+                tuple(f"{k}: {v}" for k, v in refused.items()),
+            )
         )
     minors: list[str] = []
     tree = taxonomy.get("item_class_list", {})
@@ -261,24 +313,78 @@ def _rule_file(doc: dict, taxonomy: dict) -> RuleFile:
         minors = list(major.get(doc["key"]) or [])
     elif isinstance(major, list):
         minors = list(major)
-    items = [i for group in (doc.get("세부_품목") or {}).values() for i in group] + list((doc.get("세부_품목") or {}).keys())
+    items = [i for group in (doc.get("세부_품목") or {}).values() for i in group] + list(
+        (doc.get("세부_품목") or {}).keys()
+    )
     # The name and key count twice: a question naming the category should find it first. The
     # disposal lines are indexed too: they name items the lists do not ("철사", "특수규격마대").
-    methods = [*(doc.get("배출방법_세부") or {}), *(line for s in sections if s.section != "배출불가_품목_안내" for line in s.lines)]
-    index_text = " ".join([name, name, doc["key"], *doc.get("대상_품목", []), *doc.get("대상_설명", []), *items, *minors, *refused.keys(), *methods])
+    methods = [
+        *(doc.get("배출방법_세부") or {}),
+        *(line for s in sections if s.section != "배출불가_품목_안내" for line in s.lines),
+    ]
+    index_text = " ".join(
+        [
+            name,
+            name,
+            doc["key"],
+            *doc.get("대상_품목", []),
+            *doc.get("대상_설명", []),
+            *items,
+            *minors,
+            *refused.keys(),
+            *methods,
+        ]
+    )
     groups = [f"{group}: {', '.join(members)}" for group, members in (doc.get("세부_품목") or {}).items() if members]
-    scope = RuleDoc(f"rule:{file}#대상_품목", file, name, "대상_품목", f"{name} 대상 품목", tuple([*doc.get("대상_품목", []), *doc.get("대상_설명", []), *groups]))
-    passages = [Passage(file, "scope", scope, scope.lines, " ".join([name, doc["key"], *scope.lines, *minors]), names=" ".join([name, *items, *minors]))]
+    scope = RuleDoc(
+        f"rule:{file}#대상_품목",
+        file,
+        name,
+        "대상_품목",
+        f"{name} 대상 품목",
+        tuple([*doc.get("대상_품목", []), *doc.get("대상_설명", []), *groups]),
+    )
+    passages = [
+        Passage(
+            file,
+            "scope",
+            scope,
+            scope.lines,
+            " ".join([name, doc["key"], *scope.lines, *minors]),
+            names=" ".join([name, *items, *minors]),
+        )
+    ]
     for section in sections:
         if section.section == "배출방법_공통":
             passages += [Passage(file, "step", section, (line,), line) for line in section.lines]
         elif section.section.startswith("배출방법_세부/"):
             key = section.section.split("/", 1)[1]
             members = (doc.get("세부_품목") or {}).get(key) or []
-            passages.append(Passage(file, "detail", section, section.lines, " ".join([key, key, *members, *section.lines]), names=" ".join([key, *members])))
+            passages.append(
+                Passage(
+                    file,
+                    "detail",
+                    section,
+                    section.lines,
+                    " ".join([key, key, *members, *section.lines]),
+                    names=" ".join([key, *members]),
+                )
+            )
         else:
-            passages += [Passage(file, "exception", section, (f"{k}: {v}",), _item_words(k), v, k) for k, v in refused.items()]
-    return RuleFile(file, doc["key"], doc["category"], name, tuple(doc.get("대상_품목", [])), tuple(sections), index_text, scope, tuple(passages))
+            passages += [
+                Passage(file, "exception", section, (f"{k}: {v}",), _item_words(k), v, k) for k, v in refused.items()
+            ]
+    return RuleFile(
+        file,
+        doc["key"],
+        doc["category"],
+        name,
+        tuple(doc.get("대상_품목", [])),
+        tuple(sections),
+        index_text,
+        scope,
+        tuple(passages),
+    )
 
 
 def _item_words(name: str) -> str:
@@ -303,13 +409,28 @@ def load() -> KnowledgeBase:
     synonyms = yaml.safe_load((root / "synonyms.yaml").read_text(encoding="utf-8"))["synonyms"]
     rules = [_rule_file(d, taxonomy) for d in rules_doc["documents"]]
     prices = [
-        PriceItem(item["id"], item["name"], cat["name"], tuple(item.get("synonyms") or ()), dict(item["prices"]), item.get("form", ""))
+        PriceItem(
+            item["id"],
+            item["name"],
+            cat["name"],
+            tuple(item.get("synonyms") or ()),
+            dict(item["prices"]),
+            item.get("form", ""),
+        )
         for cat in prices_doc["categories"]
         for item in cat["items"]
     ]
     regions = {r["id"]: r["name"] for r in prices_doc["regions"]}
     index = {**prices_doc.get("search_synonyms", {}), **(lexicon().get("price_words") or {})}
     return KnowledgeBase(
-        rules, taxonomy, prices, prices_doc["survey_info"], regions,
-        {str(k)[0] * str(k).startswith(("^", "=")) + normalise(str(k)).replace(" ", ""): v for k, v in synonyms.items()}, {normalise(k).replace(" ", ""): list(v) for k, v in index.items()},
+        rules,
+        taxonomy,
+        prices,
+        prices_doc["survey_info"],
+        regions,
+        {
+            str(k)[0] * str(k).startswith(("^", "=")) + normalise(str(k)).replace(" ", ""): v
+            for k, v in synonyms.items()
+        },
+        {normalise(k).replace(" ", ""): list(v) for k, v in index.items()},
     )

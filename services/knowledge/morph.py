@@ -38,7 +38,10 @@ _CHAT_SPELLINGS = (
     (re.compile(r"(?<![가-힣])걍(?![가-힣])"), "그냥"),
     (re.compile(r"ㄱㄴ(?![가-힣])"), "가능"),
     # "버릴라면", "할라면": the model reads a glued "-ㄹ라면" as the noun 라면 (ramen); "-ㄹ려면" it reads as the ending
-    (re.compile(r"(?<=[가-힣])라면(?=$|[^가-힣])"), lambda m: "려면" if (ord(m.string[m.start() - 1]) - 0xAC00) % 28 == 8 else "라면"),
+    (
+        re.compile(r"(?<=[가-힣])라면(?=$|[^가-힣])"),
+        lambda m: "려면" if (ord(m.string[m.start() - 1]) - 0xAC00) % 28 == 8 else "라면",
+    ),
 )
 
 _lock = threading.Lock()
@@ -61,10 +64,18 @@ def analyser():
             named, found = knowledge_nouns()
             # all words are read before any is added: an analysis after an addition rebuilds the
             # dictionary (~0.5 s each)
-            skip = {w for w, tokens in zip(named, kiwi.tokenize(named)) if len(tokens) == 2 and tokens[0].tag.startswith(("VV", "VA")) and tokens[1].tag == "ETM"}
+            skip = {
+                w
+                for w, tokens in zip(named, kiwi.tokenize(named))
+                if len(tokens) == 2 and tokens[0].tag.startswith(("VV", "VA")) and tokens[1].tag == "ETM"
+            }
             # words taken from the rules' item lists are added only when they are nouns as written
             # ("가위" read as an adverb), not a noun with its particle ("폐기물로")
-            skip |= {w for w, tokens in zip(found, kiwi.tokenize(found)) if any(t.tag.startswith(("J", "E", "V", "X")) for t in tokens)}
+            skip |= {
+                w
+                for w, tokens in zip(found, kiwi.tokenize(found))
+                if any(t.tag.startswith(("J", "E", "V", "X")) for t in tokens)
+            }
             for word in dict.fromkeys(named + found):
                 if word not in skip:  # "깨진" is a modifier, not a noun
                     kiwi.add_user_word(word, "NNG", 0.0)
@@ -80,11 +91,23 @@ def knowledge_nouns() -> tuple[list[str], list[str]]:
     from .kb import lexicon, load, normalise
 
     lex, base = lexicon(), load()
-    named = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["places"], *lex["parts"], *lex.get("nouns", [])]
+    named = [k.lstrip("^=") for k in base.synonyms] + [
+        *lex["destinations"],
+        *lex["bins"],
+        *lex["places"],
+        *lex["parts"],
+        *lex.get("nouns", []),
+    ]
     named += list(_names)
     bulk = yaml.safe_load((resources.files(__package__) / "bulk_waste.yaml").read_text(encoding="utf-8"))["items"]
     named += [w for name, others in bulk.items() for w in (name, *(others or ()))]
-    found = [w for p in base.passages if p.kind in ("scope", "exception") for w in re.split(r"[^가-힣]+", p.names) if len(w) >= 2]
+    found = [
+        w
+        for p in base.passages
+        if p.kind in ("scope", "exception")
+        for w in re.split(r"[^가-힣]+", p.names)
+        if len(w) >= 2
+    ]
 
     def keep(words: list[str]) -> list[str]:
         return sorted({w for w in words if w and " " not in w and normalise(w) == w and not w.isascii()})
@@ -161,7 +184,11 @@ class Analysis:
         previous: Token | None = None
         for tok in self.tokens:
             if tok.tag in COMPOUND_TAGS:
-                joined = previous is not None and previous.tag in COMPOUND_TAGS and not self.text[previous.end : tok.start].strip()
+                joined = (
+                    previous is not None
+                    and previous.tag in COMPOUND_TAGS
+                    and not self.text[previous.end : tok.start].strip()
+                )
                 if joined:
                     runs[-1].append(tok)
                 else:
@@ -181,13 +208,59 @@ class Analysis:
 
     @property
     def is_question(self) -> bool:
-        return "?" in self.text or "？" in self.text or any(t.tag == "EF" and t.form in QUESTION_ENDINGS or t.form in WH_WORDS for t in self.tokens)
+        return (
+            "?" in self.text
+            or "？" in self.text
+            or any(t.tag == "EF" and t.form in QUESTION_ENDINGS or t.form in WH_WORDS for t in self.tokens)
+        )
 
 
 #: Sentence endings that can only ask ("되나요", "할까", "버리니"); "-어", "-아요" also state,
 #: so without a "?" or a question word they do not make a question.
-QUESTION_ENDINGS = frozenset({"나요", "까", "을까", "ᆯ까", "을까요", "ᆯ까요", "니", "냐", "나", "는지", "ᆫ가요", "은가요", "ᆫ가", "은가", "는가", "래", "ᆯ래", "남", "냐고", "는지요"})
-WH_WORDS = frozenset({"어떻게", "어디", "언제", "뭐", "무엇", "얼마", "어느", "무슨", "왜", "누구", "몇", "어떤", "어딨", "어떻", "어떡하", "어쩌"})
+QUESTION_ENDINGS = frozenset(
+    {
+        "나요",
+        "까",
+        "을까",
+        "ᆯ까",
+        "을까요",
+        "ᆯ까요",
+        "니",
+        "냐",
+        "나",
+        "는지",
+        "ᆫ가요",
+        "은가요",
+        "ᆫ가",
+        "은가",
+        "는가",
+        "래",
+        "ᆯ래",
+        "남",
+        "냐고",
+        "는지요",
+    }
+)
+WH_WORDS = frozenset(
+    {
+        "어떻게",
+        "어디",
+        "언제",
+        "뭐",
+        "무엇",
+        "얼마",
+        "어느",
+        "무슨",
+        "왜",
+        "누구",
+        "몇",
+        "어떤",
+        "어딨",
+        "어떻",
+        "어떡하",
+        "어쩌",
+    }
+)
 
 
 def normalise_chat(text: str) -> str:
@@ -222,7 +295,9 @@ def _typo_index() -> tuple[frozenset[str], dict[tuple, set[str]]]:
     bulk = yaml.safe_load((resources.files(__package__) / "bulk_waste.yaml").read_text(encoding="utf-8"))["items"]
     vocabulary = [k.lstrip("^=") for k in base.synonyms] + [*lex["destinations"], *lex["bins"], *lex["parts"]]
     vocabulary += [w for name, others in bulk.items() for w in (name, *(others or ()))]
-    vocabulary += [w for p in base.passages if p.kind in ("scope", "exception", "detail") for w in re.split(r"[^가-힣]+", p.names)]
+    vocabulary += [
+        w for p in base.passages if p.kind in ("scope", "exception", "detail") for w in re.split(r"[^가-힣]+", p.names)
+    ]
     words = frozenset(w for w in vocabulary if len(w) >= 3 and re.fullmatch(r"[가-힣]+", w))
     index: dict[tuple, set[str]] = {}
     for w in words:

@@ -10,8 +10,15 @@ from .registry import info, provider_of
 
 
 def create_llm(
-    model: str, *, openai_api_key: str = "", openai_base_url: str = "", gemini_api_key: str = "", gemini_base_url: str = "", timeout_s: float = 60.0,
-    compose: Callable[[Grounding], str] | None = None, offline_token_delay_s: float = 0.0,
+    model: str,
+    *,
+    openai_api_key: str = "",
+    openai_base_url: str = "",
+    gemini_api_key: str = "",
+    gemini_base_url: str = "",
+    timeout_s: float = 60.0,
+    compose: Callable[[Grounding], str] | None = None,
+    offline_token_delay_s: float = 0.0,
 ) -> LLM:
     """`compose` is the offline provider's voice: the service's composer of a grounded answer."""
     provider = provider_of(model)

@@ -29,7 +29,9 @@ def _json_or_text(content: str):
 class GeminiLLM:
     def __init__(self, info: ModelInfo, *, api_key: str, base_url: str | None = None, timeout_s: float = 60.0) -> None:
         self.info = info
-        options = types.HttpOptions(base_url=base_url or None, timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1))
+        options = types.HttpOptions(
+            base_url=base_url or None, timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1)
+        )
         self.client = genai.Client(api_key=api_key, http_options=options)
 
     @staticmethod
@@ -41,32 +43,59 @@ class GeminiLLM:
             if m.role == "system":
                 continue
             if m.tool_calls:  # Gemini's own tool turns: functionCall parts from the model, functionResponse parts back
-                contents.append(types.Content(role="model", parts=[types.Part(function_call=types.FunctionCall(id=c.id, name=c.name, args=c.arguments)) for c in m.tool_calls]))
+                contents.append(
+                    types.Content(
+                        role="model",
+                        parts=[
+                            types.Part(function_call=types.FunctionCall(id=c.id, name=c.name, args=c.arguments))
+                            for c in m.tool_calls
+                        ],
+                    )
+                )
             elif m.role == "tool":
-                part = types.Part(function_response=types.FunctionResponse(id=m.tool_call_id, name=m.name, response={"result": _json_or_text(m.content)}))
-                if contents and contents[-1].role == "user" and contents[-1].parts and contents[-1].parts[0].function_response:
+                part = types.Part(
+                    function_response=types.FunctionResponse(
+                        id=m.tool_call_id, name=m.name, response={"result": _json_or_text(m.content)}
+                    )
+                )
+                if (
+                    contents
+                    and contents[-1].role == "user"
+                    and contents[-1].parts
+                    and contents[-1].parts[0].function_response
+                ):
                     contents[-1].parts.append(part)  # the results of one round go back in one turn
                 else:
                     contents.append(types.Content(role="user", parts=[part]))
             else:
-                contents.append(types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)]))
+                contents.append(
+                    types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)])
+                )
         return system, contents
 
-    async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
         system, contents = self._contents(messages, grounding)
         config = types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens)
         try:
-            async for chunk in await self.client.aio.models.generate_content_stream(model=self.info.name, contents=contents, config=config):
+            async for chunk in await self.client.aio.models.generate_content_stream(
+                model=self.info.name, contents=contents, config=config
+            ):
                 if chunk.text:
                     yield chunk.text
         except (errors.APIError, OSError) as exc:
             raise _error(exc) from exc
 
-    async def generate(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> str:
+    async def generate(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> str:
         system, contents = self._contents(messages, grounding)
         try:
             reply = await self.client.aio.models.generate_content(
-                model=self.info.name, contents=contents, config=types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens)
+                model=self.info.name,
+                contents=contents,
+                config=types.GenerateContentConfig(system_instruction=system, max_output_tokens=max_tokens),
             )
         except (errors.APIError, OSError) as exc:
             raise _error(exc) from exc
@@ -78,9 +107,13 @@ class GeminiLLM:
 
     async def _json_reply(self, system: str | None, contents: list[types.Content], schema: type[T]) -> T:
         """One generate_content call with a JSON response schema, validated into `schema`."""
-        config = types.GenerateContentConfig(system_instruction=system, response_mime_type="application/json", response_json_schema=json_schema(schema))
+        config = types.GenerateContentConfig(
+            system_instruction=system, response_mime_type="application/json", response_json_schema=json_schema(schema)
+        )
         try:
-            reply = await self.client.aio.models.generate_content(model=self.info.name, contents=contents, config=config)
+            reply = await self.client.aio.models.generate_content(
+                model=self.info.name, contents=contents, config=config
+            )
         except (errors.APIError, OSError) as exc:
             raise _error(exc) from exc
         try:
@@ -91,7 +124,11 @@ class GeminiLLM:
     async def classify_image(self, messages: list[Message], image: bytes, mime_type: str, schema: type[T]) -> T:
         # The image travels inline (an inline_data part of the last user turn), the schema as response_json_schema.
         system = "\n\n".join(m.content for m in messages if m.role == "system") or None
-        contents = [types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)]) for m in messages if m.role != "system"]
+        contents = [
+            types.Content(role="model" if m.role == "assistant" else "user", parts=[types.Part(text=m.content)])
+            for m in messages
+            if m.role != "system"
+        ]
         if not contents or contents[-1].role != "user":
             contents.append(types.Content(role="user", parts=[]))
         contents[-1].parts.append(types.Part(inline_data=types.Blob(data=image, mime_type=mime_type)))
@@ -99,14 +136,22 @@ class GeminiLLM:
 
     async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
         system, contents = self._contents(messages, None)
-        declarations = [types.FunctionDeclaration(name=t.name, description=t.description, parameters_json_schema=t.parameters) for t in tools]
+        declarations = [
+            types.FunctionDeclaration(name=t.name, description=t.description, parameters_json_schema=t.parameters)
+            for t in tools
+        ]
         config = types.GenerateContentConfig(
             system_instruction=system,
             tools=[types.Tool(function_declarations=declarations)],
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
         )
         try:
-            reply = await self.client.aio.models.generate_content(model=self.info.name, contents=contents, config=config)
+            reply = await self.client.aio.models.generate_content(
+                model=self.info.name, contents=contents, config=config
+            )
         except (errors.APIError, OSError) as exc:
             raise _error(exc) from exc
-        return [ToolCall(c.id or f"call-{i}", c.name or "", dict(c.args or {})) for i, c in enumerate(reply.function_calls or [])]
+        return [
+            ToolCall(c.id or f"call-{i}", c.name or "", dict(c.args or {}))
+            for i, c in enumerate(reply.function_calls or [])
+        ]

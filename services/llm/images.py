@@ -55,7 +55,7 @@ GEMINI_RATIOS = frozenset({"1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:1
 
 
 def aspect_ratio(size: str) -> str | None:
-    """"1024x1024" → "1:1"; None for "auto" or a ratio Gemini does not offer (the model's default)."""
+    """ "1024x1024" → "1:1"; None for "auto" or a ratio Gemini does not offer (the model's default)."""
     if "x" not in size:
         return None
     w, h = (int(x) for x in size.split("x", 1))
@@ -76,7 +76,13 @@ class OpenAIImages:
         from .openai_adapter import _http_client
 
         self.name = name
-        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url or None, max_retries=0, timeout=timeout_s, http_client=_http_client(timeout_s))
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url or None,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=_http_client(timeout_s),
+        )
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -118,7 +124,9 @@ class GeminiImages:
         from google.genai import types
 
         self.name = name
-        options = types.HttpOptions(base_url=base_url or None, timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1))
+        options = types.HttpOptions(
+            base_url=base_url or None, timeout=int(timeout_s * 1000), retry_options=types.HttpRetryOptions(attempts=1)
+        )
         self.client = genai.Client(api_key=api_key, http_options=options)
 
     async def generate(self, prompt: str, *, size: str) -> GeneratedImage:
@@ -128,7 +136,9 @@ class GeminiImages:
 
         ratio = aspect_ratio(size)
         config = types.GenerateContentConfig(
-            system_instruction=IMAGE_SYSTEM, response_modalities=["IMAGE"], image_config=types.ImageConfig(aspect_ratio=ratio) if ratio else None,
+            system_instruction=IMAGE_SYSTEM,
+            response_modalities=["IMAGE"],
+            image_config=types.ImageConfig(aspect_ratio=ratio) if ratio else None,
         )
         contents = [types.Content(role="user", parts=[types.Part(text=prompt)])]
         try:
@@ -141,7 +151,15 @@ class GeminiImages:
         raise LLMError("gemini: the reply carries no image part", retryable=False)
 
 
-def create_image_model(model: str, *, openai_api_key: str = "", openai_base_url: str = "", gemini_api_key: str = "", gemini_base_url: str = "", timeout_s: float = 60.0) -> ImageModel | None:
+def create_image_model(
+    model: str,
+    *,
+    openai_api_key: str = "",
+    openai_base_url: str = "",
+    gemini_api_key: str = "",
+    gemini_base_url: str = "",
+    timeout_s: float = 60.0,
+) -> ImageModel | None:
     """The adapter for `model` ("" = image generation not configured → None)."""
     if not model:
         return None
@@ -153,7 +171,9 @@ def create_image_model(model: str, *, openai_api_key: str = "", openai_base_url:
         return OpenAIImages(name, api_key=openai_api_key, base_url=openai_base_url or None, timeout_s=timeout_s)
     if provider == "google":
         if name.startswith("imagen"):
-            raise ValueError(f"image model {model!r}: Imagen's :predict API is not supported, use a Gemini image model (gemini-*-image*)")
+            raise ValueError(
+                f"image model {model!r}: Imagen's :predict API is not supported, use a Gemini image model (gemini-*-image*)"
+            )
         if not gemini_api_key:
             raise ValueError(f"image model {model!r} needs ECO2_GEMINI_API_KEY")
         return GeminiImages(name, api_key=gemini_api_key, base_url=gemini_base_url or None, timeout_s=timeout_s)

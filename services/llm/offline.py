@@ -25,14 +25,22 @@ class OfflineLLM:
         self.compose = compose
         self.token_delay_s = token_delay_s
 
-    async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
-        text = self.compose(grounding) if grounding is not None else "질문을 이해하지 못했어요. 버리려는 물건을 알려주시겠어요?"
+    async def stream(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
+        text = (
+            self.compose(grounding)
+            if grounding is not None
+            else "질문을 이해하지 못했어요. 버리려는 물건을 알려주시겠어요?"
+        )
         for piece in pieces(text):
             if self.token_delay_s:
                 await asyncio.sleep(self.token_delay_s)
             yield piece
 
-    async def generate(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> str:
+    async def generate(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> str:
         return "".join([p async for p in self.stream(messages, grounding=grounding)])
 
     async def structured(self, messages: list[Message], schema: type[T]) -> T:

@@ -24,7 +24,11 @@ def _error(exc: Exception) -> LLMError:
     if isinstance(exc, openai.APITimeoutError | openai.APIConnectionError):
         return LLMError(f"openai: {type(exc).__name__}", retryable=True)
     if isinstance(exc, openai.APIStatusError):
-        return LLMError(f"openai: HTTP {exc.status_code}", retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500, status=exc.status_code)
+        return LLMError(
+            f"openai: HTTP {exc.status_code}",
+            retryable=exc.status_code in (408, 409, 429) or exc.status_code >= 500,
+            status=exc.status_code,
+        )
     return LLMError(f"openai: {type(exc).__name__}: {exc}", retryable=False)
 
 
@@ -43,7 +47,13 @@ class OpenAILLM:
     def __init__(self, info: ModelInfo, *, api_key: str, base_url: str | None = None, timeout_s: float = 60.0) -> None:
         self.info = info
         # Retries belong to the node policy table, not to the SDK.
-        self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url or None, max_retries=0, timeout=timeout_s, http_client=_http_client(timeout_s))
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key,
+            base_url=base_url or None,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=_http_client(timeout_s),
+        )
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -52,8 +62,20 @@ class OpenAILLM:
     def _messages(messages: list[Message], grounding: Grounding | None) -> list[dict]:
         out: list[dict] = []
         for m in render(messages, grounding):
-            if m.tool_calls:  # Chat Completions' own tool turns: the assistant's calls, then one "tool" message per call
-                calls = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False, default=str)}} for c in m.tool_calls]
+            if (
+                m.tool_calls
+            ):  # Chat Completions' own tool turns: the assistant's calls, then one "tool" message per call
+                calls = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {
+                            "name": c.name,
+                            "arguments": json.dumps(c.arguments, ensure_ascii=False, default=str),
+                        },
+                    }
+                    for c in m.tool_calls
+                ]
                 out.append({"role": "assistant", "content": m.content or None, "tool_calls": calls})
             elif m.role == "tool":
                 out.append({"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content})
@@ -61,13 +83,18 @@ class OpenAILLM:
                 out.append({"role": m.role, "content": m.content})
         return out
 
-    async def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
         # The SDK does the request (auth, headers, status → typed errors); the SSE lines are parsed
         # here with json.loads: building the SDK's pydantic chunk objects cost more CPU per token
         # than the rest of the token's path (bench/chat.py, ADR 0063).
         try:
             async with self.client.chat.completions.with_streaming_response.create(
-                model=self.info.name, messages=self._messages(messages, grounding), stream=True, max_completion_tokens=max_tokens
+                model=self.info.name,
+                messages=self._messages(messages, grounding),
+                stream=True,
+                max_completion_tokens=max_tokens,
             ) as response:
                 async for line in response.iter_lines():
                     if not line.startswith("data:"):
@@ -77,7 +104,9 @@ class OpenAILLM:
                         break
                     chunk = json.loads(data)
                     if chunk.get("error"):
-                        raise LLMError(f"openai: stream error {chunk['error'].get('message', '')[:200]}", retryable=True)
+                        raise LLMError(
+                            f"openai: stream error {chunk['error'].get('message', '')[:200]}", retryable=True
+                        )
                     choices = chunk.get("choices") or ()
                     content = choices[0].get("delta", {}).get("content") if choices else None
                     if content:
@@ -87,9 +116,13 @@ class OpenAILLM:
         except (*_HTTP_ERRORS, json.JSONDecodeError) as exc:
             raise LLMError(f"openai: stream broke: {type(exc).__name__}", retryable=True) from exc
 
-    async def generate(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> str:
+    async def generate(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> str:
         try:
-            reply = await self.client.chat.completions.create(model=self.info.name, messages=self._messages(messages, grounding), max_completion_tokens=max_tokens)
+            reply = await self.client.chat.completions.create(
+                model=self.info.name, messages=self._messages(messages, grounding), max_completion_tokens=max_tokens
+            )
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
         return reply.choices[0].message.content or ""
@@ -103,7 +136,10 @@ class OpenAILLM:
             reply = await self.client.chat.completions.create(
                 model=self.info.name,
                 messages=messages,
-                response_format={"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": json_schema(schema), "strict": False}},
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": schema.__name__, "schema": json_schema(schema), "strict": False},
+                },
             )
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
@@ -116,7 +152,10 @@ class OpenAILLM:
         # The image travels as a data URI content part of the last user turn (no upload, no URL fetch).
         out: list[dict] = [{"role": m.role, "content": m.content} for m in messages]
         last = max((i for i, m in enumerate(out) if m["role"] == "user"), default=None)
-        part = {"type": "image_url", "image_url": {"url": f"data:{mime_type};base64,{base64.b64encode(image).decode()}"}}
+        part = {
+            "type": "image_url",
+            "image_url": {"url": f"data:{mime_type};base64,{base64.b64encode(image).decode()}"},
+        }
         if last is None:
             out.append({"role": "user", "content": [part]})
         else:
@@ -128,7 +167,13 @@ class OpenAILLM:
             reply = await self.client.chat.completions.create(
                 model=self.info.name,
                 messages=self._messages(messages, None),
-                tools=[{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools],
+                tools=[
+                    {
+                        "type": "function",
+                        "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                    }
+                    for t in tools
+                ],
                 tool_choice="auto",
             )
         except openai.OpenAIError as exc:

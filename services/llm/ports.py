@@ -15,7 +15,9 @@ T = TypeVar("T", bound=BaseModel)
 class Message:
     role: str  # "system" | "user" | "assistant" | "tool"
     content: str
-    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn that called tools (each adapter sends its provider's native form)
+    tool_calls: tuple[
+        ToolCall, ...
+    ] = ()  # an assistant turn that called tools (each adapter sends its provider's native form)
     tool_call_id: str = ""  # a "tool" turn: the result (content, JSON) of this call
     name: str = ""  # a "tool" turn: the tool's name (Gemini's functionResponse needs it)
 
@@ -69,11 +71,15 @@ class LLMError(Exception):
 class LLM(Protocol):
     info: ModelInfo
 
-    def stream(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> AsyncIterator[str]:
+    def stream(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
         """The answer, piece by piece."""
         ...
 
-    async def generate(self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None) -> str: ...
+    async def generate(
+        self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
+    ) -> str: ...
 
     async def structured(self, messages: list[Message], schema: type[T]) -> T:
         """A reply parsed into `schema` (JSON schema output)."""

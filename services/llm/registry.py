@@ -20,11 +20,18 @@ MODELS: dict[str, ModelInfo] = {
     )
 }
 
-_PREFIXES = (("gpt-", "openai"), ("o1", "openai"), ("o3", "openai"), ("o4", "openai"), ("gemini-", "google"), ("offline", "offline"))
+_PREFIXES = (
+    ("gpt-", "openai"),
+    ("o1", "openai"),
+    ("o3", "openai"),
+    ("o4", "openai"),
+    ("gemini-", "google"),
+    ("offline", "offline"),
+)
 
 
 def provider_of(model: str) -> str:
-    """"openai/gpt-5.2" or "gpt-5.2" → openai; "gemini-*" → google; "offline" → offline."""
+    """ "openai/gpt-5.2" or "gpt-5.2" → openai; "gemini-*" → google; "offline" → offline."""
     if "/" in model:
         head = model.split("/", 1)[0]
         return {"openai": "openai", "google": "google", "gemini": "google", "offline": "offline"}.get(head, head)

@@ -29,8 +29,14 @@ class LocationSettings(RuntimeSettings):
     location_default_limit: int = Field(10, ge=1, description="results when limit is 0")
     location_max_query_chars: int = Field(200, ge=1, le=10_000, description="longest SearchText query")
     location_max_filters: int = Field(16, ge=1, description="most category filters in one SearchNearby")
-    location_load_sample: bool | None = Field(None, description="load the shipped SAMPLE places at start (default: only when embedded)")
-    kakao_api_key: str = Field("", validation_alias=AliasChoices("KAKAO_API_KEY", "ECO2_KAKAO_API_KEY"), description="Kakao REST API key: enables Kakao Local keyword search in SearchText")
+    location_load_sample: bool | None = Field(
+        None, description="load the shipped SAMPLE places at start (default: only when embedded)"
+    )
+    kakao_api_key: str = Field(
+        "",
+        validation_alias=AliasChoices("KAKAO_API_KEY", "ECO2_KAKAO_API_KEY"),
+        description="Kakao REST API key: enables Kakao Local keyword search in SearchText",
+    )
     kakao_local_url: str = Field("https://dapi.kakao.com", description="base URL of Kakao Local")
     kakao_timeout_s: float = Field(3.0, gt=0, description="timeout of one Kakao Local request")
 
@@ -51,7 +57,9 @@ class LocationApp:
 
     async def migrate(self) -> list[str]:
         """Apply the pending schema migrations; the names of the files applied."""
-        return await apply_migrations(self.settings.database_url, "location", resources.files(__package__) / "migrations")
+        return await apply_migrations(
+            self.settings.database_url, "location", resources.files(__package__) / "migrations"
+        )
 
     async def start(self, server: grpc.aio.Server) -> None:
         s = self.settings
@@ -59,7 +67,9 @@ class LocationApp:
             await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-location")
         places = PostgresPlaceRepository(self.pool)
-        load_sample = s.location_load_sample if s.location_load_sample is not None else s.deployment == Deployment.EMBEDDED
+        load_sample = (
+            s.location_load_sample if s.location_load_sample is not None else s.deployment == Deployment.EMBEDDED
+        )
         if load_sample:
             await places.upsert(sample_places())
         if s.kakao_api_key:

@@ -68,7 +68,9 @@ class Hit:
     def to_proto(self) -> pb.PlaceHit:
         if self.distance_m is None:
             return pb.PlaceHit(place=self.place.to_proto())
-        return pb.PlaceHit(place=self.place.to_proto(), distance_m=self.distance_m, distance_text=distance_text(self.distance_m))
+        return pb.PlaceHit(
+            place=self.place.to_proto(), distance_m=self.distance_m, distance_text=distance_text(self.distance_m)
+        )
 
 
 def distance_text(metres: float) -> str:

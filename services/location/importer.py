@@ -42,18 +42,40 @@ ADDR = ("소재지지번주소", "지번주소", "address")
 PHONE = ("전화번호", "운영기관전화번호", "관리기관전화번호", "phone")
 URL = ("홈페이지주소", "url")
 PICKUP = ("수거품목", "pickup")
-HOURS = (("평일", "평일운영시작시각", "평일운영종료시각"), ("토요일", "토요일운영시작시각", "토요일운영종료시각"), ("공휴일", "공휴일운영시작시각", "공휴일운영종료시각"))
+HOURS = (
+    ("평일", "평일운영시작시각", "평일운영종료시각"),
+    ("토요일", "토요일운영시작시각", "토요일운영종료시각"),
+    ("공휴일", "공휴일운영시작시각", "공휴일운영종료시각"),
+)
 
 PICKUP_LABELS = {
-    "투명페트": "CLEAR_PET", "무색페트": "CLEAR_PET", "무색페트병": "CLEAR_PET", "투명페트병": "CLEAR_PET",
-    "유색페트": "COLORED_PET", "유색페트병": "COLORED_PET",
-    "캔": "CAN", "금속": "CAN", "금속류": "CAN", "고철": "CAN",
-    "종이": "PAPER", "종이류": "PAPER", "종이팩": "PAPER",
-    "플라스틱": "PLASTIC", "플라스틱류": "PLASTIC",
-    "유리": "GLASS", "유리병": "GLASS",
-    "의류": "TEXTILE", "섬유": "TEXTILE", "원단": "TEXTILE", "헌옷": "TEXTILE",
-    "전자제품": "ELECTRONICS", "가전": "ELECTRONICS", "폐가전": "ELECTRONICS", "소형가전": "ELECTRONICS",
-    "일반": "GENERAL", "기타": "GENERAL",
+    "투명페트": "CLEAR_PET",
+    "무색페트": "CLEAR_PET",
+    "무색페트병": "CLEAR_PET",
+    "투명페트병": "CLEAR_PET",
+    "유색페트": "COLORED_PET",
+    "유색페트병": "COLORED_PET",
+    "캔": "CAN",
+    "금속": "CAN",
+    "금속류": "CAN",
+    "고철": "CAN",
+    "종이": "PAPER",
+    "종이류": "PAPER",
+    "종이팩": "PAPER",
+    "플라스틱": "PLASTIC",
+    "플라스틱류": "PLASTIC",
+    "유리": "GLASS",
+    "유리병": "GLASS",
+    "의류": "TEXTILE",
+    "섬유": "TEXTILE",
+    "원단": "TEXTILE",
+    "헌옷": "TEXTILE",
+    "전자제품": "ELECTRONICS",
+    "가전": "ELECTRONICS",
+    "폐가전": "ELECTRONICS",
+    "소형가전": "ELECTRONICS",
+    "일반": "GENERAL",
+    "기타": "GENERAL",
 }
 MAX_FIELD = 500
 

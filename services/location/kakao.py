@@ -50,7 +50,11 @@ class KakaoKeywordSearch:
         except httpx.HTTPError as exc:
             raise Unavailable(f"Kakao Local unreachable: {type(exc).__name__}", reason="KAKAO_UNAVAILABLE") from exc
         if response.status_code != 200:
-            raise Unavailable(f"Kakao Local answered HTTP {response.status_code}", reason="KAKAO_UNAVAILABLE", metadata={"status": str(response.status_code)})
+            raise Unavailable(
+                f"Kakao Local answered HTTP {response.status_code}",
+                reason="KAKAO_UNAVAILABLE",
+                metadata={"status": str(response.status_code)},
+            )
         try:
             documents = response.json().get("documents", [])
         except ValueError as exc:

@@ -110,8 +110,18 @@ class PostgresPlaceRepository:
                 "  EXCLUDED.pickup_categories, EXCLUDED.opening_hours, EXCLUDED.url)",
                 [
                     (
-                        p.id, p.source, p.name, p.address, p.road_address, p.phone, p.latitude, p.longitude,
-                        p.store_category, list(p.pickup_categories), p.opening_hours, p.url,
+                        p.id,
+                        p.source,
+                        p.name,
+                        p.address,
+                        p.road_address,
+                        p.phone,
+                        p.latitude,
+                        p.longitude,
+                        p.store_category,
+                        list(p.pickup_categories),
+                        p.opening_hours,
+                        p.url,
                     )
                     for p in places
                 ],

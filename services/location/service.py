@@ -19,7 +19,16 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,99}$")
 
 
 class Limits:
-    def __init__(self, *, max_radius_m: int, default_radius_m: int, max_limit: int, default_limit: int, max_query_chars: int, max_filters: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_radius_m: int,
+        default_radius_m: int,
+        max_limit: int,
+        default_limit: int,
+        max_query_chars: int,
+        max_filters: int,
+    ) -> None:
         self.max_radius_m = max_radius_m
         self.default_radius_m = default_radius_m
         self.max_limit = max_limit
@@ -51,9 +60,14 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
         if v.check(request.HasField("center"), "center", "is required"):
             lat, lng = _point(v, "center", request.center)
         radius = request.radius_m or L.default_radius_m
-        v.check(request.radius_m <= L.max_radius_m, "radius_m", f"must be at most {L.max_radius_m} (got {request.radius_m})")
+        v.check(
+            request.radius_m <= L.max_radius_m, "radius_m", f"must be at most {L.max_radius_m} (got {request.radius_m})"
+        )
         limit = self._limit(v, request.limit)
-        for name, values, enum in (("store_categories", request.store_categories, pb.StoreCategory), ("pickup_categories", request.pickup_categories, pb.PickupCategory)):
+        for name, values, enum in (
+            ("store_categories", request.store_categories, pb.StoreCategory),
+            ("pickup_categories", request.pickup_categories, pb.PickupCategory),
+        ):
             if v.check(len(values) <= L.max_filters, name, f"at most {L.max_filters} entries (got {len(values)})"):
                 for i, value in enumerate(values):
                     v.enum(f"{name}[{i}]", value, enum)
@@ -106,7 +120,7 @@ class LocationServicer(location_pb2_grpc.LocationServiceServicer):
 
 def _merge(local: list[Hit], remote: list[Hit], by_distance: bool, limit: int) -> list[Hit]:
     if by_distance:
-        merged = sorted(local + remote, key=lambda h: (h.distance_m if h.distance_m is not None else float("inf")))
+        merged = sorted(local + remote, key=lambda h: h.distance_m if h.distance_m is not None else float("inf"))
     else:
         merged = local + remote
     return merged[:limit]

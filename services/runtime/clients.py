@@ -15,7 +15,9 @@ def _adjust(details: grpc.aio.ClientCallDetails, default_timeout: float | None) 
     timeout = details.timeout if details.timeout is not None else default_timeout
     if remaining is not None:
         if remaining <= 0:
-            raise DeadlineExceeded("the caller's deadline passed before a downstream call", reason="DEADLINE_PROPAGATED")
+            raise DeadlineExceeded(
+                "the caller's deadline passed before a downstream call", reason="DEADLINE_PROPAGATED"
+            )
         timeout = remaining if timeout is None else min(timeout, remaining)
     metadata = grpc.aio.Metadata(*(details.metadata or ()))
     present = {k for k, _ in metadata}
@@ -50,7 +52,13 @@ class PropagateStreamUnary(_Propagate, grpc.aio.StreamUnaryClientInterceptor):
         return await continuation(_adjust(details, self.default_timeout), request_iterator)
 
 
-def channel(target: str, *, default_timeout_s: float = 5.0, max_message_bytes: int = 16 * 1024 * 1024, tracing: bool | None = None) -> grpc.aio.Channel:
+def channel(
+    target: str,
+    *,
+    default_timeout_s: float = 5.0,
+    max_message_bytes: int = 16 * 1024 * 1024,
+    tracing: bool | None = None,
+) -> grpc.aio.Channel:
     """An insecure (mesh-internal: Istio adds mTLS) channel to `target` ("host:port").
 
     Client spans are recorded only when a trace exporter is configured in this process;

@@ -29,6 +29,7 @@ REQUEST_ID_KEY = "x-request-id"
 #: Metadata keys forwarded from an incoming call to the calls it makes.
 FORWARDED_KEYS = frozenset({IDENTITY_KEY, REQUEST_ID_KEY})
 
+
 class _Call(tuple):
     """What the server interceptor records for one incoming call: (deadline, forwarded
     metadata, trace id, span id, trace flags, wristband, verified identity); trace id 0 when
@@ -69,7 +70,19 @@ def enter(context: grpc.aio.ServicerContext, *, light_tracing: bool = True) -> s
     if light_tracing:
         trace_id, flags = _parse_traceparent(traceparent)
         span_id = _random.getrandbits(64) or 1
-    _call.set(_Call((None if remaining is None else time.monotonic() + remaining, tuple(forwarded), trace_id, span_id, flags, token, None)))
+    _call.set(
+        _Call(
+            (
+                None if remaining is None else time.monotonic() + remaining,
+                tuple(forwarded),
+                trace_id,
+                span_id,
+                flags,
+                token,
+                None,
+            )
+        )
+    )
     return token
 
 

@@ -44,7 +44,14 @@ class DependencyWatcher:
     """Runs the checks every `interval_s` (each bounded by `timeout_s`) and calls
     `on_change(down)` with the names of the failing dependencies whenever that set changes."""
 
-    def __init__(self, checks: Mapping[str, Check], on_change: Callable[[frozenset[str]], Awaitable[None]], *, interval_s: float, timeout_s: float) -> None:
+    def __init__(
+        self,
+        checks: Mapping[str, Check],
+        on_change: Callable[[frozenset[str]], Awaitable[None]],
+        *,
+        interval_s: float,
+        timeout_s: float,
+    ) -> None:
         self.checks = dict(checks)
         self.on_change = on_change
         self.interval_s = interval_s

@@ -22,7 +22,9 @@ class NoIdentity(Exception):
 async def dev_wristband(auth_addr: str, display_name: str, timeout_s: float = 10.0) -> str:
     async with grpc.aio.insecure_channel(auth_addr) as ch:
         try:
-            session = await auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(auth_pb2.DevSignInRequest(display_name=display_name), timeout=timeout_s)
+            session = await auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(
+                auth_pb2.DevSignInRequest(display_name=display_name), timeout=timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             raise NoIdentity(f"dev sign-in failed: {exc.code().name}: {exc.details()}") from None
         request = external_auth_pb2.CheckRequest()

@@ -31,7 +31,9 @@ def read_endpoints(data_dir: Path | None) -> dict:
     except FileNotFoundError:
         raise NoStack(f"no stack is running on {data_dir} ({path} missing): {start}") from None
     if not _is_running_since(endpoints.get("pid"), written):
-        raise NoStack(f"no stack is running on {data_dir} ({path} was left by `eco2 up` pid {endpoints.get('pid')}, which is gone): {start}")
+        raise NoStack(
+            f"no stack is running on {data_dir} ({path} was left by `eco2 up` pid {endpoints.get('pid')}, which is gone): {start}"
+        )
     return endpoints
 
 

@@ -69,12 +69,16 @@ class DomainError(Exception):
             shown = self.violations[:MAX_VIOLATIONS]
             bad = error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=_bounded(v.field, 100), description=_bounded(v.description))
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=_bounded(v.field, 100), description=_bounded(v.description)
+                    )
                     for v in shown
                 ]
             )
             if len(self.violations) > len(shown):
-                bad.field_violations.add(field="…", description=f"and {len(self.violations) - len(shown)} more violations")
+                bad.field_violations.add(
+                    field="…", description=f"and {len(self.violations) - len(shown)} more violations"
+                )
             packed = any_pb2.Any()
             packed.Pack(bad)
             details.append(packed)
@@ -162,8 +166,17 @@ def _down_dependency(exc: BaseException) -> str | None:
     import psycopg
     import redis.exceptions
 
-    if isinstance(exc, (asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,
-                        asyncpg.CrashShutdownError, asyncpg.TooManyConnectionsError, psycopg.OperationalError)):
+    if isinstance(
+        exc,
+        (
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError,
+            asyncpg.CrashShutdownError,
+            asyncpg.TooManyConnectionsError,
+            psycopg.OperationalError,
+        ),
+    ):
         return "postgres"  # psycopg's OperationalError: connection lost or refused, pool timeout
     if isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc):
         # asyncpg saw the connection drop before the next use (a transaction's COMMIT after the

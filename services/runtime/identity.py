@@ -116,21 +116,35 @@ class IdentityVerifier:
         key = await self._key(kid, now)
         try:
             data = jwt.decode(
-                token, key, algorithms=[ALGORITHM], audience=self.audience, issuer=self.issuer,
-                leeway=self.leeway_s, options={"require": _REQUIRED},
+                token,
+                key,
+                algorithms=[ALGORITHM],
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": _REQUIRED},
             )
         except jwt.ExpiredSignatureError:
             raise _refused("IDENTITY_EXPIRED", "the identity token has expired") from None
         except jwt.InvalidAudienceError:
-            raise _refused("IDENTITY_AUDIENCE", f"the identity token is not meant for the mesh (audience {self.audience!r})") from None
+            raise _refused(
+                "IDENTITY_AUDIENCE", f"the identity token is not meant for the mesh (audience {self.audience!r})"
+            ) from None
         except jwt.PyJWTError as exc:
             raise _refused("IDENTITY_INVALID", f"the identity token does not verify: {exc}") from None
         sub, typ, exp = data.get("sub"), data.get("typ"), data.get("exp")
         roles, provider, job = data.get("roles", []), data.get("provider", ""), data.get("job", "")
         if typ != IDENTITY_TYP:
             raise _refused("IDENTITY_TYPE", f"a {typ!r} token is not an identity token")
-        if not (isinstance(sub, str) and sub and type(exp) is int and isinstance(provider, str) and isinstance(job, str)
-                and isinstance(roles, list) and all(isinstance(r, str) for r in roles)):
+        if not (
+            isinstance(sub, str)
+            and sub
+            and type(exp) is int
+            and isinstance(provider, str)
+            and isinstance(job, str)
+            and isinstance(roles, list)
+            and all(isinstance(r, str) for r in roles)
+        ):
             raise _refused("IDENTITY_INVALID", "the identity token's claims have the wrong types")
         return Identity(sub, tuple(roles), provider, exp, job)
 
@@ -145,7 +159,11 @@ class IdentityVerifier:
             except Exception as exc:  # keep the keys we have; refuse only an unknown key
                 if key is None:
                     log.warning("cannot fetch the identity keys", extra={"error": repr(exc)})
-                    raise Unavailable("the mesh identity keys cannot be fetched from auth; retry", reason="IDENTITY_KEYS_UNAVAILABLE", retry_after_s=1.0) from None
+                    raise Unavailable(
+                        "the mesh identity keys cannot be fetched from auth; retry",
+                        reason="IDENTITY_KEYS_UNAVAILABLE",
+                        retry_after_s=1.0,
+                    ) from None
             key = self._pinned.get(kid) or self._fetched.get(kid)
         if key is None:
             raise _refused("IDENTITY_UNKNOWN_KEY", "the identity token was signed by an unknown key")
@@ -184,7 +202,11 @@ class JobIdentities:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                 raise
-            raise Unavailable(f"auth cannot issue the job's identity: {exc.code().name}", reason="JOB_IDENTITY_UNAVAILABLE", retry_after_s=1.0) from None
+            raise Unavailable(
+                f"auth cannot issue the job's identity: {exc.code().name}",
+                reason="JOB_IDENTITY_UNAVAILABLE",
+                retry_after_s=1.0,
+            ) from None
         return reply.identity
 
 
@@ -194,4 +216,6 @@ async def fetch_auth_jwks(auth_addr: str) -> dict[str, Any]:
 
     async with channel(auth_addr) as ch:
         reply = await auth_pb2_grpc.AuthServiceStub(ch).GetJwks(auth_pb2.GetJwksRequest(), timeout=5.0)
-    return keys_from_jwks([{"kty": k.kty, "crv": k.crv, "x": k.x, "y": k.y, "kid": k.kid, "alg": k.alg, "use": k.use} for k in reply.keys])
+    return keys_from_jwks(
+        [{"kty": k.kty, "crv": k.crv, "x": k.x, "y": k.y, "kid": k.kid, "alg": k.alg, "use": k.use} for k in reply.keys]
+    )

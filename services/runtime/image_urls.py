@@ -28,7 +28,9 @@ MIN_SECRET_BYTES = 16
 
 
 def _mac(secret: bytes, sha256_hex: str, expires_at: int) -> str:
-    digest = hmac.new(secret, b"\n".join((_CONTEXT, sha256_hex.encode(), str(expires_at).encode())), hashlib.sha256).digest()
+    digest = hmac.new(
+        secret, b"\n".join((_CONTEXT, sha256_hex.encode(), str(expires_at).encode())), hashlib.sha256
+    ).digest()
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
@@ -63,7 +65,7 @@ def verify_path(secret: bytes, path_and_query: str, *, prefix: str = "/images", 
     head = prefix.rstrip("/") + "/"
     if not parts.path.startswith(head):
         return None
-    sha = parts.path[len(head):]
+    sha = parts.path[len(head) :]
     query = parse_qs(parts.query)
     exp, sig = query.get("exp", [""])[0], query.get("sig", [""])[0]
     return sha if verify(secret, sha, exp, sig, now=now) else None

@@ -103,8 +103,15 @@ def _shutdown_status() -> grpc.Status:
 
 
 class CoreServerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, shutdown: ShutdownCoordinator, *, identities: IdentityVerifier | None = None, light_tracing: bool = True, reject_drain_s: float = 2.0,
-                 bare_methods: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        shutdown: ShutdownCoordinator,
+        *,
+        identities: IdentityVerifier | None = None,
+        light_tracing: bool = True,
+        reject_drain_s: float = 2.0,
+        bare_methods: frozenset[str] = frozenset(),
+    ) -> None:
         self.shutdown = shutdown
         #: Methods served as registered, without this wrapper (see ServiceApp.bare_methods).
         self.bare_methods = bare_methods
@@ -172,7 +179,10 @@ class CoreServerInterceptor(grpc.aio.ServerInterceptor):
             await context.abort(code, f"dependency call failed: {exc.code().name}: {exc.details()}")
         down = dependency_down(exc)
         if down is not None:  # PostgreSQL or Redis unreachable: the caller retries, nothing to debug here
-            log.warning("dependency unavailable", extra={"grpc_method": method, "dependency": down.metadata["dependency"], "error": repr(exc)[:300]})
+            log.warning(
+                "dependency unavailable",
+                extra={"grpc_method": method, "dependency": down.metadata["dependency"], "error": repr(exc)[:300]},
+            )
             status = down.to_grpc_status()
             await context.abort(status.code, status.details, status.trailing_metadata)
         log.exception("unhandled error", extra={"grpc_method": method, "traceparent": current_traceparent()})

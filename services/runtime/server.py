@@ -68,8 +68,10 @@ def identity_verifier(app: ServiceApp, settings: RuntimeSettings) -> IdentityVer
     if own is not None:
         fetch = own
     else:
+
         async def fetch():
             return await fetch_auth_jwks(settings.identity_jwks_from)
+
     return IdentityVerifier(
         issuer=settings.identity_issuer,
         audience=settings.identity_audience,
@@ -136,7 +138,9 @@ def server_options(settings: RuntimeSettings) -> list[tuple[str, int]]:
     ]
 
 
-async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = True, tracing: bool = True) -> RunningServer:
+async def start(
+    app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = True, tracing: bool = True
+) -> RunningServer:
     """Start `app` on settings.grpc_host:grpc_port and report SERVING. Does not block."""
     shutdown = ShutdownCoordinator()
     interceptors: list[grpc.aio.ServerInterceptor] = []
@@ -148,10 +152,15 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
 
         configure_tracing(app.name, settings.otel_traces_exporter)
         interceptors.append(aio_server_interceptor(tracer_provider=tracer_provider()))
-    interceptors.append(CoreServerInterceptor(
-        shutdown, identities=identity_verifier(app, settings), light_tracing=not recording, reject_drain_s=settings.stream_reject_drain_s,
-        bare_methods=frozenset(getattr(app, "bare_methods", ())),
-    ))
+    interceptors.append(
+        CoreServerInterceptor(
+            shutdown,
+            identities=identity_verifier(app, settings),
+            light_tracing=not recording,
+            reject_drain_s=settings.stream_reject_drain_s,
+            bare_methods=frozenset(getattr(app, "bare_methods", ())),
+        )
+    )
     server = grpc.aio.server(interceptors=interceptors, options=server_options(settings))
     # Ports first: a port clash fails fast, before the app opened pools or subscriptions.
     address = f"{settings.grpc_host}:{settings.grpc_port}"
@@ -162,9 +171,13 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
     metrics_server, metrics_port = (None, None)
     if metrics:
         try:
-            metrics_server, metrics_port = serve_metrics(settings.metrics_host, settings.metrics_port, reuse_port=settings.reuse_port)
+            metrics_server, metrics_port = serve_metrics(
+                settings.metrics_host, settings.metrics_port, reuse_port=settings.reuse_port
+            )
         except OSError as exc:
-            raise RuntimeError(f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from exc
+            raise RuntimeError(
+                f"cannot serve /metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}"
+            ) from exc
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
@@ -175,7 +188,9 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
         await _stop_app(app, settings.shutdown_grace_s)
         raise
     names = list(app.service_names())
-    reflection.enable_server_reflection([*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
     await server.start()
     for name in [*names, ""]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -186,13 +201,23 @@ async def start(app: ServiceApp, settings: RuntimeSettings, *, metrics: bool = T
             await health_servicer.set(name, status)
 
     checks = app.dependency_checks() if hasattr(app, "dependency_checks") else {}
-    dependencies = DependencyWatcher(checks, follow, interval_s=settings.health_check_interval_s, timeout_s=settings.health_check_timeout_s)
+    dependencies = DependencyWatcher(
+        checks, follow, interval_s=settings.health_check_interval_s, timeout_s=settings.health_check_timeout_s
+    )
     dependencies.start()
     log.info(
         "serving",
-        extra={"service": app.name, "grpc": f"{settings.grpc_host}:{port}", "metrics_port": metrics_port, "services": names, "loop": type(asyncio.get_running_loop()).__module__.split(".")[0]},
+        extra={
+            "service": app.name,
+            "grpc": f"{settings.grpc_host}:{port}",
+            "metrics_port": metrics_port,
+            "services": names,
+            "loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+        },
     )
-    return RunningServer(server, health_servicer, port, metrics_port, shutdown, app, settings, dependencies, metrics_server)
+    return RunningServer(
+        server, health_servicer, port, metrics_port, shutdown, app, settings, dependencies, metrics_server
+    )
 
 
 def tune_gc(gen0_threshold: int) -> None:

@@ -23,10 +23,10 @@ def ascii_digits(text: str) -> bool:
 class Validator:
     """Usage:
 
-        v = Validator()
-        v.text("message", req.message, min_len=1, max_len=1000)
-        v.check(req.limit <= 50, "limit", "must be at most 50")
-        v.raise_if_invalid()
+    v = Validator()
+    v.text("message", req.message, min_len=1, max_len=1000)
+    v.check(req.limit <= 50, "limit", "must be at most 50")
+    v.raise_if_invalid()
     """
 
     def __init__(self) -> None:
@@ -41,7 +41,9 @@ class Validator:
             self.add(field, description)
         return ok
 
-    def text(self, field: str, value: str, *, min_len: int = 0, max_len: int | None = None, single_line: bool = False) -> bool:
+    def text(
+        self, field: str, value: str, *, min_len: int = 0, max_len: int | None = None, single_line: bool = False
+    ) -> bool:
         n = len(value)
         if n < min_len:
             return self.check(False, field, "is required" if min_len == 1 else f"must be at least {min_len} characters")

@@ -27,7 +27,12 @@ from eco2.scan.v1 import scan_pb2, scan_pb2_grpc
 DONE, ERROR, BAD_INPUT, UNANSWERED = 0, 1, 2, 3
 CHUNK = 64 * 1024
 #: Refusals that are the input's fault (exit 2); anything else is an error of the stack (exit 1).
-BAD_INPUT_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION)
+BAD_INPUT_CODES = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 def content_type(data: bytes) -> str | None:
@@ -54,7 +59,9 @@ def _refused(exc: grpc.aio.AioRpcError) -> int:
 
 async def _upload(channel: grpc.aio.Channel, metadata, data: bytes, mime: str, name: str) -> str:
     async def parts():
-        yield images_pb2.UploadRequest(metadata=images_pb2.UploadMetadata(channel=images_pb2.IMAGE_CHANNEL_SCAN, content_type=mime, filename=name))
+        yield images_pb2.UploadRequest(
+            metadata=images_pb2.UploadMetadata(channel=images_pb2.IMAGE_CHANNEL_SCAN, content_type=mime, filename=name)
+        )
         for i in range(0, len(data), CHUNK):
             yield images_pb2.UploadRequest(chunk=data[i : i + CHUNK])
 
@@ -106,7 +113,10 @@ async def _scan(endpoints: dict, photo: Path, hint: str, user: str) -> int:
     except NoIdentity as exc:
         _say(f"eco2 scan: {exc}")
         return ERROR
-    async with grpc.aio.insecure_channel(endpoints["images"]) as ich, grpc.aio.insecure_channel(endpoints["scan"]) as sch:
+    async with (
+        grpc.aio.insecure_channel(endpoints["images"]) as ich,
+        grpc.aio.insecure_channel(endpoints["scan"]) as sch,
+    ):
         try:
             key = await _upload(ich, metadata, data, mime, photo.name[-255:])
         except grpc.aio.AioRpcError as exc:

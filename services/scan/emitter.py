@@ -22,7 +22,12 @@ from .domain import pieces
 
 def queued_event(job_id: str) -> events_pb2.Event:
     event = events_pb2.Event(
-        job_id=job_id, seq=1, kind=events_pb2.EVENT_KIND_STAGE, job_kind=events_pb2.JOB_KIND_SCAN, stage=events_pb2.STAGE_QUEUED, node="queue",
+        job_id=job_id,
+        seq=1,
+        kind=events_pb2.EVENT_KIND_STAGE,
+        job_kind=events_pb2.JOB_KIND_SCAN,
+        stage=events_pb2.STAGE_QUEUED,
+        node="queue",
         stage_info=events_pb2.StageInfo(phase=events_pb2.STAGE_PHASE_STARTED, message="사진을 받았어요"),
     )
     event.time.FromNanoseconds(time.time_ns())
@@ -50,7 +55,18 @@ class Emitter:
 
     def put(self, kind: int, *, stage: int, node: str, delta: str = "", **payload) -> int:
         self.seq += 1
-        self._pending.append(events_pb2.Event(job_id=self.job_id, seq=self.seq, kind=kind, job_kind=events_pb2.JOB_KIND_SCAN, stage=stage, node=node, delta=delta, **payload))
+        self._pending.append(
+            events_pb2.Event(
+                job_id=self.job_id,
+                seq=self.seq,
+                kind=kind,
+                job_kind=events_pb2.JOB_KIND_SCAN,
+                stage=stage,
+                node=node,
+                delta=delta,
+                **payload,
+            )
+        )
         return self.seq
 
     def stage(self, stage: int, node: str, phase: int, message: str = "", *, elapsed_s: float | None = None) -> None:
@@ -63,7 +79,9 @@ class Emitter:
         """The answer as TOKEN events: the first word alone (it shows at once), then
         `tokens_per_event` words per event (a fixed grouping: a re-run emits the same events)."""
         words = pieces(text)
-        groups = words[:1] + ["".join(words[i : i + self.tokens_per_event]) for i in range(1, len(words), self.tokens_per_event)]
+        groups = words[:1] + [
+            "".join(words[i : i + self.tokens_per_event]) for i in range(1, len(words), self.tokens_per_event)
+        ]
         for delta in groups:
             self.put(events_pb2.EVENT_KIND_TOKEN, stage=events_pb2.STAGE_ANSWER, node="answer", delta=delta)
 

@@ -43,7 +43,11 @@ class GrpcImages:
                 got += len(message.chunk)
                 if got > max_bytes or message.image.size_bytes > max_bytes:
                     call.cancel()
-                    raise ResourceExhausted(f"image {image_key!r} is larger than {max_bytes} bytes", reason="IMAGE_TOO_LARGE", metadata={"limit_bytes": str(max_bytes)})
+                    raise ResourceExhausted(
+                        f"image {image_key!r} is larger than {max_bytes} bytes",
+                        reason="IMAGE_TOO_LARGE",
+                        metadata={"limit_bytes": str(max_bytes)},
+                    )
                 chunks.append(message.chunk)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, image_key) from None
@@ -64,9 +68,16 @@ class GrpcRewards:
 
     async def grant(self, idempotency_key: str, classification: character_pb2.Classification) -> character_pb2.Reward:
         """CharacterService.GrantReward for the current caller; the same key always gets the same answer."""
-        request = character_pb2.GrantRewardRequest(source=character_pb2.REWARD_SOURCE_SCAN, classification=classification, idempotency_key=idempotency_key)
+        request = character_pb2.GrantRewardRequest(
+            source=character_pb2.REWARD_SOURCE_SCAN, classification=classification, idempotency_key=idempotency_key
+        )
         try:
             return (await self.stub.GrantReward(request)).reward
         except grpc.aio.AioRpcError as exc:
-            retryable = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
+            retryable = exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                grpc.StatusCode.ABORTED,
+            )
             raise RewardUnavailable(f"GrantReward: {exc.code().name}: {exc.details()}", retryable=retryable) from None

@@ -41,7 +41,13 @@ from .postgres import FAILED, WAITING_INPUT, ScanRecord, ScanStore
 log = logging.getLogger("eco2.scan.pipeline")
 
 E = events_pb2
-STARTED, PROGRESS, FINISHED, FAILED_PHASE, SKIPPED = E.STAGE_PHASE_STARTED, E.STAGE_PHASE_PROGRESS, E.STAGE_PHASE_FINISHED, E.STAGE_PHASE_FAILED, E.STAGE_PHASE_SKIPPED
+STARTED, PROGRESS, FINISHED, FAILED_PHASE, SKIPPED = (
+    E.STAGE_PHASE_STARTED,
+    E.STAGE_PHASE_PROGRESS,
+    E.STAGE_PHASE_FINISHED,
+    E.STAGE_PHASE_FAILED,
+    E.STAGE_PHASE_SKIPPED,
+)
 
 #: How a scan run ended: DONE stored and published; waiting for an answer; DONE with the reward
 #: still to be granted (the worker queues its retry); ERROR published.
@@ -49,7 +55,11 @@ FINISHED_RUN, WAITING, REWARD_PENDING, ERRORED = "done", "waiting", "reward_pend
 
 #: A scan's reward by how it ended: the character service's outcome (REWARD_OUTCOME_RECEIVED,
 #: ..._ALREADY_OWNED, ...), NOT_ELIGIBLE (not confident, or no rules) or POSTPONED (retried later).
-REWARDS = Counter("eco2_scan_rewards_total", "Scan rewards by outcome: the grant's RewardOutcome, NOT_ELIGIBLE or POSTPONED", ["outcome"])
+REWARDS = Counter(
+    "eco2_scan_rewards_total",
+    "Scan rewards by outcome: the grant's RewardOutcome, NOT_ELIGIBLE or POSTPONED",
+    ["outcome"],
+)
 
 REWARD_DELAYED = "보상 지급이 잠시 지연되고 있어요. 자동으로 다시 시도하니 나중에 도감에서 확인해 주세요."
 
@@ -107,10 +117,17 @@ class ScanPipeline:
         d = self.deps
         await d.store.started(scan.id)
         seeing = bool(scan.image_key and d.vision_llm is not None)
-        em.stage(E.STAGE_VISION, "vision", STARTED, "사진을 살펴보고 있어요" if seeing else "알려주신 설명으로 분류하고 있어요")
+        em.stage(
+            E.STAGE_VISION,
+            "vision",
+            STARTED,
+            "사진을 살펴보고 있어요" if seeing else "알려주신 설명으로 분류하고 있어요",
+        )
         await em.flush()
         started = time.monotonic()
-        outcome = scan.vision if scan.vision is not None else await d.store.save_vision(scan.id, await self._vision(scan))
+        outcome = (
+            scan.vision if scan.vision is not None else await d.store.save_vision(scan.id, await self._vision(scan))
+        )
         note = outcome.get("note", "")
         if note:
             em.stage(E.STAGE_VISION, "vision", PROGRESS, note)
@@ -118,10 +135,14 @@ class ScanPipeline:
         for question in questions:  # the questions answered so far (re-emitted: same seqs), then the open one
             em.put(E.EVENT_KIND_NEEDS_INPUT, stage=E.STAGE_VISION, node="vision", needs_input=question)
         if classification is None:
-            await d.store.set_status(scan.id, WAITING_INPUT, pending_input=questions[-1].input_id)  # before the question is out: its answer finds it waiting
+            await d.store.set_status(
+                scan.id, WAITING_INPUT, pending_input=questions[-1].input_id
+            )  # before the question is out: its answer finds it waiting
             await em.flush()
             return WAITING
-        em.stage(E.STAGE_VISION, "vision", FINISHED, _describe(d.kb, classification), elapsed_s=time.monotonic() - started)
+        em.stage(
+            E.STAGE_VISION, "vision", FINISHED, _describe(d.kb, classification), elapsed_s=time.monotonic() - started
+        )
 
         rule = await self._rule(classification, em)
         try:
@@ -129,7 +150,17 @@ class ScanPipeline:
         except StageFailed as failed:
             log.error("scan answer failed", extra={"scan_id": scan.id, "error": failed.cause[:300]})
             em.stage(E.STAGE_ANSWER, "answer", FAILED_PHASE, "안내를 만들지 못했어요")
-            em.put(E.EVENT_KIND_ERROR, stage=E.STAGE_ANSWER, node="error", error=E.JobError(code=13, reason="ANSWER_FAILED", message="안내를 만들지 못했어요. 잠시 후 다시 시도해 주세요.", retryable=True))
+            em.put(
+                E.EVENT_KIND_ERROR,
+                stage=E.STAGE_ANSWER,
+                node="error",
+                error=E.JobError(
+                    code=13,
+                    reason="ANSWER_FAILED",
+                    message="안내를 만들지 못했어요. 잠시 후 다시 시도해 주세요.",
+                    retryable=True,
+                ),
+            )
             await d.store.set_status(scan.id, FAILED, error=failed.cause[:500])
             await em.flush()
             return ERRORED
@@ -137,16 +168,31 @@ class ScanPipeline:
         reward, pending = await self._reward(scan, classification, rule is not None, em)
 
         result = scan_pb2.ScanResult(
-            scan_id=scan.id, image_key=scan.image_key, classification=D.classification_pb(classification, d.kb, rules_found=rule is not None),
-            recyclable=answer.recyclable, rules=answer.rules, instructions=answer.instructions, explanation=answer.text, reward=reward,
-            basis=D.BASIS[classification.basis], warnings=answer.warnings, vision_model=classification.model,
+            scan_id=scan.id,
+            image_key=scan.image_key,
+            classification=D.classification_pb(classification, d.kb, rules_found=rule is not None),
+            recyclable=answer.recyclable,
+            rules=answer.rules,
+            instructions=answer.instructions,
+            explanation=answer.text,
+            reward=reward,
+            basis=D.BASIS[classification.basis],
+            warnings=answer.warnings,
+            vision_model=classification.model,
         )
         result.completed_at.GetCurrentTime()
-        stored = scan_pb2.ScanResult.FromString(await d.store.finish(scan.id, result.SerializeToString()))  # a re-run publishes the first result
+        stored = scan_pb2.ScanResult.FromString(
+            await d.store.finish(scan.id, result.SerializeToString())
+        )  # a re-run publishes the first result
         packed = any_pb2.Any()
         packed.Pack(stored)
         summary = _describe(d.kb, classification) + (f" · {stored.reward.reason}" if stored.reward.reason else "")
-        em.put(E.EVENT_KIND_DONE, stage=E.STAGE_PERSIST, node="done", done=E.JobResult(result=packed, summary=summary[:200]))
+        em.put(
+            E.EVENT_KIND_DONE,
+            stage=E.STAGE_PERSIST,
+            node="done",
+            done=E.JobResult(result=packed, summary=summary[:200]),
+        )
         await em.flush()
         return REWARD_PENDING if pending else FINISHED_RUN
 
@@ -166,7 +212,14 @@ class ScanPipeline:
             else:
                 rule = next((r for r in d.kb.rules if r.key == found.category), None)
                 if found.category != UNKNOWN and rule is not None:
-                    seen = D.Classification(D.VISION, found.item, rule.file, round(float(found.confidence), 3), tuple(found.situation_tags), d.vision_llm.info.name)
+                    seen = D.Classification(
+                        D.VISION,
+                        found.item,
+                        rule.file,
+                        round(float(found.confidence), 3),
+                        tuple(found.situation_tags),
+                        d.vision_llm.info.name,
+                    )
                     return {"classification": seen.to_dict()}
                 note = "사진에서 분리배출할 물건을 알아보지 못했어요."
         classification, choices = D.classify_text(d.kb, scan.hint, basis=D.HINT, min_share=d.limits.hint_min_share)
@@ -196,13 +249,28 @@ class ScanPipeline:
             unusable = failed.__cause__
             if isinstance(unusable, ImageUnusable) and isinstance(unusable.__cause__, (NotFound, ResourceExhausted)):
                 raise unusable.__cause__ from None
-            raise Unavailable(f"the vision model did not classify the photo ({_failure(failed.cause)})", reason="VISION_FAILED", retry_after_s=1.0) from None
+            raise Unavailable(
+                f"the vision model did not classify the photo ({_failure(failed.cause)})",
+                reason="VISION_FAILED",
+                retry_after_s=1.0,
+            ) from None
         rule = next((r for r in d.kb.rules if r.key == found.category), None)
         known = found.category != UNKNOWN and rule is not None
-        seen = D.Classification(D.VISION, found.item, rule.file if known else "", round(float(found.confidence), 3), tuple(found.situation_tags), d.vision_llm.info.name)
-        return scan_pb2.ClassifyPhotoResponse(configured=True, classification=D.classification_pb(seen, d.kb, rules_found=known), vision_model=seen.model)
+        seen = D.Classification(
+            D.VISION,
+            found.item,
+            rule.file if known else "",
+            round(float(found.confidence), 3),
+            tuple(found.situation_tags),
+            d.vision_llm.info.name,
+        )
+        return scan_pb2.ClassifyPhotoResponse(
+            configured=True, classification=D.classification_pb(seen, d.kb, rules_found=known), vision_model=seen.model
+        )
 
-    def _resolve(self, outcome: dict, answers: list[dict]) -> tuple[D.Classification | None, list[events_pb2.InputRequest]]:
+    def _resolve(
+        self, outcome: dict, answers: list[dict]
+    ) -> tuple[D.Classification | None, list[events_pb2.InputRequest]]:
         """The classification (None while a question is open) and every question asked: from the
         stored outcome and the user's answers in order (a category, or words that name one)."""
         d = self.deps
@@ -212,10 +280,19 @@ class ScanPipeline:
         prompt = "사진 속 물건이 무엇인가요? 아래에서 고르거나 물건 이름을 알려주세요."
         questions: list[events_pb2.InputRequest] = []
         for n in range(d.limits.max_questions):
-            questions.append(E.InputRequest(
-                input_id=f"q{n + 1}", kind=E.INPUT_KIND_CHOICE, prompt=prompt,
-                choices=[E.InputChoice(value=character_pb2.WasteCategory.Name(CATEGORY_OF_RULE[c.rule_file]), label=c.label) for c in choices],
-            ))
+            questions.append(
+                E.InputRequest(
+                    input_id=f"q{n + 1}",
+                    kind=E.INPUT_KIND_CHOICE,
+                    prompt=prompt,
+                    choices=[
+                        E.InputChoice(
+                            value=character_pb2.WasteCategory.Name(CATEGORY_OF_RULE[c.rule_file]), label=c.label
+                        )
+                        for c in choices
+                    ],
+                )
+            )
             if n == len(answers):
                 return None, questions
             answer = answers[n]
@@ -253,21 +330,36 @@ class ScanPipeline:
     async def _answer(self, c: D.Classification, rule: RuleFile | None, note: str, em: Emitter) -> D.Answer:
         d = self.deps
         em.stage(E.STAGE_ANSWER, "answer", STARTED, "안내를 쓰고 있어요")
-        answer = D.answer(c, rule, min_confidence=d.limits.min_confidence, vision_configured=d.vision_llm is not None, vision_note=note)
+        answer = D.answer(
+            c,
+            rule,
+            min_confidence=d.limits.min_confidence,
+            vision_configured=d.vision_llm is not None,
+            vision_note=note,
+        )
         em.tokens(answer.text)
         em.stage(E.STAGE_ANSWER, "answer", FINISHED)
         return answer
 
-    async def _reward(self, scan: ScanRecord, c: D.Classification, rules_found: bool, em: Emitter) -> tuple[character_pb2.Reward, bool]:
+    async def _reward(
+        self, scan: ScanRecord, c: D.Classification, rules_found: bool, em: Emitter
+    ) -> tuple[character_pb2.Reward, bool]:
         """(the reward, whether it is still to be granted)."""
         d = self.deps
         em.stage(E.STAGE_REWARD, "reward", STARTED, "보상을 확인하고 있어요")
-        decision = D.decide_reward(c, rules_found=rules_found, min_confidence=d.limits.min_confidence, vision_configured=d.vision_llm is not None)
+        decision = D.decide_reward(
+            c,
+            rules_found=rules_found,
+            min_confidence=d.limits.min_confidence,
+            vision_configured=d.vision_llm is not None,
+        )
         if not decision.ask:
             if scan.reward is None and not scan.reward_pending:  # the first run of this scan, not a re-run
                 REWARDS.labels("NOT_ELIGIBLE").inc()
             em.stage(E.STAGE_REWARD, "reward", SKIPPED, decision.reason)
-            return character_pb2.Reward(outcome=character_pb2.REWARD_OUTCOME_NOT_ELIGIBLE, reason=decision.reason), False
+            return character_pb2.Reward(
+                outcome=character_pb2.REWARD_OUTCOME_NOT_ELIGIBLE, reason=decision.reason
+            ), False
         reward = character_pb2.Reward.FromString(scan.reward) if scan.reward is not None else None
         pending = scan.reward_pending
         if reward is None and not pending:
@@ -279,7 +371,9 @@ class ScanPipeline:
                 log.warning("scan reward postponed", extra={"scan_id": scan.id, "cause": failed.cause[:300]})
                 REWARDS.labels("POSTPONED").inc()
                 pending = True
-            await d.store.save_reward(scan.id, reward.SerializeToString() if reward is not None else None, pending=pending)
+            await d.store.save_reward(
+                scan.id, reward.SerializeToString() if reward is not None else None, pending=pending
+            )
         if reward is None:
             em.stage(E.STAGE_REWARD, "reward", FAILED_PHASE, REWARD_DELAYED)
             return character_pb2.Reward(outcome=character_pb2.REWARD_OUTCOME_UNSPECIFIED, reason=REWARD_DELAYED), True

@@ -20,8 +20,12 @@ from prometheus_client import Histogram
 
 log = logging.getLogger("eco2.scan.policy")
 
-STAGE_SECONDS = Histogram("eco2_scan_stage_seconds", "Time a scan stage took, its retries included, by outcome (ok or failed)", ["stage", "outcome"],
-                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40))
+STAGE_SECONDS = Histogram(
+    "eco2_scan_stage_seconds",
+    "Time a scan stage took, its retries included, by outcome (ok or failed)",
+    ["stage", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40),
+)
 
 
 class FailMode(StrEnum):
@@ -77,7 +81,9 @@ async def run_stage(policies: dict[str, StagePolicy], stage: str, body: Callable
             last = exc
             if not _retryable(exc):
                 break
-        log.warning("stage attempt failed", extra={"stage": stage, "attempt": attempt + 1, "error": type(last).__name__})
+        log.warning(
+            "stage attempt failed", extra={"stage": stage, "attempt": attempt + 1, "error": type(last).__name__}
+        )
     STAGE_SECONDS.labels(stage, "failed").observe(time.monotonic() - started)
     cause = "timeout" if isinstance(last, TimeoutError) else f"{type(last).__name__}: {last}"
     raise StageFailed(stage, policy.fail_mode, cause) from last

@@ -37,15 +37,28 @@ def _status(record: ScanRecord) -> int:
 
 
 class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
-    def __init__(self, *, store: ScanStore, queue, sink, images, job_identities, events_channel, settings, pipeline: ScanPipeline) -> None:
-        self.store, self.queue, self.sink, self.images, self.job_identities, self.settings = store, queue, sink, images, job_identities, settings
+    def __init__(
+        self, *, store: ScanStore, queue, sink, images, job_identities, events_channel, settings, pipeline: ScanPipeline
+    ) -> None:
+        self.store, self.queue, self.sink, self.images, self.job_identities, self.settings = (
+            store,
+            queue,
+            sink,
+            images,
+            job_identities,
+            settings,
+        )
         self.pipeline = pipeline
         self.events = events_pb2_grpc.EventServiceStub(events_channel) if events_channel is not None else None
 
     def _validate(self, request) -> None:
         s = self.settings
         v = Validator()
-        if v.text("image_key", request.image_key, max_len=256, single_line=True) and request.image_key and not IMAGE_KEY.match(request.image_key):
+        if (
+            v.text("image_key", request.image_key, max_len=256, single_line=True)
+            and request.image_key
+            and not IMAGE_KEY.match(request.image_key)
+        ):
             v.add("image_key", 'must be an ImageService key: "sha256:" and 64 lowercase hex digits')
         v.text("hint", request.hint, max_len=s.scan_max_hint_chars)
         v.text("client_scan_id", request.client_scan_id, max_len=128, single_line=True)
@@ -60,8 +73,10 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         limit = self.settings.scan_image_max_bytes
         if image.size_bytes > limit:
             raise ResourceExhausted(
-                f"the image has {image.size_bytes} bytes; scans take at most {limit} (ECO2_SCAN_IMAGE_MAX_BYTES)", reason="IMAGE_TOO_LARGE",
-                metadata={"limit_bytes": str(limit), "size_bytes": str(image.size_bytes)}, violations=[FieldViolation("image_key", f"the image must be at most {limit} bytes")],
+                f"the image has {image.size_bytes} bytes; scans take at most {limit} (ECO2_SCAN_IMAGE_MAX_BYTES)",
+                reason="IMAGE_TOO_LARGE",
+                metadata={"limit_bytes": str(limit), "size_bytes": str(image.size_bytes)},
+                violations=[FieldViolation("image_key", f"the image must be at most {limit} bytes")],
             )
 
     async def _submit(self, request, context) -> scan_pb2.SubmitScanResponse:
@@ -76,11 +91,26 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         scan_id = str(uuid.uuid4())
         job_id = job_of(scan_id)
         identity = await self.job_identities.issue(job_id)  # before anything is stored: auth down leaves nothing behind
-        scan, deduplicated = await self.store.create(scan_id=scan_id, user_id=user_id, client_scan_id=request.client_scan_id, image_key=request.image_key, hint=request.hint, job_id=job_id)
+        scan, deduplicated = await self.store.create(
+            scan_id=scan_id,
+            user_id=user_id,
+            client_scan_id=request.client_scan_id,
+            image_key=request.image_key,
+            hint=request.hint,
+            job_id=job_id,
+        )
         if deduplicated:  # a concurrent submit with the same client_scan_id stored it first
             return await self._replayed(scan, request)
         await self._queue(scan, identity)
-        log.info("scan queued", extra={"job_id": job_id, "scan_id": scan.id, "image": bool(request.image_key), "hint_chars": len(request.hint)})
+        log.info(
+            "scan queued",
+            extra={
+                "job_id": job_id,
+                "scan_id": scan.id,
+                "image": bool(request.image_key),
+                "hint_chars": len(request.hint),
+            },
+        )
         return scan_pb2.SubmitScanResponse(job_id=job_id, scan_id=scan.id)
 
     async def _queue(self, scan: ScanRecord, identity: str) -> None:
@@ -94,7 +124,8 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         """The scan a retried submit stands for; a different request with the same id is refused."""
         if (scan.image_key, scan.hint) != (request.image_key, request.hint):
             raise FailedPrecondition(
-                "client_scan_id was already used for a different scan (another image or hint)", reason="CLIENT_SCAN_ID_REUSED",
+                "client_scan_id was already used for a different scan (another image or hint)",
+                reason="CLIENT_SCAN_ID_REUSED",
                 metadata={"client_scan_id": request.client_scan_id, "scan_id": scan.id},
             )
         if scan.status == QUEUED and not scan.answers:
@@ -128,7 +159,9 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         v.raise_if_invalid()
         scan = await self.store.owned(user_id, request.scan_id)
         if scan is None:  # unknown, or another user's: the same answer
-            raise NotFound(f"no scan {request.scan_id!r}", reason="SCAN_NOT_FOUND", metadata={"scan_id": request.scan_id})
+            raise NotFound(
+                f"no scan {request.scan_id!r}", reason="SCAN_NOT_FOUND", metadata={"scan_id": request.scan_id}
+            )
         response = scan_pb2.GetScanResponse(status=_status(scan), job_id=scan.job_id)
         if scan.result is not None:
             response.result.ParseFromString(scan.result)
@@ -151,23 +184,43 @@ class ScanServicer(scan_pb2_grpc.ScanServiceServicer):
         v.raise_if_invalid()
         scan = await self.store.by_job(user_id, request.job_id)
         if scan is None:
-            raise NotFound(f"no scan with job {request.job_id!r}", reason="SCAN_NOT_FOUND", metadata={"job_id": request.job_id})
+            raise NotFound(
+                f"no scan with job {request.job_id!r}", reason="SCAN_NOT_FOUND", metadata={"job_id": request.job_id}
+            )
         if scan.status != WAITING_INPUT:
-            raise FailedPrecondition(f"the scan is {scan.status}, not waiting for input", reason="SCAN_NOT_WAITING", metadata={"status": scan.status})
+            raise FailedPrecondition(
+                f"the scan is {scan.status}, not waiting for input",
+                reason="SCAN_NOT_WAITING",
+                metadata={"status": scan.status},
+            )
         if scan.pending_input != request.input_id:
-            raise FailedPrecondition(f"input {request.input_id!r} is not the question asked", reason="INPUT_ID_MISMATCH", metadata={"expected": scan.pending_input})
+            raise FailedPrecondition(
+                f"input {request.input_id!r} is not the question asked",
+                reason="INPUT_ID_MISMATCH",
+                metadata={"expected": scan.pending_input},
+            )
         identity = await self.job_identities.issue(scan.job_id)  # before the answer is stored
-        answer = {"input_id": request.input_id, **({"category": request.category} if which == "category" else {"text": request.text})}
-        updated = await self.store.add_answer(user_id=user_id, job_id=scan.job_id, input_id=request.input_id, answer=answer)
+        answer = {
+            "input_id": request.input_id,
+            **({"category": request.category} if which == "category" else {"text": request.text}),
+        }
+        updated = await self.store.add_answer(
+            user_id=user_id, job_id=scan.job_id, input_id=request.input_id, answer=answer
+        )
         if updated is None:  # answered meanwhile: only the first answer counts
             raise FailedPrecondition("the question was already answered", reason="SCAN_NOT_WAITING")
-        await self.queue.enqueue(f"{scan.job_id}:input:{len(updated.answers)}", json.dumps({"scan_id": scan.id, "identity": identity}).encode())
+        await self.queue.enqueue(
+            f"{scan.job_id}:input:{len(updated.answers)}",
+            json.dumps({"scan_id": scan.id, "identity": identity}).encode(),
+        )
         return scan_pb2.ProvideScanInputResponse(job_id=scan.job_id)
 
     async def ClassifyPhoto(self, request, context):
         caller_id(context)  # the photo is read as the caller: someone else's is NOT_FOUND
         v = Validator()
-        if v.text("image_key", request.image_key, min_len=1, max_len=256, single_line=True) and not IMAGE_KEY.match(request.image_key):
+        if v.text("image_key", request.image_key, min_len=1, max_len=256, single_line=True) and not IMAGE_KEY.match(
+            request.image_key
+        ):
             v.add("image_key", 'must be an ImageService key: "sha256:" and 64 lowercase hex digits')
         v.text("hint", request.hint, max_len=self.settings.scan_max_hint_chars)
         v.raise_if_invalid()

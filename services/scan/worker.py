@@ -38,8 +38,17 @@ def reward_job(job_id: str, scan_id: str, identity: str) -> tuple[str, bytes]:
 
 
 class ScanWorkers:
-    def __init__(self, *, queue: JobQueue, reward_queue: JobQueue, sink, pipeline: ScanPipeline, store: ScanStore, settings) -> None:
-        self.queue, self.reward_queue, self.sink, self.pipeline, self.store, self.settings = queue, reward_queue, sink, pipeline, store, settings
+    def __init__(
+        self, *, queue: JobQueue, reward_queue: JobQueue, sink, pipeline: ScanPipeline, store: ScanStore, settings
+    ) -> None:
+        self.queue, self.reward_queue, self.sink, self.pipeline, self.store, self.settings = (
+            queue,
+            reward_queue,
+            sink,
+            pipeline,
+            store,
+            settings,
+        )
         self._slots = asyncio.Semaphore(max(1, settings.scan_workers))
         self._tasks: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
@@ -49,8 +58,13 @@ class ScanWorkers:
     def start(self) -> None:
         if self.settings.scan_workers == 0:
             return
-        self._loops = [asyncio.create_task(self._claim_loop(self.queue, self.handle, i), name=f"scan-claim-{i}") for i in range(self.settings.scan_claimers)]
-        self._loops.append(asyncio.create_task(self._claim_loop(self.reward_queue, self.handle_reward, 0), name="scan-reward-claim"))
+        self._loops = [
+            asyncio.create_task(self._claim_loop(self.queue, self.handle, i), name=f"scan-claim-{i}")
+            for i in range(self.settings.scan_claimers)
+        ]
+        self._loops.append(
+            asyncio.create_task(self._claim_loop(self.reward_queue, self.handle_reward, 0), name="scan-reward-claim")
+        )
 
     async def stop(self, grace_s: float = 5.0) -> None:
         self._stopping.set()
@@ -91,7 +105,9 @@ class ScanWorkers:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the queue retries it (or dead-letters it after its attempts)
-            log.exception("scan job failed", extra={"job_id": job.job_id, "attempt": job.attempt, "error": str(exc)[:300]})
+            log.exception(
+                "scan job failed", extra={"job_id": job.job_id, "attempt": job.attempt, "error": str(exc)[:300]}
+            )
             RUNS.labels("failed").inc()
             await queue.fail(job, type(exc).__name__)
         finally:
@@ -117,8 +133,17 @@ class ScanWorkers:
 
     async def _give_up(self, scan_id: str, em: Emitter) -> None:
         """The last attempt failed: tell the client (ERROR after whatever the run emitted), best effort."""
-        em.put(events_pb2.EVENT_KIND_ERROR, stage=events_pb2.STAGE_UNSPECIFIED, node="error", error=events_pb2.JobError(
-            code=14, reason="SCAN_FAILED", message="스캔을 처리하지 못했어요. 잠시 후 다시 시도해 주세요.", retryable=True))
+        em.put(
+            events_pb2.EVENT_KIND_ERROR,
+            stage=events_pb2.STAGE_UNSPECIFIED,
+            node="error",
+            error=events_pb2.JobError(
+                code=14,
+                reason="SCAN_FAILED",
+                message="스캔을 처리하지 못했어요. 잠시 후 다시 시도해 주세요.",
+                retryable=True,
+            ),
+        )
         try:
             await self.store.set_status(scan_id, FAILED, error="attempts exhausted")
             await em.flush()

@@ -46,10 +46,27 @@ def _forge(server, *, alg="ES256", key=None, kid=None, **overrides) -> str:
     s = server.app.settings
     ring = server.app.tokens.ring
     now = int(time.time())
-    payload = {"iss": s.auth_issuer, "aud": s.auth_audience, "sub": str(uuid.uuid4()), "jti": uuid.uuid4().hex, "iat": now, "nbf": now, "exp": now + 300, "typ": "access", "roles": ["user"], "provider": "dev", "fam": uuid.uuid4().hex}
+    payload = {
+        "iss": s.auth_issuer,
+        "aud": s.auth_audience,
+        "sub": str(uuid.uuid4()),
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "nbf": now,
+        "exp": now + 300,
+        "typ": "access",
+        "roles": ["user"],
+        "provider": "dev",
+        "fam": uuid.uuid4().hex,
+    }
     payload.update(overrides)
     payload = {k: v for k, v in payload.items() if v is not None}
-    return jwt.encode(payload, key if key is not None else ring.signer.private_key, algorithm=alg, headers={"kid": kid or ring.signer.kid})
+    return jwt.encode(
+        payload,
+        key if key is not None else ring.signer.private_key,
+        algorithm=alg,
+        headers={"kid": kid or ring.signer.kid},
+    )
 
 
 def _assert_401(resp, reason: str | None = None):
@@ -75,11 +92,23 @@ async def test_valid_token_is_allowed_with_a_wristband(client, session, server):
     # typed "identity", short-lived, naming the caller.
     ring = server.app.tokens.ring
     header = jwt.get_unverified_header(h["x-eco2-identity"])
-    claims = jwt.decode(h["x-eco2-identity"], ring.public[header["kid"]], algorithms=["ES256"], audience="eco2-mesh", issuer="eco2-auth")
-    assert claims["typ"] == "identity" and claims["sub"] == session.user.id and claims["roles"] == ["user"] and claims["provider"] == "dev"
+    claims = jwt.decode(
+        h["x-eco2-identity"], ring.public[header["kid"]], algorithms=["ES256"], audience="eco2-mesh", issuer="eco2-auth"
+    )
+    assert (
+        claims["typ"] == "identity"
+        and claims["sub"] == session.user.id
+        and claims["roles"] == ["user"]
+        and claims["provider"] == "dev"
+    )
     assert 0 < claims["exp"] - time.time() <= server.app.settings.identity_ttl_s
     with pytest.raises(jwt.InvalidAudienceError):
-        jwt.decode(h["x-eco2-identity"], ring.public[header["kid"]], algorithms=["ES256"], audience=server.app.settings.auth_audience)
+        jwt.decode(
+            h["x-eco2-identity"],
+            ring.public[header["kid"]],
+            algorithms=["ES256"],
+            audience=server.app.settings.auth_audience,
+        )
 
 
 async def test_one_identity_reuses_its_wristband_until_half_its_life(client, session):
@@ -103,7 +132,9 @@ async def test_client_sent_identity_headers_are_replaced_and_removed(client, ses
 
 
 async def test_spoofed_header_removed_on_public_path_without_token(client):
-    resp = await client.check(path="/eco2.auth.v1.AuthService/GetJwks", headers={"x-eco2-user-id": "admin", "X-Eco2-Roles": "admin"})
+    resp = await client.check(
+        path="/eco2.auth.v1.AuthService/GetJwks", headers={"x-eco2-user-id": "admin", "X-Eco2-Roles": "admin"}
+    )
     assert allowed(resp)
     assert injected(resp) == {}
     assert sorted(resp.ok_response.headers_to_remove) == ["x-eco2-roles", "x-eco2-user-id"]
@@ -130,21 +161,24 @@ async def test_public_paths_are_the_route_tables(client):
     assert allowed(await client.check(path="/v1/auth/dev-sign-in"))  # the gateway's route: one list for both
 
 
-@pytest.mark.parametrize("path", [
-    "/static/../eco2.chat.v1.ChatService/ListConversations",
-    "/static/%2e%2e/eco2.chat.v1.ChatService/ListConversations",
-    "/.well-known/../eco2.chat.v1.ChatService/ListConversations",
-    "/grpc.health.v1.Health/../../eco2.chat.v1.ChatService/ListConversations",
-    "/static/./app.js",
-    "//eco2.chat.v1.ChatService/ListConversations",
-    "/static//x",
-    "/static/x;/../../eco2.chat.v1.ChatService/ListConversations",
-    "/static/x%00",
-    "/static/..%2Feco2.chat.v1.ChatService%2FListConversations",
-    "/static\\..\\eco2.chat.v1.ChatService/ListConversations",
-    "/static/\x01",
-    "static/x",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../eco2.chat.v1.ChatService/ListConversations",
+        "/static/%2e%2e/eco2.chat.v1.ChatService/ListConversations",
+        "/.well-known/../eco2.chat.v1.ChatService/ListConversations",
+        "/grpc.health.v1.Health/../../eco2.chat.v1.ChatService/ListConversations",
+        "/static/./app.js",
+        "//eco2.chat.v1.ChatService/ListConversations",
+        "/static//x",
+        "/static/x;/../../eco2.chat.v1.ChatService/ListConversations",
+        "/static/x%00",
+        "/static/..%2Feco2.chat.v1.ChatService%2FListConversations",
+        "/static\\..\\eco2.chat.v1.ChatService/ListConversations",
+        "/static/\x01",
+        "static/x",
+    ],
+)
 async def test_a_non_canonical_path_is_denied_never_matched_as_public(client, session, path):
     for token in (None, session.tokens.access_token):
         status, body, _ = denied(await client.check(path=path, token=token, method="GET"))
@@ -152,12 +186,16 @@ async def test_a_non_canonical_path_is_denied_never_matched_as_public(client, se
 
 
 async def test_public_path_with_a_bad_token_passes_anonymously(client):
-    resp = await client.check(path="/eco2.auth.v1.AuthService/DevSignIn", token="garbage", headers={"x-eco2-user-id": "x"})
+    resp = await client.check(
+        path="/eco2.auth.v1.AuthService/DevSignIn", token="garbage", headers={"x-eco2-user-id": "x"}
+    )
     assert allowed(resp) and injected(resp) == {} and list(resp.ok_response.headers_to_remove) == ["x-eco2-user-id"]
 
 
 async def test_cors_preflight_from_a_listed_origin_passes(client):
-    resp = await client.check(method="OPTIONS", headers={"origin": "https://app.eco2.example", "access-control-request-method": "POST"})
+    resp = await client.check(
+        method="OPTIONS", headers={"origin": "https://app.eco2.example", "access-control-request-method": "POST"}
+    )
     assert allowed(resp) and injected(resp) == {}
 
 
@@ -186,7 +224,9 @@ async def test_alg_none(client, server):
 
 
 async def test_hs256_signed_with_the_public_key(client, server):
-    pem = server.app.tokens.ring.signer.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pem = server.app.tokens.ring.signer.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     header = {"alg": "HS256", "typ": "JWT", "kid": server.app.tokens.ring.signer.kid}
     payload = jwt.decode(_forge(server), options={"verify_signature": False})
     import hashlib
@@ -204,7 +244,9 @@ async def test_unknown_kid(client, server):
 async def test_signed_by_another_key_with_our_kid(client, server):
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    _assert_401(await client.check(token=_forge(server, key=ec.generate_private_key(ec.SECP256R1()))), "TOKEN_SIGNATURE")
+    _assert_401(
+        await client.check(token=_forge(server, key=ec.generate_private_key(ec.SECP256R1()))), "TOKEN_SIGNATURE"
+    )
 
 
 async def test_expired(client, server):
@@ -236,7 +278,9 @@ async def test_numeric_claims_must_be_json_numbers(client, server, claim, shape)
     value = {"exp": int(time.time()) + 3600, "nbf": int(time.time()) - 10, "iat": int(time.time()) - 10}[claim]
     token = _forge(server, **{claim: {"digits": str(value), "bool": True, "infinity": float("inf")}[shape]})
     # (a boolean exp is 1 to PyJWT, so it is refused as expired before its type is looked at)
-    _assert_401(await client.check(token=token), None if (shape, claim) == ("bool", "exp") else "TOKEN_INVALID")  # never INTERNAL
+    _assert_401(
+        await client.check(token=token), None if (shape, claim) == ("bool", "exp") else "TOKEN_INVALID"
+    )  # never INTERNAL
 
 
 async def test_payload_tampered(client, server, session):
@@ -292,7 +336,11 @@ async def test_non_utf8_bytes_in_a_string_field_is_a_deny_not_an_rpc_error(clien
     entry = ld(1, b"x-name") + ld(2, b"\xff\xfe")
     http = ld(2, b"GET") + ld(3, entry) + ld(4, b"/x")
     raw = ld(1, ld(4, ld(2, http)))  # attributes=1 → request=4 → http=2
-    call = client.channel.unary_unary("/envoy.service.auth.v3.Authorization/Check", request_serializer=lambda b: b, response_deserializer=external_auth_pb2.CheckResponse.FromString)
+    call = client.channel.unary_unary(
+        "/envoy.service.auth.v3.Authorization/Check",
+        request_serializer=lambda b: b,
+        response_deserializer=external_auth_pb2.CheckResponse.FromString,
+    )
     resp = await call(raw)
     status, body, _ = denied(resp)
     assert status == 400 and body["reason"] == "MALFORMED_REQUEST"
@@ -340,7 +388,9 @@ async def test_fail_closed_while_revocations_not_current(server, client, session
 async def test_rate_limit_per_user_gives_429_with_retry_after(server, client, session):
     s = server.app.settings
     started = time.monotonic()
-    results = await asyncio.gather(*(client.check(token=session.tokens.access_token) for _ in range(s.auth_rate_limit_burst + 60)))
+    results = await asyncio.gather(
+        *(client.check(token=session.tokens.access_token) for _ in range(s.auth_rate_limit_burst + 60))
+    )
     elapsed = time.monotonic() - started
     passed = sum(1 for r in results if allowed(r))
     # the bucket holds `burst` and refills at `rate`: nothing more may pass
@@ -374,12 +424,24 @@ async def test_decisions_are_counted_by_reason(client, session):
     from prometheus_client import REGISTRY
 
     def count(decision, reason):
-        return REGISTRY.get_sample_value("eco2_auth_check_decisions_total", {"decision": decision, "reason": reason}) or 0
+        return (
+            REGISTRY.get_sample_value("eco2_auth_check_decisions_total", {"decision": decision, "reason": reason}) or 0
+        )
 
-    before = (count("allow", "TOKEN"), count("allow", "PUBLIC"), count("deny", "UNAUTHENTICATED"), count("deny", "NON_CANONICAL_PATH"))
+    before = (
+        count("allow", "TOKEN"),
+        count("allow", "PUBLIC"),
+        count("deny", "UNAUTHENTICATED"),
+        count("deny", "NON_CANONICAL_PATH"),
+    )
     await client.check(token=session.tokens.access_token)
     await client.check(path="/healthz", method="GET")
     await client.check()
     await client.check(path="/static/../x")
-    after = (count("allow", "TOKEN"), count("allow", "PUBLIC"), count("deny", "UNAUTHENTICATED"), count("deny", "NON_CANONICAL_PATH"))
+    after = (
+        count("allow", "TOKEN"),
+        count("allow", "PUBLIC"),
+        count("deny", "UNAUTHENTICATED"),
+        count("deny", "NON_CANONICAL_PATH"),
+    )
     assert [a - b for a, b in zip(after, before)] == [1, 1, 1, 1]

@@ -16,7 +16,11 @@ from support.auth import AuthClient, allowed, auth_server, identity_of, injected
 from support.fake_oauth import FakeOAuthProvider
 
 REDIRECT = "https://app.eco2.example/oauth/callback"
-PROVIDERS = [(auth_pb2.PROVIDER_KAKAO, "kakao"), (auth_pb2.PROVIDER_GOOGLE, "google"), (auth_pb2.PROVIDER_NAVER, "naver")]
+PROVIDERS = [
+    (auth_pb2.PROVIDER_KAKAO, "kakao"),
+    (auth_pb2.PROVIDER_GOOGLE, "google"),
+    (auth_pb2.PROVIDER_NAVER, "naver"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +79,18 @@ async def test_sign_in_with_each_provider_creates_then_finds_the_user(client, fa
     # second sign-in: same user, not created
     again_start = await _start(client, provider)
     again_back = await _consent(again_start, user)
-    again = await client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=again_back["code"], state=again_back["state"]))
+    again = await client.auth.CompleteOAuth(
+        auth_pb2.CompleteOAuthRequest(code=again_back["code"], state=again_back["state"])
+    )
     assert not again.created and again.user.id == done.user.id
 
 
 async def test_state_mismatch(client):
     start = await _start(client)
     back = await _consent(start, "mallory")
-    code, details = await _error(client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state="forged-" + start.state[:20])))
+    code, details = await _error(
+        client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state="forged-" + start.state[:20]))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details["ErrorInfo"].reason == "OAUTH_STATE_INVALID"
     assert details["BadRequest"].field_violations[0].field == "state"
 
@@ -92,7 +100,9 @@ async def test_state_reuse(client):
     back = await _consent(start, "alice")
     await client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=back["state"]))
     second = await _consent(start, "alice")  # a new code, the old state
-    code, details = await _error(client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=second["code"], state=start.state)))
+    code, details = await _error(
+        client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=second["code"], state=start.state))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details["ErrorInfo"].reason == "OAUTH_STATE_INVALID"
 
 
@@ -101,7 +111,9 @@ async def test_code_reuse(client):
     back = await _consent(start, "bob")
     await client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=back["state"]))
     replay = await _start(client)  # a fresh, valid state with the already-redeemed code
-    code, details = await _error(client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=replay.state)))
+    code, details = await _error(
+        client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=replay.state))
+    )
     assert code == grpc.StatusCode.UNAUTHENTICATED and details["ErrorInfo"].reason == "OAUTH_CODE_REJECTED"
     assert details["ErrorInfo"].metadata["error"] == "invalid_grant"
 
@@ -111,19 +123,27 @@ async def test_wrong_pkce_verifier(client):
     victim = await _start(client)
     back = await _consent(victim, "carol")
     attacker = await _start(client)
-    code, details = await _error(client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=attacker.state)))
+    code, details = await _error(
+        client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=attacker.state))
+    )
     assert code == grpc.StatusCode.UNAUTHENTICATED and details["ErrorInfo"].reason == "OAUTH_CODE_REJECTED"
 
 
 async def test_redirect_uri_not_on_the_allowlist(client):
-    code, details = await _error(client.auth.StartOAuth(auth_pb2.StartOAuthRequest(provider=auth_pb2.PROVIDER_GOOGLE, redirect_uri="https://evil.example/cb")))
+    code, details = await _error(
+        client.auth.StartOAuth(
+            auth_pb2.StartOAuthRequest(provider=auth_pb2.PROVIDER_GOOGLE, redirect_uri="https://evil.example/cb")
+        )
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in details["BadRequest"].field_violations] == ["redirect_uri"]
 
 
 @pytest.mark.parametrize("provider", [auth_pb2.PROVIDER_UNSPECIFIED, auth_pb2.PROVIDER_DEV, 99])
 async def test_start_with_a_bad_provider(client, provider):
-    code, details = await _error(client.auth.StartOAuth(auth_pb2.StartOAuthRequest(provider=provider, redirect_uri=REDIRECT)))
+    code, details = await _error(
+        client.auth.StartOAuth(auth_pb2.StartOAuthRequest(provider=provider, redirect_uri=REDIRECT))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details["BadRequest"].field_violations[0].field == "provider"
 
 
@@ -138,7 +158,9 @@ async def test_provider_down_is_unavailable_and_the_state_is_spent(client, fake)
     back = await _consent(start, "dave")
     fake.down = True
     try:
-        code, details = await _error(client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=back["state"])))
+        code, details = await _error(
+            client.auth.CompleteOAuth(auth_pb2.CompleteOAuthRequest(code=back["code"], state=back["state"]))
+        )
     finally:
         fake.down = False
     assert code == grpc.StatusCode.UNAVAILABLE and "RetryInfo" in details
@@ -148,7 +170,9 @@ async def test_unconfigured_provider_is_failed_precondition(service_env):
     async with auth_server(service_env, ECO2_AUTH_REDIRECT_URIS=f'["{REDIRECT}"]') as srv:
         c = AuthClient(srv.port)
         try:
-            code, details = await _error(c.auth.StartOAuth(auth_pb2.StartOAuthRequest(provider=auth_pb2.PROVIDER_NAVER, redirect_uri=REDIRECT)))
+            code, details = await _error(
+                c.auth.StartOAuth(auth_pb2.StartOAuthRequest(provider=auth_pb2.PROVIDER_NAVER, redirect_uri=REDIRECT))
+            )
         finally:
             await c.close()
     assert code == grpc.StatusCode.FAILED_PRECONDITION and details["ErrorInfo"].reason == "PROVIDER_NOT_CONFIGURED"

@@ -94,7 +94,9 @@ async def test_a_silent_valkey_times_out_and_the_client_reconnects(service_env):
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    url = service_env["REDIS_URL"].replace(service_env["REDIS_URL"].rsplit("@", 1)[-1].split("/")[0], f"127.0.0.1:{port}")
+    url = service_env["REDIS_URL"].replace(
+        service_env["REDIS_URL"].rsplit("@", 1)[-1].split("/")[0], f"127.0.0.1:{port}"
+    )
     replies["mute"] = False
     p = RespClient.from_url(url, reply_timeout=0.3)  # connects (AUTH) while the proxy talks
     bucket = BatchedTokenBucket(p, rate_per_s=RATE, burst=BURST, prefix=_prefix())

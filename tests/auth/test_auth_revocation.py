@@ -60,7 +60,9 @@ async def test_sign_out_is_denied_on_every_replica_within_100ms(replicas):
         assert all([allowed(await c.check(token=token)) for c in clients])  # cached as valid everywhere
         md = (*as_user(session.user.id), ("authorization", f"Bearer {token}"))
         started = time.perf_counter()
-        await clients[i % REPLICAS].auth.SignOut(auth_pb2.SignOutRequest(refresh_token=session.tokens.refresh_token), metadata=md)
+        await clients[i % REPLICAS].auth.SignOut(
+            auth_pb2.SignOutRequest(refresh_token=session.tokens.refresh_token), metadata=md
+        )
         after_signout = time.perf_counter() - started
         delays = await _denied_everywhere(clients, token, budget_s=2.0)
         worst.append(after_signout + max(delays))

@@ -61,7 +61,16 @@ async def test_same_display_name_is_the_same_user(client):
     assert a.user.id == b.user.id and a.tokens.access_token != b.tokens.access_token
 
 
-@pytest.mark.parametrize("name,why", [("", "is required"), ("x" * 41, "at most 40"), ("a\nb", "single line"), ("a\x00b", "control"), ("   ", "is required")])
+@pytest.mark.parametrize(
+    "name,why",
+    [
+        ("", "is required"),
+        ("x" * 41, "at most 40"),
+        ("a\nb", "single line"),
+        ("a\x00b", "control"),
+        ("   ", "is required"),
+    ],
+)
 async def test_dev_sign_in_bad_display_name(client, name, why):
     code, details = await _error(client.auth.DevSignIn(auth_pb2.DevSignInRequest(display_name=name)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -78,7 +87,9 @@ async def test_jwks_verifies_issued_tokens_with_an_independent_client(client, se
     assert (k.kty, k.crv, k.alg, k.use) == ("EC", "P-256", "ES256", "sig")
     public = jwt.PyJWK({"kty": k.kty, "crv": k.crv, "x": k.x, "y": k.y, "kid": k.kid, "alg": k.alg}).key
     s = server.app.settings
-    claims = jwt.decode(r.tokens.access_token, public, algorithms=["ES256"], audience=s.auth_audience, issuer=s.auth_issuer)
+    claims = jwt.decode(
+        r.tokens.access_token, public, algorithms=["ES256"], audience=s.auth_audience, issuer=s.auth_issuer
+    )
     assert claims["sub"] == r.user.id
 
 
@@ -87,10 +98,19 @@ async def test_get_me_and_update_profile(client):
     me = await client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=_md(r))
     assert me.user.id == r.user.id and list(me.user.linked_providers) == [auth_pb2.PROVIDER_DEV]
     updated = await client.auth.UpdateProfile(
-        auth_pb2.UpdateProfileRequest(user=auth_pb2.User(display_name="새 이름", profile_image_url="https://img.example/a.png", email="ignored@x"), update_mask=field_mask_pb2.FieldMask(paths=["display_name", "profile_image_url"])),
+        auth_pb2.UpdateProfileRequest(
+            user=auth_pb2.User(
+                display_name="새 이름", profile_image_url="https://img.example/a.png", email="ignored@x"
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name", "profile_image_url"]),
+        ),
         metadata=_md(r),
     )
-    assert updated.user.display_name == "새 이름" and updated.user.profile_image_url == "https://img.example/a.png" and updated.user.email == ""
+    assert (
+        updated.user.display_name == "새 이름"
+        and updated.user.profile_image_url == "https://img.example/a.png"
+        and updated.user.email == ""
+    )
 
 
 async def test_get_me_without_identity_is_unauthenticated(client):
@@ -109,7 +129,11 @@ async def test_get_me_without_identity_is_unauthenticated(client):
 )
 async def test_update_profile_bad_input(client, user, paths, field):
     r = await client.sign_in()
-    code, details = await _error(client.auth.UpdateProfile(auth_pb2.UpdateProfileRequest(user=user, update_mask=field_mask_pb2.FieldMask(paths=paths)), metadata=_md(r)))
+    code, details = await _error(
+        client.auth.UpdateProfile(
+            auth_pb2.UpdateProfileRequest(user=user, update_mask=field_mask_pb2.FieldMask(paths=paths)), metadata=_md(r)
+        )
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in [v.field for v in details["BadRequest"].field_violations]
 
@@ -122,7 +146,11 @@ async def test_thousands_of_bad_paths_get_a_bounded_error_the_client_can_read(cl
 
     r = await client.sign_in()
     paths = [f"no_such_field_{i}_" + "x" * 60 for i in range(5000)]
-    code, details = await _error(client.auth.UpdateProfile(auth_pb2.UpdateProfileRequest(update_mask=field_mask_pb2.FieldMask(paths=paths)), metadata=_md(r)))
+    code, details = await _error(
+        client.auth.UpdateProfile(
+            auth_pb2.UpdateProfileRequest(update_mask=field_mask_pb2.FieldMask(paths=paths)), metadata=_md(r)
+        )
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     violations = details["BadRequest"].field_violations
     assert len(violations) == MAX_VIOLATIONS + 1
@@ -140,7 +168,9 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client):
     code, details = await _error(client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=r.tokens.refresh_token)))
     assert code == grpc.StatusCode.UNAUTHENTICATED and details["ErrorInfo"].reason == "REFRESH_TOKEN_REUSED"
     # the whole family is dead: the newest refresh token and every access token of the family
-    code, details = await _error(client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=second.tokens.refresh_token)))
+    code, details = await _error(
+        client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=second.tokens.refresh_token))
+    )
     assert details["ErrorInfo"].reason == "REFRESH_TOKEN_REVOKED"
     for access in (r.tokens.access_token, first.tokens.access_token, second.tokens.access_token):
         status, body, _ = denied(await client.check(token=access))
@@ -151,7 +181,10 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(client):
 async def test_refresh_bad_token(client, token, reason):
     code, details = await _error(client.auth.Refresh(auth_pb2.RefreshRequest(refresh_token=token)))
     if reason is None:
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and details["BadRequest"].field_violations[0].field == "refresh_token"
+        assert (
+            code == grpc.StatusCode.INVALID_ARGUMENT
+            and details["BadRequest"].field_violations[0].field == "refresh_token"
+        )
     else:
         assert code == grpc.StatusCode.UNAUTHENTICATED and details["ErrorInfo"].reason == reason
 
@@ -185,7 +218,9 @@ async def test_sign_out_all_sessions(client):
 
 async def test_sign_out_with_someone_elses_refresh_token_is_permission_denied(client):
     a, b = await client.sign_in(), await client.sign_in()
-    code, _ = await _error(client.auth.SignOut(auth_pb2.SignOutRequest(refresh_token=b.tokens.refresh_token), metadata=_md(a)))
+    code, _ = await _error(
+        client.auth.SignOut(auth_pb2.SignOutRequest(refresh_token=b.tokens.refresh_token), metadata=_md(a))
+    )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert allowed(await client.check(token=b.tokens.access_token))
 
@@ -197,8 +232,13 @@ async def test_sign_out_without_identity(client):
 
 async def test_delete_account(client):
     r = await client.sign_in()
-    code, details = await _error(client.auth.DeleteAccount(auth_pb2.DeleteAccountRequest(confirm_user_id="someone-else"), metadata=_md(r)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["BadRequest"].field_violations[0].field == "confirm_user_id"
+    code, details = await _error(
+        client.auth.DeleteAccount(auth_pb2.DeleteAccountRequest(confirm_user_id="someone-else"), metadata=_md(r))
+    )
+    assert (
+        code == grpc.StatusCode.INVALID_ARGUMENT
+        and details["BadRequest"].field_violations[0].field == "confirm_user_id"
+    )
     await client.auth.DeleteAccount(auth_pb2.DeleteAccountRequest(confirm_user_id=r.user.id), metadata=_md(r))
     assert denied(await client.check(token=r.tokens.access_token))[0] == 403
     code, _ = await _error(client.auth.GetMe(auth_pb2.GetMeRequest(), metadata=_md(r)))

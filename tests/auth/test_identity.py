@@ -47,7 +47,12 @@ async def _refused(ch, metadata, reason: str, code=grpc.StatusCode.UNAUTHENTICAT
 
 
 async def test_a_valid_wristband_names_the_caller(probe):
-    assert await _whoami(probe, as_user("u-1", roles=("user", "admin"), provider="kakao")) == {"user": "u-1", "roles": ["user", "admin"], "provider": "kakao", "job": ""}
+    assert await _whoami(probe, as_user("u-1", roles=("user", "admin"), provider="kakao")) == {
+        "user": "u-1",
+        "roles": ["user", "admin"],
+        "provider": "kakao",
+        "job": "",
+    }
 
 
 async def test_a_bare_user_id_header_names_nobody(probe):
@@ -55,18 +60,21 @@ async def test_a_bare_user_id_header_names_nobody(probe):
     await _refused(probe, (), "NO_IDENTITY")
 
 
-@pytest.mark.parametrize("case,reason", [
-    ("forged", "IDENTITY_INVALID"),          # right kid, another key's signature
-    ("unknown_kid", "IDENTITY_UNKNOWN_KEY"),
-    ("expired", "IDENTITY_EXPIRED"),
-    ("audience", "IDENTITY_AUDIENCE"),       # an access token's audience
-    ("typ", "IDENTITY_TYPE"),                # an access token is not a wristband
-    ("issuer", "IDENTITY_INVALID"),
-    ("alg_none", "IDENTITY_MALFORMED"),
-    ("garbage", "IDENTITY_MALFORMED"),
-    ("exp_string", "IDENTITY_INVALID"),
-    ("no_sub", "IDENTITY_INVALID"),
-])
+@pytest.mark.parametrize(
+    "case,reason",
+    [
+        ("forged", "IDENTITY_INVALID"),  # right kid, another key's signature
+        ("unknown_kid", "IDENTITY_UNKNOWN_KEY"),
+        ("expired", "IDENTITY_EXPIRED"),
+        ("audience", "IDENTITY_AUDIENCE"),  # an access token's audience
+        ("typ", "IDENTITY_TYPE"),  # an access token is not a wristband
+        ("issuer", "IDENTITY_INVALID"),
+        ("alg_none", "IDENTITY_MALFORMED"),
+        ("garbage", "IDENTITY_MALFORMED"),
+        ("exp_string", "IDENTITY_INVALID"),
+        ("no_sub", "IDENTITY_INVALID"),
+    ],
+)
 async def test_a_bad_wristband_is_refused(probe, case, reason):
     other = ec.generate_private_key(ec.SECP256R1())
     token = {
@@ -76,7 +84,9 @@ async def test_a_bad_wristband_is_refused(probe, case, reason):
         "audience": lambda: wristband("u-1", aud="eco2"),
         "typ": lambda: wristband("u-1", typ="access"),
         "issuer": lambda: wristband("u-1", iss="someone-else"),
-        "alg_none": lambda: jwt.encode({"sub": "u-1", "typ": "identity"}, None, algorithm="none", headers={"kid": "tests-identity"}),
+        "alg_none": lambda: jwt.encode(
+            {"sub": "u-1", "typ": "identity"}, None, algorithm="none", headers={"kid": "tests-identity"}
+        ),
         "garbage": lambda: "not-a-jwt",
         "exp_string": lambda: wristband("u-1", exp=str(int(time.time()) + 600)),
         "no_sub": lambda: wristband("u-1", sub=""),
@@ -86,14 +96,18 @@ async def test_a_bad_wristband_is_refused(probe, case, reason):
 
 async def test_a_bad_wristband_is_refused_even_where_no_caller_is_needed(probe):
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await probe.unary_unary("/eco2test.Probe/Echo")(b"", metadata=(("x-eco2-identity", wristband("u-1", key=ec.generate_private_key(ec.SECP256R1()))),))
+        await probe.unary_unary("/eco2test.Probe/Echo")(
+            b"", metadata=(("x-eco2-identity", wristband("u-1", key=ec.generate_private_key(ec.SECP256R1()))),)
+        )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_the_wristband_of_a_real_check_verifies_with_keys_fetched_from_auth(probe, session_auth):
     """Auth's own keys are not pinned: the probe fetches them with GetJwks on the unknown kid."""
     async with grpc.aio.insecure_channel(session_auth) as ch:
-        session = await auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(auth_pb2.DevSignInRequest(display_name="wristband-user"))
+        session = await auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(
+            auth_pb2.DevSignInRequest(display_name="wristband-user")
+        )
         client = AuthClient(int(session_auth.rsplit(":", 1)[1]))
         try:
             resp = await client.authz.Check(check_request(token=session.tokens.access_token))
@@ -118,21 +132,32 @@ async def test_keys_unreachable_is_unavailable_with_retry_info():
 
 async def test_the_wristband_propagates_downstream_and_is_verified_there(probe, session_auth):
     async with running(_probe(identity_jwks_from=session_auth), metrics=False) as back:
-        front_app = ProbeApp(RuntimeSettings(grpc_port=0, metrics_port=0, identity_jwks=TEST_JWKS), downstream=f"127.0.0.1:{back.port}")
-        async with running(front_app, metrics=False) as front, grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as ch:
+        front_app = ProbeApp(
+            RuntimeSettings(grpc_port=0, metrics_port=0, identity_jwks=TEST_JWKS), downstream=f"127.0.0.1:{back.port}"
+        )
+        async with (
+            running(front_app, metrics=False) as front,
+            grpc.aio.insecure_channel(f"127.0.0.1:{front.port}") as ch,
+        ):
             reply = json.loads(await ch.unary_unary("/eco2test.Probe/Forward")(b"", metadata=as_user("u-9"), timeout=5))
             assert reply["user"] == "u-9"
             # the bare header is not forwarded (nor trusted) downstream
-            reply = json.loads(await ch.unary_unary("/eco2test.Probe/Forward")(b"", metadata=(("x-eco2-user-id", "u-9"),), timeout=5))
+            reply = json.loads(
+                await ch.unary_unary("/eco2test.Probe/Forward")(b"", metadata=(("x-eco2-user-id", "u-9"),), timeout=5)
+            )
             assert reply["user"] is None
 
 
 async def test_job_identity_names_the_job_and_outlives_a_request_wristband(session_auth):
     async with grpc.aio.insecure_channel(session_auth) as ch:
         stub = auth_pb2_grpc.MeshIdentityServiceStub(ch)
-        reply = await stub.IssueJobIdentity(auth_pb2.IssueJobIdentityRequest(job_id="chat-1"), metadata=as_user("u-7", provider="naver"))
+        reply = await stub.IssueJobIdentity(
+            auth_pb2.IssueJobIdentityRequest(job_id="chat-1"), metadata=as_user("u-7", provider="naver")
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.IssueJobIdentity(auth_pb2.IssueJobIdentityRequest(job_id="chat-1"), metadata=(("x-eco2-user-id", "u-7"),))
+            await stub.IssueJobIdentity(
+                auth_pb2.IssueJobIdentityRequest(job_id="chat-1"), metadata=(("x-eco2-user-id", "u-7"),)
+            )
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.IssueJobIdentity(auth_pb2.IssueJobIdentityRequest(job_id=""), metadata=as_user("u-7"))
@@ -151,4 +176,6 @@ async def test_mesh_identity_service_is_never_routed_from_the_edge():
     table = load()
     edge = {prefix for prefix, _ in table.grpc_routes()}
     assert "/eco2.auth.v1.MeshIdentityService/" not in edge and "/envoy.service.auth.v3.Authorization/" not in edge
-    assert {"eco2.auth.v1.MeshIdentityService", "envoy.service.auth.v3.Authorization"} <= set(table.services["auth"].internal)
+    assert {"eco2.auth.v1.MeshIdentityService", "envoy.service.auth.v3.Authorization"} <= set(
+        table.services["auth"].internal
+    )

@@ -46,7 +46,12 @@ async def test_catalog_matches_the_reference_facts(stub, shared_dir):
     assert set(got) == {r["code"] for r in ref}
     for r in ref:
         c = got[r["code"]]
-        assert (c.name, list(c.aliases), c.match_label, c.image_code) == (r["name"], r["aliases"], r["match_label"], r["cdn_code"])
+        assert (c.name, list(c.aliases), c.match_label, c.image_code) == (
+            r["name"],
+            r["aliases"],
+            r["match_label"],
+            r["cdn_code"],
+        )
 
 
 async def test_pagination_walks_every_character_once(stub):
@@ -98,7 +103,9 @@ async def test_get_character_rejects_bad_codes(stub, code):
 
 
 async def test_match_character(stub):
-    reply = await stub.MatchCharacter(character_pb2.MatchCharacterRequest(category=character_pb2.WASTE_CATEGORY_CLEAR_PET))
+    reply = await stub.MatchCharacter(
+        character_pb2.MatchCharacterRequest(category=character_pb2.WASTE_CATEGORY_CLEAR_PET)
+    )
     assert (reply.character.code, reply.matched) == ("char-petty", True)
     reply = await stub.MatchCharacter(character_pb2.MatchCharacterRequest(category=character_pb2.WASTE_CATEGORY_FOOD))
     assert (reply.character.code, reply.matched) == ("char-eco", False)
@@ -140,7 +147,12 @@ async def test_grpcurl_lists_and_calls_through_reflection(character):
     assert code == 0, err
     assert "eco2.character.v1.CharacterService" in out and "grpc.health.v1.Health" in out
     code, out, err = await _run(
-        grpcurl, "-plaintext", "-d", '{"code": "char-glassy"}', target, "eco2.character.v1.CharacterService/GetCharacter"
+        grpcurl,
+        "-plaintext",
+        "-d",
+        '{"code": "char-glassy"}',
+        target,
+        "eco2.character.v1.CharacterService/GetCharacter",
     )
     assert code == 0, err
     assert json.loads(out)["character"]["name"] == "글래시"

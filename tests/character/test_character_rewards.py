@@ -45,7 +45,9 @@ def user() -> tuple[str, tuple[tuple[str, str], ...]]:
 
 
 def pet(**overrides) -> pb.Classification:
-    fields = dict(category=pb.WASTE_CATEGORY_CLEAR_PET, major="재활용폐기물", item="음료PET병", rules_found=True, confidence=0.93)
+    fields = dict(
+        category=pb.WASTE_CATEGORY_CLEAR_PET, major="재활용폐기물", item="음료PET병", rules_found=True, confidence=0.93
+    )
     fields.update(overrides)
     return pb.Classification(**fields)
 
@@ -178,7 +180,9 @@ async def test_fifty_concurrent_replays_make_exactly_one_ownership(character, db
 
 async def test_fifty_concurrent_keys_for_one_character_receive_it_once(stub, db):
     uid, md = user()
-    replies = await asyncio.gather(*(stub.GrantReward(grant(pet(category=pb.WASTE_CATEGORY_METAL)), metadata=md) for _ in range(50)))
+    replies = await asyncio.gather(
+        *(stub.GrantReward(grant(pet(category=pb.WASTE_CATEGORY_METAL)), metadata=md) for _ in range(50))
+    )
     outcomes = sorted(pb.RewardOutcome.Name(r.reward.outcome) for r in replies)
     assert outcomes.count("REWARD_OUTCOME_RECEIVED") == 1
     assert outcomes.count("REWARD_OUTCOME_ALREADY_OWNED") == 49
@@ -202,7 +206,12 @@ async def test_first_read_of_a_collection_grants_the_default_character(stub, db)
 
 async def test_collection_pages(stub):
     _, md = user()
-    for category in (pb.WASTE_CATEGORY_PAPER, pb.WASTE_CATEGORY_GLASS, pb.WASTE_CATEGORY_VINYL, pb.WASTE_CATEGORY_BATTERY):
+    for category in (
+        pb.WASTE_CATEGORY_PAPER,
+        pb.WASTE_CATEGORY_GLASS,
+        pb.WASTE_CATEGORY_VINYL,
+        pb.WASTE_CATEGORY_BATTERY,
+    ):
         await stub.GrantReward(grant(pet(category=category)), metadata=md)
     seen, token = [], ""
     while True:
@@ -214,7 +223,9 @@ async def test_collection_pages(stub):
     assert seen[0] == "char-eco" and len(seen) == 5 == len(set(seen))
 
 
-@pytest.mark.parametrize("request_", [pb.ListCollectionRequest(page_size=101), pb.ListCollectionRequest(page_token="%%%")])
+@pytest.mark.parametrize(
+    "request_", [pb.ListCollectionRequest(page_size=101), pb.ListCollectionRequest(page_token="%%%")]
+)
 async def test_bad_collection_requests_are_invalid_argument(stub, request_):
     _, md = user()
     with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -63,7 +63,10 @@ def files_of(ctx: dict) -> list[str]:
         ("구리 시세 얼마야", ("recyclable_price",)),  # a market word with an item, even one the survey lacks
         ("내일 로또 번호 알려줘", ("general",)),  # a number of something else is no office's number
         ("패딩 의류수거함 가능?", ("waste",)),  # whether it may go in the bin, not where the bin is
-        ("감기약 어디다 버려요 근처 약국 알려줘", ("collection_point", "waste")),  # a place that takes it back, asked for
+        (
+            "감기약 어디다 버려요 근처 약국 알려줘",
+            ("collection_point", "waste"),
+        ),  # a place that takes it back, asked for
         ("송파구 대형폐기물 수거 요일", ("bulk_waste", "waste")),  # the waste branch says the day is not known
         ("알루미늄 고물상 얼마 쳐줘?", ("recyclable_price",)),  # asks a price of the place, not where it is
         ("근처 고물상 어디", ("location",)),  # asks where it is, no price
@@ -94,7 +97,9 @@ async def test_the_answerable_part_streams_before_the_location_question(graph):
     """A multi-part question answers every part it can at once; the NEEDS_INPUT asks only for the location."""
     s = state("건전지 어떻게 버려? 그리고 근처 수거함도 알려줘")
     sink = Recorder()
-    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps(), Emitter(sink, s["job_id"], 1)))
+    out = await graph.ainvoke(
+        s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps(), Emitter(sink, s["job_id"], 1))
+    )
     assert out["__interrupt__"][0].value["input_id"] == "location"
     streamed = "".join(e.delta for e in sink.events if e.kind == events_pb2.EVENT_KIND_TOKEN)
     assert "전용수거함" in streamed and out["answered"] == ["waste"]
@@ -104,7 +109,9 @@ async def test_a_broken_lamp_and_the_nearest_bin_the_rule_streams_first(graph):
     """The state said by the verb ("깨졌는데") picks the rule line; it streams, then only the location is asked."""
     s = state("형광등 깨졌는데 어쩌지? 근처 수거함도 찾아줘")
     sink = Recorder()
-    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps(), Emitter(sink, s["job_id"], 1)))
+    out = await graph.ainvoke(
+        s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps(), Emitter(sink, s["job_id"], 1))
+    )
     assert out["__interrupt__"][0].value["input_id"] == "location" and out["answered"] == ["waste"]
     streamed = "".join(e.delta for e in sink.events if e.kind == events_pb2.EVENT_KIND_TOKEN)
     assert streamed.startswith("깨진 형광등은 불연성종량제폐기물로 배출해요.") and "신문지" in streamed
@@ -113,16 +120,24 @@ async def test_a_broken_lamp_and_the_nearest_bin_the_rule_streams_first(graph):
 def test_a_follow_up_naming_another_item_asks_what_the_previous_message_asked():
     assert I.classify("그럼 알루미늄은?", KB, previous="폐지 시세 얼마야").intents == ("recyclable_price",)
     assert I.classify("침대는?", KB, previous="소파 버리는 수수료 얼마야").intents == ("bulk_waste",)
-    assert I.classify("그럼 유리병은?", KB, previous="캔 어떻게 버려").intents == ("waste",)  # a waste question stays one
+    assert I.classify("그럼 유리병은?", KB, previous="캔 어떻게 버려").intents == (
+        "waste",
+    )  # a waste question stays one
 
 
 def test_a_follow_up_naming_a_kind_of_the_last_item_is_about_that_kind():
-    ctx = R.gather(KB, "그럼 파란색은?", previous=["음료수 페트병 어떻게 버려?"])  # a coloured PET bottle is no clear one
-    assert [f["item"] for f in ctx["findings"]] == ["파란색 음료수 페트병"] and files_of(ctx) == ["재활용폐기물_플라스틱류"]
+    ctx = R.gather(
+        KB, "그럼 파란색은?", previous=["음료수 페트병 어떻게 버려?"]
+    )  # a coloured PET bottle is no clear one
+    assert [f["item"] for f in ctx["findings"]] == ["파란색 음료수 페트병"] and files_of(ctx) == [
+        "재활용폐기물_플라스틱류"
+    ]
 
 
 def test_a_line_about_items_in_a_state_sends_only_those_there():
-    assert files_of(waste("갈색 유리병 어디에 버려요")) == ["재활용폐기물_유리병"]  # "깨진 유리병은 불연성…" is not about it
+    assert files_of(waste("갈색 유리병 어디에 버려요")) == [
+        "재활용폐기물_유리병"
+    ]  # "깨진 유리병은 불연성…" is not about it
     assert files_of(waste("유리병 깨졌는데 어디에 버려요")) == ["불연성종량제폐기물"]
 
 
@@ -137,7 +152,10 @@ def test_a_question_about_the_whole_cast_names_no_one_character():
 @pytest.mark.parametrize(
     "variants,file",
     [
-        (["페트병 어떻게 버려?", "패트병 버릴라면 어케해", "페트병버리는법좀", "펫트병 분리수거 하는법 알려주셈"], "재활용폐기물_무색페트병"),
+        (
+            ["페트병 어떻게 버려?", "패트병 버릴라면 어케해", "페트병버리는법좀", "펫트병 분리수거 하는법 알려주셈"],
+            "재활용폐기물_무색페트병",
+        ),
         (["소파 버리려면?", "쇼파버릴라면", "쇼파 버릴려구요"], "대형폐기물"),
         (["음식물 쓰레기 어디에 버려", "음쓰 어디다버림", "음식물쓰레기 버리는곳"], "음식물류폐기물"),
         (["건전지 버리는 법", "밧데리 버리는법", "건전지는어디에버려"], "재활용폐기물_전지"),
@@ -157,7 +175,11 @@ def test_conjugations_spellings_and_spacing_find_the_same_rule(variants, file):
         ("선풍기 고장났는데 버릴려면", "선풍기", "재활용폐기물_전기전자제품"),  # 고장나다 says what happened to it
         ("맥주병 깨졌는데 어쩌지", "깨진 맥주병", "불연성종량제폐기물"),  # the state the verb says, and 어쩌지 asks how
         ("과일 담겨있던 스티로폼 상자", "스티로폼 상자", "재활용폐기물_발포합성수지"),  # what it held is no item
-        ("문구용 커터칼 어케 버려", "문구용 커터칼", "일반종량제폐기물"),  # a compound the rules do not name: its head (칼)
+        (
+            "문구용 커터칼 어케 버려",
+            "문구용 커터칼",
+            "일반종량제폐기물",
+        ),  # a compound the rules do not name: its head (칼)
         ("인테리어 공사하고 남은 폐타일", "폐타일", "공사장생활폐기물"),  # where it comes from picks the rule file
     ],
 )
@@ -169,7 +191,11 @@ def test_endings_states_and_compounds_are_read_as_people_mean_them(message, item
 
 @pytest.mark.parametrize(
     "message,file",
-    [("뱃터리 말고 건전치 어디다 버려", "재활용폐기물_전지"), ("냉장교 버릴려면", "재활용폐기물_전기전자제품"), ("스티로뽐 박스 버리는 법", "재활용폐기물_발포합성수지")],
+    [
+        ("뱃터리 말고 건전치 어디다 버려", "재활용폐기물_전지"),
+        ("냉장교 버릴려면", "재활용폐기물_전기전자제품"),
+        ("스티로뽐 박스 버리는 법", "재활용폐기물_발포합성수지"),
+    ],
 )
 def test_an_item_misspelt_by_one_letter_is_read_as_the_item(message, file):
     assert file in files_of(waste(message)), waste(message)
@@ -203,12 +229,16 @@ def test_the_analyser_loads_once_per_process():
 def test_a_yes_no_question_gets_yes_or_no_first():
     assert compose_for("사과껍질 음식물쓰레기 맞지?").startswith("네,")
     assert compose_for("닭뼈 음식물 쓰레기로 버려도 돼?").startswith("아니요,")
-    assert compose_for("우유팩 라벨 안 떼도 돼?").startswith(("네", "아니요", "우유팩"))  # no rule about a label: no invented yes/no
+    assert compose_for("우유팩 라벨 안 떼도 돼?").startswith(
+        ("네", "아니요", "우유팩")
+    )  # no rule about a label: no invented yes/no
 
 
 def test_only_the_lines_about_the_asked_item_are_quoted():
     answer = compose_for("스팸 캔 어떻게 버려?")
-    assert "금속캔 수거함" in answer and "고철 수거함" not in answer and "노즐" not in answer  # not the scrap or gas-can lines
+    assert (
+        "금속캔 수거함" in answer and "고철 수거함" not in answer and "노즐" not in answer
+    )  # not the scrap or gas-can lines
     answer = compose_for("우산 고장났는데 어떻게 버려")
     assert answer.startswith("우산은 일반종량제 폐기물로 배출해요") and "우산, 철삽" in answer
 
@@ -216,27 +246,40 @@ def test_only_the_lines_about_the_asked_item_are_quoted():
 def test_steps_then_the_exceptions_that_apply_each_under_its_citation():
     answer = compose_for("샴푸통은 어떻게 버려?")
     lines = answer.splitlines()
-    steps, caution = next(i for i, line in enumerate(lines) if line.startswith("배출 방법 [")), next(i for i, line in enumerate(lines) if line.startswith("주의 ["))
+    steps, caution = (
+        next(i for i, line in enumerate(lines) if line.startswith("배출 방법 [")),
+        next(i for i, line in enumerate(lines) if line.startswith("주의 [")),
+    )
     assert 0 < steps < caution and "펌프" in lines[caution + 1]
     titles = {d["title"] for d in R.context_docs(waste("샴푸통은 어떻게 버려?"))[0]}
-    assert {re.search(r"\[(.*)\]", line).group(1) for line in lines if line.endswith("]")} <= titles  # every block is a cited section
+    assert {
+        re.search(r"\[(.*)\]", line).group(1) for line in lines if line.endswith("]")
+    } <= titles  # every block is a cited section
 
 
 def test_a_category_s_bag_named_as_where_it_goes_is_the_proposal():
     assert compose_for("음식물 쓰레기 봉투에 생선 가시 넣어도 되나요?").startswith("아니요,")
-    assert compose_for("일반 쓰레기 봉투에 형광등 넣어도 돼?").startswith("아니요, 형광등은 일반종량제폐기물이 아니에요.")
+    assert compose_for("일반 쓰레기 봉투에 형광등 넣어도 돼?").startswith(
+        "아니요, 형광등은 일반종량제폐기물이 아니에요."
+    )
 
 
 def test_a_part_asked_alone_gets_no_category_it_does_not_have():
     answer = compose_for("병뚜껑 따로 재활용 돼?")
-    assert not answer.startswith("네") and "규정에 나오지 않아요" in answer and "[" in answer  # quotes what the rules say of it
+    assert (
+        not answer.startswith("네") and "규정에 나오지 않아요" in answer and "[" in answer
+    )  # quotes what the rules say of it
     answer = compose_for("송장 종이로 버려도 돼?")  # a part a refused item names: that item
     assert "일반종량제폐기물" in answer and not answer.startswith("네")
 
 
 def test_a_local_question_the_rules_answer_for_the_item_leads_with_that_line():
-    assert compose_for("특수규격 마대는 어디서 구입해요").startswith("규정에 이렇게 나와 있어요: 특수규격마대는 지자체가 지정한 판매소에서 구매할 수 있음")
-    answer = compose_for("일반쓰레기 봉투 어디서 사요")  # no rule says it: the local line, no disposal answer about the bag
+    assert compose_for("특수규격 마대는 어디서 구입해요").startswith(
+        "규정에 이렇게 나와 있어요: 특수규격마대는 지자체가 지정한 판매소에서 구매할 수 있음"
+    )
+    answer = compose_for(
+        "일반쓰레기 봉투 어디서 사요"
+    )  # no rule says it: the local line, no disposal answer about the bag
     assert "파는 곳은 지역마다 달라서" in answer and "배출해요" not in answer
 
 
@@ -265,7 +308,9 @@ def test_an_item_the_rules_do_not_cover_is_said_plainly():
 
 
 def test_any_animal_s_bone_or_hair_is_the_rules_animal_bone_or_hair():
-    assert compose_for("강아지 털 음식물쓰레기야?").startswith("아니요, 강아지 털은 음식물류폐기물이 아니에요. 일반종량제폐기물로 배출해요.")
+    assert compose_for("강아지 털 음식물쓰레기야?").startswith(
+        "아니요, 강아지 털은 음식물류폐기물이 아니에요. 일반종량제폐기물로 배출해요."
+    )
     assert files_of(waste("오리 뼈 어디에 버려")) == ["일반종량제폐기물"]
 
 
@@ -295,7 +340,12 @@ def test_english_says_what_it_does_not_know():
 
 @pytest.fixture(scope="module")
 async def graph(service_env):
-    pool = AsyncConnectionPool(service_env["DATABASE_URL"], max_size=4, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+    pool = AsyncConnectionPool(
+        service_env["DATABASE_URL"],
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
     await pool.open(wait=True, timeout=30)
     saver = AsyncPostgresSaver(pool)
     await saver.setup()
@@ -317,14 +367,25 @@ def deps(**kw) -> ChatDeps:
 
 
 def state(message: str, **extra) -> dict:
-    return {"job_id": f"chat-{uuid.uuid4().hex}", "user_id": "u", "conversation_id": str(uuid.uuid4()), "message": message, "image_key": "", "location": None,
-            "history": [], "summary": "", **extra}
+    return {
+        "job_id": f"chat-{uuid.uuid4().hex}",
+        "user_id": "u",
+        "conversation_id": str(uuid.uuid4()),
+        "message": message,
+        "image_key": "",
+        "location": None,
+        "history": [],
+        "summary": "",
+        **extra,
+    }
 
 
 async def turn(graph, message: str, d: ChatDeps | None = None, **extra) -> tuple[dict, list]:
     s = state(message, **extra)
     sink = Recorder()
-    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(d or deps(), Emitter(sink, s["job_id"], 1)))
+    out = await graph.ainvoke(
+        s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(d or deps(), Emitter(sink, s["job_id"], 1))
+    )
     return out, sink.events
 
 
@@ -336,7 +397,11 @@ def compose_for(message: str) -> str:
     contexts: dict = {}
     if Q.language(message) == "en":
         t = translate(message)
-        contexts["language_context"] = {"language": "en", "terms": [list(x) for x in t.terms], "understood": bool(t.korean)}
+        contexts["language_context"] = {
+            "language": "en",
+            "terms": [list(x) for x in t.terms],
+            "understood": bool(t.korean),
+        }
         text = t.korean or message
     c = I.classify(text, KB)
     if "waste" in c.intents:
@@ -347,9 +412,16 @@ def compose_for(message: str) -> str:
 
 async def test_retry_finds_the_nearest_rule_and_says_it_is_the_nearest(graph):
     # "충전식" alone is in no rule; with the previous turn's item the retry finds the battery rules
-    out, _ = await turn(graph, "충전식은?", history=[{"role": "user", "text": "건전지 어떻게 버려?"}, {"role": "assistant", "text": "..."}])
+    out, _ = await turn(
+        graph,
+        "충전식은?",
+        history=[{"role": "user", "text": "건전지 어떻게 버려?"}, {"role": "assistant", "text": "..."}],
+    )
     assert out["fallback_used"] and not out.get("unsure")
-    assert "'충전식 건전지'는 분리배출 규정에 그대로 나오지 않아요" in out["answer"] and "가장 가까운 규정은 전지예요" in out["answer"]
+    assert (
+        "'충전식 건전지'는 분리배출 규정에 그대로 나오지 않아요" in out["answer"]
+        and "가장 가까운 규정은 전지예요" in out["answer"]
+    )
     assert any(c["source_id"].startswith("rule:재활용폐기물_전지#") for c in out["citations"])
 
 
@@ -378,7 +450,11 @@ async def test_a_message_that_names_nothing_gets_a_question_back(graph):
 async def test_a_price_the_survey_lacks_goes_down_the_chain_too(graph):
     out, _ = await turn(graph, "구리 시세 얼마야?")  # not in the survey: no invented price
     assert out["unsure"] and "원/kg" not in out["answer"]
-    out, _ = await turn(graph, "그럼 캔은?", history=[{"role": "user", "text": "고물상 시세 얼마야?"}, {"role": "assistant", "text": "..."}])
+    out, _ = await turn(
+        graph,
+        "그럼 캔은?",
+        history=[{"role": "user", "text": "고물상 시세 얼마야?"}, {"role": "assistant", "text": "..."}],
+    )
     assert "원/kg" in out["answer"]
 
 
@@ -386,7 +462,10 @@ async def test_a_price_the_survey_lacks_goes_down_the_chain_too(graph):
 
 
 def test_the_offline_summary_keeps_each_question_and_its_direct_answer():
-    msgs = [{"role": "user", "text": "치킨뼈 음쓰임?"}, {"role": "assistant", "text": compose_for("치킨뼈 음쓰임?"), "n": 2}]
+    msgs = [
+        {"role": "user", "text": "치킨뼈 음쓰임?"},
+        {"role": "assistant", "text": compose_for("치킨뼈 음쓰임?"), "n": 2},
+    ]
     summary = offline_summary("", msgs)
     assert "치킨뼈 음쓰임? → 아니요, 치킨뼈는 음식물류폐기물이 아니에요. 일반종량제폐기물로 배출해요." in summary
 
@@ -400,23 +479,46 @@ async def stack(service_env):
 async def test_a_long_conversation_is_summarised_and_the_summary_carries_the_follow_up(stack):
     user = as_user(f"u-{uuid.uuid4().hex[:8]}")
     cid, summarised = "", []
-    for question in ["우유팩 어떻게 버려?", "참치캔은?", "깨진 유리병은 어떻게 해", "스티로폼 박스는?", "형광등은 어디에 버려", "건전지는?", "헌옷은?"]:
-        events = [e async for e in G._until(stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message=question, conversation_id=cid), metadata=user, timeout=60))]
+    for question in [
+        "우유팩 어떻게 버려?",
+        "참치캔은?",
+        "깨진 유리병은 어떻게 해",
+        "스티로폼 박스는?",
+        "형광등은 어디에 버려",
+        "건전지는?",
+        "헌옷은?",
+    ]:
+        events = [
+            e
+            async for e in G._until(
+                stack["chat"].StreamChat(
+                    chat_pb2.StreamChatRequest(message=question, conversation_id=cid), metadata=user, timeout=60
+                )
+            )
+        ]
         result = chat_pb2.ChatResult()
         assert events[-1].kind == events_pb2.EVENT_KIND_DONE and events[-1].done.result.Unpack(result)
         cid = result.conversation_id
-        summarised += [question] if any(e.node == "summarize" and e.stage_info.phase == events_pb2.STAGE_PHASE_FINISHED for e in events) else []
+        summarised += (
+            [question]
+            if any(e.node == "summarize" and e.stage_info.phase == events_pb2.STAGE_PHASE_FINISHED for e in events)
+            else []
+        )
     assert summarised, "summarisation never fired"
     pool = stack["app"].pool
     row = await pool.fetchrow("SELECT summary, summary_upto FROM chat_conversations WHERE id = $1", uuid.UUID(cid))
     assert "우유팩 어떻게 버려? → 우유팩은 종이팩으로 분리배출해요." in row["summary"] and row["summary_upto"] > 0
     summary, history = await stack["app"].workers.store.history(cid, before_job="none", limit=40)
-    assert all(m["n"] > row["summary_upto"] for m in history) and len(history) < 14  # the summarised turns are not loaded again
+    assert (
+        all(m["n"] > row["summary_upto"] for m in history) and len(history) < 14
+    )  # the summarised turns are not loaded again
     # a follow-up still finds its subject when the turn that named it is only in the summary
     from eco2.services.chat.nodes.summarize import earlier_questions
 
     assert earlier_questions({"history": [], "summary": row["summary"]})[-1] == "우유팩 어떻게 버려?"
-    ctx = R.gather(KB, "그럼 그건 어디에 내놔?", previous=earlier_questions({"history": [], "summary": row["summary"]})[-1:])
+    ctx = R.gather(
+        KB, "그럼 그건 어디에 내놔?", previous=earlier_questions({"history": [], "summary": row["summary"]})[-1:]
+    )
     assert files_of(ctx) == ["재활용폐기물_종이팩"]
 
 

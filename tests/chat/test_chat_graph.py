@@ -42,7 +42,12 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 async def graph(service_env):
-    pool = AsyncConnectionPool(service_env["DATABASE_URL"], max_size=4, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+    pool = AsyncConnectionPool(
+        service_env["DATABASE_URL"],
+        max_size=4,
+        open=False,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
     await pool.open(wait=True, timeout=30)
     saver = AsyncPostgresSaver(pool, serde=checkpoint_serializer())  # the product's: safe types only
     await saver.setup()
@@ -52,7 +57,17 @@ async def graph(service_env):
 
 def state(message: str, **extra) -> dict:
     job = f"chat-{uuid.uuid4().hex}"
-    return {"job_id": job, "user_id": "u", "conversation_id": str(uuid.uuid4()), "message": message, "image_key": "", "location": None, "history": [], "summary": "", **extra}
+    return {
+        "job_id": job,
+        "user_id": "u",
+        "conversation_id": str(uuid.uuid4()),
+        "message": message,
+        "image_key": "",
+        "location": None,
+        "history": [],
+        "summary": "",
+        **extra,
+    }
 
 
 class FlakyOnce:
@@ -89,7 +104,11 @@ async def test_resume_uses_the_answer_even_when_the_branch_retries(graph, servic
             assert [i.value["input_id"] for i in asked] == ["location"]
             snapshot = await graph.aget_state(config)
             assert snapshot.next == ("ask_location",) and [i.id for i in snapshot.interrupts] == [asked[0].id]
-            out = await graph.ainvoke(Command(resume={"location": {"latitude": 37.5663, "longitude": 126.9779}}), config, context=JobContext(deps, Emitter(sink, s["job_id"], 100)))
+            out = await graph.ainvoke(
+                Command(resume={"location": {"latitude": 37.5663, "longitude": 126.9779}}),
+                config,
+                context=JobContext(deps, Emitter(sink, s["job_id"], 100)),
+            )
     assert "__interrupt__" not in out, "asked again instead of using the answer"
     assert places.calls == 2  # failed once, retried under the policy with the same answer
     found = out["contexts"]["collection_point_context"]["places"]
@@ -102,11 +121,18 @@ async def test_two_slow_tools_run_concurrently(graph):
     async with FakeTools(delay_s=delay) as tools:
         weather, search = OpenMeteoWeather(tools.base_url), TavilySearch(tools.base_url, "tvly-test")
         try:
-            deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), weather=weather, web_search=search)
-            s = state("오늘 날씨 어때? 그리고 최신 재활용 뉴스 검색해줘", location={"latitude": 37.5663, "longitude": 126.9779})
+            deps = ChatDeps(
+                kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), weather=weather, web_search=search
+            )
+            s = state(
+                "오늘 날씨 어때? 그리고 최신 재활용 뉴스 검색해줘",
+                location={"latitude": 37.5663, "longitude": 126.9779},
+            )
             sink = Recorder()
             started = time.monotonic()
-            out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
+            out = await graph.ainvoke(
+                s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1))
+            )
             total = time.monotonic() - started
         finally:
             await weather.aclose()
@@ -125,16 +151,34 @@ async def test_two_slow_tools_run_concurrently(graph):
 
 async def test_history_past_the_threshold_is_summarised(graph):
     history = []
-    for q, a in [("우유팩 어떻게 버려?", "종이팩으로 배출해요."), ("캔은?", "캔류로 배출해요."), ("유리병은?", "유리병류로 배출해요."), ("건전지는?", "전지 수거함에 넣어요."), ("스티로폼은?", "발포합성수지로 배출해요.")]:
+    for q, a in [
+        ("우유팩 어떻게 버려?", "종이팩으로 배출해요."),
+        ("캔은?", "캔류로 배출해요."),
+        ("유리병은?", "유리병류로 배출해요."),
+        ("건전지는?", "전지 수거함에 넣어요."),
+        ("스티로폼은?", "발포합성수지로 배출해요."),
+    ]:
         history += [{"role": "user", "text": q}, {"role": "assistant", "text": a}]
-    deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), summary_threshold_tokens=20, keep_recent_messages=4)
+    deps = ChatDeps(
+        kb=kb.load(),
+        llm=OfflineLLM(compose),
+        policy=PolicyRunner(),
+        summary_threshold_tokens=20,
+        keep_recent_messages=4,
+    )
     s = state("투명 페트병은 어떻게 버려?", history=history)
     sink = Recorder()
-    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
+    out = await graph.ainvoke(
+        s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1))
+    )
     # the six oldest messages are folded into the summary, the four newest are kept as they are;
     # the summary keeps each question with its answer's direct answer, whole
     assert out["history"] == history[-4:]
-    for old in ("우유팩 어떻게 버려? → 종이팩으로 배출해요.", "캔은? → 캔류로 배출해요.", "유리병은? → 유리병류로 배출해요."):
+    for old in (
+        "우유팩 어떻게 버려? → 종이팩으로 배출해요.",
+        "캔은? → 캔류로 배출해요.",
+        "유리병은? → 유리병류로 배출해요.",
+    ):
         assert old in out["new_summary"], out["new_summary"]
     assert "건전지는?" not in out["new_summary"]
     stages = [(e.node, e.stage_info.phase) for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE]
@@ -143,7 +187,9 @@ async def test_history_past_the_threshold_is_summarised(graph):
     # below the threshold nothing is summarised
     deps.summary_threshold_tokens = 100_000
     s = state("투명 페트병은 어떻게 버려?", history=history)
-    out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
+    out = await graph.ainvoke(
+        s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1))
+    )
     assert not out.get("new_summary") and out["history"] == history
 
 
@@ -155,22 +201,34 @@ async def test_a_waste_answer_stands_when_the_character_lookup_fails(graph, serv
 
     ch = grpc_channel("127.0.0.1:1", default_timeout_s=1.0)  # nothing listens there: UNAVAILABLE
     try:
-        deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), characters=GrpcCharacters(ch, cache_s=300))
+        deps = ChatDeps(
+            kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), characters=GrpcCharacters(ch, cache_s=300)
+        )
         s = state("투명 페트병은 어떻게 버려?")
         sink = Recorder()
-        out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1)))
+        out = await graph.ainvoke(
+            s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(sink, s["job_id"], 1))
+        )
     finally:
         await ch.close()
     assert "압착" in out["answer"] and "Eco² 캐릭터" not in out["answer"]
     assert "character_context" not in out["contexts"] and not out.get("failed")
-    assert not [e for e in sink.events if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_FAILED]
+    assert not [
+        e
+        for e in sink.events
+        if e.kind == events_pb2.EVENT_KIND_STAGE and e.stage_info.phase == events_pb2.STAGE_PHASE_FAILED
+    ]
     # and with CharacterService answering, the card is there
     with env(service_env):
         character_app = create_character()
     async with running(character_app, metrics=False) as character, channel(character) as cch:
         deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), characters=GrpcCharacters(cch))
         s = state("투명 페트병은 어떻게 버려?")
-        out = await graph.ainvoke(s, {"configurable": {"thread_id": s["job_id"]}}, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
+        out = await graph.ainvoke(
+            s,
+            {"configurable": {"thread_id": s["job_id"]}},
+            context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)),
+        )
     assert out["contexts"]["character_context"]["code"] == "char-petty"
     assert "이 품목을 맡은 Eco² 캐릭터: 페티 (무색페트병)" in out["answer"]
 
@@ -188,24 +246,43 @@ async def test_the_card_and_the_places_come_back_from_the_checkpoint(graph, serv
         character_app, location_app = create_character(), create_location()
     async with running(character_app, metrics=False) as character, running(location_app, metrics=False) as location:
         async with channel(character) as cch, channel(location) as lch:
-            deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner(), places=GrpcPlaces(lch), characters=GrpcCharacters(cch))
+            deps = ChatDeps(
+                kb=kb.load(),
+                llm=OfflineLLM(compose),
+                policy=PolicyRunner(),
+                places=GrpcPlaces(lch),
+                characters=GrpcCharacters(cch),
+            )
             s = state("투명 페트병 어떻게 버려? 근처 수거함도 알려줘")
             config = {"configurable": {"thread_id": s["job_id"]}}
             out = await graph.ainvoke(s, config, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
             assert out["__interrupt__"] and out["card"]["code"] == "char-petty"
-            pool = AsyncConnectionPool(service_env["DATABASE_URL"], min_size=1, max_size=2, open=False, kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row})
+            pool = AsyncConnectionPool(
+                service_env["DATABASE_URL"],
+                min_size=1,
+                max_size=2,
+                open=False,
+                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            )
             await pool.open(wait=True, timeout=30)
             try:
                 other = build_graph().compile(checkpointer=AsyncPostgresSaver(pool, serde=checkpoint_serializer()))
                 saved = (await other.aget_state(config)).values
                 assert saved["card"]["name"] == "페티" and not saved.get("places")
-                out = await other.ainvoke(Command(resume={"location": {"latitude": 37.5663, "longitude": 126.9779}}), config,
-                                          context=JobContext(deps, Emitter(Recorder(), s["job_id"], 100)))
+                out = await other.ainvoke(
+                    Command(resume={"location": {"latitude": 37.5663, "longitude": 126.9779}}),
+                    config,
+                    context=JobContext(deps, Emitter(Recorder(), s["job_id"], 100)),
+                )
             finally:
                 await pool.close()
     assert "__interrupt__" not in out
     result = result_of(out, message_id="m")
-    assert result.character.code == "char-petty" and result.character.name == "페티" and result.character.match_label == "무색페트병"
+    assert (
+        result.character.code == "char-petty"
+        and result.character.name == "페티"
+        and result.character.match_label == "무색페트병"
+    )
     assert result.places and result.places[0].place.name in result.answer
     assert all(p.place.source == location_pb2.PLACE_SOURCE_SAMPLE and p.distance_text for p in result.places)
     assert [c.source_id for c in result.citations].count("character:char-petty") == 1

@@ -14,7 +14,9 @@ from eco2.services.knowledge import kb
 
 def test_rules_match_the_reference_data(shared_dir):
     ref = shared_dir / "reference-data/eco2"
-    documents = json.loads((kb.resources.files("eco2.services.knowledge") / "rules.json").read_text(encoding="utf-8"))["documents"]
+    documents = json.loads((kb.resources.files("eco2.services.knowledge") / "rules.json").read_text(encoding="utf-8"))[
+        "documents"
+    ]
     shipped = {d["file"]: {k: v for k, v in d.items() if k != "file"} for d in documents}
     for path in ref.glob("*.json"):
         assert shipped[path.stem] == json.loads(path.read_text(encoding="utf-8")), path.stem
@@ -23,8 +25,14 @@ def test_rules_match_the_reference_data(shared_dir):
 
 @pytest.mark.parametrize(
     "query,file",
-    [("이 페트병 어떻게 분리해?", "재활용폐기물_무색페트병"), ("건전지 버리는 법", "재활용폐기물_전지"), ("우유팩은 어떻게 버려?", "재활용폐기물_종이팩"),
-     ("스티로폼 박스", "재활용폐기물_발포합성수지"), ("치킨 뼈는 음식물이야?", "음식물류폐기물"), ("형광등 교체했어", "재활용폐기물_조명제품")],
+    [
+        ("이 페트병 어떻게 분리해?", "재활용폐기물_무색페트병"),
+        ("건전지 버리는 법", "재활용폐기물_전지"),
+        ("우유팩은 어떻게 버려?", "재활용폐기물_종이팩"),
+        ("스티로폼 박스", "재활용폐기물_발포합성수지"),
+        ("치킨 뼈는 음식물이야?", "음식물류폐기물"),
+        ("형광등 교체했어", "재활용폐기물_조명제품"),
+    ],
 )
 def test_korean_ngram_retrieval(query, file):
     hits = kb.load().search(query)

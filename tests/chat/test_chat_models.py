@@ -19,8 +19,16 @@ from support.fake_llm import FakeModelServer, Script
 from support.identity import as_user
 from support.servers import env, running
 
-SEARCH = ToolSpec("search_rules", "분리배출 규정 검색", {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]})
-GROUNDING = Grounding(question="투명 페트병은 어떻게 버려?", intents=["waste"], contexts={"disposal_rules": [{"title": "무색페트병", "lines": ["라벨 제거"]}]})
+SEARCH = ToolSpec(
+    "search_rules",
+    "분리배출 규정 검색",
+    {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+)
+GROUNDING = Grounding(
+    question="투명 페트병은 어떻게 버려?",
+    intents=["waste"],
+    contexts={"disposal_rules": [{"title": "무색페트병", "lines": ["라벨 제거"]}]},
+)
 
 
 @pytest.fixture
@@ -34,7 +42,9 @@ def openai_llm(fake, timeout_s: float = 5.0):
 
 
 def gemini_llm(fake, timeout_s: float = 5.0):
-    return create_llm("gemini-2.5-flash", gemini_api_key="g-test", gemini_base_url=fake.gemini_base_url, timeout_s=timeout_s)
+    return create_llm(
+        "gemini-2.5-flash", gemini_api_key="g-test", gemini_base_url=fake.gemini_base_url, timeout_s=timeout_s
+    )
 
 
 @pytest.mark.parametrize("make", [openai_llm, gemini_llm], ids=["openai", "gemini"])
@@ -52,10 +62,15 @@ async def test_streaming_through_the_sdk(fake, make):
         assert "<user_message>투명 페트병은 어떻게 버려?</user_message>" in body["messages"][-1]["content"]
         assert any("라벨 제거" in m["content"] for m in body["messages"] if m["role"] == "system")  # the grounding
     else:
-        assert req["path"].endswith("/models/gemini-2.5-flash:streamGenerateContent") and req["query"].get("alt") == "sse"
+        assert (
+            req["path"].endswith("/models/gemini-2.5-flash:streamGenerateContent") and req["query"].get("alt") == "sse"
+        )
         body = req["body"]
         assert req["headers"]["x-goog-api-key"] == "g-test"
-        assert "이코" in body["systemInstruction"]["parts"][0]["text"] and "라벨 제거" in body["systemInstruction"]["parts"][0]["text"]
+        assert (
+            "이코" in body["systemInstruction"]["parts"][0]["text"]
+            and "라벨 제거" in body["systemInstruction"]["parts"][0]["text"]
+        )
         assert body["contents"][-1]["role"] == "user" and "투명 페트병" in body["contents"][-1]["parts"][0]["text"]
         assert body["generationConfig"]["maxOutputTokens"] == 300
 
@@ -67,11 +82,17 @@ async def test_tool_calls_through_the_sdk(fake, make):
     assert [(c.name, c.arguments) for c in calls] == [("search_rules", {"query": "우유팩"})] and calls[0].id
     body = fake.requests[-1]["body"]
     if fake.requests[-1]["provider"] == "openai":
-        assert body["tools"][0] == {"type": "function", "function": {"name": "search_rules", "description": SEARCH.description, "parameters": SEARCH.parameters}}
+        assert body["tools"][0] == {
+            "type": "function",
+            "function": {"name": "search_rules", "description": SEARCH.description, "parameters": SEARCH.parameters},
+        }
     else:
         decl = body["tools"][0]["functionDeclarations"][0]
         # proto3 JSON: the API accepts lowerCamel or the original snake_case field name (the SDK sends either)
-        assert decl["name"] == "search_rules" and (decl.get("parametersJsonSchema") or decl.get("parameters_json_schema")) == SEARCH.parameters
+        assert (
+            decl["name"] == "search_rules"
+            and (decl.get("parametersJsonSchema") or decl.get("parameters_json_schema")) == SEARCH.parameters
+        )
 
 
 @pytest.mark.parametrize("make", [openai_llm, gemini_llm], ids=["openai", "gemini"])
@@ -81,11 +102,16 @@ async def test_structured_output_through_the_sdk(fake, make):
     assert grade == LLMGrade(score=0.75, reasons=["라벨 언급"])
     body = fake.requests[-1]["body"]
     if fake.requests[-1]["provider"] == "openai":
-        assert body["response_format"]["type"] == "json_schema" and body["response_format"]["json_schema"]["name"] == "LLMGrade"
+        assert (
+            body["response_format"]["type"] == "json_schema"
+            and body["response_format"]["json_schema"]["name"] == "LLMGrade"
+        )
         assert body["response_format"]["json_schema"]["schema"]["properties"]["score"]["maximum"] == 1
     else:
         assert body["generationConfig"]["responseMimeType"] == "application/json"
-        schema = body["generationConfig"].get("responseJsonSchema") or body["generationConfig"].get("response_json_schema")
+        schema = body["generationConfig"].get("responseJsonSchema") or body["generationConfig"].get(
+            "response_json_schema"
+        )
         assert "score" in schema["properties"]
     # a reply that does not match the schema is a (retryable) model error, not a crash
     fake.script.structured = {"score": 7}
@@ -126,20 +152,55 @@ async def remote_stacks(service_env):
         with env(service_env):
             events_app = create_events()
         async with running(events_app, metrics=False) as events:
-            base = {**service_env, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1",
-                    "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_WORKERS": "4", "ECO2_CHAT_CLAIMERS": "1", "ECO2_CHAT_MODEL_TIMEOUT_S": "1",
-                    "ECO2_CHAT_INTENT_MODE": "rules"}  # these tests count the answer's model requests (model intents: test_chat_bulk_intent.py)
-            with env({**base, "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-test", "ECO2_OPENAI_BASE_URL": oa.openai_base_url, "ECO2_CHAT_JOB_KIND": f"chat-oa-{uuid.uuid4().hex[:6]}"}):
+            base = {
+                **service_env,
+                "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}",
+                "ECO2_CHARACTER_ADDR": "127.0.0.1:1",
+                "ECO2_LOCATION_ADDR": "127.0.0.1:1",
+                "ECO2_IMAGES_ADDR": "127.0.0.1:1",
+                "ECO2_CHAT_WORKERS": "4",
+                "ECO2_CHAT_CLAIMERS": "1",
+                "ECO2_CHAT_MODEL_TIMEOUT_S": "1",
+                "ECO2_CHAT_INTENT_MODE": "rules",
+            }  # these tests count the answer's model requests (model intents: test_chat_bulk_intent.py)
+            with env(
+                {
+                    **base,
+                    "ECO2_CHAT_MODEL": "gpt-5-mini",
+                    "ECO2_OPENAI_API_KEY": "sk-test",
+                    "ECO2_OPENAI_BASE_URL": oa.openai_base_url,
+                    "ECO2_CHAT_JOB_KIND": f"chat-oa-{uuid.uuid4().hex[:6]}",
+                }
+            ):
                 oa_app = create_chat()
-            with env({**base, "ECO2_CHAT_MODEL": "gemini-2.5-flash", "ECO2_GEMINI_API_KEY": "g-test", "ECO2_GEMINI_BASE_URL": gm.gemini_base_url, "ECO2_CHAT_JOB_KIND": f"chat-gm-{uuid.uuid4().hex[:6]}"}):
+            with env(
+                {
+                    **base,
+                    "ECO2_CHAT_MODEL": "gemini-2.5-flash",
+                    "ECO2_GEMINI_API_KEY": "g-test",
+                    "ECO2_GEMINI_BASE_URL": gm.gemini_base_url,
+                    "ECO2_CHAT_JOB_KIND": f"chat-gm-{uuid.uuid4().hex[:6]}",
+                }
+            ):
                 gm_app = create_chat()
             async with running(oa_app, metrics=False) as oa_srv, running(gm_app, metrics=False) as gm_srv:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{oa_srv.port}") as c1, grpc.aio.insecure_channel(f"127.0.0.1:{gm_srv.port}") as c2:
-                    yield {"openai": (chat_pb2_grpc.ChatServiceStub(c1), oa, oa_app), "gemini": (chat_pb2_grpc.ChatServiceStub(c2), gm, gm_app)}
+                async with (
+                    grpc.aio.insecure_channel(f"127.0.0.1:{oa_srv.port}") as c1,
+                    grpc.aio.insecure_channel(f"127.0.0.1:{gm_srv.port}") as c2,
+                ):
+                    yield {
+                        "openai": (chat_pb2_grpc.ChatServiceStub(c1), oa, oa_app),
+                        "gemini": (chat_pb2_grpc.ChatServiceStub(c2), gm, gm_app),
+                    }
 
 
 async def ask(stub, text: str) -> tuple[list[events_pb2.Event], chat_pb2.ChatResult]:
-    events = [e async for e in stub.StreamChat(chat_pb2.StreamChatRequest(message=text), metadata=as_user(f"u-{uuid.uuid4().hex[:8]}"), timeout=60)]
+    events = [
+        e
+        async for e in stub.StreamChat(
+            chat_pb2.StreamChatRequest(message=text), metadata=as_user(f"u-{uuid.uuid4().hex[:8]}"), timeout=60
+        )
+    ]
     assert events[-1].kind == events_pb2.EVENT_KIND_DONE, events[-1]
     result = chat_pb2.ChatResult()
     events[-1].done.result.Unpack(result)
@@ -191,6 +252,10 @@ async def test_a_model_that_keeps_failing_falls_back_to_the_offline_composer(rem
     assert result.fallback_used
     for fact in ("내용물", "라벨", "압착", "뚜껑"):  # answered from the knowledge base instead
         assert fact in result.answer
-    progress = [e.stage_info.message for e in events if e.node == "answer" and e.stage_info.phase == events_pb2.STAGE_PHASE_PROGRESS]
+    progress = [
+        e.stage_info.message
+        for e in events
+        if e.node == "answer" and e.stage_info.phase == events_pb2.STAGE_PHASE_PROGRESS
+    ]
     assert progress and "내장 지식" in progress[0]
     assert "LLM 평가 실패: 규칙 평가만 사용" in result.grade.reasons and result.grade.grader == "rule"

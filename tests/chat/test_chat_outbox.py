@@ -28,7 +28,12 @@ class Producer:
         if e.delta == "INVALID":
             raise InvalidArgument("invalid event")
         last = self.last.get(e.job_id, 0)
-        meta = {"job_id": e.job_id, "seq": str(e.seq), "last_seq": str(last), **({"index": str(index)} if index is not None else {})}
+        meta = {
+            "job_id": e.job_id,
+            "seq": str(e.seq),
+            "last_seq": str(last),
+            **({"index": str(index)} if index is not None else {}),
+        }
         if e.seq <= last:
             if e.seq in self.stored.get(e.job_id, {}):
                 return False
@@ -68,7 +73,9 @@ class Producer:
         return [self.stored[job][s].delta for s in sorted(self.stored.get(job, {}))]
 
 
-async def run_job(outbox: EventOutbox, job: str, pieces: list[str], *, base: int = 1, stop_after: int | None = None) -> Emitter:
+async def run_job(
+    outbox: EventOutbox, job: str, pieces: list[str], *, base: int = 1, stop_after: int | None = None
+) -> Emitter:
     em = Emitter(outbox.sink, job, base, tokens_per_event=1, outbox=outbox)
     await em.emit(events_pb2.EVENT_KIND_STAGE, node="answer")
     for i, p in enumerate(pieces):

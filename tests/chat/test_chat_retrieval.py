@@ -54,17 +54,24 @@ def test_the_evaluation_set_names_real_rule_files():
 
 def test_synonyms_lead_to_words_of_the_rules():
     root = kb.resources.files("eco2.services.knowledge")
-    vocabulary = kb.normalise((root / "rules.json").read_text(encoding="utf-8") + " " + (root / "taxonomy.yaml").read_text(encoding="utf-8")).replace(" ", "")
+    vocabulary = kb.normalise(
+        (root / "rules.json").read_text(encoding="utf-8") + " " + (root / "taxonomy.yaml").read_text(encoding="utf-8")
+    ).replace(" ", "")
     base = kb.load()
     assert len(base.synonyms) >= 50
-    unknown = {k: w for k, v in base.synonyms.items() for w in v.split() if kb.normalise(w).replace(" ", "") not in vocabulary}
+    unknown = {
+        k: w for k, v in base.synonyms.items() for w in v.split() if kb.normalise(w).replace(" ", "") not in vocabulary
+    }
     assert not unknown
 
 
 @pytest.mark.parametrize(
     "query,files",
     [
-        ("우유팩이랑 페트병 같이 버려도 돼?", {"재활용폐기물_종이팩", "재활용폐기물_무색페트병"}),  # each item searched on its own
+        (
+            "우유팩이랑 페트병 같이 버려도 돼?",
+            {"재활용폐기물_종이팩", "재활용폐기물_무색페트병"},
+        ),  # each item searched on its own
         ("참치캔하고 유리병", {"재활용폐기물_금속류", "재활용폐기물_유리병"}),
         ("세탁소 철사 옷걸이", {"재활용폐기물_금속류"}),  # found in a disposal line, not in the item lists
         ("다 본 책이랑 잡지", {"재활용폐기물_종이"}),  # "^책": at a word's start

@@ -44,8 +44,16 @@ class Workers:
         if log:
             penv["ECO2_LOG_LEVEL"] = "INFO"
         with open(log or os.devnull, "ab") as stderr:
-            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "eco2.services.cli", "serve", "chat", env=penv,
-                                                        stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "eco2.services.cli",
+                "serve",
+                "chat",
+                env=penv,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+            )
         self.procs.append(proc)
         return proc
 
@@ -74,10 +82,20 @@ async def stack(service_env):
             events_app = create_events()
         async with running(events_app, metrics=False) as events:
             worker_env = {
-                **service_env, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1",
-                "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_MODEL": "gpt-5-mini", "ECO2_OPENAI_API_KEY": "sk-test", "ECO2_OPENAI_BASE_URL": fake.openai_base_url,
-                "ECO2_CHAT_INTENT_MODE": "rules", "ECO2_WEB_SEARCH_BASE_URL": tools.base_url, "ECO2_WEB_SEARCH_API_KEY": "tvly-test",
-                "ECO2_CHAT_JOB_KIND": f"chat-runs-{uuid.uuid4().hex[:6]}", "ECO2_JOBS_VISIBILITY_TIMEOUT_S": "3", "ECO2_CHAT_CLAIM_BLOCK_MS": "200",
+                **service_env,
+                "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}",
+                "ECO2_CHARACTER_ADDR": "127.0.0.1:1",
+                "ECO2_LOCATION_ADDR": "127.0.0.1:1",
+                "ECO2_IMAGES_ADDR": "127.0.0.1:1",
+                "ECO2_CHAT_MODEL": "gpt-5-mini",
+                "ECO2_OPENAI_API_KEY": "sk-test",
+                "ECO2_OPENAI_BASE_URL": fake.openai_base_url,
+                "ECO2_CHAT_INTENT_MODE": "rules",
+                "ECO2_WEB_SEARCH_BASE_URL": tools.base_url,
+                "ECO2_WEB_SEARCH_API_KEY": "tvly-test",
+                "ECO2_CHAT_JOB_KIND": f"chat-runs-{uuid.uuid4().hex[:6]}",
+                "ECO2_JOBS_VISIBILITY_TIMEOUT_S": "3",
+                "ECO2_CHAT_CLAIM_BLOCK_MS": "200",
                 "ECO2_CHAT_TOKENS_PER_EVENT": "2",
             }
             with env({**worker_env, "ECO2_CHAT_WORKERS": "0", "ECO2_CHAT_CANCEL_WAIT_S": "10"}):
@@ -86,13 +104,27 @@ async def stack(service_env):
             async with running(api, metrics=False) as chat:
                 try:
                     await workers.start()
-                    async with grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as one, grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as two, \
-                            grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech:
-                        st = {"chat": chat_pb2_grpc.ChatServiceStub(one), "chat2": chat_pb2_grpc.ChatServiceStub(two), "events": events_pb2_grpc.EventServiceStub(ech),
-                              "app": api, "fake": fake, "tools": tools, "workers": workers, "kind": worker_env["ECO2_CHAT_JOB_KIND"], "env": worker_env}
+                    async with (
+                        grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as one,
+                        grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as two,
+                        grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech,
+                    ):
+                        st = {
+                            "chat": chat_pb2_grpc.ChatServiceStub(one),
+                            "chat2": chat_pb2_grpc.ChatServiceStub(two),
+                            "events": events_pb2_grpc.EventServiceStub(ech),
+                            "app": api,
+                            "fake": fake,
+                            "tools": tools,
+                            "workers": workers,
+                            "kind": worker_env["ECO2_CHAT_JOB_KIND"],
+                            "env": worker_env,
+                        }
                         # the worker process is up (and has warmed up) once a first turn is answered
                         user = who()
-                        sent = await st["chat"].SendMessage(chat_pb2.SendMessageRequest(message="캔은 어떻게 버려?"), metadata=user)
+                        sent = await st["chat"].SendMessage(
+                            chat_pb2.SendMessageRequest(message="캔은 어떻게 버려?"), metadata=user
+                        )
                         await asyncio.wait_for(Follower(st, sent.job_id, user).end(), 150)
                         yield st
                 finally:
@@ -131,6 +163,7 @@ class Follower:
         async def wait() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: predicate(self) or self._task.done())
+
         await asyncio.wait_for(wait(), timeout)
         assert predicate(self), self.events[-3:]
 
@@ -153,11 +186,18 @@ def terminal(events: list[events_pb2.Event]) -> events_pb2.Event:
 
 def assert_cancelled(events: list[events_pb2.Event], reason: str) -> None:
     last = terminal(events)
-    assert last.kind == events_pb2.EVENT_KIND_ERROR and last.error.code == 1 and last.error.reason == reason and not last.error.retryable, last
+    assert (
+        last.kind == events_pb2.EVENT_KIND_ERROR
+        and last.error.code == 1
+        and last.error.reason == reason
+        and not last.error.retryable
+    ), last
 
 
 async def messages(st: dict, cid: str, user: tuple) -> list[chat_pb2.Message]:
-    page = await st["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=cid, order=chat_pb2.MESSAGE_ORDER_OLDEST_FIRST), metadata=user)
+    page = await st["chat"].GetConversation(
+        chat_pb2.GetConversationRequest(conversation_id=cid, order=chat_pb2.MESSAGE_ORDER_OLDEST_FIRST), metadata=user
+    )
     return list(page.messages)
 
 
@@ -167,7 +207,12 @@ async def run_status(st: dict, job_id: str) -> int:
 
 async def checkpoint_rows(st: dict, job_id: str) -> int:
     pool = st["app"].pool
-    return sum([await pool.fetchval(f"SELECT count(*) FROM {table} WHERE thread_id = $1", job_id) for table in ("checkpoints", "checkpoint_writes", "checkpoint_blobs")])
+    return sum(
+        [
+            await pool.fetchval(f"SELECT count(*) FROM {table} WHERE thread_id = $1", job_id)
+            for table in ("checkpoints", "checkpoint_writes", "checkpoint_blobs")
+        ]
+    )
 
 
 async def until_acked(st: dict, job_id: str, timeout: float = 60) -> None:
@@ -175,14 +220,18 @@ async def until_acked(st: dict, job_id: str, timeout: float = 60) -> None:
     stream = f"jobs:{{{st['kind']}}}"
 
     async def left() -> None:
-        while any(fields.get(b"j", b"").decode().startswith(job_id) for _id, fields in await st["app"].redis.xrange(stream)):
+        while any(
+            fields.get(b"j", b"").decode().startswith(job_id) for _id, fields in await st["app"].redis.xrange(stream)
+        ):
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(left(), timeout)
 
 
 def model_streams(st: dict, mark: str) -> list[dict]:
-    return [r for r in st["fake"].requests if r["body"].get("stream") and mark in json.dumps(r["body"], ensure_ascii=False)]
+    return [
+        r for r in st["fake"].requests if r["body"].get("stream") and mark in json.dumps(r["body"], ensure_ascii=False)
+    ]
 
 
 def error_info(err: grpc.aio.AioRpcError):
@@ -194,7 +243,9 @@ def error_info(err: grpc.aio.AioRpcError):
 
 async def test_interrupt_stops_the_answer_keeps_what_was_streamed_and_the_job_is_not_run_again(stack):
     user, mark = who(), marker()
-    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message=f"투명 페트병은 어떻게 버려? {mark}"), metadata=user)
+    sent = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message=f"투명 페트병은 어떻게 버려? {mark}"), metadata=user
+    )
     follow = Follower(stack, sent.job_id, user)
     await follow.until_tokens(3)
     reply = await stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=INTERRUPT), metadata=user)
@@ -216,7 +267,9 @@ async def test_rollback_removes_the_turn_and_its_checkpoints(stack):
     first = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="우유팩은 어떻게 버려?"), metadata=user)
     assert terminal(await Follower(stack, first.job_id, user).end()).kind == events_pb2.EVENT_KIND_DONE
     before = await messages(stack, first.conversation_id, user)
-    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="유리병은?", conversation_id=first.conversation_id), metadata=user)
+    sent = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="유리병은?", conversation_id=first.conversation_id), metadata=user
+    )
     follow = Follower(stack, sent.job_id, user)
     await follow.until_tokens(2)
     assert await checkpoint_rows(stack, sent.job_id) > 0
@@ -225,7 +278,10 @@ async def test_rollback_removes_the_turn_and_its_checkpoints(stack):
     assert_cancelled(await follow.end(), "RUN_ROLLED_BACK")
     assert [m.id for m in await messages(stack, first.conversation_id, user)] == [m.id for m in before]
     listed = await stack["chat"].ListConversations(chat_pb2.ListConversationsRequest(), metadata=user)
-    assert listed.conversations[0].message_count == 2 and listed.conversations[0].last_message_preview == before[-1].text[:80]
+    assert (
+        listed.conversations[0].message_count == 2
+        and listed.conversations[0].last_message_preview == before[-1].text[:80]
+    )
     await until_acked(stack, sent.job_id)
     assert await checkpoint_rows(stack, sent.job_id) == 0
 
@@ -235,12 +291,19 @@ async def test_a_cancel_whose_signal_was_lost_is_found_by_the_workers_poll(stack
     its commit, or the subscription was down): the worker's read of PostgreSQL finds it
     (ECO2_CHAT_CANCEL_POLL_S) and stops the run."""
     user = who()
-    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="택배 상자는 어떻게 버려?"), metadata=user)
+    sent = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="택배 상자는 어떻게 버려?"), metadata=user
+    )
     follow = Follower(stack, sent.job_id, user)
     await follow.until_tokens(2)
-    assert await stack["app"].pool.fetchval("UPDATE chat_runs SET cancel_mode = $2 WHERE job_id = $1 AND status = 2 RETURNING 1", sent.job_id, INTERRUPT)
+    assert await stack["app"].pool.fetchval(
+        "UPDATE chat_runs SET cancel_mode = $2 WHERE job_id = $1 AND status = 2 RETURNING 1", sent.job_id, INTERRUPT
+    )
     assert_cancelled(await follow.end(), "RUN_CANCELLED")
-    assert len("".join(follow.tokens)) < len("".join(TOKENS)) and await run_status(stack, sent.job_id) == chat_pb2.RUN_STATUS_CANCELLED
+    assert (
+        len("".join(follow.tokens)) < len("".join(TOKENS))
+        and await run_status(stack, sent.job_id) == chat_pb2.RUN_STATUS_CANCELLED
+    )
 
 
 async def test_cancel_of_another_users_job_is_not_found(stack):
@@ -275,11 +338,15 @@ async def test_cancel_of_a_finished_job_fails_and_changes_nothing(stack):
 
 async def test_cancel_twice_is_idempotent(stack):
     user = who()
-    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="스티로폼은 어떻게 버려?"), metadata=user)
+    sent = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="스티로폼은 어떻게 버려?"), metadata=user
+    )
     follow = Follower(stack, sent.job_id, user)
     await follow.until_tokens(2)
-    calls = [stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=INTERRUPT), metadata=user),
-             stack["chat2"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=INTERRUPT), metadata=user)]
+    calls = [
+        stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=INTERRUPT), metadata=user),
+        stack["chat2"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=INTERRUPT), metadata=user),
+    ]
     replies = await asyncio.gather(*calls)
     assert sorted(r.already_cancelled for r in replies) == [False, True]
     assert {r.status for r in replies} == {chat_pb2.RUN_STATUS_CANCELLED}
@@ -300,19 +367,27 @@ async def test_rollback_while_a_tool_call_is_in_flight_drops_its_late_result(sta
     calls_before = len(tools.calls)
     user = who()
     try:
-        sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="재활용 최신 뉴스 검색해줘"), metadata=user)
+        sent = await stack["chat"].SendMessage(
+            chat_pb2.SendMessageRequest(message="재활용 최신 뉴스 검색해줘"), metadata=user
+        )
         follow = Follower(stack, sent.job_id, user)
         await asyncio.wait_for(tools.arrived.wait(), 60)  # the web search is in flight, held by the fake
-        reply = await stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=ROLLBACK), metadata=user)
+        reply = await stack["chat"].CancelRun(
+            chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=ROLLBACK), metadata=user
+        )
         assert reply.status == chat_pb2.RUN_STATUS_ROLLED_BACK
         events = await follow.end()
         assert_cancelled(events, "RUN_ROLLED_BACK")
-        assert not [e for e in events if e.node == "web_search" and e.stage_info.phase == events_pb2.STAGE_PHASE_FINISHED]
+        assert not [
+            e for e in events if e.node == "web_search" and e.stage_info.phase == events_pb2.STAGE_PHASE_FINISHED
+        ]
     finally:
         tools.hold.set()  # the tool answers now, late
+
     async def answered() -> None:
         while len(tools.calls) == calls_before:
             await asyncio.sleep(0.02)
+
     await asyncio.wait_for(answered(), 30)
     await until_acked(stack, sent.job_id)
     assert await checkpoint_rows(stack, sent.job_id) == 0
@@ -325,22 +400,36 @@ async def test_rollback_while_a_tool_call_is_in_flight_drops_its_late_result(sta
 
 async def test_interrupt_of_a_run_waiting_for_input_keeps_its_first_part(stack):
     user = who()
-    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="이 페트병 어떻게 분리해? 근처 수거함도 알려줘"), metadata=user)
+    sent = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="이 페트병 어떻게 분리해? 근처 수거함도 알려줘"), metadata=user
+    )
     follow = Follower(stack, sent.job_id, user)
     await follow.until(lambda f: any(e.kind == events_pb2.EVENT_KIND_NEEDS_INPUT for e in f.events))
-    state = await stack["chat"].GetConversationState(chat_pb2.GetConversationStateRequest(conversation_id=sent.conversation_id), metadata=user)
+    state = await stack["chat"].GetConversationState(
+        chat_pb2.GetConversationStateRequest(conversation_id=sent.conversation_id), metadata=user
+    )
     assert state.active_run.job_id == sent.job_id and state.active_run.status == chat_pb2.RUN_STATUS_WAITING_INPUT
     assert state.active_run.pending_input.input_id == "location" and state.active_run.pending_input.prompt
-    assert chat_pb2.INTENT_COLLECTION_POINT in state.active_run.intents and state.active_run.answer == "".join(follow.tokens)
+    assert chat_pb2.INTENT_COLLECTION_POINT in state.active_run.intents and state.active_run.answer == "".join(
+        follow.tokens
+    )
     reply = await stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id), metadata=user)
     assert reply.status == chat_pb2.RUN_STATUS_CANCELLED and reply.mode == INTERRUPT
     assert_cancelled(await follow.end(), "RUN_CANCELLED")
     kept = await messages(stack, sent.conversation_id, user)
-    assert kept[-1].role == chat_pb2.MESSAGE_ROLE_ASSISTANT and kept[-1].text == "".join(follow.tokens) and kept[-1].result.cancelled
+    assert (
+        kept[-1].role == chat_pb2.MESSAGE_ROLE_ASSISTANT
+        and kept[-1].text == "".join(follow.tokens)
+        and kept[-1].result.cancelled
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:  # the question was taken back
-        await stack["chat"].ProvideInput(chat_pb2.ProvideInputRequest(job_id=sent.job_id, input_id="location", declined=True), metadata=user)
+        await stack["chat"].ProvideInput(
+            chat_pb2.ProvideInputRequest(job_id=sent.job_id, input_id="location", declined=True), metadata=user
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    state = await stack["chat"].GetConversationState(chat_pb2.GetConversationStateRequest(conversation_id=sent.conversation_id), metadata=user)
+    state = await stack["chat"].GetConversationState(
+        chat_pb2.GetConversationStateRequest(conversation_id=sent.conversation_id), metadata=user
+    )
     assert not state.HasField("active_run") and [r.status for r in state.runs] == [chat_pb2.RUN_STATUS_CANCELLED]
 
 
@@ -354,7 +443,9 @@ async def test_a_stream_chat_client_that_leaves_cancels_its_job_when_so_configur
     user = who()
     async with running(api, metrics=False) as chat, grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as ch:
         job_id, tokens = "", 0
-        call = chat_pb2_grpc.ChatServiceStub(ch).StreamChat(chat_pb2.StreamChatRequest(message="종이 상자는 어떻게 버려?"), metadata=user, timeout=120)
+        call = chat_pb2_grpc.ChatServiceStub(ch).StreamChat(
+            chat_pb2.StreamChatRequest(message="종이 상자는 어떻게 버려?"), metadata=user, timeout=120
+        )
         async for e in call:
             job_id = e.job_id
             tokens += e.kind == events_pb2.EVENT_KIND_TOKEN
@@ -371,7 +462,10 @@ async def test_a_stream_chat_client_that_leaves_cancels_its_job_when_so_configur
 
 
 async def test_cancel_checks_its_input(stack):
-    for request, field in [(chat_pb2.CancelRunRequest(), "job_id"), (chat_pb2.CancelRunRequest(job_id="chat-x", mode=9), "mode")]:
+    for request, field in [
+        (chat_pb2.CancelRunRequest(), "job_id"),
+        (chat_pb2.CancelRunRequest(job_id="chat-x", mode=9), "mode"),
+    ]:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stack["chat"].CancelRun(request, metadata=who())
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -387,7 +481,12 @@ async def test_reject_names_the_running_job_and_stores_nothing(stack):
     follow = Follower(stack, first.job_id, user)
     await follow.until_tokens(1)
     with pytest.raises(grpc.aio.AioRpcError) as err:  # from the second client
-        await stack["chat2"].SendMessage(chat_pb2.SendMessageRequest(message="컵라면 용기는?", conversation_id=first.conversation_id, double_text_policy=REJECT), metadata=user)
+        await stack["chat2"].SendMessage(
+            chat_pb2.SendMessageRequest(
+                message="컵라면 용기는?", conversation_id=first.conversation_id, double_text_policy=REJECT
+            ),
+            metadata=user,
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = error_info(err.value)["ErrorInfo"]
     assert info.reason == "RUN_IN_PROGRESS" and info.metadata["job_id"] == first.job_id
@@ -395,50 +494,82 @@ async def test_reject_names_the_running_job_and_stores_nothing(stack):
     assert [m.text for m in await messages(stack, first.conversation_id, user)][0] == "종이컵은 어떻게 버려?"
     assert len(await messages(stack, first.conversation_id, user)) == 2
     # once the run is done the conversation takes the message
-    again = await stack["chat2"].SendMessage(chat_pb2.SendMessageRequest(message="컵라면 용기는?", conversation_id=first.conversation_id, double_text_policy=REJECT), metadata=user)
+    again = await stack["chat2"].SendMessage(
+        chat_pb2.SendMessageRequest(
+            message="컵라면 용기는?", conversation_id=first.conversation_id, double_text_policy=REJECT
+        ),
+        metadata=user,
+    )
     assert terminal(await Follower(stack, again.job_id, user).end()).kind == events_pb2.EVENT_KIND_DONE
 
 
 async def test_concurrent_sends_from_two_clients_with_reject_let_exactly_one_in(stack):
     user = who()
-    first = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="비닐봉지는 어떻게 버려?"), metadata=user)
+    first = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="비닐봉지는 어떻게 버려?"), metadata=user
+    )
     await Follower(stack, first.job_id, user).end()
     cid = first.conversation_id
-    sends = [client.SendMessage(chat_pb2.SendMessageRequest(message=text, conversation_id=cid, double_text_policy=REJECT), metadata=user)
-             for client, text in ((stack["chat"], "병뚜껑은?"), (stack["chat2"], "빨대는?"))]
+    sends = [
+        client.SendMessage(
+            chat_pb2.SendMessageRequest(message=text, conversation_id=cid, double_text_policy=REJECT), metadata=user
+        )
+        for client, text in ((stack["chat"], "병뚜껑은?"), (stack["chat2"], "빨대는?"))
+    ]
     results = await asyncio.gather(*sends, return_exceptions=True)
     ok = [r for r in results if isinstance(r, chat_pb2.SendMessageResponse)]
     rejected = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(ok) == 1 and len(rejected) == 1, results
-    assert rejected[0].code() == grpc.StatusCode.FAILED_PRECONDITION and error_info(rejected[0])["ErrorInfo"].metadata["job_id"] == ok[0].job_id
+    assert (
+        rejected[0].code() == grpc.StatusCode.FAILED_PRECONDITION
+        and error_info(rejected[0])["ErrorInfo"].metadata["job_id"] == ok[0].job_id
+    )
     assert terminal(await Follower(stack, ok[0].job_id, user).end()).kind == events_pb2.EVENT_KIND_DONE
     assert len(await messages(stack, cid, user)) == 4
 
 
 async def test_enqueue_runs_the_second_message_after_the_first_with_its_answer_in_context(stack):
     user, mark_a, mark_b = who(), marker(), marker()
-    first = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message=f"알루미늄 캔은 어떻게 버려? {mark_a}"), metadata=user)
+    first = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message=f"알루미늄 캔은 어떻게 버려? {mark_a}"), metadata=user
+    )
     follow_a = Follower(stack, first.job_id, user)
     await follow_a.until_tokens(1)
-    second = await stack["chat2"].SendMessage(chat_pb2.SendMessageRequest(message=f"그럼 참치캔은? {mark_b}", conversation_id=first.conversation_id), metadata=user)  # default: enqueue
+    second = await stack["chat2"].SendMessage(
+        chat_pb2.SendMessageRequest(message=f"그럼 참치캔은? {mark_b}", conversation_id=first.conversation_id),
+        metadata=user,
+    )  # default: enqueue
     follow_b = Follower(stack, second.job_id, user)
     assert terminal(await follow_a.end()).kind == events_pb2.EVENT_KIND_DONE
     assert terminal(await follow_b.end()).kind == events_pb2.EVENT_KIND_DONE
     a_end = max(t["end"] or t["start"] for t in stack["fake"].timings[mark_a[1:]])
     assert min(t["start"] for t in stack["fake"].timings[mark_b[1:]]) >= a_end, "the second turn ran after the first"
     answer_a = "".join(follow_a.tokens)
-    assert answer_a in json.dumps(model_streams(stack, mark_b)[0]["body"], ensure_ascii=False), "the first answer is in the second turn's history"
+    assert answer_a in json.dumps(model_streams(stack, mark_b)[0]["body"], ensure_ascii=False), (
+        "the first answer is in the second turn's history"
+    )
     kept = await messages(stack, first.conversation_id, user)
-    assert [(m.role, m.job_id) for m in kept] == [(chat_pb2.MESSAGE_ROLE_USER, first.job_id), (chat_pb2.MESSAGE_ROLE_ASSISTANT, first.job_id),
-                                                  (chat_pb2.MESSAGE_ROLE_USER, second.job_id), (chat_pb2.MESSAGE_ROLE_ASSISTANT, second.job_id)]
+    assert [(m.role, m.job_id) for m in kept] == [
+        (chat_pb2.MESSAGE_ROLE_USER, first.job_id),
+        (chat_pb2.MESSAGE_ROLE_ASSISTANT, first.job_id),
+        (chat_pb2.MESSAGE_ROLE_USER, second.job_id),
+        (chat_pb2.MESSAGE_ROLE_ASSISTANT, second.job_id),
+    ]
 
 
 async def test_interrupt_policy_stops_the_current_run_and_answers_with_it_in_context(stack):
     user, mark_b = who(), marker()
-    first = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="깨진 유리는 어떻게 버려?"), metadata=user)
+    first = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="깨진 유리는 어떻게 버려?"), metadata=user
+    )
     follow_a = Follower(stack, first.job_id, user)
     await follow_a.until_tokens(3)
-    second = await stack["chat2"].SendMessage(chat_pb2.SendMessageRequest(message=f"거울은? {mark_b}", conversation_id=first.conversation_id, double_text_policy=INTERRUPT_POLICY), metadata=user)
+    second = await stack["chat2"].SendMessage(
+        chat_pb2.SendMessageRequest(
+            message=f"거울은? {mark_b}", conversation_id=first.conversation_id, double_text_policy=INTERRUPT_POLICY
+        ),
+        metadata=user,
+    )
     follow_b = Follower(stack, second.job_id, user)
     assert_cancelled(await follow_a.end(), "RUN_CANCELLED")
     assert terminal(await follow_b.end()).kind == events_pb2.EVENT_KIND_DONE
@@ -455,11 +586,18 @@ async def test_rollback_policy_discards_the_current_run(stack):
     first = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="폐건전지 어디에 버려?"), metadata=user)
     follow_a = Follower(stack, first.job_id, user)
     await follow_a.until_tokens(2)
-    second = await stack["chat2"].SendMessage(chat_pb2.SendMessageRequest(message=f"보조배터리는? {mark_b}", conversation_id=first.conversation_id, double_text_policy=ROLLBACK_POLICY), metadata=user)
+    second = await stack["chat2"].SendMessage(
+        chat_pb2.SendMessageRequest(
+            message=f"보조배터리는? {mark_b}", conversation_id=first.conversation_id, double_text_policy=ROLLBACK_POLICY
+        ),
+        metadata=user,
+    )
     follow_b = Follower(stack, second.job_id, user)
     assert_cancelled(await follow_a.end(), "RUN_ROLLED_BACK")
     assert terminal(await follow_b.end()).kind == events_pb2.EVENT_KIND_DONE
-    assert "폐건전지" not in json.dumps(model_streams(stack, mark_b)[0]["body"], ensure_ascii=False), "the discarded turn is not in the history"
+    assert "폐건전지" not in json.dumps(model_streams(stack, mark_b)[0]["body"], ensure_ascii=False), (
+        "the discarded turn is not in the history"
+    )
     assert [m.job_id for m in await messages(stack, first.conversation_id, user)] == [second.job_id, second.job_id]
     await until_acked(stack, first.job_id)
     assert await checkpoint_rows(stack, first.job_id) == 0
@@ -467,11 +605,20 @@ async def test_rollback_policy_discards_the_current_run(stack):
 
 async def test_two_clients_interrupting_at_once_leave_one_answer(stack):
     user = who()
-    first = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="플라스틱 용기 어떻게 버려?"), metadata=user)
+    first = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="플라스틱 용기 어떻게 버려?"), metadata=user
+    )
     follow_a = Follower(stack, first.job_id, user)
     await follow_a.until_tokens(1)
-    sends = [client.SendMessage(chat_pb2.SendMessageRequest(message=text, conversation_id=first.conversation_id, double_text_policy=INTERRUPT_POLICY), metadata=user)
-             for client, text in ((stack["chat"], "페트병은?"), (stack["chat2"], "유리병은?"))]
+    sends = [
+        client.SendMessage(
+            chat_pb2.SendMessageRequest(
+                message=text, conversation_id=first.conversation_id, double_text_policy=INTERRUPT_POLICY
+            ),
+            metadata=user,
+        )
+        for client, text in ((stack["chat"], "페트병은?"), (stack["chat2"], "유리병은?"))
+    ]
     b, c = await asyncio.gather(*sends)
     assert_cancelled(await follow_a.end(), "RUN_CANCELLED")
     ends = {job: terminal(await Follower(stack, job, user).end()) for job in (b.job_id, c.job_id)}
@@ -483,7 +630,9 @@ async def test_two_clients_interrupting_at_once_leave_one_answer(stack):
 
 async def test_an_unknown_policy_is_invalid(stack):
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="캔은?", double_text_policy=17), metadata=who())
+        await stack["chat"].SendMessage(
+            chat_pb2.SendMessageRequest(message="캔은?", double_text_policy=17), metadata=who()
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "double_text_policy" in [v.field for v in error_info(err.value)["BadRequest"].field_violations]
 
@@ -493,23 +642,51 @@ async def test_an_unknown_policy_is_invalid(stack):
 
 async def test_conversation_state_lists_runs_with_intents_facts_and_checkpoints(stack):
     user = who()
-    first = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="투명 페트병은 어떻게 버려?"), metadata=user)
+    first = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="투명 페트병은 어떻게 버려?"), metadata=user
+    )
     await Follower(stack, first.job_id, user).end()
-    second = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message="종이팩은?", conversation_id=first.conversation_id), metadata=user)
+    second = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="종이팩은?", conversation_id=first.conversation_id), metadata=user
+    )
     await Follower(stack, second.job_id, user).end()
-    req = chat_pb2.GetConversationStateRequest(conversation_id=first.conversation_id, include_checkpoints=True, page_size=1)
+    req = chat_pb2.GetConversationStateRequest(
+        conversation_id=first.conversation_id, include_checkpoints=True, page_size=1
+    )
     page1 = await stack["chat"].GetConversationState(req, metadata=user)
-    assert [r.job_id for r in page1.runs] == [first.job_id] and page1.next_page_token and not page1.HasField("active_run")
+    assert (
+        [r.job_id for r in page1.runs] == [first.job_id] and page1.next_page_token and not page1.HasField("active_run")
+    )
     run = page1.runs[0]
-    assert run.status == chat_pb2.RUN_STATUS_SUCCEEDED and run.question == "투명 페트병은 어떻게 버려?" and run.answer == "".join(TOKENS)
-    assert list(run.intents) == [chat_pb2.INTENT_WASTE] and "rule:재활용폐기물_무색페트병#배출방법_공통" in [f.source_id for f in run.facts]
+    assert (
+        run.status == chat_pb2.RUN_STATUS_SUCCEEDED
+        and run.question == "투명 페트병은 어떻게 버려?"
+        and run.answer == "".join(TOKENS)
+    )
+    assert list(run.intents) == [chat_pb2.INTENT_WASTE] and "rule:재활용폐기물_무색페트병#배출방법_공통" in [
+        f.source_id for f in run.facts
+    ]
     steps = [c.step for c in run.checkpoints]
     assert steps == sorted(steps) and steps[0] == -1 and not run.checkpoints[-1].next
-    assert "answer" in [n for c in run.checkpoints for n in c.nodes] and chat_pb2.INTENT_WASTE in run.checkpoints[-1].intents
-    page2 = await stack["chat"].GetConversationState(chat_pb2.GetConversationStateRequest(conversation_id=first.conversation_id, page_token=page1.next_page_token, page_size=1), metadata=user)
-    assert [r.job_id for r in page2.runs] == [second.job_id] and not page2.next_page_token and not page2.runs[0].checkpoints
+    assert (
+        "answer" in [n for c in run.checkpoints for n in c.nodes]
+        and chat_pb2.INTENT_WASTE in run.checkpoints[-1].intents
+    )
+    page2 = await stack["chat"].GetConversationState(
+        chat_pb2.GetConversationStateRequest(
+            conversation_id=first.conversation_id, page_token=page1.next_page_token, page_size=1
+        ),
+        metadata=user,
+    )
+    assert (
+        [r.job_id for r in page2.runs] == [second.job_id]
+        and not page2.next_page_token
+        and not page2.runs[0].checkpoints
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:  # the owner's only
-        await stack["chat"].GetConversationState(chat_pb2.GetConversationStateRequest(conversation_id=first.conversation_id), metadata=who())
+        await stack["chat"].GetConversationState(
+            chat_pb2.GetConversationStateRequest(conversation_id=first.conversation_id), metadata=who()
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -517,21 +694,35 @@ async def test_get_conversation_pages_oldest_first_as_it_is_read(stack):
     user = who()
     cid = ""
     for question in ("캔은?", "병은?", "종이는?"):
-        sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message=question, conversation_id=cid), metadata=user)
+        sent = await stack["chat"].SendMessage(
+            chat_pb2.SendMessageRequest(message=question, conversation_id=cid), metadata=user
+        )
         cid = sent.conversation_id
         await Follower(stack, sent.job_id, user).end()
     pages, token = [], ""
     while True:
-        page = await stack["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=cid, page_size=2, page_token=token, order=chat_pb2.MESSAGE_ORDER_OLDEST_FIRST), metadata=user)
+        page = await stack["chat"].GetConversation(
+            chat_pb2.GetConversationRequest(
+                conversation_id=cid, page_size=2, page_token=token, order=chat_pb2.MESSAGE_ORDER_OLDEST_FIRST
+            ),
+            metadata=user,
+        )
         pages.append([m.text for m in page.messages])
         token = page.next_page_token
         if not token:
             break
     assert pages == [["캔은?", "".join(TOKENS)], ["병은?", "".join(TOKENS)], ["종이는?", "".join(TOKENS)]]
-    newest = await stack["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=cid, page_size=2), metadata=user)  # the default stays newest first
+    newest = await stack["chat"].GetConversation(
+        chat_pb2.GetConversationRequest(conversation_id=cid, page_size=2), metadata=user
+    )  # the default stays newest first
     assert [m.text for m in newest.messages] == ["".join(TOKENS), "종이는?"]
     with pytest.raises(grpc.aio.AioRpcError) as err:  # a token keeps its order
-        await stack["chat"].GetConversation(chat_pb2.GetConversationRequest(conversation_id=cid, page_token=newest.next_page_token, order=chat_pb2.MESSAGE_ORDER_OLDEST_FIRST), metadata=user)
+        await stack["chat"].GetConversation(
+            chat_pb2.GetConversationRequest(
+                conversation_id=cid, page_token=newest.next_page_token, order=chat_pb2.MESSAGE_ORDER_OLDEST_FIRST
+            ),
+            metadata=user,
+        )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -544,19 +735,27 @@ async def test_a_cancelled_job_whose_worker_died_is_not_run_again(stack):
     still queued when it is cancelled ends at once and is never run."""
     workers = stack["workers"]
     user, mark, mark_q = who(), marker(), marker()
-    sent = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message=f"헌 옷은 어떻게 버려? {mark}"), metadata=user)
+    sent = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message=f"헌 옷은 어떻게 버려? {mark}"), metadata=user
+    )
     follow = Follower(stack, sent.job_id, user)
     await follow.until_tokens(3)
     for proc in list(workers.procs):
         if proc.returncode is None:
             await workers.kill(proc)
-    queued = await stack["chat"].SendMessage(chat_pb2.SendMessageRequest(message=f"신발은? {mark_q}"), metadata=user)  # nobody claims it now
+    queued = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message=f"신발은? {mark_q}"), metadata=user
+    )  # nobody claims it now
     follow_q = Follower(stack, queued.job_id, user)
-    reply_q = await stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=queued.job_id, mode=ROLLBACK), metadata=user)
+    reply_q = await stack["chat"].CancelRun(
+        chat_pb2.CancelRunRequest(job_id=queued.job_id, mode=ROLLBACK), metadata=user
+    )
     assert reply_q.status == chat_pb2.RUN_STATUS_ROLLED_BACK  # carried out at once: it had not started
     assert_cancelled(await follow_q.end(), "RUN_ROLLED_BACK")
     # no worker carries the cancel out until one is started: the reply waits up to ECO2_CHAT_CANCEL_WAIT_S
-    cancel = asyncio.ensure_future(stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=INTERRUPT), metadata=user))
+    cancel = asyncio.ensure_future(
+        stack["chat"].CancelRun(chat_pb2.CancelRunRequest(job_id=sent.job_id, mode=INTERRUPT), metadata=user)
+    )
     await workers.start()
     events = await follow.end(150)
     assert (await cancel).status in (chat_pb2.RUN_STATUS_CANCELLED, chat_pb2.RUN_STATUS_RUNNING)
@@ -564,7 +763,9 @@ async def test_a_cancelled_job_whose_worker_died_is_not_run_again(stack):
     await until_acked(stack, sent.job_id, 150)
     await until_acked(stack, queued.job_id, 150)
     assert len(model_streams(stack, mark)) == 1, "the graph did not run again"
-    assert not model_streams(stack, mark_q) and await run_status(stack, queued.job_id) == chat_pb2.RUN_STATUS_ROLLED_BACK
+    assert (
+        not model_streams(stack, mark_q) and await run_status(stack, queued.job_id) == chat_pb2.RUN_STATUS_ROLLED_BACK
+    )
     kept = await messages(stack, sent.conversation_id, user)
     assert kept[-1].role == chat_pb2.MESSAGE_ROLE_ASSISTANT and kept[-1].result.cancelled
     assert kept[-1].text == "".join(follow.tokens), "what was streamed before the worker died is kept"

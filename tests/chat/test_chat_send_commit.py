@@ -39,16 +39,35 @@ async def test_a_job_claimed_before_its_message_committed_runs_at_once(service_e
     with env(service_env):
         events_app = create_events()
     async with running(events_app, metrics=False) as events:
-        with env({**service_env, "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}", "ECO2_CHARACTER_ADDR": "127.0.0.1:1", "ECO2_LOCATION_ADDR": "127.0.0.1:1",
-                  "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_JOB_KIND": kind, "ECO2_CHAT_CLAIM_BLOCK_MS": "50",
-                  "ECO2_JOBS_RETRY_DELAY_S": str(RETRY_DELAY_S)}):
+        with env(
+            {
+                **service_env,
+                "ECO2_EVENTS_ADDR": f"127.0.0.1:{events.port}",
+                "ECO2_CHARACTER_ADDR": "127.0.0.1:1",
+                "ECO2_LOCATION_ADDR": "127.0.0.1:1",
+                "ECO2_IMAGES_ADDR": "127.0.0.1:1",
+                "ECO2_CHAT_JOB_KIND": kind,
+                "ECO2_CHAT_CLAIM_BLOCK_MS": "50",
+                "ECO2_JOBS_RETRY_DELAY_S": str(RETRY_DELAY_S),
+            }
+        ):
             chat_app = create_chat()
-        async with running(chat_app, metrics=False) as chat, grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as ch, \
-                grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech:
+        async with (
+            running(chat_app, metrics=False) as chat,
+            grpc.aio.insecure_channel(f"127.0.0.1:{chat.port}") as ch,
+            grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ech,
+        ):
             user = f"u-commit-{uuid.uuid4().hex[:6]}"
             started = time.monotonic()
-            sent = await chat_pb2_grpc.ChatServiceStub(ch).SendMessage(chat_pb2.SendMessageRequest(message="페트병 어떻게 버려?"), metadata=as_user(user), timeout=20)
-            kinds = [e.kind async for e in events_pb2_grpc.EventServiceStub(ech).Subscribe(events_pb2.SubscribeRequest(job_id=sent.job_id), metadata=as_user(user), timeout=30)]
+            sent = await chat_pb2_grpc.ChatServiceStub(ch).SendMessage(
+                chat_pb2.SendMessageRequest(message="페트병 어떻게 버려?"), metadata=as_user(user), timeout=20
+            )
+            kinds = [
+                e.kind
+                async for e in events_pb2_grpc.EventServiceStub(ech).Subscribe(
+                    events_pb2.SubscribeRequest(job_id=sent.job_id), metadata=as_user(user), timeout=30
+                )
+            ]
             took = time.monotonic() - started
     assert kinds[-1] == events_pb2.EVENT_KIND_DONE
     assert took < RETRY_DELAY_S, f"the turn waited for a retry: {took:.1f} s"

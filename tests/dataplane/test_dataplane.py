@@ -101,9 +101,7 @@ async def _pg_fetchval(url: str, query: str, *args: object) -> object:
         await conn.close()
 
 
-def _spawn_owner(
-    data_dir: Path, *, die_with_owner: bool = True
-) -> tuple[subprocess.Popen[str], dict[str, object]]:
+def _spawn_owner(data_dir: Path, *, die_with_owner: bool = True) -> tuple[subprocess.Popen[str], dict[str, object]]:
     """Start a data plane in a child process that writes a row and a key, then idles."""
     code = textwrap.dedent(
         f"""
@@ -126,9 +124,7 @@ def _spawn_owner(
         time.sleep(600)
         """
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -168,7 +164,10 @@ async def test_start_reports_usable_urls_on_free_ports(plane: EmbeddedDataPlane)
     # libpq (what psycopg uses) parses the same URL
     out = subprocess.run(
         [str(POSTGRES_BIN_PATH / "psql"), "-X", "-At", info.database_url, "-c", "SELECT 42"],
-        capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C.UTF-8"},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LC_ALL": "C.UTF-8"},
     )
     assert out.stdout.strip() == "42"
     assert redis.Redis.from_url(info.redis_url).ping()
@@ -180,14 +179,13 @@ async def test_servers_need_passwords_and_listen_on_loopback_only(plane: Embedde
         await asyncpg.connect(f"postgresql://postgres:wrong@127.0.0.1:{info.pg_port}/eco2")
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(
-            host="127.0.0.1", port=info.valkey_port, password="wrong",
+            host="127.0.0.1",
+            port=info.valkey_port,
+            password="wrong",
             retry=Retry(NoBackoff(), 0),  # redis-py would otherwise retry for ~3 s
         ).ping()
     for pid, port in ((info.pg_pid, info.pg_port), (info.valkey_pid, info.valkey_port)):
-        listening = {
-            c.laddr for c in psutil.Process(pid).net_connections("inet")
-            if c.status == psutil.CONN_LISTEN
-        }
+        listening = {c.laddr for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN}
         assert listening == {("127.0.0.1", port)}
     conf = (plane.valkey.dir / "valkey.conf").read_text()
     assert "appendonly yes" in conf and "appendfsync everysec" in conf
@@ -201,8 +199,7 @@ async def test_required_extensions_can_be_created(plane: EmbeddedDataPlane) -> N
         for name in REQUIRED_EXTENSIONS:
             await conn.execute(f"CREATE EXTENSION IF NOT EXISTS {name} CASCADE")
         km = await conn.fetchval(
-            "SELECT earth_distance(ll_to_earth(37.5665, 126.9780), ll_to_earth(35.1796, 129.0756))"
-            " / 1000"
+            "SELECT earth_distance(ll_to_earth(37.5665, 126.9780), ll_to_earth(35.1796, 129.0756)) / 1000"
         )
         assert 320 < km < 330  # Seoul to Busan
         assert await conn.fetchval("SELECT '[3,4]'::vector <-> '[0,0]'::vector") == 5.0
@@ -284,8 +281,9 @@ def test_ctrl_c_reaches_only_the_owner_which_stops_the_servers(base_dir: Path) -
         """
     )
     # a terminal's Ctrl-C signals the whole foreground process group
-    owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, process_group=0)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0
+    )
     assert owner.stdout is not None
     pids = [int(p) for p in owner.stdout.readline().split()]
     assert len(pids) == 2, owner.communicate(timeout=10)[1]
@@ -324,8 +322,7 @@ async def test_second_owner_is_refused_and_first_is_unharmed(plane: EmbeddedData
         sys.exit(0)
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert result.returncode == 3, result.stderr
     owner_pid, message = result.stdout.strip().split(" ", 1)
     assert int(owner_pid) == os.getpid()
@@ -424,9 +421,10 @@ def test_works_for_a_normal_user(base_dir: Path) -> None:
         """
     )
     result = subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-         sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=60,
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -449,16 +447,16 @@ def _write(directory: Path, files: dict[str, str]) -> Path:
     return directory
 
 
-async def test_migrations_apply_once_in_order_and_are_recorded(
-    plane: EmbeddedDataPlane, tmp_path: Path
-) -> None:
+async def test_migrations_apply_once_in_order_and_are_recorded(plane: EmbeddedDataPlane, tmp_path: Path) -> None:
     url = plane.info.database_url
-    mig = _write(tmp_path / "m", {
-        "0002_add_col.sql": "ALTER TABLE mig_a ADD COLUMN note text;",
-        "0001_create.sql": "CREATE TABLE mig_a (id int PRIMARY KEY);\n"
-                           "INSERT INTO mig_a VALUES (1);",
-        "README.md": "not a migration",
-    })
+    mig = _write(
+        tmp_path / "m",
+        {
+            "0002_add_col.sql": "ALTER TABLE mig_a ADD COLUMN note text;",
+            "0001_create.sql": "CREATE TABLE mig_a (id int PRIMARY KEY);\nINSERT INTO mig_a VALUES (1);",
+            "README.md": "not a migration",
+        },
+    )
     assert await apply_migrations(url, "svc-a", mig) == ["0001_create.sql", "0002_add_col.sql"]
     assert await apply_migrations(url, "svc-a", mig) == []
     (mig / "0003_more.sql").write_text("UPDATE mig_a SET note = 'x';")
@@ -471,7 +469,8 @@ async def test_migrations_apply_once_in_order_and_are_recorded(
             "FROM eco2_schema_migrations WHERE service = 'svc-a' ORDER BY version"
         )
         assert [(r["version"], r["name"], r["n"], r["at"]) for r in rows] == [
-            (1, "0001_create.sql", 64, True), (2, "0002_add_col.sql", 64, True),
+            (1, "0001_create.sql", 64, True),
+            (2, "0002_add_col.sql", 64, True),
             (3, "0003_more.sql", 64, True),
         ]
         assert await conn.fetchval("SELECT note FROM mig_a WHERE id = 1") == "x"
@@ -494,23 +493,22 @@ async def test_changed_migration_is_refused(plane: EmbeddedDataPlane, tmp_path: 
     assert await apply_migrations(url, "svc-c", mig) == []
 
 
-async def test_failing_migration_rolls_back_and_names_the_file(
-    plane: EmbeddedDataPlane, tmp_path: Path
-) -> None:
+async def test_failing_migration_rolls_back_and_names_the_file(plane: EmbeddedDataPlane, tmp_path: Path) -> None:
     url = plane.info.database_url
-    mig = _write(tmp_path / "m", {
-        "0001_ok.sql": "CREATE TABLE mig_d (id int);",
-        "0002_broken.sql": "CREATE TABLE mig_d_half (id int);\nINSERT INTO nope VALUES (1);",
-    })
+    mig = _write(
+        tmp_path / "m",
+        {
+            "0001_ok.sql": "CREATE TABLE mig_d (id int);",
+            "0002_broken.sql": "CREATE TABLE mig_d_half (id int);\nINSERT INTO nope VALUES (1);",
+        },
+    )
     with pytest.raises(MigrationError, match=r"0002_broken.sql failed and was rolled back.*nope"):
         await apply_migrations(url, "svc-d", mig)
     conn = await asyncpg.connect(url)
     try:
         assert await conn.fetchval("SELECT to_regclass('mig_d') IS NOT NULL")
         assert await conn.fetchval("SELECT to_regclass('mig_d_half') IS NULL")
-        versions = await conn.fetch(
-            "SELECT version FROM eco2_schema_migrations WHERE service = 'svc-d'"
-        )
+        versions = await conn.fetch("SELECT version FROM eco2_schema_migrations WHERE service = 'svc-d'")
         assert [r["version"] for r in versions] == [1]
     finally:
         await conn.close()
@@ -518,32 +516,27 @@ async def test_failing_migration_rolls_back_and_names_the_file(
     assert await apply_migrations(url, "svc-d", mig) == ["0002_broken.sql"]
 
 
-async def test_concurrent_runners_apply_each_file_once(
-    plane: EmbeddedDataPlane, tmp_path: Path
-) -> None:
+async def test_concurrent_runners_apply_each_file_once(plane: EmbeddedDataPlane, tmp_path: Path) -> None:
     # Not idempotent on purpose: a second application would fail.
-    mig = _write(tmp_path / "m", {
-        "0001_a.sql": "CREATE TABLE mig_e (id int); SELECT pg_sleep(0.2);",
-        "0002_b.sql": "CREATE TABLE mig_e2 (id int);",
-    })
-    results = await asyncio.gather(
-        *(apply_migrations(plane.info.database_url, "svc-e", mig) for _ in range(4))
+    mig = _write(
+        tmp_path / "m",
+        {
+            "0001_a.sql": "CREATE TABLE mig_e (id int); SELECT pg_sleep(0.2);",
+            "0002_b.sql": "CREATE TABLE mig_e2 (id int);",
+        },
     )
+    results = await asyncio.gather(*(apply_migrations(plane.info.database_url, "svc-e", mig) for _ in range(4)))
     assert sorted(results, key=len) == [[], [], [], ["0001_a.sql", "0002_b.sql"]]
 
 
-async def test_migrations_from_a_traversable_and_bad_names(
-    plane: EmbeddedDataPlane, tmp_path: Path
-) -> None:
+async def test_migrations_from_a_traversable_and_bad_names(plane: EmbeddedDataPlane, tmp_path: Path) -> None:
     archive = tmp_path / "pkg.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("pkg/migrations/0001_zip.sql", "CREATE TABLE mig_f (id int);")
         zf.writestr("pkg/migrations/__init__.py", "")
     with zipfile.ZipFile(archive) as zf:
         traversable = zipfile.Path(zf, "pkg/migrations/")
-        assert await apply_migrations(plane.info.database_url, "svc-f", traversable) == [
-            "0001_zip.sql"
-        ]
+        assert await apply_migrations(plane.info.database_url, "svc-f", traversable) == ["0001_zip.sql"]
     bad = _write(tmp_path / "bad", {"1_create.sql": "SELECT 1;"})
     with pytest.raises(MigrationError, match="1_create.sql.*NNNN_description.sql"):
         await apply_migrations(plane.info.database_url, "svc-g", bad)

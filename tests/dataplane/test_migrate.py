@@ -30,7 +30,11 @@ async def _fresh_database(admin_url: str, name: str) -> str:
 def _migrate(python: str, env: dict[str, str], *names: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [python, "-m", "eco2.services.cli", "migrate", *names],
-        env={**os.environ, **env}, check=False, capture_output=True, text=True, timeout=180,
+        env={**os.environ, **env},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -63,7 +67,9 @@ async def test_eco2_migrate_applies_everything_once(dataplane, service_env, pyth
         checkpoints = await conn.fetchval("SELECT to_regclass('public.checkpoints') IS NOT NULL")
     finally:
         await conn.close()
-    assert sorted((r["service"], r["name"]) for r in recorded) == sorted((s, f) for s in MIGRATIONS for f in _sql_files(s))
+    assert sorted((r["service"], r["name"]) for r in recorded) == sorted(
+        (s, f) for s in MIGRATIONS for f in _sql_files(s)
+    )
     assert checkpoints
 
 
@@ -83,7 +89,11 @@ def test_eco2_migrate_needs_a_database_url(service_env, python):
 async def test_migrate_on_start(dataplane, session_dir, migrate_on_start):
     url = await _fresh_database(dataplane.database_url, f"eco2_on_start_{str(migrate_on_start).lower()}_{os.getpid()}")
     settings = ImagesSettings(
-        database_url=url, deployment="embedded", data_dir=session_dir / "on-start", grpc_port=0, metrics_port=0,
+        database_url=url,
+        deployment="embedded",
+        data_dir=session_dir / "on-start",
+        grpc_port=0,
+        metrics_port=0,
         migrate_on_start=migrate_on_start,
     )
     async with running(ImagesApp(settings), metrics=False):

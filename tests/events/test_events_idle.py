@@ -39,7 +39,9 @@ def stream_frames() -> Counter:
     interceptor) alive now, by kind and name."""
     out: Counter = Counter()
     for o in gc.get_objects():
-        if not isinstance(o, (types.CoroutineType, types.AsyncGeneratorType)):  # never getattr on arbitrary objects (ctypes loaders load libraries by attribute name)
+        if not isinstance(
+            o, (types.CoroutineType, types.AsyncGeneratorType)
+        ):  # never getattr on arbitrary objects (ctypes loaders load libraries by attribute name)
             continue
         code = o.cr_code if isinstance(o, types.CoroutineType) else o.ag_code
         if code.co_filename.endswith(STREAM_PATH):
@@ -52,7 +54,9 @@ async def test_an_idle_subscribe_stream_is_two_frames_and_no_buffers(events, dat
 
     redis = create_redis(dataplane.redis_url)
     job = f"idle-{uuid.uuid4().hex[:12]}"
-    await EventPublisher(redis, events.app.settings).publish(E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
+    await EventPublisher(redis, events.app.settings).publish(
+        E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED)
+    )
     hub = events.app.hub
     n = 40
     async with grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ch:
@@ -74,10 +78,12 @@ async def test_an_idle_subscribe_stream_is_two_frames_and_no_buffers(events, dat
         # the runtime's wrapper is a coroutine (grpc's writer path), not an async generator;
         # Subscribe returns the `_stream` coroutine (no frame of its own) and the stream awaits
         # its future itself (no Hub.wait coroutine): two frames per stream
-        assert grown == Counter({
-            ("coroutine", "CoreServerInterceptor._writer_stream.<locals>.call"): n,
-            ("coroutine", "EventServicer._stream"): n,
-        })
+        assert grown == Counter(
+            {
+                ("coroutine", "CoreServerInterceptor._writer_stream.<locals>.call"): n,
+                ("coroutine", "EventServicer._stream"): n,
+            }
+        )
         # still live: one more event reaches every idle stream
         await EventPublisher(redis, events.app.settings).publish(E.Event(job_id=job, seq=2, kind=E.EVENT_KIND_DONE))
         assert [(await c.read()).seq for c in calls] == [2] * n

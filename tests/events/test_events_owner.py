@@ -61,7 +61,11 @@ async def owned_job(publisher, owner: str | None, *, done: bool = True) -> str:
 
 async def read(stub, rpc: str, job: str, metadata=()) -> list[int]:
     if rpc == "batches":
-        return [e.seq async for m in stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job), metadata=metadata, timeout=20) for e in m.events]
+        return [
+            e.seq
+            async for m in stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job), metadata=metadata, timeout=20)
+            for e in m.events
+        ]
     return [e.seq async for e in stub.Subscribe(E.SubscribeRequest(job_id=job), metadata=metadata, timeout=20)]
 
 
@@ -79,8 +83,11 @@ async def test_the_owner_reads_and_anyone_else_gets_the_answer_of_an_unknown_job
     job = await owned_job(publisher, alice)
     assert await read(stub, rpc, job, as_user(alice)) == [1, 2]
     unknown = f"owned-{uuid.uuid4().hex[:12]}"
-    for name, call in (("stranger", read(stub, rpc, job, as_user(mallory))), ("no user", read(stub, rpc, job)),
-                       ("unknown", read(stub, rpc, unknown, as_user(mallory)))):
+    for name, call in (
+        ("stranger", read(stub, rpc, job, as_user(mallory))),
+        ("no user", read(stub, rpc, job)),
+        ("unknown", read(stub, rpc, unknown, as_user(mallory))),
+    ):
         err, took = await refused(call)
         assert err.code() == grpc.StatusCode.NOT_FOUND, (name, err)
         assert unpack_details(status_details(err))["ErrorInfo"].reason == "JOB_NOT_FOUND"
@@ -115,7 +122,11 @@ async def test_job_state_is_the_owners_only(stub, publisher):
     alice, mallory = user(), user()
     job = await owned_job(publisher, alice)
     state = (await stub.GetJobState(E.GetJobStateRequest(job_id=job), metadata=as_user(alice))).state
-    assert state.job_id == job and state.status in (E.JOB_STATUS_QUEUED, E.JOB_STATUS_RUNNING, E.JOB_STATUS_SUCCEEDED)  # the router may be mid-way
+    assert state.job_id == job and state.status in (
+        E.JOB_STATUS_QUEUED,
+        E.JOB_STATUS_RUNNING,
+        E.JOB_STATUS_SUCCEEDED,
+    )  # the router may be mid-way
     for metadata in (as_user(mallory), ()):
         err, _ = await refused(stub.GetJobState(E.GetJobStateRequest(job_id=job), metadata=metadata))
         assert err.code() == grpc.StatusCode.NOT_FOUND and err.details() == f"no job {job!r}"

@@ -32,7 +32,14 @@ async def redis_client(dataplane):
 
 @pytest.fixture(scope="module")
 def settings(service_env):
-    with env({**service_env, "ECO2_JOBS_VISIBILITY_TIMEOUT_S": "0.4", "ECO2_JOBS_RETRY_DELAY_S": "0.1", "ECO2_JOBS_MAX_ATTEMPTS": "3"}):
+    with env(
+        {
+            **service_env,
+            "ECO2_JOBS_VISIBILITY_TIMEOUT_S": "0.4",
+            "ECO2_JOBS_RETRY_DELAY_S": "0.1",
+            "ECO2_JOBS_MAX_ATTEMPTS": "3",
+        }
+    ):
         return EventsSettings()
 
 
@@ -162,7 +169,9 @@ async def test_a_job_whose_worker_died_is_reclaimed_after_the_visibility_timeout
     await q.ack(again)
 
 
-async def test_a_held_job_keeps_its_claim_past_the_visibility_timeout_and_is_reclaimed_once_let_go(redis_client, settings):
+async def test_a_held_job_keeps_its_claim_past_the_visibility_timeout_and_is_reclaimed_once_let_go(
+    redis_client, settings
+):
     q = JobQueue(redis_client, kind(), settings)
     await q.enqueue("job-held", b"p")
     job = await q.claim("slow-worker", block_ms=100)
@@ -273,8 +282,14 @@ async def test_publish_many_shard_entries_are_routable(redis_client, settings, p
     """The shard stream entry carries everything the router needs in its `h` field."""
     job = jid()
     shard = domain.shard_of(job, settings.events_shards)
-    await publisher.publish_many([tok(job, 1), E.Event(job_id=job, seq=2, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_INTENT, node="intent")])
-    rows = [r for r in await redis_client.xrevrange(domain.shard_stream(shard), count=200) if r[1][b"h"].endswith(b" " + job.encode())]
+    await publisher.publish_many(
+        [tok(job, 1), E.Event(job_id=job, seq=2, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_INTENT, node="intent")]
+    )
+    rows = [
+        r
+        for r in await redis_client.xrevrange(domain.shard_stream(shard), count=200)
+        if r[1][b"h"].endswith(b" " + job.encode())
+    ]
     assert len(rows) == 2
     h2 = rows[0][1][b"h"].split(b" ")
     assert h2[:3] == [b"1", b"2", b"0"] and h2[4] == str(E.STAGE_INTENT).encode() and rows[0][1][b"n"] == b"intent"
@@ -286,7 +301,9 @@ async def test_publish_many_rejections_and_terminal_inside_a_batch(redis_client,
     await publisher.publish(tok(a, 5))
     # a's 3 goes backwards; b's events and a's 6 are still applied, then the first rejection is raised
     with pytest.raises(FailedPrecondition) as err:
-        await publisher.publish_many([tok(b, 1), tok(a, 3), tok(a, 6), E.Event(job_id=b, seq=2, kind=E.EVENT_KIND_DONE), tok(b, 3)])
+        await publisher.publish_many(
+            [tok(b, 1), tok(a, 3), tok(a, 6), E.Event(job_id=b, seq=2, kind=E.EVENT_KIND_DONE), tok(b, 3)]
+        )
     assert err.value.reason == "SEQ_NOT_INCREASING" and err.value.metadata["index"] == "1"
     assert [r[0] for r in await replay(redis_client, settings, a)] == [b"5-0", b"6-0"]
     assert [r[0] for r in await replay(redis_client, settings, b)] == [b"1-0", b"2-0"]  # seq 3 after DONE: JOB_CLOSED
@@ -298,7 +315,9 @@ async def test_publish_many_rejections_and_terminal_inside_a_batch(redis_client,
 async def test_publish_many_invalid_event_sends_nothing(redis_client, settings, publisher):
     job = jid()
     with pytest.raises(InvalidArgument) as err:
-        await publisher.publish_many([tok(job, 1), E.Event(job_id=job, seq=0, kind=E.EVENT_KIND_TOKEN), tok("bad id", 1)])
+        await publisher.publish_many(
+            [tok(job, 1), E.Event(job_id=job, seq=0, kind=E.EVENT_KIND_TOKEN), tok("bad id", 1)]
+        )
     fields = {v.field for v in err.value.violations}
     assert fields == {"events[1].seq", "events[2].job_id"}
     assert await replay(redis_client, settings, job) == []
@@ -320,7 +339,9 @@ def test_live_frames_round_trip():
         list(domain.iter_live(frame[:-1]))  # truncated
 
 
-async def test_publish_many_across_shards_is_one_pipeline_and_survives_a_script_flush(redis_client, settings, publisher):
+async def test_publish_many_across_shards_is_one_pipeline_and_survives_a_script_flush(
+    redis_client, settings, publisher
+):
     """Several shards' Lua calls go in one pipeline without redis-py's SCRIPT EXISTS round trip;
     when Valkey lost the script (restart, SCRIPT FLUSH) the calls are re-run after SCRIPT LOAD."""
     jobs = []
@@ -344,7 +365,9 @@ async def test_publish_next_follows_the_last_seq_and_stops_at_a_closed_job(publi
     job = jid()
     assert await publisher.publish_next(tok(job, 99)) is True  # a job with no events yet: seq 1
     await publisher.publish(tok(job, 5))
-    error = events_pb2.Event(job_id=job, kind=events_pb2.EVENT_KIND_ERROR, error=events_pb2.JobError(reason="JOB_FAILED"))
+    error = events_pb2.Event(
+        job_id=job, kind=events_pb2.EVENT_KIND_ERROR, error=events_pb2.JobError(reason="JOB_FAILED")
+    )
     assert await publisher.publish_next(error) is True and error.seq == 6
     assert await publisher.publish_next(tok(job, 1)) is False  # closed by its ERROR: nothing after it
 
@@ -368,7 +391,12 @@ async def test_a_dead_lettered_job_ends_its_stream_with_job_failed(redis_client,
 
     stream = f"scan-{uuid.uuid4().hex[:8]}"
     await publisher.publish(events_pb2.Event(job_id=stream, seq=1, kind=events_pb2.EVENT_KIND_STAGE))
-    on_dead = ends_stream_on_dead(publisher, job_kind=events_pb2.JOB_KIND_SCAN, message="다시 시도해 주세요", stream_of=lambda job: job.job_id.split(":", 1)[0])
+    on_dead = ends_stream_on_dead(
+        publisher,
+        job_kind=events_pb2.JOB_KIND_SCAN,
+        message="다시 시도해 주세요",
+        stream_of=lambda job: job.job_id.split(":", 1)[0],
+    )
     q = JobQueue(redis_client, kind(), settings, on_dead=on_dead)
     await q.enqueue(f"{stream}:input:1", b"{}")  # a resume job streams on its scan's job
     job = await q.claim("w", block_ms=50)
@@ -378,4 +406,8 @@ async def test_a_dead_lettered_job_ends_its_stream_with_job_failed(redis_client,
     assert [r[0] for r in rows] == [b"1-0", b"2-0"]  # the job's next seq
     last = events_pb2.Event.FromString(rows[-1][1][b"d"])
     assert last.kind == events_pb2.EVENT_KIND_ERROR
-    assert (last.job_kind, last.error.reason, last.error.message) == (events_pb2.JOB_KIND_SCAN, "JOB_FAILED", "다시 시도해 주세요")
+    assert (last.job_kind, last.error.reason, last.error.message) == (
+        events_pb2.JOB_KIND_SCAN,
+        "JOB_FAILED",
+        "다시 시도해 주세요",
+    )

@@ -38,7 +38,9 @@ async def test_commands_are_pipelined_in_order_with_redis_py_error_types(redis_c
     k, h = key("n"), key("h")
     try:
         await client.execute("HSET", h, "f", "v")
-        replies = await client.pipeline([("SET", k, "41"), ("INCR", k), ("INCR", h), ("EVALSHA", "0" * 40, 0), ("GET", k)])
+        replies = await client.pipeline(
+            [("SET", k, "41"), ("INCR", k), ("INCR", h), ("EVALSHA", "0" * 40, 0), ("GET", k)]
+        )
         assert replies[:2] == [b"OK", 42] and replies[4] == b"42"
         assert isinstance(replies[2], ResponseError) and "WRONGTYPE" in str(replies[2])
         assert isinstance(replies[3], NoScriptError)
@@ -60,11 +62,13 @@ async def test_error_replies_are_typed_as_redis_py_types_them(redis_client):
     client = RespClient.like(redis_client)
     reply = "return redis.error_reply(ARGV[1])"
     try:
-        for message, kind in [("LOADING Valkey is loading the dataset in memory", BusyLoadingError),
-                              ("READONLY You can't write against a read only replica.", ReadOnlyError),
-                              ("NOPERM this user has no permissions", NoPermissionError),
-                              ("WRONGPASS invalid username-password pair", AuthenticationError),
-                              ("NOGROUP No such key or consumer group", ResponseError)]:
+        for message, kind in [
+            ("LOADING Valkey is loading the dataset in memory", BusyLoadingError),
+            ("READONLY You can't write against a read only replica.", ReadOnlyError),
+            ("NOPERM this user has no permissions", NoPermissionError),
+            ("WRONGPASS invalid username-password pair", AuthenticationError),
+            ("NOGROUP No such key or consumer group", ResponseError),
+        ]:
             with pytest.raises(kind) as raised:
                 await client.execute("EVAL", reply, 0, message)
             assert type(raised.value) is kind and message.split(" ", 1)[1] in str(raised.value)

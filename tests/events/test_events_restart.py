@@ -43,9 +43,16 @@ async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, se
     from eco2.services.bus.producer import EventPublisher
     from eco2.services.events.app import create
 
-    with env({**service_env, "REDIS_URL": info.redis_url, "DATABASE_URL": info.database_url,
-              "ECO2_EVENTS_REDIS_RETRY_S": "0.2", "ECO2_EVENTS_ROUTER_BLOCK_MS": "200",
-              "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "30"}):
+    with env(
+        {
+            **service_env,
+            "REDIS_URL": info.redis_url,
+            "DATABASE_URL": info.database_url,
+            "ECO2_EVENTS_REDIS_RETRY_S": "0.2",
+            "ECO2_EVENTS_ROUTER_BLOCK_MS": "200",
+            "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "30",
+        }
+    ):
         app = create()
     async with running(app, metrics=False) as server:
         producer_redis = create_redis(info.redis_url)
@@ -61,7 +68,9 @@ async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, se
                 after = got[job][-1] if got[job] else 0
                 try:
                     if rpc == "batches":  # SubscribeBatches: several events per message
-                        async for m in stub.SubscribeBatches(E.SubscribeBatchesRequest(job_id=job, after_seq=after), timeout=60):
+                        async for m in stub.SubscribeBatches(
+                            E.SubscribeBatchesRequest(job_id=job, after_seq=after), timeout=60
+                        ):
                             got[job].extend(e.seq for e in m.events)
                     else:
                         async for e in stub.Subscribe(E.SubscribeRequest(job_id=job, after_seq=after), timeout=60):
@@ -74,7 +83,9 @@ async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, se
 
         async def produce(job):
             for seq in range(1, N + 2):
-                event = E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_DONE if seq == N + 1 else E.EVENT_KIND_TOKEN, delta=str(seq))
+                event = E.Event(
+                    job_id=job, seq=seq, kind=E.EVENT_KIND_DONE if seq == N + 1 else E.EVENT_KIND_TOKEN, delta=str(seq)
+                )
                 while True:
                     try:
                         await publisher.publish(event)  # a retry after a lost reply is a no-op
@@ -105,4 +116,6 @@ async def test_valkey_restart_mid_stream_loses_and_repeats_nothing(own_plane, se
         assert reconnects() - before >= app.settings.events_shards
         assert max(produced.values()) == N + 1
     for j in jobs:
-        assert got[j] == list(range(1, N + 2)), f"{j}: {len(got[j])} events, first wrong at {next((i for i, s in enumerate(got[j]) if s != i + 1), None)}"
+        assert got[j] == list(range(1, N + 2)), (
+            f"{j}: {len(got[j])} events, first wrong at {next((i for i, s in enumerate(got[j]) if s != i + 1), None)}"
+        )

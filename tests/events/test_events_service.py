@@ -78,8 +78,17 @@ async def publisher(redis_client, events):
     return EventPublisher(redis_client, events.app.settings)
 
 
-async def collect(stub, job: str, after: int = 0, *, limit: int | None = None, timeout: float = 20, rpc: str = "per_event",
-                  messages: list | None = None, **batch) -> list[events_pb2.Event]:
+async def collect(
+    stub,
+    job: str,
+    after: int = 0,
+    *,
+    limit: int | None = None,
+    timeout: float = 20,
+    rpc: str = "per_event",
+    messages: list | None = None,
+    **batch,
+) -> list[events_pb2.Event]:
     """The events of one stream; with rpc="batches" read over SubscribeBatches (each message's
     events; `limit` then stops after the message that reaches it), appending each message to
     `messages` when given."""
@@ -185,7 +194,9 @@ async def test_bad_job_ids_are_invalid_argument(stub, job_id, field):
 @pytest.mark.parametrize("method", ["Subscribe", "SubscribeBatches"])
 async def test_malformed_request_bytes_are_invalid_argument(events, method):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{events.port}") as ch:
-        call = ch.unary_stream(f"/eco2.events.v1.EventService/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        call = ch.unary_stream(
+            f"/eco2.events.v1.EventService/{method}", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in call(b"\xff\xff\xff"):
                 pass
@@ -210,9 +221,16 @@ async def test_get_job_state_follows_the_router(stub, publisher):
 
     s2 = await state_at(2)
     assert (s2.status, s2.stage, s2.node, s2.terminal, s2.job_kind) == (
-        E.JOB_STATUS_WAITING_INPUT, E.STAGE_SUBAGENT, "location", False, E.JOB_KIND_CHAT)
+        E.JOB_STATUS_WAITING_INPUT,
+        E.STAGE_SUBAGENT,
+        "location",
+        False,
+        E.JOB_KIND_CHAT,
+    )
     assert s2.updated_at.seconds > 0
-    await publisher.publish(ev(job, 3, E.EVENT_KIND_ERROR, error=events_pb2.JobError(code=14, reason="MODEL_UNAVAILABLE")))
+    await publisher.publish(
+        ev(job, 3, E.EVENT_KIND_ERROR, error=events_pb2.JobError(code=14, reason="MODEL_UNAVAILABLE"))
+    )
     s3 = await state_at(3)
     assert (s3.status, s3.terminal, s3.node) == (E.JOB_STATUS_FAILED, True, "location")
 
@@ -329,12 +347,16 @@ async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(even
             await publisher.publish(ev(job, q))
         await publisher.publish(done(job, 6))
         sub_task = asyncio.create_task(collect(stub, job))
-        reply = await redis_client.xreadgroup(domain.ROUTER_GROUP, crashing.consumer, {domain.shard_stream(shard): ">"}, count=1000)
+        reply = await redis_client.xreadgroup(
+            domain.ROUTER_GROUP, crashing.consumer, {domain.shard_stream(shard): ">"}, count=1000
+        )
         entries = [e for e in reply[0][1] if e[1][b"h"].endswith(b" " + job.encode())]
         with pytest.raises(Dies):
             await crashing.route(shard, reply[0][1])
         assert len(entries) == 6
-        pending = await redis_client.xpending_range(domain.shard_stream(shard), domain.ROUTER_GROUP, "-", "+", 1000, "crashing-router")
+        pending = await redis_client.xpending_range(
+            domain.shard_stream(shard), domain.ROUTER_GROUP, "-", "+", 1000, "crashing-router"
+        )
         assert len(pending) == len(reply[0][1])  # published, never acknowledged
         # a subscriber meanwhile gets everything once (from replay and that one PUBLISH)
         got = await asyncio.wait_for(sub_task, 20)
@@ -342,7 +364,9 @@ async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(even
     finally:
         await router.start()  # the surviving router: its reclaimer takes the batch over
     for _ in range(200):
-        pending = await redis_client.xpending_range(domain.shard_stream(shard), domain.ROUTER_GROUP, "-", "+", 1000, "crashing-router")
+        pending = await redis_client.xpending_range(
+            domain.shard_stream(shard), domain.ROUTER_GROUP, "-", "+", 1000, "crashing-router"
+        )
         if not pending:
             break
         await asyncio.sleep(0.05)
@@ -356,7 +380,9 @@ async def test_router_killed_between_publish_and_ack_delivers_nothing_twice(even
     await redis_client.xgroup_delconsumer(domain.shard_stream(shard), domain.ROUTER_GROUP, "crashing-router")
 
 
-async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are_acked(events, redis_client, publisher, stub):
+async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are_acked(
+    events, redis_client, publisher, stub
+):
     """The router sends the Lua calls of every shard of a read in one pipeline: a call that
     fails (here WRONGTYPE on a damaged state key) leaves only its shard's entries pending (the
     reclaimer routes them later); the other shards are published and acknowledged."""
@@ -380,13 +406,21 @@ async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are
             await publisher.publish(done(job, 2))
         await redis_client.set(domain.state_key(bshard, bad), "not a hash")
         reply = await redis_client.xreadgroup(
-            domain.ROUTER_GROUP, probe.consumer, {domain.shard_stream(gshard): ">", domain.shard_stream(bshard): ">"}, count=1000)
-        batches = [(probe._streams[name.decode() if isinstance(name, bytes) else name], entries) for name, entries in reply]
+            domain.ROUTER_GROUP,
+            probe.consumer,
+            {domain.shard_stream(gshard): ">", domain.shard_stream(bshard): ">"},
+            count=1000,
+        )
+        batches = [
+            (probe._streams[name.decode() if isinstance(name, bytes) else name], entries) for name, entries in reply
+        ]
         with pytest.raises(ResponseError, match="WRONGTYPE"):
             await probe.route_shards(batches)
 
         async def pending(shard):
-            return await redis_client.xpending_range(domain.shard_stream(shard), domain.ROUTER_GROUP, "-", "+", 1000, "probe-router")
+            return await redis_client.xpending_range(
+                domain.shard_stream(shard), domain.ROUTER_GROUP, "-", "+", 1000, "probe-router"
+            )
 
         assert await pending(gshard) == []
         assert len(await pending(bshard)) == len(dict(batches)[bshard])
@@ -416,7 +450,9 @@ async def test_too_many_subscribers_is_resource_exhausted(events, stub, publishe
 
 
 @pytest.mark.parametrize("rpc", RPCS)
-async def test_a_caught_up_stream_sends_live_events_without_reading_the_replay_stream(stub, publisher, redis_client, rpc):
+async def test_a_caught_up_stream_sends_live_events_without_reading_the_replay_stream(
+    stub, publisher, redis_client, rpc
+):
     """After its catch-up a stream sends each live event as it arrives: no replay XRANGE per
     wake-up (a round trip and a Redis call per event per subscriber)."""
     job = jid("live")
@@ -450,8 +486,13 @@ async def test_batches_respect_the_limits_and_coalesce_what_is_ready(stub, publi
         await publisher.publish(ev(job, s, delta="가" * (size // 3) if s % 2 else "x" * size))
     await publisher.publish(done(job, len(sizes) + 1))
     expected = list(range(1, len(sizes) + 2))
-    for ask, cap in (({}, 6), ({"max_events": 1000}, 6), ({"max_events": 3}, 3), ({"max_bytes": 2048}, 6),
-                     ({"max_events": 1, "max_bytes": 4_000_000_000}, 1)):
+    for ask, cap in (
+        ({}, 6),
+        ({"max_events": 1000}, 6),
+        ({"max_events": 3}, 3),
+        ({"max_bytes": 2048}, 6),
+        ({"max_events": 1, "max_bytes": 4_000_000_000}, 1),
+    ):
         messages = []
         got = await collect(stub, job, rpc="batches", messages=messages, **ask)
         assert [e.seq for e in got] == expected, ask

@@ -48,7 +48,9 @@ NODE_DIR = Path(__file__).parents[1] / "node"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 TOKEN_DELAY_S = 0.1
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium; .ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent (apt-get install chromium; .ci/run installs it)"
+)
 
 
 @contextlib.asynccontextmanager
@@ -61,7 +63,9 @@ async def services(service_env, monkeypatch, data_dir: Path):
     from eco2.services.location.app import create as create_location
     from eco2.services.scan.app import create as create_scan
 
-    monkeypatch.setattr(chat_app_module, "create_llm", lambda *a, **k: create_llm(*a, **{**k, "offline_token_delay_s": TOKEN_DELAY_S}))
+    monkeypatch.setattr(
+        chat_app_module, "create_llm", lambda *a, **k: create_llm(*a, **{**k, "offline_token_delay_s": TOKEN_DELAY_S})
+    )
     suffix = uuid.uuid4().hex[:6]
     async with contextlib.AsyncExitStack() as stack:
         addrs = dict(await stack.enter_async_context(upstreams(service_env)))
@@ -69,15 +73,33 @@ async def services(service_env, monkeypatch, data_dir: Path):
             images, location = create_images(), create_location()
         for name, app in (("images", images), ("location", location)):
             addrs[name] = f"127.0.0.1:{(await stack.enter_async_context(running(app, metrics=False))).port}"
-        mesh = {**service_env, "ECO2_DATA_DIR": str(data_dir), **{f"ECO2_{n.upper()}_ADDR": a for n, a in addrs.items() if n != "pump"}}
+        mesh = {
+            **service_env,
+            "ECO2_DATA_DIR": str(data_dir),
+            **{f"ECO2_{n.upper()}_ADDR": a for n, a in addrs.items() if n != "pump"},
+        }
         with env({**mesh, "ECO2_SCAN_JOB_KIND": f"scan-ui-{suffix}", "ECO2_SCAN_CLAIM_BLOCK_MS": "100"}):
             scan = create_scan()
         addrs["scan"] = f"127.0.0.1:{(await stack.enter_async_context(running(scan, metrics=False))).port}"
-        with env({**mesh, "ECO2_SCAN_ADDR": addrs["scan"], "ECO2_CHAT_JOB_KIND": f"chat-ui-{suffix}", "ECO2_CHAT_WORKERS": "4"}):  # chat's photos go to scan
+        with env(
+            {
+                **mesh,
+                "ECO2_SCAN_ADDR": addrs["scan"],
+                "ECO2_CHAT_JOB_KIND": f"chat-ui-{suffix}",
+                "ECO2_CHAT_WORKERS": "4",
+            }
+        ):  # chat's photos go to scan
             chat = chat_app_module.create()
         addrs["chat"] = f"127.0.0.1:{(await stack.enter_async_context(running(chat, metrics=False))).port}"
         # the gateway checks signed image links with the images service's secret, kept in the data dir
-        _app, port = await stack.enter_async_context(gateway(addrs, ECO2_DEPLOYMENT="embedded", ECO2_DATA_DIR=str(data_dir), **{f"ECO2_{n.upper()}_ADDR": addrs[n] for n in ("images", "scan", "chat")}))
+        _app, port = await stack.enter_async_context(
+            gateway(
+                addrs,
+                ECO2_DEPLOYMENT="embedded",
+                ECO2_DATA_DIR=str(data_dir),
+                **{f"ECO2_{n.upper()}_ADDR": addrs[n] for n in ("images", "scan", "chat")},
+            )
+        )
         yield port, addrs
 
 
@@ -141,19 +163,36 @@ async def job_events(events_addr: str, job_id: str, database_url: str) -> list[e
     """The job's events, read as the user who sent its message (a job streams to its owner only)."""
     conn = await asyncpg.connect(database_url)
     try:
-        owner = await conn.fetchval("SELECT user_id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, chat_pb2.MESSAGE_ROLE_USER)
+        owner = await conn.fetchval(
+            "SELECT user_id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, chat_pb2.MESSAGE_ROLE_USER
+        )
     finally:
         await conn.close()
     async with grpc.aio.insecure_channel(events_addr) as ch:
-        call = events_pb2_grpc.EventServiceStub(ch).Subscribe(events_pb2.SubscribeRequest(job_id=job_id), metadata=as_user(owner), timeout=30)
+        call = events_pb2_grpc.EventServiceStub(ch).Subscribe(
+            events_pb2.SubscribeRequest(job_id=job_id), metadata=as_user(owner), timeout=30
+        )
         return [e async for e in call]
-
 
 
 async def drive(url: str, drop_url: str, phone_url: str, photo: Path) -> dict:
     proc = await asyncio.create_subprocess_exec(
-        "node", "ui.mjs", json.dumps({"url": url, "dropUrl": drop_url, "phoneUrl": phone_url, "photo": str(photo), "artifacts": str(ARTIFACTS), "chromium": str(CHROMIUM)}),
-        cwd=NODE_DIR, env={**os.environ, "NODE_NO_WARNINGS": "1"}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "node",
+        "ui.mjs",
+        json.dumps(
+            {
+                "url": url,
+                "dropUrl": drop_url,
+                "phoneUrl": phone_url,
+                "photo": str(photo),
+                "artifacts": str(ARTIFACTS),
+                "chromium": str(CHROMIUM),
+            }
+        ),
+        cwd=NODE_DIR,
+        env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 150)
     assert proc.returncode == 0, err.decode()[-3000:]
@@ -184,7 +223,9 @@ def serious(violations: list[dict]) -> list[dict]:
 
 
 def test_the_icons_are_what_gateway_icons_draws():
-    checked = subprocess.run([sys.executable, "-m", "eco2.gateway.icons", "--check"], capture_output=True, text=True, timeout=60)
+    checked = subprocess.run(
+        [sys.executable, "-m", "eco2.gateway.icons", "--check"], capture_output=True, text=True, timeout=60
+    )
     assert checked.returncode == 0, checked.stderr
 
 
@@ -204,8 +245,15 @@ async def test_desktop_and_phone_users_ask_scan_reload_and_go_offline(service_en
         link = DroppableLink(port)
         async with link.serve() as (proxy_port, control_port):
             # the desktop goes through the droppable link, the phone straight to the gateway
-            seen = await drive(f"http://127.0.0.1:{proxy_port}/", f"http://127.0.0.1:{control_port}/drop", f"http://127.0.0.1:{port}/", photo)
-        (ARTIFACTS / "ui.json").write_text(json.dumps(seen, ensure_ascii=False, indent=1))  # what the browsers saw, next to the screenshots
+            seen = await drive(
+                f"http://127.0.0.1:{proxy_port}/",
+                f"http://127.0.0.1:{control_port}/drop",
+                f"http://127.0.0.1:{port}/",
+                photo,
+            )
+        (ARTIFACTS / "ui.json").write_text(
+            json.dumps(seen, ensure_ascii=False, indent=1)
+        )  # what the browsers saw, next to the screenshots
         desk, phone = seen["desktop"], seen["phone"]
         assert "error" not in desk, json.dumps(desk, ensure_ascii=False, indent=1)[-5000:]
         assert "error" not in phone, json.dumps(phone, ensure_ascii=False, indent=1)[-5000:]
@@ -255,7 +303,9 @@ async def test_desktop_and_phone_users_ask_scan_reload_and_go_offline(service_en
     # the stages folded into one line; one source line per rule, opening to the rule's lines
     assert not desk["stagesOpen"] and "단계" in desk["stagesSummary"], desk["stagesSummary"]
     rules = [c.title for c in done.citations if c.kind == chat_pb2.CITATION_KIND_RULE]
-    assert rules and len(desk["sourceTitles"]) == len(rules) and all(t in s for t, s in zip(rules, desk["sourceTitles"]))
+    assert (
+        rules and len(desk["sourceTitles"]) == len(rules) and all(t in s for t, s in zip(rules, desk["sourceTitles"]))
+    )
     assert desk["sourceLines"] and desk["sourceLines"][0] in done.citations[0].snippet
     # the location question, shared: the places once, a compact list with distances and map links
     assert desk["placeNames"] and len(desk["placeNames"]) == len(desk["placeDistances"])
@@ -267,8 +317,14 @@ async def test_desktop_and_phone_users_ask_scan_reload_and_go_offline(service_en
     roles = [t["role"] for t in desk["reopened"]]
     assert roles == ["user", "assistant"] * 3, desk["reopened"]
     q1, a1, q2, a2, q3, _a3 = desk["reopened"]
-    assert q1["text"] == "페트병 어떻게 버려?" and q2["text"] == "근처 수거함 알려줘" and q3["text"] == "이거 어떻게 버려?"
-    assert (a1["characters"], a1["sources"]) == (1, len(rules)) and a2["places"] == len(desk["placeNames"]) and q3["thumbLoaded"]
+    assert (
+        q1["text"] == "페트병 어떻게 버려?" and q2["text"] == "근처 수거함 알려줘" and q3["text"] == "이거 어떻게 버려?"
+    )
+    assert (
+        (a1["characters"], a1["sources"]) == (1, len(rules))
+        and a2["places"] == len(desk["placeNames"])
+        and q3["thumbLoaded"]
+    )
     assert a1["text"].startswith(desk["answerText"][:40])
     assert len(desk["reopenedStages"]) >= 3 and any("답변" in s for s in desk["reopenedStages"]), desk["reopenedStages"]
     assert serious(desk["axeChat"]) == [], desk["axeChat"]
@@ -281,33 +337,63 @@ async def test_desktop_and_phone_users_ask_scan_reload_and_go_offline(service_en
 
     # phone: the header above the page (not over it), 보내기 on one line
     layout = phone["layout"]
-    assert layout["headerBottom"] <= layout["mainTop"] + 1 and not layout["sendWraps"] and layout["sendHeight"] < 56, layout
+    assert layout["headerBottom"] <= layout["mainTop"] + 1 and not layout["sendWraps"] and layout["sendHeight"] < 56, (
+        layout
+    )
     # the location question, declined: the answer says so, and no places
     assert "위치를 알려주지 않으셔서" in phone["declinedAnswer"] and phone["declinedPlaces"] == 0
     # 멈추기: in 보내기's place while the answer streams; what was streamed stays, marked stopped, not
     # an error; 보내기 is back and the focus in the message box; reopened, the same text and mark
     stopped, reopened = phone["stopped"], phone["stoppedReopened"]
     assert phone["sendHiddenWhileAnswering"] and not stopped["stopVisible"] and stopped["sendVisible"], stopped
-    assert stopped["note"] == ["답변을 멈췄어요."] and stopped["errors"] == 0 and stopped["cards"] == 0 and stopped["focus"] == "message", stopped
+    assert (
+        stopped["note"] == ["답변을 멈췄어요."]
+        and stopped["errors"] == 0
+        and stopped["cards"] == 0
+        and stopped["focus"] == "message"
+    ), stopped
     assert stopped["record"]["stopped"] and stopped["record"]["finished"] and len(words(stopped["answer"])) >= 3
-    assert words(stopped["record"]["answer"]) == words(stopped["answer"]) and len(words(stopped["answer"])) < len(words(full)), "stopped before the end"
-    assert words(reopened["answer"]) == words(stopped["answer"]) and reopened["note"] == ["답변을 멈췄어요."] and reopened["cards"] == 0, reopened
+    assert words(stopped["record"]["answer"]) == words(stopped["answer"]) and len(words(stopped["answer"])) < len(
+        words(full)
+    ), "stopped before the end"
+    assert (
+        words(reopened["answer"]) == words(stopped["answer"])
+        and reopened["note"] == ["답변을 멈췄어요."]
+        and reopened["cards"] == 0
+    ), reopened
     # the scan: photo → stages → the question (18 categories) → result → the character earned
     assert phone["scanPicker"] == "사진 고르기"
     assert "무엇인가요" in phone["scanPrompt"] and phone["scanChoices"] == 18
-    assert phone["scanStepsWhileAsking"] == ["사진 분석:asking", "배출 규칙:waiting", "답변 쓰기:waiting", "보상:waiting"], phone["scanStepsWhileAsking"]
+    assert phone["scanStepsWhileAsking"] == [
+        "사진 분석:asking",
+        "배출 규칙:waiting",
+        "답변 쓰기:waiting",
+        "보상:waiting",
+    ], phone["scanStepsWhileAsking"]
     assert phone["scanSteps"] == ["사진 분석:done", "배출 규칙:done", "답변 쓰기:done", "보상:done"], phone["scanSteps"]
-    assert "사진은 보지 못했어요" in phone["scanAnswer"] and "'무색페트병'(으)로 분류했어요" in phone["scanAnswer"] and "라벨" in phone["scanAnswer"]
-    assert phone["scanCard"] == ["페티"] and len(phone["scanReward"]) == 1 and "획득했어요" in phone["scanReward"][0], phone["scanReward"]
+    assert (
+        "사진은 보지 못했어요" in phone["scanAnswer"]
+        and "'무색페트병'(으)로 분류했어요" in phone["scanAnswer"]
+        and "라벨" in phone["scanAnswer"]
+    )
+    assert phone["scanCard"] == ["페티"] and len(phone["scanReward"]) == 1 and "획득했어요" in phone["scanReward"][0], (
+        phone["scanReward"]
+    )
     # the collection: 13 characters, the two owned (the default 이코 and 페티) and 11 to meet
-    assert sorted(phone["owned"]) == ["이코", "페티"] and phone["locked"] == 11 and "13개 중 2개" in phone["collectionSummary"]
+    assert (
+        sorted(phone["owned"]) == ["이코", "페티"]
+        and phone["locked"] == 11
+        and "13개 중 2개" in phone["collectionSummary"]
+    )
     for key in ("axeChat", "axeScanAsking", "axeCharacters"):
         assert serious(phone[key]) == [], (key, phone[key])
     for key in ("overflowScan", "overflowCharacters"):
         assert phone[key] <= 0, (key, phone[key])
     # an expired access token is renewed once (the two calls that met it waited for one refresh)
     assert phone["tokenRenewed"] and phone["failedRequests"], phone["failedRequests"]
-    assert all(re.match(r"401 /v1/(characters|collection) ", f) for f in phone["failedRequests"]), phone["failedRequests"]
+    assert all(re.match(r"401 /v1/(characters|collection) ", f) for f in phone["failedRequests"]), phone[
+        "failedRequests"
+    ]
     assert desk["failedRequests"] == [], desk["failedRequests"]
     assert phone["afterSignOut"] == {"composer": False, "token": None, "turns": 0}, phone["afterSignOut"]
     assert len(list(ARTIFACTS.glob("*.png"))) >= 9

@@ -16,7 +16,11 @@ from support.gateway import gateway, upstreams
 from support.ingress import running_envoy
 
 #: the ingress's limits in these tests (mesh/envoy.py IngressSettings)
-INGRESS = {"ingress_request_headers_timeout_s": 1.0, "ingress_max_request_headers_kb": 16, "ingress_max_connections": 40}
+INGRESS = {
+    "ingress_request_headers_timeout_s": 1.0,
+    "ingress_max_request_headers_kb": 16,
+    "ingress_max_connections": 40,
+}
 
 HEADER_TIMEOUT_S = 1.0
 MAX_HEADER_BYTES = 16 * 1024
@@ -31,12 +35,21 @@ async def addrs(service_env):
 @pytest.fixture(scope="module", params=["gateway", "ingress"])
 async def edge(addrs, request, session_dir):
     extra = {"ECO2_GATEWAY_AUTH_MODE": "mesh"} if request.param == "ingress" else {}
-    async with gateway(addrs, ECO2_GATEWAY_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
-                       ECO2_GATEWAY_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES), **extra) as (app, port):
+    async with gateway(
+        addrs,
+        ECO2_GATEWAY_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        ECO2_GATEWAY_MAX_HEADER_BYTES=str(MAX_HEADER_BYTES),
+        **extra,
+    ) as (app, port):
         if request.param != "ingress":
             yield request.param, port
             return
-        routed = {"auth": addrs["auth"], "character": addrs["character"], "events": addrs["events"], "gateway": f"127.0.0.1:{port}"}
+        routed = {
+            "auth": addrs["auth"],
+            "character": addrs["character"],
+            "events": addrs["events"],
+            "gateway": f"127.0.0.1:{port}",
+        }
         async with running_envoy(session_dir / "edge-input-envoy", routed, **INGRESS) as envoy:
             yield "ingress", envoy.port
 
@@ -49,7 +62,10 @@ async def token(edge) -> str:
 
 
 def json_post(path: str, body: bytes) -> bytes:
-    return b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+    return (
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+        % (path.encode(), len(body), body)
+    )
 
 
 async def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
@@ -69,7 +85,9 @@ async def exchange(port: int, data: bytes, *, timeout: float = 10.0) -> bytes:
 
 
 async def still_serves(port: int) -> None:
-    assert (await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    assert (await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(
+        b"HTTP/1.1 200"
+    )
 
 
 def assert_answered(reply: bytes, edge: str) -> None:
@@ -89,7 +107,9 @@ def assert_answered(reply: bytes, edge: str) -> None:
 
 
 def chunked(path: str, content_type: str, body: bytes, headers: str = "") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n{headers}\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n{headers}\r\n"
+    ).encode() + body
 
 
 BAD_CHUNKS = {
@@ -124,8 +144,10 @@ async def test_a_client_that_leaves_mid_body_leaves_no_error_behind(edge, token,
     _server, port = edge
     path, content_type = ROUTES[route]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n"
-                 "0123456789".encode())
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nAuthorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n"
+        "0123456789".encode()
+    )
     await writer.drain()
     writer.close()
     with caplog.at_level(logging.WARNING):
@@ -136,9 +158,18 @@ async def test_a_client_that_leaves_mid_body_leaves_no_error_behind(edge, token,
 
 async def test_headers_larger_than_the_limit_are_refused(edge):
     _server, port = edge
-    reply = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 128 * 1024) + b"\r\n\r\n")
-    assert reply.split(b"\r\n", 1)[0] in (b"HTTP/1.1 431 Request Header Fields Too Large", b"HTTP/1.1 431 ", b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 400 "), reply[:200]
-    reply = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(15000)) + b"\r\n")
+    reply = await exchange(
+        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 128 * 1024) + b"\r\n\r\n"
+    )
+    assert reply.split(b"\r\n", 1)[0] in (
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+        b"HTTP/1.1 431 ",
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 400 ",
+    ), reply[:200]
+    reply = await exchange(
+        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(15000)) + b"\r\n"
+    )
     assert reply.split(b" ", 2)[1] in (b"431", b"400"), reply[:200]
     await still_serves(port)
 

@@ -121,7 +121,11 @@ async def test_server_stream_passes_bytes_and_trailers(client, token):
 
 async def test_server_stream_text_mode(client, token):
     spec = {"n": 3, "size": 10, "id": uuid.uuid4().hex}
-    r = await client.post("/eco2test.Pump/Stream", content=base64.b64encode(frame(json.dumps(spec).encode())), headers=auth(token, "application/grpc-web-text"))
+    r = await client.post(
+        "/eco2test.Pump/Stream",
+        content=base64.b64encode(frame(json.dumps(spec).encode())),
+        headers=auth(token, "application/grpc-web-text"),
+    )
     messages, trailers = unframe(_b64_chunks(r.content))
     assert len(messages) == 3 and trailers["grpc-status"] == "0"
 
@@ -147,7 +151,16 @@ async def test_upstream_error_is_trailers_only_with_details_and_no_header_inject
 
 
 async def test_metadata_allowlist_identity_from_ext_authz_and_timeout(client, token):
-    headers = auth(token, **{"grpc-timeout": "3S", "x-request-id": "req-1", "x-secret": "no", "x-eco2-user-id": "someone-else", "x-eco2-roles": "admin"})
+    headers = auth(
+        token,
+        **{
+            "grpc-timeout": "3S",
+            "x-request-id": "req-1",
+            "x-secret": "no",
+            "x-eco2-user-id": "someone-else",
+            "x-eco2-roles": "admin",
+        },
+    )
     r = await client.post("/eco2test.Pump/Echo", content=frame(b"hi"), headers=headers)
     messages, trailers = unframe(r.content)
     assert trailers["grpc-status"] == "0" and trailers["x-pump-trailer"] == "bye"
@@ -165,14 +178,24 @@ async def test_metadata_allowlist_identity_from_ext_authz_and_timeout(client, to
 
 async def test_deadline_exceeded_from_grpc_timeout(client, token):
     spec = {"n": 10, "delay": 0.2, "id": uuid.uuid4().hex}
-    r = await client.post("/eco2test.Pump/Stream", content=frame(json.dumps(spec).encode()), headers=auth(token, **{"grpc-timeout": "300m"}))
+    r = await client.post(
+        "/eco2test.Pump/Stream",
+        content=frame(json.dumps(spec).encode()),
+        headers=auth(token, **{"grpc-timeout": "300m"}),
+    )
     assert status_of(r)[0] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 
 
 async def test_without_a_token_ext_authz_denies(client):
-    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", content=frame(b""), headers={"content-type": GW})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/ListCharacters", content=frame(b""), headers={"content-type": GW}
+    )
     assert r.status_code == 200 and r.headers["grpc-status"] == "16"
-    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", content=b"{}", headers={"content-type": "application/json"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/ListCharacters",
+        content=b"{}",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 401 and r.json()["code"] == "unauthenticated"
 
 
@@ -188,38 +211,59 @@ async def test_public_method_passes_ext_authz_without_a_token(client):
 
 
 async def test_connect_unary_json_via_descriptors(client, token):
-    r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", json={"code": "char-eco"},
-                          headers={"authorization": f"Bearer {token}", "connect-protocol-version": "1"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/GetCharacter",
+        json={"code": "char-eco"},
+        headers={"authorization": f"Bearer {token}", "connect-protocol-version": "1"},
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     assert r.json()["character"]["name"] == "이코"
 
 
 async def test_connect_unary_proto(client, token):
-    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", content=character_pb2.ListCharactersRequest(page_size=2).SerializeToString(),
-                          headers={"authorization": f"Bearer {token}", "content-type": "application/proto"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/ListCharacters",
+        content=character_pb2.ListCharactersRequest(page_size=2).SerializeToString(),
+        headers={"authorization": f"Bearer {token}", "content-type": "application/proto"},
+    )
     assert r.status_code == 200
     assert len(character_pb2.ListCharactersResponse.FromString(r.content).characters) == 2
 
 
 async def test_connect_errors_map_to_http_status_with_details(client, token):
-    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": 1000}, headers={"authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/ListCharacters",
+        json={"pageSize": 1000},
+        headers={"authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 400
     err = r.json()
     assert err["code"] == "invalid_argument"
     types = [d["type"] for d in err["details"]]
     assert "google.rpc.BadRequest" in types
-    bad = error_details_pb2.BadRequest.FromString(base64.b64decode(next(d["value"] for d in err["details"] if d["type"] == "google.rpc.BadRequest") + "=="))
+    bad = error_details_pb2.BadRequest.FromString(
+        base64.b64decode(next(d["value"] for d in err["details"] if d["type"] == "google.rpc.BadRequest") + "==")
+    )
     assert bad.field_violations[0].field == "page_size"
 
 
 async def test_connect_error_details_also_come_decoded_in_debug(client, token):
-    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": 1000}, headers={"authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/ListCharacters",
+        json={"pageSize": 1000},
+        headers={"authorization": f"Bearer {token}"},
+    )
     details = {d["type"]: d for d in r.json()["details"]}
     bad = details["google.rpc.BadRequest"]
-    assert bad["debug"] == {"fieldViolations": [{"field": "page_size", "description": bad["debug"]["fieldViolations"][0]["description"]}]}
+    assert bad["debug"] == {
+        "fieldViolations": [{"field": "page_size", "description": bad["debug"]["fieldViolations"][0]["description"]}]
+    }
     assert "at most" in bad["debug"]["fieldViolations"][0]["description"]
     # the wire form stays: `value` is the detail's bytes, `debug` the same message as JSON
-    assert error_details_pb2.BadRequest.FromString(base64.b64decode(bad["value"] + "==")).field_violations[0].field == "page_size"
+    assert (
+        error_details_pb2.BadRequest.FromString(base64.b64decode(bad["value"] + "==")).field_violations[0].field
+        == "page_size"
+    )
     assert details["google.rpc.ErrorInfo"]["debug"]["reason"] == "INVALID_ARGUMENT"
     # the JSON routes carry the same decoded details
     r = await client.post("/v1/auth/dev-sign-in", json={"displayName": "x" * 500})
@@ -238,33 +282,59 @@ def test_connect_error_decodes_retry_info_and_keeps_unknown_details_opaque():
     other.Pack(character_pb2.GetCharacterRequest(code="char-eco"))  # not a google.rpc detail
     status = status_pb2.Status(code=14, message="down", details=[retry, other])
     err = connect_error(14, "down", [("grpc-status-details-bin", status.SerializeToString())])
-    assert err["details"][0] == {"type": "google.rpc.RetryInfo", "value": base64.b64encode(retry.value).decode().rstrip("="), "debug": {"retryDelay": "1.500s"}}
+    assert err["details"][0] == {
+        "type": "google.rpc.RetryInfo",
+        "value": base64.b64encode(retry.value).decode().rstrip("="),
+        "debug": {"retryDelay": "1.500s"},
+    }
     assert "debug" not in err["details"][1] and err["details"][1]["type"] == "eco2.character.v1.GetCharacterRequest"
 
 
 async def test_connect_bad_json_is_invalid_argument(client, token):
-    r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", content=b'{"code": 12', headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/GetCharacter",
+        content=b'{"code": 12',
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["code"] == "invalid_argument"
-    r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", json={"nope": 1}, headers={"authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/GetCharacter",
+        json={"nope": 1},
+        headers={"authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 400 and "nope" in r.json()["message"]
 
 
 @pytest.mark.parametrize("value", ["٣", "３", "²", "1_0", "+3"])
 async def test_connect_json_numbers_in_strings_are_ascii_digits_only(client, token, value):
     # protobuf's JSON parser reads such strings with int(): "٣" would be 3, "²" a ValueError
-    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": value},
-                          headers={"authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/ListCharacters",
+        json={"pageSize": value},
+        headers={"authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
-    bad = error_details_pb2.BadRequest.FromString(base64.b64decode(next(d["value"] for d in r.json()["details"] if d["type"] == "google.rpc.BadRequest") + "=="))
+    bad = error_details_pb2.BadRequest.FromString(
+        base64.b64decode(next(d["value"] for d in r.json()["details"] if d["type"] == "google.rpc.BadRequest") + "==")
+    )
     assert [v.field for v in bad.field_violations] == ["page_size"]
-    r = await client.post("/eco2.character.v1.CharacterService/ListCharacters", json={"pageSize": "2"}, headers={"authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/ListCharacters",
+        json={"pageSize": "2"},
+        headers={"authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 200 and len(r.json()["characters"]) == 2  # ASCII digits in a string stay valid proto3 JSON
 
 
-@pytest.mark.parametrize("value", [b"\xb2", b"3\xb3", "٣٠٠٠".encode()])  # headers arrive as latin-1: ² and ³ are digits to str.isdigit()
+@pytest.mark.parametrize(
+    "value", [b"\xb2", b"3\xb3", "٣٠٠٠".encode()]
+)  # headers arrive as latin-1: ² and ³ are digits to str.isdigit()
 async def test_connect_timeout_in_non_ascii_digits_is_invalid_argument(client, token, value):
-    r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", json={"code": "char-eco"},
-                          headers={"authorization": f"Bearer {token}", "connect-timeout-ms": value})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/GetCharacter",
+        json={"code": "char-eco"},
+        headers={"authorization": f"Bearer {token}", "connect-timeout-ms": value},
+    )
     assert r.status_code == 400 and r.json()["code"] == "invalid_argument", r.text
 
 
@@ -272,8 +342,13 @@ async def test_connect_timeout_in_non_ascii_digits_is_invalid_argument(client, t
 async def test_content_length_in_non_ascii_digits_is_refused_not_500(stack, token, value):
     reader, writer = await asyncio.open_connection("127.0.0.1", int(stack["url"].rsplit(":", 1)[1]))
     try:
-        writer.write(f"POST /eco2test.Pump/Echo HTTP/1.1\r\nhost: x\r\ncontent-type: {GW}\r\nauthorization: Bearer {token}\r\n".encode()
-                     + b"content-length: " + value + b"\r\n\r\n" + frame(b"hi"))
+        writer.write(
+            f"POST /eco2test.Pump/Echo HTTP/1.1\r\nhost: x\r\ncontent-type: {GW}\r\nauthorization: Bearer {token}\r\n".encode()
+            + b"content-length: "
+            + value
+            + b"\r\n\r\n"
+            + frame(b"hi")
+        )
         await writer.drain()
         head = await asyncio.wait_for(reader.read(4096), 5)
     finally:
@@ -301,8 +376,11 @@ async def test_connect_server_stream_json(client, token, stack):
     await pub.publish(events_pb2.Event(job_id=job, seq=2, kind=events_pb2.EVENT_KIND_DONE))
     await redis.aclose()
     body = frame(json.dumps({"jobId": job}).encode())
-    r = await client.post("/eco2.events.v1.EventService/Subscribe", content=body,
-                          headers={"authorization": f"Bearer {token}", "content-type": "application/connect+json"})
+    r = await client.post(
+        "/eco2.events.v1.EventService/Subscribe",
+        content=body,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/connect+json"},
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "application/connect+json"
     pos, frames = 0, []
     while pos < len(r.content):
@@ -317,7 +395,11 @@ async def test_connect_server_stream_json(client, token, stack):
 
 
 async def test_wrong_content_type_is_415(client, token):
-    r = await client.post("/eco2.character.v1.CharacterService/GetCharacter", content=b"hi", headers={"content-type": "text/plain", "authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/eco2.character.v1.CharacterService/GetCharacter",
+        content=b"hi",
+        headers={"content-type": "text/plain", "authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 415 and r.json()["error"]["reason"] == "UNSUPPORTED_MEDIA_TYPE"
 
 
@@ -337,7 +419,11 @@ async def test_unknown_service_is_unimplemented_or_404(client, token):
     assert r.status_code == 200 and r.headers["grpc-status"] == "12"
     r = await client.post("/eco2.character.v1.CharacterService/NoSuchMethod", content=frame(b""), headers=auth(token))
     assert r.headers["grpc-status"] == "12"
-    r = await client.post("/nope.v1.Nothing/Call", content=b"{}", headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/nope.v1.Nothing/Call",
+        content=b"{}",
+        headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+    )
     assert r.status_code == 404 and r.json()["code"] == "unimplemented"
     # the edge's own authorisation API is never reachable from outside
     r = await client.post("/envoy.service.auth.v3.Authorization/Check", content=frame(b""), headers=auth(token))
@@ -371,7 +457,10 @@ async def test_compressed_frame_is_unimplemented(client, token):
 async def _partial(stack, token, path: str, first: bytes, declared: int) -> bytes:
     """Send headers and the first bytes of a body, then stall; return what the gateway answers."""
     reader, writer = await asyncio.open_connection("127.0.0.1", int(stack["url"].rsplit(":", 1)[1]))
-    writer.write(f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {GW}\r\nauthorization: Bearer {token}\r\ncontent-length: {declared}\r\n\r\n".encode() + first)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: {GW}\r\nauthorization: Bearer {token}\r\ncontent-length: {declared}\r\n\r\n".encode()
+        + first
+    )
     await writer.drain()
     try:
         return await asyncio.wait_for(reader.read(4096), 5)
@@ -411,25 +500,38 @@ async def test_slow_request_body_times_out(stack, token):
 
 
 async def test_cors_preflight_and_origins(client, token):
-    pre = {"origin": ALLOWED_ORIGIN, "access-control-request-method": "POST", "access-control-request-headers": "content-type,x-grpc-web,authorization,grpc-timeout"}
+    pre = {
+        "origin": ALLOWED_ORIGIN,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type,x-grpc-web,authorization,grpc-timeout",
+    }
     r = await client.options("/eco2test.Pump/Echo", headers=pre)
     assert r.status_code == 204 and r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "x-grpc-web" in r.headers["access-control-allow-headers"]
     r = await client.post("/eco2test.Pump/Echo", content=frame(b"x"), headers=auth(token, origin=ALLOWED_ORIGIN))
     assert r.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
-    assert "grpc-status" in r.headers["access-control-expose-headers"] and "grpc-message" in r.headers["access-control-expose-headers"]
+    assert (
+        "grpc-status" in r.headers["access-control-expose-headers"]
+        and "grpc-message" in r.headers["access-control-expose-headers"]
+    )
     # a foreign origin gets neither a preflight nor a call
     stats_id = uuid.uuid4().hex
     r = await client.options("/eco2test.Pump/Echo", headers={**pre, "origin": "http://evil.example"})
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
-    r = await client.post("/eco2test.Pump/Stream", content=frame(json.dumps({"id": stats_id}).encode()), headers=auth(token, origin="http://evil.example"))
+    r = await client.post(
+        "/eco2test.Pump/Stream",
+        content=frame(json.dumps({"id": stats_id}).encode()),
+        headers=auth(token, origin="http://evil.example"),
+    )
     assert r.status_code == 403 and "access-control-allow-origin" not in r.headers
     assert stats_id not in PUMP_STATS
 
 
 async def test_client_sent_identity_headers_never_reach_upstream_on_public_paths(client):
     # DevSignIn is public: no token, and the x-eco2-* the client sent must still be dropped
-    r = await client.post("/eco2test.Pump/Echo", content=frame(b""), headers={"content-type": GW, "x-eco2-user-id": "admin"})
+    r = await client.post(
+        "/eco2test.Pump/Echo", content=frame(b""), headers={"content-type": GW, "x-eco2-user-id": "admin"}
+    )
     assert r.headers.get("grpc-status") == "16"  # not public: denied, never forwarded
 
 
@@ -439,7 +541,10 @@ async def test_h2c_prior_knowledge_works(stack, token):
         r = await c.post("/eco2.character.v1.CharacterService/GetCharacter", content=frame(req), headers=auth(token))
         assert r.http_version == "HTTP/2"
         messages, trailers = unframe(r.content)
-        assert trailers["grpc-status"] == "0" and character_pb2.GetCharacterResponse.FromString(messages[0]).character.code == "char-eco"
+        assert (
+            trailers["grpc-status"] == "0"
+            and character_pb2.GetCharacterResponse.FromString(messages[0]).character.code == "char-eco"
+        )
 
 
 async def test_client_disconnect_cancels_the_upstream_stream(stack, token):
@@ -449,7 +554,8 @@ async def test_client_disconnect_cancels_the_upstream_stream(stack, token):
     body = frame(json.dumps(spec).encode())
     writer.write(
         b"POST /eco2test.Pump/Stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/grpc-web+proto\r\n"
-        + f"authorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+        + f"authorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     await writer.drain()
     await reader.readuntil(b"\r\n\r\n")
@@ -473,7 +579,8 @@ async def test_a_client_that_never_reads_is_bounded_and_cut_off(stack, token):
     body = frame(json.dumps(spec).encode())
     writer.write(
         b"POST /eco2test.Pump/Stream HTTP/1.1\r\nhost: x\r\ncontent-type: application/grpc-web+proto\r\n"
-        + f"authorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+        + f"authorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     await writer.drain()
     reader._transport.pause_reading()  # never read
@@ -493,7 +600,8 @@ async def test_header_injection_is_refused(stack, token):
     body = frame(b"")
     writer.write(
         b"POST /eco2test.Pump/Echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/grpc-web+proto\r\n"
-        + f"x-request-id: a\rx-eco2-user-id: evil\r\nauthorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+        + f"x-request-id: a\rx-eco2-user-id: evil\r\nauthorization: Bearer {token}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+        + body
     )
     await writer.drain()
     head = await asyncio.wait_for(reader.read(4096), 5)

@@ -33,13 +33,24 @@ async def stack(service_env, session_dir):
 
     data_dir = session_dir / f"gw-images-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
-    images_env = {**service_env, "ECO2_DATA_DIR": str(data_dir), "ECO2_IMAGES_URL_SECRET": SECRET, "ECO2_IMAGES_MAX_BYTES": str(IMAGE_LIMIT),
-                  "ECO2_IMAGES_READ_CHUNK_BYTES": "4096", "ECO2_IMAGES_URL_TTL_S": "600"}
+    images_env = {
+        **service_env,
+        "ECO2_DATA_DIR": str(data_dir),
+        "ECO2_IMAGES_URL_SECRET": SECRET,
+        "ECO2_IMAGES_MAX_BYTES": str(IMAGE_LIMIT),
+        "ECO2_IMAGES_READ_CHUNK_BYTES": "4096",
+        "ECO2_IMAGES_URL_TTL_S": "600",
+    }
     with env(images_env):
         images_app = create_images()
     async with upstreams(service_env) as addrs, running(images_app, metrics=False) as images:
-        async with gateway(addrs, ECO2_IMAGES_ADDR=f"127.0.0.1:{images.port}", ECO2_IMAGES_URL_SECRET=SECRET,
-                           ECO2_GATEWAY_MAX_BODY_BYTES=str(BODY_LIMIT), ECO2_GATEWAY_UPLOAD_CHUNK_BYTES="8192") as (app, port):
+        async with gateway(
+            addrs,
+            ECO2_IMAGES_ADDR=f"127.0.0.1:{images.port}",
+            ECO2_IMAGES_URL_SECRET=SECRET,
+            ECO2_GATEWAY_MAX_BODY_BYTES=str(BODY_LIMIT),
+            ECO2_GATEWAY_UPLOAD_CHUNK_BYTES="8192",
+        ) as (app, port):
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
                 yield client
 
@@ -55,7 +66,9 @@ async def who(stack):
     return await sign_in(stack, f"gw-images-{uuid.uuid4().hex[:6]}")
 
 
-async def upload(client, who, data: bytes, ctype: str = "image/png", name: str = "페트병.png", query: str = "") -> httpx.Response:
+async def upload(
+    client, who, data: bytes, ctype: str = "image/png", name: str = "페트병.png", query: str = ""
+) -> httpx.Response:
     return await client.post(f"/v1/images{query}", headers=who, files={"file": (name, data, ctype)})
 
 
@@ -107,7 +120,9 @@ async def test_signed_read_streams_the_bytes_with_safe_headers(stack, stored, wh
     again = await stack.get(stored["url"], headers={**who, "if-none-match": r.headers["etag"]})
     assert again.status_code == 304 and again.content == b""
     head = await stack.head(stored["url"], headers=who)
-    assert head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(stored["data"]))
+    assert (
+        head.status_code == 200 and head.content == b"" and head.headers["content-length"] == str(len(stored["data"]))
+    )
 
 
 async def test_the_session_cookie_is_enough_for_an_img_tag(stack, stored, who):
@@ -116,7 +131,9 @@ async def test_the_session_cookie_is_enough_for_an_img_tag(stack, stored, who):
     assert r.status_code == 200 and r.content == stored["data"]
 
 
-@pytest.mark.parametrize("mangle", ["sig", "sha", "exp", "nosig", "wrong-secret", "exp-arabic-indic", "exp-superscript"])
+@pytest.mark.parametrize(
+    "mangle", ["sig", "sha", "exp", "nosig", "wrong-secret", "exp-arabic-indic", "exp-superscript"]
+)
 async def test_a_bad_signature_is_403_without_reading(stack, stored, who, mangle):
     url = urlsplit(stored["url"])
     sha = url.path.rsplit("/", 1)[1]
@@ -189,11 +206,17 @@ async def test_upload_too_big(stack, who):
     # and without a Content-Length (chunked), once the bytes pass the limit
     async def chunks():
         boundary = b"b0undary"
-        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        yield (
+            b"--"
+            + boundary
+            + b'\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        )
         data = png(os.urandom(BODY_LIMIT + 30_000))
         for i in range(0, len(data), 8192):
             yield data[i : i + 8192]
         yield b"\r\n--" + boundary + b"--\r\n"
 
-    r = await stack.post("/v1/images", headers={**who, "content-type": "multipart/form-data; boundary=b0undary"}, content=chunks())
+    r = await stack.post(
+        "/v1/images", headers={**who, "content-type": "multipart/form-data; boundary=b0undary"}, content=chunks()
+    )
     assert r.status_code in (413, 429), r.text

@@ -25,7 +25,9 @@ async def generated():
     if not (NODE_DIR / "node_modules" / "@connectrpc" / "connect-node").is_dir():
         pytest.fail("tests/node/node_modules is missing: run `npm ci --prefix tests/node` (CI does)")
     buf = shutil.which("buf") or str(Path(sys.executable).parent / "buf")
-    proc = await asyncio.create_subprocess_exec(buf, "generate", cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(
+        buf, "generate", cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode()
     return NODE_DIR / "node_modules" / ".eco2-gen"
@@ -59,10 +61,21 @@ async def results(service_env, generated):
             ]:
                 await pub.publish(ev)
             await redis.aclose()
-            args = {"gateway": url, "token": token, "jobId": job, "openJobId": open_job, "character": addrs["character"]}
+            args = {
+                "gateway": url,
+                "token": token,
+                "jobId": job,
+                "openJobId": open_job,
+                "character": addrs["character"],
+            }
             proc = await asyncio.create_subprocess_exec(
-                "node", "clients.mjs", json.dumps(args), cwd=NODE_DIR, env={**os.environ, "NODE_NO_WARNINGS": "1"},
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                "node",
+                "clients.mjs",
+                json.dumps(args),
+                cwd=NODE_DIR,
+                env={**os.environ, "NODE_NO_WARNINGS": "1"},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             out, err = await asyncio.wait_for(proc.communicate(), 120)
             assert proc.returncode == 0, err.decode()

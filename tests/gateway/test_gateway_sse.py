@@ -31,7 +31,15 @@ async def stack(service_env):
                 token = signed_in["tokens"]["accessToken"]
                 c.headers["authorization"] = f"Bearer {token}"
                 pub = OwnedJobs(EventPublisher(redis), signed_in["user"]["id"])
-                yield {"client": c, "pub": pub, "port": port, "token": token, "app": app, "events_addr": addrs["events"], "user": signed_in["user"]["id"]}
+                yield {
+                    "client": c,
+                    "pub": pub,
+                    "port": port,
+                    "token": token,
+                    "app": app,
+                    "events_addr": addrs["events"],
+                    "user": signed_in["user"]["id"],
+                }
             await redis.aclose()
 
 
@@ -109,7 +117,9 @@ async def test_the_router_subscribe_and_sse_pass_each_events_traceparent_through
     kinds = [E.EVENT_KIND_STAGE, E.EVENT_KIND_TOKEN, E.EVENT_KIND_TOKEN, E.EVENT_KIND_DONE]
     await stack["pub"].publish(E.Event(job_id=job, seq=1, kind=kinds[0], traceparent=parents[0]))  # replayed
     async with grpc.aio.insecure_channel(stack["events_addr"]) as ch:
-        grpc_stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=job), metadata=as_user(stack["user"]))
+        grpc_stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(
+            E.SubscribeRequest(job_id=job), metadata=as_user(stack["user"])
+        )
         sse = asyncio.create_task(stack["client"].get(f"/v1/jobs/{job}/events"))
         first = await grpc_stream.read()  # subscribed: the rest arrive live, through the router
         for seq in (2, 3, 4):
@@ -253,13 +263,17 @@ async def test_a_client_leaving_keeps_the_others_and_the_last_one_cancels(stack)
 
 async def test_another_users_job_is_404_and_shares_nothing(stack):
     feeds = stack["app"].asgi.events._feeds
-    other = (await stack["client"].post("/v1/auth/dev-sign-in", json={"displayName": "sse-other"})).json()["tokens"]["accessToken"]
+    other = (await stack["client"].post("/v1/auth/dev-sign-in", json={"displayName": "sse-other"})).json()["tokens"][
+        "accessToken"
+    ]
     job = await publish_job(stack["pub"], n_tokens=1, terminal=False)
     a = []
     ta = asyncio.create_task(_follow(stack, job, 0, a))
     await _until(lambda: _ids(a) == [1, 2])
     for cursor in ("0", "1"):  # someone else's job: the answer of an unknown job, whatever the cursor
-        r = await stack["client"].get(f"/v1/jobs/{job}/events", headers={"authorization": f"Bearer {other}", "last-event-id": cursor})
+        r = await stack["client"].get(
+            f"/v1/jobs/{job}/events", headers={"authorization": f"Bearer {other}", "last-event-id": cursor}
+        )
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text
     mine = [f for f in feeds.values() if f.key[0] == job]
     assert len(mine) == 1 and mine[0].clients == 1  # the owner's feed only; nothing was opened for the other user
@@ -294,7 +308,9 @@ async def test_a_client_behind_the_feed_buffer_goes_on_without_a_gap_or_a_repeat
 
     job = f"job-{uuid.uuid4().hex[:12]}"
     n = 300
-    await stack["pub"].publish_many([E.Event(job_id=job, seq=q, kind=E.EVENT_KIND_TOKEN, delta=f"{q} ") for q in range(1, n + 1)])
+    await stack["pub"].publish_many(
+        [E.Event(job_id=job, seq=q, kind=E.EVENT_KIND_TOKEN, delta=f"{q} ") for q in range(1, n + 1)]
+    )
     await stack["pub"].publish(E.Event(job_id=job, seq=n + 1, kind=E.EVENT_KIND_DONE))
     before = CATCH_UPS._value.get()
     clients = [[] for _ in range(3)]
@@ -318,12 +334,18 @@ async def test_behind_envoy_a_shared_feed_serves_only_its_own_wristband(service_
         job = await publish_job(pub, n_tokens=2, terminal=False)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-                async with c.stream("GET", f"/v1/jobs/{job}/events", headers={"x-eco2-identity": wristband(owner), "x-eco2-user-id": owner}) as mine:
+                async with c.stream(
+                    "GET",
+                    f"/v1/jobs/{job}/events",
+                    headers={"x-eco2-identity": wristband(owner), "x-eco2-user-id": owner},
+                ) as mine:
                     assert mine.status_code == 200
                     async for line in mine.aiter_lines():
                         if line.startswith("id: "):
                             break  # the owner's feed is open and serving
-                    spoofed = await c.get(f"/v1/jobs/{job}/events", headers={"x-eco2-identity": wristband(other), "x-eco2-user-id": owner})
+                    spoofed = await c.get(
+                        f"/v1/jobs/{job}/events", headers={"x-eco2-identity": wristband(other), "x-eco2-user-id": owner}
+                    )
                     assert spoofed.status_code == 404, spoofed.text
         finally:
             await redis.aclose()

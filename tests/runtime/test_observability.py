@@ -51,23 +51,62 @@ async def stack(service_env):
     spans = InMemorySpanExporter()
     telemetry.configure_tracing("tests", span_exporter=spans)  # installed first: the servers record into it
     kind = f"chat-obs-{uuid.uuid4().hex[:6]}"
-    base = {**service_env, "ECO2_OTEL_TRACES_EXPORTER": "console", "ECO2_EVENTS_QUEUE_SAMPLE_S": "0.2", "ECO2_CHAT_JOB_KIND": kind,
-            "ECO2_AUTH_RATE_LIMIT_PER_S": "0", "ECO2_CHAT_CHARACTER_CACHE_S": "0"}
+    base = {
+        **service_env,
+        "ECO2_OTEL_TRACES_EXPORTER": "console",
+        "ECO2_EVENTS_QUEUE_SAMPLE_S": "0.2",
+        "ECO2_CHAT_JOB_KIND": kind,
+        "ECO2_AUTH_RATE_LIMIT_PER_S": "0",
+        "ECO2_CHAT_CHARACTER_CACHE_S": "0",
+    }
     try:
         with env(base):
             apps = {"auth": create_auth(), "events": create_events(), "character": create_character()}
-        async with running(apps["auth"]) as auth, running(apps["events"]) as events, running(apps["character"]) as character:
-            addrs = {"auth": f"127.0.0.1:{auth.port}", "events": f"127.0.0.1:{events.port}", "character": f"127.0.0.1:{character.port}", "pump": "127.0.0.1:1"}
-            chat_env = {**base, "ECO2_AUTH_ADDR": addrs["auth"], "ECO2_EVENTS_ADDR": addrs["events"], "ECO2_CHARACTER_ADDR": addrs["character"],
-                        "ECO2_LOCATION_ADDR": "127.0.0.1:1", "ECO2_IMAGES_ADDR": "127.0.0.1:1", "ECO2_CHAT_WORKERS": "4"}
+        async with (
+            running(apps["auth"]) as auth,
+            running(apps["events"]) as events,
+            running(apps["character"]) as character,
+        ):
+            addrs = {
+                "auth": f"127.0.0.1:{auth.port}",
+                "events": f"127.0.0.1:{events.port}",
+                "character": f"127.0.0.1:{character.port}",
+                "pump": "127.0.0.1:1",
+            }
+            chat_env = {
+                **base,
+                "ECO2_AUTH_ADDR": addrs["auth"],
+                "ECO2_EVENTS_ADDR": addrs["events"],
+                "ECO2_CHARACTER_ADDR": addrs["character"],
+                "ECO2_LOCATION_ADDR": "127.0.0.1:1",
+                "ECO2_IMAGES_ADDR": "127.0.0.1:1",
+                "ECO2_CHAT_WORKERS": "4",
+            }
             with env(chat_env):
                 chat_app = create_chat()
-            async with running(chat_app) as chat, gateway(addrs, ECO2_CHAT_ADDR=f"127.0.0.1:{chat.port}") as (_app, port):
+            async with (
+                running(chat_app) as chat,
+                gateway(addrs, ECO2_CHAT_ADDR=f"127.0.0.1:{chat.port}") as (_app, port),
+            ):
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                    token = (await client.post("/v1/auth/dev-sign-in", json={"displayName": "observability"})).json()["tokens"]["accessToken"]
+                    token = (await client.post("/v1/auth/dev-sign-in", json={"displayName": "observability"})).json()[
+                        "tokens"
+                    ]["accessToken"]
                     client.headers["authorization"] = f"Bearer {token}"
-                    yield SimpleNamespace(client=client, spans=spans, kind=kind,
-                                          metrics={name: s.metrics_port for name, s in (("auth", auth), ("events", events), ("character", character), ("chat", chat))})
+                    yield SimpleNamespace(
+                        client=client,
+                        spans=spans,
+                        kind=kind,
+                        metrics={
+                            name: s.metrics_port
+                            for name, s in (
+                                ("auth", auth),
+                                ("events", events),
+                                ("character", character),
+                                ("chat", chat),
+                            )
+                        },
+                    )
     finally:
         telemetry.shutdown_tracing()
 
@@ -121,10 +160,13 @@ async def scrape_all(stack) -> dict[str, str]:
 
 # -- one trace ---------------------------------------------------------------------------------
 
+
 async def test_one_chat_turn_from_the_browser_is_one_trace(stack):
     trace_id, browser_span = uuid.uuid4().hex, "00f067aa0ba902b7"
     stack.spans.clear()
-    events = await chat_turn(stack.client, "투명 페트병은 어떻게 버려?", {"traceparent": f"00-{trace_id}-{browser_span}-01"})
+    events = await chat_turn(
+        stack.client, "투명 페트병은 어떻게 버려?", {"traceparent": f"00-{trace_id}-{browser_span}-01"}
+    )
     assert events[-1]["event"] == "done", events[-1]
     # every event the browser got over SSE names the browser's trace
     parents = [e["data"]["traceparent"].split("-") for e in events]
@@ -163,7 +205,10 @@ async def test_one_chat_turn_from_the_browser_is_one_trace(stack):
     # the character of the answer: chat's call and CharacterService's span of it, inside the turn
     call = one("/eco2.character.v1.CharacterService/MatchCharacter", SpanKind.CLIENT)
     assert "chat.turn" in ancestors(call)
-    assert one("/eco2.character.v1.CharacterService/MatchCharacter", SpanKind.SERVER).parent.span_id == call.context.span_id
+    assert (
+        one("/eco2.character.v1.CharacterService/MatchCharacter", SpanKind.SERVER).parent.span_id
+        == call.context.span_id
+    )
     # the queued event names the API's span, every event of the worker the turn's
     assert int(parents[0][2], 16) == send.context.span_id
     assert {int(p[2], 16) for p in parents[1:]} == {turn.context.span_id}
@@ -173,6 +218,7 @@ async def test_one_chat_turn_from_the_browser_is_one_trace(stack):
 
 
 # -- metrics -----------------------------------------------------------------------------------
+
 
 async def test_a_scrape_of_every_service_after_a_chat_turn_shows_it(stack):
     before = {name: samples(text) for name, text in (await scrape_all(stack)).items()}
@@ -186,9 +232,13 @@ async def test_a_scrape_of_every_service_after_a_chat_turn_shows_it(stack):
         """A scrape in which the queue sampler has seen the job acked and the stream ended."""
         now = {name: samples(text) for name, text in (await scrape_all(stack)).items()}
         c = now["chat"]
-        ready = (value(c, "eco2_jobs_total", kind=kind, outcome="acked") or 0) > (value(b, "eco2_jobs_total", kind=kind, outcome="acked") or 0) \
-            and value(c, "eco2_jobs_depth", kind=kind) == 0 and value(c, "eco2_jobs_pending", kind=kind) == 0 \
+        ready = (
+            (value(c, "eco2_jobs_total", kind=kind, outcome="acked") or 0)
+            > (value(b, "eco2_jobs_total", kind=kind, outcome="acked") or 0)
+            and value(c, "eco2_jobs_depth", kind=kind) == 0
+            and value(c, "eco2_jobs_pending", kind=kind) == 0
             and value(c, "eco2_chat_turns_active") == 0
+        )
         return now if ready else None
 
     after = await wait_until(settled, "the queue sampled after the ack")
@@ -208,11 +258,16 @@ async def test_a_scrape_of_every_service_after_a_chat_turn_shows_it(stack):
     assert moved("eco2_chat_model_calls_total", provider="offline", call="stream", outcome="ok") == 1
     assert moved("eco2_chat_tokens_streamed_total", provider="offline") >= tokens > 10
     assert value(a, "eco2_chat_streams_active") == 0
-    assert moved("eco2_grpc_server_handled_total", grpc_method="/eco2.chat.v1.ChatService/SendMessage", grpc_code="OK") == 1
+    assert (
+        moved("eco2_grpc_server_handled_total", grpc_method="/eco2.chat.v1.ChatService/SendMessage", grpc_code="OK")
+        == 1
+    )
     # the job queue (the router's sampler) and the bus
     for outcome in ("enqueued", "claimed", "acked"):
         assert moved("eco2_jobs_total", kind=kind, outcome=outcome) == 1, outcome
-    assert value(a, "eco2_jobs_dead_letters", kind=kind) == 0 and value(a, "eco2_jobs_oldest_age_seconds", kind=kind) == 0
+    assert (
+        value(a, "eco2_jobs_dead_letters", kind=kind) == 0 and value(a, "eco2_jobs_oldest_age_seconds", kind=kind) == 0
+    )
     assert moved("eco2_events_routed_total", outcome="published") >= len(events)
     assert moved("eco2_events_fanout_lag_seconds_count") >= 1
     assert value(a, "eco2_events_subscribers") is not None
@@ -231,7 +286,9 @@ async def test_every_metric_the_dashboards_and_alerts_query_is_one_the_services_
     for text in (await scrape_all(stack)).values():
         exported |= exported_names(text)
     with helm_python.Chart.load(CHART) as chart:
-        manifests = chart.render({"monitoring": {"prometheusRule": {"enabled": True}}}, name="eco2", namespace="eco2", is_install=True)
+        manifests = chart.render(
+            {"monitoring": {"prometheusRule": {"enabled": True}}}, name="eco2", namespace="eco2", is_install=True
+        )
     (rule,) = [d for d in yaml.safe_load_all(manifests["eco2/templates/alerts.yaml"]) if d]
     queries = {f"alert {r['alert']}": [r["expr"]] for g in rule["spec"]["groups"] for r in g["rules"]}
     queries |= {f"dashboard {name}": qs for name, qs in all_dashboard_queries().items()}

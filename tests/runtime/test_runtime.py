@@ -192,6 +192,7 @@ async def test_a_client_stream_refused_before_a_malformed_message_still_gets_the
     big = wrappers_pb2.BytesValue(value=b"x" * (2 * 1024 * 1024)).SerializeToString()
     seen = {}
     for _ in range(20):
+
         async def requests():
             yield b"\xff\xff not protobuf"
             for _ in range(3):
@@ -210,10 +211,21 @@ def _free_port() -> int:
 
 
 def _spawn_probe(port: int, **extra_env: str) -> subprocess.Popen:
-    env = dict(os.environ, ECO2_GRPC_PORT=str(port), ECO2_METRICS_PORT="0", ECO2_LOG_FORMAT="json", ECO2_SHUTDOWN_GRACE_S="4", **extra_env)
+    env = dict(
+        os.environ,
+        ECO2_GRPC_PORT=str(port),
+        ECO2_METRICS_PORT="0",
+        ECO2_LOG_FORMAT="json",
+        ECO2_SHUTDOWN_GRACE_S="4",
+        **extra_env,
+    )
     env["PYTHONPATH"] = str(HERE) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.Popen(
-        [sys.executable, str(HERE / "support" / "probe.py")], env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, str(HERE / "support" / "probe.py")],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -224,7 +236,9 @@ async def _wait_serving(target: str, proc: subprocess.Popen, timeout: float = 20
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.stderr.read()
             try:
-                if (await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                ).status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.aio.AioRpcError:
                 await asyncio.sleep(0.1)
@@ -238,7 +252,9 @@ async def test_sigterm_ends_streams_with_a_status_and_logs_are_json_with_trace_i
         await _wait_serving(f"127.0.0.1:{port}", proc)
         trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            await ch.unary_unary("/eco2test.Probe/Echo")(b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+            await ch.unary_unary("/eco2test.Probe/Echo")(
+                b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+            )
             stream = ch.unary_stream("/eco2test.Probe/Ticks")(b"")
             writer = ch.unary_stream("/eco2test.Probe/Writes")(b"")  # context.write() handler
             await writer.read()
@@ -283,7 +299,9 @@ async def test_with_an_exporter_spans_are_recorded_in_the_callers_trace():
         await _wait_serving(f"127.0.0.1:{port}", proc)
         trace_id = "5bf92f3577b34da6a3ce929d0e0e4737"
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            await ch.unary_unary("/eco2test.Probe/Echo")(b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),))
+            await ch.unary_unary("/eco2test.Probe/Echo")(
+                b"", metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),)
+            )
             # OpenTelemetry's interceptor iterates stream handlers with `async for`: a writer
             # stream behind it stays a generator and still works, errors mapped
             got, err = await _read_all(ch.unary_stream("/eco2test.Probe/Writes")(b"2"))

@@ -12,9 +12,18 @@ import pytest
 
 def serve(name: str, session_dir, **values: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("ECO2_")}
-    env.update({"ECO2_DATA_DIR": str(session_dir / "settings-errors"), "ECO2_GRPC_PORT": "0", "ECO2_METRICS_PORT": "0", "LC_ALL": "C.UTF-8"})
+    env.update(
+        {
+            "ECO2_DATA_DIR": str(session_dir / "settings-errors"),
+            "ECO2_GRPC_PORT": "0",
+            "ECO2_METRICS_PORT": "0",
+            "LC_ALL": "C.UTF-8",
+        }
+    )
     env.update(values)
-    return subprocess.run([sys.executable, "-m", "eco2.services.cli", "serve", name], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "eco2.services.cli", "serve", name], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize(

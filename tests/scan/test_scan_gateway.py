@@ -28,11 +28,22 @@ async def edge(service_env, session_dir):
         with env({**service_env, "ECO2_DATA_DIR": str(data_dir)}):
             images_app = create_images()
         async with running(images_app, metrics=False) as images:
-            with env({**service_env, "ECO2_AUTH_ADDR": addrs["auth"], "ECO2_EVENTS_ADDR": addrs["events"], "ECO2_CHARACTER_ADDR": addrs["character"],
-                      "ECO2_IMAGES_ADDR": f"127.0.0.1:{images.port}", "ECO2_SCAN_JOB_KIND": f"scan-gw-{uuid.uuid4().hex[:6]}", "ECO2_SCAN_CLAIM_BLOCK_MS": "100"}):
+            with env(
+                {
+                    **service_env,
+                    "ECO2_AUTH_ADDR": addrs["auth"],
+                    "ECO2_EVENTS_ADDR": addrs["events"],
+                    "ECO2_CHARACTER_ADDR": addrs["character"],
+                    "ECO2_IMAGES_ADDR": f"127.0.0.1:{images.port}",
+                    "ECO2_SCAN_JOB_KIND": f"scan-gw-{uuid.uuid4().hex[:6]}",
+                    "ECO2_SCAN_CLAIM_BLOCK_MS": "100",
+                }
+            ):
                 scan_app = create_scan()
             async with running(scan_app, metrics=False) as scan:
-                async with gateway(addrs, ECO2_IMAGES_ADDR=f"127.0.0.1:{images.port}", ECO2_SCAN_ADDR=f"127.0.0.1:{scan.port}") as (_app, port):
+                async with gateway(
+                    addrs, ECO2_IMAGES_ADDR=f"127.0.0.1:{images.port}", ECO2_SCAN_ADDR=f"127.0.0.1:{scan.port}"
+                ) as (_app, port):
                     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
                         yield c, port
 
@@ -68,29 +79,49 @@ async def events_until(client, who, url: str, kinds: tuple[str, ...], after: int
 
 async def test_a_photo_scanned_through_the_gateway_earns_its_character(client):
     who = await sign_in(client)
-    up = await client.post("/v1/images?channel=scan", headers=who, files={"file": ("bottle.png", png(uuid.uuid4().bytes), "image/png")})
+    up = await client.post(
+        "/v1/images?channel=scan", headers=who, files={"file": ("bottle.png", png(uuid.uuid4().bytes), "image/png")}
+    )
     assert up.status_code == 200 and up.json()["image"]["channel"] == "IMAGE_CHANNEL_SCAN", up.text
     key = up.json()["image"]["key"]
-    sent = await client.post("/v1/scans", headers=who, json={"imageKey": key, "hint": "투명 생수병", "clientScanId": "gw-1"})
+    sent = await client.post(
+        "/v1/scans", headers=who, json={"imageKey": key, "hint": "투명 생수병", "clientScanId": "gw-1"}
+    )
     assert sent.status_code == 200, sent.text
     reply = sent.json()
     assert reply["eventsUrl"] == f"/v1/jobs/{reply['jobId']}/events"
     events = await events_until(client, who, reply["eventsUrl"], ("done", "error"))
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
-    assert [e["stage"] for e in events if e["event"] == "stage" and e["stageInfo"]["phase"] == "STAGE_PHASE_STARTED"] == [
-        "STAGE_QUEUED", "STAGE_VISION", "STAGE_RULE", "STAGE_ANSWER", "STAGE_REWARD"]
+    assert [
+        e["stage"] for e in events if e["event"] == "stage" and e["stageInfo"]["phase"] == "STAGE_PHASE_STARTED"
+    ] == ["STAGE_QUEUED", "STAGE_VISION", "STAGE_RULE", "STAGE_ANSWER", "STAGE_REWARD"]
     result = events[-1]["done"]["result"]
     assert result["@type"] == "type.googleapis.com/eco2.scan.v1.ScanResult" and result["basis"] == "SCAN_BASIS_HINT"
-    assert result["reward"]["outcome"] == "REWARD_OUTCOME_RECEIVED" and result["reward"]["character"]["code"] == "char-petty"
+    assert (
+        result["reward"]["outcome"] == "REWARD_OUTCOME_RECEIVED"
+        and result["reward"]["character"]["code"] == "char-petty"
+    )
     assert result["explanation"] == "".join(e.get("delta", "") for e in events if e["event"] == "token")
 
     got = await client.get(f"/v1/scans/{result['scanId']}", headers=who)
-    assert got.status_code == 200 and got.json()["status"] == "SCAN_STATUS_DONE" and got.json()["result"]["scanId"] == result["scanId"]
+    assert (
+        got.status_code == 200
+        and got.json()["status"] == "SCAN_STATUS_DONE"
+        and got.json()["result"]["scanId"] == result["scanId"]
+    )
     collection = await client.get("/v1/collection", headers=who)
-    assert collection.status_code == 200 and "char-petty" in [o["character"]["code"] for o in collection.json()["characters"]]
+    assert collection.status_code == 200 and "char-petty" in [
+        o["character"]["code"] for o in collection.json()["characters"]
+    ]
     # the same client id with another hint: refused with the reason
-    again = await client.post("/v1/scans", headers=who, json={"imageKey": key, "hint": "콜라 캔", "clientScanId": "gw-1"})
-    assert again.status_code == 400 and again.json()["error"]["code"] == "failed_precondition" and "client_scan_id" in again.json()["error"]["message"]
+    again = await client.post(
+        "/v1/scans", headers=who, json={"imageKey": key, "hint": "콜라 캔", "clientScanId": "gw-1"}
+    )
+    assert (
+        again.status_code == 400
+        and again.json()["error"]["code"] == "failed_precondition"
+        and "client_scan_id" in again.json()["error"]["message"]
+    )
     # another user's scan is not found, a bad request names its field
     other = await sign_in(client)
     assert (await client.get(f"/v1/scans/{result['scanId']}", headers=other)).status_code == 404
@@ -104,10 +135,13 @@ async def test_the_scans_question_is_answered_through_the_gateway(client):
     events = await events_until(client, who, reply["eventsUrl"], ("needs_input",))
     ask = events[-1]["needsInput"]
     assert ask["kind"] == "INPUT_KIND_CHOICE" and [c["label"] for c in ask["choices"]] == ["무색페트병", "유리병"]
-    answered = await client.post("/v1/scans/input", headers=who, json={"jobId": reply["jobId"], "inputId": ask["inputId"], "category": ask["choices"][1]["value"]})
+    answered = await client.post(
+        "/v1/scans/input",
+        headers=who,
+        json={"jobId": reply["jobId"], "inputId": ask["inputId"], "category": ask["choices"][1]["value"]},
+    )
     assert answered.status_code == 200, answered.text
     rest = await events_until(client, who, reply["eventsUrl"], ("done", "error"), after=events[-1]["id"])
     assert rest[0]["id"] == events[-1]["id"] + 1
     result = rest[-1]["done"]["result"]
     assert result["basis"] == "SCAN_BASIS_ANSWER" and result["reward"]["character"]["code"] == "char-glassy"
-

@@ -58,7 +58,12 @@ async def run_case(stack: dict, case: dict) -> Outcome:
     user = as_user(f"eval-{uuid.uuid4().hex[:10]}")
     out = Outcome(case)
     started = time.monotonic()
-    events = [e async for e in _until(stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message=case["q"]), metadata=user, timeout=60))]
+    events = [
+        e
+        async for e in _until(
+            stack["chat"].StreamChat(chat_pb2.StreamChatRequest(message=case["q"]), metadata=user, timeout=60)
+        )
+    ]
     last = events[-1] if events else None
     if last is not None and last.kind == events_pb2.EVENT_KIND_NEEDS_INPUT:
         out.asked = True
@@ -69,13 +74,22 @@ async def run_case(stack: dict, case: dict) -> Outcome:
         else:
             request.declined = True
         await stack["chat"].ProvideInput(request, metadata=user, timeout=30)
-        rest = [e async for e in _until(stack["events"].Subscribe(events_pb2.SubscribeRequest(job_id=last.job_id, after_seq=last.seq), metadata=user, timeout=60))]
+        rest = [
+            e
+            async for e in _until(
+                stack["events"].Subscribe(
+                    events_pb2.SubscribeRequest(job_id=last.job_id, after_seq=last.seq), metadata=user, timeout=60
+                )
+            )
+        ]
         events += rest
         last = events[-1]
     elif last is not None and last.kind == events_pb2.EVENT_KIND_DONE:
         out.seconds = time.monotonic() - started
     if last is None or last.kind != events_pb2.EVENT_KIND_DONE:
-        out.problems.append(f"no DONE ({last.error.reason if last is not None and last.kind == events_pb2.EVENT_KIND_ERROR else 'stream ended'})")
+        out.problems.append(
+            f"no DONE ({last.error.reason if last is not None and last.kind == events_pb2.EVENT_KIND_ERROR else 'stream ended'})"
+        )
         return out
     result = chat_pb2.ChatResult()
     last.done.result.Unpack(result)

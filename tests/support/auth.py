@@ -40,7 +40,9 @@ class AuthClient:
         await self.channel.close()
 
     async def sign_in(self, name: str | None = None) -> auth_pb2.DevSignInResponse:
-        return await self.auth.DevSignIn(auth_pb2.DevSignInRequest(display_name=name or f"tester-{uuid.uuid4().hex[:8]}"))
+        return await self.auth.DevSignIn(
+            auth_pb2.DevSignInRequest(display_name=name or f"tester-{uuid.uuid4().hex[:8]}")
+        )
 
     async def check(self, **kwargs) -> external_auth_pb2.CheckResponse:
         return await self.authz.Check(check_request(**kwargs))

@@ -26,20 +26,34 @@ from .http_fake import LocalHttpFake
 PATH = "/openapi/tn_pubr_public_lar_was_fee_api"
 
 
-def row(sido: str, sigungu: str, item: str, spec: str, fee: str, category: str = "가구류", paid: str = "유료") -> dict[str, str]:
+def row(
+    sido: str, sigungu: str, item: str, spec: str, fee: str, category: str = "가구류", paid: str = "유료"
+) -> dict[str, str]:
     return {
-        "ctpvNm": sido, "sggNm": sigungu, "larWasNm": item, "larWasSeNm": category, "larWasSpcfct": spec, "paidFreeYn": paid, "fee": fee,
-        "mngInstNm": f"{sido} {sigungu}청", "crtrYmd": "2025-06-30", "insttCode": "3220000", "insttNm": f"{sido} {sigungu}",
+        "ctpvNm": sido,
+        "sggNm": sigungu,
+        "larWasNm": item,
+        "larWasSeNm": category,
+        "larWasSpcfct": spec,
+        "paidFreeYn": paid,
+        "fee": fee,
+        "mngInstNm": f"{sido} {sigungu}청",
+        "crtrYmd": "2025-06-30",
+        "insttCode": "3220000",
+        "insttNm": f"{sido} {sigungu}",
     }
 
 
 #: Fake fee tables (made-up amounts, real shape). 중구 exists in several 시·도 on purpose.
 ROWS = [
-    row("서울특별시", "강남구", "소파", "1인용", "4000"), row("서울특별시", "강남구", "소파", "3인용 이상", "12000"),
-    row("서울특별시", "강남구", "침대", "더블 이상", "15000"), row("서울특별시", "강남구", "장롱", "폭 120cm 이상", "18000"),
+    row("서울특별시", "강남구", "소파", "1인용", "4000"),
+    row("서울특별시", "강남구", "소파", "3인용 이상", "12000"),
+    row("서울특별시", "강남구", "침대", "더블 이상", "15000"),
+    row("서울특별시", "강남구", "장롱", "폭 120cm 이상", "18000"),
     row("서울특별시", "강남구", "냉장고", "500L 이상", "0", category="가전제품류", paid="무료"),
     row("서울특별시", "송파구", "소파", "1인용", "5000"),
-    row("서울특별시", "중구", "소파", "1인용", "6000"), row("부산광역시", "중구", "소파", "1인용", "7000"),
+    row("서울특별시", "중구", "소파", "1인용", "6000"),
+    row("부산광역시", "중구", "소파", "1인용", "7000"),
 ]
 
 
@@ -74,14 +88,25 @@ class FakeBulkWasteApi(LocalHttpFake):
         try:
             page, size = int(q.get("pageNo", "1")), int(q.get("numOfRows", "10"))
         except ValueError:
-            return web.json_response({"response": {"header": {"resultCode": "10", "resultMsg": "INVALID_REQUEST_PARAMETER_ERROR"}}})
-        filters = (("CTPV_NM", "ctpvNm"), ("SGG_NM", "sggNm"), ("LAR_WAS_NM", "larWasNm")) if self.honour_filters else ()
+            return web.json_response(
+                {"response": {"header": {"resultCode": "10", "resultMsg": "INVALID_REQUEST_PARAMETER_ERROR"}}}
+            )
+        filters = (
+            (("CTPV_NM", "ctpvNm"), ("SGG_NM", "sggNm"), ("LAR_WAS_NM", "larWasNm")) if self.honour_filters else ()
+        )
         found = [r for r in self.rows if all(not q.get(p) or r[f] == q[p] for p, f in filters)]
         if not found:
             return web.json_response({"response": {"header": {"resultCode": "03", "resultMsg": "NODATA_ERROR"}}})
         items = found[(page - 1) * size : page * size]
-        body = {"items": {"item": items} if self.wrap_items else items, "totalCount": str(len(found)), "numOfRows": str(size), "pageNo": str(page)}
-        return web.json_response({"response": {"header": {"resultCode": "00", "resultMsg": "NORMAL_SERVICE"}, "body": body}})
+        body = {
+            "items": {"item": items} if self.wrap_items else items,
+            "totalCount": str(len(found)),
+            "numOfRows": str(size),
+            "pageNo": str(page),
+        }
+        return web.json_response(
+            {"response": {"header": {"resultCode": "00", "resultMsg": "NORMAL_SERVICE"}, "body": body}}
+        )
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get(PATH, self.fees)

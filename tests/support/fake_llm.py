@@ -72,10 +72,21 @@ class Script:
     # Tool loops: one round of calls ({"name", "arguments"}) per request with tools, in order; an
     # empty round (or the plan used up) = a text reply, no calls. None: one call of the first tool with tool_args.
     tool_plan: list[list[dict[str, Any]]] | None = None
-    structured_by_title: dict[str, Any] = field(default_factory=dict)  # JSON schema title → its reply (a str is sent as is)
+    structured_by_title: dict[str, Any] = field(
+        default_factory=dict
+    )  # JSON schema title → its reply (a str is sent as is)
     vision: dict[str, dict[str, Any]] = field(default_factory=dict)  # sha256 hex of the image → structured reply
-    vision_unknown: dict[str, Any] = field(default_factory=lambda: {"item": "알 수 없는 물건", "category": "미분류", "confidence": 0.05, "situation_tags": []})
-    image: bytes = field(default_factory=lambda: png(b"fake image model: a recycling cat"))  # what the image endpoints draw
+    vision_unknown: dict[str, Any] = field(
+        default_factory=lambda: {
+            "item": "알 수 없는 물건",
+            "category": "미분류",
+            "confidence": 0.05,
+            "situation_tags": [],
+        }
+    )
+    image: bytes = field(
+        default_factory=lambda: png(b"fake image model: a recycling cat")
+    )  # what the image endpoints draw
 
 
 class FakeModelServer:
@@ -147,10 +158,18 @@ class FakeModelServer:
             return None
         status = int(fault)
         if provider == "openai":
-            kind = {429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}.get(status, "invalid_request_error")
-            return web.json_response({"error": {"message": f"fake error {status}", "type": kind, "param": None, "code": kind}}, status=status)
-        name = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 400: "INVALID_ARGUMENT"}.get(status, "UNKNOWN")
-        return web.json_response({"error": {"code": status, "message": f"fake error {status}", "status": name}}, status=status)
+            kind = {429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}.get(
+                status, "invalid_request_error"
+            )
+            return web.json_response(
+                {"error": {"message": f"fake error {status}", "type": kind, "param": None, "code": kind}}, status=status
+            )
+        name = {429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 400: "INVALID_ARGUMENT"}.get(
+            status, "UNKNOWN"
+        )
+        return web.json_response(
+            {"error": {"code": status, "message": f"fake error {status}", "status": name}}, status=status
+        )
 
     async def _sse(self, request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -161,7 +180,9 @@ class FakeModelServer:
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append({"provider": "openai", "path": request.path, "body": body, "headers": dict(request.headers)})
+        self.requests.append(
+            {"provider": "openai", "path": request.path, "body": body, "headers": dict(request.headers)}
+        )
         if (fault := await self._fault("openai")) is not None:
             return fault
         t = self._timing(body)
@@ -171,24 +192,57 @@ class FakeModelServer:
             if body.get("tools"):
                 calls = self._tool_round([tool["function"]["name"] for tool in body["tools"]])
                 if not calls:
-                    return self._openai_reply(cid, created, model, {"role": "assistant", "content": self.script.text}, "stop", t)
-                message = {"role": "assistant", "content": None, "tool_calls": [
-                    {"id": f"call_{uuid.uuid4().hex[:8]}", "type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["arguments"], ensure_ascii=False)}} for c in calls
-                ]}
+                    return self._openai_reply(
+                        cid, created, model, {"role": "assistant", "content": self.script.text}, "stop", t
+                    )
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": f"call_{uuid.uuid4().hex[:8]}",
+                            "type": "function",
+                            "function": {
+                                "name": c["name"],
+                                "arguments": json.dumps(c["arguments"], ensure_ascii=False),
+                            },
+                        }
+                        for c in calls
+                    ],
+                }
                 return self._openai_reply(cid, created, model, message, "tool_calls", t)
             rf = body.get("response_format") or {}
             image = self._openai_image(body)
             if image is not None and rf.get("type") == "json_schema":
-                return self._openai_reply(cid, created, model, {"role": "assistant", "content": self._see(image)}, "stop", t)
+                return self._openai_reply(
+                    cid, created, model, {"role": "assistant", "content": self._see(image)}, "stop", t
+                )
             if rf.get("type") == "json_schema":
-                return self._openai_reply(cid, created, model, {"role": "assistant", "content": self._structured_text((rf.get("json_schema") or {}).get("schema"))}, "stop", t)
+                return self._openai_reply(
+                    cid,
+                    created,
+                    model,
+                    {
+                        "role": "assistant",
+                        "content": self._structured_text((rf.get("json_schema") or {}).get("schema")),
+                    },
+                    "stop",
+                    t,
+                )
             if not body.get("stream"):
-                return self._openai_reply(cid, created, model, {"role": "assistant", "content": self.script.text}, "stop", t)
+                return self._openai_reply(
+                    cid, created, model, {"role": "assistant", "content": self.script.text}, "stop", t
+                )
             resp = await self._sse(request)
 
             async def chunk(delta: dict, finish: str | None) -> None:
-                data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                data = {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                }
                 await resp.write(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
 
             await chunk({"role": "assistant", "content": ""}, None)
@@ -209,7 +263,11 @@ class FakeModelServer:
                     if part.get("type") == "image_url":
                         found = DATA_URI.match(part["image_url"]["url"])
                         assert found, "the image must arrive as a base64 data URI"
-                        return {"provider": "openai", "mime": found.group(1), "data": base64.b64decode(found.group(2), validate=True)}
+                        return {
+                            "provider": "openai",
+                            "mime": found.group(1),
+                            "data": base64.b64decode(found.group(2), validate=True),
+                        }
         return None
 
     def _see(self, image: dict) -> str:
@@ -220,24 +278,51 @@ class FakeModelServer:
 
     async def openai_images(self, request: web.Request) -> web.Response:
         body = await request.json()
-        self.requests.append({"provider": "openai", "path": request.path, "body": body, "headers": dict(request.headers)})
+        self.requests.append(
+            {"provider": "openai", "path": request.path, "body": body, "headers": dict(request.headers)}
+        )
         if (fault := await self._fault("openai")) is not None:
             return fault
         if body.get("response_format") not in (None, "b64_json"):
-            return web.json_response({"error": {"message": "this fake only answers b64_json", "type": "invalid_request_error", "param": "response_format", "code": None}}, status=400)
-        return web.json_response({
-            "created": int(time.time()), "data": [{"b64_json": base64.b64encode(self.script.image).decode(), "revised_prompt": None}],
-            "output_format": "png", "size": body.get("size", "1024x1024"), "quality": "medium",
-            "usage": {"input_tokens": 10, "output_tokens": 100, "total_tokens": 110, "input_tokens_details": {"text_tokens": 10, "image_tokens": 0}},
-        })
+            return web.json_response(
+                {
+                    "error": {
+                        "message": "this fake only answers b64_json",
+                        "type": "invalid_request_error",
+                        "param": "response_format",
+                        "code": None,
+                    }
+                },
+                status=400,
+            )
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "data": [{"b64_json": base64.b64encode(self.script.image).decode(), "revised_prompt": None}],
+                "output_format": "png",
+                "size": body.get("size", "1024x1024"),
+                "quality": "medium",
+                "usage": {
+                    "input_tokens": 10,
+                    "output_tokens": 100,
+                    "total_tokens": 110,
+                    "input_tokens_details": {"text_tokens": 10, "image_tokens": 0},
+                },
+            }
+        )
 
     def _openai_reply(self, cid: str, created: int, model: str, message: dict, finish: str, t: dict) -> web.Response:
         t["first"] = t["end"] = time.monotonic()
-        return web.json_response({
-            "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-        })
+        return web.json_response(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+        )
 
     async def _pace(self, t: dict, send) -> None:
         s = self.script
@@ -256,9 +341,19 @@ class FakeModelServer:
     async def gemini(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["call"].partition(":")
         body = await request.json()
-        self.requests.append({"provider": "gemini", "path": request.path, "query": dict(request.query), "body": body, "headers": dict(request.headers)})
+        self.requests.append(
+            {
+                "provider": "gemini",
+                "path": request.path,
+                "query": dict(request.query),
+                "body": body,
+                "headers": dict(request.headers),
+            }
+        )
         if method not in ("generateContent", "streamGenerateContent"):
-            return web.json_response({"error": {"code": 404, "message": f"unknown method {method}", "status": "NOT_FOUND"}}, status=404)
+            return web.json_response(
+                {"error": {"code": 404, "message": f"unknown method {method}", "status": "NOT_FOUND"}}, status=404
+            )
         if (fault := await self._fault("gemini")) is not None:
             return fault
         t = self._timing(body)
@@ -268,7 +363,9 @@ class FakeModelServer:
                 resp = await self._sse(request)
 
                 async def send(tok: str) -> None:
-                    await resp.write(f"data: {json.dumps(self._candidate(model, [{'text': tok}], None), ensure_ascii=False)}\r\n\r\n".encode())
+                    await resp.write(
+                        f"data: {json.dumps(self._candidate(model, [{'text': tok}], None), ensure_ascii=False)}\r\n\r\n".encode()
+                    )
 
                 await self._pace(t, send)
                 await resp.write(f"data: {json.dumps(self._candidate(model, [{'text': ''}], 'STOP'))}\r\n\r\n".encode())
@@ -276,18 +373,40 @@ class FakeModelServer:
                 await resp.write_eof()
                 return resp
             config = body.get("generationConfig") or {}
-            inline = [p.get("inlineData") or p.get("inline_data") for c in body.get("contents") or [] for p in c.get("parts") or [] if p.get("inlineData") or p.get("inline_data")]
+            inline = [
+                p.get("inlineData") or p.get("inline_data")
+                for c in body.get("contents") or []
+                for p in c.get("parts") or []
+                if p.get("inlineData") or p.get("inline_data")
+            ]
             if "IMAGE" in (config.get("responseModalities") or config.get("response_modalities") or []):
-                parts = [{"inlineData": {"mimeType": "image/png", "data": base64.b64encode(self.script.image).decode()}}]
+                parts = [
+                    {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(self.script.image).decode()}}
+                ]
             elif inline:
                 blob = inline[-1]
-                image = {"provider": "gemini", "mime": blob.get("mimeType") or blob.get("mime_type"), "data": b64decode(blob["data"])}
+                image = {
+                    "provider": "gemini",
+                    "mime": blob.get("mimeType") or blob.get("mime_type"),
+                    "data": b64decode(blob["data"]),
+                }
                 parts = [{"text": self._see(image)}]
             elif any(tool.get("functionDeclarations") for tool in body.get("tools") or []):
-                calls = self._tool_round([d["name"] for tool in body["tools"] for d in tool.get("functionDeclarations") or []])
-                parts = [{"functionCall": {"id": f"fc-{uuid.uuid4().hex[:6]}", "name": c["name"], "args": c["arguments"]}} for c in calls] or [{"text": self.script.text}]
+                calls = self._tool_round(
+                    [d["name"] for tool in body["tools"] for d in tool.get("functionDeclarations") or []]
+                )
+                parts = [
+                    {"functionCall": {"id": f"fc-{uuid.uuid4().hex[:6]}", "name": c["name"], "args": c["arguments"]}}
+                    for c in calls
+                ] or [{"text": self.script.text}]
             elif (config.get("responseMimeType") or config.get("response_mime_type")) == "application/json":
-                parts = [{"text": self._structured_text(config.get("responseJsonSchema") or config.get("response_json_schema"))}]
+                parts = [
+                    {
+                        "text": self._structured_text(
+                            config.get("responseJsonSchema") or config.get("response_json_schema")
+                        )
+                    }
+                ]
             else:
                 parts = [{"text": self.script.text}]
             t["first"] = t["end"] = time.monotonic()
@@ -312,11 +431,19 @@ class FakeModelServer:
         cand: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
         if finish:
             cand["finishReason"] = finish
-        return {"candidates": [cand], "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15}, "modelVersion": model}
+        return {
+            "candidates": [cand],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "totalTokenCount": 15},
+            "modelVersion": model,
+        }
 
 
 async def _main(args: argparse.Namespace) -> None:
-    script = Script(tokens=[f"토큰{i} " for i in range(args.tokens)], first_token_s=args.first_token_ms / 1000, token_s=args.token_ms / 1000)
+    script = Script(
+        tokens=[f"토큰{i} " for i in range(args.tokens)],
+        first_token_s=args.first_token_ms / 1000,
+        token_s=args.token_ms / 1000,
+    )
     server = await FakeModelServer(script).start(args.port)
     print(json.dumps({"port": server.port}), flush=True)
     await asyncio.Event().wait()

@@ -106,9 +106,19 @@ class FakeOAuthProvider:
                 code = secrets.token_urlsafe(24)
                 user = q.get("test_user", "user-1")
                 with fake._lock:
-                    fake.codes[code] = {"provider": provider, "redirect_uri": q["redirect_uri"], "challenge": q["code_challenge"], "user": user, "used": False}
+                    fake.codes[code] = {
+                        "provider": provider,
+                        "redirect_uri": q["redirect_uri"],
+                        "challenge": q["code_challenge"],
+                        "user": user,
+                        "used": False,
+                    }
                 sep = "&" if "?" in q["redirect_uri"] else "?"
-                self._send(302, None, {"Location": q["redirect_uri"] + sep + urlencode({"code": code, "state": q.get("state", "")})})
+                self._send(
+                    302,
+                    None,
+                    {"Location": q["redirect_uri"] + sep + urlencode({"code": code, "state": q.get("state", "")})},
+                )
 
             def _token(self, provider: str, form: dict) -> None:
                 if form.get("grant_type") != "authorization_code":
@@ -118,9 +128,13 @@ class FakeOAuthProvider:
                 with fake._lock:
                     grant = fake.codes.get(form.get("code", ""))
                     if grant is None or grant["provider"] != provider:
-                        return self._send(400, {"error": "invalid_grant", "error_description": "unknown authorization code"})
+                        return self._send(
+                            400, {"error": "invalid_grant", "error_description": "unknown authorization code"}
+                        )
                     if grant["used"]:
-                        return self._send(400, {"error": "invalid_grant", "error_description": "authorization code already used"})
+                        return self._send(
+                            400, {"error": "invalid_grant", "error_description": "authorization code already used"}
+                        )
                     grant["used"] = True
                 if form.get("redirect_uri") != grant["redirect_uri"]:
                     return self._send(400, {"error": "invalid_grant", "error_description": "redirect_uri mismatch"})
@@ -131,7 +145,12 @@ class FakeOAuthProvider:
                 access = secrets.token_urlsafe(24)
                 with fake._lock:
                     fake.tokens[access] = {"provider": provider, "user": grant["user"]}
-                body = {"access_token": access, "token_type": "bearer", "expires_in": 3600, "refresh_token": secrets.token_urlsafe(24)}
+                body = {
+                    "access_token": access,
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                    "refresh_token": secrets.token_urlsafe(24),
+                }
                 if provider == "google":
                     body |= {"scope": "openid email profile", "id_token": "x.y.z"}
                 self._send(200, body, {"Cache-Control": "no-store"})
@@ -142,15 +161,42 @@ class FakeOAuthProvider:
                 with fake._lock:
                     grant = fake.tokens.get(token)
                 if grant is None or grant["provider"] != provider:
-                    return self._send(401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+                    return self._send(
+                        401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+                    )
                 user = grant["user"]
                 if provider == "kakao":
                     uid = int(hashlib.sha256(user.encode()).hexdigest()[:12], 16)
-                    body = {"id": uid, "connected_at": "2026-01-01T00:00:00Z", "kakao_account": {"profile": {"nickname": f"카카오 {user}", "profile_image_url": f"https://img.example/{user}.png"}, "email": f"{user}@kakao.example"}}
+                    body = {
+                        "id": uid,
+                        "connected_at": "2026-01-01T00:00:00Z",
+                        "kakao_account": {
+                            "profile": {
+                                "nickname": f"카카오 {user}",
+                                "profile_image_url": f"https://img.example/{user}.png",
+                            },
+                            "email": f"{user}@kakao.example",
+                        },
+                    }
                 elif provider == "google":
-                    body = {"sub": f"g-{user}", "name": f"Google {user}", "email": f"{user}@gmail.example", "email_verified": True, "picture": f"https://img.example/g/{user}.png"}
+                    body = {
+                        "sub": f"g-{user}",
+                        "name": f"Google {user}",
+                        "email": f"{user}@gmail.example",
+                        "email_verified": True,
+                        "picture": f"https://img.example/g/{user}.png",
+                    }
                 else:
-                    body = {"resultcode": "00", "message": "success", "response": {"id": f"n-{user}", "nickname": f"네이버 {user}", "email": f"{user}@naver.example", "profile_image": ""}}
+                    body = {
+                        "resultcode": "00",
+                        "message": "success",
+                        "response": {
+                            "id": f"n-{user}",
+                            "nickname": f"네이버 {user}",
+                            "email": f"{user}@naver.example",
+                            "profile_image": "",
+                        },
+                    }
                 self._send(200, body)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -25,10 +25,20 @@ class FakeTools(LocalHttpFake):
         float(request.query["latitude"]), float(request.query["longitude"])  # required, as the real API
         await asyncio.sleep(self.delay_s)
         self.calls.append((request.path, start, time.monotonic()))
-        return web.json_response({
-            "latitude": 37.56, "longitude": 126.98, "current_units": {"temperature_2m": "°C", "precipitation": "mm"},
-            "current": {"time": "2026-01-01T12:00", "interval": 900, "temperature_2m": 21.5, "precipitation": 1.2, "weather_code": 61},
-        })
+        return web.json_response(
+            {
+                "latitude": 37.56,
+                "longitude": 126.98,
+                "current_units": {"temperature_2m": "°C", "precipitation": "mm"},
+                "current": {
+                    "time": "2026-01-01T12:00",
+                    "interval": 900,
+                    "temperature_2m": 21.5,
+                    "precipitation": 1.2,
+                    "weather_code": 61,
+                },
+            }
+        )
 
     async def search(self, request: web.Request) -> web.Response:
         start = time.monotonic()
@@ -40,7 +50,15 @@ class FakeTools(LocalHttpFake):
             await self.hold.wait()
         await asyncio.sleep(self.delay_s)
         self.calls.append((request.path, start, time.monotonic()))
-        results = [{"title": f"재활용 뉴스 {i}", "url": f"https://news.example/{i}", "content": f"{body['query']} 관련 기사 {i}", "score": 0.9} for i in range(body.get("max_results", 3))]
+        results = [
+            {
+                "title": f"재활용 뉴스 {i}",
+                "url": f"https://news.example/{i}",
+                "content": f"{body['query']} 관련 기사 {i}",
+                "score": 0.9,
+            }
+            for i in range(body.get("max_results", 3))
+        ]
         return web.json_response({"query": body["query"], "results": results, "response_time": self.delay_s})
 
     def routes(self, app: web.Application) -> None:

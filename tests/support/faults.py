@@ -49,6 +49,7 @@ def as_user(user: str):
     """One wristband per user for the whole run (as the edge reuses one), so services verify it once."""
     return _sign(user, ttl_s=3600)
 
+
 #: what `eco2 up` runs with here: quick restarts and re-claims, dependency checks often, no Envoy
 STACK_ENV = {
     "ECO2_INGRESS": "none",
@@ -67,7 +68,13 @@ SERVICES = ("auth", "character", "location", "images", "chat", "events")
 #: a send that meets these is retried (same client_message_id); anything else ends the turn
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
 TERMINAL = {events_pb2.EVENT_KIND_DONE: "DONE", events_pb2.EVENT_KIND_ERROR: "ERROR"}
-QUESTIONS = ["페트병 어떻게 버려?", "캔은 어떻게 분리배출해?", "유리병은 어디에 버려?", "종이팩은 어떻게 버려?", "스티로폼은 어떻게 버려?"]
+QUESTIONS = [
+    "페트병 어떻게 버려?",
+    "캔은 어떻게 분리배출해?",
+    "유리병은 어디에 버려?",
+    "종이팩은 어떻게 버려?",
+    "스티로폼은 어떻게 버려?",
+]
 
 
 async def until(condition, *, timeout: float, what: str, every: float = 0.05):
@@ -100,11 +107,23 @@ class UpStack:
     async def __aenter__(self) -> UpStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "up.log").open("ab")  # a file, not a pipe: nobody has to read it for up to go on
-        self.proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "eco2.services.cli", "up", "--data-dir", str(self.data_dir),
-                                                         env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "eco2.services.cli",
+            "up",
+            "--data-dir",
+            str(self.data_dir),
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
         log.close()
         try:
-            self.endpoints = await until(self._endpoints, timeout=180, what=f"eco2 up to serve (log: {self.data_dir / 'up.log'})", every=0.1)
+            self.endpoints = await until(
+                self._endpoints, timeout=180, what=f"eco2 up to serve (log: {self.data_dir / 'up.log'})", every=0.1
+            )
         except BaseException:
             await self.__aexit__()
             raise
@@ -193,7 +212,7 @@ class Load:
         self._tasks: list[asyncio.Task] = []
 
     async def __aenter__(self) -> Load:
-        self._tasks = [asyncio.create_task(self._client(u)) for u in self.users[:self.clients]]
+        self._tasks = [asyncio.create_task(self._client(u)) for u in self.users[: self.clients]]
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -224,8 +243,11 @@ class Load:
                 await asyncio.sleep(0.1)
         while time.monotonic() < deadline:
             try:
-                stream = self.events.Subscribe(events_pb2.SubscribeRequest(job_id=t.job_id, after_seq=t.seqs[-1] if t.seqs else 0),
-                                               metadata=as_user(user), timeout=deadline - time.monotonic())
+                stream = self.events.Subscribe(
+                    events_pb2.SubscribeRequest(job_id=t.job_id, after_seq=t.seqs[-1] if t.seqs else 0),
+                    metadata=as_user(user),
+                    timeout=deadline - time.monotonic(),
+                )
                 async for event in stream:
                     t.seqs.append(event.seq)
                     t.kinds.append(event.kind)
@@ -326,7 +348,12 @@ async def account(stack: UpStack, turns: list[Turn]) -> Audit:
 
     async def history(job_id: str, user: str) -> list[events_pb2.Event]:
         if job_id not in histories:
-            histories[job_id] = [e async for e in events.Subscribe(events_pb2.SubscribeRequest(job_id=job_id), metadata=as_user(user), timeout=30)]
+            histories[job_id] = [
+                e
+                async for e in events.Subscribe(
+                    events_pb2.SubscribeRequest(job_id=job_id), metadata=as_user(user), timeout=30
+                )
+            ]
         return histories[job_id]
 
     duplicated = lost = gaps = 0
@@ -346,8 +373,11 @@ async def account(stack: UpStack, turns: list[Turn]) -> Audit:
     users = sorted({t.user for t in turns})
     conn = await asyncpg.connect(stack.database_url, timeout=30)
     try:
-        stored = await conn.fetch("SELECT user_id, job_id, client_message_id FROM chat_messages WHERE role = $1 AND user_id = ANY($2::text[])",
-                                  chat_pb2.MESSAGE_ROLE_USER, users)
+        stored = await conn.fetch(
+            "SELECT user_id, job_id, client_message_id FROM chat_messages WHERE role = $1 AND user_id = ANY($2::text[])",
+            chat_pb2.MESSAGE_ROLE_USER,
+            users,
+        )
     finally:
         await conn.close()
     counts: dict[str, int] = {}
@@ -364,8 +394,17 @@ async def account(stack: UpStack, turns: list[Turn]) -> Audit:
         if t.terminal == "ERROR":
             reasons[t.error_reason] = reasons.get(t.error_reason, 0) + 1
     return Audit(
-        turns=len(turns), done=sum(t.terminal == "DONE" for t in turns), errors=sum(t.terminal == "ERROR" for t in turns),
-        send_failed=[t.send_error for t in turns if t.send_error], unfinished=unfinished, duplicated=duplicated, lost=lost, gaps=gaps,
-        terminals_not_one=terminals_not_one, orphans=orphans, messages_not_one=messages_not_one, error_reasons=reasons,
+        turns=len(turns),
+        done=sum(t.terminal == "DONE" for t in turns),
+        errors=sum(t.terminal == "ERROR" for t in turns),
+        send_failed=[t.send_error for t in turns if t.send_error],
+        unfinished=unfinished,
+        duplicated=duplicated,
+        lost=lost,
+        gaps=gaps,
+        terminals_not_one=terminals_not_one,
+        orphans=orphans,
+        messages_not_one=messages_not_one,
+        error_reasons=reasons,
         bugs_logged=bugs_logged(stack),
     )

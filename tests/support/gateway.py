@@ -40,7 +40,9 @@ class PumpApp:
             md = {k: (v.decode("latin-1") if isinstance(v, bytes) else v) for k, v in context.invocation_metadata()}
             await context.send_initial_metadata((("x-pump", "hello"),))
             context.set_trailing_metadata((("x-pump-trailer", "bye"), ("x-pump-bin", b"\x00\x01\xff")))
-            return json.dumps({"body": request.decode("utf-8", "replace"), "metadata": md, "remaining": context.time_remaining()}).encode()
+            return json.dumps(
+                {"body": request.decode("utf-8", "replace"), "metadata": md, "remaining": context.time_remaining()}
+            ).encode()
 
         async def stream(request: bytes, context):
             spec = json.loads(request or b"{}")
@@ -59,7 +61,10 @@ class PumpApp:
                     stats["produced"] += 1
                     yield i.to_bytes(8, "big") + pad
                 if spec.get("code"):
-                    await context.abort(grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == spec["code"])), spec.get("message", "pump failed"))
+                    await context.abort(
+                        grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == spec["code"])),
+                        spec.get("message", "pump failed"),
+                    )
             except asyncio.CancelledError:
                 stats["cancelled"] = True
                 raise
@@ -119,7 +124,12 @@ async def upstreams(service_env: dict[str, str], **overrides: str):
 
     base = {**service_env, "ECO2_AUTH_RATE_LIMIT_PER_S": "0", "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "0.3", **overrides}
     with env(base):
-        apps = {"auth": create_auth(), "character": create_character(), "events": create_events(), "pump": PumpApp(RuntimeSettings())}
+        apps = {
+            "auth": create_auth(),
+            "character": create_character(),
+            "events": create_events(),
+            "pump": PumpApp(RuntimeSettings()),
+        }
     async with contextlib.AsyncExitStack() as stack:
         servers = {name: await stack.enter_async_context(running(app, metrics=False)) for name, app in apps.items()}
         yield {name: f"127.0.0.1:{s.port}" for name, s in servers.items()}
@@ -142,7 +152,21 @@ def node_env() -> dict[str, str]:
     return {**os.environ, "NODE_NO_WARNINGS": "1"}
 
 
-ANSWER_TOKENS = ["페트병은 ", "내용물을 ", "비우고 ", "물로 ", "헹군 ", "뒤 ", "라벨을 ", "떼어 ", "투명 ", "페트병 ", "전용 ", "수거함에 ", "버려요."]
+ANSWER_TOKENS = [
+    "페트병은 ",
+    "내용물을 ",
+    "비우고 ",
+    "물로 ",
+    "헹군 ",
+    "뒤 ",
+    "라벨을 ",
+    "떼어 ",
+    "투명 ",
+    "페트병 ",
+    "전용 ",
+    "수거함에 ",
+    "버려요.",
+]
 
 
 class StandInChatApp:
@@ -178,13 +202,27 @@ class StandInChatApp:
 
         async def produce(job: str, conversation: str) -> None:
             seq = 1
-            await publisher.publish(E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_INTENT, job_kind=E.JOB_KIND_CHAT))
+            await publisher.publish(
+                E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_STAGE, stage=E.STAGE_INTENT, job_kind=E.JOB_KIND_CHAT)
+            )
             for tok in ANSWER_TOKENS:
                 await asyncio.sleep(app.token_delay_s)
                 seq += 1
-                await publisher.publish(E.Event(job_id=job, seq=seq, kind=E.EVENT_KIND_TOKEN, stage=E.STAGE_ANSWER, delta=tok, job_kind=E.JOB_KIND_CHAT))
-            result = chat_pb2.ChatResult(conversation_id=conversation, answer="".join(ANSWER_TOKENS),
-                                         character=character_pb2.Character(code="char-petty", name="페티", match_label="무색페트병"))
+                await publisher.publish(
+                    E.Event(
+                        job_id=job,
+                        seq=seq,
+                        kind=E.EVENT_KIND_TOKEN,
+                        stage=E.STAGE_ANSWER,
+                        delta=tok,
+                        job_kind=E.JOB_KIND_CHAT,
+                    )
+                )
+            result = chat_pb2.ChatResult(
+                conversation_id=conversation,
+                answer="".join(ANSWER_TOKENS),
+                character=character_pb2.Character(code="char-petty", name="페티", match_label="무색페트병"),
+            )
             done = E.Event(job_id=job, seq=seq + 1, kind=E.EVENT_KIND_DONE, job_kind=E.JOB_KIND_CHAT)
             done.done.result.Pack(result)
             done.done.summary = "answered"
@@ -194,7 +232,9 @@ class StandInChatApp:
             async def SendMessage(self, request, context):
                 job = f"job-{_uuid.uuid4().hex[:16]}"
                 conversation = request.conversation_id or f"conv-{_uuid.uuid4().hex[:12]}"
-                await publisher.set_owner(job, caller_id(context))  # as the real chat does: the job streams to its sender only
+                await publisher.set_owner(
+                    job, caller_id(context)
+                )  # as the real chat does: the job streams to its sender only
                 task = asyncio.ensure_future(produce(job, conversation))
                 app.tasks.add(task)
                 task.add_done_callback(app.tasks.discard)

@@ -30,10 +30,21 @@ def _jwk() -> dict[str, str]:
 TEST_JWKS = json.dumps({"keys": [_jwk()]})
 
 
-def wristband(user_id: str, *, roles=("user",), provider: str = "dev", ttl_s: int = 600, key=None, kid: str = KID, **claims) -> str:
+def wristband(
+    user_id: str, *, roles=("user",), provider: str = "dev", ttl_s: int = 600, key=None, kid: str = KID, **claims
+) -> str:
     """A wristband for `user_id` signed with the test key (or `key`); `claims` override."""
     now = int(time.time())
-    payload = {"iss": ISSUER, "aud": AUDIENCE, "typ": IDENTITY_TYP, "sub": user_id, "roles": list(roles), "provider": provider, "iat": now, "exp": now + ttl_s}
+    payload = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "typ": IDENTITY_TYP,
+        "sub": user_id,
+        "roles": list(roles),
+        "provider": provider,
+        "iat": now,
+        "exp": now + ttl_s,
+    }
     payload.update(claims)
     payload = {k: v for k, v in payload.items() if v is not None}
     return jwt.encode(payload, key or KEY, algorithm=ALGORITHM, headers={"kid": kid})

@@ -33,21 +33,29 @@ def envoy_or_skip() -> str:
 
 
 @contextlib.asynccontextmanager
-async def running_envoy(workdir: Path, addresses: dict[str, str], *, cors_origins: tuple[str, ...] = (), authz: bool = True, **settings):
+async def running_envoy(
+    workdir: Path, addresses: dict[str, str], *, cors_origins: tuple[str, ...] = (), authz: bool = True, **settings
+):
     """Envoy on free ports (bound by Envoy itself, read back from its admin) fronting
     `addresses`; `authz=False` drops the ext_authz filter (the benchmark's baseline)."""
     binary = envoy_or_skip()
     workdir.mkdir(parents=True, exist_ok=True)
     ingress_settings = envoy.IngressSettings(**settings)
-    config = envoy.bootstrap(load(), envoy.Ingress(port=0, admin_port=0, addresses=addresses, cors_origins=cors_origins), ingress_settings)
+    config = envoy.bootstrap(
+        load(), envoy.Ingress(port=0, admin_port=0, addresses=addresses, cors_origins=cors_origins), ingress_settings
+    )
     if not authz:
         hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_authz"]
     path = workdir / "envoy.json"
     path.write_text(json.dumps(config, indent=1))
     log = workdir / "envoy.log"
-    proc = subprocess.Popen(envoy.command(binary, path, workdir / "admin.address", ingress_settings),
-                            stdin=subprocess.DEVNULL, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        envoy.command(binary, path, workdir / "admin.address", ingress_settings),
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         admin, port = await _ready(proc, workdir / "admin.address", log)
         yield RunningEnvoy(f"http://127.0.0.1:{port}", port, admin, proc, log)

@@ -13,7 +13,12 @@ DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))
 #: Grafana's variables as Prometheus sees them once Grafana has substituted them.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
 #: The sample names a metric family of each type exposes (prometheus_client's text format).
-SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"), "gauge": ("",), "summary": ("_count", "_sum", "_created")}
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_count", "_sum", "_created"),
+    "gauge": ("",),
+    "summary": ("_count", "_sum", "_created"),
+}
 
 
 def dashboard_queries(dashboard: dict) -> list[str]:
@@ -56,7 +61,11 @@ def exported_names(text: str) -> set[str]:
 
 def samples(text: str) -> dict[tuple[str, frozenset], float]:
     """(sample name, labels) → value of a /metrics body."""
-    return {(s.name, frozenset(s.labels.items())): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(scrape: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float | None:

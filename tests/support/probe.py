@@ -61,7 +61,9 @@ class ProbeApp:
 
         async def whoami(request: bytes, context) -> bytes:
             who = ctx.caller(context)
-            return json.dumps({"user": who.user_id, "roles": list(who.roles), "provider": who.provider, "job": who.job}).encode()
+            return json.dumps(
+                {"user": who.user_id, "roles": list(who.roles), "provider": who.provider, "job": who.job}
+            ).encode()
 
         async def sleep(request: bytes, context) -> bytes:
             await asyncio.sleep(float(request or b"0"))
@@ -116,7 +118,9 @@ class ProbeApp:
 
         handlers = {
             "Collect": grpc.stream_unary_rpc_method_handler(collect),
-            "Refuse": grpc.stream_unary_rpc_method_handler(refuse, wrappers_pb2.BytesValue.FromString, wrappers_pb2.BytesValue.SerializeToString),
+            "Refuse": grpc.stream_unary_rpc_method_handler(
+                refuse, wrappers_pb2.BytesValue.FromString, wrappers_pb2.BytesValue.SerializeToString
+            ),
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
             "WhoAmI": grpc.unary_unary_rpc_method_handler(whoami),
             "Sleep": grpc.unary_unary_rpc_method_handler(sleep),

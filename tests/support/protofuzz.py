@@ -33,27 +33,98 @@ MAX_DEPTH = 4
 OVERSIZED = 4 * 1024 * 1024 + 1
 
 EDGE_STRINGS = [
-    "", " ", "\u3000", "\x00", "a\x00b", "\x01\x02\x1b[31m\x7f", "line\nbreak\r\n", "\t",
-    "\u202eevil\u202c", "\u200f\u0645\u0631\u062d\u0628\u0627", "\u200b\u200d\ufeff", "e\u0301\u0301\u0301",
-    "🧴♻️👨‍👩‍👧‍👦", "\U0010ffff\uffff\ufffd", "²", "٣٤", "１２", "-1", "9" * 40, "1e309", "NaN",
-    "페트병 어떻게 버려?", "../../etc/passwd", "' OR 1=1 --", "%s%n%x", "{{7*7}}${7*7}", "<script>alert(1)</script>",
-    "00000000-0000-0000-0000-000000000000", "chat-" + "0" * 32, "char-eco", "a" * 129, "가" * 1001,
+    "",
+    " ",
+    "\u3000",
+    "\x00",
+    "a\x00b",
+    "\x01\x02\x1b[31m\x7f",
+    "line\nbreak\r\n",
+    "\t",
+    "\u202eevil\u202c",
+    "\u200f\u0645\u0631\u062d\u0628\u0627",
+    "\u200b\u200d\ufeff",
+    "e\u0301\u0301\u0301",
+    "🧴♻️👨‍👩‍👧‍👦",
+    "\U0010ffff\uffff\ufffd",
+    "²",
+    "٣٤",
+    "１２",
+    "-1",
+    "9" * 40,
+    "1e309",
+    "NaN",
+    "페트병 어떻게 버려?",
+    "../../etc/passwd",
+    "' OR 1=1 --",
+    "%s%n%x",
+    "{{7*7}}${7*7}",
+    "<script>alert(1)</script>",
+    "00000000-0000-0000-0000-000000000000",
+    "chat-" + "0" * 32,
+    "char-eco",
+    "a" * 129,
+    "가" * 1001,
 ]
 HUGE_STRINGS = ["x" * 70_000, "가" * 40_000]
-EDGE_BYTES = [b"", b"\x00", b"\xff" * 16, b"\x89PNG\r\n\x1a\n" + b"\x00" * 16, b"\xff\xd8\xff\xe0", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBP"]
-EDGE_FLOATS = [0.0, -0.0, math.nan, math.inf, -math.inf, 5e-324, -5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 1e-300, 37.5665, 126.978, 91.0, -181.0]
+EDGE_BYTES = [
+    b"",
+    b"\x00",
+    b"\xff" * 16,
+    b"\x89PNG\r\n\x1a\n" + b"\x00" * 16,
+    b"\xff\xd8\xff\xe0",
+    b"GIF89a",
+    b"RIFF\x00\x00\x00\x00WEBP",
+]
+EDGE_FLOATS = [
+    0.0,
+    -0.0,
+    math.nan,
+    math.inf,
+    -math.inf,
+    5e-324,
+    -5e-324,
+    2.2250738585072014e-308,
+    1.7976931348623157e308,
+    1e-300,
+    37.5665,
+    126.978,
+    91.0,
+    -181.0,
+]
 INT_RANGES = {
-    F.TYPE_INT32: (-(2**31), 2**31 - 1), F.TYPE_SINT32: (-(2**31), 2**31 - 1), F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    F.TYPE_INT64: (-(2**63), 2**63 - 1), F.TYPE_SINT64: (-(2**63), 2**63 - 1), F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    F.TYPE_UINT32: (0, 2**32 - 1), F.TYPE_FIXED32: (0, 2**32 - 1),
-    F.TYPE_UINT64: (0, 2**64 - 1), F.TYPE_FIXED64: (0, 2**64 - 1),
+    F.TYPE_INT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    F.TYPE_INT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    F.TYPE_UINT32: (0, 2**32 - 1),
+    F.TYPE_FIXED32: (0, 2**32 - 1),
+    F.TYPE_UINT64: (0, 2**64 - 1),
+    F.TYPE_FIXED64: (0, 2**64 - 1),
 }
 
 
 #: values a real client sends, so that requests also get past validation to the code behind it
 PLAUSIBLE_STRINGS = [
-    "페트병 어떻게 버려?", "캔은 어떻게 버려? 근처 수거함도 알려줘", "hello", "char-eco", "plastic", "dev", "kakao", "google", "user",
-    "image/png", "image/jpeg", "ko", "http://localhost:8080/callback", "서울", "강남구", "chat-" + "ab" * 16, "location",
+    "페트병 어떻게 버려?",
+    "캔은 어떻게 버려? 근처 수거함도 알려줘",
+    "hello",
+    "char-eco",
+    "plastic",
+    "dev",
+    "kakao",
+    "google",
+    "user",
+    "image/png",
+    "image/jpeg",
+    "ko",
+    "http://localhost:8080/callback",
+    "서울",
+    "강남구",
+    "chat-" + "ab" * 16,
+    "location",
     "sha256:" + "0" * 64,
 ]
 #: ids of things that exist (a conversation, a job, an image), added by the test before it draws:
@@ -109,7 +180,10 @@ def _extreme(field: FieldDescriptor) -> st.SearchStrategy:
         # proto3 enums are open: any int32 goes on the wire, and a server must refuse it
         return st.one_of(st.sampled_from([-1, max(known) + 1, 2**31 - 1, -(2**31)]), st.integers(-(2**31), 2**31 - 1))
     low, high = INT_RANGES[t]
-    return st.one_of(st.sampled_from(sorted({0, -1 if low < 0 else 2, low, high, high // 2, low + 1, high - 1})), st.integers(low, high))
+    return st.one_of(
+        st.sampled_from(sorted({0, -1 if low < 0 else 2, low, high, high // 2, low + 1, high - 1})),
+        st.integers(low, high),
+    )
 
 
 def _fits_float32(x: float) -> bool:
@@ -208,7 +282,9 @@ def _not_utf8(descriptor: Descriptor) -> st.SearchStrategy[bytes] | None:
 def requests(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
     """Serialized requests of `descriptor`'s type, or bytes that are not one."""
     message = messages(descriptor).map(lambda m: m.SerializeToString())
-    noise = st.binary(max_size=256) if (bad := _not_utf8(descriptor)) is None else st.one_of(st.binary(max_size=256), bad)
+    noise = (
+        st.binary(max_size=256) if (bad := _not_utf8(descriptor)) is None else st.one_of(st.binary(max_size=256), bad)
+    )
     return st.one_of(message, message, message, noise)  # one request in four is not a message
 
 
@@ -260,9 +336,11 @@ async def invoke(channel: grpc.aio.Channel, call: Call, payloads: list[bytes], m
     m = call.method
     try:
         if m.client_streaming:
+
             async def stream():
                 for p in payloads:
                     yield p
+
             if m.server_streaming:
                 rpc = channel.stream_stream(call.path)(stream(), metadata=metadata, timeout=timeout)
             else:
@@ -285,7 +363,17 @@ async def invoke(channel: grpc.aio.Channel, call: Call, payloads: list[bytes], m
 
 
 #: The extremes every field is tried at, one field at a time (`edge_requests`), by type.
-EXTREME_STRINGS = ["", " ", "\x00", "a\x00b", "\x1b[31m\x7f\r\n", "\u202eevil\u202c", "🧴♻️👨‍👩‍👧‍👦", "²٣１", "x" * 70_000]
+EXTREME_STRINGS = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\x1b[31m\x7f\r\n",
+    "\u202eevil\u202c",
+    "🧴♻️👨‍👩‍👧‍👦",
+    "²٣１",
+    "x" * 70_000,
+]
 EXTREME_DOUBLES = [math.nan, math.inf, -math.inf, 5e-324, -5e-324, 1.7976931348623157e308, -0.0]
 EXTREME_FLOATS = [math.nan, math.inf, -math.inf, 1e-45, 3.4e38]
 
@@ -323,7 +411,9 @@ def _paths(descriptor: Descriptor, depth: int, prefix: tuple = ()) -> list[tuple
     return out
 
 
-def edge_requests(descriptor: Descriptor, base: bytes = b"", *, depth: int = 2, max_paths: int = 40) -> list[tuple[str, bytes]]:
+def edge_requests(
+    descriptor: Descriptor, base: bytes = b"", *, depth: int = 2, max_paths: int = 40
+) -> list[tuple[str, bytes]]:
     """Deterministic requests: `base` (a serialized request, e.g. one the service accepted, so
     that the extreme gets past validation of the other fields) with one field (at most
     `max_paths` of them, nested ones included) at one of its extremes; a repeated field also as
@@ -334,7 +424,9 @@ def edge_requests(descriptor: Descriptor, base: bytes = b"", *, depth: int = 2, 
     for path in _paths(descriptor, depth)[:max_paths]:
         name = ".".join(f.name for f in path)
         field = path[-1]
-        values = [[v] for v in _extremes(field)] + [[_extremes(field)[0]] * 5000] if field.is_repeated else _extremes(field)
+        values = (
+            [[v] for v in _extremes(field)] + [[_extremes(field)[0]] * 5000] if field.is_repeated else _extremes(field)
+        )
         for value in values:
             msg = cls.FromString(base)
             target = msg

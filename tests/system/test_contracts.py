@@ -36,6 +36,7 @@ def test_buf_lint(repo_root):
 
 def test_buf_breaking_against_previous_commit(repo_root):
     """No change may break a contract that already landed (FILE rules)."""
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=repo_root, capture_output=True, text=True)
 
@@ -43,7 +44,9 @@ def test_buf_breaking_against_previous_commit(repo_root):
         pytest.skip("no previous commit to compare with (first commit or shallow clone)")
     if git("cat-file", "-e", "HEAD~1:buf.yaml").returncode != 0:
         pytest.skip("the previous commit has no buf.yaml")
-    result = subprocess.run([_buf(), "breaking", "--against", ".git#ref=HEAD~1"], cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(
+        [_buf(), "breaking", "--against", ".git#ref=HEAD~1"], cwd=repo_root, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -56,7 +59,9 @@ def test_buf_breaking_detects_a_break(repo_root, tmp_path):
     shutil.copy(repo_root / "buf.yaml", copy / "buf.yaml")
     events = copy / "proto/eco2/events/v1/events.proto"
     events.write_text(events.read_text().replace("  uint64 after_seq = 2;\n", ""))
-    result = subprocess.run([_buf(), "breaking", str(copy), "--against", str(repo_root)], capture_output=True, text=True)
+    result = subprocess.run(
+        [_buf(), "breaking", str(copy), "--against", str(repo_root)], capture_output=True, text=True
+    )
     assert result.returncode != 0
     assert "after_seq" in result.stdout + result.stderr
 
@@ -88,7 +93,17 @@ def test_operations_of_the_seed_system_are_covered():
         return {m.name: m for m in module.DESCRIPTOR.services_by_name[name].methods}
 
     auth = methods(auth_pb2, "AuthService")
-    assert {"DevSignIn", "StartOAuth", "CompleteOAuth", "Refresh", "SignOut", "GetMe", "UpdateProfile", "DeleteAccount", "GetJwks"} <= set(auth)
+    assert {
+        "DevSignIn",
+        "StartOAuth",
+        "CompleteOAuth",
+        "Refresh",
+        "SignOut",
+        "GetMe",
+        "UpdateProfile",
+        "DeleteAccount",
+        "GetJwks",
+    } <= set(auth)
     ch = methods(character_pb2, "CharacterService")
     assert {"ListCharacters", "GetCharacter", "MatchCharacter", "GrantReward", "ListCollection"} <= set(ch)
     loc = methods(location_pb2, "LocationService")
@@ -113,7 +128,14 @@ def test_event_envelope():
     assert fields["seq"].type == fields["seq"].TYPE_UINT64
     assert {o.name for o in events_pb2.Event.DESCRIPTOR.oneofs} == {"payload"}
     kinds = set(events_pb2.EventKind.keys())
-    assert {"EVENT_KIND_DONE", "EVENT_KIND_ERROR", "EVENT_KIND_NEEDS_INPUT", "EVENT_KIND_TOKEN", "EVENT_KIND_STAGE", "EVENT_KIND_TOOL"} <= kinds
+    assert {
+        "EVENT_KIND_DONE",
+        "EVENT_KIND_ERROR",
+        "EVENT_KIND_NEEDS_INPUT",
+        "EVENT_KIND_TOKEN",
+        "EVENT_KIND_STAGE",
+        "EVENT_KIND_TOOL",
+    } <= kinds
 
 
 def test_enums_start_unspecified_and_intents_are_closed():
@@ -124,7 +146,18 @@ def test_enums_start_unspecified_and_intents_are_closed():
         for enum in enums:
             assert enum.value[0].number == 0 and enum.value[0].name.endswith("_UNSPECIFIED"), enum.name
     intents = {k.removeprefix("INTENT_").lower() for k in chat_pb2.Intent.keys()} - {"unspecified"}
-    assert intents == {"waste", "character", "location", "bulk_waste", "recyclable_price", "collection_point", "weather", "image_generation", "web_search", "general"}
+    assert intents == {
+        "waste",
+        "character",
+        "location",
+        "bulk_waste",
+        "recyclable_price",
+        "collection_point",
+        "weather",
+        "image_generation",
+        "web_search",
+        "general",
+    }
 
 
 def test_python_names_live_under_eco2(tmp_path):

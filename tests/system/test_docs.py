@@ -38,14 +38,19 @@ def _settings_classes() -> list[type[BaseSettings]]:
 
 def test_every_setting_is_documented(repo_root):
     docs = (repo_root / "README.md").read_text()
-    for path in sorted((repo_root / "docs" / "services").glob("*.md")) if (repo_root / "docs" / "services").is_dir() else []:
+    for path in (
+        sorted((repo_root / "docs" / "services").glob("*.md")) if (repo_root / "docs" / "services").is_dir() else []
+    ):
         docs += path.read_text()
+
     def documented(env: str) -> bool:
         if env.endswith("_ADDR") and "ECO2_<NAME>_ADDR" in docs:
             return True
         return re.search(rf"\b{re.escape(env)}\b", docs) is not None
 
-    missing = sorted(f"{cls.__name__}.{env}" for cls in _settings_classes() for env in _env_names(cls) if not documented(env))
+    missing = sorted(
+        f"{cls.__name__}.{env}" for cls in _settings_classes() for env in _env_names(cls) if not documented(env)
+    )
     assert missing == [], "document these settings in README.md or docs/services/NAME.md: " + ", ".join(missing)
 
 
@@ -68,8 +73,12 @@ def test_doc_links_and_adr_references_resolve(repo_root):
     (`ADR NNNN`, `docs/adr/NNNN`) or a module (`docs/adr/NNNN`) refers to exists."""
     adrs = {path.name[:4] for path in (repo_root / "docs" / "adr").glob("[0-9][0-9][0-9][0-9]-*.md")}
     docs = [repo_root / "README.md", *sorted((repo_root / "docs").rglob("*.md"))]
-    code = [path for folder in ("services", "gateway", "mesh", "bench", "tests") for path in sorted((repo_root / folder).rglob("*.py"))
-            if "node_modules" not in path.parts]
+    code = [
+        path
+        for folder in ("services", "gateway", "mesh", "bench", "tests")
+        for path in sorted((repo_root / folder).rglob("*.py"))
+        if "node_modules" not in path.parts
+    ]
     broken = []
     for path in docs:
         text = path.read_text()

@@ -30,8 +30,11 @@ async def test_killing_each_part_under_load_loses_and_duplicates_nothing(stack):
         for victim in VICTIMS:
             recoveries.append(await fault(stack, load, victim))
     audit = await account(stack, load.turns)
-    report = "\n".join(f"{r.victim}: SERVING {r.to_serving_s} s, first DONE {r.to_first_done_s} s, in flight {r.in_flight} "
-                       f"({r.streaming} streaming), probe errors {r.probe_errors}" for r in recoveries)
+    report = "\n".join(
+        f"{r.victim}: SERVING {r.to_serving_s} s, first DONE {r.to_first_done_s} s, in flight {r.in_flight} "
+        f"({r.streaming} streaming), probe errors {r.probe_errors}"
+        for r in recoveries
+    )
     print(report, audit, sep="\n")
     assert [r.victim for r in recoveries] == list(VICTIMS)
     assert all(r.streaming >= 1 for r in recoveries), report  # each kill hit a turn mid-stream

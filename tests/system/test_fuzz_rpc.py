@@ -36,8 +36,19 @@ EXAMPLES = int(os.environ.get("ECO2_FUZZ_EXAMPLES", "40"))
 #: a call that takes longer hangs (a server stream counts once it sent its first message)
 DEADLINE_S = 10.0
 NEVER = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=False,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=False,
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
+)
 #: the users calls act for: few, so a wristband is signed once each and reused (as the edge does)
 USERS = [f"fuzz-{uuid.uuid4().hex[:8]}" for _ in range(3)]
 IDENTITIES = {
@@ -56,8 +67,13 @@ async def mesh(service_env, session_dir):
     """Every service of the registry, in-process on free ports, wired to each other as `eco2 up`
     wires them. Chat runs no workers (its queue kind is this module's own, so no other test's
     workers take its jobs): the fuzz is of the RPCs; test_faults runs turns to the end."""
-    base = {**service_env, "ECO2_DATA_DIR": str(session_dir / "fuzz"), "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "0.2",
-            "ECO2_CHAT_WORKERS": "0", "ECO2_CHAT_JOB_KIND": "fuzz"}
+    base = {
+        **service_env,
+        "ECO2_DATA_DIR": str(session_dir / "fuzz"),
+        "ECO2_EVENTS_UNKNOWN_JOB_GRACE_S": "0.2",
+        "ECO2_CHAT_WORKERS": "0",
+        "ECO2_CHAT_JOB_KIND": "fuzz",
+    }
     from eco2.services import registry
 
     # what others call first (a service reads its peers' addresses when it is created), chat last
@@ -70,8 +86,12 @@ async def mesh(service_env, session_dir):
                 app = registry.create(name)
             servers[name] = await stack.enter_async_context(running(app, metrics=False))
             addresses[name] = f"127.0.0.1:{servers[name].port}"
-        channels = {name: await stack.enter_async_context(grpc.aio.insecure_channel(a, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]))
-                    for name, a in addresses.items()}
+        channels = {
+            name: await stack.enter_async_context(
+                grpc.aio.insecure_channel(a, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+            )
+            for name, a in addresses.items()
+        }
         protofuzz.KNOWN[:] = await _things_of(USERS[0], servers, channels)
         yield servers, channels
         protofuzz.KNOWN.clear()
@@ -85,7 +105,12 @@ def _png() -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 async def _things_of(user: str, servers, channels) -> list[str]:
@@ -96,20 +121,30 @@ async def _things_of(user: str, servers, channels) -> list[str]:
     from eco2.services.bus.producer import EventPublisher
     from eco2.services.dataplane.urls import create_redis
 
-    sent = await chat_pb2_grpc.ChatServiceStub(channels["chat"]).SendMessage(chat_pb2.SendMessageRequest(message="페트병 어떻게 버려?"), metadata=as_user(user), timeout=DEADLINE_S)
+    sent = await chat_pb2_grpc.ChatServiceStub(channels["chat"]).SendMessage(
+        chat_pb2.SendMessageRequest(message="페트병 어떻게 버려?"), metadata=as_user(user), timeout=DEADLINE_S
+    )
     # ended, as a worker ends it: a stream of it ends too (one of a job still running stays open)
     redis = create_redis(servers["events"].app.settings.redis_url)
     try:
-        await EventPublisher(redis, servers["events"].app.settings).publish(events_pb2.Event(job_id=sent.job_id, seq=2, kind=events_pb2.EVENT_KIND_DONE))
+        await EventPublisher(redis, servers["events"].app.settings).publish(
+            events_pb2.Event(job_id=sent.job_id, seq=2, kind=events_pb2.EVENT_KIND_DONE)
+        )
     finally:
         await redis.aclose()
     png = _png()
 
     async def upload():
-        yield images_pb2.UploadRequest(metadata=images_pb2.UploadMetadata(channel=images_pb2.IMAGE_CHANNEL_CHAT, content_type="image/png", filename="a.png"))
+        yield images_pb2.UploadRequest(
+            metadata=images_pb2.UploadMetadata(
+                channel=images_pb2.IMAGE_CHANNEL_CHAT, content_type="image/png", filename="a.png"
+            )
+        )
         yield images_pb2.UploadRequest(chunk=png)
 
-    image = await images_pb2_grpc.ImageServiceStub(channels["images"]).Upload(upload(), metadata=as_user(user), timeout=DEADLINE_S)
+    image = await images_pb2_grpc.ImageServiceStub(channels["images"]).Upload(
+        upload(), metadata=as_user(user), timeout=DEADLINE_S
+    )
     return [sent.conversation_id, sent.job_id, sent.message_id, image.image.key]
 
 
@@ -137,7 +172,11 @@ def test_every_method_of_every_service_is_fuzzed():
 
 
 async def _serving(channel: grpc.aio.Channel, service: str) -> int:
-    return (await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE_S)).status
+    return (
+        await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=DEADLINE_S
+        )
+    ).status
 
 
 #: status codes seen per method; written to ECO2_FUZZ_REPORT (JSON) when set, for bench/faults.py
@@ -159,7 +198,10 @@ def report():
 async def test_random_and_extreme_requests_never_fail_internally_nor_hang(mesh, call, data):
     servers, channels = mesh
     channel = channels[call.app]
-    payloads = data.draw(st.lists(requests(call.method.input_type), min_size=1, max_size=4 if call.method.client_streaming else 1), label="payloads")
+    payloads = data.draw(
+        st.lists(requests(call.method.input_type), min_size=1, max_size=4 if call.method.client_streaming else 1),
+        label="payloads",
+    )
     who = data.draw(st.sampled_from(WHO), label="identity")
     outcome = await invoke(channel, call, payloads, IDENTITIES[who], DEADLINE_S)
     count(call, outcome)
@@ -181,8 +223,12 @@ def count(call: Call, outcome) -> None:
 def check(call: Call, who: str, outcome, case: str = "") -> None:
     assert outcome.code not in NEVER, f"{call} {case} as {who}: {outcome.code.name}: {outcome.details[:300]}"
     # grpc core itself refuses a request over ECO2_MAX_MESSAGE_BYTES, before any handler: no details
-    too_large = outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger than max" in outcome.details
-    assert outcome.code == grpc.StatusCode.OK or outcome.rich or too_large, f"{call} {case} as {who}: {outcome.code.name} without details: {outcome.details[:300]}"
+    too_large = (
+        outcome.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "Received message larger than max" in outcome.details
+    )
+    assert outcome.code == grpc.StatusCode.OK or outcome.rich or too_large, (
+        f"{call} {case} as {who}: {outcome.code.name} without details: {outcome.details[:300]}"
+    )
 
 
 @pytest.mark.parametrize("call", CALLS, ids=str)

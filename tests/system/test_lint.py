@@ -23,3 +23,9 @@ def test_ruff_finds_nothing():
     """The rules of pyproject.toml [tool.ruff.lint] (pyflakes, pycodestyle, bugbear, isort, pyupgrade)."""
     result = _run(sys.executable, "-m", "ruff", "check", "--no-cache", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_tree_is_formatted():
+    """`ruff format` (pyproject.toml [tool.ruff], 120 columns) leaves every file as it is."""
+    result = _run(sys.executable, "-m", "ruff", "format", "--check", "--no-cache", ".")
+    assert result.returncode == 0, result.stdout + result.stderr

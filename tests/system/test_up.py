@@ -24,7 +24,13 @@ from support.fake_llm import png
 
 
 def _eco2(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "eco2.services.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "eco2.services.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 60) -> dict:
@@ -66,27 +72,53 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
             body = urllib.request.urlopen(endpoints["metrics"][name], timeout=5).read().decode()
             assert "eco2_grpc_server_handled_total" in body or "python_info" in body
         with grpc.insecure_channel(endpoints["character"]) as ch:
-            reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
+            reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(
+                character_pb2.ListCharactersRequest(), timeout=5
+            )
             assert len(reply.characters) == 13
         # a service port answers a user's call only with a wristband, as a developer gets one
-        printed = subprocess.run([sys.executable, "-m", "eco2.services.cli", "identity", "--data-dir", str(data_dir), "--name", "up-dev"], capture_output=True, text=True, timeout=60)
+        printed = subprocess.run(
+            [sys.executable, "-m", "eco2.services.cli", "identity", "--data-dir", str(data_dir), "--name", "up-dev"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert printed.returncode == 0, printed.stderr
         wristband = printed.stdout.strip()
         with grpc.insecure_channel(endpoints["character"]) as ch:
             stub = character_pb2_grpc.CharacterServiceStub(ch)
-            stub.ListCollection(character_pb2.ListCollectionRequest(), metadata=(("x-eco2-identity", wristband),), timeout=5)
+            stub.ListCollection(
+                character_pb2.ListCollectionRequest(), metadata=(("x-eco2-identity", wristband),), timeout=5
+            )
             with pytest.raises(grpc.RpcError) as refused:
-                stub.ListCollection(character_pb2.ListCollectionRequest(), metadata=(("x-eco2-user-id", "anyone"),), timeout=5)
+                stub.ListCollection(
+                    character_pb2.ListCollectionRequest(), metadata=(("x-eco2-user-id", "anyone"),), timeout=5
+                )
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # the same endpoints, for scripts
-        shown = subprocess.run([sys.executable, "-m", "eco2.services.cli", "endpoints", "--data-dir", str(data_dir)], capture_output=True, text=True)
+        shown = subprocess.run(
+            [sys.executable, "-m", "eco2.services.cli", "endpoints", "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+        )
         assert json.loads(shown.stdout)["character"] == endpoints["character"]
 
         # the terminal client answers from the running stack: tokens, then the citations
         asked = subprocess.run(
-            [sys.executable, "-m", "eco2.services.cli", "chat", "--data-dir", str(data_dir), "--near", "37.5665,126.9780",
-             "이 페트병 어떻게 분리해? 근처 수거함도 알려줘"],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "eco2.services.cli",
+                "chat",
+                "--data-dir",
+                str(data_dir),
+                "--near",
+                "37.5665,126.9780",
+                "이 페트병 어떻게 분리해? 근처 수거함도 알려줘",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert asked.returncode == 0, asked.stderr
         assert "라벨" in asked.stdout and "[출처]" in asked.stdout and "[샘플]" in asked.stdout, asked.stdout
@@ -97,11 +129,25 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         text.write_text("사진이 아니에요")
         scanned = _scan(data_dir, "--hint", "투명 생수병", str(photo))
         assert scanned.returncode == 0, scanned.stderr
-        assert "라벨" in scanned.stdout and "[규정] 무색페트병 (재활용폐기물_무색페트병)" in scanned.stdout and "[보상] '페티' 캐릭터를 획득했어요!" in scanned.stdout, scanned.stdout
-        assert "사진 인식 모델이 설정되어 있지 않아" in scanned.stdout and "· 분리배출 규정을 찾고 있어요" in scanned.stderr
+        assert (
+            "라벨" in scanned.stdout
+            and "[규정] 무색페트병 (재활용폐기물_무색페트병)" in scanned.stdout
+            and "[보상] '페티' 캐릭터를 획득했어요!" in scanned.stdout
+        ), scanned.stdout
+        assert (
+            "사진 인식 모델이 설정되어 있지 않아" in scanned.stdout
+            and "· 분리배출 규정을 찾고 있어요" in scanned.stderr
+        )
         asking = _scan(data_dir, str(photo))  # no hint, no terminal to answer in
-        assert asking.returncode == 3 and "사진 속 물건이 무엇인가요?" in asking.stderr and "  3. 무색페트병" in asking.stderr, asking.stderr
-        for bad, message in ((text, "is not a PNG, JPEG, GIF or WebP image"), (data_dir / "missing.png", "cannot read")):
+        assert (
+            asking.returncode == 3
+            and "사진 속 물건이 무엇인가요?" in asking.stderr
+            and "  3. 무색페트병" in asking.stderr
+        ), asking.stderr
+        for bad, message in (
+            (text, "is not a PNG, JPEG, GIF or WebP image"),
+            (data_dir / "missing.png", "cannot read"),
+        ):
             refused_scan = _scan(data_dir, str(bad))
             assert refused_scan.returncode == 2 and message in refused_scan.stderr, refused_scan.stderr
 
@@ -113,7 +159,9 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
         message = second.stderr.read()
         assert "already in use" in message and str(data_dir) in message
         with grpc.insecure_channel(endpoints["character"]) as ch:
-            character_pb2_grpc.CharacterServiceStub(ch).GetCharacter(character_pb2.GetCharacterRequest(code="char-eco"), timeout=5)
+            character_pb2_grpc.CharacterServiceStub(ch).GetCharacter(
+                character_pb2.GetCharacterRequest(code="char-eco"), timeout=5
+            )
 
         pids = _tree(proc.pid) + [endpoints["dataplane"]["postgres_pid"], endpoints["dataplane"]["valkey_pid"]]
         assert len(set(pids)) >= 1 + len(SERVICES) + 2  # up, services, postgres, valkey
@@ -131,10 +179,17 @@ def test_up_serves_every_service_and_stops_without_leftovers(data_dir):
 
 def _eco2_status(data_dir: Path) -> tuple[int, dict[str, list[str]]]:
     """`eco2 status`'s exit code and table: service → [health, streams, queue]."""
-    shown = subprocess.run([sys.executable, "-m", "eco2.services.cli", "status", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "eco2.services.cli", "status", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = shown.stdout.splitlines()
     assert lines and lines[0].split() == ["SERVICE", "HEALTH", "STREAMS", "QUEUE"], shown.stdout + shown.stderr
-    return shown.returncode, {line.split()[0]: [*line.split(None, 3)[1:3], line.split(None, 3)[3]] for line in lines[1:]}
+    return shown.returncode, {
+        line.split()[0]: [*line.split(None, 3)[1:3], line.split(None, 3)[3]] for line in lines[1:]
+    }
 
 
 def _status_shows_health_streams_and_the_queue(data_dir: Path, endpoints: dict) -> None:
@@ -154,7 +209,9 @@ def _status_shows_health_streams_and_the_queue(data_dir: Path, endpoints: dict) 
         client = redis.asyncio.Redis.from_url(endpoints["dataplane"]["redis_url"])
         publisher = EventPublisher(client)
         await publisher.publish(events_pb2.Event(job_id=job, seq=1, kind=events_pb2.EVENT_KIND_STAGE))
-        await JobQueue(client, "chat").enqueue(f"{job}-broken", b"not a chat job")  # the workers fail it, then dead-letter it
+        await JobQueue(client, "chat").enqueue(
+            f"{job}-broken", b"not a chat job"
+        )  # the workers fail it, then dead-letter it
         await publisher.aclose()
         await client.aclose()
 
@@ -187,7 +244,9 @@ def test_up_restarts_warm_on_the_same_data_dir_on_the_same_ports(data_dir):
             try:
                 endpoints = _wait_for(data_dir / "endpoints.json", proc)
                 with grpc.insecure_channel(endpoints["character"]) as ch:
-                    reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(character_pb2.ListCharactersRequest(), timeout=5)
+                    reply = character_pb2_grpc.CharacterServiceStub(ch).ListCharacters(
+                        character_pb2.ListCharactersRequest(), timeout=5
+                    )
                     assert len(reply.characters) == 13  # migrations applied once, seed not duplicated
                 proc.send_signal(signal.SIGINT)
                 out, err = proc.communicate(timeout=60)
@@ -216,7 +275,13 @@ def test_up_restarts_warm_on_the_same_data_dir_on_the_same_ports(data_dir):
 
 
 def _scan(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "eco2.services.cli", "scan", "--data-dir", str(data_dir), *args], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "eco2.services.cli", "scan", "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_scan_without_a_stack_fails_clearly(data_dir):
@@ -274,7 +339,9 @@ def _child(up_pid: int, name: str) -> psutil.Process:
             cmd = proc.cmdline()
         except psutil.NoSuchProcess:
             continue
-        if proc.status() != psutil.STATUS_ZOMBIE and (cmd[-2:] == ["serve", name] or (name == "envoy" and "--admin-address-path" in cmd)):
+        if proc.status() != psutil.STATUS_ZOMBIE and (
+            cmd[-2:] == ["serve", name] or (name == "envoy" and "--admin-address-path" in cmd)
+        ):
             return proc
     raise LookupError(name)
 
@@ -293,7 +360,10 @@ def _wait_until(condition, timeout: float = 60, what: str = "condition"):
 
 def _serving(target: str) -> bool:
     with grpc.insecure_channel(target) as ch:
-        return health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING
+        return (
+            health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
 
 
 def _port_taken(port: int) -> bool:
@@ -328,12 +398,19 @@ def test_up_restarts_killed_children_and_the_data_plane_and_stops_on_sighup(data
         envoy.kill()
         _wait_until(lambda: _child(proc.pid, "envoy").pid != envoy.pid, what="a new envoy")
         ingress = endpoints["ingress"]
-        _wait_until(lambda: urllib.request.urlopen(ingress + "/", timeout=2).status == 200, what="the ingress answering again")
+        _wait_until(
+            lambda: urllib.request.urlopen(ingress + "/", timeout=2).status == 200, what="the ingress answering again"
+        )
 
         postgres = endpoints["dataplane"]["postgres_pid"]
         os.kill(postgres, signal.SIGKILL)
-        revived = _wait_until(lambda: (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["postgres_pid"] != postgres and e,
-                              what="endpoints.json naming a new postgres")
+        revived = _wait_until(
+            lambda: (
+                (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["postgres_pid"] != postgres
+                and e
+            ),
+            what="endpoints.json naming a new postgres",
+        )
         assert not psutil.pid_exists(postgres)  # reaped: no zombie left
         import asyncpg
 
@@ -347,8 +424,12 @@ def test_up_restarts_killed_children_and_the_data_plane_and_stops_on_sighup(data
         assert asyncio.run(select_one()) == 1
         valkey = revived["dataplane"]["valkey_pid"]
         os.kill(valkey, signal.SIGKILL)
-        revived = _wait_until(lambda: (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["valkey_pid"] != valkey and e,
-                              what="endpoints.json naming a new valkey")
+        revived = _wait_until(
+            lambda: (
+                (e := json.loads((data_dir / "endpoints.json").read_text()))["dataplane"]["valkey_pid"] != valkey and e
+            ),
+            what="endpoints.json naming a new valkey",
+        )
         import redis
 
         assert redis.Redis.from_url(revived["dataplane"]["redis_url"], socket_timeout=5).ping()
@@ -360,7 +441,13 @@ def test_up_restarts_killed_children_and_the_data_plane_and_stops_on_sighup(data
         assert "service character exited with code -9; restarting it" in log and "service character is back" in log
         assert "postgres started again" in log and "valkey started again" in log
         assert not (data_dir / "endpoints.json").exists()
-        _wait_until(lambda: not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 10, "no process left")
+        _wait_until(
+            lambda: (
+                not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+            ),
+            10,
+            "no process left",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -373,7 +460,9 @@ def test_up_stops_when_a_child_crash_loops(data_dir):
         _wait_for(data_dir / "endpoints.json", proc)
         killed: set[int] = set()
         while proc.poll() is None and len(killed) < 3:
-            victim = _wait_until(lambda: (c := _child(proc.pid, "location")).pid not in killed and c, what="a location process")
+            victim = _wait_until(
+                lambda: (c := _child(proc.pid, "location")).pid not in killed and c, what="a location process"
+            )
             killed.add(victim.pid)
             victim.kill()
         assert proc.wait(timeout=60) == 1
@@ -387,7 +476,9 @@ def test_up_stops_when_a_child_crash_loops(data_dir):
 def test_a_stale_endpoints_file_means_no_stack_runs(data_dir):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    (data_dir / "endpoints.json").write_text(json.dumps({"pid": gone.pid, "chat": "127.0.0.1:1", "character": "127.0.0.1:1"}))
+    (data_dir / "endpoints.json").write_text(
+        json.dumps({"pid": gone.pid, "chat": "127.0.0.1:1", "character": "127.0.0.1:1"})
+    )
     for args in (["endpoints"], ["chat", "페트병 어떻게 버려?"]):
         proc = _eco2(*args[:1], "--data-dir", str(data_dir), *args[1:])
         assert proc.wait(timeout=30) == 1

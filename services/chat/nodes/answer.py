@@ -31,8 +31,13 @@ def answer_now(state: ChatState) -> list[str]:
 def grounding_of(state: ChatState, intents: list[str] | None = None) -> Grounding:
     history = [Message("user" if m["role"] == "user" else "assistant", m["text"]) for m in state.get("history") or []]
     return Grounding(
-        question=state["message"], intents=intents if intents is not None else list(state.get("intents") or [I.GENERAL]), contexts=dict(state.get("contexts") or {}),
-        history=history, summary=state.get("summary", ""), unsure=bool(state.get("unsure")), clarify=bool(state.get("clarify")),
+        question=state["message"],
+        intents=intents if intents is not None else list(state.get("intents") or [I.GENERAL]),
+        contexts=dict(state.get("contexts") or {}),
+        history=history,
+        summary=state.get("summary", ""),
+        unsure=bool(state.get("unsure")),
+        clarify=bool(state.get("clarify")),
     )
 
 
@@ -91,13 +96,20 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
             # Model fallback: the offline composer answers from the same grounding.
             fallback = True
             metrics.fallback_taken("offline_model")
-            await em.stage("answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요")
+            await em.stage(
+                "answer", events_pb2.STAGE_PHASE_PROGRESS, message="모델이 응답하지 않아 내장 지식으로 답할게요"
+            )
             await stream_with(metrics.MeteredLLM(OfflineLLM(compose)))
         elapsed = time.monotonic() - started
         metrics.node_finished("answer", "ok", elapsed)
         await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=elapsed)
         await em.drain()
-        update: dict = {"answer": before + "".join(emitted), "answered": [*(state.get("answered") or []), *now], "spans": {"answer": [started, time.monotonic()]}, "seq": em.seq}
+        update: dict = {
+            "answer": before + "".join(emitted),
+            "answered": [*(state.get("answered") or []), *now],
+            "spans": {"answer": [started, time.monotonic()]},
+            "seq": em.seq,
+        }
         if fallback:
             update["fallback_used"] = True
         return update

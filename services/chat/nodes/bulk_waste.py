@@ -17,6 +17,13 @@ async def bulk_waste(branch: Branch, runtime: Runtime[JobContext]) -> dict:
     texts = [branch.get("query") or branch["message"], branch["message"], *branch.get("earlier", [])]
 
     async def body() -> dict:
-        return await BW.lookup(kb=deps.kb, llm=deps.llm, fees=deps.bulk_waste, texts=texts, emitter=ctx.emitter, iterations=deps.bulk_waste_tool_iterations)
+        return await BW.lookup(
+            kb=deps.kb,
+            llm=deps.llm,
+            fees=deps.bulk_waste,
+            texts=texts,
+            emitter=ctx.emitter,
+            iterations=deps.bulk_waste_tool_iterations,
+        )
 
     return await run_node("bulk_waste", runtime, body)

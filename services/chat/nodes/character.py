@@ -23,7 +23,12 @@ def card(c: Character) -> dict:
     """The update that shows one character: its context (what the answer and the model read), its
     citation, and the record itself for the result."""
     ctx = {"code": c["code"], "name": c["name"], "description": c["description"], "match_label": c["match_label"]}
-    cite = {"source_id": f"character:{c['code']}", "kind": chat_pb2.CITATION_KIND_CHARACTER, "title": c["name"], "snippet": c["description"][:200]}
+    cite = {
+        "source_id": f"character:{c['code']}",
+        "kind": chat_pb2.CITATION_KIND_CHARACTER,
+        "title": c["name"],
+        "snippet": c["description"][:200],
+    }
     return {"contexts": {"character_context": ctx}, "citations": [cite], "card": c}
 
 
@@ -39,10 +44,18 @@ async def category_card(deps: ChatDeps, rule_file: str, emitter: Emitter | None 
     if category is None or deps.characters is None:
         return {}
     if emitter is not None:
-        await emitter.tool("character", "character.match", "character-match", events_pb2.TOOL_PHASE_STARTED, message=rule_file)
+        await emitter.tool(
+            "character", "character.match", "character-match", events_pb2.TOOL_PHASE_STARTED, message=rule_file
+        )
     found = await deps.characters.match(category)
     if emitter is not None:
-        await emitter.tool("character", "character.match", "character-match", events_pb2.TOOL_PHASE_RESULT, message=found["code"] if found else "")
+        await emitter.tool(
+            "character",
+            "character.match",
+            "character-match",
+            events_pb2.TOOL_PHASE_RESULT,
+            message=found["code"] if found else "",
+        )
     return card(found) if found else {}
 
 
@@ -56,7 +69,13 @@ async def character(branch: Branch, runtime: Runtime[JobContext]) -> dict:
         text = branch.get("query") or branch["message"]
         await em.tool("character", "character.list", "character-cast", events_pb2.TOOL_PHASE_STARTED)
         cast = await deps.characters.cast()
-        await em.tool("character", "character.list", "character-cast", events_pb2.TOOL_PHASE_RESULT, message=f"{len(cast)} characters")
+        await em.tool(
+            "character",
+            "character.list",
+            "character-cast",
+            events_pb2.TOOL_PHASE_RESULT,
+            message=f"{len(cast)} characters",
+        )
         named = next((c for c in cast if c["name"] in text), None) if not I.asks_cast(text) else None
         if named is not None:  # "페티가 누구야?"
             return card(named)
@@ -67,7 +86,12 @@ async def character(branch: Branch, runtime: Runtime[JobContext]) -> dict:
                 return update
         # "캐릭터 몇 개야?", "캐릭터 다 알려줘": the whole cast
         names = [{"code": c["code"], "name": c["name"], "match_label": c["match_label"]} for c in cast]
-        cite = {"source_id": "character:catalog", "kind": chat_pb2.CITATION_KIND_CHARACTER, "title": "Eco² 캐릭터", "snippet": ", ".join(c["name"] for c in names)}
+        cite = {
+            "source_id": "character:catalog",
+            "kind": chat_pb2.CITATION_KIND_CHARACTER,
+            "title": "Eco² 캐릭터",
+            "snippet": ", ".join(c["name"] for c in names),
+        }
         return {"contexts": {"character_context": {"cast": names}}, "citations": [cite]}
 
     return await run_node("character", runtime, body)

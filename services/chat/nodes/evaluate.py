@@ -43,7 +43,13 @@ def rule_grade(state: ChatState) -> dict:
         reasons.append("근거 부족: 불확실한 답변")
         score -= 0.3
     score = max(0.0, min(1.0, score))
-    level = chat_pb2.GRADE_LEVEL_GOOD if score >= 0.8 else chat_pb2.GRADE_LEVEL_ACCEPTABLE if score >= 0.5 else chat_pb2.GRADE_LEVEL_POOR
+    level = (
+        chat_pb2.GRADE_LEVEL_GOOD
+        if score >= 0.8
+        else chat_pb2.GRADE_LEVEL_ACCEPTABLE
+        if score >= 0.5
+        else chat_pb2.GRADE_LEVEL_POOR
+    )
     return {"level": level, "score": score, "grader": "rule", "reasons": reasons}
 
 
@@ -53,7 +59,12 @@ async def evaluate(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     async def body() -> dict:
         grade = rule_grade(state)
         if deps.llm.info.provider != "offline" and "structured" in deps.llm.info.capabilities:
-            prompt = [Message("user", f"질문: {state['message']}\n답변: {state.get('answer', '')}\n근거: {list((state.get('contexts') or {}).keys())}\n답변이 근거에 맞고 질문에 답하는지 0~1 점수와 이유를 주세요.")]
+            prompt = [
+                Message(
+                    "user",
+                    f"질문: {state['message']}\n답변: {state.get('answer', '')}\n근거: {list((state.get('contexts') or {}).keys())}\n답변이 근거에 맞고 질문에 답하는지 0~1 점수와 이유를 주세요.",
+                )
+            ]
             try:
                 llm = await deps.llm.structured(prompt, LLMGrade)
                 grade["score"] = round((grade["score"] + llm.score) / 2, 3)

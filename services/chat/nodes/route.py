@@ -28,9 +28,14 @@ def branch(state: ChatState, intent: str, **extra) -> Branch:
     """The input of one intent's branch."""
     intents = state.get("intents") or []
     return Branch(
-        query=(state.get("queries") or {}).get(intent, state["message"]), message=state["message"],
-        earlier=earlier_user_turns(state), summarised=asked_in_summary(state.get("summary", "")),
-        location=state.get("location"), located=bool(state.get("located")), with_card=I.CHARACTER not in intents, **extra,
+        query=(state.get("queries") or {}).get(intent, state["message"]),
+        message=state["message"],
+        earlier=earlier_user_turns(state),
+        summarised=asked_in_summary(state.get("summary", "")),
+        location=state.get("location"),
+        located=bool(state.get("located")),
+        with_card=I.CHARACTER not in intents,
+        **extra,
     )
 
 

@@ -19,7 +19,9 @@ from ..policy import FailMode, NodeFailed
 from ..state import highest, merge
 
 
-async def run_node(name: str, runtime: Runtime[JobContext], body: Callable[[], Awaitable[dict]], *, announce: bool = True) -> dict:
+async def run_node(
+    name: str, runtime: Runtime[JobContext], body: Callable[[], Awaitable[dict]], *, announce: bool = True
+) -> dict:
     ctx = runtime.context
     em = ctx.emitter
     if ctx.cancelled.is_set():

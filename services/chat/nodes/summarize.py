@@ -34,8 +34,14 @@ async def summarize(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         if deps.llm.info.provider == "offline":
             summary = offline_summary(state.get("summary", ""), old, limit=deps.summary_max_chars)
         else:
-            prompt = [Message("user", "다음 대화를 핵심만 한국어로 요약해 주세요. 사용자가 물은 물건과 그 답(어디에, 어떻게 버리는지)은 빠뜨리지 마세요:\n"
-                              + (f"이전 요약: {state['summary']}\n" if state.get("summary") else "") + "\n".join(f"{m['role']}: {m['text']}" for m in old))]
+            prompt = [
+                Message(
+                    "user",
+                    "다음 대화를 핵심만 한국어로 요약해 주세요. 사용자가 물은 물건과 그 답(어디에, 어떻게 버리는지)은 빠뜨리지 마세요:\n"
+                    + (f"이전 요약: {state['summary']}\n" if state.get("summary") else "")
+                    + "\n".join(f"{m['role']}: {m['text']}" for m in old),
+                )
+            ]
             summary = await deps.llm.generate(prompt, max_tokens=1024)
         upto = max((int(m.get("n") or 0) for m in old), default=0)
         return {"summary": summary, "new_summary": summary, "history": recent, "summary_upto": upto}

@@ -27,7 +27,12 @@ async def weather(branch: Branch, runtime: Runtime[JobContext]) -> dict:
         ctx = {"configured": True, **w}
         if enrichment and w.get("precipitation_mm", 0) > 0:
             ctx["tip"] = "지금 비가 와요: 종이류는 젖지 않게 묶어서 배출해 주세요."
-        cite = {"source_id": "weather:current", "kind": chat_pb2.CITATION_KIND_WEATHER, "title": "현재 날씨", "snippet": w.get("summary", "")}
+        cite = {
+            "source_id": "weather:current",
+            "kind": chat_pb2.CITATION_KIND_WEATHER,
+            "title": "현재 날씨",
+            "snippet": w.get("summary", ""),
+        }
         return {"contexts": {"weather_context": ctx}, "citations": [cite]}
 
     return await run_node("weather", runtime, body)
@@ -40,7 +45,16 @@ async def web_search(branch: Branch, runtime: Runtime[JobContext]) -> dict:
         if deps.web_search is None:
             return {"contexts": {"web_search_context": {"configured": False}}}
         results = await deps.web_search.search(branch.get("query") or branch["message"], limit=3)
-        cites = [{"source_id": f"web:{r['url']}", "kind": chat_pb2.CITATION_KIND_WEB, "title": r["title"], "url": r["url"], "snippet": r.get("snippet", "")[:200]} for r in results]
+        cites = [
+            {
+                "source_id": f"web:{r['url']}",
+                "kind": chat_pb2.CITATION_KIND_WEB,
+                "title": r["title"],
+                "url": r["url"],
+                "snippet": r.get("snippet", "")[:200],
+            }
+            for r in results
+        ]
         return {"contexts": {"web_search_context": {"configured": True, "results": results}}, "citations": cites}
 
     return await run_node("web_search", runtime, body)

@@ -22,7 +22,10 @@ from .summarize import earlier_questions, summarize
 async def understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     update = await summarize(state, runtime)
     if update:
-        state = {**state, **{k: v for k, v in update.items() if k in ("summary", "history")}}  # intent reads the shorter history
+        state = {
+            **state,
+            **{k: v for k, v in update.items() if k in ("summary", "history")},
+        }  # intent reads the shorter history
     update = combine(update, await intent(state, runtime))
     if not state.get("image_key"):
         update = combine(update, await router(state, runtime))
@@ -40,7 +43,9 @@ async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         c = None
         if use_model:  # the model's decomposition; the rules answer when it fails (intents.py)
             previous = next((m["text"] for m in reversed(state.get("history") or []) if m["role"] == "user"), "")
-            c, why = await I.classify_with_model(deps.llm, text, deps.kb, timeout_s=deps.intent_timeout_s, previous=previous)
+            c, why = await I.classify_with_model(
+                deps.llm, text, deps.kb, timeout_s=deps.intent_timeout_s, previous=previous
+            )
             if c is None:
                 metrics.fallback_taken("intent_rules")
             note = f"모델 분류: {', '.join(c.intents)}" if c else f"모델 분류 실패({why}): 규칙으로 분류했어요"

@@ -21,7 +21,11 @@ async def waste_rag(branch: Branch, runtime: Runtime[JobContext]) -> dict:
     rule_file: list[str] = []
 
     async def body() -> dict:
-        ctx = R.gather(deps.kb, branch.get("query") or branch["message"], previous=[*branch.get("earlier", []), *branch.get("summarised", [])])
+        ctx = R.gather(
+            deps.kb,
+            branch.get("query") or branch["message"],
+            previous=[*branch.get("earlier", []), *branch.get("summarised", [])],
+        )
         update: dict = {"contexts": {"waste_answers": ctx}}
         if ctx["findings"]:
             rule_file[:] = [rule_file_of(ctx["findings"][0])]
@@ -32,7 +36,9 @@ async def waste_rag(branch: Branch, runtime: Runtime[JobContext]) -> dict:
 
     update = await run_node("waste_rag", runtime, body)
     found_rules = rule_file and "disposal_rules" in (update.get("contexts") or {})
-    if not found_rules or not branch.get("with_card") or deps.characters is None:  # no rules, or the character branch runs anyway
+    if (
+        not found_rules or not branch.get("with_card") or deps.characters is None
+    ):  # no rules, or the character branch runs anyway
         return update
     extra = await run_node("character", runtime, lambda: category_card(deps, rule_file[0]), announce=False)
     return combine(update, {k: v for k, v in extra.items() if k != "failed"})  # the card is optional

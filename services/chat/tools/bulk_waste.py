@@ -60,9 +60,15 @@ def _row(item: dict) -> dict[str, Any]:
     digits = raw.replace(",", "").replace("원", "")
     fee = int(float(digits)) if re.fullmatch(r"\d+(\.\d+)?", digits) else None
     row = {
-        "sido": str(item.get("ctpvNm") or "").strip(), "sigungu": str(item.get("sggNm") or "").strip(), "item": str(item.get("larWasNm") or "").strip(),
-        "category": str(item.get("larWasSeNm") or "").strip(), "spec": str(item.get("larWasSpcfct") or "").strip(), "fee": fee, "fee_raw": raw,
-        "free": str(item.get("paidFreeYn") or "").strip() == "무료" or fee == 0, "agency": str(item.get("mngInstNm") or item.get("insttNm") or "").strip(),
+        "sido": str(item.get("ctpvNm") or "").strip(),
+        "sigungu": str(item.get("sggNm") or "").strip(),
+        "item": str(item.get("larWasNm") or "").strip(),
+        "category": str(item.get("larWasSeNm") or "").strip(),
+        "spec": str(item.get("larWasSpcfct") or "").strip(),
+        "fee": fee,
+        "fee_raw": raw,
+        "free": str(item.get("paidFreeYn") or "").strip() == "무료" or fee == 0,
+        "agency": str(item.get("mngInstNm") or item.get("insttNm") or "").strip(),
         "date": str(item.get("crtrYmd") or "").strip(),
     }
     row["fee_text"] = fee_text(row)
@@ -73,7 +79,9 @@ class DataGoKrBulkWasteFees:
     """`BulkWasteFees` over the real API. One request per region; concurrent lookups of the same
     region (search_fee + collection_info of one turn) share that request."""
 
-    def __init__(self, base_url: str, api_key: str, *, timeout_s: float = 5.0, rows: int = 1000, max_results: int = 5) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout_s: float = 5.0, rows: int = 1000, max_results: int = 5
+    ) -> None:
         # The portal hands out the key both URL-encoded and decoded; httpx encodes it once more.
         self.api_key = unquote(api_key) if "%" in api_key else api_key
         self.rows, self.max_results = rows, max_results
@@ -89,7 +97,11 @@ class DataGoKrBulkWasteFees:
         except httpx.HTTPError as exc:
             raise PublicDataError(f"bulk waste fees: {type(exc).__name__}", retryable=True) from exc
         if r.status_code != 200:
-            raise PublicDataError(f"bulk waste fees: HTTP {r.status_code}", retryable=r.status_code == 429 or r.status_code >= 500, status=r.status_code)
+            raise PublicDataError(
+                f"bulk waste fees: HTTP {r.status_code}",
+                retryable=r.status_code == 429 or r.status_code >= 500,
+                status=r.status_code,
+            )
         text = r.text.lstrip()
         if text.startswith("<"):  # the gateway's own errors come as XML whatever `type` asked for
             code = (_XML_CODE.search(text) or [None, "99"])[1].zfill(2)
@@ -104,7 +116,9 @@ class DataGoKrBulkWasteFees:
         if code == _NO_DATA:
             return []
         if code != "00":
-            raise PublicDataError(f"bulk waste fees: resultCode {code} {header.get('resultMsg', '')}"[:200], retryable=code in _RETRYABLE)
+            raise PublicDataError(
+                f"bulk waste fees: resultCode {code} {header.get('resultMsg', '')}"[:200], retryable=code in _RETRYABLE
+            )
         items = (response.get("body") or {}).get("items") or []
         if isinstance(items, dict):  # XML-style {"item": [...]} or {"item": {...}}
             items = items.get("item") or []
@@ -112,7 +126,9 @@ class DataGoKrBulkWasteFees:
             items = [items]
         rows = [_row(i) for i in items if isinstance(i, dict)]
         # again here: a gateway that ignored a filter must not put another region's fee in an answer
-        return [x for x in rows if _compact(x["sigungu"]).startswith(_compact(sigungu)) and (not sido or x["sido"] == sido)]
+        return [
+            x for x in rows if _compact(x["sigungu"]).startswith(_compact(sigungu)) and (not sido or x["sido"] == sido)
+        ]
 
     async def _region_rows(self, sido: str, sigungu: str) -> list[dict]:
         key = (sido, sigungu)
@@ -123,7 +139,9 @@ class DataGoKrBulkWasteFees:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
-    async def search_fee(self, sigungu: str, item: str, *, sido: str = "", aliases: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    async def search_fee(
+        self, sigungu: str, item: str, *, sido: str = "", aliases: tuple[str, ...] = ()
+    ) -> list[dict[str, Any]]:
         names = [n for n in (_compact(item), *map(_compact, aliases)) if n]
         rows = [r for r in await self._region_rows(sido, sigungu) if any(n in _compact(r["item"]) for n in names)]
         rows.sort(key=lambda r: _compact(r["item"]) not in names)  # exact names first, else the table's order
@@ -135,7 +153,15 @@ class DataGoKrBulkWasteFees:
             return {"found": False, "sido": sido, "sigungu": sigungu}
         first = rows[0]
         categories = list(dict.fromkeys(r["category"] for r in rows if r["category"]))
-        return {"found": True, "sido": first["sido"], "sigungu": first["sigungu"], "agency": first["agency"], "date": max(r["date"] for r in rows), "items": len(rows), "categories": categories[:10]}
+        return {
+            "found": True,
+            "sido": first["sido"],
+            "sigungu": first["sigungu"],
+            "agency": first["agency"],
+            "date": max(r["date"] for r in rows),
+            "items": len(rows),
+            "categories": categories[:10],
+        }
 
     async def aclose(self) -> None:
         await self.client.aclose()
