@@ -4,14 +4,19 @@
 # source: eco2/auth/v1/auth.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
-_runtime_version.ValidateProtobufRuntimeVersion(_runtime_version.Domain.PUBLIC, 7, 35, 1, "", "eco2/auth/v1/auth.proto")
+_runtime_version.ValidateProtobufRuntimeVersion(
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'eco2/auth/v1/auth.proto'
+)
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
@@ -21,67 +26,65 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x17\x65\x63o2/auth/v1/auth.proto\x12\x0c\x65\x63o2.auth.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\x81\x02\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x19\n\x11profile_image_url\x18\x04 \x01(\t\x12(\n\x08provider\x18\x05 \x01(\x0e\x32\x16.eco2.auth.v1.Provider\x12\x30\n\x10linked_providers\x18\x06 \x03(\x0e\x32\x16.eco2.auth.v1.Provider\x12!\n\x05roles\x18\x07 \x03(\x0e\x32\x12.eco2.auth.v1.Role\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp"\xbb\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x35\n\x11\x61\x63\x63\x65ss_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12refresh_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp"(\n\x10\x44\x65vSignInRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t"^\n\x11\x44\x65vSignInResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.eco2.auth.v1.TokenPair\x12 \n\x04user\x18\x02 \x01(\x0b\x32\x12.eco2.auth.v1.User"S\n\x11StartOAuthRequest\x12(\n\x08provider\x18\x01 \x01(\x0e\x32\x16.eco2.auth.v1.Provider\x12\x14\n\x0credirect_uri\x18\x02 \x01(\t"n\n\x12StartOAuthResponse\x12\x19\n\x11\x61uthorization_url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp"3\n\x14\x43ompleteOAuthRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t"s\n\x15\x43ompleteOAuthResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.eco2.auth.v1.TokenPair\x12 \n\x04user\x18\x02 \x01(\x0b\x32\x12.eco2.auth.v1.User\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t":\n\x0fRefreshResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.eco2.auth.v1.TokenPair"=\n\x0eSignOutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_sessions\x18\x02 \x01(\x08"\x11\n\x0fSignOutResponse"\x0e\n\x0cGetMeRequest"1\n\rGetMeResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.eco2.auth.v1.User"i\n\x14UpdateProfileRequest\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.eco2.auth.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask"9\n\x15UpdateProfileResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.eco2.auth.v1.User"/\n\x14\x44\x65leteAccountRequest\x12\x17\n\x0f\x63onfirm_user_id\x18\x01 \x01(\t"\x17\n\x15\x44\x65leteAccountResponse"\x10\n\x0eGetJwksRequest"2\n\x0fGetJwksResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.eco2.auth.v1.Jwk"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t")\n\x17IssueJobIdentityRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t"\\\n\x18IssueJobIdentityResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*s\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x12\n\x0ePROVIDER_KAKAO\x10\x01\x12\x13\n\x0fPROVIDER_GOOGLE\x10\x02\x12\x12\n\x0ePROVIDER_NAVER\x10\x03\x12\x10\n\x0cPROVIDER_DEV\x10\x04*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xd4\x05\n\x0b\x41uthService\x12L\n\tDevSignIn\x12\x1e.eco2.auth.v1.DevSignInRequest\x1a\x1f.eco2.auth.v1.DevSignInResponse\x12O\n\nStartOAuth\x12\x1f.eco2.auth.v1.StartOAuthRequest\x1a .eco2.auth.v1.StartOAuthResponse\x12X\n\rCompleteOAuth\x12".eco2.auth.v1.CompleteOAuthRequest\x1a#.eco2.auth.v1.CompleteOAuthResponse\x12\x46\n\x07Refresh\x12\x1c.eco2.auth.v1.RefreshRequest\x1a\x1d.eco2.auth.v1.RefreshResponse\x12\x46\n\x07SignOut\x12\x1c.eco2.auth.v1.SignOutRequest\x1a\x1d.eco2.auth.v1.SignOutResponse\x12@\n\x05GetMe\x12\x1a.eco2.auth.v1.GetMeRequest\x1a\x1b.eco2.auth.v1.GetMeResponse\x12X\n\rUpdateProfile\x12".eco2.auth.v1.UpdateProfileRequest\x1a#.eco2.auth.v1.UpdateProfileResponse\x12X\n\rDeleteAccount\x12".eco2.auth.v1.DeleteAccountRequest\x1a#.eco2.auth.v1.DeleteAccountResponse\x12\x46\n\x07GetJwks\x12\x1c.eco2.auth.v1.GetJwksRequest\x1a\x1d.eco2.auth.v1.GetJwksResponse2x\n\x13MeshIdentityService\x12\x61\n\x10IssueJobIdentity\x12%.eco2.auth.v1.IssueJobIdentityRequest\x1a&.eco2.auth.v1.IssueJobIdentityResponseb\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x63o2/auth/v1/auth.proto\x12\x0c\x65\x63o2.auth.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x81\x02\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x19\n\x11profile_image_url\x18\x04 \x01(\t\x12(\n\x08provider\x18\x05 \x01(\x0e\x32\x16.eco2.auth.v1.Provider\x12\x30\n\x10linked_providers\x18\x06 \x03(\x0e\x32\x16.eco2.auth.v1.Provider\x12!\n\x05roles\x18\x07 \x03(\x0e\x32\x12.eco2.auth.v1.Role\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbb\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12\x12\n\ntoken_type\x18\x03 \x01(\t\x12\x35\n\x11\x61\x63\x63\x65ss_expires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12refresh_expires_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x10\x44\x65vSignInRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\"^\n\x11\x44\x65vSignInResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.eco2.auth.v1.TokenPair\x12 \n\x04user\x18\x02 \x01(\x0b\x32\x12.eco2.auth.v1.User\"S\n\x11StartOAuthRequest\x12(\n\x08provider\x18\x01 \x01(\x0e\x32\x16.eco2.auth.v1.Provider\x12\x14\n\x0credirect_uri\x18\x02 \x01(\t\"n\n\x12StartOAuthResponse\x12\x19\n\x11\x61uthorization_url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x14\x43ompleteOAuthRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\"s\n\x15\x43ompleteOAuthResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.eco2.auth.v1.TokenPair\x12 \n\x04user\x18\x02 \x01(\x0b\x32\x12.eco2.auth.v1.User\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x08\"\'\n\x0eRefreshRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\":\n\x0fRefreshResponse\x12\'\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.eco2.auth.v1.TokenPair\"=\n\x0eSignOutRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_sessions\x18\x02 \x01(\x08\"\x11\n\x0fSignOutResponse\"\x0e\n\x0cGetMeRequest\"1\n\rGetMeResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.eco2.auth.v1.User\"i\n\x14UpdateProfileRequest\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.eco2.auth.v1.User\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"9\n\x15UpdateProfileResponse\x12 \n\x04user\x18\x01 \x01(\x0b\x32\x12.eco2.auth.v1.User\"/\n\x14\x44\x65leteAccountRequest\x12\x17\n\x0f\x63onfirm_user_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteAccountResponse\"\x10\n\x0eGetJwksRequest\"2\n\x0fGetJwksResponse\x12\x1f\n\x04keys\x18\x01 \x03(\x0b\x32\x11.eco2.auth.v1.Jwk\"\\\n\x03Jwk\x12\x0b\n\x03kty\x18\x01 \x01(\t\x12\x0b\n\x03\x63rv\x18\x02 \x01(\t\x12\t\n\x01x\x18\x03 \x01(\t\x12\t\n\x01y\x18\x04 \x01(\t\x12\x0b\n\x03kid\x18\x05 \x01(\t\x12\x0b\n\x03\x61lg\x18\x06 \x01(\t\x12\x0b\n\x03use\x18\x07 \x01(\t\")\n\x17IssueJobIdentityRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\\\n\x18IssueJobIdentityResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*s\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x12\n\x0ePROVIDER_KAKAO\x10\x01\x12\x13\n\x0fPROVIDER_GOOGLE\x10\x02\x12\x12\n\x0ePROVIDER_NAVER\x10\x03\x12\x10\n\x0cPROVIDER_DEV\x10\x04*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xd4\x05\n\x0b\x41uthService\x12L\n\tDevSignIn\x12\x1e.eco2.auth.v1.DevSignInRequest\x1a\x1f.eco2.auth.v1.DevSignInResponse\x12O\n\nStartOAuth\x12\x1f.eco2.auth.v1.StartOAuthRequest\x1a .eco2.auth.v1.StartOAuthResponse\x12X\n\rCompleteOAuth\x12\".eco2.auth.v1.CompleteOAuthRequest\x1a#.eco2.auth.v1.CompleteOAuthResponse\x12\x46\n\x07Refresh\x12\x1c.eco2.auth.v1.RefreshRequest\x1a\x1d.eco2.auth.v1.RefreshResponse\x12\x46\n\x07SignOut\x12\x1c.eco2.auth.v1.SignOutRequest\x1a\x1d.eco2.auth.v1.SignOutResponse\x12@\n\x05GetMe\x12\x1a.eco2.auth.v1.GetMeRequest\x1a\x1b.eco2.auth.v1.GetMeResponse\x12X\n\rUpdateProfile\x12\".eco2.auth.v1.UpdateProfileRequest\x1a#.eco2.auth.v1.UpdateProfileResponse\x12X\n\rDeleteAccount\x12\".eco2.auth.v1.DeleteAccountRequest\x1a#.eco2.auth.v1.DeleteAccountResponse\x12\x46\n\x07GetJwks\x12\x1c.eco2.auth.v1.GetJwksRequest\x1a\x1d.eco2.auth.v1.GetJwksResponse2x\n\x13MeshIdentityService\x12\x61\n\x10IssueJobIdentity\x12%.eco2.auth.v1.IssueJobIdentityRequest\x1a&.eco2.auth.v1.IssueJobIdentityResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "eco2.auth.v1.auth_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.auth.v1.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_PROVIDER"]._serialized_start = 1854
-    _globals["_PROVIDER"]._serialized_end = 1969
-    _globals["_ROLE"]._serialized_start = 1971
-    _globals["_ROLE"]._serialized_end = 2030
-    _globals["_USER"]._serialized_start = 109
-    _globals["_USER"]._serialized_end = 366
-    _globals["_TOKENPAIR"]._serialized_start = 369
-    _globals["_TOKENPAIR"]._serialized_end = 556
-    _globals["_DEVSIGNINREQUEST"]._serialized_start = 558
-    _globals["_DEVSIGNINREQUEST"]._serialized_end = 598
-    _globals["_DEVSIGNINRESPONSE"]._serialized_start = 600
-    _globals["_DEVSIGNINRESPONSE"]._serialized_end = 694
-    _globals["_STARTOAUTHREQUEST"]._serialized_start = 696
-    _globals["_STARTOAUTHREQUEST"]._serialized_end = 779
-    _globals["_STARTOAUTHRESPONSE"]._serialized_start = 781
-    _globals["_STARTOAUTHRESPONSE"]._serialized_end = 891
-    _globals["_COMPLETEOAUTHREQUEST"]._serialized_start = 893
-    _globals["_COMPLETEOAUTHREQUEST"]._serialized_end = 944
-    _globals["_COMPLETEOAUTHRESPONSE"]._serialized_start = 946
-    _globals["_COMPLETEOAUTHRESPONSE"]._serialized_end = 1061
-    _globals["_REFRESHREQUEST"]._serialized_start = 1063
-    _globals["_REFRESHREQUEST"]._serialized_end = 1102
-    _globals["_REFRESHRESPONSE"]._serialized_start = 1104
-    _globals["_REFRESHRESPONSE"]._serialized_end = 1162
-    _globals["_SIGNOUTREQUEST"]._serialized_start = 1164
-    _globals["_SIGNOUTREQUEST"]._serialized_end = 1225
-    _globals["_SIGNOUTRESPONSE"]._serialized_start = 1227
-    _globals["_SIGNOUTRESPONSE"]._serialized_end = 1244
-    _globals["_GETMEREQUEST"]._serialized_start = 1246
-    _globals["_GETMEREQUEST"]._serialized_end = 1260
-    _globals["_GETMERESPONSE"]._serialized_start = 1262
-    _globals["_GETMERESPONSE"]._serialized_end = 1311
-    _globals["_UPDATEPROFILEREQUEST"]._serialized_start = 1313
-    _globals["_UPDATEPROFILEREQUEST"]._serialized_end = 1418
-    _globals["_UPDATEPROFILERESPONSE"]._serialized_start = 1420
-    _globals["_UPDATEPROFILERESPONSE"]._serialized_end = 1477
-    _globals["_DELETEACCOUNTREQUEST"]._serialized_start = 1479
-    _globals["_DELETEACCOUNTREQUEST"]._serialized_end = 1526
-    _globals["_DELETEACCOUNTRESPONSE"]._serialized_start = 1528
-    _globals["_DELETEACCOUNTRESPONSE"]._serialized_end = 1551
-    _globals["_GETJWKSREQUEST"]._serialized_start = 1553
-    _globals["_GETJWKSREQUEST"]._serialized_end = 1569
-    _globals["_GETJWKSRESPONSE"]._serialized_start = 1571
-    _globals["_GETJWKSRESPONSE"]._serialized_end = 1621
-    _globals["_JWK"]._serialized_start = 1623
-    _globals["_JWK"]._serialized_end = 1715
-    _globals["_ISSUEJOBIDENTITYREQUEST"]._serialized_start = 1717
-    _globals["_ISSUEJOBIDENTITYREQUEST"]._serialized_end = 1758
-    _globals["_ISSUEJOBIDENTITYRESPONSE"]._serialized_start = 1760
-    _globals["_ISSUEJOBIDENTITYRESPONSE"]._serialized_end = 1852
-    _globals["_AUTHSERVICE"]._serialized_start = 2033
-    _globals["_AUTHSERVICE"]._serialized_end = 2757
-    _globals["_MESHIDENTITYSERVICE"]._serialized_start = 2759
-    _globals["_MESHIDENTITYSERVICE"]._serialized_end = 2879
+  DESCRIPTOR._loaded_options = None
+  _globals['_PROVIDER']._serialized_start=1854
+  _globals['_PROVIDER']._serialized_end=1969
+  _globals['_ROLE']._serialized_start=1971
+  _globals['_ROLE']._serialized_end=2030
+  _globals['_USER']._serialized_start=109
+  _globals['_USER']._serialized_end=366
+  _globals['_TOKENPAIR']._serialized_start=369
+  _globals['_TOKENPAIR']._serialized_end=556
+  _globals['_DEVSIGNINREQUEST']._serialized_start=558
+  _globals['_DEVSIGNINREQUEST']._serialized_end=598
+  _globals['_DEVSIGNINRESPONSE']._serialized_start=600
+  _globals['_DEVSIGNINRESPONSE']._serialized_end=694
+  _globals['_STARTOAUTHREQUEST']._serialized_start=696
+  _globals['_STARTOAUTHREQUEST']._serialized_end=779
+  _globals['_STARTOAUTHRESPONSE']._serialized_start=781
+  _globals['_STARTOAUTHRESPONSE']._serialized_end=891
+  _globals['_COMPLETEOAUTHREQUEST']._serialized_start=893
+  _globals['_COMPLETEOAUTHREQUEST']._serialized_end=944
+  _globals['_COMPLETEOAUTHRESPONSE']._serialized_start=946
+  _globals['_COMPLETEOAUTHRESPONSE']._serialized_end=1061
+  _globals['_REFRESHREQUEST']._serialized_start=1063
+  _globals['_REFRESHREQUEST']._serialized_end=1102
+  _globals['_REFRESHRESPONSE']._serialized_start=1104
+  _globals['_REFRESHRESPONSE']._serialized_end=1162
+  _globals['_SIGNOUTREQUEST']._serialized_start=1164
+  _globals['_SIGNOUTREQUEST']._serialized_end=1225
+  _globals['_SIGNOUTRESPONSE']._serialized_start=1227
+  _globals['_SIGNOUTRESPONSE']._serialized_end=1244
+  _globals['_GETMEREQUEST']._serialized_start=1246
+  _globals['_GETMEREQUEST']._serialized_end=1260
+  _globals['_GETMERESPONSE']._serialized_start=1262
+  _globals['_GETMERESPONSE']._serialized_end=1311
+  _globals['_UPDATEPROFILEREQUEST']._serialized_start=1313
+  _globals['_UPDATEPROFILEREQUEST']._serialized_end=1418
+  _globals['_UPDATEPROFILERESPONSE']._serialized_start=1420
+  _globals['_UPDATEPROFILERESPONSE']._serialized_end=1477
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1479
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1526
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1528
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=1551
+  _globals['_GETJWKSREQUEST']._serialized_start=1553
+  _globals['_GETJWKSREQUEST']._serialized_end=1569
+  _globals['_GETJWKSRESPONSE']._serialized_start=1571
+  _globals['_GETJWKSRESPONSE']._serialized_end=1621
+  _globals['_JWK']._serialized_start=1623
+  _globals['_JWK']._serialized_end=1715
+  _globals['_ISSUEJOBIDENTITYREQUEST']._serialized_start=1717
+  _globals['_ISSUEJOBIDENTITYREQUEST']._serialized_end=1758
+  _globals['_ISSUEJOBIDENTITYRESPONSE']._serialized_start=1760
+  _globals['_ISSUEJOBIDENTITYRESPONSE']._serialized_end=1852
+  _globals['_AUTHSERVICE']._serialized_start=2033
+  _globals['_AUTHSERVICE']._serialized_end=2757
+  _globals['_MESHIDENTITYSERVICE']._serialized_start=2759
+  _globals['_MESHIDENTITYSERVICE']._serialized_end=2879
 # @@protoc_insertion_point(module_scope)

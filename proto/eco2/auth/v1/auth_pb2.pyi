@@ -24,7 +24,6 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_UNSPECIFIED: _ClassVar[Role]
     ROLE_USER: _ClassVar[Role]
     ROLE_ADMIN: _ClassVar[Role]
-
 PROVIDER_UNSPECIFIED: Provider
 PROVIDER_KAKAO: Provider
 PROVIDER_GOOGLE: Provider
@@ -35,16 +34,7 @@ ROLE_USER: Role
 ROLE_ADMIN: Role
 
 class User(_message.Message):
-    __slots__ = (
-        "id",
-        "display_name",
-        "email",
-        "profile_image_url",
-        "provider",
-        "linked_providers",
-        "roles",
-        "created_at",
-    )
+    __slots__ = ("id", "display_name", "email", "profile_image_url", "provider", "linked_providers", "roles", "created_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     EMAIL_FIELD_NUMBER: _ClassVar[int]
@@ -61,17 +51,7 @@ class User(_message.Message):
     linked_providers: _containers.RepeatedScalarFieldContainer[Provider]
     roles: _containers.RepeatedScalarFieldContainer[Role]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        id: _Optional[str] = ...,
-        display_name: _Optional[str] = ...,
-        email: _Optional[str] = ...,
-        profile_image_url: _Optional[str] = ...,
-        provider: _Optional[_Union[Provider, str]] = ...,
-        linked_providers: _Optional[_Iterable[_Union[Provider, str]]] = ...,
-        roles: _Optional[_Iterable[_Union[Role, str]]] = ...,
-        created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., display_name: _Optional[str] = ..., email: _Optional[str] = ..., profile_image_url: _Optional[str] = ..., provider: _Optional[_Union[Provider, str]] = ..., linked_providers: _Optional[_Iterable[_Union[Provider, str]]] = ..., roles: _Optional[_Iterable[_Union[Role, str]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TokenPair(_message.Message):
     __slots__ = ("access_token", "refresh_token", "token_type", "access_expires_at", "refresh_expires_at")
@@ -85,14 +65,7 @@ class TokenPair(_message.Message):
     token_type: str
     access_expires_at: _timestamp_pb2.Timestamp
     refresh_expires_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        access_token: _Optional[str] = ...,
-        refresh_token: _Optional[str] = ...,
-        token_type: _Optional[str] = ...,
-        access_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-        refresh_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., token_type: _Optional[str] = ..., access_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., refresh_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DevSignInRequest(_message.Message):
     __slots__ = ("display_name",)
@@ -106,9 +79,7 @@ class DevSignInResponse(_message.Message):
     USER_FIELD_NUMBER: _ClassVar[int]
     tokens: TokenPair
     user: User
-    def __init__(
-        self, tokens: _Optional[_Union[TokenPair, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ...
-    ) -> None: ...
+    def __init__(self, tokens: _Optional[_Union[TokenPair, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ...) -> None: ...
 
 class StartOAuthRequest(_message.Message):
     __slots__ = ("provider", "redirect_uri")
@@ -116,9 +87,7 @@ class StartOAuthRequest(_message.Message):
     REDIRECT_URI_FIELD_NUMBER: _ClassVar[int]
     provider: Provider
     redirect_uri: str
-    def __init__(
-        self, provider: _Optional[_Union[Provider, str]] = ..., redirect_uri: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, provider: _Optional[_Union[Provider, str]] = ..., redirect_uri: _Optional[str] = ...) -> None: ...
 
 class StartOAuthResponse(_message.Message):
     __slots__ = ("authorization_url", "state", "expires_at")
@@ -128,12 +97,7 @@ class StartOAuthResponse(_message.Message):
     authorization_url: str
     state: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        authorization_url: _Optional[str] = ...,
-        state: _Optional[str] = ...,
-        expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, authorization_url: _Optional[str] = ..., state: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CompleteOAuthRequest(_message.Message):
     __slots__ = ("code", "state")
@@ -151,12 +115,7 @@ class CompleteOAuthResponse(_message.Message):
     tokens: TokenPair
     user: User
     created: bool
-    def __init__(
-        self,
-        tokens: _Optional[_Union[TokenPair, _Mapping]] = ...,
-        user: _Optional[_Union[User, _Mapping]] = ...,
-        created: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, tokens: _Optional[_Union[TokenPair, _Mapping]] = ..., user: _Optional[_Union[User, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class RefreshRequest(_message.Message):
     __slots__ = ("refresh_token",)
@@ -198,11 +157,7 @@ class UpdateProfileRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     user: User
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(
-        self,
-        user: _Optional[_Union[User, _Mapping]] = ...,
-        update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, user: _Optional[_Union[User, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class UpdateProfileResponse(_message.Message):
     __slots__ = ("user",)
@@ -246,16 +201,7 @@ class Jwk(_message.Message):
     kid: str
     alg: str
     use: str
-    def __init__(
-        self,
-        kty: _Optional[str] = ...,
-        crv: _Optional[str] = ...,
-        x: _Optional[str] = ...,
-        y: _Optional[str] = ...,
-        kid: _Optional[str] = ...,
-        alg: _Optional[str] = ...,
-        use: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, kty: _Optional[str] = ..., crv: _Optional[str] = ..., x: _Optional[str] = ..., y: _Optional[str] = ..., kid: _Optional[str] = ..., alg: _Optional[str] = ..., use: _Optional[str] = ...) -> None: ...
 
 class IssueJobIdentityRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -269,8 +215,4 @@ class IssueJobIdentityResponse(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     identity: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        identity: _Optional[str] = ...,
-        expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, identity: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

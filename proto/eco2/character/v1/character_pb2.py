@@ -4,15 +4,18 @@
 # source: eco2/character/v1/character.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "eco2/character/v1/character.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'eco2/character/v1/character.proto'
 )
 # @@protoc_insertion_point(imports)
 
@@ -22,49 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n!eco2/character/v1/character.proto\x12\x11\x65\x63o2.character.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xbe\x01\n\tCharacter\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x32\n\x08\x63\x61tegory\x18\x04 \x01(\x0e\x32 .eco2.character.v1.WasteCategory\x12\x13\n\x0bmatch_label\x18\x05 \x01(\t\x12\x12\n\nimage_code\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08"\xbb\x01\n\x0e\x43lassification\x12\x32\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32 .eco2.character.v1.WasteCategory\x12\r\n\x05major\x18\x02 \x01(\t\x12\x0c\n\x04item\x18\x03 \x01(\t\x12\x16\n\x0esituation_tags\x18\x04 \x03(\t\x12\x13\n\x0brules_found\x18\x05 \x01(\x08\x12\x17\n\x0finsufficiencies\x18\x06 \x03(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x02"\xa3\x01\n\x0eOwnedCharacter\x12/\n\tcharacter\x18\x01 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12/\n\x06source\x18\x02 \x01(\x0e\x32\x1f.eco2.character.v1.RewardSource\x12/\n\x0b\x61\x63quired_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp"|\n\x06Reward\x12\x31\n\x07outcome\x18\x01 \x01(\x0e\x32 .eco2.character.v1.RewardOutcome\x12/\n\tcharacter\x18\x02 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12\x0e\n\x06reason\x18\x03 \x01(\t">\n\x15ListCharactersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t"c\n\x16ListCharactersResponse\x12\x30\n\ncharacters\x18\x01 \x03(\x0b\x32\x1c.eco2.character.v1.Character\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t"#\n\x13GetCharacterRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t"G\n\x14GetCharacterResponse\x12/\n\tcharacter\x18\x01 \x01(\x0b\x32\x1c.eco2.character.v1.Character"K\n\x15MatchCharacterRequest\x12\x32\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32 .eco2.character.v1.WasteCategory"Z\n\x16MatchCharacterResponse\x12/\n\tcharacter\x18\x01 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12\x0f\n\x07matched\x18\x02 \x01(\x08"\x99\x01\n\x12GrantRewardRequest\x12/\n\x06source\x18\x01 \x01(\x0e\x32\x1f.eco2.character.v1.RewardSource\x12\x39\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32!.eco2.character.v1.Classification\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t"@\n\x13GrantRewardResponse\x12)\n\x06reward\x18\x01 \x01(\x0b\x32\x19.eco2.character.v1.Reward">\n\x15ListCollectionRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t"h\n\x16ListCollectionResponse\x12\x35\n\ncharacters\x18\x01 \x03(\x0b\x32!.eco2.character.v1.OwnedCharacter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb6\x04\n\rWasteCategory\x12\x1e\n\x1aWASTE_CATEGORY_UNSPECIFIED\x10\x00\x12\x18\n\x14WASTE_CATEGORY_PAPER\x10\x01\x12\x1d\n\x19WASTE_CATEGORY_PAPER_PACK\x10\x02\x12\x1c\n\x18WASTE_CATEGORY_CLEAR_PET\x10\x03\x12\x1a\n\x16WASTE_CATEGORY_PLASTIC\x10\x04\x12\x18\n\x14WASTE_CATEGORY_VINYL\x10\x05\x12\x1c\n\x18WASTE_CATEGORY_STYROFOAM\x10\x06\x12\x18\n\x14WASTE_CATEGORY_GLASS\x10\x07\x12\x18\n\x14WASTE_CATEGORY_METAL\x10\x08\x12\x1a\n\x16WASTE_CATEGORY_BATTERY\x10\t\x12\x1b\n\x17WASTE_CATEGORY_LIGHTING\x10\n\x12\x1b\n\x17WASTE_CATEGORY_CLOTHING\x10\x0b\x12\x1e\n\x1aWASTE_CATEGORY_ELECTRONICS\x10\x0c\x12\x1a\n\x16WASTE_CATEGORY_GENERAL\x10\r\x12"\n\x1eWASTE_CATEGORY_NON_COMBUSTIBLE\x10\x0e\x12\x17\n\x13WASTE_CATEGORY_FOOD\x10\x0f\x12\x1c\n\x18WASTE_CATEGORY_HAZARDOUS\x10\x10\x12\x1f\n\x1bWASTE_CATEGORY_CONSTRUCTION\x10\x11\x12\x18\n\x14WASTE_CATEGORY_BULKY\x10\x12*x\n\x0cRewardSource\x12\x1d\n\x19REWARD_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12REWARD_SOURCE_SCAN\x10\x01\x12\x16\n\x12REWARD_SOURCE_CHAT\x10\x02\x12\x19\n\x15REWARD_SOURCE_DEFAULT\x10\x03*\x8f\x01\n\rRewardOutcome\x12\x1e\n\x1aREWARD_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17REWARD_OUTCOME_RECEIVED\x10\x01\x12 \n\x1cREWARD_OUTCOME_ALREADY_OWNED\x10\x02\x12\x1f\n\x1bREWARD_OUTCOME_NOT_ELIGIBLE\x10\x03\x32\x86\x04\n\x10\x43haracterService\x12\x65\n\x0eListCharacters\x12(.eco2.character.v1.ListCharactersRequest\x1a).eco2.character.v1.ListCharactersResponse\x12_\n\x0cGetCharacter\x12&.eco2.character.v1.GetCharacterRequest\x1a\'.eco2.character.v1.GetCharacterResponse\x12\x65\n\x0eMatchCharacter\x12(.eco2.character.v1.MatchCharacterRequest\x1a).eco2.character.v1.MatchCharacterResponse\x12\\\n\x0bGrantReward\x12%.eco2.character.v1.GrantRewardRequest\x1a&.eco2.character.v1.GrantRewardResponse\x12\x65\n\x0eListCollection\x12(.eco2.character.v1.ListCollectionRequest\x1a).eco2.character.v1.ListCollectionResponseb\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!eco2/character/v1/character.proto\x12\x11\x65\x63o2.character.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n\tCharacter\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x32\n\x08\x63\x61tegory\x18\x04 \x01(\x0e\x32 .eco2.character.v1.WasteCategory\x12\x13\n\x0bmatch_label\x18\x05 \x01(\t\x12\x12\n\nimage_code\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\x12\x12\n\nis_default\x18\x08 \x01(\x08\"\xbb\x01\n\x0e\x43lassification\x12\x32\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32 .eco2.character.v1.WasteCategory\x12\r\n\x05major\x18\x02 \x01(\t\x12\x0c\n\x04item\x18\x03 \x01(\t\x12\x16\n\x0esituation_tags\x18\x04 \x03(\t\x12\x13\n\x0brules_found\x18\x05 \x01(\x08\x12\x17\n\x0finsufficiencies\x18\x06 \x03(\t\x12\x12\n\nconfidence\x18\x07 \x01(\x02\"\xa3\x01\n\x0eOwnedCharacter\x12/\n\tcharacter\x18\x01 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12/\n\x06source\x18\x02 \x01(\x0e\x32\x1f.eco2.character.v1.RewardSource\x12/\n\x0b\x61\x63quired_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x06Reward\x12\x31\n\x07outcome\x18\x01 \x01(\x0e\x32 .eco2.character.v1.RewardOutcome\x12/\n\tcharacter\x18\x02 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12\x0e\n\x06reason\x18\x03 \x01(\t\">\n\x15ListCharactersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"c\n\x16ListCharactersResponse\x12\x30\n\ncharacters\x18\x01 \x03(\x0b\x32\x1c.eco2.character.v1.Character\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13GetCharacterRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"G\n\x14GetCharacterResponse\x12/\n\tcharacter\x18\x01 \x01(\x0b\x32\x1c.eco2.character.v1.Character\"K\n\x15MatchCharacterRequest\x12\x32\n\x08\x63\x61tegory\x18\x01 \x01(\x0e\x32 .eco2.character.v1.WasteCategory\"Z\n\x16MatchCharacterResponse\x12/\n\tcharacter\x18\x01 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12\x0f\n\x07matched\x18\x02 \x01(\x08\"\x99\x01\n\x12GrantRewardRequest\x12/\n\x06source\x18\x01 \x01(\x0e\x32\x1f.eco2.character.v1.RewardSource\x12\x39\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32!.eco2.character.v1.Classification\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"@\n\x13GrantRewardResponse\x12)\n\x06reward\x18\x01 \x01(\x0b\x32\x19.eco2.character.v1.Reward\">\n\x15ListCollectionRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"h\n\x16ListCollectionResponse\x12\x35\n\ncharacters\x18\x01 \x03(\x0b\x32!.eco2.character.v1.OwnedCharacter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xb6\x04\n\rWasteCategory\x12\x1e\n\x1aWASTE_CATEGORY_UNSPECIFIED\x10\x00\x12\x18\n\x14WASTE_CATEGORY_PAPER\x10\x01\x12\x1d\n\x19WASTE_CATEGORY_PAPER_PACK\x10\x02\x12\x1c\n\x18WASTE_CATEGORY_CLEAR_PET\x10\x03\x12\x1a\n\x16WASTE_CATEGORY_PLASTIC\x10\x04\x12\x18\n\x14WASTE_CATEGORY_VINYL\x10\x05\x12\x1c\n\x18WASTE_CATEGORY_STYROFOAM\x10\x06\x12\x18\n\x14WASTE_CATEGORY_GLASS\x10\x07\x12\x18\n\x14WASTE_CATEGORY_METAL\x10\x08\x12\x1a\n\x16WASTE_CATEGORY_BATTERY\x10\t\x12\x1b\n\x17WASTE_CATEGORY_LIGHTING\x10\n\x12\x1b\n\x17WASTE_CATEGORY_CLOTHING\x10\x0b\x12\x1e\n\x1aWASTE_CATEGORY_ELECTRONICS\x10\x0c\x12\x1a\n\x16WASTE_CATEGORY_GENERAL\x10\r\x12\"\n\x1eWASTE_CATEGORY_NON_COMBUSTIBLE\x10\x0e\x12\x17\n\x13WASTE_CATEGORY_FOOD\x10\x0f\x12\x1c\n\x18WASTE_CATEGORY_HAZARDOUS\x10\x10\x12\x1f\n\x1bWASTE_CATEGORY_CONSTRUCTION\x10\x11\x12\x18\n\x14WASTE_CATEGORY_BULKY\x10\x12*x\n\x0cRewardSource\x12\x1d\n\x19REWARD_SOURCE_UNSPECIFIED\x10\x00\x12\x16\n\x12REWARD_SOURCE_SCAN\x10\x01\x12\x16\n\x12REWARD_SOURCE_CHAT\x10\x02\x12\x19\n\x15REWARD_SOURCE_DEFAULT\x10\x03*\x8f\x01\n\rRewardOutcome\x12\x1e\n\x1aREWARD_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n\x17REWARD_OUTCOME_RECEIVED\x10\x01\x12 \n\x1cREWARD_OUTCOME_ALREADY_OWNED\x10\x02\x12\x1f\n\x1bREWARD_OUTCOME_NOT_ELIGIBLE\x10\x03\x32\x86\x04\n\x10\x43haracterService\x12\x65\n\x0eListCharacters\x12(.eco2.character.v1.ListCharactersRequest\x1a).eco2.character.v1.ListCharactersResponse\x12_\n\x0cGetCharacter\x12&.eco2.character.v1.GetCharacterRequest\x1a\'.eco2.character.v1.GetCharacterResponse\x12\x65\n\x0eMatchCharacter\x12(.eco2.character.v1.MatchCharacterRequest\x1a).eco2.character.v1.MatchCharacterResponse\x12\\\n\x0bGrantReward\x12%.eco2.character.v1.GrantRewardRequest\x1a&.eco2.character.v1.GrantRewardResponse\x12\x65\n\x0eListCollection\x12(.eco2.character.v1.ListCollectionRequest\x1a).eco2.character.v1.ListCollectionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "eco2.character.v1.character_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.character.v1.character_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_WASTECATEGORY"]._serialized_start = 1601
-    _globals["_WASTECATEGORY"]._serialized_end = 2167
-    _globals["_REWARDSOURCE"]._serialized_start = 2169
-    _globals["_REWARDSOURCE"]._serialized_end = 2289
-    _globals["_REWARDOUTCOME"]._serialized_start = 2292
-    _globals["_REWARDOUTCOME"]._serialized_end = 2435
-    _globals["_CHARACTER"]._serialized_start = 90
-    _globals["_CHARACTER"]._serialized_end = 280
-    _globals["_CLASSIFICATION"]._serialized_start = 283
-    _globals["_CLASSIFICATION"]._serialized_end = 470
-    _globals["_OWNEDCHARACTER"]._serialized_start = 473
-    _globals["_OWNEDCHARACTER"]._serialized_end = 636
-    _globals["_REWARD"]._serialized_start = 638
-    _globals["_REWARD"]._serialized_end = 762
-    _globals["_LISTCHARACTERSREQUEST"]._serialized_start = 764
-    _globals["_LISTCHARACTERSREQUEST"]._serialized_end = 826
-    _globals["_LISTCHARACTERSRESPONSE"]._serialized_start = 828
-    _globals["_LISTCHARACTERSRESPONSE"]._serialized_end = 927
-    _globals["_GETCHARACTERREQUEST"]._serialized_start = 929
-    _globals["_GETCHARACTERREQUEST"]._serialized_end = 964
-    _globals["_GETCHARACTERRESPONSE"]._serialized_start = 966
-    _globals["_GETCHARACTERRESPONSE"]._serialized_end = 1037
-    _globals["_MATCHCHARACTERREQUEST"]._serialized_start = 1039
-    _globals["_MATCHCHARACTERREQUEST"]._serialized_end = 1114
-    _globals["_MATCHCHARACTERRESPONSE"]._serialized_start = 1116
-    _globals["_MATCHCHARACTERRESPONSE"]._serialized_end = 1206
-    _globals["_GRANTREWARDREQUEST"]._serialized_start = 1209
-    _globals["_GRANTREWARDREQUEST"]._serialized_end = 1362
-    _globals["_GRANTREWARDRESPONSE"]._serialized_start = 1364
-    _globals["_GRANTREWARDRESPONSE"]._serialized_end = 1428
-    _globals["_LISTCOLLECTIONREQUEST"]._serialized_start = 1430
-    _globals["_LISTCOLLECTIONREQUEST"]._serialized_end = 1492
-    _globals["_LISTCOLLECTIONRESPONSE"]._serialized_start = 1494
-    _globals["_LISTCOLLECTIONRESPONSE"]._serialized_end = 1598
-    _globals["_CHARACTERSERVICE"]._serialized_start = 2438
-    _globals["_CHARACTERSERVICE"]._serialized_end = 2956
+  DESCRIPTOR._loaded_options = None
+  _globals['_WASTECATEGORY']._serialized_start=1601
+  _globals['_WASTECATEGORY']._serialized_end=2167
+  _globals['_REWARDSOURCE']._serialized_start=2169
+  _globals['_REWARDSOURCE']._serialized_end=2289
+  _globals['_REWARDOUTCOME']._serialized_start=2292
+  _globals['_REWARDOUTCOME']._serialized_end=2435
+  _globals['_CHARACTER']._serialized_start=90
+  _globals['_CHARACTER']._serialized_end=280
+  _globals['_CLASSIFICATION']._serialized_start=283
+  _globals['_CLASSIFICATION']._serialized_end=470
+  _globals['_OWNEDCHARACTER']._serialized_start=473
+  _globals['_OWNEDCHARACTER']._serialized_end=636
+  _globals['_REWARD']._serialized_start=638
+  _globals['_REWARD']._serialized_end=762
+  _globals['_LISTCHARACTERSREQUEST']._serialized_start=764
+  _globals['_LISTCHARACTERSREQUEST']._serialized_end=826
+  _globals['_LISTCHARACTERSRESPONSE']._serialized_start=828
+  _globals['_LISTCHARACTERSRESPONSE']._serialized_end=927
+  _globals['_GETCHARACTERREQUEST']._serialized_start=929
+  _globals['_GETCHARACTERREQUEST']._serialized_end=964
+  _globals['_GETCHARACTERRESPONSE']._serialized_start=966
+  _globals['_GETCHARACTERRESPONSE']._serialized_end=1037
+  _globals['_MATCHCHARACTERREQUEST']._serialized_start=1039
+  _globals['_MATCHCHARACTERREQUEST']._serialized_end=1114
+  _globals['_MATCHCHARACTERRESPONSE']._serialized_start=1116
+  _globals['_MATCHCHARACTERRESPONSE']._serialized_end=1206
+  _globals['_GRANTREWARDREQUEST']._serialized_start=1209
+  _globals['_GRANTREWARDREQUEST']._serialized_end=1362
+  _globals['_GRANTREWARDRESPONSE']._serialized_start=1364
+  _globals['_GRANTREWARDRESPONSE']._serialized_end=1428
+  _globals['_LISTCOLLECTIONREQUEST']._serialized_start=1430
+  _globals['_LISTCOLLECTIONREQUEST']._serialized_end=1492
+  _globals['_LISTCOLLECTIONRESPONSE']._serialized_start=1494
+  _globals['_LISTCOLLECTIONRESPONSE']._serialized_end=1598
+  _globals['_CHARACTERSERVICE']._serialized_start=2438
+  _globals['_CHARACTERSERVICE']._serialized_end=2956
 # @@protoc_insertion_point(module_scope)

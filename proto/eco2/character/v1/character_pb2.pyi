@@ -45,7 +45,6 @@ class RewardOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REWARD_OUTCOME_RECEIVED: _ClassVar[RewardOutcome]
     REWARD_OUTCOME_ALREADY_OWNED: _ClassVar[RewardOutcome]
     REWARD_OUTCOME_NOT_ELIGIBLE: _ClassVar[RewardOutcome]
-
 WASTE_CATEGORY_UNSPECIFIED: WasteCategory
 WASTE_CATEGORY_PAPER: WasteCategory
 WASTE_CATEGORY_PAPER_PACK: WasteCategory
@@ -92,17 +91,7 @@ class Character(_message.Message):
     image_code: str
     description: str
     is_default: bool
-    def __init__(
-        self,
-        code: _Optional[str] = ...,
-        name: _Optional[str] = ...,
-        aliases: _Optional[_Iterable[str]] = ...,
-        category: _Optional[_Union[WasteCategory, str]] = ...,
-        match_label: _Optional[str] = ...,
-        image_code: _Optional[str] = ...,
-        description: _Optional[str] = ...,
-        is_default: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, code: _Optional[str] = ..., name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., category: _Optional[_Union[WasteCategory, str]] = ..., match_label: _Optional[str] = ..., image_code: _Optional[str] = ..., description: _Optional[str] = ..., is_default: _Optional[bool] = ...) -> None: ...
 
 class Classification(_message.Message):
     __slots__ = ("category", "major", "item", "situation_tags", "rules_found", "insufficiencies", "confidence")
@@ -120,16 +109,7 @@ class Classification(_message.Message):
     rules_found: bool
     insufficiencies: _containers.RepeatedScalarFieldContainer[str]
     confidence: float
-    def __init__(
-        self,
-        category: _Optional[_Union[WasteCategory, str]] = ...,
-        major: _Optional[str] = ...,
-        item: _Optional[str] = ...,
-        situation_tags: _Optional[_Iterable[str]] = ...,
-        rules_found: _Optional[bool] = ...,
-        insufficiencies: _Optional[_Iterable[str]] = ...,
-        confidence: _Optional[float] = ...,
-    ) -> None: ...
+    def __init__(self, category: _Optional[_Union[WasteCategory, str]] = ..., major: _Optional[str] = ..., item: _Optional[str] = ..., situation_tags: _Optional[_Iterable[str]] = ..., rules_found: _Optional[bool] = ..., insufficiencies: _Optional[_Iterable[str]] = ..., confidence: _Optional[float] = ...) -> None: ...
 
 class OwnedCharacter(_message.Message):
     __slots__ = ("character", "source", "acquired_at")
@@ -139,12 +119,7 @@ class OwnedCharacter(_message.Message):
     character: Character
     source: RewardSource
     acquired_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        character: _Optional[_Union[Character, _Mapping]] = ...,
-        source: _Optional[_Union[RewardSource, str]] = ...,
-        acquired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, character: _Optional[_Union[Character, _Mapping]] = ..., source: _Optional[_Union[RewardSource, str]] = ..., acquired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Reward(_message.Message):
     __slots__ = ("outcome", "character", "reason")
@@ -154,12 +129,7 @@ class Reward(_message.Message):
     outcome: RewardOutcome
     character: Character
     reason: str
-    def __init__(
-        self,
-        outcome: _Optional[_Union[RewardOutcome, str]] = ...,
-        character: _Optional[_Union[Character, _Mapping]] = ...,
-        reason: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, outcome: _Optional[_Union[RewardOutcome, str]] = ..., character: _Optional[_Union[Character, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ListCharactersRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -175,9 +145,7 @@ class ListCharactersResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     characters: _containers.RepeatedCompositeFieldContainer[Character]
     next_page_token: str
-    def __init__(
-        self, characters: _Optional[_Iterable[_Union[Character, _Mapping]]] = ..., next_page_token: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, characters: _Optional[_Iterable[_Union[Character, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetCharacterRequest(_message.Message):
     __slots__ = ("code",)
@@ -203,9 +171,7 @@ class MatchCharacterResponse(_message.Message):
     MATCHED_FIELD_NUMBER: _ClassVar[int]
     character: Character
     matched: bool
-    def __init__(
-        self, character: _Optional[_Union[Character, _Mapping]] = ..., matched: _Optional[bool] = ...
-    ) -> None: ...
+    def __init__(self, character: _Optional[_Union[Character, _Mapping]] = ..., matched: _Optional[bool] = ...) -> None: ...
 
 class GrantRewardRequest(_message.Message):
     __slots__ = ("source", "classification", "idempotency_key")
@@ -215,12 +181,7 @@ class GrantRewardRequest(_message.Message):
     source: RewardSource
     classification: Classification
     idempotency_key: str
-    def __init__(
-        self,
-        source: _Optional[_Union[RewardSource, str]] = ...,
-        classification: _Optional[_Union[Classification, _Mapping]] = ...,
-        idempotency_key: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, source: _Optional[_Union[RewardSource, str]] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class GrantRewardResponse(_message.Message):
     __slots__ = ("reward",)
@@ -242,8 +203,4 @@ class ListCollectionResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     characters: _containers.RepeatedCompositeFieldContainer[OwnedCharacter]
     next_page_token: str
-    def __init__(
-        self,
-        characters: _Optional[_Iterable[_Union[OwnedCharacter, _Mapping]]] = ...,
-        next_page_token: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, characters: _Optional[_Iterable[_Union[OwnedCharacter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -4,14 +4,19 @@
 # source: eco2/chat/v1/chat.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
-_runtime_version.ValidateProtobufRuntimeVersion(_runtime_version.Domain.PUBLIC, 7, 35, 1, "", "eco2/chat/v1/chat.proto")
+_runtime_version.ValidateProtobufRuntimeVersion(
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'eco2/chat/v1/chat.proto'
+)
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
@@ -23,75 +28,73 @@ from eco2.location.v1 import location_pb2 as eco2_dot_location_dot_v1_dot_locati
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x17\x65\x63o2/chat/v1/chat.proto\x12\x0c\x65\x63o2.chat.v1\x1a!eco2/character/v1/character.proto\x1a\x1b\x65\x63o2/events/v1/events.proto\x1a\x1f\x65\x63o2/location/v1/location.proto\x1a\x1fgoogle/protobuf/timestamp.proto"t\n\x08\x43itation\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.eco2.chat.v1.CitationKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07snippet\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t"`\n\x05Grade\x12\'\n\x05level\x18\x01 \x01(\x0e\x32\x18.eco2.chat.v1.GradeLevel\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06grader\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t"\xd9\x02\n\nChatResult\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12%\n\x07intents\x18\x04 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x05 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12"\n\x05grade\x18\x06 \x01(\x0b\x32\x13.eco2.chat.v1.Grade\x12/\n\tcharacter\x18\x07 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12*\n\x06places\x18\x08 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit\x12\x15\n\rfallback_used\x18\t \x01(\x08\x12\x11\n\timage_key\x18\n \x01(\t\x12\x11\n\tcancelled\x18\x0b \x01(\x08"\xbe\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\r\x12\x1c\n\x14last_message_preview\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp"\x9b\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.eco2.chat.v1.MessageRole\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\timage_key\x18\x04 \x01(\t\x12%\n\x07intents\x18\x05 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x06 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06result\x18\t \x01(\x0b\x32\x18.eco2.chat.v1.ChatResult"\xd5\x01\n\x11StreamChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\x12:\n\x12\x64ouble_text_policy\x18\x06 \x01(\x0e\x32\x1e.eco2.chat.v1.DoubleTextPolicy"\xd6\x01\n\x12SendMessageRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\x12:\n\x12\x64ouble_text_policy\x18\x06 \x01(\x0e\x32\x1e.eco2.chat.v1.DoubleTextPolicy"h\n\x13SendMessageResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x04 \x01(\x08"\xa7\x01\n\x13ProvideInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08input_id\x18\x02 \x01(\t\x12.\n\x08location\x18\x03 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPointH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x13\n\tconfirmed\x18\x05 \x01(\x08H\x00\x12\x10\n\x08\x64\x65\x63lined\x18\x06 \x01(\x08\x42\x07\n\x05value"\x16\n\x14ProvideInputResponse"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t"\x83\x01\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x05order\x18\x04 \x01(\x0e\x32\x1a.eco2.chat.v1.MessageOrder"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.eco2.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t"\x1c\n\x1a\x44\x65leteConversationResponse"J\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.eco2.chat.v1.CancelMode"\x8f\x01\n\x11\x43\x61ncelRunResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.eco2.chat.v1.CancelMode\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.eco2.chat.v1.RunStatus\x12\x19\n\x11\x61lready_cancelled\x18\x04 \x01(\x08"z\n\x1bGetConversationStateRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1b\n\x13include_checkpoints\x18\x04 \x01(\x08"\xc2\x01\n\x1cGetConversationStateResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12%\n\nactive_run\x18\x03 \x01(\x0b\x32\x11.eco2.chat.v1.Run\x12\x1f\n\x04runs\x18\x04 \x03(\x0b\x32\x11.eco2.chat.v1.Run\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t"\xee\x03\n\x03Run\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.eco2.chat.v1.RunStatus\x12-\n\x0b\x63\x61ncel_mode\x18\x03 \x01(\x0e\x32\x18.eco2.chat.v1.CancelMode\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x10\n\x08question\x18\x05 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x06 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x07 \x01(\t\x12%\n\x07intents\x18\x08 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12%\n\x05\x66\x61\x63ts\x18\t \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\x33\n\rpending_input\x18\n \x01(\x0b\x32\x1c.eco2.events.v1.InputRequest\x12-\n\x0b\x63heckpoints\x18\x0b \x03(\x0b\x32\x18.eco2.chat.v1.Checkpoint\x12\x14\n\x0c\x65rror_reason\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp"\xa5\x01\n\nCheckpoint\x12\x15\n\rcheckpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\r\n\x05nodes\x18\x03 \x03(\t\x12\x0c\n\x04next\x18\x04 \x03(\t\x12%\n\x07intents\x18\x05 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8a\x02\n\x06Intent\x12\x16\n\x12INTENT_UNSPECIFIED\x10\x00\x12\x10\n\x0cINTENT_WASTE\x10\x01\x12\x14\n\x10INTENT_CHARACTER\x10\x02\x12\x13\n\x0fINTENT_LOCATION\x10\x03\x12\x15\n\x11INTENT_BULK_WASTE\x10\x04\x12\x1b\n\x17INTENT_RECYCLABLE_PRICE\x10\x05\x12\x1b\n\x17INTENT_COLLECTION_POINT\x10\x06\x12\x12\n\x0eINTENT_WEATHER\x10\x07\x12\x1b\n\x17INTENT_IMAGE_GENERATION\x10\x08\x12\x15\n\x11INTENT_WEB_SEARCH\x10\t\x12\x12\n\x0eINTENT_GENERAL\x10\n*^\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02*\xe8\x01\n\x0c\x43itationKind\x12\x1d\n\x19\x43ITATION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ITATION_KIND_RULE\x10\x01\x12\x17\n\x13\x43ITATION_KIND_PRICE\x10\x02\x12\x17\n\x13\x43ITATION_KIND_PLACE\x10\x03\x12\x15\n\x11\x43ITATION_KIND_WEB\x10\x04\x12\x1b\n\x17\x43ITATION_KIND_CHARACTER\x10\x05\x12\x19\n\x15\x43ITATION_KIND_WEATHER\x10\x06\x12 \n\x1c\x43ITATION_KIND_BULK_WASTE_FEE\x10\x07*q\n\nGradeLevel\x12\x1b\n\x17GRADE_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n\x10GRADE_LEVEL_GOOD\x10\x01\x12\x1a\n\x16GRADE_LEVEL_ACCEPTABLE\x10\x02\x12\x14\n\x10GRADE_LEVEL_POOR\x10\x03*^\n\nCancelMode\x12\x1b\n\x17\x43\x41NCEL_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_MODE_INTERRUPT\x10\x01\x12\x18\n\x14\x43\x41NCEL_MODE_ROLLBACK\x10\x02*\xb8\x01\n\x10\x44oubleTextPolicy\x12"\n\x1e\x44OUBLE_TEXT_POLICY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44OUBLE_TEXT_POLICY_REJECT\x10\x01\x12\x1e\n\x1a\x44OUBLE_TEXT_POLICY_ENQUEUE\x10\x02\x12 \n\x1c\x44OUBLE_TEXT_POLICY_INTERRUPT\x10\x03\x12\x1f\n\x1b\x44OUBLE_TEXT_POLICY_ROLLBACK\x10\x04*\xdb\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x1c\n\x18RUN_STATUS_WAITING_INPUT\x10\x03\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x06\x12\x1a\n\x16RUN_STATUS_ROLLED_BACK\x10\x07*m\n\x0cMessageOrder\x12\x1d\n\x19MESSAGE_ORDER_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_ORDER_NEWEST_FIRST\x10\x01\x12\x1e\n\x1aMESSAGE_ORDER_OLDEST_FIRST\x10\x02\x32\xec\x05\n\x0b\x43hatService\x12\x46\n\nStreamChat\x12\x1f.eco2.chat.v1.StreamChatRequest\x1a\x15.eco2.events.v1.Event0\x01\x12R\n\x0bSendMessage\x12 .eco2.chat.v1.SendMessageRequest\x1a!.eco2.chat.v1.SendMessageResponse\x12U\n\x0cProvideInput\x12!.eco2.chat.v1.ProvideInputRequest\x1a".eco2.chat.v1.ProvideInputResponse\x12\x64\n\x11ListConversations\x12&.eco2.chat.v1.ListConversationsRequest\x1a\'.eco2.chat.v1.ListConversationsResponse\x12^\n\x0fGetConversation\x12$.eco2.chat.v1.GetConversationRequest\x1a%.eco2.chat.v1.GetConversationResponse\x12g\n\x12\x44\x65leteConversation\x12\'.eco2.chat.v1.DeleteConversationRequest\x1a(.eco2.chat.v1.DeleteConversationResponse\x12L\n\tCancelRun\x12\x1e.eco2.chat.v1.CancelRunRequest\x1a\x1f.eco2.chat.v1.CancelRunResponse\x12m\n\x14GetConversationState\x12).eco2.chat.v1.GetConversationStateRequest\x1a*.eco2.chat.v1.GetConversationStateResponseb\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x63o2/chat/v1/chat.proto\x12\x0c\x65\x63o2.chat.v1\x1a!eco2/character/v1/character.proto\x1a\x1b\x65\x63o2/events/v1/events.proto\x1a\x1f\x65\x63o2/location/v1/location.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"t\n\x08\x43itation\x12\x11\n\tsource_id\x18\x01 \x01(\t\x12(\n\x04kind\x18\x02 \x01(\x0e\x32\x1a.eco2.chat.v1.CitationKind\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07snippet\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\"`\n\x05Grade\x12\'\n\x05level\x18\x01 \x01(\x0e\x32\x18.eco2.chat.v1.GradeLevel\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06grader\x18\x03 \x01(\t\x12\x0f\n\x07reasons\x18\x04 \x03(\t\"\xd9\x02\n\nChatResult\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12%\n\x07intents\x18\x04 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x05 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\"\n\x05grade\x18\x06 \x01(\x0b\x32\x13.eco2.chat.v1.Grade\x12/\n\tcharacter\x18\x07 \x01(\x0b\x32\x1c.eco2.character.v1.Character\x12*\n\x06places\x18\x08 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit\x12\x15\n\rfallback_used\x18\t \x01(\x08\x12\x11\n\timage_key\x18\n \x01(\t\x12\x11\n\tcancelled\x18\x0b \x01(\x08\"\xbe\x01\n\x0c\x43onversation\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\r\x12\x1c\n\x14last_message_preview\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x02\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04role\x18\x02 \x01(\x0e\x32\x19.eco2.chat.v1.MessageRole\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\timage_key\x18\x04 \x01(\t\x12%\n\x07intents\x18\x05 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12)\n\tcitations\x18\x06 \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\x0e\n\x06job_id\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x06result\x18\t \x01(\x0b\x32\x18.eco2.chat.v1.ChatResult\"\xd5\x01\n\x11StreamChatRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\x12:\n\x12\x64ouble_text_policy\x18\x06 \x01(\x0e\x32\x1e.eco2.chat.v1.DoubleTextPolicy\"\xd6\x01\n\x12SendMessageRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\timage_key\x18\x03 \x01(\t\x12,\n\x08location\x18\x04 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\x12:\n\x12\x64ouble_text_policy\x18\x06 \x01(\x0e\x32\x1e.eco2.chat.v1.DoubleTextPolicy\"h\n\x13SendMessageResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x12\n\nmessage_id\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x04 \x01(\x08\"\xa7\x01\n\x13ProvideInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08input_id\x18\x02 \x01(\t\x12.\n\x08location\x18\x03 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPointH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x13\n\tconfirmed\x18\x05 \x01(\x08H\x00\x12\x10\n\x08\x64\x65\x63lined\x18\x06 \x01(\x08\x42\x07\n\x05value\"\x16\n\x14ProvideInputResponse\"A\n\x18ListConversationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"g\n\x19ListConversationsResponse\x12\x31\n\rconversations\x18\x01 \x03(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x01\n\x16GetConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x05order\x18\x04 \x01(\x0e\x32\x1a.eco2.chat.v1.MessageOrder\"\x8d\x01\n\x17GetConversationResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.eco2.chat.v1.Message\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"4\n\x19\x44\x65leteConversationRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\"\x1c\n\x1a\x44\x65leteConversationResponse\"J\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.eco2.chat.v1.CancelMode\"\x8f\x01\n\x11\x43\x61ncelRunResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04mode\x18\x02 \x01(\x0e\x32\x18.eco2.chat.v1.CancelMode\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.eco2.chat.v1.RunStatus\x12\x19\n\x11\x61lready_cancelled\x18\x04 \x01(\x08\"z\n\x1bGetConversationStateRequest\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x1b\n\x13include_checkpoints\x18\x04 \x01(\x08\"\xc2\x01\n\x1cGetConversationStateResponse\x12\x30\n\x0c\x63onversation\x18\x01 \x01(\x0b\x32\x1a.eco2.chat.v1.Conversation\x12\x0f\n\x07summary\x18\x02 \x01(\t\x12%\n\nactive_run\x18\x03 \x01(\x0b\x32\x11.eco2.chat.v1.Run\x12\x1f\n\x04runs\x18\x04 \x03(\x0b\x32\x11.eco2.chat.v1.Run\x12\x17\n\x0fnext_page_token\x18\x05 \x01(\t\"\xee\x03\n\x03Run\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.eco2.chat.v1.RunStatus\x12-\n\x0b\x63\x61ncel_mode\x18\x03 \x01(\x0e\x32\x18.eco2.chat.v1.CancelMode\x12\x17\n\x0fuser_message_id\x18\x04 \x01(\t\x12\x10\n\x08question\x18\x05 \x01(\t\x12\x1c\n\x14\x61ssistant_message_id\x18\x06 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x07 \x01(\t\x12%\n\x07intents\x18\x08 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12%\n\x05\x66\x61\x63ts\x18\t \x03(\x0b\x32\x16.eco2.chat.v1.Citation\x12\x33\n\rpending_input\x18\n \x01(\x0b\x32\x1c.eco2.events.v1.InputRequest\x12-\n\x0b\x63heckpoints\x18\x0b \x03(\x0b\x32\x18.eco2.chat.v1.Checkpoint\x12\x14\n\x0c\x65rror_reason\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa5\x01\n\nCheckpoint\x12\x15\n\rcheckpoint_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\x05\x12\r\n\x05nodes\x18\x03 \x03(\t\x12\x0c\n\x04next\x18\x04 \x03(\t\x12%\n\x07intents\x18\x05 \x03(\x0e\x32\x14.eco2.chat.v1.Intent\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8a\x02\n\x06Intent\x12\x16\n\x12INTENT_UNSPECIFIED\x10\x00\x12\x10\n\x0cINTENT_WASTE\x10\x01\x12\x14\n\x10INTENT_CHARACTER\x10\x02\x12\x13\n\x0fINTENT_LOCATION\x10\x03\x12\x15\n\x11INTENT_BULK_WASTE\x10\x04\x12\x1b\n\x17INTENT_RECYCLABLE_PRICE\x10\x05\x12\x1b\n\x17INTENT_COLLECTION_POINT\x10\x06\x12\x12\n\x0eINTENT_WEATHER\x10\x07\x12\x1b\n\x17INTENT_IMAGE_GENERATION\x10\x08\x12\x15\n\x11INTENT_WEB_SEARCH\x10\t\x12\x12\n\x0eINTENT_GENERAL\x10\n*^\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02*\xe8\x01\n\x0c\x43itationKind\x12\x1d\n\x19\x43ITATION_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ITATION_KIND_RULE\x10\x01\x12\x17\n\x13\x43ITATION_KIND_PRICE\x10\x02\x12\x17\n\x13\x43ITATION_KIND_PLACE\x10\x03\x12\x15\n\x11\x43ITATION_KIND_WEB\x10\x04\x12\x1b\n\x17\x43ITATION_KIND_CHARACTER\x10\x05\x12\x19\n\x15\x43ITATION_KIND_WEATHER\x10\x06\x12 \n\x1c\x43ITATION_KIND_BULK_WASTE_FEE\x10\x07*q\n\nGradeLevel\x12\x1b\n\x17GRADE_LEVEL_UNSPECIFIED\x10\x00\x12\x14\n\x10GRADE_LEVEL_GOOD\x10\x01\x12\x1a\n\x16GRADE_LEVEL_ACCEPTABLE\x10\x02\x12\x14\n\x10GRADE_LEVEL_POOR\x10\x03*^\n\nCancelMode\x12\x1b\n\x17\x43\x41NCEL_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41NCEL_MODE_INTERRUPT\x10\x01\x12\x18\n\x14\x43\x41NCEL_MODE_ROLLBACK\x10\x02*\xb8\x01\n\x10\x44oubleTextPolicy\x12\"\n\x1e\x44OUBLE_TEXT_POLICY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44OUBLE_TEXT_POLICY_REJECT\x10\x01\x12\x1e\n\x1a\x44OUBLE_TEXT_POLICY_ENQUEUE\x10\x02\x12 \n\x1c\x44OUBLE_TEXT_POLICY_INTERRUPT\x10\x03\x12\x1f\n\x1b\x44OUBLE_TEXT_POLICY_ROLLBACK\x10\x04*\xdb\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x1c\n\x18RUN_STATUS_WAITING_INPUT\x10\x03\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x06\x12\x1a\n\x16RUN_STATUS_ROLLED_BACK\x10\x07*m\n\x0cMessageOrder\x12\x1d\n\x19MESSAGE_ORDER_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_ORDER_NEWEST_FIRST\x10\x01\x12\x1e\n\x1aMESSAGE_ORDER_OLDEST_FIRST\x10\x02\x32\xec\x05\n\x0b\x43hatService\x12\x46\n\nStreamChat\x12\x1f.eco2.chat.v1.StreamChatRequest\x1a\x15.eco2.events.v1.Event0\x01\x12R\n\x0bSendMessage\x12 .eco2.chat.v1.SendMessageRequest\x1a!.eco2.chat.v1.SendMessageResponse\x12U\n\x0cProvideInput\x12!.eco2.chat.v1.ProvideInputRequest\x1a\".eco2.chat.v1.ProvideInputResponse\x12\x64\n\x11ListConversations\x12&.eco2.chat.v1.ListConversationsRequest\x1a\'.eco2.chat.v1.ListConversationsResponse\x12^\n\x0fGetConversation\x12$.eco2.chat.v1.GetConversationRequest\x1a%.eco2.chat.v1.GetConversationResponse\x12g\n\x12\x44\x65leteConversation\x12\'.eco2.chat.v1.DeleteConversationRequest\x1a(.eco2.chat.v1.DeleteConversationResponse\x12L\n\tCancelRun\x12\x1e.eco2.chat.v1.CancelRunRequest\x1a\x1f.eco2.chat.v1.CancelRunResponse\x12m\n\x14GetConversationState\x12).eco2.chat.v1.GetConversationStateRequest\x1a*.eco2.chat.v1.GetConversationStateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "eco2.chat.v1.chat_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.chat.v1.chat_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_INTENT"]._serialized_start = 3690
-    _globals["_INTENT"]._serialized_end = 3956
-    _globals["_MESSAGEROLE"]._serialized_start = 3958
-    _globals["_MESSAGEROLE"]._serialized_end = 4052
-    _globals["_CITATIONKIND"]._serialized_start = 4055
-    _globals["_CITATIONKIND"]._serialized_end = 4287
-    _globals["_GRADELEVEL"]._serialized_start = 4289
-    _globals["_GRADELEVEL"]._serialized_end = 4402
-    _globals["_CANCELMODE"]._serialized_start = 4404
-    _globals["_CANCELMODE"]._serialized_end = 4498
-    _globals["_DOUBLETEXTPOLICY"]._serialized_start = 4501
-    _globals["_DOUBLETEXTPOLICY"]._serialized_end = 4685
-    _globals["_RUNSTATUS"]._serialized_start = 4688
-    _globals["_RUNSTATUS"]._serialized_end = 4907
-    _globals["_MESSAGEORDER"]._serialized_start = 4909
-    _globals["_MESSAGEORDER"]._serialized_end = 5018
-    _globals["_CITATION"]._serialized_start = 171
-    _globals["_CITATION"]._serialized_end = 287
-    _globals["_GRADE"]._serialized_start = 289
-    _globals["_GRADE"]._serialized_end = 385
-    _globals["_CHATRESULT"]._serialized_start = 388
-    _globals["_CHATRESULT"]._serialized_end = 733
-    _globals["_CONVERSATION"]._serialized_start = 736
-    _globals["_CONVERSATION"]._serialized_end = 926
-    _globals["_MESSAGE"]._serialized_start = 929
-    _globals["_MESSAGE"]._serialized_end = 1212
-    _globals["_STREAMCHATREQUEST"]._serialized_start = 1215
-    _globals["_STREAMCHATREQUEST"]._serialized_end = 1428
-    _globals["_SENDMESSAGEREQUEST"]._serialized_start = 1431
-    _globals["_SENDMESSAGEREQUEST"]._serialized_end = 1645
-    _globals["_SENDMESSAGERESPONSE"]._serialized_start = 1647
-    _globals["_SENDMESSAGERESPONSE"]._serialized_end = 1751
-    _globals["_PROVIDEINPUTREQUEST"]._serialized_start = 1754
-    _globals["_PROVIDEINPUTREQUEST"]._serialized_end = 1921
-    _globals["_PROVIDEINPUTRESPONSE"]._serialized_start = 1923
-    _globals["_PROVIDEINPUTRESPONSE"]._serialized_end = 1945
-    _globals["_LISTCONVERSATIONSREQUEST"]._serialized_start = 1947
-    _globals["_LISTCONVERSATIONSREQUEST"]._serialized_end = 2012
-    _globals["_LISTCONVERSATIONSRESPONSE"]._serialized_start = 2014
-    _globals["_LISTCONVERSATIONSRESPONSE"]._serialized_end = 2117
-    _globals["_GETCONVERSATIONREQUEST"]._serialized_start = 2120
-    _globals["_GETCONVERSATIONREQUEST"]._serialized_end = 2251
-    _globals["_GETCONVERSATIONRESPONSE"]._serialized_start = 2254
-    _globals["_GETCONVERSATIONRESPONSE"]._serialized_end = 2395
-    _globals["_DELETECONVERSATIONREQUEST"]._serialized_start = 2397
-    _globals["_DELETECONVERSATIONREQUEST"]._serialized_end = 2449
-    _globals["_DELETECONVERSATIONRESPONSE"]._serialized_start = 2451
-    _globals["_DELETECONVERSATIONRESPONSE"]._serialized_end = 2479
-    _globals["_CANCELRUNREQUEST"]._serialized_start = 2481
-    _globals["_CANCELRUNREQUEST"]._serialized_end = 2555
-    _globals["_CANCELRUNRESPONSE"]._serialized_start = 2558
-    _globals["_CANCELRUNRESPONSE"]._serialized_end = 2701
-    _globals["_GETCONVERSATIONSTATEREQUEST"]._serialized_start = 2703
-    _globals["_GETCONVERSATIONSTATEREQUEST"]._serialized_end = 2825
-    _globals["_GETCONVERSATIONSTATERESPONSE"]._serialized_start = 2828
-    _globals["_GETCONVERSATIONSTATERESPONSE"]._serialized_end = 3022
-    _globals["_RUN"]._serialized_start = 3025
-    _globals["_RUN"]._serialized_end = 3519
-    _globals["_CHECKPOINT"]._serialized_start = 3522
-    _globals["_CHECKPOINT"]._serialized_end = 3687
-    _globals["_CHATSERVICE"]._serialized_start = 5021
-    _globals["_CHATSERVICE"]._serialized_end = 5769
+  DESCRIPTOR._loaded_options = None
+  _globals['_INTENT']._serialized_start=3690
+  _globals['_INTENT']._serialized_end=3956
+  _globals['_MESSAGEROLE']._serialized_start=3958
+  _globals['_MESSAGEROLE']._serialized_end=4052
+  _globals['_CITATIONKIND']._serialized_start=4055
+  _globals['_CITATIONKIND']._serialized_end=4287
+  _globals['_GRADELEVEL']._serialized_start=4289
+  _globals['_GRADELEVEL']._serialized_end=4402
+  _globals['_CANCELMODE']._serialized_start=4404
+  _globals['_CANCELMODE']._serialized_end=4498
+  _globals['_DOUBLETEXTPOLICY']._serialized_start=4501
+  _globals['_DOUBLETEXTPOLICY']._serialized_end=4685
+  _globals['_RUNSTATUS']._serialized_start=4688
+  _globals['_RUNSTATUS']._serialized_end=4907
+  _globals['_MESSAGEORDER']._serialized_start=4909
+  _globals['_MESSAGEORDER']._serialized_end=5018
+  _globals['_CITATION']._serialized_start=171
+  _globals['_CITATION']._serialized_end=287
+  _globals['_GRADE']._serialized_start=289
+  _globals['_GRADE']._serialized_end=385
+  _globals['_CHATRESULT']._serialized_start=388
+  _globals['_CHATRESULT']._serialized_end=733
+  _globals['_CONVERSATION']._serialized_start=736
+  _globals['_CONVERSATION']._serialized_end=926
+  _globals['_MESSAGE']._serialized_start=929
+  _globals['_MESSAGE']._serialized_end=1212
+  _globals['_STREAMCHATREQUEST']._serialized_start=1215
+  _globals['_STREAMCHATREQUEST']._serialized_end=1428
+  _globals['_SENDMESSAGEREQUEST']._serialized_start=1431
+  _globals['_SENDMESSAGEREQUEST']._serialized_end=1645
+  _globals['_SENDMESSAGERESPONSE']._serialized_start=1647
+  _globals['_SENDMESSAGERESPONSE']._serialized_end=1751
+  _globals['_PROVIDEINPUTREQUEST']._serialized_start=1754
+  _globals['_PROVIDEINPUTREQUEST']._serialized_end=1921
+  _globals['_PROVIDEINPUTRESPONSE']._serialized_start=1923
+  _globals['_PROVIDEINPUTRESPONSE']._serialized_end=1945
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_start=1947
+  _globals['_LISTCONVERSATIONSREQUEST']._serialized_end=2012
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_start=2014
+  _globals['_LISTCONVERSATIONSRESPONSE']._serialized_end=2117
+  _globals['_GETCONVERSATIONREQUEST']._serialized_start=2120
+  _globals['_GETCONVERSATIONREQUEST']._serialized_end=2251
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_start=2254
+  _globals['_GETCONVERSATIONRESPONSE']._serialized_end=2395
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_start=2397
+  _globals['_DELETECONVERSATIONREQUEST']._serialized_end=2449
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_start=2451
+  _globals['_DELETECONVERSATIONRESPONSE']._serialized_end=2479
+  _globals['_CANCELRUNREQUEST']._serialized_start=2481
+  _globals['_CANCELRUNREQUEST']._serialized_end=2555
+  _globals['_CANCELRUNRESPONSE']._serialized_start=2558
+  _globals['_CANCELRUNRESPONSE']._serialized_end=2701
+  _globals['_GETCONVERSATIONSTATEREQUEST']._serialized_start=2703
+  _globals['_GETCONVERSATIONSTATEREQUEST']._serialized_end=2825
+  _globals['_GETCONVERSATIONSTATERESPONSE']._serialized_start=2828
+  _globals['_GETCONVERSATIONSTATERESPONSE']._serialized_end=3022
+  _globals['_RUN']._serialized_start=3025
+  _globals['_RUN']._serialized_end=3519
+  _globals['_CHECKPOINT']._serialized_start=3522
+  _globals['_CHECKPOINT']._serialized_end=3687
+  _globals['_CHATSERVICE']._serialized_start=5021
+  _globals['_CHATSERVICE']._serialized_end=5769
 # @@protoc_insertion_point(module_scope)

@@ -81,7 +81,6 @@ class MessageOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_ORDER_UNSPECIFIED: _ClassVar[MessageOrder]
     MESSAGE_ORDER_NEWEST_FIRST: _ClassVar[MessageOrder]
     MESSAGE_ORDER_OLDEST_FIRST: _ClassVar[MessageOrder]
-
 INTENT_UNSPECIFIED: Intent
 INTENT_WASTE: Intent
 INTENT_CHARACTER: Intent
@@ -140,14 +139,7 @@ class Citation(_message.Message):
     title: str
     snippet: str
     url: str
-    def __init__(
-        self,
-        source_id: _Optional[str] = ...,
-        kind: _Optional[_Union[CitationKind, str]] = ...,
-        title: _Optional[str] = ...,
-        snippet: _Optional[str] = ...,
-        url: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, source_id: _Optional[str] = ..., kind: _Optional[_Union[CitationKind, str]] = ..., title: _Optional[str] = ..., snippet: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class Grade(_message.Message):
     __slots__ = ("level", "score", "grader", "reasons")
@@ -159,28 +151,10 @@ class Grade(_message.Message):
     score: float
     grader: str
     reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        level: _Optional[_Union[GradeLevel, str]] = ...,
-        score: _Optional[float] = ...,
-        grader: _Optional[str] = ...,
-        reasons: _Optional[_Iterable[str]] = ...,
-    ) -> None: ...
+    def __init__(self, level: _Optional[_Union[GradeLevel, str]] = ..., score: _Optional[float] = ..., grader: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ChatResult(_message.Message):
-    __slots__ = (
-        "conversation_id",
-        "message_id",
-        "answer",
-        "intents",
-        "citations",
-        "grade",
-        "character",
-        "places",
-        "fallback_used",
-        "image_key",
-        "cancelled",
-    )
+    __slots__ = ("conversation_id", "message_id", "answer", "intents", "citations", "grade", "character", "places", "fallback_used", "image_key", "cancelled")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
@@ -203,20 +177,7 @@ class ChatResult(_message.Message):
     fallback_used: bool
     image_key: str
     cancelled: bool
-    def __init__(
-        self,
-        conversation_id: _Optional[str] = ...,
-        message_id: _Optional[str] = ...,
-        answer: _Optional[str] = ...,
-        intents: _Optional[_Iterable[_Union[Intent, str]]] = ...,
-        citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...,
-        grade: _Optional[_Union[Grade, _Mapping]] = ...,
-        character: _Optional[_Union[_character_pb2.Character, _Mapping]] = ...,
-        places: _Optional[_Iterable[_Union[_location_pb2.PlaceHit, _Mapping]]] = ...,
-        fallback_used: _Optional[bool] = ...,
-        image_key: _Optional[str] = ...,
-        cancelled: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., answer: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., grade: _Optional[_Union[Grade, _Mapping]] = ..., character: _Optional[_Union[_character_pb2.Character, _Mapping]] = ..., places: _Optional[_Iterable[_Union[_location_pb2.PlaceHit, _Mapping]]] = ..., fallback_used: _Optional[bool] = ..., image_key: _Optional[str] = ..., cancelled: _Optional[bool] = ...) -> None: ...
 
 class Conversation(_message.Message):
     __slots__ = ("id", "title", "message_count", "last_message_preview", "created_at", "updated_at")
@@ -232,15 +193,7 @@ class Conversation(_message.Message):
     last_message_preview: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        id: _Optional[str] = ...,
-        title: _Optional[str] = ...,
-        message_count: _Optional[int] = ...,
-        last_message_preview: _Optional[str] = ...,
-        created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-        updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., message_count: _Optional[int] = ..., last_message_preview: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Message(_message.Message):
     __slots__ = ("id", "role", "text", "image_key", "intents", "citations", "job_id", "created_at", "result")
@@ -262,18 +215,7 @@ class Message(_message.Message):
     job_id: str
     created_at: _timestamp_pb2.Timestamp
     result: ChatResult
-    def __init__(
-        self,
-        id: _Optional[str] = ...,
-        role: _Optional[_Union[MessageRole, str]] = ...,
-        text: _Optional[str] = ...,
-        image_key: _Optional[str] = ...,
-        intents: _Optional[_Iterable[_Union[Intent, str]]] = ...,
-        citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...,
-        job_id: _Optional[str] = ...,
-        created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-        result: _Optional[_Union[ChatResult, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[_Union[MessageRole, str]] = ..., text: _Optional[str] = ..., image_key: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., citations: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., job_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[ChatResult, _Mapping]] = ...) -> None: ...
 
 class StreamChatRequest(_message.Message):
     __slots__ = ("conversation_id", "message", "image_key", "location", "client_message_id", "double_text_policy")
@@ -289,15 +231,7 @@ class StreamChatRequest(_message.Message):
     location: _location_pb2.GeoPoint
     client_message_id: str
     double_text_policy: DoubleTextPolicy
-    def __init__(
-        self,
-        conversation_id: _Optional[str] = ...,
-        message: _Optional[str] = ...,
-        image_key: _Optional[str] = ...,
-        location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ...,
-        client_message_id: _Optional[str] = ...,
-        double_text_policy: _Optional[_Union[DoubleTextPolicy, str]] = ...,
-    ) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[str] = ..., image_key: _Optional[str] = ..., location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ..., client_message_id: _Optional[str] = ..., double_text_policy: _Optional[_Union[DoubleTextPolicy, str]] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
     __slots__ = ("conversation_id", "message", "image_key", "location", "client_message_id", "double_text_policy")
@@ -313,15 +247,7 @@ class SendMessageRequest(_message.Message):
     location: _location_pb2.GeoPoint
     client_message_id: str
     double_text_policy: DoubleTextPolicy
-    def __init__(
-        self,
-        conversation_id: _Optional[str] = ...,
-        message: _Optional[str] = ...,
-        image_key: _Optional[str] = ...,
-        location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ...,
-        client_message_id: _Optional[str] = ...,
-        double_text_policy: _Optional[_Union[DoubleTextPolicy, str]] = ...,
-    ) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., message: _Optional[str] = ..., image_key: _Optional[str] = ..., location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ..., client_message_id: _Optional[str] = ..., double_text_policy: _Optional[_Union[DoubleTextPolicy, str]] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("job_id", "conversation_id", "message_id", "deduplicated")
@@ -333,13 +259,7 @@ class SendMessageResponse(_message.Message):
     conversation_id: str
     message_id: str
     deduplicated: bool
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        conversation_id: _Optional[str] = ...,
-        message_id: _Optional[str] = ...,
-        deduplicated: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ..., deduplicated: _Optional[bool] = ...) -> None: ...
 
 class ProvideInputRequest(_message.Message):
     __slots__ = ("job_id", "input_id", "location", "text", "confirmed", "declined")
@@ -355,15 +275,7 @@ class ProvideInputRequest(_message.Message):
     text: str
     confirmed: bool
     declined: bool
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        input_id: _Optional[str] = ...,
-        location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ...,
-        text: _Optional[str] = ...,
-        confirmed: _Optional[bool] = ...,
-        declined: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., input_id: _Optional[str] = ..., location: _Optional[_Union[_location_pb2.GeoPoint, _Mapping]] = ..., text: _Optional[str] = ..., confirmed: _Optional[bool] = ..., declined: _Optional[bool] = ...) -> None: ...
 
 class ProvideInputResponse(_message.Message):
     __slots__ = ()
@@ -383,11 +295,7 @@ class ListConversationsResponse(_message.Message):
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     conversations: _containers.RepeatedCompositeFieldContainer[Conversation]
     next_page_token: str
-    def __init__(
-        self,
-        conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ...,
-        next_page_token: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, conversations: _Optional[_Iterable[_Union[Conversation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetConversationRequest(_message.Message):
     __slots__ = ("conversation_id", "page_size", "page_token", "order")
@@ -399,13 +307,7 @@ class GetConversationRequest(_message.Message):
     page_size: int
     page_token: str
     order: MessageOrder
-    def __init__(
-        self,
-        conversation_id: _Optional[str] = ...,
-        page_size: _Optional[int] = ...,
-        page_token: _Optional[str] = ...,
-        order: _Optional[_Union[MessageOrder, str]] = ...,
-    ) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., order: _Optional[_Union[MessageOrder, str]] = ...) -> None: ...
 
 class GetConversationResponse(_message.Message):
     __slots__ = ("conversation", "messages", "next_page_token")
@@ -415,12 +317,7 @@ class GetConversationResponse(_message.Message):
     conversation: Conversation
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     next_page_token: str
-    def __init__(
-        self,
-        conversation: _Optional[_Union[Conversation, _Mapping]] = ...,
-        messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...,
-        next_page_token: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteConversationRequest(_message.Message):
     __slots__ = ("conversation_id",)
@@ -450,13 +347,7 @@ class CancelRunResponse(_message.Message):
     mode: CancelMode
     status: RunStatus
     already_cancelled: bool
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        mode: _Optional[_Union[CancelMode, str]] = ...,
-        status: _Optional[_Union[RunStatus, str]] = ...,
-        already_cancelled: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., mode: _Optional[_Union[CancelMode, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., already_cancelled: _Optional[bool] = ...) -> None: ...
 
 class GetConversationStateRequest(_message.Message):
     __slots__ = ("conversation_id", "page_size", "page_token", "include_checkpoints")
@@ -468,13 +359,7 @@ class GetConversationStateRequest(_message.Message):
     page_size: int
     page_token: str
     include_checkpoints: bool
-    def __init__(
-        self,
-        conversation_id: _Optional[str] = ...,
-        page_size: _Optional[int] = ...,
-        page_token: _Optional[str] = ...,
-        include_checkpoints: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_checkpoints: _Optional[bool] = ...) -> None: ...
 
 class GetConversationStateResponse(_message.Message):
     __slots__ = ("conversation", "summary", "active_run", "runs", "next_page_token")
@@ -488,32 +373,10 @@ class GetConversationStateResponse(_message.Message):
     active_run: Run
     runs: _containers.RepeatedCompositeFieldContainer[Run]
     next_page_token: str
-    def __init__(
-        self,
-        conversation: _Optional[_Union[Conversation, _Mapping]] = ...,
-        summary: _Optional[str] = ...,
-        active_run: _Optional[_Union[Run, _Mapping]] = ...,
-        runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...,
-        next_page_token: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., summary: _Optional[str] = ..., active_run: _Optional[_Union[Run, _Mapping]] = ..., runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = (
-        "job_id",
-        "status",
-        "cancel_mode",
-        "user_message_id",
-        "question",
-        "assistant_message_id",
-        "answer",
-        "intents",
-        "facts",
-        "pending_input",
-        "checkpoints",
-        "error_reason",
-        "created_at",
-        "updated_at",
-    )
+    __slots__ = ("job_id", "status", "cancel_mode", "user_message_id", "question", "assistant_message_id", "answer", "intents", "facts", "pending_input", "checkpoints", "error_reason", "created_at", "updated_at")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_MODE_FIELD_NUMBER: _ClassVar[int]
@@ -542,23 +405,7 @@ class Run(_message.Message):
     error_reason: str
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        status: _Optional[_Union[RunStatus, str]] = ...,
-        cancel_mode: _Optional[_Union[CancelMode, str]] = ...,
-        user_message_id: _Optional[str] = ...,
-        question: _Optional[str] = ...,
-        assistant_message_id: _Optional[str] = ...,
-        answer: _Optional[str] = ...,
-        intents: _Optional[_Iterable[_Union[Intent, str]]] = ...,
-        facts: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ...,
-        pending_input: _Optional[_Union[_events_pb2.InputRequest, _Mapping]] = ...,
-        checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ...,
-        error_reason: _Optional[str] = ...,
-        created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-        updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., status: _Optional[_Union[RunStatus, str]] = ..., cancel_mode: _Optional[_Union[CancelMode, str]] = ..., user_message_id: _Optional[str] = ..., question: _Optional[str] = ..., assistant_message_id: _Optional[str] = ..., answer: _Optional[str] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., facts: _Optional[_Iterable[_Union[Citation, _Mapping]]] = ..., pending_input: _Optional[_Union[_events_pb2.InputRequest, _Mapping]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., error_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Checkpoint(_message.Message):
     __slots__ = ("checkpoint_id", "step", "nodes", "next", "intents", "created_at")
@@ -574,12 +421,4 @@ class Checkpoint(_message.Message):
     next: _containers.RepeatedScalarFieldContainer[str]
     intents: _containers.RepeatedScalarFieldContainer[Intent]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        checkpoint_id: _Optional[str] = ...,
-        step: _Optional[int] = ...,
-        nodes: _Optional[_Iterable[str]] = ...,
-        next: _Optional[_Iterable[str]] = ...,
-        intents: _Optional[_Iterable[_Union[Intent, str]]] = ...,
-        created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, checkpoint_id: _Optional[str] = ..., step: _Optional[int] = ..., nodes: _Optional[_Iterable[str]] = ..., next: _Optional[_Iterable[str]] = ..., intents: _Optional[_Iterable[_Union[Intent, str]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -4,15 +4,18 @@
 # source: eco2/events/v1/events.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "eco2/events/v1/events.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'eco2/events/v1/events.proto'
 )
 # @@protoc_insertion_point(imports)
 
@@ -25,55 +28,53 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x1b\x65\x63o2/events/v1/events.proto\x12\x0e\x65\x63o2.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto"\xeb\x03\n\x05\x45vent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.eco2.events.v1.EventKind\x12)\n\x08job_kind\x18\x04 \x01(\x0e\x32\x17.eco2.events.v1.JobKind\x12$\n\x05stage\x18\x05 \x01(\x0e\x32\x15.eco2.events.v1.Stage\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12/\n\nstage_info\x18\x14 \x01(\x0b\x32\x19.eco2.events.v1.StageInfoH\x00\x12(\n\x04tool\x18\x15 \x01(\x0b\x32\x18.eco2.events.v1.ToolCallH\x00\x12\x33\n\x0bneeds_input\x18\x16 \x01(\x0b\x32\x1c.eco2.events.v1.InputRequestH\x00\x12)\n\x04\x64one\x18\x17 \x01(\x0b\x32\x19.eco2.events.v1.JobResultH\x00\x12)\n\x05\x65rror\x18\x18 \x01(\x0b\x32\x18.eco2.events.v1.JobErrorH\x00\x42\t\n\x07payload"\x8d\x01\n\tStageInfo\x12)\n\x05phase\x18\x01 \x01(\x0e\x32\x1a.eco2.events.v1.StagePhase\x12\x18\n\x10progress_percent\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration"\xd3\x01\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12(\n\x05phase\x18\x03 \x01(\x0e\x32\x19.eco2.events.v1.ToolPhase\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10progress_percent\x18\x06 \x01(\r\x12\x0f\n\x07message\x18\x07 \x01(\t"\x87\x01\n\x0cInputRequest\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.eco2.events.v1.InputKind\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12,\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x1b.eco2.events.v1.InputChoice"+\n\x0bInputChoice\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t"B\n\tJobResult\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0f\n\x07summary\x18\x02 \x01(\t"L\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08"5\n\x10SubscribeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04"c\n\x17SubscribeBatchesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x12\n\nmax_events\x18\x03 \x01(\r\x12\x11\n\tmax_bytes\x18\x04 \x01(\r"A\n\x18SubscribeBatchesResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.eco2.events.v1.Event"$\n\x12GetJobStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t">\n\x13GetJobStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.eco2.events.v1.JobState"\xf8\x01\n\x08JobState\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x08job_kind\x18\x02 \x01(\x0e\x32\x17.eco2.events.v1.JobKind\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.eco2.events.v1.JobStatus\x12$\n\x05stage\x18\x04 \x01(\x0e\x32\x15.eco2.events.v1.Stage\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x10\n\x08last_seq\x18\x06 \x01(\x04\x12\x10\n\x08terminal\x18\x07 \x01(\x08\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xaf\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_KIND_STAGE\x10\x01\x12\x14\n\x10\x45VENT_KIND_TOKEN\x10\x02\x12\x13\n\x0f\x45VENT_KIND_TOOL\x10\x03\x12\x1a\n\x16\x45VENT_KIND_NEEDS_INPUT\x10\x04\x12\x13\n\x0f\x45VENT_KIND_DONE\x10\x05\x12\x14\n\x10\x45VENT_KIND_ERROR\x10\x06*I\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rJOB_KIND_CHAT\x10\x01\x12\x11\n\rJOB_KIND_SCAN\x10\x02*\x93\x02\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x10\n\x0cSTAGE_INTENT\x10\x02\x12\x10\n\x0cSTAGE_VISION\x10\x03\x12\x10\n\x0cSTAGE_ROUTER\x10\x04\x12\x12\n\x0eSTAGE_SUBAGENT\x10\x05\x12\x13\n\x0fSTAGE_AGGREGATE\x10\x06\x12\x10\n\x0cSTAGE_ANSWER\x10\x07\x12\x12\n\x0eSTAGE_EVALUATE\x10\x08\x12\x12\n\x0eSTAGE_FALLBACK\x10\t\x12\x13\n\x0fSTAGE_SUMMARIZE\x10\n\x12\x0e\n\nSTAGE_RULE\x10\x0b\x12\x10\n\x0cSTAGE_REWARD\x10\x0c\x12\x11\n\rSTAGE_PERSIST\x10\r*\xa7\x01\n\nStagePhase\x12\x1b\n\x17STAGE_PHASE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_PHASE_STARTED\x10\x01\x12\x18\n\x14STAGE_PHASE_PROGRESS\x10\x02\x12\x18\n\x14STAGE_PHASE_FINISHED\x10\x03\x12\x16\n\x12STAGE_PHASE_FAILED\x10\x04\x12\x17\n\x13STAGE_PHASE_SKIPPED\x10\x05*\x86\x01\n\tToolPhase\x12\x1a\n\x16TOOL_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12TOOL_PHASE_STARTED\x10\x01\x12\x17\n\x13TOOL_PHASE_PROGRESS\x10\x02\x12\x15\n\x11TOOL_PHASE_RESULT\x10\x03\x12\x15\n\x11TOOL_PHASE_FAILED\x10\x04*\x89\x01\n\tInputKind\x12\x1a\n\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13INPUT_KIND_LOCATION\x10\x01\x12\x13\n\x0fINPUT_KIND_TEXT\x10\x02\x12\x1b\n\x17INPUT_KIND_CONFIRMATION\x10\x03\x12\x15\n\x11INPUT_KIND_CHOICE\x10\x04*\xa5\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x1c\n\x18JOB_STATUS_WAITING_INPUT\x10\x03\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11JOB_STATUS_FAILED\x10\x05\x32\x97\x02\n\x0c\x45ventService\x12\x46\n\tSubscribe\x12 .eco2.events.v1.SubscribeRequest\x1a\x15.eco2.events.v1.Event0\x01\x12g\n\x10SubscribeBatches\x12\'.eco2.events.v1.SubscribeBatchesRequest\x1a(.eco2.events.v1.SubscribeBatchesResponse0\x01\x12V\n\x0bGetJobState\x12".eco2.events.v1.GetJobStateRequest\x1a#.eco2.events.v1.GetJobStateResponseb\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x63o2/events/v1/events.proto\x12\x0e\x65\x63o2.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x03\n\x05\x45vent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\'\n\x04kind\x18\x03 \x01(\x0e\x32\x19.eco2.events.v1.EventKind\x12)\n\x08job_kind\x18\x04 \x01(\x0e\x32\x17.eco2.events.v1.JobKind\x12$\n\x05stage\x18\x05 \x01(\x0e\x32\x15.eco2.events.v1.Stage\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x07 \x01(\t\x12(\n\x04time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12/\n\nstage_info\x18\x14 \x01(\x0b\x32\x19.eco2.events.v1.StageInfoH\x00\x12(\n\x04tool\x18\x15 \x01(\x0b\x32\x18.eco2.events.v1.ToolCallH\x00\x12\x33\n\x0bneeds_input\x18\x16 \x01(\x0b\x32\x1c.eco2.events.v1.InputRequestH\x00\x12)\n\x04\x64one\x18\x17 \x01(\x0b\x32\x19.eco2.events.v1.JobResultH\x00\x12)\n\x05\x65rror\x18\x18 \x01(\x0b\x32\x18.eco2.events.v1.JobErrorH\x00\x42\t\n\x07payload\"\x8d\x01\n\tStageInfo\x12)\n\x05phase\x18\x01 \x01(\x0e\x32\x1a.eco2.events.v1.StagePhase\x12\x18\n\x10progress_percent\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12*\n\x07\x65lapsed\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xd3\x01\n\x08ToolCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12(\n\x05phase\x18\x03 \x01(\x0e\x32\x19.eco2.events.v1.ToolPhase\x12*\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06result\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10progress_percent\x18\x06 \x01(\r\x12\x0f\n\x07message\x18\x07 \x01(\t\"\x87\x01\n\x0cInputRequest\x12\x10\n\x08input_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.eco2.events.v1.InputKind\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12,\n\x07\x63hoices\x18\x04 \x03(\x0b\x32\x1b.eco2.events.v1.InputChoice\"+\n\x0bInputChoice\x12\r\n\x05value\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\"B\n\tJobResult\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x0f\n\x07summary\x18\x02 \x01(\t\"L\n\x08JobError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\tretryable\x18\x04 \x01(\x08\"5\n\x10SubscribeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"c\n\x17SubscribeBatchesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x12\n\nmax_events\x18\x03 \x01(\r\x12\x11\n\tmax_bytes\x18\x04 \x01(\r\"A\n\x18SubscribeBatchesResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.eco2.events.v1.Event\"$\n\x12GetJobStateRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\">\n\x13GetJobStateResponse\x12\'\n\x05state\x18\x01 \x01(\x0b\x32\x18.eco2.events.v1.JobState\"\xf8\x01\n\x08JobState\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12)\n\x08job_kind\x18\x02 \x01(\x0e\x32\x17.eco2.events.v1.JobKind\x12)\n\x06status\x18\x03 \x01(\x0e\x32\x19.eco2.events.v1.JobStatus\x12$\n\x05stage\x18\x04 \x01(\x0e\x32\x15.eco2.events.v1.Stage\x12\x0c\n\x04node\x18\x05 \x01(\t\x12\x10\n\x08last_seq\x18\x06 \x01(\x04\x12\x10\n\x08terminal\x18\x07 \x01(\x08\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xaf\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_KIND_STAGE\x10\x01\x12\x14\n\x10\x45VENT_KIND_TOKEN\x10\x02\x12\x13\n\x0f\x45VENT_KIND_TOOL\x10\x03\x12\x1a\n\x16\x45VENT_KIND_NEEDS_INPUT\x10\x04\x12\x13\n\x0f\x45VENT_KIND_DONE\x10\x05\x12\x14\n\x10\x45VENT_KIND_ERROR\x10\x06*I\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rJOB_KIND_CHAT\x10\x01\x12\x11\n\rJOB_KIND_SCAN\x10\x02*\x93\x02\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTAGE_QUEUED\x10\x01\x12\x10\n\x0cSTAGE_INTENT\x10\x02\x12\x10\n\x0cSTAGE_VISION\x10\x03\x12\x10\n\x0cSTAGE_ROUTER\x10\x04\x12\x12\n\x0eSTAGE_SUBAGENT\x10\x05\x12\x13\n\x0fSTAGE_AGGREGATE\x10\x06\x12\x10\n\x0cSTAGE_ANSWER\x10\x07\x12\x12\n\x0eSTAGE_EVALUATE\x10\x08\x12\x12\n\x0eSTAGE_FALLBACK\x10\t\x12\x13\n\x0fSTAGE_SUMMARIZE\x10\n\x12\x0e\n\nSTAGE_RULE\x10\x0b\x12\x10\n\x0cSTAGE_REWARD\x10\x0c\x12\x11\n\rSTAGE_PERSIST\x10\r*\xa7\x01\n\nStagePhase\x12\x1b\n\x17STAGE_PHASE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_PHASE_STARTED\x10\x01\x12\x18\n\x14STAGE_PHASE_PROGRESS\x10\x02\x12\x18\n\x14STAGE_PHASE_FINISHED\x10\x03\x12\x16\n\x12STAGE_PHASE_FAILED\x10\x04\x12\x17\n\x13STAGE_PHASE_SKIPPED\x10\x05*\x86\x01\n\tToolPhase\x12\x1a\n\x16TOOL_PHASE_UNSPECIFIED\x10\x00\x12\x16\n\x12TOOL_PHASE_STARTED\x10\x01\x12\x17\n\x13TOOL_PHASE_PROGRESS\x10\x02\x12\x15\n\x11TOOL_PHASE_RESULT\x10\x03\x12\x15\n\x11TOOL_PHASE_FAILED\x10\x04*\x89\x01\n\tInputKind\x12\x1a\n\x16INPUT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13INPUT_KIND_LOCATION\x10\x01\x12\x13\n\x0fINPUT_KIND_TEXT\x10\x02\x12\x1b\n\x17INPUT_KIND_CONFIRMATION\x10\x03\x12\x15\n\x11INPUT_KIND_CHOICE\x10\x04*\xa5\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATUS_QUEUED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x1c\n\x18JOB_STATUS_WAITING_INPUT\x10\x03\x12\x18\n\x14JOB_STATUS_SUCCEEDED\x10\x04\x12\x15\n\x11JOB_STATUS_FAILED\x10\x05\x32\x97\x02\n\x0c\x45ventService\x12\x46\n\tSubscribe\x12 .eco2.events.v1.SubscribeRequest\x1a\x15.eco2.events.v1.Event0\x01\x12g\n\x10SubscribeBatches\x12\'.eco2.events.v1.SubscribeBatchesRequest\x1a(.eco2.events.v1.SubscribeBatchesResponse0\x01\x12V\n\x0bGetJobState\x12\".eco2.events.v1.GetJobStateRequest\x1a#.eco2.events.v1.GetJobStateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "eco2.events.v1.events_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.events.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_EVENTKIND"]._serialized_start = 1927
-    _globals["_EVENTKIND"]._serialized_end = 2102
-    _globals["_JOBKIND"]._serialized_start = 2104
-    _globals["_JOBKIND"]._serialized_end = 2177
-    _globals["_STAGE"]._serialized_start = 2180
-    _globals["_STAGE"]._serialized_end = 2455
-    _globals["_STAGEPHASE"]._serialized_start = 2458
-    _globals["_STAGEPHASE"]._serialized_end = 2625
-    _globals["_TOOLPHASE"]._serialized_start = 2628
-    _globals["_TOOLPHASE"]._serialized_end = 2762
-    _globals["_INPUTKIND"]._serialized_start = 2765
-    _globals["_INPUTKIND"]._serialized_end = 2902
-    _globals["_JOBSTATUS"]._serialized_start = 2905
-    _globals["_JOBSTATUS"]._serialized_end = 3070
-    _globals["_EVENT"]._serialized_start = 170
-    _globals["_EVENT"]._serialized_end = 661
-    _globals["_STAGEINFO"]._serialized_start = 664
-    _globals["_STAGEINFO"]._serialized_end = 805
-    _globals["_TOOLCALL"]._serialized_start = 808
-    _globals["_TOOLCALL"]._serialized_end = 1019
-    _globals["_INPUTREQUEST"]._serialized_start = 1022
-    _globals["_INPUTREQUEST"]._serialized_end = 1157
-    _globals["_INPUTCHOICE"]._serialized_start = 1159
-    _globals["_INPUTCHOICE"]._serialized_end = 1202
-    _globals["_JOBRESULT"]._serialized_start = 1204
-    _globals["_JOBRESULT"]._serialized_end = 1270
-    _globals["_JOBERROR"]._serialized_start = 1272
-    _globals["_JOBERROR"]._serialized_end = 1348
-    _globals["_SUBSCRIBEREQUEST"]._serialized_start = 1350
-    _globals["_SUBSCRIBEREQUEST"]._serialized_end = 1403
-    _globals["_SUBSCRIBEBATCHESREQUEST"]._serialized_start = 1405
-    _globals["_SUBSCRIBEBATCHESREQUEST"]._serialized_end = 1504
-    _globals["_SUBSCRIBEBATCHESRESPONSE"]._serialized_start = 1506
-    _globals["_SUBSCRIBEBATCHESRESPONSE"]._serialized_end = 1571
-    _globals["_GETJOBSTATEREQUEST"]._serialized_start = 1573
-    _globals["_GETJOBSTATEREQUEST"]._serialized_end = 1609
-    _globals["_GETJOBSTATERESPONSE"]._serialized_start = 1611
-    _globals["_GETJOBSTATERESPONSE"]._serialized_end = 1673
-    _globals["_JOBSTATE"]._serialized_start = 1676
-    _globals["_JOBSTATE"]._serialized_end = 1924
-    _globals["_EVENTSERVICE"]._serialized_start = 3073
-    _globals["_EVENTSERVICE"]._serialized_end = 3352
+  DESCRIPTOR._loaded_options = None
+  _globals['_EVENTKIND']._serialized_start=1927
+  _globals['_EVENTKIND']._serialized_end=2102
+  _globals['_JOBKIND']._serialized_start=2104
+  _globals['_JOBKIND']._serialized_end=2177
+  _globals['_STAGE']._serialized_start=2180
+  _globals['_STAGE']._serialized_end=2455
+  _globals['_STAGEPHASE']._serialized_start=2458
+  _globals['_STAGEPHASE']._serialized_end=2625
+  _globals['_TOOLPHASE']._serialized_start=2628
+  _globals['_TOOLPHASE']._serialized_end=2762
+  _globals['_INPUTKIND']._serialized_start=2765
+  _globals['_INPUTKIND']._serialized_end=2902
+  _globals['_JOBSTATUS']._serialized_start=2905
+  _globals['_JOBSTATUS']._serialized_end=3070
+  _globals['_EVENT']._serialized_start=170
+  _globals['_EVENT']._serialized_end=661
+  _globals['_STAGEINFO']._serialized_start=664
+  _globals['_STAGEINFO']._serialized_end=805
+  _globals['_TOOLCALL']._serialized_start=808
+  _globals['_TOOLCALL']._serialized_end=1019
+  _globals['_INPUTREQUEST']._serialized_start=1022
+  _globals['_INPUTREQUEST']._serialized_end=1157
+  _globals['_INPUTCHOICE']._serialized_start=1159
+  _globals['_INPUTCHOICE']._serialized_end=1202
+  _globals['_JOBRESULT']._serialized_start=1204
+  _globals['_JOBRESULT']._serialized_end=1270
+  _globals['_JOBERROR']._serialized_start=1272
+  _globals['_JOBERROR']._serialized_end=1348
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1350
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1403
+  _globals['_SUBSCRIBEBATCHESREQUEST']._serialized_start=1405
+  _globals['_SUBSCRIBEBATCHESREQUEST']._serialized_end=1504
+  _globals['_SUBSCRIBEBATCHESRESPONSE']._serialized_start=1506
+  _globals['_SUBSCRIBEBATCHESRESPONSE']._serialized_end=1571
+  _globals['_GETJOBSTATEREQUEST']._serialized_start=1573
+  _globals['_GETJOBSTATEREQUEST']._serialized_end=1609
+  _globals['_GETJOBSTATERESPONSE']._serialized_start=1611
+  _globals['_GETJOBSTATERESPONSE']._serialized_end=1673
+  _globals['_JOBSTATE']._serialized_start=1676
+  _globals['_JOBSTATE']._serialized_end=1924
+  _globals['_EVENTSERVICE']._serialized_start=3073
+  _globals['_EVENTSERVICE']._serialized_end=3352
 # @@protoc_insertion_point(module_scope)

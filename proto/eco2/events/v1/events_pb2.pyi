@@ -79,7 +79,6 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATUS_WAITING_INPUT: _ClassVar[JobStatus]
     JOB_STATUS_SUCCEEDED: _ClassVar[JobStatus]
     JOB_STATUS_FAILED: _ClassVar[JobStatus]
-
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_STAGE: EventKind
 EVENT_KIND_TOKEN: EventKind
@@ -128,22 +127,7 @@ JOB_STATUS_SUCCEEDED: JobStatus
 JOB_STATUS_FAILED: JobStatus
 
 class Event(_message.Message):
-    __slots__ = (
-        "job_id",
-        "seq",
-        "kind",
-        "job_kind",
-        "stage",
-        "node",
-        "delta",
-        "time",
-        "traceparent",
-        "stage_info",
-        "tool",
-        "needs_input",
-        "done",
-        "error",
-    )
+    __slots__ = ("job_id", "seq", "kind", "job_kind", "stage", "node", "delta", "time", "traceparent", "stage_info", "tool", "needs_input", "done", "error")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -172,23 +156,7 @@ class Event(_message.Message):
     needs_input: InputRequest
     done: JobResult
     error: JobError
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        seq: _Optional[int] = ...,
-        kind: _Optional[_Union[EventKind, str]] = ...,
-        job_kind: _Optional[_Union[JobKind, str]] = ...,
-        stage: _Optional[_Union[Stage, str]] = ...,
-        node: _Optional[str] = ...,
-        delta: _Optional[str] = ...,
-        time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-        traceparent: _Optional[str] = ...,
-        stage_info: _Optional[_Union[StageInfo, _Mapping]] = ...,
-        tool: _Optional[_Union[ToolCall, _Mapping]] = ...,
-        needs_input: _Optional[_Union[InputRequest, _Mapping]] = ...,
-        done: _Optional[_Union[JobResult, _Mapping]] = ...,
-        error: _Optional[_Union[JobError, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., job_kind: _Optional[_Union[JobKind, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., node: _Optional[str] = ..., delta: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traceparent: _Optional[str] = ..., stage_info: _Optional[_Union[StageInfo, _Mapping]] = ..., tool: _Optional[_Union[ToolCall, _Mapping]] = ..., needs_input: _Optional[_Union[InputRequest, _Mapping]] = ..., done: _Optional[_Union[JobResult, _Mapping]] = ..., error: _Optional[_Union[JobError, _Mapping]] = ...) -> None: ...
 
 class StageInfo(_message.Message):
     __slots__ = ("phase", "progress_percent", "message", "elapsed")
@@ -200,13 +168,7 @@ class StageInfo(_message.Message):
     progress_percent: int
     message: str
     elapsed: _duration_pb2.Duration
-    def __init__(
-        self,
-        phase: _Optional[_Union[StagePhase, str]] = ...,
-        progress_percent: _Optional[int] = ...,
-        message: _Optional[str] = ...,
-        elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, phase: _Optional[_Union[StagePhase, str]] = ..., progress_percent: _Optional[int] = ..., message: _Optional[str] = ..., elapsed: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class ToolCall(_message.Message):
     __slots__ = ("name", "call_id", "phase", "arguments", "result", "progress_percent", "message")
@@ -224,16 +186,7 @@ class ToolCall(_message.Message):
     result: _struct_pb2.Struct
     progress_percent: int
     message: str
-    def __init__(
-        self,
-        name: _Optional[str] = ...,
-        call_id: _Optional[str] = ...,
-        phase: _Optional[_Union[ToolPhase, str]] = ...,
-        arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...,
-        result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...,
-        progress_percent: _Optional[int] = ...,
-        message: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., call_id: _Optional[str] = ..., phase: _Optional[_Union[ToolPhase, str]] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., progress_percent: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class InputRequest(_message.Message):
     __slots__ = ("input_id", "kind", "prompt", "choices")
@@ -245,13 +198,7 @@ class InputRequest(_message.Message):
     kind: InputKind
     prompt: str
     choices: _containers.RepeatedCompositeFieldContainer[InputChoice]
-    def __init__(
-        self,
-        input_id: _Optional[str] = ...,
-        kind: _Optional[_Union[InputKind, str]] = ...,
-        prompt: _Optional[str] = ...,
-        choices: _Optional[_Iterable[_Union[InputChoice, _Mapping]]] = ...,
-    ) -> None: ...
+    def __init__(self, input_id: _Optional[str] = ..., kind: _Optional[_Union[InputKind, str]] = ..., prompt: _Optional[str] = ..., choices: _Optional[_Iterable[_Union[InputChoice, _Mapping]]] = ...) -> None: ...
 
 class InputChoice(_message.Message):
     __slots__ = ("value", "label")
@@ -267,9 +214,7 @@ class JobResult(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     result: _any_pb2.Any
     summary: str
-    def __init__(
-        self, result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., summary: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., summary: _Optional[str] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("code", "reason", "message", "retryable")
@@ -281,13 +226,7 @@ class JobError(_message.Message):
     reason: str
     message: str
     retryable: bool
-    def __init__(
-        self,
-        code: _Optional[int] = ...,
-        reason: _Optional[str] = ...,
-        message: _Optional[str] = ...,
-        retryable: _Optional[bool] = ...,
-    ) -> None: ...
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ("job_id", "after_seq")
@@ -307,13 +246,7 @@ class SubscribeBatchesRequest(_message.Message):
     after_seq: int
     max_events: int
     max_bytes: int
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        after_seq: _Optional[int] = ...,
-        max_events: _Optional[int] = ...,
-        max_bytes: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., max_events: _Optional[int] = ..., max_bytes: _Optional[int] = ...) -> None: ...
 
 class SubscribeBatchesResponse(_message.Message):
     __slots__ = ("events",)
@@ -351,14 +284,4 @@ class JobState(_message.Message):
     last_seq: int
     terminal: bool
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        job_kind: _Optional[_Union[JobKind, str]] = ...,
-        status: _Optional[_Union[JobStatus, str]] = ...,
-        stage: _Optional[_Union[Stage, str]] = ...,
-        node: _Optional[str] = ...,
-        last_seq: _Optional[int] = ...,
-        terminal: _Optional[bool] = ...,
-        updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., job_kind: _Optional[_Union[JobKind, str]] = ..., status: _Optional[_Union[JobStatus, str]] = ..., stage: _Optional[_Union[Stage, str]] = ..., node: _Optional[str] = ..., last_seq: _Optional[int] = ..., terminal: _Optional[bool] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

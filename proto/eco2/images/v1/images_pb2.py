@@ -4,15 +4,18 @@
 # source: eco2/images/v1/images.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "eco2/images/v1/images.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'eco2/images/v1/images.proto'
 )
 # @@protoc_insertion_point(imports)
 
@@ -22,35 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x1b\x65\x63o2/images/v1/images.proto\x12\x0e\x65\x63o2.images.v1\x1a\x1fgoogle/protobuf/timestamp.proto"\xec\x01\n\x05Image\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.eco2.images.v1.ImageFormat\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12-\n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x1c.eco2.images.v1.ImageChannel\x12\x10\n\x08\x66ilename\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp"g\n\x0eUploadMetadata\x12-\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1c.eco2.images.v1.ImageChannel\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t"\\\n\rUploadRequest\x12\x32\n\x08metadata\x18\x01 \x01(\x0b\x32\x1e.eco2.images.v1.UploadMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part"L\n\x0eUploadResponse\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.eco2.images.v1.Image\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08"\x1e\n\x0fGetImageRequest\x12\x0b\n\x03key\x18\x01 \x01(\t"\x80\x01\n\x10GetImageResponse\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.eco2.images.v1.Image\x12\x12\n\nsigned_url\x18\x02 \x01(\t\x12\x32\n\x0eurl_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp"\x1f\n\x10ReadImageRequest\x12\x0b\n\x03key\x18\x01 \x01(\t"H\n\x11ReadImageResponse\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.eco2.images.v1.Image\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c*\x95\x01\n\x0cImageChannel\x12\x1d\n\x19IMAGE_CHANNEL_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_CHANNEL_CHAT\x10\x01\x12\x16\n\x12IMAGE_CHANNEL_SCAN\x10\x02\x12\x19\n\x15IMAGE_CHANNEL_PROFILE\x10\x03\x12\x1b\n\x17IMAGE_CHANNEL_GENERATED\x10\x04*\x85\x01\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x14\n\x10IMAGE_FORMAT_GIF\x10\x03\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x04\x32\xfc\x01\n\x0cImageService\x12I\n\x06Upload\x12\x1d.eco2.images.v1.UploadRequest\x1a\x1e.eco2.images.v1.UploadResponse(\x01\x12M\n\x08GetImage\x12\x1f.eco2.images.v1.GetImageRequest\x1a .eco2.images.v1.GetImageResponse\x12R\n\tReadImage\x12 .eco2.images.v1.ReadImageRequest\x1a!.eco2.images.v1.ReadImageResponse0\x01\x62\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65\x63o2/images/v1/images.proto\x12\x0e\x65\x63o2.images.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x01\n\x05Image\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12+\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1b.eco2.images.v1.ImageFormat\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12-\n\x07\x63hannel\x18\x06 \x01(\x0e\x32\x1c.eco2.images.v1.ImageChannel\x12\x10\n\x08\x66ilename\x18\x07 \x01(\t\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x0eUploadMetadata\x12-\n\x07\x63hannel\x18\x01 \x01(\x0e\x32\x1c.eco2.images.v1.ImageChannel\x12\x14\n\x0c\x63ontent_type\x18\x02 \x01(\t\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\"\\\n\rUploadRequest\x12\x32\n\x08metadata\x18\x01 \x01(\x0b\x32\x1e.eco2.images.v1.UploadMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"L\n\x0eUploadResponse\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.eco2.images.v1.Image\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\"\x1e\n\x0fGetImageRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"\x80\x01\n\x10GetImageResponse\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.eco2.images.v1.Image\x12\x12\n\nsigned_url\x18\x02 \x01(\t\x12\x32\n\x0eurl_expires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1f\n\x10ReadImageRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"H\n\x11ReadImageResponse\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.eco2.images.v1.Image\x12\r\n\x05\x63hunk\x18\x02 \x01(\x0c*\x95\x01\n\x0cImageChannel\x12\x1d\n\x19IMAGE_CHANNEL_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_CHANNEL_CHAT\x10\x01\x12\x16\n\x12IMAGE_CHANNEL_SCAN\x10\x02\x12\x19\n\x15IMAGE_CHANNEL_PROFILE\x10\x03\x12\x1b\n\x17IMAGE_CHANNEL_GENERATED\x10\x04*\x85\x01\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x14\n\x10IMAGE_FORMAT_GIF\x10\x03\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x04\x32\xfc\x01\n\x0cImageService\x12I\n\x06Upload\x12\x1d.eco2.images.v1.UploadRequest\x1a\x1e.eco2.images.v1.UploadResponse(\x01\x12M\n\x08GetImage\x12\x1f.eco2.images.v1.GetImageRequest\x1a .eco2.images.v1.GetImageResponse\x12R\n\tReadImage\x12 .eco2.images.v1.ReadImageRequest\x1a!.eco2.images.v1.ReadImageResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "eco2.images.v1.images_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.images.v1.images_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_IMAGECHANNEL"]._serialized_start = 867
-    _globals["_IMAGECHANNEL"]._serialized_end = 1016
-    _globals["_IMAGEFORMAT"]._serialized_start = 1019
-    _globals["_IMAGEFORMAT"]._serialized_end = 1152
-    _globals["_IMAGE"]._serialized_start = 81
-    _globals["_IMAGE"]._serialized_end = 317
-    _globals["_UPLOADMETADATA"]._serialized_start = 319
-    _globals["_UPLOADMETADATA"]._serialized_end = 422
-    _globals["_UPLOADREQUEST"]._serialized_start = 424
-    _globals["_UPLOADREQUEST"]._serialized_end = 516
-    _globals["_UPLOADRESPONSE"]._serialized_start = 518
-    _globals["_UPLOADRESPONSE"]._serialized_end = 594
-    _globals["_GETIMAGEREQUEST"]._serialized_start = 596
-    _globals["_GETIMAGEREQUEST"]._serialized_end = 626
-    _globals["_GETIMAGERESPONSE"]._serialized_start = 629
-    _globals["_GETIMAGERESPONSE"]._serialized_end = 757
-    _globals["_READIMAGEREQUEST"]._serialized_start = 759
-    _globals["_READIMAGEREQUEST"]._serialized_end = 790
-    _globals["_READIMAGERESPONSE"]._serialized_start = 792
-    _globals["_READIMAGERESPONSE"]._serialized_end = 864
-    _globals["_IMAGESERVICE"]._serialized_start = 1155
-    _globals["_IMAGESERVICE"]._serialized_end = 1407
+  DESCRIPTOR._loaded_options = None
+  _globals['_IMAGECHANNEL']._serialized_start=867
+  _globals['_IMAGECHANNEL']._serialized_end=1016
+  _globals['_IMAGEFORMAT']._serialized_start=1019
+  _globals['_IMAGEFORMAT']._serialized_end=1152
+  _globals['_IMAGE']._serialized_start=81
+  _globals['_IMAGE']._serialized_end=317
+  _globals['_UPLOADMETADATA']._serialized_start=319
+  _globals['_UPLOADMETADATA']._serialized_end=422
+  _globals['_UPLOADREQUEST']._serialized_start=424
+  _globals['_UPLOADREQUEST']._serialized_end=516
+  _globals['_UPLOADRESPONSE']._serialized_start=518
+  _globals['_UPLOADRESPONSE']._serialized_end=594
+  _globals['_GETIMAGEREQUEST']._serialized_start=596
+  _globals['_GETIMAGEREQUEST']._serialized_end=626
+  _globals['_GETIMAGERESPONSE']._serialized_start=629
+  _globals['_GETIMAGERESPONSE']._serialized_end=757
+  _globals['_READIMAGEREQUEST']._serialized_start=759
+  _globals['_READIMAGEREQUEST']._serialized_end=790
+  _globals['_READIMAGERESPONSE']._serialized_start=792
+  _globals['_READIMAGERESPONSE']._serialized_end=864
+  _globals['_IMAGESERVICE']._serialized_start=1155
+  _globals['_IMAGESERVICE']._serialized_end=1407
 # @@protoc_insertion_point(module_scope)

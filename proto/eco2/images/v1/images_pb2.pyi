@@ -24,7 +24,6 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_GIF: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
-
 IMAGE_CHANNEL_UNSPECIFIED: ImageChannel
 IMAGE_CHANNEL_CHAT: ImageChannel
 IMAGE_CHANNEL_SCAN: ImageChannel
@@ -54,17 +53,7 @@ class Image(_message.Message):
     channel: ImageChannel
     filename: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        key: _Optional[str] = ...,
-        sha256: _Optional[str] = ...,
-        format: _Optional[_Union[ImageFormat, str]] = ...,
-        content_type: _Optional[str] = ...,
-        size_bytes: _Optional[int] = ...,
-        channel: _Optional[_Union[ImageChannel, str]] = ...,
-        filename: _Optional[str] = ...,
-        created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., sha256: _Optional[str] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., channel: _Optional[_Union[ImageChannel, str]] = ..., filename: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UploadMetadata(_message.Message):
     __slots__ = ("channel", "content_type", "filename")
@@ -74,12 +63,7 @@ class UploadMetadata(_message.Message):
     channel: ImageChannel
     content_type: str
     filename: str
-    def __init__(
-        self,
-        channel: _Optional[_Union[ImageChannel, str]] = ...,
-        content_type: _Optional[str] = ...,
-        filename: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, channel: _Optional[_Union[ImageChannel, str]] = ..., content_type: _Optional[str] = ..., filename: _Optional[str] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("metadata", "chunk")
@@ -87,9 +71,7 @@ class UploadRequest(_message.Message):
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     metadata: UploadMetadata
     chunk: bytes
-    def __init__(
-        self, metadata: _Optional[_Union[UploadMetadata, _Mapping]] = ..., chunk: _Optional[bytes] = ...
-    ) -> None: ...
+    def __init__(self, metadata: _Optional[_Union[UploadMetadata, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
 
 class UploadResponse(_message.Message):
     __slots__ = ("image", "deduplicated")
@@ -97,9 +79,7 @@ class UploadResponse(_message.Message):
     DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
     image: Image
     deduplicated: bool
-    def __init__(
-        self, image: _Optional[_Union[Image, _Mapping]] = ..., deduplicated: _Optional[bool] = ...
-    ) -> None: ...
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., deduplicated: _Optional[bool] = ...) -> None: ...
 
 class GetImageRequest(_message.Message):
     __slots__ = ("key",)
@@ -115,12 +95,7 @@ class GetImageResponse(_message.Message):
     image: Image
     signed_url: str
     url_expires_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        image: _Optional[_Union[Image, _Mapping]] = ...,
-        signed_url: _Optional[str] = ...,
-        url_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., signed_url: _Optional[str] = ..., url_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ReadImageRequest(_message.Message):
     __slots__ = ("key",)

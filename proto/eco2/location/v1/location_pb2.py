@@ -4,15 +4,18 @@
 # source: eco2/location/v1/location.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
 _runtime_version.ValidateProtobufRuntimeVersion(
-    _runtime_version.Domain.PUBLIC, 7, 35, 1, "", "eco2/location/v1/location.proto"
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'eco2/location/v1/location.proto'
 )
 # @@protoc_insertion_point(imports)
 
@@ -22,39 +25,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x1f\x65\x63o2/location/v1/location.proto\x12\x10\x65\x63o2.location.v1\x1a\x1fgoogle/protobuf/timestamp.proto"/\n\x08GeoPoint\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01"\xfe\x02\n\x05Place\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x14\n\x0croad_address\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x37\n\x0estore_category\x18\x07 \x01(\x0e\x32\x1f.eco2.location.v1.StoreCategory\x12;\n\x11pickup_categories\x18\x08 \x03(\x0e\x32 .eco2.location.v1.PickupCategory\x12-\n\x06source\x18\t \x01(\x0e\x32\x1d.eco2.location.v1.PlaceSource\x12\x15\n\ropening_hours\x18\n \x01(\t\x12\x0b\n\x03url\x18\x0b \x01(\t\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp"]\n\x08PlaceHit\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.eco2.location.v1.Place\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12\x15\n\rdistance_text\x18\x03 \x01(\t"\xda\x01\n\x13SearchNearbyRequest\x12*\n\x06\x63\x65nter\x18\x01 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x10\n\x08radius_m\x18\x02 \x01(\r\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x39\n\x10store_categories\x18\x04 \x03(\x0e\x32\x1f.eco2.location.v1.StoreCategory\x12;\n\x11pickup_categories\x18\x05 \x03(\x0e\x32 .eco2.location.v1.PickupCategory"B\n\x14SearchNearbyResponse\x12*\n\x06places\x18\x01 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit"[\n\x11SearchTextRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12(\n\x04near\x18\x02 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\r\n\x05limit\x18\x03 \x01(\r"@\n\x12SearchTextResponse\x12*\n\x06places\x18\x01 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit"\x1d\n\x0fGetPlaceRequest\x12\n\n\x02id\x18\x01 \x01(\t":\n\x10GetPlaceResponse\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.eco2.location.v1.Place*\xda\x02\n\rStoreCategory\x12\x1e\n\x1aSTORE_CATEGORY_UNSPECIFIED\x10\x00\x12$\n STORE_CATEGORY_REFILL_ZERO_WASTE\x10\x01\x12\x17\n\x13STORE_CATEGORY_CAFE\x10\x02\x12\x18\n\x14STORE_CATEGORY_VEGAN\x10\x03\x12\x1a\n\x16STORE_CATEGORY_UPCYCLE\x10\x04\x12\x18\n\x14STORE_CATEGORY_BOOKS\x10\x05\x12\x19\n\x15STORE_CATEGORY_MARKET\x10\x06\x12\x1a\n\x16STORE_CATEGORY_LODGING\x10\x07\x12"\n\x1eSTORE_CATEGORY_PUBLIC_DROP_BOX\x10\x08\x12\x1a\n\x16STORE_CATEGORY_GENERAL\x10\t\x12#\n\x1fSTORE_CATEGORY_RECYCLING_CENTER\x10\n*\xb8\x02\n\x0ePickupCategory\x12\x1f\n\x1bPICKUP_CATEGORY_UNSPECIFIED\x10\x00\x12\x1d\n\x19PICKUP_CATEGORY_CLEAR_PET\x10\x01\x12\x1f\n\x1bPICKUP_CATEGORY_COLORED_PET\x10\x02\x12\x17\n\x13PICKUP_CATEGORY_CAN\x10\x03\x12\x19\n\x15PICKUP_CATEGORY_PAPER\x10\x04\x12\x1b\n\x17PICKUP_CATEGORY_PLASTIC\x10\x05\x12\x19\n\x15PICKUP_CATEGORY_GLASS\x10\x06\x12\x1b\n\x17PICKUP_CATEGORY_TEXTILE\x10\x07\x12\x1f\n\x1bPICKUP_CATEGORY_ELECTRONICS\x10\x08\x12\x1b\n\x17PICKUP_CATEGORY_GENERAL\x10\t*z\n\x0bPlaceSource\x12\x1c\n\x18PLACE_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13PLACE_SOURCE_SAMPLE\x10\x01\x12\x1c\n\x18PLACE_SOURCE_PUBLIC_DATA\x10\x02\x12\x16\n\x12PLACE_SOURCE_KAKAO\x10\x03\x32\x9c\x02\n\x0fLocationService\x12]\n\x0cSearchNearby\x12%.eco2.location.v1.SearchNearbyRequest\x1a&.eco2.location.v1.SearchNearbyResponse\x12W\n\nSearchText\x12#.eco2.location.v1.SearchTextRequest\x1a$.eco2.location.v1.SearchTextResponse\x12Q\n\x08GetPlace\x12!.eco2.location.v1.GetPlaceRequest\x1a".eco2.location.v1.GetPlaceResponseb\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x65\x63o2/location/v1/location.proto\x12\x10\x65\x63o2.location.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x08GeoPoint\x12\x10\n\x08latitude\x18\x01 \x01(\x01\x12\x11\n\tlongitude\x18\x02 \x01(\x01\"\xfe\x02\n\x05Place\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x14\n\x0croad_address\x18\x04 \x01(\t\x12\r\n\x05phone\x18\x05 \x01(\t\x12,\n\x08location\x18\x06 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x37\n\x0estore_category\x18\x07 \x01(\x0e\x32\x1f.eco2.location.v1.StoreCategory\x12;\n\x11pickup_categories\x18\x08 \x03(\x0e\x32 .eco2.location.v1.PickupCategory\x12-\n\x06source\x18\t \x01(\x0e\x32\x1d.eco2.location.v1.PlaceSource\x12\x15\n\ropening_hours\x18\n \x01(\t\x12\x0b\n\x03url\x18\x0b \x01(\t\x12.\n\nupdated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x08PlaceHit\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.eco2.location.v1.Place\x12\x12\n\ndistance_m\x18\x02 \x01(\x01\x12\x15\n\rdistance_text\x18\x03 \x01(\t\"\xda\x01\n\x13SearchNearbyRequest\x12*\n\x06\x63\x65nter\x18\x01 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\x10\n\x08radius_m\x18\x02 \x01(\r\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x39\n\x10store_categories\x18\x04 \x03(\x0e\x32\x1f.eco2.location.v1.StoreCategory\x12;\n\x11pickup_categories\x18\x05 \x03(\x0e\x32 .eco2.location.v1.PickupCategory\"B\n\x14SearchNearbyResponse\x12*\n\x06places\x18\x01 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit\"[\n\x11SearchTextRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12(\n\x04near\x18\x02 \x01(\x0b\x32\x1a.eco2.location.v1.GeoPoint\x12\r\n\x05limit\x18\x03 \x01(\r\"@\n\x12SearchTextResponse\x12*\n\x06places\x18\x01 \x03(\x0b\x32\x1a.eco2.location.v1.PlaceHit\"\x1d\n\x0fGetPlaceRequest\x12\n\n\x02id\x18\x01 \x01(\t\":\n\x10GetPlaceResponse\x12&\n\x05place\x18\x01 \x01(\x0b\x32\x17.eco2.location.v1.Place*\xda\x02\n\rStoreCategory\x12\x1e\n\x1aSTORE_CATEGORY_UNSPECIFIED\x10\x00\x12$\n STORE_CATEGORY_REFILL_ZERO_WASTE\x10\x01\x12\x17\n\x13STORE_CATEGORY_CAFE\x10\x02\x12\x18\n\x14STORE_CATEGORY_VEGAN\x10\x03\x12\x1a\n\x16STORE_CATEGORY_UPCYCLE\x10\x04\x12\x18\n\x14STORE_CATEGORY_BOOKS\x10\x05\x12\x19\n\x15STORE_CATEGORY_MARKET\x10\x06\x12\x1a\n\x16STORE_CATEGORY_LODGING\x10\x07\x12\"\n\x1eSTORE_CATEGORY_PUBLIC_DROP_BOX\x10\x08\x12\x1a\n\x16STORE_CATEGORY_GENERAL\x10\t\x12#\n\x1fSTORE_CATEGORY_RECYCLING_CENTER\x10\n*\xb8\x02\n\x0ePickupCategory\x12\x1f\n\x1bPICKUP_CATEGORY_UNSPECIFIED\x10\x00\x12\x1d\n\x19PICKUP_CATEGORY_CLEAR_PET\x10\x01\x12\x1f\n\x1bPICKUP_CATEGORY_COLORED_PET\x10\x02\x12\x17\n\x13PICKUP_CATEGORY_CAN\x10\x03\x12\x19\n\x15PICKUP_CATEGORY_PAPER\x10\x04\x12\x1b\n\x17PICKUP_CATEGORY_PLASTIC\x10\x05\x12\x19\n\x15PICKUP_CATEGORY_GLASS\x10\x06\x12\x1b\n\x17PICKUP_CATEGORY_TEXTILE\x10\x07\x12\x1f\n\x1bPICKUP_CATEGORY_ELECTRONICS\x10\x08\x12\x1b\n\x17PICKUP_CATEGORY_GENERAL\x10\t*z\n\x0bPlaceSource\x12\x1c\n\x18PLACE_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13PLACE_SOURCE_SAMPLE\x10\x01\x12\x1c\n\x18PLACE_SOURCE_PUBLIC_DATA\x10\x02\x12\x16\n\x12PLACE_SOURCE_KAKAO\x10\x03\x32\x9c\x02\n\x0fLocationService\x12]\n\x0cSearchNearby\x12%.eco2.location.v1.SearchNearbyRequest\x1a&.eco2.location.v1.SearchNearbyResponse\x12W\n\nSearchText\x12#.eco2.location.v1.SearchTextRequest\x1a$.eco2.location.v1.SearchTextResponse\x12Q\n\x08GetPlace\x12!.eco2.location.v1.GetPlaceRequest\x1a\".eco2.location.v1.GetPlaceResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "eco2.location.v1.location_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.location.v1.location_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_STORECATEGORY"]._serialized_start = 1155
-    _globals["_STORECATEGORY"]._serialized_end = 1501
-    _globals["_PICKUPCATEGORY"]._serialized_start = 1504
-    _globals["_PICKUPCATEGORY"]._serialized_end = 1816
-    _globals["_PLACESOURCE"]._serialized_start = 1818
-    _globals["_PLACESOURCE"]._serialized_end = 1940
-    _globals["_GEOPOINT"]._serialized_start = 86
-    _globals["_GEOPOINT"]._serialized_end = 133
-    _globals["_PLACE"]._serialized_start = 136
-    _globals["_PLACE"]._serialized_end = 518
-    _globals["_PLACEHIT"]._serialized_start = 520
-    _globals["_PLACEHIT"]._serialized_end = 613
-    _globals["_SEARCHNEARBYREQUEST"]._serialized_start = 616
-    _globals["_SEARCHNEARBYREQUEST"]._serialized_end = 834
-    _globals["_SEARCHNEARBYRESPONSE"]._serialized_start = 836
-    _globals["_SEARCHNEARBYRESPONSE"]._serialized_end = 902
-    _globals["_SEARCHTEXTREQUEST"]._serialized_start = 904
-    _globals["_SEARCHTEXTREQUEST"]._serialized_end = 995
-    _globals["_SEARCHTEXTRESPONSE"]._serialized_start = 997
-    _globals["_SEARCHTEXTRESPONSE"]._serialized_end = 1061
-    _globals["_GETPLACEREQUEST"]._serialized_start = 1063
-    _globals["_GETPLACEREQUEST"]._serialized_end = 1092
-    _globals["_GETPLACERESPONSE"]._serialized_start = 1094
-    _globals["_GETPLACERESPONSE"]._serialized_end = 1152
-    _globals["_LOCATIONSERVICE"]._serialized_start = 1943
-    _globals["_LOCATIONSERVICE"]._serialized_end = 2227
+  DESCRIPTOR._loaded_options = None
+  _globals['_STORECATEGORY']._serialized_start=1155
+  _globals['_STORECATEGORY']._serialized_end=1501
+  _globals['_PICKUPCATEGORY']._serialized_start=1504
+  _globals['_PICKUPCATEGORY']._serialized_end=1816
+  _globals['_PLACESOURCE']._serialized_start=1818
+  _globals['_PLACESOURCE']._serialized_end=1940
+  _globals['_GEOPOINT']._serialized_start=86
+  _globals['_GEOPOINT']._serialized_end=133
+  _globals['_PLACE']._serialized_start=136
+  _globals['_PLACE']._serialized_end=518
+  _globals['_PLACEHIT']._serialized_start=520
+  _globals['_PLACEHIT']._serialized_end=613
+  _globals['_SEARCHNEARBYREQUEST']._serialized_start=616
+  _globals['_SEARCHNEARBYREQUEST']._serialized_end=834
+  _globals['_SEARCHNEARBYRESPONSE']._serialized_start=836
+  _globals['_SEARCHNEARBYRESPONSE']._serialized_end=902
+  _globals['_SEARCHTEXTREQUEST']._serialized_start=904
+  _globals['_SEARCHTEXTREQUEST']._serialized_end=995
+  _globals['_SEARCHTEXTRESPONSE']._serialized_start=997
+  _globals['_SEARCHTEXTRESPONSE']._serialized_end=1061
+  _globals['_GETPLACEREQUEST']._serialized_start=1063
+  _globals['_GETPLACEREQUEST']._serialized_end=1092
+  _globals['_GETPLACERESPONSE']._serialized_start=1094
+  _globals['_GETPLACERESPONSE']._serialized_end=1152
+  _globals['_LOCATIONSERVICE']._serialized_start=1943
+  _globals['_LOCATIONSERVICE']._serialized_end=2227
 # @@protoc_insertion_point(module_scope)

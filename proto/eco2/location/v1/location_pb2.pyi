@@ -43,7 +43,6 @@ class PlaceSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLACE_SOURCE_SAMPLE: _ClassVar[PlaceSource]
     PLACE_SOURCE_PUBLIC_DATA: _ClassVar[PlaceSource]
     PLACE_SOURCE_KAKAO: _ClassVar[PlaceSource]
-
 STORE_CATEGORY_UNSPECIFIED: StoreCategory
 STORE_CATEGORY_REFILL_ZERO_WASTE: StoreCategory
 STORE_CATEGORY_CAFE: StoreCategory
@@ -79,20 +78,7 @@ class GeoPoint(_message.Message):
     def __init__(self, latitude: _Optional[float] = ..., longitude: _Optional[float] = ...) -> None: ...
 
 class Place(_message.Message):
-    __slots__ = (
-        "id",
-        "name",
-        "address",
-        "road_address",
-        "phone",
-        "location",
-        "store_category",
-        "pickup_categories",
-        "source",
-        "opening_hours",
-        "url",
-        "updated_at",
-    )
+    __slots__ = ("id", "name", "address", "road_address", "phone", "location", "store_category", "pickup_categories", "source", "opening_hours", "url", "updated_at")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -117,21 +103,7 @@ class Place(_message.Message):
     opening_hours: str
     url: str
     updated_at: _timestamp_pb2.Timestamp
-    def __init__(
-        self,
-        id: _Optional[str] = ...,
-        name: _Optional[str] = ...,
-        address: _Optional[str] = ...,
-        road_address: _Optional[str] = ...,
-        phone: _Optional[str] = ...,
-        location: _Optional[_Union[GeoPoint, _Mapping]] = ...,
-        store_category: _Optional[_Union[StoreCategory, str]] = ...,
-        pickup_categories: _Optional[_Iterable[_Union[PickupCategory, str]]] = ...,
-        source: _Optional[_Union[PlaceSource, str]] = ...,
-        opening_hours: _Optional[str] = ...,
-        url: _Optional[str] = ...,
-        updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., road_address: _Optional[str] = ..., phone: _Optional[str] = ..., location: _Optional[_Union[GeoPoint, _Mapping]] = ..., store_category: _Optional[_Union[StoreCategory, str]] = ..., pickup_categories: _Optional[_Iterable[_Union[PickupCategory, str]]] = ..., source: _Optional[_Union[PlaceSource, str]] = ..., opening_hours: _Optional[str] = ..., url: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PlaceHit(_message.Message):
     __slots__ = ("place", "distance_m", "distance_text")
@@ -141,12 +113,7 @@ class PlaceHit(_message.Message):
     place: Place
     distance_m: float
     distance_text: str
-    def __init__(
-        self,
-        place: _Optional[_Union[Place, _Mapping]] = ...,
-        distance_m: _Optional[float] = ...,
-        distance_text: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, place: _Optional[_Union[Place, _Mapping]] = ..., distance_m: _Optional[float] = ..., distance_text: _Optional[str] = ...) -> None: ...
 
 class SearchNearbyRequest(_message.Message):
     __slots__ = ("center", "radius_m", "limit", "store_categories", "pickup_categories")
@@ -160,14 +127,7 @@ class SearchNearbyRequest(_message.Message):
     limit: int
     store_categories: _containers.RepeatedScalarFieldContainer[StoreCategory]
     pickup_categories: _containers.RepeatedScalarFieldContainer[PickupCategory]
-    def __init__(
-        self,
-        center: _Optional[_Union[GeoPoint, _Mapping]] = ...,
-        radius_m: _Optional[int] = ...,
-        limit: _Optional[int] = ...,
-        store_categories: _Optional[_Iterable[_Union[StoreCategory, str]]] = ...,
-        pickup_categories: _Optional[_Iterable[_Union[PickupCategory, str]]] = ...,
-    ) -> None: ...
+    def __init__(self, center: _Optional[_Union[GeoPoint, _Mapping]] = ..., radius_m: _Optional[int] = ..., limit: _Optional[int] = ..., store_categories: _Optional[_Iterable[_Union[StoreCategory, str]]] = ..., pickup_categories: _Optional[_Iterable[_Union[PickupCategory, str]]] = ...) -> None: ...
 
 class SearchNearbyResponse(_message.Message):
     __slots__ = ("places",)
@@ -183,12 +143,7 @@ class SearchTextRequest(_message.Message):
     query: str
     near: GeoPoint
     limit: int
-    def __init__(
-        self,
-        query: _Optional[str] = ...,
-        near: _Optional[_Union[GeoPoint, _Mapping]] = ...,
-        limit: _Optional[int] = ...,
-    ) -> None: ...
+    def __init__(self, query: _Optional[str] = ..., near: _Optional[_Union[GeoPoint, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class SearchTextResponse(_message.Message):
     __slots__ = ("places",)

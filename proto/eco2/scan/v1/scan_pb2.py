@@ -4,14 +4,19 @@
 # source: eco2/scan/v1/scan.proto
 # Protobuf Python Version: 7.35.1
 """Generated protocol buffer code."""
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pool as _descriptor_pool
 from google.protobuf import runtime_version as _runtime_version
 from google.protobuf import symbol_database as _symbol_database
 from google.protobuf.internal import builder as _builder
-
-_runtime_version.ValidateProtobufRuntimeVersion(_runtime_version.Domain.PUBLIC, 7, 35, 1, "", "eco2/scan/v1/scan.proto")
+_runtime_version.ValidateProtobufRuntimeVersion(
+    _runtime_version.Domain.PUBLIC,
+    7,
+    35,
+    1,
+    '',
+    'eco2/scan/v1/scan.proto'
+)
 # @@protoc_insertion_point(imports)
 
 _sym_db = _symbol_database.Default()
@@ -22,41 +27,39 @@ from eco2.events.v1 import events_pb2 as eco2_dot_events_dot_v1_dot_events__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
-    b'\n\x17\x65\x63o2/scan/v1/scan.proto\x12\x0c\x65\x63o2.scan.v1\x1a!eco2/character/v1/character.proto\x1a\x1b\x65\x63o2/events/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto"U\n\x0c\x44isposalRule\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x03(\t\x12\x12\n\nexceptions\x18\x04 \x03(\t"\x82\x03\n\nScanResult\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x11\n\timage_key\x18\x02 \x01(\t\x12\x39\n\x0e\x63lassification\x18\x03 \x01(\x0b\x32!.eco2.character.v1.Classification\x12\x12\n\nrecyclable\x18\x04 \x01(\x08\x12)\n\x05rules\x18\x05 \x03(\x0b\x32\x1a.eco2.scan.v1.DisposalRule\x12\x14\n\x0cinstructions\x18\x06 \x03(\t\x12\x13\n\x0b\x65xplanation\x18\x07 \x01(\t\x12)\n\x06reward\x18\x08 \x01(\x0b\x32\x19.eco2.character.v1.Reward\x12\x30\n\x0c\x63ompleted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05\x62\x61sis\x18\n \x01(\x0e\x32\x17.eco2.scan.v1.ScanBasis\x12\x10\n\x08warnings\x18\x0b \x03(\t\x12\x14\n\x0cvision_model\x18\x0c \x01(\t"L\n\x11StreamScanRequest\x12\x11\n\timage_key\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_scan_id\x18\x03 \x01(\t"L\n\x11SubmitScanRequest\x12\x11\n\timage_key\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_scan_id\x18\x03 \x01(\t"K\n\x12SubmitScanResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07scan_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08"!\n\x0eGetScanRequest\x12\x0f\n\x07scan_id\x18\x01 \x01(\t"u\n\x0fGetScanResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.eco2.scan.v1.ScanResult\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.eco2.scan.v1.ScanStatus\x12\x0e\n\x06job_id\x18\x03 \x01(\t"\x8b\x01\n\x17ProvideScanInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08input_id\x18\x02 \x01(\t\x12\x34\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32 .eco2.character.v1.WasteCategoryH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x42\x08\n\x06\x61nswer"*\n\x18ProvideScanInputResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t"7\n\x14\x43lassifyPhotoRequest\x12\x11\n\timage_key\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t"|\n\x15\x43lassifyPhotoResponse\x12\x12\n\nconfigured\x18\x01 \x01(\x08\x12\x39\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32!.eco2.character.v1.Classification\x12\x14\n\x0cvision_model\x18\x03 \x01(\t*\x87\x01\n\tScanBasis\x12\x1a\n\x16SCAN_BASIS_UNSPECIFIED\x10\x00\x12\x15\n\x11SCAN_BASIS_VISION\x10\x01\x12\x13\n\x0fSCAN_BASIS_HINT\x10\x02\x12\x15\n\x11SCAN_BASIS_ANSWER\x10\x03\x12\x1b\n\x17SCAN_BASIS_UNCLASSIFIED\x10\x04*\xa7\x01\n\nScanStatus\x12\x1b\n\x17SCAN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12SCAN_STATUS_QUEUED\x10\x01\x12\x17\n\x13SCAN_STATUS_RUNNING\x10\x02\x12\x1d\n\x19SCAN_STATUS_WAITING_INPUT\x10\x03\x12\x14\n\x10SCAN_STATUS_DONE\x10\x04\x12\x16\n\x12SCAN_STATUS_FAILED\x10\x05\x32\xab\x03\n\x0bScanService\x12\x46\n\nStreamScan\x12\x1f.eco2.scan.v1.StreamScanRequest\x1a\x15.eco2.events.v1.Event0\x01\x12O\n\nSubmitScan\x12\x1f.eco2.scan.v1.SubmitScanRequest\x1a .eco2.scan.v1.SubmitScanResponse\x12\x46\n\x07GetScan\x12\x1c.eco2.scan.v1.GetScanRequest\x1a\x1d.eco2.scan.v1.GetScanResponse\x12\x61\n\x10ProvideScanInput\x12%.eco2.scan.v1.ProvideScanInputRequest\x1a&.eco2.scan.v1.ProvideScanInputResponse\x12X\n\rClassifyPhoto\x12".eco2.scan.v1.ClassifyPhotoRequest\x1a#.eco2.scan.v1.ClassifyPhotoResponseb\x06proto3'
-)
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x63o2/scan/v1/scan.proto\x12\x0c\x65\x63o2.scan.v1\x1a!eco2/character/v1/character.proto\x1a\x1b\x65\x63o2/events/v1/events.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"U\n\x0c\x44isposalRule\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x03(\t\x12\x12\n\nexceptions\x18\x04 \x03(\t\"\x82\x03\n\nScanResult\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\x12\x11\n\timage_key\x18\x02 \x01(\t\x12\x39\n\x0e\x63lassification\x18\x03 \x01(\x0b\x32!.eco2.character.v1.Classification\x12\x12\n\nrecyclable\x18\x04 \x01(\x08\x12)\n\x05rules\x18\x05 \x03(\x0b\x32\x1a.eco2.scan.v1.DisposalRule\x12\x14\n\x0cinstructions\x18\x06 \x03(\t\x12\x13\n\x0b\x65xplanation\x18\x07 \x01(\t\x12)\n\x06reward\x18\x08 \x01(\x0b\x32\x19.eco2.character.v1.Reward\x12\x30\n\x0c\x63ompleted_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x05\x62\x61sis\x18\n \x01(\x0e\x32\x17.eco2.scan.v1.ScanBasis\x12\x10\n\x08warnings\x18\x0b \x03(\t\x12\x14\n\x0cvision_model\x18\x0c \x01(\t\"L\n\x11StreamScanRequest\x12\x11\n\timage_key\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_scan_id\x18\x03 \x01(\t\"L\n\x11SubmitScanRequest\x12\x11\n\timage_key\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t\x12\x16\n\x0e\x63lient_scan_id\x18\x03 \x01(\t\"K\n\x12SubmitScanResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07scan_id\x18\x02 \x01(\t\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x03 \x01(\x08\"!\n\x0eGetScanRequest\x12\x0f\n\x07scan_id\x18\x01 \x01(\t\"u\n\x0fGetScanResponse\x12(\n\x06result\x18\x01 \x01(\x0b\x32\x18.eco2.scan.v1.ScanResult\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.eco2.scan.v1.ScanStatus\x12\x0e\n\x06job_id\x18\x03 \x01(\t\"\x8b\x01\n\x17ProvideScanInputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08input_id\x18\x02 \x01(\t\x12\x34\n\x08\x63\x61tegory\x18\x03 \x01(\x0e\x32 .eco2.character.v1.WasteCategoryH\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x42\x08\n\x06\x61nswer\"*\n\x18ProvideScanInputResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x14\x43lassifyPhotoRequest\x12\x11\n\timage_key\x18\x01 \x01(\t\x12\x0c\n\x04hint\x18\x02 \x01(\t\"|\n\x15\x43lassifyPhotoResponse\x12\x12\n\nconfigured\x18\x01 \x01(\x08\x12\x39\n\x0e\x63lassification\x18\x02 \x01(\x0b\x32!.eco2.character.v1.Classification\x12\x14\n\x0cvision_model\x18\x03 \x01(\t*\x87\x01\n\tScanBasis\x12\x1a\n\x16SCAN_BASIS_UNSPECIFIED\x10\x00\x12\x15\n\x11SCAN_BASIS_VISION\x10\x01\x12\x13\n\x0fSCAN_BASIS_HINT\x10\x02\x12\x15\n\x11SCAN_BASIS_ANSWER\x10\x03\x12\x1b\n\x17SCAN_BASIS_UNCLASSIFIED\x10\x04*\xa7\x01\n\nScanStatus\x12\x1b\n\x17SCAN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12SCAN_STATUS_QUEUED\x10\x01\x12\x17\n\x13SCAN_STATUS_RUNNING\x10\x02\x12\x1d\n\x19SCAN_STATUS_WAITING_INPUT\x10\x03\x12\x14\n\x10SCAN_STATUS_DONE\x10\x04\x12\x16\n\x12SCAN_STATUS_FAILED\x10\x05\x32\xab\x03\n\x0bScanService\x12\x46\n\nStreamScan\x12\x1f.eco2.scan.v1.StreamScanRequest\x1a\x15.eco2.events.v1.Event0\x01\x12O\n\nSubmitScan\x12\x1f.eco2.scan.v1.SubmitScanRequest\x1a .eco2.scan.v1.SubmitScanResponse\x12\x46\n\x07GetScan\x12\x1c.eco2.scan.v1.GetScanRequest\x1a\x1d.eco2.scan.v1.GetScanResponse\x12\x61\n\x10ProvideScanInput\x12%.eco2.scan.v1.ProvideScanInputRequest\x1a&.eco2.scan.v1.ProvideScanInputResponse\x12X\n\rClassifyPhoto\x12\".eco2.scan.v1.ClassifyPhotoRequest\x1a#.eco2.scan.v1.ClassifyPhotoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
-_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, "eco2.scan.v1.scan_pb2", _globals)
+_builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'eco2.scan.v1.scan_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-    DESCRIPTOR._loaded_options = None
-    _globals["_SCANBASIS"]._serialized_start = 1371
-    _globals["_SCANBASIS"]._serialized_end = 1506
-    _globals["_SCANSTATUS"]._serialized_start = 1509
-    _globals["_SCANSTATUS"]._serialized_end = 1676
-    _globals["_DISPOSALRULE"]._serialized_start = 138
-    _globals["_DISPOSALRULE"]._serialized_end = 223
-    _globals["_SCANRESULT"]._serialized_start = 226
-    _globals["_SCANRESULT"]._serialized_end = 612
-    _globals["_STREAMSCANREQUEST"]._serialized_start = 614
-    _globals["_STREAMSCANREQUEST"]._serialized_end = 690
-    _globals["_SUBMITSCANREQUEST"]._serialized_start = 692
-    _globals["_SUBMITSCANREQUEST"]._serialized_end = 768
-    _globals["_SUBMITSCANRESPONSE"]._serialized_start = 770
-    _globals["_SUBMITSCANRESPONSE"]._serialized_end = 845
-    _globals["_GETSCANREQUEST"]._serialized_start = 847
-    _globals["_GETSCANREQUEST"]._serialized_end = 880
-    _globals["_GETSCANRESPONSE"]._serialized_start = 882
-    _globals["_GETSCANRESPONSE"]._serialized_end = 999
-    _globals["_PROVIDESCANINPUTREQUEST"]._serialized_start = 1002
-    _globals["_PROVIDESCANINPUTREQUEST"]._serialized_end = 1141
-    _globals["_PROVIDESCANINPUTRESPONSE"]._serialized_start = 1143
-    _globals["_PROVIDESCANINPUTRESPONSE"]._serialized_end = 1185
-    _globals["_CLASSIFYPHOTOREQUEST"]._serialized_start = 1187
-    _globals["_CLASSIFYPHOTOREQUEST"]._serialized_end = 1242
-    _globals["_CLASSIFYPHOTORESPONSE"]._serialized_start = 1244
-    _globals["_CLASSIFYPHOTORESPONSE"]._serialized_end = 1368
-    _globals["_SCANSERVICE"]._serialized_start = 1679
-    _globals["_SCANSERVICE"]._serialized_end = 2106
+  DESCRIPTOR._loaded_options = None
+  _globals['_SCANBASIS']._serialized_start=1371
+  _globals['_SCANBASIS']._serialized_end=1506
+  _globals['_SCANSTATUS']._serialized_start=1509
+  _globals['_SCANSTATUS']._serialized_end=1676
+  _globals['_DISPOSALRULE']._serialized_start=138
+  _globals['_DISPOSALRULE']._serialized_end=223
+  _globals['_SCANRESULT']._serialized_start=226
+  _globals['_SCANRESULT']._serialized_end=612
+  _globals['_STREAMSCANREQUEST']._serialized_start=614
+  _globals['_STREAMSCANREQUEST']._serialized_end=690
+  _globals['_SUBMITSCANREQUEST']._serialized_start=692
+  _globals['_SUBMITSCANREQUEST']._serialized_end=768
+  _globals['_SUBMITSCANRESPONSE']._serialized_start=770
+  _globals['_SUBMITSCANRESPONSE']._serialized_end=845
+  _globals['_GETSCANREQUEST']._serialized_start=847
+  _globals['_GETSCANREQUEST']._serialized_end=880
+  _globals['_GETSCANRESPONSE']._serialized_start=882
+  _globals['_GETSCANRESPONSE']._serialized_end=999
+  _globals['_PROVIDESCANINPUTREQUEST']._serialized_start=1002
+  _globals['_PROVIDESCANINPUTREQUEST']._serialized_end=1141
+  _globals['_PROVIDESCANINPUTRESPONSE']._serialized_start=1143
+  _globals['_PROVIDESCANINPUTRESPONSE']._serialized_end=1185
+  _globals['_CLASSIFYPHOTOREQUEST']._serialized_start=1187
+  _globals['_CLASSIFYPHOTOREQUEST']._serialized_end=1242
+  _globals['_CLASSIFYPHOTORESPONSE']._serialized_start=1244
+  _globals['_CLASSIFYPHOTORESPONSE']._serialized_end=1368
+  _globals['_SCANSERVICE']._serialized_start=1679
+  _globals['_SCANSERVICE']._serialized_end=2106
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,6 @@ class ScanStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCAN_STATUS_WAITING_INPUT: _ClassVar[ScanStatus]
     SCAN_STATUS_DONE: _ClassVar[ScanStatus]
     SCAN_STATUS_FAILED: _ClassVar[ScanStatus]
-
 SCAN_BASIS_UNSPECIFIED: ScanBasis
 SCAN_BASIS_VISION: ScanBasis
 SCAN_BASIS_HINT: ScanBasis
@@ -51,29 +50,10 @@ class DisposalRule(_message.Message):
     title: str
     steps: _containers.RepeatedScalarFieldContainer[str]
     exceptions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        document_id: _Optional[str] = ...,
-        title: _Optional[str] = ...,
-        steps: _Optional[_Iterable[str]] = ...,
-        exceptions: _Optional[_Iterable[str]] = ...,
-    ) -> None: ...
+    def __init__(self, document_id: _Optional[str] = ..., title: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., exceptions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScanResult(_message.Message):
-    __slots__ = (
-        "scan_id",
-        "image_key",
-        "classification",
-        "recyclable",
-        "rules",
-        "instructions",
-        "explanation",
-        "reward",
-        "completed_at",
-        "basis",
-        "warnings",
-        "vision_model",
-    )
+    __slots__ = ("scan_id", "image_key", "classification", "recyclable", "rules", "instructions", "explanation", "reward", "completed_at", "basis", "warnings", "vision_model")
     SCAN_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_KEY_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATION_FIELD_NUMBER: _ClassVar[int]
@@ -98,21 +78,7 @@ class ScanResult(_message.Message):
     basis: ScanBasis
     warnings: _containers.RepeatedScalarFieldContainer[str]
     vision_model: str
-    def __init__(
-        self,
-        scan_id: _Optional[str] = ...,
-        image_key: _Optional[str] = ...,
-        classification: _Optional[_Union[_character_pb2.Classification, _Mapping]] = ...,
-        recyclable: _Optional[bool] = ...,
-        rules: _Optional[_Iterable[_Union[DisposalRule, _Mapping]]] = ...,
-        instructions: _Optional[_Iterable[str]] = ...,
-        explanation: _Optional[str] = ...,
-        reward: _Optional[_Union[_character_pb2.Reward, _Mapping]] = ...,
-        completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...,
-        basis: _Optional[_Union[ScanBasis, str]] = ...,
-        warnings: _Optional[_Iterable[str]] = ...,
-        vision_model: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, scan_id: _Optional[str] = ..., image_key: _Optional[str] = ..., classification: _Optional[_Union[_character_pb2.Classification, _Mapping]] = ..., recyclable: _Optional[bool] = ..., rules: _Optional[_Iterable[_Union[DisposalRule, _Mapping]]] = ..., instructions: _Optional[_Iterable[str]] = ..., explanation: _Optional[str] = ..., reward: _Optional[_Union[_character_pb2.Reward, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., basis: _Optional[_Union[ScanBasis, str]] = ..., warnings: _Optional[_Iterable[str]] = ..., vision_model: _Optional[str] = ...) -> None: ...
 
 class StreamScanRequest(_message.Message):
     __slots__ = ("image_key", "hint", "client_scan_id")
@@ -122,9 +88,7 @@ class StreamScanRequest(_message.Message):
     image_key: str
     hint: str
     client_scan_id: str
-    def __init__(
-        self, image_key: _Optional[str] = ..., hint: _Optional[str] = ..., client_scan_id: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, image_key: _Optional[str] = ..., hint: _Optional[str] = ..., client_scan_id: _Optional[str] = ...) -> None: ...
 
 class SubmitScanRequest(_message.Message):
     __slots__ = ("image_key", "hint", "client_scan_id")
@@ -134,9 +98,7 @@ class SubmitScanRequest(_message.Message):
     image_key: str
     hint: str
     client_scan_id: str
-    def __init__(
-        self, image_key: _Optional[str] = ..., hint: _Optional[str] = ..., client_scan_id: _Optional[str] = ...
-    ) -> None: ...
+    def __init__(self, image_key: _Optional[str] = ..., hint: _Optional[str] = ..., client_scan_id: _Optional[str] = ...) -> None: ...
 
 class SubmitScanResponse(_message.Message):
     __slots__ = ("job_id", "scan_id", "deduplicated")
@@ -146,9 +108,7 @@ class SubmitScanResponse(_message.Message):
     job_id: str
     scan_id: str
     deduplicated: bool
-    def __init__(
-        self, job_id: _Optional[str] = ..., scan_id: _Optional[str] = ..., deduplicated: _Optional[bool] = ...
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., scan_id: _Optional[str] = ..., deduplicated: _Optional[bool] = ...) -> None: ...
 
 class GetScanRequest(_message.Message):
     __slots__ = ("scan_id",)
@@ -164,12 +124,7 @@ class GetScanResponse(_message.Message):
     result: ScanResult
     status: ScanStatus
     job_id: str
-    def __init__(
-        self,
-        result: _Optional[_Union[ScanResult, _Mapping]] = ...,
-        status: _Optional[_Union[ScanStatus, str]] = ...,
-        job_id: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, result: _Optional[_Union[ScanResult, _Mapping]] = ..., status: _Optional[_Union[ScanStatus, str]] = ..., job_id: _Optional[str] = ...) -> None: ...
 
 class ProvideScanInputRequest(_message.Message):
     __slots__ = ("job_id", "input_id", "category", "text")
@@ -181,13 +136,7 @@ class ProvideScanInputRequest(_message.Message):
     input_id: str
     category: _character_pb2.WasteCategory
     text: str
-    def __init__(
-        self,
-        job_id: _Optional[str] = ...,
-        input_id: _Optional[str] = ...,
-        category: _Optional[_Union[_character_pb2.WasteCategory, str]] = ...,
-        text: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., input_id: _Optional[str] = ..., category: _Optional[_Union[_character_pb2.WasteCategory, str]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class ProvideScanInputResponse(_message.Message):
     __slots__ = ("job_id",)
@@ -211,9 +160,4 @@ class ClassifyPhotoResponse(_message.Message):
     configured: bool
     classification: _character_pb2.Classification
     vision_model: str
-    def __init__(
-        self,
-        configured: _Optional[bool] = ...,
-        classification: _Optional[_Union[_character_pb2.Classification, _Mapping]] = ...,
-        vision_model: _Optional[str] = ...,
-    ) -> None: ...
+    def __init__(self, configured: _Optional[bool] = ..., classification: _Optional[_Union[_character_pb2.Classification, _Mapping]] = ..., vision_model: _Optional[str] = ...) -> None: ...
