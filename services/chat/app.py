@@ -82,7 +82,8 @@ class ChatApp:
         # load instead of a rebuild); CharacterService down: they are learnt when it answers.
         if not await learn_character_names(characters):
             self.learning = asyncio.create_task(learn_character_names_later(characters, retry_s=s.downstream_timeout_s))
-        # The Korean analyser (~1–2 s, once per process) loads before the first question, not in it.
+        # The Korean analyser loads here, once per process (its cost: docs/benchmarks.md "answers"),
+        # so that no question pays for it.
         await asyncio.to_thread(morph.warm)
         if s.migrate_on_start:
             await self.migrate()
