@@ -53,6 +53,9 @@ def consumer_name() -> str:
 
 
 class Router:
+    #: how long `stop` waits for the read and reclaim loops to end after cancelling them
+    STOP_TIMEOUT_S = 10.0
+
     def __init__(
         self, redis: redis.asyncio.Redis, settings: EventsSettings | None = None, *, consumer: str | None = None
     ) -> None:
@@ -93,9 +96,10 @@ class Router:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:  # bounded: a loop stuck in a call that ignores its cancel must not hang a stop
+            _, stuck = await asyncio.wait(self._tasks, timeout=self.STOP_TIMEOUT_S)
+            if stuck:
+                log.warning("router tasks did not stop in time", extra={"tasks": [t.get_name() for t in stuck]})
         self._tasks = []
         await self._fast.aclose()  # ends a blocking read still in flight
         acks, self._deferred = self._deferred, []

@@ -397,10 +397,10 @@ async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are
     while domain.shard_of(bad, s.events_shards) == domain.shard_of(good, s.events_shards):
         bad = jid("bad")
     gshard, bshard = domain.shard_of(good, s.events_shards), domain.shard_of(bad, s.events_shards)
-    await router.stop()
-    await asyncio.sleep(s.events_router_block_ms / 1000 + 0.1)  # a read it had in flight has ended
     probe = Router(redis_client, s, consumer="probe-router")
     try:
+        await asyncio.wait_for(router.stop(), 30)
+        await asyncio.sleep(s.events_router_block_ms / 1000 + 0.1)  # a read it had in flight has ended
         for job in (good, bad):
             await publisher.publish(ev(job, 1))
             await publisher.publish(done(job, 2))
@@ -415,7 +415,7 @@ async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are
             (probe._streams[name.decode() if isinstance(name, bytes) else name], entries) for name, entries in reply
         ]
         with pytest.raises(ResponseError, match="WRONGTYPE"):
-            await probe.route_shards(batches)
+            await asyncio.wait_for(probe.route_shards(batches), 30)
 
         async def pending(shard):
             return await redis_client.xpending_range(
@@ -427,13 +427,13 @@ async def test_a_shard_whose_route_step_fails_stays_pending_while_the_others_are
         assert [e.seq for e in await collect(stub, good, rpc="batches")] == [1, 2]
         await redis_client.delete(domain.state_key(bshard, bad))  # repaired: the reclaimer routes it
     finally:
-        await router.start()
+        await asyncio.wait_for(router.start(), 30)
     for _ in range(200):
         if not await pending(bshard):
             break
         await asyncio.sleep(0.05)
     assert await pending(bshard) == []
-    state = (await stub.GetJobState(E.GetJobStateRequest(job_id=bad))).state
+    state = (await stub.GetJobState(E.GetJobStateRequest(job_id=bad), timeout=10)).state
     assert (state.last_seq, state.terminal) == (2, True)
     await redis_client.xgroup_delconsumer(domain.shard_stream(bshard), domain.ROUTER_GROUP, "probe-router")
     await redis_client.xgroup_delconsumer(domain.shard_stream(gshard), domain.ROUTER_GROUP, "probe-router")
