@@ -146,6 +146,42 @@ def test_a_question_about_the_whole_cast_names_no_one_character():
     assert not I.asks_cast("이코는 누구야?") and not I.asks_cast("페티 캐릭터 설명해줘")
 
 
+class Cast:
+    """CharacterService's catalog, as the character branch reads it (ports.Characters)."""
+
+    CAST = [
+        {"code": f"char-{n}", "name": name, "aliases": [], "category": 0, "match_label": label}
+        | {"image_code": "", "description": f"{label}을 맡아요.", "is_default": False}
+        for n, (name, label) in enumerate(
+            [("이코", "대표 캐릭터"), ("페티", "무색페트병"), ("메탈리", "금속류"), ("페이피", "종이")]
+        )
+    ]
+
+    async def cast(self) -> list:
+        return self.CAST
+
+    async def match(self, category: int):
+        return None
+
+
+@pytest.mark.parametrize(
+    "message,names",
+    [
+        ("페티랑 메탈리 누구야?", ["페티", "메탈리"]),
+        ("메탈리하고 페이피는 뭐 하는 캐릭터야", ["메탈리", "페이피"]),
+        ("이코, 페티, 페이피 소개해줘", ["이코", "페티", "페이피"]),
+    ],
+)
+async def test_every_character_a_message_names_is_described(graph, message, names):
+    morph.add_names([c["name"] for c in Cast.CAST])
+    out, _ = await turn(graph, message, deps(characters=Cast()))
+    spots = [out["answer"].find(f"{n}는 ") for n in names]
+    assert all(s >= 0 for s in spots) and spots == sorted(spots), out["answer"]
+    cited = {c["source_id"] for c in out["citations"]}
+    assert {f"character:{c['code']}" for c in Cast.CAST if c["name"] in names} <= cited
+    assert out["card"]["name"] == names[0]
+
+
 # ------------------------------------------------------------------ colloquial forms
 
 
