@@ -25,7 +25,7 @@ from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
 from eco2.services.chat.nodes.summarize import offline_summary
 from eco2.services.chat.policy import PolicyRunner
-from eco2.services.chat.tools.http import TavilySearch
+from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch
 from eco2.services.knowledge import kb, morph
 from eco2.services.llm.offline import OfflineLLM
 from support import answer_grading as G
@@ -115,6 +115,34 @@ async def test_a_broken_lamp_and_the_nearest_bin_the_rule_streams_first(graph):
     assert out["__interrupt__"][0].value["input_id"] == "location" and out["answered"] == ["waste"]
     streamed = "".join(e.delta for e in sink.events if e.kind == events_pb2.EVENT_KIND_TOKEN)
     assert streamed.startswith("깨진 형광등은 불연성종량제폐기물로 배출해요.") and "신문지" in streamed
+
+
+@pytest.mark.parametrize(
+    "message,says",
+    [
+        ("페트병이랑 오늘 날씨 알려줘", "라벨"),
+        ("건전지하고 내일 날씨는?", "전용수거함"),
+        ("우유팩이랑 날씨 좀 알려줄래", "종이팩"),
+    ],
+)
+async def test_an_item_beside_a_weather_request_is_answered_too(graph, message, says):
+    """Weather takes no object: an item named beside it is a request of its own, answered with the weather."""
+    assert I.classify(message, KB).intents == ("weather", "waste")
+    async with FakeTools() as tools:
+        weather = OpenMeteoWeather(tools.base_url)
+        try:
+            out, _ = await turn(
+                graph, message, deps(weather=weather), location={"latitude": 37.5663, "longitude": 126.9779}
+            )
+        finally:
+            await weather.aclose()
+    assert "현재 날씨" in out["answer"] and says in out["answer"], out["answer"]
+    assert any(c["source_id"].startswith("rule:") for c in out["citations"])
+
+
+def test_an_item_in_a_request_to_a_tool_is_its_object_not_a_waste_question():
+    assert I.classify("페트병 그림 그려줘", KB).intents == ("image_generation",)
+    assert I.classify("날씨 좋은 날 이불 빨래", KB).intents == ("weather",)
 
 
 def test_a_follow_up_naming_another_item_asks_what_the_previous_message_asked():
