@@ -169,6 +169,22 @@ def test_a_line_about_items_in_a_state_sends_only_those_there():
     assert files_of(waste("유리병 깨졌는데 어디에 버려요")) == ["불연성종량제폐기물"]
 
 
+@pytest.mark.parametrize(
+    "message,file",
+    [
+        ("갈색 약병 유리 분리수거", "재활용폐기물_유리병"),  # a glass bottle, whatever it held
+        ("유리 약병 버리는 법", "재활용폐기물_유리병"),
+        ("플라스틱 약병은 어떻게 버려", "재활용폐기물_플라스틱류"),
+        ("약병 어떻게 버려", "생활계유해폐기물"),  # no material said: the medicine
+        ("유리 농약병 버리기", "생활계유해폐기물"),  # the rules name 농약 itself: what it held stays
+        ("먹다 남은 감기약 버리는 법", "생활계유해폐기물"),
+        ("깨진 유리병 어떻게 버려", "불연성종량제폐기물"),  # the container is the category word: its state decides
+    ],
+)
+def test_a_material_said_of_a_container_decides_its_rule(message, file):
+    assert files_of(waste(message))[:1] == [file]
+
+
 def test_a_question_about_the_whole_cast_names_no_one_character():
     assert I.asks_cast("이코 캐릭터들 다 몇 명이야?") and I.asks_cast("캐릭터 종류 알려줘")
     assert not I.asks_cast("이코는 누구야?") and not I.asks_cast("페티 캐릭터 설명해줘")
