@@ -44,6 +44,36 @@ def files_of(ctx: dict) -> list[str]:
     return [(f["dest_files"] or [f["file"]])[0] for f in ctx["findings"]]
 
 
+class Cast:
+    """CharacterService's catalog, as the character branch reads it (ports.Characters)."""
+
+    CAST = [
+        {"code": f"char-{n}", "name": name, "aliases": [], "category": 0, "match_label": label}
+        | {"image_code": "", "description": f"{label}을 맡아요.", "is_default": False}
+        for n, (name, label) in enumerate(
+            [
+                ("이코", "대표 캐릭터"),
+                ("페티", "무색페트병"),
+                ("메탈리", "금속류"),
+                ("페이피", "종이"),
+                ("비니", "비닐류"),
+            ]
+        )
+    ]
+
+    async def cast(self) -> list:
+        return self.CAST
+
+    async def match(self, category: int):
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def character_names():
+    """The analyser knows the characters' names, as the chat service teaches it at start."""
+    morph.add_names([c["name"] for c in Cast.CAST])
+
+
 # ------------------------------------------------------------------ routing on what words are, not fragments
 
 
@@ -190,24 +220,6 @@ def test_a_question_about_the_whole_cast_names_no_one_character():
     assert not I.asks_cast("이코는 누구야?") and not I.asks_cast("페티 캐릭터 설명해줘")
 
 
-class Cast:
-    """CharacterService's catalog, as the character branch reads it (ports.Characters)."""
-
-    CAST = [
-        {"code": f"char-{n}", "name": name, "aliases": [], "category": 0, "match_label": label}
-        | {"image_code": "", "description": f"{label}을 맡아요.", "is_default": False}
-        for n, (name, label) in enumerate(
-            [("이코", "대표 캐릭터"), ("페티", "무색페트병"), ("메탈리", "금속류"), ("페이피", "종이")]
-        )
-    ]
-
-    async def cast(self) -> list:
-        return self.CAST
-
-    async def match(self, category: int):
-        return None
-
-
 @pytest.mark.parametrize(
     "message,names",
     [
@@ -217,7 +229,6 @@ class Cast:
     ],
 )
 async def test_every_character_a_message_names_is_described(graph, message, names):
-    morph.add_names([c["name"] for c in Cast.CAST])
     out, _ = await turn(graph, message, deps(characters=Cast()))
     spots = [out["answer"].find(f"{n}는 ") for n in names]
     assert all(s >= 0 for s in spots) and spots == sorted(spots), out["answer"]
