@@ -236,6 +236,10 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     # ("샴푸통" → 펌프) is an exception that applies to it, not what it is
     parts = set(K.lexicon()["parts"])
     own = " ".join(w for w in spec.split() if w not in parts or w in K.normalise(item).split())
+    # a word before the item's head naming the file's own category says what the item is made of,
+    # not which refused item it is ("종이 도시락 용기" is no 종이호일; "파란색 페트병" keeps its head)
+    made_of_words = {w for w in K.normalise(item).split()[:-1] if Q.destination(w) == rule.file}
+    own = " ".join(w for w in own.split() if w not in made_of_words) or own
     refused = next((p for p, _ in related if is_named(p.names, own)), None) if not category_level else None
     if (
         refused is None and not category_level and K.normalise(item) in parts

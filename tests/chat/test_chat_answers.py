@@ -209,6 +209,7 @@ def test_a_line_about_items_in_a_state_sends_only_those_there():
         ("유리 농약병 버리기", "생활계유해폐기물"),  # the rules name 농약 itself: what it held stays
         ("먹다 남은 감기약 버리는 법", "생활계유해폐기물"),
         ("깨진 유리병 어떻게 버려", "불연성종량제폐기물"),  # the container is the category word: its state decides
+        ("종이 도시락 용기 어떻게 버려", "재활용폐기물_종이"),  # the material is no refused item (종이호일) of its file
     ],
 )
 def test_a_material_said_of_a_container_decides_its_rule(message, file):
