@@ -195,12 +195,7 @@ def compose(g: Grounding) -> str:
                     + "."
                 )
             else:
-                label = ch.get("match_label", "")
-                what = f"{label} 담당 캐릭터예요" if label and label != "대표 캐릭터" else "Eco²의 대표 캐릭터예요"
-                parts.append(
-                    f"{ch['name']}{josa(ch['name'], '은', '는')} {what}."
-                    + (f" {ch['description']}" if ch.get("description") else "")
-                )
+                parts.extend(_character_line(x) for x in (ch, *ch.get("others", ())))
         elif intent in ("collection_point", "location"):
             ctx = c.get(f"{intent}_context") or {}
             places = ctx.get("places") or []
@@ -267,6 +262,14 @@ def compose(g: Grounding) -> str:
     if not parts:
         parts.append(INTRO)
     return "\n".join(parts)
+
+
+def _character_line(ch: dict) -> str:
+    label = ch.get("match_label", "")
+    what = f"{label} 담당 캐릭터예요" if label and label != "대표 캐릭터" else "Eco²의 대표 캐릭터예요"
+    return f"{ch['name']}{josa(ch['name'], '은', '는')} {what}." + (
+        f" {ch['description']}" if ch.get("description") else ""
+    )
 
 
 INTRO = "저는 분리배출 도우미 이코예요. 버리려는 물건(예: 페트병, 건전지, 우유팩)이나 근처 수거함, 재활용품 시세를 물어봐 주시면 규정에 따라 알려드릴게요."

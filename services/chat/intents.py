@@ -226,7 +226,12 @@ def route(part: Q.Part, kb: KnowledgeBase) -> list[str]:
     )
     if about_waste and not tools_only and CHARACTER not in hits and RECYCLABLE_PRICE not in hits and not bulk_only:
         hits.append(WASTE)
-    elif tools_only and disposal_verb and part.items:
+    elif (
+        tools_only
+        and (disposal_verb or WEATHER in hits and not set(hits) - {WEATHER} and asks_item and asks)
+        and retrieving
+    ):
+        # weather takes no object: an item beside it ("페트병이랑 오늘 날씨") is a request of its own
         hits.append(WASTE)
     elif (
         part.local and WASTE not in hits and not tools_only

@@ -215,6 +215,9 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     situated = _situation(kb, part, spec) if part is not None else None
     if situated is not None:  # "집수리하고 나온 폐벽돌": the file of where it comes from, when it names the item
         rule = files[situated]
+    made_of = _material(item, rule, files) if situated is None and named not in files else ""
+    if made_of:  # "갈색 약병 유리": a glass bottle, whatever it held
+        rule = files[made_of]
     score = ranked[0][1] if ranked else hits[0].score
     narrow = {id(p): s for p, s in kb.about(spec, files={rule.file})}
     compact = K.normalise(item).replace(" ", "")
@@ -233,6 +236,10 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     # ("샴푸통" → 펌프) is an exception that applies to it, not what it is
     parts = set(K.lexicon()["parts"])
     own = " ".join(w for w in spec.split() if w not in parts or w in K.normalise(item).split())
+    # a word before the item's head naming the file's own category says what the item is made of,
+    # not which refused item it is ("종이 도시락 용기" is no 종이호일; "파란색 페트병" keeps its head)
+    made_of_words = {w for w in K.normalise(item).split()[:-1] if Q.destination(w) == rule.file}
+    own = " ".join(w for w in own.split() if w not in made_of_words) or own
     refused = next((p for p, _ in related if is_named(p.names, own)), None) if not category_level else None
     if (
         refused is None and not category_level and K.normalise(item) in parts
@@ -279,6 +286,21 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     if part is not None:
         _decide(kb, f, part)
     return f
+
+
+def _material(item: str, rule: K.RuleFile, files: dict[str, K.RuleFile]) -> str:
+    """The rule file a material word says of a container ("갈색 약병 유리", "플라스틱 약통"): a word
+    of the item naming a category, beside a container noun that names none; "" when there is none
+    or the container holds what `rule` names by its own name ("유리 농약병": the 농약 stays)."""
+    words = K.normalise(item).split()
+    containers = tuple(K.lexicon()["containers"])
+    held = [w for w in words if w.endswith(containers) and Q.destination(w) not in files]
+    made_of = [d for d in (Q.destination(w) for w in words if w not in held) if d in files and d != rule.file]
+    if not held or not made_of:
+        return ""
+    names = {K.normalise(n).replace(" ", "") for p in rule.passages for n in re.split(r"[,·()]", p.names)}
+    contents = {w[: -len(c)] for w in held for c in containers if w.endswith(c) and len(w) > len(c)}
+    return "" if contents & names else made_of[0]
 
 
 def _only_mentioned(rule: K.RuleFile, item: str, f: Finding) -> bool:

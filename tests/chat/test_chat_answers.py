@@ -25,7 +25,7 @@ from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
 from eco2.services.chat.nodes.summarize import offline_summary
 from eco2.services.chat.policy import PolicyRunner
-from eco2.services.chat.tools.http import TavilySearch
+from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch
 from eco2.services.knowledge import kb, morph
 from eco2.services.llm.offline import OfflineLLM
 from support import answer_grading as G
@@ -42,6 +42,36 @@ def waste(text: str) -> dict:
 
 def files_of(ctx: dict) -> list[str]:
     return [(f["dest_files"] or [f["file"]])[0] for f in ctx["findings"]]
+
+
+class Cast:
+    """CharacterService's catalog, as the character branch reads it (ports.Characters)."""
+
+    CAST = [
+        {"code": f"char-{n}", "name": name, "aliases": [], "category": 0, "match_label": label}
+        | {"image_code": "", "description": f"{label}을 맡아요.", "is_default": False}
+        for n, (name, label) in enumerate(
+            [
+                ("이코", "대표 캐릭터"),
+                ("페티", "무색페트병"),
+                ("메탈리", "금속류"),
+                ("페이피", "종이"),
+                ("비니", "비닐류"),
+            ]
+        )
+    ]
+
+    async def cast(self) -> list:
+        return self.CAST
+
+    async def match(self, category: int):
+        return None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def character_names():
+    """The analyser knows the characters' names, as the chat service teaches it at start."""
+    morph.add_names([c["name"] for c in Cast.CAST])
 
 
 # ------------------------------------------------------------------ routing on what words are, not fragments
@@ -117,6 +147,34 @@ async def test_a_broken_lamp_and_the_nearest_bin_the_rule_streams_first(graph):
     assert streamed.startswith("깨진 형광등은 불연성종량제폐기물로 배출해요.") and "신문지" in streamed
 
 
+@pytest.mark.parametrize(
+    "message,says",
+    [
+        ("페트병이랑 오늘 날씨 알려줘", "라벨"),
+        ("건전지하고 내일 날씨는?", "전용수거함"),
+        ("우유팩이랑 날씨 좀 알려줄래", "종이팩"),
+    ],
+)
+async def test_an_item_beside_a_weather_request_is_answered_too(graph, message, says):
+    """Weather takes no object: an item named beside it is a request of its own, answered with the weather."""
+    assert I.classify(message, KB).intents == ("weather", "waste")
+    async with FakeTools() as tools:
+        weather = OpenMeteoWeather(tools.base_url)
+        try:
+            out, _ = await turn(
+                graph, message, deps(weather=weather), location={"latitude": 37.5663, "longitude": 126.9779}
+            )
+        finally:
+            await weather.aclose()
+    assert "현재 날씨" in out["answer"] and says in out["answer"], out["answer"]
+    assert any(c["source_id"].startswith("rule:") for c in out["citations"])
+
+
+def test_an_item_in_a_request_to_a_tool_is_its_object_not_a_waste_question():
+    assert I.classify("페트병 그림 그려줘", KB).intents == ("image_generation",)
+    assert I.classify("날씨 좋은 날 이불 빨래", KB).intents == ("weather",)
+
+
 def test_a_follow_up_naming_another_item_asks_what_the_previous_message_asked():
     assert I.classify("그럼 알루미늄은?", KB, previous="폐지 시세 얼마야").intents == ("recyclable_price",)
     assert I.classify("침대는?", KB, previous="소파 버리는 수수료 얼마야").intents == ("bulk_waste",)
@@ -141,9 +199,43 @@ def test_a_line_about_items_in_a_state_sends_only_those_there():
     assert files_of(waste("유리병 깨졌는데 어디에 버려요")) == ["불연성종량제폐기물"]
 
 
+@pytest.mark.parametrize(
+    "message,file",
+    [
+        ("갈색 약병 유리 분리수거", "재활용폐기물_유리병"),  # a glass bottle, whatever it held
+        ("유리 약병 버리는 법", "재활용폐기물_유리병"),
+        ("플라스틱 약병은 어떻게 버려", "재활용폐기물_플라스틱류"),
+        ("약병 어떻게 버려", "생활계유해폐기물"),  # no material said: the medicine
+        ("유리 농약병 버리기", "생활계유해폐기물"),  # the rules name 농약 itself: what it held stays
+        ("먹다 남은 감기약 버리는 법", "생활계유해폐기물"),
+        ("깨진 유리병 어떻게 버려", "불연성종량제폐기물"),  # the container is the category word: its state decides
+        ("종이 도시락 용기 어떻게 버려", "재활용폐기물_종이"),  # the material is no refused item (종이호일) of its file
+    ],
+)
+def test_a_material_said_of_a_container_decides_its_rule(message, file):
+    assert files_of(waste(message))[:1] == [file]
+
+
 def test_a_question_about_the_whole_cast_names_no_one_character():
     assert I.asks_cast("이코 캐릭터들 다 몇 명이야?") and I.asks_cast("캐릭터 종류 알려줘")
     assert not I.asks_cast("이코는 누구야?") and not I.asks_cast("페티 캐릭터 설명해줘")
+
+
+@pytest.mark.parametrize(
+    "message,names",
+    [
+        ("페티랑 메탈리 누구야?", ["페티", "메탈리"]),
+        ("메탈리하고 페이피는 뭐 하는 캐릭터야", ["메탈리", "페이피"]),
+        ("이코, 페티, 페이피 소개해줘", ["이코", "페티", "페이피"]),
+    ],
+)
+async def test_every_character_a_message_names_is_described(graph, message, names):
+    out, _ = await turn(graph, message, deps(characters=Cast()))
+    spots = [out["answer"].find(f"{n}는 ") for n in names]
+    assert all(s >= 0 for s in spots) and spots == sorted(spots), out["answer"]
+    cited = {c["source_id"] for c in out["citations"]}
+    assert {f"character:{c['code']}" for c in Cast.CAST if c["name"] in names} <= cited
+    assert out["card"]["name"] == names[0]
 
 
 # ------------------------------------------------------------------ colloquial forms

@@ -19,17 +19,33 @@ from ..state import Branch
 from .run import run_node
 
 
-def card(c: Character) -> dict:
-    """The update that shows one character: its context (what the answer and the model read), its
-    citation, and the record itself for the result."""
-    ctx = {"code": c["code"], "name": c["name"], "description": c["description"], "match_label": c["match_label"]}
-    cite = {
+def _context(c: Character) -> dict:
+    return {"code": c["code"], "name": c["name"], "description": c["description"], "match_label": c["match_label"]}
+
+
+def _citation(c: Character) -> dict:
+    return {
         "source_id": f"character:{c['code']}",
         "kind": chat_pb2.CITATION_KIND_CHARACTER,
         "title": c["name"],
         "snippet": c["description"][:200],
     }
-    return {"contexts": {"character_context": ctx}, "citations": [cite], "card": c}
+
+
+def card(c: Character, *others: Character) -> dict:
+    """The update that shows a character: its context (what the answer and the model read), its
+    citation, and the record itself for the result. Other characters the message names too are
+    described beside it ("others", each cited); the result's card stays the first one."""
+    ctx = _context(c)
+    if others:
+        ctx["others"] = [_context(o) for o in others]
+    return {"contexts": {"character_context": ctx}, "citations": [_citation(x) for x in (c, *others)], "card": c}
+
+
+def named_in(cast: list[Character], text: str) -> list[Character]:
+    """The characters a message names, in the order it names them ("페티랑 메탈리 누구야?")."""
+    spots = {c["code"]: text.find(c["name"]) for c in cast}
+    return sorted((c for c in cast if spots[c["code"]] >= 0), key=lambda c: spots[c["code"]])
 
 
 def rule_file_of(finding: dict) -> str:
@@ -76,9 +92,9 @@ async def character(branch: Branch, runtime: Runtime[JobContext]) -> dict:
             events_pb2.TOOL_PHASE_RESULT,
             message=f"{len(cast)} characters",
         )
-        named = next((c for c in cast if c["name"] in text), None) if not I.asks_cast(text) else None
-        if named is not None:  # "페티가 누구야?"
-            return card(named)
+        named = named_in(cast, text) if not I.asks_cast(text) else []
+        if named:  # "페티가 누구야?", "페티랑 메탈리 누구야?"
+            return card(*named)
         found = R.gather(deps.kb, text)["findings"]
         if found:  # "페트병 버리면 어떤 캐릭터?" → the character of the item's category
             update = await category_card(deps, rule_file_of(found[0]), em)
