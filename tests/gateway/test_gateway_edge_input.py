@@ -7,8 +7,10 @@ of it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+import urllib.request
 
 import pytest
 
@@ -23,6 +25,8 @@ INGRESS = {
 }
 
 HEADER_TIMEOUT_S = 1.0
+#: the running ingress's admin address (host:port), set by the `edge` fixture
+ADMIN: dict[str, str] = {}
 MAX_HEADER_BYTES = 16 * 1024
 
 
@@ -51,6 +55,7 @@ async def edge(addrs, request, session_dir):
             "gateway": f"127.0.0.1:{port}",
         }
         async with running_envoy(session_dir / "edge-input-envoy", routed, **INGRESS) as envoy:
+            ADMIN["ingress"] = envoy.admin
             yield "ingress", envoy.port
 
 
@@ -200,6 +205,22 @@ async def test_headers_sent_slowly_are_cut_off_after_the_header_timeout(edge):
     await still_serves(port)
 
 
+def _active_downstream(admin: str) -> int:
+    """Downstream connections the ingress listener holds now (Envoy's own gauge)."""
+    with urllib.request.urlopen(
+        f"http://{admin}/stats?format=json&filter=^listener\\..*downstream_cx_active$", timeout=2
+    ) as reply:
+        stats = json.loads(reply.read())["stats"]
+    # one gauge per listener and one per worker: the listener's own, not the admin's
+    return sum(
+        s["value"]
+        for s in stats
+        if not s["name"].startswith("listener.admin.")
+        and ".worker_" not in s["name"]
+        and ".main_thread." not in s["name"]
+    )
+
+
 async def test_connections_that_send_nothing_are_bounded_in_number_at_the_ingress(edge):
     """Granian holds a connection that sends no byte at all (its HTTP version sniffing has no
     timeout), so in front of it the ingress bounds them: past ECO2_INGRESS_MAX_CONNECTIONS a new
@@ -209,6 +230,11 @@ async def test_connections_that_send_nothing_are_bounded_in_number_at_the_ingres
         pytest.skip("the gateway does not bound silent connections: the ingress does")
     silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(INGRESS["ingress_max_connections"])]
     try:
+        # the kernel completes a handshake before Envoy's worker accepts it: wait until Envoy
+        # counts all of them, else the probe can be accepted while some still wait in a backlog
+        async with asyncio.timeout(10):
+            while await asyncio.to_thread(_active_downstream, ADMIN["ingress"]) < len(silent):
+                await asyncio.sleep(0.05)
         reply = await exchange(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", timeout=5)
         assert reply == b"", reply[:200]  # refused: closed without an answer
     finally:
