@@ -179,7 +179,17 @@ class Request:
                 return
 
     async def start(self, status: int, headers: Headers) -> None:
+        if self._body_left_unread() and self.scope.get("http_version", "1.1").startswith("1"):
+            # the server closes a connection whose request body it did not read: saying so keeps
+            # an HTTP/1.1 client from sending its next request on it
+            headers = [*headers, (b"connection", b"close")]
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    def _body_left_unread(self) -> bool:
+        if self.body_done or self.disconnected:
+            return False
+        length = self.headers.get("content-length", "0").strip()
+        return (length.isdigit() and int(length) > 0) or "chunked" in self.headers.get("transfer-encoding", "")
 
     async def write(self, data: bytes, more: bool = True) -> None:
         await self._send({"type": "http.response.body", "body": data, "more_body": more})

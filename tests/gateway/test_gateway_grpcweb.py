@@ -478,6 +478,8 @@ async def test_oversized_body_by_content_length(client, token):
     big = frame(b"x" * (70 * 1024))
     r = await client.post("/eco2test.Pump/Echo", content=big, headers=auth(token))
     assert r.headers["grpc-status"] == "8"
+    # the body is left unread, so the connection closes and the client is told not to reuse it
+    assert r.headers.get("connection") == "close"
 
 
 @pytest.mark.parametrize("body", [b"!!!!", b"AAAA=AAA", b"AAAAA"])

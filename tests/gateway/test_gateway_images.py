@@ -14,17 +14,12 @@ import pytest
 
 from eco2.services.runtime import image_urls
 from support.gateway import gateway, upstreams
+from support.images import png
 from support.servers import env, running
 
 SECRET = "gateway-test-url-secret-0123456789"
 IMAGE_LIMIT = 64 * 1024  # the images service's ECO2_IMAGES_MAX_BYTES
 BODY_LIMIT = 160 * 1024  # the gateway's ECO2_GATEWAY_MAX_BODY_BYTES
-
-
-def png(payload: bytes) -> bytes:
-    from test_images import png as make_png
-
-    return make_png(payload)
 
 
 @pytest.fixture(scope="module")

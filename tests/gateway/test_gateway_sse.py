@@ -12,7 +12,7 @@ import pytest
 
 from eco2.events.v1 import events_pb2 as E
 from eco2.services.bus.settings import EventsSettings
-from support.gateway import gateway, upstreams
+from support.gateway import gateway, parse, upstreams
 
 DEFAULT_GRACE_S = EventsSettings.model_fields["events_unknown_job_grace_s"].default
 
@@ -64,21 +64,6 @@ class OwnedJobs:
         for job_id in dict.fromkeys(e.job_id for e in events):
             await self._own(job_id)
         return await self.publisher.publish_many(events)
-
-
-def parse(text: str) -> list[dict]:
-    events = []
-    for block in text.split("\n\n"):
-        fields: dict = {}
-        for line in block.split("\n"):
-            if line.startswith(":") or not line:
-                fields.setdefault("comments", []).append(line) if line else None
-                continue
-            key, _, value = line.partition(": ")
-            fields[key] = value
-        if fields:
-            events.append(fields)
-    return events
 
 
 async def publish_job(pub, n_tokens: int = 3, terminal: bool = True) -> str:

@@ -9,7 +9,6 @@ import os
 import struct
 import time
 import uuid
-import zlib
 
 import grpc
 import pytest
@@ -19,22 +18,10 @@ from eco2.images.v1 import images_pb2_grpc
 from eco2.services.runtime import image_urls
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.identity import as_user
+from support.images import png
 from support.servers import env, running
 
 LIMIT = 64 * 1024
-
-
-def png(payload: bytes) -> bytes:
-    """A real PNG (grey, 8-bit) whose pixel rows carry `payload`, stored uncompressed."""
-    width = 256
-    rows = [payload[i : i + width].ljust(width, b"\0") for i in range(0, max(len(payload), 1), width)]
-    raw = b"".join(b"\0" + r for r in rows)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, len(rows), 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b"")
 
 
 def jpeg(payload: bytes) -> bytes:

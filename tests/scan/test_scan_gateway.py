@@ -10,10 +10,9 @@ import uuid
 
 import httpx
 import pytest
-from test_gateway_sse import parse
 
 from support.fake_llm import png
-from support.gateway import gateway, upstreams
+from support.gateway import gateway, parse, upstreams
 from support.servers import env, running
 
 

@@ -250,3 +250,19 @@ class StandInChatApp:
             task.cancel()
         if self.redis is not None:
             await self.redis.aclose()
+
+
+def parse(text: str) -> list[dict]:
+    """The events of an SSE body: each block's fields, comments under "comments"."""
+    events = []
+    for block in text.split("\n\n"):
+        fields: dict = {}
+        for line in block.split("\n"):
+            if line.startswith(":") or not line:
+                fields.setdefault("comments", []).append(line) if line else None
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        if fields:
+            events.append(fields)
+    return events
