@@ -5,8 +5,9 @@
     general} → aggregator (required-field contract, support grade, fallback chain; then, in the
     same superstep, answer (tokens) and evaluate) → END
 
-Each superstep is a checkpoint write: the aggregator answers and grades in its own step, so a
-turn checkpoints the input, intent, the branches and the aggregator. A question that also asks
+Each superstep is a checkpoint write: the aggregator answers and grades in its own step, and a
+turn whose only branch is waste_rag runs it inside `intent` (no `Send`), so such a turn
+checkpoints the input, intent and the aggregator. A question that also asks
 for something nearby without a location is answered in two parts: aggregator (everything
 else, streamed first) → ask_location (`interrupt()`, NEEDS_INPUT) → the places branches with
 the reply → aggregator (the places, then evaluate). ProvideInput resumes the graph through
@@ -60,7 +61,7 @@ def build_graph() -> StateGraph:
     g.add_node("ask_location", ask_location)
     g.add_node("evaluate", evaluate)
     g.add_edge(START, "intent")
-    g.add_conditional_edges("intent", after_intent, ["vision", *NODE_OF.values()])
+    g.add_conditional_edges("intent", after_intent, ["vision", "aggregator", *NODE_OF.values()])
     g.add_conditional_edges("vision", fan_out, [*NODE_OF.values()])
     g.add_conditional_edges("aggregator", after_answer, ["ask_location", END])
     g.add_conditional_edges("answer", after_answer, ["ask_location", END])

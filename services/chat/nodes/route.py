@@ -50,8 +50,16 @@ def fan_out(state: ChatState) -> list[Send]:
     return sends
 
 
+def inline_branch(state: ChatState) -> Send | None:
+    """The branch `intent` runs in its own superstep: a turn whose only branch is waste_rag."""
+    sends = fan_out(state)
+    return sends[0] if len(sends) == 1 and sends[0].node == "waste_rag" else None
+
+
 def after_intent(state: ChatState) -> str | list[Send]:
-    return "vision" if state.get("image_key") else fan_out(state)
+    if state.get("image_key"):
+        return "vision"
+    return "aggregator" if inline_branch(state) is not None else fan_out(state)
 
 
 def after_answer(state: ChatState) -> str:
