@@ -2,13 +2,17 @@
 
     intent (summarize + intent + router) → (vision) ─Send→ {waste_rag, character, location,
     collection_point, bulk_waste, recyclable_price, weather, web_search, image_generation,
-    general} → aggregator (required-field contract, support grade, fallback chain) → answer
-    (tokens) → evaluate → END
+    general} → aggregator (required-field contract, support grade, fallback chain; then, in the
+    same superstep, answer (tokens) and evaluate) → END
 
-A question that also asks for something nearby without a location is answered in two parts:
-aggregator → answer (everything else, streamed first) → ask_location (`interrupt()`,
-NEEDS_INPUT) → the places branches with the reply → aggregator → answer (the places) →
-evaluate. ProvideInput resumes the graph through `Command(resume=...)`.
+Each superstep is a checkpoint write: the aggregator answers and grades in its own step, and a
+turn whose only branch is waste_rag runs it inside `intent` (no `Send`), so such a turn
+checkpoints the input, intent and the aggregator. A question that also asks
+for something nearby without a location is answered in two parts: aggregator (everything
+else, streamed first) → ask_location (`interrupt()`, NEEDS_INPUT) → the places branches with
+the reply → aggregator (the places, then evaluate). ProvideInput resumes the graph through
+`Command(resume=...)`. The answer and evaluate nodes stay wired for checkpoints that name them
+as their next step.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from .nodes.character import character
 from .nodes.evaluate import evaluate
 from .nodes.places import ask_location, places_node
 from .nodes.price import recyclable_price
-from .nodes.route import NODE_OF, after_aggregator, after_answer, after_ask, after_intent, fan_out
+from .nodes.route import NODE_OF, after_answer, after_ask, after_intent, fan_out
 from .nodes.tools import general, image_generation, weather, web_search
 from .nodes.understand import understand
 from .nodes.vision import vision
@@ -57,10 +61,10 @@ def build_graph() -> StateGraph:
     g.add_node("ask_location", ask_location)
     g.add_node("evaluate", evaluate)
     g.add_edge(START, "intent")
-    g.add_conditional_edges("intent", after_intent, ["vision", *NODE_OF.values()])
+    g.add_conditional_edges("intent", after_intent, ["vision", "aggregator", *NODE_OF.values()])
     g.add_conditional_edges("vision", fan_out, [*NODE_OF.values()])
-    g.add_conditional_edges("aggregator", after_aggregator, ["answer", "ask_location"])
-    g.add_conditional_edges("answer", after_answer, ["ask_location", "evaluate"])
+    g.add_conditional_edges("aggregator", after_answer, ["ask_location", END])
+    g.add_conditional_edges("answer", after_answer, ["ask_location", END])
     g.add_conditional_edges("ask_location", after_ask, [NODE_OF[I.LOCATION], NODE_OF[I.COLLECTION_POINT]])
     g.add_edge("evaluate", END)
     return g

@@ -192,12 +192,18 @@ def run_of(row, *, snapshot=None, history=None, result_of=None) -> chat_pb2.Run:
             )
             break
     previous_next: tuple = ()
+    previous_spans: dict = {}
     for snap in reversed(history or []):
         meta = snap.metadata or {}
+        # The step's nodes, and those that ran inside them (the aggregator answers and grades in
+        # its own step): the names the step added to the state's spans.
+        spans = (snap.values or {}).get("spans") or {}
+        nodes = [*previous_next, *(n for n in spans if n not in previous_spans and n not in previous_next)]
+        previous_spans = spans
         cp = chat_pb2.Checkpoint(
             checkpoint_id=str((snap.config or {}).get("configurable", {}).get("checkpoint_id", "")),
             step=int(meta.get("step", 0)),
-            nodes=[n for n in previous_next if meta.get("step", 0) >= 0],
+            nodes=nodes if meta.get("step", 0) >= 0 else [],
             next=list(snap.next or ()),
             intents=intents_of((snap.values or {}).get("intents")),
         )

@@ -1,5 +1,7 @@
 """aggregator: checks each intent's context against the contract (state.REQUIRED), grades its
-support, and sends an intent without enough support down the fallback chain."""
+support, and sends an intent without enough support down the fallback chain; then answers in
+the same superstep (answer, which grades it), unless the location must be asked first. A
+re-claimed job whose worker died while answering aggregates again from the branches' results."""
 
 from __future__ import annotations
 
@@ -11,9 +13,10 @@ from .. import metrics
 from .. import rules as R
 from ..deps import ChatDeps, JobContext
 from ..state import REQUIRED, ChatState
+from .answer import answer, asks_location_first
 from .places import waiting_for_location
 from .price import price_context
-from .run import run_node
+from .run import combine, run_node
 from .summarize import earlier_questions
 
 
@@ -75,7 +78,11 @@ async def aggregator(state: ChatState, runtime: Runtime[JobContext]) -> dict:
             update["citations"] = cites + contexts.pop("_cites", [])
         return update
 
-    return await run_node("aggregator", runtime, body)
+    update = await run_node("aggregator", runtime, body)
+    gathered = combine(dict(state), update)
+    if asks_location_first(gathered):
+        return update
+    return combine(update, await answer(gathered, runtime))
 
 
 async def fallback(intent: str, state: ChatState, contexts: dict, deps: ChatDeps) -> str:

@@ -1,5 +1,7 @@
 """answer: the grounded answer, streamed token by token; the offline composer answers from the
-same grounding when the model fails before its first token."""
+same grounding when the model fails before its first token. A finished answer is graded in the
+same superstep (evaluate): one checkpoint fewer per turn, and a re-claimed job whose worker died
+while grading streams the answer again, with the same seqs."""
 
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ from ..answer import compose
 from ..deps import JobContext
 from ..policy import NodeFailed
 from ..state import ChatState
+from .evaluate import evaluate
 from .places import waiting_for_location
+from .run import combine
 
 
 def answer_now(state: ChatState) -> list[str]:
@@ -112,4 +116,17 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         }
         if fallback:
             update["fallback_used"] = True
-        return update
+    done = {**state, **update}
+    if answer_finished(done):
+        update = combine(update, await evaluate(done, runtime))
+    return update
+
+
+def asks_location_first(state: ChatState) -> bool:
+    """Nothing can be answered before the location question (ask_location comes next)."""
+    return not answer_now(state) and waiting_for_location(state) and not state.get("located")
+
+
+def answer_finished(state: ChatState) -> bool:
+    """Nothing is left to ask: the answer is graded now (else ask_location comes next)."""
+    return not (waiting_for_location(state) and not state.get("located"))

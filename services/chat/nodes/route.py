@@ -4,13 +4,14 @@ answer and the location question."""
 
 from __future__ import annotations
 
+from langgraph.graph import END
 from langgraph.runtime import Runtime
 from langgraph.types import Send
 
 from .. import intents as I
 from ..deps import JobContext
 from ..state import Branch, ChatState
-from .answer import answer_now
+from .answer import answer_finished
 from .places import waiting_for_location
 from .run import nothing, run_node
 from .summarize import asked_in_summary, earlier_user_turns
@@ -49,19 +50,22 @@ def fan_out(state: ChatState) -> list[Send]:
     return sends
 
 
+def inline_branch(state: ChatState) -> Send | None:
+    """The branch `intent` runs in its own superstep: a turn whose only branch is waste_rag."""
+    sends = fan_out(state)
+    return sends[0] if len(sends) == 1 and sends[0].node == "waste_rag" else None
+
+
 def after_intent(state: ChatState) -> str | list[Send]:
-    return "vision" if state.get("image_key") else fan_out(state)
-
-
-def after_aggregator(state: ChatState) -> str:
-    """Answer what can be answered now; ask for the location first only when nothing else can be."""
-    if not answer_now(state) and waiting_for_location(state) and not state.get("located"):
-        return "ask_location"
-    return "answer"
+    if state.get("image_key"):
+        return "vision"
+    return "aggregator" if inline_branch(state) is not None else fan_out(state)
 
 
 def after_answer(state: ChatState) -> str:
-    return "ask_location" if waiting_for_location(state) and not state.get("located") else "evaluate"
+    """After the aggregator (which answers what can be answered now, and grades a finished
+    answer) or the answer node: the location question, or the end of the turn."""
+    return END if answer_finished(state) else "ask_location"
 
 
 def after_ask(state: ChatState) -> list[Send]:

@@ -1,6 +1,7 @@
 """The graph's first superstep: summarize (only when the history passes the threshold), intent,
-and — without a photo — the router's stage. One superstep, so one checkpoint instead of three:
-each superstep costs an `aput` + `aput_writes`."""
+and — without a photo — the router's stage, and the waste_rag branch when it is the turn's only
+branch. One superstep, so one checkpoint instead of four: each superstep costs an `aput` +
+`aput_writes`."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from .. import metrics
 from .. import question as Q
 from ..deps import JobContext
 from ..state import ChatState
-from .route import router
+from .route import inline_branch, router
 from .run import combine, run_node
 from .summarize import earlier_questions, summarize
+from .waste import waste_rag
 
 
 async def understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
@@ -29,6 +31,8 @@ async def understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     update = combine(update, await intent(state, runtime))
     if not state.get("image_key"):
         update = combine(update, await router(state, runtime))
+        if (send := inline_branch(combine(dict(state), update))) is not None:
+            update = combine(update, await waste_rag(send.arg, runtime))
     return update
 
 
