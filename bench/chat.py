@@ -110,6 +110,32 @@ def tree_cpu_s(pid: int) -> float:
         return 0.0
 
 
+def start_fake_model(
+    log: Path | None, *, first_token_ms: int = FIRST_TOKEN_MS, token_ms: int = TOKEN_MS
+) -> tuple[subprocess.Popen, int]:
+    """tests/support/fake_llm.py on a free port, streaming TOKENS pieces; returns once it listens."""
+    port = free_port()
+    fake = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tests" / "support" / "fake_llm.py"),
+            "--port",
+            str(port),
+            "--first-token-ms",
+            str(first_token_ms),
+            "--token-ms",
+            str(token_ms),
+            "--tokens",
+            str(TOKENS),
+        ],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=log.open("ab") if log is not None else subprocess.DEVNULL,
+    )
+    fake.stdout.readline()  # {"port": ...} once listening
+    return fake, port
+
+
 def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
     penv = {**os.environ, **env, "ECO2_GRPC_PORT": str(port), "ECO2_METRICS_PORT": "0", "ECO2_LOG_LEVEL": "WARNING"}
     profile = ["-m", "cProfile", "-o", str(log.with_suffix(".prof"))] if os.environ.get("BENCH_PROFILE") == name else []
@@ -206,25 +232,7 @@ async def load_phase(
     events_port: int,
     data_pids: dict[str, int] | None = None,
 ) -> dict:
-    fake_port = free_port()
-    fake = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "tests" / "support" / "fake_llm.py"),
-            "--port",
-            str(fake_port),
-            "--first-token-ms",
-            str(FIRST_TOKEN_MS),
-            "--token-ms",
-            str(TOKEN_MS),
-            "--tokens",
-            str(TOKENS),
-        ],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=(root / "fake.log").open("ab"),
-    )
-    fake.stdout.readline()  # {"port": ...} once listening
+    fake, fake_port = start_fake_model(root / "fake.log")
     port = free_port()
     env = {
         **base_env,
@@ -335,25 +343,7 @@ async def load_phase(
 
 
 async def cancel_phase(base_env: dict, root: Path, n: int, concurrency: int, events_port: int) -> dict:
-    fake_port = free_port()
-    fake = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "tests" / "support" / "fake_llm.py"),
-            "--port",
-            str(fake_port),
-            "--first-token-ms",
-            str(FIRST_TOKEN_MS),
-            "--token-ms",
-            str(TOKEN_MS),
-            "--tokens",
-            str(TOKENS),
-        ],
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=(root / "fake.log").open("ab"),
-    )
-    fake.stdout.readline()  # {"port": ...} once listening
+    fake, fake_port = start_fake_model(root / "fake.log")
     env = {
         **base_env,
         "ECO2_CHAT_MODEL": "gpt-5-mini",
@@ -448,24 +438,7 @@ def sdk_floor(n: int) -> dict:
     from eco2.services.llm.openai_adapter import OpenAILLM
     from eco2.services.llm.ports import Message, ModelInfo
 
-    port = free_port()
-    fake = subprocess.Popen(
-        [
-            sys.executable,
-            str(REPO / "tests" / "support" / "fake_llm.py"),
-            "--port",
-            str(port),
-            "--first-token-ms",
-            "0",
-            "--token-ms",
-            "0",
-            "--tokens",
-            str(TOKENS),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    fake, port = start_fake_model(None, first_token_ms=0, token_ms=0)
 
     async def run() -> float:
         deadline = time.monotonic() + 30
