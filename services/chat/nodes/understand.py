@@ -17,7 +17,7 @@ from ..deps import JobContext
 from ..state import ChatState
 from .route import inline_branch, router
 from .run import combine, run_node
-from .summarize import earlier_questions, summarize
+from .summarize import earlier_questions, earlier_user_turns, summarize
 from .waste import waste_rag
 
 
@@ -46,7 +46,7 @@ async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         text = state["message"]
         c = None
         if use_model:  # the model's decomposition; the rules answer when it fails (intents.py)
-            previous = next((m["text"] for m in reversed(state.get("history") or []) if m["role"] == "user"), "")
+            previous = next(iter(earlier_user_turns(state)), "")
             c, why = await I.classify_with_model(
                 deps.llm, text, deps.kb, timeout_s=deps.intent_timeout_s, previous=previous
             )
@@ -65,7 +65,7 @@ async def intent(state: ChatState, runtime: Runtime[JobContext]) -> dict:
             return {"intents": intents, "queries": queries, "contexts": {"language_context": language}}
         # Multi-turn: a follow-up without its own subject ("그럼 뚜껑은?") inherits the last user turn's topic.
         if intents == [I.GENERAL] and state.get("history"):
-            last_user = next((m["text"] for m in reversed(state["history"]) if m["role"] == "user"), "")
+            last_user = next(iter(earlier_user_turns(state)), "")
             if last_user:
                 c2 = I.classify(f"{last_user} {text}", deps.kb)
                 if c2.intents != (I.GENERAL,):
