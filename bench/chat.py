@@ -151,7 +151,7 @@ def serve(name: str, env: dict[str, str], port: int, log: Path) -> subprocess.Po
 async def one_turn(stub, text: str, user: str, events=None) -> dict:
     """One conversation turn: StreamChat on the chat process, or (events = an EventService stub)
     SendMessage + EventService.Subscribe, the client path that does not relay through chat."""
-    out: dict = {"ok": False, "tokens": 0}
+    out: dict = {"ok": False, "tokens": 0, "events": 0}
     md = wristband(user)
     started = time.monotonic()
     try:
@@ -164,6 +164,7 @@ async def one_turn(stub, text: str, user: str, events=None) -> dict:
                 events_pb2.SubscribeRequest(job_id=sent.job_id, after_seq=0), metadata=md, timeout=300
             )
         async for e in stream:
+            out["events"] += 1
             if e.kind == events_pb2.EVENT_KIND_TOKEN:
                 out["tokens"] += 1
                 out.setdefault("first_token", time.monotonic() - started)
@@ -323,6 +324,8 @@ async def load_phase(
         "wall_s": round(wall, 2),
         "with_character_pct": round(100 * sum(1 for r in results if r.get("character")) / n, 2),
         "tokens_per_answer": TOKENS,
+        "events_per_conversation": round(sum(r["events"] for r in results) / n, 1),
+        "token_events_per_conversation": round(sum(r["tokens"] for r in results) / n, 1),
         "model_ms_p50": pct(model_ms, 50),
         "e2e_ms_p50": pct(e2e_ms, 50),
         "e2e_ms_p95": pct(e2e_ms, 95),
