@@ -58,12 +58,16 @@ def fanout_channel(shard: int) -> str:
     return f"fanout:{{{shard}}}"
 
 
-def status_after(kind: int, stage: int) -> int:
-    """The job status an event of `kind` leaves the job in."""
+#: google.rpc.Code CANCELLED: the code of the ERROR event that ends a cancelled job.
+CANCELLED_CODE = 1
+
+
+def status_after(kind: int, stage: int, error_code: int = 0) -> int:
+    """The job status an event of `kind` (an ERROR's `error.code`) leaves the job in."""
     if kind == events_pb2.EVENT_KIND_DONE:
         return events_pb2.JOB_STATUS_SUCCEEDED
     if kind == events_pb2.EVENT_KIND_ERROR:
-        return events_pb2.JOB_STATUS_FAILED
+        return events_pb2.JOB_STATUS_CANCELLED if error_code == CANCELLED_CODE else events_pb2.JOB_STATUS_FAILED
     if kind == events_pb2.EVENT_KIND_NEEDS_INPUT:
         return events_pb2.JOB_STATUS_WAITING_INPUT
     if kind == events_pb2.EVENT_KIND_STAGE and stage == events_pb2.STAGE_QUEUED:

@@ -218,7 +218,7 @@ class EventPublisher:
             t = event.time
             args.append(job)
             args.append(
-                f"{event.seq} {1 if kind in domain.TERMINAL_KINDS else 0} {domain.status_after(kind, event.stage)} "
+                f"{event.seq} {1 if kind in domain.TERMINAL_KINDS else 0} {domain.status_after(kind, event.stage, event.error.code)} "
                 f"{event.stage} {event.job_kind} {t.seconds * 1000 + t.nanos // 1_000_000}"
             )
             args.append(event.node)

@@ -25,6 +25,7 @@ from datetime import datetime
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
+from eco2.services.bus import domain
 
 log = logging.getLogger("eco2.chat.runs")
 
@@ -33,7 +34,6 @@ CANCEL_ERRORS = {
     chat_pb2.CANCEL_MODE_INTERRUPT: ("RUN_CANCELLED", "답변을 멈췄어요."),
     chat_pb2.CANCEL_MODE_ROLLBACK: ("RUN_ROLLED_BACK", "질문을 취소했어요."),
 }
-CANCELLED_CODE = 1  # google.rpc.Code CANCELLED
 
 
 def cancel_channel(kind: str) -> str:
@@ -48,7 +48,7 @@ def cancel_error(mode: int, job_id: str) -> events_pb2.Event:
         kind=events_pb2.EVENT_KIND_ERROR,
         job_kind=events_pb2.JOB_KIND_CHAT,
         node="cancel",
-        error=events_pb2.JobError(code=CANCELLED_CODE, reason=reason, message=message, retryable=False),
+        error=events_pb2.JobError(code=domain.CANCELLED_CODE, reason=reason, message=message, retryable=False),
     )
 
 

@@ -359,6 +359,7 @@ async def test_cancel_twice_is_idempotent(stack):
     assert await messages(stack, sent.conversation_id, user) == kept
     state = await stack["events"].GetJobState(events_pb2.GetJobStateRequest(job_id=sent.job_id), metadata=user)
     assert state.state.last_seq == events[-1].seq
+    assert (state.state.status, state.state.terminal) == (events_pb2.JOB_STATUS_CANCELLED, True)
 
 
 async def test_rollback_while_a_tool_call_is_in_flight_drops_its_late_result(stack):

@@ -235,6 +235,20 @@ async def test_get_job_state_follows_the_router(stub, publisher):
     assert (s3.status, s3.terminal, s3.node) == (E.JOB_STATUS_FAILED, True, "location")
 
 
+async def test_get_job_state_says_cancelled_for_a_cancelled_job(stub, publisher):
+    """A job whose terminal ERROR carries google.rpc.Code CANCELLED (its owner cancelled it) is
+    CANCELLED, not FAILED."""
+    job = jid()
+    await publisher.publish(ev(job, 1, E.EVENT_KIND_STAGE, stage=E.STAGE_ANSWER, node="answer"))
+    await publisher.publish(ev(job, 2, E.EVENT_KIND_ERROR, error=events_pb2.JobError(code=1, reason="RUN_CANCELLED")))
+    for _ in range(200):
+        state = (await stub.GetJobState(E.GetJobStateRequest(job_id=job))).state
+        if state.last_seq >= 2:
+            break
+        await asyncio.sleep(0.02)
+    assert (state.last_seq, state.status, state.terminal) == (2, E.JOB_STATUS_CANCELLED, True)
+
+
 @pytest.mark.parametrize("rpc", RPCS)
 async def test_slow_subscriber_catches_up_from_the_replay_stream(stub, publisher, events, rpc):
     """Buffer of 8 live events: a reader that does not read while 300 events arrive overflows

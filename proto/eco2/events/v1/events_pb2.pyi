@@ -79,6 +79,7 @@ class JobStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATUS_WAITING_INPUT: _ClassVar[JobStatus]
     JOB_STATUS_SUCCEEDED: _ClassVar[JobStatus]
     JOB_STATUS_FAILED: _ClassVar[JobStatus]
+    JOB_STATUS_CANCELLED: _ClassVar[JobStatus]
 EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_STAGE: EventKind
 EVENT_KIND_TOKEN: EventKind
@@ -125,6 +126,7 @@ JOB_STATUS_RUNNING: JobStatus
 JOB_STATUS_WAITING_INPUT: JobStatus
 JOB_STATUS_SUCCEEDED: JobStatus
 JOB_STATUS_FAILED: JobStatus
+JOB_STATUS_CANCELLED: JobStatus
 
 class Event(_message.Message):
     __slots__ = ("job_id", "seq", "kind", "job_kind", "stage", "node", "delta", "time", "traceparent", "stage_info", "tool", "needs_input", "done", "error")
