@@ -57,6 +57,7 @@ class _Held:
 
     put: _Put | None  # None: the checkpoint is stored
     next_nodes: int | None  # the tasks of the step that runs from it (None: not known)
+    since: float  # loop time it was held at
     parent: _Held | None = None  # a held parent (the input checkpoint of the step-0 one)
     writes: list[tuple[Key, Sequence[tuple[str, Any]], str, str]] = field(default_factory=list)
 
@@ -65,15 +66,18 @@ class _Held:
 
 
 class TurnCheckpointer(AsyncPostgresSaver):
-    #: held checkpoints and writes kept in memory at most (turns that stopped without a next
-    #: checkpoint: cancelled, or failed outside a node); past it the oldest are written
+    #: What is held stays in memory until the next checkpoint supersedes it, a special write
+    #: stores it, or its thread is deleted. What a turn that stopped otherwise (cancelled, or
+    #: failed outside a node) left is stored after all once older than `held_s` seconds, or when
+    #: more than `held_max` checkpoints are held: storing it late is always safe.
     held_max = 10_000
+    held_s = 60.0
 
     def __init__(self, conn, *, serde=None) -> None:
         super().__init__(conn, serde=serde)
         self.trigger_to_nodes: Mapping[str, Sequence[str]] | None = None
         self._held: OrderedDict[Key, _Held] = OrderedDict()
-        self._flushes: set[asyncio.Task] = set()
+        self._flushes: dict[Key, asyncio.Task] = {}  # held keys being stored after all
 
     def compile(self, graph: StateGraph) -> CompiledStateGraph:
         """The graph compiled on this checkpointer, which learns from it which node each channel
@@ -93,18 +97,20 @@ class TurnCheckpointer(AsyncPostgresSaver):
         thread_id, ns, parent_id = conf["thread_id"], conf["checkpoint_ns"], conf.get("checkpoint_id")
         key = (thread_id, ns, checkpoint["id"])
         next_config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": key[2]}}
+        if (flush := self._flushes.get((thread_id, ns, parent_id))) is not None:
+            await flush  # the parent's values are stored before a checkpoint that names only changes
         parent = self._held.pop((thread_id, ns, parent_id), None) if parent_id else None
         put = _Put(config, checkpoint, dict(metadata), new_versions)
         next_nodes = self._tasks_after(checkpoint)
         if _input_of_new_thread(parent_id, metadata) or (
             parent is not None and parent.put is not None and self._only_start_after(parent.put.checkpoint)
         ):
-            self._hold(key, _Held(put, next_nodes, parent=parent))
+            self._hold(key, _Held(put, next_nodes, self.loop.time(), parent=parent))
             return next_config
         if parent is not None and parent.put is not None:  # the thread's first stored checkpoint
             put.config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
         if next_nodes == 1:
-            self._hold(key, _Held(None, next_nodes))
+            self._hold(key, _Held(None, next_nodes, self.loop.time()))
         await self._store([put], [], first=parent is not None and parent.put is not None)
         return next_config
 
@@ -153,11 +159,13 @@ class TurnCheckpointer(AsyncPostgresSaver):
 
     def _hold(self, key: Key, held: _Held) -> None:
         self._held[key] = held
-        while len(self._held) > self.held_max:
-            _, oldest = self._held.popitem(last=False)
-            task = asyncio.get_running_loop().create_task(self._flush(oldest, []))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+        while self._held and (
+            len(self._held) > self.held_max or next(iter(self._held.values())).since < held.since - self.held_s
+        ):
+            oldest_key, oldest = self._held.popitem(last=False)
+            task = self.loop.create_task(self._flush(oldest, []))
+            self._flushes[oldest_key] = task
+            task.add_done_callback(lambda _, k=oldest_key: self._flushes.pop(k, None))
 
     async def _flush(self, held: _Held, writes: list) -> None:
         """Store what is held of a checkpoint (and of its held parent), with `writes`."""

@@ -259,7 +259,7 @@ async def test_past_its_limit_the_checkpointer_stores_what_it_holds(pool):
     state, config = turn(ONE_BRANCH)
     out = await run(graph, state, config, Recorder())
     while graph.checkpointer._flushes:
-        await asyncio.gather(*graph.checkpointer._flushes)
+        await asyncio.gather(*graph.checkpointer._flushes.values())
     rows = await stored(pool, state["job_id"])
     assert rows["steps"] == [-1, 0, 1, 2] and rows["parents"] == [None, -1, 0, 1]
     assert {(step, path) for step, path, _ in rows["writes"]} == {
@@ -280,3 +280,28 @@ async def test_deleting_a_thread_forgets_what_is_held_of_it(pool):
     assert any(key[0] == state["job_id"] for key in held), "the input and START's checkpoints"
     await crashed.checkpointer.adelete_thread(state["job_id"])
     assert not any(key[0] == state["job_id"] for key in held)
+
+
+async def test_what_a_stopped_turn_left_is_stored_once_older_than_held_s(pool):
+    """A turn that stopped before its first checkpoint (here: its process's checkpointer failed;
+    a cancel leaves the same) holds its input in memory; once older than `held_s` the next hold
+    stores it, as AsyncPostgresSaver would have, and a resume reads it."""
+    graph = process(pool, crash_at=1)
+    stopped, config = turn(ONE_BRANCH)
+    with pytest.raises(Crash):
+        await run(graph, stopped, config, Recorder())
+    graph.checkpointer.crash_at, graph.checkpointer.held_s = None, 0.0
+    state, other = turn(ONE_BRANCH)
+    await run(graph, state, other, Recorder())
+    while graph.checkpointer._flushes:
+        await asyncio.gather(*graph.checkpointer._flushes.values())
+    rows = await stored(pool, stopped["job_id"])
+    assert rows["steps"] == [-1, 0] and rows["parents"] == [None, -1]
+    assert {(step, path) for step, path, _ in rows["writes"]} == {
+        (-1, "~__pregel_pull, __start__"),
+        (0, "~__pregel_pull, intent"),
+    }
+    snapshot, seq = await resumed(pool, config)
+    assert snapshot.next == () and {t.name for t in snapshot.tasks if t.result is not None} == {"intent"}
+    out = await run(process(pool), None, config, Recorder(), seq)
+    assert out["answer"]
