@@ -108,7 +108,7 @@ class TurnCheckpointer(AsyncPostgresSaver):
             self._hold(key, _Held(put, next_nodes, self.loop.time(), parent=parent))
             return next_config
         if parent is not None and parent.put is not None:  # the thread's first stored checkpoint
-            put.config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns}}
+            put.config = {**config, "configurable": {**conf, "checkpoint_id": None}}
         if next_nodes == 1:
             self._hold(key, _Held(None, next_nodes, self.loop.time()))
         await self._store([put], [], first=parent is not None and parent.put is not None)
@@ -138,6 +138,8 @@ class TurnCheckpointer(AsyncPostgresSaver):
     async def adelete_thread(self, thread_id: str) -> None:
         for key in [k for k in self._held if k[0] == thread_id]:
             del self._held[key]
+        # a late store of what the thread held must not bring rows back after the delete
+        await asyncio.gather(*(t for k, t in self._flushes.items() if k[0] == thread_id), return_exceptions=True)
         await super().adelete_thread(thread_id)
 
     def _tasks_after(self, checkpoint: Checkpoint) -> int | None:
@@ -163,6 +165,8 @@ class TurnCheckpointer(AsyncPostgresSaver):
             len(self._held) > self.held_max or next(iter(self._held.values())).since < held.since - self.held_s
         ):
             oldest_key, oldest = self._held.popitem(last=False)
+            if not any(h.put is not None or h.writes for h in oldest.chain()):
+                continue
             task = self.loop.create_task(self._flush(oldest, []))
             self._flushes[oldest_key] = task
             task.add_done_callback(lambda _, k=oldest_key: self._flushes.pop(k, None))
