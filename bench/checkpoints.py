@@ -61,10 +61,8 @@ NAMES = ("AsyncPostgresSaver", "TurnCheckpointer held_max=0", "TurnCheckpointer"
 def compiled(name: str, pool):
     if name == "AsyncPostgresSaver":
         return build_graph().compile(checkpointer=AsyncPostgresSaver(pool, serde=checkpoint_serializer()))
-    saver = TurnCheckpointer(pool, serde=checkpoint_serializer())
-    if name.endswith("held_max=0"):
-        saver.held_max = 0
-    return saver.compile(build_graph())
+    held_max = 0 if name.endswith("held_max=0") else 10_000
+    return TurnCheckpointer(pool, serde=checkpoint_serializer(), held_max=held_max).compile(build_graph())
 
 
 async def turns(graph, deps: ChatDeps, n: int, concurrency: int) -> list[str]:

@@ -96,7 +96,9 @@ class ChatApp:
             kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         )
         await self.pg.open(wait=True, timeout=30)
-        saver = TurnCheckpointer(self.pg, serde=checkpoint_serializer())
+        saver = TurnCheckpointer(
+            self.pg, serde=checkpoint_serializer(), held_s=s.chat_checkpoint_held_s, held_max=s.chat_checkpoint_held_max
+        )
         self.redis = create_redis(s.redis_url)
         # The publisher keeps its own lean connection (dataplane/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.

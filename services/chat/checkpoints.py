@@ -24,6 +24,7 @@ Serialisation runs on the event loop instead of a thread per call: a turn's stat
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from langgraph.constants import START, TASKS
 from langgraph.graph.state import CompiledStateGraph, StateGraph
 from psycopg.types.json import Jsonb
+
+log = logging.getLogger("eco2.chat.checkpoints")
 
 #: (thread_id, checkpoint_ns, checkpoint_id)
 Key = tuple[str, str, str]
@@ -66,15 +69,15 @@ class _Held:
 
 
 class TurnCheckpointer(AsyncPostgresSaver):
-    #: What is held stays in memory until the next checkpoint supersedes it, a special write
-    #: stores it, or its thread is deleted. What a turn that stopped otherwise (cancelled, or
-    #: failed outside a node) left is stored after all once older than `held_s` seconds, or when
-    #: more than `held_max` checkpoints are held: storing it late is always safe.
-    held_max = 10_000
-    held_s = 60.0
+    """What is held stays in memory until the next checkpoint supersedes it, a special write
+    stores it, or its thread is deleted. What a turn that stopped otherwise (cancelled, or failed
+    outside a node) left is stored after all once older than `held_s` seconds
+    (ECO2_CHAT_CHECKPOINT_HELD_S), or when more than `held_max` checkpoints are held
+    (ECO2_CHAT_CHECKPOINT_HELD_MAX): storing it late is always safe."""
 
-    def __init__(self, conn, *, serde=None) -> None:
+    def __init__(self, conn, *, serde=None, held_s: float = 60.0, held_max: int = 10_000) -> None:
         super().__init__(conn, serde=serde)
+        self.held_s, self.held_max = held_s, held_max
         self.trigger_to_nodes: Mapping[str, Sequence[str]] | None = None
         self._held: OrderedDict[Key, _Held] = OrderedDict()
         self._flushes: dict[Key, asyncio.Task] = {}  # held keys being stored after all
@@ -169,7 +172,12 @@ class TurnCheckpointer(AsyncPostgresSaver):
                 continue
             task = self.loop.create_task(self._flush(oldest, []))
             self._flushes[oldest_key] = task
-            task.add_done_callback(lambda _, k=oldest_key: self._flushes.pop(k, None))
+            task.add_done_callback(lambda t, k=oldest_key: self._stored_late(k, t))
+
+    def _stored_late(self, key: Key, task: asyncio.Task) -> None:
+        self._flushes.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:  # a checkpoint after it fails too
+            log.warning("storing a held checkpoint failed", extra={"thread_id": key[0]}, exc_info=task.exception())
 
     async def _flush(self, held: _Held, writes: list) -> None:
         """Store what is held of a checkpoint (and of its held parent), with `writes`."""
