@@ -26,6 +26,7 @@ from eco2.services.runtime.settings import Endpoints
 
 from . import media, pii
 from .answer import compose
+from .checkpoints import TurnCheckpointer
 from .deps import ChatDeps
 from .graph import build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces, GrpcScan
@@ -95,7 +96,9 @@ class ChatApp:
             kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
         )
         await self.pg.open(wait=True, timeout=30)
-        saver = AsyncPostgresSaver(self.pg, serde=checkpoint_serializer())
+        saver = TurnCheckpointer(
+            self.pg, serde=checkpoint_serializer(), held_s=s.chat_checkpoint_held_s, held_max=s.chat_checkpoint_held_max
+        )
         self.redis = create_redis(s.redis_url)
         # The publisher keeps its own lean connection (dataplane/resp.py, ADR 0045), shared by
         # every job of this process: concurrent publishes are pipelined on it.
@@ -160,7 +163,7 @@ class ChatApp:
         )
         deps.bulk_waste, deps.bulk_waste_tool_iterations = bulk, s.chat_bulk_waste_tool_iterations
         deps.intent_mode, deps.intent_timeout_s = s.chat_intent_mode, s.chat_intent_timeout_s
-        graph = build_graph().compile(checkpointer=saver)
+        graph = saver.compile(build_graph())
         self.workers = ChatWorkers(
             queue=queue, redis=self.redis, sink=sink, graph=graph, deps=deps, store=store, settings=s, outbox=outbox
         )

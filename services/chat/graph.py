@@ -5,9 +5,10 @@
     general} → aggregator (required-field contract, support grade, fallback chain; then, in the
     same superstep, answer (tokens) and evaluate) → END
 
-Each superstep is a checkpoint write: the aggregator answers and grades in its own step, and a
-turn whose only branch is waste_rag runs it inside `intent` (no `Send`), so such a turn
-checkpoints the input, intent and the aggregator. A question that also asks
+Each superstep after the first node is a checkpoint write (checkpoints.py stores neither the
+input's nor LangGraph's START step): the aggregator answers and grades in its own step, and a
+turn whose only branch is waste_rag runs it inside `intent` (no `Send`), so such a turn stores
+two checkpoints, after intent and after the aggregator. A question that also asks
 for something nearby without a location is answered in two parts: aggregator (everything
 else, streamed first) → ask_location (`interrupt()`, NEEDS_INPUT) → the places branches with
 the reply → aggregator (the places, then evaluate). ProvideInput resumes the graph through

@@ -95,6 +95,12 @@ class ChatSettings(EventsSettings):
     chat_checkpoint_durability: str = Field(
         "sync", pattern="^(sync|async|exit)$", description="LangGraph durability: sync, async or exit"
     )
+    chat_checkpoint_held_s: float = Field(
+        60.0, ge=0, description="longest the checkpointer holds back what a turn that stopped left, before storing it"
+    )
+    chat_checkpoint_held_max: int = Field(
+        10_000, ge=0, description="most checkpoints the checkpointer holds back; past it the oldest are stored"
+    )
     chat_vision_min_confidence: float = Field(
         0.6, ge=0, le=1, description="below this photo-classification confidence the answer asks the user to confirm"
     )

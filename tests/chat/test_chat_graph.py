@@ -1,4 +1,4 @@
-"""The chat graph itself on the real checkpointer (AsyncPostgresSaver on the session's embedded
+"""The chat graph itself on the real checkpointer (the product's TurnCheckpointer on the session's embedded
 PostgreSQL): resume after interrupt when the branch's tool fails once, multi-intent branches that
 run concurrently (two slow tools over real HTTP), summarisation past the threshold."""
 
@@ -8,13 +8,13 @@ import time
 import uuid
 
 import pytest
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.types import Command
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from eco2.events.v1 import events_pb2
 from eco2.services.chat.answer import compose
+from eco2.services.chat.checkpoints import TurnCheckpointer
 from eco2.services.chat.deps import ChatDeps, JobContext
 from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
@@ -49,9 +49,9 @@ async def graph(service_env):
         kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
     )
     await pool.open(wait=True, timeout=30)
-    saver = AsyncPostgresSaver(pool, serde=checkpoint_serializer())  # the product's: safe types only
+    saver = TurnCheckpointer(pool, serde=checkpoint_serializer())  # the product's: safe types only
     await saver.setup()
-    yield build_graph().compile(checkpointer=saver)
+    yield saver.compile(build_graph())
     await pool.close()
 
 
@@ -266,7 +266,7 @@ async def test_the_card_and_the_places_come_back_from_the_checkpoint(graph, serv
             )
             await pool.open(wait=True, timeout=30)
             try:
-                other = build_graph().compile(checkpointer=AsyncPostgresSaver(pool, serde=checkpoint_serializer()))
+                other = TurnCheckpointer(pool, serde=checkpoint_serializer()).compile(build_graph())
                 saved = (await other.aget_state(config)).values
                 assert saved["card"]["name"] == "페티" and not saved.get("places")
                 out = await other.ainvoke(

@@ -668,7 +668,8 @@ async def test_conversation_state_lists_runs_with_intents_facts_and_checkpoints(
         f.source_id for f in run.facts
     ]
     steps = [c.step for c in run.checkpoints]
-    assert steps == sorted(steps) and steps[0] == -1 and not run.checkpoints[-1].next
+    # the first checkpoint stored is the one after the first node (checkpoints.py)
+    assert steps == sorted(steps) and steps[0] == 1 and not run.checkpoints[-1].next
     assert (
         "answer" in [n for c in run.checkpoints for n in c.nodes]
         and chat_pb2.INTENT_WASTE in run.checkpoints[-1].intents
