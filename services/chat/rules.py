@@ -85,7 +85,7 @@ def _category_words() -> frozenset[str]:
 
 def specific(item: str, kb: K.KnowledgeBase) -> str:
     """The item with its synonyms' words that are not category names ("샴푸통" → "샴푸통 펌프")."""
-    extra = K.expand(item, kb.synonyms)[len(item) :].split()
+    extra = kb.expand(item)[len(item) :].split()
     return " ".join([item, *(w for w in extra if K.normalise(w).replace(" ", "") not in _category_words())])
 
 
@@ -188,7 +188,7 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         kb, spec
     )  # passages by the item's own words: category names would favour any line naming the category
     hits = kb.search(item, limit=2)  # files by every synonym: good at the category, not at the line
-    known = K.expand(item, kb.synonyms) != item  # an everyday word synonyms.yaml maps ("드라이기" → 전기전자제품)
+    known = kb.expand(item) != item  # an everyday word synonyms.yaml maps ("드라이기" → 전기전자제품)
     if (not ranked or ranked[0][1] < MIN_SUPPORT) and not (hits and known):
         return None  # a chance bigram ("요가매트" ↔ "식탁매트") is no support
     named = Q.destination(item)  # a category word ("음쓰", "플라스틱") is that category
@@ -205,7 +205,7 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     # an everyday word synonyms.yaml gives a category ("피아노" → 대형폐기물) is in that category
     # when no passage names the word itself: passages naming the category word in passing
     # ("대형폐기물로 배출: … 장판 등 대형폐기물" of 공사장 생활폐기물) are not about it
-    by_synonym = dest_files(kb, K.expand(item, kb.synonyms)[len(item) :]) if known and named not in files else []
+    by_synonym = dest_files(kb, kb.expand(item)[len(item) :]) if known and named not in files else []
     if (
         len(by_synonym) == 1
         and not (ranked and _matches(ranked[0][0].names or " ".join(ranked[0][0].lines), item))

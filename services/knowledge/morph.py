@@ -15,6 +15,8 @@ analyser keeps them whole instead of reading "음쓰" as an interjection and a v
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import re
 import threading
@@ -272,6 +274,8 @@ def normalise_chat(text: str) -> str:
 #: Above this score (kiwi's log-probability of a token) a noun is one the analyser knows; an unknown
 #: spelling gets a guessed noun far below it ("뱡", "냉장교").
 KNOWN_SCORE = -15.0
+#: The words `correct_typos` checks: three syllables or more.
+_HANGUL_WORD = re.compile(r"[가-힣]{3,}")
 #: What may follow a misspelt item in one word ("건전치는", "페트뱡을"): particles, or nothing.
 _AFTER_ITEM = re.compile(r"(은|는|이|가|을|를|도|와|과|랑|이랑|하고|에|에서|으로|로|만|요|임|야|이야|인가|)$")
 
@@ -307,6 +311,35 @@ def _typo_index() -> tuple[frozenset[str], dict[tuple, set[str]]]:
     return words, index
 
 
+class _Turn:
+    """What one turn has analysed, by text: its analyses, and each word's spelling as corrected."""
+
+    __slots__ = ("analyses", "spellings")
+
+    def __init__(self) -> None:
+        self.analyses: dict[str, Analysis] = {}
+        self.spellings: dict[str, str] = {}
+
+
+_turn: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("eco2_morph_turn", default=None)
+
+
+@contextlib.contextmanager
+def one_turn():
+    """Within the block each text is analysed once: a turn reads its message to route it, again
+    to find its rules and its card, and the same words recur in its parts and items. The
+    analyses are dropped when the block ends (nothing is kept from one turn to the next); a
+    block inside another shares the outer one's."""
+    if _turn.get() is not None:
+        yield
+        return
+    token = _turn.set(_Turn())
+    try:
+        yield
+    finally:
+        _turn.reset(token)
+
+
 def correct_typos(text: str) -> str:
     """Item words misspelt by one letter (자모) of a word the knowledge base knows, three
     syllables or more, respelt ("페트뱡" → 페트병, "건전치" → 건전지, "알루미늄켄" → 알루미늄캔):
@@ -314,11 +347,21 @@ def correct_typos(text: str) -> str:
     close, and the text's word is not itself known."""
     words, index = _typo_index()
     kiwi = analyser()
+    turn = _turn.get()
+    spellings = turn.spellings if turn is not None else None
 
     def fix(m: re.Match) -> str:
         w = m.group()
         if w in words:
             return w
+        if spellings is None:
+            return respell(w)
+        out = spellings.get(w)
+        if out is None:
+            out = spellings[w] = respell(w)
+        return out
+
+    def respell(w: str) -> str:
         with _lock:
             tokens = kiwi.tokenize(w)
         if all(t.score > KNOWN_SCORE and (t.tag in COMPOUND_TAGS or t.tag.startswith("J")) for t in tokens):
@@ -335,11 +378,22 @@ def correct_typos(text: str) -> str:
                 return next(iter(near)) + rest
         return w
 
-    return re.sub(r"[가-힣]{3,}", fix, text)
+    return _HANGUL_WORD.sub(fix, text)
 
 
 def analyse(text: str) -> Analysis:
-    """The text's tokens (after rewriting chat spellings the model does not know)."""
+    """The text's tokens (after rewriting chat spellings the model does not know); once per text
+    inside `one_turn`."""
+    turn = _turn.get()
+    if turn is None:
+        return _analysed(text)
+    a = turn.analyses.get(text)
+    if a is None:
+        a = turn.analyses[text] = _analysed(text)
+    return a
+
+
+def _analysed(text: str) -> Analysis:
     clean = normalise_chat(text)
     kiwi = analyser()
     with _lock:  # one Kiwi is not documented as thread-safe; the chat calls it from one event loop anyway

@@ -298,6 +298,23 @@ def test_known_words_are_never_respelt():
         assert morph.correct_typos(text) == text
 
 
+def test_a_turn_analyses_each_text_once():
+    text = "투명 페트병은 어떻게 버려?"
+    with morph.one_turn():
+        first = morph.analyse(text)
+        assert morph.analyse(text) is first
+        with morph.one_turn():  # a block inside another shares its analyses
+            assert morph.analyse(text) is first
+        assert (
+            morph.correct_typos("페트뱡은 어떻게 버려?")
+            == morph.correct_typos("페트뱡은 어떻게 버려?")
+            == "페트병은 어떻게 버려?"
+        )
+    again = morph.analyse(text)
+    assert again is not first and again == first  # nothing is kept once the turn ends
+    assert morph.analyse(text) is not again
+
+
 def test_numbers_and_units_are_read_as_quantities_not_items():
     part = Q.read_part("2리터 생수병 5개 버리려면")
     assert part.items == ("생수병",) and (2.0, "리터") in part.quantity and (5.0, "개") in part.quantity
