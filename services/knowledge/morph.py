@@ -15,8 +15,6 @@ analyser keeps them whole instead of reading "음쓰" as an interjection and a v
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import functools
 import re
 import threading
@@ -26,6 +24,8 @@ from functools import cached_property
 from importlib import resources
 
 import yaml
+
+from . import turn
 
 #: Parts of speech (Sejong tags, as kiwi names them) that can be part of an item's name.
 NOUN_TAGS = frozenset({"NNG", "NNP", "NR", "SL", "SH", "XR"})
@@ -311,35 +311,6 @@ def _typo_index() -> tuple[frozenset[str], dict[tuple, set[str]]]:
     return words, index
 
 
-class _Turn:
-    """What one turn has analysed, by text: its analyses, and each word's spelling as corrected."""
-
-    __slots__ = ("analyses", "spellings")
-
-    def __init__(self) -> None:
-        self.analyses: dict[str, Analysis] = {}
-        self.spellings: dict[str, str] = {}
-
-
-_turn: contextvars.ContextVar[_Turn | None] = contextvars.ContextVar("eco2_morph_turn", default=None)
-
-
-@contextlib.contextmanager
-def one_turn():
-    """Within the block each text is analysed once: a turn reads its message to route it, again
-    to find its rules and its card, and the same words recur in its parts and items. The
-    analyses are dropped when the block ends (nothing is kept from one turn to the next); a
-    block inside another shares the outer one's."""
-    if _turn.get() is not None:
-        yield
-        return
-    token = _turn.set(_Turn())
-    try:
-        yield
-    finally:
-        _turn.reset(token)
-
-
 def correct_typos(text: str) -> str:
     """Item words misspelt by one letter (자모) of a word the knowledge base knows, three
     syllables or more, respelt ("페트뱡" → 페트병, "건전치" → 건전지, "알루미늄켄" → 알루미늄캔):
@@ -347,8 +318,7 @@ def correct_typos(text: str) -> str:
     close, and the text's word is not itself known."""
     words, index = _typo_index()
     kiwi = analyser()
-    turn = _turn.get()
-    spellings = turn.spellings if turn is not None else None
+    spellings = turn.memo("spellings")
 
     def fix(m: re.Match) -> str:
         w = m.group()
@@ -383,13 +353,13 @@ def correct_typos(text: str) -> str:
 
 def analyse(text: str) -> Analysis:
     """The text's tokens (after rewriting chat spellings the model does not know); once per text
-    inside `one_turn`."""
-    turn = _turn.get()
-    if turn is None:
+    within a turn (turn.one_turn)."""
+    analyses = turn.memo("analyses")
+    if analyses is None:
         return _analysed(text)
-    a = turn.analyses.get(text)
+    a = analyses.get(text)
     if a is None:
-        a = turn.analyses[text] = _analysed(text)
+        a = analyses[text] = _analysed(text)
     return a
 
 

@@ -27,6 +27,7 @@ from eco2.services.chat.nodes.summarize import offline_summary
 from eco2.services.chat.policy import PolicyRunner
 from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch
 from eco2.services.knowledge import kb, morph
+from eco2.services.knowledge.turn import one_turn
 from eco2.services.llm.offline import OfflineLLM
 from support import answer_grading as G
 from support.chat_stack import chat_stack
@@ -300,10 +301,10 @@ def test_known_words_are_never_respelt():
 
 def test_a_turn_analyses_each_text_once():
     text = "투명 페트병은 어떻게 버려?"
-    with morph.one_turn():
+    with one_turn():
         first = morph.analyse(text)
         assert morph.analyse(text) is first
-        with morph.one_turn():  # a block inside another shares its analyses
+        with one_turn():  # a block inside another shares its analyses
             assert morph.analyse(text) is first
         assert (
             morph.correct_typos("페트뱡은 어떻게 버려?")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
-from eco2.services.knowledge import morph
+from eco2.services.knowledge import turn
 
 from .. import rules as R
 from ..deps import JobContext
@@ -23,7 +23,7 @@ async def waste_rag(branch: Branch, runtime: Runtime[JobContext]) -> dict:
     rule_file: list[str] = []
 
     async def body() -> dict:
-        with morph.one_turn():  # the query, its parts and its items: each analysed once
+        with turn.one_turn():  # the query, its parts and its items: each analysed once
             ctx = R.gather(
                 deps.kb,
                 branch.get("query") or branch["message"],
