@@ -107,14 +107,16 @@ def subject(line: str) -> str:
     return ""
 
 
+@cache
 def _about_items(line: str) -> bool:
     """A line whose subject lists items ("가위, 칼, 송곳 등 날카로운 금속은 …"), not one that
     names a whole category ("농약, 락카, 광택제 등 생활계 유해폐기물은 제외")."""
     head = subject(line).split()[-1:] if subject(line) else []
+    word = K.normalise(head[0]) if head else ""
     return (
         bool(head)
-        and K.normalise(head[0]) not in _category_words()
-        and not any(K.normalise(head[0]) in w for w in _category_words() if len(head[0]) >= 3)
+        and word not in _category_words()
+        and not any(word in w for w in _category_words() if len(head[0]) >= 3)
     )
 
 
@@ -133,11 +135,7 @@ def dest_files(kb: K.KnowledgeBase, text: str) -> list[str]:
     """The rule files a destination phrase names ("일반종량제폐기물 또는 대형폐기물로 배출",
     "불연성종량제봉투로 배출", "플라스틱류로 배출")."""
     compact = K.normalise(text).replace(" ", "")
-    out = []
-    for r in sorted(kb.rules, key=lambda r: -len(r.key)):
-        for word in {r.key, K.normalise(r.name).replace(" ", ""), r.key.replace("폐기물", "")}:
-            if len(word) >= 2 and word in compact and r.file not in out:
-                out.append(r.file)
+    out = list(dict.fromkeys(file for file, words in kb.destination_words if any(w in compact for w in words)))
     if "불연성종량제봉투" in compact or "불연성특수규격" in compact:
         out = ["불연성종량제폐기물", *[f for f in out if f != "불연성종량제폐기물"]]
     if "일반종량제" in compact and "일반종량제폐기물" not in out:

@@ -200,6 +200,7 @@ class KnowledgeBase:
     _passages: Bm25 = field(init=False, repr=False)
     _starts: frozenset[str] = field(default_factory=frozenset, repr=False)
     _synonyms: SynonymIndex = field(init=False, repr=False)
+    destination_words: list[tuple[str, tuple[str, ...]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._synonyms = SynonymIndex(self.synonyms)
@@ -211,6 +212,16 @@ class KnowledgeBase:
         # what `about` compares an item with, per passage: its words, and its text without spaces
         self._about_words = [normalise(p.about).split() for p in self.passages]
         self._about_compact = [p.about.replace(" ", "") for p in self.passages]
+        # the words a destination phrase names each rule file by (chat's rules.dest_files), longest key first
+        self.destination_words = [
+            (
+                r.file,
+                tuple(
+                    w for w in {r.key, normalise(r.name).replace(" ", ""), r.key.replace("폐기물", "")} if len(w) >= 2
+                ),
+            )
+            for r in sorted(self.rules, key=lambda r: -len(r.key))
+        ]
         # what `search_prices` looks for, per item: its name and synonyms as one compact word each
         self._price_names = [
             (p, tuple(normalise(s).replace(" ", "") for s in (p.name, *p.synonyms) if s)) for p in self.prices
