@@ -98,7 +98,7 @@ class OpenAILLM:
         """The first choice's message of a non-streamed call."""
         try:
             response = await self._post(body)
-            return response.json()["choices"][0]["message"]
+            return response.json()["choices"][0]["message"] or {}
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
         except (*_HTTP_ERRORS, ValueError, LookupError, TypeError) as exc:
