@@ -65,6 +65,25 @@ def old_intents() -> types.ModuleType:
     return module
 
 
+class OldKnowledgeBase:
+    """The knowledge base as the old reader knew it: it then held the characters, which
+    CharacterService serves now (the old `classify` reads their names from it)."""
+
+    def __init__(self, kb) -> None:
+        self._kb = kb
+        source = subprocess.run(
+            ["git", "show", f"{BEFORE}:services/knowledge/characters.yaml"],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        self.characters = yaml.safe_load(source)["characters"]
+
+    def __getattr__(self, name: str):
+        return getattr(self._kb, name)
+
+
 def routing_right(case: dict, intents: tuple[str, ...]) -> bool:
     place = case.get("ask") == "location"
     if place != any(i in PLACES for i in intents):
@@ -85,7 +104,7 @@ def files_of(case: dict) -> list[str]:
     return [f] if isinstance(f, str) else list(f)
 
 
-def measure(cases: list[dict], old, kb) -> dict:
+def measure(cases: list[dict], old, kb, old_kb) -> dict:
     from eco2.services.chat import intents as I
     from eco2.services.chat import rules as R
 
@@ -102,7 +121,7 @@ def measure(cases: list[dict], old, kb) -> dict:
         q = case["q"]
         out["cases"] += 1
         t = time.process_time()
-        before = old.classify(q, kb)
+        before = old.classify(q, old_kb)
         hits = kb.search(q, limit=1)
         out["cpu_ms"]["cues"] += (time.process_time() - t) * 1000
         t = time.process_time()
@@ -145,7 +164,7 @@ def main(args) -> dict:
     sets = {}
     for name in args.sets.split(","):
         cases = yaml.safe_load((REPO / "tests" / "data" / f"answers_{name}.yaml").read_text(encoding="utf-8"))["cases"]
-        sets[name] = measure(cases, old, kb)
+        sets[name] = measure(cases, old, kb, OldKnowledgeBase(kb))
     return {
         "bench": "morphology",
         "machine": f"{platform.node()} {os.cpu_count()} cpu",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from functools import cache
 
 from pydantic import BaseModel, Field
 
@@ -253,12 +254,19 @@ def _modifies(a, verb) -> bool:
 def _bulk_item(part: Q.Part) -> str:
     """A bulk-waste item (bulk_waste.yaml) the request names as a word or a word's head
     ("소파", "컴퓨터책상"), not inside another word ("식탁매트" is a mat)."""
-    v = BW.vocabulary()
-    words = [t.form for t in part.analysis.tokens if t.tag.startswith("NN")]
-    for alias in sorted(v.items, key=len, reverse=True):
-        if any(w == alias or w.endswith(alias) and len(w) > len(alias) and not w.startswith(alias) for w in words):
-            return v.items[alias]
-    return ""
+    rank = _bulk_aliases()
+    named = set()
+    for w in (t.form for t in part.analysis.tokens if t.tag.startswith("NN")):
+        named.update(
+            a for a in (w, *(w[k:] for k in range(1, len(w)))) if a in rank and (a == w or not w.startswith(a))
+        )
+    return BW.vocabulary().items[min(named, key=rank.__getitem__)] if named else ""
+
+
+@cache
+def _bulk_aliases() -> dict[str, int]:
+    """bulk_waste.yaml's names and aliases, each with its rank: the longest first, then in the file's order."""
+    return {alias: i for i, alias in enumerate(sorted(BW.vocabulary().items, key=len, reverse=True))}
 
 
 #: Words that ask for the whole cast rather than one character ("캐릭터 몇 명이야", "전부 알려줘").

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from eco2.services.knowledge import kb as K
-from eco2.services.knowledge import morph
+from eco2.services.knowledge import morph, turn
 from eco2.services.knowledge.morph import Analysis, Token, analyse
 
 #: Verbs that mean putting something out as waste.
@@ -399,6 +399,18 @@ def _contains_any(compact: str, words: list[str]) -> str:
 
 
 def read_part(text: str) -> Part:
+    """What one request asks; read once per text within a turn (turn.one_turn): the intent reads
+    the message's parts, and the waste branch reads the part it was sent again."""
+    parts = turn.memo("parts")
+    if parts is None:
+        return _read_part(text)
+    part = parts.get(text)
+    if part is None:
+        part = parts[text] = _read_part(text)
+    return part
+
+
+def _read_part(text: str) -> Part:
     lex = _lexicon()
     a = analyse(text)
     lemmas = a.lemmas

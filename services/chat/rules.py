@@ -85,7 +85,7 @@ def _category_words() -> frozenset[str]:
 
 def specific(item: str, kb: K.KnowledgeBase) -> str:
     """The item with its synonyms' words that are not category names ("샴푸통" → "샴푸통 펌프")."""
-    extra = K.expand(item, kb.synonyms)[len(item) :].split()
+    extra = kb.expand(item)[len(item) :].split()
     return " ".join([item, *(w for w in extra if K.normalise(w).replace(" ", "") not in _category_words())])
 
 
@@ -107,14 +107,16 @@ def subject(line: str) -> str:
     return ""
 
 
+@cache
 def _about_items(line: str) -> bool:
     """A line whose subject lists items ("가위, 칼, 송곳 등 날카로운 금속은 …"), not one that
     names a whole category ("농약, 락카, 광택제 등 생활계 유해폐기물은 제외")."""
     head = subject(line).split()[-1:] if subject(line) else []
+    word = K.normalise(head[0]) if head else ""
     return (
         bool(head)
-        and K.normalise(head[0]) not in _category_words()
-        and not any(K.normalise(head[0]) in w for w in _category_words() if len(head[0]) >= 3)
+        and word not in _category_words()
+        and not any(word in w for w in _category_words() if len(head[0]) >= 3)
     )
 
 
@@ -133,11 +135,7 @@ def dest_files(kb: K.KnowledgeBase, text: str) -> list[str]:
     """The rule files a destination phrase names ("일반종량제폐기물 또는 대형폐기물로 배출",
     "불연성종량제봉투로 배출", "플라스틱류로 배출")."""
     compact = K.normalise(text).replace(" ", "")
-    out = []
-    for r in sorted(kb.rules, key=lambda r: -len(r.key)):
-        for word in {r.key, K.normalise(r.name).replace(" ", ""), r.key.replace("폐기물", "")}:
-            if len(word) >= 2 and word in compact and r.file not in out:
-                out.append(r.file)
+    out = list(dict.fromkeys(file for file, words in kb.destination_words if any(w in compact for w in words)))
     if "불연성종량제봉투" in compact or "불연성특수규격" in compact:
         out = ["불연성종량제폐기물", *[f for f in out if f != "불연성종량제폐기물"]]
     if "일반종량제" in compact and "일반종량제폐기물" not in out:
@@ -188,7 +186,7 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
         kb, spec
     )  # passages by the item's own words: category names would favour any line naming the category
     hits = kb.search(item, limit=2)  # files by every synonym: good at the category, not at the line
-    known = K.expand(item, kb.synonyms) != item  # an everyday word synonyms.yaml maps ("드라이기" → 전기전자제품)
+    known = kb.expand(item) != item  # an everyday word synonyms.yaml maps ("드라이기" → 전기전자제품)
     if (not ranked or ranked[0][1] < MIN_SUPPORT) and not (hits and known):
         return None  # a chance bigram ("요가매트" ↔ "식탁매트") is no support
     named = Q.destination(item)  # a category word ("음쓰", "플라스틱") is that category
@@ -205,7 +203,7 @@ def find(kb: K.KnowledgeBase, item: str, part: Q.Part | None = None) -> Finding 
     # an everyday word synonyms.yaml gives a category ("피아노" → 대형폐기물) is in that category
     # when no passage names the word itself: passages naming the category word in passing
     # ("대형폐기물로 배출: … 장판 등 대형폐기물" of 공사장 생활폐기물) are not about it
-    by_synonym = dest_files(kb, K.expand(item, kb.synonyms)[len(item) :]) if known and named not in files else []
+    by_synonym = dest_files(kb, kb.expand(item)[len(item) :]) if known and named not in files else []
     if (
         len(by_synonym) == 1
         and not (ranked and _matches(ranked[0][0].names or " ".join(ranked[0][0].lines), item))

@@ -64,24 +64,38 @@ def ngrams(text: str, sizes: tuple[int, ...] = (2, 3)) -> list[str]:
     return out
 
 
-def expand(query: str, synonyms: dict[str, str]) -> str:
-    """The query plus the rule vocabulary of the everyday words it contains (synonyms.yaml).
+class SynonymIndex:
+    """synonyms.yaml's everyday words, indexed by how each key matches, so that a query is checked
+    against the few keys it can contain rather than all of them.
 
     A key matches anywhere in the query with its spaces removed ("택배 박스" → 택배박스); a key
     written "^책" only at the start of a word ("책이랑", not "산책"), "=밥" only as a whole word
-    ("밥", not "밥솥").
+    ("밥", not "밥솥"). The rule vocabulary of the keys found is added in the order of the file.
     """
-    words = normalise(query).split()
-    compact = "".join(words)
 
-    def names(k: str) -> bool:
-        if k[0] == "^":
-            return any(w.startswith(k[1:]) for w in words)
-        if k[0] == "=":
-            return k[1:] in words
-        return k in compact
+    def __init__(self, synonyms: dict[str, str]) -> None:
+        self.values = list(synonyms.values())
+        self._prefixes: list[tuple[int, str]] = []
+        self._words: dict[str, list[int]] = defaultdict(list)
+        self._anywhere: dict[str, list[tuple[int, str]]] = defaultdict(list)  # by the key's first two letters
+        for i, key in enumerate(synonyms):
+            if key[0] == "^":
+                self._prefixes.append((i, key[1:]))
+            elif key[0] == "=":
+                self._words[key[1:]].append(i)
+            else:
+                self._anywhere[key[:2]].append((i, key))
 
-    return " ".join([query, *(v for k, v in synonyms.items() if names(k))])
+    def expand(self, query: str) -> str:
+        """The query plus the rule vocabulary of the everyday words it contains."""
+        words = normalise(query).split()
+        compact = "".join(words)
+        found = {i for i, prefix in self._prefixes if any(w.startswith(prefix) for w in words)}
+        found.update(i for w in set(words) for i in self._words.get(w, ()))
+        for at in range(len(compact)):
+            for head in (compact[at], compact[at : at + 2]):
+                found.update(i for i, key in self._anywhere.get(head, ()) if compact.startswith(key, at))
+        return " ".join([query, *(self.values[i] for i in sorted(found))])
 
 
 class Bm25:
@@ -185,13 +199,37 @@ class KnowledgeBase:
     _files: Bm25 = field(init=False, repr=False)
     _passages: Bm25 = field(init=False, repr=False)
     _starts: frozenset[str] = field(default_factory=frozenset, repr=False)
+    _synonyms: SynonymIndex = field(init=False, repr=False)
+    destination_words: list[tuple[str, tuple[str, ...]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._synonyms = SynonymIndex(self.synonyms)
         self._starts = frozenset(w[:2] for rule in self.rules for w in normalise(rule.index_text).split())
         self._files = Bm25([rule.index_text for rule in self.rules])
         self.passages = [p for rule in self.rules for p in rule.passages]
         self._passages = Bm25([p.about for p in self.passages])
         self._postings = self._files.postings
+        # what `about` compares an item with, per passage: its words, and its text without spaces
+        self._about_words = [normalise(p.about).split() for p in self.passages]
+        self._about_compact = [p.about.replace(" ", "") for p in self.passages]
+        # the words a destination phrase names each rule file by (chat's rules.dest_files), longest key first
+        self.destination_words = [
+            (
+                r.file,
+                tuple(
+                    w for w in {r.key, normalise(r.name).replace(" ", ""), r.key.replace("폐기물", "")} if len(w) >= 2
+                ),
+            )
+            for r in sorted(self.rules, key=lambda r: -len(r.key))
+        ]
+        # what `search_prices` looks for, per item: its name and synonyms as one compact word each
+        self._price_names = [
+            (p, tuple(normalise(s).replace(" ", "") for s in (p.name, *p.synonyms) if s)) for p in self.prices
+        ]
+
+    def expand(self, query: str) -> str:
+        """The query plus the rule vocabulary of the everyday words it contains (synonyms.yaml)."""
+        return self._synonyms.expand(query)
 
     def search(self, query: str, *, limit: int = 3, min_score: float = 1.5) -> list[Hit]:
         """BM25 over character n-grams of each rule file's names, items, descriptions and disposal lines.
@@ -209,7 +247,7 @@ class KnowledgeBase:
         return list(hits.values())[:limit]
 
     def _search(self, query: str, limit: int, min_score: float) -> list[Hit]:
-        text = expand(query, self.synonyms)
+        text = self.expand(query)
         grams = Counter(g for g in ngrams(text) if g not in _STOP)
         # Something must match as a word would: a trigram, a one-letter word, or a bigram that
         # begins a word of the rules ("우유" ↔ "우유팩"). Bigrams only inside rule words
@@ -227,7 +265,7 @@ class KnowledgeBase:
         (over the same n-grams and synonyms as `search`, one passage per document). `files`
         limits them to some rule files. A passage must share a trigram or a whole word with the
         item: a common bigram alone ("병", "용기" inside other words) is not about it."""
-        text = expand(item, self.synonyms)
+        text = self.expand(item)
         grams = Counter(g for g in ngrams(text) if g not in _STOP)
         words = set(normalise(text).split())
         scores = self._passages.scores(grams)
@@ -236,10 +274,10 @@ class KnowledgeBase:
             p = self.passages[i]
             if files is not None and p.file not in files:
                 continue
-            about = normalise(p.about).split()
+            about, compact = self._about_words[i], self._about_compact[i]
             if (
-                any(len(g) == 3 and g in p.about.replace(" ", "") for g in grams)
-                or words & set(about)
+                any(len(g) == 3 and g in compact for g in grams)
+                or not words.isdisjoint(about)
                 or any(len(w) > 1 and any(a.startswith(w) for a in about) for w in words)
             ):
                 out.append((p, score))
@@ -249,7 +287,7 @@ class KnowledgeBase:
         """The survey's items a question names: by name or synonym, else by the survey's own
         index of general words (prices.yaml search_synonyms: 캔 → 철캔, 알루미늄캔)."""
         q = normalise(query).replace(" ", "")
-        found = [p for p in self.prices if any(normalise(s).replace(" ", "") in q for s in (p.name, *p.synonyms) if s)]
+        found = [p for p, names in self._price_names if any(name in q for name in names)]
         if found:
             return found
         ids = [i for word, group in self.price_index.items() if word in q for i in group]

@@ -25,6 +25,8 @@ from importlib import resources
 
 import yaml
 
+from . import turn
+
 #: Parts of speech (Sejong tags, as kiwi names them) that can be part of an item's name.
 NOUN_TAGS = frozenset({"NNG", "NNP", "NR", "SL", "SH", "XR"})
 #: Tags that may sit inside a compound noun ("폐/XPN 건전지", "플라스틱/NNG 류/XSN").
@@ -272,6 +274,8 @@ def normalise_chat(text: str) -> str:
 #: Above this score (kiwi's log-probability of a token) a noun is one the analyser knows; an unknown
 #: spelling gets a guessed noun far below it ("뱡", "냉장교").
 KNOWN_SCORE = -15.0
+#: The words `correct_typos` checks: three syllables or more.
+_HANGUL_WORD = re.compile(r"[가-힣]{3,}")
 #: What may follow a misspelt item in one word ("건전치는", "페트뱡을"): particles, or nothing.
 _AFTER_ITEM = re.compile(r"(은|는|이|가|을|를|도|와|과|랑|이랑|하고|에|에서|으로|로|만|요|임|야|이야|인가|)$")
 
@@ -314,11 +318,20 @@ def correct_typos(text: str) -> str:
     close, and the text's word is not itself known."""
     words, index = _typo_index()
     kiwi = analyser()
+    spellings = turn.memo("spellings")
 
     def fix(m: re.Match) -> str:
         w = m.group()
         if w in words:
             return w
+        if spellings is None:
+            return respell(w)
+        out = spellings.get(w)
+        if out is None:
+            out = spellings[w] = respell(w)
+        return out
+
+    def respell(w: str) -> str:
         with _lock:
             tokens = kiwi.tokenize(w)
         if all(t.score > KNOWN_SCORE and (t.tag in COMPOUND_TAGS or t.tag.startswith("J")) for t in tokens):
@@ -335,11 +348,22 @@ def correct_typos(text: str) -> str:
                 return next(iter(near)) + rest
         return w
 
-    return re.sub(r"[가-힣]{3,}", fix, text)
+    return _HANGUL_WORD.sub(fix, text)
 
 
 def analyse(text: str) -> Analysis:
-    """The text's tokens (after rewriting chat spellings the model does not know)."""
+    """The text's tokens (after rewriting chat spellings the model does not know); once per text
+    within a turn (turn.one_turn)."""
+    analyses = turn.memo("analyses")
+    if analyses is None:
+        return _analysed(text)
+    a = analyses.get(text)
+    if a is None:
+        a = analyses[text] = _analysed(text)
+    return a
+
+
+def _analysed(text: str) -> Analysis:
     clean = normalise_chat(text)
     kiwi = analyser()
     with _lock:  # one Kiwi is not documented as thread-safe; the chat calls it from one event loop anyway

@@ -7,17 +7,16 @@ import json
 from collections.abc import AsyncIterator
 
 import httpx
+import httpx2
 import openai
-
-try:  # openai 3.x sends through httpx2; a stream that breaks mid-way raises its errors
-    import httpx2
-
-    _HTTP_ERRORS: tuple = (httpx.HTTPError, httpx2.HTTPError)
-except ImportError:  # pragma: no cover
-    _HTTP_ERRORS = (httpx.HTTPError,)
 
 from .ports import Grounding, LLMError, Message, ModelInfo, T, ToolCall, ToolSpec
 from .prompt import json_schema, render
+
+#: What a request that breaks mid-way raises (openai 3.x sends through httpx2).
+_HTTP_ERRORS = (httpx.HTTPError, httpx2.HTTPError)
+#: The request options `chat.completions.create` sends: the API key as a bearer token.
+_BEARER: openai.RequestOptions = {"security": {"bearer_auth": True}}
 
 
 def _error(exc: Exception) -> LLMError:
@@ -83,20 +82,38 @@ class OpenAILLM:
                 out.append({"role": m.role, "content": m.content})
         return out
 
+    async def _post(self, body: dict, *, stream: bool = False) -> httpx2.Response:
+        """POST /chat/completions through the SDK's own request path (auth, headers, timeout, HTTP
+        status → typed errors), with `body` sent as built: it is plain JSON already, and
+        `chat.completions.create` walks every field of every message through its typed transform
+        on each call. The reply is read with json.loads rather than into the SDK's pydantic models."""
+        return await self.client.post(
+            "/chat/completions", cast_to=httpx2.Response, body=body, options=_BEARER, stream=stream
+        )
+
+    def _body(self, messages: list[dict], **fields) -> dict:
+        return {"model": self.info.name, "messages": messages, **{k: v for k, v in fields.items() if v is not None}}
+
+    async def _reply(self, body: dict) -> dict:
+        """The first choice's message of a non-streamed call."""
+        try:
+            response = await self._post(body)
+            return response.json()["choices"][0]["message"] or {}
+        except openai.OpenAIError as exc:
+            raise _error(exc) from exc
+        except (*_HTTP_ERRORS, ValueError, LookupError, TypeError) as exc:
+            raise LLMError(f"openai: malformed reply: {type(exc).__name__}", retryable=True) from exc
+
     async def stream(
         self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
     ) -> AsyncIterator[str]:
-        # The SDK does the request (auth, headers, status → typed errors); the SSE lines are parsed
-        # here with json.loads: building the SDK's pydantic chunk objects cost more CPU per token
-        # than the rest of the token's path (bench/chat.py, ADR 0063).
+        # The SSE lines are parsed here with json.loads: building the SDK's pydantic chunk objects
+        # cost more CPU per token than the rest of the token's path (ADR 0063).
+        body = self._body(self._messages(messages, grounding), stream=True, max_completion_tokens=max_tokens)
         try:
-            async with self.client.chat.completions.with_streaming_response.create(
-                model=self.info.name,
-                messages=self._messages(messages, grounding),
-                stream=True,
-                max_completion_tokens=max_tokens,
-            ) as response:
-                async for line in response.iter_lines():
+            response = await self._post(body, stream=True)
+            try:
+                async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
@@ -111,6 +128,8 @@ class OpenAILLM:
                     content = choices[0].get("delta", {}).get("content") if choices else None
                     if content:
                         yield content
+            finally:
+                await response.aclose()
         except openai.OpenAIError as exc:
             raise _error(exc) from exc
         except (*_HTTP_ERRORS, json.JSONDecodeError) as exc:
@@ -119,32 +138,21 @@ class OpenAILLM:
     async def generate(
         self, messages: list[Message], *, grounding: Grounding | None = None, max_tokens: int | None = None
     ) -> str:
-        try:
-            reply = await self.client.chat.completions.create(
-                model=self.info.name, messages=self._messages(messages, grounding), max_completion_tokens=max_tokens
-            )
-        except openai.OpenAIError as exc:
-            raise _error(exc) from exc
-        return reply.choices[0].message.content or ""
+        reply = await self._reply(self._body(self._messages(messages, grounding), max_completion_tokens=max_tokens))
+        return reply.get("content") or ""
 
     async def structured(self, messages: list[Message], schema: type[T]) -> T:
         return await self._json_reply(self._messages(messages, None), schema)
 
     async def _json_reply(self, messages: list[dict], schema: type[T]) -> T:
         """One Chat Completions call with a JSON-schema response format, validated into `schema`."""
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": schema.__name__, "schema": json_schema(schema), "strict": False},
+        }
+        reply = await self._reply(self._body(messages, response_format=response_format))
         try:
-            reply = await self.client.chat.completions.create(
-                model=self.info.name,
-                messages=messages,
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {"name": schema.__name__, "schema": json_schema(schema), "strict": False},
-                },
-            )
-        except openai.OpenAIError as exc:
-            raise _error(exc) from exc
-        try:
-            return schema.model_validate_json(reply.choices[0].message.content or "")
+            return schema.model_validate_json(reply.get("content") or "")
         except ValueError as exc:
             raise LLMError(f"openai: reply does not match {schema.__name__}", retryable=True) from exc
 
@@ -163,23 +171,15 @@ class OpenAILLM:
         return await self._json_reply(out, schema)
 
     async def tool_calls(self, messages: list[Message], tools: list[ToolSpec]) -> list[ToolCall]:
+        specs = [
+            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in tools
+        ]
+        reply = await self._reply(self._body(self._messages(messages, None), tools=specs, tool_choice="auto"))
         try:
-            reply = await self.client.chat.completions.create(
-                model=self.info.name,
-                messages=self._messages(messages, None),
-                tools=[
-                    {
-                        "type": "function",
-                        "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
-                    }
-                    for t in tools
-                ],
-                tool_choice="auto",
-            )
-        except openai.OpenAIError as exc:
-            raise _error(exc) from exc
-        calls = reply.choices[0].message.tool_calls or []
-        try:
-            return [ToolCall(c.id, c.function.name, json.loads(c.function.arguments or "{}")) for c in calls]
-        except json.JSONDecodeError as exc:
+            return [
+                ToolCall(c["id"], c["function"]["name"], json.loads(c["function"].get("arguments") or "{}"))
+                for c in reply.get("tool_calls") or ()
+            ]
+        except (json.JSONDecodeError, LookupError, TypeError) as exc:
             raise LLMError("openai: tool arguments are not JSON", retryable=True) from exc

@@ -27,6 +27,7 @@ from eco2.services.chat.nodes.summarize import offline_summary
 from eco2.services.chat.policy import PolicyRunner
 from eco2.services.chat.tools.http import OpenMeteoWeather, TavilySearch
 from eco2.services.knowledge import kb, morph
+from eco2.services.knowledge.turn import one_turn
 from eco2.services.llm.offline import OfflineLLM
 from support import answer_grading as G
 from support.chat_stack import chat_stack
@@ -296,6 +297,23 @@ def test_an_item_misspelt_by_one_letter_is_read_as_the_item(message, file):
 def test_known_words_are_never_respelt():
     for text in ("종이로 버려도 돼?", "구청 청소과 번호", "라이터 버리는 법", "비닐로 내놔"):
         assert morph.correct_typos(text) == text
+
+
+def test_a_turn_analyses_each_text_once():
+    text = "투명 페트병은 어떻게 버려?"
+    with one_turn():
+        first = morph.analyse(text)
+        assert morph.analyse(text) is first
+        with one_turn():  # a block inside another shares its analyses
+            assert morph.analyse(text) is first
+        assert (
+            morph.correct_typos("페트뱡은 어떻게 버려?")
+            == morph.correct_typos("페트뱡은 어떻게 버려?")
+            == "페트병은 어떻게 버려?"
+        )
+    again = morph.analyse(text)
+    assert again is not first and again == first  # nothing is kept once the turn ends
+    assert morph.analyse(text) is not again
 
 
 def test_numbers_and_units_are_read_as_quantities_not_items():

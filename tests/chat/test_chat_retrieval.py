@@ -85,3 +85,11 @@ def test_items_synonyms_and_disposal_lines_are_found(query, files):
 def test_chance_bigrams_and_word_insides_retrieve_nothing(query):
     # "이름이" ↔ "필름이", "리스트" ↔ "스테인리스", "산책" ↔ the "^책" synonym
     assert kb.load().search(query) == []
+
+
+def test_synonyms_match_anywhere_at_a_word_start_or_as_a_whole_word_in_file_order():
+    index = kb.SynonymIndex({"택배박스": "골판지", "^책": "종이", "=밥": "음식물", "박스": "상자", "캔": "금속캔"})
+    assert index.expand("택배 박스 버려") == "택배 박스 버려 골판지 상자"  # spaces removed
+    assert index.expand("밥이랑 책이랑 캔") == "밥이랑 책이랑 캔 종이 금속캔"
+    assert index.expand("밥 산책 밥솥") == "밥 산책 밥솥 음식물"
+    assert index.expand("유리병") == "유리병"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
+from eco2.services.knowledge import turn
+
 from .. import bulk_waste as BW
 from .. import intents as I
 from .. import metrics
@@ -61,7 +63,8 @@ async def aggregator(state: ChatState, runtime: Runtime[JobContext]) -> dict:
                 contexts["bulk_waste_context"], extra = BW.unavailable(deps.kb)
                 cites += extra
             elif intent in (I.WASTE, I.RECYCLABLE_PRICE):
-                step = await fallback(intent, state, contexts, deps)
+                with turn.one_turn():  # the retry reads the message and the earlier turn again
+                    step = await fallback(intent, state, contexts, deps)
                 metrics.fallback_taken(step)
                 if step in ("unsure", "clarify"):
                     update[step] = True

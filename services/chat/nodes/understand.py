@@ -8,6 +8,7 @@ from __future__ import annotations
 from langgraph.runtime import Runtime
 
 from eco2.events.v1 import events_pb2
+from eco2.services.knowledge import turn
 
 from .. import english as E
 from .. import intents as I
@@ -22,6 +23,11 @@ from .waste import waste_rag
 
 
 async def understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
+    with turn.one_turn():  # intent, router and waste_rag read the same message: analysed once
+        return await _understand(state, runtime)
+
+
+async def _understand(state: ChatState, runtime: Runtime[JobContext]) -> dict:
     update = await summarize(state, runtime)
     if update:
         state = {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from langgraph.runtime import Runtime
 
+from eco2.services.knowledge import turn
+
 from .. import rules as R
 from ..deps import JobContext
 from ..state import Branch
@@ -21,11 +23,12 @@ async def waste_rag(branch: Branch, runtime: Runtime[JobContext]) -> dict:
     rule_file: list[str] = []
 
     async def body() -> dict:
-        ctx = R.gather(
-            deps.kb,
-            branch.get("query") or branch["message"],
-            previous=[*branch.get("earlier", []), *branch.get("summarised", [])],
-        )
+        with turn.one_turn():  # the query, its parts and its items: each analysed once
+            ctx = R.gather(
+                deps.kb,
+                branch.get("query") or branch["message"],
+                previous=[*branch.get("earlier", []), *branch.get("summarised", [])],
+            )
         update: dict = {"contexts": {"waste_answers": ctx}}
         if ctx["findings"]:
             rule_file[:] = [rule_file_of(ctx["findings"][0])]
