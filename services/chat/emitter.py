@@ -40,7 +40,8 @@ STAGE_MESSAGES = {
 class Emitter:
     """Assigns the job's seqs in emit order and queues the events on the process's outbox
     (outbox.py), which publishes them in coalesced batches in the same order. `emit` does not wait
-    for the network; `drain()` does (before a node's update is checkpointed, and before DONE)."""
+    for the network; `drain()` does (before a graph task's update is checkpointed: nodes/run.py
+    `superstep`; and before the run's ack)."""
 
     def __init__(
         self,
