@@ -72,7 +72,31 @@ async def test_publish_appends_to_shard_and_replay_streams_once(redis_client, se
     assert stored.seq == 3 and stored.HasField("time")  # the producer filled the time
     assert await redis_client.xlen(domain.shard_stream(shard)) - before >= 2
     ttl = await redis_client.pttl(domain.replay_key(shard, job))
-    assert 0 < ttl <= settings.events_replay_ttl_s * 1000
+    life = settings.events_replay_ttl_s * 1000
+    assert life - 60_000 < ttl <= life + life // 16  # at least the TTL after the last event (scripts.py)
+
+
+async def test_expiries_are_refreshed_once_per_sixteenth_of_the_ttl_not_per_call(redis_client, settings, publisher):
+    """PUBLISH (and ROUTE, the same rule) PEXPIREs a job's keys only when its last refresh (field
+    `x`, the server's TIME) is ttl/16 old: the keys live at least ttl after the last event."""
+    job = jid()
+    shard = domain.shard_of(job, settings.events_shards)
+    pkey, rkey = domain.producer_key(shard, job), domain.replay_key(shard, job)
+    life = settings.events_replay_ttl_s * 1000
+    assert await publisher.publish(tok(job, 1))
+    refreshed = int(await redis_client.hget(pkey, "x"))
+    # a recent refresh: the next call leaves the expiries alone (lowered here to tell)
+    for key in (pkey, rkey):
+        await redis_client.pexpire(key, 600_000)
+    assert await publisher.publish(tok(job, 2))
+    assert 0 < await redis_client.pttl(pkey) <= 600_000 and 0 < await redis_client.pttl(rkey) <= 600_000
+    assert int(await redis_client.hget(pkey, "x")) == refreshed
+    # a refresh ttl/16 old: the next call sets both to ttl + ttl/16 again
+    await redis_client.hset(pkey, "x", refreshed - life // 16)
+    assert await publisher.publish(tok(job, 3))
+    for key in (pkey, rkey):
+        assert life < await redis_client.pttl(key) <= life + life // 16
+    assert int(await redis_client.hget(pkey, "x")) >= refreshed
 
 
 async def test_a_seq_that_goes_backwards_is_rejected(publisher):
