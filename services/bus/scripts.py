@@ -174,3 +174,42 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then
 end
 return 0
 """
+
+# Job queue: claim in one call what needs no waiting — first a job whose worker died (idle past
+# the visibility timeout, or failed and due for retry: XAUTOCLAIM from a persistent cursor, COUNT
+# 1 at a time), else the next queued one (XREADGROUP without BLOCK) — and count its attempt
+# (HINCRBY). Entries deleted meanwhile are acked and skipped. The caller blocks with its own
+# XREADGROUP only when nothing was there (a script cannot wait).
+# KEYS: queue stream, attempts hash   ARGV: group, consumer, min_idle_ms, cursor
+# Returns {cursor, how, entry_id, job_id, payload, attempt} (how: "r" reclaimed, "n" new) or
+# {cursor, ""} when there is no job.
+CLAIM = r"""
+local stream, attempts = KEYS[1], KEYS[2]
+local group, consumer, idle, cursor = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function take(how, e)
+  local f = e[2]
+  if not f or #f == 0 then
+    redis.call('XACK', stream, group, e[1])
+    return nil
+  end
+  local job, payload
+  for i = 1, #f, 2 do
+    if f[i] == 'j' then job = f[i + 1] elseif f[i] == 'p' then payload = f[i + 1] end
+  end
+  return {cursor, how, e[1], job, payload, redis.call('HINCRBY', attempts, job, 1)}
+end
+while true do
+  local r = redis.call('XAUTOCLAIM', stream, group, consumer, idle, cursor, 'COUNT', 1)
+  cursor = r[1]
+  if r[3] and #r[3] > 0 then redis.call('XACK', stream, group, unpack(r[3])) end
+  if #r[2] == 0 then break end
+  local t = take('r', r[2][1])
+  if t then return t end
+end
+local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+if r then
+  local t = take('n', r[1][2][1])
+  if t then return t end
+end
+return {cursor, ''}
+"""

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+import redis.asyncio
 
 from eco2.events.v1 import events_pb2
 from eco2.services.bus import domain
@@ -179,6 +180,35 @@ async def test_enqueue_is_idempotent_and_claim_ack_removes_the_job(redis_client,
     await asyncio.sleep(settings.jobs_visibility_timeout_s + 0.2)
     assert await q.claim("w2", block_ms=50) is None  # acked: never comes back
     assert await redis_client.xlen(q.stream) == 0
+
+
+class Counted(redis.asyncio.Redis):
+    """The session's Valkey through redis-py, counting the commands sent (a pipeline is one)."""
+
+    sent = 0
+
+    async def execute_command(self, *args, **options):
+        self.sent += 1
+        return await super().execute_command(*args, **options)
+
+
+async def test_a_claim_that_finds_a_job_is_one_round_trip_new_or_reclaimed(dataplane, settings):
+    client = Counted.from_url(dataplane.redis_url)
+    try:
+        q = JobQueue(client, kind(), settings)
+        assert await q.claim("w", block_ms=0) is None  # the group exists from here on
+        await q.enqueue("job-rt", b"p")
+        client.sent = 0
+        job = await q.claim("dies", block_ms=100)
+        assert (job.job_id, job.attempt, client.sent) == ("job-rt", 1, 1)
+        for _ in range(200):  # the first worker died: reclaimed once the visibility timeout passed
+            client.sent = 0
+            if (again := await q.claim("survivor", block_ms=20)) is not None:
+                break
+        assert (again.job_id, again.attempt, client.sent) == ("job-rt", 2, 1)
+        await q.ack(again)
+    finally:
+        await client.aclose()
 
 
 async def test_a_job_whose_worker_died_is_reclaimed_after_the_visibility_timeout(redis_client, settings):
