@@ -122,6 +122,7 @@ class JobQueue:
         self._attempts = f"jobs:{{{kind}}}:attempts"
         self._errors = f"jobs:{{{kind}}}:errors"
         self._enqueue = redis.register_script(scripts.ENQUEUE)
+        self._claim = redis.register_script(scripts.CLAIM)
         self._group_ready = False
         self._cursor = "0-0"
         self._visibility_ms = int(self.settings.jobs_visibility_timeout_s * 1000)
@@ -171,24 +172,24 @@ class JobQueue:
 
     async def claim(self, consumer: str, *, block_ms: int = 1000) -> Job | None:
         """The next job for `consumer`: first one whose worker died (idle past the visibility
-        timeout, or failed and due for retry), else a new one, waiting up to block_ms."""
+        timeout, or failed and due for retry), else a new one, waiting up to block_ms. One
+        round trip when a job is there (scripts.CLAIM); a blocking read only when none is."""
         await self._ensure_group()
         while True:
-            # a persistent cursor walks the whole pending list across calls, COUNT 1 at a time
-            cursor, entries, *deleted = await self.redis.xautoclaim(
-                self.stream, GROUP, consumer, min_idle_time=self._visibility_ms, start_id=self._cursor, count=1
+            cursor, how, *entry = await self._claim(
+                keys=[self.stream, self._attempts], args=[GROUP, consumer, self._visibility_ms, self._cursor]
             )
-            self._cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
-            if deleted and deleted[0]:
-                await self.redis.xack(self.stream, GROUP, *deleted[0])
-            if not entries:
+            self._cursor = cursor.decode()
+            if not how:
                 break
-            job = await self._take(entries[0], consumer)
+            entry_id, job_id, payload, attempt = entry
+            job = await self._unless_dead(Job(job_id.decode(), payload, attempt, entry_id.decode(), consumer))
             if job is not None:
-                self._counted["reclaimed"].inc()
+                self._counted["reclaimed" if how == b"r" else "claimed"].inc()
                 return job
-        kwargs = {"block": block_ms} if block_ms > 0 else {}
-        reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, **kwargs)
+        if block_ms <= 0:
+            return None
+        reply = await self.redis.xreadgroup(GROUP, consumer, {self.stream: ">"}, count=1, block=block_ms)
         for _stream, entries in reply or ():
             for entry in entries:
                 job = await self._take(entry, consumer)
@@ -205,17 +206,20 @@ class JobQueue:
             return None
         job_id = fields[b"j"].decode()
         attempt = await self.redis.hincrby(self._attempts, job_id, 1)
-        job = Job(job_id, fields[b"p"], attempt, entry_id, consumer)
-        if attempt > self.settings.jobs_max_attempts:
-            last = await self.redis.hget(self._errors, job_id)
-            reason = (
-                f"not acknowledged within {self.settings.jobs_visibility_timeout_s:g} s after {attempt - 1} attempts"
-            )
-            await self._dead(
-                job, reason + (f"; last error: {last.decode(errors='replace')}" if last else ""), attempt - 1
-            )
-            return None
-        return job
+        return await self._unless_dead(Job(job_id, fields[b"p"], attempt, entry_id, consumer))
+
+    async def _unless_dead(self, job: Job) -> Job | None:
+        """`job`, or None once it has used up its attempts: then it goes to the dead letters."""
+        if job.attempt <= self.settings.jobs_max_attempts:
+            return job
+        last = await self.redis.hget(self._errors, job.job_id)
+        reason = (
+            f"not acknowledged within {self.settings.jobs_visibility_timeout_s:g} s after {job.attempt - 1} attempts"
+        )
+        await self._dead(
+            job, reason + (f"; last error: {last.decode(errors='replace')}" if last else ""), job.attempt - 1
+        )
+        return None
 
     @contextlib.asynccontextmanager
     async def holding(self, job: Job):

@@ -97,7 +97,12 @@ class EventPublisher:
         if violations:
             raise InvalidArgument("invalid job owner: " + ", ".join(v.field for v in violations), violations=violations)
         key = domain.producer_key(domain.shard_of(job_id, self.settings.events_shards), job_id)
-        if not await self._own(keys=[key], args=[user_id, self.settings.events_replay_ttl_s * 1000]):
+        (owned,) = await self._fast.evalsha_many(
+            self._own.sha, scripts.OWN, [([key], [user_id, self.settings.events_replay_ttl_s * 1000])]
+        )
+        if isinstance(owned, Exception):
+            raise owned
+        if not owned:
             raise FailedPrecondition(
                 f"job {job_id!r} already belongs to another user", reason="JOB_OWNED", metadata={"job_id": job_id}
             )

@@ -1,9 +1,16 @@
 """The Lua scripts of the event bus. Each runs atomically inside Redis/Valkey; every key a
 script touches is passed in KEYS and shares one hash tag, so they also run on Redis Cluster."""
 
+# Keys that live `ttl` after a job's last event are not PEXPIREd on every call: a call sets
+# their expiry to ttl + ttl/16 past the server's TIME and notes that time (hash field `x`); a
+# later call refreshes it only once ttl/16 has passed since. So they live at least ttl, and at
+# most ttl + ttl/16, after the job's last event, for one PEXPIRE per key per ttl/16 instead of
+# one per call.
+
 # Producer: append a batch of events of one shard to their jobs' replay streams and to the
 # shard stream, each event idempotently, in the order given (a later event of the same job
-# sees the earlier one). The producer state of each job is read once and written once per call.
+# sees the earlier one). The producer state of each job is read once and written once per call;
+# its expiry and its replay stream's are refreshed as above.
 # KEYS: shard stream, then per event: replay stream, producer state
 # ARGV: replay_maxlen, ttl_ms, shard_maxlen, then 4 values per event:
 #       job, meta = "<seq> <terminal 0/1> <status> <stage> <job_kind> <time_ms>", node, data
@@ -23,8 +30,8 @@ for i = 1, n do
   local sq, term = string.match(meta, '^(%d+) (%d)')
   local s = states[pk]
   if not s then
-    local m = redis.call('HMGET', pk, 's', 'c')
-    s = {m[1] or '0', m[2], false, rk}
+    local m = redis.call('HMGET', pk, 's', 'c', 'x')
+    s = {m[1] or '0', m[2], false, rk, tonumber(m[3] or '0')}
     states[pk] = s
     order[#order + 1] = pk
   end
@@ -50,12 +57,23 @@ for i = 1, n do
   out[2 * i - 1] = code
   out[2 * i] = last
 end
+local now, slack, life
 for _, pk in ipairs(order) do
   local s = states[pk]
   if s[3] then
-    redis.call('HSET', pk, 's', s[1], 'c', s[2])
-    redis.call('PEXPIRE', pk, ttl)
-    redis.call('PEXPIRE', s[4], ttl)
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      slack = math.floor(tonumber(ttl) / 16)
+      life = tonumber(ttl) + slack
+    end
+    if now - s[5] >= slack then
+      redis.call('HSET', pk, 's', s[1], 'c', s[2], 'x', now)
+      redis.call('PEXPIRE', pk, life)
+      redis.call('PEXPIRE', s[4], life)
+    else
+      redis.call('HSET', pk, 's', s[1], 'c', s[2])
+    end
   end
 end
 return out
@@ -80,7 +98,8 @@ return 1
 # high-water mark, advance the job state only for a higher seq and never past a terminal state,
 # and PUBLISH the routed events to the shard's fan-out channel, several per message. An entry
 # whose seq is not above the mark was already routed (a router died before XACK): it is
-# skipped, never published twice. Each job's state is read once and written once per call.
+# skipped, never published twice. Each job's state is read once and written once per call (one
+# HSET), its expiry refreshed as PUBLISH does.
 # KEYS: the state key of each distinct job of the batch
 # ARGV: channel, ttl_ms, max frame bytes, k = #KEYS, the k job ids (in KEYS order), then 3
 #       values per entry: h = "<prev> <seq> <terminal> <status> <stage> <job_kind> <time_ms> <job>",
@@ -101,8 +120,8 @@ for b = 5 + k, #ARGV, 3 do
   local i = idx[job]
   local s = st[i]
   if not s then
-    local m = redis.call('HMGET', KEYS[i], 'seq', 'term')
-    s = {tonumber(m[1] or '0'), m[2], false}
+    local m = redis.call('HMGET', KEYS[i], 'seq', 'term', 'x')
+    s = {tonumber(m[1] or '0'), m[2], false, tonumber(m[3] or '0')}
     st[i] = s
   end
   local nseq = tonumber(seq)
@@ -125,13 +144,22 @@ for b = 5 + k, #ARGV, 3 do
   end
 end
 if size > 0 then redis.call('PUBLISH', channel, table.concat(frame)) end
+local now, slack
 for i = 1, k do
   local s = st[i]
   if s and s[3] then
-    redis.call('HSET', KEYS[i], 'seq', s.seq, 'term', s[2], 'status', s.status, 'jk', s.jk, 'tm', s.tm)
-    if s.stage then redis.call('HSET', KEYS[i], 'stage', s.stage) end
-    if s.node then redis.call('HSET', KEYS[i], 'node', s.node) end
-    redis.call('PEXPIRE', KEYS[i], ttl)
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      slack = math.floor(tonumber(ttl) / 16)
+    end
+    local f = {'seq', s.seq, 'term', s[2], 'status', s.status, 'jk', s.jk, 'tm', s.tm}
+    if s.stage then f[#f + 1] = 'stage'; f[#f + 1] = s.stage end
+    if s.node then f[#f + 1] = 'node'; f[#f + 1] = s.node end
+    local refresh = now - s[4] >= slack
+    if refresh then f[#f + 1] = 'x'; f[#f + 1] = now end
+    redis.call('HSET', KEYS[i], unpack(f))
+    if refresh then redis.call('PEXPIRE', KEYS[i], tonumber(ttl) + slack) end
   end
 end
 return published
@@ -145,4 +173,43 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then
   return 1
 end
 return 0
+"""
+
+# Job queue: claim in one call what needs no waiting — first a job whose worker died (idle past
+# the visibility timeout, or failed and due for retry: XAUTOCLAIM from a persistent cursor, COUNT
+# 1 at a time), else the next queued one (XREADGROUP without BLOCK) — and count its attempt
+# (HINCRBY). Entries deleted meanwhile are acked and skipped. The caller blocks with its own
+# XREADGROUP only when nothing was there (a script cannot wait).
+# KEYS: queue stream, attempts hash   ARGV: group, consumer, min_idle_ms, cursor
+# Returns {cursor, how, entry_id, job_id, payload, attempt} (how: "r" reclaimed, "n" new) or
+# {cursor, ""} when there is no job.
+CLAIM = r"""
+local stream, attempts = KEYS[1], KEYS[2]
+local group, consumer, idle, cursor = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function take(how, e)
+  local f = e[2]
+  if not f or #f == 0 then
+    redis.call('XACK', stream, group, e[1])
+    return nil
+  end
+  local job, payload
+  for i = 1, #f, 2 do
+    if f[i] == 'j' then job = f[i + 1] elseif f[i] == 'p' then payload = f[i + 1] end
+  end
+  return {cursor, how, e[1], job, payload, redis.call('HINCRBY', attempts, job, 1)}
+end
+while true do
+  local r = redis.call('XAUTOCLAIM', stream, group, consumer, idle, cursor, 'COUNT', 1)
+  cursor = r[1]
+  if r[3] and #r[3] > 0 then redis.call('XACK', stream, group, unpack(r[3])) end
+  if #r[2] == 0 then break end
+  local t = take('r', r[2][1])
+  if t then return t end
+end
+local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', 1, 'STREAMS', stream, '>')
+if r then
+  local t = take('n', r[1][2][1])
+  if t then return t end
+end
+return {cursor, ''}
 """

@@ -28,7 +28,9 @@ class EventsSettings(RuntimeSettings):
         10_000, ge=10, description="events kept per job in its replay stream (older ones are trimmed)"
     )
     events_replay_ttl_s: int = Field(
-        86_400, ge=1, description="seconds a job's replay stream and state live after its last event"
+        86_400,
+        ge=1,
+        description="seconds a job's replay stream and state live at least after its last event (at most 1/16 longer)",
     )
     events_shard_maxlen: int = Field(
         1_000_000,

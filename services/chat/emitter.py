@@ -40,7 +40,8 @@ STAGE_MESSAGES = {
 class Emitter:
     """Assigns the job's seqs in emit order and queues the events on the process's outbox
     (outbox.py), which publishes them in coalesced batches in the same order. `emit` does not wait
-    for the network; `drain()` does (before a node's update is checkpointed, and before DONE)."""
+    for the network; `drain()` does (before a graph task's update is checkpointed: nodes/run.py
+    `superstep`; and before the run's ack)."""
 
     def __init__(
         self,
@@ -55,13 +56,13 @@ class Emitter:
         self.sink, self.job_id, self.seq, self.traceparent = sink, job_id, base_seq, traceparent
         self.tokens_per_event = tokens_per_event
         self.outbox = outbox if outbox is not None else EventOutbox(sink)
-        self._batch: asyncio.Future | None = None
+        self._batch: asyncio.Future | None = None  # the batch the last event goes out in
+        self._earlier: list[asyncio.Future] = []  # earlier batches of ours still in flight
         self.first_token_at: float | None = None
 
     def put(self, kind: int, *, stage: int = 0, node: str = "", delta: str = "", **payload: Any) -> int:
         """Assign the next seq and queue the event (synchronous: seq order = publish order)."""
-        if self._batch is not None and self._batch.done():
-            raise_for(self.job_id, self._batch)
+        self._check()
         self.seq += 1
         event = events_pb2.Event(
             job_id=self.job_id,
@@ -74,8 +75,23 @@ class Emitter:
             traceparent=self.traceparent,
             **payload,
         )
-        self._batch = self.outbox.submit(event)
+        batch = self.outbox.submit(event)
+        if batch is not self._batch:
+            if self._batch is not None:
+                self._earlier.append(self._batch)
+            self._batch = batch
         return self.seq
+
+    def _check(self) -> None:
+        """Raise the failure of a finished batch of ours, if any: an earlier batch's too, not
+        only the last one's, however many batches went out since the last drain. A failed batch
+        is kept, so every later emit and drain raises it."""
+        earlier = self._earlier
+        while earlier and earlier[0].done():
+            raise_for(self.job_id, earlier[0])
+            earlier.pop(0)
+        if self._batch is not None and self._batch.done():
+            raise_for(self.job_id, self._batch)
 
     def token(self, delta: str) -> int:
         return self.put(events_pb2.EVENT_KIND_TOKEN, stage=events_pb2.STAGE_ANSWER, node="answer", delta=delta)
@@ -88,8 +104,8 @@ class Emitter:
         batch = self._batch
         if batch is not None:
             if not batch.done():
-                await asyncio.shield(batch)
-            raise_for(self.job_id, batch)
+                await asyncio.shield(batch)  # batches go out in order: the earlier ones are done too
+            self._check()
 
     async def stage(self, node: str, phase: int, *, elapsed_s: float | None = None, message: str = "") -> None:
         info = events_pb2.StageInfo(phase=phase, message=message or STAGE_MESSAGES.get(node, ""))

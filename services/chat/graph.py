@@ -30,6 +30,7 @@ from .nodes.evaluate import evaluate
 from .nodes.places import ask_location, places_node
 from .nodes.price import recyclable_price
 from .nodes.route import NODE_OF, after_answer, after_ask, after_intent, fan_out
+from .nodes.run import superstep
 from .nodes.tools import general, image_generation, weather, web_search
 from .nodes.understand import understand
 from .nodes.vision import vision
@@ -52,15 +53,15 @@ SUBAGENTS = {
 
 def build_graph() -> StateGraph:
     g = StateGraph(ChatState, context_schema=JobContext)
-    g.add_node("intent", understand)
-    g.add_node("vision", vision)
+    g.add_node("intent", superstep(understand))
+    g.add_node("vision", superstep(vision))
     for name, node in SUBAGENTS.items():
-        g.add_node(name, node)
+        g.add_node(name, superstep(node))
         g.add_edge(name, "aggregator")
-    g.add_node("aggregator", aggregator)
-    g.add_node("answer", answer)
-    g.add_node("ask_location", ask_location)
-    g.add_node("evaluate", evaluate)
+    g.add_node("aggregator", superstep(aggregator))
+    g.add_node("answer", superstep(answer))
+    g.add_node("ask_location", superstep(ask_location))
+    g.add_node("evaluate", superstep(evaluate))
     g.add_edge(START, "intent")
     g.add_conditional_edges("intent", after_intent, ["vision", "aggregator", *NODE_OF.values()])
     g.add_conditional_edges("vision", fan_out, [*NODE_OF.values()])

@@ -10,8 +10,9 @@ the ones it has.
 
 Ordering: a single flusher, batches sent one after the other, events in submit order: each
 job's events land in seq order. Durability: an emitter `drain()`s (waits for its events to be
-stored) before its node returns, so a checkpoint never records a seq whose event was not
-published — the worker crash test relies on this.
+stored) before its graph task returns its update to LangGraph (nodes/run.py `superstep`), so a
+checkpoint never records a seq whose event was not published — the worker crash test relies on
+this.
 
 Failures: SEQ_NOT_INCREASING (a re-run's seq that was never stored) drops that event, as
 before; JOB_CLOSED and any other rejection fail the events' job only; an invalid event

@@ -8,6 +8,7 @@ import redis.asyncio
 
 from eco2.services.bus.jobs import QueueSampler
 from eco2.services.bus.settings import EventsRole, EventsSettings
+from eco2.services.dataplane.resp import RespClient
 from eco2.services.runtime.dependencies import redis_check
 from eco2.services.runtime.settings import REDIS_URL, require_url
 
@@ -26,6 +27,7 @@ class EventsApp:
         self.router: Router | None = None
         self.hub: Hub | None = None
         self.sampler: QueueSampler | None = None
+        self.store: ValkeyReplayStore | None = None
 
     @property
     def serves_api(self) -> bool:
@@ -41,9 +43,9 @@ class EventsApp:
         s = self.settings
         require_url(s.redis_url, "REDIS_URL", REDIS_URL)
         # Command connections are bounded: 10,000 streams share ECO2_EVENTS_REDIS_POOL of them,
-        # the router's own lean connection (dataplane/resp.py) included.
+        # the lean connections (dataplane/resp.py) of the router and of the replay store included.
         routes = s.events_role in (EventsRole.ALL, EventsRole.ROUTER)
-        pool = max(1, s.events_redis_pool - 1) if routes else s.events_redis_pool
+        pool = max(1, s.events_redis_pool - routes - self.serves_api)
         self.redis = redis.asyncio.Redis.from_pool(
             redis.asyncio.BlockingConnectionPool.from_url(s.redis_url, max_connections=pool, timeout=30)
         )
@@ -63,7 +65,8 @@ class EventsApp:
                 retry_s=s.events_redis_retry_s,
             )
             await self.hub.start()
-            add_to_server(EventServicer(ValkeyReplayStore(self.redis, s.events_shards), self.hub, s), server)
+            self.store = ValkeyReplayStore(RespClient.like(self.redis), s.events_shards)
+            add_to_server(EventServicer(self.store, self.hub, s), server)
 
     async def stop(self) -> None:
         if self.sampler is not None:
@@ -72,6 +75,8 @@ class EventsApp:
             await self.router.stop()
         if self.hub is not None:
             await self.hub.stop()
+        if self.store is not None:
+            await self.store.aclose()
         if self.redis is not None:
             await self.redis.aclose()
 

@@ -174,3 +174,21 @@ async def test_a_sink_without_publish_many_gets_one_event_at_a_time():
         em.token(t)
     await em.drain()
     assert [(e.seq, e.delta) for e in sink.events] == [(2, "x"), (3, "y")]
+
+
+async def test_a_lost_earlier_batch_fails_the_drain_even_when_a_later_one_is_stored():
+    """Batch 1 fails for good (Valkey away past the retries), batch 2 is stored: the job's drain
+    must still raise, or a checkpoint would record seqs whose events were never published."""
+    producer = Producer()
+    producer.fail_next = 3  # the first call and its two retries
+    outbox = EventOutbox(producer, retries=2, retry_delay_s=0.01)
+    em = Emitter(producer, "chat-lost", 1, outbox=outbox)
+    em.token("lost")
+    while not producer.fail_next < 3:  # batch 1 is in flight: the next event makes batch 2
+        await asyncio.sleep(0)
+    em.token("stored")
+    with pytest.raises(ConnectionError):
+        await em.drain()
+    assert producer.deltas("chat-lost") == ["stored"]
+    with pytest.raises(ConnectionError):  # and every later emit says so too
+        em.token("more")

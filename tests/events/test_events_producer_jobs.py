@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import pytest
+import redis.asyncio
 
 from eco2.events.v1 import events_pb2
 from eco2.services.bus import domain
@@ -72,7 +73,31 @@ async def test_publish_appends_to_shard_and_replay_streams_once(redis_client, se
     assert stored.seq == 3 and stored.HasField("time")  # the producer filled the time
     assert await redis_client.xlen(domain.shard_stream(shard)) - before >= 2
     ttl = await redis_client.pttl(domain.replay_key(shard, job))
-    assert 0 < ttl <= settings.events_replay_ttl_s * 1000
+    life = settings.events_replay_ttl_s * 1000
+    assert life - 60_000 < ttl <= life + life // 16  # at least the TTL after the last event (scripts.py)
+
+
+async def test_expiries_are_refreshed_once_per_sixteenth_of_the_ttl_not_per_call(redis_client, settings, publisher):
+    """PUBLISH (and ROUTE, the same rule) PEXPIREs a job's keys only when its last refresh (field
+    `x`, the server's TIME) is ttl/16 old: the keys live at least ttl after the last event."""
+    job = jid()
+    shard = domain.shard_of(job, settings.events_shards)
+    pkey, rkey = domain.producer_key(shard, job), domain.replay_key(shard, job)
+    life = settings.events_replay_ttl_s * 1000
+    assert await publisher.publish(tok(job, 1))
+    refreshed = int(await redis_client.hget(pkey, "x"))
+    # a recent refresh: the next call leaves the expiries alone (lowered here to tell)
+    for key in (pkey, rkey):
+        await redis_client.pexpire(key, 600_000)
+    assert await publisher.publish(tok(job, 2))
+    assert 0 < await redis_client.pttl(pkey) <= 600_000 and 0 < await redis_client.pttl(rkey) <= 600_000
+    assert int(await redis_client.hget(pkey, "x")) == refreshed
+    # a refresh ttl/16 old: the next call sets both to ttl + ttl/16 again
+    await redis_client.hset(pkey, "x", refreshed - life // 16)
+    assert await publisher.publish(tok(job, 3))
+    for key in (pkey, rkey):
+        assert life < await redis_client.pttl(key) <= life + life // 16
+    assert int(await redis_client.hget(pkey, "x")) >= refreshed
 
 
 async def test_a_seq_that_goes_backwards_is_rejected(publisher):
@@ -155,6 +180,35 @@ async def test_enqueue_is_idempotent_and_claim_ack_removes_the_job(redis_client,
     await asyncio.sleep(settings.jobs_visibility_timeout_s + 0.2)
     assert await q.claim("w2", block_ms=50) is None  # acked: never comes back
     assert await redis_client.xlen(q.stream) == 0
+
+
+class Counted(redis.asyncio.Redis):
+    """The session's Valkey through redis-py, counting the commands sent (a pipeline is one)."""
+
+    sent = 0
+
+    async def execute_command(self, *args, **options):
+        self.sent += 1
+        return await super().execute_command(*args, **options)
+
+
+async def test_a_claim_that_finds_a_job_is_one_round_trip_new_or_reclaimed(dataplane, settings):
+    client = Counted.from_url(dataplane.redis_url)
+    try:
+        q = JobQueue(client, kind(), settings)
+        assert await q.claim("w", block_ms=0) is None  # the group exists from here on
+        await q.enqueue("job-rt", b"p")
+        client.sent = 0
+        job = await q.claim("dies", block_ms=100)
+        assert (job.job_id, job.attempt, client.sent) == ("job-rt", 1, 1)
+        for _ in range(200):  # the first worker died: reclaimed once the visibility timeout passed
+            client.sent = 0
+            if (again := await q.claim("survivor", block_ms=20)) is not None:
+                break
+        assert (again.job_id, again.attempt, client.sent) == ("job-rt", 2, 1)
+        await q.ack(again)
+    finally:
+        await client.aclose()
 
 
 async def test_a_job_whose_worker_died_is_reclaimed_after_the_visibility_timeout(redis_client, settings):

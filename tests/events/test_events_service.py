@@ -13,6 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from eco2.events.v1 import events_pb2, events_pb2_grpc
+from eco2.services.bus import domain
 from eco2.services.dataplane.urls import create_redis
 from eco2.services.runtime.errors import status_details, unpack_details
 from support.servers import env, running
@@ -203,7 +204,7 @@ async def test_malformed_request_bytes_are_invalid_argument(events, method):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_get_job_state_follows_the_router(stub, publisher):
+async def test_get_job_state_follows_the_router(stub, publisher, redis_client, events):
     job = jid()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetJobState(E.GetJobStateRequest(job_id=job))
@@ -233,6 +234,11 @@ async def test_get_job_state_follows_the_router(stub, publisher):
     )
     s3 = await state_at(3)
     assert (s3.status, s3.terminal, s3.node) == (E.JOB_STATUS_FAILED, True, "location")
+    # the state lives at least the TTL after the last event (scripts.py: refreshed once per ttl/16)
+    key = domain.state_key(domain.shard_of(job, events.app.settings.events_shards), job)
+    life = events.app.settings.events_replay_ttl_s * 1000
+    assert life - 60_000 < await redis_client.pttl(key) <= life + life // 16
+    assert int(await redis_client.hget(key, "x")) > 0
 
 
 async def test_get_job_state_says_cancelled_for_a_cancelled_job(stub, publisher):

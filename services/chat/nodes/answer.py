@@ -107,7 +107,6 @@ async def answer(state: ChatState, runtime: Runtime[JobContext]) -> dict:
         elapsed = time.monotonic() - started
         metrics.node_finished("answer", "ok", elapsed)
         await em.stage("answer", events_pb2.STAGE_PHASE_FINISHED, elapsed_s=elapsed)
-        await em.drain()
         update: dict = {
             "answer": before + "".join(emitted),
             "answered": [*(state.get("answered") or []), *now],

@@ -1,12 +1,17 @@
 """How a node's body runs: under its policy (policy.py: timeout, retries, breaker, fail mode),
 announced by STAGE started/finished/failed events, timed into `spans` and the node metrics; the
-update it returns records the last seq, published before LangGraph checkpoints it."""
+update it returns records the last seq. `superstep` wraps each node of the graph: it waits for
+the task's events to be stored once, when the task returns its update to LangGraph (which
+checkpoints it), not after each of the nodes a task runs in turn (understand runs intent, router,
+waste_rag and the character lookup in one task): a checkpoint never records a seq whose event
+was not published, and a task's events go out in as few batches as the outbox coalesces."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from langgraph.runtime import Runtime
 
@@ -48,9 +53,24 @@ async def run_node(
     update = dict(update or {})
     update.setdefault("spans", {})
     update["spans"] = {**update["spans"], name: [started, time.monotonic()]}
-    update["seq"] = em.seq
-    await em.drain()  # the checkpoint of this update must not record a seq that was not published
+    update["seq"] = em.seq  # stored before LangGraph checkpoints the update: see `superstep`
     return update
+
+
+def superstep(
+    node: Callable[[Any, Runtime[JobContext]], Awaitable[dict]],
+) -> Callable[[Any, Runtime[JobContext]], Awaitable[dict]]:
+    """`node` as the graph runs it: its update goes back to LangGraph (and into a checkpoint)
+    only once every event it emitted is stored (or it raises why one was not)."""
+
+    async def step(state: Any, runtime: Runtime[JobContext]) -> dict:
+        update = await node(state, runtime)
+        await runtime.context.emitter.drain()
+        return update
+
+    step.__name__ = step.__qualname__ = node.__name__
+    step.__doc__ = node.__doc__
+    return step
 
 
 async def nothing() -> dict:
