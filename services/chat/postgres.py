@@ -67,7 +67,8 @@ _MOVE_QUESTION = (
 #: same statement ({run}: its run's conversation_id and n): the last {limit} messages after what
 #: the summary covers, other than the turn's own, of no run or of a run before it (the questions
 #: of runs queued behind it are not history yet). The statement reads the messages as they were
-#: before the move: every message but the turn's own is before its question once it is moved.
+#: before the move: once it is moved (or when nothing is after it), every message but the turn's
+#: own is before its question, which is what `history` reads.
 _HISTORY = (
     " conv AS (SELECT c.summary, c.summary_upto FROM chat_conversations c JOIN {run} ON c.id = {run}.conversation_id),"
     " hist AS (SELECT m.n, m.role, m.text FROM {run} JOIN conv ON true"
