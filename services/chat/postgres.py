@@ -26,6 +26,107 @@ CANCELLED_AS = {INTERRUPT: CANCELLED, ROLLBACK: ROLLED_BACK}
 _HOLDS = "(o.status IN (1, 2) OR (o.status = 3 AND o.cancel_mode <> 0)) AND o.updated_at > now() - make_interval(secs => {stale})"
 
 
+#: SendMessage's turn in one statement: the message stored before with the send's client id, if
+#: any (`dup_*`; nothing else happens), else the conversation (`{conversation}`: created, or the
+#: caller's, locked), the user message, the run and, for a conversation that existed, its count
+#: and preview. The inserts take their rows from the conversation's, so the lock comes before
+#: the message's and the run's n: concurrent sends to a conversation number their turns in the
+#: order they held it. `mid` is NULL when a concurrent send with the same client id stored its
+#: message first; `cid` is NULL when the conversation is not the caller's.
+_ADD_TURN = (
+    "WITH dup AS (SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $3 AND client_message_id = $7),"
+    " conv AS ({conversation}),"
+    " msg AS ("
+    "  INSERT INTO chat_messages (id, conversation_id, user_id, role, text, image_key, job_id, client_message_id)"
+    "  SELECT $1, conv.id, $3, 1, $4, $5, $6, $7 FROM conv ON CONFLICT DO NOTHING RETURNING id, conversation_id),"
+    " run AS (INSERT INTO chat_runs (job_id, conversation_id, user_id, status) SELECT $6, conversation_id, $3, 1 FROM msg)"
+    "{counted}"
+    " SELECT (SELECT id FROM conv) AS cid, (SELECT id FROM msg) AS mid,"
+    "  dup.id AS dup_id, dup.conversation_id AS dup_conversation_id, dup.job_id AS dup_job_id"
+    " FROM (SELECT 1) AS one LEFT JOIN dup ON true"
+)
+_NEW_CONVERSATION = _ADD_TURN.format(
+    conversation="INSERT INTO chat_conversations (id, user_id, title, message_count, last_preview)"
+    " SELECT $2, $3, left($4, 40), 1, left($4, 80) WHERE NOT EXISTS (SELECT 1 FROM dup) RETURNING id",
+    counted="",
+)
+_IN_CONVERSATION = _ADD_TURN.format(
+    conversation="SELECT id FROM chat_conversations WHERE id = $2 AND user_id = $3 AND NOT EXISTS (SELECT 1 FROM dup) FOR UPDATE",
+    counted=", counted AS (UPDATE chat_conversations c SET message_count = c.message_count + 1, last_preview = left($4, 80),"
+    " updated_at = now() FROM msg WHERE c.id = msg.conversation_id)",
+)
+
+
+#: Moves the question of job $1 after its conversation's latest message, for a run ({run}) to start.
+_MOVE_QUESTION = (
+    " moved AS (UPDATE chat_messages m SET n = nextval(pg_get_serial_sequence('chat_messages', 'n')) FROM {run}"
+    "  WHERE m.job_id = $1 AND m.role = 1"
+    "   AND EXISTS (SELECT 1 FROM chat_messages l WHERE l.conversation_id = m.conversation_id AND l.n > m.n))"
+)
+#: The summary and history of the turn of job $1 whose question `_MOVE_QUESTION` moves in the
+#: same statement ({run}: its run's conversation_id and n): the last {limit} messages after what
+#: the summary covers, other than the turn's own, of no run or of a run before it (the questions
+#: of runs queued behind it are not history yet). The statement reads the messages as they were
+#: before the move: once it is moved (or when nothing is after it), every message but the turn's
+#: own is before its question, which is what `history` reads.
+_HISTORY = (
+    " conv AS (SELECT c.summary, c.summary_upto FROM chat_conversations c JOIN {run} ON c.id = {run}.conversation_id),"
+    " hist AS (SELECT m.n, m.role, m.text FROM {run} JOIN conv ON true"
+    "  JOIN chat_messages m ON m.conversation_id = {run}.conversation_id AND m.n > conv.summary_upto AND m.job_id <> $1"
+    "  LEFT JOIN chat_runs h ON h.job_id = m.job_id"
+    "  WHERE h.n IS NULL OR h.n < {run}.n ORDER BY m.n DESC LIMIT {limit})"
+)
+#: `_HISTORY`'s rows, oldest first, joined to the rows before it ({rows}: one row): the
+#: conversation's summary (NULL without it) and a message (NULL without any) on each.
+_WITH_HISTORY = (
+    "conv.summary, hist.n AS h_n, hist.role AS h_role, hist.text AS h_text"
+    " FROM {rows} LEFT JOIN conv ON true LEFT JOIN hist ON true ORDER BY hist.n"
+)
+
+#: Stores job $1's assistant message ($2..$9) and counts it in its conversation $3 (a new summary
+#: $10 covers the messages up to $11), in one statement with the run's transition ({run}: an
+#: UPDATE of the run RETURNING its status, its cancel_mode and whether the message is stored).
+#: The transition takes the run's row lock, the one a cancel takes: a cancel recorded first
+#: wins, and the message is not stored. A message stored before (a re-run job) stays as it is
+#: (`mid` NULL), as it does when the conversation was deleted.
+_STORE_ANSWER = (
+    "WITH run AS ({run}),"
+    " msg AS ("
+    "  INSERT INTO chat_messages (id, conversation_id, user_id, role, text, intents, citations, job_id, image_key, result)"
+    "  SELECT $2, c.id, $4, 2, $5, $6, $7, $1, $8, $9 FROM chat_conversations c"
+    "   WHERE c.id = $3 AND NOT EXISTS (SELECT 1 FROM run WHERE NOT run.stores)"
+    "  ON CONFLICT (job_id, role) DO NOTHING RETURNING id, conversation_id),"
+    " counted AS ("
+    "  UPDATE chat_conversations c SET message_count = c.message_count + 1, last_preview = left($5, 80), updated_at = now(),"
+    "   summary = COALESCE($10, c.summary), summary_upto = GREATEST(c.summary_upto, $11)"
+    "  FROM msg WHERE c.id = msg.conversation_id)"
+    " SELECT run.status, run.cancel_mode, (SELECT id FROM msg) AS mid FROM (SELECT 1) AS one LEFT JOIN run ON true"
+)
+#: The answer of a run: an active run without a cancel succeeds (a run without a row, stored
+#: before runs existed, stores its answer too).
+_ANSWER = _STORE_ANSWER.format(
+    run="UPDATE chat_runs SET status = CASE WHEN status IN (1, 2, 3) AND cancel_mode = 0 THEN 4 ELSE status END,"
+    " updated_at = CASE WHEN (status IN (1, 2, 3) AND cancel_mode = 0) OR status = 4 THEN now() ELSE updated_at END"
+    " WHERE job_id = $1 RETURNING status, cancel_mode, status = 4 AS stores"
+)
+#: What an interrupted run answered so far: the run ends in status $12 (CANCELLED).
+_CANCELLED_ANSWER = _STORE_ANSWER.format(
+    run="UPDATE chat_runs SET status = $12, updated_at = now() WHERE job_id = $1 RETURNING status, cancel_mode, true AS stores"
+)
+
+
+def _turn(n: int, role: int, text: str) -> dict:
+    """A history message as the graph takes it."""
+    return {"role": "user" if role == USER else "assistant", "text": text, "n": n}
+
+
+def _history_of(rows: list) -> tuple[str, list[dict]] | None:
+    """(summary, history) from the rows of a `_WITH_HISTORY`; None without the conversation."""
+    if not rows or rows[0]["summary"] is None:
+        return None
+    return rows[0]["summary"], [_turn(r["h_n"], r["h_role"], r["h_text"]) for r in rows if r["h_n"] is not None]
+
+
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """What a cancel recorded on a run: `finished` when the run was only queued and the cancel
@@ -63,6 +164,9 @@ class RunStart:
     n: int
     #: an earlier run of the conversation that is still going: this one waits for it
     blocker: str | None
+    #: (summary, history) as `ConversationStore.history` gives them, read with the start of a
+    #: new message that has no run to wait for; None otherwise
+    history: tuple[str, list[dict]] | None = None
 
 
 class RunCancelled(Exception):
@@ -86,19 +190,24 @@ class ConversationStore:
         try:
             cid = uuid.UUID(conversation_id)
         except ValueError:
-            raise NotFound(f"no conversation {conversation_id!r}", reason="CONVERSATION_NOT_FOUND") from None
+            raise self._not_found(conversation_id) from None
         row = await conn.fetchrow(
             "SELECT * FROM chat_conversations WHERE id = $1 AND user_id = $2" + (" FOR UPDATE" if lock else ""),
             cid,
             user_id,
         )
-        if row is None:  # someone else's conversation is NOT_FOUND too: ids are not disclosed
-            raise NotFound(
-                f"no conversation {conversation_id!r}",
-                reason="CONVERSATION_NOT_FOUND",
-                metadata={"conversation_id": conversation_id},
-            )
+        if row is None:
+            raise self._not_found(conversation_id)
         return row
+
+    @staticmethod
+    def _not_found(conversation_id: str) -> NotFound:
+        """Someone else's conversation is NOT_FOUND too: ids are not disclosed."""
+        return NotFound(
+            f"no conversation {conversation_id!r}",
+            reason="CONVERSATION_NOT_FOUND",
+            metadata={"conversation_id": conversation_id},
+        )
 
     @contextlib.asynccontextmanager
     async def adding_user_message(
@@ -129,12 +238,6 @@ class ConversationStore:
                 conn, user_id, conversation_id, text, image_key, client_message_id, job_id, policy, stale_s
             )
 
-    async def has_user_message(self, job_id: str) -> bool:
-        """Whether the user message of job `job_id` is stored (committed)."""
-        return bool(
-            await self.pool.fetchval("SELECT 1 FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, USER)
-        )
-
     async def _add_user_message(
         self,
         conn,
@@ -147,57 +250,50 @@ class ConversationStore:
         policy: int,
         stale_s: float,
     ) -> Sent:
-        if client_message_id:
-            row = await conn.fetchrow(
-                "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2",
-                user_id,
-                client_message_id,
-            )
-            if row is not None:
-                return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True)
         cancelled: list[Cancel] = []
+        cid = None
         if conversation_id:
-            cid = (await self._owned(conn, conversation_id, user_id, lock=True))["id"]
+            try:
+                cid = uuid.UUID(conversation_id)
+            except ValueError:
+                raise self._not_found(conversation_id) from None
             if policy != chat_pb2.DOUBLE_TEXT_POLICY_ENQUEUE:
+                # The policy reads the active runs in a statement after the one that takes the
+                # conversation's row lock, so that it sees the runs of the sends that held it.
+                if client_message_id and (sent := await self._sent_before(conn, user_id, client_message_id)):
+                    return sent
+                await self._owned(conn, conversation_id, user_id, lock=True)
                 cancelled = await self._apply_policy(conn, cid, policy, stale_s)
-        else:
-            cid = uuid.uuid4()
-            await conn.execute(
-                "INSERT INTO chat_conversations (id, user_id, title) VALUES ($1, $2, $3)", cid, user_id, text[:40]
-            )
         mid = uuid.uuid4()
-        inserted = await conn.fetchval(
-            "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, image_key, job_id, client_message_id)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING RETURNING id",
+        row = await conn.fetchrow(
+            _NEW_CONVERSATION if cid is None else _IN_CONVERSATION,
             mid,
-            cid,
+            cid or uuid.uuid4(),
             user_id,
-            USER,
             text,
             image_key,
             job_id,
             client_message_id or None,
         )
-        if inserted is None:  # a concurrent retry with the same client id won the race
-            row = await conn.fetchrow(
-                "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2",
-                user_id,
-                client_message_id,
-            )
-            return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True)
-        await conn.execute(
-            "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now() WHERE id = $1",
-            cid,
-            text[:80],
-        )
-        await conn.execute(
-            "INSERT INTO chat_runs (job_id, conversation_id, user_id, status) VALUES ($1, $2, $3, $4)",
-            job_id,
-            cid,
+        if row["dup_id"] is not None:
+            return Sent(str(row["dup_conversation_id"]), str(row["dup_id"]), row["dup_job_id"], True)
+        if row["cid"] is None:  # not the caller's conversation (or deleted)
+            raise self._not_found(conversation_id)
+        if row["mid"] is None:  # a concurrent retry with the same client id won the race
+            if cid is None:  # the conversation this statement created holds nothing
+                await conn.execute("DELETE FROM chat_conversations WHERE id = $1", row["cid"])
+            return await self._sent_before(conn, user_id, client_message_id)
+        return Sent(str(row["cid"]), str(mid), job_id, False, tuple(cancelled))
+
+    @staticmethod
+    async def _sent_before(conn, user_id: str, client_message_id: str) -> Sent | None:
+        """The message stored with this client id, as a deduplicated send."""
+        row = await conn.fetchrow(
+            "SELECT id, conversation_id, job_id FROM chat_messages WHERE user_id = $1 AND client_message_id = $2",
             user_id,
-            QUEUED,
+            client_message_id,
         )
-        return Sent(str(cid), str(mid), job_id, False, tuple(cancelled))
+        return Sent(str(row["conversation_id"]), str(row["id"]), row["job_id"], True) if row is not None else None
 
     async def _apply_policy(self, conn, cid: uuid.UUID, policy: int, stale_s: float) -> list[Cancel]:
         """The double-text policy against the conversation's active runs (its row is locked).
@@ -281,17 +377,18 @@ class ConversationStore:
             question,
         )
 
-    async def start_run(self, job_id: str, *, fresh: bool, stale_s: float) -> RunStart | None:
+    async def start_run(self, job_id: str, *, fresh: bool, stale_s: float, history_limit: int) -> RunStart | None:
         """A worker starts (or resumes, or re-claims) the run of job `job_id`: an active run
         without a cancel becomes RUNNING. One statement also names an earlier run of the
         conversation that still holds it (`blocker`: the worker waits for it), and, for a new
         message with no blocker, moves its question after the conversation's latest message, so
         that the messages' order (n) is the order the turns ran in: a message sent while another
-        turn was answering is read, summarised and listed after that turn's answer.
+        turn was answering is read, summarised and listed after that turn's answer; and reads the
+        turn's summary and history (the last `history_limit` messages: `RunStart.history`).
         None while the send that queued the job has not committed.
 
         A run stored before runs existed (a job queued during an upgrade) gets its row here."""
-        row = await self.pool.fetchrow(
+        rows = await self.pool.fetch(
             "WITH run AS ("
             "  UPDATE chat_runs r SET status = CASE WHEN r.status IN (1, 3) AND r.cancel_mode = 0 THEN 2 ELSE r.status END, updated_at = now()"
             "   WHERE r.job_id = $1"
@@ -299,17 +396,18 @@ class ConversationStore:
             "   (SELECT o.job_id FROM chat_runs o WHERE o.conversation_id = r.conversation_id AND o.n < r.n AND "
             + _HOLDS.format(stale="$3")
             + "     ORDER BY o.n DESC LIMIT 1) AS blocker),"
-            " moved AS ("
-            "  UPDATE chat_messages m SET n = nextval(pg_get_serial_sequence('chat_messages', 'n')) FROM run"
-            "   WHERE $2 AND m.job_id = $1 AND m.role = 1 AND run.status = 2 AND run.cancel_mode = 0 AND run.blocker IS NULL"
-            "     AND EXISTS (SELECT 1 FROM chat_messages l WHERE l.conversation_id = m.conversation_id AND l.n > m.n)"
-            "  RETURNING m.n)"
-            " SELECT run.*, (SELECT count(*) FROM moved) AS moved FROM run",
+            " go AS (SELECT * FROM run WHERE $2 AND run.status = 2 AND run.cancel_mode = 0 AND run.blocker IS NULL),"
+            + _MOVE_QUESTION.format(run="go")
+            + ","
+            + _HISTORY.format(run="go", limit="$4")
+            + " SELECT run.*, "
+            + _WITH_HISTORY.format(rows="run"),
             job_id,
             fresh,
             float(stale_s),
+            history_limit,
         )
-        if row is None:
+        if not rows:
             row = await self.pool.fetchrow(
                 "INSERT INTO chat_runs (job_id, conversation_id, user_id, status)"
                 " SELECT job_id, conversation_id, user_id, 2 FROM chat_messages WHERE job_id = $1 AND role = 1"
@@ -318,8 +416,18 @@ class ConversationStore:
             )
             if row is None:
                 return None
+            return RunStart(
+                row["status"], row["cancel_mode"], str(row["conversation_id"]), row["user_id"], row["n"], None
+            )
+        run = rows[0]
         return RunStart(
-            row["status"], row["cancel_mode"], str(row["conversation_id"]), row["user_id"], row["n"], row["blocker"]
+            run["status"],
+            run["cancel_mode"],
+            str(run["conversation_id"]),
+            run["user_id"],
+            run["n"],
+            run["blocker"],
+            _history_of(rows),
         )
 
     async def blocker_of(self, job_id: str, *, stale_s: float) -> str | None:
@@ -331,13 +439,20 @@ class ConversationStore:
             float(stale_s),
         )
 
-    async def move_to_end(self, job_id: str) -> None:
-        """Move the run's question after the conversation's latest message (see `start_run`)."""
-        await self.pool.execute(
-            "UPDATE chat_messages m SET n = nextval(pg_get_serial_sequence('chat_messages', 'n'))"
-            " WHERE m.job_id = $1 AND m.role = 1 AND EXISTS (SELECT 1 FROM chat_messages l WHERE l.conversation_id = m.conversation_id AND l.n > m.n)",
+    async def move_to_end(self, job_id: str, *, history_limit: int) -> tuple[str, list[dict]]:
+        """Move the run's question after the conversation's latest message (see `start_run`) and
+        read the turn's summary and history (as `history` gives them), in one statement."""
+        rows = await self.pool.fetch(
+            "WITH run AS (SELECT conversation_id, n FROM chat_runs WHERE job_id = $1),"
+            + _MOVE_QUESTION.format(run="run")
+            + ","
+            + _HISTORY.format(run="run", limit="$2")
+            + " SELECT "
+            + _WITH_HISTORY.format(rows="(SELECT 1) AS one"),
             job_id,
+            history_limit,
         )
+        return _history_of(rows) or ("", [])
 
     async def run_state(self, job_id: str) -> tuple[int, int] | None:
         """(status, cancel_mode) of a run."""
@@ -389,19 +504,35 @@ class ConversationStore:
         there is any) as the assistant message, ROLLBACK removes the turn; the run ends
         CANCELLED / ROLLED_BACK. Idempotent (a re-claimed job carries it out again). The
         assistant message id, or ""."""
-        cid = uuid.UUID(conversation_id)
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE chat_runs SET status = $2, updated_at = now() WHERE job_id = $1", job_id, CANCELLED_AS[mode]
-            )
-            if mode == ROLLBACK:
-                await self._remove_turn(conn, job_id, cid)
-                return ""
-            if text:
-                return await self._insert_assistant(
-                    conn, cid, user_id, job_id, text, intents or [], citations or [], "", result, None, 0
+        status = CANCELLED_AS[mode]
+        if mode == ROLLBACK:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "UPDATE chat_runs SET status = $2, updated_at = now() WHERE job_id = $1", job_id, status
                 )
+                await self._remove_turn(conn, job_id, uuid.UUID(conversation_id))
             return ""
+        if not text:
+            await self.pool.execute(
+                "UPDATE chat_runs SET status = $2, updated_at = now() WHERE job_id = $1", job_id, status
+            )
+            return ""
+        row = await self.pool.fetchrow(
+            _CANCELLED_ANSWER,
+            job_id,
+            uuid.uuid4(),
+            uuid.UUID(conversation_id),
+            user_id,
+            text,
+            intents or [],
+            citations or [],
+            "",
+            result or None,
+            None,
+            0,
+            status,
+        )
+        return await self._answer_id(job_id, row["mid"])
 
     async def add_assistant_message(
         self,
@@ -419,76 +550,34 @@ class ConversationStore:
     ) -> str:
         """Idempotent per job: a re-run job returns the message stored the first time. `result` is the
         serialized ChatResult, which GetConversation gives back with the message. A new `summary`
-        covers the messages up to `summary_upto` (their n)."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The run's row lock orders this against CancelRun: a cancel recorded first wins.
-            run = await conn.fetchrow(
-                "UPDATE chat_runs SET status = CASE WHEN status IN (1, 2, 3) AND cancel_mode = 0 THEN 4 ELSE status END, updated_at = now()"
-                " WHERE job_id = $1 RETURNING status, cancel_mode",
-                job_id,
-            )
-            if run is not None and run["status"] != SUCCEEDED:  # cancelled, or ended otherwise (mode 0)
-                raise RunCancelled(run["cancel_mode"])
-            return await self._insert_assistant(
-                conn,
-                uuid.UUID(conversation_id),
-                user_id,
-                job_id,
-                text,
-                intents,
-                citations,
-                image_key,
-                result,
-                summary,
-                summary_upto,
-            )
-
-    async def _insert_assistant(
-        self,
-        conn,
-        cid: uuid.UUID,
-        user_id: str,
-        job_id: str,
-        text: str,
-        intents: list[int],
-        citations: list[bytes],
-        image_key: str,
-        result: bytes,
-        summary: str | None,
-        summary_upto: int,
-    ) -> str:
-        existing = await conn.fetchval(
-            "SELECT id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, ASSISTANT
-        )
-        if existing is not None:
-            return str(existing)
-        mid = uuid.uuid4()
-        exists = await conn.fetchval("SELECT 1 FROM chat_conversations WHERE id = $1", cid)
-        if not exists:  # deleted while the answer was being written
-            return ""
-        await conn.execute(
-            "INSERT INTO chat_messages (id, conversation_id, user_id, role, text, intents, citations, job_id, image_key, result)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            mid,
-            cid,
+        covers the messages up to `summary_upto` (their n). RunCancelled when a cancel was
+        recorded first, or the run ended otherwise (nothing is stored)."""
+        row = await self.pool.fetchrow(
+            _ANSWER,
+            job_id,
+            uuid.uuid4(),
+            uuid.UUID(conversation_id),
             user_id,
-            ASSISTANT,
             text,
             intents,
             citations,
-            job_id,
             image_key,
             result or None,
-        )
-        await conn.execute(
-            "UPDATE chat_conversations SET message_count = message_count + 1, last_preview = $2, updated_at = now(),"
-            " summary = COALESCE($3, summary), summary_upto = GREATEST(summary_upto, $4) WHERE id = $1",
-            cid,
-            text[:80],
             summary,
             summary_upto if summary else 0,
         )
-        return str(mid)
+        if row["status"] is not None and row["status"] != SUCCEEDED:  # cancelled, or ended otherwise (mode 0)
+            raise RunCancelled(row["cancel_mode"])
+        return await self._answer_id(job_id, row["mid"])
+
+    async def _answer_id(self, job_id: str, stored) -> str:
+        """The id of the assistant message `_STORE_ANSWER` stored, else of the one stored before
+        (a re-run job); "" when there is none (the conversation was deleted)."""
+        if stored is None:
+            stored = await self.pool.fetchval(
+                "SELECT id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, ASSISTANT
+            )
+        return str(stored) if stored is not None else ""
 
     async def history(self, conversation_id: str, *, before_job: str, limit: int) -> tuple[str, list[dict]]:
         """The summary and the messages after what it covers, before the message of job
@@ -509,10 +598,7 @@ class ConversationStore:
                 limit,
                 upto,
             )
-        return summary, [
-            {"role": "user" if r["role"] == USER else "assistant", "text": r["text"], "n": r["n"]}
-            for r in reversed(rows)
-        ]
+        return summary, [_turn(r["n"], r["role"], r["text"]) for r in reversed(rows)]
 
     async def list_conversations(
         self, user_id: str, *, after: tuple[datetime, str] | None, limit: int

@@ -308,15 +308,16 @@ class ChatWorkers:
     ) -> dict:
         """Wait for the conversation's earlier runs, then run the graph (the cancellable part of a turn)."""
         job_id = p["job_id"]
+        history = run.history  # read with the run's start when it had nothing to wait for
         if run.blocker is not None:
-            await self._wait_for_earlier_runs(job_id, fresh=p.get("resume") is None)
+            history = await self._wait_for_earlier_runs(job_id, fresh=p.get("resume") is None)
         if p.get("resume") is not None:
             ids = p.get("interrupt_ids") or []
             graph_input: Any = Command(resume=p["resume"] if len(ids) <= 1 else {iid: p["resume"] for iid in ids})
         elif snapshot is not None and snapshot.next:  # re-claimed after a crash: continue from the last checkpoint
             graph_input = None
         else:
-            summary, history = await self.store.history(
+            summary, messages = history or await self.store.history(
                 p["conversation_id"], before_job=job_id, limit=self.settings.chat_history_messages
             )
             graph_input = {
@@ -326,17 +327,18 @@ class ChatWorkers:
                 "message": p["message"],
                 "image_key": p.get("image_key", ""),
                 "location": p.get("location"),
-                "history": history,
+                "history": messages,
                 "summary": summary,
             }
         return await self.graph.ainvoke(
             graph_input, config, context=ctx, durability=self.settings.chat_checkpoint_durability
         )
 
-    async def _wait_for_earlier_runs(self, job_id: str, *, fresh: bool) -> None:
+    async def _wait_for_earlier_runs(self, job_id: str, *, fresh: bool) -> tuple[str, list[dict]] | None:
         """A message sent while its conversation had a run going (double-text enqueue, or the
         run an interrupt / rollback is stopping) runs once that run ended, with its answer in its
-        history; at most ECO2_CHAT_QUEUE_WAIT_S. The job keeps its claim while it waits."""
+        history; at most ECO2_CHAT_QUEUE_WAIT_S. The job keeps its claim while it waits. A new
+        message's question then moves after that answer: its summary and history, read with the move."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.chat_queue_wait_s
         pause = 0.01
@@ -346,8 +348,9 @@ class ChatWorkers:
                 break
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.25)
-        if fresh:
-            await self.store.move_to_end(job_id)
+        if not fresh:
+            return None
+        return await self.store.move_to_end(job_id, history_limit=self.settings.chat_history_messages)
 
     async def _carry_out_cancel(
         self,
@@ -432,7 +435,12 @@ class ChatWorkers:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.chat_commit_wait_s
         pause = 0.005
-        while (run := await self.store.start_run(job_id, fresh=fresh, stale_s=self.settings.chat_run_stale_s)) is None:
+        s = self.settings
+        while (
+            run := await self.store.start_run(
+                job_id, fresh=fresh, stale_s=s.chat_run_stale_s, history_limit=s.chat_history_messages
+            )
+        ) is None:
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(pause)
