@@ -57,11 +57,12 @@ _IN_CONVERSATION = _ADD_TURN.format(
 )
 
 
-#: Moves the question of job $1 after its conversation's latest message, for a run ({run}) to start.
+#: Moves the question of job $1 after its conversation's latest message when an answer was
+#: stored after it (and `_MOVE_WAITING` did not move it), for a run ({run}) to start.
 _MOVE_QUESTION = (
     " moved AS (UPDATE chat_messages m SET n = nextval(pg_get_serial_sequence('chat_messages', 'n')) FROM {run}"
     "  WHERE m.job_id = $1 AND m.role = 1"
-    "   AND EXISTS (SELECT 1 FROM chat_messages l WHERE l.conversation_id = m.conversation_id AND l.n > m.n))"
+    "   AND EXISTS (SELECT 1 FROM chat_messages l WHERE l.conversation_id = m.conversation_id AND l.n > m.n AND l.role = 2))"
 )
 #: The summary and history of the turn of job $1 whose question `_MOVE_QUESTION` moves in the
 #: same statement ({run}: its run's conversation_id and n): the last {limit} messages after what
@@ -100,7 +101,23 @@ _STORE_ANSWER = (
     "  UPDATE chat_conversations c SET message_count = c.message_count + 1, last_preview = left($5, 80), updated_at = now(),"
     "   summary = COALESCE($10, c.summary), summary_upto = GREATEST(c.summary_upto, $11)"
     "  FROM msg WHERE c.id = msg.conversation_id)"
-    " SELECT run.status, run.cancel_mode, (SELECT id FROM msg) AS mid FROM (SELECT 1) AS one LEFT JOIN run ON true"
+    " SELECT run.status, run.cancel_mode, (SELECT id FROM msg) AS mid,"
+    "  EXISTS (SELECT 1 FROM msg JOIN chat_messages q ON q.job_id = $1 AND q.role = 1"
+    "   JOIN chat_messages w ON w.conversation_id = msg.conversation_id AND w.role = 1 AND w.n > q.n) AS behind"
+    " FROM (SELECT 1) AS one LEFT JOIN run ON true"
+)
+#: Moves the questions sent after job $1's question, whose turns have no answer yet, after its
+#: answer (stored just before), keeping their order: a question that waits behind a running
+#: turn is listed after that turn's answer as soon as the answer is there.
+_MOVE_WAITING = (
+    "UPDATE chat_messages m SET n = moved.n FROM ("
+    "  SELECT id, nextval(pg_get_serial_sequence('chat_messages', 'n')) AS n FROM ("
+    "   SELECT w.id FROM chat_messages q"
+    "    JOIN chat_messages w ON w.conversation_id = q.conversation_id AND w.role = 1 AND w.n > q.n"
+    "   WHERE q.job_id = $1 AND q.role = 1"
+    "    AND NOT EXISTS (SELECT 1 FROM chat_messages a WHERE a.job_id = w.job_id AND a.role = 2)"
+    "   ORDER BY w.n) AS waiting) AS moved"
+    " WHERE m.id = moved.id"
 )
 #: The answer of a run: an active run without a cancel succeeds (a run without a row, stored
 #: before runs existed, stores its answer too).
@@ -532,7 +549,7 @@ class ConversationStore:
             0,
             status,
         )
-        return await self._answer_id(job_id, row["mid"])
+        return await self._answer_id(job_id, row)
 
     async def add_assistant_message(
         self,
@@ -568,11 +585,15 @@ class ConversationStore:
         )
         if row["status"] is not None and row["status"] != SUCCEEDED:  # cancelled, or ended otherwise (mode 0)
             raise RunCancelled(row["cancel_mode"])
-        return await self._answer_id(job_id, row["mid"])
+        return await self._answer_id(job_id, row)
 
-    async def _answer_id(self, job_id: str, stored) -> str:
-        """The id of the assistant message `_STORE_ANSWER` stored, else of the one stored before
-        (a re-run job); "" when there is none (the conversation was deleted)."""
+    async def _answer_id(self, job_id: str, row) -> str:
+        """The id of the assistant message `_STORE_ANSWER` stored (with the questions sent while
+        its turn ran moved after it), else of the one stored before (a re-run job); "" when there
+        is none (the conversation was deleted)."""
+        stored = row["mid"]
+        if stored is not None and row["behind"]:
+            await self.pool.execute(_MOVE_WAITING, job_id)
         if stored is None:
             stored = await self.pool.fetchval(
                 "SELECT id FROM chat_messages WHERE job_id = $1 AND role = $2", job_id, ASSISTANT

@@ -558,6 +558,39 @@ async def test_enqueue_runs_the_second_message_after_the_first_with_its_answer_i
     ]
 
 
+async def test_questions_waiting_behind_a_turn_are_listed_after_its_answer(stack):
+    """Two messages enqueued behind a running turn: while it answers they follow its question;
+    once its answer is stored they follow the answer, in the order they were sent, before either
+    of their turns starts (the second waits for the first's whole answer)."""
+    user = who()
+    first = await stack["chat"].SendMessage(
+        chat_pb2.SendMessageRequest(message="알루미늄 캔은 어떻게 버려?"), metadata=user
+    )
+    cid = first.conversation_id
+    follow_a = Follower(stack, first.job_id, user)
+    await follow_a.until_tokens(1)
+    second, third = [
+        await stack["chat2"].SendMessage(chat_pb2.SendMessageRequest(message=text, conversation_id=cid), metadata=user)
+        for text in ("그럼 참치캔은?", "부탄가스는?")
+    ]
+    USER, ASSISTANT = chat_pb2.MESSAGE_ROLE_USER, chat_pb2.MESSAGE_ROLE_ASSISTANT
+    while_answering = [(m.role, m.job_id) for m in await messages(stack, cid, user)]
+    assert while_answering == [(USER, first.job_id), (USER, second.job_id), (USER, third.job_id)]
+    assert terminal(await follow_a.end()).kind == events_pb2.EVENT_KIND_DONE
+    after_answer = [(m.role, m.job_id) for m in await messages(stack, cid, user)]
+    assert after_answer[:4] == [
+        (USER, first.job_id),
+        (ASSISTANT, first.job_id),
+        (USER, second.job_id),
+        (USER, third.job_id),
+    ], after_answer
+    for sent in (second, third):
+        assert terminal(await Follower(stack, sent.job_id, user).end()).kind == events_pb2.EVENT_KIND_DONE
+    assert [(m.role, m.job_id) for m in await messages(stack, cid, user)] == [
+        (role, sent.job_id) for sent in (first, second, third) for role in (USER, ASSISTANT)
+    ]
+
+
 async def test_interrupt_policy_stops_the_current_run_and_answers_with_it_in_context(stack):
     user, mark_b = who(), marker()
     first = await stack["chat"].SendMessage(
