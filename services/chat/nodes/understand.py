@@ -1,7 +1,7 @@
 """The graph's first superstep: summarize (only when the history passes the threshold), intent,
 and — without a photo — the router's stage, and the waste_rag branch when it is the turn's only
-branch. One superstep, so one checkpoint instead of four: each superstep costs an `aput` +
-`aput_writes`."""
+branch. One superstep, so one checkpoint (checkpoints.py) for what four nodes would each have
+stored."""
 
 from __future__ import annotations
 
