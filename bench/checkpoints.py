@@ -29,14 +29,12 @@ from pathlib import Path
 
 import psutil
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chat import tree_cpu_s  # noqa: E402
 
 from eco2.services.chat.answer import compose  # noqa: E402
-from eco2.services.chat.checkpoints import TurnCheckpointer  # noqa: E402
+from eco2.services.chat.checkpoints import TurnCheckpointer, open_pool  # noqa: E402
 from eco2.services.chat.deps import ChatDeps, JobContext  # noqa: E402
 from eco2.services.chat.emitter import Emitter  # noqa: E402
 from eco2.services.chat.graph import build_graph  # noqa: E402
@@ -110,13 +108,7 @@ async def main(args) -> dict:
     plane = EmbeddedDataPlane(root / "data")
     info = plane.start()
     try:
-        pool = AsyncConnectionPool(
-            info.database_url,
-            max_size=20,
-            open=False,
-            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-        )
-        await pool.open(wait=True, timeout=30)
+        pool = await open_pool(info.database_url, max_size=20)
         await AsyncPostgresSaver(pool).setup()
         morph.warm()
         deps = ChatDeps(kb=kb.load(), llm=OfflineLLM(compose), policy=PolicyRunner())

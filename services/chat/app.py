@@ -8,8 +8,6 @@ from importlib import resources
 
 import grpc
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from eco2.chat.v1 import chat_pb2, chat_pb2_grpc
 from eco2.services.bus.jobs import JobQueue
@@ -26,7 +24,7 @@ from eco2.services.runtime.settings import Endpoints
 
 from . import media, pii
 from .answer import compose
-from .checkpoints import TurnCheckpointer
+from .checkpoints import TurnCheckpointer, open_pool
 from .deps import ChatDeps
 from .graph import build_graph
 from .grpc_clients import GrpcCharacters, GrpcImages, GrpcPlaces, GrpcScan
@@ -89,13 +87,7 @@ class ChatApp:
         if s.migrate_on_start:
             await self.migrate()
         self.pool = await create_pg_pool(s.database_url, max_size=s.db_pool_max, application_name="eco2-chat")
-        self.pg = AsyncConnectionPool(
-            s.database_url,
-            max_size=s.chat_pg_pool_max,
-            open=False,
-            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-        )
-        await self.pg.open(wait=True, timeout=30)
+        self.pg = await open_pool(s.database_url, max_size=s.chat_pg_pool_max)
         saver = TurnCheckpointer(
             self.pg, serde=checkpoint_serializer(), held_s=s.chat_checkpoint_held_s, held_max=s.chat_checkpoint_held_max
         )

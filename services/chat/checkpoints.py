@@ -37,9 +37,26 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.checkpoint.serde.types import _DeltaSnapshot
 from langgraph.constants import START, TASKS
 from langgraph.graph.state import CompiledStateGraph, StateGraph
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
 log = logging.getLogger("eco2.chat.checkpoints")
+
+
+async def open_pool(url: str, *, max_size: int, min_size: int = 4) -> AsyncConnectionPool:
+    """The psycopg pool a checkpointer writes through, with the connection settings
+    AsyncPostgresSaver requires (autocommit, no server-side prepared statements, dict rows)."""
+    pool = AsyncConnectionPool(
+        url,
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        open=False,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
+    await pool.open(wait=True, timeout=30)
+    return pool
+
 
 #: (thread_id, checkpoint_ns, checkpoint_id)
 Key = tuple[str, str, str]

@@ -401,13 +401,7 @@ def _contains_any(compact: str, words: list[str]) -> str:
 def read_part(text: str) -> Part:
     """What one request asks; read once per text within a turn (turn.one_turn): the intent reads
     the message's parts, and the waste branch reads the part it was sent again."""
-    parts = turn.memo("parts")
-    if parts is None:
-        return _read_part(text)
-    part = parts.get(text)
-    if part is None:
-        part = parts[text] = _read_part(text)
-    return part
+    return turn.once("parts", text, _read_part)
 
 
 def _read_part(text: str) -> Part:

@@ -318,18 +318,10 @@ def correct_typos(text: str) -> str:
     close, and the text's word is not itself known."""
     words, index = _typo_index()
     kiwi = analyser()
-    spellings = turn.memo("spellings")
 
     def fix(m: re.Match) -> str:
         w = m.group()
-        if w in words:
-            return w
-        if spellings is None:
-            return respell(w)
-        out = spellings.get(w)
-        if out is None:
-            out = spellings[w] = respell(w)
-        return out
+        return w if w in words else turn.once("spellings", w, respell)
 
     def respell(w: str) -> str:
         with _lock:
@@ -354,13 +346,7 @@ def correct_typos(text: str) -> str:
 def analyse(text: str) -> Analysis:
     """The text's tokens (after rewriting chat spellings the model does not know); once per text
     within a turn (turn.one_turn)."""
-    analyses = turn.memo("analyses")
-    if analyses is None:
-        return _analysed(text)
-    a = analyses.get(text)
-    if a is None:
-        a = analyses[text] = _analysed(text)
-    return a
+    return turn.once("analyses", text, _analysed)
 
 
 def _analysed(text: str) -> Analysis:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _current: contextvars.ContextVar[dict[str, dict] | None] = contextvars.ContextVar("eco2_turn", default=None)
 
@@ -29,8 +32,13 @@ def one_turn() -> Iterator[None]:
         _current.reset(token)
 
 
-def memo(kind: str) -> dict | None:
-    """This turn's results of one kind of work (e.g. "analyses") by their exact input, or None
-    outside a turn."""
+def once(kind: str, key: str, work: Callable[[str], T]) -> T:
+    """`work(key)`, done once per `key` for this turn's work of one `kind` (e.g. "analyses");
+    outside a turn, every time."""
     results = _current.get()
-    return None if results is None else results.setdefault(kind, {})
+    if results is None:
+        return work(key)
+    done = results.setdefault(kind, {})
+    if key not in done:
+        done[key] = work(key)
+    return done[key]

@@ -11,8 +11,6 @@ import uuid
 
 import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from eco2.chat.v1 import chat_pb2
 from eco2.events.v1 import events_pb2
@@ -20,6 +18,7 @@ from eco2.services.chat import intents as I
 from eco2.services.chat import question as Q
 from eco2.services.chat import rules as R
 from eco2.services.chat.answer import compose
+from eco2.services.chat.checkpoints import open_pool
 from eco2.services.chat.deps import ChatDeps, JobContext
 from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
@@ -450,13 +449,7 @@ def test_english_says_what_it_does_not_know():
 
 @pytest.fixture(scope="module")
 async def graph(service_env):
-    pool = AsyncConnectionPool(
-        service_env["DATABASE_URL"],
-        max_size=4,
-        open=False,
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-    )
-    await pool.open(wait=True, timeout=30)
+    pool = await open_pool(service_env["DATABASE_URL"], max_size=4)
     saver = AsyncPostgresSaver(pool)
     await saver.setup()
     yield build_graph().compile(checkpointer=saver)

@@ -9,12 +9,10 @@ import uuid
 
 import pytest
 from langgraph.types import Command
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from eco2.events.v1 import events_pb2
 from eco2.services.chat.answer import compose
-from eco2.services.chat.checkpoints import TurnCheckpointer
+from eco2.services.chat.checkpoints import TurnCheckpointer, open_pool
 from eco2.services.chat.deps import ChatDeps, JobContext
 from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
@@ -65,13 +63,7 @@ class CrashingCheckpointer(TurnCheckpointer):
 
 @pytest.fixture(scope="module")
 async def pool(service_env):
-    pool = AsyncConnectionPool(
-        service_env["DATABASE_URL"],
-        max_size=4,
-        open=False,
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-    )
-    await pool.open(wait=True, timeout=30)
+    pool = await open_pool(service_env["DATABASE_URL"], max_size=4)
     await TurnCheckpointer(pool).setup()
     yield pool
     await pool.close()

@@ -9,12 +9,10 @@ import uuid
 
 import pytest
 from langgraph.types import Command
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from eco2.events.v1 import events_pb2
 from eco2.services.chat.answer import compose
-from eco2.services.chat.checkpoints import TurnCheckpointer
+from eco2.services.chat.checkpoints import TurnCheckpointer, open_pool
 from eco2.services.chat.deps import ChatDeps, JobContext
 from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
@@ -42,13 +40,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 async def graph(service_env):
-    pool = AsyncConnectionPool(
-        service_env["DATABASE_URL"],
-        max_size=4,
-        open=False,
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-    )
-    await pool.open(wait=True, timeout=30)
+    pool = await open_pool(service_env["DATABASE_URL"], max_size=4)
     saver = TurnCheckpointer(pool, serde=checkpoint_serializer())  # the product's: safe types only
     await saver.setup()
     yield saver.compile(build_graph())
@@ -257,14 +249,7 @@ async def test_the_card_and_the_places_come_back_from_the_checkpoint(graph, serv
             config = {"configurable": {"thread_id": s["job_id"]}}
             out = await graph.ainvoke(s, config, context=JobContext(deps, Emitter(Recorder(), s["job_id"], 1)))
             assert out["__interrupt__"] and out["card"]["code"] == "char-petty"
-            pool = AsyncConnectionPool(
-                service_env["DATABASE_URL"],
-                min_size=1,
-                max_size=2,
-                open=False,
-                kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-            )
-            await pool.open(wait=True, timeout=30)
+            pool = await open_pool(service_env["DATABASE_URL"], max_size=2, min_size=1)
             try:
                 other = TurnCheckpointer(pool, serde=checkpoint_serializer()).compile(build_graph())
                 saved = (await other.aget_state(config)).values

@@ -8,13 +8,12 @@ import uuid
 
 import pytest
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from eco2.services.bus import domain
 from eco2.services.bus.producer import EventPublisher
 from eco2.services.bus.settings import EventsSettings
 from eco2.services.chat.answer import compose
+from eco2.services.chat.checkpoints import open_pool
 from eco2.services.chat.deps import ChatDeps, JobContext
 from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
@@ -64,14 +63,7 @@ class StoredFirst(AsyncPostgresSaver):
 
 @pytest.fixture
 async def pg_pool(service_env):
-    pool = AsyncConnectionPool(
-        service_env["DATABASE_URL"],
-        min_size=1,
-        max_size=2,
-        open=False,
-        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
-    )
-    await pool.open(wait=True, timeout=30)
+    pool = await open_pool(service_env["DATABASE_URL"], max_size=2, min_size=1)
     yield pool
     await pool.close()
 
