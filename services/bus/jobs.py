@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -253,13 +254,22 @@ class JobQueue:
             await pipe.execute()
         self._counted["acked"].inc()
 
+    def retry_delay_s(self, attempt: int) -> float:
+        """How long a job whose `attempt`-th attempt failed waits before it may be claimed again:
+        jobs_retry_delay_s, times jobs_retry_backoff for each earlier failure, at most
+        jobs_retry_max_delay_s, lengthened by up to jobs_retry_jitter of it at random."""
+        s = self.settings
+        delay = min(s.jobs_retry_delay_s * s.jobs_retry_backoff ** max(0, attempt - 1), s.jobs_retry_max_delay_s)
+        return delay * (1 + random.uniform(0, s.jobs_retry_jitter))
+
     async def fail(self, job: Job, error: str) -> None:
-        """Retry after jobs_retry_delay_s, or dead-letter after jobs_max_attempts attempts."""
+        """Retry after `retry_delay_s`, or dead-letter after jobs_max_attempts attempts."""
         if job.attempt >= self.settings.jobs_max_attempts:
             await self._dead(job, error, job.attempt)
             return
-        # Make the entry look idle for (visibility - delay): claim() takes it again after the delay.
-        idle = max(0, self._visibility_ms - int(self.settings.jobs_retry_delay_s * 1000))
+        # Make the entry look idle for (visibility - delay): claim() takes it again after the delay
+        # (after the visibility timeout at the latest).
+        idle = max(0, self._visibility_ms - int(self.retry_delay_s(job.attempt) * 1000))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self._errors, job.job_id, error)
             pipe.xclaim(self.stream, GROUP, "retry", 0, [job.entry_id], idle=idle, justid=True)

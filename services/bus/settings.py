@@ -88,6 +88,18 @@ class EventsSettings(RuntimeSettings):
         3, ge=1, description="attempts before a job goes to its dead-letter stream jobs:{kind}:dead"
     )
     jobs_retry_delay_s: float = Field(1.0, ge=0, description="delay before a failed job may be claimed again")
+    jobs_retry_backoff: float = Field(
+        2.0, ge=1, description="each further failure of a job multiplies its retry delay by this"
+    )
+    jobs_retry_max_delay_s: float = Field(
+        30.0, ge=0, description="longest retry delay (a failed job is never held past the visibility timeout)"
+    )
+    jobs_retry_jitter: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="a retry delay is lengthened by up to this fraction at random, so the jobs an outage failed do not all return at once",
+    )
     jobs_dedupe_ttl_s: int = Field(
         86_400, ge=1, description="how long an enqueued job id is remembered (enqueue is idempotent within it)"
     )

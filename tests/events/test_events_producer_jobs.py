@@ -267,6 +267,32 @@ async def test_failed_job_is_retried_then_dead_lettered_with_its_error(redis_cli
     assert (fields[b"j"], fields[b"p"], fields[b"a"], fields[b"e"]) == (b"job-3", b"payload-3", b"3", b"boom 3")
 
 
+async def test_each_further_failure_of_a_job_waits_longer(redis_client, settings):
+    """ECO2_JOBS_RETRY_DELAY_S after the first failure, twice that after the second
+    (ECO2_JOBS_RETRY_BACKOFF 2), each lengthened by at most the jitter; capped by
+    ECO2_JOBS_RETRY_MAX_DELAY_S."""
+    q = JobQueue(redis_client, kind(), settings)
+    base, jitter = settings.jobs_retry_delay_s, settings.jobs_retry_jitter
+    for attempt in (1, 2, 3):
+        delay = q.retry_delay_s(attempt)
+        assert base * 2 ** (attempt - 1) <= delay <= base * 2 ** (attempt - 1) * (1 + jitter)
+    assert q.retry_delay_s(40) <= settings.jobs_retry_max_delay_s * (1 + jitter)
+    await q.enqueue("job-backoff", b"p")
+    loop = asyncio.get_running_loop()
+    waited = []
+    job = await q.claim("w", block_ms=50)
+    for _ in range(2):
+        await q.fail(job, "boom")
+        failed_at, job = loop.time(), None
+        while job is None:
+            job = await q.claim("w", block_ms=0)
+            if job is None:
+                await asyncio.sleep(0.01)
+        waited.append(loop.time() - failed_at)
+    assert waited[0] >= base * 0.9 and waited[1] >= 2 * base * 0.9, waited  # never earlier than the delay
+    await q.ack(job)
+
+
 async def test_a_job_abandoned_max_attempts_times_is_dead_lettered(redis_client, settings):
     q = JobQueue(redis_client, kind(), settings)
     await q.enqueue("job-4", b"p4")
