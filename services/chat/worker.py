@@ -314,7 +314,7 @@ class ChatWorkers:
         if p.get("resume") is not None:
             ids = p.get("interrupt_ids") or []
             graph_input: Any = Command(resume=p["resume"] if len(ids) <= 1 else {iid: p["resume"] for iid in ids})
-        elif snapshot is not None and snapshot.next:  # re-claimed after a crash: continue from the last checkpoint
+        elif continues_from(snapshot):  # re-claimed after a crash: continue from the last checkpoint
             graph_input = None
         else:
             summary, messages = history or await self.store.history(
@@ -481,6 +481,14 @@ def end_dead_job(sink, store: ConversationStore | None = None):
         await end(job, error)
 
     return on_dead
+
+
+def continues_from(snapshot) -> bool:
+    """A re-claimed job's checkpoint has work left: a task to run, or tasks whose stored writes
+    are not applied yet (every branch of a fan-out finished, the step's checkpoint was not
+    stored). The graph then continues from it; a new input would start the turn again on top of
+    its channels (the reducers' lists twice)."""
+    return snapshot is not None and bool(snapshot.next or snapshot.tasks)
 
 
 async def _langgraph_exit(exc: asyncio.CancelledError) -> None:

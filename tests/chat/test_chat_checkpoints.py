@@ -18,6 +18,7 @@ from eco2.services.chat.emitter import Emitter
 from eco2.services.chat.graph import build_graph
 from eco2.services.chat.policy import PolicyRunner
 from eco2.services.chat.state import checkpoint_serializer
+from eco2.services.chat.worker import continues_from
 from eco2.services.knowledge import kb
 from eco2.services.llm.offline import OfflineLLM
 
@@ -232,6 +233,7 @@ async def test_a_crash_after_a_fan_out_keeps_the_branches_that_finished(pool):
     snapshot, seq = await resumed(pool, config)
     branches = {t.name for t in snapshot.tasks if t.result is not None}
     assert branches == {"waste_rag", "weather"}
+    assert snapshot.next == () and continues_from(snapshot), "a re-claiming worker continues, not starts again"
     again = Recorder()
     out = await run(process(pool), None, config, again, seq)
     assert out["answer"]
