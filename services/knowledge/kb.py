@@ -70,7 +70,8 @@ class SynonymIndex:
 
     A key matches anywhere in the query with its spaces removed ("택배 박스" → 택배박스); a key
     written "^책" only at the start of a word ("책이랑", not "산책"), "=밥" only as a whole word
-    ("밥", not "밥솥"). The rule vocabulary of the keys found is added in the order of the file.
+    ("밥", not "밥솥"), and not inside another key's match ("라면 봉지" is 라면봉지, a wrapper,
+    not 라면, food). The rule vocabulary of the keys found is added in the order of the file.
     """
 
     def __init__(self, synonyms: dict[str, str]) -> None:
@@ -91,10 +92,18 @@ class SynonymIndex:
         words = normalise(query).split()
         compact = "".join(words)
         found = {i for i, prefix in self._prefixes if any(w.startswith(prefix) for w in words)}
-        found.update(i for w in set(words) for i in self._words.get(w, ()))
+        spans: list[tuple[int, int]] = []  # where the other keys matched in `compact`
         for at in range(len(compact)):
             for head in (compact[at], compact[at : at + 2]):
-                found.update(i for i, key in self._anywhere.get(head, ()) if compact.startswith(key, at))
+                for i, key in self._anywhere.get(head, ()):
+                    if compact.startswith(key, at):
+                        found.add(i)
+                        spans.append((at, at + len(key)))
+        at = 0
+        for w in words:
+            if not any(a <= at and at + len(w) <= b and b - a > len(w) for a, b in spans):
+                found.update(self._words.get(w, ()))
+            at += len(w)
         return " ".join([query, *(self.values[i] for i in sorted(found))])
 
 

@@ -93,3 +93,12 @@ def test_synonyms_match_anywhere_at_a_word_start_or_as_a_whole_word_in_file_orde
     assert index.expand("밥이랑 책이랑 캔") == "밥이랑 책이랑 캔 종이 금속캔"
     assert index.expand("밥 산책 밥솥") == "밥 산책 밥솥 음식물"
     assert index.expand("유리병") == "유리병"
+
+
+def test_a_whole_word_key_inside_a_longer_keys_match_does_not_count():
+    """ "라면 봉지" is a wrapper (라면봉지), not food (=라면): the whole word 라면 is part of it."""
+    index = kb.SynonymIndex({"라면봉지": "비닐류", "=라면": "음식물", "봉지": "비닐"})
+    assert index.expand("라면 봉지") == "라면 봉지 비닐류 비닐"
+    assert index.expand("라면 국물") == "라면 국물 음식물"
+    hits = kb.load().search("라면 봉지", limit=3)
+    assert [h.rule.file for h in hits] == ["재활용폐기물_비닐류"]
