@@ -398,10 +398,10 @@ class ConversationStore:
         """A worker starts (or resumes, or re-claims) the run of job `job_id`: an active run
         without a cancel becomes RUNNING. One statement also names an earlier run of the
         conversation that still holds it (`blocker`: the worker waits for it), and, for a new
-        message with no blocker, moves its question after the conversation's latest message, so
-        that the messages' order (n) is the order the turns ran in: a message sent while another
-        turn was answering is read, summarised and listed after that turn's answer; and reads the
-        turn's summary and history (the last `history_limit` messages: `RunStart.history`).
+        message with no blocker, moves its question after an answer stored after it that did not
+        move it (`_MOVE_QUESTION`; storing an answer moves the questions waiting behind it:
+        `_MOVE_WAITING`), so that the messages' order (n) is the order the turns ran in; and reads
+        the turn's summary and history (the last `history_limit` messages: `RunStart.history`).
         None while the send that queued the job has not committed.
 
         A run stored before runs existed (a job queued during an upgrade) gets its row here."""
@@ -457,8 +457,8 @@ class ConversationStore:
         )
 
     async def move_to_end(self, job_id: str, *, history_limit: int) -> tuple[str, list[dict]]:
-        """Move the run's question after the conversation's latest message (see `start_run`) and
-        read the turn's summary and history (as `history` gives them), in one statement."""
+        """Move the run's question after an answer stored after it (see `start_run`) and read the
+        turn's summary and history (as `history` gives them), in one statement."""
         rows = await self.pool.fetch(
             "WITH run AS (SELECT conversation_id, n FROM chat_runs WHERE job_id = $1),"
             + _MOVE_QUESTION.format(run="run")
